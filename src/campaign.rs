@@ -1,0 +1,266 @@
+//! etcd's standard election recipe (the layout of Go's `concurrency.Election`), so etcd's own tools see our leader.
+//!
+//! Each candidate puts `{election}/{lease id in hex}` on its lease; the key with
+//! the lowest create revision leads; a waiter watches only the candidate just
+//! ahead of it, so a leader change wakes one process, not the whole herd.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder,
+    SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use crate::session::SessionInfo;
+
+/// This candidate's key in the election and its create revision, which is the
+/// fencing token once the key leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidacy {
+    /// The full key, `{election}/{lease:x}`.
+    pub key: String,
+    /// The key's create revision.
+    pub revision: i64,
+    /// The lease the key is attached to.
+    pub lease: i64,
+}
+
+/// Failures of the election recipe.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    /// An etcd call of the recipe failed.
+    #[error("election call to etcd failed: {0}")]
+    EtcdFailed(#[from] etcd_client::Error),
+    /// Our candidate key vanished (lease expired or revoked, or someone deleted it).
+    #[error("candidate key {key} is gone from etcd")]
+    CandidacyLost {
+        /// The key that vanished.
+        key: String,
+    },
+    /// A watch ended without the event it waited for.
+    #[error("watch on {key} ended: {reason}")]
+    WatchEnded {
+        /// The watched key.
+        key: String,
+        /// Why it ended.
+        reason: String,
+    },
+}
+
+/// The key etcd's recipe gives a candidate on `lease`.
+pub fn candidate_key(election: &str, lease: i64) -> String {
+    format!("{election}/{lease:x}")
+}
+
+/// Puts this candidate's key if it is absent (a retry after a lost reply finds
+/// its own key), or proclaims the new value on it when it exists.
+pub async fn join(
+    client: &Client,
+    election: &str,
+    lease: i64,
+    value: Vec<u8>,
+) -> Result<Candidacy, CampaignError> {
+    let key = candidate_key(election, lease);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            value.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let response = client.kv_client().txn(txn).await?;
+    let revision = if response.succeeded() {
+        response.header().map_or(0, |h| h.revision())
+    } else {
+        let existing = response
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::create_revision),
+                _ => None,
+            })
+            .ok_or_else(|| CampaignError::CandidacyLost { key: key.clone() })?;
+        let candidacy = Candidacy {
+            key: key.clone(),
+            revision: existing,
+            lease,
+        };
+        proclaim(client, &candidacy, value).await?;
+        existing
+    };
+    Ok(Candidacy {
+        key,
+        revision,
+        lease,
+    })
+}
+
+/// Waits until every candidate created before `me` is gone, then checks that
+/// `me` still exists: from then on `me` leads.
+pub async fn wait_until_leader(
+    client: &Client,
+    election: &str,
+    me: &Candidacy,
+) -> Result<(), CampaignError> {
+    let prefix = format!("{election}/");
+    let mut kv = client.kv_client();
+    loop {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1)
+            .with_max_create_revision(me.revision - 1);
+        let response = kv.get(prefix.as_str(), Some(options)).await?;
+        let Some(predecessor) = response.kvs().first() else {
+            break;
+        };
+        let predecessor = String::from_utf8_lossy(predecessor.key()).into_owned();
+        let seen_at = response.header().map_or(0, |h| h.revision());
+        wait_for_delete(client, &predecessor, seen_at + 1).await?;
+    }
+    let mine = kv.get(me.key.as_str(), None).await?;
+    match mine.kvs().first() {
+        Some(kv) if kv.create_revision() == me.revision => Ok(()),
+        _ => Err(CampaignError::CandidacyLost {
+            key: me.key.clone(),
+        }),
+    }
+}
+
+async fn wait_for_delete(client: &Client, key: &str, from: i64) -> Result<(), CampaignError> {
+    let options = WatchOptions::new().with_start_revision(from);
+    let mut stream = client.watch_client().watch(key, Some(options)).await?;
+    while let Some(response) = stream.message().await? {
+        if response.canceled() {
+            return Err(CampaignError::WatchEnded {
+                key: key.to_owned(),
+                reason: response.cancel_reason().to_owned(),
+            });
+        }
+        if response
+            .events()
+            .iter()
+            .any(|event| event.event_type() == EventType::Delete)
+        {
+            return Ok(());
+        }
+    }
+    Err(CampaignError::WatchEnded {
+        key: key.to_owned(),
+        reason: "stream closed".into(),
+    })
+}
+
+/// Rewrites the leader value, only while `me` still holds its key.
+pub async fn proclaim(
+    client: &Client,
+    me: &Candidacy,
+    value: Vec<u8>,
+) -> Result<(), CampaignError> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            me.key.as_str(),
+            CompareOp::Equal,
+            me.revision,
+        )])
+        .and_then([TxnOp::put(
+            me.key.as_str(),
+            value,
+            Some(PutOptions::new().with_lease(me.lease)),
+        )]);
+    if client.kv_client().txn(txn).await?.succeeded() {
+        Ok(())
+    } else {
+        Err(CampaignError::CandidacyLost {
+            key: me.key.clone(),
+        })
+    }
+}
+
+/// Deletes `me`'s key if it is still ours, so the next candidate leads at once.
+pub async fn resign(client: &Client, me: &Candidacy) -> Result<(), CampaignError> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            me.key.as_str(),
+            CompareOp::Equal,
+            me.revision,
+        )])
+        .and_then([TxnOp::delete(me.key.as_str(), None)]);
+    client.kv_client().txn(txn).await?;
+    Ok(())
+}
+
+/// The current leader's key-value: the candidate with the lowest create revision.
+pub async fn leader(client: &Client, election: &str) -> Result<Option<KeyValue>, CampaignError> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let mut response = client
+        .kv_client()
+        .get(format!("{election}/"), Some(options))
+        .await?;
+    Ok(response.take_kvs().into_iter().next())
+}
+
+/// What an observer reports: the leader's registration, or none when nobody leads.
+pub type ObservedLeader = Option<SessionInfo>;
+
+/// Follows the election's leader until `report` returns false: reads it,
+/// then re-reads it on every change under the election prefix. Failures are
+/// logged and retried after `retry_after`; a corrupt leader value is reported
+/// and treated as "leader unknown".
+pub async fn observe(
+    client: Client,
+    election: String,
+    retry_after: Duration,
+    mut report: impl FnMut(ObservedLeader) -> bool + Send,
+) {
+    let prefix = format!("{election}/");
+    loop {
+        match observe_once(&client, &election, &prefix, &mut report).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(election, "following the leader failed, retrying: {error}");
+                tokio::time::sleep(retry_after).await;
+            }
+        }
+    }
+}
+
+async fn observe_once(
+    client: &Client,
+    election: &str,
+    prefix: &str,
+    report: &mut (impl FnMut(ObservedLeader) -> bool + Send),
+) -> Result<(), CampaignError> {
+    let mut stream = client
+        .watch_client()
+        .watch(prefix, Some(WatchOptions::new().with_prefix()))
+        .await?;
+    loop {
+        let current = leader(client, election).await?.and_then(|kv| {
+            SessionInfo::decode(kv.key(), kv.value())
+                .inspect_err(|error| tracing::error!("{error}"))
+                .ok()
+        });
+        if !report(current) {
+            return Ok(());
+        }
+        match stream.message().await? {
+            Some(response) if response.canceled() => {
+                return Err(CampaignError::WatchEnded {
+                    key: prefix.to_owned(),
+                    reason: response.cancel_reason().to_owned(),
+                });
+            }
+            Some(_) => {}
+            None => {
+                return Err(CampaignError::WatchEnded {
+                    key: prefix.to_owned(),
+                    reason: "stream closed".into(),
+                });
+            }
+        }
+    }
+}

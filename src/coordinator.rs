@@ -1,0 +1,360 @@
+//! The `Coordinator` trait users implement, and the actor that keeps it in standby until told to activate.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::fence::{Epoch, FencedStore};
+use crate::reload::Snapshot;
+use crate::task::OwnedTask;
+
+/// The error type user hooks return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A coordinator role's behaviour. The value itself is shared by every
+/// incarnation of the role on a node; what a serving term builds lives in
+/// [`Coordinator::Serving`], so each activation starts from the metadata.
+pub trait Coordinator: Send + Sync + 'static {
+    /// The decoded metadata an activation starts from.
+    type Meta: Send + 'static;
+    /// What a serving term holds: built by `activate`, used by `handle`, consumed by `deactivate`.
+    type Serving: Send + 'static;
+    /// A request to the serving coordinator.
+    type Request: Send + 'static;
+    /// The answer to a request.
+    type Response: Send + 'static;
+
+    /// Decodes the role's metadata snapshot. Runs in the reload actor: an
+    /// error makes this node resign so that another can take over.
+    fn decode(&self, snapshot: Snapshot) -> Result<Self::Meta, BoxError>;
+
+    /// Builds the serving state for `epoch` from the reloaded metadata.
+    /// Every write must go through `store`, which refuses writes once the
+    /// epoch is over. An error counts as a coordinator crash.
+    fn activate(
+        &self,
+        epoch: Epoch,
+        meta: Self::Meta,
+        store: FencedStore,
+    ) -> impl Future<Output = Result<Self::Serving, BoxError>> + Send;
+
+    /// Answers one request while serving, in arrival order.
+    fn handle(
+        &self,
+        serving: &mut Self::Serving,
+        request: Self::Request,
+    ) -> impl Future<Output = Self::Response> + Send;
+
+    /// Runs when the term ends in an orderly way (step-down or shutdown),
+    /// bounded by `coordinator.deactivateTimeout`.
+    fn deactivate(&self, serving: Self::Serving) -> impl Future<Output = ()> + Send {
+        drop(serving);
+        async {}
+    }
+}
+
+/// Why a request was not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// This node is standby for the role; `leader` is where the active serves, when known.
+    #[error("{role} is not active on this node{}", leader.as_ref().map(|l| format!(" (leader: {l})")).unwrap_or_default())]
+    NotActive {
+        /// The role asked for.
+        role: String,
+        /// The active instance's address, when known.
+        leader: Option<String>,
+    },
+    /// The role is activating and its buffer of waiting requests is full.
+    #[error("{role} is activating and {capacity} requests already wait")]
+    BufferFull {
+        /// The role asked for.
+        role: String,
+        /// `coordinator.activationBuffer`.
+        capacity: usize,
+    },
+    /// The activation this request waited for did not complete.
+    #[error("{role} activation did not complete; retry against the current leader")]
+    ActivationAborted {
+        /// The role asked for.
+        role: String,
+    },
+    /// The coordinator is not running (restarting after a crash) or crashed on this request.
+    #[error("{role} coordinator is unavailable (restarting or crashed)")]
+    Unavailable {
+        /// The role asked for.
+        role: String,
+    },
+    /// No answer within the caller's bound.
+    #[error("{role} did not answer within {timeout:?}")]
+    TimedOut {
+        /// The role asked for.
+        role: String,
+        /// The bound.
+        timeout: Duration,
+    },
+}
+
+/// The coordinator actor of one role: wraps the user's [`Coordinator`].
+pub struct CoordinatorActor<C: Coordinator> {
+    coordinator: Arc<C>,
+    role: String,
+    buffer_capacity: usize,
+    deactivate_timeout: Duration,
+}
+
+impl<C: Coordinator> CoordinatorActor<C> {
+    /// An actor for `role` with the activation buffer and deactivation bound from config.
+    pub fn new(
+        coordinator: Arc<C>,
+        role: String,
+        buffer_capacity: usize,
+        deactivate_timeout: Duration,
+    ) -> Self {
+        Self {
+            coordinator,
+            role,
+            buffer_capacity,
+            deactivate_timeout,
+        }
+    }
+}
+
+/// A request's reply port.
+pub type ServeReply<C> =
+    RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
+
+/// Messages to a coordinator actor.
+pub enum CoordinatorMsg<C: Coordinator> {
+    /// A user request; answered with the response, or why it is not served here.
+    Request {
+        /// The request.
+        request: C::Request,
+        /// Where the answer goes.
+        reply: ServeReply<C>,
+    },
+    /// This node won `epoch`: activate from `meta`; `reply` is answered once serving.
+    Activate {
+        /// The won term.
+        epoch: Epoch,
+        /// The reloaded metadata.
+        meta: C::Meta,
+        /// The store fenced to `epoch`.
+        store: FencedStore,
+        /// Answered when the coordinator serves.
+        reply: RpcReplyPort<()>,
+    },
+    /// The activation task for `revision` finished.
+    ActivationDone {
+        /// The epoch revision it was for.
+        revision: i64,
+        /// The serving state, or why activation failed.
+        result: Result<C::Serving, String>,
+    },
+    /// Go back to standby; answered once the deactivation hook has run.
+    Deactivate {
+        /// Answered in standby.
+        reply: RpcReplyPort<()>,
+    },
+    /// The leader this node sees changed; standby answers carry its address.
+    LeaderChanged(Option<String>),
+}
+
+/// A request that arrived while activating.
+struct Waiting<C: Coordinator> {
+    request: C::Request,
+    reply: ServeReply<C>,
+}
+
+enum Phase<C: Coordinator> {
+    Standby,
+    Activating {
+        epoch: Epoch,
+        waiting: VecDeque<Waiting<C>>,
+        ready: RpcReplyPort<()>,
+        _task: OwnedTask,
+    },
+    Serving {
+        epoch: Epoch,
+        serving: C::Serving,
+    },
+}
+
+/// What a coordinator actor's state changes between messages.
+pub struct CoordinatorState<C: Coordinator> {
+    phase: Phase<C>,
+    leader: Option<String>,
+}
+
+impl<C: Coordinator> CoordinatorActor<C> {
+    fn not_active(&self, state: &CoordinatorState<C>) -> ServeError {
+        ServeError::NotActive {
+            role: self.role.clone(),
+            leader: state.leader.clone(),
+        }
+    }
+
+    /// Ends any term in progress: runs the deactivation hook of a serving
+    /// term (bounded), and turns away requests waiting for an activation.
+    async fn end_term(&self, state: &mut CoordinatorState<C>) {
+        match std::mem::replace(&mut state.phase, Phase::Standby) {
+            Phase::Standby => {}
+            Phase::Activating { waiting, .. } => {
+                for waiter in waiting {
+                    let _ = waiter.reply.send(Err(ServeError::ActivationAborted {
+                        role: self.role.clone(),
+                    }));
+                }
+            }
+            Phase::Serving { epoch, serving } => {
+                let hook = self.coordinator.deactivate(serving);
+                if tokio::time::timeout(self.deactivate_timeout, hook)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        role = self.role,
+                        revision = epoch.revision,
+                        "deactivation hook did not finish within {:?}; abandoned",
+                        self.deactivate_timeout
+                    );
+                }
+                tracing::info!(role = self.role, "{} switch from active to standby", self.role);
+            }
+        }
+    }
+}
+
+impl<C: Coordinator> Actor for CoordinatorActor<C> {
+    type Msg = CoordinatorMsg<C>;
+    type State = CoordinatorState<C>;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(CoordinatorState {
+            phase: Phase::Standby,
+            leader: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CoordinatorMsg::Request { request, reply } => match &mut state.phase {
+                Phase::Standby => {
+                    let _ = reply.send(Err(self.not_active(state)));
+                }
+                Phase::Activating { waiting, .. } => {
+                    if waiting.len() >= self.buffer_capacity {
+                        let _ = reply.send(Err(ServeError::BufferFull {
+                            role: self.role.clone(),
+                            capacity: self.buffer_capacity,
+                        }));
+                    } else {
+                        waiting.push_back(Waiting { request, reply });
+                        metrics::gauge!("standin_buffered_messages", "role" => self.role.clone())
+                            .set(waiting.len() as f64);
+                    }
+                }
+                Phase::Serving { serving, .. } => {
+                    let response = self.coordinator.handle(serving, request).await;
+                    let _ = reply.send(Ok(response));
+                }
+            },
+            CoordinatorMsg::Activate {
+                epoch,
+                meta,
+                store,
+                reply,
+            } => {
+                self.end_term(state).await;
+                tracing::info!(
+                    role = self.role,
+                    revision = epoch.revision,
+                    "{} switch from standby to active, activating",
+                    self.role
+                );
+                let coordinator = self.coordinator.clone();
+                let revision = epoch.revision;
+                let activation_epoch = epoch.clone();
+                let task = OwnedTask::spawn(async move {
+                    let activation = coordinator.activate(activation_epoch, meta, store);
+                    let result = match AssertUnwindSafe(activation).catch_unwind().await {
+                        Ok(Ok(serving)) => Ok(serving),
+                        Ok(Err(error)) => Err(error.to_string()),
+                        Err(panic) => Err(panic_message(panic.as_ref())),
+                    };
+                    let _ = myself.send_message(CoordinatorMsg::ActivationDone { revision, result });
+                });
+                state.phase = Phase::Activating {
+                    epoch,
+                    waiting: VecDeque::new(),
+                    ready: reply,
+                    _task: task,
+                };
+            }
+            CoordinatorMsg::ActivationDone { revision, result } => {
+                let current = matches!(&state.phase, Phase::Activating { epoch, .. } if epoch.revision == revision);
+                if !current {
+                    return Ok(());
+                }
+                let Phase::Activating {
+                    epoch,
+                    waiting,
+                    ready,
+                    ..
+                } = std::mem::replace(&mut state.phase, Phase::Standby)
+                else {
+                    unreachable!("checked just above");
+                };
+                let mut serving = match result {
+                    Ok(serving) => serving,
+                    Err(reason) => {
+                        for waiter in waiting {
+                            let _ = waiter.reply.send(Err(ServeError::ActivationAborted {
+                                role: self.role.clone(),
+                            }));
+                        }
+                        // A failed activation is a crash: the election resigns and restarts us.
+                        return Err(format!("{} activation failed: {reason}", self.role).into());
+                    }
+                };
+                for waiter in waiting {
+                    let response = self.coordinator.handle(&mut serving, waiter.request).await;
+                    let _ = waiter.reply.send(Ok(response));
+                }
+                metrics::gauge!("standin_buffered_messages", "role" => self.role.clone()).set(0.0);
+                state.phase = Phase::Serving { epoch, serving };
+                let _ = ready.send(());
+            }
+            CoordinatorMsg::Deactivate { reply } => {
+                self.end_term(state).await;
+                let _ = reply.send(());
+            }
+            CoordinatorMsg::LeaderChanged(leader) => state.leader = leader,
+        }
+        Ok(())
+    }
+}
+
+/// The text of a caught panic, for logs and supervision reasons.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        format!("panicked: {text}")
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        format!("panicked: {text}")
+    } else {
+        "panicked".to_owned()
+    }
+}

@@ -1,0 +1,872 @@
+//! The election's decisions as a pure state machine: events in, commands out, no I/O.
+//!
+//! The election actor turns etcd replies, timers and supervision events into
+//! [`Event`]s and carries out the [`Command`]s; everything that decides *what*
+//! happens lives here, where unit tests drive it without etcd.
+
+use std::time::{Duration, Instant};
+
+use crate::backoff;
+use crate::config::BackoffConfig;
+use crate::session::RoleState;
+
+/// Why a node gives up leadership (or its candidacy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDownReason {
+    /// etcd says the lease no longer exists.
+    LeaseLost,
+    /// No keepalive succeeded within the renew deadline.
+    RenewDeadlineMissed,
+    /// The coordinator actor panicked or failed.
+    CoordinatorCrashed,
+    /// The reload actor failed or timed out.
+    ReloadFailed,
+    /// The node is shutting down and hands the role over.
+    Shutdown,
+}
+
+impl StepDownReason {
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepDownReason::LeaseLost => "lease_lost",
+            StepDownReason::RenewDeadlineMissed => "renew_deadline",
+            StepDownReason::CoordinatorCrashed => "coordinator_crashed",
+            StepDownReason::ReloadFailed => "reload_failed",
+            StepDownReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What happens once leadership or candidacy has been released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Afterwards {
+    /// Keep the lease and campaign again (after a coordinator restart or a delay).
+    Recampaign,
+    /// The lease is lost or untrusted: revoke it and start over on a fresh one.
+    NewLease,
+    /// Revoke the lease and stop: the node is shutting down.
+    Stop,
+}
+
+/// Where the election stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No lease: one is being granted.
+    Unleased,
+    /// Lease held, but the coordinator is down and waits for its restart; not a candidate.
+    Recovering,
+    /// Lease held, candidate key in the election, waiting for the ones ahead to go.
+    Campaigning,
+    /// Won at `revision`; the reload actor is loading the metadata.
+    Reloading {
+        /// The leader key's create revision.
+        revision: i64,
+    },
+    /// Metadata loaded; the coordinator is activating.
+    Activating {
+        /// The leader key's create revision.
+        revision: i64,
+    },
+    /// The coordinator serves.
+    Serving {
+        /// The leader key's create revision.
+        revision: i64,
+    },
+    /// The coordinator is being deactivated before leadership is released.
+    Deactivating {
+        /// What follows the release.
+        then: Afterwards,
+    },
+    /// The candidate key or the lease is being released.
+    Releasing {
+        /// What follows the release.
+        then: Afterwards,
+    },
+    /// Shut down; nothing more happens.
+    Stopped,
+}
+
+impl Phase {
+    /// The state this phase publishes in the session.
+    pub fn published_state(self) -> RoleState {
+        match self {
+            Phase::Reloading { .. } | Phase::Activating { .. } => RoleState::Activating,
+            Phase::Serving { .. } => RoleState::Serving,
+            Phase::Deactivating {
+                then: Afterwards::Stop,
+            }
+            | Phase::Releasing {
+                then: Afterwards::Stop,
+            }
+            | Phase::Stopped => RoleState::Stopping,
+            _ => RoleState::Standby,
+        }
+    }
+
+    /// Whether this node holds the leader key (won, not yet released).
+    pub fn leads(self) -> bool {
+        matches!(
+            self,
+            Phase::Reloading { .. } | Phase::Activating { .. } | Phase::Serving { .. }
+        )
+    }
+}
+
+/// Something that happened, as the election actor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The actor started (its coordinator already runs in standby).
+    Started,
+    /// A lease was granted and the session registered; `sent_at` is when the grant was sent.
+    LeaseGranted {
+        /// The new lease.
+        lease: i64,
+        /// When the grant request left, the start of the renew deadline.
+        sent_at: Instant,
+    },
+    /// Granting a lease or registering the session failed.
+    LeaseGrantFailed,
+    /// A keepalive sent at `sent_at` succeeded.
+    KeepaliveAcked {
+        /// The lease kept alive.
+        lease: i64,
+        /// When the keepalive request left.
+        sent_at: Instant,
+    },
+    /// etcd says the lease is gone.
+    LeaseLost {
+        /// The lease that is gone.
+        lease: i64,
+    },
+    /// The clock, to check the renew deadline.
+    Tick {
+        /// Now.
+        now: Instant,
+    },
+    /// Every candidate ahead is gone: this node leads at `revision`.
+    Elected {
+        /// The lease the candidacy was on.
+        lease: i64,
+        /// The leader key's create revision.
+        revision: i64,
+    },
+    /// The campaign failed (etcd error or our key vanished).
+    CampaignFailed {
+        /// The lease the candidacy was on.
+        lease: i64,
+    },
+    /// The metadata is loaded at or above `revision`.
+    Reloaded {
+        /// The epoch revision the reload was for.
+        revision: i64,
+    },
+    /// The reload actor failed or timed out.
+    ReloadFailed,
+    /// The coordinator finished activating for `revision` and serves.
+    CoordinatorServing {
+        /// The epoch revision it activated for.
+        revision: i64,
+    },
+    /// The coordinator actor failed or stopped unexpectedly.
+    CoordinatorCrashed,
+    /// A restarted coordinator runs again, in standby.
+    CoordinatorStarted,
+    /// The coordinator is back in standby after a `Deactivate`.
+    Deactivated,
+    /// The candidate key or the lease has been released.
+    Released,
+    /// The node shuts down: hand over and stop.
+    Shutdown,
+}
+
+/// Something the election actor must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Grant a lease of the configured TTL, register the session on it, after `after`.
+    GrantLease {
+        /// Delay before the grant.
+        after: Duration,
+    },
+    /// Keep `lease` alive until told otherwise.
+    StartKeepalive {
+        /// The lease to keep alive.
+        lease: i64,
+    },
+    /// Stop keeping the current lease alive.
+    StopKeepalive,
+    /// Join the election on `lease` after `after`, and wait to lead.
+    Campaign {
+        /// The lease to campaign on.
+        lease: i64,
+        /// Delay before joining.
+        after: Duration,
+    },
+    /// Stop waiting in the election (the key stays until resigned or revoked).
+    CancelCampaign,
+    /// Publish this state in the session (and the leader key while leading).
+    Publish(RoleState),
+    /// Load the metadata at or above `revision`.
+    StartReload {
+        /// The epoch revision.
+        revision: i64,
+    },
+    /// Abandon a running reload.
+    StopReload,
+    /// Hand the loaded metadata and a fenced store for `revision` to the coordinator.
+    Activate {
+        /// The epoch revision.
+        revision: i64,
+    },
+    /// End the current epoch's fenced store at once, before anything else.
+    Depose(StepDownReason),
+    /// Put the coordinator back in standby; answered by [`Event::Deactivated`].
+    Deactivate,
+    /// Delete our candidate key on `lease`; answered by [`Event::Released`].
+    Resign {
+        /// The lease the candidate key is on.
+        lease: i64,
+    },
+    /// Revoke `lease` (deletes the session and candidate keys); answered by [`Event::Released`].
+    RevokeLease {
+        /// The lease to revoke.
+        lease: i64,
+    },
+    /// Start a new coordinator in standby after `after`; answered by [`Event::CoordinatorStarted`].
+    RestartCoordinator {
+        /// Delay before the restart.
+        after: Duration,
+    },
+    /// Stop the election actor.
+    Stop,
+}
+
+/// The timings the machine decides with.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// No successful keepalive sent within this long: step down.
+    pub renew_deadline: Duration,
+    /// Delays for restarting a crashed coordinator and for retrying etcd calls.
+    pub backoff: BackoffConfig,
+}
+
+/// The election state machine of one role on one node.
+#[derive(Debug, Clone)]
+pub struct ElectionMachine {
+    timings: Timings,
+    phase: Phase,
+    lease: Option<i64>,
+    last_renewal_sent: Option<Instant>,
+    coordinator_up: bool,
+    coordinator_crashes: u32,
+    etcd_failures: u32,
+    campaign_delay: Duration,
+}
+
+impl ElectionMachine {
+    /// A machine with no lease yet and the coordinator running in standby.
+    pub fn new(timings: Timings) -> Self {
+        Self {
+            timings,
+            phase: Phase::Unleased,
+            lease: None,
+            last_renewal_sent: None,
+            coordinator_up: true,
+            coordinator_crashes: 0,
+            etcd_failures: 0,
+            campaign_delay: Duration::ZERO,
+        }
+    }
+
+    /// Where the election stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The lease held, if any.
+    pub fn lease(&self) -> Option<i64> {
+        self.lease
+    }
+
+    /// Decides what to do about `event`.
+    pub fn on(&mut self, event: Event) -> Vec<Command> {
+        if self.phase == Phase::Stopped {
+            return Vec::new();
+        }
+        match event {
+            Event::Started => {
+                if self.phase == Phase::Unleased {
+                    vec![Command::GrantLease {
+                        after: Duration::ZERO,
+                    }]
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::LeaseGranted { lease, sent_at } => self.on_lease_granted(lease, sent_at),
+            Event::LeaseGrantFailed => {
+                if self.phase != Phase::Unleased {
+                    return Vec::new();
+                }
+                let after = self.next_etcd_retry();
+                vec![Command::GrantLease { after }]
+            }
+            Event::KeepaliveAcked { lease, sent_at } => {
+                if self.lease == Some(lease) {
+                    self.last_renewal_sent = self.last_renewal_sent.max(Some(sent_at));
+                }
+                Vec::new()
+            }
+            Event::LeaseLost { lease } => {
+                if self.lease == Some(lease) {
+                    self.step_down(Afterwards::NewLease, StepDownReason::LeaseLost)
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::Tick { now } => match self.last_renewal_sent {
+                Some(sent) if self.lease.is_some() && now >= sent + self.timings.renew_deadline => {
+                    self.step_down(Afterwards::NewLease, StepDownReason::RenewDeadlineMissed)
+                }
+                _ => Vec::new(),
+            },
+            Event::Elected { lease, revision } => {
+                if self.phase != Phase::Campaigning || self.lease != Some(lease) {
+                    return Vec::new();
+                }
+                self.phase = Phase::Reloading { revision };
+                vec![
+                    Command::Publish(RoleState::Activating),
+                    Command::StartReload { revision },
+                ]
+            }
+            Event::CampaignFailed { lease } => {
+                if self.phase != Phase::Campaigning || self.lease != Some(lease) {
+                    return Vec::new();
+                }
+                let after = self.next_etcd_retry();
+                vec![Command::Campaign { lease, after }]
+            }
+            Event::Reloaded { revision } => {
+                if self.phase != (Phase::Reloading { revision }) {
+                    return Vec::new();
+                }
+                self.phase = Phase::Activating { revision };
+                vec![Command::Activate { revision }]
+            }
+            Event::ReloadFailed => {
+                if !matches!(self.phase, Phase::Reloading { .. }) {
+                    return Vec::new();
+                }
+                self.step_down(Afterwards::Recampaign, StepDownReason::ReloadFailed)
+            }
+            Event::CoordinatorServing { revision } => {
+                if self.phase != (Phase::Activating { revision }) {
+                    return Vec::new();
+                }
+                self.phase = Phase::Serving { revision };
+                self.coordinator_crashes = 0;
+                self.etcd_failures = 0;
+                self.campaign_delay = Duration::ZERO;
+                vec![Command::Publish(RoleState::Serving)]
+            }
+            Event::CoordinatorCrashed => self.on_coordinator_crashed(),
+            Event::CoordinatorStarted => {
+                self.coordinator_up = true;
+                match (self.phase, self.lease) {
+                    (Phase::Recovering, Some(lease)) => {
+                        self.phase = Phase::Campaigning;
+                        vec![Command::Campaign {
+                            lease,
+                            after: Duration::ZERO,
+                        }]
+                    }
+                    _ => Vec::new(),
+                }
+            }
+            Event::Deactivated => match self.phase {
+                Phase::Deactivating { then } => self.release(then),
+                _ => Vec::new(),
+            },
+            Event::Released => match self.phase {
+                Phase::Releasing { then } => self.after_release(then),
+                _ => Vec::new(),
+            },
+            Event::Shutdown => self.step_down(Afterwards::Stop, StepDownReason::Shutdown),
+        }
+    }
+
+    fn on_lease_granted(&mut self, lease: i64, sent_at: Instant) -> Vec<Command> {
+        if self.phase != Phase::Unleased {
+            // Grants are only asked for while unleased, and only a shutdown
+            // leaves that phase without one; the stopped actor drops this.
+            return Vec::new();
+        }
+        self.lease = Some(lease);
+        self.last_renewal_sent = Some(sent_at);
+        self.etcd_failures = 0;
+        let mut commands = vec![Command::StartKeepalive { lease }];
+        if self.coordinator_up {
+            self.phase = Phase::Campaigning;
+            commands.push(Command::Campaign {
+                lease,
+                after: self.campaign_delay,
+            });
+        } else {
+            self.phase = Phase::Recovering;
+        }
+        commands
+    }
+
+    fn on_coordinator_crashed(&mut self) -> Vec<Command> {
+        self.coordinator_up = false;
+        self.coordinator_crashes = self.coordinator_crashes.saturating_add(1);
+        let restart = Command::RestartCoordinator {
+            after: backoff::delay(&self.timings.backoff, self.coordinator_crashes),
+        };
+        let mut commands = match self.phase {
+            // No deactivation can come from a dead coordinator: release now.
+            Phase::Deactivating { then } => {
+                let mut commands = vec![Command::Depose(StepDownReason::CoordinatorCrashed)];
+                commands.extend(self.release(then));
+                commands
+            }
+            Phase::Reloading { .. } | Phase::Activating { .. } | Phase::Serving { .. } => {
+                let mut commands = vec![
+                    Command::Depose(StepDownReason::CoordinatorCrashed),
+                    Command::StopReload,
+                    Command::Publish(RoleState::Standby),
+                ];
+                commands.extend(self.release(Afterwards::Recampaign));
+                commands
+            }
+            Phase::Campaigning => {
+                let mut commands = vec![Command::CancelCampaign];
+                commands.extend(self.release(Afterwards::Recampaign));
+                commands
+            }
+            _ => Vec::new(),
+        };
+        commands.push(restart);
+        commands
+    }
+
+    /// Gives up leadership or candidacy, deactivating the coordinator first
+    /// when it was activated, then does `then`.
+    fn step_down(&mut self, then: Afterwards, reason: StepDownReason) -> Vec<Command> {
+        if reason == StepDownReason::ReloadFailed {
+            self.campaign_delay = self.next_etcd_retry();
+        }
+        match self.phase {
+            Phase::Reloading { .. } | Phase::Activating { .. } | Phase::Serving { .. } => {
+                self.phase = Phase::Deactivating { then };
+                let mut commands = vec![Command::Depose(reason), Command::StopReload];
+                let state = self.phase.published_state();
+                if then != Afterwards::NewLease {
+                    commands.push(Command::Publish(state));
+                }
+                commands.push(Command::Deactivate);
+                commands
+            }
+            Phase::Campaigning => {
+                let mut commands = vec![Command::CancelCampaign];
+                commands.extend(self.release(then));
+                commands
+            }
+            Phase::Recovering => self.release(then),
+            Phase::Deactivating { then: current } => {
+                self.phase = Phase::Deactivating {
+                    then: current.max(then),
+                };
+                Vec::new()
+            }
+            Phase::Releasing { then: current } => {
+                // A release already in flight: only escalate what follows it.
+                self.phase = Phase::Releasing {
+                    then: current.max(then),
+                };
+                Vec::new()
+            }
+            Phase::Unleased => {
+                if then == Afterwards::Stop {
+                    self.phase = Phase::Stopped;
+                    vec![Command::Stop]
+                } else {
+                    Vec::new()
+                }
+            }
+            Phase::Stopped => Vec::new(),
+        }
+    }
+
+    /// Releases the candidate key (keeping the lease) or the lease itself.
+    fn release(&mut self, then: Afterwards) -> Vec<Command> {
+        self.phase = Phase::Releasing { then };
+        match (then, self.lease) {
+            (Afterwards::Recampaign, Some(lease)) => vec![Command::Resign { lease }],
+            (_, Some(lease)) => {
+                self.lease = None;
+                self.last_renewal_sent = None;
+                vec![Command::StopKeepalive, Command::RevokeLease { lease }]
+            }
+            (_, None) => self.after_release(then),
+        }
+    }
+
+    fn after_release(&mut self, then: Afterwards) -> Vec<Command> {
+        match (then, self.lease) {
+            (Afterwards::Stop, Some(lease)) => {
+                // A shutdown arrived while only the candidate key was being released.
+                self.lease = None;
+                vec![Command::StopKeepalive, Command::RevokeLease { lease }]
+            }
+            (Afterwards::Stop, None) => {
+                self.phase = Phase::Stopped;
+                vec![Command::Stop]
+            }
+            (Afterwards::NewLease, Some(lease)) => {
+                self.lease = None;
+                vec![Command::StopKeepalive, Command::RevokeLease { lease }]
+            }
+            (Afterwards::NewLease, None) | (Afterwards::Recampaign, None) => {
+                self.phase = Phase::Unleased;
+                vec![
+                    Command::Publish(RoleState::Standby),
+                    Command::GrantLease {
+                        after: Duration::ZERO,
+                    },
+                ]
+            }
+            (Afterwards::Recampaign, Some(lease)) => {
+                let mut commands = vec![Command::Publish(RoleState::Standby)];
+                if self.coordinator_up {
+                    self.phase = Phase::Campaigning;
+                    commands.push(Command::Campaign {
+                        lease,
+                        after: self.campaign_delay,
+                    });
+                } else {
+                    self.phase = Phase::Recovering;
+                }
+                commands
+            }
+        }
+    }
+
+    fn next_etcd_retry(&mut self) -> Duration {
+        self.etcd_failures = self.etcd_failures.saturating_add(1);
+        backoff::delay(&self.timings.backoff, self.etcd_failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: i64 = 7;
+    const REVISION: i64 = 42;
+
+    fn timings() -> Timings {
+        Timings {
+            renew_deadline: Duration::from_secs(6),
+            backoff: BackoffConfig {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            },
+        }
+    }
+
+    /// A machine that holds `LEASE` and campaigns, granted at `start`.
+    fn campaigning(start: Instant) -> ElectionMachine {
+        let mut machine = ElectionMachine::new(timings());
+        assert_eq!(
+            machine.on(Event::Started),
+            vec![Command::GrantLease {
+                after: Duration::ZERO
+            }]
+        );
+        let commands = machine.on(Event::LeaseGranted {
+            lease: LEASE,
+            sent_at: start,
+        });
+        assert_eq!(
+            commands,
+            vec![
+                Command::StartKeepalive { lease: LEASE },
+                Command::Campaign {
+                    lease: LEASE,
+                    after: Duration::ZERO
+                }
+            ]
+        );
+        assert_eq!(machine.phase(), Phase::Campaigning);
+        machine
+    }
+
+    fn serving(start: Instant) -> ElectionMachine {
+        let mut machine = campaigning(start);
+        assert_eq!(
+            machine.on(Event::Elected {
+                lease: LEASE,
+                revision: REVISION
+            }),
+            vec![
+                Command::Publish(RoleState::Activating),
+                Command::StartReload { revision: REVISION }
+            ]
+        );
+        assert_eq!(machine.phase().published_state(), RoleState::Activating);
+        assert_eq!(
+            machine.on(Event::Reloaded { revision: REVISION }),
+            vec![Command::Activate { revision: REVISION }]
+        );
+        assert_eq!(machine.phase().published_state(), RoleState::Activating);
+        assert_eq!(
+            machine.on(Event::CoordinatorServing { revision: REVISION }),
+            vec![Command::Publish(RoleState::Serving)]
+        );
+        assert_eq!(machine.phase(), Phase::Serving { revision: REVISION });
+        machine
+    }
+
+    #[test]
+    fn wins_then_serves_only_after_reload_and_activation() {
+        let machine = serving(Instant::now());
+        assert!(machine.phase().leads());
+    }
+
+    #[test]
+    fn stale_replies_from_an_earlier_term_are_ignored() {
+        let mut machine = campaigning(Instant::now());
+        assert!(
+            machine
+                .on(Event::Elected {
+                    lease: LEASE + 1,
+                    revision: 1
+                })
+                .is_empty()
+        );
+        assert!(machine.on(Event::Reloaded { revision: 5 }).is_empty());
+        assert!(machine.on(Event::CoordinatorServing { revision: 5 }).is_empty());
+        assert_eq!(machine.phase(), Phase::Campaigning);
+    }
+
+    #[test]
+    fn missed_renew_deadline_demotes_before_the_ttl_and_starts_over() {
+        let start = Instant::now();
+        let mut machine = serving(start);
+        let renewed = start + Duration::from_secs(3);
+        machine.on(Event::KeepaliveAcked {
+            lease: LEASE,
+            sent_at: renewed,
+        });
+        // A keepalive of an older lease does not count.
+        machine.on(Event::KeepaliveAcked {
+            lease: LEASE + 1,
+            sent_at: start + Duration::from_secs(8),
+        });
+        assert!(
+            machine
+                .on(Event::Tick {
+                    now: renewed + Duration::from_millis(5999)
+                })
+                .is_empty()
+        );
+        let commands = machine.on(Event::Tick {
+            now: renewed + Duration::from_secs(6),
+        });
+        assert_eq!(
+            commands,
+            vec![
+                Command::Depose(StepDownReason::RenewDeadlineMissed),
+                Command::StopReload,
+                Command::Deactivate
+            ]
+        );
+        assert_eq!(machine.phase().published_state(), RoleState::Standby);
+        assert_eq!(
+            machine.on(Event::Deactivated),
+            vec![
+                Command::StopKeepalive,
+                Command::RevokeLease { lease: LEASE }
+            ]
+        );
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![
+                Command::Publish(RoleState::Standby),
+                Command::GrantLease {
+                    after: Duration::ZERO
+                }
+            ]
+        );
+        assert_eq!(machine.phase(), Phase::Unleased);
+        assert_eq!(machine.lease(), None);
+    }
+
+    #[test]
+    fn lost_lease_while_campaigning_starts_over_without_deactivating() {
+        let mut machine = campaigning(Instant::now());
+        assert!(machine.on(Event::LeaseLost { lease: LEASE + 1 }).is_empty());
+        assert_eq!(
+            machine.on(Event::LeaseLost { lease: LEASE }),
+            vec![
+                Command::CancelCampaign,
+                Command::StopKeepalive,
+                Command::RevokeLease { lease: LEASE }
+            ]
+        );
+    }
+
+    #[test]
+    fn coordinator_crash_resigns_at_once_and_recampaigns_after_restart() {
+        let mut machine = serving(Instant::now());
+        let commands = machine.on(Event::CoordinatorCrashed);
+        assert_eq!(
+            commands,
+            vec![
+                Command::Depose(StepDownReason::CoordinatorCrashed),
+                Command::StopReload,
+                Command::Publish(RoleState::Standby),
+                Command::Resign { lease: LEASE },
+                Command::RestartCoordinator {
+                    after: Duration::from_millis(100)
+                }
+            ]
+        );
+        // The lease is kept, but no campaign while the coordinator is down.
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![Command::Publish(RoleState::Standby)]
+        );
+        assert_eq!(machine.phase(), Phase::Recovering);
+        assert_eq!(
+            machine.on(Event::CoordinatorStarted),
+            vec![Command::Campaign {
+                lease: LEASE,
+                after: Duration::ZERO
+            }]
+        );
+    }
+
+    #[test]
+    fn repeated_crashes_back_off_exponentially_until_it_serves_again() {
+        let mut machine = campaigning(Instant::now());
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            for command in machine.on(Event::CoordinatorCrashed) {
+                if let Command::RestartCoordinator { after } = command {
+                    delays.push(after.as_millis());
+                }
+            }
+            machine.on(Event::Released);
+            machine.on(Event::CoordinatorStarted);
+        }
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000]);
+    }
+
+    #[test]
+    fn reload_failure_resigns_and_campaigns_again_after_a_delay() {
+        let mut machine = campaigning(Instant::now());
+        machine.on(Event::Elected {
+            lease: LEASE,
+            revision: REVISION,
+        });
+        assert_eq!(
+            machine.on(Event::ReloadFailed),
+            vec![
+                Command::Depose(StepDownReason::ReloadFailed),
+                Command::StopReload,
+                Command::Publish(RoleState::Standby),
+                Command::Deactivate
+            ]
+        );
+        assert_eq!(machine.on(Event::Deactivated), vec![Command::Resign { lease: LEASE }]);
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![
+                Command::Publish(RoleState::Standby),
+                Command::Campaign {
+                    lease: LEASE,
+                    after: Duration::from_millis(100)
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn shutdown_deactivates_before_revoking_then_stops() {
+        let mut machine = serving(Instant::now());
+        assert_eq!(
+            machine.on(Event::Shutdown),
+            vec![
+                Command::Depose(StepDownReason::Shutdown),
+                Command::StopReload,
+                Command::Publish(RoleState::Stopping),
+                Command::Deactivate
+            ]
+        );
+        // Leadership is released only once the coordinator is in standby.
+        assert_eq!(
+            machine.on(Event::Deactivated),
+            vec![
+                Command::StopKeepalive,
+                Command::RevokeLease { lease: LEASE }
+            ]
+        );
+        assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
+        assert_eq!(machine.phase(), Phase::Stopped);
+        assert!(machine.on(Event::Started).is_empty());
+    }
+
+    #[test]
+    fn shutdown_during_a_resign_still_revokes_and_stops() {
+        let mut machine = serving(Instant::now());
+        machine.on(Event::CoordinatorCrashed);
+        assert!(machine.on(Event::Shutdown).is_empty());
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![
+                Command::StopKeepalive,
+                Command::RevokeLease { lease: LEASE }
+            ]
+        );
+        assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
+    }
+
+    #[test]
+    fn crash_while_deactivating_releases_without_waiting() {
+        let mut machine = serving(Instant::now());
+        machine.on(Event::Shutdown);
+        let commands = machine.on(Event::CoordinatorCrashed);
+        assert!(commands.contains(&Command::RevokeLease { lease: LEASE }));
+        assert!(commands.contains(&Command::RestartCoordinator {
+            after: Duration::from_millis(100)
+        }));
+    }
+
+    #[test]
+    fn grant_failures_retry_with_backoff() {
+        let mut machine = ElectionMachine::new(timings());
+        machine.on(Event::Started);
+        assert_eq!(
+            machine.on(Event::LeaseGrantFailed),
+            vec![Command::GrantLease {
+                after: Duration::from_millis(100)
+            }]
+        );
+        assert_eq!(
+            machine.on(Event::LeaseGrantFailed),
+            vec![Command::GrantLease {
+                after: Duration::from_millis(200)
+            }]
+        );
+    }
+
+    #[test]
+    fn shutdown_without_a_lease_stops_at_once() {
+        let mut machine = ElectionMachine::new(timings());
+        machine.on(Event::Started);
+        assert_eq!(machine.on(Event::Shutdown), vec![Command::Stop]);
+    }
+}

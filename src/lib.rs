@@ -1,0 +1,32 @@
+//! standin keeps a service's coordinator highly available: one ACTIVE instance
+//! per role, the others in STANDBY, leadership held as an etcd lease.
+//!
+//! A [`Node`] runs one election actor per role. The election actor holds the
+//! role's lease, campaigns with etcd's standard election recipe, supervises the
+//! role's [`Coordinator`] (kept in standby until it wins) and a reload actor that
+//! loads the role's metadata at the won revision before the coordinator serves.
+//! Every metadata write of a serving coordinator goes through a [`FencedStore`]
+//! guarded by the leader key's create revision, so a deposed active can never
+//! write.
+
+pub mod backoff;
+pub mod campaign;
+pub mod config;
+pub mod coordinator;
+pub mod election;
+pub mod etcd;
+pub mod fence;
+pub mod node;
+pub mod reload;
+pub mod session;
+pub mod supervisor;
+mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::Config;
+pub use coordinator::{Coordinator, ServeError};
+pub use fence::{Epoch, FenceError, FencedStore};
+pub use node::{Node, RoleHandle};
+pub use reload::Snapshot;
+pub use session::{RoleState, SessionInfo};

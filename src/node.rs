@@ -1,0 +1,315 @@
+//! The node: one process's runtime handle, which runs a set of roles, each under its own election.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use etcd_client::Client;
+use ractor::{Actor, ActorRef, SpawnErr};
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::config::{Config, ConfigError};
+use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
+use crate::etcd::EtcdError;
+use crate::fence::Epoch;
+use crate::session::{Layout, RoleState, SessionInfo, allocate_server_id};
+use crate::supervisor::{RoleSupervisor, SupervisorMsg};
+
+/// The standin version published in every session.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Failures to start or stop a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is impossible.
+    #[error(transparent)]
+    InvalidConfig(#[from] ConfigError),
+    /// The etcd client could not be built.
+    #[error(transparent)]
+    EtcdUnavailable(#[from] EtcdError),
+    /// Two roles with the same name.
+    #[error("role {0:?} is added twice")]
+    DuplicateRole(String),
+    /// A role name etcd keys cannot carry.
+    #[error("role name {0:?} must be non-empty and use only letters, digits, '-' and '_'")]
+    BadRoleName(String),
+    /// `start` without roles, or twice.
+    #[error("{0}")]
+    BadLifecycle(&'static str),
+    /// An actor could not be spawned.
+    #[error("spawning the {role} supervisor failed: {source}")]
+    SpawnFailed {
+        /// The role.
+        role: String,
+        /// ractor's error.
+        #[source]
+        source: SpawnErr,
+    },
+}
+
+/// What every actor of a node shares: immutable once the node has started.
+pub struct NodeContext {
+    /// The etcd client (cheap to clone).
+    pub client: Client,
+    /// The validated configuration.
+    pub config: Config,
+    /// The etcd key layout.
+    pub layout: Layout,
+    /// This node's server ID.
+    pub server_id: i64,
+}
+
+impl NodeContext {
+    /// The session this node publishes for `role` in `state` on `lease`.
+    pub fn session(&self, role: &str, state: RoleState, lease_id: i64) -> SessionInfo {
+        SessionInfo {
+            server_id: self.server_id,
+            role: role.to_owned(),
+            address: self.config.node.address.clone(),
+            version: VERSION.to_owned(),
+            state,
+            lease_id,
+        }
+    }
+}
+
+/// A role's state on this node, as its election actor last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleStatus {
+    /// The role.
+    pub role: String,
+    /// This node's server ID (0 before the node has started).
+    pub server_id: i64,
+    /// The role's published state here.
+    pub state: RoleState,
+    /// The current term while this node leads.
+    pub epoch: Option<Epoch>,
+    /// The leader this node sees (possibly itself).
+    pub leader: Option<SessionInfo>,
+    /// The lease this node holds for the role.
+    pub lease: Option<i64>,
+}
+
+/// What a role's actors share with its [`RoleHandle`]s.
+pub struct RoleShared<C: Coordinator> {
+    /// The role's status, updated on every transition.
+    pub status: watch::Sender<RoleStatus>,
+    /// The running coordinator actor, if any.
+    pub coordinator: RwLock<Option<ActorRef<CoordinatorMsg<C>>>>,
+}
+
+/// A typed handle to one role on a node: its status, and requests to its coordinator.
+pub struct RoleHandle<C: Coordinator> {
+    role: String,
+    shared: Arc<RoleShared<C>>,
+}
+
+impl<C: Coordinator> Clone for RoleHandle<C> {
+    fn clone(&self) -> Self {
+        Self {
+            role: self.role.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: Coordinator> RoleHandle<C> {
+    /// The role's name.
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The role's current status on this node.
+    pub fn status(&self) -> RoleStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn subscribe(&self) -> watch::Receiver<RoleStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Whether the role serves on this node now.
+    pub fn is_serving(&self) -> bool {
+        self.status().state == RoleState::Serving
+    }
+
+    /// Sends `request` to the role's coordinator and waits up to `timeout`
+    /// for the answer. A standby answers at once with [`ServeError::NotActive`].
+    pub async fn call(
+        &self,
+        request: C::Request,
+        timeout: Duration,
+    ) -> Result<C::Response, ServeError> {
+        let coordinator = self.shared.coordinator.read().expect("not poisoned").clone();
+        let unavailable = || ServeError::Unavailable {
+            role: self.role.clone(),
+        };
+        let coordinator = coordinator.ok_or_else(unavailable)?;
+        let outcome = coordinator
+            .call(
+                |reply| CoordinatorMsg::Request { request, reply },
+                Some(timeout),
+            )
+            .await
+            .map_err(|_| unavailable())?;
+        match outcome {
+            ractor::rpc::CallResult::Success(answer) => answer,
+            ractor::rpc::CallResult::Timeout => Err(ServeError::TimedOut {
+                role: self.role.clone(),
+                timeout,
+            }),
+            ractor::rpc::CallResult::SenderError => Err(unavailable()),
+        }
+    }
+}
+
+type LaunchFuture = Pin<Box<dyn Future<Output = Result<ActorRef<SupervisorMsg>, SpawnErr>> + Send>>;
+
+/// A role added to a node, not started yet; erases the coordinator type.
+trait PendingRole: Send {
+    fn launch(self: Box<Self>, context: Arc<NodeContext>) -> LaunchFuture;
+}
+
+struct TypedRole<C: Coordinator> {
+    role: String,
+    coordinator: Arc<C>,
+    shared: Arc<RoleShared<C>>,
+}
+
+impl<C: Coordinator> PendingRole for TypedRole<C> {
+    fn launch(self: Box<Self>, context: Arc<NodeContext>) -> LaunchFuture {
+        Box::pin(async move {
+            self.shared.status.send_modify(|status| status.server_id = context.server_id);
+            let supervisor = RoleSupervisor::<C>::new(self.role, self.coordinator, context, self.shared);
+            let (actor, _) = Actor::spawn(None, supervisor, ()).await?;
+            Ok(actor)
+        })
+    }
+}
+
+/// One process's standin runtime: the roles it runs, each kept highly available.
+pub struct Node {
+    config: Config,
+    pending: Vec<(String, Box<dyn PendingRole>)>,
+    running: Vec<(String, ActorRef<SupervisorMsg>)>,
+    context: Option<Arc<NodeContext>>,
+}
+
+impl Node {
+    /// A node with `config` and no roles yet.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            pending: Vec::new(),
+            running: Vec::new(),
+            context: None,
+        }
+    }
+
+    /// Adds `role`, served by `coordinator` when this node leads it. Returns
+    /// the handle to reach it; the role runs once [`Node::start`] is called.
+    pub fn add_role<C: Coordinator>(
+        &mut self,
+        role: &str,
+        coordinator: C,
+    ) -> Result<RoleHandle<C>, NodeError> {
+        let valid = !role.is_empty()
+            && role
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(NodeError::BadRoleName(role.to_owned()));
+        }
+        if self.pending.iter().any(|(name, _)| name == role) {
+            return Err(NodeError::DuplicateRole(role.to_owned()));
+        }
+        let (status, _) = watch::channel(RoleStatus {
+            role: role.to_owned(),
+            server_id: 0,
+            state: RoleState::Standby,
+            epoch: None,
+            leader: None,
+            lease: None,
+        });
+        let shared = Arc::new(RoleShared {
+            status,
+            coordinator: RwLock::new(None),
+        });
+        let typed = TypedRole {
+            role: role.to_owned(),
+            coordinator: Arc::new(coordinator),
+            shared: shared.clone(),
+        };
+        self.pending.push((role.to_owned(), Box::new(typed)));
+        Ok(RoleHandle {
+            role: role.to_owned(),
+            shared,
+        })
+    }
+
+    /// Validates the config, connects to etcd, allocates this node's server
+    /// ID (retrying with backoff while etcd is unreachable) and starts one
+    /// election per role.
+    pub async fn start(&mut self) -> Result<(), NodeError> {
+        if self.context.is_some() {
+            return Err(NodeError::BadLifecycle("the node is already started"));
+        }
+        if self.pending.is_empty() {
+            return Err(NodeError::BadLifecycle("a node needs at least one role"));
+        }
+        self.config.validate()?;
+        let client = crate::etcd::connect(&self.config.etcd).await?;
+        let layout = Layout::new(&self.config.etcd.root_path);
+        let retry = Backoff::new(self.config.etcd.retry.clone());
+        let server_id = crate::etcd::retry("allocating a server ID", retry, || {
+            allocate_server_id(&client, &layout)
+        })
+        .await;
+        tracing::info!(server_id, address = self.config.node.address, "standin node registered");
+        let context = Arc::new(NodeContext {
+            client,
+            config: self.config.clone(),
+            layout,
+            server_id,
+        });
+        self.context = Some(context.clone());
+        for (role, pending) in std::mem::take(&mut self.pending) {
+            let supervisor = pending
+                .launch(context.clone())
+                .await
+                .map_err(|source| NodeError::SpawnFailed {
+                    role: role.clone(),
+                    source,
+                })?;
+            self.running.push((role, supervisor));
+        }
+        Ok(())
+    }
+
+    /// This node's server ID, once started.
+    pub fn server_id(&self) -> Option<i64> {
+        self.context.as_ref().map(|c| c.server_id)
+    }
+
+    /// The etcd client, once started.
+    pub fn client(&self) -> Option<&Client> {
+        self.context.as_ref().map(|c| &c.client)
+    }
+
+    /// Hands every role over and stops: each active coordinator is
+    /// deactivated first, then its leadership is released, so a peer takes
+    /// over at once and no write of this node follows the handover.
+    pub async fn shutdown(mut self) {
+        let handovers = self.running.drain(..).map(|(role, supervisor)| async move {
+            let bound = Duration::from_secs(30);
+            if let Err(error) = ractor::call_t!(supervisor, SupervisorMsg::Shutdown, bound.as_millis() as u64) {
+                tracing::warn!(role, "shutdown did not complete cleanly: {error}");
+                supervisor.kill();
+            }
+        });
+        futures::future::join_all(handovers).await;
+    }
+}

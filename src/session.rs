@@ -1,0 +1,199 @@
+//! Where standin keeps things in etcd, what an instance publishes about itself, and server IDs.
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+/// The published state of one role on one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleState {
+    /// Not leading: watching the election, ready to take over.
+    Standby,
+    /// Won the election; reloading metadata and activating, not serving yet.
+    Activating,
+    /// The one active instance of the role.
+    Serving,
+    /// Handing the role over before the process stops.
+    Stopping,
+}
+
+impl RoleState {
+    /// The lowercase name used in etcd and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleState::Standby => "standby",
+            RoleState::Activating => "activating",
+            RoleState::Serving => "serving",
+            RoleState::Stopping => "stopping",
+        }
+    }
+}
+
+impl std::fmt::Display for RoleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An instance's registration: the value of its session key and, while it
+/// leads, of its election key (so `etcdctl elect -l` shows who serves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The node's ID from the `{root}/session/id` allocator.
+    pub server_id: i64,
+    /// The role this registration is for.
+    pub role: String,
+    /// Where clients reach this node.
+    pub address: String,
+    /// The standin version the node runs.
+    pub version: String,
+    /// The role's state on this node.
+    pub state: RoleState,
+    /// The etcd lease the registration is attached to.
+    pub lease_id: i64,
+}
+
+impl SessionInfo {
+    /// Decodes a session value read from etcd, naming the key when it is corrupt.
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<Self, SessionError> {
+        serde_json::from_slice(value).map_err(|source| SessionError::CorruptSession {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    /// The JSON stored in etcd.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a SessionInfo always serializes")
+    }
+}
+
+/// The etcd key layout under the configured root path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    /// The layout under `root` (the `etcd.rootPath` config key).
+    pub fn new(root: &str) -> Self {
+        Self {
+            root: root.trim_matches('/').to_owned(),
+        }
+    }
+
+    /// `{root}/election/{role}`: the election name etcd's own tools take.
+    pub fn election(&self, role: &str) -> String {
+        format!("{}/election/{role}", self.root)
+    }
+
+    /// `{root}/session/{role}-{server_id}`.
+    pub fn session(&self, role: &str, server_id: i64) -> String {
+        format!("{}/session/{role}-{server_id}", self.root)
+    }
+
+    /// `{root}/session/`: every registration, for listing them.
+    pub fn sessions(&self) -> String {
+        format!("{}/session/", self.root)
+    }
+
+    /// `{root}/session/id`: the server-ID allocator.
+    pub fn server_id(&self) -> String {
+        format!("{}/session/id", self.root)
+    }
+
+    /// `{root}/meta/{role}/`: the role's metadata, written only through a fenced store.
+    pub fn meta(&self, role: &str) -> String {
+        format!("{}/meta/{role}/", self.root)
+    }
+}
+
+/// Failures of session bookkeeping in etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The compare-and-swap on the server-ID counter could not be made.
+    #[error("allocating a server ID from etcd failed: {0}")]
+    AllocateFailed(#[source] etcd_client::Error),
+    /// The counter holds something that is not a number; it is left as found.
+    #[error("server-ID counter {key} holds {value:?}, not a number; fix or delete the key")]
+    CorruptServerId {
+        /// The counter's key.
+        key: String,
+        /// What it holds.
+        value: String,
+    },
+    /// A session value is not the JSON standin writes.
+    #[error("session value at {key} is not valid session JSON: {source}")]
+    CorruptSession {
+        /// The key that holds the bad value.
+        key: String,
+        /// Why it does not decode.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Allocates the next server ID by compare-and-swap on `{root}/session/id`,
+/// as Milvus does, so IDs are unique across every node sharing the root.
+pub async fn allocate_server_id(client: &Client, layout: &Layout) -> Result<i64, SessionError> {
+    let key = layout.server_id();
+    let mut kv = client.kv_client();
+    loop {
+        let response = kv
+            .get(key.as_str(), None)
+            .await
+            .map_err(SessionError::AllocateFailed)?;
+        let (guard, next) = match response.kvs().first() {
+            None => (Compare::create_revision(key.as_str(), CompareOp::Equal, 0), 1),
+            Some(current) => {
+                let text = String::from_utf8_lossy(current.value()).into_owned();
+                let value: i64 = text.trim().parse().map_err(|_| SessionError::CorruptServerId {
+                    key: key.clone(),
+                    value: text.clone(),
+                })?;
+                let guard =
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, current.mod_revision());
+                (guard, value + 1)
+            }
+        };
+        let txn = Txn::new()
+            .when([guard])
+            .and_then([TxnOp::put(key.as_str(), next.to_string(), None)]);
+        let outcome = kv.txn(txn).await.map_err(SessionError::AllocateFailed)?;
+        if outcome.succeeded() {
+            return Ok(next);
+        }
+        // Another node took this ID between our read and write: read again.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_documented_keys() {
+        let layout = Layout::new("/standin/");
+        assert_eq!(layout.election("rootcoord"), "standin/election/rootcoord");
+        assert_eq!(layout.session("rootcoord", 7), "standin/session/rootcoord-7");
+        assert_eq!(layout.server_id(), "standin/session/id");
+        assert_eq!(layout.meta("rootcoord"), "standin/meta/rootcoord/");
+    }
+
+    #[test]
+    fn session_json_round_trips_with_lowercase_state() {
+        let info = SessionInfo {
+            server_id: 3,
+            role: "datacoord".into(),
+            address: "127.0.0.1:1".into(),
+            version: "0.1.0".into(),
+            state: RoleState::Activating,
+            lease_id: 42,
+        };
+        let json = String::from_utf8(info.encode()).unwrap();
+        assert!(json.contains(r#""state":"activating""#), "{json}");
+        assert_eq!(SessionInfo::decode(b"k", json.as_bytes()).unwrap(), info);
+        let err = SessionInfo::decode(b"standin/session/x-1", b"{oops").unwrap_err();
+        assert!(err.to_string().contains("standin/session/x-1"), "{err}");
+    }
+}

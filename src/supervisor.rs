@@ -1,0 +1,197 @@
+//! The role supervisor: runs a role's election actor and, when it fails, revokes its lease and restarts it with backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::backoff::Backoff;
+use crate::coordinator::Coordinator;
+use crate::election::{Election, ElectionMsg};
+use crate::etcd::best_effort;
+use crate::node::{NodeContext, RoleShared};
+use crate::session::RoleState;
+
+/// The lease a role's election actor holds, written by it and read by its
+/// supervisor: a failed election actor cannot release its own lease, so the
+/// supervisor revokes it. Shared memory, not a message, because supervision
+/// events overtake ordinary messages in ractor.
+pub type LeaseSlot = Arc<Mutex<Option<i64>>>;
+
+/// Supervises one role's election actor.
+pub struct RoleSupervisor<C: Coordinator> {
+    role: String,
+    coordinator: Arc<C>,
+    context: Arc<NodeContext>,
+    shared: Arc<RoleShared<C>>,
+}
+
+impl<C: Coordinator> RoleSupervisor<C> {
+    /// A supervisor for `role`.
+    pub fn new(
+        role: String,
+        coordinator: Arc<C>,
+        context: Arc<NodeContext>,
+        shared: Arc<RoleShared<C>>,
+    ) -> Self {
+        Self {
+            role,
+            coordinator,
+            context,
+            shared,
+        }
+    }
+
+    async fn start_election(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut RoleSupervisorState<C>,
+    ) -> Result<(), ActorProcessingErr> {
+        let election = Election::new(
+            self.role.clone(),
+            self.coordinator.clone(),
+            self.context.clone(),
+            self.shared.clone(),
+            state.lease.clone(),
+        );
+        let (actor, _) = Actor::spawn_linked(None, election, (), myself.get_cell()).await?;
+        state.election = Some(actor);
+        state.started_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// Messages to a role supervisor.
+pub enum SupervisorMsg {
+    /// Start the election actor again (after the restart backoff).
+    StartElection,
+    /// Hand the role over and stop; answered once the election actor has stopped.
+    Shutdown(RpcReplyPort<()>),
+}
+
+/// What a role supervisor's state changes between messages.
+pub struct RoleSupervisorState<C: Coordinator> {
+    election: Option<ActorRef<ElectionMsg<C>>>,
+    lease: LeaseSlot,
+    backoff: Backoff,
+    started_at: Instant,
+    shutting_down: bool,
+}
+
+impl<C: Coordinator> Actor for RoleSupervisor<C> {
+    type Msg = SupervisorMsg;
+    type State = RoleSupervisorState<C>;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = RoleSupervisorState {
+            election: None,
+            lease: LeaseSlot::default(),
+            backoff: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
+            started_at: Instant::now(),
+            shutting_down: false,
+        };
+        self.start_election(&myself, &mut state).await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::StartElection => {
+                if !state.shutting_down && state.election.is_none() {
+                    self.start_election(&myself, state).await?;
+                }
+            }
+            SupervisorMsg::Shutdown(reply) => {
+                state.shutting_down = true;
+                if let Some(election) = state.election.take() {
+                    let config = &self.context.config;
+                    let bound = config.coordinator.deactivate_timeout
+                        + config.etcd.request_timeout * 3
+                        + Duration::from_secs(1);
+                    let handed_over = ractor::call_t!(
+                        election,
+                        ElectionMsg::Shutdown,
+                        bound.as_millis() as u64
+                    );
+                    if let Err(error) = handed_over {
+                        tracing::warn!(role = self.role, "graceful handover failed: {error}");
+                        election.kill();
+                        revoke_abandoned_lease(&self.context, &state.lease).await;
+                    }
+                }
+                let _ = reply.send(());
+                myself.stop(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let is_election = state
+            .election
+            .as_ref()
+            .is_some_and(|election| election.get_id() == cell.get_id());
+        if !is_election || state.shutting_down {
+            return Ok(());
+        }
+        state.election = None;
+        // The coordinator was linked to the election actor, so ractor has
+        // already killed it; make sure nothing can still route to it and
+        // that the lease no longer backs a leader key.
+        *self.shared.coordinator.write().expect("not poisoned") = None;
+        self.shared.status.send_modify(|status| {
+            status.state = RoleState::Standby;
+            status.epoch = None;
+            status.lease = None;
+        });
+        revoke_abandoned_lease(&self.context, &state.lease).await;
+        if state.started_at.elapsed() > self.context.config.coordinator.restart_backoff.max {
+            state.backoff.reset();
+        }
+        let delay = state.backoff.next_delay();
+        tracing::error!(
+            role = self.role,
+            restart_in_ms = delay.as_millis() as u64,
+            "election actor failed ({reason}); its lease is revoked and it restarts"
+        );
+        metrics::counter!("standin_election_restarts_total", "role" => self.role.clone())
+            .increment(1);
+        myself.send_after(delay, || SupervisorMsg::StartElection);
+        Ok(())
+    }
+}
+
+/// Revokes the lease a dead election actor left, so its keys vanish now
+/// rather than after the TTL.
+async fn revoke_abandoned_lease(context: &NodeContext, slot: &LeaseSlot) {
+    let Some(lease) = slot.lock().expect("not poisoned").take() else {
+        return;
+    };
+    let mut leases = context.client.lease_client();
+    let what = format!("revoking lease {lease} of a failed election actor");
+    if best_effort(&what, context.config.etcd.request_timeout, leases.revoke(lease)).await {
+        tracing::info!(lease, "revoked the lease of a failed election actor");
+    }
+}

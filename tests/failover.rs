@@ -1,0 +1,249 @@
+//! Behaviour of the election against a real etcd: one leader, handovers, crashes, fencing, lost leases, failed reloads.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use standin::fence::FenceError;
+use standin::testing::EtcdServer;
+use standin::{RoleState, ServeError};
+use support::*;
+use tracing::info;
+
+const ROLE: &str = "rootcoord";
+
+async fn three_nodes(etcd: &EtcdServer, ttl: u64) -> anyhow::Result<Vec<TestNode>> {
+    let mut nodes = Vec::new();
+    for index in 0..3 {
+        nodes.push(TestNode::start(config(etcd, index, ttl), &[ROLE], false).await?);
+    }
+    Ok(nodes)
+}
+
+async fn epoch_of(node: &TestNode) -> standin::Epoch {
+    match node.role(ROLE).call(LedgerRequest::Epoch, CALL).await {
+        Ok(LedgerResponse::Epoch(epoch)) => epoch,
+        Ok(_) => panic!("unexpected answer"),
+        Err(error) => panic!("the leader did not answer: {error}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_three_serves_and_its_epoch_is_the_leader_key_revision() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = three_nodes(&etcd, 10).await?;
+
+    info!("--- wait for a leader");
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+
+    info!("--- for a while, exactly one serves and the others are standby");
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(500) {
+        assert_eq!(serving(&nodes, ROLE), vec![leader]);
+        tokio::task::yield_now().await;
+    }
+    for (index, node) in nodes.iter().enumerate() {
+        let status = node.role(ROLE).status();
+        if index == leader {
+            assert_eq!(status.state, RoleState::Serving);
+        } else {
+            assert_eq!(status.state, RoleState::Standby);
+            match node.role(ROLE).call(LedgerRequest::Read, CALL).await {
+                Err(ServeError::NotActive { leader: Some(address), .. }) => {
+                    assert_eq!(address, nodes[leader].address)
+                }
+                Err(other) => panic!("a standby answered {other}"),
+                Ok(_) => panic!("a standby served a request"),
+            }
+        }
+    }
+
+    info!("--- the epoch is the create revision of the leader key in etcd");
+    let epoch = epoch_of(&nodes[leader]).await;
+    let client = etcd.client().await?;
+    let leader_key = client
+        .clone()
+        .get(epoch.leader_key.as_str(), None)
+        .await?
+        .kvs()
+        .first()
+        .cloned()
+        .expect("the leader key exists");
+    assert_eq!(leader_key.create_revision(), epoch.revision);
+    assert_eq!(nodes[leader].role(ROLE).status().epoch, Some(epoch.clone()));
+    let published = standin::SessionInfo::decode(leader_key.key(), leader_key.value())?;
+    assert_eq!(published.state, RoleState::Serving);
+    assert_eq!(published.address, nodes[leader].address);
+
+    info!("--- every node's session key reports its state");
+    let sessions = client
+        .clone()
+        .get("standin-test/session/rootcoord-", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    let mut states: Vec<_> = sessions
+        .kvs()
+        .iter()
+        .map(|kv| standin::SessionInfo::decode(kv.key(), kv.value()).map(|s| s.state))
+        .collect::<Result<_, _>>()?;
+    states.sort_by_key(|s| s.as_str());
+    assert_eq!(states, vec![RoleState::Serving, RoleState::Standby, RoleState::Standby]);
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_of_the_active_hands_over_within_a_second() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = three_nodes(&etcd, 10).await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+
+    info!("--- shut the active down");
+    let started = Instant::now();
+    nodes[leader].shutdown().await;
+    let next = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(1)).await;
+    let took = started.elapsed();
+    info!(?took, "--- a standby serves");
+    assert_ne!(next, leader);
+    assert!(took < Duration::from_secs(1), "handover took {took:?}");
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_coordinator_is_replaced_in_well_under_the_ttl() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = three_nodes(&etcd, 10).await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+
+    info!("--- make the active coordinator panic");
+    let started = Instant::now();
+    let crashed = nodes[leader].role(ROLE).call(LedgerRequest::Panic, CALL).await;
+    assert!(matches!(crashed, Err(ServeError::Unavailable { .. })));
+    let next = wait_for("another node to serve", Duration::from_secs(5), || {
+        serving(&nodes, ROLE).into_iter().find(|&index| index != leader)
+    })
+    .await;
+    let took = started.elapsed();
+    info!(?took, next, "--- a standby on another node serves");
+    assert!(took < Duration::from_secs(5), "takeover took {took:?}, TTL/2 is 5s");
+
+    info!("--- the crashed node's coordinator is back, in standby, and knows the new leader");
+    let new_address = nodes[next].address.clone();
+    let crashed_role = nodes[leader].role(ROLE).clone();
+    eventually("the crashed coordinator back in standby", Duration::from_secs(10), || async {
+        let answer = crashed_role.call(LedgerRequest::Read, CALL).await;
+        matches!(answer, Err(ServeError::NotActive { leader: Some(ref address), .. }) if *address == new_address)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(crashed_role.status().state, RoleState::Standby);
+    assert_eq!(serving(&nodes, ROLE), vec![next]);
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_write() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = three_nodes(&etcd, 10).await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+
+    info!("--- the active writes, and we keep its fenced store");
+    for index in 0..20 {
+        let write = LedgerRequest::Write {
+            key: format!("item/{index:03}"),
+            value: format!("value {index}").into_bytes(),
+        };
+        match nodes[leader].role(ROLE).call(write, CALL).await {
+            Ok(LedgerResponse::Written(Ok(()))) => {}
+            _ => panic!("write {index} was not acknowledged"),
+        }
+    }
+    let Ok(LedgerResponse::Store(old_store)) = nodes[leader].role(ROLE).call(LedgerRequest::Store, CALL).await
+    else {
+        panic!("no store from the leader");
+    };
+
+    info!("--- the active crashes; another takes over");
+    let _ = nodes[leader].role(ROLE).call(LedgerRequest::Panic, CALL).await;
+    let next = wait_for("another node to serve", Duration::from_secs(5), || {
+        serving(&nodes, ROLE).into_iter().find(|&index| index != leader)
+    })
+    .await;
+
+    info!("--- the deposed active's store refuses writes");
+    let refused = old_store.put("item/late", "from the past").await;
+    assert!(matches!(refused, Err(FenceError::Fenced { .. })), "got {refused:?}");
+    // Not only the local switch: etcd's transaction refuses a copy of the
+    // old epoch too.
+    let (bypass, _) = standin::FencedStore::new(
+        etcd.client().await?,
+        old_store.epoch().clone(),
+        "standin-test/meta/rootcoord/".into(),
+    );
+    let refused = bypass.put("item/late", "from the past").await;
+    assert!(matches!(refused, Err(FenceError::Fenced { .. })), "got {refused:?}");
+
+    info!("--- the new active's reload has every acknowledged write and nothing else");
+    let Ok(LedgerResponse::Entries(entries)) = nodes[next].role(ROLE).call(LedgerRequest::Read, CALL).await else {
+        panic!("the new leader did not answer");
+    };
+    assert_eq!(entries.len(), 20);
+    assert_eq!(entries["item/007"], b"value 7".to_vec());
+    assert!(!entries.contains_key("item/late"));
+    assert!(epoch_of(&nodes[next]).await.revision > old_store.epoch().revision);
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = three_nodes(&etcd, 10).await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let old_lease = nodes[leader].role(ROLE).status().lease.expect("the leader holds a lease");
+
+    info!("--- revoke the active's lease from outside");
+    etcd.client().await?.lease_revoke(old_lease).await?;
+
+    let next = wait_for("a peer to serve", Duration::from_secs(5), || {
+        serving(&nodes, ROLE).into_iter().find(|&index| index != leader)
+    })
+    .await;
+    info!(next, "--- a peer serves; the old active is standby on a fresh lease, campaigning");
+    let demoted = nodes[leader].role(ROLE).clone();
+    let status = wait_for("the demoted node to hold a fresh lease", Duration::from_secs(5), || {
+        let status = demoted.status();
+        (status.state == RoleState::Standby && status.lease.is_some_and(|l| l != old_lease)).then_some(status)
+    })
+    .await;
+    let key = standin::campaign::candidate_key("standin-test/election/rootcoord", status.lease.unwrap());
+    let client = etcd.client().await?;
+    eventually("the demoted node's candidate key", Duration::from_secs(5), || async {
+        let found = client.clone().get(key.as_str(), None).await.ok()?;
+        (found.count() == 1).then_some(())
+    })
+    .await;
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
