@@ -138,8 +138,9 @@ pub struct SessionConfig {
     /// How long after the last successful keepalive was *sent* the coordinator
     /// steps down if no renewal succeeded since; `None` means `2 * ttl / 3`.
     /// Counted from the send, not the reply, because etcd restarted the TTL no
-    /// later than the reply left it; below the TTL so this node demotes itself
-    /// before etcd can expire the lease and elect another. Read it through
+    /// earlier than the send, so the lease lives at least `ttl` past it however
+    /// slow the reply; below the TTL so this node demotes itself before etcd
+    /// can expire the lease and elect another. Read it through
     /// [`SessionConfig::renew_deadline`].
     #[serde(with = "humantime_serde")]
     pub renew_deadline: Option<Duration>,
@@ -299,10 +300,8 @@ impl Config {
                     } else {
                         err.path().to_string()
                     };
-                    ConfigError::ParseFailed {
-                        key,
-                        message: err.into_inner().to_string(),
-                    }
+                    let message = strip_yaml_path(&key, &err.into_inner().to_string());
+                    ConfigError::ParseFailed { key, message }
                 })?;
                 // A second document would be silently ignored otherwise.
                 if documents.next().is_some() {
@@ -516,6 +515,21 @@ impl Config {
     }
 }
 
+/// serde_yaml starts its messages with its own path of the value (`session.ttl: invalid
+/// value ...`), which would repeat the key already in front of the message; drop it when
+/// it is `key` or a parent of it (for an unknown key it names the containing struct).
+fn strip_yaml_path(key: &str, message: &str) -> String {
+    if let Some((path, rest)) = message.split_once(": ") {
+        let parent_of_key = key
+            .strip_prefix(path)
+            .is_some_and(|tail| tail.is_empty() || tail.starts_with(['.', '[']));
+        if parent_of_key {
+            return rest.to_owned();
+        }
+    }
+    message.to_owned()
+}
+
 fn validate_backoff(
     backoff: &BackoffConfig,
     initial_key: &'static str,
@@ -674,26 +688,29 @@ mod tests {
 
     #[test]
     fn a_typo_key_is_rejected_by_name() {
+        // The path ends at the unknown key itself; the message lists the valid ones.
         let (key, message) = parse_error("session:\n  ttl: 10s\n  renewDeadlien: 5s\n");
-        assert_eq!(key, "session");
+        assert_eq!(key, "session.renewDeadlien");
         assert!(
-            message.contains("unknown field `renewDeadlien`"),
+            message.starts_with("unknown field `renewDeadlien`, expected one of"),
             "{message}"
         );
+        assert!(message.contains("`renewDeadline`"), "{message}");
 
         let (key, message) = parse_error("etcd:\n  retry:\n    maximum: 1s\n");
-        assert_eq!(key, "etcd.retry");
-        assert!(message.contains("unknown field `maximum`"), "{message}");
+        assert_eq!(key, "etcd.retry.maximum");
+        assert!(message.starts_with("unknown field `maximum`"), "{message}");
 
         let (key, message) = parse_error("sesion:\n  ttl: 10s\n");
-        assert_eq!(key, "(root)");
-        assert!(message.contains("unknown field `sesion`"), "{message}");
+        assert_eq!(key, "sesion");
+        assert!(message.starts_with("unknown field `sesion`"), "{message}");
     }
 
     #[test]
     fn a_bad_value_is_reported_at_its_path() {
         let (key, message) = parse_error("session:\n  ttl: ten seconds\n");
         assert_eq!(key, "session.ttl");
+        assert!(message.starts_with("invalid value"), "{message}");
         assert!(message.contains("line 2"), "{message}");
 
         let (key, _) = parse_error("coordinator:\n  activationBuffer: -1\n");
@@ -837,23 +854,21 @@ mod tests {
 
     #[test]
     fn timeouts_must_not_be_zero() {
-        let cases: [(&str, fn(&mut Config)); 4] = [
-            ("etcd.connectTimeout", |c| {
-                c.etcd.connect_timeout = Duration::ZERO
-            }),
-            ("etcd.requestTimeout", |c| {
-                c.etcd.request_timeout = Duration::ZERO
-            }),
-            ("coordinator.deactivateTimeout", |c| {
-                c.coordinator.deactivate_timeout = Duration::ZERO
-            }),
-            ("reload.timeout", |c| c.reload.timeout = Duration::ZERO),
-        ];
-        for (key, break_it) in cases {
+        fn zero_rejected(key: &str, break_it: impl FnOnce(&mut Config)) {
             let mut config = Config::default();
             break_it(&mut config);
             rejected(&config, key);
         }
+        zero_rejected("etcd.connectTimeout", |c| {
+            c.etcd.connect_timeout = Duration::ZERO
+        });
+        zero_rejected("etcd.requestTimeout", |c| {
+            c.etcd.request_timeout = Duration::ZERO
+        });
+        zero_rejected("coordinator.deactivateTimeout", |c| {
+            c.coordinator.deactivate_timeout = Duration::ZERO
+        });
+        zero_rejected("reload.timeout", |c| c.reload.timeout = Duration::ZERO);
     }
 
     #[test]

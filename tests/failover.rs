@@ -247,3 +247,121 @@ async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() 
     }
     Ok(())
 }
+
+/// Writes `count` metadata keys for `role` straight into etcd, 128 to a transaction.
+async fn seed_metadata(etcd: &EtcdServer, role: &str, count: usize, value: &[u8]) -> anyhow::Result<()> {
+    let client = etcd.client().await?;
+    let keys: Vec<_> = (0..count).map(|i| format!("standin-test/meta/{role}/seed/{i:06}")).collect();
+    for chunk in keys.chunks(128) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|key| etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
+            .collect();
+        client.kv_client().txn(etcd_client::Txn::new().and_then(ops)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_metadata_makes_the_node_resign_and_another_serves() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    seed_metadata(&etcd, ROLE, 3, b"corrupt").await?;
+
+    info!("--- a node that cannot decode the metadata runs alone: it never serves");
+    let mut strict = TestNode::start(config(&etcd, 0, 10), &[ROLE], true).await?;
+    let mut history = strict.role(ROLE).subscribe();
+    wait_for("the strict node to try and fail", Duration::from_secs(10), || {
+        let state = history.borrow_and_update().state;
+        assert_ne!(state, RoleState::Serving, "a node that cannot decode its metadata served");
+        (state == RoleState::Activating).then_some(())
+    })
+    .await;
+
+    info!("--- a node that can decode it joins and takes the role");
+    let mut lenient = TestNode::start(config(&etcd, 1, 10), &[ROLE], false).await?;
+    wait_for("the lenient node to serve", Duration::from_secs(10), || {
+        assert!(!strict.role(ROLE).is_serving());
+        lenient.role(ROLE).is_serving().then_some(())
+    })
+    .await;
+    assert_eq!(strict.role(ROLE).status().state, RoleState::Standby);
+
+    lenient.shutdown().await;
+    strict.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    info!("--- seed 100k metadata keys");
+    seed_metadata(&etcd, ROLE, 100_000, b"v").await?;
+
+    info!("--- a node whose reload bound is far too short runs first");
+    let mut hasty_config = config(&etcd, 0, 10);
+    hasty_config.reload.timeout = Duration::from_millis(1);
+    let mut hasty = TestNode::start(hasty_config, &[ROLE], false).await?;
+    let mut history = hasty.role(ROLE).subscribe();
+    wait_for("the hasty node to win and time out", Duration::from_secs(10), || {
+        let state = history.borrow_and_update().state;
+        assert_ne!(state, RoleState::Serving, "a reload that timed out still served");
+        (state == RoleState::Activating).then_some(())
+    })
+    .await;
+
+    info!("--- a patient node takes over and sees all 100k keys");
+    let mut patient = TestNode::start(config(&etcd, 1, 10), &[ROLE], false).await?;
+    wait_for("the patient node to serve", Duration::from_secs(30), || {
+        assert!(!hasty.role(ROLE).is_serving());
+        patient.role(ROLE).is_serving().then_some(())
+    })
+    .await;
+    let Ok(LedgerResponse::Entries(entries)) = patient.role(ROLE).call(LedgerRequest::Read, CALL).await else {
+        panic!("the patient node did not answer");
+    };
+    assert_eq!(entries.len(), 100_000);
+
+    patient.shutdown().await;
+    hasty.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_roles_on_three_nodes_have_independent_leaders() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let roles = ["rootcoord", "datacoord", "querycoord"];
+    let mut nodes = Vec::new();
+    for index in 0..3 {
+        nodes.push(TestNode::start(config(&etcd, index, 10), &roles, false).await?);
+    }
+    let mut leaders = Vec::new();
+    for role in roles {
+        leaders.push(wait_for_single_leader(&nodes, role, Duration::from_secs(10)).await);
+    }
+    let epochs: Vec<_> = roles
+        .iter()
+        .zip(&leaders)
+        .map(|(role, &leader)| nodes[leader].role(role).status().epoch.expect("a leader has an epoch"))
+        .collect();
+    let distinct: std::collections::HashSet<_> = epochs.iter().map(|e| e.leader_key.clone()).collect();
+    assert_eq!(distinct.len(), 3, "each role has its own leader key");
+
+    info!("--- crash the rootcoord leader; the other roles keep their leaders and epochs");
+    let _ = nodes[leaders[0]].role("rootcoord").call(LedgerRequest::Panic, CALL).await;
+    wait_for("a new rootcoord leader", Duration::from_secs(5), || {
+        serving(&nodes, "rootcoord").into_iter().find(|&n| n != leaders[0])
+    })
+    .await;
+    for (r, role) in roles.iter().enumerate().skip(1) {
+        assert_eq!(serving(&nodes, role), vec![leaders[r]]);
+        assert_eq!(nodes[leaders[r]].role(role).status().epoch.as_ref(), Some(&epochs[r]));
+    }
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
