@@ -136,17 +136,8 @@ pub enum CoordinatorMsg<C: Coordinator> {
         /// Where the answer goes.
         reply: ServeReply<C>,
     },
-    /// This node won `epoch`: activate from `meta`; `reply` is answered once serving.
-    Activate {
-        /// The won term.
-        epoch: Epoch,
-        /// The reloaded metadata.
-        meta: C::Meta,
-        /// The store fenced to `epoch`.
-        store: FencedStore,
-        /// Answered when the coordinator serves.
-        reply: RpcReplyPort<()>,
-    },
+    /// This node won a term: activate (boxed: it is much larger than a request).
+    Activate(Box<Activation<C>>),
     /// The activation task for `revision` finished.
     ActivationDone {
         /// The epoch revision it was for.
@@ -161,6 +152,18 @@ pub enum CoordinatorMsg<C: Coordinator> {
     },
     /// The leader this node sees changed; standby answers carry its address.
     LeaderChanged(Option<String>),
+}
+
+/// What an activation needs.
+pub struct Activation<C: Coordinator> {
+    /// The won term.
+    pub epoch: Epoch,
+    /// The reloaded metadata.
+    pub meta: C::Meta,
+    /// The store fenced to `epoch`.
+    pub store: FencedStore,
+    /// Answered when the coordinator serves.
+    pub reply: RpcReplyPort<()>,
 }
 
 /// A request that arrived while activating.
@@ -272,12 +275,13 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     let _ = reply.send(Ok(response));
                 }
             },
-            CoordinatorMsg::Activate {
-                epoch,
-                meta,
-                store,
-                reply,
-            } => {
+            CoordinatorMsg::Activate(activation) => {
+                let Activation {
+                    epoch,
+                    meta,
+                    store,
+                    reply,
+                } = *activation;
                 self.end_term(state).await;
                 tracing::info!(
                     role = self.role,

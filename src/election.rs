@@ -16,7 +16,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use tokio::sync::watch;
 
 use crate::campaign::{self, Candidacy};
-use crate::coordinator::{Coordinator, CoordinatorActor, CoordinatorMsg};
+use crate::coordinator::{Activation, Coordinator, CoordinatorActor, CoordinatorMsg};
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
 use crate::node::{NodeContext, RoleShared};
 use crate::reload::{ReloadActor, ReloadJob};
@@ -250,14 +250,10 @@ impl<C: Coordinator> Election<C> {
         state: &mut ElectionState<C>,
         event: Event,
     ) -> Result<(), ActorProcessingErr> {
-        let before = state.machine.phase();
         for command in state.machine.on(event) {
             self.execute(myself, state, command).await?;
         }
-        let phase = state.machine.phase();
-        if phase != before || !phase.leads() {
-            self.report_status(state);
-        }
+        self.report_status(state);
         Ok(())
     }
 
@@ -431,11 +427,13 @@ impl<C: Coordinator> Election<C> {
                 tokio::spawn(async move {
                     let activated = coordinator
                         .call(
-                            |ready| CoordinatorMsg::Activate {
-                                epoch,
-                                meta,
-                                store,
-                                reply: ready,
+                            |reply| {
+                                CoordinatorMsg::Activate(Box::new(Activation {
+                                    epoch,
+                                    meta,
+                                    store,
+                                    reply,
+                                }))
                             },
                             None,
                         )

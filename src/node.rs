@@ -15,7 +15,7 @@ use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
 use crate::etcd::EtcdError;
 use crate::fence::Epoch;
 use crate::session::{Layout, RoleState, SessionInfo, allocate_server_id};
-use crate::supervisor::{RoleSupervisor, SupervisorMsg};
+use crate::supervisor::{RoleSupervisor, SupervisorMsg, handover_bound};
 
 /// The standin version published in every session.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -303,8 +303,9 @@ impl Node {
     /// deactivated first, then its leadership is released, so a peer takes
     /// over at once and no write of this node follows the handover.
     pub async fn shutdown(mut self) {
+        // The supervisor's own bound on the handover, plus time to kill and revoke.
+        let bound = handover_bound(&self.config) * 2;
         let handovers = self.running.drain(..).map(|(role, supervisor)| async move {
-            let bound = Duration::from_secs(30);
             if let Err(error) = ractor::call_t!(supervisor, SupervisorMsg::Shutdown, bound.as_millis() as u64) {
                 tracing::warn!(role, "shutdown did not complete cleanly: {error}");
                 supervisor.kill();

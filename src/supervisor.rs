@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::election::{Election, ElectionMsg};
 use crate::etcd::best_effort;
@@ -114,10 +115,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
                 if let Some(election) = state.election.take() {
-                    let config = &self.context.config;
-                    let bound = config.coordinator.deactivate_timeout
-                        + config.etcd.request_timeout * 3
-                        + Duration::from_secs(1);
+                    let bound = handover_bound(&self.context.config);
                     let handed_over = ractor::call_t!(
                         election,
                         ElectionMsg::Shutdown,
@@ -181,6 +179,12 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
         myself.send_after(delay, || SupervisorMsg::StartElection);
         Ok(())
     }
+}
+
+/// How long a graceful handover may take: the deactivation hook, then a
+/// few etcd round trips (publish, revoke).
+pub(crate) fn handover_bound(config: &Config) -> Duration {
+    config.coordinator.deactivate_timeout + config.etcd.request_timeout * 3 + Duration::from_secs(1)
 }
 
 /// Revokes the lease a dead election actor left, so its keys vanish now
