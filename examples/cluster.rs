@@ -68,7 +68,12 @@ impl Coordinator for IdAllocator {
         }
     }
 
-    async fn activate(&self, _epoch: Epoch, hwm: u64, store: FencedStore) -> Result<Allocating, BoxError> {
+    async fn activate(
+        &self,
+        _epoch: Epoch,
+        hwm: u64,
+        store: FencedStore,
+    ) -> Result<Allocating, BoxError> {
         Ok(Allocating {
             next: hwm,
             ceiling: hwm,
@@ -104,7 +109,9 @@ impl Cluster {
     }
 
     fn serving_node(&self, role: usize) -> Option<usize> {
-        self.roles[role].iter().position(|handle| handle.is_serving())
+        self.roles[role]
+            .iter()
+            .position(|handle| handle.is_serving())
     }
 }
 
@@ -112,15 +119,20 @@ impl Cluster {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
         )
         .init();
+    // The crashes are injected on purpose: one line each, not a backtrace.
+    std::panic::set_hook(Box::new(|info| eprintln!("coordinator panic: {info}")));
     let args = Args::parse();
 
     let (_etcd, endpoint) = match &args.etcd {
         Some(url) => (None, url.trim_start_matches("http://").to_owned()),
         None => {
-            let etcd = EtcdServer::start().await.context("starting etcd for the demo")?;
+            let etcd = EtcdServer::start()
+                .await
+                .context("starting etcd for the demo")?;
             let endpoint = etcd.endpoint();
             println!("started etcd at {endpoint}");
             (Some(etcd), endpoint)
@@ -146,17 +158,31 @@ async fn main() -> anyhow::Result<()> {
         roles,
         started: Instant::now(),
     });
-    println!("{NODES} nodes x {} roles running; crashing an active coordinator every {:?}", ROLES.len(), args.crash_every);
+    println!(
+        "{NODES} nodes x {} roles running; crashing an active coordinator every {:?}",
+        ROLES.len(),
+        args.crash_every
+    );
 
     for (r, handles) in cluster.roles.iter().enumerate() {
         for (n, handle) in handles.iter().enumerate() {
-            tokio::spawn(print_transitions(cluster.clone(), ROLES[r], n, handle.subscribe()));
+            tokio::spawn(print_transitions(
+                cluster.clone(),
+                ROLES[r],
+                n,
+                handle.subscribe(),
+            ));
         }
     }
     let allocated = Arc::new(AtomicU64::new(0));
     let violations = Arc::new(AtomicU64::new(0));
     for r in 0..ROLES.len() {
-        tokio::spawn(allocate_forever(cluster.clone(), r, allocated.clone(), violations.clone()));
+        tokio::spawn(allocate_forever(
+            cluster.clone(),
+            r,
+            allocated.clone(),
+            violations.clone(),
+        ));
     }
 
     let mut takeovers_ms = Vec::new();
@@ -169,7 +195,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tokio::pin!(stop);
-    let mut schedule = tokio::time::interval_at(tokio::time::Instant::now() + args.crash_every, args.crash_every);
+    let mut schedule = tokio::time::interval_at(
+        tokio::time::Instant::now() + args.crash_every,
+        args.crash_every,
+    );
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -203,14 +232,26 @@ async fn main() -> anyhow::Result<()> {
 /// Makes the active coordinator of a random role panic and returns how long
 /// it took until another node served that role.
 async fn crash_one(cluster: &Cluster) -> Option<Duration> {
-    let r = *(0..ROLES.len()).collect::<Vec<_>>().choose(&mut rand::rng())?;
+    let r = *(0..ROLES.len())
+        .collect::<Vec<_>>()
+        .choose(&mut rand::rng())?;
     let Some(victim) = cluster.serving_node(r) else {
-        println!("[{:8.3}s] {}: no active instance to crash right now", cluster.since_start(), ROLES[r]);
+        println!(
+            "[{:8.3}s] {}: no active instance to crash right now",
+            cluster.since_start(),
+            ROLES[r]
+        );
         return None;
     };
-    println!("[{:8.3}s] {}: crashing the active coordinator on node{victim}", cluster.since_start(), ROLES[r]);
+    println!(
+        "[{:8.3}s] {}: crashing the active coordinator on node{victim}",
+        cluster.since_start(),
+        ROLES[r]
+    );
     let crashed_at = Instant::now();
-    let _ = cluster.roles[r][victim].call(Request::Crash, Duration::from_secs(1)).await;
+    let _ = cluster.roles[r][victim]
+        .call(Request::Crash, Duration::from_secs(1))
+        .await;
     let successors: Vec<_> = cluster.roles[r]
         .iter()
         .enumerate()
@@ -222,7 +263,11 @@ async fn crash_one(cluster: &Cluster) -> Option<Duration> {
             })
         })
         .collect();
-    let waited = tokio::time::timeout(Duration::from_secs(30), futures::future::select_all(successors)).await;
+    let waited = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::future::select_all(successors),
+    )
+    .await;
     let took = crashed_at.elapsed();
     match waited {
         Ok((_, winner, _)) => {
@@ -236,18 +281,30 @@ async fn crash_one(cluster: &Cluster) -> Option<Duration> {
             Some(took)
         }
         Err(_) => {
-            println!("[{:8.3}s] {}: no takeover within 30 s", cluster.since_start(), ROLES[r]);
+            println!(
+                "[{:8.3}s] {}: no takeover within 30 s",
+                cluster.since_start(),
+                ROLES[r]
+            );
             None
         }
     }
 }
 
-async fn print_transitions(cluster: Arc<Cluster>, role: &'static str, node: usize, mut status: watch::Receiver<standin::node::RoleStatus>) {
+async fn print_transitions(
+    cluster: Arc<Cluster>,
+    role: &'static str,
+    node: usize,
+    mut status: watch::Receiver<standin::node::RoleStatus>,
+) {
     let mut last = status.borrow().state;
     while status.changed().await.is_ok() {
         let state = status.borrow_and_update().state;
         if state != last {
-            println!("[{:8.3}s] {role}: node{node} {last} -> {state}", cluster.since_start());
+            println!(
+                "[{:8.3}s] {role}: node{node} {last} -> {state}",
+                cluster.since_start()
+            );
             last = state;
         }
     }
@@ -255,23 +312,30 @@ async fn print_transitions(cluster: Arc<Cluster>, role: &'static str, node: usiz
 
 /// Keeps allocating IDs for role `r` from whichever node serves it, and
 /// counts any ID that is not above the previous one.
-async fn allocate_forever(cluster: Arc<Cluster>, r: usize, allocated: Arc<AtomicU64>, violations: Arc<AtomicU64>) {
+async fn allocate_forever(
+    cluster: Arc<Cluster>,
+    r: usize,
+    allocated: Arc<AtomicU64>,
+    violations: Arc<AtomicU64>,
+) {
     let mut last = 0;
     let mut pace = tokio::time::interval(Duration::from_millis(5));
     loop {
         pace.tick().await;
-        let Some(node) = cluster.serving_node(r) else { continue };
-        match cluster.roles[r][node].call(Request::Allocate, Duration::from_secs(2)).await {
-            Ok(Ok(id)) => {
-                if id <= last {
-                    violations.fetch_add(1, Ordering::Relaxed);
-                    println!("{}: id {id} after {last}: NOT increasing", ROLES[r]);
-                }
-                last = id;
-                allocated.fetch_add(1, Ordering::Relaxed);
+        let Some(node) = cluster.serving_node(r) else {
+            continue;
+        };
+        let answer = cluster.roles[r][node]
+            .call(Request::Allocate, Duration::from_secs(2))
+            .await;
+        // An error means it was between leaders: the next round finds the new one.
+        if let Ok(Ok(id)) = answer {
+            if id <= last {
+                violations.fetch_add(1, Ordering::Relaxed);
+                println!("{}: id {id} after {last}: NOT increasing", ROLES[r]);
             }
-            // Between leaders: the next round finds the new one.
-            Ok(Err(_)) | Err(_) => {}
+            last = id;
+            allocated.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -124,8 +124,7 @@ impl<C: Coordinator> CoordinatorActor<C> {
 }
 
 /// A request's reply port.
-pub type ServeReply<C> =
-    RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
+pub type ServeReply<C> = RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
 
 /// Messages to a coordinator actor.
 pub enum CoordinatorMsg<C: Coordinator> {
@@ -225,7 +224,11 @@ impl<C: Coordinator> CoordinatorActor<C> {
                         self.deactivate_timeout
                     );
                 }
-                tracing::info!(role = self.role, "{} switch from active to standby", self.role);
+                tracing::info!(
+                    role = self.role,
+                    "{} switch from active to standby",
+                    self.role
+                );
             }
         }
     }
@@ -299,7 +302,8 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                         Ok(Err(error)) => Err(error.to_string()),
                         Err(panic) => Err(panic_message(panic.as_ref())),
                     };
-                    let _ = myself.send_message(CoordinatorMsg::ActivationDone { revision, result });
+                    let _ =
+                        myself.send_message(CoordinatorMsg::ActivationDone { revision, result });
                 });
                 state.phase = Phase::Activating {
                     epoch,

@@ -17,13 +17,13 @@ use tokio::sync::watch;
 
 use crate::campaign::{self, Candidacy};
 use crate::coordinator::{Activation, Coordinator, CoordinatorActor, CoordinatorMsg};
+use crate::etcd::best_effort;
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
 use crate::node::{NodeContext, RoleShared};
 use crate::reload::{ReloadActor, ReloadJob};
 use crate::session::{RoleState, SessionInfo};
 use crate::supervisor::LeaseSlot;
 use crate::task::OwnedTask;
-use crate::etcd::best_effort;
 use machine::{Command, ElectionMachine, Event, Phase, Timings};
 
 /// The election actor of one role on one node.
@@ -259,20 +259,33 @@ impl<C: Coordinator> Election<C> {
 
     fn report_status(&self, state: &ElectionState<C>) {
         let phase = state.machine.phase();
-        let epoch = if phase.leads() { state.epoch.clone() } else { None };
+        let epoch = if phase.leads() {
+            state.epoch.clone()
+        } else {
+            None
+        };
         let lease = state.machine.lease();
         *self.lease_slot.lock().expect("not poisoned") = lease;
         let published = phase.published_state();
         self.shared.status.send_if_modified(|status| {
             let next = (published, epoch, state.leader.clone(), lease);
-            let current = (status.state, status.epoch.clone(), status.leader.clone(), status.lease);
+            let current = (
+                status.state,
+                status.epoch.clone(),
+                status.leader.clone(),
+                status.lease,
+            );
             if next == current {
                 return false;
             }
             (status.state, status.epoch, status.leader, status.lease) = next;
             true
         });
-        let serving = if published == RoleState::Serving { 1.0 } else { 0.0 };
+        let serving = if published == RoleState::Serving {
+            1.0
+        } else {
+            0.0
+        };
         metrics::gauge!("standin_role_active", "role" => self.role.clone()).set(serving);
     }
 
@@ -287,7 +300,10 @@ impl<C: Coordinator> Election<C> {
         match command {
             Command::GrantLease { after } => {
                 let ttl = self.context.config.session.ttl_secs();
-                let key = self.context.layout.session(&self.role, self.context.server_id);
+                let key = self
+                    .context
+                    .layout
+                    .session(&self.role, self.context.server_id);
                 let context = self.context.clone();
                 let role = self.role.clone();
                 let reply = myself.clone();
@@ -300,17 +316,26 @@ impl<C: Coordinator> Election<C> {
                         let lease = client.lease_client().grant(ttl, None).await?.id();
                         let info = context.session(&role, RoleState::Standby, lease);
                         let options = PutOptions::new().with_lease(lease);
-                        client.kv_client().put(key, info.encode(), Some(options)).await?;
+                        client
+                            .kv_client()
+                            .put(key, info.encode(), Some(options))
+                            .await?;
                         Ok::<_, etcd_client::Error>(lease)
                     };
                     let message = match tokio::time::timeout(request_timeout * 2, granted).await {
                         Ok(Ok(lease)) => ElectionMsg::LeaseGranted { lease, sent_at },
                         Ok(Err(error)) => {
-                            tracing::warn!(role, "granting a lease failed, retrying with backoff: {error}");
+                            tracing::warn!(
+                                role,
+                                "granting a lease failed, retrying with backoff: {error}"
+                            );
                             ElectionMsg::LeaseGrantFailed
                         }
                         Err(_) => {
-                            tracing::warn!(role, "granting a lease timed out, retrying with backoff");
+                            tracing::warn!(
+                                role,
+                                "granting a lease timed out, retrying with backoff"
+                            );
                             ElectionMsg::LeaseGrantFailed
                         }
                     };
@@ -327,8 +352,15 @@ impl<C: Coordinator> Election<C> {
                     self.role.clone(),
                     myself.clone(),
                 )));
-                let key = self.context.layout.session(&self.role, self.context.server_id);
-                state.publisher = Some(Publisher::start(client, key, self.context.config.etcd.retry.initial));
+                let key = self
+                    .context
+                    .layout
+                    .session(&self.role, self.context.server_id);
+                state.publisher = Some(Publisher::start(
+                    client,
+                    key,
+                    self.context.config.etcd.retry.initial,
+                ));
             }
             Command::StopKeepalive => {
                 state.keepalive = None;
@@ -338,7 +370,10 @@ impl<C: Coordinator> Election<C> {
                 state.campaign_generation += 1;
                 let generation = state.campaign_generation;
                 let election = self.election.clone();
-                let value = self.context.session(&self.role, RoleState::Standby, lease).encode();
+                let value = self
+                    .context
+                    .session(&self.role, RoleState::Standby, lease)
+                    .encode();
                 let reply = myself.clone();
                 state.campaign = Some(OwnedTask::spawn(async move {
                     tokio::time::sleep(after).await;
@@ -367,7 +402,10 @@ impl<C: Coordinator> Election<C> {
             Command::Publish(published) => {
                 state.desired = published;
                 if published == RoleState::Activating {
-                    tracing::info!(role = self.role, "quit STANDBY mode, this node will become ACTIVE");
+                    tracing::info!(
+                        role = self.role,
+                        "quit STANDBY mode, this node will become ACTIVE"
+                    );
                 }
                 if published == RoleState::Serving {
                     let took = state.won_at.map(|at| at.elapsed()).unwrap_or_default();
@@ -385,7 +423,12 @@ impl<C: Coordinator> Election<C> {
                 }
                 if let (Some(publisher), Some(lease)) = (&state.publisher, state.machine.lease()) {
                     let info = self.context.session(&self.role, published, lease);
-                    let leading = state.machine.phase().leads().then(|| state.candidacy.clone()).flatten();
+                    let leading = state
+                        .machine
+                        .phase()
+                        .leads()
+                        .then(|| state.candidacy.clone())
+                        .flatten();
                     publisher.latest.send_replace(Some((info, leading)));
                 }
             }
@@ -411,17 +454,16 @@ impl<C: Coordinator> Election<C> {
                 state.meta = None;
             }
             Command::Activate { revision } => {
-                let (Some(meta), Some(epoch), Some(coordinator)) =
-                    (state.meta.take(), state.epoch.clone(), state.coordinator.clone())
-                else {
+                let (Some(meta), Some(epoch), Some(coordinator)) = (
+                    state.meta.take(),
+                    state.epoch.clone(),
+                    state.coordinator.clone(),
+                ) else {
                     return Err("activation without metadata, epoch or coordinator".into());
                 };
                 debug_assert_eq!(epoch.revision, revision);
-                let (store, switch) = FencedStore::new(
-                    client,
-                    epoch.clone(),
-                    self.context.layout.meta(&self.role),
-                );
+                let (store, switch) =
+                    FencedStore::new(client, epoch.clone(), self.context.layout.meta(&self.role));
                 state.depose = Some(switch);
                 let reply = myself.clone();
                 tokio::spawn(async move {
@@ -455,7 +497,8 @@ impl<C: Coordinator> Election<C> {
             }
             Command::Deactivate => {
                 let reply = myself.clone();
-                let bound = self.context.config.coordinator.deactivate_timeout + Duration::from_secs(1);
+                let bound =
+                    self.context.config.coordinator.deactivate_timeout + Duration::from_secs(1);
                 let coordinator = state.coordinator.clone();
                 tokio::spawn(async move {
                     if let Some(coordinator) = coordinator {
@@ -465,7 +508,9 @@ impl<C: Coordinator> Election<C> {
                         if !matches!(answer, Ok(ractor::rpc::CallResult::Success(()))) {
                             // A coordinator that cannot get back to standby is
                             // stopped; the supervision event restarts it.
-                            tracing::error!("coordinator did not deactivate within {bound:?}; killing it");
+                            tracing::error!(
+                                "coordinator did not deactivate within {bound:?}; killing it"
+                            );
                             coordinator.kill();
                         }
                     }
@@ -496,7 +541,11 @@ impl<C: Coordinator> Election<C> {
             Command::RestartCoordinator { after } => {
                 *self.shared.coordinator.write().expect("not poisoned") = None;
                 state.coordinator = None;
-                tracing::warn!(role = self.role, restart_in_ms = after.as_millis() as u64, "coordinator crashed; restarting it in standby");
+                tracing::warn!(
+                    role = self.role,
+                    restart_in_ms = after.as_millis() as u64,
+                    "coordinator crashed; restarting it in standby"
+                );
                 myself.send_after(after, || ElectionMsg::RestartCoordinator);
             }
             Command::Stop => {
@@ -529,7 +578,11 @@ async fn keep_alive<C: Coordinator>(
         let (mut keeper, mut responses) = match opened {
             Ok(Ok(stream)) => stream,
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
-                tracing::warn!(role, lease, "etcd refuses to keep the lease alive: {reason}");
+                tracing::warn!(
+                    role,
+                    lease,
+                    "etcd refuses to keep the lease alive: {reason}"
+                );
                 let _ = report_to.send_message(ElectionMsg::LeaseLost { lease });
                 return;
             }
@@ -600,13 +653,20 @@ impl<C: Coordinator> Actor for Election<C> {
             self.context.client.clone(),
             self.election.clone(),
             self.context.config.etcd.retry.initial,
-            move |leader| reporter.send_message(ElectionMsg::LeaderObserved(leader)).is_ok(),
+            move |leader| {
+                reporter
+                    .send_message(ElectionMsg::LeaderObserved(leader))
+                    .is_ok()
+            },
         ));
         let session = &self.context.config.session;
-        let tick = (session.renew_deadline() / 20).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let tick = (session.renew_deadline() / 20)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let timers = vec![
             myself.send_interval(tick, || ElectionMsg::Tick),
-            myself.send_interval(session.standby_log_interval, || ElectionMsg::StandbyReminder),
+            myself.send_interval(session.standby_log_interval, || {
+                ElectionMsg::StandbyReminder
+            }),
         ];
         let mut state = ElectionState {
             machine: ElectionMachine::new(self.timings()),
@@ -627,7 +687,8 @@ impl<C: Coordinator> Actor for Election<C> {
             _observer: observer,
             timers,
         };
-        self.spawn_coordinator(&myself, &mut state.coordinator, None).await?;
+        self.spawn_coordinator(&myself, &mut state.coordinator, None)
+            .await?;
         Ok(state)
     }
 
@@ -636,7 +697,11 @@ impl<C: Coordinator> Actor for Election<C> {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        tracing::info!(role = self.role, "serverName: {} is in STANDBY ...", self.role);
+        tracing::info!(
+            role = self.role,
+            "serverName: {} is in STANDBY ...",
+            self.role
+        );
         self.apply(&myself, state, Event::Started).await
     }
 
@@ -656,16 +721,27 @@ impl<C: Coordinator> Actor for Election<C> {
                 Event::LeaseGranted { lease, sent_at }
             }
             ElectionMsg::LeaseGrantFailed => Event::LeaseGrantFailed,
-            ElectionMsg::KeepaliveAcked { lease, sent_at } => Event::KeepaliveAcked { lease, sent_at },
+            ElectionMsg::KeepaliveAcked { lease, sent_at } => {
+                Event::KeepaliveAcked { lease, sent_at }
+            }
             ElectionMsg::LeaseLost { lease } => Event::LeaseLost { lease },
-            ElectionMsg::Tick => Event::Tick { now: Instant::now() },
+            ElectionMsg::Tick => Event::Tick {
+                now: Instant::now(),
+            },
             ElectionMsg::StandbyReminder => {
                 if state.machine.phase().published_state() == RoleState::Standby {
-                    tracing::info!(role = self.role, "serverName: {} is in STANDBY ...", self.role);
+                    tracing::info!(
+                        role = self.role,
+                        "serverName: {} is in STANDBY ...",
+                        self.role
+                    );
                 }
                 return Ok(());
             }
-            ElectionMsg::Elected { generation, candidacy } => {
+            ElectionMsg::Elected {
+                generation,
+                candidacy,
+            } => {
                 if generation != state.campaign_generation {
                     return Ok(());
                 }
@@ -702,7 +778,8 @@ impl<C: Coordinator> Actor for Election<C> {
                     return Ok(());
                 }
                 let leader = state.leader.as_ref().map(|l| l.address.clone());
-                self.spawn_coordinator(&myself, &mut state.coordinator, leader).await?;
+                self.spawn_coordinator(&myself, &mut state.coordinator, leader)
+                    .await?;
                 tracing::info!(role = self.role, "coordinator restarted in standby");
                 Event::CoordinatorStarted
             }
@@ -735,7 +812,8 @@ impl<C: Coordinator> Actor for Election<C> {
         if state.coordinator.as_ref().is_some_and(|c| c.get_id() == id) {
             let reason = reason.unwrap_or_else(|| "stopped".into());
             tracing::error!(role = self.role, "coordinator failed: {reason}");
-            self.apply(&myself, state, Event::CoordinatorCrashed).await?;
+            self.apply(&myself, state, Event::CoordinatorCrashed)
+                .await?;
         } else if state.reload.as_ref().is_some_and(|r| r.get_id() == id) {
             state.reload = None;
             if let Some(reason) = reason {

@@ -84,6 +84,11 @@ pub enum Guard {
 /// in etcd's own transaction otherwise.
 #[derive(Clone)]
 pub struct FencedStore {
+    // Shared: an etcd client is several kilobytes, and users clone stores freely.
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
     client: Client,
     epoch: Epoch,
     prefix: String,
@@ -93,8 +98,8 @@ pub struct FencedStore {
 impl std::fmt::Debug for FencedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FencedStore")
-            .field("epoch", &self.epoch)
-            .field("prefix", &self.prefix)
+            .field("epoch", &self.inner.epoch)
+            .field("prefix", &self.inner.prefix)
             .field("deposed", &self.is_deposed())
             .finish()
     }
@@ -117,22 +122,24 @@ impl FencedStore {
     pub fn new(client: Client, epoch: Epoch, prefix: String) -> (Self, DeposeSwitch) {
         let switch = DeposeSwitch::default();
         let store = Self {
-            client,
-            epoch,
-            prefix,
-            deposed: switch.0.clone(),
+            inner: Arc::new(StoreInner {
+                client,
+                epoch,
+                prefix,
+                deposed: switch.0.clone(),
+            }),
         };
         (store, switch)
     }
 
     /// The epoch this store writes for.
     pub fn epoch(&self) -> &Epoch {
-        &self.epoch
+        &self.inner.epoch
     }
 
     /// Whether this node already knows the epoch is over.
     pub fn is_deposed(&self) -> bool {
-        self.deposed.load(Ordering::SeqCst)
+        self.inner.deposed.load(Ordering::SeqCst)
     }
 
     /// Sets `key` to `value`, fenced.
@@ -155,8 +162,12 @@ impl FencedStore {
     /// Reads `key` (reads are not fenced: they change nothing).
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, FenceError> {
         let full = self.full_key(key)?;
-        let mut response = self.client.kv_client().get(full, None).await?;
-        Ok(response.take_kvs().into_iter().next().map(|kv| kv.value().to_vec()))
+        let mut response = self.inner.client.kv_client().get(full, None).await?;
+        Ok(response
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| kv.value().to_vec()))
     }
 
     /// Applies `ops` atomically if every guard holds and the epoch still
@@ -165,9 +176,9 @@ impl FencedStore {
     pub async fn txn(&self, guards: Vec<Guard>, ops: Vec<WriteOp>) -> Result<bool, FenceError> {
         self.check_not_deposed()?;
         let mut compares = vec![Compare::create_revision(
-            self.epoch.leader_key.as_str(),
+            self.inner.epoch.leader_key.as_str(),
             CompareOp::Equal,
-            self.epoch.revision,
+            self.inner.epoch.revision,
         )];
         for guard in guards {
             compares.push(match guard {
@@ -185,7 +196,7 @@ impl FencedStore {
                 WriteOp::Put { key, value } => TxnOp::put(self.full_key(&key)?, value, None),
                 WriteOp::Delete { key } => TxnOp::delete(self.full_key(&key)?, None),
                 WriteOp::DeletePrefix { prefix } => TxnOp::delete(
-                    format!("{}{prefix}", self.prefix),
+                    format!("{}{prefix}", self.inner.prefix),
                     Some(DeleteOptions::new().with_prefix()),
                 ),
             });
@@ -195,8 +206,8 @@ impl FencedStore {
         let txn = Txn::new()
             .when(compares)
             .and_then(then)
-            .or_else([TxnOp::get(self.epoch.leader_key.as_str(), None)]);
-        let response = self.client.kv_client().txn(txn).await?;
+            .or_else([TxnOp::get(self.inner.epoch.leader_key.as_str(), None)]);
+        let response = self.inner.client.kv_client().txn(txn).await?;
         if response.succeeded() {
             return Ok(true);
         }
@@ -204,7 +215,7 @@ impl FencedStore {
             TxnOpResponse::Get(get) => get
                 .kvs()
                 .first()
-                .is_some_and(|kv| kv.create_revision() == self.epoch.revision),
+                .is_some_and(|kv| kv.create_revision() == self.inner.epoch.revision),
             _ => false,
         });
         if still_leads {
@@ -224,11 +235,11 @@ impl FencedStore {
 
     /// Counts a refused write and names the epoch it was refused for.
     fn refused(&self) -> FenceError {
-        metrics::counter!("standin_fenced_writes_refused_total", "role" => self.epoch.role.clone())
+        metrics::counter!("standin_fenced_writes_refused_total", "role" => self.inner.epoch.role.clone())
             .increment(1);
         FenceError::Fenced {
-            role: self.epoch.role.clone(),
-            revision: self.epoch.revision,
+            role: self.inner.epoch.role.clone(),
+            revision: self.inner.epoch.revision,
         }
     }
 
@@ -236,6 +247,6 @@ impl FencedStore {
         if key.is_empty() || key.starts_with('/') || key.split('/').any(|part| part == "..") {
             return Err(FenceError::BadKey(key.to_owned()));
         }
-        Ok(format!("{}{key}", self.prefix))
+        Ok(format!("{}{key}", self.inner.prefix))
     }
 }

@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use standin::Config;
 
 #[derive(Parser)]
-#[command(version, about = "standin: active-standby coordinators on an etcd lease")]
+#[command(
+    version,
+    about = "standin: active-standby coordinators on an etcd lease"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -143,7 +143,12 @@ impl<C: Coordinator> RoleHandle<C> {
         request: C::Request,
         timeout: Duration,
     ) -> Result<C::Response, ServeError> {
-        let coordinator = self.shared.coordinator.read().expect("not poisoned").clone();
+        let coordinator = self
+            .shared
+            .coordinator
+            .read()
+            .expect("not poisoned")
+            .clone();
         let unavailable = || ServeError::Unavailable {
             role: self.role.clone(),
         };
@@ -182,8 +187,11 @@ struct TypedRole<C: Coordinator> {
 impl<C: Coordinator> PendingRole for TypedRole<C> {
     fn launch(self: Box<Self>, context: Arc<NodeContext>) -> LaunchFuture {
         Box::pin(async move {
-            self.shared.status.send_modify(|status| status.server_id = context.server_id);
-            let supervisor = RoleSupervisor::<C>::new(self.role, self.coordinator, context, self.shared);
+            self.shared
+                .status
+                .send_modify(|status| status.server_id = context.server_id);
+            let supervisor =
+                RoleSupervisor::<C>::new(self.role, self.coordinator, context, self.shared);
             let (actor, _) = Actor::spawn(None, supervisor, ()).await?;
             Ok(actor)
         })
@@ -268,7 +276,11 @@ impl Node {
             allocate_server_id(&client, &layout)
         })
         .await;
-        tracing::info!(server_id, address = self.config.node.address, "standin node registered");
+        tracing::info!(
+            server_id,
+            address = self.config.node.address,
+            "standin node registered"
+        );
         let context = Arc::new(NodeContext {
             client,
             config: self.config.clone(),
@@ -277,13 +289,14 @@ impl Node {
         });
         self.context = Some(context.clone());
         for (role, pending) in std::mem::take(&mut self.pending) {
-            let supervisor = pending
-                .launch(context.clone())
-                .await
-                .map_err(|source| NodeError::SpawnFailed {
-                    role: role.clone(),
-                    source,
-                })?;
+            let supervisor =
+                pending
+                    .launch(context.clone())
+                    .await
+                    .map_err(|source| NodeError::SpawnFailed {
+                        role: role.clone(),
+                        source,
+                    })?;
             self.running.push((role, supervisor));
         }
         Ok(())
@@ -306,7 +319,11 @@ impl Node {
         // The supervisor's own bound on the handover, plus time to kill and revoke.
         let bound = handover_bound(&self.config) * 2;
         let handovers = self.running.drain(..).map(|(role, supervisor)| async move {
-            if let Err(error) = ractor::call_t!(supervisor, SupervisorMsg::Shutdown, bound.as_millis() as u64) {
+            if let Err(error) = ractor::call_t!(
+                supervisor,
+                SupervisorMsg::Shutdown,
+                bound.as_millis() as u64
+            ) {
                 tracing::warn!(role, "shutdown did not complete cleanly: {error}");
                 supervisor.kill();
             }

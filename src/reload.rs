@@ -198,8 +198,10 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
             took_ms = took.as_millis() as u64,
             "metadata reloaded"
         );
-        metrics::histogram!("standin_reload_seconds", "role" => job.role.clone()).record(took.as_secs_f64());
-        metrics::counter!("standin_reloaded_keys_total", "role" => job.role.clone()).increment(keys as u64);
+        metrics::histogram!("standin_reload_seconds", "role" => job.role.clone())
+            .record(took.as_secs_f64());
+        metrics::counter!("standin_reloaded_keys_total", "role" => job.role.clone())
+            .increment(keys as u64);
         job.report_to.send_message(ElectionMsg::Reloaded {
             revision: job.revision,
             meta,

@@ -144,21 +144,28 @@ pub async fn allocate_server_id(client: &Client, layout: &Layout) -> Result<i64,
             .await
             .map_err(SessionError::AllocateFailed)?;
         let (guard, next) = match response.kvs().first() {
-            None => (Compare::create_revision(key.as_str(), CompareOp::Equal, 0), 1),
+            None => (
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                1,
+            ),
             Some(current) => {
                 let text = String::from_utf8_lossy(current.value()).into_owned();
-                let value: i64 = text.trim().parse().map_err(|_| SessionError::CorruptServerId {
-                    key: key.clone(),
-                    value: text.clone(),
-                })?;
+                let value: i64 =
+                    text.trim()
+                        .parse()
+                        .map_err(|_| SessionError::CorruptServerId {
+                            key: key.clone(),
+                            value: text.clone(),
+                        })?;
                 let guard =
                     Compare::mod_revision(key.as_str(), CompareOp::Equal, current.mod_revision());
                 (guard, value + 1)
             }
         };
-        let txn = Txn::new()
-            .when([guard])
-            .and_then([TxnOp::put(key.as_str(), next.to_string(), None)]);
+        let txn =
+            Txn::new()
+                .when([guard])
+                .and_then([TxnOp::put(key.as_str(), next.to_string(), None)]);
         let outcome = kv.txn(txn).await.map_err(SessionError::AllocateFailed)?;
         if outcome.succeeded() {
             return Ok(next);
@@ -175,7 +182,10 @@ mod tests {
     fn layout_matches_the_documented_keys() {
         let layout = Layout::new("/standin/");
         assert_eq!(layout.election("rootcoord"), "standin/election/rootcoord");
-        assert_eq!(layout.session("rootcoord", 7), "standin/session/rootcoord-7");
+        assert_eq!(
+            layout.session("rootcoord", 7),
+            "standin/session/rootcoord-7"
+        );
         assert_eq!(layout.server_id(), "standin/session/id");
         assert_eq!(layout.meta("rootcoord"), "standin/meta/rootcoord/");
     }

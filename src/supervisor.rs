@@ -116,11 +116,8 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
                 state.shutting_down = true;
                 if let Some(election) = state.election.take() {
                     let bound = handover_bound(&self.context.config);
-                    let handed_over = ractor::call_t!(
-                        election,
-                        ElectionMsg::Shutdown,
-                        bound.as_millis() as u64
-                    );
+                    let handed_over =
+                        ractor::call_t!(election, ElectionMsg::Shutdown, bound.as_millis() as u64);
                     if let Err(error) = handed_over {
                         tracing::warn!(role = self.role, "graceful handover failed: {error}");
                         election.kill();
@@ -195,7 +192,13 @@ async fn revoke_abandoned_lease(context: &NodeContext, slot: &LeaseSlot) {
     };
     let mut leases = context.client.lease_client();
     let what = format!("revoking lease {lease} of a failed election actor");
-    if best_effort(&what, context.config.etcd.request_timeout, leases.revoke(lease)).await {
+    if best_effort(
+        &what,
+        context.config.etcd.request_timeout,
+        leases.revoke(lease),
+    )
+    .await
+    {
         tracing::info!(lease, "revoked the lease of a failed election actor");
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum TestingError {
     /// etcd or etcdctl is not installed.
-    #[error("`{0}` not found on PATH: run `make deps` (installs Debian's etcd-server and etcd-client)")]
+    #[error(
+        "`{0}` not found on PATH: run `make deps` (installs Debian's etcd-server and etcd-client)"
+    )]
     NotInstalled(&'static str),
     /// A process or file operation failed.
     #[error("{what}: {source}")]
@@ -52,7 +54,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestingError {
 /// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
 pub fn free_loopback_port() -> Result<u16, TestingError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
-    Ok(listener.local_addr().map_err(io("reading a bound port"))?.port())
+    Ok(listener
+        .local_addr()
+        .map_err(io("reading a bound port"))?
+        .port())
 }
 
 /// One etcd member on loopback ports with a temporary data directory; killed
@@ -131,12 +136,11 @@ impl EtcdServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return Err(not_ready(started.elapsed()));
             }
-            if TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
-                if let Ok(mut client) = self.client().await {
-                    if client.status().await.is_ok() {
-                        return Ok(());
-                    }
-                }
+            if TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
+                && let Ok(mut client) = self.client().await
+                && client.status().await.is_ok()
+            {
+                return Ok(());
             }
             if started.elapsed() > Self::READY_WITHIN {
                 return Err(not_ready(started.elapsed()));
@@ -197,6 +201,32 @@ impl EtcdServer {
             .map_err(etcdctl_spawn_error)
     }
 
+    /// Freezes etcd (SIGSTOP), as a hung or partitioned member looks to its
+    /// clients: connections stay open, nothing answers.
+    pub fn pause(&self) -> Result<(), TestingError> {
+        self.signal("STOP")
+    }
+
+    /// Thaws a paused etcd (SIGCONT).
+    pub fn resume(&self) -> Result<(), TestingError> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> Result<(), TestingError> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map_err(io(format!("sending SIG{name} to etcd")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io(format!("sending SIG{name} to etcd"))(
+                std::io::Error::other(status.to_string()),
+            ))
+        }
+    }
+
     /// Where etcd keeps its data and log.
     pub fn data_dir(&self) -> &std::path::Path {
         self.data.path()
@@ -218,6 +248,8 @@ fn log_tail(path: &PathBuf) -> String {
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
+        // A paused etcd must be thawed to die promptly and release its ports.
+        let _ = self.resume();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

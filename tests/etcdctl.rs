@@ -35,7 +35,11 @@ impl Observer {
     }
 
     /// Waits until etcdctl reports a leader value that `accept`s.
-    async fn wait_for_leader(&self, what: &str, accept: impl Fn(&SessionInfo) -> bool) -> SessionInfo {
+    async fn wait_for_leader(
+        &self,
+        what: &str,
+        accept: impl Fn(&SessionInfo) -> bool,
+    ) -> SessionInfo {
         wait_for(what, Duration::from_secs(10), || {
             self.lines
                 .try_iter()
@@ -67,13 +71,18 @@ async fn etcdctl_elect_shows_our_leader_and_follows_a_takeover() -> anyhow::Resu
     info!("--- etcdctl elect -l names the serving node");
     let observer = Observer::start(&etcd, "standin-test/election/rootcoord")?;
     let seen = observer
-        .wait_for_leader("etcdctl to show the serving leader", |info| info.state == RoleState::Serving)
+        .wait_for_leader("etcdctl to show the serving leader", |info| {
+            info.state == RoleState::Serving
+        })
         .await;
     assert_eq!(seen.server_id, server_id);
     assert_eq!(seen.address, nodes[leader].address);
 
     info!("--- after the active crashes, etcdctl shows the new leader serving");
-    let _ = nodes[leader].role(ROLE).call(LedgerRequest::Panic, CALL).await;
+    let _ = nodes[leader]
+        .role(ROLE)
+        .call(LedgerRequest::Panic, CALL)
+        .await;
     let next = 1 - leader;
     let next_id = nodes[next].role(ROLE).status().server_id;
     let seen = observer

@@ -29,7 +29,8 @@ async fn epoch_of(node: &TestNode) -> standin::Epoch {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_one_of_three_serves_and_its_epoch_is_the_leader_key_revision() -> anyhow::Result<()> {
+async fn exactly_one_of_three_serves_and_its_epoch_is_the_leader_key_revision() -> anyhow::Result<()>
+{
     init_logging();
     let etcd = EtcdServer::start().await?;
     let mut nodes = three_nodes(&etcd, 10).await?;
@@ -50,7 +51,10 @@ async fn exactly_one_of_three_serves_and_its_epoch_is_the_leader_key_revision() 
         } else {
             assert_eq!(status.state, RoleState::Standby);
             match node.role(ROLE).call(LedgerRequest::Read, CALL).await {
-                Err(ServeError::NotActive { leader: Some(address), .. }) => {
+                Err(ServeError::NotActive {
+                    leader: Some(address),
+                    ..
+                }) => {
                     assert_eq!(address, nodes[leader].address)
                 }
                 Err(other) => panic!("a standby answered {other}"),
@@ -79,7 +83,10 @@ async fn exactly_one_of_three_serves_and_its_epoch_is_the_leader_key_revision() 
     info!("--- every node's session key reports its state");
     let sessions = client
         .clone()
-        .get("standin-test/session/rootcoord-", Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            "standin-test/session/rootcoord-",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await?;
     let mut states: Vec<_> = sessions
         .kvs()
@@ -87,7 +94,10 @@ async fn exactly_one_of_three_serves_and_its_epoch_is_the_leader_key_revision() 
         .map(|kv| standin::SessionInfo::decode(kv.key(), kv.value()).map(|s| s.state))
         .collect::<Result<_, _>>()?;
     states.sort_by_key(|s| s.as_str());
-    assert_eq!(states, vec![RoleState::Serving, RoleState::Standby, RoleState::Standby]);
+    assert_eq!(
+        states,
+        vec![RoleState::Serving, RoleState::Standby, RoleState::Standby]
+    );
 
     for node in &mut nodes {
         node.shutdown().await;
@@ -126,15 +136,23 @@ async fn a_panicking_coordinator_is_replaced_in_well_under_the_ttl() -> anyhow::
 
     info!("--- make the active coordinator panic");
     let started = Instant::now();
-    let crashed = nodes[leader].role(ROLE).call(LedgerRequest::Panic, CALL).await;
+    let crashed = nodes[leader]
+        .role(ROLE)
+        .call(LedgerRequest::Panic, CALL)
+        .await;
     assert!(matches!(crashed, Err(ServeError::Unavailable { .. })));
     let next = wait_for("another node to serve", Duration::from_secs(5), || {
-        serving(&nodes, ROLE).into_iter().find(|&index| index != leader)
+        serving(&nodes, ROLE)
+            .into_iter()
+            .find(|&index| index != leader)
     })
     .await;
     let took = started.elapsed();
     info!(?took, next, "--- a standby on another node serves");
-    assert!(took < Duration::from_secs(5), "takeover took {took:?}, TTL/2 is 5s");
+    assert!(
+        took < Duration::from_secs(5),
+        "takeover took {took:?}, TTL/2 is 5s"
+    );
 
     info!("--- the crashed node's coordinator is back, in standby, and knows the new leader");
     let new_address = nodes[next].address.clone();
@@ -155,7 +173,8 @@ async fn a_panicking_coordinator_is_replaced_in_well_under_the_ttl() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_write() -> anyhow::Result<()> {
+async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_write()
+-> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
     let mut nodes = three_nodes(&etcd, 10).await?;
@@ -172,21 +191,32 @@ async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_w
             _ => panic!("write {index} was not acknowledged"),
         }
     }
-    let Ok(LedgerResponse::Store(old_store)) = nodes[leader].role(ROLE).call(LedgerRequest::Store, CALL).await
+    let Ok(LedgerResponse::Store(old_store)) = nodes[leader]
+        .role(ROLE)
+        .call(LedgerRequest::Store, CALL)
+        .await
     else {
         panic!("no store from the leader");
     };
 
     info!("--- the active crashes; another takes over");
-    let _ = nodes[leader].role(ROLE).call(LedgerRequest::Panic, CALL).await;
+    let _ = nodes[leader]
+        .role(ROLE)
+        .call(LedgerRequest::Panic, CALL)
+        .await;
     let next = wait_for("another node to serve", Duration::from_secs(5), || {
-        serving(&nodes, ROLE).into_iter().find(|&index| index != leader)
+        serving(&nodes, ROLE)
+            .into_iter()
+            .find(|&index| index != leader)
     })
     .await;
 
     info!("--- the deposed active's store refuses writes");
     let refused = old_store.put("item/late", "from the past").await;
-    assert!(matches!(refused, Err(FenceError::Fenced { .. })), "got {refused:?}");
+    assert!(
+        matches!(refused, Err(FenceError::Fenced { .. })),
+        "got {refused:?}"
+    );
     // Not only the local switch: etcd's transaction refuses a copy of the
     // old epoch too.
     let (bypass, _) = standin::FencedStore::new(
@@ -195,10 +225,15 @@ async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_w
         "standin-test/meta/rootcoord/".into(),
     );
     let refused = bypass.put("item/late", "from the past").await;
-    assert!(matches!(refused, Err(FenceError::Fenced { .. })), "got {refused:?}");
+    assert!(
+        matches!(refused, Err(FenceError::Fenced { .. })),
+        "got {refused:?}"
+    );
 
     info!("--- the new active's reload has every acknowledged write and nothing else");
-    let Ok(LedgerResponse::Entries(entries)) = nodes[next].role(ROLE).call(LedgerRequest::Read, CALL).await else {
+    let Ok(LedgerResponse::Entries(entries)) =
+        nodes[next].role(ROLE).call(LedgerRequest::Read, CALL).await
+    else {
         panic!("the new leader did not answer");
     };
     assert_eq!(entries.len(), 20);
@@ -213,33 +248,53 @@ async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() -> anyhow::Result<()> {
+async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() -> anyhow::Result<()>
+{
     init_logging();
     let etcd = EtcdServer::start().await?;
     let mut nodes = three_nodes(&etcd, 10).await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
-    let old_lease = nodes[leader].role(ROLE).status().lease.expect("the leader holds a lease");
+    let old_lease = nodes[leader]
+        .role(ROLE)
+        .status()
+        .lease
+        .expect("the leader holds a lease");
 
     info!("--- revoke the active's lease from outside");
     etcd.client().await?.lease_revoke(old_lease).await?;
 
     let next = wait_for("a peer to serve", Duration::from_secs(5), || {
-        serving(&nodes, ROLE).into_iter().find(|&index| index != leader)
+        serving(&nodes, ROLE)
+            .into_iter()
+            .find(|&index| index != leader)
     })
     .await;
-    info!(next, "--- a peer serves; the old active is standby on a fresh lease, campaigning");
+    info!(
+        next,
+        "--- a peer serves; the old active is standby on a fresh lease, campaigning"
+    );
     let demoted = nodes[leader].role(ROLE).clone();
-    let status = wait_for("the demoted node to hold a fresh lease", Duration::from_secs(5), || {
-        let status = demoted.status();
-        (status.state == RoleState::Standby && status.lease.is_some_and(|l| l != old_lease)).then_some(status)
-    })
+    let status = wait_for(
+        "the demoted node to hold a fresh lease",
+        Duration::from_secs(5),
+        || {
+            let status = demoted.status();
+            (status.state == RoleState::Standby && status.lease.is_some_and(|l| l != old_lease))
+                .then_some(status)
+        },
+    )
     .await;
-    let key = standin::campaign::candidate_key("standin-test/election/rootcoord", status.lease.unwrap());
+    let key =
+        standin::campaign::candidate_key("standin-test/election/rootcoord", status.lease.unwrap());
     let client = etcd.client().await?;
-    eventually("the demoted node's candidate key", Duration::from_secs(5), || async {
-        let found = client.clone().get(key.as_str(), None).await.ok()?;
-        (found.count() == 1).then_some(())
-    })
+    eventually(
+        "the demoted node's candidate key",
+        Duration::from_secs(5),
+        || async {
+            let found = client.clone().get(key.as_str(), None).await.ok()?;
+            (found.count() == 1).then_some(())
+        },
+    )
     .await;
 
     for node in &mut nodes {
@@ -249,15 +304,25 @@ async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() 
 }
 
 /// Writes `count` metadata keys for `role` straight into etcd, 128 to a transaction.
-async fn seed_metadata(etcd: &EtcdServer, role: &str, count: usize, value: &[u8]) -> anyhow::Result<()> {
+async fn seed_metadata(
+    etcd: &EtcdServer,
+    role: &str,
+    count: usize,
+    value: &[u8],
+) -> anyhow::Result<()> {
     let client = etcd.client().await?;
-    let keys: Vec<_> = (0..count).map(|i| format!("standin-test/meta/{role}/seed/{i:06}")).collect();
+    let keys: Vec<_> = (0..count)
+        .map(|i| format!("standin-test/meta/{role}/seed/{i:06}"))
+        .collect();
     for chunk in keys.chunks(128) {
         let ops: Vec<_> = chunk
             .iter()
             .map(|key| etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
             .collect();
-        client.kv_client().txn(etcd_client::Txn::new().and_then(ops)).await?;
+        client
+            .kv_client()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await?;
     }
     Ok(())
 }
@@ -271,11 +336,19 @@ async fn undecodable_metadata_makes_the_node_resign_and_another_serves() -> anyh
     info!("--- a node that cannot decode the metadata runs alone: it never serves");
     let mut strict = TestNode::start(config(&etcd, 0, 10), &[ROLE], true).await?;
     let mut history = strict.role(ROLE).subscribe();
-    wait_for("the strict node to try and fail", Duration::from_secs(10), || {
-        let state = history.borrow_and_update().state;
-        assert_ne!(state, RoleState::Serving, "a node that cannot decode its metadata served");
-        (state == RoleState::Activating).then_some(())
-    })
+    wait_for(
+        "the strict node to try and fail",
+        Duration::from_secs(10),
+        || {
+            let state = history.borrow_and_update().state;
+            assert_ne!(
+                state,
+                RoleState::Serving,
+                "a node that cannot decode its metadata served"
+            );
+            (state == RoleState::Activating).then_some(())
+        },
+    )
     .await;
 
     info!("--- a node that can decode it joins and takes the role");
@@ -293,7 +366,8 @@ async fn undecodable_metadata_makes_the_node_resign_and_another_serves() -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -> anyhow::Result<()> {
+async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -> anyhow::Result<()>
+{
     init_logging();
     let etcd = EtcdServer::start().await?;
     info!("--- seed 100k metadata keys");
@@ -304,11 +378,19 @@ async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -
     hasty_config.reload.timeout = Duration::from_millis(1);
     let mut hasty = TestNode::start(hasty_config, &[ROLE], false).await?;
     let mut history = hasty.role(ROLE).subscribe();
-    wait_for("the hasty node to win and time out", Duration::from_secs(10), || {
-        let state = history.borrow_and_update().state;
-        assert_ne!(state, RoleState::Serving, "a reload that timed out still served");
-        (state == RoleState::Activating).then_some(())
-    })
+    wait_for(
+        "the hasty node to win and time out",
+        Duration::from_secs(10),
+        || {
+            let state = history.borrow_and_update().state;
+            assert_ne!(
+                state,
+                RoleState::Serving,
+                "a reload that timed out still served"
+            );
+            (state == RoleState::Activating).then_some(())
+        },
+    )
     .await;
 
     info!("--- a patient node takes over and sees all 100k keys");
@@ -318,7 +400,9 @@ async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -
         patient.role(ROLE).is_serving().then_some(())
     })
     .await;
-    let Ok(LedgerResponse::Entries(entries)) = patient.role(ROLE).call(LedgerRequest::Read, CALL).await else {
+    let Ok(LedgerResponse::Entries(entries)) =
+        patient.role(ROLE).call(LedgerRequest::Read, CALL).await
+    else {
         panic!("the patient node did not answer");
     };
     assert_eq!(entries.len(), 100_000);
@@ -344,21 +428,77 @@ async fn three_roles_on_three_nodes_have_independent_leaders() -> anyhow::Result
     let epochs: Vec<_> = roles
         .iter()
         .zip(&leaders)
-        .map(|(role, &leader)| nodes[leader].role(role).status().epoch.expect("a leader has an epoch"))
+        .map(|(role, &leader)| {
+            nodes[leader]
+                .role(role)
+                .status()
+                .epoch
+                .expect("a leader has an epoch")
+        })
         .collect();
-    let distinct: std::collections::HashSet<_> = epochs.iter().map(|e| e.leader_key.clone()).collect();
+    let distinct: std::collections::HashSet<_> =
+        epochs.iter().map(|e| e.leader_key.clone()).collect();
     assert_eq!(distinct.len(), 3, "each role has its own leader key");
 
     info!("--- crash the rootcoord leader; the other roles keep their leaders and epochs");
-    let _ = nodes[leaders[0]].role("rootcoord").call(LedgerRequest::Panic, CALL).await;
+    let _ = nodes[leaders[0]]
+        .role("rootcoord")
+        .call(LedgerRequest::Panic, CALL)
+        .await;
     wait_for("a new rootcoord leader", Duration::from_secs(5), || {
-        serving(&nodes, "rootcoord").into_iter().find(|&n| n != leaders[0])
+        serving(&nodes, "rootcoord")
+            .into_iter()
+            .find(|&n| n != leaders[0])
     })
     .await;
     for (r, role) in roles.iter().enumerate().skip(1) {
         assert_eq!(serving(&nodes, role), vec![leaders[r]]);
-        assert_eq!(nodes[leaders[r]].role(role).status().epoch.as_ref(), Some(&epochs[r]));
+        assert_eq!(
+            nodes[leaders[r]].role(role).status().epoch.as_ref(),
+            Some(&epochs[r])
+        );
     }
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keepalives_the_active_steps_down_before_the_ttl_and_recovers_in_place()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let ttl = Duration::from_secs(3);
+    let mut nodes = Vec::new();
+    for index in 0..2 {
+        nodes.push(TestNode::start(config(&etcd, index, ttl.as_secs()), &[ROLE], false).await?);
+    }
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+
+    info!("--- freeze etcd: no keepalive can succeed");
+    let frozen_at = Instant::now();
+    etcd.pause()?;
+    wait_for("the active to step down", ttl, || {
+        (!nodes[leader].role(ROLE).is_serving()).then_some(())
+    })
+    .await;
+    let stepped_down = frozen_at.elapsed();
+    info!(
+        ?stepped_down,
+        "--- the active stepped down before its lease could expire"
+    );
+    assert!(
+        stepped_down < ttl,
+        "stepped down after {stepped_down:?}, TTL is {ttl:?}"
+    );
+    assert_eq!(serving(&nodes, ROLE), Vec::<usize>::new());
+
+    info!("--- thaw etcd: the nodes, still running, elect a leader again");
+    etcd.resume()?;
+    wait_for_single_leader(&nodes, ROLE, Duration::from_secs(20)).await;
+    assert!(nodes.iter().all(|node| node.node.is_some()));
 
     for node in &mut nodes {
         node.shutdown().await;

@@ -647,7 +647,11 @@ mod tests {
                 .is_empty()
         );
         assert!(machine.on(Event::Reloaded { revision: 5 }).is_empty());
-        assert!(machine.on(Event::CoordinatorServing { revision: 5 }).is_empty());
+        assert!(
+            machine
+                .on(Event::CoordinatorServing { revision: 5 })
+                .is_empty()
+        );
         assert_eq!(machine.phase(), Phase::Campaigning);
     }
 
@@ -781,7 +785,10 @@ mod tests {
                 Command::Deactivate
             ]
         );
-        assert_eq!(machine.on(Event::Deactivated), vec![Command::Resign { lease: LEASE }]);
+        assert_eq!(
+            machine.on(Event::Deactivated),
+            vec![Command::Resign { lease: LEASE }]
+        );
         assert_eq!(
             machine.on(Event::Released),
             vec![

@@ -46,10 +46,13 @@ impl Coordinator for Ledger {
     type Response = LedgerResponse;
 
     fn decode(&self, snapshot: Snapshot) -> Result<Self::Meta, BoxError> {
-        if self.strict {
-            if let Some((key, _)) = snapshot.entries.iter().find(|(_, v)| v.as_slice() == b"corrupt") {
-                return Err(format!("value at {key} is not in a known format").into());
-            }
+        if self.strict
+            && let Some((key, _)) = snapshot
+                .entries
+                .iter()
+                .find(|(_, v)| v.as_slice() == b"corrupt")
+        {
+            return Err(format!("value at {key} is not in a known format").into());
         }
         Ok(snapshot.entries)
     }
@@ -156,12 +159,19 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
     }
 }
 
 /// [`eventually`] for a probe that needs no waiting of its own.
-pub async fn wait_for<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+pub async fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     eventually(what, deadline, || std::future::ready(probe())).await
 }
 
@@ -177,9 +187,11 @@ pub fn serving(nodes: &[TestNode], role: &str) -> Vec<usize> {
 
 /// Waits until exactly one of `nodes` serves `role`, and returns its index.
 pub async fn wait_for_single_leader(nodes: &[TestNode], role: &str, deadline: Duration) -> usize {
-    wait_for(&format!("one {role} leader"), deadline, || match serving(nodes, role).as_slice() {
-        [one] => Some(*one),
-        _ => None,
+    wait_for(&format!("one {role} leader"), deadline, || {
+        match serving(nodes, role).as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
     })
     .await
 }
