@@ -151,6 +151,9 @@ pub enum CoordinatorMsg<C: Coordinator> {
     },
     /// The leader this node sees changed; standby answers carry its address.
     LeaderChanged(Option<String>),
+    /// Panic in the actor, as a bug would (the `testing` feature's fault injection).
+    #[cfg(feature = "testing")]
+    InjectPanic,
 }
 
 /// What an activation needs.
@@ -351,6 +354,10 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                 let _ = reply.send(());
             }
             CoordinatorMsg::LeaderChanged(leader) => state.leader = leader,
+            #[cfg(feature = "testing")]
+            CoordinatorMsg::InjectPanic => {
+                panic!("fault injected into the {} coordinator", self.role)
+            }
         }
         Ok(())
     }

@@ -122,6 +122,9 @@ pub enum ElectionMsg<C: Coordinator> {
     RestartCoordinator,
     /// The leader seen in etcd changed.
     LeaderObserved(Option<SessionInfo>),
+    /// Panic in the actor, as a bug would (the `testing` feature's fault injection).
+    #[cfg(feature = "testing")]
+    InjectPanic,
 }
 
 /// What an election actor's state changes between messages.
@@ -782,6 +785,10 @@ impl<C: Coordinator> Actor for Election<C> {
                     .await?;
                 tracing::info!(role = self.role, "coordinator restarted in standby");
                 Event::CoordinatorStarted
+            }
+            #[cfg(feature = "testing")]
+            ElectionMsg::InjectPanic => {
+                panic!("fault injected into the {} election actor", self.role)
             }
             ElectionMsg::LeaderObserved(leader) => {
                 if let Some(coordinator) = &state.coordinator {

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::backoff::Backoff;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
+use crate::election::ElectionMsg;
 use crate::etcd::EtcdError;
 use crate::fence::Epoch;
 use crate::session::{Layout, RoleState, SessionInfo, allocate_server_id};
@@ -98,6 +99,8 @@ pub struct RoleShared<C: Coordinator> {
     pub status: watch::Sender<RoleStatus>,
     /// The running coordinator actor, if any.
     pub coordinator: RwLock<Option<ActorRef<CoordinatorMsg<C>>>>,
+    /// The running election actor, if any.
+    pub election: RwLock<Option<ActorRef<ElectionMsg<C>>>>,
 }
 
 /// A typed handle to one role on a node: its status, and requests to its coordinator.
@@ -138,36 +141,63 @@ impl<C: Coordinator> RoleHandle<C> {
 
     /// Sends `request` to the role's coordinator and waits up to `timeout`
     /// for the answer. A standby answers at once with [`ServeError::NotActive`].
-    pub async fn call(
+    ///
+    /// The request is queued when `call` is called, before the returned
+    /// future is first polled, so requests from one task arrive in the
+    /// order their calls were made.
+    pub fn call(
         &self,
         request: C::Request,
         timeout: Duration,
-    ) -> Result<C::Response, ServeError> {
+    ) -> impl Future<Output = Result<C::Response, ServeError>> + Send + 'static {
+        let role = self.role.clone();
         let coordinator = self
             .shared
             .coordinator
             .read()
             .expect("not poisoned")
             .clone();
-        let unavailable = || ServeError::Unavailable {
-            role: self.role.clone(),
-        };
-        let coordinator = coordinator.ok_or_else(unavailable)?;
-        let outcome = coordinator
-            .call(
-                |reply| CoordinatorMsg::Request { request, reply },
-                Some(timeout),
-            )
-            .await
-            .map_err(|_| unavailable())?;
-        match outcome {
-            ractor::rpc::CallResult::Success(answer) => answer,
-            ractor::rpc::CallResult::Timeout => Err(ServeError::TimedOut {
-                role: self.role.clone(),
-                timeout,
-            }),
-            ractor::rpc::CallResult::SenderError => Err(unavailable()),
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = coordinator.is_some_and(|coordinator| {
+            let message = CoordinatorMsg::Request {
+                request,
+                reply: reply.into(),
+            };
+            coordinator.send_message(message).is_ok()
+        });
+        async move {
+            if !queued {
+                return Err(ServeError::Unavailable { role });
+            }
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(answer)) => answer,
+                // The coordinator dropped the request: it crashed or stopped.
+                Ok(Err(_)) => Err(ServeError::Unavailable { role }),
+                Err(_) => Err(ServeError::TimedOut { role, timeout }),
+            }
         }
+    }
+}
+
+/// Fault injection for tests (cargo feature `testing`): the actors of this
+/// role panic on demand, as a bug in them would.
+#[cfg(feature = "testing")]
+impl<C: Coordinator> RoleHandle<C> {
+    /// Makes the role's coordinator actor panic. Returns false when none runs.
+    pub fn crash_coordinator(&self) -> bool {
+        let coordinator = self
+            .shared
+            .coordinator
+            .read()
+            .expect("not poisoned")
+            .clone();
+        coordinator.is_some_and(|c| c.send_message(CoordinatorMsg::InjectPanic).is_ok())
+    }
+
+    /// Makes the role's election actor panic. Returns false when none runs.
+    pub fn crash_election(&self) -> bool {
+        let election = self.shared.election.read().expect("not poisoned").clone();
+        election.is_some_and(|e| e.send_message(ElectionMsg::InjectPanic).is_ok())
     }
 }
 
@@ -245,6 +275,7 @@ impl Node {
         let shared = Arc::new(RoleShared {
             status,
             coordinator: RwLock::new(None),
+            election: RwLock::new(None),
         });
         let typed = TypedRole {
             role: role.to_owned(),

@@ -56,6 +56,7 @@ impl<C: Coordinator> RoleSupervisor<C> {
             state.lease.clone(),
         );
         let (actor, _) = Actor::spawn_linked(None, election, (), myself.get_cell()).await?;
+        *self.shared.election.write().expect("not poisoned") = Some(actor.clone());
         state.election = Some(actor);
         state.started_at = Instant::now();
         Ok(())
@@ -152,6 +153,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             return Ok(());
         }
         state.election = None;
+        *self.shared.election.write().expect("not poisoned") = None;
         // The coordinator was linked to the election actor, so ractor has
         // already killed it; make sure nothing can still route to it and
         // that the lease no longer backs a leader key.

@@ -1,0 +1,201 @@
+//! Supervision and the activation buffer against a real etcd: election actor crashes, requests held while activating.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use standin::coordinator::BoxError;
+use standin::testing::EtcdServer;
+use standin::{Coordinator, Epoch, FencedStore, Node, RoleState, ServeError, Snapshot};
+use support::*;
+use tokio::sync::Semaphore;
+use tracing::info;
+
+const ROLE: &str = "rootcoord";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_election_actor_stops_its_coordinator_revokes_its_lease_and_restarts()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = Vec::new();
+    for index in 0..2 {
+        nodes.push(TestNode::start(config(&etcd, index, 10), &[ROLE], false).await?);
+    }
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let handle = nodes[leader].role(ROLE).clone();
+    let old_lease = handle.status().lease.expect("the leader holds a lease");
+
+    info!("--- the active's election actor panics");
+    let crashed_at = Instant::now();
+    assert!(handle.crash_election());
+    wait_for(
+        "the crashed node to stop serving",
+        Duration::from_secs(1),
+        || (!handle.is_serving()).then_some(()),
+    )
+    .await;
+    let answer = handle.call(LedgerRequest::Read, CALL).await;
+    assert!(
+        matches!(
+            answer,
+            Err(ServeError::Unavailable { .. } | ServeError::NotActive { .. })
+        ),
+        "a coordinator served without its election actor"
+    );
+
+    info!("--- its lease is revoked, so the peer takes over at once");
+    let peer = 1 - leader;
+    wait_for("the peer to serve", Duration::from_secs(2), || {
+        nodes[peer].role(ROLE).is_serving().then_some(())
+    })
+    .await;
+    let took = crashed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "takeover after an election crash took {took:?}"
+    );
+    let remaining = etcd
+        .client()
+        .await?
+        .lease_time_to_live(old_lease, None)
+        .await?
+        .ttl();
+    assert_eq!(
+        remaining, -1,
+        "the crashed election actor's lease still exists"
+    );
+
+    info!("--- the election actor restarts: standby on a fresh lease, coordinator answering");
+    let address = nodes[peer].address.clone();
+    eventually("the restarted node in standby", Duration::from_secs(10), || {
+        let handle = handle.clone();
+        let address = address.clone();
+        async move {
+            let status = handle.status();
+            let fresh = status.state == RoleState::Standby && status.lease.is_some_and(|l| l != old_lease);
+            let answer = handle.call(LedgerRequest::Read, CALL).await;
+            let standby = matches!(answer, Err(ServeError::NotActive { leader: Some(ref l), .. }) if *l == address);
+            (fresh && standby).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(serving(&nodes, ROLE), vec![peer]);
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+/// A coordinator whose activation waits for a permit (or fails when told),
+/// and that numbers the requests it handles.
+struct Gated {
+    gate: Arc<Semaphore>,
+    fail: bool,
+}
+
+impl Coordinator for Gated {
+    type Meta = ();
+    type Serving = u64;
+    type Request = u64;
+    type Response = (u64, u64);
+
+    fn decode(&self, _: Snapshot) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn activate(&self, _: Epoch, _: (), _: FencedStore) -> Result<u64, BoxError> {
+        let _permit = self.gate.acquire().await?;
+        if self.fail {
+            return Err("activation refused".into());
+        }
+        Ok(0)
+    }
+
+    /// Answers (the request's tag, its position in handling order).
+    async fn handle(&self, handled: &mut u64, tag: u64) -> (u64, u64) {
+        *handled += 1;
+        (tag, *handled)
+    }
+}
+
+async fn gated_node(
+    etcd: &EtcdServer,
+    fail: bool,
+) -> anyhow::Result<(Node, standin::RoleHandle<Gated>, Arc<Semaphore>)> {
+    let mut config = config(etcd, 0, 10);
+    config.coordinator.activation_buffer = 3;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut node = Node::new(config);
+    let handle = node.add_role(
+        ROLE,
+        Gated {
+            gate: gate.clone(),
+            fail,
+        },
+    )?;
+    node.start().await?;
+    let status = handle.clone();
+    wait_for("the node to be activating", Duration::from_secs(10), || {
+        (status.status().state == RoleState::Activating).then_some(())
+    })
+    .await;
+    Ok((node, handle, gate))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_while_activating_are_held_in_order_up_to_the_buffer_size() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let (node, handle, gate) = gated_node(&etcd, false).await?;
+
+    info!("--- five requests arrive while activating; the buffer holds three");
+    let calls: Vec<_> = (1..=5).map(|tag| handle.call(tag, CALL)).collect();
+    let mut answers = Vec::new();
+    let mut pending = Vec::new();
+    for (tag, call) in (1..=5).zip(calls) {
+        pending.push((tag, tokio::spawn(call)));
+    }
+    // The overflow is refused at once, before activation completes.
+    for (tag, task) in pending.drain(3..) {
+        let refused = task.await?;
+        assert!(
+            matches!(refused, Err(ServeError::BufferFull { capacity: 3, .. })),
+            "request {tag}: {refused:?}"
+        );
+    }
+    assert_eq!(handle.status().state, RoleState::Activating);
+
+    info!("--- activation completes: the held requests are served in arrival order");
+    gate.add_permits(1);
+    for (_, task) in pending {
+        answers.push(task.await?.expect("a held request is served"));
+    }
+    assert_eq!(answers, vec![(1, 1), (2, 2), (3, 3)]);
+    assert_eq!(handle.status().state, RoleState::Serving);
+    assert_eq!(handle.call(9, CALL).await, Ok((9, 4)));
+
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_for_a_failed_activation_get_an_error() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let (node, handle, gate) = gated_node(&etcd, true).await?;
+
+    let held = tokio::spawn(handle.call(1, CALL));
+    gate.add_permits(1);
+    let answer = held.await?;
+    assert!(
+        matches!(answer, Err(ServeError::ActivationAborted { .. })),
+        "got {answer:?}"
+    );
+    assert_ne!(handle.status().state, RoleState::Serving);
+
+    node.shutdown().await;
+    Ok(())
+}
