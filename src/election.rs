@@ -19,12 +19,12 @@ use crate::campaign::{self, Candidacy};
 use crate::coordinator::{Activation, Coordinator, CoordinatorActor, CoordinatorMsg};
 use crate::etcd::best_effort;
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
-use crate::node::{NodeContext, RoleShared};
+use crate::node::{NodeContext, RoleShared, RoleStatus};
 use crate::reload::{ReloadActor, ReloadJob};
 use crate::session::{RoleState, SessionInfo};
 use crate::supervisor::LeaseSlot;
 use crate::task::OwnedTask;
-use machine::{Command, ElectionMachine, Event, Phase, Timings};
+use machine::{Command, ElectionMachine, Event, Phase, StepDownReason, Timings};
 
 /// The election actor of one role on one node.
 pub struct Election<C: Coordinator> {
@@ -143,6 +143,7 @@ pub struct ElectionState<C: Coordinator> {
     meta: Option<C::Meta>,
     won_at: Option<Instant>,
     leader: Option<SessionInfo>,
+    last_step_down: Option<StepDownReason>,
     shutdown_replies: Vec<RpcReplyPort<()>>,
     _observer: OwnedTask,
     timers: Vec<JoinHandle<()>>,
@@ -178,6 +179,8 @@ impl Publisher {
                 loop {
                     match publish(&client, &key, &info, leading.as_ref()).await {
                         Ok(()) => break,
+                        // The term ended under us; the next state published says so.
+                        Err(campaign::CampaignError::CandidacyLost { .. }) => break,
                         Err(error) => {
                             tracing::warn!(key, state = %info.state, "publishing the session failed, retrying: {error}");
                         }
@@ -271,18 +274,17 @@ impl<C: Coordinator> Election<C> {
         *self.lease_slot.lock().expect("not poisoned") = lease;
         let published = phase.published_state();
         self.shared.status.send_if_modified(|status| {
-            let next = (published, epoch, state.leader.clone(), lease);
-            let current = (
-                status.state,
-                status.epoch.clone(),
-                status.leader.clone(),
-                status.lease,
-            );
-            if next == current {
-                return false;
-            }
-            (status.state, status.epoch, status.leader, status.lease) = next;
-            true
+            let next = RoleStatus {
+                state: published,
+                epoch,
+                leader: state.leader.clone(),
+                lease,
+                last_step_down: state.last_step_down,
+                ..status.clone()
+            };
+            let changed = next != *status;
+            *status = next;
+            changed
         });
         let serving = if published == RoleState::Serving {
             1.0
@@ -491,6 +493,7 @@ impl<C: Coordinator> Election<C> {
                 });
             }
             Command::Depose(reason) => {
+                state.last_step_down = Some(reason);
                 if let Some(switch) = state.depose.take() {
                     switch.depose();
                 }
@@ -686,6 +689,7 @@ impl<C: Coordinator> Actor for Election<C> {
             meta: None,
             won_at: None,
             leader: None,
+            last_step_down: None,
             shutdown_replies: Vec::new(),
             _observer: observer,
             timers,

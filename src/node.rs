@@ -13,6 +13,7 @@ use crate::backoff::Backoff;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
 use crate::election::ElectionMsg;
+use crate::election::machine::StepDownReason;
 use crate::etcd::EtcdError;
 use crate::fence::Epoch;
 use crate::session::{Layout, RoleState, SessionInfo, allocate_server_id};
@@ -91,6 +92,8 @@ pub struct RoleStatus {
     pub leader: Option<SessionInfo>,
     /// The lease this node holds for the role.
     pub lease: Option<i64>,
+    /// Why this node last gave up the role (or its candidacy), if it ever did.
+    pub last_step_down: Option<StepDownReason>,
 }
 
 /// What a role's actors share with its [`RoleHandle`]s.
@@ -271,6 +274,7 @@ impl Node {
             epoch: None,
             leader: None,
             lease: None,
+            last_step_down: None,
         });
         let shared = Arc::new(RoleShared {
             status,

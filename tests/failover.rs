@@ -4,6 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use standin::election::machine::StepDownReason;
 use standin::fence::FenceError;
 use standin::testing::EtcdServer;
 use standin::{RoleState, ServeError};
@@ -335,18 +336,17 @@ async fn undecodable_metadata_makes_the_node_resign_and_another_serves() -> anyh
 
     info!("--- a node that cannot decode the metadata runs alone: it never serves");
     let mut strict = TestNode::start(config(&etcd, 0, 10), &[ROLE], true).await?;
-    let mut history = strict.role(ROLE).subscribe();
     wait_for(
         "the strict node to try and fail",
         Duration::from_secs(10),
         || {
-            let state = history.borrow_and_update().state;
+            let status = strict.role(ROLE).status();
             assert_ne!(
-                state,
+                status.state,
                 RoleState::Serving,
                 "a node that cannot decode its metadata served"
             );
-            (state == RoleState::Activating).then_some(())
+            (status.last_step_down == Some(StepDownReason::ReloadFailed)).then_some(())
         },
     )
     .await;
@@ -377,18 +377,17 @@ async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -
     let mut hasty_config = config(&etcd, 0, 10);
     hasty_config.reload.timeout = Duration::from_millis(1);
     let mut hasty = TestNode::start(hasty_config, &[ROLE], false).await?;
-    let mut history = hasty.role(ROLE).subscribe();
     wait_for(
         "the hasty node to win and time out",
         Duration::from_secs(10),
         || {
-            let state = history.borrow_and_update().state;
+            let status = hasty.role(ROLE).status();
             assert_ne!(
-                state,
+                status.state,
                 RoleState::Serving,
                 "a reload that timed out still served"
             );
-            (state == RoleState::Activating).then_some(())
+            (status.last_step_down == Some(StepDownReason::ReloadFailed)).then_some(())
         },
     )
     .await;
