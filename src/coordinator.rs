@@ -135,7 +135,12 @@ pub enum CoordinatorMsg<C: Coordinator> {
         /// Where the answer goes.
         reply: ServeReply<C>,
     },
-    /// This node won a term: activate (boxed: it is much larger than a request).
+    /// This node won the term at `revision`: hold requests until it serves.
+    Elected {
+        /// The won term's revision.
+        revision: i64,
+    },
+    /// The metadata is loaded: activate (boxed: it is much larger than a request).
     Activate(Box<Activation<C>>),
     /// The activation task for `revision` finished.
     ActivationDone {
@@ -176,16 +181,25 @@ struct Waiting<C: Coordinator> {
 
 enum Phase<C: Coordinator> {
     Standby,
+    /// Won, reloading or activating: requests wait, up to the buffer size.
     Activating {
-        epoch: Epoch,
+        revision: i64,
         waiting: VecDeque<Waiting<C>>,
-        ready: RpcReplyPort<()>,
-        _task: OwnedTask,
+        /// Set once the metadata is in and the user's activation runs.
+        running: Option<RunningActivation>,
     },
     Serving {
         epoch: Epoch,
         serving: C::Serving,
     },
+}
+
+/// The user's activation, running in a task of its own so requests keep
+/// being buffered meanwhile.
+struct RunningActivation {
+    epoch: Epoch,
+    ready: RpcReplyPort<()>,
+    _task: OwnedTask,
 }
 
 /// What a coordinator actor's state changes between messages.
@@ -202,18 +216,22 @@ impl<C: Coordinator> CoordinatorActor<C> {
         }
     }
 
+    /// Answers requests held for an activation that will not complete.
+    fn turn_away(&self, waiting: VecDeque<Waiting<C>>) {
+        for waiter in waiting {
+            let _ = waiter.reply.send(Err(ServeError::ActivationAborted {
+                role: self.role.clone(),
+            }));
+        }
+        metrics::gauge!("standin_buffered_messages", "role" => self.role.clone()).set(0.0);
+    }
+
     /// Ends any term in progress: runs the deactivation hook of a serving
     /// term (bounded), and turns away requests waiting for an activation.
     async fn end_term(&self, state: &mut CoordinatorState<C>) {
         match std::mem::replace(&mut state.phase, Phase::Standby) {
             Phase::Standby => {}
-            Phase::Activating { waiting, .. } => {
-                for waiter in waiting {
-                    let _ = waiter.reply.send(Err(ServeError::ActivationAborted {
-                        role: self.role.clone(),
-                    }));
-                }
-            }
+            Phase::Activating { waiting, .. } => self.turn_away(waiting),
             Phase::Serving { epoch, serving } => {
                 let hook = self.coordinator.deactivate(serving);
                 if tokio::time::timeout(self.deactivate_timeout, hook)
@@ -281,6 +299,14 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     let _ = reply.send(Ok(response));
                 }
             },
+            CoordinatorMsg::Elected { revision } => {
+                self.end_term(state).await;
+                state.phase = Phase::Activating {
+                    revision,
+                    waiting: VecDeque::new(),
+                    running: None,
+                };
+            }
             CoordinatorMsg::Activate(activation) => {
                 let Activation {
                     epoch,
@@ -288,15 +314,23 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     store,
                     reply,
                 } = *activation;
-                self.end_term(state).await;
+                let revision = epoch.revision;
+                let elected = matches!(&state.phase, Phase::Activating { revision: r, running: None, .. } if *r == revision);
+                if !elected {
+                    self.end_term(state).await;
+                    state.phase = Phase::Activating {
+                        revision,
+                        waiting: VecDeque::new(),
+                        running: None,
+                    };
+                }
                 tracing::info!(
                     role = self.role,
-                    revision = epoch.revision,
+                    revision,
                     "{} switch from standby to active, activating",
                     self.role
                 );
                 let coordinator = self.coordinator.clone();
-                let revision = epoch.revision;
                 let activation_epoch = epoch.clone();
                 let task = OwnedTask::spawn(async move {
                     let activation = coordinator.activate(activation_epoch, meta, store);
@@ -308,22 +342,22 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     let _ =
                         myself.send_message(CoordinatorMsg::ActivationDone { revision, result });
                 });
-                state.phase = Phase::Activating {
-                    epoch,
-                    waiting: VecDeque::new(),
-                    ready: reply,
-                    _task: task,
-                };
+                if let Phase::Activating { running, .. } = &mut state.phase {
+                    *running = Some(RunningActivation {
+                        epoch,
+                        ready: reply,
+                        _task: task,
+                    });
+                }
             }
             CoordinatorMsg::ActivationDone { revision, result } => {
-                let current = matches!(&state.phase, Phase::Activating { epoch, .. } if epoch.revision == revision);
+                let current = matches!(&state.phase, Phase::Activating { revision: r, running: Some(_), .. } if *r == revision);
                 if !current {
                     return Ok(());
                 }
                 let Phase::Activating {
-                    epoch,
                     waiting,
-                    ready,
+                    running: Some(running),
                     ..
                 } = std::mem::replace(&mut state.phase, Phase::Standby)
                 else {
@@ -332,11 +366,7 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                 let mut serving = match result {
                     Ok(serving) => serving,
                     Err(reason) => {
-                        for waiter in waiting {
-                            let _ = waiter.reply.send(Err(ServeError::ActivationAborted {
-                                role: self.role.clone(),
-                            }));
-                        }
+                        self.turn_away(waiting);
                         // A failed activation is a crash: the election resigns and restarts us.
                         return Err(format!("{} activation failed: {reason}", self.role).into());
                     }
@@ -346,8 +376,11 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     let _ = waiter.reply.send(Ok(response));
                 }
                 metrics::gauge!("standin_buffered_messages", "role" => self.role.clone()).set(0.0);
-                state.phase = Phase::Serving { epoch, serving };
-                let _ = ready.send(());
+                state.phase = Phase::Serving {
+                    epoch: running.epoch,
+                    serving,
+                };
+                let _ = running.ready.send(());
             }
             CoordinatorMsg::Deactivate { reply } => {
                 self.end_term(state).await;

@@ -448,6 +448,11 @@ impl<C: Coordinator> Election<C> {
                     timeout: self.context.config.reload.timeout,
                     report_to: myself.clone(),
                 };
+                // From the win on, requests wait for the activation instead
+                // of being sent away to this very node.
+                if let Some(coordinator) = &state.coordinator {
+                    let _ = coordinator.send_message(CoordinatorMsg::Elected { revision });
+                }
                 let actor = ReloadActor::<C>::default();
                 let (reload, _) = Actor::spawn_linked(None, actor, job, myself.get_cell()).await?;
                 state.reload = Some(reload.get_cell());

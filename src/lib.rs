@@ -30,3 +30,8 @@ pub use fence::{Epoch, FenceError, FencedStore};
 pub use node::{Node, RoleHandle};
 pub use reload::Snapshot;
 pub use session::{RoleState, SessionInfo};
+
+/// The README's embedding example, compiled as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -78,19 +78,20 @@ impl EtcdServer {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::start_once().await {
+            match Self::start_on(free_loopback_port()?).await {
                 Err(TestingError::NotReady { .. }) if attempt < 3 => continue,
                 outcome => return outcome,
             }
         }
     }
 
-    async fn start_once() -> Result<Self, TestingError> {
+    /// Starts `etcd` serving clients on `client_port` (for a test that points
+    /// a node at a port before etcd listens there).
+    pub async fn start_on(client_port: u16) -> Result<Self, TestingError> {
         let data = tempfile::Builder::new()
             .prefix("standin-etcd-")
             .tempdir()
             .map_err(io("creating etcd's data directory"))?;
-        let client_port = free_loopback_port()?;
         let peer_port = free_loopback_port()?;
         let log_path = data.path().join("etcd.log");
         let log = File::create(&log_path).map_err(io("creating etcd's log file"))?;

@@ -174,7 +174,10 @@ async fn requests_while_activating_are_held_in_order_up_to_the_buffer_size() -> 
         answers.push(task.await?.expect("a held request is served"));
     }
     assert_eq!(answers, vec![(1, 1), (2, 2), (3, 3)]);
-    assert_eq!(handle.status().state, RoleState::Serving);
+    wait_for("the role to be published as serving", Duration::from_secs(5), || {
+        handle.is_serving().then_some(())
+    })
+    .await;
     assert_eq!(handle.call(9, CALL).await, Ok((9, 4)));
 
     node.shutdown().await;
@@ -196,6 +199,37 @@ async fn requests_held_for_a_failed_activation_get_an_error() -> anyhow::Result<
     );
     assert_ne!(handle.status().state, RoleState::Serving);
 
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_etcd_is_reachable_retries_and_comes_up() -> anyhow::Result<()> {
+    init_logging();
+    let port = standin::testing::free_loopback_port()?;
+    let mut config = standin::Config::default();
+    config.etcd.endpoints = vec![format!("127.0.0.1:{port}")];
+    config.etcd.retry.initial = Duration::from_millis(50);
+    config.etcd.retry.max = Duration::from_millis(200);
+    config.etcd.connect_timeout = Duration::from_millis(200);
+
+    info!("--- start a node while nothing listens on its etcd port");
+    let mut node = Node::new(config);
+    let handle = node.add_role(ROLE, Ledger { strict: false })?;
+    let mut starting = tokio::spawn(async move { node.start().await.map(|()| node) });
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), &mut starting).await;
+    assert!(
+        gave_up.is_err(),
+        "the node gave up while etcd was unreachable"
+    );
+
+    info!("--- etcd comes up on that port: the node registers and serves");
+    let _etcd = EtcdServer::start_on(port).await?;
+    let node = starting.await??;
+    wait_for("the node to serve", Duration::from_secs(10), || {
+        handle.is_serving().then_some(())
+    })
+    .await;
     node.shutdown().await;
     Ok(())
 }
