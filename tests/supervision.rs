@@ -174,9 +174,11 @@ async fn requests_while_activating_are_held_in_order_up_to_the_buffer_size() -> 
         answers.push(task.await?.expect("a held request is served"));
     }
     assert_eq!(answers, vec![(1, 1), (2, 2), (3, 3)]);
-    wait_for("the role to be published as serving", Duration::from_secs(5), || {
-        handle.is_serving().then_some(())
-    })
+    wait_for(
+        "the role to be published as serving",
+        Duration::from_secs(5),
+        || handle.is_serving().then_some(()),
+    )
     .await;
     assert_eq!(handle.call(9, CALL).await, Ok((9, 4)));
 
