@@ -96,12 +96,13 @@ pub async fn join(
 }
 
 /// Waits until every candidate created before `me` is gone, then checks that
-/// `me` still exists: from then on `me` leads.
+/// `me` still exists: from then on `me` leads. Returns the revision at which
+/// it was confirmed, to watch the key from.
 pub async fn wait_until_leader(
     client: &Client,
     election: &str,
     me: &Candidacy,
-) -> Result<(), CampaignError> {
+) -> Result<i64, CampaignError> {
     let prefix = format!("{election}/");
     let mut kv = client.kv_client();
     loop {
@@ -119,15 +120,17 @@ pub async fn wait_until_leader(
         wait_for_delete(client, &predecessor, seen_at + 1).await?;
     }
     let mine = kv.get(me.key.as_str(), None).await?;
+    let confirmed_at = mine.header().map_or(0, |h| h.revision());
     match mine.kvs().first() {
-        Some(kv) if kv.create_revision() == me.revision => Ok(()),
+        Some(kv) if kv.create_revision() == me.revision => Ok(confirmed_at),
         _ => Err(CampaignError::CandidacyLost {
             key: me.key.clone(),
         }),
     }
 }
 
-async fn wait_for_delete(client: &Client, key: &str, from: i64) -> Result<(), CampaignError> {
+/// Returns once `key` is deleted at or after revision `from`.
+pub async fn wait_for_delete(client: &Client, key: &str, from: i64) -> Result<(), CampaignError> {
     let options = WatchOptions::new().with_start_revision(from);
     let mut stream = client.watch_client().watch(key, Some(options)).await?;
     while let Some(response) = stream.message().await? {

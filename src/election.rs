@@ -95,6 +95,13 @@ pub enum ElectionMsg<C: Coordinator> {
         /// The leading candidacy.
         candidacy: Candidacy,
     },
+    /// The leader key of the campaign of `generation` was deleted.
+    LeaderKeyDeleted {
+        /// The campaign generation.
+        generation: u64,
+        /// The leader key's create revision.
+        revision: i64,
+    },
     /// The campaign of `generation` failed.
     CampaignFailed {
         /// The campaign generation.
@@ -328,7 +335,21 @@ impl<C: Coordinator> Election<C> {
                         Ok::<_, etcd_client::Error>(lease)
                     };
                     let message = match tokio::time::timeout(request_timeout * 2, granted).await {
-                        Ok(Ok(lease)) => ElectionMsg::LeaseGranted { lease, sent_at },
+                        Ok(Ok(lease)) => {
+                            let granted = ElectionMsg::LeaseGranted { lease, sent_at };
+                            if reply.send_message(granted).is_err() {
+                                // The actor stopped meanwhile: nobody will keep
+                                // this lease alive, so do not leave it to the TTL.
+                                let mut leases = client.lease_client();
+                                best_effort(
+                                    "revoking an orphaned lease",
+                                    request_timeout,
+                                    leases.revoke(lease),
+                                )
+                                .await;
+                            }
+                            return;
+                        }
                         Ok(Err(error)) => {
                             tracing::warn!(
                                 role,
@@ -382,22 +403,38 @@ impl<C: Coordinator> Election<C> {
                 let reply = myself.clone();
                 state.campaign = Some(OwnedTask::spawn(async move {
                     tokio::time::sleep(after).await;
-                    let outcome = async {
+                    let won = async {
                         let candidacy = campaign::join(&client, &election, lease, value).await?;
-                        campaign::wait_until_leader(&client, &election, &candidacy).await?;
-                        Ok::<_, campaign::CampaignError>(candidacy)
+                        let confirmed_at =
+                            campaign::wait_until_leader(&client, &election, &candidacy).await?;
+                        Ok::<_, campaign::CampaignError>((candidacy, confirmed_at))
                     };
-                    let message = match outcome.await {
-                        Ok(candidacy) => ElectionMsg::Elected {
-                            generation,
-                            candidacy,
-                        },
+                    let (candidacy, confirmed_at) = match won.await {
+                        Ok(won) => won,
                         Err(error) => {
                             tracing::warn!(election, "campaign failed: {error}");
-                            ElectionMsg::CampaignFailed { generation, lease }
+                            let _ = reply
+                                .send_message(ElectionMsg::CampaignFailed { generation, lease });
+                            return;
                         }
                     };
-                    let _ = reply.send_message(message);
+                    let key = candidacy.key.clone();
+                    let revision = candidacy.revision;
+                    let _ = reply.send_message(ElectionMsg::Elected {
+                        generation,
+                        candidacy,
+                    });
+                    // While leading, watch our own key: if anyone deletes it,
+                    // the next candidate leads and we must not keep serving.
+                    if campaign::wait_for_delete(&client, &key, confirmed_at + 1)
+                        .await
+                        .is_ok()
+                    {
+                        let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
+                            generation,
+                            revision,
+                        });
+                    }
                 }));
             }
             Command::CancelCampaign => {
@@ -757,7 +794,6 @@ impl<C: Coordinator> Actor for Election<C> {
                 if generation != state.campaign_generation {
                     return Ok(());
                 }
-                state.campaign = None;
                 state.won_at = Some(Instant::now());
                 state.epoch = Some(Epoch {
                     role: self.role.clone(),
@@ -770,6 +806,15 @@ impl<C: Coordinator> Actor for Election<C> {
                 };
                 state.candidacy = Some(candidacy);
                 event
+            }
+            ElectionMsg::LeaderKeyDeleted {
+                generation,
+                revision,
+            } => {
+                if generation != state.campaign_generation {
+                    return Ok(());
+                }
+                Event::LeaderKeyDeleted { revision }
             }
             ElectionMsg::CampaignFailed { generation, lease } => {
                 if generation != state.campaign_generation {

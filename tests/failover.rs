@@ -504,3 +504,41 @@ async fn without_keepalives_the_active_steps_down_before_the_ttl_and_recovers_in
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_leader_key_with_etcdctl_demotes_the_active() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = three_nodes(&etcd, 10).await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let epoch = nodes[leader]
+        .role(ROLE)
+        .status()
+        .epoch
+        .expect("the leader has an epoch");
+
+    info!("--- an operator deletes the leader key");
+    etcd.etcdctl(&["del", &epoch.leader_key])?;
+    wait_for(
+        "the old active to step down",
+        Duration::from_secs(5),
+        || {
+            let status = nodes[leader].role(ROLE).status();
+            (status.last_step_down == Some(StepDownReason::LeaderKeyDeleted)).then_some(())
+        },
+    )
+    .await;
+    let next = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(5)).await;
+    info!(next, "--- a single node serves again, under a newer epoch");
+    let new_epoch = nodes[next]
+        .role(ROLE)
+        .status()
+        .epoch
+        .expect("the leader has an epoch");
+    assert!(new_epoch.revision > epoch.revision);
+
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}

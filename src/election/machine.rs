@@ -21,6 +21,8 @@ pub enum StepDownReason {
     CoordinatorCrashed,
     /// The reload actor failed or timed out.
     ReloadFailed,
+    /// Our leader key was deleted by someone else.
+    LeaderKeyDeleted,
     /// The node is shutting down and hands the role over.
     Shutdown,
 }
@@ -33,6 +35,7 @@ impl StepDownReason {
             StepDownReason::RenewDeadlineMissed => "renew_deadline",
             StepDownReason::CoordinatorCrashed => "coordinator_crashed",
             StepDownReason::ReloadFailed => "reload_failed",
+            StepDownReason::LeaderKeyDeleted => "leader_key_deleted",
             StepDownReason::Shutdown => "shutdown",
         }
     }
@@ -148,6 +151,12 @@ pub enum Event {
     Elected {
         /// The lease the candidacy was on.
         lease: i64,
+        /// The leader key's create revision.
+        revision: i64,
+    },
+    /// Our leader key was deleted while we led (an operator, or a lease
+    /// expiry etcd reported before the keepalive did).
+    LeaderKeyDeleted {
         /// The leader key's create revision.
         revision: i64,
     },
@@ -346,6 +355,18 @@ impl ElectionMachine {
                 }
                 let after = self.next_etcd_retry();
                 vec![Command::Campaign { lease, after }]
+            }
+            Event::LeaderKeyDeleted { revision } => {
+                let leads_at = match self.phase {
+                    Phase::Reloading { revision }
+                    | Phase::Activating { revision }
+                    | Phase::Serving { revision } => Some(revision),
+                    _ => None,
+                };
+                if leads_at != Some(revision) {
+                    return Vec::new();
+                }
+                self.step_down(Afterwards::Recampaign, StepDownReason::LeaderKeyDeleted)
             }
             Event::Reloaded { revision } => {
                 if self.phase != (Phase::Reloading { revision }) {
@@ -867,6 +888,39 @@ mod tests {
             vec![Command::GrantLease {
                 after: Duration::from_millis(200)
             }]
+        );
+    }
+
+    #[test]
+    fn a_deleted_leader_key_demotes_and_campaigns_again_on_the_same_lease() {
+        let mut machine = serving(Instant::now());
+        assert!(
+            machine
+                .on(Event::LeaderKeyDeleted { revision: 1 })
+                .is_empty()
+        );
+        assert_eq!(
+            machine.on(Event::LeaderKeyDeleted { revision: REVISION }),
+            vec![
+                Command::Depose(StepDownReason::LeaderKeyDeleted),
+                Command::StopReload,
+                Command::Publish(RoleState::Standby),
+                Command::Deactivate
+            ]
+        );
+        assert_eq!(
+            machine.on(Event::Deactivated),
+            vec![Command::Resign { lease: LEASE }]
+        );
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![
+                Command::Publish(RoleState::Standby),
+                Command::Campaign {
+                    lease: LEASE,
+                    after: Duration::ZERO
+                }
+            ]
         );
     }
 
