@@ -144,7 +144,6 @@ pub struct ElectionState<C: Coordinator> {
     campaign_generation: u64,
     keepalive: Option<OwnedTask>,
     publisher: Option<Publisher>,
-    desired: RoleState,
     depose: Option<DeposeSwitch>,
     epoch: Option<Epoch>,
     meta: Option<C::Meta>,
@@ -251,7 +250,7 @@ impl<C: Coordinator> Election<C> {
         );
         let (coordinator, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
         let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(leader));
-        *self.shared.coordinator.write().expect("not poisoned") = Some(coordinator.clone());
+        self.shared.coordinator.set(Some(coordinator.clone()));
         *state_coordinator = Some(coordinator);
         Ok(())
     }
@@ -278,7 +277,7 @@ impl<C: Coordinator> Election<C> {
             None
         };
         let lease = state.machine.lease();
-        *self.lease_slot.lock().expect("not poisoned") = lease;
+        self.lease_slot.set(lease);
         let published = phase.published_state();
         self.shared.status.send_if_modified(|status| {
             let next = RoleStatus {
@@ -442,7 +441,6 @@ impl<C: Coordinator> Election<C> {
                 state.campaign = None;
             }
             Command::Publish(published) => {
-                state.desired = published;
                 if published == RoleState::Activating {
                     tracing::info!(
                         role = self.role,
@@ -587,7 +585,7 @@ impl<C: Coordinator> Election<C> {
                 });
             }
             Command::RestartCoordinator { after } => {
-                *self.shared.coordinator.write().expect("not poisoned") = None;
+                self.shared.coordinator.set(None);
                 state.coordinator = None;
                 tracing::warn!(
                     role = self.role,
@@ -725,7 +723,6 @@ impl<C: Coordinator> Actor for Election<C> {
             campaign_generation: 0,
             keepalive: None,
             publisher: None,
-            desired: RoleState::Standby,
             depose: None,
             epoch: None,
             meta: None,

@@ -19,6 +19,7 @@ pub mod fence;
 pub mod node;
 pub mod reload;
 pub mod session;
+mod slot;
 pub mod supervisor;
 mod task;
 #[cfg(feature = "testing")]

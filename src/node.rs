@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -17,6 +17,7 @@ use crate::election::machine::StepDownReason;
 use crate::etcd::EtcdError;
 use crate::fence::Epoch;
 use crate::session::{Layout, RoleState, SessionInfo, allocate_server_id};
+use crate::slot::Slot;
 use crate::supervisor::{RoleSupervisor, SupervisorMsg, handover_bound};
 
 /// The standin version published in every session.
@@ -101,9 +102,9 @@ pub struct RoleShared<C: Coordinator> {
     /// The role's status, updated on every transition.
     pub status: watch::Sender<RoleStatus>,
     /// The running coordinator actor, if any.
-    pub coordinator: RwLock<Option<ActorRef<CoordinatorMsg<C>>>>,
+    pub coordinator: Slot<ActorRef<CoordinatorMsg<C>>>,
     /// The running election actor, if any.
-    pub election: RwLock<Option<ActorRef<ElectionMsg<C>>>>,
+    pub election: Slot<ActorRef<ElectionMsg<C>>>,
 }
 
 /// A typed handle to one role on a node: its status, and requests to its coordinator.
@@ -154,12 +155,7 @@ impl<C: Coordinator> RoleHandle<C> {
         timeout: Duration,
     ) -> impl Future<Output = Result<C::Response, ServeError>> + Send + 'static {
         let role = self.role.clone();
-        let coordinator = self
-            .shared
-            .coordinator
-            .read()
-            .expect("not poisoned")
-            .clone();
+        let coordinator = self.shared.coordinator.get();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queued = coordinator.is_some_and(|coordinator| {
             let message = CoordinatorMsg::Request {
@@ -188,18 +184,13 @@ impl<C: Coordinator> RoleHandle<C> {
 impl<C: Coordinator> RoleHandle<C> {
     /// Makes the role's coordinator actor panic. Returns false when none runs.
     pub fn crash_coordinator(&self) -> bool {
-        let coordinator = self
-            .shared
-            .coordinator
-            .read()
-            .expect("not poisoned")
-            .clone();
+        let coordinator = self.shared.coordinator.get();
         coordinator.is_some_and(|c| c.send_message(CoordinatorMsg::InjectPanic).is_ok())
     }
 
     /// Makes the role's election actor panic. Returns false when none runs.
     pub fn crash_election(&self) -> bool {
-        let election = self.shared.election.read().expect("not poisoned").clone();
+        let election = self.shared.election.get();
         election.is_some_and(|e| e.send_message(ElectionMsg::InjectPanic).is_ok())
     }
 }
@@ -278,8 +269,8 @@ impl Node {
         });
         let shared = Arc::new(RoleShared {
             status,
-            coordinator: RwLock::new(None),
-            election: RwLock::new(None),
+            coordinator: Slot::default(),
+            election: Slot::default(),
         });
         let typed = TypedRole {
             role: role.to_owned(),

@@ -1,6 +1,6 @@
 //! The role supervisor: runs a role's election actor and, when it fails, revokes its lease and restarts it with backoff.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -12,12 +12,13 @@ use crate::election::{Election, ElectionMsg};
 use crate::etcd::best_effort;
 use crate::node::{NodeContext, RoleShared};
 use crate::session::RoleState;
+use crate::slot::Slot;
 
 /// The lease a role's election actor holds, written by it and read by its
 /// supervisor: a failed election actor cannot release its own lease, so the
 /// supervisor revokes it. Shared memory, not a message, because supervision
 /// events overtake ordinary messages in ractor.
-pub type LeaseSlot = Arc<Mutex<Option<i64>>>;
+pub type LeaseSlot = Arc<Slot<i64>>;
 
 /// Supervises one role's election actor.
 pub struct RoleSupervisor<C: Coordinator> {
@@ -56,7 +57,7 @@ impl<C: Coordinator> RoleSupervisor<C> {
             state.lease.clone(),
         );
         let (actor, _) = Actor::spawn_linked(None, election, (), myself.get_cell()).await?;
-        *self.shared.election.write().expect("not poisoned") = Some(actor.clone());
+        self.shared.election.set(Some(actor.clone()));
         state.election = Some(actor);
         state.started_at = Instant::now();
         Ok(())
@@ -153,11 +154,11 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             return Ok(());
         }
         state.election = None;
-        *self.shared.election.write().expect("not poisoned") = None;
+        self.shared.election.set(None);
         // The coordinator was linked to the election actor, so ractor has
         // already killed it; make sure nothing can still route to it and
         // that the lease no longer backs a leader key.
-        *self.shared.coordinator.write().expect("not poisoned") = None;
+        self.shared.coordinator.set(None);
         self.shared.status.send_modify(|status| {
             status.state = RoleState::Standby;
             status.epoch = None;
@@ -189,7 +190,7 @@ pub(crate) fn handover_bound(config: &Config) -> Duration {
 /// Revokes the lease a dead election actor left, so its keys vanish now
 /// rather than after the TTL.
 async fn revoke_abandoned_lease(context: &NodeContext, slot: &LeaseSlot) {
-    let Some(lease) = slot.lock().expect("not poisoned").take() else {
+    let Some(lease) = slot.take() else {
         return;
     };
     let mut leases = context.client.lease_client();

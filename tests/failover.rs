@@ -328,6 +328,36 @@ async fn seed_metadata(
     Ok(())
 }
 
+/// Waits until `node` has won and failed its reload, checking it never served.
+async fn wait_for_reload_failure(node: &TestNode) {
+    wait_for(
+        "the node to win and fail its reload",
+        Duration::from_secs(10),
+        || {
+            let status = node.role(ROLE).status();
+            assert_ne!(
+                status.state,
+                RoleState::Serving,
+                "a node whose reload failed served"
+            );
+            (status.last_step_down == Some(StepDownReason::ReloadFailed)).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until `good` serves, checking that `failing` never does meanwhile.
+async fn wait_for_takeover(failing: &TestNode, good: &TestNode, deadline: Duration) {
+    wait_for("the other node to serve", deadline, || {
+        assert!(
+            !failing.role(ROLE).is_serving(),
+            "a node whose reload failed served"
+        );
+        good.role(ROLE).is_serving().then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_metadata_makes_the_node_resign_and_another_serves() -> anyhow::Result<()> {
     init_logging();
@@ -336,28 +366,11 @@ async fn undecodable_metadata_makes_the_node_resign_and_another_serves() -> anyh
 
     info!("--- a node that cannot decode the metadata runs alone: it never serves");
     let mut strict = TestNode::start(config(&etcd, 0, 10), &[ROLE], true).await?;
-    wait_for(
-        "the strict node to try and fail",
-        Duration::from_secs(10),
-        || {
-            let status = strict.role(ROLE).status();
-            assert_ne!(
-                status.state,
-                RoleState::Serving,
-                "a node that cannot decode its metadata served"
-            );
-            (status.last_step_down == Some(StepDownReason::ReloadFailed)).then_some(())
-        },
-    )
-    .await;
+    wait_for_reload_failure(&strict).await;
 
     info!("--- a node that can decode it joins and takes the role");
     let mut lenient = TestNode::start(config(&etcd, 1, 10), &[ROLE], false).await?;
-    wait_for("the lenient node to serve", Duration::from_secs(10), || {
-        assert!(!strict.role(ROLE).is_serving());
-        lenient.role(ROLE).is_serving().then_some(())
-    })
-    .await;
+    wait_for_takeover(&strict, &lenient, Duration::from_secs(10)).await;
     assert_eq!(strict.role(ROLE).status().state, RoleState::Standby);
 
     lenient.shutdown().await;
@@ -377,28 +390,11 @@ async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -
     let mut hasty_config = config(&etcd, 0, 10);
     hasty_config.reload.timeout = Duration::from_millis(1);
     let mut hasty = TestNode::start(hasty_config, &[ROLE], false).await?;
-    wait_for(
-        "the hasty node to win and time out",
-        Duration::from_secs(10),
-        || {
-            let status = hasty.role(ROLE).status();
-            assert_ne!(
-                status.state,
-                RoleState::Serving,
-                "a reload that timed out still served"
-            );
-            (status.last_step_down == Some(StepDownReason::ReloadFailed)).then_some(())
-        },
-    )
-    .await;
+    wait_for_reload_failure(&hasty).await;
 
     info!("--- a patient node takes over and sees all 100k keys");
     let mut patient = TestNode::start(config(&etcd, 1, 10), &[ROLE], false).await?;
-    wait_for("the patient node to serve", Duration::from_secs(30), || {
-        assert!(!hasty.role(ROLE).is_serving());
-        patient.role(ROLE).is_serving().then_some(())
-    })
-    .await;
+    wait_for_takeover(&hasty, &patient, Duration::from_secs(30)).await;
     let Ok(LedgerResponse::Entries(entries)) =
         patient.role(ROLE).call(LedgerRequest::Read, CALL).await
     else {

@@ -790,17 +790,18 @@ mod tests {
         assert_eq!(delays, vec![100, 200, 400, 800, 1000]);
     }
 
-    #[test]
-    fn reload_failure_resigns_and_campaigns_again_after_a_delay() {
-        let mut machine = campaigning(Instant::now());
-        machine.on(Event::Elected {
-            lease: LEASE,
-            revision: REVISION,
-        });
+    /// Drives `machine` from leading through `cause` back to campaigning on
+    /// the same lease, and checks each step.
+    fn steps_down_and_recampaigns(
+        machine: &mut ElectionMachine,
+        cause: Event,
+        reason: StepDownReason,
+        campaign_after: Duration,
+    ) {
         assert_eq!(
-            machine.on(Event::ReloadFailed),
+            machine.on(cause),
             vec![
-                Command::Depose(StepDownReason::ReloadFailed),
+                Command::Depose(reason),
                 Command::StopReload,
                 Command::Publish(RoleState::Standby),
                 Command::Deactivate
@@ -816,9 +817,24 @@ mod tests {
                 Command::Publish(RoleState::Standby),
                 Command::Campaign {
                     lease: LEASE,
-                    after: Duration::from_millis(100)
+                    after: campaign_after
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn reload_failure_resigns_and_campaigns_again_after_a_delay() {
+        let mut machine = campaigning(Instant::now());
+        machine.on(Event::Elected {
+            lease: LEASE,
+            revision: REVISION,
+        });
+        steps_down_and_recampaigns(
+            &mut machine,
+            Event::ReloadFailed,
+            StepDownReason::ReloadFailed,
+            Duration::from_millis(100),
         );
     }
 
@@ -899,28 +915,11 @@ mod tests {
                 .on(Event::LeaderKeyDeleted { revision: 1 })
                 .is_empty()
         );
-        assert_eq!(
-            machine.on(Event::LeaderKeyDeleted { revision: REVISION }),
-            vec![
-                Command::Depose(StepDownReason::LeaderKeyDeleted),
-                Command::StopReload,
-                Command::Publish(RoleState::Standby),
-                Command::Deactivate
-            ]
-        );
-        assert_eq!(
-            machine.on(Event::Deactivated),
-            vec![Command::Resign { lease: LEASE }]
-        );
-        assert_eq!(
-            machine.on(Event::Released),
-            vec![
-                Command::Publish(RoleState::Standby),
-                Command::Campaign {
-                    lease: LEASE,
-                    after: Duration::ZERO
-                }
-            ]
+        steps_down_and_recampaigns(
+            &mut machine,
+            Event::LeaderKeyDeleted { revision: REVISION },
+            StepDownReason::LeaderKeyDeleted,
+            Duration::ZERO,
         );
     }
 
