@@ -427,16 +427,22 @@ impl ElectionMachine {
         self.last_renewal_sent = Some(sent_at);
         self.etcd_failures = 0;
         let mut commands = vec![Command::StartKeepalive { lease }];
+        commands.extend(self.campaign_when_ready(lease));
+        commands
+    }
+
+    /// Campaigns on `lease` now if the coordinator runs, else waits for its restart.
+    fn campaign_when_ready(&mut self, lease: i64) -> Option<Command> {
         if self.coordinator_up {
             self.phase = Phase::Campaigning;
-            commands.push(Command::Campaign {
+            Some(Command::Campaign {
                 lease,
                 after: self.campaign_delay,
-            });
+            })
         } else {
             self.phase = Phase::Recovering;
+            None
         }
-        commands
     }
 
     fn on_coordinator_crashed(&mut self) -> Vec<Command> {
@@ -560,15 +566,7 @@ impl ElectionMachine {
             }
             (Afterwards::Recampaign, Some(lease)) => {
                 let mut commands = vec![Command::Publish(RoleState::Standby)];
-                if self.coordinator_up {
-                    self.phase = Phase::Campaigning;
-                    commands.push(Command::Campaign {
-                        lease,
-                        after: self.campaign_delay,
-                    });
-                } else {
-                    self.phase = Phase::Recovering;
-                }
+                commands.extend(self.campaign_when_ready(lease));
                 commands
             }
         }
