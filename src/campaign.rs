@@ -206,8 +206,30 @@ pub async fn leader(client: &Client, election: &str) -> Result<Option<KeyValue>,
     Ok(response.take_kvs().into_iter().next())
 }
 
-/// What an observer reports: the leader's registration, or none when nobody leads.
-pub type ObservedLeader = Option<SessionInfo>;
+/// A leader as read from the election: its registration and its term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// The leader's session JSON (the leader key's value).
+    pub session: SessionInfo,
+    /// The leader key.
+    pub key: String,
+    /// The leader key's create revision: the epoch of its term.
+    pub revision: i64,
+}
+
+impl Leader {
+    /// Decodes the leader key-value; a corrupt value is an error naming the key.
+    pub fn decode(kv: &KeyValue) -> Result<Self, crate::session::SessionError> {
+        Ok(Self {
+            session: SessionInfo::decode(kv.key(), kv.value())?,
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            revision: kv.create_revision(),
+        })
+    }
+}
+
+/// What an observer reports: the leader, or none when nobody leads.
+pub type ObservedLeader = Option<Leader>;
 
 /// Follows the election's leader until `report` returns false: reads it,
 /// then re-reads it on every change under the election prefix. Failures are
@@ -243,7 +265,7 @@ async fn observe_once(
         .await?;
     loop {
         let current = leader(client, election).await?.and_then(|kv| {
-            SessionInfo::decode(kv.key(), kv.value())
+            Leader::decode(&kv)
                 .inspect_err(|error| tracing::error!("{error}"))
                 .ok()
         });

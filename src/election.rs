@@ -15,7 +15,7 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 
-use crate::campaign::{self, Candidacy};
+use crate::campaign::{self, Candidacy, Leader};
 use crate::coordinator::{Activation, Coordinator, CoordinatorActor, CoordinatorMsg};
 use crate::etcd::best_effort;
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
@@ -25,6 +25,25 @@ use crate::session::{RoleState, SessionInfo};
 use crate::supervisor::LeaseSlot;
 use crate::task::OwnedTask;
 use machine::{Command, ElectionMachine, Event, Phase, StepDownReason, Timings};
+
+/// Failures of requests to an election actor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElectionError {
+    /// Only the leader can resign.
+    #[error("this node does not lead {role}{}", leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
+    NotLeader {
+        /// The role.
+        role: String,
+        /// The leader's address, when known.
+        leader: Option<String>,
+    },
+    /// The role's election actor is not running (restarting after a failure, or stopped).
+    #[error("the {role} election is not running on this node")]
+    NotRunning {
+        /// The role.
+        role: String,
+    },
+}
 
 /// The election actor of one role on one node.
 pub struct Election<C: Coordinator> {
@@ -63,6 +82,8 @@ impl<C: Coordinator> Election<C> {
 pub enum ElectionMsg<C: Coordinator> {
     /// Hand the role over and stop; answered once stopped.
     Shutdown(RpcReplyPort<()>),
+    /// Hand the role over if leading and campaign again; answered once a peer can take over.
+    Resign(RpcReplyPort<Result<(), ElectionError>>),
     /// A lease was granted and the session registered on it.
     LeaseGranted {
         /// The lease.
@@ -128,7 +149,7 @@ pub enum ElectionMsg<C: Coordinator> {
     /// Time to start a new coordinator after a crash.
     RestartCoordinator,
     /// The leader seen in etcd changed.
-    LeaderObserved(Option<SessionInfo>),
+    LeaderObserved(Option<Leader>),
     /// Panic in the actor, as a bug would (the `testing` feature's fault injection).
     #[cfg(feature = "testing")]
     InjectPanic,
@@ -148,9 +169,10 @@ pub struct ElectionState<C: Coordinator> {
     epoch: Option<Epoch>,
     meta: Option<C::Meta>,
     won_at: Option<Instant>,
-    leader: Option<SessionInfo>,
+    leader: Option<Leader>,
     last_step_down: Option<StepDownReason>,
     shutdown_replies: Vec<RpcReplyPort<()>>,
+    resign_replies: Vec<RpcReplyPort<Result<(), ElectionError>>>,
     _observer: OwnedTask,
     timers: Vec<JoinHandle<()>>,
 }
@@ -298,6 +320,7 @@ impl<C: Coordinator> Election<C> {
             0.0
         };
         metrics::gauge!("standin_role_active", "role" => self.role.clone()).set(serving);
+        crate::telemetry::set_role_state(&self.role, published);
     }
 
     async fn execute(
@@ -730,6 +753,7 @@ impl<C: Coordinator> Actor for Election<C> {
             leader: None,
             last_step_down: None,
             shutdown_replies: Vec::new(),
+            resign_replies: Vec::new(),
             _observer: observer,
             timers,
         };
@@ -825,13 +849,31 @@ impl<C: Coordinator> Actor for Election<C> {
                 Event::Reloaded { revision }
             }
             ElectionMsg::CoordinatorServing { revision } => Event::CoordinatorServing { revision },
+            ElectionMsg::Resign(reply) => {
+                if !state.machine.phase().leads() {
+                    let _ = reply.send(Err(ElectionError::NotLeader {
+                        role: self.role.clone(),
+                        leader: state.leader.as_ref().map(|l| l.session.address.clone()),
+                    }));
+                    return Ok(());
+                }
+                state.resign_replies.push(reply);
+                Event::Resign
+            }
             ElectionMsg::Deactivated => Event::Deactivated,
-            ElectionMsg::Released => Event::Released,
+            ElectionMsg::Released => {
+                self.apply(&myself, state, Event::Released).await?;
+                // The leader key is gone: a peer can take over now.
+                for reply in state.resign_replies.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
+                return Ok(());
+            }
             ElectionMsg::RestartCoordinator => {
                 if state.machine.phase() == Phase::Stopped || state.coordinator.is_some() {
                     return Ok(());
                 }
-                let leader = state.leader.as_ref().map(|l| l.address.clone());
+                let leader = state.leader.as_ref().map(|l| l.session.address.clone());
                 self.spawn_coordinator(&myself, &mut state.coordinator, leader)
                     .await?;
                 tracing::info!(role = self.role, "coordinator restarted in standby");
@@ -843,7 +885,7 @@ impl<C: Coordinator> Actor for Election<C> {
             }
             ElectionMsg::LeaderObserved(leader) => {
                 if let Some(coordinator) = &state.coordinator {
-                    let address = leader.as_ref().map(|l| l.address.clone());
+                    let address = leader.as_ref().map(|l| l.session.address.clone());
                     let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(address));
                 }
                 state.leader = leader;

@@ -22,13 +22,15 @@ pub mod session;
 mod slot;
 pub mod supervisor;
 mod task;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tso;
 
 pub use config::Config;
 pub use coordinator::{Coordinator, ServeError};
 pub use fence::{Epoch, FenceError, FencedStore};
-pub use node::{Node, RoleHandle};
+pub use node::{Node, RoleControl, RoleHandle, RoleStatus};
 pub use reload::Snapshot;
 pub use session::{RoleState, SessionInfo};
 

@@ -10,10 +10,11 @@ use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
+use crate::campaign::Leader;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
-use crate::election::ElectionMsg;
 use crate::election::machine::StepDownReason;
+use crate::election::{ElectionError, ElectionMsg};
 use crate::etcd::EtcdError;
 use crate::fence::Epoch;
 use crate::session::{Layout, RoleState, SessionInfo, allocate_server_id};
@@ -90,7 +91,7 @@ pub struct RoleStatus {
     /// The current term while this node leads.
     pub epoch: Option<Epoch>,
     /// The leader this node sees (possibly itself).
-    pub leader: Option<SessionInfo>,
+    pub leader: Option<Leader>,
     /// The lease this node holds for the role.
     pub lease: Option<i64>,
     /// Why this node last gave up the role (or its candidacy), if it ever did.
@@ -178,6 +179,64 @@ impl<C: Coordinator> RoleHandle<C> {
     }
 }
 
+impl<C: Coordinator> RoleHandle<C> {
+    /// Hands the role over if this node leads it: the coordinator is
+    /// deactivated, the leader key deleted, and this node campaigns again
+    /// behind the others. Answers once a peer can take over.
+    pub fn resign(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), ElectionError>> + Send + 'static {
+        let role = self.role.clone();
+        let election = self.shared.election.get();
+        async move {
+            let not_running = || ElectionError::NotRunning { role: role.clone() };
+            let election = election.ok_or_else(not_running)?;
+            match election.call(ElectionMsg::Resign, Some(timeout)).await {
+                Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
+                _ => Err(not_running()),
+            }
+        }
+    }
+}
+
+/// A role on a node without its coordinator type, for what treats every
+/// role alike (the gRPC Coordination service, health reporting).
+pub trait RoleControl: Send + Sync {
+    /// The role's name.
+    fn role(&self) -> &str;
+    /// The role's current status on this node.
+    fn status(&self) -> RoleStatus;
+    /// A receiver that sees every status change.
+    fn subscribe(&self) -> watch::Receiver<RoleStatus>;
+    /// Hands the role over if this node leads it (see [`RoleHandle::resign`]).
+    fn resign(
+        &self,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<(), ElectionError>>;
+}
+
+impl<C: Coordinator> RoleControl for RoleHandle<C> {
+    fn role(&self) -> &str {
+        RoleHandle::role(self)
+    }
+
+    fn status(&self) -> RoleStatus {
+        RoleHandle::status(self)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<RoleStatus> {
+        RoleHandle::subscribe(self)
+    }
+
+    fn resign(
+        &self,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<(), ElectionError>> {
+        Box::pin(RoleHandle::resign(self, timeout))
+    }
+}
+
 /// Fault injection for tests (cargo feature `testing`): the actors of this
 /// role panic on demand, as a bug in them would.
 #[cfg(feature = "testing")]
@@ -226,6 +285,7 @@ impl<C: Coordinator> PendingRole for TypedRole<C> {
 pub struct Node {
     config: Config,
     pending: Vec<(String, Box<dyn PendingRole>)>,
+    controls: Vec<Arc<dyn RoleControl>>,
     running: Vec<(String, ActorRef<SupervisorMsg>)>,
     context: Option<Arc<NodeContext>>,
 }
@@ -236,6 +296,7 @@ impl Node {
         Self {
             config,
             pending: Vec::new(),
+            controls: Vec::new(),
             running: Vec::new(),
             context: None,
         }
@@ -278,10 +339,12 @@ impl Node {
             shared: shared.clone(),
         };
         self.pending.push((role.to_owned(), Box::new(typed)));
-        Ok(RoleHandle {
+        let handle = RoleHandle {
             role: role.to_owned(),
             shared,
-        })
+        };
+        self.controls.push(Arc::new(handle.clone()));
+        Ok(handle)
     }
 
     /// Validates the config, connects to etcd, allocates this node's server
@@ -326,6 +389,16 @@ impl Node {
             self.running.push((role, supervisor));
         }
         Ok(())
+    }
+
+    /// Every role of this node, without coordinator types.
+    pub fn roles(&self) -> Vec<Arc<dyn RoleControl>> {
+        self.controls.clone()
+    }
+
+    /// This node's address (`node.address`).
+    pub fn address(&self) -> &str {
+        &self.config.node.address
     }
 
     /// This node's server ID, once started.

@@ -25,6 +25,8 @@ pub enum StepDownReason {
     LeaderKeyDeleted,
     /// The node is shutting down and hands the role over.
     Shutdown,
+    /// An operator asked this node to hand the role over.
+    Resigned,
 }
 
 impl StepDownReason {
@@ -37,6 +39,7 @@ impl StepDownReason {
             StepDownReason::ReloadFailed => "reload_failed",
             StepDownReason::LeaderKeyDeleted => "leader_key_deleted",
             StepDownReason::Shutdown => "shutdown",
+            StepDownReason::Resigned => "resigned",
         }
     }
 }
@@ -187,6 +190,8 @@ pub enum Event {
     Released,
     /// The node shuts down: hand over and stop.
     Shutdown,
+    /// Hand the role over (if leading) and campaign again behind the others.
+    Resign,
 }
 
 /// Something the election actor must do.
@@ -414,6 +419,13 @@ impl ElectionMachine {
                 _ => Vec::new(),
             },
             Event::Shutdown => self.step_down(Afterwards::Stop, StepDownReason::Shutdown),
+            Event::Resign => {
+                if self.phase.leads() {
+                    self.step_down(Afterwards::Recampaign, StepDownReason::Resigned)
+                } else {
+                    Vec::new()
+                }
+            }
         }
     }
 
@@ -918,6 +930,21 @@ mod tests {
             Event::LeaderKeyDeleted { revision: REVISION },
             StepDownReason::LeaderKeyDeleted,
             Duration::ZERO,
+        );
+    }
+
+    #[test]
+    fn resigning_hands_over_and_campaigns_again_at_once() {
+        let mut machine = serving(Instant::now());
+        steps_down_and_recampaigns(
+            &mut machine,
+            Event::Resign,
+            StepDownReason::Resigned,
+            Duration::ZERO,
+        );
+        assert!(
+            machine.on(Event::Resign).is_empty(),
+            "only a leader resigns"
         );
     }
 

@@ -1,0 +1,7 @@
+//! Compiles proto/standin.proto into the gRPC client and server code.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/standin.proto");
+    tonic_prost_build::configure().compile_protos(&["proto/standin.proto"], &["proto"])?;
+    Ok(())
+}

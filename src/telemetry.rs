@@ -1,0 +1,257 @@
+//! Metrics for Prometheus: names, descriptions and the exporter.
+
+use std::net::SocketAddr;
+
+use metrics::Unit;
+use metrics_exporter_prometheus::{BuildError, ExporterFuture, Matcher, PrometheusBuilder};
+
+use crate::session::RoleState;
+
+/// Gauge, label `role`: 1 while this node serves the role, else 0.
+pub const ROLE_ACTIVE: &str = "standin_role_active";
+/// Gauge, labels `role` and `state`: 1 for the role's current published
+/// state on this node, 0 for the other three, so `== 1` selects the state.
+pub const ROLE_STATE: &str = "standin_role_state";
+/// Counter, label `role`: terms that reached serving on this node.
+pub const TAKEOVERS: &str = "standin_takeovers_total";
+/// Histogram, label `role`: seconds from winning the election to serving.
+pub const TAKEOVER_SECONDS: &str = "standin_takeover_seconds";
+/// Counter, labels `role` and `reason`: terms ended on this node.
+pub const STEP_DOWNS: &str = "standin_step_downs_total";
+/// Histogram, label `role`: seconds to load the role's metadata after a win.
+pub const RELOAD_SECONDS: &str = "standin_reload_seconds";
+/// Counter, label `role`: metadata keys loaded by reloads.
+pub const RELOADED_KEYS: &str = "standin_reloaded_keys_total";
+/// Histogram, label `role`: seconds from sending a lease keepalive to its answer.
+pub const KEEPALIVE_RTT_SECONDS: &str = "standin_keepalive_rtt_seconds";
+/// Counter, label `role`: lease keepalives that failed or got no answer in time.
+pub const KEEPALIVE_FAILURES: &str = "standin_keepalive_failures_total";
+/// Counter, label `role`: metadata writes refused because their epoch was over.
+pub const FENCED_WRITES_REFUSED: &str = "standin_fenced_writes_refused_total";
+/// Gauge, label `role`: requests held while the coordinator activates.
+pub const BUFFERED_MESSAGES: &str = "standin_buffered_messages";
+/// Counter, label `role`: restarts of the role's election actor after a crash.
+pub const ELECTION_RESTARTS: &str = "standin_election_restarts_total";
+
+/// Every value of the `state` label of [`ROLE_STATE`]: a series is kept for
+/// each, so a state the role left reads 0 instead of keeping its old 1.
+pub const ROLE_STATES: [RoleState; 4] = [
+    RoleState::Standby,
+    RoleState::Activating,
+    RoleState::Serving,
+    RoleState::Stopping,
+];
+
+// Fails to compile when `RoleState` gains a variant, so that `ROLE_STATES`
+// is updated with it and the new state gets its series.
+const _: fn(RoleState) = |state| match state {
+    RoleState::Standby | RoleState::Activating | RoleState::Serving | RoleState::Stopping => {}
+};
+
+/// Histogram buckets, in seconds, for takeovers, reloads and keepalive round
+/// trips: from a millisecond (a keepalive on loopback, a crash takeover) to
+/// 30 s (a reload of a large metadata set, or a keepalive near the TTL).
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Failures to start the Prometheus exporter.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The exporter could not be built, most often because the address is in use.
+    #[error("cannot serve Prometheus metrics on {address}")]
+    ListenFailed {
+        /// The `/metrics` address asked for.
+        address: SocketAddr,
+        /// What the exporter reported.
+        #[source]
+        source: BuildError,
+    },
+    /// Another metrics recorder is installed; the process can have only one.
+    #[error(
+        "cannot serve Prometheus metrics on {address}: a metrics recorder is already installed"
+    )]
+    RecorderAlreadyInstalled {
+        /// The `/metrics` address asked for.
+        address: SocketAddr,
+    },
+    /// Outside a tokio runtime, the exporter's own runtime or thread could not be started.
+    #[error("cannot start the runtime serving Prometheus metrics on {address}")]
+    RuntimeFailed {
+        /// The `/metrics` address asked for.
+        address: SocketAddr,
+        /// Why the runtime or its thread did not start.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Registers the description and unit of every standin metric with the
+/// installed recorder, for the `# HELP` lines. Call it after installing a
+/// recorder: descriptions given before are lost.
+pub fn describe() {
+    metrics::describe_gauge!(
+        ROLE_ACTIVE,
+        Unit::Count,
+        "1 while this node serves the role, else 0."
+    );
+    metrics::describe_gauge!(
+        ROLE_STATE,
+        Unit::Count,
+        "1 for the role's current state on this node (standby, activating, serving, stopping), 0 for the others."
+    );
+    metrics::describe_counter!(
+        TAKEOVERS,
+        Unit::Count,
+        "Terms in which this node won the role and reached serving."
+    );
+    metrics::describe_histogram!(
+        TAKEOVER_SECONDS,
+        Unit::Seconds,
+        "Time from winning the election to serving, reload and activation included."
+    );
+    metrics::describe_counter!(
+        STEP_DOWNS,
+        Unit::Count,
+        "Terms ended on this node, by reason (lease_lost, renew_deadline, coordinator_crashed, reload_failed, leader_key_deleted, shutdown)."
+    );
+    metrics::describe_histogram!(
+        RELOAD_SECONDS,
+        Unit::Seconds,
+        "Time to load the role's metadata at the won revision."
+    );
+    metrics::describe_counter!(
+        RELOADED_KEYS,
+        Unit::Count,
+        "Metadata keys loaded by reloads after winning the role."
+    );
+    metrics::describe_histogram!(
+        KEEPALIVE_RTT_SECONDS,
+        Unit::Seconds,
+        "Time from sending a lease keepalive to etcd's answer."
+    );
+    metrics::describe_counter!(
+        KEEPALIVE_FAILURES,
+        Unit::Count,
+        "Lease keepalives that failed or got no answer in time; the stream is reopened."
+    );
+    metrics::describe_counter!(
+        FENCED_WRITES_REFUSED,
+        Unit::Count,
+        "Metadata writes refused because the epoch they were made for is over."
+    );
+    metrics::describe_gauge!(
+        BUFFERED_MESSAGES,
+        Unit::Count,
+        "Requests held while the coordinator activates, delivered once it serves."
+    );
+    metrics::describe_counter!(
+        ELECTION_RESTARTS,
+        Unit::Count,
+        "Restarts of the role's election actor after it crashed."
+    );
+}
+
+/// Sets [`ROLE_STATE`] for `role`: 1 for `current`, 0 for every other state.
+pub fn set_role_state(role: &str, current: RoleState) {
+    for state in ROLE_STATES {
+        let value = if state == current { 1.0 } else { 0.0 };
+        metrics::gauge!(ROLE_STATE, "role" => role.to_owned(), "state" => state.as_str())
+            .set(value);
+    }
+}
+
+/// Installs a Prometheus recorder as the process's metrics recorder, serves
+/// it over HTTP on `listen` (any path, `/metrics` included), and describes
+/// the standin metrics. Inside a tokio runtime the exporter runs as a task of
+/// that runtime; outside one, on a thread with a runtime of its own.
+pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
+    let mut builder = PrometheusBuilder::new().with_http_listener(listen);
+    // Buckets only for our histograms: an embedding service's own histograms
+    // may not be in seconds, and keep the exporter's default (a summary).
+    for name in [TAKEOVER_SECONDS, RELOAD_SECONDS, KEEPALIVE_RTT_SECONDS] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), SECONDS_BUCKETS)
+            .map_err(|source| TelemetryError::ListenFailed {
+                address: listen,
+                source,
+            })?;
+    }
+    // Not `PrometheusBuilder::install`: it starts serving before it sets the
+    // global recorder, so when a recorder is already installed it would leave
+    // a listener serving metrics nobody records. Here the exporter future is
+    // only run once the recorder is ours; dropped otherwise, which frees the port.
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            // `build` binds the listener and spawns the upkeep task, both of
+            // which need the runtime entered.
+            let (recorder, exporter) = {
+                let _entered = handle.enter();
+                builder.build()
+            }
+            .map_err(|source| TelemetryError::ListenFailed {
+                address: listen,
+                source,
+            })?;
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| TelemetryError::RecorderAlreadyInstalled { address: listen })?;
+            handle.spawn(serve(listen, exporter));
+        }
+        Err(_) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| TelemetryError::RuntimeFailed {
+                    address: listen,
+                    source,
+                })?;
+            let (recorder, exporter) = {
+                let _entered = runtime.enter();
+                builder.build()
+            }
+            .map_err(|source| TelemetryError::ListenFailed {
+                address: listen,
+                source,
+            })?;
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| TelemetryError::RecorderAlreadyInstalled { address: listen })?;
+            // The runtime also drives the upkeep task `build` spawned, which
+            // bounds the memory of the histograms; it lives as long as the process.
+            std::thread::Builder::new()
+                .name("standin-prometheus".to_owned())
+                .spawn(move || runtime.block_on(serve(listen, exporter)))
+                .map_err(|source| TelemetryError::RuntimeFailed {
+                    address: listen,
+                    source,
+                })?;
+        }
+    }
+    describe();
+    tracing::info!(%listen, "serving Prometheus metrics on /metrics");
+    Ok(())
+}
+
+/// Runs the exporter, logging why it stopped: nothing else would report it.
+async fn serve(listen: SocketAddr, exporter: ExporterFuture) {
+    if let Err(error) = exporter.await {
+        tracing::error!(%listen, "the Prometheus exporter stopped: {error:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_states_are_distinct_label_values() {
+        let mut labels: Vec<_> = ROLE_STATES.iter().map(|state| state.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), ROLE_STATES.len());
+    }
+
+    #[test]
+    fn buckets_increase() {
+        assert!(SECONDS_BUCKETS.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+}

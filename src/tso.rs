@@ -1,0 +1,539 @@
+//! The built-in timestamp oracle coordinator (`tso` role): strictly increasing hybrid timestamps that survive failover.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::{BoxError, Coordinator};
+use crate::fence::{Epoch, FenceError, FencedStore};
+use crate::reload::Snapshot;
+
+/// Bits of a timestamp that hold the logical counter.
+pub const LOGICAL_BITS: u32 = 18;
+
+/// How many logical values one physical millisecond holds (2^18).
+const LOGICAL_SLOTS: u64 = 1 << LOGICAL_BITS;
+
+/// The largest logical value, and so the largest batch (2^18 - 1).
+pub const MAX_LOGICAL: u64 = LOGICAL_SLOTS - 1;
+
+/// The metadata key (relative to the role's prefix) holding the saved upper
+/// bound, in physical milliseconds as decimal ASCII.
+pub const UPPER_BOUND_KEY: &str = "upper_bound";
+
+/// The smallest `tso.window`: a shorter window would make nearly every
+/// millisecond wait on an etcd write.
+const MIN_WINDOW: Duration = Duration::from_millis(50);
+
+/// Failures of the timestamp oracle.
+#[derive(Debug, thiserror::Error)]
+pub enum TsoError {
+    /// An `Allocate` asked for no timestamps, or for more than one millisecond holds.
+    #[error("cannot allocate {count} timestamps: count must be between 1 and {max}")]
+    BadCount {
+        /// The count asked for.
+        count: u32,
+        /// `tso.maxCount`.
+        max: u32,
+    },
+    /// Saving the upper bound failed (fenced, or etcd unreachable): nothing was handed out.
+    #[error("saving the timestamp upper bound failed: {0}")]
+    Persist(#[from] FenceError),
+    /// The saved metadata is not in the expected format.
+    #[error("metadata key {key:?} holds {value:?}, not a decimal millisecond count")]
+    Corrupt {
+        /// The relative metadata key.
+        key: &'static str,
+        /// The value found, lossily decoded for display.
+        value: String,
+    },
+    /// A configuration value is impossible.
+    #[error("config key `{key}` = {value}: {message}")]
+    BadConfig {
+        /// The YAML key path (`tso.window`).
+        key: &'static str,
+        /// The rejected value.
+        value: String,
+        /// Why it is rejected.
+        message: &'static str,
+    },
+}
+
+/// A hybrid timestamp from its parts: `(physical_ms << 18) | logical`.
+pub fn compose(physical_ms: u64, logical: u64) -> u64 {
+    debug_assert!(
+        logical <= MAX_LOGICAL,
+        "logical {logical} overflows 18 bits"
+    );
+    debug_assert!(
+        physical_ms < 1 << (64 - LOGICAL_BITS),
+        "physical {physical_ms} overflows 46 bits"
+    );
+    (physical_ms << LOGICAL_BITS) | logical
+}
+
+/// A hybrid timestamp's `(physical_ms, logical)` parts.
+pub fn split(ts: u64) -> (u64, u64) {
+    (ts >> LOGICAL_BITS, ts & MAX_LOGICAL)
+}
+
+/// The timestamp oracle's settings (YAML section `tso`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TsoConfig {
+    /// How far ahead of the clock the saved upper bound runs. Longer means
+    /// fewer etcd writes; a new leader skips at most this much time (its
+    /// timestamps start above the old leader's bound).
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The largest `Allocate` count, at most 2^18 - 1 so that a batch always
+    /// fits in one physical millisecond.
+    pub max_count: u32,
+}
+
+impl Default for TsoConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(3),
+            max_count: MAX_LOGICAL as u32,
+        }
+    }
+}
+
+impl TsoConfig {
+    /// Rejects a window too short to be useful and a batch size that cannot fit in one millisecond.
+    pub fn validate(&self) -> Result<(), TsoError> {
+        if self.window < MIN_WINDOW {
+            return Err(TsoError::BadConfig {
+                key: "tso.window",
+                value: humantime::format_duration(self.window).to_string(),
+                message: "must be at least 50ms: the upper bound would be saved to etcd almost every millisecond",
+            });
+        }
+        if self.max_count == 0 || u64::from(self.max_count) > MAX_LOGICAL {
+            return Err(TsoError::BadConfig {
+                key: "tso.maxCount",
+                value: self.max_count.to_string(),
+                message: "must be between 1 and 262143 (2^18 - 1): a batch must fit in one physical millisecond",
+            });
+        }
+        Ok(())
+    }
+
+    fn window_ms(&self) -> u64 {
+        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Where a batch starts, as computed by [`next_batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    /// The batch's physical millisecond.
+    pub physical: u64,
+    /// The batch's first logical value.
+    pub logical: u64,
+}
+
+/// Where a batch of `count` starts, given the next unused `(physical,
+/// logical)` and the clock's `now`. Pure, so the ordering rules are unit
+/// tested without etcd: a clock that moved forward starts a fresh
+/// millisecond; one that went backwards is ignored, so timestamps never go
+/// back; a batch that would overflow the logical counter moves to the next
+/// millisecond, so every batch lies within one.
+pub(crate) fn next_batch(physical: u64, logical: u64, now: u64, count: u64) -> Start {
+    debug_assert!((1..=MAX_LOGICAL).contains(&count));
+    if now > physical {
+        Start {
+            physical: now,
+            logical: 0,
+        }
+    } else if logical + count > LOGICAL_SLOTS {
+        Start {
+            physical: physical + 1,
+            logical: 0,
+        }
+    } else {
+        Start { physical, logical }
+    }
+}
+
+/// A request to the timestamp oracle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TsoRequest {
+    /// Hands out `count` consecutive timestamps.
+    Allocate {
+        /// How many, 1 to `tso.maxCount`.
+        count: u32,
+    },
+}
+
+/// `count` consecutive timestamps starting at `first`, all in one physical millisecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TsoBatch {
+    /// The first timestamp.
+    pub first: u64,
+    /// How many timestamps: `first..first + count`.
+    pub count: u32,
+    /// The revision of the epoch that handed them out.
+    pub epoch: i64,
+}
+
+impl TsoBatch {
+    /// The batch's last timestamp.
+    pub fn last(&self) -> u64 {
+        self.first + u64::from(self.count) - 1
+    }
+}
+
+/// The timestamp oracle coordinator.
+pub struct Tso {
+    config: TsoConfig,
+    // Injectable so tests can stop or rewind time.
+    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Tso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tso")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tso {
+    /// An oracle on the wall clock (milliseconds since the UNIX epoch).
+    pub fn new(config: TsoConfig) -> Self {
+        Self::with_clock(config, Arc::new(wall_clock_ms))
+    }
+
+    /// An oracle on `clock`, which returns milliseconds.
+    pub fn with_clock(config: TsoConfig, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
+        Self { config, clock }
+    }
+}
+
+fn wall_clock_ms() -> u64 {
+    // A clock before 1970 is as good as one at 1970: the saved bound still
+    // keeps timestamps increasing.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What a serving oracle holds.
+#[derive(Debug)]
+pub struct TsoServing {
+    /// The physical millisecond of the last batch (or the activation base).
+    physical: u64,
+    /// The next unused logical value in `physical`.
+    logical: u64,
+    /// The saved bound: every physical handed out is below it.
+    upper_bound: u64,
+    store: FencedStore,
+    epoch: Epoch,
+}
+
+impl Tso {
+    async fn allocate(&self, serving: &mut TsoServing, count: u32) -> Result<TsoBatch, TsoError> {
+        if count == 0 || count > self.config.max_count {
+            return Err(TsoError::BadCount {
+                count,
+                max: self.config.max_count,
+            });
+        }
+        let now = (self.clock)();
+        let start = next_batch(serving.physical, serving.logical, now, u64::from(count));
+        if start.physical >= serving.upper_bound {
+            // Save first: if the write fails nothing past the old bound was
+            // handed out, so a successor starting above it stays ahead.
+            let window = self.config.window_ms();
+            let bound = now.max(start.physical).saturating_add(window);
+            save_upper_bound(&serving.store, bound).await?;
+            serving.upper_bound = bound;
+        }
+        serving.physical = start.physical;
+        serving.logical = start.logical + u64::from(count);
+        Ok(TsoBatch {
+            first: compose(start.physical, start.logical),
+            count,
+            epoch: serving.epoch.revision,
+        })
+    }
+}
+
+async fn save_upper_bound(store: &FencedStore, bound: u64) -> Result<(), FenceError> {
+    store.put(UPPER_BOUND_KEY, bound.to_string()).await
+}
+
+impl Coordinator for Tso {
+    /// The saved upper bound in physical milliseconds; 0 when none is saved.
+    type Meta = u64;
+    type Serving = TsoServing;
+    type Request = TsoRequest;
+    type Response = Result<TsoBatch, TsoError>;
+
+    fn decode(&self, snapshot: Snapshot) -> Result<u64, BoxError> {
+        let Some(raw) = snapshot.entries.get(UPPER_BOUND_KEY) else {
+            return Ok(0);
+        };
+        let parsed = std::str::from_utf8(raw)
+            .ok()
+            .and_then(|text| text.parse::<u64>().ok());
+        parsed.ok_or_else(|| {
+            TsoError::Corrupt {
+                key: UPPER_BOUND_KEY,
+                value: String::from_utf8_lossy(raw).into_owned(),
+            }
+            .into()
+        })
+    }
+
+    async fn activate(
+        &self,
+        epoch: Epoch,
+        saved: u64,
+        store: FencedStore,
+    ) -> Result<TsoServing, BoxError> {
+        // Above the saved bound: a predecessor handed out only physicals below it.
+        let base = (self.clock)().max(saved.saturating_add(1));
+        let upper_bound = base.saturating_add(self.config.window_ms());
+        save_upper_bound(&store, upper_bound)
+            .await
+            .map_err(TsoError::from)?;
+        tracing::info!(
+            role = epoch.role,
+            revision = epoch.revision,
+            saved,
+            base,
+            upper_bound,
+            "timestamp oracle serves from physical {base}ms"
+        );
+        Ok(TsoServing {
+            physical: base,
+            logical: 0,
+            upper_bound,
+            store,
+            epoch,
+        })
+    }
+
+    async fn handle(&self, serving: &mut TsoServing, request: TsoRequest) -> Self::Response {
+        match request {
+            TsoRequest::Allocate { count } => self.allocate(serving, count).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_and_split_are_inverse() {
+        assert_eq!(compose(0, 0), 0);
+        assert_eq!(compose(1, 0), 1 << 18);
+        assert_eq!(compose(1, 5), (1 << 18) | 5);
+        for (physical, logical) in [(0, MAX_LOGICAL), (1_700_000_000_000, 12345), (42, 0)] {
+            assert_eq!(split(compose(physical, logical)), (physical, logical));
+        }
+        // Later physical always wins over a larger logical.
+        assert!(compose(2, 0) > compose(1, MAX_LOGICAL));
+    }
+
+    #[test]
+    fn a_clock_that_moved_forward_starts_a_fresh_millisecond() {
+        let start = next_batch(100, 500, 105, 10);
+        assert_eq!(
+            start,
+            Start {
+                physical: 105,
+                logical: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_batch_that_fits_continues_the_current_millisecond() {
+        let start = next_batch(100, 500, 100, 10);
+        assert_eq!(
+            start,
+            Start {
+                physical: 100,
+                logical: 500
+            }
+        );
+        // Exactly filling the millisecond still fits.
+        let start = next_batch(100, LOGICAL_SLOTS - 10, 100, 10);
+        assert_eq!(start.physical, 100);
+    }
+
+    #[test]
+    fn logical_overflow_moves_to_the_next_millisecond() {
+        let start = next_batch(100, LOGICAL_SLOTS - 9, 100, 10);
+        assert_eq!(
+            start,
+            Start {
+                physical: 101,
+                logical: 0
+            }
+        );
+        // Two largest batches in a row never share a millisecond.
+        let first = next_batch(100, 0, 100, MAX_LOGICAL);
+        let second = next_batch(
+            first.physical,
+            first.logical + MAX_LOGICAL,
+            100,
+            MAX_LOGICAL,
+        );
+        assert_eq!(second.physical, 101);
+    }
+
+    #[test]
+    fn a_clock_that_went_backwards_is_ignored() {
+        let start = next_batch(100, 7, 40, 3);
+        assert_eq!(
+            start,
+            Start {
+                physical: 100,
+                logical: 7
+            }
+        );
+        let start = next_batch(100, MAX_LOGICAL, 40, 3);
+        assert_eq!(
+            start,
+            Start {
+                physical: 101,
+                logical: 0
+            }
+        );
+    }
+
+    #[test]
+    fn batches_strictly_increase_whatever_the_clock_does() {
+        let clock = [10, 10, 9, 3, 11, 11, 11, 2, 20, 19];
+        let (mut physical, mut logical) = (10, 0);
+        let mut last = None;
+        for (step, now) in clock.into_iter().enumerate() {
+            let count = if step % 2 == 0 { MAX_LOGICAL } else { 1 };
+            let start = next_batch(physical, logical, now, count);
+            let first = compose(start.physical, start.logical);
+            let end = start.logical + count - 1;
+            assert!(end <= MAX_LOGICAL, "a batch left its millisecond");
+            if let Some(last) = last {
+                assert!(first > last, "step {step}: {first} after {last}");
+            }
+            last = Some(compose(start.physical, end));
+            (physical, logical) = (start.physical, start.logical + count);
+        }
+    }
+
+    #[test]
+    fn the_default_config_is_valid() {
+        let config = TsoConfig::default();
+        assert_eq!(config.window, Duration::from_secs(3));
+        assert_eq!(config.max_count, 262_143);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_short_window_is_rejected_by_name() {
+        let config = TsoConfig {
+            window: Duration::from_millis(49),
+            ..TsoConfig::default()
+        };
+        let error = config.validate().unwrap_err();
+        assert!(matches!(
+            error,
+            TsoError::BadConfig {
+                key: "tso.window",
+                ..
+            }
+        ));
+        assert!(error.to_string().contains("tso.window` = 49ms"), "{error}");
+        let config = TsoConfig {
+            window: MIN_WINDOW,
+            ..TsoConfig::default()
+        };
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_max_count_outside_one_millisecond_is_rejected_by_name() {
+        for max_count in [0, 262_144, u32::MAX] {
+            let config = TsoConfig {
+                max_count,
+                ..TsoConfig::default()
+            };
+            let error = config.validate().unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    TsoError::BadConfig {
+                        key: "tso.maxCount",
+                        ..
+                    }
+                ),
+                "{error}"
+            );
+            assert!(
+                error.to_string().contains(&max_count.to_string()),
+                "{error}"
+            );
+        }
+        let config = TsoConfig {
+            max_count: 1,
+            ..TsoConfig::default()
+        };
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_config_reads_camel_case_yaml_with_humantime_durations() {
+        let config: TsoConfig = serde_yaml::from_str("window: 500ms\nmaxCount: 1000\n").unwrap();
+        assert_eq!(
+            config,
+            TsoConfig {
+                window: Duration::from_millis(500),
+                max_count: 1000
+            }
+        );
+        let defaulted: TsoConfig = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(defaulted, TsoConfig::default());
+        assert!(serde_yaml::from_str::<TsoConfig>("maxcount: 3\n").is_err());
+    }
+
+    fn snapshot(value: Option<&[u8]>) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        if let Some(value) = value {
+            snapshot
+                .entries
+                .insert(UPPER_BOUND_KEY.to_owned(), value.to_vec());
+        }
+        snapshot
+    }
+
+    #[test]
+    fn decode_reads_the_saved_bound_and_zero_when_absent() {
+        let tso = Tso::new(TsoConfig::default());
+        assert_eq!(tso.decode(snapshot(None)).unwrap(), 0);
+        assert_eq!(
+            tso.decode(snapshot(Some(b"1700000000123"))).unwrap(),
+            1_700_000_000_123
+        );
+    }
+
+    #[test]
+    fn a_corrupt_bound_is_a_decode_error_naming_key_and_value() {
+        let tso = Tso::new(TsoConfig::default());
+        for bad in [&b"12x"[..], b"-5", b"", b"\xff\xfe"] {
+            let error = tso.decode(snapshot(Some(bad))).unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains("upper_bound"), "{text}");
+            assert!(
+                text.contains(&format!("{:?}", String::from_utf8_lossy(bad))),
+                "{text}"
+            );
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Behaviour of the timestamp oracle against a real etcd: timestamps keep increasing across crashes, handovers, full restarts and a clock far behind the saved bound.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use standin::testing::EtcdServer;
+use standin::tso::{Tso, TsoBatch, TsoConfig, TsoRequest, split};
+use standin::{Node, RoleHandle};
+use support::*;
+use tracing::info;
+
+const ROLE: &str = "tso";
+
+/// Where `support::config`'s root path puts the oracle's saved bound.
+const UPPER_BOUND: &str = "standin-test/meta/tso/upper_bound";
+
+/// A started node running the `tso` role.
+struct TsoNode {
+    node: Option<Node>,
+    handle: RoleHandle<Tso>,
+}
+
+impl TsoNode {
+    async fn start(etcd: &EtcdServer, index: usize, tso: Tso) -> anyhow::Result<Self> {
+        let mut node = Node::new(config(etcd, index, 10));
+        let handle = node.add_role(ROLE, tso)?;
+        node.start().await?;
+        Ok(Self {
+            node: Some(node),
+            handle,
+        })
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// The saved upper bound in etcd, in physical milliseconds.
+async fn saved_upper_bound(etcd: &EtcdServer) -> anyhow::Result<u64> {
+    let found = etcd.client().await?.get(UPPER_BOUND, None).await?;
+    let kv = found
+        .kvs()
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("no saved upper bound"))?;
+    Ok(std::str::from_utf8(kv.value())?.parse()?)
+}
+
+/// Allocates `count` from `handle`, or `None` if it does not serve (yet).
+async fn allocate(handle: &RoleHandle<Tso>, count: u32) -> Option<TsoBatch> {
+    match handle.call(TsoRequest::Allocate { count }, CALL).await {
+        Ok(Ok(batch)) => Some(batch),
+        Ok(Err(error)) => {
+            info!("allocation refused: {error}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Allocates from whichever node serves, over and over, until stopped;
+/// every batch handed out is recorded in order.
+struct Allocator {
+    batches: Arc<Mutex<Vec<TsoBatch>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Allocator {
+    fn start(handles: Vec<RoleHandle<Tso>>) -> Self {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (batches, stop) = (batches.clone(), stop.clone());
+            async move {
+                let mut count = 1;
+                while !stop.load(Ordering::SeqCst) {
+                    // Between leaders every call fails; back off a little instead of spinning.
+                    let Some(batch) = Self::from_any(&handles, count).await else {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    };
+                    batches.lock().unwrap().push(batch);
+                    count = count % 100 + 1;
+                }
+            }
+        });
+        Self {
+            batches,
+            stop,
+            task,
+        }
+    }
+
+    async fn from_any(handles: &[RoleHandle<Tso>], count: u32) -> Option<TsoBatch> {
+        let serving = handles.iter().find(|handle| handle.is_serving())?;
+        allocate(serving, count).await
+    }
+
+    fn latest(&self) -> Option<(usize, TsoBatch)> {
+        let batches = self.batches.lock().unwrap();
+        batches.last().map(|batch| (batches.len(), *batch))
+    }
+
+    /// Waits until a batch from an epoch after `epoch` has been handed out, and `more` batches after it.
+    async fn wait_past(&self, epoch: i64, more: usize) -> i64 {
+        let (seen, next) = wait_for(
+            &format!("a batch from an epoch after {epoch}"),
+            Duration::from_secs(15),
+            || {
+                self.latest()
+                    .filter(|(_, batch)| batch.epoch > epoch)
+                    .map(|(len, batch)| (len, batch.epoch))
+            },
+        )
+        .await;
+        wait_for(
+            &format!("{more} more batches"),
+            Duration::from_secs(10),
+            || self.latest().filter(|(len, _)| *len >= seen + more),
+        )
+        .await;
+        next
+    }
+
+    async fn stop(self) -> Vec<TsoBatch> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the allocator did not panic");
+        Arc::try_unwrap(self.batches)
+            .expect("the allocator is done")
+            .into_inner()
+            .unwrap()
+    }
+}
+
+/// Every batch starts above the previous one's last timestamp, and epochs never go back.
+fn assert_strictly_increasing(batches: &[TsoBatch]) {
+    for pair in batches.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        assert!(
+            after.first > before.last(),
+            "batch {after:?} does not start above {before:?}"
+        );
+        assert!(
+            after.epoch >= before.epoch,
+            "epoch went back: {after:?} after {before:?}"
+        );
+        let (physical, logical) = split(after.first);
+        let (end_physical, _) = split(after.last());
+        assert_eq!(
+            physical, end_physical,
+            "batch {after:?} leaves its millisecond (logical {logical})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_increase_across_crashes_a_handover_and_a_full_restart() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = Vec::new();
+    for index in 0..3 {
+        nodes.push(TsoNode::start(&etcd, index, Tso::new(TsoConfig::default())).await?);
+    }
+    let allocator = Allocator::start(nodes.iter().map(|n| n.handle.clone()).collect());
+
+    info!("--- a leader serves timestamps");
+    let mut epoch = allocator.wait_past(0, 50).await;
+
+    for round in 1..=3 {
+        info!(round, epoch, "--- crash the active coordinator");
+        let active = nodes
+            .iter()
+            .find(|n| n.handle.status().epoch.is_some_and(|e| e.revision == epoch))
+            .expect("the epoch's leader is a node");
+        assert!(active.handle.crash_coordinator());
+        epoch = allocator.wait_past(epoch, 50).await;
+    }
+
+    info!(epoch, "--- shut the active node down gracefully");
+    let active = nodes
+        .iter_mut()
+        .find(|n| n.handle.status().epoch.is_some_and(|e| e.revision == epoch))
+        .expect("the epoch's leader is a node");
+    active.shutdown().await;
+    allocator.wait_past(epoch, 50).await;
+
+    info!("--- every batch handed out is above the one before");
+    let batches = allocator.stop().await;
+    assert_strictly_increasing(&batches);
+    let epochs: std::collections::BTreeSet<_> = batches.iter().map(|b| b.epoch).collect();
+    assert!(epochs.len() >= 5, "only epochs {epochs:?}");
+    info!(batches = batches.len(), ?epochs, "--- checked");
+
+    info!("--- stop every node; the saved bound is above every timestamp handed out");
+    for node in &mut nodes {
+        node.shutdown().await;
+    }
+    let saved = saved_upper_bound(&etcd).await?;
+    let last = *batches.last().expect("batches were handed out");
+    assert!(split(last.last()).0 < saved, "{last:?} beyond {saved}");
+
+    info!(
+        saved,
+        "--- a fresh node on the same etcd starts above the saved bound"
+    );
+    let mut fresh = TsoNode::start(&etcd, 3, Tso::new(TsoConfig::default())).await?;
+    let batch = eventually("the fresh node to serve", Duration::from_secs(10), || {
+        allocate(&fresh.handle, 1)
+    })
+    .await;
+    assert!(split(batch.first).0 > saved, "{batch:?} not above {saved}");
+    assert!(batch.first > last.last());
+    assert!(batch.epoch > last.epoch);
+
+    fresh.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_far_behind_the_saved_bound_still_starts_above_it_and_extends_it()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    const SAVED: u64 = 5_000_000_000;
+    const STUCK_AT: u64 = 1_000;
+    etcd.client()
+        .await?
+        .put(UPPER_BOUND, SAVED.to_string(), None)
+        .await?;
+
+    info!("--- a node whose clock is stuck long before the saved bound takes the role");
+    let window = Duration::from_millis(100);
+    let config = TsoConfig {
+        window,
+        ..TsoConfig::default()
+    };
+    let max = config.max_count;
+    let mut node = TsoNode::start(&etcd, 0, Tso::with_clock(config, Arc::new(|| STUCK_AT))).await?;
+    let first = eventually("the node to serve", Duration::from_secs(10), || {
+        allocate(&node.handle, 1)
+    })
+    .await;
+    assert_eq!(split(first.first), (SAVED + 1, 0));
+    assert_eq!(saved_upper_bound(&etcd).await?, SAVED + 1 + 100);
+
+    info!("--- full batches, one millisecond each, run past the bound: it is extended first");
+    let mut batches = vec![first];
+    for _ in 0..250 {
+        let batch = allocate(&node.handle, max)
+            .await
+            .expect("the leader allocates");
+        batches.push(batch);
+    }
+    assert_strictly_increasing(&batches);
+    let last = split(batches.last().unwrap().last()).0;
+    assert!(last > SAVED + 1 + 100, "never went past the first bound");
+    let saved = saved_upper_bound(&etcd).await?;
+    assert!(last < saved, "handed out {last}ms, saved bound {saved}ms");
+    // Extended from the batch's physical, not from the stuck clock.
+    assert!(
+        saved <= last + 100,
+        "saved bound {saved}ms far beyond {last}ms"
+    );
+
+    info!("--- a count outside 1..=maxCount is refused");
+    for count in [0, max + 1] {
+        let answer = node
+            .handle
+            .call(TsoRequest::Allocate { count }, CALL)
+            .await?;
+        assert!(
+            matches!(answer, Err(standin::tso::TsoError::BadCount { .. })),
+            "{answer:?}"
+        );
+    }
+
+    node.shutdown().await;
+    Ok(())
+}
