@@ -16,6 +16,7 @@ pub mod coordinator;
 pub mod election;
 pub mod etcd;
 pub mod fence;
+pub mod grpc;
 pub mod node;
 pub mod reload;
 pub mod session;

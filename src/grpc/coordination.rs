@@ -1,0 +1,138 @@
+//! The `Coordination` gRPC service: a node's roles, their leaders as they change, and resigning one.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::proto::coordination_server::Coordination;
+use super::proto::{
+    LeaderEvent, ResignRequest, ResignResponse, RoleStatus, StatusRequest, StatusResponse,
+    WatchLeaderRequest,
+};
+use crate::election::ElectionError;
+use crate::node::RoleControl;
+
+/// Serves `Coordination` for the roles of one node.
+pub struct CoordinationService {
+    server_id: i64,
+    address: String,
+    roles: Vec<Arc<dyn RoleControl>>,
+    resign_timeout: Duration,
+}
+
+impl CoordinationService {
+    /// A service for `roles` of the node `server_id` reachable at `address`;
+    /// a resign waits at most `resign_timeout` for the handover.
+    pub fn new(
+        server_id: i64,
+        address: String,
+        roles: Vec<Arc<dyn RoleControl>>,
+        resign_timeout: Duration,
+    ) -> Self {
+        Self {
+            server_id,
+            address,
+            roles,
+            resign_timeout,
+        }
+    }
+
+    fn role(&self, name: &str) -> Result<&Arc<dyn RoleControl>, Status> {
+        self.roles
+            .iter()
+            .find(|role| role.role() == name)
+            .ok_or_else(|| {
+                let known: Vec<_> = self.roles.iter().map(|r| r.role().to_owned()).collect();
+                Status::invalid_argument(format!(
+                    "unknown role {name:?}; this node runs {}",
+                    known.join(", ")
+                ))
+            })
+    }
+}
+
+fn role_status(status: &crate::node::RoleStatus) -> RoleStatus {
+    RoleStatus {
+        role: status.role.clone(),
+        state: status.state.as_str().to_owned(),
+        epoch: status.epoch.as_ref().map_or(0, |e| e.revision),
+        server_id: status.server_id,
+        leader: status.leader.as_ref().map(Into::into),
+        last_step_down: status
+            .last_step_down
+            .map(|reason| reason.as_str().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+type LeaderStream = Pin<Box<dyn Stream<Item = Result<LeaderEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordination for CoordinationService {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(StatusResponse {
+            server_id: self.server_id,
+            address: self.address.clone(),
+            roles: self
+                .roles
+                .iter()
+                .map(|r| role_status(&r.status()))
+                .collect(),
+        }))
+    }
+
+    type WatchLeaderStream = LeaderStream;
+
+    async fn watch_leader(
+        &self,
+        request: Request<WatchLeaderRequest>,
+    ) -> Result<Response<Self::WatchLeaderStream>, Status> {
+        let role = request.into_inner().role;
+        let mut statuses = self.role(&role)?.subscribe();
+        let (events, stream) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let leader = statuses.borrow_and_update().leader.clone();
+                if last.as_ref() != Some(&leader) {
+                    let event = LeaderEvent {
+                        role: role.clone(),
+                        leader: leader.as_ref().map(Into::into),
+                    };
+                    if events.send(Ok(event)).await.is_err() {
+                        return; // the client went away
+                    }
+                    last = Some(leader);
+                }
+                if statuses.changed().await.is_err() {
+                    return; // the role stopped
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn resign(
+        &self,
+        request: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
+        let role = request.into_inner().role;
+        let control = self.role(&role)?;
+        match control.resign(self.resign_timeout).await {
+            Ok(()) => Ok(Response::new(ResignResponse {})),
+            Err(error @ ElectionError::NotLeader { .. }) => {
+                Err(Status::failed_precondition(error.to_string()))
+            }
+            Err(error @ ElectionError::NotRunning { .. }) => {
+                Err(Status::unavailable(error.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! A tower layer that lets requests through only on the node where a role serves, and only for the current epoch.
+//!
+//! Embedders put it in front of their own tonic services. Elsewhere it
+//! answers `UNAVAILABLE` with `standin-leader` (where the active is, when
+//! known) and `standin-epoch`, so a client can go straight there.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use tokio::sync::watch;
+use tonic::Status;
+use tower::{Layer, Service};
+
+use super::{EPOCH_HEADER, unavailable};
+use crate::node::RoleStatus;
+use crate::session::RoleState;
+
+/// Wraps services so they run only where the role serves.
+#[derive(Clone)]
+pub struct ActiveOnlyLayer {
+    status: watch::Receiver<RoleStatus>,
+}
+
+impl ActiveOnlyLayer {
+    /// A layer following the role whose status `status` reports
+    /// (`RoleHandle::subscribe`).
+    pub fn new(status: watch::Receiver<RoleStatus>) -> Self {
+        Self { status }
+    }
+}
+
+impl<S> Layer<S> for ActiveOnlyLayer {
+    type Service = ActiveOnly<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ActiveOnly {
+            inner,
+            status: self.status.clone(),
+        }
+    }
+}
+
+/// A service that refuses requests where its role does not serve.
+#[derive(Clone)]
+pub struct ActiveOnly<S> {
+    inner: S,
+    status: watch::Receiver<RoleStatus>,
+}
+
+/// Why a request must go elsewhere, if it must.
+pub fn refusal(status: &RoleStatus, headers: &HeaderMap) -> Option<Status> {
+    let leader = status.leader.as_ref();
+    let Some(epoch) = status
+        .epoch
+        .as_ref()
+        .filter(|_| status.state == RoleState::Serving)
+    else {
+        return Some(unavailable(
+            format!(
+                "{} is not served on this node (it is {})",
+                status.role, status.state
+            ),
+            leader,
+        ));
+    };
+    let claimed = headers
+        .get(EPOCH_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i64>().ok());
+    match claimed {
+        // A client still holding an older epoch was routed by stale
+        // information; one holding a newer epoch knows this node was deposed.
+        Some(claimed) if claimed != epoch.revision => Some(unavailable(
+            format!(
+                "{} serves here at epoch {}, not at epoch {claimed}: refresh the leader",
+                status.role, epoch.revision
+            ),
+            leader,
+        )),
+        _ => None,
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ActiveOnly<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let refused = refusal(&self.status.borrow(), request.headers());
+        if let Some(status) = refused {
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        // The clone that was made ready is the one to call (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::campaign::Leader;
+    use crate::fence::Epoch;
+    use crate::session::SessionInfo;
+
+    fn status(state: RoleState, epoch: Option<i64>) -> RoleStatus {
+        RoleStatus {
+            role: "tso".into(),
+            server_id: 1,
+            state,
+            epoch: epoch.map(|revision| Epoch {
+                role: "tso".into(),
+                leader_key: "k".into(),
+                revision,
+            }),
+            leader: Some(Leader {
+                session: SessionInfo {
+                    server_id: 2,
+                    role: "tso".into(),
+                    address: "127.0.0.1:7000".into(),
+                    version: "0".into(),
+                    state: RoleState::Serving,
+                    lease_id: 9,
+                },
+                key: "k".into(),
+                revision: 40,
+            }),
+            lease: None,
+            last_step_down: None,
+        }
+    }
+
+    fn headers(epoch: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(epoch) = epoch {
+            headers.insert(EPOCH_HEADER, epoch.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_standby_refuses_and_names_the_leader() {
+        let refused = refusal(&status(RoleState::Standby, None), &headers(None)).unwrap();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            refused.metadata().get("standin-leader").unwrap(),
+            "127.0.0.1:7000"
+        );
+        assert_eq!(refused.metadata().get("standin-epoch").unwrap(), "40");
+    }
+
+    #[test]
+    fn an_activating_node_refuses() {
+        assert!(refusal(&status(RoleState::Activating, Some(40)), &headers(None)).is_some());
+    }
+
+    #[test]
+    fn the_serving_node_accepts_its_own_epoch_or_none() {
+        let serving = status(RoleState::Serving, Some(40));
+        assert!(refusal(&serving, &headers(None)).is_none());
+        assert!(refusal(&serving, &headers(Some("40"))).is_none());
+    }
+
+    #[test]
+    fn a_stale_or_future_epoch_is_refused() {
+        let serving = status(RoleState::Serving, Some(40));
+        let stale = refusal(&serving, &headers(Some("39"))).unwrap();
+        assert_eq!(stale.code(), tonic::Code::Unavailable);
+        assert!(stale.message().contains("epoch 39"), "{}", stale.message());
+        assert!(refusal(&serving, &headers(Some("41"))).is_some());
+    }
+}
