@@ -33,6 +33,32 @@ impl From<&Leader> for proto::Leader {
     }
 }
 
+/// Keeps the standard gRPC health status of `role` current: `SERVING` while
+/// the role serves on this node, `NOT_SERVING` otherwise. The service name
+/// is the role's name. Runs until the role's status channel closes.
+pub async fn report_health(
+    reporter: tonic_health::server::HealthReporter,
+    role: std::sync::Arc<dyn crate::node::RoleControl>,
+) {
+    let mut statuses = role.subscribe();
+    let mut reported = None;
+    loop {
+        let serving = statuses.borrow_and_update().state == crate::session::RoleState::Serving;
+        if reported != Some(serving) {
+            let health = if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status(role.role(), health).await;
+            reported = Some(serving);
+        }
+        if statuses.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// `UNAVAILABLE` that tells the client where the active instance is, when known.
 pub fn unavailable(message: String, leader: Option<&Leader>) -> Status {
     let mut status = Status::unavailable(message);

@@ -11,12 +11,14 @@
 
 pub mod backoff;
 pub mod campaign;
+pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod election;
 pub mod etcd;
 pub mod fence;
 pub mod grpc;
+pub mod inspect;
 pub mod node;
 pub mod reload;
 pub mod session;

@@ -1,10 +1,27 @@
-//! The `standin` command line: today it checks a configuration file; running a node comes next.
+//! The `standin` command line: run a node with the built-in roles, and inspect, steer and use a deployment.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use standin::Config;
+use standin::client::{LeaderWatch, TsoClient};
+use standin::grpc::coordination::CoordinationService;
+use standin::grpc::proto::ResignRequest;
+use standin::grpc::proto::coordination_client::CoordinationClient;
+use standin::grpc::proto::coordination_server::CoordinationServer;
+use standin::grpc::proto::tso_server::TsoServer;
+use standin::grpc::routing::ActiveOnlyLayer;
+use standin::grpc::tso::TsoService;
+use standin::inspect::{self, RoleSummary};
+use standin::session::Layout;
+use standin::tso::{Tso, TsoConfig};
+use standin::{Config, Node};
+
+/// The roles `standin run` can serve.
+const BUILT_IN_ROLES: &[&str] = &["tso"];
 
 #[derive(Parser)]
 #[command(
@@ -12,39 +29,436 @@ use standin::Config;
     about = "standin: active-standby coordinators on an etcd lease"
 )]
 struct Cli {
+    /// The YAML configuration (see config/standin.yaml); STANDIN_* variables override it.
+    #[arg(long, global = true, default_value = "config/standin.yaml")]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Parse and validate a configuration file, then print the effective timings.
-    CheckConfig {
-        /// The YAML file (see config/standin.yaml).
-        #[arg(long, default_value = "config/standin.yaml")]
-        config: PathBuf,
+    /// Run a node serving the built-in roles over gRPC, until SIGTERM or Ctrl-C.
+    Run {
+        /// A role to run (repeatable); all built-in roles when absent.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Where the gRPC server listens; node.address when absent.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where Prometheus scrapes /metrics; no exporter when absent.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
+    /// Every role's leader and standbys, from etcd.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the leader of ROLE to hand it over gracefully.
+    Resign {
+        /// The role.
+        role: String,
+    },
+    /// Print leader changes as they happen.
+    Watch {
+        /// Only this role.
+        role: Option<String>,
+    },
+    /// Allocate timestamps from the tso role through the failover-following client.
+    Tso {
+        /// Timestamps per allocation.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Keep allocating, checking order and reporting each failover ridden through.
+        #[arg(long = "loop")]
+        repeat: bool,
+        /// With --loop: stop after this long (until Ctrl-C when absent).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Give up on one allocation after this long.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+    },
+    /// Parse and validate the configuration, then print the effective timings.
+    CheckConfig,
+}
+
+/// A failure with the exit code it deserves: 2 for what the person must fix
+/// in how they called us, 1 for what went wrong while running.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure { code: 2, error }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { config: path } => match Config::load(&path) {
-            Ok(config) => {
-                let session = &config.session;
-                println!(
-                    "{}: ok (ttl {:?}, keepalive every {:?}, renew deadline {:?})",
-                    path.display(),
-                    session.ttl,
-                    session.keepalive_interval(),
-                    session.renew_deadline()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("standin: {error}");
-                ExitCode::from(2)
-            }
-        },
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("standin: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
     }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let config = load_config(&cli.config)?;
+    match cli.command {
+        Command::Run {
+            roles,
+            listen,
+            metrics,
+        } => run(config, roles, listen, metrics).await,
+        Command::Status { json } => status(&config, json).await,
+        Command::Resign { role } => resign(&config, &role).await,
+        Command::Watch { role } => watch(&config, role).await,
+        Command::Tso {
+            count,
+            repeat,
+            duration,
+            deadline,
+        } => tso(&config, count, repeat, duration, deadline).await,
+        Command::CheckConfig => {
+            let session = &config.session;
+            println!(
+                "{}: ok (ttl {:?}, keepalive every {:?}, renew deadline {:?})",
+                cli.config.display(),
+                session.ttl,
+                session.keepalive_interval(),
+                session.renew_deadline()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    if !path.exists() {
+        return Err(usage(anyhow::anyhow!(
+            "config file {} not found: pass --config FILE (config/standin.yaml documents every key)",
+            path.display()
+        )));
+    }
+    Config::load(path).map_err(|error| usage(error.into()))
+}
+
+async fn run(
+    config: Config,
+    roles: Vec<String>,
+    listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Result<(), Failure> {
+    for role in &roles {
+        if !BUILT_IN_ROLES.contains(&role.as_str()) {
+            return Err(usage(anyhow::anyhow!(
+                "unknown role {role:?}; built-in roles: {}",
+                BUILT_IN_ROLES.join(", ")
+            )));
+        }
+    }
+    let listen = match listen {
+        Some(listen) => listen,
+        None => config.node.address.parse().map_err(|error| {
+            usage(anyhow::anyhow!(
+                "node.address {:?} is not a socket address to listen on ({error}); pass --listen",
+                config.node.address
+            ))
+        })?,
+    };
+    if let Some(metrics) = metrics {
+        standin::telemetry::install_prometheus(metrics)?;
+    }
+    let tso_config = TsoConfig::default();
+    let call_timeout = config.etcd.request_timeout;
+    let resign_timeout = standin::supervisor::handover_bound(&config);
+    let mut node = Node::new(config);
+    let tso = node.add_role("tso", Tso::new(tso_config.clone()))?;
+    node.start().await.context("starting the node")?;
+    let server_id = node.server_id().unwrap_or_default();
+    tracing::info!(server_id, %listen, "serving gRPC");
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for role in node.roles() {
+        tokio::spawn(standin::grpc::report_health(reporter.clone(), role));
+    }
+    let coordination = CoordinationService::new(
+        server_id,
+        node.address().to_owned(),
+        node.roles(),
+        resign_timeout,
+    );
+    let oracle = tower::ServiceBuilder::new()
+        .layer(ActiveOnlyLayer::new(tso.subscribe()))
+        .service(TsoServer::new(TsoService::new(
+            tso,
+            tso_config.max_count,
+            call_timeout,
+        )));
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(CoordinationServer::new(coordination))
+        .add_service(oracle)
+        .serve_with_shutdown(listen, stop_signal())
+        .await;
+    tracing::info!("handing the roles over");
+    node.shutdown().await;
+    served.with_context(|| format!("serving gRPC on {listen}"))?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+async fn etcd_client(config: &Config) -> Result<etcd_client::Client, Failure> {
+    Ok(standin::etcd::connect(&config.etcd).await?)
+}
+
+async fn role_summaries(config: &Config) -> Result<Vec<RoleSummary>, Failure> {
+    let client = etcd_client(config).await?;
+    let layout = Layout::new(&config.etcd.root_path);
+    Ok(inspect::roles(&client, &layout).await?)
+}
+
+async fn status(config: &Config, json: bool) -> Result<(), Failure> {
+    let roles = role_summaries(config).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&roles)?);
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:>6}  {:<22} {:>8}  {:<10}  STANDBYS",
+        "ROLE", "LEADER", "ADDRESS", "EPOCH", "STATE"
+    );
+    for role in roles {
+        let standbys: Vec<_> = role
+            .standbys
+            .iter()
+            .map(|s| format!("{}@{} ({})", s.server_id, s.address, s.state))
+            .collect();
+        match &role.leader {
+            Some(leader) => println!(
+                "{:<14} {:>6}  {:<22} {:>8}  {:<10}  {}",
+                role.role,
+                leader.server_id,
+                leader.address,
+                leader.epoch,
+                leader.state,
+                standbys.join(", ")
+            ),
+            None => println!(
+                "{:<14} {:>6}  {:<22} {:>8}  {:<10}  {}",
+                role.role,
+                "-",
+                "-",
+                "-",
+                "none",
+                standbys.join(", ")
+            ),
+        }
+        for problem in &role.corrupt {
+            println!("  corrupt value: {problem}");
+        }
+    }
+    Ok(())
+}
+
+/// The summary of `role`, or an error naming the roles etcd knows.
+fn find_role<'a>(roles: &'a [RoleSummary], role: &str) -> Result<&'a RoleSummary, Failure> {
+    roles.iter().find(|r| r.role == role).ok_or_else(|| {
+        let known: Vec<_> = roles.iter().map(|r| r.role.as_str()).collect();
+        usage(anyhow::anyhow!(
+            "unknown role {role:?}; roles in etcd: {}",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ))
+    })
+}
+
+async fn resign(config: &Config, role: &str) -> Result<(), Failure> {
+    let roles = role_summaries(config).await?;
+    let Some(leader) = &find_role(&roles, role)?.leader else {
+        return Err(anyhow::anyhow!("nobody leads {role} right now").into());
+    };
+    let mut coordination = CoordinationClient::connect(format!("http://{}", leader.address))
+        .await
+        .with_context(|| format!("connecting to the leader at {}", leader.address))?;
+    coordination
+        .resign(ResignRequest {
+            role: role.to_owned(),
+        })
+        .await
+        .with_context(|| format!("asking {} to resign {role}", leader.address))?;
+    println!(
+        "{role}: server {} at {} resigned (epoch {}); a standby takes over",
+        leader.server_id, leader.address, leader.epoch
+    );
+    Ok(())
+}
+
+async fn watch(config: &Config, role: Option<String>) -> Result<(), Failure> {
+    let roles = match role {
+        Some(role) => {
+            find_role(&role_summaries(config).await?, &role)?;
+            vec![role]
+        }
+        None => role_summaries(config)
+            .await?
+            .into_iter()
+            .map(|r| r.role)
+            .collect(),
+    };
+    if roles.is_empty() {
+        return Err(anyhow::anyhow!("no roles in etcd under {}", config.etcd.root_path).into());
+    }
+    let client = etcd_client(config).await?;
+    let layout = Layout::new(&config.etcd.root_path);
+    let (lines, mut printed) = tokio::sync::mpsc::unbounded_channel();
+    let mut watches = Vec::new();
+    for role in roles {
+        let follower =
+            LeaderWatch::start(client.clone(), &layout, &role, config.etcd.retry.initial);
+        let mut changes = follower.subscribe();
+        let lines = lines.clone();
+        watches.push(follower);
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let leader = changes.borrow_and_update().clone();
+                let shown = leader.as_ref().map(|l| {
+                    (
+                        l.session.server_id,
+                        l.session.address.clone(),
+                        l.revision,
+                        l.session.state,
+                    )
+                });
+                if last.as_ref() != Some(&shown) {
+                    let line = match &shown {
+                        Some((id, address, epoch, state)) => {
+                            format!("{role}: leader {id} at {address}, epoch {epoch}, {state}")
+                        }
+                        None => format!("{role}: no leader"),
+                    };
+                    if lines.send(line).is_err() {
+                        return;
+                    }
+                    last = Some(shown);
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(lines);
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            line = printed.recv() => match line {
+                Some(line) => println!("[{:8.3}s] {line}", started.elapsed().as_secs_f64()),
+                None => return Ok(()),
+            },
+            _ = stop_signal() => return Ok(()),
+        }
+    }
+}
+
+async fn tso(
+    config: &Config,
+    count: u32,
+    repeat: bool,
+    duration: Option<Duration>,
+    deadline: Duration,
+) -> Result<(), Failure> {
+    let client = TsoClient::connect(config).await?;
+    if !repeat {
+        let batch = client.allocate(count, deadline).await?;
+        println!(
+            "first={} count={} epoch={}",
+            batch.first, batch.count, batch.epoch
+        );
+        return Ok(());
+    }
+    let started = Instant::now();
+    let stop = async {
+        match duration {
+            Some(duration) => tokio::time::sleep(duration).await,
+            None => stop_signal().await,
+        }
+    };
+    tokio::pin!(stop);
+    let (mut allocations, mut failovers, mut violations) = (0u64, 0u64, 0u64);
+    let mut max_gap = Duration::ZERO;
+    let mut last: Option<(u64, i64, Instant)> = None;
+    loop {
+        let batch = tokio::select! {
+            _ = &mut stop => break,
+            batch = client.allocate(count, deadline) => batch?,
+        };
+        let now = Instant::now();
+        let batch_last = batch.first + u64::from(batch.count) - 1;
+        if let Some((previous, epoch, at)) = last {
+            if batch.first <= previous {
+                violations += 1;
+                println!(
+                    "VIOLATION: timestamp {} after {previous}: not increasing",
+                    batch.first
+                );
+            }
+            if batch.epoch != epoch {
+                failovers += 1;
+                let gap = now - at;
+                max_gap = max_gap.max(gap);
+                println!(
+                    "[{:8.3}s] failover: epoch {epoch} -> {}, gap {:.1} ms, timestamps still increasing: {}",
+                    started.elapsed().as_secs_f64(),
+                    batch.epoch,
+                    gap.as_secs_f64() * 1000.0,
+                    batch.first > previous
+                );
+            }
+        }
+        allocations += 1;
+        last = Some((batch_last, batch.epoch, now));
+    }
+    println!(
+        "tso: allocations={allocations} failovers={failovers} max_gap_ms={:.1} violations={violations}",
+        max_gap.as_secs_f64() * 1000.0
+    );
+    if violations > 0 {
+        return Err(anyhow::anyhow!("{violations} timestamps did not increase").into());
+    }
+    Ok(())
 }

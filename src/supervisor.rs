@@ -183,7 +183,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
 
 /// How long a graceful handover may take: the deactivation hook, then a
 /// few etcd round trips (publish, revoke).
-pub(crate) fn handover_bound(config: &Config) -> Duration {
+pub fn handover_bound(config: &Config) -> Duration {
     config.coordinator.deactivate_timeout + config.etcd.request_timeout * 3 + Duration::from_secs(1)
 }
 

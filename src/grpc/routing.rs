@@ -48,6 +48,12 @@ pub struct ActiveOnly<S> {
     status: watch::Receiver<RoleStatus>,
 }
 
+// Keeps the wrapped service's gRPC name, so a layered service is added to a
+// tonic server like the bare one.
+impl<S: tonic::server::NamedService> tonic::server::NamedService for ActiveOnly<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 /// Why a request must go elsewhere, if it must.
 pub fn refusal(status: &RoleStatus, headers: &HeaderMap) -> Option<Status> {
     let leader = status.leader.as_ref();

@@ -1,0 +1,253 @@
+//! A client that finds the active instance of a role by watching its election in etcd, and follows it across failovers.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::backoff::Backoff;
+use crate::campaign::{self, Leader};
+use crate::config::Config;
+use crate::etcd::EtcdError;
+use crate::grpc::EPOCH_HEADER;
+use crate::grpc::proto::tso_client::TsoClient as TsoStub;
+use crate::grpc::proto::{AllocateRequest, AllocateResponse};
+use crate::session::Layout;
+use crate::task::OwnedTask;
+
+/// Failures of calls through a [`RoleClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// etcd could not be reached to find the leader.
+    #[error(transparent)]
+    EtcdUnavailable(#[from] EtcdError),
+    /// The call kept failing with retryable errors until the caller's deadline.
+    #[error("{role}: no answer from an active instance within {deadline:?} (last: {last})")]
+    DeadlineExceeded {
+        /// The role called.
+        role: String,
+        /// The caller's deadline.
+        deadline: Duration,
+        /// The last error seen, or that no leader was known.
+        last: String,
+    },
+    /// The active instance refused the request for a reason retrying cannot fix.
+    #[error("{role}: {status}")]
+    Refused {
+        /// The role called.
+        role: String,
+        /// The refusal.
+        status: Status,
+    },
+}
+
+/// Follows a role's leader in etcd: a watch on the election, not polling.
+pub struct LeaderWatch {
+    leader: watch::Receiver<Option<Leader>>,
+    _observer: OwnedTask,
+}
+
+impl LeaderWatch {
+    /// Starts following the leader of `role` under the layout's election prefix.
+    pub fn start(
+        client: etcd_client::Client,
+        layout: &Layout,
+        role: &str,
+        retry: Duration,
+    ) -> Self {
+        let (sender, leader) = watch::channel(None);
+        let observer = OwnedTask::spawn(campaign::observe(
+            client,
+            layout.election(role),
+            retry,
+            move |observed| {
+                sender.send_replace(observed);
+                !sender.is_closed()
+            },
+        ));
+        Self {
+            leader,
+            _observer: observer,
+        }
+    }
+
+    /// The leader as last seen.
+    pub fn current(&self) -> Option<Leader> {
+        self.leader.borrow().clone()
+    }
+
+    /// A receiver that sees every leader change.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Leader>> {
+        self.leader.clone()
+    }
+}
+
+/// Calls the active instance of one role, following leader changes and
+/// retrying `UNAVAILABLE` with backoff within the caller's deadline.
+pub struct RoleClient {
+    role: String,
+    leader: LeaderWatch,
+    channels: Mutex<HashMap<String, Channel>>,
+    retry: crate::config::BackoffConfig,
+    connect_timeout: Duration,
+}
+
+impl RoleClient {
+    /// Connects to etcd as `config` says and starts following `role`.
+    pub async fn connect(config: &Config, role: &str) -> Result<Self, ClientError> {
+        let etcd = crate::etcd::connect(&config.etcd).await?;
+        let layout = Layout::new(&config.etcd.root_path);
+        Ok(Self {
+            role: role.to_owned(),
+            leader: LeaderWatch::start(etcd, &layout, role, config.etcd.retry.initial),
+            channels: Mutex::new(HashMap::new()),
+            retry: config.etcd.retry.clone(),
+            connect_timeout: config.etcd.connect_timeout,
+        })
+    }
+
+    /// The leader as last seen in etcd.
+    pub fn leader(&self) -> Option<Leader> {
+        self.leader.current()
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|error| {
+                Status::unavailable(format!("bad leader address {address:?}: {error}"))
+            })?
+            .connect_timeout(self.connect_timeout);
+        let channel = endpoint.connect_lazy();
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Runs `attempt` against the current leader until it succeeds, fails
+    /// with an error retrying cannot fix, or `deadline` passes. `attempt` gets
+    /// a channel to the leader and the leader's epoch, to send as
+    /// `standin-epoch` (see [`with_epoch`]).
+    pub async fn call<T, F, Fut>(
+        &self,
+        deadline: Duration,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel, i64) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(self.retry.clone());
+        let mut changes = self.leader.subscribe();
+        let mut last = "no leader known yet".to_owned();
+        loop {
+            let remaining = deadline.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                return Err(ClientError::DeadlineExceeded {
+                    role: self.role.clone(),
+                    deadline,
+                    last,
+                });
+            }
+            let leader = changes.borrow_and_update().clone();
+            if let Some(leader) = leader {
+                let outcome = match self.channel(&leader.session.address) {
+                    Ok(channel) => {
+                        tokio::time::timeout(remaining, attempt(channel, leader.revision)).await
+                    }
+                    Err(status) => Ok(Err(status)),
+                };
+                match outcome {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(status)) if retryable(&status) => {
+                        last = format!(
+                            "{} at {}: {}",
+                            status.code(),
+                            leader.session.address,
+                            status.message()
+                        );
+                    }
+                    Ok(Err(status)) => {
+                        return Err(ClientError::Refused {
+                            role: self.role.clone(),
+                            status,
+                        });
+                    }
+                    Err(_) => last = format!("{} did not answer in time", leader.session.address),
+                }
+            }
+            // Retry after the backoff, or as soon as etcd reports another leader.
+            let wait = backoff
+                .next_delay()
+                .min(deadline.saturating_sub(started.elapsed()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = changes.changed() => {}
+            }
+        }
+    }
+}
+
+/// Whether a call failed in a way another try (or another leader) can fix.
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
+        // Transport failures (a killed node, a reset connection) surface as Unknown.
+        Code::Unknown => {
+            status.message().contains("transport") || status.message().contains("connection")
+        }
+        _ => false,
+    }
+}
+
+/// A request carrying the epoch the client believes leads, so that a deposed
+/// node refuses it rather than answering.
+pub fn with_epoch<T>(message: T, epoch: i64) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(EPOCH_HEADER, tonic::metadata::MetadataValue::from(epoch));
+    request
+}
+
+/// A client of the built-in timestamp oracle (`tso` role).
+pub struct TsoClient {
+    role: RoleClient,
+}
+
+impl TsoClient {
+    /// Connects to etcd and follows the `tso` role.
+    pub async fn connect(config: &Config) -> Result<Self, ClientError> {
+        Ok(Self {
+            role: RoleClient::connect(config, "tso").await?,
+        })
+    }
+
+    /// Allocates `count` timestamps from the active oracle, riding through
+    /// failovers until `deadline`.
+    pub async fn allocate(
+        &self,
+        count: u32,
+        deadline: Duration,
+    ) -> Result<AllocateResponse, ClientError> {
+        self.role
+            .call(deadline, |channel, epoch| async move {
+                let response = TsoStub::new(channel)
+                    .allocate(with_epoch(AllocateRequest { count }, epoch))
+                    .await?;
+                Ok(response.into_inner())
+            })
+            .await
+    }
+
+    /// The leader as last seen in etcd.
+    pub fn leader(&self) -> Option<Leader> {
+        self.role.leader()
+    }
+}
