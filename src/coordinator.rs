@@ -223,7 +223,7 @@ impl<C: Coordinator> CoordinatorActor<C> {
                 role: self.role.clone(),
             }));
         }
-        metrics::gauge!("standin_buffered_messages", "role" => self.role.clone()).set(0.0);
+        metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone()).set(0.0);
     }
 
     /// Ends any term in progress: runs the deactivation hook of a serving
@@ -290,7 +290,7 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                         }));
                     } else {
                         waiting.push_back(Waiting { request, reply });
-                        metrics::gauge!("standin_buffered_messages", "role" => self.role.clone())
+                        metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone())
                             .set(waiting.len() as f64);
                     }
                 }
@@ -375,7 +375,8 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     let response = self.coordinator.handle(&mut serving, waiter.request).await;
                     let _ = waiter.reply.send(Ok(response));
                 }
-                metrics::gauge!("standin_buffered_messages", "role" => self.role.clone()).set(0.0);
+                metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone())
+                    .set(0.0);
                 state.phase = Phase::Serving {
                     epoch: running.epoch,
                     serving,

@@ -24,6 +24,7 @@ use crate::reload::{ReloadActor, ReloadJob};
 use crate::session::{RoleState, SessionInfo};
 use crate::supervisor::LeaseSlot;
 use crate::task::OwnedTask;
+use crate::telemetry;
 use machine::{Command, ElectionMachine, Event, Phase, StepDownReason, Timings};
 
 /// Failures of requests to an election actor.
@@ -314,13 +315,7 @@ impl<C: Coordinator> Election<C> {
             *status = next;
             changed
         });
-        let serving = if published == RoleState::Serving {
-            1.0
-        } else {
-            0.0
-        };
-        metrics::gauge!("standin_role_active", "role" => self.role.clone()).set(serving);
-        crate::telemetry::set_role_state(&self.role, published);
+        telemetry::set_role_state(&self.role, published);
     }
 
     async fn execute(
@@ -479,9 +474,9 @@ impl<C: Coordinator> Election<C> {
                         self.role,
                         took.as_millis()
                     );
-                    metrics::histogram!("standin_takeover_seconds", "role" => self.role.clone())
+                    metrics::histogram!(telemetry::TAKEOVER_SECONDS, "role" => self.role.clone())
                         .record(took.as_secs_f64());
-                    metrics::counter!("standin_takeovers_total", "role" => self.role.clone())
+                    metrics::counter!(telemetry::TAKEOVERS, "role" => self.role.clone())
                         .increment(1);
                 }
                 if let (Some(publisher), Some(lease)) = (&state.publisher, state.machine.lease()) {
@@ -561,7 +556,7 @@ impl<C: Coordinator> Election<C> {
                     switch.depose();
                 }
                 tracing::warn!(role = self.role, reason = reason.as_str(), "stepping down");
-                metrics::counter!("standin_step_downs_total", "role" => self.role.clone(), "reason" => reason.as_str())
+                metrics::counter!(telemetry::STEP_DOWNS, "role" => self.role.clone(), "reason" => reason.as_str())
                     .increment(1);
             }
             Command::Deactivate => {
@@ -676,7 +671,7 @@ async fn keep_alive<C: Coordinator>(
             }
             match tokio::time::timeout(request_timeout, responses.message()).await {
                 Ok(Ok(Some(response))) if response.ttl() > 0 => {
-                    metrics::histogram!("standin_keepalive_rtt_seconds", "role" => role.clone())
+                    metrics::histogram!(telemetry::KEEPALIVE_RTT_SECONDS, "role" => role.clone())
                         .record(sent_at.elapsed().as_secs_f64());
                     let _ = report_to.send_message(ElectionMsg::KeepaliveAcked { lease, sent_at });
                 }
@@ -704,7 +699,7 @@ async fn keep_alive<C: Coordinator>(
 
 fn keepalive_failed(role: &str, lease: i64, reason: &str) {
     tracing::warn!(role, lease, "keepalive failed: {reason}");
-    metrics::counter!("standin_keepalive_failures_total", "role" => role.to_owned()).increment(1);
+    metrics::counter!(telemetry::KEEPALIVE_FAILURES, "role" => role.to_owned()).increment(1);
 }
 
 impl<C: Coordinator> Actor for Election<C> {

@@ -235,7 +235,7 @@ impl FencedStore {
 
     /// Counts a refused write and names the epoch it was refused for.
     fn refused(&self) -> FenceError {
-        metrics::counter!("standin_fenced_writes_refused_total", "role" => self.inner.epoch.role.clone())
+        metrics::counter!(crate::telemetry::FENCED_WRITES_REFUSED, "role" => self.inner.epoch.role.clone())
             .increment(1);
         FenceError::Fenced {
             role: self.inner.epoch.role.clone(),

@@ -198,9 +198,9 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
             took_ms = took.as_millis() as u64,
             "metadata reloaded"
         );
-        metrics::histogram!("standin_reload_seconds", "role" => job.role.clone())
+        metrics::histogram!(crate::telemetry::RELOAD_SECONDS, "role" => job.role.clone())
             .record(took.as_secs_f64());
-        metrics::counter!("standin_reloaded_keys_total", "role" => job.role.clone())
+        metrics::counter!(crate::telemetry::RELOADED_KEYS, "role" => job.role.clone())
             .increment(keys as u64);
         job.report_to.send_message(ElectionMsg::Reloaded {
             revision: job.revision,

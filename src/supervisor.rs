@@ -164,6 +164,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             status.epoch = None;
             status.lease = None;
         });
+        crate::telemetry::set_role_state(&self.role, RoleState::Standby);
         revoke_abandoned_lease(&self.context, &state.lease).await;
         if state.started_at.elapsed() > self.context.config.coordinator.restart_backoff.max {
             state.backoff.reset();
@@ -174,7 +175,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             restart_in_ms = delay.as_millis() as u64,
             "election actor failed ({reason}); its lease is revoked and it restarts"
         );
-        metrics::counter!("standin_election_restarts_total", "role" => self.role.clone())
+        metrics::counter!(crate::telemetry::ELECTION_RESTARTS, "role" => self.role.clone())
             .increment(1);
         myself.send_after(delay, || SupervisorMsg::StartElection);
         Ok(())

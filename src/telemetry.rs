@@ -152,8 +152,15 @@ pub fn describe() {
     );
 }
 
-/// Sets [`ROLE_STATE`] for `role`: 1 for `current`, 0 for every other state.
+/// Sets [`ROLE_STATE`] for `role` (1 for `current`, 0 for every other
+/// state) and [`ROLE_ACTIVE`] (1 while serving).
 pub fn set_role_state(role: &str, current: RoleState) {
+    let active = if current == RoleState::Serving {
+        1.0
+    } else {
+        0.0
+    };
+    metrics::gauge!(ROLE_ACTIVE, "role" => role.to_owned()).set(active);
     for state in ROLE_STATES {
         let value = if state == current { 1.0 } else { 0.0 };
         metrics::gauge!(ROLE_STATE, "role" => role.to_owned(), "state" => state.as_str())

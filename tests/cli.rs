@@ -1,0 +1,363 @@
+//! The `standin` binary against a real etcd: run, status, resign, health, the routing layer, tso --loop across kill -9, SIGTERM.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use standin::grpc::proto::coordination_client::CoordinationClient;
+use standin::grpc::proto::tso_client::TsoClient;
+use standin::grpc::proto::{AllocateRequest, StatusRequest, WatchLeaderRequest};
+use standin::testing::{EtcdServer, free_loopback_port};
+use support::*;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tracing::info;
+
+const BIN: &str = env!("CARGO_BIN_EXE_standin");
+
+/// A config file for a node (or a client) of one test deployment.
+fn config_file(
+    etcd: &EtcdServer,
+    address: &str,
+    ttl_secs: u64,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    let mut file = tempfile::NamedTempFile::new()?;
+    writeln!(
+        file,
+        "etcd:\n  endpoints: [{}]\n  rootPath: standin-cli\n  requestTimeout: 1s\nnode:\n  address: {address}\nsession:\n  ttl: {ttl_secs}s",
+        etcd.endpoint()
+    )?;
+    Ok(file)
+}
+
+/// `standin run` in a child process; killed on drop.
+struct NodeProcess {
+    child: Child,
+    address: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl NodeProcess {
+    fn start(etcd: &EtcdServer, ttl_secs: u64) -> anyhow::Result<Self> {
+        let address = format!("127.0.0.1:{}", free_loopback_port()?);
+        let config = config_file(etcd, &address, ttl_secs)?;
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config.path())
+            .args(["run", "--role", "tso"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self {
+            child,
+            address,
+            _config: config,
+        })
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{signal} failed");
+        Ok(())
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// This node's tso state as its Coordination service reports it, if it answers.
+    async fn tso_state(&self) -> Option<(String, i64, i64)> {
+        let mut client = CoordinationClient::connect(self.url()).await.ok()?;
+        let status = client.status(StatusRequest {}).await.ok()?.into_inner();
+        let role = status.roles.into_iter().find(|r| r.role == "tso")?;
+        Some((role.state, role.epoch, status.server_id))
+    }
+
+    async fn health(&self) -> Option<ServingStatus> {
+        let channel = tonic::transport::Endpoint::from_shared(self.url())
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut client = HealthClient::new(channel);
+        let answer = client
+            .check(HealthCheckRequest {
+                service: "tso".into(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(answer.into_inner().status).ok()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI with `args` against `etcd` and returns its output.
+fn cli(etcd: &EtcdServer, args: &[&str]) -> anyhow::Result<Output> {
+    let config = config_file(etcd, "127.0.0.1:1", 10)?;
+    Ok(Command::new(BIN)
+        .arg("--config")
+        .arg(config.path())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()?)
+}
+
+/// Waits until exactly one of `nodes` serves tso (by its own gRPC status) and returns its index and epoch.
+async fn serving_node(nodes: &[NodeProcess], except: Option<usize>) -> (usize, i64) {
+    eventually("one node serving tso", Duration::from_secs(20), || async {
+        let mut serving = Vec::new();
+        for (index, node) in nodes.iter().enumerate() {
+            if let Some((state, epoch, _)) = node.tso_state().await
+                && state == "serving"
+                && Some(index) != except
+            {
+                serving.push((index, epoch));
+            }
+        }
+        (serving.len() == 1).then(|| serving[0])
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let nodes: Vec<_> = (0..3)
+        .map(|_| NodeProcess::start(&etcd, 10))
+        .collect::<Result<_, _>>()?;
+    let (leader, epoch) = serving_node(&nodes, None).await;
+
+    info!("--- standin status --json names the node that serves");
+    let output = cli(&etcd, &["status", "--json"])?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let roles: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let tso = roles
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["role"] == "tso"))
+        .expect("tso in status");
+    let (_, _, leader_id) = nodes[leader].tso_state().await.expect("the leader answers");
+    assert_eq!(tso["leader"]["server_id"], leader_id);
+    assert_eq!(tso["leader"]["address"], nodes[leader].address);
+    assert_eq!(tso["leader"]["epoch"], epoch);
+    assert_eq!(tso["leader"]["state"], "serving");
+    assert_eq!(tso["standbys"].as_array().map(Vec::len), Some(2));
+    let table = cli(&etcd, &["status"])?;
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&nodes[leader].address));
+
+    info!("--- health: SERVING only on the leader");
+    for (index, node) in nodes.iter().enumerate() {
+        let expected = if index == leader {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        assert_eq!(node.health().await, Some(expected), "node {index}");
+    }
+
+    info!("--- a standby refuses tso requests and names the leader");
+    let standby = (leader + 1) % 3;
+    let refused = TsoClient::connect(nodes[standby].url())
+        .await?
+        .allocate(AllocateRequest { count: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        refused
+            .metadata()
+            .get("standin-leader")
+            .and_then(|v| v.to_str().ok()),
+        Some(nodes[leader].address.as_str())
+    );
+    let bad = TsoClient::connect(nodes[leader].url())
+        .await?
+        .allocate(AllocateRequest { count: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    info!("--- standin resign tso: another node takes over, health flips");
+    let mut leaders = CoordinationClient::connect(nodes[standby].url())
+        .await?
+        .watch_leader(WatchLeaderRequest { role: "tso".into() })
+        .await?
+        .into_inner();
+    let output = cli(&etcd, &["resign", "tso"])?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (next, new_epoch) = serving_node(&nodes, Some(leader)).await;
+    assert!(new_epoch > epoch);
+    eventually("health to flip", Duration::from_secs(5), || async {
+        let old = nodes[leader].health().await;
+        let new = nodes[next].health().await;
+        (old == Some(ServingStatus::NotServing) && new == Some(ServingStatus::Serving))
+            .then_some(())
+    })
+    .await;
+    let streamed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(event) = leaders.message().await? {
+            if event
+                .leader
+                .is_some_and(|l| l.epoch == new_epoch && l.state == "serving")
+            {
+                return Ok(true);
+            }
+        }
+        Ok::<_, tonic::Status>(false)
+    })
+    .await;
+    assert!(
+        matches!(streamed, Ok(Ok(true))),
+        "the leader stream never reported the new leader serving"
+    );
+
+    info!("--- the layer refuses a request carrying the old epoch");
+    let mut stale = standin::client::with_epoch(AllocateRequest { count: 1 }, epoch);
+    stale.set_timeout(Duration::from_secs(2));
+    let refused = TsoClient::connect(nodes[next].url())
+        .await?
+        .allocate(stale)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let fresh = standin::client::with_epoch(AllocateRequest { count: 1 }, new_epoch);
+    let answer = TsoClient::connect(nodes[next].url())
+        .await?
+        .allocate(fresh)
+        .await?
+        .into_inner();
+    assert_eq!(answer.epoch, new_epoch);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes: Vec<_> = (0..3)
+        .map(|_| NodeProcess::start(&etcd, 2))
+        .collect::<Result<_, _>>()?;
+    let (leader, _) = serving_node(&nodes, None).await;
+
+    info!("--- a tso --loop client runs while the active is killed");
+    let config = config_file(&etcd, "127.0.0.1:1", 10)?;
+    let client = Command::new(BIN)
+        .arg("--config")
+        .arg(config.path())
+        .args(["tso", "--loop", "--count", "7", "--duration", "8s"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    nodes[leader].signal("KILL")?;
+    let (next, _) = serving_node(&nodes, Some(leader)).await;
+
+    info!("--- SIGTERM on the new active: it hands over and exits 0");
+    let handed_over_at = Instant::now();
+    nodes[next].signal("TERM")?;
+    let third = 3 - leader - next;
+    eventually(
+        "the third node to serve",
+        Duration::from_secs(5),
+        || async { (nodes[third].tso_state().await?.0 == "serving").then_some(()) },
+    )
+    .await;
+    let handover = handed_over_at.elapsed();
+    info!(?handover, "--- the last node serves");
+    assert!(
+        handover < Duration::from_secs(2),
+        "graceful handover took {handover:?}"
+    );
+    let exited = eventually(
+        "the terminated node to exit",
+        Duration::from_secs(10),
+        || std::future::ready(nodes[next].child.try_wait().ok().flatten()),
+    )
+    .await;
+    assert!(exited.success(), "SIGTERM exit status {exited}");
+
+    let output = tokio::task::spawn_blocking(move || client.wait_with_output()).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    info!("client said:\n{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(summary.contains("violations=0"), "{summary}");
+    assert!(
+        !summary.contains("failovers=0"),
+        "the client saw no failover: {summary}"
+    );
+    nodes.clear();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mistakes_get_messages_and_exit_codes_a_person_can_act_on() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let missing = Command::new(BIN)
+        .args(["--config", "/nonexistent/standin.yaml", "status"])
+        .output()?;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/standin.yaml"));
+
+    let unknown = cli(&etcd, &["run", "--role", "rootcoord"])?;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown role \"rootcoord\""));
+
+    let resign = cli(&etcd, &["resign", "nosuchrole"])?;
+    assert_eq!(resign.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&resign.stderr).contains("unknown role"));
+
+    let mut bad = tempfile::NamedTempFile::new()?;
+    writeln!(bad, "session:\n  ttl: 1s")?;
+    let invalid = Command::new(BIN)
+        .arg("--config")
+        .arg(bad.path())
+        .arg("check-config")
+        .output()?;
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("session.ttl"));
+
+    let port = free_loopback_port()?;
+    let mut unreachable = tempfile::NamedTempFile::new()?;
+    writeln!(
+        unreachable,
+        "etcd:\n  endpoints: [127.0.0.1:{port}]\n  requestTimeout: 500ms\n  connectTimeout: 500ms"
+    )?;
+    let down = Command::new(BIN)
+        .arg("--config")
+        .arg(unreachable.path())
+        .arg("status")
+        .output()?;
+    assert_eq!(down.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("etcd"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    Ok(())
+}
