@@ -42,12 +42,17 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(etcd: &EtcdServer, ttl_secs: u64) -> anyhow::Result<Self> {
+        Self::start_with(etcd, ttl_secs, &[])
+    }
+
+    fn start_with(etcd: &EtcdServer, ttl_secs: u64, extra: &[&str]) -> anyhow::Result<Self> {
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
         let config = config_file(etcd, &address, ttl_secs)?;
         let child = Command::new(BIN)
             .arg("--config")
             .arg(config.path())
             .args(["run", "--role", "tso"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,10 +141,50 @@ async fn serving_node(nodes: &[NodeProcess], except: Option<usize>) -> (usize, i
 async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    let nodes: Vec<_> = (0..3)
-        .map(|_| NodeProcess::start(&etcd, 10))
-        .collect::<Result<_, _>>()?;
+    let metrics_port = free_loopback_port()?;
+    let metrics_flag = format!("127.0.0.1:{metrics_port}");
+    let mut nodes = vec![NodeProcess::start_with(
+        &etcd,
+        10,
+        &["--metrics", &metrics_flag],
+    )?];
+    for _ in 1..3 {
+        nodes.push(NodeProcess::start(&etcd, 10)?);
+    }
     let (leader, epoch) = serving_node(&nodes, None).await;
+
+    info!("--- standin run --metrics exports the role's state for Prometheus");
+    let scraped = eventually("a /metrics scrape", Duration::from_secs(5), || async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+            .await
+            .ok()?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        body.contains("standin_role_state").then_some(body)
+    })
+    .await;
+    let expected_state = if leader == 0 { "serving" } else { "standby" };
+    assert!(
+        scraped.contains(&format!(
+            "standin_role_state{{role=\"tso\",state=\"{expected_state}\"}} 1"
+        )),
+        "{scraped}"
+    );
+
+    info!("--- standin tso allocates once and prints the batch");
+    let once = cli(&etcd, &["tso", "--count", "5"])?;
+    let printed = String::from_utf8_lossy(&once.stdout);
+    assert!(
+        once.status.success()
+            && printed.contains("count=5")
+            && printed.contains(&format!("epoch={epoch}")),
+        "{printed}"
+    );
 
     info!("--- standin status --json names the node that serves");
     let output = cli(&etcd, &["status", "--json"])?;
@@ -200,6 +245,27 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         .watch_leader(WatchLeaderRequest { role: "tso".into() })
         .await?
         .into_inner();
+    let watcher_config = config_file(&etcd, "127.0.0.1:1", 10)?;
+    let mut watcher = Command::new(BIN)
+        .arg("--config")
+        .arg(watcher_config.path())
+        .args(["watch", "tso"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (lines, watched) = std::sync::mpsc::channel();
+    let watcher_stdout = watcher.stdout.take().expect("piped");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(watcher_stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let output = cli(&etcd, &["resign", "tso"])?;
     assert!(
         output.status.success(),
@@ -231,6 +297,18 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         matches!(streamed, Ok(Ok(true))),
         "the leader stream never reported the new leader serving"
     );
+    wait_for(
+        "standin watch to print the new leader",
+        Duration::from_secs(5),
+        || {
+            watched
+                .try_iter()
+                .find(|line| line.contains(&format!("epoch {new_epoch}, serving")))
+        },
+    )
+    .await;
+    let _ = watcher.kill();
+    let _ = watcher.wait();
 
     info!("--- the layer refuses a request carrying the old epoch");
     let mut stale = standin::client::with_epoch(AllocateRequest { count: 1 }, epoch);
