@@ -10,14 +10,14 @@ use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
-use crate::campaign::Leader;
+use crate::campaign::{self, CampaignError, Leader};
 use crate::config::{Config, ConfigError};
 use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
 use crate::election::machine::StepDownReason;
 use crate::election::{ElectionError, ElectionMsg};
-use crate::etcd::EtcdError;
+use crate::etcd::{EtcdError, GaveUp};
 use crate::fence::Epoch;
-use crate::session::{Layout, RoleState, SessionInfo, allocate_server_id};
+use crate::session::{Layout, RoleState, SessionError, SessionInfo, allocate_server_id};
 use crate::slot::Slot;
 use crate::supervisor::{RoleSupervisor, SupervisorMsg, handover_bound};
 
@@ -30,9 +30,60 @@ pub enum NodeError {
     /// The configuration is impossible.
     #[error(transparent)]
     InvalidConfig(#[from] ConfigError),
-    /// The etcd client could not be built.
+    /// etcd could not be reached, or refused the credentials.
     #[error(transparent)]
     EtcdUnavailable(#[from] EtcdError),
+    /// The server ID could not be allocated within `etcd.connectAttempts` tries.
+    #[error("allocating this node's server ID failed after {attempts} attempt(s): {source}")]
+    ServerIdFailed {
+        /// How many tries were made.
+        attempts: u32,
+        /// Why the last one failed.
+        #[source]
+        source: SessionError,
+    },
+    /// The leader of an exclusive role could not be read within `etcd.connectAttempts` tries.
+    #[error(
+        "reading the leader of exclusive role {role:?} failed after {attempts} attempt(s): {source}"
+    )]
+    LeaderCheckFailed {
+        /// The role.
+        role: String,
+        /// How many tries were made.
+        attempts: u32,
+        /// Why the last one failed.
+        #[source]
+        source: CampaignError,
+    },
+    /// The role is exclusive here (`activeStandby.enabled: false`), and
+    /// another instance already leads it.
+    #[error(
+        "role {role:?} is exclusive ({role}.activeStandby.enabled is false) and is already held \
+         by server {} at {}: stop that instance first, or enable active-standby",
+        .holder.server_id,
+        .holder.address
+    )]
+    RoleHeldExclusively {
+        /// The role.
+        role: String,
+        /// The session of the instance that leads it.
+        holder: Box<SessionInfo>,
+    },
+    /// The role is exclusive here, and its election is led by something
+    /// that is not a standin node (etcd's own tools can campaign too).
+    #[error(
+        "role {role:?} is exclusive ({role}.activeStandby.enabled is false) and its election \
+         is already led by {key}, whose value is not a standin session: {source}"
+    )]
+    RoleHeldByForeignLeader {
+        /// The role.
+        role: String,
+        /// The leader key.
+        key: String,
+        /// Why its value is not a session.
+        #[source]
+        source: SessionError,
+    },
     /// Two roles with the same name.
     #[error("role {0:?} is added twice")]
     DuplicateRole(String),
@@ -281,6 +332,53 @@ impl<C: Coordinator> PendingRole for TypedRole<C> {
     }
 }
 
+/// Refuses to start when a role configured exclusive (as Milvus does for a
+/// coordinator without active-standby) is led by another instance; a free
+/// exclusive role starts as any other. A check, not a lock: two exclusive
+/// nodes starting at the same instant can both pass, and one then stands by.
+async fn check_exclusive_roles(
+    config: &Config,
+    client: &Client,
+    layout: &Layout,
+    roles: &[String],
+) -> Result<(), NodeError> {
+    for role in roles
+        .iter()
+        .filter(|role| !config.role(role).active_standby.enabled)
+    {
+        let election = layout.election(role);
+        let leader = crate::etcd::retry_bounded(
+            &format!("reading the leader of exclusive role {role}"),
+            Backoff::new(config.etcd.retry.clone()),
+            config.etcd.connect_attempts,
+            |_| false,
+            || campaign::leader(client, &election),
+        )
+        .await
+        .map_err(|GaveUp { attempts, last }| NodeError::LeaderCheckFailed {
+            role: role.to_owned(),
+            attempts,
+            source: last,
+        })?;
+        let Some(leader) = leader else {
+            tracing::info!(role, "role is exclusive and nobody leads it: starting it");
+            continue;
+        };
+        return Err(match Leader::decode(&leader) {
+            Ok(leader) => NodeError::RoleHeldExclusively {
+                role: role.to_owned(),
+                holder: Box::new(leader.session),
+            },
+            Err(source) => NodeError::RoleHeldByForeignLeader {
+                role: role.to_owned(),
+                key: String::from_utf8_lossy(leader.key()).into_owned(),
+                source,
+            },
+        });
+    }
+    Ok(())
+}
+
 /// One process's standin runtime: the roles it runs, each kept highly available.
 pub struct Node {
     config: Config,
@@ -347,9 +445,11 @@ impl Node {
         Ok(handle)
     }
 
-    /// Validates the config, connects to etcd, allocates this node's server
-    /// ID (retrying with backoff while etcd is unreachable) and starts one
-    /// election per role.
+    /// Validates the config, connects to etcd and checks that it answers,
+    /// refuses an exclusive role (`activeStandby.enabled: false`) that
+    /// another instance leads, allocates this node's server ID, and starts
+    /// one election per role. Each etcd step is retried with backoff up to
+    /// `etcd.connectAttempts` tries (0: forever).
     pub async fn start(&mut self) -> Result<(), NodeError> {
         if self.context.is_some() {
             return Err(NodeError::BadLifecycle("the node is already started"));
@@ -358,13 +458,26 @@ impl Node {
             return Err(NodeError::BadLifecycle("a node needs at least one role"));
         }
         self.config.validate()?;
-        let client = crate::etcd::connect(&self.config.etcd).await?;
+        let client = crate::etcd::connect_checked(&self.config.etcd).await?;
         let layout = Layout::new(&self.config.etcd.root_path);
+        // Names copied out: the pending roles are not Sync, and a borrow of
+        // them held across the await would make this future not Send.
+        let roles: Vec<String> = self.pending.iter().map(|(role, _)| role.clone()).collect();
+        check_exclusive_roles(&self.config, &client, &layout, &roles).await?;
         let retry = Backoff::new(self.config.etcd.retry.clone());
-        let server_id = crate::etcd::retry("allocating a server ID", retry, || {
-            allocate_server_id(&client, &layout)
-        })
-        .await;
+        let server_id = crate::etcd::retry_bounded(
+            "allocating a server ID",
+            retry,
+            self.config.etcd.connect_attempts,
+            // A corrupt counter stays corrupt until someone fixes it.
+            |error| matches!(error, SessionError::CorruptServerId { .. }),
+            || allocate_server_id(&client, &layout),
+        )
+        .await
+        .map_err(|GaveUp { attempts, last }| NodeError::ServerIdFailed {
+            attempts,
+            source: last,
+        })?;
         tracing::info!(
             server_id,
             address = self.config.node.address,

@@ -1,10 +1,18 @@
-//! Real-etcd test kit: start a throwaway etcd server on free loopback ports (cargo feature `testing`).
+//! Real-etcd test kit: start a throwaway etcd server on free loopback ports, optionally with TLS and auth (cargo feature `testing`).
 
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::config::{AuthConfig, EtcdConfig, TlsConfig};
+use crate::etcd::EtcdError;
 
 /// Failures of the test kit.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +57,10 @@ pub enum TestingError {
     },
     /// A client could not connect to the test server.
     #[error("connecting to the test etcd failed: {0}")]
-    ConnectFailed(#[from] etcd_client::Error),
+    ConnectFailed(#[from] EtcdError),
+    /// The test certificates could not be generated.
+    #[error("generating the test TLS certificates failed: {0}")]
+    CertificatesFailed(#[from] rcgen::Error),
     /// A local process or file operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -95,6 +106,10 @@ pub struct EtcdServer {
     child: Child,
     client_port: u16,
     peer_port: u16,
+    /// The certificates, when clients are served over TLS.
+    tls: Option<TlsFiles>,
+    /// The root user's credentials, once auth is enabled.
+    auth: Option<AuthConfig>,
     /// Holds etcd's data and log; declared last so it is removed only after
     /// the process is gone.
     dir: tempfile::TempDir,
@@ -127,19 +142,33 @@ impl EtcdServer {
     /// directory and waits until it serves requests. A start that loses its
     /// ports to another process is retried on new ones.
     pub async fn start() -> Result<Self, TestingError> {
-        Self::start_with(None).await
+        Self::options().start().await
     }
 
     /// Like [`start`](Self::start), but serves clients on `client_port` (for a
     /// test that points a node at a port before etcd listens there).
     pub async fn start_on(client_port: u16) -> Result<Self, TestingError> {
-        Self::start_with(Some(client_port)).await
+        Self::options().client_port(client_port).start().await
     }
 
-    async fn start_with(client_port: Option<u16>) -> Result<Self, TestingError> {
+    /// Options for a server with TLS, auth or a short auth-token TTL;
+    /// [`EtcdOptions::start`] starts it.
+    pub fn options() -> EtcdOptions {
+        EtcdOptions::default()
+    }
+
+    async fn start_with(options: &EtcdOptions) -> Result<Self, TestingError> {
+        let mut server = Self::start_listening(options).await?;
+        if let Some(password) = &options.root_password {
+            server.enable_auth(password)?;
+        }
+        Ok(server)
+    }
+
+    async fn start_listening(options: &EtcdOptions) -> Result<Self, TestingError> {
         let mut attempt = 1;
         loop {
-            let (client, peer) = match client_port {
+            let (client, peer) = match options.client_port {
                 None => {
                     let [client, peer] = free_loopback_ports()?;
                     (client, peer)
@@ -151,7 +180,7 @@ impl EtcdServer {
                     (client, peer.expect("two distinct ports"))
                 }
             };
-            match Self::attempt(client, peer).await? {
+            match Self::attempt(client, peer, options).await? {
                 Attempt::Ready(server) => return Ok(server),
                 Attempt::PortTaken { .. } if attempt < Self::START_ATTEMPTS => attempt += 1,
                 Attempt::PortTaken { log } => {
@@ -167,14 +196,22 @@ impl EtcdServer {
         }
     }
 
-    async fn attempt(client_port: u16, peer_port: u16) -> Result<Attempt, TestingError> {
+    async fn attempt(
+        client_port: u16,
+        peer_port: u16,
+        options: &EtcdOptions,
+    ) -> Result<Attempt, TestingError> {
         let dir = tempfile::Builder::new()
             .prefix("standin-etcd-")
             .tempdir()
             .map_err(io("creating etcd's temporary directory"))?;
         let log = File::create(dir.path().join(Self::LOG_FILE))
             .map_err(io("creating etcd's log file"))?;
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let tls = match options.tls {
+            true => Some(TlsFiles::generate(dir.path())?),
+            false => None,
+        };
+        let client_url = format!("{}://127.0.0.1:{client_port}", scheme(&tls));
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut command = Command::new("etcd");
         // ETCD_* variables configure etcd too; the caller's must not move this
@@ -187,6 +224,16 @@ impl EtcdServer {
             {
                 command.env_remove(name);
             }
+        }
+        if let Some(tls) = &tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert_file.display()))
+                .arg(format!("--key-file={}", tls.server_key_file.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth");
+        }
+        if let Some(seconds) = options.auth_token_ttl {
+            command.arg(format!("--auth-token-ttl={seconds}"));
         }
         let child = command
             .arg("--name=standin-test")
@@ -211,6 +258,8 @@ impl EtcdServer {
             child,
             client_port,
             peer_port,
+            tls,
+            auth: None,
             dir,
         }
         .wait_until_ready()
@@ -279,18 +328,54 @@ impl EtcdServer {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `http://127.0.0.1:PORT`, the form etcdctl takes.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), the form etcdctl takes.
     pub fn url(&self) -> String {
-        format!("http://{}", self.endpoint())
+        format!("{}://{}", scheme(&self.tls), self.endpoint())
     }
 
-    /// A client connected to this server, with timeouts short enough that a
-    /// test against a dead server fails instead of hanging.
+    /// The certificates when this server serves TLS.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The `etcd.tls` config of a client with the test client certificate,
+    /// when this server serves TLS.
+    pub fn tls_config(&self) -> Option<TlsConfig> {
+        self.tls.as_ref().map(TlsFiles::client_config)
+    }
+
+    /// The `etcd.auth` config of the root user, when auth is enabled.
+    pub fn auth_config(&self) -> Option<AuthConfig> {
+        self.auth.clone()
+    }
+
+    /// A client connected to this server (with the test client certificate
+    /// and the root user when they apply), built as a node builds its own,
+    /// with timeouts short enough that a test against a dead server fails
+    /// instead of hanging.
     pub async fn client(&self) -> Result<etcd_client::Client, TestingError> {
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5));
-        Ok(etcd_client::Client::connect([self.endpoint()], Some(options)).await?)
+        let config = EtcdConfig {
+            endpoints: vec![self.endpoint()],
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            tls: self.tls_config(),
+            auth: self.auth_config(),
+            ..EtcdConfig::default()
+        };
+        Ok(crate::etcd::connect(&config).await?)
+    }
+
+    /// Adds user `root` with `password` and turns etcd's auth on; from then
+    /// on the kit's own clients and etcdctl calls log in as root.
+    fn enable_auth(&mut self, password: &str) -> Result<(), TestingError> {
+        self.etcdctl(&["user", "add", "root", "--new-user-password", password])?;
+        self.etcdctl(&["user", "grant-role", "root", "root"])?;
+        self.etcdctl(&["auth", "enable"])?;
+        self.auth = Some(AuthConfig {
+            user: "root".to_owned(),
+            password: password.to_owned(),
+        });
+        Ok(())
     }
 
     fn etcdctl_command(&self, args: &[&str]) -> Command {
@@ -307,9 +392,20 @@ impl EtcdServer {
         }
         command
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.url()))
-            .args(args)
-            .stdin(Stdio::null());
+            .arg(format!("--endpoints={}", self.url()));
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cacert={}", tls.ca_file.display()))
+                .arg(format!("--cert={}", tls.client_cert_file.display()))
+                .arg(format!("--key={}", tls.client_key_file.display()));
+        }
+        if let Some(auth) = &self.auth {
+            // The password apart, so one with a ':' is not cut.
+            command
+                .arg(format!("--user={}", auth.user))
+                .arg(format!("--password={}", auth.password));
+        }
+        command.args(args).stdin(Stdio::null());
         command
     }
 
@@ -389,6 +485,138 @@ impl EtcdServer {
         let lines: Vec<_> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// How to start a test etcd: [`EtcdServer::options`], then the builder
+/// methods, then [`start`](Self::start). Plain by default.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdOptions {
+    client_port: Option<u16>,
+    tls: bool,
+    root_password: Option<String>,
+    auth_token_ttl: Option<u64>,
+}
+
+impl EtcdOptions {
+    /// Serves clients over TLS only (`https://`), with a CA, a server
+    /// certificate for 127.0.0.1 and localhost, and a client certificate
+    /// generated into the temporary directory, and requires a client
+    /// certificate signed by that CA (`--client-cert-auth`). See
+    /// [`EtcdServer::tls_files`] and [`EtcdServer::tls_config`].
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Turns etcd's auth on once it serves, with user `root` and `password`.
+    /// See [`EtcdServer::auth_config`].
+    pub fn auth(mut self, password: &str) -> Self {
+        self.root_password = Some(password.to_owned());
+        self
+    }
+
+    /// etcd's `--auth-token-ttl`: how long, in seconds, a client's auth token
+    /// lives without being used (etcd's default is 300).
+    pub fn auth_token_ttl(mut self, seconds: u64) -> Self {
+        self.auth_token_ttl = Some(seconds);
+        self
+    }
+
+    /// Serves clients on `port` (see [`EtcdServer::start_on`]).
+    pub fn client_port(mut self, port: u16) -> Self {
+        self.client_port = Some(port);
+        self
+    }
+
+    /// Starts the server and waits until it serves requests (and, with
+    /// [`auth`](Self::auth), until auth is on).
+    pub async fn start(self) -> Result<EtcdServer, TestingError> {
+        EtcdServer::start_with(&self).await
+    }
+}
+
+/// The PEM files of a TLS test server, in its temporary directory.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed both certificates.
+    pub ca_file: PathBuf,
+    /// etcd's certificate, for 127.0.0.1 and localhost.
+    pub server_cert_file: PathBuf,
+    /// Its key.
+    pub server_key_file: PathBuf,
+    /// A client certificate etcd accepts.
+    pub client_cert_file: PathBuf,
+    /// Its key.
+    pub client_key_file: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates a CA and the certificates it signs into `dir`.
+    fn generate(dir: &Path) -> Result<Self, TestingError> {
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "standin test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate()?;
+        let ca_pem = ca.self_signed(&ca_key)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |names: &[&str], name: &str, usages: Vec<ExtendedKeyUsagePurpose>| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names)?;
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = usages;
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &issuer)?;
+            Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+        };
+        // Client auth too: etcd's gRPC gateway dials etcd itself with the
+        // server certificate, and --client-cert-auth checks it.
+        let (server_pem, server_key) = leaf(
+            &["127.0.0.1", "localhost"],
+            "standin test etcd",
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )?;
+        let (client_pem, client_key) = leaf(
+            &[],
+            "standin test client",
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).map_err(io(format!("writing {}", path.display())))?;
+            Ok::<_, TestingError>(path)
+        };
+        Ok(Self {
+            ca_file: write("ca.pem", &ca_pem)?,
+            server_cert_file: write("server.pem", &server_pem)?,
+            server_key_file: write("server-key.pem", &server_key)?,
+            client_cert_file: write("client.pem", &client_pem)?,
+            client_key_file: write("client-key.pem", &client_key)?,
+        })
+    }
+
+    /// The `etcd.tls` config of a client with the test client certificate.
+    pub fn client_config(&self) -> TlsConfig {
+        TlsConfig {
+            ca_file: self.ca_file.clone(),
+            cert_file: Some(self.client_cert_file.clone()),
+            key_file: Some(self.client_key_file.clone()),
+            domain: None,
+        }
+    }
+}
+
+/// The scheme of the client URLs: `https` when etcd serves TLS.
+fn scheme(tls: &Option<TlsFiles>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
 }
 
 fn etcdctl_spawn_error(error: std::io::Error) -> TestingError {

@@ -214,6 +214,8 @@ async fn a_node_started_before_etcd_is_reachable_retries_and_comes_up() -> anyho
     config.etcd.retry.initial = Duration::from_millis(50);
     config.etcd.retry.max = Duration::from_millis(200);
     config.etcd.connect_timeout = Duration::from_millis(200);
+    // Wait for etcd however long it takes to come up.
+    config.etcd.connect_attempts = 0;
 
     info!("--- start a node while nothing listens on its etcd port");
     let mut node = Node::new(config);
