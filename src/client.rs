@@ -98,7 +98,7 @@ pub struct RoleClient {
 impl RoleClient {
     /// Connects to etcd as `config` says and starts following `role`.
     pub async fn connect(config: &Config, role: &str) -> Result<Self, ClientError> {
-        let etcd = crate::etcd::connect(&config.etcd).await?;
+        let etcd = crate::etcd::connect_checked(&config.etcd).await?;
         let layout = Layout::new(&config.etcd.root_path);
         Ok(Self {
             role: role.to_owned(),

@@ -17,7 +17,7 @@ use standin::grpc::routing::ActiveOnlyLayer;
 use standin::grpc::tso::TsoService;
 use standin::inspect::{self, RoleSummary};
 use standin::session::Layout;
-use standin::tso::{Tso, TsoConfig};
+use standin::tso::Tso;
 use standin::{Config, Node};
 
 /// The roles `standin run` can serve.
@@ -117,10 +117,26 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("standin: {:#}", failure.error);
+            eprintln!("standin: {}", describe(&failure.error));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: many library
+/// errors already include their cause's text.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -161,7 +177,7 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
             path.display()
         )));
     }
-    Config::load(path).map_err(|error| usage(error.into()))
+    Config::load_with_env(path, std::env::vars()).map_err(|error| usage(error.into()))
 }
 
 async fn run(
@@ -190,7 +206,7 @@ async fn run(
     if let Some(metrics) = metrics {
         standin::telemetry::install_prometheus(metrics)?;
     }
-    let tso_config = TsoConfig::default();
+    let tso_config = config.tso.clone();
     let call_timeout = config.etcd.request_timeout;
     let resign_timeout = standin::supervisor::handover_bound(&config);
     let mut node = Node::new(config);
@@ -239,7 +255,7 @@ async fn stop_signal() {
 }
 
 async fn etcd_client(config: &Config) -> Result<etcd_client::Client, Failure> {
-    Ok(standin::etcd::connect(&config.etcd).await?)
+    Ok(standin::etcd::connect_checked(&config.etcd).await?)
 }
 
 async fn role_summaries(config: &Config) -> Result<Vec<RoleSummary>, Failure> {

@@ -46,6 +46,15 @@ impl NodeProcess {
     }
 
     fn start_with(etcd: &EtcdServer, ttl_secs: u64, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(etcd, ttl_secs, extra, &[])
+    }
+
+    fn start_with_env(
+        etcd: &EtcdServer,
+        ttl_secs: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
         let config = config_file(etcd, &address, ttl_secs)?;
         let child = Command::new(BIN)
@@ -53,6 +62,7 @@ impl NodeProcess {
             .arg(config.path())
             .args(["run", "--role", "tso"])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -424,7 +434,7 @@ async fn mistakes_get_messages_and_exit_codes_a_person_can_act_on() -> anyhow::R
     let mut unreachable = tempfile::NamedTempFile::new()?;
     writeln!(
         unreachable,
-        "etcd:\n  endpoints: [127.0.0.1:{port}]\n  requestTimeout: 500ms\n  connectTimeout: 500ms"
+        "etcd:\n  endpoints: [127.0.0.1:{port}]\n  requestTimeout: 500ms\n  connectTimeout: 500ms\n  connectAttempts: 2"
     )?;
     let down = Command::new(BIN)
         .arg("--config")
@@ -433,9 +443,36 @@ async fn mistakes_get_messages_and_exit_codes_a_person_can_act_on() -> anyhow::R
         .output()?;
     assert_eq!(down.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&down.stderr).contains("etcd"),
+        String::from_utf8_lossy(&down.stderr).contains("did not answer after 2 attempt(s)"),
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_role_refuses_a_second_instance() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let exclusive = [("TSO_ENABLE_ACTIVE_STANDBY", "false")];
+    let first = NodeProcess::start_with_env(&etcd, 10, &[], &exclusive)?;
+    serving_node(std::slice::from_ref(&first), None).await;
+
+    info!("--- a second exclusive instance fails at start, naming the holder");
+    let config = config_file(&etcd, &format!("127.0.0.1:{}", free_loopback_port()?), 10)?;
+    let mut second = Command::new(BIN);
+    second
+        .arg("--config")
+        .arg(config.path())
+        .args(["run", "--role", "tso"])
+        .envs(exclusive);
+    let output = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || second.output()),
+    )
+    .await???;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&first.address), "{stderr}");
     Ok(())
 }
