@@ -248,6 +248,38 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let too_many = TsoClient::connect(nodes[leader].url())
+        .await?
+        .allocate(AllocateRequest { count: 1 << 18 })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    let mut coordination = CoordinationClient::connect(nodes[leader].url()).await?;
+    let unknown = coordination
+        .watch_leader(WatchLeaderRequest {
+            role: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(
+        unknown.message().contains("unknown role"),
+        "{}",
+        unknown.message()
+    );
+    let unknown = coordination
+        .resign(standin::grpc::proto::ResignRequest {
+            role: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    let not_leader = CoordinationClient::connect(nodes[standby].url())
+        .await?
+        .resign(standin::grpc::proto::ResignRequest { role: "tso".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(not_leader.code(), tonic::Code::FailedPrecondition);
 
     info!("--- standin resign tso: another node takes over, health flips");
     let mut leaders = CoordinationClient::connect(nodes[standby].url())
