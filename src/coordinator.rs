@@ -156,8 +156,7 @@ pub enum CoordinatorMsg<C: Coordinator> {
     },
     /// The leader this node sees changed; standby answers carry its address.
     LeaderChanged(Option<String>),
-    /// Panic in the actor, as a bug would (the `testing` feature's fault injection).
-    #[cfg(feature = "testing")]
+    /// Panic in the actor, as a bug would (fault injection for tests: `RoleHandle::crash_*`, `standin run --fault-injection`).
     InjectPanic,
 }
 
@@ -388,8 +387,7 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                 let _ = reply.send(());
             }
             CoordinatorMsg::LeaderChanged(leader) => state.leader = leader,
-            #[cfg(feature = "testing")]
-            CoordinatorMsg::InjectPanic => {
+                    CoordinatorMsg::InjectPanic => {
                 panic!("fault injected into the {} coordinator", self.role)
             }
         }

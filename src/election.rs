@@ -151,8 +151,7 @@ pub enum ElectionMsg<C: Coordinator> {
     RestartCoordinator,
     /// The leader seen in etcd changed.
     LeaderObserved(Option<Leader>),
-    /// Panic in the actor, as a bug would (the `testing` feature's fault injection).
-    #[cfg(feature = "testing")]
+    /// Panic in the actor, as a bug would (fault injection for tests: `RoleHandle::crash_*`, `standin run --fault-injection`).
     InjectPanic,
 }
 
@@ -500,6 +499,7 @@ impl<C: Coordinator> Election<C> {
                     page_size: self.context.config.reload.page_size,
                     timeout: self.context.config.reload.timeout,
                     report_to: myself.clone(),
+                    faults: self.shared.faults.clone(),
                 };
                 // From the win on, requests wait for the activation instead
                 // of being sent away to this very node.
@@ -874,8 +874,7 @@ impl<C: Coordinator> Actor for Election<C> {
                 tracing::info!(role = self.role, "coordinator restarted in standby");
                 Event::CoordinatorStarted
             }
-            #[cfg(feature = "testing")]
-            ElectionMsg::InjectPanic => {
+                    ElectionMsg::InjectPanic => {
                 panic!("fault injected into the {} election actor", self.role)
             }
             ElectionMsg::LeaderObserved(leader) => {

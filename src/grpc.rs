@@ -1,6 +1,7 @@
 //! standin's gRPC API: the generated code, and the conversions between it and the runtime's types.
 
 pub mod coordination;
+pub mod faults;
 pub mod routing;
 pub mod tso;
 

@@ -16,6 +16,7 @@ pub mod config;
 pub mod coordinator;
 pub mod election;
 pub mod etcd;
+pub mod faults;
 pub mod fence;
 pub mod grpc;
 pub mod inspect;

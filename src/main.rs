@@ -9,9 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use standin::client::{LeaderWatch, TsoClient};
 use standin::grpc::coordination::CoordinationService;
+use standin::grpc::faults::FaultService;
 use standin::grpc::proto::ResignRequest;
 use standin::grpc::proto::coordination_client::CoordinationClient;
 use standin::grpc::proto::coordination_server::CoordinationServer;
+use standin::grpc::proto::faults_server::FaultsServer;
 use standin::grpc::proto::tso_server::TsoServer;
 use standin::grpc::routing::ActiveOnlyLayer;
 use standin::grpc::tso::TsoService;
@@ -49,6 +51,9 @@ enum Command {
         /// Where Prometheus scrapes /metrics; no exporter when absent.
         #[arg(long)]
         metrics: Option<SocketAddr>,
+        /// Serve the Faults gRPC service, which makes actors crash on request (tests only).
+        #[arg(long)]
+        fault_injection: bool,
     },
     /// Every role's leader and standbys, from etcd.
     Status {
@@ -146,7 +151,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             roles,
             listen,
             metrics,
-        } => run(config, roles, listen, metrics).await,
+            fault_injection,
+        } => run(config, roles, listen, metrics, fault_injection).await,
         Command::Status { json } => status(&config, json).await,
         Command::Resign { role } => resign(&config, &role).await,
         Command::Watch { role } => watch(&config, role).await,
@@ -185,6 +191,7 @@ async fn run(
     roles: Vec<String>,
     listen: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    fault_injection: bool,
 ) -> Result<(), Failure> {
     for role in &roles {
         if !BUILT_IN_ROLES.contains(&role.as_str()) {
@@ -232,10 +239,15 @@ async fn run(
             tso_config.max_count,
             call_timeout,
         )));
+    let faults = fault_injection.then(|| {
+        tracing::warn!("fault injection is on: any client can crash this node's actors");
+        FaultsServer::new(FaultService::new(node.roles()))
+    });
     let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(CoordinationServer::new(coordination))
         .add_service(oracle)
+        .add_optional_service(faults)
         .serve_with_shutdown(listen, stop_signal())
         .await;
     tracing::info!("handing the roles over");

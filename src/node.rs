@@ -16,6 +16,7 @@ use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
 use crate::election::machine::StepDownReason;
 use crate::election::{ElectionError, ElectionMsg};
 use crate::etcd::{EtcdError, GaveUp};
+use crate::faults::{Fault, Faults};
 use crate::fence::Epoch;
 use crate::session::{Layout, RoleState, SessionError, SessionInfo, allocate_server_id};
 use crate::slot::Slot;
@@ -157,6 +158,8 @@ pub struct RoleShared<C: Coordinator> {
     pub coordinator: Slot<ActorRef<CoordinatorMsg<C>>>,
     /// The running election actor, if any.
     pub election: Slot<ActorRef<ElectionMsg<C>>>,
+    /// Fault switches for tests (off otherwise).
+    pub faults: Arc<Faults>,
 }
 
 /// A typed handle to one role on a node: its status, and requests to its coordinator.
@@ -260,6 +263,8 @@ pub trait RoleControl: Send + Sync {
     fn status(&self) -> RoleStatus;
     /// A receiver that sees every status change.
     fn subscribe(&self) -> watch::Receiver<RoleStatus>;
+    /// Injects `fault` into the role's actors; false when the actor is not running.
+    fn inject(&self, fault: Fault) -> bool;
     /// Hands the role over if this node leads it (see [`RoleHandle::resign`]).
     fn resign(
         &self,
@@ -280,6 +285,17 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
         RoleHandle::subscribe(self)
     }
 
+    fn inject(&self, fault: Fault) -> bool {
+        match fault {
+            Fault::CrashCoordinator => self.crash_coordinator(),
+            Fault::CrashElection => self.crash_election(),
+            Fault::CrashReload => {
+                self.crash_reload();
+                true
+            }
+        }
+    }
+
     fn resign(
         &self,
         timeout: Duration,
@@ -288,14 +304,19 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
     }
 }
 
-/// Fault injection for tests (cargo feature `testing`): the actors of this
-/// role panic on demand, as a bug in them would.
-#[cfg(feature = "testing")]
+/// Fault injection for tests: the actors of this role panic on demand, as a
+/// bug in them would. Nothing calls these in production; `standin run`
+/// exposes them only with `--fault-injection`.
 impl<C: Coordinator> RoleHandle<C> {
     /// Makes the role's coordinator actor panic. Returns false when none runs.
     pub fn crash_coordinator(&self) -> bool {
         let coordinator = self.shared.coordinator.get();
         coordinator.is_some_and(|c| c.send_message(CoordinatorMsg::InjectPanic).is_ok())
+    }
+
+    /// Makes the role's running reload (or its next one) panic after its next page.
+    pub fn crash_reload(&self) {
+        self.shared.faults.arm_reload_panic();
     }
 
     /// Makes the role's election actor panic. Returns false when none runs.
@@ -430,6 +451,7 @@ impl Node {
             status,
             coordinator: Slot::default(),
             election: Slot::default(),
+            faults: Arc::default(),
         });
         let typed = TypedRole {
             role: role.to_owned(),

@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::coordinator::Coordinator;
 use crate::election::ElectionMsg;
+use crate::faults::Faults;
 
 /// The role's metadata as read from etcd, keys relative to `{root}/meta/{role}/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,6 +67,7 @@ pub async fn read_snapshot(
     prefix: &str,
     page_size: i64,
     min_revision: i64,
+    faults: &Faults,
 ) -> Result<Snapshot, ReloadError> {
     let failed = |source| ReloadError::ReadFailed {
         prefix: prefix.to_owned(),
@@ -102,6 +104,7 @@ pub async fn read_snapshot(
             let key = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
             snapshot.entries.insert(key, kv.value().to_vec());
         }
+        faults.reload_page_read();
         if !more {
             break;
         }
@@ -150,6 +153,8 @@ pub struct ReloadJob<C: Coordinator> {
     pub timeout: Duration,
     /// Where the decoded metadata goes.
     pub report_to: ActorRef<ElectionMsg<C>>,
+    /// The role's fault switches (off unless a test turns them on).
+    pub faults: Arc<Faults>,
 }
 
 /// Messages to a reload actor: none; it works in `post_start` and stops.
@@ -175,7 +180,13 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
     ) -> Result<(), ActorProcessingErr> {
         let job = state.take().expect("a reload actor runs its job once");
         let started = Instant::now();
-        let read = read_snapshot(&job.client, &job.prefix, job.page_size, job.revision);
+        let read = read_snapshot(
+            &job.client,
+            &job.prefix,
+            job.page_size,
+            job.revision,
+            &job.faults,
+        );
         let snapshot = tokio::time::timeout(job.timeout, read)
             .await
             .map_err(|_| ReloadError::TimedOut {

@@ -1,0 +1,54 @@
+//! Fault switches of one role, for tests that make its actors fail as a bug would.
+//!
+//! Always compiled and off: only the `testing` feature's `RoleHandle` methods
+//! and `standin run --fault-injection` turn them on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One-shot fault switches of a role's actors.
+#[derive(Debug, Default)]
+pub struct Faults {
+    reload_panic: AtomicBool,
+}
+
+impl Faults {
+    /// Makes the role's running reload (or its next one) panic after its next page.
+    pub fn arm_reload_panic(&self) {
+        self.reload_panic.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the reload actor between pages: panics once if armed.
+    pub(crate) fn reload_page_read(&self) {
+        if self.reload_panic.swap(false, Ordering::SeqCst) {
+            panic!("fault injected into the reload actor, mid-reload");
+        }
+    }
+}
+
+/// A failure a test can inject into a role's actors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The coordinator actor panics.
+    CrashCoordinator,
+    /// The election actor panics.
+    CrashElection,
+    /// The running (or next) reload panics after its next page.
+    CrashReload,
+}
+
+impl Fault {
+    /// Every fault, by its name on the command line and in gRPC.
+    pub const ALL: [(Fault, &'static str); 3] = [
+        (Fault::CrashCoordinator, "crash-coordinator"),
+        (Fault::CrashElection, "crash-election"),
+        (Fault::CrashReload, "crash-reload"),
+    ];
+
+    /// The fault called `name`.
+    pub fn from_name(name: &str) -> Option<Fault> {
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(fault, _)| *fault)
+    }
+}
