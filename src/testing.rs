@@ -1,6 +1,6 @@
-//! Real-etcd test kit: start a throwaway etcd server on free loopback ports, optionally with TLS and auth (cargo feature `testing`).
+//! Real-etcd test kit (cargo feature `testing`): throwaway etcd servers and clusters on loopback ports, a fault-injecting TCP proxy, and `standin run` child processes.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -13,6 +13,16 @@ use rcgen::{
 
 use crate::config::{AuthConfig, EtcdConfig, TlsConfig};
 use crate::etcd::EtcdError;
+
+// The pieces live in their own files but share this module's error type: to
+// a test they are one kit, and each failure reads the same way.
+mod cluster;
+mod process;
+mod proxy;
+
+pub use cluster::EtcdCluster;
+pub use process::StandinProcess;
+pub use proxy::{FaultProxy, ProxyMode};
 
 /// Failures of the test kit.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +71,30 @@ pub enum TestingError {
     /// The test certificates could not be generated.
     #[error("generating the test TLS certificates failed: {0}")]
     CertificatesFailed(#[from] rcgen::Error),
+    /// A cluster has no member with that index.
+    #[error("the cluster has no member {member}: it has {members}")]
+    NoSuchMember {
+        /// The index asked for.
+        member: usize,
+        /// How many members the cluster has.
+        members: usize,
+    },
+    /// No member of a cluster that answered claims raft leadership (during
+    /// an election, or when too few members run for a quorum).
+    #[error("no raft leader: {answered} of {running} running member(s) answered, none leads")]
+    NoLeader {
+        /// Members that answered the status request.
+        answered: usize,
+        /// Members not killed.
+        running: usize,
+    },
+    /// A signal for a process that was killed or has exited and been reaped:
+    /// its pid may belong to another process by now, so nothing was sent.
+    #[error("{what}: the process is not running")]
+    NotRunning {
+        /// What was being done.
+        what: String,
+    },
     /// A local process or file operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -87,38 +121,163 @@ pub fn free_loopback_port() -> Result<u16, TestingError> {
 /// `N` distinct free loopback ports: all listeners are held at once, so the
 /// kernel cannot hand out the same port twice.
 fn free_loopback_ports<const N: usize>() -> Result<[u16; N], TestingError> {
-    let listeners = (0..N)
+    let ports = free_loopback_port_list(N)?;
+    Ok(ports.try_into().expect("N ports were asked for"))
+}
+
+/// [`free_loopback_ports`] for a count known only at run time.
+fn free_loopback_port_list(count: usize) -> Result<Vec<u16>, TestingError> {
+    let listeners = (0..count)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("binding a free port")))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener
-            .local_addr()
-            .map_err(io("reading a bound port"))?
-            .port();
+    listeners
+        .iter()
+        .map(|listener| {
+            Ok(listener
+                .local_addr()
+                .map_err(io("reading a bound port"))?
+                .port())
+        })
+        .collect()
+}
+
+/// Sends signal `name` (`STOP`, `CONT`, `TERM`) to `pid` through kill(1):
+/// std has no way to send a signal other than SIGKILL, and a libc dependency
+/// for a few test helpers is not worth it.
+fn send_signal(pid: u32, name: &str, whom: &str) -> Result<(), TestingError> {
+    let what = format!("sending SIG{name} to {whom}");
+    let output = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io(what.clone()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let message = format!("kill exited with {}: {}", output.status, stderr.trim());
+        Err(io(what)(std::io::Error::other(message)))
     }
-    Ok(ports)
 }
 
 /// One etcd member on loopback ports with a temporary data directory; killed
 /// on drop, and its directory removed.
 pub struct EtcdServer {
     child: Child,
-    client_port: u16,
-    peer_port: u16,
-    /// The certificates, when clients are served over TLS.
-    tls: Option<TlsFiles>,
+    /// How it was started, so [`restart`](Self::restart) starts it the same way.
+    launch: Launch,
     /// The root user's credentials, once auth is enabled.
     auth: Option<AuthConfig>,
+    /// Set once the child is reaped (by [`kill`](Self::kill), or after it
+    /// exited during a start): its pid may be another process's by now, so
+    /// it must not be signalled.
+    killed: bool,
     /// Holds etcd's data and log; declared last so it is removed only after
     /// the process is gone.
     dir: tempfile::TempDir,
 }
 
+/// Everything that decides how one etcd process is started: kept, so a
+/// restarted member comes back on the same ports and in the same cluster.
+struct Launch {
+    /// The member name, unique in its cluster.
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    /// `--initial-cluster`: `name=peer URL` of every member, comma separated.
+    initial_cluster: String,
+    /// `--initial-cluster-token`: unique per test cluster, so a member can
+    /// never join another test's cluster that reused a port.
+    cluster_token: String,
+    /// The certificates, when clients are served over TLS.
+    tls: Option<TlsFiles>,
+    auth_token_ttl: Option<u64>,
+}
+
+impl Launch {
+    fn peer_url(&self) -> String {
+        peer_url(self.peer_port)
+    }
+
+    fn client_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", scheme(&self.tls), self.client_port)
+    }
+
+    /// Starts etcd with its data in `dir/data` and its output appended to
+    /// `dir/etcd.log`. `existing` is `--initial-cluster-state`: false for a
+    /// member of a cluster being formed, true for one coming back.
+    fn spawn(&self, dir: &Path, existing: bool) -> Result<Child, TestingError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(EtcdServer::LOG_FILE))
+            .map_err(io("opening etcd's log file"))?;
+        let mut command = Command::new("etcd");
+        // ETCD_* variables configure etcd too; the caller's must not move this
+        // server off loopback or onto someone's data. ETCD_UNSUPPORTED_ARCH is
+        // kept because etcd 3.4 refuses to start on arm64 without it.
+        for (name, _) in std::env::vars_os() {
+            if let Some(name) = name.to_str()
+                && name.starts_with("ETCD_")
+                && name != "ETCD_UNSUPPORTED_ARCH"
+            {
+                command.env_remove(name);
+            }
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert_file.display()))
+                .arg(format!("--key-file={}", tls.server_key_file.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth");
+        }
+        if let Some(seconds) = self.auth_token_ttl {
+            command.arg(format!("--auth-token-ttl={seconds}"));
+        }
+        let state = if existing { "existing" } else { "new" };
+        let client_url = self.client_url();
+        let peer_url = self.peer_url();
+        command
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg(format!("--initial-cluster-token={}", self.cluster_token))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg("--logger=zap")
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            // Into the temp dir, not the test's output: shown only in errors.
+            .stdout(log.try_clone().map_err(io("sharing etcd's log file"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => TestingError::EtcdNotInstalled,
+                _ => io("starting etcd")(error),
+            })
+    }
+}
+
+fn peer_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
 /// How one start attempt ended, when it did not fail outright.
 enum Attempt {
-    Ready(EtcdServer),
+    /// Boxed: the server is large, and the enum is returned by value.
+    Ready(Box<EtcdServer>),
     /// Another process bound one of the ports first; worth a retry on new ones.
+    PortTaken { log: String },
+}
+
+/// How waiting for a started etcd ended, when it did not fail outright.
+enum Readiness {
+    Serving,
+    /// etcd exited because another process held one of its ports.
     PortTaken {
         log: String,
     },
@@ -181,7 +340,7 @@ impl EtcdServer {
                 }
             };
             match Self::attempt(client, peer, options).await? {
-                Attempt::Ready(server) => return Ok(server),
+                Attempt::Ready(server) => return Ok(*server),
                 Attempt::PortTaken { .. } if attempt < Self::START_ATTEMPTS => attempt += 1,
                 Attempt::PortTaken { log } => {
                     return Err(TestingError::StartFailed {
@@ -201,79 +360,100 @@ impl EtcdServer {
         peer_port: u16,
         options: &EtcdOptions,
     ) -> Result<Attempt, TestingError> {
+        let name = "standin-test".to_owned();
+        let mut server = Self::spawn_member(
+            |tls| Launch {
+                initial_cluster: format!("{name}={}", peer_url(peer_port)),
+                cluster_token: format!("standin-test-{peer_port}"),
+                name,
+                client_port,
+                peer_port,
+                tls,
+                auth_token_ttl: options.auth_token_ttl,
+            },
+            options.tls,
+        )?;
+        Ok(match server.wait_until_ready().await? {
+            Readiness::Serving => Attempt::Ready(Box::new(server)),
+            Readiness::PortTaken { log } => Attempt::PortTaken { log },
+        })
+    }
+
+    /// Creates a temporary directory (and the certificates in it with
+    /// `tls`), and starts a new member as `launch` describes; does not wait.
+    fn spawn_member(
+        launch: impl FnOnce(Option<TlsFiles>) -> Launch,
+        tls: bool,
+    ) -> Result<Self, TestingError> {
         let dir = tempfile::Builder::new()
             .prefix("standin-etcd-")
             .tempdir()
             .map_err(io("creating etcd's temporary directory"))?;
-        let log = File::create(dir.path().join(Self::LOG_FILE))
-            .map_err(io("creating etcd's log file"))?;
-        let tls = match options.tls {
+        let tls = match tls {
             true => Some(TlsFiles::generate(dir.path())?),
             false => None,
         };
-        let client_url = format!("{}://127.0.0.1:{client_port}", scheme(&tls));
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut command = Command::new("etcd");
-        // ETCD_* variables configure etcd too; the caller's must not move this
-        // server off loopback or onto someone's data. ETCD_UNSUPPORTED_ARCH is
-        // kept because etcd 3.4 refuses to start on arm64 without it.
-        for (name, _) in std::env::vars_os() {
-            if let Some(name) = name.to_str()
-                && name.starts_with("ETCD_")
-                && name != "ETCD_UNSUPPORTED_ARCH"
-            {
-                command.env_remove(name);
-            }
-        }
-        if let Some(tls) = &tls {
-            command
-                .arg(format!("--cert-file={}", tls.server_cert_file.display()))
-                .arg(format!("--key-file={}", tls.server_key_file.display()))
-                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
-                .arg("--client-cert-auth");
-        }
-        if let Some(seconds) = options.auth_token_ttl {
-            command.arg(format!("--auth-token-ttl={seconds}"));
-        }
-        let child = command
-            .arg("--name=standin-test")
-            .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=standin-test={peer_url}"))
-            .arg("--logger=zap")
-            .arg("--log-level=error")
-            .stdin(Stdio::null())
-            // Into the temp dir, not the test's output: shown only in errors.
-            .stdout(log.try_clone().map_err(io("sharing etcd's log file"))?)
-            .stderr(log)
-            .spawn()
-            .map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => TestingError::EtcdNotInstalled,
-                _ => io("starting etcd")(error),
-            })?;
-        Self {
+        let launch = launch(tls);
+        let child = launch.spawn(dir.path(), false)?;
+        Ok(Self {
             child,
-            client_port,
-            peer_port,
-            tls,
+            launch,
             auth: None,
+            killed: false,
             dir,
-        }
-        .wait_until_ready()
-        .await
+        })
     }
 
-    /// Polls until this server answers, it exits, or the start deadline passes.
-    async fn wait_until_ready(mut self) -> Result<Attempt, TestingError> {
+    /// Kills etcd with SIGKILL, as a crash or a power cut would, and reaps
+    /// it. Its data directory and ports are kept for
+    /// [`restart`](Self::restart); until then [`pause`](Self::pause) and
+    /// [`resume`](Self::resume) fail. Killing a killed server does nothing.
+    pub fn kill(&mut self) -> Result<(), TestingError> {
+        if self.killed {
+            return Ok(());
+        }
+        self.child.kill().map_err(io("killing etcd"))?;
+        self.child.wait().map_err(io("reaping etcd"))?;
+        self.killed = true;
+        Ok(())
+    }
+
+    /// Starts etcd again on the same ports with the same data directory (a
+    /// running one is killed first) and waits until it serves requests. A
+    /// cluster member rejoins its cluster (`--initial-cluster-state
+    /// existing`) and catches up from the others.
+    ///
+    /// The ports were free while it was down, so another process may have
+    /// taken one: that fails with [`TestingError::StartFailed`], not retried,
+    /// since the member cannot move.
+    pub async fn restart(&mut self) -> Result<(), TestingError> {
+        self.kill()?;
+        self.child = self.launch.spawn(self.dir.path(), true)?;
+        self.killed = false;
+        match self.wait_until_ready().await? {
+            Readiness::Serving => Ok(()),
+            Readiness::PortTaken { log } => Err(TestingError::StartFailed {
+                message: format!(
+                    "another process took port {} or {} while etcd was down",
+                    self.launch.client_port, self.launch.peer_port
+                ),
+                log,
+            }),
+        }
+    }
+
+    /// Polls until this server answers, it exits, or the start deadline
+    /// passes. A member of a cluster being formed answers only once a quorum
+    /// of its peers runs, so they must all have been spawned.
+    async fn wait_until_ready(&mut self) -> Result<Readiness, TestingError> {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().map_err(io("polling etcd"))? {
+                // Reaped: from here on the pid is not ours to signal.
+                self.killed = true;
                 let log = self.log_tail();
                 if log.contains("address already in use") {
-                    return Ok(Attempt::PortTaken { log });
+                    return Ok(Readiness::PortTaken { log });
                 }
                 return Err(TestingError::StartFailed {
                     message: format!("etcd exited ({status}) before it was ready"),
@@ -283,7 +463,7 @@ impl EtcdServer {
             let left = Self::READY_WITHIN.saturating_sub(started.elapsed());
             if left.is_zero() {
                 return Err(TestingError::NotReady {
-                    port: self.client_port,
+                    port: self.launch.client_port,
                     waited: started.elapsed(),
                     log: self.log_tail(),
                 });
@@ -292,7 +472,7 @@ impl EtcdServer {
                 .await
                 .unwrap_or(false)
             {
-                return Ok(Attempt::Ready(self));
+                return Ok(Readiness::Serving);
             }
             tokio::time::sleep(Self::POLL).await;
         }
@@ -304,7 +484,7 @@ impl EtcdServer {
     async fn is_ours(&self) -> bool {
         // A cheap connect first, so the gRPC client is not built in vain
         // while etcd is still starting.
-        if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.client_port))
+        if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.launch.client_port))
             .await
             .is_err()
         {
@@ -313,7 +493,7 @@ impl EtcdServer {
         let Ok(mut client) = self.client().await else {
             return false;
         };
-        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer_url = self.launch.peer_url();
         match client.member_list().await {
             Ok(members) => members
                 .members()
@@ -325,23 +505,23 @@ impl EtcdServer {
 
     /// `127.0.0.1:PORT`, the form `etcd_client::Client::connect` and the config take.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("127.0.0.1:{}", self.launch.client_port)
     }
 
     /// `http://127.0.0.1:PORT` (`https://` with TLS), the form etcdctl takes.
     pub fn url(&self) -> String {
-        format!("{}://{}", scheme(&self.tls), self.endpoint())
+        self.launch.client_url()
     }
 
     /// The certificates when this server serves TLS.
     pub fn tls_files(&self) -> Option<&TlsFiles> {
-        self.tls.as_ref()
+        self.launch.tls.as_ref()
     }
 
     /// The `etcd.tls` config of a client with the test client certificate,
     /// when this server serves TLS.
     pub fn tls_config(&self) -> Option<TlsConfig> {
-        self.tls.as_ref().map(TlsFiles::client_config)
+        self.launch.tls.as_ref().map(TlsFiles::client_config)
     }
 
     /// The `etcd.auth` config of the root user, when auth is enabled.
@@ -393,7 +573,7 @@ impl EtcdServer {
         command
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.url()));
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &self.launch.tls {
             command
                 .arg(format!("--cacert={}", tls.ca_file.display()))
                 .arg(format!("--cert={}", tls.client_cert_file.display()))
@@ -453,20 +633,14 @@ impl EtcdServer {
         self.signal("CONT")
     }
 
-    // Through kill(1): std has no way to send a signal other than SIGKILL,
-    // and a libc dependency for two test helpers is not worth it.
     fn signal(&self, name: &str) -> Result<(), TestingError> {
-        let what = format!("sending SIG{name} to etcd");
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .map_err(io(what.clone()))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(io(what)(std::io::Error::other(status.to_string())))
+        let whom = format!("etcd on {}", self.endpoint());
+        if self.killed {
+            return Err(TestingError::NotRunning {
+                what: format!("sending SIG{name} to {whom}"),
+            });
         }
+        send_signal(self.child.id(), name, &whom)
     }
 
     /// The temporary directory holding etcd's data (`data/`) and logs
@@ -628,7 +802,8 @@ fn etcdctl_spawn_error(error: std::io::Error) -> TestingError {
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
-        // SIGKILL ends a paused (SIGSTOPped) etcd too, so no thaw first.
+        // SIGKILL ends a paused (SIGSTOPped) etcd too, so no thaw first. A
+        // killed one is already reaped, and std sends nothing to it again.
         let _ = self.child.kill();
         // Reaping it means its sockets are closed before drop returns.
         let _ = self.child.wait();

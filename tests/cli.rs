@@ -119,6 +119,16 @@ impl Drop for NodeProcess {
     }
 }
 
+/// A child process killed when the test ends, even by a failed assertion.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs the CLI with `args` against `etcd` and returns its output.
 fn cli(etcd: &EtcdServer, args: &[&str]) -> anyhow::Result<Output> {
     let config = config_file(etcd, "127.0.0.1:1", 10)?;
@@ -288,15 +298,17 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         .await?
         .into_inner();
     let watcher_config = config_file(&etcd, "127.0.0.1:1", 10)?;
-    let mut watcher = Command::new(BIN)
-        .arg("--config")
-        .arg(watcher_config.path())
-        .args(["watch", "tso"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut watcher = KillOnDrop(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(watcher_config.path())
+            .args(["watch", "tso"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let (lines, watched) = std::sync::mpsc::channel();
-    let watcher_stdout = watcher.stdout.take().expect("piped");
+    let watcher_stdout = watcher.0.stdout.take().expect("piped");
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(watcher_stdout)
@@ -349,8 +361,7 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         },
     )
     .await;
-    let _ = watcher.kill();
-    let _ = watcher.wait();
+    drop(watcher);
 
     info!("--- the layer refuses a request carrying the old epoch");
     let mut stale = standin::client::with_epoch(AllocateRequest { count: 1 }, epoch);
