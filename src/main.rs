@@ -292,26 +292,20 @@ async fn status(config: &Config, json: bool) -> Result<(), Failure> {
             .iter()
             .map(|s| format!("{}@{} ({})", s.server_id, s.address, s.state))
             .collect();
-        match &role.leader {
-            Some(leader) => println!(
-                "{:<14} {:>6}  {:<22} {:>8}  {:<10}  {}",
-                role.role,
-                leader.server_id,
-                leader.address,
-                leader.epoch,
-                leader.state,
-                standbys.join(", ")
-            ),
-            None => println!(
-                "{:<14} {:>6}  {:<22} {:>8}  {:<10}  {}",
-                role.role,
-                "-",
-                "-",
-                "-",
-                "none",
-                standbys.join(", ")
-            ),
-        }
+        let [id, address, epoch, state] = match &role.leader {
+            Some(leader) => [
+                leader.server_id.to_string(),
+                leader.address.clone(),
+                leader.epoch.to_string(),
+                leader.state.to_string(),
+            ],
+            None => ["-".into(), "-".into(), "-".into(), "none".into()],
+        };
+        println!(
+            "{:<14} {id:>6}  {address:<22} {epoch:>8}  {state:<10}  {}",
+            role.role,
+            standbys.join(", ")
+        );
         for problem in &role.corrupt {
             println!("  corrupt value: {problem}");
         }
