@@ -3,8 +3,9 @@
 
 CARGO ?= cargo
 DEMO_ARGS ?=
+CAMPAIGN_ARGS ?=
 
-.PHONY: deps demo test verify lint fmt doc bench
+.PHONY: deps demo test verify lint fmt doc bench campaign
 
 # protoc is needed by etcd-client's build; etcd and etcdctl by the tests and the demo.
 deps:
@@ -16,6 +17,13 @@ demo: deps
 test: deps
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+# The long fault campaign (examples/campaign/): 500 seeded random faults on
+# the leader of three `standin run` processes, then a check of the history.
+# CAMPAIGN_ARGS="--seed S" replays a run's faults; a later --faults wins.
+campaign: deps
+	$(CARGO) build --release --bin standin
+	$(CARGO) run --release --example campaign -- --faults 500 $(CAMPAIGN_ARGS)
 
 # Changes nothing: formatting check, lints with warnings denied, tests, docs.
 verify: lint test doc

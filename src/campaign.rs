@@ -129,6 +129,35 @@ pub async fn wait_until_leader(
     }
 }
 
+/// Returns once our leader key (created at `revision`) is gone: deleted, or
+/// replaced by a key of another term. A broken watch is re-established (the
+/// key is re-read first, so a deletion during the gap is not missed), so a
+/// leader never stops noticing that it was deposed.
+pub async fn watch_own_key(client: &Client, key: &str, revision: i64, from: i64, retry: Duration) {
+    let mut from = from;
+    loop {
+        match wait_for_delete(client, key, from).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(
+                    key,
+                    "watching our leader key failed, re-checking it: {error}"
+                );
+                tokio::time::sleep(retry).await;
+                match client.kv_client().get(key, None).await {
+                    Ok(current) => match current.kvs().first() {
+                        Some(kv) if kv.create_revision() == revision => {
+                            from = current.header().map_or(from, |h| h.revision() + 1);
+                        }
+                        _ => return,
+                    },
+                    Err(error) => tracing::warn!(key, "re-reading our leader key failed: {error}"),
+                }
+            }
+        }
+    }
+}
+
 /// Returns once `key` is deleted at or after revision `from`.
 pub async fn wait_for_delete(client: &Client, key: &str, from: i64) -> Result<(), CampaignError> {
     let options = WatchOptions::new().with_start_revision(from);

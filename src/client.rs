@@ -159,7 +159,15 @@ impl RoleClient {
             if let Some(leader) = leader {
                 let outcome = match self.channel(&leader.session.address) {
                     Ok(channel) => {
-                        tokio::time::timeout(remaining, attempt(channel, leader.revision)).await
+                        // A frozen or partitioned leader may never answer:
+                        // give up on it as soon as etcd reports another one.
+                        tokio::select! {
+                            outcome = tokio::time::timeout(remaining, attempt(channel, leader.revision)) => outcome,
+                            _ = changes.changed() => {
+                                last = format!("{} was replaced as leader", leader.session.address);
+                                continue;
+                            }
+                        }
                     }
                     Err(status) => Ok(Err(status)),
                 };

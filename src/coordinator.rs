@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::fence::{Epoch, FencedStore};
+use crate::fence::{Epoch, FencedStore, LeaseGuard};
 use crate::reload::Snapshot;
 use crate::task::OwnedTask;
 
@@ -104,6 +104,7 @@ pub struct CoordinatorActor<C: Coordinator> {
     role: String,
     buffer_capacity: usize,
     deactivate_timeout: Duration,
+    lease: Arc<LeaseGuard>,
 }
 
 impl<C: Coordinator> CoordinatorActor<C> {
@@ -113,12 +114,14 @@ impl<C: Coordinator> CoordinatorActor<C> {
         role: String,
         buffer_capacity: usize,
         deactivate_timeout: Duration,
+        lease: Arc<LeaseGuard>,
     ) -> Self {
         Self {
             coordinator,
             role,
             buffer_capacity,
             deactivate_timeout,
+            lease,
         }
     }
 }
@@ -215,6 +218,29 @@ impl<C: Coordinator> CoordinatorActor<C> {
         }
     }
 
+    /// Handles one request, only while the lease is trusted: checked before
+    /// (a frozen process must not act on a lost lease) and again after (an
+    /// answer computed across a pause must not leave).
+    async fn serve(
+        &self,
+        serving: &mut C::Serving,
+        request: C::Request,
+        leader: Option<String>,
+    ) -> Result<C::Response, ServeError> {
+        let expired = || ServeError::NotActive {
+            role: self.role.clone(),
+            leader: leader.clone(),
+        };
+        if !self.lease.is_valid() {
+            return Err(expired());
+        }
+        let response = self.coordinator.handle(serving, request).await;
+        if !self.lease.is_valid() {
+            return Err(expired());
+        }
+        Ok(response)
+    }
+
     /// Answers requests held for an activation that will not complete.
     fn turn_away(&self, waiting: VecDeque<Waiting<C>>) {
         for waiter in waiting {
@@ -294,8 +320,8 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     }
                 }
                 Phase::Serving { serving, .. } => {
-                    let response = self.coordinator.handle(serving, request).await;
-                    let _ = reply.send(Ok(response));
+                    let answer = self.serve(serving, request, state.leader.clone()).await;
+                    let _ = reply.send(answer);
                 }
             },
             CoordinatorMsg::Elected { revision } => {
@@ -371,8 +397,10 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                     }
                 };
                 for waiter in waiting {
-                    let response = self.coordinator.handle(&mut serving, waiter.request).await;
-                    let _ = waiter.reply.send(Ok(response));
+                    let answer = self
+                        .serve(&mut serving, waiter.request, state.leader.clone())
+                        .await;
+                    let _ = waiter.reply.send(answer);
                 }
                 metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone())
                     .set(0.0);
@@ -387,7 +415,7 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                 let _ = reply.send(());
             }
             CoordinatorMsg::LeaderChanged(leader) => state.leader = leader,
-                    CoordinatorMsg::InjectPanic => {
+            CoordinatorMsg::InjectPanic => {
                 panic!("fault injected into the {} coordinator", self.role)
             }
         }

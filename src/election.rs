@@ -145,6 +145,8 @@ pub enum ElectionMsg<C: Coordinator> {
     },
     /// The coordinator is back in standby.
     Deactivated,
+    /// Deleting our candidate key failed.
+    ResignFailed,
     /// The candidate key or lease is released.
     Released,
     /// Time to start a new coordinator after a crash.
@@ -254,6 +256,7 @@ impl<C: Coordinator> Election<C> {
         Timings {
             renew_deadline: self.context.config.session.renew_deadline(),
             backoff: self.context.config.etcd.retry.clone(),
+            restart_backoff: self.context.config.coordinator.restart_backoff.clone(),
         }
     }
 
@@ -269,6 +272,7 @@ impl<C: Coordinator> Election<C> {
             self.role.clone(),
             config.activation_buffer,
             config.deactivate_timeout,
+            self.shared.lease_guard.clone(),
         );
         let (coordinator, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
         let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(leader));
@@ -300,6 +304,9 @@ impl<C: Coordinator> Election<C> {
         };
         let lease = state.machine.lease();
         self.lease_slot.set(lease);
+        self.shared
+            .lease_guard
+            .trust_until(state.machine.lease_trusted_until());
         let published = phase.published_state();
         self.shared.status.send_if_modified(|status| {
             let next = RoleStatus {
@@ -417,6 +424,7 @@ impl<C: Coordinator> Election<C> {
                     .session(&self.role, RoleState::Standby, lease)
                     .encode();
                 let reply = myself.clone();
+                let retry = self.context.config.etcd.retry.initial;
                 state.campaign = Some(OwnedTask::spawn(async move {
                     tokio::time::sleep(after).await;
                     let won = async {
@@ -442,15 +450,11 @@ impl<C: Coordinator> Election<C> {
                     });
                     // While leading, watch our own key: if anyone deletes it,
                     // the next candidate leads and we must not keep serving.
-                    if campaign::wait_for_delete(&client, &key, confirmed_at + 1)
-                        .await
-                        .is_ok()
-                    {
-                        let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
-                            generation,
-                            revision,
-                        });
-                    }
+                    campaign::watch_own_key(&client, &key, revision, confirmed_at + 1, retry).await;
+                    let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
+                        generation,
+                        revision,
+                    });
                 }));
             }
             Command::CancelCampaign => {
@@ -588,7 +592,12 @@ impl<C: Coordinator> Election<C> {
                 tokio::spawn(async move {
                     let mut kv = client.kv_client();
                     let what = format!("resigning {key}");
-                    best_effort(&what, request_timeout, kv.delete(key.as_str(), None)).await;
+                    if !best_effort(&what, request_timeout, kv.delete(key.as_str(), None)).await {
+                        // The key may still lead, and campaigning again on this
+                        // lease would find it and reuse its epoch: give up the
+                        // lease instead, which deletes the key for sure.
+                        let _ = reply.send_message(ElectionMsg::ResignFailed);
+                    }
                     let _ = reply.send_message(ElectionMsg::Released);
                 });
             }
@@ -856,6 +865,7 @@ impl<C: Coordinator> Actor for Election<C> {
                 Event::Resign
             }
             ElectionMsg::Deactivated => Event::Deactivated,
+            ElectionMsg::ResignFailed => Event::ResignFailed,
             ElectionMsg::Released => {
                 self.apply(&myself, state, Event::Released).await?;
                 // The leader key is gone: a peer can take over now.
@@ -874,7 +884,7 @@ impl<C: Coordinator> Actor for Election<C> {
                 tracing::info!(role = self.role, "coordinator restarted in standby");
                 Event::CoordinatorStarted
             }
-                    ElectionMsg::InjectPanic => {
+            ElectionMsg::InjectPanic => {
                 panic!("fault injected into the {} election actor", self.role)
             }
             ElectionMsg::LeaderObserved(leader) => {

@@ -75,6 +75,9 @@ impl EtcdError {
     }
 }
 
+/// etcd's default minimum interval between client pings.
+const ETCD_MIN_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Builds a client for the configured endpoints, with TLS and credentials
 /// when configured. Without credentials the client connects lazily, so an
 /// unreachable etcd shows up on the first call, where callers retry; with
@@ -85,7 +88,12 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
         .with_timeout(config.request_timeout)
         // Without HTTP/2 keepalives a silently dropped link would only be
         // noticed when a request times out.
-        .with_keep_alive(config.request_timeout, config.request_timeout)
+        // etcd closes connections that ping more often than its
+        // --grpc-keepalive-min-time (5 s by default).
+        .with_keep_alive(
+            ETCD_MIN_PING_INTERVAL.max(config.request_timeout),
+            config.request_timeout,
+        )
         .with_keep_alive_while_idle(true);
     if let Some(tls) = &config.tls {
         options = options.with_tls(tls_options(tls)?);

@@ -17,7 +17,7 @@ use crate::election::machine::StepDownReason;
 use crate::election::{ElectionError, ElectionMsg};
 use crate::etcd::{EtcdError, GaveUp};
 use crate::faults::{Fault, Faults};
-use crate::fence::Epoch;
+use crate::fence::{Epoch, LeaseGuard};
 use crate::session::{Layout, RoleState, SessionError, SessionInfo, allocate_server_id};
 use crate::slot::Slot;
 use crate::supervisor::{RoleSupervisor, SupervisorMsg, handover_bound};
@@ -160,6 +160,8 @@ pub struct RoleShared<C: Coordinator> {
     pub election: Slot<ActorRef<ElectionMsg<C>>>,
     /// Fault switches for tests (off otherwise).
     pub faults: Arc<Faults>,
+    /// Until when this node's lease is trusted; checked on every request.
+    pub lease_guard: Arc<LeaseGuard>,
 }
 
 /// A typed handle to one role on a node: its status, and requests to its coordinator.
@@ -452,6 +454,7 @@ impl Node {
             coordinator: Slot::default(),
             election: Slot::default(),
             faults: Arc::default(),
+            lease_guard: Arc::default(),
         });
         let typed = TypedRole {
             role: role.to_owned(),

@@ -186,6 +186,8 @@ pub enum Event {
     CoordinatorStarted,
     /// The coordinator is back in standby after a `Deactivate`.
     Deactivated,
+    /// Deleting the candidate key failed: it may still lead.
+    ResignFailed,
     /// The candidate key or the lease has been released.
     Released,
     /// The node shuts down: hand over and stop.
@@ -260,8 +262,10 @@ pub enum Command {
 pub struct Timings {
     /// No successful keepalive sent within this long: step down.
     pub renew_deadline: Duration,
-    /// Delays for restarting a crashed coordinator and for retrying etcd calls.
+    /// Delays for retrying etcd calls.
     pub backoff: BackoffConfig,
+    /// Delays for restarting a crashed coordinator.
+    pub restart_backoff: BackoffConfig,
 }
 
 /// The election state machine of one role on one node.
@@ -300,6 +304,13 @@ impl ElectionMachine {
     /// The lease held, if any.
     pub fn lease(&self) -> Option<i64> {
         self.lease
+    }
+
+    /// Until when the lease is trusted: the last successful renewal's send
+    /// time plus the renew deadline.
+    pub fn lease_trusted_until(&self) -> Option<Instant> {
+        self.lease?;
+        Some(self.last_renewal_sent? + self.timings.renew_deadline)
     }
 
     /// Decides what to do about `event`.
@@ -414,6 +425,16 @@ impl ElectionMachine {
                 Phase::Deactivating { then } => self.release(then),
                 _ => Vec::new(),
             },
+            Event::ResignFailed => {
+                // Campaigning again on this lease would find the old key and
+                // reuse its epoch: start over on a new lease instead.
+                if let Phase::Releasing { then } = self.phase {
+                    self.phase = Phase::Releasing {
+                        then: then.max(Afterwards::NewLease),
+                    };
+                }
+                Vec::new()
+            }
             Event::Released => match self.phase {
                 Phase::Releasing { then } => self.after_release(then),
                 _ => Vec::new(),
@@ -461,7 +482,7 @@ impl ElectionMachine {
         self.coordinator_up = false;
         self.coordinator_crashes = self.coordinator_crashes.saturating_add(1);
         let restart = Command::RestartCoordinator {
-            after: backoff::delay(&self.timings.backoff, self.coordinator_crashes),
+            after: backoff::delay(&self.timings.restart_backoff, self.coordinator_crashes),
         };
         let mut commands = match self.phase {
             // No deactivation can come from a dead coordinator: release now.
@@ -601,6 +622,10 @@ mod tests {
         Timings {
             renew_deadline: Duration::from_secs(6),
             backoff: BackoffConfig {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            },
+            restart_backoff: BackoffConfig {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(1),
             },
@@ -945,6 +970,29 @@ mod tests {
         assert!(
             machine.on(Event::Resign).is_empty(),
             "only a leader resigns"
+        );
+    }
+
+    #[test]
+    fn a_failed_resign_gives_up_the_lease_rather_than_reuse_the_epoch() {
+        let mut machine = serving(Instant::now());
+        machine.on(Event::CoordinatorCrashed);
+        assert!(machine.on(Event::ResignFailed).is_empty());
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![
+                Command::StopKeepalive,
+                Command::RevokeLease { lease: LEASE }
+            ]
+        );
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![
+                Command::Publish(RoleState::Standby),
+                Command::GrantLease {
+                    after: Duration::ZERO
+                }
+            ]
         );
     }
 

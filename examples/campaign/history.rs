@@ -1,0 +1,273 @@
+//! What a campaign observed (timestamp batches, node status samples, impairments, faults), recorded by its tasks for the checker.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One allocation a client got, with when it asked and when it heard back:
+/// the real-time order of batches is judged from these two instants.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch {
+    /// Which client task (0-based); numbers past the client tasks are
+    /// one-shot probes sent to a frozen leader with its old epoch.
+    pub client: usize,
+    /// The first timestamp.
+    pub first: u64,
+    /// How many consecutive timestamps.
+    pub count: u32,
+    /// The epoch the serving node claimed.
+    pub epoch: i64,
+    /// Just before the request left.
+    pub sent: Instant,
+    /// Just after the answer arrived.
+    pub received: Instant,
+}
+
+impl Batch {
+    /// The batch's last timestamp.
+    pub fn last(&self) -> u64 {
+        self.first + u64::from(self.count) - 1
+    }
+}
+
+/// A node's state for the `tso` role, as its `Coordination.Status` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for the role.
+    Standby,
+    /// Won, not serving yet.
+    Activating,
+    /// Serving.
+    Serving,
+    /// Handing the role over.
+    Stopping,
+    /// A state this campaign does not know (reported as is in violations).
+    Other,
+}
+
+impl State {
+    /// The state named `name` in the gRPC answer.
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "standby" => Self::Standby,
+            "activating" => Self::Activating,
+            "serving" => Self::Serving,
+            "stopping" => Self::Stopping,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// One `Coordination.Status` answer. The state held at some moment between
+/// `sent` and `received`, which is all the checker may assume.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Which node (0-based, stable across restarts of its process).
+    pub node: usize,
+    /// The server ID of the process that answered: a restarted process has a new one.
+    pub server_id: i64,
+    /// Its state for the role.
+    pub state: State,
+    /// Its epoch while it leads, else 0.
+    pub epoch: i64,
+    /// The epoch of the leader it sees, 0 for none.
+    pub leader_epoch: i64,
+    /// Just before the request left.
+    pub sent: Instant,
+    /// Just after the answer arrived.
+    pub received: Instant,
+}
+
+/// Something the campaign did to a node (or to etcd) that lasts a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImpairmentKind {
+    /// The node's process was frozen with SIGSTOP.
+    Stopped,
+    /// The node's link to etcd was cut at its proxy.
+    Cut,
+    /// The node's link to etcd was delayed at its proxy.
+    Delayed,
+    /// etcd itself was down (killed, then restarted).
+    EtcdDown,
+}
+
+/// An impairment and how long it lasted.
+#[derive(Debug, Clone, Copy)]
+pub struct Impairment {
+    /// The node, or `None` for etcd.
+    pub node: Option<usize>,
+    /// What was done.
+    pub kind: ImpairmentKind,
+    /// When it began (just before the signal or the switch).
+    pub from: Instant,
+    /// When it was surely in force (just after the signal was sent or the
+    /// switch made): a request sent after this cannot have been read by a
+    /// frozen node before it froze.
+    pub in_force: Instant,
+    /// When it ended (just after the repair); `None` while it lasts.
+    pub until: Option<Instant>,
+}
+
+impl Impairment {
+    /// Whether it was in force at `at`.
+    pub fn covers(&self, at: Instant) -> bool {
+        self.from <= at && self.until.is_none_or(|until| at <= until)
+    }
+}
+
+/// One injected fault and how the cluster recovered from it.
+#[derive(Debug, Clone)]
+pub struct FaultRecord {
+    /// 1-based position in the campaign.
+    pub index: usize,
+    /// What was injected (`crash-coordinator`, `kill-9`, ...).
+    pub kind: &'static str,
+    /// The node it hit, `None` for etcd.
+    pub node: Option<usize>,
+    /// The leader's epoch when the fault hit.
+    pub epoch: i64,
+    /// When it hit.
+    pub at: Instant,
+    /// How long a node may take to serve again.
+    pub bound: Duration,
+    /// From the fault to the first sample of a healthy serving node; `None`
+    /// when none served within the bound.
+    pub recovered: Option<Duration>,
+    /// What the fault looked like, for the report (`cut for 1200 ms`).
+    pub detail: String,
+    /// The longest a client waited for a batch from the fault until the
+    /// cluster settled again; `None` when some client got none after it.
+    pub clients_paused: Option<Duration>,
+}
+
+/// A failed allocation: a client that rides through failovers should see none.
+#[derive(Debug, Clone)]
+pub struct ClientError {
+    /// Which client task.
+    pub client: usize,
+    /// When the allocation gave up.
+    pub at: Instant,
+    /// The error, as displayed.
+    pub message: String,
+}
+
+/// Everything observed, in the order it was recorded.
+#[derive(Debug)]
+pub struct History {
+    /// When the campaign started: instants are printed as milliseconds since.
+    pub start: Instant,
+    /// Successful allocations; one client's batches are in its own order.
+    pub batches: Vec<Batch>,
+    /// Status answers; one node's samples are in the order they were sent.
+    pub samples: Vec<Sample>,
+    /// Every impairment, in the order it began.
+    pub impairments: Vec<Impairment>,
+    /// Every fault, in order.
+    pub faults: Vec<FaultRecord>,
+    /// Failed allocations.
+    pub client_errors: Vec<ClientError>,
+    /// Liveness problems the runner saw itself (a cluster that never
+    /// settled, a client that stopped making progress).
+    pub stalls: Vec<String>,
+}
+
+impl History {
+    /// Milliseconds from the campaign's start to `at`, for messages.
+    pub fn ms(&self, at: Instant) -> u128 {
+        at.saturating_duration_since(self.start).as_millis()
+    }
+
+    /// The longest any client went without a batch from `at` until now
+    /// (the wait from `at` to its first batch counts); `None` when a
+    /// client has had no batch since `at`.
+    pub fn clients_paused(&self, at: Instant, clients: usize) -> Option<Duration> {
+        // Each client's receipt times after `at`, newest first: batches are
+        // recorded as they arrive, so the scan from the end stops once
+        // every client is back before `at`.
+        let mut after: Vec<Vec<Instant>> = vec![Vec::new(); clients];
+        let mut reached = vec![false; clients];
+        // Probes (client numbers from `clients` on) are not clients.
+        for batch in self.batches.iter().rev().filter(|b| b.client < clients) {
+            if batch.received <= at {
+                reached[batch.client] = true;
+                if reached.iter().all(|r| *r) {
+                    break;
+                }
+            } else if !reached[batch.client] {
+                after[batch.client].push(batch.received);
+            }
+        }
+        let mut longest = Duration::ZERO;
+        for times in after {
+            if times.is_empty() {
+                return None;
+            }
+            let mut previous = at;
+            for &received in times.iter().rev() {
+                longest = longest.max(received.saturating_duration_since(previous));
+                previous = received;
+            }
+        }
+        Some(longest)
+    }
+
+    /// Whether `node` was impaired in a way that makes it unfit to count as
+    /// recovered at `at`: frozen, or cut off from etcd.
+    pub fn unfit(&self, node: usize, at: Instant) -> bool {
+        self.impairments.iter().any(|i| {
+            i.node == Some(node)
+                && matches!(i.kind, ImpairmentKind::Stopped | ImpairmentKind::Cut)
+                && i.covers(at)
+        })
+    }
+}
+
+/// The history shared by the campaign's tasks.
+#[derive(Debug, Clone)]
+pub struct Recorder(Arc<Mutex<History>>);
+
+impl Recorder {
+    /// An empty history starting now.
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(History {
+            start: Instant::now(),
+            batches: Vec::new(),
+            samples: Vec::new(),
+            impairments: Vec::new(),
+            faults: Vec::new(),
+            client_errors: Vec::new(),
+            stalls: Vec::new(),
+        })))
+    }
+
+    /// The history, locked. A task that panicked while holding it left it
+    /// consistent enough to check: every push is a single operation.
+    pub fn lock(&self) -> MutexGuard<'_, History> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that an impairment begins now; returns its index for [`end`](Self::end).
+    pub fn begin(&self, node: Option<usize>, kind: ImpairmentKind) -> usize {
+        let mut history = self.lock();
+        let now = Instant::now();
+        history.impairments.push(Impairment {
+            node,
+            kind,
+            from: now,
+            in_force: now,
+            until: None,
+        });
+        history.impairments.len() - 1
+    }
+
+    /// Records that impairment `index` is surely in force from now.
+    pub fn in_force(&self, index: usize) {
+        self.lock().impairments[index].in_force = Instant::now();
+    }
+
+    /// Records that impairment `index` ended now.
+    pub fn end(&self, index: usize) {
+        self.lock().impairments[index].until = Some(Instant::now());
+    }
+}
