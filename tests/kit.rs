@@ -245,13 +245,14 @@ async fn tso_state(address: &str, within: Duration) -> Option<String> {
 /// log, which says why, after 20s.
 async fn wait_until_serving(node: &StandinProcess, address: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
     while tso_state(address, Duration::from_secs(1)).await.as_deref() != Some("serving") {
         assert!(
             Instant::now() < deadline,
             "the node never served tso; its log:\n{}",
             node.log()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll.tick().await;
     }
 }
 

@@ -82,7 +82,10 @@ impl Allocator {
                 while !stop.load(Ordering::SeqCst) {
                     // Between leaders every call fails; back off a little instead of spinning.
                     let Some(batch) = Self::from_any(&handles, count).await else {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        tokio::time::sleep_until(
+                            tokio::time::Instant::now() + Duration::from_millis(1),
+                        )
+                        .await;
                         continue;
                     };
                     batches.lock().unwrap().push(batch);

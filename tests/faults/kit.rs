@@ -239,7 +239,8 @@ impl Monitor {
                 shared.lock().unwrap().observe(Instant::now(), snapshot);
                 tokio::select! {
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                    // Sample at least every 2 ms even without a change.
+                    _ = tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(2)) => {}
                 }
             }
         });
@@ -290,7 +291,9 @@ impl Monitor {
                 });
                 let snapshot = futures::future::join_all(asked).await;
                 shared.lock().unwrap().observe(Instant::now(), snapshot);
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // The sampling period between rounds of status requests.
+                tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(20))
+                    .await;
             }
         });
         Self {
@@ -306,8 +309,9 @@ impl Monitor {
         let rounds = self.record.lock().unwrap().rounds;
         self.paused.lock().unwrap()[node] = true;
         // A round already under way may still ask it: wait for the next one to end.
+        let mut poll = tokio::time::interval(Duration::from_millis(5));
         while self.record.lock().unwrap().rounds < rounds + 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            poll.tick().await;
         }
     }
 
