@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing standin needs and a fresh Debian machine
-# lacks: protoc (etcd-client's build), etcd and etcdctl (tests and demo).
+# lacks: protoc and its well-known types (etcd-client's build), etcd and etcdctl (tests and demo).
 set -euo pipefail
 
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+# protoc's well-known types (google/protobuf/descriptor.proto, imported by
+# etcd's protos) come with libprotobuf-dev, only a recommendation of
+# protobuf-compiler, which --no-install-recommends leaves out.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 

@@ -68,27 +68,35 @@ pub async fn roles(client: &Client, layout: &Layout) -> Result<Vec<RoleSummary>,
     let sessions = read_prefix(client, &sessions_root).await?;
 
     let mut summaries: BTreeMap<String, RoleSummary> = BTreeMap::new();
+    let mut candidates: BTreeMap<String, Vec<(i64, Result<Leader, String>)>> = BTreeMap::new();
+    for kv in &elections {
+        let key = String::from_utf8_lossy(kv.key());
+        let role = key[election_root.len()..].split('/').next().unwrap_or_default();
+        let decoded = Leader::decode(kv).map_err(|error| error.to_string());
+        candidates
+            .entry(role.to_owned())
+            .or_default()
+            .push((kv.create_revision(), decoded));
+    }
     let mut leaders: BTreeMap<String, Leader> = BTreeMap::new();
     let mut corrupt: Vec<(String, String)> = Vec::new();
-    for kv in &elections {
-        let key = String::from_utf8_lossy(kv.key()).into_owned();
-        let Some(role) = key[election_root.len()..]
-            .split('/')
-            .next()
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        match Leader::decode(kv) {
-            Ok(candidate) => {
-                let leads = leaders
-                    .get(&role)
-                    .is_none_or(|current| candidate.revision < current.revision);
-                if leads {
-                    leaders.insert(role, candidate);
+    for (role, mut found) in candidates {
+        // The lowest create revision leads whether it decodes or not: when it
+        // does not, nobody serves (the nodes see no leader either), and
+        // naming the next candidate would name a standby.
+        found.sort_by_key(|(revision, _)| *revision);
+        for (place, (_, candidate)) in found.into_iter().enumerate() {
+            match candidate {
+                Ok(leader) if place == 0 => {
+                    leaders.insert(role.clone(), leader);
                 }
+                Ok(_) => {}
+                Err(problem) if place == 0 => corrupt.push((
+                    role.clone(),
+                    format!("{problem} (it leads the election, so no leader is known)"),
+                )),
+                Err(problem) => corrupt.push((role.clone(), problem)),
             }
-            Err(error) => corrupt.push((role, error.to_string())),
         }
     }
     for kv in &sessions {

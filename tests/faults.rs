@@ -938,9 +938,15 @@ async fn garbage_in_the_election_and_sessions_is_reported_and_never_makes_two_se
     let summary = standin::inspect::roles(&client, &layout).await?;
     let role = summary.iter().find(|r| r.role == ROLE).expect("the role");
     assert!(
-        role.corrupt.iter().any(|c| c.contains("0badc0de")),
+        role.corrupt
+            .iter()
+            .any(|c| c.contains("0badc0de") && c.contains("leads the election")),
         "{role:?}"
     );
+    // The foreign key leads, so status names no leader rather than the
+    // oldest of our standbys.
+    assert_eq!(role.leader, None, "{role:?}");
+    assert_eq!(role.standbys.len(), 2, "{role:?}");
 
     info!("--- garbage in node 1's session key, on its own lease");
     let victim = nodes[1]
