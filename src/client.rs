@@ -93,6 +93,8 @@ pub struct RoleClient {
     channels: Mutex<HashMap<String, Channel>>,
     retry: crate::config::BackoffConfig,
     connect_timeout: Duration,
+    /// Keeps the etcd client's calls off members that stop answering.
+    _steering: Option<crate::endpoints::Steering>,
 }
 
 impl RoleClient {
@@ -101,6 +103,7 @@ impl RoleClient {
         let etcd = crate::etcd::connect_checked(&config.etcd).await?;
         let layout = Layout::new(&config.etcd.root_path);
         Ok(Self {
+            _steering: crate::endpoints::steer(&etcd, &config.etcd),
             role: role.to_owned(),
             leader: LeaderWatch::start(etcd, &layout, role, config.etcd.retry.initial),
             channels: Mutex::new(HashMap::new()),

@@ -94,7 +94,11 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
             ETCD_MIN_PING_INTERVAL.max(config.request_timeout),
             config.request_timeout,
         )
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // A member that has lost its raft leader then refuses a call at once
+        // ("no leader") instead of holding it until the request timeout,
+        // so a retry (on another member) comes early.
+        .with_require_leader(true);
     if let Some(tls) = &config.tls {
         options = options.with_tls(tls_options(tls)?);
     }
@@ -160,7 +164,7 @@ pub async fn connect_checked(config: &EtcdConfig) -> Result<Client, EtcdError> {
 
 /// `endpoint` with its scheme: as written, or `https://` with TLS and
 /// `http://` without.
-fn endpoint_url(endpoint: &str, tls: bool) -> String {
+pub(crate) fn endpoint_url(endpoint: &str, tls: bool) -> String {
     if endpoint.contains("://") {
         endpoint.to_owned()
     } else if tls {

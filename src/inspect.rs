@@ -71,7 +71,10 @@ pub async fn roles(client: &Client, layout: &Layout) -> Result<Vec<RoleSummary>,
     let mut candidates: BTreeMap<String, Vec<(i64, Result<Leader, String>)>> = BTreeMap::new();
     for kv in &elections {
         let key = String::from_utf8_lossy(kv.key());
-        let role = key[election_root.len()..].split('/').next().unwrap_or_default();
+        let role = key[election_root.len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default();
         let decoded = Leader::decode(kv).map_err(|error| error.to_string());
         candidates
             .entry(role.to_owned())

@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod coordinator;
 pub mod election;
+pub mod endpoints;
 pub mod etcd;
 pub mod faults;
 pub mod fence;

@@ -365,6 +365,7 @@ async fn watch(config: &Config, role: Option<String>) -> Result<(), Failure> {
         return Err(anyhow::anyhow!("no roles in etcd under {}", config.etcd.root_path).into());
     }
     let client = etcd_client(config).await?;
+    let _steering = standin::endpoints::steer(&client, &config.etcd);
     let layout = Layout::new(&config.etcd.root_path);
     let (lines, mut printed) = tokio::sync::mpsc::unbounded_channel();
     let mut watches = Vec::new();

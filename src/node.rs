@@ -409,6 +409,8 @@ pub struct Node {
     controls: Vec<Arc<dyn RoleControl>>,
     running: Vec<(String, ActorRef<SupervisorMsg>)>,
     context: Option<Arc<NodeContext>>,
+    /// Keeps the client's calls off etcd members that stop answering.
+    steering: Option<crate::endpoints::Steering>,
 }
 
 impl Node {
@@ -420,6 +422,7 @@ impl Node {
             controls: Vec::new(),
             running: Vec::new(),
             context: None,
+            steering: None,
         }
     }
 
@@ -484,6 +487,7 @@ impl Node {
         }
         self.config.validate()?;
         let client = crate::etcd::connect_checked(&self.config.etcd).await?;
+        self.steering = crate::endpoints::steer(&client, &self.config.etcd);
         let layout = Layout::new(&self.config.etcd.root_path);
         // Names copied out: the pending roles are not Sync, and a borrow of
         // them held across the await would make this future not Send.
