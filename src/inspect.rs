@@ -59,6 +59,10 @@ pub struct RoleSummary {
     pub corrupt: Vec<String>,
 }
 
+/// A candidate key's create revision and its decoded value, or why it does
+/// not decode.
+type Candidate = (i64, Result<Leader, String>);
+
 /// Reads every role's leader (the lowest create revision under its election)
 /// and its registered instances.
 pub async fn roles(client: &Client, layout: &Layout) -> Result<Vec<RoleSummary>, InspectError> {
@@ -68,7 +72,7 @@ pub async fn roles(client: &Client, layout: &Layout) -> Result<Vec<RoleSummary>,
     let sessions = read_prefix(client, &sessions_root).await?;
 
     let mut summaries: BTreeMap<String, RoleSummary> = BTreeMap::new();
-    let mut candidates: BTreeMap<String, Vec<(i64, Result<Leader, String>)>> = BTreeMap::new();
+    let mut candidates: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     for kv in &elections {
         let key = String::from_utf8_lossy(kv.key());
         let role = key[election_root.len()..]
