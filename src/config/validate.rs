@@ -1,0 +1,551 @@
+//! Validation: rejects values that parse but cannot work, naming the offending key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use humantime_serde::re::humantime;
+
+use super::{BackoffConfig, Config, ConfigError, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL};
+use crate::tso::TsoError;
+
+impl Config {
+    /// Rejects values that parse but cannot work; the error names the first
+    /// offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_etcd()?;
+        self.validate_node()?;
+        self.validate_session()?;
+        self.validate_coordinator()?;
+        self.validate_reload()?;
+        self.tso.validate().map_err(|error| match error {
+            TsoError::BadConfig {
+                key,
+                value,
+                message,
+            } => invalid(key, value, message),
+            other => invalid("tso", "", other.to_string()),
+        })
+    }
+
+    fn validate_etcd(&self) -> Result<(), ConfigError> {
+        let etcd = &self.etcd;
+        if etcd.endpoints.is_empty() {
+            return Err(invalid(
+                "etcd.endpoints",
+                "[]",
+                "must list at least one etcd endpoint",
+            ));
+        }
+        if etcd.endpoints.iter().any(|e| e.trim().is_empty()) {
+            return Err(invalid(
+                "etcd.endpoints",
+                format!("{:?}", etcd.endpoints),
+                "must not contain an empty endpoint",
+            ));
+        }
+        let root = &etcd.root_path;
+        if root.is_empty() {
+            return Err(invalid(
+                "etcd.rootPath",
+                "\"\"",
+                "must not be empty: standin's keys would mix with every other key in the cluster",
+            ));
+        }
+        if root.starts_with('/') || root.ends_with('/') || root.contains("//") {
+            return Err(invalid(
+                "etcd.rootPath",
+                format!("{root:?}"),
+                "must not start or end with '/' nor contain '//': keys are built as \
+                 `{rootPath}/election/...`, so such a root gives keys with an empty segment",
+            ));
+        }
+        nonzero(
+            "etcd.connectTimeout",
+            etcd.connect_timeout,
+            "no connection could ever be made",
+        )?;
+        nonzero(
+            "etcd.requestTimeout",
+            etcd.request_timeout,
+            "every etcd request would time out",
+        )?;
+        validate_backoff(&etcd.retry, "etcd.retry.initial", "etcd.retry.max")?;
+        self.validate_etcd_security()
+    }
+
+    fn validate_etcd_security(&self) -> Result<(), ConfigError> {
+        let etcd = &self.etcd;
+        if let Some(auth) = &etcd.auth
+            && auth.user.trim().is_empty()
+        {
+            return Err(invalid(
+                "etcd.auth.user",
+                format!("{:?}", auth.user),
+                "must not be empty: etcd authenticates a named user",
+            ));
+        }
+        let Some(tls) = &etcd.tls else {
+            if let Some(https) = etcd.endpoints.iter().find(|e| e.starts_with("https://")) {
+                return Err(invalid(
+                    "etcd.tls",
+                    "~",
+                    format!(
+                        "must be set for the https endpoint {https:?}: it names the CA to trust"
+                    ),
+                ));
+            }
+            return Ok(());
+        };
+        if let Some(http) = etcd.endpoints.iter().find(|e| e.starts_with("http://")) {
+            return Err(invalid(
+                "etcd.endpoints",
+                format!("{:?}", etcd.endpoints),
+                format!(
+                    "{http:?} is plaintext while etcd.tls is set: write it without a scheme \
+                     (https is then used) or with https://"
+                ),
+            ));
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "etcd.tls.keyFile",
+                    "~",
+                    "must be set with etcd.tls.certFile: a client certificate is useless without its key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "etcd.tls.certFile",
+                    "~",
+                    "must be set with etcd.tls.keyFile: a key is useless without its certificate",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(domain) = &tls.domain
+            && domain.trim().is_empty()
+        {
+            return Err(invalid(
+                "etcd.tls.domain",
+                "\"\"",
+                "must not be empty: leave it out to check the endpoint's own host name",
+            ));
+        }
+        readable_file("etcd.tls.caFile", &tls.ca_file)?;
+        if let Some(cert) = &tls.cert_file {
+            readable_file("etcd.tls.certFile", cert)?;
+        }
+        if let Some(key) = &tls.key_file {
+            readable_file("etcd.tls.keyFile", key)?;
+        }
+        Ok(())
+    }
+
+    fn validate_node(&self) -> Result<(), ConfigError> {
+        if self.node.address.trim().is_empty() {
+            return Err(invalid(
+                "node.address",
+                format!("{:?}", self.node.address),
+                "must not be empty: it is published in the session so clients can reach this node",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_session(&self) -> Result<(), ConfigError> {
+        let session = &self.session;
+        let ttl = session.ttl;
+        if ttl < MIN_TTL {
+            return Err(invalid(
+                "session.ttl",
+                show(ttl),
+                "must be at least 2s, etcd's minimum lease TTL: etcd would keep the lease \
+                 longer than configured, and the renew deadline would be computed from the wrong TTL",
+            ));
+        }
+        if ttl.subsec_nanos() != 0 {
+            return Err(invalid(
+                "session.ttl",
+                show(ttl),
+                "must be a whole number of seconds: etcd lease TTLs are whole seconds",
+            ));
+        }
+        if ttl.as_secs() > MAX_TTL_SECS {
+            return Err(invalid(
+                "session.ttl",
+                show(ttl),
+                format!("must be at most {MAX_TTL_SECS}s, etcd's maximum lease TTL"),
+            ));
+        }
+
+        let deadline = session.renew_deadline();
+        let deadline_shown = match session.renew_deadline {
+            Some(_) => show(deadline),
+            None => format!("{} (unset: 2/3 of session.ttl)", show(deadline)),
+        };
+        if deadline.is_zero() {
+            return Err(invalid(
+                "session.renewDeadline",
+                deadline_shown,
+                "must be above zero: the coordinator would step down as soon as it activates",
+            ));
+        }
+        if deadline >= ttl {
+            return Err(invalid(
+                "session.renewDeadline",
+                deadline_shown,
+                format!(
+                    "must be below session.ttl ({}) so the coordinator steps down before etcd \
+                     expires the lease",
+                    show(ttl)
+                ),
+            ));
+        }
+
+        let interval = session.keepalive_interval();
+        let interval_shown = match session.keepalive_interval {
+            Some(_) => show(interval),
+            None => format!("{} (unset: session.ttl / 3)", show(interval)),
+        };
+        if interval.is_zero() {
+            return Err(invalid(
+                "session.keepaliveInterval",
+                interval_shown,
+                "must be above zero: keepalives would be sent in a tight loop",
+            ));
+        }
+        if interval >= deadline {
+            return Err(invalid(
+                "session.keepaliveInterval",
+                interval_shown,
+                format!(
+                    "must be below session.renewDeadline ({deadline_shown}) so a keepalive can \
+                     renew the lease before the coordinator has to step down"
+                ),
+            ));
+        }
+
+        nonzero(
+            "session.standbyLogInterval",
+            session.standby_log_interval,
+            "it is the period of the STANDBY log line",
+        )
+    }
+
+    fn validate_coordinator(&self) -> Result<(), ConfigError> {
+        let coordinator = &self.coordinator;
+        if coordinator.activation_buffer == 0 {
+            return Err(invalid(
+                "coordinator.activationBuffer",
+                "0",
+                "must be at least 1: messages that arrive while the coordinator activates \
+                 are held in this buffer",
+            ));
+        }
+        nonzero(
+            "coordinator.deactivateTimeout",
+            coordinator.deactivate_timeout,
+            "the deactivation hook would get no time to run",
+        )?;
+        validate_backoff(
+            &coordinator.restart_backoff,
+            "coordinator.restartBackoff.initial",
+            "coordinator.restartBackoff.max",
+        )
+    }
+
+    fn validate_reload(&self) -> Result<(), ConfigError> {
+        let reload = &self.reload;
+        nonzero(
+            "reload.timeout",
+            reload.timeout,
+            "every reload would time out before it starts",
+        )?;
+        if !(1..=MAX_PAGE_SIZE).contains(&reload.page_size) {
+            return Err(invalid(
+                "reload.pageSize",
+                reload.page_size.to_string(),
+                format!(
+                    "must be between 1 and {MAX_PAGE_SIZE}: each page is one etcd range \
+                     response, which must stay under the gRPC message size limit"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_backoff(
+    backoff: &BackoffConfig,
+    initial_key: &'static str,
+    max_key: &'static str,
+) -> Result<(), ConfigError> {
+    nonzero(
+        initial_key,
+        backoff.initial,
+        "retries would spin with no delay",
+    )?;
+    if backoff.max < backoff.initial {
+        return Err(invalid(
+            max_key,
+            show(backoff.max),
+            format!(
+                "must be at least {initial_key} ({}): it caps the delays that start there",
+                show(backoff.initial)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `path` is a file this process can open, so a wrong path fails
+/// at load, naming the key, rather than at the first TLS handshake.
+fn readable_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let opened = std::fs::File::open(path).and_then(|file| file.metadata());
+    let checked = opened.and_then(|metadata| {
+        if metadata.is_file() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not a regular file"))
+        }
+    });
+    checked.map_err(|source| ConfigError::FileUnreadable {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Rejects a zero duration; `why` says what zero would do.
+fn nonzero(key: &'static str, value: Duration, why: &str) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(key, "0s", format!("must be above zero: {why}")));
+    }
+    Ok(())
+}
+
+fn invalid(key: &'static str, value: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.into(),
+        message: message.into(),
+    }
+}
+
+/// A duration the way it is written in the config (`6s 666ms 666us 666ns`).
+fn show(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{Scratch, parse_error, rejected};
+
+    #[test]
+    fn session_ttl_must_be_at_least_etcds_minimum() {
+        let mut config = Config::default();
+        config.session.ttl = Duration::from_millis(1999);
+        assert!(rejected(&config, "session.ttl").contains("at least 2s"));
+        config.session.ttl = Duration::from_secs(2);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn session_ttl_must_be_whole_seconds() {
+        let mut config = Config::default();
+        config.session.ttl = Duration::from_millis(2500);
+        assert!(rejected(&config, "session.ttl").contains("whole number of seconds"));
+    }
+
+    #[test]
+    fn session_ttl_must_fit_etcds_maximum() {
+        let mut config = Config::default();
+        config.session.ttl = Duration::from_secs(MAX_TTL_SECS + 1);
+        rejected(&config, "session.ttl");
+    }
+
+    #[test]
+    fn renew_deadline_must_be_strictly_below_ttl() {
+        let mut config = Config::default();
+        config.session.renew_deadline = Some(Duration::from_secs(10));
+        let text = rejected(&config, "session.renewDeadline");
+        assert!(text.contains("must be below session.ttl (10s)"), "{text}");
+        config.session.renew_deadline = Some(Duration::ZERO);
+        rejected(&config, "session.renewDeadline");
+        config.session.renew_deadline = Some(Duration::from_millis(9999));
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn keepalive_interval_must_be_strictly_below_renew_deadline() {
+        let mut config = Config::default();
+        config.session.renew_deadline = Some(Duration::from_secs(5));
+        config.session.keepalive_interval = Some(Duration::from_secs(5));
+        let text = rejected(&config, "session.keepaliveInterval");
+        assert!(text.contains("session.renewDeadline (5s)"), "{text}");
+
+        // A derived interval that does not fit an explicit deadline is named too.
+        config.session.keepalive_interval = None;
+        config.session.renew_deadline = Some(Duration::from_secs(3));
+        let text = rejected(&config, "session.keepaliveInterval");
+        assert!(text.contains("unset"), "{text}");
+    }
+
+    #[test]
+    fn keepalive_interval_must_not_be_zero() {
+        let mut config = Config::default();
+        config.session.keepalive_interval = Some(Duration::ZERO);
+        rejected(&config, "session.keepaliveInterval");
+    }
+
+    #[test]
+    fn standby_log_interval_must_not_be_zero() {
+        let mut config = Config::default();
+        config.session.standby_log_interval = Duration::ZERO;
+        rejected(&config, "session.standbyLogInterval");
+    }
+
+    #[test]
+    fn endpoints_must_not_be_empty() {
+        let mut config = Config::default();
+        config.etcd.endpoints.clear();
+        rejected(&config, "etcd.endpoints");
+        config.etcd.endpoints = vec![" ".to_owned()];
+        rejected(&config, "etcd.endpoints");
+    }
+
+    #[test]
+    fn root_path_must_be_non_empty_and_not_slash_edged() {
+        for root in ["", "/standin", "standin/", "/", "a//b"] {
+            let mut config = Config::default();
+            config.etcd.root_path = root.to_owned();
+            rejected(&config, "etcd.rootPath");
+        }
+    }
+
+    #[test]
+    fn node_address_must_not_be_empty() {
+        let mut config = Config::default();
+        config.node.address = String::new();
+        rejected(&config, "node.address");
+    }
+
+    #[test]
+    fn timeouts_must_not_be_zero() {
+        fn zero_rejected(key: &str, break_it: impl FnOnce(&mut Config)) {
+            let mut config = Config::default();
+            break_it(&mut config);
+            rejected(&config, key);
+        }
+        zero_rejected("etcd.connectTimeout", |c| {
+            c.etcd.connect_timeout = Duration::ZERO
+        });
+        zero_rejected("etcd.requestTimeout", |c| {
+            c.etcd.request_timeout = Duration::ZERO
+        });
+        zero_rejected("coordinator.deactivateTimeout", |c| {
+            c.coordinator.deactivate_timeout = Duration::ZERO
+        });
+        zero_rejected("reload.timeout", |c| c.reload.timeout = Duration::ZERO);
+    }
+
+    #[test]
+    fn activation_buffer_must_be_at_least_one() {
+        let mut config = Config::default();
+        config.coordinator.activation_buffer = 0;
+        rejected(&config, "coordinator.activationBuffer");
+    }
+
+    #[test]
+    fn page_size_must_be_in_range() {
+        for size in [0, -1, MAX_PAGE_SIZE + 1] {
+            let mut config = Config::default();
+            config.reload.page_size = size;
+            rejected(&config, "reload.pageSize");
+        }
+        let mut config = Config::default();
+        config.reload.page_size = MAX_PAGE_SIZE;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn backoffs_need_a_nonzero_initial_and_a_max_at_least_initial() {
+        let mut config = Config::default();
+        config.etcd.retry.initial = Duration::ZERO;
+        rejected(&config, "etcd.retry.initial");
+
+        let mut config = Config::default();
+        config.etcd.retry.max = Duration::from_millis(100);
+        let text = rejected(&config, "etcd.retry.max");
+        assert!(text.contains("etcd.retry.initial (200ms)"), "{text}");
+
+        let mut config = Config::default();
+        config.coordinator.restart_backoff.initial = Duration::ZERO;
+        rejected(&config, "coordinator.restartBackoff.initial");
+
+        let mut config = Config::default();
+        config.coordinator.restart_backoff.max = Duration::from_millis(10);
+        rejected(&config, "coordinator.restartBackoff.max");
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_pair_up() {
+        let scratch = Scratch::new("tls");
+        let ca = scratch.file("ca.pem");
+        let cert = scratch.file("client.pem");
+        let key = scratch.file("client-key.pem");
+        let text = format!(
+            "etcd:\n  tls:\n    caFile: {}\n    certFile: {}\n    keyFile: {}\n    domain: etcd.internal\n",
+            ca.display(),
+            cert.display(),
+            key.display()
+        );
+        let config = Config::from_yaml_str(&text).unwrap();
+        let tls = config.etcd.tls.clone().unwrap();
+        assert_eq!(tls.ca_file, ca);
+        assert_eq!(tls.domain.as_deref(), Some("etcd.internal"));
+
+        let missing = scratch.0.join("missing.pem");
+        let mut broken = config.clone();
+        broken.etcd.tls.as_mut().unwrap().ca_file = missing.clone();
+        let err = broken.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::FileUnreadable {
+                    key: "etcd.tls.caFile",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("etcd.tls.caFile"), "{err}");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        let mut broken = config.clone();
+        broken.etcd.tls.as_mut().unwrap().key_file = Some(scratch.0.clone());
+        let err = broken.validate().unwrap_err();
+        assert!(err.to_string().contains("etcd.tls.keyFile"), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+
+        let mut broken = config.clone();
+        broken.etcd.tls.as_mut().unwrap().key_file = None;
+        rejected(&broken, "etcd.tls.keyFile");
+        let mut broken = config.clone();
+        broken.etcd.tls.as_mut().unwrap().cert_file = None;
+        rejected(&broken, "etcd.tls.certFile");
+
+        let mut broken = config.clone();
+        broken.etcd.endpoints = vec!["http://127.0.0.1:2379".into()];
+        rejected(&broken, "etcd.endpoints");
+        let mut broken = Config::default();
+        broken.etcd.endpoints = vec!["https://127.0.0.1:2379".into()];
+        rejected(&broken, "etcd.tls");
+
+        let (key, message) = parse_error("etcd:\n  tls:\n    certFile: x\n");
+        assert_eq!(key, "etcd.tls");
+        assert!(message.starts_with("missing field `caFile`"), "{message}");
+    }
+}
