@@ -61,10 +61,7 @@ impl Drop for Observer {
 async fn etcdctl_elect_shows_our_leader_and_follows_a_takeover() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        nodes.push(TestNode::start(config(&etcd, index, 10), &[ROLE], false).await?);
-    }
+    let mut nodes = start_nodes(2, &[ROLE], |index| config(&etcd, index, 10)).await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let server_id = nodes[leader].role(ROLE).status().server_id;
 
@@ -92,8 +89,6 @@ async fn etcdctl_elect_shows_our_leader_and_follows_a_takeover() -> anyhow::Resu
         .await;
     assert_eq!(seen.address, nodes[next].address);
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }

@@ -76,8 +76,6 @@ async fn an_exclusive_role_refuses_a_second_exclusive_instance_but_not_a_standby
     let mut nodes = vec![first, third];
     assert_eq!(serving(&nodes, ROLE), vec![0]);
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }

@@ -14,11 +14,7 @@ use tracing::info;
 const ROLE: &str = "rootcoord";
 
 async fn three_nodes(etcd: &EtcdServer, ttl: u64) -> anyhow::Result<Vec<TestNode>> {
-    let mut nodes = Vec::new();
-    for index in 0..3 {
-        nodes.push(TestNode::start(config(etcd, index, ttl), &[ROLE], false).await?);
-    }
-    Ok(nodes)
+    start_nodes(3, &[ROLE], |index| config(etcd, index, ttl)).await
 }
 
 async fn epoch_of(node: &TestNode) -> standin::Epoch {
@@ -100,9 +96,7 @@ async fn exactly_one_of_three_serves_and_its_epoch_is_the_leader_key_revision() 
         vec![RoleState::Serving, RoleState::Standby, RoleState::Standby]
     );
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -122,9 +116,7 @@ async fn graceful_shutdown_of_the_active_hands_over_within_a_second() -> anyhow:
     assert_ne!(next, leader);
     assert!(took < Duration::from_secs(1), "handover took {took:?}");
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -143,9 +135,7 @@ async fn a_panicking_coordinator_is_replaced_in_well_under_the_ttl() -> anyhow::
         .await;
     assert!(matches!(crashed, Err(ServeError::Unavailable { .. })));
     let next = wait_for("another node to serve", Duration::from_secs(5), || {
-        serving(&nodes, ROLE)
-            .into_iter()
-            .find(|&index| index != leader)
+        serving_other_than(&nodes, ROLE, leader)
     })
     .await;
     let took = started.elapsed();
@@ -158,18 +148,20 @@ async fn a_panicking_coordinator_is_replaced_in_well_under_the_ttl() -> anyhow::
     info!("--- the crashed node's coordinator is back, in standby, and knows the new leader");
     let new_address = nodes[next].address.clone();
     let crashed_role = nodes[leader].role(ROLE).clone();
-    eventually("the crashed coordinator back in standby", Duration::from_secs(10), || async {
-        let answer = crashed_role.call(LedgerRequest::Read, CALL).await;
-        matches!(answer, Err(ServeError::NotActive { leader: Some(ref address), .. }) if *address == new_address)
-            .then_some(())
-    })
+    eventually(
+        "the crashed coordinator back in standby",
+        Duration::from_secs(10),
+        || async {
+            redirects_to(&crashed_role, &new_address)
+                .await
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(crashed_role.status().state, RoleState::Standby);
     assert_eq!(serving(&nodes, ROLE), vec![next]);
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -183,22 +175,14 @@ async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_w
 
     info!("--- the active writes, and we keep its fenced store");
     for index in 0..20 {
-        let write = LedgerRequest::Write {
-            key: format!("item/{index:03}"),
-            value: format!("value {index}").into_bytes(),
-        };
-        match nodes[leader].role(ROLE).call(write, CALL).await {
-            Ok(LedgerResponse::Written(Ok(()))) => {}
-            _ => panic!("write {index} was not acknowledged"),
-        }
+        let key = format!("item/{index:03}");
+        let value = format!("value {index}");
+        assert!(
+            acknowledges_write(nodes[leader].role(ROLE), key, value).await,
+            "write {index} was not acknowledged"
+        );
     }
-    let Ok(LedgerResponse::Store(old_store)) = nodes[leader]
-        .role(ROLE)
-        .call(LedgerRequest::Store, CALL)
-        .await
-    else {
-        panic!("no store from the leader");
-    };
+    let old_store = nodes[leader].store(ROLE).await;
 
     info!("--- the active crashes; another takes over");
     let _ = nodes[leader]
@@ -206,9 +190,7 @@ async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_w
         .call(LedgerRequest::Panic, CALL)
         .await;
     let next = wait_for("another node to serve", Duration::from_secs(5), || {
-        serving(&nodes, ROLE)
-            .into_iter()
-            .find(|&index| index != leader)
+        serving_other_than(&nodes, ROLE, leader)
     })
     .await;
 
@@ -232,19 +214,13 @@ async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_w
     );
 
     info!("--- the new active's reload has every acknowledged write and nothing else");
-    let Ok(LedgerResponse::Entries(entries)) =
-        nodes[next].role(ROLE).call(LedgerRequest::Read, CALL).await
-    else {
-        panic!("the new leader did not answer");
-    };
+    let entries = nodes[next].entries(ROLE).await;
     assert_eq!(entries.len(), 20);
     assert_eq!(entries["item/007"], b"value 7".to_vec());
     assert!(!entries.contains_key("item/late"));
     assert!(epoch_of(&nodes[next]).await.revision > old_store.epoch().revision);
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -265,9 +241,7 @@ async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() 
     etcd.client().await?.lease_revoke(old_lease).await?;
 
     let next = wait_for("a peer to serve", Duration::from_secs(5), || {
-        serving(&nodes, ROLE)
-            .into_iter()
-            .find(|&index| index != leader)
+        serving_other_than(&nodes, ROLE, leader)
     })
     .await;
     info!(
@@ -298,33 +272,7 @@ async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() 
     )
     .await;
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
-    Ok(())
-}
-
-/// Writes `count` metadata keys for `role` straight into etcd, 128 to a transaction.
-async fn seed_metadata(
-    etcd: &EtcdServer,
-    role: &str,
-    count: usize,
-    value: &[u8],
-) -> anyhow::Result<()> {
-    let client = etcd.client().await?;
-    let keys: Vec<_> = (0..count)
-        .map(|i| format!("standin-test/meta/{role}/seed/{i:06}"))
-        .collect();
-    for chunk in keys.chunks(128) {
-        let ops: Vec<_> = chunk
-            .iter()
-            .map(|key| etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
-            .collect();
-        client
-            .kv_client()
-            .txn(etcd_client::Txn::new().and_then(ops))
-            .await?;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -395,11 +343,7 @@ async fn a_reload_timeout_makes_the_node_resign_and_a_peer_reloads_100k_keys() -
     info!("--- a patient node takes over and sees all 100k keys");
     let mut patient = TestNode::start(config(&etcd, 1, 10), &[ROLE], false).await?;
     wait_for_takeover(&hasty, &patient, Duration::from_secs(30)).await;
-    let Ok(LedgerResponse::Entries(entries)) =
-        patient.role(ROLE).call(LedgerRequest::Read, CALL).await
-    else {
-        panic!("the patient node did not answer");
-    };
+    let entries = patient.entries(ROLE).await;
     assert_eq!(entries.len(), 100_000);
 
     patient.shutdown().await;
@@ -412,10 +356,7 @@ async fn three_roles_on_three_nodes_have_independent_leaders() -> anyhow::Result
     init_logging();
     let etcd = EtcdServer::start().await?;
     let roles = ["rootcoord", "datacoord", "querycoord"];
-    let mut nodes = Vec::new();
-    for index in 0..3 {
-        nodes.push(TestNode::start(config(&etcd, index, 10), &roles, false).await?);
-    }
+    let mut nodes = start_nodes(3, &roles, |index| config(&etcd, index, 10)).await?;
     let mut leaders = Vec::new();
     for role in roles {
         leaders.push(wait_for_single_leader(&nodes, role, Duration::from_secs(10)).await);
@@ -441,9 +382,7 @@ async fn three_roles_on_three_nodes_have_independent_leaders() -> anyhow::Result
         .call(LedgerRequest::Panic, CALL)
         .await;
     wait_for("a new rootcoord leader", Duration::from_secs(5), || {
-        serving(&nodes, "rootcoord")
-            .into_iter()
-            .find(|&n| n != leaders[0])
+        serving_other_than(&nodes, "rootcoord", leaders[0])
     })
     .await;
     for (r, role) in roles.iter().enumerate().skip(1) {
@@ -454,9 +393,7 @@ async fn three_roles_on_three_nodes_have_independent_leaders() -> anyhow::Result
         );
     }
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -466,10 +403,7 @@ async fn without_keepalives_the_active_steps_down_before_the_ttl_and_recovers_in
     init_logging();
     let etcd = EtcdServer::start().await?;
     let ttl = Duration::from_secs(3);
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        nodes.push(TestNode::start(config(&etcd, index, ttl.as_secs()), &[ROLE], false).await?);
-    }
+    let mut nodes = start_nodes(2, &[ROLE], |index| config(&etcd, index, ttl.as_secs())).await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
 
     info!("--- freeze etcd: no keepalive can succeed");
@@ -495,9 +429,7 @@ async fn without_keepalives_the_active_steps_down_before_the_ttl_and_recovers_in
     wait_for_single_leader(&nodes, ROLE, Duration::from_secs(20)).await;
     assert!(nodes.iter().all(|node| node.node.is_some()));
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -519,8 +451,8 @@ async fn deleting_the_leader_key_with_etcdctl_demotes_the_active() -> anyhow::Re
         "the old active to step down",
         Duration::from_secs(5),
         || {
-            let status = nodes[leader].role(ROLE).status();
-            (status.last_step_down == Some(StepDownReason::LeaderKeyDeleted)).then_some(())
+            (nodes[leader].last_step_down(ROLE) == Some(StepDownReason::LeaderKeyDeleted))
+                .then_some(())
         },
     )
     .await;
@@ -533,8 +465,6 @@ async fn deleting_the_leader_key_with_etcdctl_demotes_the_active() -> anyhow::Re
         .expect("the leader has an epoch");
     assert!(new_epoch.revision > epoch.revision);
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }

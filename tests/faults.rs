@@ -11,11 +11,11 @@ use etcd_client::{GetOptions, PutOptions, SortOrder, SortTarget};
 use kit::*;
 use standin::coordinator::BoxError;
 use standin::election::machine::StepDownReason;
-use standin::testing::{EtcdCluster, EtcdServer, FaultProxy};
+use standin::testing::{EtcdCluster, EtcdServer};
 use standin::{Coordinator, Epoch, FenceError, FencedStore, Node, RoleState, ServeError, Snapshot};
 use support::{
-    CALL, LedgerRequest, LedgerResponse, TestNode, config, eventually, serving, wait_for,
-    wait_for_single_leader,
+    CALL, LedgerRequest, Stoppable, TestNode, acknowledges_write, config, eventually, redirects_to,
+    seed_metadata, serving, shutdown_all, single, start_nodes, wait_for, wait_for_single_leader,
 };
 use tokio::sync::Semaphore;
 use tracing::info;
@@ -51,25 +51,6 @@ async fn candidates(client: &etcd_client::Client, role: &str) -> Vec<(String, i6
         .collect()
 }
 
-/// Writes `count` metadata keys for `role` straight into etcd, 128 to a transaction.
-async fn seed_metadata(etcd: &EtcdServer, role: &str, count: usize) -> anyhow::Result<()> {
-    let client = etcd.client().await?;
-    let keys: Vec<_> = (0..count)
-        .map(|i| format!("{ROOT}/meta/{role}/seed/{i:06}"))
-        .collect();
-    for chunk in keys.chunks(128) {
-        let ops: Vec<_> = chunk
-            .iter()
-            .map(|key| etcd_client::TxnOp::put(key.as_str(), "v", None))
-            .collect();
-        client
-            .kv_client()
-            .txn(etcd_client::Txn::new().and_then(ops))
-            .await?;
-    }
-    Ok(())
-}
-
 /// The epoch `node` serves at.
 fn epoch_of(node: &TestNode) -> Epoch {
     node.role(ROLE)
@@ -85,15 +66,15 @@ fn epoch_of(node: &TestNode) -> Epoch {
 async fn a_reload_crashing_mid_way_resigns_and_a_node_serves_within_5s() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    seed_metadata(&etcd, ROLE, 200).await?;
+    seed_metadata(&etcd, ROLE, 200, b"v").await?;
     let client = etcd.client().await?;
-    let mut nodes = Vec::new();
-    for index in 0..2 {
+    let mut nodes = start_nodes(2, &[ROLE], |index| {
         let mut config = config(&etcd, index, 3);
         config.reload.page_size = 10;
-        nodes.push(TestNode::start(config, &[ROLE], false).await?);
-    }
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.role(ROLE).subscribe()).collect());
+        config
+    })
+    .await?;
+    let monitor = Monitor::nodes(&nodes, ROLE);
     let first = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let next = 1 - first;
     let first_epoch = epoch_of(&nodes[first]);
@@ -120,10 +101,7 @@ async fn a_reload_crashing_mid_way_resigns_and_a_node_serves_within_5s() -> anyh
     wait_for(
         "the winner to resign with ReloadFailed",
         Duration::from_secs(5),
-        || {
-            let status = nodes[next].role(ROLE).status();
-            (status.last_step_down == Some(StepDownReason::ReloadFailed)).then_some(())
-        },
+        || (nodes[next].last_step_down(ROLE) == Some(StepDownReason::ReloadFailed)).then_some(()),
     )
     .await;
     assert!(
@@ -132,25 +110,14 @@ async fn a_reload_crashing_mid_way_resigns_and_a_node_serves_within_5s() -> anyh
     );
 
     info!("--- a node serves again within 5 s, with all 200 keys");
-    let serving_node = wait_for(
-        "a node to serve again",
-        Duration::from_secs(5),
-        || match serving(&nodes, ROLE).as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        },
-    )
+    let serving_node = wait_for("a node to serve again", Duration::from_secs(5), || {
+        single(&serving(&nodes, ROLE))
+    })
     .await;
     let took = handed_over_at.elapsed();
     info!(?took, serving_node, "--- serving again");
     assert!(took < Duration::from_secs(5), "serving again took {took:?}");
-    let Ok(LedgerResponse::Entries(entries)) = nodes[serving_node]
-        .role(ROLE)
-        .call(LedgerRequest::Read, CALL)
-        .await
-    else {
-        panic!("the serving node did not answer");
-    };
+    let entries = nodes[serving_node].entries(ROLE).await;
     assert_eq!(entries.len(), 200);
 
     info!("--- the failed term never served, and etcd refuses its writes");
@@ -172,9 +139,7 @@ async fn a_reload_crashing_mid_way_resigns_and_a_node_serves_within_5s() -> anyh
     assert_fenced(client.clone(), &first_epoch).await;
     monitor.assert_safe();
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -351,18 +316,8 @@ async fn a_frozen_active_process_is_replaced_and_demotes_on_resume_without_servi
     // is checked on a timer, never on the request path), with timestamps
     // below those the new leader already handed out.
     let window = "tso:\n  window: 1s\n";
-    let mut nodes = vec![
-        ProcNode::spawn(&[etcd.endpoint()], 2, window)?,
-        ProcNode::spawn(&[etcd.endpoint()], 2, window)?,
-    ];
-    let (frozen, old_epoch) =
-        eventually("one process serving", Duration::from_secs(15), || async {
-            match serving_processes(&nodes).await.as_slice() {
-                [one] => Some(*one),
-                _ => None,
-            }
-        })
-        .await;
+    let mut nodes = spawn_processes(2, &[etcd.endpoint()], 2, window)?;
+    let (frozen, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
     let peer = 1 - frozen;
     let monitor = Monitor::processes(nodes.iter().map(ProcNode::url).collect(), "tso");
     let mut stamps = Timestamps::default();
@@ -473,27 +428,18 @@ async fn an_active_cut_from_etcd_stops_serving_before_its_lease_expires_and_rejo
     let client = etcd.client().await?;
     let ttl = 3;
     let renew_deadline = Duration::from_secs(2);
-    let mut proxies = Vec::new();
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        let proxy = FaultProxy::start(&etcd.endpoint()).await?;
-        let config = node_config(vec![proxy.endpoint()], index, ttl);
+    let (proxies, mut nodes) = start_proxied_nodes(&etcd, 2, &[ROLE], |endpoints, index| {
+        let config = node_config(endpoints, index, ttl);
         assert_eq!(config.session.renew_deadline(), renew_deadline);
-        nodes.push(TestNode::start(config, &[ROLE], false).await?);
-        proxies.push(proxy);
-    }
+        config
+    })
+    .await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let peer = 1 - leader;
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.role(ROLE).subscribe()).collect());
+    let monitor = Monitor::nodes(&nodes, ROLE);
     let old_epoch = epoch_of(&nodes[leader]);
     let old_lease = nodes[leader].role(ROLE).status().lease.expect("a lease");
-    let Ok(LedgerResponse::Store(old_store)) = nodes[leader]
-        .role(ROLE)
-        .call(LedgerRequest::Store, CALL)
-        .await
-    else {
-        panic!("no store from the active");
-    };
+    let old_store = nodes[leader].store(ROLE).await;
 
     // When etcd drops the lease, it deletes the leader key on it.
     let mut lease_gone = client
@@ -561,14 +507,7 @@ async fn an_active_cut_from_etcd_stops_serving_before_its_lease_expires_and_rejo
         "{refused:?}"
     );
     assert_fenced(client.clone(), &old_epoch).await;
-    let write = LedgerRequest::Write {
-        key: "after-cut".into(),
-        value: b"v".to_vec(),
-    };
-    assert!(matches!(
-        nodes[peer].role(ROLE).call(write, CALL).await,
-        Ok(LedgerResponse::Written(Ok(())))
-    ));
+    assert!(acknowledges_write(nodes[peer].role(ROLE), "after-cut", "v").await);
 
     info!("--- heal: the old active rejoins as a standby on a fresh lease");
     proxies[leader].heal();
@@ -591,18 +530,16 @@ async fn an_active_cut_from_etcd_stops_serving_before_its_lease_expires_and_rejo
     })
     .await;
     let peer_address = nodes[peer].address.clone();
-    eventually("it to name the peer as leader", Duration::from_secs(5), || async {
-        let answer = rejoined.call(LedgerRequest::Read, CALL).await;
-        matches!(answer, Err(ServeError::NotActive { leader: Some(ref a), .. }) if *a == peer_address)
-            .then_some(())
-    })
+    eventually(
+        "it to name the peer as leader",
+        Duration::from_secs(5),
+        || async { redirects_to(&rejoined, &peer_address).await.then_some(()) },
+    )
     .await;
     assert_eq!(serving(&nodes, ROLE), vec![peer]);
     monitor.assert_safe();
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -615,21 +552,17 @@ async fn a_slow_link_well_below_the_renew_deadline_causes_no_step_down_or_flappi
     init_logging();
     let etcd = EtcdServer::start().await?;
     let ttl = Duration::from_secs(3);
-    let mut proxies = Vec::new();
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        let proxy = FaultProxy::start(&etcd.endpoint()).await?;
-        let config = node_config(vec![proxy.endpoint()], index, ttl.as_secs());
-        nodes.push(TestNode::start(config, &[ROLE], false).await?);
-        proxies.push(proxy);
-    }
+    let (proxies, mut nodes) = start_proxied_nodes(&etcd, 2, &[ROLE], |endpoints, index| {
+        node_config(endpoints, index, ttl.as_secs())
+    })
+    .await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let epoch = epoch_of(&nodes[leader]);
     wait_for("the standby's candidacy", Duration::from_secs(5), || {
         nodes[1 - leader].role(ROLE).status().lease
     })
     .await;
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.role(ROLE).subscribe()).collect());
+    let monitor = Monitor::nodes(&nodes, ROLE);
 
     info!("--- every link to etcd gets 150 ms of latency each way");
     for proxy in &proxies {
@@ -638,14 +571,10 @@ async fn a_slow_link_well_below_the_renew_deadline_causes_no_step_down_or_flappi
     let slowed_at = Instant::now();
     let mut writes = 0;
     while slowed_at.elapsed() < 3 * ttl {
-        let write = LedgerRequest::Write {
-            key: format!("slow/{writes:04}"),
-            value: b"v".to_vec(),
-        };
+        let key = format!("slow/{writes:04}");
         let started = Instant::now();
-        let written = nodes[leader].role(ROLE).call(write, CALL).await;
         assert!(
-            matches!(written, Ok(LedgerResponse::Written(Ok(())))),
+            acknowledges_write(nodes[leader].role(ROLE), key, "v").await,
             "write {writes} on the slow link failed"
         );
         assert!(
@@ -676,9 +605,7 @@ async fn a_slow_link_well_below_the_renew_deadline_causes_no_step_down_or_flappi
     for proxy in &proxies {
         proxy.heal();
     }
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -689,26 +616,13 @@ async fn a_slow_link_well_below_the_renew_deadline_causes_no_step_down_or_flappi
 async fn etcd_killed_and_restarted_keeps_one_server_and_growing_timestamps() -> anyhow::Result<()> {
     init_logging();
     let mut etcd = EtcdServer::start().await?;
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        nodes.push(TsoNode::start(node_config(vec![etcd.endpoint()], index, 2)).await?);
-    }
-    let leader = wait_for(
-        "a tso leader",
-        Duration::from_secs(10),
-        || match tso_serving(&nodes).as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        },
-    )
-    .await;
+    let mut nodes =
+        start_tso_nodes(2, |index| node_config(vec![etcd.endpoint()], index, 2)).await?;
+    let leader = wait_for_tso_leader(&nodes, "a tso leader", Duration::from_secs(10)).await;
     let old_epoch = nodes[leader].tso.status().epoch.expect("an epoch");
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.tso.subscribe()).collect());
+    let monitor = Monitor::tso_nodes(&nodes);
     let mut stamps = Timestamps::default();
-    for _ in 0..10 {
-        let batch = nodes[leader].allocate(100, CALL).await??;
-        stamps.record_batch(&batch);
-    }
+    stamps.record_allocations(&nodes[leader], 10).await?;
 
     info!("--- kill etcd; keep asking every node for timestamps while it is down");
     let killed_at = Instant::now();
@@ -732,13 +646,10 @@ async fn etcd_killed_and_restarted_keeps_one_server_and_growing_timestamps() -> 
     info!("--- restart etcd: a node serves again within 15 s");
     etcd.restart().await?;
     let restarted_at = Instant::now();
-    let next = wait_for(
+    let next = wait_for_tso_leader(
+        &nodes,
         "a tso leader after the restart",
         Duration::from_secs(15),
-        || match tso_serving(&nodes).as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        },
     )
     .await;
     info!(took = ?restarted_at.elapsed(), next, "--- serving again");
@@ -756,9 +667,7 @@ async fn etcd_killed_and_restarted_keeps_one_server_and_growing_timestamps() -> 
     assert_fenced(etcd.client().await?, &old_epoch).await;
     monitor.assert_safe();
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -790,29 +699,14 @@ async fn killing_the_etcd_raft_leader_keeps_one_server_and_the_restarted_member_
 -> anyhow::Result<()> {
     init_logging();
     let mut cluster = EtcdCluster::start(3).await?;
-    let mut nodes = Vec::new();
-    for index in 0..3 {
-        // Default etcd timings: with the killed member taken out of each
-        // node's balancer (src/endpoints.rs), leadership settles without the
-        // short retries this test once needed.
-        let config = node_config(cluster.endpoints(), index, 2);
-        nodes.push(TsoNode::start(config).await?);
-    }
-    let leader = wait_for(
-        "a tso leader",
-        Duration::from_secs(10),
-        || match tso_serving(&nodes).as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        },
-    )
-    .await;
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.tso.subscribe()).collect());
+    // Default etcd timings: with the killed member taken out of each node's
+    // balancer (src/endpoints.rs), leadership settles without the short
+    // retries this test once needed.
+    let mut nodes = start_tso_nodes(3, |index| node_config(cluster.endpoints(), index, 2)).await?;
+    let leader = wait_for_tso_leader(&nodes, "a tso leader", Duration::from_secs(10)).await;
+    let monitor = Monitor::tso_nodes(&nodes);
     let mut stamps = Timestamps::default();
-    for _ in 0..10 {
-        let batch = nodes[leader].allocate(100, CALL).await??;
-        stamps.record_batch(&batch);
-    }
+    stamps.record_allocations(&nodes[leader], 10).await?;
 
     info!("--- kill the raft leader of the etcd cluster");
     let raft_leader = cluster.leader().await?;
@@ -868,9 +762,7 @@ async fn killing_the_etcd_raft_leader_keeps_one_server_and_the_restarted_member_
     assert_fenced(cluster.client().await?, &old_epoch).await;
     monitor.assert_safe();
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -953,11 +845,8 @@ async fn garbage_in_the_election_and_sessions_is_reported_and_never_makes_two_se
         .await?;
 
     info!("--- two nodes campaign behind a foreign candidate whose value is not JSON");
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        nodes.push(TestNode::start(config(&etcd, index, 3), &[ROLE], false).await?);
-    }
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.role(ROLE).subscribe()).collect());
+    let mut nodes = start_nodes(2, &[ROLE], |index| config(&etcd, index, 3)).await?;
+    let monitor = Monitor::nodes(&nodes, ROLE);
     eventually(
         "both nodes behind the foreign key",
         Duration::from_secs(5),
@@ -1084,14 +973,7 @@ async fn garbage_in_the_election_and_sessions_is_reported_and_never_makes_two_se
         },
     )
     .await;
-    let write = LedgerRequest::Write {
-        key: "still".into(),
-        value: b"works".to_vec(),
-    };
-    assert!(matches!(
-        nodes[leader].role(ROLE).call(write, CALL).await,
-        Ok(LedgerResponse::Written(Ok(())))
-    ));
+    assert!(acknowledges_write(nodes[leader].role(ROLE), "still", "works").await);
     assert_eq!(serving(&nodes, ROLE), vec![leader]);
 
     info!("--- a crash of the active hands over as usual");
@@ -1116,9 +998,7 @@ async fn garbage_in_the_election_and_sessions_is_reported_and_never_makes_two_se
     .await;
     monitor.assert_safe();
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -1137,13 +1017,13 @@ async fn an_undecodable_tso_bound_makes_nodes_resign_until_it_is_fixed() -> anyh
         .await?;
 
     info!("--- two tso nodes: each wins, fails to decode, resigns");
-    let mut nodes = Vec::new();
-    for index in 0..2 {
+    let mut nodes = start_tso_nodes(2, |index| {
         let mut config = node_config(vec![etcd.endpoint()], index, 2);
         config.etcd.retry.max = Duration::from_secs(1);
-        nodes.push(TsoNode::start(config).await?);
-    }
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.tso.subscribe()).collect());
+        config
+    })
+    .await?;
+    let monitor = Monitor::tso_nodes(&nodes);
     wait_for(
         "both nodes to fail a reload",
         Duration::from_secs(10),
@@ -1189,15 +1069,7 @@ async fn an_undecodable_tso_bound_makes_nodes_resign_until_it_is_fixed() -> anyh
         .clone()
         .put(bound_key.as_str(), fixed_bound.to_string(), None)
         .await?;
-    let leader = wait_for(
-        "a node to serve",
-        Duration::from_secs(3),
-        || match tso_serving(&nodes).as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        },
-    )
-    .await;
+    let leader = wait_for_tso_leader(&nodes, "a node to serve", Duration::from_secs(3)).await;
     info!(took = ?fixed_at.elapsed(), leader, "--- serving");
     let batch = nodes[leader].allocate(1, CALL).await??;
     let (physical, _) = standin::tso::split(batch.first);
@@ -1207,9 +1079,7 @@ async fn an_undecodable_tso_bound_makes_nodes_resign_until_it_is_fixed() -> anyh
     );
     monitor.assert_safe();
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -1221,18 +1091,8 @@ async fn kill_9_of_the_active_process_is_taken_over_within_ttl_plus_1s() -> anyh
     init_logging();
     let etcd = EtcdServer::start().await?;
     let ttl = Duration::from_secs(2);
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(ProcNode::spawn(&[etcd.endpoint()], 2, "")?);
-    }
-    let (killed, old_epoch) =
-        eventually("one process serving", Duration::from_secs(15), || async {
-            match serving_processes(&nodes).await.as_slice() {
-                [one] => Some(*one),
-                _ => None,
-            }
-        })
-        .await;
+    let mut nodes = spawn_processes(3, &[etcd.endpoint()], 2, "")?;
+    let (killed, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
     let monitor = Monitor::processes(nodes.iter().map(ProcNode::url).collect(), "tso");
     let mut stamps = Timestamps::default();
     let batch = nodes[killed].allocate(10, Some(old_epoch)).await?;
@@ -1283,14 +1143,10 @@ async fn a_resign_cut_off_from_etcd_never_serves_again_under_the_old_epoch() -> 
     init_logging();
     let etcd = EtcdServer::start().await?;
     let client = etcd.client().await?;
-    let mut proxies = Vec::new();
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        let proxy = FaultProxy::start(&etcd.endpoint()).await?;
-        let config = node_config(vec![proxy.endpoint()], index, 3);
-        nodes.push(TestNode::start(config, &[ROLE], false).await?);
-        proxies.push(proxy);
-    }
+    let (proxies, mut nodes) = start_proxied_nodes(&etcd, 2, &[ROLE], |endpoints, index| {
+        node_config(endpoints, index, 3)
+    })
+    .await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let peer = 1 - leader;
     let epoch = epoch_of(&nodes[leader]);
@@ -1298,7 +1154,7 @@ async fn a_resign_cut_off_from_etcd_never_serves_again_under_the_old_epoch() -> 
         (candidates(&client, ROLE).await.len() == 2).then_some(())
     })
     .await;
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.role(ROLE).subscribe()).collect());
+    let monitor = Monitor::nodes(&nodes, ROLE);
 
     info!("--- the active resigns while its link to etcd is down for an instant");
     proxies[leader].cut();
@@ -1322,9 +1178,7 @@ async fn a_resign_cut_off_from_etcd_never_serves_again_under_the_old_epoch() -> 
         peer_serves.await;
     }
     monitor.assert_safe();
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 
@@ -1332,13 +1186,10 @@ async fn a_resign_cut_off_from_etcd_never_serves_again_under_the_old_epoch() -> 
 async fn a_leader_whose_watch_broke_still_notices_the_deletion_of_its_key() -> anyhow::Result<()> {
     init_logging();
     let mut etcd = EtcdServer::start().await?;
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        nodes.push(TestNode::start(config(&etcd, index, 5), &[ROLE], false).await?);
-    }
+    let mut nodes = start_nodes(2, &[ROLE], |index| config(&etcd, index, 5)).await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let epoch = epoch_of(&nodes[leader]);
-    let monitor = Monitor::roles(nodes.iter().map(|n| n.role(ROLE).subscribe()).collect());
+    let monitor = Monitor::nodes(&nodes, ROLE);
 
     info!("--- etcd restarts quickly: every watch breaks, the lease survives");
     etcd.kill()?;
@@ -1356,14 +1207,12 @@ async fn a_leader_whose_watch_broke_still_notices_the_deletion_of_its_key() -> a
         Duration::from_secs(5),
         || {
             monitor.assert_safe();
-            let status = nodes[leader].role(ROLE).status();
-            (status.last_step_down == Some(StepDownReason::LeaderKeyDeleted)).then_some(())
+            (nodes[leader].last_step_down(ROLE) == Some(StepDownReason::LeaderKeyDeleted))
+                .then_some(())
         },
     )
     .await;
     monitor.assert_safe();
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }

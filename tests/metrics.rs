@@ -138,6 +138,15 @@ async fn store_of(role: &RoleHandle<StoreKeeper>) -> FencedStore {
     }
 }
 
+/// The `ROLE_STATE` gauge of `ROLE` for `state`: 1 in the state it is in, else 0.
+fn state_gauge(samples: &[Sample], state: &str) -> Option<f64> {
+    value(
+        samples,
+        telemetry::ROLE_STATE,
+        &[("role", ROLE), ("state", state)],
+    )
+}
+
 fn role_is(role: &'static str) -> impl Fn(&[Sample], &str) -> Option<f64> {
     move |samples, name| value(samples, name, &[("role", role)])
 }
@@ -187,11 +196,7 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
     assert!(role.crash_coordinator());
     let (_, after_crash) = scrape_until(metrics, "a second takeover", |samples| {
         of_role(samples, telemetry::TAKEOVERS) == Some(2.0)
-            && value(
-                samples,
-                telemetry::ROLE_STATE,
-                &[("role", ROLE), ("state", "serving")],
-            ) == Some(1.0)
+            && state_gauge(samples, "serving") == Some(1.0)
     })
     .await;
     assert_eq!(
@@ -225,25 +230,13 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
     let (body, serving) = scrape_until(metrics, "a keepalive and a third takeover", |samples| {
         of_role(samples, &keepalive_count).is_some_and(|count| count > 0.0)
             && of_role(samples, telemetry::TAKEOVERS) == Some(3.0)
-            && value(
-                samples,
-                telemetry::ROLE_STATE,
-                &[("role", ROLE), ("state", "serving")],
-            ) == Some(1.0)
+            && state_gauge(samples, "serving") == Some(1.0)
     })
     .await;
     info!("--- the scrape:\n{body}");
 
     for state in ["standby", "activating", "stopping"] {
-        assert_eq!(
-            value(
-                &serving,
-                telemetry::ROLE_STATE,
-                &[("role", ROLE), ("state", state)]
-            ),
-            Some(0.0),
-            "state {state}"
-        );
+        assert_eq!(state_gauge(&serving, state), Some(0.0), "state {state}");
     }
     assert_eq!(of_role(&serving, telemetry::ROLE_ACTIVE), Some(1.0));
     assert_eq!(

@@ -48,17 +48,8 @@ async fn over_tls_a_node_with_a_client_certificate_serves_and_others_are_refused
     })
     .await;
     let handle = node.role(ROLE).clone();
-    let written = handle
-        .call(
-            LedgerRequest::Write {
-                key: "k".into(),
-                value: b"v".to_vec(),
-            },
-            CALL,
-        )
-        .await;
     assert!(
-        matches!(written, Ok(LedgerResponse::Written(Ok(())))),
+        acknowledges_write(&handle, "k", "v").await,
         "a fenced write over TLS failed"
     );
 
@@ -181,12 +172,12 @@ async fn a_standby_whose_auth_token_expired_still_takes_over() -> anyhow::Result
         .auth_token_ttl(TOKEN_TTL.as_secs())
         .start()
         .await?;
-    let mut nodes = Vec::new();
-    for index in 0..2 {
+    let mut nodes = start_nodes(2, &[ROLE], |index| {
         let mut config = config(&etcd, index, 10);
         config.etcd.auth = etcd.auth_config();
-        nodes.push(TestNode::start(config, &[ROLE], false).await?);
-    }
+        config
+    })
+    .await?;
     let active = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let standby = 1 - active;
     let handle = nodes[standby].role(ROLE).clone();
@@ -240,22 +231,11 @@ async fn a_standby_whose_auth_token_expired_still_takes_over() -> anyhow::Result
         || handle.is_serving().then_some(()),
     )
     .await;
-    let written = handle
-        .call(
-            LedgerRequest::Write {
-                key: "after-takeover".into(),
-                value: b"v".to_vec(),
-            },
-            CALL,
-        )
-        .await;
     assert!(
-        matches!(written, Ok(LedgerResponse::Written(Ok(())))),
+        acknowledges_write(&handle, "after-takeover", "v").await,
         "the new active could not write"
     );
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }

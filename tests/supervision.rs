@@ -19,10 +19,7 @@ async fn a_crashed_election_actor_stops_its_coordinator_revokes_its_lease_and_re
 -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    let mut nodes = Vec::new();
-    for index in 0..2 {
-        nodes.push(TestNode::start(config(&etcd, index, 10), &[ROLE], false).await?);
-    }
+    let mut nodes = start_nodes(2, &[ROLE], |index| config(&etcd, index, 10)).await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let handle = nodes[leader].role(ROLE).clone();
     let old_lease = handle.status().lease.expect("the leader holds a lease");
@@ -69,23 +66,25 @@ async fn a_crashed_election_actor_stops_its_coordinator_revokes_its_lease_and_re
 
     info!("--- the election actor restarts: standby on a fresh lease, coordinator answering");
     let address = nodes[peer].address.clone();
-    eventually("the restarted node in standby", Duration::from_secs(10), || {
-        let handle = handle.clone();
-        let address = address.clone();
-        async move {
-            let status = handle.status();
-            let fresh = status.state == RoleState::Standby && status.lease.is_some_and(|l| l != old_lease);
-            let answer = handle.call(LedgerRequest::Read, CALL).await;
-            let standby = matches!(answer, Err(ServeError::NotActive { leader: Some(ref l), .. }) if *l == address);
-            (fresh && standby).then_some(())
-        }
-    })
+    eventually(
+        "the restarted node in standby",
+        Duration::from_secs(10),
+        || {
+            let handle = handle.clone();
+            let address = address.clone();
+            async move {
+                let status = handle.status();
+                let fresh = status.state == RoleState::Standby
+                    && status.lease.is_some_and(|l| l != old_lease);
+                let standby = redirects_to(&handle, &address).await;
+                (fresh && standby).then_some(())
+            }
+        },
+    )
     .await;
     assert_eq!(serving(&nodes, ROLE), vec![peer]);
 
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
 

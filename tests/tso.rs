@@ -33,11 +33,11 @@ impl TsoNode {
             handle,
         })
     }
+}
 
-    async fn shutdown(&mut self) {
-        if let Some(node) = self.node.take() {
-            node.shutdown().await;
-        }
+impl Stoppable for TsoNode {
+    fn running(&mut self) -> &mut Option<Node> {
+        &mut self.node
     }
 }
 
@@ -201,9 +201,7 @@ async fn timestamps_increase_across_crashes_a_handover_and_a_full_restart() -> a
     info!(batches = batches.len(), ?epochs, "--- checked");
 
     info!("--- stop every node; the saved bound is above every timestamp handed out");
-    for node in &mut nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&mut nodes).await;
     let saved = saved_upper_bound(&etcd).await?;
     let last = *batches.last().expect("batches were handed out");
     assert!(split(last.last()).0 < saved, "{last:?} beyond {saved}");

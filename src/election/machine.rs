@@ -685,6 +685,32 @@ mod tests {
         machine
     }
 
+    /// Checks that `event` makes `machine` stop its keepalives and revoke `LEASE`.
+    fn revokes_the_lease(machine: &mut ElectionMachine, event: Event) {
+        assert_eq!(
+            machine.on(event),
+            vec![
+                Command::StopKeepalive,
+                Command::RevokeLease { lease: LEASE }
+            ]
+        );
+    }
+
+    /// Checks that `released_by` revokes `LEASE`, and that once it is gone
+    /// `machine` publishes standby and asks for a fresh lease at once.
+    fn gives_up_the_lease_and_starts_over(machine: &mut ElectionMachine, released_by: Event) {
+        revokes_the_lease(machine, released_by);
+        assert_eq!(
+            machine.on(Event::Released),
+            vec![
+                Command::Publish(RoleState::Standby),
+                Command::GrantLease {
+                    after: Duration::ZERO
+                }
+            ]
+        );
+    }
+
     #[test]
     fn wins_then_serves_only_after_reload_and_activation() {
         let machine = serving(Instant::now());
@@ -744,22 +770,7 @@ mod tests {
             ]
         );
         assert_eq!(machine.phase().published_state(), RoleState::Standby);
-        assert_eq!(
-            machine.on(Event::Deactivated),
-            vec![
-                Command::StopKeepalive,
-                Command::RevokeLease { lease: LEASE }
-            ]
-        );
-        assert_eq!(
-            machine.on(Event::Released),
-            vec![
-                Command::Publish(RoleState::Standby),
-                Command::GrantLease {
-                    after: Duration::ZERO
-                }
-            ]
-        );
+        gives_up_the_lease_and_starts_over(&mut machine, Event::Deactivated);
         assert_eq!(machine.phase(), Phase::Unleased);
         assert_eq!(machine.lease(), None);
     }
@@ -886,13 +897,7 @@ mod tests {
             ]
         );
         // Leadership is released only once the coordinator is in standby.
-        assert_eq!(
-            machine.on(Event::Deactivated),
-            vec![
-                Command::StopKeepalive,
-                Command::RevokeLease { lease: LEASE }
-            ]
-        );
+        revokes_the_lease(&mut machine, Event::Deactivated);
         assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
         assert_eq!(machine.phase(), Phase::Stopped);
         assert!(machine.on(Event::Started).is_empty());
@@ -903,13 +908,7 @@ mod tests {
         let mut machine = serving(Instant::now());
         machine.on(Event::CoordinatorCrashed);
         assert!(machine.on(Event::Shutdown).is_empty());
-        assert_eq!(
-            machine.on(Event::Released),
-            vec![
-                Command::StopKeepalive,
-                Command::RevokeLease { lease: LEASE }
-            ]
-        );
+        revokes_the_lease(&mut machine, Event::Released);
         assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
     }
 
@@ -978,22 +977,7 @@ mod tests {
         let mut machine = serving(Instant::now());
         machine.on(Event::CoordinatorCrashed);
         assert!(machine.on(Event::ResignFailed).is_empty());
-        assert_eq!(
-            machine.on(Event::Released),
-            vec![
-                Command::StopKeepalive,
-                Command::RevokeLease { lease: LEASE }
-            ]
-        );
-        assert_eq!(
-            machine.on(Event::Released),
-            vec![
-                Command::Publish(RoleState::Standby),
-                Command::GrantLease {
-                    after: Duration::ZERO
-                }
-            ]
-        );
+        gives_up_the_lease_and_starts_over(&mut machine, Event::Released);
     }
 
     #[test]

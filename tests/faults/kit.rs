@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use standin::grpc::proto::coordination_client::CoordinationClient;
 use standin::grpc::proto::tso_client::TsoClient;
 use standin::grpc::proto::{AllocateRequest, AllocateResponse, StatusRequest};
-use standin::testing::{StandinProcess, free_loopback_port};
+use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
 use standin::tso::{Tso, TsoBatch, TsoConfig, TsoError, TsoRequest};
 use standin::{
     Config, Epoch, FenceError, FencedStore, Node, RoleHandle, RoleState, RoleStatus, ServeError,
@@ -16,8 +16,10 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::{Channel, Endpoint};
 
-/// The etcd root of the in-process nodes (the one `support::config` uses).
-pub const ROOT: &str = "standin-test";
+use crate::support::{CALL, Stoppable, TestNode, eventually, single, wait_for};
+
+/// The etcd root of the in-process nodes.
+pub use crate::support::ROOT;
 /// The etcd root of the `standin run` processes.
 pub const PROCESS_ROOT: &str = "standin-faults";
 
@@ -252,6 +254,16 @@ impl Monitor {
         }
     }
 
+    /// Watches `role` on every one of `nodes`.
+    pub fn nodes(nodes: &[TestNode], role: &str) -> Self {
+        Self::roles(nodes.iter().map(|n| n.role(role).subscribe()).collect())
+    }
+
+    /// Watches the tso role on every one of `nodes`.
+    pub fn tso_nodes(nodes: &[TsoNode]) -> Self {
+        Self::roles(nodes.iter().map(|n| n.tso.subscribe()).collect())
+    }
+
     /// Polls the `role` status of `standin run` processes over gRPC every
     /// 20 ms, all at once; a process that does not answer within 150 ms
     /// (frozen, killed) is left out of that snapshot. Every answer is kept.
@@ -390,6 +402,20 @@ impl Timestamps {
     pub fn record_batch(&mut self, batch: &TsoBatch) {
         self.record(batch.first, batch.count, batch.epoch);
     }
+
+    /// Allocates `batches` batches of 100 timestamps on `node`, one after
+    /// the other, and records each.
+    pub async fn record_allocations(
+        &mut self,
+        node: &TsoNode,
+        batches: usize,
+    ) -> anyhow::Result<()> {
+        for _ in 0..batches {
+            let batch = node.allocate(100, CALL).await??;
+            self.record_batch(&batch);
+        }
+        Ok(())
+    }
 }
 
 /// Asserts that etcd refuses a metadata write of `epoch` (a term that is
@@ -451,13 +477,24 @@ impl TsoNode {
     ) -> Result<Result<TsoBatch, TsoError>, ServeError> {
         self.tso.call(TsoRequest::Allocate { count }, timeout).await
     }
+}
 
-    /// Hands the role over and stops.
-    pub async fn shutdown(&mut self) {
-        if let Some(node) = self.node.take() {
-            node.shutdown().await;
-        }
+impl Stoppable for TsoNode {
+    fn running(&mut self) -> &mut Option<Node> {
+        &mut self.node
     }
+}
+
+/// Starts `count` tso nodes, node `index` with `config(index)`.
+pub async fn start_tso_nodes(
+    count: usize,
+    mut config: impl FnMut(usize) -> Config,
+) -> anyhow::Result<Vec<TsoNode>> {
+    let mut nodes = Vec::new();
+    for index in 0..count {
+        nodes.push(TsoNode::start(config(index)).await?);
+    }
+    Ok(nodes)
 }
 
 /// The indexes of `nodes` where the tso role serves.
@@ -465,6 +502,32 @@ pub fn tso_serving(nodes: &[TsoNode]) -> Vec<usize> {
     (0..nodes.len())
         .filter(|&index| nodes[index].is_serving())
         .collect()
+}
+
+/// Waits until exactly one of `nodes` serves the tso role, and returns its
+/// index.
+pub async fn wait_for_tso_leader(nodes: &[TsoNode], what: &str, deadline: Duration) -> usize {
+    wait_for(what, deadline, || single(&tso_serving(nodes))).await
+}
+
+/// Starts `count` nodes running `roles`, each behind a fault proxy of its
+/// own to `etcd`: node `index` gets `config(endpoints, index)`, with the
+/// endpoints of its proxy. The proxies come back in the nodes' order.
+pub async fn start_proxied_nodes(
+    etcd: &EtcdServer,
+    count: usize,
+    roles: &[&str],
+    mut config: impl FnMut(Vec<String>, usize) -> Config,
+) -> anyhow::Result<(Vec<FaultProxy>, Vec<TestNode>)> {
+    let mut proxies = Vec::new();
+    let mut nodes = Vec::new();
+    for index in 0..count {
+        let proxy = FaultProxy::start(&etcd.endpoint()).await?;
+        let config = config(vec![proxy.endpoint()], index);
+        nodes.push(TestNode::start(config, roles, false).await?);
+        proxies.push(proxy);
+    }
+    Ok((proxies, nodes))
 }
 
 // ---------------------------------------------------------------------------
@@ -558,6 +621,18 @@ impl ProcNode {
     }
 }
 
+/// Spawns `count` processes as [`ProcNode::spawn`] does.
+pub fn spawn_processes(
+    count: usize,
+    endpoints: &[String],
+    ttl_secs: u64,
+    extra: &str,
+) -> anyhow::Result<Vec<ProcNode>> {
+    (0..count)
+        .map(|_| ProcNode::spawn(endpoints, ttl_secs, extra))
+        .collect()
+}
+
 /// Allocates over `channel`, claiming `epoch` when given, within 5 s.
 pub async fn allocate_on(
     channel: Channel,
@@ -591,4 +666,13 @@ pub async fn serving_processes(nodes: &[ProcNode]) -> Vec<(usize, i64)> {
                 .map(|s| (index, s.epoch))
         })
         .collect()
+}
+
+/// Waits until exactly one of `nodes` reports the tso role serving, and
+/// returns it with its epoch.
+pub async fn wait_for_serving_process(nodes: &[ProcNode], deadline: Duration) -> (usize, i64) {
+    eventually("one process serving", deadline, || async {
+        single(&serving_processes(nodes).await)
+    })
+    .await
 }

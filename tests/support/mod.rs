@@ -6,8 +6,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use standin::coordinator::BoxError;
+use standin::election::machine::StepDownReason;
 use standin::testing::EtcdServer;
-use standin::{Config, Coordinator, Epoch, FenceError, FencedStore, Node, RoleHandle, Snapshot};
+use standin::{
+    Config, Coordinator, Epoch, FenceError, FencedStore, Node, RoleHandle, ServeError, Snapshot,
+};
+
+/// The etcd root of the nodes [`config`] makes.
+pub const ROOT: &str = "standin-test";
 
 /// A coordinator whose state is its role's metadata: it writes through the
 /// fenced store, can hand the store out (to test fencing), and can be made
@@ -102,7 +108,7 @@ pub fn init_logging() {
 pub fn config(etcd: &EtcdServer, node: usize, ttl: u64) -> Config {
     let mut config = Config::default();
     config.etcd.endpoints = vec![etcd.endpoint()];
-    config.etcd.root_path = "standin-test".into();
+    config.etcd.root_path = ROOT.into();
     config.node.address = format!("127.0.0.1:{}", 20000 + node);
     config.session.ttl = Duration::from_secs(ttl);
     config
@@ -138,11 +144,117 @@ impl TestNode {
             .expect("the node runs that role")
     }
 
-    pub async fn shutdown(&mut self) {
-        if let Some(node) = self.node.take() {
+    /// Why `role` here last stepped down, if it ever did.
+    pub fn last_step_down(&self, role: &str) -> Option<StepDownReason> {
+        self.role(role).status().last_step_down
+    }
+
+    /// The metadata `role` serves here; panics unless it serves.
+    pub async fn entries(&self, role: &str) -> BTreeMap<String, Vec<u8>> {
+        match self.role(role).call(LedgerRequest::Read, CALL).await {
+            Ok(LedgerResponse::Entries(entries)) => entries,
+            Ok(_) => panic!("{role} on {} answered a read with no entries", self.address),
+            Err(error) => panic!("{role} on {} did not answer a read: {error}", self.address),
+        }
+    }
+
+    /// The fenced store of `role`'s term here, kept to write with once that
+    /// term is over; panics unless it serves.
+    pub async fn store(&self, role: &str) -> FencedStore {
+        match self.role(role).call(LedgerRequest::Store, CALL).await {
+            Ok(LedgerResponse::Store(store)) => store,
+            Ok(_) => panic!("{role} on {} answered with no store", self.address),
+            Err(error) => panic!("{role} on {} handed out no store: {error}", self.address),
+        }
+    }
+}
+
+/// A test node that keeps its started [`Node`] until it is shut down.
+pub trait Stoppable {
+    /// The node while it runs, `None` once shut down.
+    fn running(&mut self) -> &mut Option<Node>;
+
+    /// Hands the node's roles over and stops it; later calls do nothing.
+    async fn shutdown(&mut self) {
+        if let Some(node) = self.running().take() {
             node.shutdown().await;
         }
     }
+}
+
+impl Stoppable for TestNode {
+    fn running(&mut self) -> &mut Option<Node> {
+        &mut self.node
+    }
+}
+
+/// Starts `count` nodes running `roles`, node `index` with `config(index)`.
+pub async fn start_nodes(
+    count: usize,
+    roles: &[&str],
+    mut config: impl FnMut(usize) -> Config,
+) -> anyhow::Result<Vec<TestNode>> {
+    let mut nodes = Vec::new();
+    for index in 0..count {
+        nodes.push(TestNode::start(config(index), roles, false).await?);
+    }
+    Ok(nodes)
+}
+
+/// Shuts every one of `nodes` down, in order: what each test does last.
+pub async fn shutdown_all(nodes: &mut [impl Stoppable]) {
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Whether `role` acknowledges writing `value` at `key` through its fenced
+/// store.
+pub async fn acknowledges_write(
+    role: &RoleHandle<Ledger>,
+    key: impl Into<String>,
+    value: impl Into<Vec<u8>>,
+) -> bool {
+    let write = LedgerRequest::Write {
+        key: key.into(),
+        value: value.into(),
+    };
+    matches!(
+        role.call(write, CALL).await,
+        Ok(LedgerResponse::Written(Ok(())))
+    )
+}
+
+/// Whether `role` turns a request away as a standby that names `leader`
+/// (an address) as the node to ask.
+pub async fn redirects_to(role: &RoleHandle<Ledger>, leader: &str) -> bool {
+    let answer = role.call(LedgerRequest::Read, CALL).await;
+    matches!(answer, Err(ServeError::NotActive { leader: Some(ref named), .. }) if named == leader)
+}
+
+/// Writes `count` metadata keys for `role` with `value` straight into etcd,
+/// 128 to a transaction.
+pub async fn seed_metadata(
+    etcd: &EtcdServer,
+    role: &str,
+    count: usize,
+    value: &[u8],
+) -> anyhow::Result<()> {
+    let client = etcd.client().await?;
+    let keys: Vec<_> = (0..count)
+        .map(|i| format!("{ROOT}/meta/{role}/seed/{i:06}"))
+        .collect();
+    for chunk in keys.chunks(128) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|key| etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
+            .collect();
+        client
+            .kv_client()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Polls `probe` every 10 ms until it returns `Some`, failing the test with
@@ -185,15 +297,27 @@ pub fn serving(nodes: &[TestNode], role: &str) -> Vec<usize> {
         .collect()
 }
 
+/// The one item of `items`, or `None` when there are none or several.
+pub fn single<T: Copy>(items: &[T]) -> Option<T> {
+    match items {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
 /// Waits until exactly one of `nodes` serves `role`, and returns its index.
 pub async fn wait_for_single_leader(nodes: &[TestNode], role: &str, deadline: Duration) -> usize {
     wait_for(&format!("one {role} leader"), deadline, || {
-        match serving(nodes, role).as_slice() {
-            [one] => Some(*one),
-            _ => None,
-        }
+        single(&serving(nodes, role))
     })
     .await
+}
+
+/// A node of `nodes` other than `previous` that serves `role`, if any.
+pub fn serving_other_than(nodes: &[TestNode], role: &str, previous: usize) -> Option<usize> {
+    serving(nodes, role)
+        .into_iter()
+        .find(|&index| index != previous)
 }
 
 pub const CALL: Duration = Duration::from_secs(5);
