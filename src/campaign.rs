@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::session::SessionInfo;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 
 /// This candidate's key in the election and its create revision, which is the
@@ -96,13 +96,12 @@ pub async fn join(
 }
 
 /// Waits until every candidate created before `me` is gone, then checks that
-/// `me` still exists: from then on `me` leads. Returns the revision at which
-/// it was confirmed, to watch the key from.
+/// `me` still exists: from then on `me` leads.
 pub async fn wait_until_leader(
     client: &Client,
     election: &str,
     me: &Candidacy,
-) -> Result<i64, CampaignError> {
+) -> Result<(), CampaignError> {
     let prefix = format!("{election}/");
     let mut kv = client.kv_client();
     loop {
@@ -119,49 +118,81 @@ pub async fn wait_until_leader(
         let seen_at = response.header().map_or(0, |h| h.revision());
         wait_for_delete(client, &predecessor, seen_at + 1).await?;
     }
-    let mine = kv.get(me.key.as_str(), None).await?;
-    let confirmed_at = mine.header().map_or(0, |h| h.revision());
-    match mine.kvs().first() {
-        Some(kv) if kv.create_revision() == me.revision => Ok(confirmed_at),
-        _ => Err(CampaignError::CandidacyLost {
+    if still_ours(client, me.key.as_str(), me.revision).await? {
+        Ok(())
+    } else {
+        Err(CampaignError::CandidacyLost {
             key: me.key.clone(),
-        }),
+        })
     }
 }
 
+/// Whether `key` exists with create revision `revision`.
+async fn still_ours(client: &Client, key: &str, revision: i64) -> Result<bool, CampaignError> {
+    let current = client.kv_client().get(key, None).await?;
+    Ok(current
+        .kvs()
+        .first()
+        .is_some_and(|kv| kv.create_revision() == revision))
+}
+
 /// Returns once our leader key (created at `revision`) is gone: deleted, or
-/// replaced by a key of another term. A broken watch is re-established (the
-/// key is re-read first, so a deletion during the gap is not missed), so a
+/// replaced by a key of another term. A broken watch is re-opened, so a
 /// leader never stops noticing that it was deposed.
-pub async fn watch_own_key(client: &Client, key: &str, revision: i64, from: i64, retry: Duration) {
-    let mut from = from;
+pub async fn watch_own_key(client: &Client, key: &str, revision: i64, retry: Duration) {
     loop {
-        match wait_for_delete(client, key, from).await {
+        match until_own_key_gone(client, key, revision).await {
             Ok(()) => return,
             Err(error) => {
-                tracing::warn!(
-                    key,
-                    "watching our leader key failed, re-checking it: {error}"
-                );
+                tracing::warn!(key, "watching our leader key failed, re-opening: {error}");
                 tokio::time::sleep(retry).await;
-                match client.kv_client().get(key, None).await {
-                    Ok(current) => match current.kvs().first() {
-                        Some(kv) if kv.create_revision() == revision => {
-                            from = current.header().map_or(from, |h| h.revision() + 1);
-                        }
-                        _ => return,
-                    },
-                    Err(error) => tracing::warn!(key, "re-reading our leader key failed: {error}"),
-                }
             }
         }
     }
+}
+
+/// Opens a watch on `key` at the current revision, then reads the key: the
+/// read finds a deletion that came before the watch, the watch every one
+/// after. Not a watch from a past revision: etcd keeps such a watch in its
+/// unsynced group and catches it up only every 100 ms, so a peer watching
+/// from the present would learn of the deletion first and could win and
+/// serve while we still did.
+async fn until_own_key_gone(
+    client: &Client,
+    key: &str,
+    revision: i64,
+) -> Result<(), CampaignError> {
+    let mut stream = client.watch_client().watch(key, None).await?;
+    match stream.message().await? {
+        Some(response) if response.created() && !response.canceled() => {}
+        Some(response) => {
+            return Err(CampaignError::WatchEnded {
+                key: key.to_owned(),
+                reason: format!("not created: {}", response.cancel_reason()),
+            });
+        }
+        None => {
+            return Err(CampaignError::WatchEnded {
+                key: key.to_owned(),
+                reason: "stream closed".into(),
+            });
+        }
+    }
+    if !still_ours(client, key, revision).await? {
+        return Ok(());
+    }
+    until_deleted(&mut stream, key).await
 }
 
 /// Returns once `key` is deleted at or after revision `from`.
 pub async fn wait_for_delete(client: &Client, key: &str, from: i64) -> Result<(), CampaignError> {
     let options = WatchOptions::new().with_start_revision(from);
     let mut stream = client.watch_client().watch(key, Some(options)).await?;
+    until_deleted(&mut stream, key).await
+}
+
+/// Reads `stream`, a watch on `key`, until it reports a deletion.
+async fn until_deleted(stream: &mut WatchStream, key: &str) -> Result<(), CampaignError> {
     while let Some(response) = stream.message().await? {
         if response.canceled() {
             return Err(CampaignError::WatchEnded {

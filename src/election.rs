@@ -44,6 +44,20 @@ pub enum ElectionError {
         /// The role.
         role: String,
     },
+    /// This node stopped serving, but etcd did not confirm the deletion of its
+    /// leader key: the key may lead until its lease expires, so a peer may
+    /// take over only then.
+    #[error(
+        "this node stopped serving {role}, but etcd did not confirm the deletion of its leader \
+         key; it gave up its lease, and a peer takes over at the latest when that lease expires \
+         (session.ttl {ttl:?})"
+    )]
+    ResignUnconfirmed {
+        /// The role.
+        role: String,
+        /// The lease TTL: the longest the key can still lead.
+        ttl: Duration,
+    },
 }
 
 /// The election actor of one role on one node.
@@ -429,11 +443,10 @@ impl<C: Coordinator> Election<C> {
                     tokio::time::sleep(after).await;
                     let won = async {
                         let candidacy = campaign::join(&client, &election, lease, value).await?;
-                        let confirmed_at =
-                            campaign::wait_until_leader(&client, &election, &candidacy).await?;
-                        Ok::<_, campaign::CampaignError>((candidacy, confirmed_at))
+                        campaign::wait_until_leader(&client, &election, &candidacy).await?;
+                        Ok::<_, campaign::CampaignError>(candidacy)
                     };
-                    let (candidacy, confirmed_at) = match won.await {
+                    let candidacy = match won.await {
                         Ok(won) => won,
                         Err(error) => {
                             tracing::warn!(election, "campaign failed: {error}");
@@ -450,7 +463,7 @@ impl<C: Coordinator> Election<C> {
                     });
                     // While leading, watch our own key: if anyone deletes it,
                     // the next candidate leads and we must not keep serving.
-                    campaign::watch_own_key(&client, &key, revision, confirmed_at + 1, retry).await;
+                    campaign::watch_own_key(&client, &key, revision, retry).await;
                     let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
                         generation,
                         revision,
@@ -865,7 +878,17 @@ impl<C: Coordinator> Actor for Election<C> {
                 Event::Resign
             }
             ElectionMsg::Deactivated => Event::Deactivated,
-            ElectionMsg::ResignFailed => Event::ResignFailed,
+            ElectionMsg::ResignFailed => {
+                // The key may lead until the lease is gone: say so, rather
+                // than promise the caller that a peer can take over now.
+                for reply in state.resign_replies.drain(..) {
+                    let _ = reply.send(Err(ElectionError::ResignUnconfirmed {
+                        role: self.role.clone(),
+                        ttl: self.context.config.session.ttl,
+                    }));
+                }
+                Event::ResignFailed
+            }
             ElectionMsg::Released => {
                 self.apply(&myself, state, Event::Released).await?;
                 // The leader key is gone: a peer can take over now.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{GetOptions, PutOptions, SortOrder, SortTarget};
 use kit::*;
 use standin::coordinator::BoxError;
+use standin::election::ElectionError;
 use standin::election::machine::StepDownReason;
 use standin::testing::{EtcdCluster, EtcdServer};
 use standin::{Coordinator, Epoch, FenceError, FencedStore, Node, RoleState, ServeError, Snapshot};
@@ -1164,19 +1165,23 @@ async fn a_resign_cut_off_from_etcd_never_serves_again_under_the_old_epoch() -> 
         .await;
     proxies[leader].heal();
     info!(?resigned, "--- resign answered");
-    if resigned.is_ok() {
-        // It said a peer can take over now.
-        let peer_serves = eventually("the peer to serve", Duration::from_secs(3), || async {
-            let status = nodes[leader].role(ROLE).status();
-            assert!(
-                !(status.state == RoleState::Serving && status.epoch.as_ref() == Some(&epoch)),
-                "the resigned node serves again under its old epoch {}",
-                epoch.revision
-            );
-            nodes[peer].role(ROLE).is_serving().then_some(())
-        });
-        peer_serves.await;
-    }
+    let bound = match resigned {
+        // The key is gone: a peer takes over at once.
+        Ok(()) => Duration::from_secs(1),
+        // The key may lead until the given-up lease expires (TTL 3 s).
+        Err(ElectionError::ResignUnconfirmed { ttl, .. }) => ttl + Duration::from_secs(1),
+        Err(other) => panic!("the resign failed: {other}"),
+    };
+    let peer_serves = eventually("the peer to serve", bound, || async {
+        let status = nodes[leader].role(ROLE).status();
+        assert!(
+            !(status.state == RoleState::Serving && status.epoch.as_ref() == Some(&epoch)),
+            "the resigned node serves again under its old epoch {}",
+            epoch.revision
+        );
+        nodes[peer].role(ROLE).is_serving().then_some(())
+    });
+    peer_serves.await;
     monitor.assert_safe();
     shutdown_all(&mut nodes).await;
     Ok(())

@@ -130,9 +130,11 @@ impl Coordination for CoordinationService {
             Err(error @ ElectionError::NotLeader { .. }) => {
                 Err(Status::failed_precondition(error.to_string()))
             }
-            Err(error @ ElectionError::NotRunning { .. }) => {
-                Err(Status::unavailable(error.to_string()))
-            }
+            // etcd unreachable or the election restarting: worth a retry later.
+            Err(
+                error
+                @ (ElectionError::NotRunning { .. } | ElectionError::ResignUnconfirmed { .. }),
+            ) => Err(Status::unavailable(error.to_string())),
         }
     }
 }
