@@ -40,6 +40,20 @@ async fn an_exclusive_role_refuses_a_second_exclusive_instance_but_not_a_standby
     })
     .await;
     let first_id = first.node.as_ref().and_then(|n| n.server_id()).unwrap();
+    // The leader publishes "serving" in its leader key after it serves: the
+    // second node reads the key, so wait until etcd says so too.
+    let client = etcd.client().await?;
+    let layout = standin::session::Layout::new(ROOT);
+    eventually(
+        "etcd to show node 1 serving",
+        Duration::from_secs(5),
+        || async {
+            let roles = standin::inspect::roles(&client, &layout).await.ok()?;
+            let leader = roles.into_iter().find(|r| r.role == ROLE)?.leader?;
+            (leader.state == RoleState::Serving).then_some(())
+        },
+    )
+    .await;
 
     info!("--- node 2, exclusive too, refuses to start, naming node 1");
     let refused = TestNode::start(role_config(&etcd, 2, true), &[ROLE], false).await;
