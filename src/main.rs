@@ -452,6 +452,14 @@ async fn tso(
         };
         let now = Instant::now();
         let batch_last = batch.first + u64::from(batch.count) - 1;
+        if last.is_none() {
+            println!(
+                "[{:8.3}s] first batch: first={} epoch {}",
+                started.elapsed().as_secs_f64(),
+                batch.first,
+                batch.epoch
+            );
+        }
         if let Some((previous, epoch, at)) = last {
             if batch.first <= previous {
                 violations += 1;

@@ -393,7 +393,7 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
 
     info!("--- a tso --loop client runs while the active is killed");
     let config = config_file(&etcd, "127.0.0.1:1", 10)?;
-    let client = Command::new(BIN)
+    let mut client = Command::new(BIN)
         .arg("--config")
         .arg(config.path())
         .args(["tso", "--loop", "--count", "7", "--duration", "8s"])
@@ -401,6 +401,24 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    // Kill only once the client allocates: one that started late would see
+    // neither failover.
+    let (lines, said) = std::sync::mpsc::channel();
+    let stdout = client.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut heard = Vec::new();
+    wait_for("the client's first batch", Duration::from_secs(10), || {
+        heard.extend(said.try_iter());
+        heard
+            .iter()
+            .any(|line: &String| line.contains("first batch"))
+            .then_some(())
+    })
+    .await;
     nodes[leader].signal("KILL")?;
     let (next, _) = serving_node(&nodes, Some(leader)).await;
 
@@ -429,7 +447,9 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
     assert!(exited.success(), "SIGTERM exit status {exited}");
 
     let output = tokio::task::spawn_blocking(move || client.wait_with_output()).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    reader.join().expect("the stdout reader");
+    heard.extend(said.try_iter());
+    let stdout = heard.join("\n");
     info!("client said:\n{stdout}");
     assert!(
         output.status.success(),
