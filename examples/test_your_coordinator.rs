@@ -85,12 +85,13 @@ const CALL: Duration = Duration::from_secs(5);
 /// [`DEADLINE`]: wait for a condition, never for a fixed time.
 async fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let started = Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(10));
     loop {
+        every.tick().await;
         if let Some(value) = probe() {
             return Ok(value);
         }
         ensure!(started.elapsed() < DEADLINE, "no {what} after {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

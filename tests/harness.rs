@@ -36,14 +36,17 @@ async fn accepts(port: u16) -> bool {
 /// Polls until nothing accepts connections on `port`, failing after `deadline`.
 async fn wait_until_closed(port: u16, deadline: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
-    while accepts(port).await {
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        every.tick().await;
+        if !accepts(port).await {
+            return Ok(());
+        }
         ensure!(
             started.elapsed() < deadline,
             "127.0.0.1:{port} still accepts connections after {deadline:?}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
 }
 
 #[tokio::test]
