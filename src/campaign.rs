@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::session::SessionInfo;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
 };
 
 /// This candidate's key in the election and its create revision, which is the
@@ -163,20 +163,11 @@ async fn until_own_key_gone(
     revision: i64,
 ) -> Result<(), CampaignError> {
     let mut stream = client.watch_client().watch(key, None).await?;
-    match stream.message().await? {
-        Some(response) if response.created() && !response.canceled() => {}
-        Some(response) => {
-            return Err(CampaignError::WatchEnded {
-                key: key.to_owned(),
-                reason: format!("not created: {}", response.cancel_reason()),
-            });
-        }
-        None => {
-            return Err(CampaignError::WatchEnded {
-                key: key.to_owned(),
-                reason: "stream closed".into(),
-            });
-        }
+    if !next_response(&mut stream, key).await?.created() {
+        return Err(CampaignError::WatchEnded {
+            key: key.to_owned(),
+            reason: "etcd did not confirm the watch".into(),
+        });
     }
     if !still_ours(client, key, revision).await? {
         return Ok(());
@@ -193,13 +184,8 @@ pub async fn wait_for_delete(client: &Client, key: &str, from: i64) -> Result<()
 
 /// Reads `stream`, a watch on `key`, until it reports a deletion.
 async fn until_deleted(stream: &mut WatchStream, key: &str) -> Result<(), CampaignError> {
-    while let Some(response) = stream.message().await? {
-        if response.canceled() {
-            return Err(CampaignError::WatchEnded {
-                key: key.to_owned(),
-                reason: response.cancel_reason().to_owned(),
-            });
-        }
+    loop {
+        let response = next_response(stream, key).await?;
         if response
             .events()
             .iter()
@@ -208,10 +194,23 @@ async fn until_deleted(stream: &mut WatchStream, key: &str) -> Result<(), Campai
             return Ok(());
         }
     }
-    Err(CampaignError::WatchEnded {
+}
+
+/// The next response of `stream`, a watch on `key`; a cancelled or closed
+/// watch is an error, for the caller to re-open.
+async fn next_response(
+    stream: &mut WatchStream,
+    key: &str,
+) -> Result<WatchResponse, CampaignError> {
+    let ended = |reason: String| CampaignError::WatchEnded {
         key: key.to_owned(),
-        reason: "stream closed".into(),
-    })
+        reason,
+    };
+    match stream.message().await? {
+        Some(response) if response.canceled() => Err(ended(response.cancel_reason().to_owned())),
+        Some(response) => Ok(response),
+        None => Err(ended("stream closed".into())),
+    }
 }
 
 /// Rewrites the leader value, only while `me` still holds its key.
@@ -332,20 +331,6 @@ async fn observe_once(
         if !report(current) {
             return Ok(());
         }
-        match stream.message().await? {
-            Some(response) if response.canceled() => {
-                return Err(CampaignError::WatchEnded {
-                    key: prefix.to_owned(),
-                    reason: response.cancel_reason().to_owned(),
-                });
-            }
-            Some(_) => {}
-            None => {
-                return Err(CampaignError::WatchEnded {
-                    key: prefix.to_owned(),
-                    reason: "stream closed".into(),
-                });
-            }
-        }
+        next_response(&mut stream, prefix).await?;
     }
 }

@@ -151,37 +151,82 @@ pub fn steer(client: &Client, config: &EtcdConfig) -> Option<Steering> {
     })
 }
 
+/// One etcd member as the prober sees it.
+struct Member {
+    /// Its URL, as the balanced client knows it.
+    url: String,
+    /// `etcd.*` with this member as the only endpoint.
+    config: EtcdConfig,
+    /// A client of this member alone, made on first use and kept: a probe
+    /// must reach exactly this member, which the balanced client cannot promise.
+    client: Option<Client>,
+}
+
+impl Member {
+    /// Asks the member for its status within `bound`: it must answer and know
+    /// a raft leader.
+    async fn probe(&mut self, bound: Duration) -> Result<(), EndpointsError> {
+        let url = self.url.clone();
+        tokio::time::timeout(bound, self.status())
+            .await
+            .unwrap_or(Err(EndpointsError::NoAnswer {
+                endpoint: url,
+                after: bound,
+            }))
+    }
+
+    async fn status(&mut self) -> Result<(), EndpointsError> {
+        let client = match &mut self.client {
+            Some(client) => client,
+            None => {
+                let client = crate::etcd::connect(&self.config).await.map_err(|source| {
+                    EndpointsError::ConnectFailed {
+                        endpoint: self.url.clone(),
+                        source,
+                    }
+                })?;
+                self.client.insert(client)
+            }
+        };
+        let status = client
+            .maintenance_client()
+            .status()
+            .await
+            .map_err(|source| EndpointsError::StatusFailed {
+                endpoint: self.url.clone(),
+                source,
+            })?;
+        if status.leader() == 0 {
+            return Err(EndpointsError::NoRaftLeader {
+                endpoint: self.url.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 async fn probe_forever(client: Client, config: EtcdConfig) {
-    let urls: Vec<String> = config
+    let mut members: Vec<Member> = config
         .endpoints
         .iter()
-        .map(|endpoint| crate::etcd::endpoint_url(endpoint, config.tls.is_some()))
+        .map(|endpoint| Member {
+            url: crate::etcd::endpoint_url(endpoint, config.tls.is_some()),
+            config: EtcdConfig {
+                endpoints: vec![endpoint.clone()],
+                ..config.clone()
+            },
+            client: None,
+        })
         .collect();
-    // One client per member, made on first use and kept: a probe must reach
-    // exactly that member, which the balanced client cannot promise.
-    let mut probes: Vec<Option<Client>> = vec![None; urls.len()];
-    let mut balance = Balance::new(urls.len());
+    let urls: Vec<String> = members.iter().map(|member| member.url.clone()).collect();
+    let mut balance = Balance::new(members.len());
     let bound = config.request_timeout.min(PROBE_INTERVAL * 2);
     let mut every = tokio::time::interval(PROBE_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let probed = probes.iter_mut().enumerate().map(|(index, probe)| {
-            let member = EtcdConfig {
-                endpoints: vec![config.endpoints[index].clone()],
-                ..config.clone()
-            };
-            let endpoint = urls[index].clone();
-            async move {
-                tokio::time::timeout(bound, answers(probe, &member, &endpoint))
-                    .await
-                    .unwrap_or(Err(EndpointsError::NoAnswer {
-                        endpoint,
-                        after: bound,
-                    }))
-            }
-        });
-        let answers = futures::future::join_all(probed).await;
+        let probes = members.iter_mut().map(|member| member.probe(bound));
+        let answers = futures::future::join_all(probes).await;
         for (member, answer) in answers.iter().enumerate() {
             for change in balance.on_probe(member, answer.is_ok()) {
                 if let Err(error) = apply(&client, &urls, change, &answers).await {
@@ -190,40 +235,6 @@ async fn probe_forever(client: Client, config: EtcdConfig) {
             }
         }
     }
-}
-
-/// Asks one member for its status: it must answer and know a raft leader.
-async fn answers(
-    probe: &mut Option<Client>,
-    member: &EtcdConfig,
-    endpoint: &str,
-) -> Result<(), EndpointsError> {
-    let client = match probe {
-        Some(client) => client,
-        None => {
-            let client = crate::etcd::connect(member).await.map_err(|source| {
-                EndpointsError::ConnectFailed {
-                    endpoint: endpoint.to_owned(),
-                    source,
-                }
-            })?;
-            probe.insert(client)
-        }
-    };
-    let status = client
-        .maintenance_client()
-        .status()
-        .await
-        .map_err(|source| EndpointsError::StatusFailed {
-            endpoint: endpoint.to_owned(),
-            source,
-        })?;
-    if status.leader() == 0 {
-        return Err(EndpointsError::NoRaftLeader {
-            endpoint: endpoint.to_owned(),
-        });
-    }
-    Ok(())
 }
 
 async fn apply(
