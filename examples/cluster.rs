@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use rand::seq::IndexedRandom;
-use standin::coordinator::BoxError;
+use standin::BoxError;
 use standin::testing::EtcdServer;
 use standin::{Config, Coordinator, Epoch, FencedStore, Node, RoleHandle, RoleState, Snapshot};
 use tokio::sync::watch;
@@ -295,7 +295,7 @@ async fn print_transitions(
     cluster: Arc<Cluster>,
     role: &'static str,
     node: usize,
-    mut status: watch::Receiver<standin::node::RoleStatus>,
+    mut status: watch::Receiver<standin::RoleStatus>,
 ) {
     let mut last = status.borrow().state;
     while status.changed().await.is_ok() {

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use standin::coordinator::BoxError;
+use standin::BoxError;
 use standin::testing::{EtcdServer, free_loopback_port};
 use standin::{Config, Coordinator, Epoch, FenceError, FencedStore, Node, RoleHandle, Snapshot};
 

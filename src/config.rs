@@ -2,6 +2,7 @@
 
 mod env;
 mod locate;
+pub mod tso;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -10,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
-use crate::tso::TsoConfig;
 use env::{Schema, apply_env};
 use locate::{Origin, Seg, plain_scalar, show_path};
+pub use tso::TsoConfig;
 
 /// etcd's smallest lease TTL. etcd silently raises a shorter requested TTL to
 /// its minimum, so the renew deadline derived from a shorter configured TTL
@@ -592,12 +593,12 @@ impl Serialize for Config {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
         let mut document =
-            Config::serialize(self, serde_yaml::value::Serializer).map_err(S::Error::custom)?;
+            Config::serialize(self, serde_norway::value::Serializer).map_err(S::Error::custom)?;
         let sections = document
             .as_mapping_mut()
             .ok_or_else(|| S::Error::custom("the sections did not serialize to a mapping"))?;
         for (role, config) in &self.roles {
-            let switch = serde_yaml::to_value(&config.active_standby).map_err(S::Error::custom)?;
+            let switch = serde_norway::to_value(&config.active_standby).map_err(S::Error::custom)?;
             if role == TSO_SECTION {
                 if let Some(Value::Mapping(tso)) = sections.get_mut(TSO_SECTION) {
                     tso.insert(Value::from(ACTIVE_STANDBY), switch);
@@ -635,7 +636,7 @@ impl<'de> Deserialize<'de> for Config {
 /// The one YAML document of `text` as its top-level mapping; an empty
 /// document, or one of only comments, is an empty mapping.
 fn read_document(text: &str) -> Result<Mapping, ConfigError> {
-    let mut documents = serde_yaml::Deserializer::from_str(text);
+    let mut documents = serde_norway::Deserializer::from_str(text);
     let Some(document) = documents.next() else {
         return Ok(Mapping::new());
     };
@@ -737,7 +738,7 @@ mod tests {
 
     #[test]
     fn serialized_defaults_parse_back() {
-        let text = serde_yaml::to_string(&Config::default()).unwrap();
+        let text = serde_norway::to_string(&Config::default()).unwrap();
         assert!(text.contains("rootPath: standin"), "{text}");
         assert_eq!(Config::from_yaml_str(&text).unwrap(), Config::default());
     }
@@ -903,7 +904,7 @@ mod tests {
 
     #[test]
     fn the_section_list_names_every_config_section() {
-        let defaults = serde_yaml::to_value(Config::default()).unwrap();
+        let defaults = serde_norway::to_value(Config::default()).unwrap();
         let keys: Vec<_> = defaults
             .as_mapping()
             .unwrap()
@@ -984,15 +985,15 @@ mod tests {
                 },
             );
         }
-        let text = serde_yaml::to_string(&config).unwrap();
+        let text = serde_norway::to_string(&config).unwrap();
         assert!(
             text.contains("rootcoord:\n  activeStandby:\n    enabled: false"),
             "{text}"
         );
         assert_eq!(Config::from_yaml_str(&text).unwrap(), config);
         // Through the serde traits too, as another format would use them.
-        let value = serde_yaml::to_value(&config).unwrap();
-        assert_eq!(serde_yaml::from_value::<Config>(value).unwrap(), config);
+        let value = serde_norway::to_value(&config).unwrap();
+        assert_eq!(serde_norway::from_value::<Config>(value).unwrap(), config);
     }
 
     #[test]

@@ -107,11 +107,11 @@ impl std::fmt::Debug for FencedStore {
 
 /// The switch that ends a store's epoch locally; held by the election actor.
 #[derive(Debug, Clone, Default)]
-pub struct DeposeSwitch(Arc<AtomicBool>);
+pub(crate) struct DeposeSwitch(Arc<AtomicBool>);
 
 impl DeposeSwitch {
     /// Ends the epoch: every later write through the store fails without asking etcd.
-    pub fn depose(&self) {
+    pub(crate) fn depose(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
 }
@@ -119,7 +119,7 @@ impl DeposeSwitch {
 impl FencedStore {
     /// A store for `epoch` writing under `prefix` (the role's metadata
     /// prefix), and the switch that deposes it.
-    pub fn new(client: Client, epoch: Epoch, prefix: String) -> (Self, DeposeSwitch) {
+    pub(crate) fn new(client: Client, epoch: Epoch, prefix: String) -> (Self, DeposeSwitch) {
         let switch = DeposeSwitch::default();
         let store = Self {
             inner: Arc::new(StoreInner {
@@ -248,26 +248,5 @@ impl FencedStore {
             return Err(FenceError::BadKey(key.to_owned()));
         }
         Ok(format!("{}{key}", self.inner.prefix))
-    }
-}
-
-/// How long this node's lease is certainly still valid: the last successful
-/// keepalive's send time plus the renew deadline, which is shorter than the
-/// TTL etcd counts from when it received that keepalive. Checked on every
-/// request, so a process that was frozen (SIGSTOP, a long GC or VM pause)
-/// refuses to serve the moment it runs again, before any timer fires.
-#[derive(Debug, Default)]
-pub struct LeaseGuard(std::sync::Mutex<Option<std::time::Instant>>);
-
-impl LeaseGuard {
-    /// Sets the instant until which the lease is trusted (`None`: not at all).
-    pub fn trust_until(&self, until: Option<std::time::Instant>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
-    }
-
-    /// Whether the lease is still trusted now.
-    pub fn is_valid(&self) -> bool {
-        let until = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        until.is_some_and(|until| std::time::Instant::now() < until)
     }
 }

@@ -1,43 +1,36 @@
 //! standin keeps a service's coordinator highly available: one ACTIVE instance
 //! per role, the others in STANDBY, leadership held as an etcd lease.
 //!
-//! A [`Node`] runs one election actor per role. The election actor holds the
-//! role's lease, campaigns with etcd's standard election recipe, supervises the
-//! role's [`Coordinator`] (kept in standby until it wins) and a reload actor that
-//! loads the role's metadata at the won revision before the coordinator serves.
-//! Every metadata write of a serving coordinator goes through a [`FencedStore`]
-//! guarded by the leader key's create revision, so a deposed active can never
-//! write.
+//! PLACEHOLDER_CRATE_DOCS
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, unreachable_pub)]
 
-pub mod backoff;
-pub mod campaign;
-pub mod client;
+// Layers, lowest first: a module imports only from the ones above it.
 pub mod config;
-pub mod coordinator;
-pub mod election;
-pub mod endpoints;
-pub mod etcd;
-pub mod faults;
-pub mod fence;
-pub mod grpc;
-pub mod inspect;
-pub mod node;
-pub mod reload;
-pub mod session;
-mod slot;
-pub mod supervisor;
 mod task;
+pub(crate) mod backoff;
+pub mod etcd;
 pub mod telemetry;
+mod coordinator;
+mod fence;
+mod status;
+pub(crate) mod runtime;
+mod role;
+mod node;
+#[cfg(feature = "grpc")]
+pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tso;
 
-pub use config::Config;
-pub use coordinator::{Coordinator, ServeError};
-pub use fence::{Epoch, FenceError, FencedStore};
-pub use node::{Node, RoleControl, RoleHandle, RoleStatus};
-pub use reload::Snapshot;
-pub use session::{RoleState, SessionInfo};
+pub use config::{Config, ConfigError};
+pub use coordinator::{BoxError, Coordinator, ServeError, Snapshot};
+pub use etcd::session::{SessionInfo, VERSION};
+pub use fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
+pub use node::{Node, NodeError};
+pub use role::{RoleControl, RoleHandle};
+#[cfg(feature = "fault-injection")]
+pub use runtime::faults::Fault;
+pub use status::{Leader, ResignError, RoleState, RoleStatus, StepDownReason};
 
 /// The README's embedding example, compiled as a doctest so it cannot rot.
 #[cfg(doctest)]

@@ -7,19 +7,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use standin::client::{LeaderWatch, TsoClient};
-use standin::grpc::coordination::CoordinationService;
-use standin::grpc::faults::FaultService;
-use standin::grpc::proto::ResignRequest;
-use standin::grpc::proto::coordination_client::CoordinationClient;
-use standin::grpc::proto::coordination_server::CoordinationServer;
-use standin::grpc::proto::faults_server::FaultsServer;
-use standin::grpc::proto::tso_server::TsoServer;
-use standin::grpc::routing::ActiveOnlyLayer;
-use standin::grpc::tso::TsoService;
-use standin::inspect::{self, RoleSummary};
-use standin::session::Layout;
-use standin::tso::Tso;
+use standin::service::client::{LeaderWatch, TsoClient};
+use standin::service::grpc::coordination::CoordinationService;
+use standin::service::grpc::faults::FaultService;
+use standin::service::grpc::proto::ResignRequest;
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::coordination_server::CoordinationServer;
+use standin::service::grpc::proto::faults_server::FaultsServer;
+use standin::service::grpc::proto::tso_server::TsoServer;
+use standin::service::grpc::routing::ActiveOnlyLayer;
+use standin::service::grpc::tso::TsoService;
+use standin::etcd::inspect::{self, RoleSummary};
+use standin::etcd::session::Layout;
+use standin::service::tso::Tso;
 use standin::{Config, Node};
 
 /// The roles `standin run` can serve.
@@ -215,7 +215,7 @@ async fn run(
     }
     let tso_config = config.tso.clone();
     let call_timeout = config.etcd.request_timeout;
-    let resign_timeout = standin::supervisor::handover_bound(&config);
+    let resign_timeout = standin::runtime::supervisor::handover_bound(&config);
     let mut node = Node::new(config);
     let tso = node.add_role("tso", Tso::new(tso_config.clone()))?;
     node.start().await.context("starting the node")?;
@@ -224,7 +224,7 @@ async fn run(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     for role in node.roles() {
-        tokio::spawn(standin::grpc::report_health(reporter.clone(), role));
+        tokio::spawn(standin::service::grpc::report_health(reporter.clone(), role));
     }
     let coordination = CoordinationService::new(
         server_id,
@@ -365,7 +365,7 @@ async fn watch(config: &Config, role: Option<String>) -> Result<(), Failure> {
         return Err(anyhow::anyhow!("no roles in etcd under {}", config.etcd.root_path).into());
     }
     let client = etcd_client(config).await?;
-    let _steering = standin::endpoints::steer(&client, &config.etcd);
+    let _steering = standin::etcd::steer(&client, &config.etcd);
     let layout = Layout::new(&config.etcd.root_path);
     let (lines, mut printed) = tokio::sync::mpsc::unbounded_channel();
     let mut watches = Vec::new();

@@ -10,20 +10,16 @@ use ractor::{Actor, ActorRef, SpawnErr};
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
-use crate::campaign::{self, CampaignError, Leader};
 use crate::config::{Config, ConfigError};
-use crate::coordinator::{Coordinator, CoordinatorMsg, ServeError};
-use crate::election::machine::StepDownReason;
-use crate::election::{ElectionError, ElectionMsg};
+use crate::coordinator::Coordinator;
+use crate::etcd::recipe::{self, CampaignError, Leader};
+use crate::etcd::session::{Layout, RoleState, SessionError, SessionInfo, allocate_server_id};
 use crate::etcd::{EtcdError, GaveUp};
-use crate::faults::{Fault, Faults};
-use crate::fence::{Epoch, LeaseGuard};
-use crate::session::{Layout, RoleState, SessionError, SessionInfo, allocate_server_id};
-use crate::slot::Slot;
-use crate::supervisor::{RoleSupervisor, SupervisorMsg, handover_bound};
-
-/// The standin version published in every session.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::role::{RoleControl, RoleHandle};
+use crate::runtime::context::{NodeContext, RoleShared};
+use crate::runtime::slot::Slot;
+use crate::runtime::supervisor::{RoleSupervisor, SupervisorMsg, handover_bound};
+use crate::status::RoleStatus;
 
 /// Failures to start or stop a node.
 #[derive(Debug, thiserror::Error)]
@@ -105,229 +101,6 @@ pub enum NodeError {
     },
 }
 
-/// What every actor of a node shares: immutable once the node has started.
-pub struct NodeContext {
-    /// The etcd client (cheap to clone).
-    pub client: Client,
-    /// The validated configuration.
-    pub config: Config,
-    /// The etcd key layout.
-    pub layout: Layout,
-    /// This node's server ID.
-    pub server_id: i64,
-}
-
-impl NodeContext {
-    /// The session this node publishes for `role` in `state` on `lease`.
-    pub fn session(&self, role: &str, state: RoleState, lease_id: i64) -> SessionInfo {
-        SessionInfo {
-            server_id: self.server_id,
-            role: role.to_owned(),
-            address: self.config.node.address.clone(),
-            version: VERSION.to_owned(),
-            state,
-            lease_id,
-        }
-    }
-}
-
-/// A role's state on this node, as its election actor last reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleStatus {
-    /// The role.
-    pub role: String,
-    /// This node's server ID (0 before the node has started).
-    pub server_id: i64,
-    /// The role's published state here.
-    pub state: RoleState,
-    /// The current term while this node leads.
-    pub epoch: Option<Epoch>,
-    /// The leader this node sees (possibly itself).
-    pub leader: Option<Leader>,
-    /// The lease this node holds for the role.
-    pub lease: Option<i64>,
-    /// Why this node last gave up the role (or its candidacy), if it ever did.
-    pub last_step_down: Option<StepDownReason>,
-}
-
-/// What a role's actors share with its [`RoleHandle`]s.
-pub struct RoleShared<C: Coordinator> {
-    /// The role's status, updated on every transition.
-    pub status: watch::Sender<RoleStatus>,
-    /// The running coordinator actor, if any.
-    pub coordinator: Slot<ActorRef<CoordinatorMsg<C>>>,
-    /// The running election actor, if any.
-    pub election: Slot<ActorRef<ElectionMsg<C>>>,
-    /// Fault switches for tests (off otherwise).
-    pub faults: Arc<Faults>,
-    /// Until when this node's lease is trusted; checked on every request.
-    pub lease_guard: Arc<LeaseGuard>,
-}
-
-/// A typed handle to one role on a node: its status, and requests to its coordinator.
-pub struct RoleHandle<C: Coordinator> {
-    role: String,
-    shared: Arc<RoleShared<C>>,
-}
-
-impl<C: Coordinator> Clone for RoleHandle<C> {
-    fn clone(&self) -> Self {
-        Self {
-            role: self.role.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-impl<C: Coordinator> RoleHandle<C> {
-    /// The role's name.
-    pub fn role(&self) -> &str {
-        &self.role
-    }
-
-    /// The role's current status on this node.
-    pub fn status(&self) -> RoleStatus {
-        self.shared.status.borrow().clone()
-    }
-
-    /// A receiver that sees every status change.
-    pub fn subscribe(&self) -> watch::Receiver<RoleStatus> {
-        self.shared.status.subscribe()
-    }
-
-    /// Whether the role serves on this node now.
-    pub fn is_serving(&self) -> bool {
-        self.status().state == RoleState::Serving
-    }
-
-    /// Sends `request` to the role's coordinator and waits up to `timeout`
-    /// for the answer. A standby answers at once with [`ServeError::NotActive`].
-    ///
-    /// The request is queued when `call` is called, before the returned
-    /// future is first polled, so requests from one task arrive in the
-    /// order their calls were made.
-    pub fn call(
-        &self,
-        request: C::Request,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<C::Response, ServeError>> + Send + 'static {
-        let role = self.role.clone();
-        let coordinator = self.shared.coordinator.get();
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let queued = coordinator.is_some_and(|coordinator| {
-            let message = CoordinatorMsg::Request {
-                request,
-                reply: reply.into(),
-            };
-            coordinator.send_message(message).is_ok()
-        });
-        async move {
-            if !queued {
-                return Err(ServeError::Unavailable { role });
-            }
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(Ok(answer)) => answer,
-                // The coordinator dropped the request: it crashed or stopped.
-                Ok(Err(_)) => Err(ServeError::Unavailable { role }),
-                Err(_) => Err(ServeError::TimedOut { role, timeout }),
-            }
-        }
-    }
-}
-
-impl<C: Coordinator> RoleHandle<C> {
-    /// Hands the role over if this node leads it: the coordinator is
-    /// deactivated, the leader key deleted, and this node campaigns again
-    /// behind the others. Answers once a peer can take over.
-    pub fn resign(
-        &self,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<(), ElectionError>> + Send + 'static {
-        let role = self.role.clone();
-        let election = self.shared.election.get();
-        async move {
-            let not_running = || ElectionError::NotRunning { role: role.clone() };
-            let election = election.ok_or_else(not_running)?;
-            match election.call(ElectionMsg::Resign, Some(timeout)).await {
-                Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
-                _ => Err(not_running()),
-            }
-        }
-    }
-}
-
-/// A role on a node without its coordinator type, for what treats every
-/// role alike (the gRPC Coordination service, health reporting).
-pub trait RoleControl: Send + Sync {
-    /// The role's name.
-    fn role(&self) -> &str;
-    /// The role's current status on this node.
-    fn status(&self) -> RoleStatus;
-    /// A receiver that sees every status change.
-    fn subscribe(&self) -> watch::Receiver<RoleStatus>;
-    /// Injects `fault` into the role's actors; false when the actor is not running.
-    fn inject(&self, fault: Fault) -> bool;
-    /// Hands the role over if this node leads it (see [`RoleHandle::resign`]).
-    fn resign(
-        &self,
-        timeout: Duration,
-    ) -> futures::future::BoxFuture<'static, Result<(), ElectionError>>;
-}
-
-impl<C: Coordinator> RoleControl for RoleHandle<C> {
-    fn role(&self) -> &str {
-        RoleHandle::role(self)
-    }
-
-    fn status(&self) -> RoleStatus {
-        RoleHandle::status(self)
-    }
-
-    fn subscribe(&self) -> watch::Receiver<RoleStatus> {
-        RoleHandle::subscribe(self)
-    }
-
-    fn inject(&self, fault: Fault) -> bool {
-        match fault {
-            Fault::CrashCoordinator => self.crash_coordinator(),
-            Fault::CrashElection => self.crash_election(),
-            Fault::CrashReload => {
-                self.crash_reload();
-                true
-            }
-        }
-    }
-
-    fn resign(
-        &self,
-        timeout: Duration,
-    ) -> futures::future::BoxFuture<'static, Result<(), ElectionError>> {
-        Box::pin(RoleHandle::resign(self, timeout))
-    }
-}
-
-/// Fault injection for tests: the actors of this role panic on demand, as a
-/// bug in them would. Nothing calls these in production; `standin run`
-/// exposes them only with `--fault-injection`.
-impl<C: Coordinator> RoleHandle<C> {
-    /// Makes the role's coordinator actor panic. Returns false when none runs.
-    pub fn crash_coordinator(&self) -> bool {
-        let coordinator = self.shared.coordinator.get();
-        coordinator.is_some_and(|c| c.send_message(CoordinatorMsg::InjectPanic).is_ok())
-    }
-
-    /// Makes the role's running reload (or its next one) panic after its next page.
-    pub fn crash_reload(&self) {
-        self.shared.faults.arm_reload_panic();
-    }
-
-    /// Makes the role's election actor panic. Returns false when none runs.
-    pub fn crash_election(&self) -> bool {
-        let election = self.shared.election.get();
-        election.is_some_and(|e| e.send_message(ElectionMsg::InjectPanic).is_ok())
-    }
-}
-
 type LaunchFuture = Pin<Box<dyn Future<Output = Result<ActorRef<SupervisorMsg>, SpawnErr>> + Send>>;
 
 /// A role added to a node, not started yet; erases the coordinator type.
@@ -375,7 +148,7 @@ async fn check_exclusive_roles(
             Backoff::new(config.etcd.retry.clone()),
             config.etcd.connect_attempts,
             |_| false,
-            || campaign::leader(client, &election),
+            || recipe::leader(client, &election),
         )
         .await
         .map_err(|GaveUp { attempts, last }| NodeError::LeaderCheckFailed {
@@ -410,7 +183,7 @@ pub struct Node {
     running: Vec<(String, ActorRef<SupervisorMsg>)>,
     context: Option<Arc<NodeContext>>,
     /// Keeps the client's calls off etcd members that stop answering.
-    steering: Option<crate::endpoints::Steering>,
+    steering: Option<crate::etcd::Steering>,
 }
 
 impl Node {
@@ -465,10 +238,7 @@ impl Node {
             shared: shared.clone(),
         };
         self.pending.push((role.to_owned(), Box::new(typed)));
-        let handle = RoleHandle {
-            role: role.to_owned(),
-            shared,
-        };
+        let handle = RoleHandle::new(role.to_owned(), shared);
         self.controls.push(Arc::new(handle.clone()));
         Ok(handle)
     }
@@ -487,7 +257,7 @@ impl Node {
         }
         self.config.validate()?;
         let client = crate::etcd::connect_checked(&self.config.etcd).await?;
-        self.steering = crate::endpoints::steer(&client, &self.config.etcd);
+        self.steering = crate::etcd::steer(&client, &self.config.etcd);
         let layout = Layout::new(&self.config.etcd.root_path);
         // Names copied out: the pending roles are not Sync, and a borrow of
         // them held across the await would make this future not Send.

@@ -6,9 +6,9 @@ use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use standin::grpc::proto::coordination_client::CoordinationClient;
-use standin::grpc::proto::tso_client::TsoClient;
-use standin::grpc::proto::{AllocateRequest, StatusRequest, WatchLeaderRequest};
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::tso_client::TsoClient;
+use standin::service::grpc::proto::{AllocateRequest, StatusRequest, WatchLeaderRequest};
 use standin::testing::{EtcdServer, free_loopback_port};
 use support::*;
 use tonic_health::pb::HealthCheckRequest;
@@ -278,7 +278,7 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         unknown.message()
     );
     let unknown = coordination
-        .resign(standin::grpc::proto::ResignRequest {
+        .resign(standin::service::grpc::proto::ResignRequest {
             role: "nope".into(),
         })
         .await
@@ -286,7 +286,7 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
     assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
     let not_leader = CoordinationClient::connect(nodes[standby].url())
         .await?
-        .resign(standin::grpc::proto::ResignRequest { role: "tso".into() })
+        .resign(standin::service::grpc::proto::ResignRequest { role: "tso".into() })
         .await
         .unwrap_err();
     assert_eq!(not_leader.code(), tonic::Code::FailedPrecondition);
@@ -364,7 +364,7 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
     drop(watcher);
 
     info!("--- the layer refuses a request carrying the old epoch");
-    let mut stale = standin::client::with_epoch(AllocateRequest { count: 1 }, epoch);
+    let mut stale = standin::service::client::with_epoch(AllocateRequest { count: 1 }, epoch);
     stale.set_timeout(Duration::from_secs(2));
     let refused = TsoClient::connect(nodes[next].url())
         .await?
@@ -372,7 +372,7 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
-    let fresh = standin::client::with_epoch(AllocateRequest { count: 1 }, new_epoch);
+    let fresh = standin::service::client::with_epoch(AllocateRequest { count: 1 }, new_epoch);
     let answer = TsoClient::connect(nodes[next].url())
         .await?
         .allocate(fresh)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use standin::RoleState;
 use standin::config::{ActiveStandbyConfig, RoleConfig};
-use standin::node::NodeError;
+use standin::NodeError;
 use standin::testing::EtcdServer;
 use support::*;
 use tracing::info;
@@ -43,12 +43,12 @@ async fn an_exclusive_role_refuses_a_second_exclusive_instance_but_not_a_standby
     // The leader publishes "serving" in its leader key after it serves: the
     // second node reads the key, so wait until etcd says so too.
     let client = etcd.client().await?;
-    let layout = standin::session::Layout::new(ROOT);
+    let layout = standin::etcd::session::Layout::new(ROOT);
     eventually(
         "etcd to show node 1 serving",
         Duration::from_secs(5),
         || async {
-            let roles = standin::inspect::roles(&client, &layout).await.ok()?;
+            let roles = standin::etcd::inspect::roles(&client, &layout).await.ok()?;
             let leader = roles.into_iter().find(|r| r.role == ROLE)?.leader?;
             (leader.state == RoleState::Serving).then_some(())
         },

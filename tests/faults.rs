@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{GetOptions, PutOptions, SortOrder, SortTarget};
 use kit::*;
-use standin::coordinator::BoxError;
-use standin::election::ElectionError;
-use standin::election::machine::StepDownReason;
+use standin::BoxError;
+use standin::election::ResignError;
+use standin::StepDownReason;
 use standin::testing::{EtcdCluster, EtcdServer};
 use standin::{Coordinator, Epoch, FenceError, FencedStore, Node, RoleState, ServeError, Snapshot};
 use support::{
@@ -85,7 +85,7 @@ async fn a_reload_crashing_mid_way_resigns_and_a_node_serves_within_5s() -> anyh
         nodes[next].role(ROLE).status().lease
     })
     .await;
-    let next_key = standin::campaign::candidate_key(&election(ROLE), next_lease);
+    let next_key = standin::etcd::recipe::candidate_key(&election(ROLE), next_lease);
     let next_revision = eventually("two candidates", Duration::from_secs(5), || async {
         let candidates = candidates(&client, ROLE).await;
         (candidates.len() == 2 && candidates[1].0 == next_key).then(|| candidates[1].1)
@@ -521,7 +521,7 @@ async fn an_active_cut_from_etcd_stops_serving_before_its_lease_expires_and_rejo
             .filter(|&lease| lease != old_lease)
     })
     .await;
-    let key = standin::campaign::candidate_key(&election(ROLE), fresh);
+    let key = standin::etcd::recipe::candidate_key(&election(ROLE), fresh);
     eventually("its candidate key", Duration::from_secs(5), || async {
         candidates(&client, ROLE)
             .await
@@ -677,7 +677,7 @@ async fn etcd_killed_and_restarted_keeps_one_server_and_growing_timestamps() -> 
 async fn allocate_somewhere(
     nodes: &[TsoNode],
     deadline: Duration,
-) -> (usize, standin::tso::TsoBatch) {
+) -> (usize, standin::service::tso::TsoBatch) {
     eventually("one tso node serving and allocating", deadline, || async {
         let [one] = tso_serving(nodes)[..] else {
             return None;
@@ -784,7 +784,7 @@ async fn calls_avoid_a_killed_etcd_member_once_its_probes_fail() -> anyhow::Resu
     let mut config = standin::Config::default();
     config.etcd.endpoints = cluster.endpoints();
     let steered = standin::etcd::connect(&config.etcd).await?;
-    let _steering = standin::endpoints::steer(&steered, &config.etcd);
+    let _steering = standin::etcd::steer(&steered, &config.etcd);
     // The same client without steering, side by side: the failure this fixes.
     let unsteered = standin::etcd::connect(&config.etcd).await?;
     assert_eq!(failed_reads(&steered, 30).await, 0);
@@ -882,8 +882,8 @@ async fn garbage_in_the_election_and_sessions_is_reported_and_never_makes_two_se
             ));
         }
     }
-    let layout = standin::session::Layout::new(ROOT);
-    let summary = standin::inspect::roles(&client, &layout).await?;
+    let layout = standin::etcd::session::Layout::new(ROOT);
+    let summary = standin::etcd::inspect::roles(&client, &layout).await?;
     let role = summary.iter().find(|r| r.role == ROLE).expect("the role");
     assert!(
         role.corrupt
@@ -911,7 +911,7 @@ async fn garbage_in_the_election_and_sessions_is_reported_and_never_makes_two_se
             Some(PutOptions::new().with_ignore_lease()),
         )
         .await?;
-    let summary = standin::inspect::roles(&client, &layout).await?;
+    let summary = standin::etcd::inspect::roles(&client, &layout).await?;
     assert!(
         summary
             .iter()
@@ -1073,7 +1073,7 @@ async fn an_undecodable_tso_bound_makes_nodes_resign_until_it_is_fixed() -> anyh
     let leader = wait_for_tso_leader(&nodes, "a node to serve", Duration::from_secs(3)).await;
     info!(took = ?fixed_at.elapsed(), leader, "--- serving");
     let batch = nodes[leader].allocate(1, CALL).await??;
-    let (physical, _) = standin::tso::split(batch.first);
+    let (physical, _) = standin::service::tso::split(batch.first);
     assert!(
         physical > fixed_bound,
         "{physical} is not above {fixed_bound}"
@@ -1099,7 +1099,7 @@ async fn kill_9_of_the_active_process_is_taken_over_within_ttl_plus_1s() -> anyh
     let batch = nodes[killed].allocate(10, Some(old_epoch)).await?;
     stamps.record(batch.first, batch.count, batch.epoch);
     let client = etcd.client().await?;
-    let leader_key = standin::campaign::leader(&client, &format!("{PROCESS_ROOT}/election/tso"))
+    let leader_key = standin::etcd::recipe::leader(&client, &format!("{PROCESS_ROOT}/election/tso"))
         .await?
         .expect("a leader key");
     assert_eq!(leader_key.create_revision(), old_epoch);
@@ -1169,7 +1169,7 @@ async fn a_resign_cut_off_from_etcd_never_serves_again_under_the_old_epoch() -> 
         // The key is gone: a peer takes over at once.
         Ok(()) => Duration::from_secs(1),
         // The key may lead until the given-up lease expires (TTL 3 s).
-        Err(ElectionError::ResignUnconfirmed { ttl, .. }) => ttl + Duration::from_secs(1),
+        Err(ResignError::ResignUnconfirmed { ttl, .. }) => ttl + Duration::from_secs(1),
         Err(other) => panic!("the resign failed: {other}"),
     };
     let peer_serves = eventually("the peer to serve", bound, || async {

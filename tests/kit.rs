@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use standin::config::EtcdConfig;
-use standin::grpc::proto::StatusRequest;
-use standin::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::StatusRequest;
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::testing::{
     EtcdCluster, EtcdServer, FaultProxy, ProxyMode, StandinProcess, free_loopback_port,
 };

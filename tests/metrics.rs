@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use standin::coordinator::BoxError;
+use standin::BoxError;
 use standin::telemetry::{self, TelemetryError};
 use standin::testing::{EtcdServer, free_loopback_port};
 use standin::{Coordinator, Epoch, FenceError, FencedStore, Node, RoleHandle, Snapshot};

@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use standin::etcd::EtcdError;
-use standin::node::NodeError;
+use standin::NodeError;
 use standin::testing::EtcdServer;
 use standin::{Config, Node};
 use support::*;

@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use standin::coordinator::BoxError;
+use standin::BoxError;
 use standin::testing::EtcdServer;
 use standin::{Coordinator, Epoch, FencedStore, Node, RoleState, ServeError, Snapshot};
 use support::*;

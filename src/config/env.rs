@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 
 use super::locate::{Seg, plain_scalar, raw_scalar};
 use super::{
@@ -129,7 +129,7 @@ impl Schema {
 }
 
 fn to_value<T: Serialize>(value: &T) -> Value {
-    serde_yaml::to_value(value).expect("config structs serialize to YAML")
+    serde_norway::to_value(value).expect("config structs serialize to YAML")
 }
 
 fn descend<'v>(mut node: &'v Value, path: &[String]) -> Option<&'v Value> {
@@ -340,7 +340,7 @@ fn set_path(document: &mut Mapping, path: &[String], value: Value) -> usize {
 mod tests {
     use super::*;
     use crate::config::tests::Scratch;
-    use crate::tso::TsoConfig;
+    use crate::config::TsoConfig;
 
     /// `(name, value)` pairs as an environment.
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::ConfigError;
 use super::env::Override;
@@ -72,7 +72,7 @@ impl Origin<'_> {
         at: &[Seg],
         deserialize: impl FnOnce(
             serde_path_to_error::Deserializer<'_, '_, Value>,
-        ) -> Result<T, serde_yaml::Error>,
+        ) -> Result<T, serde_norway::Error>,
     ) -> Result<T, ConfigError> {
         let mut track = serde_path_to_error::Track::new();
         deserialize(serde_path_to_error::Deserializer::new(value, &mut track)).map_err(|error| {
@@ -123,23 +123,23 @@ impl Origin<'_> {
 }
 
 /// Where the key (or sequence element) at `path` is written in `text`.
-fn locate(text: &str, path: &[Seg]) -> Option<serde_yaml::Location> {
+fn locate(text: &str, path: &[Seg]) -> Option<serde_norway::Location> {
     if path.is_empty() {
         return None;
     }
-    let document = serde_yaml::Deserializer::from_str(text).next()?;
+    let document = serde_norway::Deserializer::from_str(text).next()?;
     let seek = Seek { path, mark: true };
     seek.deserialize(document).err()?.location()
 }
 
 /// The scalar at `path` exactly as `text` writes it (`0123`, not `123`).
 pub(super) fn raw_scalar(text: &str, path: &[Seg]) -> Option<String> {
-    let document = serde_yaml::Deserializer::from_str(text).next()?;
+    let document = serde_norway::Deserializer::from_str(text).next()?;
     let seek = Seek { path, mark: false };
     seek.deserialize(document).ok().flatten()
 }
 
-/// Walks a YAML text along a path with serde_yaml's own deserializer, the
+/// Walks a YAML text along a path with serde_norway's own deserializer, the
 /// one place that knows where each node is written and how: with `mark`, it
 /// fails at the path's last key (or element), the error carrying that
 /// position; without, it returns the scalar there as written.
@@ -175,7 +175,7 @@ impl<'de> Visitor<'de> for Seek<'_> {
         };
         let mark = self.mark && rest.is_empty();
         let mut found = None;
-        // Every entry is read: serde_yaml refuses a mapping left half read.
+        // Every entry is read: serde_norway refuses a mapping left half read.
         while let Some(hit) = map.next_key_seed(KeyIs { wanted, mark })? {
             if hit && found.is_none() {
                 let seek = Seek {
@@ -221,7 +221,7 @@ impl<'de> Visitor<'de> for Seek<'_> {
 }
 
 /// A mapping key compared with the wanted one, refused when it matches and
-/// its position is wanted: an error raised while serde_yaml reads the key
+/// its position is wanted: an error raised while serde_norway reads the key
 /// carries the key's position.
 struct KeyIs<'w> {
     wanted: &'w str,
@@ -251,7 +251,7 @@ impl<'de> Visitor<'de> for KeyIs<'_> {
     }
 }
 
-/// Refuses whatever it is given, so serde_yaml's error carries its position.
+/// Refuses whatever it is given, so serde_norway's error carries its position.
 struct Refuse;
 
 impl<'de> DeserializeSeed<'de> for Refuse {

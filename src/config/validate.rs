@@ -6,7 +6,6 @@ use std::time::Duration;
 use humantime_serde::re::humantime;
 
 use super::{BackoffConfig, Config, ConfigError, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL};
-use crate::tso::TsoError;
 
 impl Config {
     /// Rejects values that parse but cannot work; the error names the first
@@ -17,14 +16,7 @@ impl Config {
         self.validate_session()?;
         self.validate_coordinator()?;
         self.validate_reload()?;
-        self.tso.validate().map_err(|error| match error {
-            TsoError::BadConfig {
-                key,
-                value,
-                message,
-            } => invalid(key, value, message),
-            other => invalid("tso", "", other.to_string()),
-        })
+        self.tso.validate()
     }
 
     fn validate_etcd(&self) -> Result<(), ConfigError> {

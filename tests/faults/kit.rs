@@ -4,11 +4,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use standin::grpc::proto::coordination_client::CoordinationClient;
-use standin::grpc::proto::tso_client::TsoClient;
-use standin::grpc::proto::{AllocateRequest, AllocateResponse, StatusRequest};
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::tso_client::TsoClient;
+use standin::service::grpc::proto::{AllocateRequest, AllocateResponse, StatusRequest};
 use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
-use standin::tso::{Tso, TsoBatch, TsoConfig, TsoError, TsoRequest};
+use standin::config::TsoConfig;
+use standin::service::tso::{Tso, TsoBatch, TsoError, TsoRequest};
 use standin::{
     Config, Epoch, FenceError, FencedStore, Node, RoleHandle, RoleState, RoleStatus, ServeError,
 };
@@ -641,7 +642,7 @@ pub async fn allocate_on(
 ) -> Result<AllocateResponse, tonic::Status> {
     let request = AllocateRequest { count };
     let request = match epoch {
-        Some(epoch) => standin::client::with_epoch(request, epoch),
+        Some(epoch) => standin::service::client::with_epoch(request, epoch),
         None => tonic::Request::new(request),
     };
     let answer = tokio::time::timeout(

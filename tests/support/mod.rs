@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use standin::coordinator::BoxError;
-use standin::election::machine::StepDownReason;
+use standin::BoxError;
+use standin::StepDownReason;
 use standin::testing::EtcdServer;
 use standin::{
     Config, Coordinator, Epoch, FenceError, FencedStore, Node, RoleHandle, ServeError, Snapshot,

@@ -8,11 +8,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
-use crate::election::{Election, ElectionMsg};
 use crate::etcd::best_effort;
-use crate::node::{NodeContext, RoleShared};
-use crate::session::RoleState;
-use crate::slot::Slot;
+use crate::etcd::session::RoleState;
+use crate::runtime::context::{NodeContext, RoleShared};
+use crate::runtime::election::{Election, ElectionMsg};
+use crate::runtime::slot::Slot;
 
 /// The lease a role's election actor holds, written by it and read by its
 /// supervisor: a failed election actor cannot release its own lease, so the

@@ -3,6 +3,9 @@
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+/// The standin version published in every session.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The published state of one role on one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

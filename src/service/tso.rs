@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::coordinator::{BoxError, Coordinator};
 use crate::fence::{Epoch, FenceError, FencedStore};
-use crate::reload::Snapshot;
+use crate::config::TsoConfig;
+use crate::config::tso::MAX_COUNT;
+use crate::coordinator::Snapshot;
 
 /// Bits of a timestamp that hold the logical counter.
 pub const LOGICAL_BITS: u32 = 18;
@@ -22,9 +24,8 @@ pub const MAX_LOGICAL: u64 = LOGICAL_SLOTS - 1;
 /// bound, in physical milliseconds as decimal ASCII.
 pub const UPPER_BOUND_KEY: &str = "upper_bound";
 
-/// The smallest `tso.window`: a shorter window would make nearly every
-/// millisecond wait on an etcd write.
-const MIN_WINDOW: Duration = Duration::from_millis(50);
+// `tso.maxCount`'s limit is the largest batch that fits in one millisecond.
+const _: () = assert!(MAX_LOGICAL == MAX_COUNT as u64);
 
 /// Failures of the timestamp oracle.
 #[derive(Debug, thiserror::Error)]
@@ -48,16 +49,6 @@ pub enum TsoError {
         /// The value found, lossily decoded for display.
         value: String,
     },
-    /// A configuration value is impossible.
-    #[error("config key `{key}` = {value}: {message}")]
-    BadConfig {
-        /// The YAML key path (`tso.window`).
-        key: &'static str,
-        /// The rejected value.
-        value: String,
-        /// Why it is rejected.
-        message: &'static str,
-    },
 }
 
 /// A hybrid timestamp from its parts: `(physical_ms << 18) | logical`.
@@ -78,52 +69,9 @@ pub fn split(ts: u64) -> (u64, u64) {
     (ts >> LOGICAL_BITS, ts & MAX_LOGICAL)
 }
 
-/// The timestamp oracle's settings (YAML section `tso`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct TsoConfig {
-    /// How far ahead of the clock the saved upper bound runs. Longer means
-    /// fewer etcd writes; a new leader skips at most this much time (its
-    /// timestamps start above the old leader's bound).
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// The largest `Allocate` count, at most 2^18 - 1 so that a batch always
-    /// fits in one physical millisecond.
-    pub max_count: u32,
-}
-
-impl Default for TsoConfig {
-    fn default() -> Self {
-        Self {
-            window: Duration::from_secs(3),
-            max_count: MAX_LOGICAL as u32,
-        }
-    }
-}
-
-impl TsoConfig {
-    /// Rejects a window too short to be useful and a batch size that cannot fit in one millisecond.
-    pub fn validate(&self) -> Result<(), TsoError> {
-        if self.window < MIN_WINDOW {
-            return Err(TsoError::BadConfig {
-                key: "tso.window",
-                value: humantime::format_duration(self.window).to_string(),
-                message: "must be at least 50ms: the upper bound would be saved to etcd almost every millisecond",
-            });
-        }
-        if self.max_count == 0 || u64::from(self.max_count) > MAX_LOGICAL {
-            return Err(TsoError::BadConfig {
-                key: "tso.maxCount",
-                value: self.max_count.to_string(),
-                message: "must be between 1 and 262143 (2^18 - 1): a batch must fit in one physical millisecond",
-            });
-        }
-        Ok(())
-    }
-
-    fn window_ms(&self) -> u64 {
-        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX)
-    }
+/// The saved bound's distance ahead of the clock, in milliseconds.
+fn window_ms(config: &TsoConfig) -> u64 {
+    u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Where a batch starts, as computed by [`next_batch`].
@@ -247,7 +195,7 @@ impl Tso {
         if start.physical >= serving.upper_bound {
             // Save first: if the write fails nothing past the old bound was
             // handed out, so a successor starting above it stays ahead.
-            let window = self.config.window_ms();
+            let window = window_ms(&self.config);
             let bound = now.max(start.physical).saturating_add(window);
             save_upper_bound(&serving.store, bound).await?;
             serving.upper_bound = bound;
@@ -297,7 +245,7 @@ impl Coordinator for Tso {
     ) -> Result<TsoServing, BoxError> {
         // Above the saved bound: a predecessor handed out only physicals below it.
         let base = (self.clock)().max(saved.saturating_add(1));
-        let upper_bound = base.saturating_add(self.config.window_ms());
+        let upper_bound = base.saturating_add(window_ms(&self.config));
         save_upper_bound(&store, upper_bound)
             .await
             .map_err(TsoError::from)?;
@@ -426,91 +374,6 @@ mod tests {
             last = Some(compose(start.physical, end));
             (physical, logical) = (start.physical, start.logical + count);
         }
-    }
-
-    #[test]
-    fn the_default_config_is_valid() {
-        let config = TsoConfig::default();
-        assert_eq!(config.window, Duration::from_secs(3));
-        assert_eq!(config.max_count, 262_143);
-        config.validate().unwrap();
-    }
-
-    #[test]
-    fn a_short_window_is_rejected_by_name() {
-        let config = TsoConfig {
-            window: Duration::from_millis(49),
-            ..TsoConfig::default()
-        };
-        let error = config.validate().unwrap_err();
-        assert!(matches!(
-            error,
-            TsoError::BadConfig {
-                key: "tso.window",
-                ..
-            }
-        ));
-        assert!(error.to_string().contains("tso.window` = 49ms"), "{error}");
-        let config = TsoConfig {
-            window: MIN_WINDOW,
-            ..TsoConfig::default()
-        };
-        config.validate().unwrap();
-    }
-
-    #[test]
-    fn a_max_count_outside_one_millisecond_is_rejected_by_name() {
-        for max_count in [0, 262_144, u32::MAX] {
-            let config = TsoConfig {
-                max_count,
-                ..TsoConfig::default()
-            };
-            let error = config.validate().unwrap_err();
-            assert!(
-                matches!(
-                    error,
-                    TsoError::BadConfig {
-                        key: "tso.maxCount",
-                        ..
-                    }
-                ),
-                "{error}"
-            );
-            assert!(
-                error.to_string().contains(&max_count.to_string()),
-                "{error}"
-            );
-        }
-        let config = TsoConfig {
-            max_count: 1,
-            ..TsoConfig::default()
-        };
-        config.validate().unwrap();
-    }
-
-    #[test]
-    fn the_config_reads_camel_case_yaml_with_humantime_durations() {
-        let config: TsoConfig = serde_yaml::from_str("window: 500ms\nmaxCount: 1000\n").unwrap();
-        assert_eq!(
-            config,
-            TsoConfig {
-                window: Duration::from_millis(500),
-                max_count: 1000
-            }
-        );
-        let defaulted: TsoConfig = serde_yaml::from_str("{}").unwrap();
-        assert_eq!(defaulted, TsoConfig::default());
-        assert!(serde_yaml::from_str::<TsoConfig>("maxcount: 3\n").is_err());
-    }
-
-    fn snapshot(value: Option<&[u8]>) -> Snapshot {
-        let mut snapshot = Snapshot::default();
-        if let Some(value) = value {
-            snapshot
-                .entries
-                .insert(UPPER_BOUND_KEY.to_owned(), value.to_vec());
-        }
-        snapshot
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::session::SessionInfo;
+use crate::etcd::session::SessionInfo;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
     Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
@@ -278,7 +278,7 @@ pub struct Leader {
 
 impl Leader {
     /// Decodes the leader key-value; a corrupt value is an error naming the key.
-    pub fn decode(kv: &KeyValue) -> Result<Self, crate::session::SessionError> {
+    pub fn decode(kv: &KeyValue) -> Result<Self, crate::etcd::session::SessionError> {
         Ok(Self {
             session: SessionInfo::decode(kv.key(), kv.value())?,
             key: String::from_utf8_lossy(kv.key()).into_owned(),

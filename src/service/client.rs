@@ -9,13 +9,13 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::backoff::Backoff;
-use crate::campaign::{self, Leader};
+use crate::etcd::recipe::{self, Leader};
 use crate::config::Config;
 use crate::etcd::EtcdError;
-use crate::grpc::EPOCH_HEADER;
-use crate::grpc::proto::tso_client::TsoClient as TsoStub;
-use crate::grpc::proto::{AllocateRequest, AllocateResponse};
-use crate::session::Layout;
+use crate::service::grpc::EPOCH_HEADER;
+use crate::service::grpc::proto::tso_client::TsoClient as TsoStub;
+use crate::service::grpc::proto::{AllocateRequest, AllocateResponse};
+use crate::etcd::session::Layout;
 use crate::task::OwnedTask;
 
 /// Failures of calls through a [`RoleClient`].
@@ -59,7 +59,7 @@ impl LeaderWatch {
         retry: Duration,
     ) -> Self {
         let (sender, leader) = watch::channel(None);
-        let observer = OwnedTask::spawn(campaign::observe(
+        let observer = OwnedTask::spawn(recipe::observe(
             client,
             layout.election(role),
             retry,
@@ -94,7 +94,7 @@ pub struct RoleClient {
     retry: crate::config::BackoffConfig,
     connect_timeout: Duration,
     /// Keeps the etcd client's calls off members that stop answering.
-    _steering: Option<crate::endpoints::Steering>,
+    _steering: Option<crate::etcd::Steering>,
 }
 
 impl RoleClient {
@@ -103,7 +103,7 @@ impl RoleClient {
         let etcd = crate::etcd::connect_checked(&config.etcd).await?;
         let layout = Layout::new(&config.etcd.root_path);
         Ok(Self {
-            _steering: crate::endpoints::steer(&etcd, &config.etcd),
+            _steering: crate::etcd::steer(&etcd, &config.etcd),
             role: role.to_owned(),
             leader: LeaderWatch::start(etcd, &layout, role, config.etcd.retry.initial),
             channels: Mutex::new(HashMap::new()),

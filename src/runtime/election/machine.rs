@@ -8,41 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::backoff;
 use crate::config::BackoffConfig;
-use crate::session::RoleState;
-
-/// Why a node gives up leadership (or its candidacy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepDownReason {
-    /// etcd says the lease no longer exists.
-    LeaseLost,
-    /// No keepalive succeeded within the renew deadline.
-    RenewDeadlineMissed,
-    /// The coordinator actor panicked or failed.
-    CoordinatorCrashed,
-    /// The reload actor failed or timed out.
-    ReloadFailed,
-    /// Our leader key was deleted by someone else.
-    LeaderKeyDeleted,
-    /// The node is shutting down and hands the role over.
-    Shutdown,
-    /// An operator asked this node to hand the role over.
-    Resigned,
-}
-
-impl StepDownReason {
-    /// A short label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepDownReason::LeaseLost => "lease_lost",
-            StepDownReason::RenewDeadlineMissed => "renew_deadline",
-            StepDownReason::CoordinatorCrashed => "coordinator_crashed",
-            StepDownReason::ReloadFailed => "reload_failed",
-            StepDownReason::LeaderKeyDeleted => "leader_key_deleted",
-            StepDownReason::Shutdown => "shutdown",
-            StepDownReason::Resigned => "resigned",
-        }
-    }
-}
+use crate::status::{RoleState, StepDownReason};
 
 /// What happens once leadership or candidacy has been released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -13,8 +13,8 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{EPOCH_HEADER, unavailable};
-use crate::node::RoleStatus;
-use crate::session::RoleState;
+use crate::status::RoleStatus;
+use crate::etcd::session::RoleState;
 
 /// Wraps services so they run only where the role serves.
 #[derive(Clone)]
@@ -118,9 +118,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::Leader;
+    use crate::etcd::recipe::Leader;
     use crate::fence::Epoch;
-    use crate::session::SessionInfo;
+    use crate::etcd::session::SessionInfo;
 
     fn status(state: RoleState, epoch: Option<i64>) -> RoleStatus {
         RoleStatus {

@@ -15,50 +15,19 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 
-use crate::campaign::{self, Candidacy, Leader};
-use crate::coordinator::{Activation, Coordinator, CoordinatorActor, CoordinatorMsg};
+use crate::coordinator::Coordinator;
 use crate::etcd::best_effort;
+use crate::etcd::recipe::{self, Candidacy, Leader};
+use crate::etcd::session::{RoleState, SessionInfo};
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
-use crate::node::{NodeContext, RoleShared, RoleStatus};
-use crate::reload::{ReloadActor, ReloadJob};
-use crate::session::{RoleState, SessionInfo};
-use crate::supervisor::LeaseSlot;
+use crate::runtime::context::{NodeContext, RoleShared};
+use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
+use crate::runtime::reload::{ReloadActor, ReloadJob};
+use crate::runtime::supervisor::LeaseSlot;
+use crate::status::{ResignError, RoleStatus, StepDownReason};
 use crate::task::OwnedTask;
 use crate::telemetry;
-use machine::{Command, ElectionMachine, Event, Phase, StepDownReason, Timings};
-
-/// Failures of requests to an election actor.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ElectionError {
-    /// Only the leader can resign.
-    #[error("this node does not lead {role}{}", leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
-    NotLeader {
-        /// The role.
-        role: String,
-        /// The leader's address, when known.
-        leader: Option<String>,
-    },
-    /// The role's election actor is not running (restarting after a failure, or stopped).
-    #[error("the {role} election is not running on this node")]
-    NotRunning {
-        /// The role.
-        role: String,
-    },
-    /// This node stopped serving, but etcd did not confirm the deletion of its
-    /// leader key: the key may lead until its lease expires, so a peer may
-    /// take over only then.
-    #[error(
-        "this node stopped serving {role}, but etcd did not confirm the deletion of its leader \
-         key; it gave up its lease, and a peer takes over at the latest when that lease expires \
-         (session.ttl {ttl:?})"
-    )]
-    ResignUnconfirmed {
-        /// The role.
-        role: String,
-        /// The lease TTL: the longest the key can still lead.
-        ttl: Duration,
-    },
-}
+use machine::{Command, ElectionMachine, Event, Phase, Timings};
 
 /// The election actor of one role on one node.
 pub struct Election<C: Coordinator> {
@@ -98,7 +67,7 @@ pub enum ElectionMsg<C: Coordinator> {
     /// Hand the role over and stop; answered once stopped.
     Shutdown(RpcReplyPort<()>),
     /// Hand the role over if leading and campaign again; answered once a peer can take over.
-    Resign(RpcReplyPort<Result<(), ElectionError>>),
+    Resign(RpcReplyPort<Result<(), ResignError>>),
     /// A lease was granted and the session registered on it.
     LeaseGranted {
         /// The lease.
@@ -167,6 +136,7 @@ pub enum ElectionMsg<C: Coordinator> {
     RestartCoordinator,
     /// The leader seen in etcd changed.
     LeaderObserved(Option<Leader>),
+    #[cfg(feature = "fault-injection")]
     /// Panic in the actor, as a bug would (fault injection for tests: `RoleHandle::crash_*`, `standin run --fault-injection`).
     InjectPanic,
 }
@@ -188,7 +158,7 @@ pub struct ElectionState<C: Coordinator> {
     leader: Option<Leader>,
     last_step_down: Option<StepDownReason>,
     shutdown_replies: Vec<RpcReplyPort<()>>,
-    resign_replies: Vec<RpcReplyPort<Result<(), ElectionError>>>,
+    resign_replies: Vec<RpcReplyPort<Result<(), ResignError>>>,
     _observer: OwnedTask,
     timers: Vec<JoinHandle<()>>,
 }
@@ -224,7 +194,7 @@ impl Publisher {
                     match publish(&client, &key, &info, leading.as_ref()).await {
                         Ok(()) => break,
                         // The term ended under us; the next state published says so.
-                        Err(campaign::CampaignError::CandidacyLost { .. }) => break,
+                        Err(recipe::CampaignError::CandidacyLost { .. }) => break,
                         Err(error) => {
                             tracing::warn!(key, state = %info.state, "publishing the session failed, retrying: {error}");
                         }
@@ -252,7 +222,7 @@ async fn publish(
     key: &str,
     info: &SessionInfo,
     leading: Option<&Candidacy>,
-) -> Result<(), campaign::CampaignError> {
+) -> Result<(), recipe::CampaignError> {
     let value = info.encode();
     let options = PutOptions::new().with_lease(info.lease_id);
     client
@@ -260,7 +230,7 @@ async fn publish(
         .put(key, value.clone(), Some(options))
         .await?;
     if let Some(candidacy) = leading {
-        campaign::proclaim(client, candidacy, value).await?;
+        recipe::proclaim(client, candidacy, value).await?;
     }
     Ok(())
 }
@@ -442,9 +412,9 @@ impl<C: Coordinator> Election<C> {
                 state.campaign = Some(OwnedTask::spawn(async move {
                     tokio::time::sleep(after).await;
                     let won = async {
-                        let candidacy = campaign::join(&client, &election, lease, value).await?;
-                        campaign::wait_until_leader(&client, &election, &candidacy).await?;
-                        Ok::<_, campaign::CampaignError>(candidacy)
+                        let candidacy = recipe::join(&client, &election, lease, value).await?;
+                        recipe::wait_until_leader(&client, &election, &candidacy).await?;
+                        Ok::<_, recipe::CampaignError>(candidacy)
                     };
                     let candidacy = match won.await {
                         Ok(won) => won,
@@ -463,7 +433,7 @@ impl<C: Coordinator> Election<C> {
                     });
                     // While leading, watch our own key: if anyone deletes it,
                     // the next candidate leads and we must not keep serving.
-                    campaign::watch_own_key(&client, &key, revision, retry).await;
+                    recipe::watch_own_key(&client, &key, revision, retry).await;
                     let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
                         generation,
                         revision,
@@ -599,7 +569,7 @@ impl<C: Coordinator> Election<C> {
                 });
             }
             Command::Resign { lease } => {
-                let key = campaign::candidate_key(&self.election, lease);
+                let key = recipe::candidate_key(&self.election, lease);
                 state.candidacy = None;
                 let reply = myself.clone();
                 tokio::spawn(async move {
@@ -735,7 +705,7 @@ impl<C: Coordinator> Actor for Election<C> {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let reporter = myself.clone();
-        let observer = OwnedTask::spawn(campaign::observe(
+        let observer = OwnedTask::spawn(recipe::observe(
             self.context.client.clone(),
             self.election.clone(),
             self.context.config.etcd.retry.initial,
@@ -868,7 +838,7 @@ impl<C: Coordinator> Actor for Election<C> {
             ElectionMsg::CoordinatorServing { revision } => Event::CoordinatorServing { revision },
             ElectionMsg::Resign(reply) => {
                 if !state.machine.phase().leads() {
-                    let _ = reply.send(Err(ElectionError::NotLeader {
+                    let _ = reply.send(Err(ResignError::NotLeader {
                         role: self.role.clone(),
                         leader: state.leader.as_ref().map(|l| l.session.address.clone()),
                     }));
@@ -882,7 +852,7 @@ impl<C: Coordinator> Actor for Election<C> {
                 // The key may lead until the lease is gone: say so, rather
                 // than promise the caller that a peer can take over now.
                 for reply in state.resign_replies.drain(..) {
-                    let _ = reply.send(Err(ElectionError::ResignUnconfirmed {
+                    let _ = reply.send(Err(ResignError::ResignUnconfirmed {
                         role: self.role.clone(),
                         ttl: self.context.config.session.ttl,
                     }));
@@ -907,6 +877,7 @@ impl<C: Coordinator> Actor for Election<C> {
                 tracing::info!(role = self.role, "coordinator restarted in standby");
                 Event::CoordinatorStarted
             }
+            #[cfg(feature = "fault-injection")]
             ElectionMsg::InjectPanic => {
                 panic!("fault injected into the {} election actor", self.role)
             }

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use super::proto::tso_server;
 use super::proto::{AllocateRequest, AllocateResponse};
 use super::serve_error_status;
-use crate::node::RoleHandle;
-use crate::tso::{Tso, TsoError, TsoRequest};
+use crate::role::RoleHandle;
+use crate::service::tso::{Tso, TsoError, TsoRequest};
 
 /// Serves `Tso` from this node's `tso` role.
 pub struct TsoService {

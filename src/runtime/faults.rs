@@ -1,24 +1,29 @@
-//! Fault switches of one role, for tests that make its actors fail as a bug would.
+//! Fault switches of one role, for tests that make its actors fail as a bug would (cargo feature `fault-injection`).
 //!
-//! Always compiled and off: only the `testing` feature's `RoleHandle` methods
-//! and `standin run --fault-injection` turn them on.
+//! Without the feature the switches do not exist and checking them costs
+//! nothing; with it they are off until `RoleHandle::crash_*` or
+//! `standin run --fault-injection` turns one on.
 
+#[cfg(feature = "fault-injection")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One-shot fault switches of a role's actors.
 #[derive(Debug, Default)]
-pub struct Faults {
+pub(crate) struct Faults {
+    #[cfg(feature = "fault-injection")]
     reload_panic: AtomicBool,
 }
 
 impl Faults {
     /// Makes the role's running reload (or its next one) panic after its next page.
-    pub fn arm_reload_panic(&self) {
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn arm_reload_panic(&self) {
         self.reload_panic.store(true, Ordering::SeqCst);
     }
 
     /// Called by the reload actor between pages: panics once if armed.
     pub(crate) fn reload_page_read(&self) {
+        #[cfg(feature = "fault-injection")]
         if self.reload_panic.swap(false, Ordering::SeqCst) {
             panic!("fault injected into the reload actor, mid-reload");
         }
@@ -26,6 +31,7 @@ impl Faults {
 }
 
 /// A failure a test can inject into a role's actors.
+#[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The coordinator actor panics.
@@ -36,6 +42,7 @@ pub enum Fault {
     CrashReload,
 }
 
+#[cfg(feature = "fault-injection")]
 impl Fault {
     /// Every fault, by its name on the command line and in gRPC.
     pub const ALL: [(Fault, &'static str); 3] = [

@@ -1,6 +1,5 @@
 //! The reload actor: loads a role's metadata at a revision no older than the won one, in pages, within a time bound.
 
-use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,18 +7,9 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::coordinator::Coordinator;
-use crate::election::ElectionMsg;
-use crate::faults::Faults;
-
-/// The role's metadata as read from etcd, keys relative to `{root}/meta/{role}/`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The etcd revision every entry was read at.
-    pub revision: i64,
-    /// Relative key to value, in key order.
-    pub entries: BTreeMap<String, Vec<u8>>,
-}
+use crate::coordinator::{Coordinator, Snapshot};
+use crate::runtime::election::ElectionMsg;
+use crate::runtime::faults::Faults;
 
 /// Failures of a reload; each makes the node resign.
 #[derive(Debug, thiserror::Error)]

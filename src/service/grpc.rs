@@ -8,7 +8,7 @@ pub mod tso;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
-use crate::campaign::Leader;
+use crate::etcd::recipe::Leader;
 use crate::coordinator::ServeError;
 
 /// Code generated from `proto/standin.proto`.
@@ -39,12 +39,12 @@ impl From<&Leader> for proto::Leader {
 /// is the role's name. Runs until the role's status channel closes.
 pub async fn report_health(
     reporter: tonic_health::server::HealthReporter,
-    role: std::sync::Arc<dyn crate::node::RoleControl>,
+    role: std::sync::Arc<dyn crate::role::RoleControl>,
 ) {
     let mut statuses = role.subscribe();
     let mut reported = None;
     loop {
-        let serving = statuses.borrow_and_update().state == crate::session::RoleState::Serving;
+        let serving = statuses.borrow_and_update().state == crate::etcd::session::RoleState::Serving;
         if reported != Some(serving) {
             let health = if serving {
                 tonic_health::ServingStatus::Serving

@@ -13,8 +13,8 @@ use super::proto::{
     LeaderEvent, ResignRequest, ResignResponse, RoleStatus, StatusRequest, StatusResponse,
     WatchLeaderRequest,
 };
-use crate::election::ElectionError;
-use crate::node::RoleControl;
+use crate::status::ResignError;
+use crate::role::RoleControl;
 
 /// Serves `Coordination` for the roles of one node.
 pub struct CoordinationService {
@@ -55,7 +55,7 @@ impl CoordinationService {
     }
 }
 
-fn role_status(status: &crate::node::RoleStatus) -> RoleStatus {
+fn role_status(status: &crate::status::RoleStatus) -> RoleStatus {
     RoleStatus {
         role: status.role.clone(),
         state: status.state.as_str().to_owned(),
@@ -127,13 +127,13 @@ impl Coordination for CoordinationService {
         let control = self.role(&role)?;
         match control.resign(self.resign_timeout).await {
             Ok(()) => Ok(Response::new(ResignResponse {})),
-            Err(error @ ElectionError::NotLeader { .. }) => {
+            Err(error @ ResignError::NotLeader { .. }) => {
                 Err(Status::failed_precondition(error.to_string()))
             }
             // etcd unreachable or the election restarting: worth a retry later.
             Err(
                 error
-                @ (ElectionError::NotRunning { .. } | ElectionError::ResignUnconfirmed { .. }),
+                @ (ResignError::NotRunning { .. } | ResignError::ResignUnconfirmed { .. }),
             ) => Err(Status::unavailable(error.to_string())),
         }
     }

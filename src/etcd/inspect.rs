@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use etcd_client::{Client, GetOptions};
 use serde::Serialize;
 
-use crate::campaign::Leader;
-use crate::session::{Layout, RoleState, SessionInfo};
+use crate::etcd::recipe::Leader;
+use crate::etcd::session::{Layout, RoleState, SessionInfo};
 
 /// Failures to read the deployment from etcd.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,22 @@
+//! The runtime behind a [`Node`](crate::Node): the actors that keep one role highly available, private to the crate.
+//!
+//! ```text
+//! Node                       runtime handle: etcd client, config, the roles it runs
+//! └─ RoleSupervisor          one per role; restarts a failed election actor, revoking its lease
+//!    └─ Election             holds the role's etcd lease, campaigns, decides (a pure state machine)
+//!       ├─ CoordinatorActor  wraps the user's coordinator: Standby -> Activating -> Serving -> Standby
+//!       └─ ReloadActor       loads {root}/meta/{role}/ at the won revision, in pages
+//! ```
+//!
+//! The election actor links the other two (`spawn_linked`), so a crash of
+//! either reaches it as a `SupervisionEvent` and its decisions stay in one
+//! place: [`election::machine`], a state machine without I/O.
+
+pub(crate) mod context;
+pub(crate) mod coordinator;
+pub(crate) mod election;
+pub(crate) mod faults;
+pub(crate) mod lease_guard;
+pub(crate) mod reload;
+pub(crate) mod slot;
+pub(crate) mod supervisor;
