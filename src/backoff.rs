@@ -7,7 +7,7 @@ use crate::config::BackoffConfig;
 /// The delay before retry number `attempt` (1 for the first retry): `initial`
 /// doubled per attempt, never above `max`. Deterministic, so the election's
 /// state machine stays a pure function that unit tests can check exactly.
-pub fn delay(config: &BackoffConfig, attempt: u32) -> Duration {
+pub(crate) fn delay(config: &BackoffConfig, attempt: u32) -> Duration {
     if attempt == 0 {
         return Duration::ZERO;
     }
@@ -20,14 +20,14 @@ pub fn delay(config: &BackoffConfig, attempt: u32) -> Duration {
 
 /// A running count of consecutive failures that yields the next delay.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     config: BackoffConfig,
     failures: u32,
 }
 
 impl Backoff {
     /// A backoff with no failures recorded yet.
-    pub fn new(config: BackoffConfig) -> Self {
+    pub(crate) fn new(config: BackoffConfig) -> Self {
         Self {
             config,
             failures: 0,
@@ -35,19 +35,14 @@ impl Backoff {
     }
 
     /// Records one more failure and returns how long to wait before the next try.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         delay(&self.config, self.failures)
     }
 
     /// Forgets the failures after a success.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
-    }
-
-    /// How many failures in a row have been recorded.
-    pub fn failures(&self) -> u32 {
-        self.failures
     }
 }
 

@@ -519,6 +519,12 @@ impl Config {
         Self::from_yaml_str_with_env(&text, env)
     }
 
+    /// How long a graceful handover may take: the deactivation hook, then a
+    /// few etcd round trips (publish, revoke).
+    pub fn handover_bound(&self) -> Duration {
+        self.coordinator.deactivate_timeout + self.etcd.request_timeout * 3 + Duration::from_secs(1)
+    }
+
     /// The settings of `role`: its section, or the defaults without one.
     pub fn role(&self, role: &str) -> RoleConfig {
         self.roles.get(role).cloned().unwrap_or_default()

@@ -7,5 +7,5 @@ pub mod session;
 mod steering;
 
 pub use connect::{EtcdError, connect, connect_checked};
-pub(crate) use connect::{GaveUp, best_effort, endpoint_url, retry, retry_bounded};
+pub(crate) use connect::{GaveUp, best_effort, endpoint_url, retry_bounded};
 pub use steering::{EndpointsError, Steering, steer};

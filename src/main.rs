@@ -215,7 +215,7 @@ async fn run(
     }
     let tso_config = config.tso.clone();
     let call_timeout = config.etcd.request_timeout;
-    let resign_timeout = standin::runtime::supervisor::handover_bound(&config);
+    let resign_timeout = config.handover_bound();
     let mut node = Node::new(config);
     let tso = node.add_role("tso", Tso::new(tso_config.clone()))?;
     node.start().await.context("starting the node")?;

@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use etcd_client::Client;
 use ractor::{Actor, ActorRef, SpawnErr};
@@ -18,7 +17,7 @@ use crate::etcd::{EtcdError, GaveUp};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::slot::Slot;
-use crate::runtime::supervisor::{RoleSupervisor, SupervisorMsg, handover_bound};
+use crate::runtime::supervisor::{RoleSupervisor, SupervisorMsg};
 use crate::status::RoleStatus;
 
 /// Failures to start or stop a node.
@@ -328,7 +327,7 @@ impl Node {
     /// over at once and no write of this node follows the handover.
     pub async fn shutdown(mut self) {
         // The supervisor's own bound on the handover, plus time to kill and revoke.
-        let bound = handover_bound(&self.config) * 2;
+        let bound = self.config.handover_bound() * 2;
         let handovers = self.running.drain(..).map(|(role, supervisor)| async move {
             if let Err(error) = ractor::call_t!(
                 supervisor,

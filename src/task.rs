@@ -5,11 +5,11 @@ use tokio::task::JoinHandle;
 /// A spawned task that is aborted when this handle is dropped, so an actor's
 /// helpers (keepalive, campaign, watches) never outlive the actor's state.
 #[derive(Debug)]
-pub struct OwnedTask(JoinHandle<()>);
+pub(crate) struct OwnedTask(JoinHandle<()>);
 
 impl OwnedTask {
     /// Spawns `future` on the current runtime, owned by the returned handle.
-    pub fn spawn(future: impl Future<Output = ()> + Send + 'static) -> Self {
+    pub(crate) fn spawn(future: impl Future<Output = ()> + Send + 'static) -> Self {
         Self(tokio::spawn(future))
     }
 }

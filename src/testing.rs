@@ -13,6 +13,7 @@ use rcgen::{
 
 use crate::config::{AuthConfig, EtcdConfig, TlsConfig};
 use crate::etcd::EtcdError;
+use crate::fence::{Epoch, FencedStore};
 
 // The pieces live in their own files but share this module's error type: to
 // a test they are one kit, and each failure reads the same way.
@@ -23,6 +24,13 @@ mod proxy;
 pub use cluster::EtcdCluster;
 pub use process::StandinProcess;
 pub use proxy::{FaultProxy, ProxyMode};
+
+/// A store that writes for `epoch` under `prefix`, without the local switch
+/// of the node whose term it was: for asserting that etcd itself refuses the
+/// writes of a deposed epoch.
+pub fn store_for_epoch(client: etcd_client::Client, epoch: Epoch, prefix: String) -> FencedStore {
+    FencedStore::new(client, epoch, prefix).0
+}
 
 /// Failures of the test kit.
 #[derive(Debug, thiserror::Error)]

@@ -202,7 +202,7 @@ async fn a_deposed_active_cannot_write_and_the_new_one_sees_every_acknowledged_w
     );
     // Not only the local switch: etcd's transaction refuses a copy of the
     // old epoch too.
-    let (bypass, _) = standin::FencedStore::new(
+    let bypass = standin::testing::store_for_epoch(
         etcd.client().await?,
         old_store.epoch().clone(),
         "standin-test/meta/rootcoord/".into(),

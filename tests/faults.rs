@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{GetOptions, PutOptions, SortOrder, SortTarget};
 use kit::*;
 use standin::BoxError;
-use standin::election::ResignError;
+use standin::ResignError;
 use standin::StepDownReason;
 use standin::testing::{EtcdCluster, EtcdServer};
 use standin::{Coordinator, Epoch, FenceError, FencedStore, Node, RoleState, ServeError, Snapshot};
@@ -1125,7 +1125,7 @@ async fn kill_9_of_the_active_process_is_taken_over_within_ttl_plus_1s() -> anyh
         leader_key: String::from_utf8_lossy(leader_key.key()).into_owned(),
         revision: old_epoch,
     };
-    let (store, _) = FencedStore::new(client, old, format!("{PROCESS_ROOT}/meta/tso/"));
+    let store = standin::testing::store_for_epoch(client, old, format!("{PROCESS_ROOT}/meta/tso/"));
     let refused = store.put("upper_bound", "1").await;
     assert!(
         matches!(refused, Err(FenceError::Fenced { .. })),

@@ -135,14 +135,4 @@ mod tests {
         assert_eq!(defaulted, TsoConfig::default());
         assert!(serde_norway::from_str::<TsoConfig>("maxcount: 3\n").is_err());
     }
-
-    fn snapshot(value: Option<&[u8]>) -> Snapshot {
-        let mut snapshot = Snapshot::default();
-        if let Some(value) = value {
-            snapshot
-                .entries
-                .insert(UPPER_BOUND_KEY.to_owned(), value.to_vec());
-        }
-        snapshot
-    }
 }

@@ -266,31 +266,17 @@ fn hint(config: &EtcdConfig, error: &etcd_client::Error) -> &'static str {
 
 /// How a bounded retry ended without success.
 #[derive(Debug)]
-pub struct GaveUp<E> {
+pub(crate) struct GaveUp<E> {
     /// How many tries were made.
     pub attempts: u32,
     /// Why the last one failed.
     pub last: E,
 }
 
-/// Runs `call` until it succeeds, logging each failure with the wait before
-/// the next try: an unreachable etcd is retried, never fatal.
-pub async fn retry<T, E, F, Fut>(what: &str, backoff: Backoff, call: F) -> T
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    match retry_bounded(what, backoff, 0, |_| false, call).await {
-        Ok(value) => value,
-        Err(_) => unreachable!("a retry without a bound only ends in success"),
-    }
-}
-
 /// Runs `call` until it succeeds, up to `attempts` tries (0: no bound),
 /// logging each failure with the wait before the next try; stops at once on
 /// a failure that `permanent` says no retry can cure.
-pub async fn retry_bounded<T, E, F, Fut>(
+pub(crate) async fn retry_bounded<T, E, F, Fut>(
     what: &str,
     mut backoff: Backoff,
     attempts: u32,
@@ -331,7 +317,7 @@ where
 /// Runs a call whose failure is survivable (the lease would expire the keys
 /// anyway), bounded by `timeout`; logs a failure naming `what`. Returns
 /// whether it succeeded.
-pub async fn best_effort<T>(
+pub(crate) async fn best_effort<T>(
     what: &str,
     timeout: Duration,
     call: impl Future<Output = Result<T, etcd_client::Error>>,

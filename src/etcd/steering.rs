@@ -74,7 +74,7 @@ const FAILURES_TO_REMOVE: u32 = 2;
 
 /// A change to the balancer, by endpoint index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(super) enum Change {
     /// Give calls to this member again.
     Add(usize),
     /// Stop giving calls to this member.
@@ -84,14 +84,14 @@ pub enum Change {
 /// Which members the balancer holds, decided from probe results alone, so
 /// the rule is tested without etcd.
 #[derive(Debug, Clone)]
-pub struct Balance {
+pub(super) struct Balance {
     failures: Vec<u32>,
     in_balancer: Vec<bool>,
 }
 
 impl Balance {
     /// Every one of `members` in the balancer, as the client starts.
-    pub fn new(members: usize) -> Self {
+    pub(super) fn new(members: usize) -> Self {
         Self {
             failures: vec![0; members],
             in_balancer: vec![true; members],
@@ -102,7 +102,7 @@ impl Balance {
     /// it holds the members that answer, or every member when none does
     /// (calls fail either way, and the first member back is then used at
     /// once, without waiting for its probe).
-    pub fn on_probe(&mut self, member: usize, answered: bool) -> Vec<Change> {
+    pub(super) fn on_probe(&mut self, member: usize, answered: bool) -> Vec<Change> {
         self.failures[member] = if answered {
             0
         } else {

@@ -17,7 +17,7 @@ use crate::runtime::slot::Slot;
 use crate::status::RoleStatus;
 
 /// What every actor of a node shares: immutable once the node has started.
-pub struct NodeContext {
+pub(crate) struct NodeContext {
     /// The etcd client (cheap to clone).
     pub client: Client,
     /// The validated configuration.
@@ -30,7 +30,7 @@ pub struct NodeContext {
 
 impl NodeContext {
     /// The session this node publishes for `role` in `state` on `lease`.
-    pub fn session(&self, role: &str, state: RoleState, lease_id: i64) -> SessionInfo {
+    pub(crate) fn session(&self, role: &str, state: RoleState, lease_id: i64) -> SessionInfo {
         SessionInfo {
             server_id: self.server_id,
             role: role.to_owned(),
@@ -43,7 +43,7 @@ impl NodeContext {
 }
 
 /// What a role's actors share with its [`RoleHandle`]s.
-pub struct RoleShared<C: Coordinator> {
+pub(crate) struct RoleShared<C: Coordinator> {
     /// The role's status, updated on every transition.
     pub status: watch::Sender<RoleStatus>,
     /// The running coordinator actor, if any.

@@ -14,7 +14,7 @@ use crate::runtime::lease_guard::LeaseGuard;
 use crate::task::OwnedTask;
 
 /// The coordinator actor of one role: wraps the user's [`Coordinator`].
-pub struct CoordinatorActor<C: Coordinator> {
+pub(crate) struct CoordinatorActor<C: Coordinator> {
     coordinator: Arc<C>,
     role: String,
     buffer_capacity: usize,
@@ -24,7 +24,7 @@ pub struct CoordinatorActor<C: Coordinator> {
 
 impl<C: Coordinator> CoordinatorActor<C> {
     /// An actor for `role` with the activation buffer and deactivation bound from config.
-    pub fn new(
+    pub(crate) fn new(
         coordinator: Arc<C>,
         role: String,
         buffer_capacity: usize,
@@ -42,10 +42,10 @@ impl<C: Coordinator> CoordinatorActor<C> {
 }
 
 /// A request's reply port.
-pub type ServeReply<C> = RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
+pub(crate) type ServeReply<C> = RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
 
 /// Messages to a coordinator actor.
-pub enum CoordinatorMsg<C: Coordinator> {
+pub(crate) enum CoordinatorMsg<C: Coordinator> {
     /// A user request; answered with the response, or why it is not served here.
     Request {
         /// The request.
@@ -80,7 +80,7 @@ pub enum CoordinatorMsg<C: Coordinator> {
 }
 
 /// What an activation needs.
-pub struct Activation<C: Coordinator> {
+pub(crate) struct Activation<C: Coordinator> {
     /// The won term.
     pub epoch: Epoch,
     /// The reloaded metadata.
@@ -121,7 +121,7 @@ struct RunningActivation {
 }
 
 /// What a coordinator actor's state changes between messages.
-pub struct CoordinatorState<C: Coordinator> {
+pub(crate) struct CoordinatorState<C: Coordinator> {
     phase: Phase<C>,
     leader: Option<String>,
 }

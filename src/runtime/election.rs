@@ -5,7 +5,7 @@
 //! commands. Every etcd call runs in a task that reports back as a message, so
 //! the mailbox never waits on etcd and the renew deadline is always checked.
 
-pub mod machine;
+pub(crate) mod machine;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use crate::telemetry;
 use machine::{Command, ElectionMachine, Event, Phase, Timings};
 
 /// The election actor of one role on one node.
-pub struct Election<C: Coordinator> {
+pub(crate) struct Election<C: Coordinator> {
     role: String,
     coordinator: Arc<C>,
     context: Arc<NodeContext>,
@@ -41,7 +41,7 @@ pub struct Election<C: Coordinator> {
 
 impl<C: Coordinator> Election<C> {
     /// An election actor for `role`, reporting its lease in `lease_slot`.
-    pub fn new(
+    pub(crate) fn new(
         role: String,
         coordinator: Arc<C>,
         context: Arc<NodeContext>,
@@ -63,7 +63,7 @@ impl<C: Coordinator> Election<C> {
 /// Messages to an election actor. Replies from etcd tasks carry the lease or
 /// campaign generation they belong to, so a late reply from an earlier term
 /// is recognised and dropped.
-pub enum ElectionMsg<C: Coordinator> {
+pub(crate) enum ElectionMsg<C: Coordinator> {
     /// Hand the role over and stop; answered once stopped.
     Shutdown(RpcReplyPort<()>),
     /// Hand the role over if leading and campaign again; answered once a peer can take over.
@@ -142,7 +142,7 @@ pub enum ElectionMsg<C: Coordinator> {
 }
 
 /// What an election actor's state changes between messages.
-pub struct ElectionState<C: Coordinator> {
+pub(crate) struct ElectionState<C: Coordinator> {
     machine: ElectionMachine,
     coordinator: Option<ActorRef<CoordinatorMsg<C>>>,
     reload: Option<ActorCell>,

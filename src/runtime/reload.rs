@@ -13,7 +13,7 @@ use crate::runtime::faults::Faults;
 
 /// Failures of a reload; each makes the node resign.
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     /// Reading a page from etcd failed.
     #[error("reading metadata under {prefix} failed: {source}")]
     ReadFailed {
@@ -52,7 +52,7 @@ pub enum ReloadError {
 /// Reads every key under `prefix` at one revision, `page_size` keys a request.
 /// The first page is a linearizable read, so its revision is at least any
 /// revision this node has already seen, such as the won one.
-pub async fn read_snapshot(
+pub(crate) async fn read_snapshot(
     client: &Client,
     prefix: &str,
     page_size: i64,
@@ -117,7 +117,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// The reload actor for one won epoch: reads, decodes, reports to the
 /// election actor, stops. It fails (a supervision event for the election)
 /// when the read fails, times out or does not decode.
-pub struct ReloadActor<C: Coordinator>(PhantomData<fn() -> C>);
+pub(crate) struct ReloadActor<C: Coordinator>(PhantomData<fn() -> C>);
 
 impl<C: Coordinator> Default for ReloadActor<C> {
     fn default() -> Self {
@@ -126,7 +126,7 @@ impl<C: Coordinator> Default for ReloadActor<C> {
 }
 
 /// What one reload needs.
-pub struct ReloadJob<C: Coordinator> {
+pub(crate) struct ReloadJob<C: Coordinator> {
     /// Decodes the snapshot.
     pub coordinator: Arc<C>,
     /// The etcd client.
@@ -148,7 +148,7 @@ pub struct ReloadJob<C: Coordinator> {
 }
 
 /// Messages to a reload actor: none; it works in `post_start` and stops.
-pub enum ReloadMsg {}
+pub(crate) enum ReloadMsg {}
 
 impl<C: Coordinator> Actor for ReloadActor<C> {
     type Msg = ReloadMsg;

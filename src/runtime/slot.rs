@@ -7,7 +7,7 @@ use std::sync::Mutex;
 /// message, because readers need the current value at once (and ractor
 /// delivers supervision events ahead of ordinary messages).
 #[derive(Debug)]
-pub struct Slot<T>(Mutex<Option<T>>);
+pub(crate) struct Slot<T>(Mutex<Option<T>>);
 
 impl<T> Default for Slot<T> {
     fn default() -> Self {
@@ -17,17 +17,17 @@ impl<T> Default for Slot<T> {
 
 impl<T: Clone> Slot<T> {
     /// The current value.
-    pub fn get(&self) -> Option<T> {
+    pub(crate) fn get(&self) -> Option<T> {
         self.lock().clone()
     }
 
     /// Replaces the value.
-    pub fn set(&self, value: Option<T>) {
+    pub(crate) fn set(&self, value: Option<T>) {
         *self.lock() = value;
     }
 
     /// Takes the value out, leaving the slot empty.
-    pub fn take(&self) -> Option<T> {
+    pub(crate) fn take(&self) -> Option<T> {
         self.lock().take()
     }
 

@@ -1,12 +1,11 @@
 //! The role supervisor: runs a role's election actor and, when it fails, revokes its lease and restarts it with backoff.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::backoff::Backoff;
-use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::etcd::best_effort;
 use crate::etcd::session::RoleState;
@@ -18,10 +17,10 @@ use crate::runtime::slot::Slot;
 /// supervisor: a failed election actor cannot release its own lease, so the
 /// supervisor revokes it. Shared memory, not a message, because supervision
 /// events overtake ordinary messages in ractor.
-pub type LeaseSlot = Arc<Slot<i64>>;
+pub(crate) type LeaseSlot = Arc<Slot<i64>>;
 
 /// Supervises one role's election actor.
-pub struct RoleSupervisor<C: Coordinator> {
+pub(crate) struct RoleSupervisor<C: Coordinator> {
     role: String,
     coordinator: Arc<C>,
     context: Arc<NodeContext>,
@@ -30,7 +29,7 @@ pub struct RoleSupervisor<C: Coordinator> {
 
 impl<C: Coordinator> RoleSupervisor<C> {
     /// A supervisor for `role`.
-    pub fn new(
+    pub(crate) fn new(
         role: String,
         coordinator: Arc<C>,
         context: Arc<NodeContext>,
@@ -65,7 +64,7 @@ impl<C: Coordinator> RoleSupervisor<C> {
 }
 
 /// Messages to a role supervisor.
-pub enum SupervisorMsg {
+pub(crate) enum SupervisorMsg {
     /// Start the election actor again (after the restart backoff).
     StartElection,
     /// Hand the role over and stop; answered once the election actor has stopped.
@@ -73,7 +72,7 @@ pub enum SupervisorMsg {
 }
 
 /// What a role supervisor's state changes between messages.
-pub struct RoleSupervisorState<C: Coordinator> {
+pub(crate) struct RoleSupervisorState<C: Coordinator> {
     election: Option<ActorRef<ElectionMsg<C>>>,
     lease: LeaseSlot,
     backoff: Backoff,
@@ -117,7 +116,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             SupervisorMsg::Shutdown(reply) => {
                 state.shutting_down = true;
                 if let Some(election) = state.election.take() {
-                    let bound = handover_bound(&self.context.config);
+                    let bound = self.context.config.handover_bound();
                     let handed_over =
                         ractor::call_t!(election, ElectionMsg::Shutdown, bound.as_millis() as u64);
                     if let Err(error) = handed_over {
@@ -180,12 +179,6 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
         myself.send_after(delay, || SupervisorMsg::StartElection);
         Ok(())
     }
-}
-
-/// How long a graceful handover may take: the deactivation hook, then a
-/// few etcd round trips (publish, revoke).
-pub fn handover_bound(config: &Config) -> Duration {
-    config.coordinator.deactivate_timeout + config.etcd.request_timeout * 3 + Duration::from_secs(1)
 }
 
 /// Revokes the lease a dead election actor left, so its keys vanish now

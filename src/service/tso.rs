@@ -1,9 +1,8 @@
 //! The built-in timestamp oracle coordinator (`tso` role): strictly increasing hybrid timestamps that survive failover.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 
 use crate::coordinator::{BoxError, Coordinator};
 use crate::fence::{Epoch, FenceError, FencedStore};
@@ -276,6 +275,16 @@ impl Coordinator for Tso {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshot(value: Option<&[u8]>) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        if let Some(value) = value {
+            snapshot
+                .entries
+                .insert(UPPER_BOUND_KEY.to_owned(), value.to_vec());
+        }
+        snapshot
+    }
 
     #[test]
     fn compose_and_split_are_inverse() {

@@ -11,7 +11,7 @@ use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_por
 use standin::config::TsoConfig;
 use standin::service::tso::{Tso, TsoBatch, TsoError, TsoRequest};
 use standin::{
-    Config, Epoch, FenceError, FencedStore, Node, RoleHandle, RoleState, RoleStatus, ServeError,
+    Config, Epoch, FenceError, Node, RoleHandle, RoleState, RoleStatus, ServeError,
 };
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -423,7 +423,7 @@ impl Timestamps {
 /// over), with a store of our own: not only the node's local switch.
 pub async fn assert_fenced(client: etcd_client::Client, epoch: &Epoch) {
     let prefix = format!("{ROOT}/meta/{}/", epoch.role);
-    let (store, _switch) = FencedStore::new(client, epoch.clone(), prefix);
+    let store = standin::testing::store_for_epoch(client, epoch.clone(), prefix);
     let refused = store.put("fault-probe", "from a deposed epoch").await;
     assert!(
         matches!(refused, Err(FenceError::Fenced { .. })),

@@ -12,7 +12,7 @@ use crate::status::{RoleState, StepDownReason};
 
 /// What happens once leadership or candidacy has been released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Afterwards {
+pub(crate) enum Afterwards {
     /// Keep the lease and campaign again (after a coordinator restart or a delay).
     Recampaign,
     /// The lease is lost or untrusted: revoke it and start over on a fresh one.
@@ -23,7 +23,7 @@ pub enum Afterwards {
 
 /// Where the election stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// No lease: one is being granted.
     Unleased,
     /// Lease held, but the coordinator is down and waits for its restart; not a candidate.
@@ -61,7 +61,7 @@ pub enum Phase {
 
 impl Phase {
     /// The state this phase publishes in the session.
-    pub fn published_state(self) -> RoleState {
+    pub(crate) fn published_state(self) -> RoleState {
         match self {
             Phase::Reloading { .. } | Phase::Activating { .. } => RoleState::Activating,
             Phase::Serving { .. } => RoleState::Serving,
@@ -77,7 +77,7 @@ impl Phase {
     }
 
     /// Whether this node holds the leader key (won, not yet released).
-    pub fn leads(self) -> bool {
+    pub(crate) fn leads(self) -> bool {
         matches!(
             self,
             Phase::Reloading { .. } | Phase::Activating { .. } | Phase::Serving { .. }
@@ -87,7 +87,7 @@ impl Phase {
 
 /// Something that happened, as the election actor reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     /// The actor started (its coordinator already runs in standby).
     Started,
     /// A lease was granted and the session registered; `sent_at` is when the grant was sent.
@@ -164,7 +164,7 @@ pub enum Event {
 
 /// Something the election actor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Grant a lease of the configured TTL, register the session on it, after `after`.
     GrantLease {
         /// Delay before the grant.
@@ -225,7 +225,7 @@ pub enum Command {
 
 /// The timings the machine decides with.
 #[derive(Debug, Clone)]
-pub struct Timings {
+pub(crate) struct Timings {
     /// No successful keepalive sent within this long: step down.
     pub renew_deadline: Duration,
     /// Delays for retrying etcd calls.
@@ -236,7 +236,7 @@ pub struct Timings {
 
 /// The election state machine of one role on one node.
 #[derive(Debug, Clone)]
-pub struct ElectionMachine {
+pub(crate) struct ElectionMachine {
     timings: Timings,
     phase: Phase,
     lease: Option<i64>,
@@ -249,7 +249,7 @@ pub struct ElectionMachine {
 
 impl ElectionMachine {
     /// A machine with no lease yet and the coordinator running in standby.
-    pub fn new(timings: Timings) -> Self {
+    pub(crate) fn new(timings: Timings) -> Self {
         Self {
             timings,
             phase: Phase::Unleased,
@@ -263,24 +263,24 @@ impl ElectionMachine {
     }
 
     /// Where the election stands.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// The lease held, if any.
-    pub fn lease(&self) -> Option<i64> {
+    pub(crate) fn lease(&self) -> Option<i64> {
         self.lease
     }
 
     /// Until when the lease is trusted: the last successful renewal's send
     /// time plus the renew deadline.
-    pub fn lease_trusted_until(&self) -> Option<Instant> {
+    pub(crate) fn lease_trusted_until(&self) -> Option<Instant> {
         self.lease?;
         Some(self.last_renewal_sent? + self.timings.renew_deadline)
     }
 
     /// Decides what to do about `event`.
-    pub fn on(&mut self, event: Event) -> Vec<Command> {
+    pub(crate) fn on(&mut self, event: Event) -> Vec<Command> {
         if self.phase == Phase::Stopped {
             return Vec::new();
         }
