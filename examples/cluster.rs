@@ -145,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         let mut config = Config::default();
         config.etcd.endpoints = vec![endpoint.clone()];
         config.etcd.root_path = format!("standin-demo-{}", std::process::id());
-        config.node.address = format!("127.0.0.1:{}", 19530 + index);
+        config.node.address = Some(format!("127.0.0.1:{}", 19530 + index));
         config.session.ttl = args.ttl;
         let mut node = Node::new(config);
         for (r, role) in ROLES.iter().enumerate() {

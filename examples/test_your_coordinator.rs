@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         let mut config = Config::default();
         config.etcd.endpoints = vec![etcd.endpoint()];
         config.etcd.root_path = "counter-test".into();
-        config.node.address = format!("127.0.0.1:{}", free_loopback_port()?);
+        config.node.address = Some(format!("127.0.0.1:{}", free_loopback_port()?));
         config.session.ttl = Duration::from_secs(5);
         let mut node = Node::new(config);
         roles.push(node.add_role(ROLE, Counter)?);

@@ -295,19 +295,24 @@ impl fmt::Debug for AuthConfig {
 }
 
 /// This node's identity as clients see it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct NodeConfig {
-    /// The address clients reach this node at, `host:port`. Published in the
-    /// session so clients can find whichever node is active.
-    pub address: String,
+    /// The address clients reach this node at, `host:port`, published in the
+    /// session so clients can find whichever node is active. Unset,
+    /// `standin run` publishes the address it listens on, and an embedded
+    /// node [`DEFAULT_NODE_ADDRESS`]. Set it where clients reach the node
+    /// by another address than it listens on (NAT, containers).
+    pub address: Option<String>,
 }
 
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            address: "127.0.0.1:19530".to_owned(),
-        }
+/// The address a node publishes when `node.address` is unset and nothing listens for it.
+pub const DEFAULT_NODE_ADDRESS: &str = "127.0.0.1:19530";
+
+impl NodeConfig {
+    /// The address this node publishes: `address`, or [`DEFAULT_NODE_ADDRESS`].
+    pub fn advertised(&self) -> &str {
+        self.address.as_deref().unwrap_or(DEFAULT_NODE_ADDRESS)
     }
 }
 
@@ -604,7 +609,8 @@ impl Serialize for Config {
             .as_mapping_mut()
             .ok_or_else(|| S::Error::custom("the sections did not serialize to a mapping"))?;
         for (role, config) in &self.roles {
-            let switch = serde_norway::to_value(&config.active_standby).map_err(S::Error::custom)?;
+            let switch =
+                serde_norway::to_value(&config.active_standby).map_err(S::Error::custom)?;
             if role == TSO_SECTION {
                 if let Some(Value::Mapping(tso)) = sections.get_mut(TSO_SECTION) {
                     tso.insert(Value::from(ACTIVE_STANDBY), switch);

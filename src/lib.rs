@@ -6,19 +6,19 @@
 #![warn(missing_docs, unreachable_pub)]
 
 // Layers, lowest first: a module imports only from the ones above it.
-pub mod config;
-mod task;
 pub(crate) mod backoff;
-pub mod etcd;
-pub mod telemetry;
+pub mod config;
 mod coordinator;
+pub mod etcd;
 mod fence;
-mod status;
-pub(crate) mod runtime;
-mod role;
 mod node;
+mod role;
+pub(crate) mod runtime;
 #[cfg(feature = "grpc")]
 pub mod service;
+mod status;
+mod task;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use standin::etcd::inspect::{self, RoleSummary};
+use standin::etcd::session::Layout;
 use standin::service::client::{LeaderWatch, TsoClient};
 use standin::service::grpc::coordination::CoordinationService;
 use standin::service::grpc::faults::FaultService;
@@ -17,8 +19,6 @@ use standin::service::grpc::proto::faults_server::FaultsServer;
 use standin::service::grpc::proto::tso_server::TsoServer;
 use standin::service::grpc::routing::ActiveOnlyLayer;
 use standin::service::grpc::tso::TsoService;
-use standin::etcd::inspect::{self, RoleSummary};
-use standin::etcd::session::Layout;
 use standin::service::tso::Tso;
 use standin::{Config, Node};
 
@@ -34,6 +34,10 @@ struct Cli {
     /// The YAML configuration (see config/standin.yaml); STANDIN_* variables override it.
     #[arg(long, global = true, default_value = "config/standin.yaml")]
     config: PathBuf,
+    /// One-shot commands (status, resign, tso, and watch until it first
+    /// reads etcd) give up after this long when etcd or a node does not answer.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,6 +52,9 @@ enum Command {
         /// Where the gRPC server listens; node.address when absent.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// The address published for clients (NAT, containers); node.address, else --listen, when absent.
+        #[arg(long)]
+        advertise: Option<String>,
         /// Where Prometheus scrapes /metrics; no exporter when absent.
         #[arg(long)]
         metrics: Option<SocketAddr>,
@@ -112,9 +119,16 @@ fn usage(error: anyhow::Error) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A node logs what it does; a one-shot command's output is its answer,
+    // and its failure one line, so its retries stay quiet unless RUST_LOG asks.
+    let default_filter = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -146,22 +160,24 @@ fn describe(error: &anyhow::Error) -> String {
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let config = load_config(&cli.config)?;
+    let timeout = cli.timeout;
     match cli.command {
         Command::Run {
             roles,
             listen,
+            advertise,
             metrics,
             fault_injection,
-        } => run(config, roles, listen, metrics, fault_injection).await,
-        Command::Status { json } => status(&config, json).await,
-        Command::Resign { role } => resign(&config, &role).await,
-        Command::Watch { role } => watch(&config, role).await,
+        } => run(config, roles, listen, advertise, metrics, fault_injection).await,
+        Command::Status { json } => within(timeout, &config, status(&config, json)).await,
+        Command::Resign { role } => resign(&config, &role, timeout).await,
+        Command::Watch { role } => watch(&config, role, timeout).await,
         Command::Tso {
             count,
             repeat,
             duration,
             deadline,
-        } => tso(&config, count, repeat, duration, deadline).await,
+        } => tso(&config, count, repeat, duration, deadline, timeout).await,
         Command::CheckConfig => {
             let session = &config.session;
             println!(
@@ -187,9 +203,10 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
 }
 
 async fn run(
-    config: Config,
+    mut config: Config,
     roles: Vec<String>,
     listen: Option<SocketAddr>,
+    advertise: Option<String>,
     metrics: Option<SocketAddr>,
     fault_injection: bool,
 ) -> Result<(), Failure> {
@@ -203,13 +220,20 @@ async fn run(
     }
     let listen = match listen {
         Some(listen) => listen,
-        None => config.node.address.parse().map_err(|error| {
+        None => config.node.advertised().parse().map_err(|error| {
             usage(anyhow::anyhow!(
                 "node.address {:?} is not a socket address to listen on ({error}); pass --listen",
-                config.node.address
+                config.node.advertised()
             ))
         })?,
     };
+    // Clients must reach the address published: the one asked for, else the
+    // one configured, else the one listened on.
+    let advertised = advertise
+        .or_else(|| config.node.address.clone())
+        .unwrap_or_else(|| listen.to_string());
+    config.node.address = Some(advertised);
+    config.validate().map_err(|error| usage(error.into()))?;
     if let Some(metrics) = metrics {
         standin::telemetry::install_prometheus(metrics)?;
     }
@@ -224,7 +248,10 @@ async fn run(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     for role in node.roles() {
-        tokio::spawn(standin::service::grpc::report_health(reporter.clone(), role));
+        tokio::spawn(standin::service::grpc::report_health(
+            reporter.clone(),
+            role,
+        ));
     }
     let coordination = CoordinationService::new(
         server_id,
@@ -266,8 +293,31 @@ async fn stop_signal() {
     }
 }
 
+/// Runs one step of a one-shot command, failing with one line that names
+/// the endpoints when it does not finish within `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    config: &Config,
+    step: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, step).await {
+        Ok(done) => done,
+        Err(_) => Err(anyhow::anyhow!(
+            "no answer within {} from etcd at {} (or from the node it names): check \
+             etcd.endpoints (ETCD_ENDPOINTS) and that etcd runs, or pass a longer --timeout",
+            humantime::format_duration(timeout),
+            config.etcd.endpoints.join(",")
+        )
+        .into()),
+    }
+}
+
+/// A client for a one-shot command: etcd is retried until the command's
+/// `--timeout` ends it, not `etcd.connectAttempts` times.
 async fn etcd_client(config: &Config) -> Result<etcd_client::Client, Failure> {
-    Ok(standin::etcd::connect_checked(&config.etcd).await?)
+    let mut etcd = config.etcd.clone();
+    etcd.connect_attempts = 0;
+    Ok(standin::etcd::connect_checked(&etcd).await?)
 }
 
 async fn role_summaries(config: &Config) -> Result<Vec<RoleSummary>, Failure> {
@@ -328,12 +378,15 @@ fn find_role<'a>(roles: &'a [RoleSummary], role: &str) -> Result<&'a RoleSummary
     })
 }
 
-async fn resign(config: &Config, role: &str) -> Result<(), Failure> {
-    let roles = role_summaries(config).await?;
+async fn resign(config: &Config, role: &str, timeout: Duration) -> Result<(), Failure> {
+    let roles = within(timeout, config, role_summaries(config)).await?;
     let Some(leader) = &find_role(&roles, role)?.leader else {
         return Err(anyhow::anyhow!("nobody leads {role} right now").into());
     };
-    let mut coordination = CoordinationClient::connect(format!("http://{}", leader.address))
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", leader.address))
+        .with_context(|| format!("the leader's address {:?}", leader.address))?
+        .connect_timeout(timeout);
+    let mut coordination = CoordinationClient::connect(endpoint)
         .await
         .with_context(|| format!("connecting to the leader at {}", leader.address))?;
     coordination
@@ -349,17 +402,14 @@ async fn resign(config: &Config, role: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn watch(config: &Config, role: Option<String>) -> Result<(), Failure> {
+async fn watch(config: &Config, role: Option<String>, timeout: Duration) -> Result<(), Failure> {
+    let summaries = within(timeout, config, role_summaries(config)).await?;
     let roles = match role {
         Some(role) => {
-            find_role(&role_summaries(config).await?, &role)?;
+            find_role(&summaries, &role)?;
             vec![role]
         }
-        None => role_summaries(config)
-            .await?
-            .into_iter()
-            .map(|r| r.role)
-            .collect(),
+        None => summaries.into_iter().map(|r| r.role).collect(),
     };
     if roles.is_empty() {
         return Err(anyhow::anyhow!("no roles in etcd under {}", config.etcd.root_path).into());
@@ -424,10 +474,17 @@ async fn tso(
     repeat: bool,
     duration: Option<Duration>,
     deadline: Duration,
+    timeout: Duration,
 ) -> Result<(), Failure> {
-    let client = TsoClient::connect(config).await?;
+    let mut quick = config.clone();
+    quick.etcd.connect_attempts = 0;
+    let connect = async { Ok(TsoClient::connect(&quick).await?) };
+    let client = within(timeout, config, connect).await?;
     if !repeat {
-        let batch = client.allocate(count, deadline).await?;
+        let batch = within(timeout.max(deadline), config, async {
+            Ok(client.allocate(count, deadline).await?)
+        })
+        .await?;
         println!(
             "first={} count={} epoch={}",
             batch.first, batch.count, batch.epoch

@@ -278,7 +278,7 @@ impl Node {
         })?;
         tracing::info!(
             server_id,
-            address = self.config.node.address,
+            address = self.config.node.advertised(),
             "standin node registered"
         );
         let context = Arc::new(NodeContext {
@@ -307,9 +307,9 @@ impl Node {
         self.controls.clone()
     }
 
-    /// This node's address (`node.address`).
+    /// The address this node publishes (`node.address`, or its default).
     pub fn address(&self) -> &str {
-        &self.config.node.address
+        self.config.node.advertised()
     }
 
     /// This node's server ID, once started.

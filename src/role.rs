@@ -184,4 +184,3 @@ impl<C: Coordinator> RoleHandle<C> {
         election.is_some_and(|e| e.send_message(ElectionMsg::InjectPanic).is_ok())
     }
 }
-

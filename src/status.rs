@@ -59,7 +59,6 @@ impl StepDownReason {
     }
 }
 
-
 /// Why a resign did not hand the role over.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResignError {
@@ -92,4 +91,3 @@ pub enum ResignError {
         ttl: Duration,
     },
 }
-

@@ -4,9 +4,9 @@ mod support;
 
 use std::time::Duration;
 
+use standin::NodeError;
 use standin::RoleState;
 use standin::config::{ActiveStandbyConfig, RoleConfig};
-use standin::NodeError;
 use standin::testing::EtcdServer;
 use support::*;
 use tracing::info;

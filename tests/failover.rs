@@ -4,8 +4,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use standin::StepDownReason;
 use standin::FenceError;
+use standin::StepDownReason;
 use standin::testing::EtcdServer;
 use standin::{RoleState, ServeError};
 use support::*;
@@ -259,8 +259,10 @@ async fn an_externally_revoked_lease_demotes_the_active_which_campaigns_again() 
         },
     )
     .await;
-    let key =
-        standin::etcd::recipe::candidate_key("standin-test/election/rootcoord", status.lease.unwrap());
+    let key = standin::etcd::recipe::candidate_key(
+        "standin-test/election/rootcoord",
+        status.lease.unwrap(),
+    );
     let client = etcd.client().await?;
     eventually(
         "the demoted node's candidate key",

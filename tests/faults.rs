@@ -1099,9 +1099,10 @@ async fn kill_9_of_the_active_process_is_taken_over_within_ttl_plus_1s() -> anyh
     let batch = nodes[killed].allocate(10, Some(old_epoch)).await?;
     stamps.record(batch.first, batch.count, batch.epoch);
     let client = etcd.client().await?;
-    let leader_key = standin::etcd::recipe::leader(&client, &format!("{PROCESS_ROOT}/election/tso"))
-        .await?
-        .expect("a leader key");
+    let leader_key =
+        standin::etcd::recipe::leader(&client, &format!("{PROCESS_ROOT}/election/tso"))
+            .await?
+            .expect("a leader key");
     assert_eq!(leader_key.create_revision(), old_epoch);
 
     info!("--- kill -9 the active process");

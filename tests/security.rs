@@ -4,8 +4,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use standin::etcd::EtcdError;
 use standin::NodeError;
+use standin::etcd::EtcdError;
 use standin::testing::EtcdServer;
 use standin::{Config, Node};
 use support::*;

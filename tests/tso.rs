@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use standin::testing::EtcdServer;
 use standin::config::TsoConfig;
 use standin::service::tso::{Tso, TsoBatch, TsoRequest, split};
+use standin::testing::EtcdServer;
 use standin::{Node, RoleHandle};
 use support::*;
 use tracing::info;
@@ -277,7 +277,10 @@ async fn a_clock_far_behind_the_saved_bound_still_starts_above_it_and_extends_it
             .call(TsoRequest::Allocate { count }, CALL)
             .await?;
         assert!(
-            matches!(answer, Err(standin::service::tso::TsoError::BadCount { .. })),
+            matches!(
+                answer,
+                Err(standin::service::tso::TsoError::BadCount { .. })
+            ),
             "{answer:?}"
         );
     }

@@ -37,6 +37,7 @@ impl Schema {
             user: "user".into(),
             password: "password".into(),
         });
+        full.node.address = Some(super::DEFAULT_NODE_ADDRESS.to_owned());
         full.session.keepalive_interval = Some(Duration::from_secs(1));
         full.session.renew_deadline = Some(Duration::from_secs(2));
         full.roles
@@ -339,8 +340,8 @@ fn set_path(document: &mut Mapping, path: &[String], value: Value) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::tests::Scratch;
     use crate::config::TsoConfig;
+    use crate::config::tests::Scratch;
 
     /// `(name, value)` pairs as an environment.
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -135,10 +135,12 @@ impl Config {
     }
 
     fn validate_node(&self) -> Result<(), ConfigError> {
-        if self.node.address.trim().is_empty() {
+        if let Some(address) = &self.node.address
+            && address.trim().is_empty()
+        {
             return Err(invalid(
                 "node.address",
-                format!("{:?}", self.node.address),
+                format!("{address:?}"),
                 "must not be empty: it is published in the session so clients can reach this node",
             ));
         }
@@ -420,7 +422,7 @@ mod tests {
     #[test]
     fn node_address_must_not_be_empty() {
         let mut config = Config::default();
-        config.node.address = String::new();
+        config.node.address = Some(String::new());
         rejected(&config, "node.address");
     }
 

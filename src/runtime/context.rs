@@ -34,7 +34,7 @@ impl NodeContext {
         SessionInfo {
             server_id: self.server_id,
             role: role.to_owned(),
-            address: self.config.node.address.clone(),
+            address: self.config.node.advertised().to_owned(),
             version: VERSION.to_owned(),
             state,
             lease_id,
@@ -55,4 +55,3 @@ pub(crate) struct RoleShared<C: Coordinator> {
     /// Until when this node's lease is trusted; checked on every request.
     pub lease_guard: Arc<LeaseGuard>,
 }
-

@@ -9,13 +9,13 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::backoff::Backoff;
-use crate::etcd::recipe::{self, Leader};
 use crate::config::Config;
 use crate::etcd::EtcdError;
+use crate::etcd::recipe::{self, Leader};
+use crate::etcd::session::Layout;
 use crate::service::grpc::EPOCH_HEADER;
 use crate::service::grpc::proto::tso_client::TsoClient as TsoStub;
 use crate::service::grpc::proto::{AllocateRequest, AllocateResponse};
-use crate::etcd::session::Layout;
 use crate::task::OwnedTask;
 
 /// Failures of calls through a [`RoleClient`].

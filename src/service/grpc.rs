@@ -1,6 +1,7 @@
 //! standin's gRPC API: the generated code, and the conversions between it and the runtime's types.
 
 pub mod coordination;
+#[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod routing;
 pub mod tso;
@@ -8,8 +9,8 @@ pub mod tso;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
-use crate::etcd::recipe::Leader;
 use crate::coordinator::ServeError;
+use crate::etcd::recipe::Leader;
 
 /// Code generated from `proto/standin.proto`.
 #[allow(missing_docs, clippy::all)]
@@ -44,7 +45,8 @@ pub async fn report_health(
     let mut statuses = role.subscribe();
     let mut reported = None;
     loop {
-        let serving = statuses.borrow_and_update().state == crate::etcd::session::RoleState::Serving;
+        let serving =
+            statuses.borrow_and_update().state == crate::etcd::session::RoleState::Serving;
         if reported != Some(serving) {
             let health = if serving {
                 tonic_health::ServingStatus::Serving

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-
-use crate::coordinator::{BoxError, Coordinator};
-use crate::fence::{Epoch, FenceError, FencedStore};
 use crate::config::TsoConfig;
 use crate::config::tso::MAX_COUNT;
 use crate::coordinator::Snapshot;
+use crate::coordinator::{BoxError, Coordinator};
+use crate::fence::{Epoch, FenceError, FencedStore};
 
 /// Bits of a timestamp that hold the logical counter.
 pub const LOGICAL_BITS: u32 = 18;

@@ -113,4 +113,3 @@ async fn serve(listen: SocketAddr, exporter: ExporterFuture) {
         tracing::error!(%listen, "the Prometheus exporter stopped: {error:?}");
     }
 }
-

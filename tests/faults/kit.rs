@@ -4,15 +4,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use standin::config::TsoConfig;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::tso_client::TsoClient;
 use standin::service::grpc::proto::{AllocateRequest, AllocateResponse, StatusRequest};
-use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
-use standin::config::TsoConfig;
 use standin::service::tso::{Tso, TsoBatch, TsoError, TsoRequest};
-use standin::{
-    Config, Epoch, FenceError, Node, RoleHandle, RoleState, RoleStatus, ServeError,
-};
+use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
+use standin::{Config, Epoch, FenceError, Node, RoleHandle, RoleState, RoleStatus, ServeError};
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::{Channel, Endpoint};
@@ -441,7 +439,7 @@ pub fn node_config(endpoints: Vec<String>, node: usize, ttl: u64) -> Config {
     let mut config = Config::default();
     config.etcd.endpoints = endpoints;
     config.etcd.root_path = ROOT.into();
-    config.node.address = format!("127.0.0.1:{}", 21000 + node);
+    config.node.address = Some(format!("127.0.0.1:{}", 21000 + node));
     config.session.ttl = Duration::from_secs(ttl);
     config
 }

@@ -109,7 +109,7 @@ pub fn config(etcd: &EtcdServer, node: usize, ttl: u64) -> Config {
     let mut config = Config::default();
     config.etcd.endpoints = vec![etcd.endpoint()];
     config.etcd.root_path = ROOT.into();
-    config.node.address = format!("127.0.0.1:{}", 20000 + node);
+    config.node.address = Some(format!("127.0.0.1:{}", 20000 + node));
     config.session.ttl = Duration::from_secs(ttl);
     config
 }
@@ -123,7 +123,7 @@ pub struct TestNode {
 
 impl TestNode {
     pub async fn start(config: Config, roles: &[&str], strict: bool) -> anyhow::Result<Self> {
-        let address = config.node.address.clone();
+        let address = config.node.advertised().to_owned();
         let mut node = Node::new(config);
         let mut handles = Vec::new();
         for role in roles {

@@ -13,8 +13,8 @@ use super::proto::{
     LeaderEvent, ResignRequest, ResignResponse, RoleStatus, StatusRequest, StatusResponse,
     WatchLeaderRequest,
 };
-use crate::status::ResignError;
 use crate::role::RoleControl;
+use crate::status::ResignError;
 
 /// Serves `Coordination` for the roles of one node.
 pub struct CoordinationService {
@@ -132,8 +132,7 @@ impl Coordination for CoordinationService {
             }
             // etcd unreachable or the election restarting: worth a retry later.
             Err(
-                error
-                @ (ResignError::NotRunning { .. } | ResignError::ResignUnconfirmed { .. }),
+                error @ (ResignError::NotRunning { .. } | ResignError::ResignUnconfirmed { .. }),
             ) => Err(Status::unavailable(error.to_string())),
         }
     }

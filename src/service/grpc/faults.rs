@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::proto::faults_server::Faults;
 use super::proto::{InjectRequest, InjectResponse};
-use crate::runtime::faults::Fault;
 use crate::role::RoleControl;
+use crate::runtime::faults::Fault;
 
 /// Serves `Faults` for the roles of one node (only with `--fault-injection`).
 pub struct FaultService {

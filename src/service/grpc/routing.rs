@@ -13,8 +13,8 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{EPOCH_HEADER, unavailable};
-use crate::status::RoleStatus;
 use crate::etcd::session::RoleState;
+use crate::status::RoleStatus;
 
 /// Wraps services so they run only where the role serves.
 #[derive(Clone)]
@@ -119,8 +119,8 @@ where
 mod tests {
     use super::*;
     use crate::etcd::recipe::Leader;
-    use crate::fence::Epoch;
     use crate::etcd::session::SessionInfo;
+    use crate::fence::Epoch;
 
     fn status(state: RoleState, epoch: Option<i64>) -> RoleStatus {
         RoleStatus {
