@@ -312,12 +312,8 @@ async fn within<T>(
     }
 }
 
-/// A client for a one-shot command: etcd is retried until the command's
-/// `--timeout` ends it, not `etcd.connectAttempts` times.
 async fn etcd_client(config: &Config) -> Result<etcd_client::Client, Failure> {
-    let mut etcd = config.etcd.clone();
-    etcd.connect_attempts = 0;
-    Ok(standin::etcd::connect_checked(&etcd).await?)
+    Ok(standin::etcd::connect_checked(&config.etcd).await?)
 }
 
 async fn role_summaries(config: &Config) -> Result<Vec<RoleSummary>, Failure> {
@@ -476,9 +472,7 @@ async fn tso(
     deadline: Duration,
     timeout: Duration,
 ) -> Result<(), Failure> {
-    let mut quick = config.clone();
-    quick.etcd.connect_attempts = 0;
-    let connect = async { Ok(TsoClient::connect(&quick).await?) };
+    let connect = async { Ok(TsoClient::connect(config).await?) };
     let client = within(timeout, config, connect).await?;
     if !repeat {
         let batch = within(timeout.max(deadline), config, async {

@@ -510,6 +510,121 @@ async fn mistakes_get_messages_and_exit_codes_a_person_can_act_on() -> anyhow::R
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
+
+    info!("--- with the default 10 attempts, one-shot commands give up at --timeout");
+    let mut defaults = tempfile::NamedTempFile::new()?;
+    writeln!(defaults, "etcd:\n  endpoints: [127.0.0.1:{port}]")?;
+    for (args, bound) in [
+        (&["status"][..], Duration::from_secs(5)),
+        (&["tso", "--count", "1"][..], Duration::from_secs(5)),
+        (&["--timeout", "1s", "watch"][..], Duration::from_secs(1)),
+    ] {
+        let started = Instant::now();
+        let down = Command::new(BIN)
+            .arg("--config")
+            .arg(defaults.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()?;
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&down.stderr);
+        info!(?args, ?took, "gave up: {stderr}");
+        assert_eq!(down.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            took < bound + Duration::from_secs(2),
+            "{args:?} took {took:?}"
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line, got {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("127.0.0.1:{port}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_publishes_its_listen_address_unless_told_otherwise() -> anyhow::Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let mut config = tempfile::NamedTempFile::new()?;
+    writeln!(
+        config,
+        "etcd:\n  endpoints: [{}]\n  rootPath: standin-listen\nsession:\n  ttl: 2s",
+        etcd.endpoint()
+    )?;
+    let listens: Vec<String> = (0..2)
+        .map(|_| Ok(format!("127.0.0.1:{}", free_loopback_port()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let advertised = format!("127.0.0.1:{}", free_loopback_port()?);
+    let spawn = |listen: &str, extra: &[&str]| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config.path())
+            .args(["run", "--role", "tso", "--listen", listen])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map(KillOnDrop)
+    };
+    let _first = spawn(&listens[0], &[])?;
+
+    info!("--- the first node leads, published at its --listen address");
+    let leader = eventually("a serving leader", Duration::from_secs(20), || async {
+        let status = Command::new(BIN)
+            .arg("--config")
+            .arg(config.path())
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        let roles: serde_json::Value = serde_json::from_slice(&status.stdout).ok()?;
+        let leader = &roles.as_array()?.first()?["leader"];
+        (leader["state"].as_str()? == "serving")
+            .then(|| leader["address"].as_str().map(str::to_owned))?
+    })
+    .await;
+    assert_eq!(leader, listens[0]);
+    let allocated = Command::new(BIN)
+        .arg("--config")
+        .arg(config.path())
+        .args(["tso", "--count", "3"])
+        .output()?;
+    assert!(
+        allocated.status.success(),
+        "a client reaches the leader at the address it published: {}",
+        String::from_utf8_lossy(&allocated.stderr)
+    );
+
+    info!("--- --advertise wins over the listen address");
+    let _second = spawn(&listens[1], &["--advertise", &advertised])?;
+    let client = etcd.client().await?;
+    let published = eventually("both sessions", Duration::from_secs(20), || {
+        let mut client = client.clone();
+        async move {
+            let options = etcd_client::GetOptions::new().with_prefix();
+            let sessions = client
+                .get("standin-listen/session/tso-", Some(options))
+                .await
+                .ok()?;
+            let mut addresses: Vec<String> = sessions
+                .kvs()
+                .iter()
+                .filter_map(|kv| standin::SessionInfo::decode(kv.key(), kv.value()).ok())
+                .map(|session| session.address)
+                .collect();
+            addresses.sort();
+            (addresses.len() == 2).then_some(addresses)
+        }
+    })
+    .await;
+    let mut expected = vec![listens[0].clone(), advertised.clone()];
+    expected.sort();
+    assert_eq!(published, expected);
     Ok(())
 }
 
