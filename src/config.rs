@@ -1,5 +1,6 @@
 //! The node's configuration: YAML with camelCase keys and `STANDIN_*` environment overrides, every key defaulted, impossible values rejected.
 
+mod builder;
 mod env;
 mod locate;
 pub mod tso;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_norway::{Mapping, Value};
 
+pub use builder::ConfigBuilder;
 use env::{Schema, apply_env};
 use locate::{Origin, Seg, plain_scalar, show_path};
 pub use tso::TsoConfig;

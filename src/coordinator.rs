@@ -1,6 +1,8 @@
 //! What a coordinator is to standin: the `Coordinator` trait users implement, the metadata snapshot it starts from, and why a request was not served.
 
 use std::collections::BTreeMap;
+
+use ractor::RpcReplyPort;
 use std::time::Duration;
 
 use crate::fence::{Epoch, FencedStore};
@@ -81,6 +83,12 @@ pub enum ServeError {
         /// The role asked for.
         role: String,
     },
+    /// The node was shut down (or dropped): this handle will never be answered again.
+    #[error("{role}: this node has stopped")]
+    Stopped {
+        /// The role asked for.
+        role: String,
+    },
     /// No answer within the caller's bound.
     #[error("{role} did not answer within {timeout:?}")]
     TimedOut {
@@ -98,4 +106,25 @@ pub struct Snapshot {
     pub revision: i64,
     /// Relative key to value, in key order.
     pub entries: BTreeMap<String, Vec<u8>>,
+}
+
+/// A request to a role's coordinator as an actor message, for embedders that
+/// talk to actors: send it to [`RoleHandle::actor`](crate::RoleHandle::actor)
+/// with `ractor::call_t!(actor, RoleMsg::Call, timeout_ms, request)`.
+pub enum RoleMsg<C: Coordinator> {
+    /// Sends a request to the coordinator; answered as
+    /// [`RoleHandle::call`](crate::RoleHandle::call) answers.
+    Call(C::Request, RpcReplyPort<Result<C::Response, ServeError>>),
+}
+
+/// Why [`RoleHandle::try_call`](crate::RoleHandle::try_call) has no value:
+/// the request was not served here, or the coordinator answered with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError<E> {
+    /// Not served on this node (standby, stopped, timed out...).
+    #[error(transparent)]
+    NotServed(#[from] ServeError),
+    /// The coordinator's own error.
+    #[error("{0}")]
+    Failed(E),
 }

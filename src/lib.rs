@@ -22,8 +22,8 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{Config, ConfigError};
-pub use coordinator::{BoxError, Coordinator, ServeError, Snapshot};
+pub use config::{Config, ConfigBuilder, ConfigError};
+pub use coordinator::{BoxError, CallError, Coordinator, RoleMsg, ServeError, Snapshot};
 pub use etcd::session::{SessionInfo, VERSION};
 pub use fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
 pub use node::{Node, NodeError};

@@ -5,20 +5,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use etcd_client::Client;
-use ractor::{Actor, ActorRef, SpawnErr};
-use tokio::sync::watch;
+use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 use crate::backoff::Backoff;
 use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
 use crate::etcd::recipe::{self, CampaignError, Leader};
-use crate::etcd::session::{Layout, RoleState, SessionError, SessionInfo, allocate_server_id};
+use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id};
 use crate::etcd::{EtcdError, GaveUp};
 use crate::role::{RoleControl, RoleHandle};
-use crate::runtime::context::{NodeContext, RoleShared};
-use crate::runtime::slot::Slot;
+use crate::runtime::context::{NodeContext, RoleCells, RoleShared};
+use crate::runtime::endpoint::RoleEndpoint;
 use crate::runtime::supervisor::{RoleSupervisor, SupervisorMsg};
-use crate::status::RoleStatus;
 
 /// Failures to start or stop a node.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +102,12 @@ type LaunchFuture = Pin<Box<dyn Future<Output = Result<ActorRef<SupervisorMsg>, 
 
 /// A role added to a node, not started yet; erases the coordinator type.
 trait PendingRole: Send {
-    fn launch(self: Box<Self>, context: Arc<NodeContext>) -> LaunchFuture;
+    /// Spawns the role's supervisor, linked under `parent` when given.
+    fn launch(
+        self: Box<Self>,
+        context: Arc<NodeContext>,
+        parent: Option<ActorCell>,
+    ) -> LaunchFuture;
 }
 
 struct TypedRole<C: Coordinator> {
@@ -114,14 +117,30 @@ struct TypedRole<C: Coordinator> {
 }
 
 impl<C: Coordinator> PendingRole for TypedRole<C> {
-    fn launch(self: Box<Self>, context: Arc<NodeContext>) -> LaunchFuture {
+    fn launch(
+        self: Box<Self>,
+        context: Arc<NodeContext>,
+        parent: Option<ActorCell>,
+    ) -> LaunchFuture {
         Box::pin(async move {
             self.shared
                 .status
                 .send_modify(|status| status.server_id = context.server_id);
+            let shared = self.shared.clone();
             let supervisor =
                 RoleSupervisor::<C>::new(self.role, self.coordinator, context, self.shared);
-            let (actor, _) = Actor::spawn(None, supervisor, ()).await?;
+            let (actor, _) = match parent {
+                Some(parent) => Actor::spawn_linked(None, supervisor, (), parent).await?,
+                None => Actor::spawn(None, supervisor, ()).await?,
+            };
+            let (endpoint, _) = Actor::spawn_linked(
+                None,
+                RoleEndpoint::new(shared.clone()),
+                (),
+                actor.get_cell(),
+            )
+            .await?;
+            shared.endpoint.set(Some(endpoint));
             Ok(actor)
         })
     }
@@ -179,6 +198,7 @@ pub struct Node {
     config: Config,
     pending: Vec<(String, Box<dyn PendingRole>)>,
     controls: Vec<Arc<dyn RoleControl>>,
+    cells: Vec<Arc<dyn RoleCells>>,
     running: Vec<(String, ActorRef<SupervisorMsg>)>,
     context: Option<Arc<NodeContext>>,
     /// Keeps the client's calls off etcd members that stop answering.
@@ -192,6 +212,7 @@ impl Node {
             config,
             pending: Vec::new(),
             controls: Vec::new(),
+            cells: Vec::new(),
             running: Vec::new(),
             context: None,
             steering: None,
@@ -215,30 +236,16 @@ impl Node {
         if self.pending.iter().any(|(name, _)| name == role) {
             return Err(NodeError::DuplicateRole(role.to_owned()));
         }
-        let (status, _) = watch::channel(RoleStatus {
-            role: role.to_owned(),
-            server_id: 0,
-            state: RoleState::Standby,
-            epoch: None,
-            leader: None,
-            lease: None,
-            last_step_down: None,
-        });
-        let shared = Arc::new(RoleShared {
-            status,
-            coordinator: Slot::default(),
-            election: Slot::default(),
-            faults: Arc::default(),
-            lease_guard: Arc::default(),
-        });
+        let shared = Arc::new(RoleShared::new(role));
         let typed = TypedRole {
             role: role.to_owned(),
             coordinator: Arc::new(coordinator),
             shared: shared.clone(),
         };
         self.pending.push((role.to_owned(), Box::new(typed)));
-        let handle = RoleHandle::new(role.to_owned(), shared);
+        let handle = RoleHandle::new(shared.clone());
         self.controls.push(Arc::new(handle.clone()));
+        self.cells.push(shared);
         Ok(handle)
     }
 
@@ -248,6 +255,20 @@ impl Node {
     /// one election per role. Each etcd step is retried with backoff up to
     /// `etcd.connectAttempts` tries (0: forever).
     pub async fn start(&mut self) -> Result<(), NodeError> {
+        self.start_under(None).await
+    }
+
+    /// [`start`](Self::start), with each role's supervisor spawned linked
+    /// under `supervisor`, one of the embedder's actors: a role supervisor
+    /// that fails (standin gave up on the role) reaches it as a
+    /// `SupervisionEvent::ActorFailed`, and one that stops after
+    /// [`shutdown`](Self::shutdown) as `ActorTerminated`. Killing
+    /// `supervisor` kills the roles, as dropping the node does.
+    pub async fn start_linked(&mut self, supervisor: ActorCell) -> Result<(), NodeError> {
+        self.start_under(Some(supervisor)).await
+    }
+
+    async fn start_under(&mut self, parent: Option<ActorCell>) -> Result<(), NodeError> {
         if self.context.is_some() {
             return Err(NodeError::BadLifecycle("the node is already started"));
         }
@@ -289,14 +310,13 @@ impl Node {
         });
         self.context = Some(context.clone());
         for (role, pending) in std::mem::take(&mut self.pending) {
-            let supervisor =
-                pending
-                    .launch(context.clone())
-                    .await
-                    .map_err(|source| NodeError::SpawnFailed {
-                        role: role.clone(),
-                        source,
-                    })?;
+            let supervisor = pending
+                .launch(context.clone(), parent.clone())
+                .await
+                .map_err(|source| NodeError::SpawnFailed {
+                    role: role.clone(),
+                    source,
+                })?;
             self.running.push((role, supervisor));
         }
         Ok(())
@@ -324,7 +344,13 @@ impl Node {
 
     /// Hands every role over and stops: each active coordinator is
     /// deactivated first, then its leadership is released, so a peer takes
-    /// over at once and no write of this node follows the handover.
+    /// over at once and no write of this node follows the handover. After
+    /// it, every [`RoleHandle`] answers [`ServeError::Stopped`](crate::ServeError::Stopped)
+    /// and reports [`RoleState::Stopped`].
+    ///
+    /// This is the graceful way to stop. Dropping a started node without it
+    /// stops serving at once and revokes its leases (a peer takes over in
+    /// milliseconds), but runs no deactivation hook.
     pub async fn shutdown(mut self) {
         // The supervisor's own bound on the handover, plus time to kill and revoke.
         let bound = self.config.handover_bound() * 2;
@@ -339,5 +365,70 @@ impl Node {
             }
         });
         futures::future::join_all(handovers).await;
+        for cells in &self.cells {
+            cells.stop();
+        }
+    }
+}
+
+impl Drop for Node {
+    /// A node dropped without [`Node::shutdown`] must not keep serving, nor
+    /// hold its roles until their leases expire: its roles stop answering at
+    /// once, its actors are killed and its leases revoked.
+    fn drop(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        for cells in &self.cells {
+            cells.stop();
+        }
+        let leases: Vec<i64> = self
+            .cells
+            .iter()
+            .filter_map(|cells| cells.lease())
+            .collect();
+        for (_, supervisor) in self.running.drain(..) {
+            supervisor.kill();
+        }
+        if let Some(context) = &self.context {
+            revoke_on_drop(&context.config, leases);
+        }
+    }
+}
+
+/// Revokes `leases` from a thread of its own, with a client of its own: a
+/// drop can happen on a runtime that is shutting down, or that this very
+/// thread must keep driving. Waits at most `etcd.requestTimeout`.
+fn revoke_on_drop(config: &Config, leases: Vec<i64>) {
+    if leases.is_empty() {
+        return;
+    }
+    let etcd = config.etcd.clone();
+    let bound = etcd.request_timeout;
+    let revoking = std::thread::Builder::new()
+        .name("standin-drop".to_owned())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let revoke_all = async {
+                    let mut leases_client = crate::etcd::connect(&etcd).await.ok()?.lease_client();
+                    for lease in leases {
+                        match leases_client.revoke(lease).await {
+                            Ok(_) => tracing::info!(lease, "node dropped without shutdown: revoked its lease"),
+                            Err(error) => tracing::warn!(lease, "node dropped without shutdown: revoking its lease failed, it expires with its TTL: {error}"),
+                        }
+                    }
+                    Some(())
+                };
+                let _ = tokio::time::timeout(bound, revoke_all).await;
+            });
+        });
+    if let Ok(revoking) = revoking {
+        let _ = revoking.join();
     }
 }

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::coordinator::{Coordinator, ServeError};
+use ractor::ActorRef;
+
+use crate::coordinator::{CallError, Coordinator, RoleMsg, ServeError};
 use crate::runtime::context::RoleShared;
+#[cfg(feature = "fault-injection")]
 use crate::runtime::coordinator::CoordinatorMsg;
 use crate::runtime::election::ElectionMsg;
 #[cfg(feature = "fault-injection")]
@@ -16,27 +19,25 @@ use crate::status::{ResignError, RoleState, RoleStatus};
 
 /// A typed handle to one role on a node: its status, and requests to its coordinator.
 pub struct RoleHandle<C: Coordinator> {
-    role: String,
     shared: Arc<RoleShared<C>>,
 }
 
 impl<C: Coordinator> Clone for RoleHandle<C> {
     fn clone(&self) -> Self {
         Self {
-            role: self.role.clone(),
             shared: self.shared.clone(),
         }
     }
 }
 
 impl<C: Coordinator> RoleHandle<C> {
-    pub(crate) fn new(role: String, shared: Arc<RoleShared<C>>) -> Self {
-        Self { role, shared }
+    pub(crate) fn new(shared: Arc<RoleShared<C>>) -> Self {
+        Self { shared }
     }
 
     /// The role's name.
     pub fn role(&self) -> &str {
-        &self.role
+        &self.shared.role
     }
 
     /// The role's current status on this node.
@@ -65,27 +66,72 @@ impl<C: Coordinator> RoleHandle<C> {
         request: C::Request,
         timeout: Duration,
     ) -> impl Future<Output = Result<C::Response, ServeError>> + Send + 'static {
-        let role = self.role.clone();
-        let coordinator = self.shared.coordinator.get();
+        let shared = self.shared.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let queued = coordinator.is_some_and(|coordinator| {
-            let message = CoordinatorMsg::Request {
-                request,
-                reply: reply.into(),
-            };
-            coordinator.send_message(message).is_ok()
-        });
+        shared.forward(request, reply.into());
         async move {
-            if !queued {
-                return Err(ServeError::Unavailable { role });
-            }
             match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(answer)) => answer,
-                // The coordinator dropped the request: it crashed or stopped.
-                Ok(Err(_)) => Err(ServeError::Unavailable { role }),
-                Err(_) => Err(ServeError::TimedOut { role, timeout }),
+                // The coordinator dropped the request: it crashed, or the node stopped.
+                Ok(Err(_)) => Err(shared.gone()),
+                Err(_) => Err(ServeError::TimedOut {
+                    role: shared.role.clone(),
+                    timeout,
+                }),
             }
         }
+    }
+
+    /// [`call`](Self::call) for a coordinator whose response is a `Result`:
+    /// one error for "not served here" and the coordinator's own failure.
+    pub fn try_call<T, E>(
+        &self,
+        request: C::Request,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<T, CallError<E>>> + Send + 'static
+    where
+        C: Coordinator<Response = Result<T, E>>,
+    {
+        let answer = self.call(request, timeout);
+        async move { answer.await?.map_err(CallError::Failed) }
+    }
+
+    /// The role as an actor: requests sent as [`RoleMsg::Call`] are answered as
+    /// [`call`](Self::call) answers them, so an actor can `call!`/`cast!` the
+    /// role. The address stays the same across coordinator restarts; `None`
+    /// before the node has started.
+    pub fn actor(&self) -> Option<ActorRef<RoleMsg<C>>> {
+        self.shared.endpoint.get()
+    }
+
+    /// Delivers the role's status to `actor` as messages: the current one at
+    /// once, then every change, each turned into a message by `into`. Runs
+    /// (as a task of the current tokio runtime) until the actor stops or the
+    /// node is dropped.
+    pub fn send_status_to<M>(
+        &self,
+        actor: ActorRef<M>,
+        into: impl Fn(RoleStatus) -> M + Send + 'static,
+    ) where
+        M: ractor::Message,
+    {
+        let mut changes = self.shared.status.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let status = changes.borrow_and_update().clone();
+                if actor.send_message(into(status)).is_err() || changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The fenced store of the term this node serves now, if it serves: a
+    /// test keeps it to check that the store refuses writes once the term
+    /// is over (cargo feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn fenced_store(&self) -> Option<crate::FencedStore> {
+        self.shared.store.get()
     }
 }
 
@@ -97,7 +143,7 @@ impl<C: Coordinator> RoleHandle<C> {
         &self,
         timeout: Duration,
     ) -> impl Future<Output = Result<(), ResignError>> + Send + 'static {
-        let role = self.role.clone();
+        let role = self.shared.role.clone();
         let election = self.shared.election.get();
         async move {
             let not_running = || ResignError::NotRunning { role: role.clone() };

@@ -15,6 +15,7 @@
 pub(crate) mod context;
 pub(crate) mod coordinator;
 pub(crate) mod election;
+pub(crate) mod endpoint;
 pub(crate) mod faults;
 pub(crate) mod lease_guard;
 pub(crate) mod reload;

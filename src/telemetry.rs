@@ -12,7 +12,7 @@ pub use prometheus::{TelemetryError, install_prometheus};
 /// Gauge, label `role`: 1 while this node serves the role, else 0.
 pub const ROLE_ACTIVE: &str = "standin_role_active";
 /// Gauge, labels `role` and `state`: 1 for the role's current published
-/// state on this node, 0 for the other three, so `== 1` selects the state.
+/// state on this node, 0 for the others, so `== 1` selects the state.
 pub const ROLE_STATE: &str = "standin_role_state";
 /// Counter, label `role`: terms that reached serving on this node.
 pub const TAKEOVERS: &str = "standin_takeovers_total";
@@ -37,17 +37,22 @@ pub const ELECTION_RESTARTS: &str = "standin_election_restarts_total";
 
 /// Every value of the `state` label of [`ROLE_STATE`]: a series is kept for
 /// each, so a state the role left reads 0 instead of keeping its old 1.
-pub const ROLE_STATES: [RoleState; 4] = [
+pub const ROLE_STATES: [RoleState; 5] = [
     RoleState::Standby,
     RoleState::Activating,
     RoleState::Serving,
     RoleState::Stopping,
+    RoleState::Stopped,
 ];
 
 // Fails to compile when `RoleState` gains a variant, so that `ROLE_STATES`
 // is updated with it and the new state gets its series.
 const _: fn(RoleState) = |state| match state {
-    RoleState::Standby | RoleState::Activating | RoleState::Serving | RoleState::Stopping => {}
+    RoleState::Standby
+    | RoleState::Activating
+    | RoleState::Serving
+    | RoleState::Stopping
+    | RoleState::Stopped => {}
 };
 
 /// Histogram buckets, in seconds, for takeovers, reloads and keepalive round

@@ -18,6 +18,8 @@ pub enum RoleState {
     Serving,
     /// Handing the role over before the process stops.
     Stopping,
+    /// The node has stopped: final, never published (the lease is gone with it).
+    Stopped,
 }
 
 impl RoleState {
@@ -28,6 +30,7 @@ impl RoleState {
             RoleState::Activating => "activating",
             RoleState::Serving => "serving",
             RoleState::Stopping => "stopping",
+            RoleState::Stopped => "stopped",
         }
     }
 }

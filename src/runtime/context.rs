@@ -1,15 +1,16 @@
 //! What a node's actors share: the node context (etcd client, config, layout, server ID) and each role's shared cells.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use etcd_client::Client;
 use ractor::ActorRef;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, RoleMsg, ServeError};
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION};
-use crate::runtime::coordinator::CoordinatorMsg;
+use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::election::ElectionMsg;
 use crate::runtime::faults::Faults;
 use crate::runtime::lease_guard::LeaseGuard;
@@ -44,14 +45,123 @@ impl NodeContext {
 
 /// What a role's actors share with its [`RoleHandle`]s.
 pub(crate) struct RoleShared<C: Coordinator> {
+    /// The role's name.
+    pub role: String,
     /// The role's status, updated on every transition.
     pub status: watch::Sender<RoleStatus>,
     /// The running coordinator actor, if any.
     pub coordinator: Slot<ActorRef<CoordinatorMsg<C>>>,
     /// The running election actor, if any.
     pub election: Slot<ActorRef<ElectionMsg<C>>>,
+    /// The actor that takes requests as messages, once the node has started.
+    pub endpoint: Slot<ActorRef<RoleMsg<C>>>,
     /// Fault switches for tests (off otherwise).
     pub faults: Arc<Faults>,
     /// Until when this node's lease is trusted; checked on every request.
     pub lease_guard: Arc<LeaseGuard>,
+    /// The lease the election actor holds, written by it and read by its
+    /// supervisor and the node: a failed election actor cannot release its
+    /// own lease, so they revoke it. Shared memory, not a message, because
+    /// supervision events overtake ordinary messages in ractor.
+    pub lease: Slot<i64>,
+    /// Set once the node has stopped (shut down or dropped): for good.
+    pub stopped: AtomicBool,
+    /// The store of the term being served, for tests that keep it past the term.
+    #[cfg(feature = "testing")]
+    pub store: Slot<crate::fence::FencedStore>,
+}
+
+impl<C: Coordinator> RoleShared<C> {
+    /// The cells of a role that has not started, in standby.
+    pub(crate) fn new(role: &str) -> Self {
+        let (status, _) = watch::channel(RoleStatus {
+            role: role.to_owned(),
+            server_id: 0,
+            state: RoleState::Standby,
+            epoch: None,
+            leader: None,
+            lease: None,
+            last_step_down: None,
+        });
+        Self {
+            role: role.to_owned(),
+            status,
+            coordinator: Slot::default(),
+            endpoint: Slot::default(),
+            election: Slot::default(),
+            faults: Arc::default(),
+            lease_guard: Arc::default(),
+            lease: Slot::default(),
+            stopped: AtomicBool::new(false),
+            #[cfg(feature = "testing")]
+            store: Slot::default(),
+        }
+    }
+
+    /// Hands `request` to the running coordinator, or answers at once why
+    /// nothing serves here. The one way in for every caller.
+    pub(crate) fn forward(&self, request: C::Request, reply: ServeReply<C>) {
+        if self.is_stopped() {
+            let _ = reply.send(Err(self.gone()));
+            return;
+        }
+        let Some(coordinator) = self.coordinator.get() else {
+            let _ = reply.send(Err(self.gone()));
+            return;
+        };
+        if let Err(ractor::MessagingErr::SendErr(CoordinatorMsg::Request { reply, .. })) =
+            coordinator.send_message(CoordinatorMsg::Request { request, reply })
+        {
+            let _ = reply.send(Err(self.gone()));
+        }
+    }
+
+    /// Why a request got no answer from a coordinator: the node stopped, or
+    /// the coordinator is restarting or crashed.
+    pub(crate) fn gone(&self) -> ServeError {
+        let role = self.role.clone();
+        if self.is_stopped() {
+            ServeError::Stopped { role }
+        } else {
+            ServeError::Unavailable { role }
+        }
+    }
+
+    /// Whether the node this role ran on has stopped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Ends the role here for good: nothing is answered from now on, and
+    /// the status says so.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.lease_guard.trust_until(None);
+        self.coordinator.set(None);
+        self.election.set(None);
+        self.status.send_modify(|status| {
+            status.state = RoleState::Stopped;
+            status.epoch = None;
+            status.lease = None;
+        });
+        crate::telemetry::set_role_state(&self.role, RoleState::Stopped);
+    }
+}
+
+/// A role's cells without its coordinator type, for the node that stops them.
+pub(crate) trait RoleCells: Send + Sync {
+    /// See [`RoleShared::stop`].
+    fn stop(&self);
+    /// The lease the role's election holds now.
+    fn lease(&self) -> Option<i64>;
+}
+
+impl<C: Coordinator> RoleCells for RoleShared<C> {
+    fn stop(&self) {
+        RoleShared::stop(self);
+    }
+
+    fn lease(&self) -> Option<i64> {
+        self.lease.get()
+    }
 }

@@ -23,7 +23,6 @@ use crate::fence::{DeposeSwitch, Epoch, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
 use crate::runtime::reload::{ReloadActor, ReloadJob};
-use crate::runtime::supervisor::LeaseSlot;
 use crate::status::{ResignError, RoleStatus, StepDownReason};
 use crate::task::OwnedTask;
 use crate::telemetry;
@@ -35,18 +34,16 @@ pub(crate) struct Election<C: Coordinator> {
     coordinator: Arc<C>,
     context: Arc<NodeContext>,
     shared: Arc<RoleShared<C>>,
-    lease_slot: LeaseSlot,
     election: String,
 }
 
 impl<C: Coordinator> Election<C> {
-    /// An election actor for `role`, reporting its lease in `lease_slot`.
+    /// An election actor for `role`, reporting its lease in `shared.lease`.
     pub(crate) fn new(
         role: String,
         coordinator: Arc<C>,
         context: Arc<NodeContext>,
         shared: Arc<RoleShared<C>>,
-        lease_slot: LeaseSlot,
     ) -> Self {
         let election = context.layout.election(&role);
         Self {
@@ -54,7 +51,6 @@ impl<C: Coordinator> Election<C> {
             coordinator,
             context,
             shared,
-            lease_slot,
             election,
         }
     }
@@ -287,7 +283,12 @@ impl<C: Coordinator> Election<C> {
             None
         };
         let lease = state.machine.lease();
-        self.lease_slot.set(lease);
+        self.shared.lease.set(lease);
+        // A stopped node's last word is final: an actor still dying must
+        // neither trust the lease again nor report a state.
+        if self.shared.is_stopped() {
+            return;
+        }
         self.shared
             .lease_guard
             .trust_until(state.machine.lease_trusted_until());
@@ -515,6 +516,8 @@ impl<C: Coordinator> Election<C> {
                 let (store, switch) =
                     FencedStore::new(client, epoch.clone(), self.context.layout.meta(&self.role));
                 state.depose = Some(switch);
+                #[cfg(feature = "testing")]
+                self.shared.store.set(Some(store.clone()));
                 let reply = myself.clone();
                 tokio::spawn(async move {
                     let activated = coordinator
@@ -542,6 +545,8 @@ impl<C: Coordinator> Election<C> {
                 if let Some(switch) = state.depose.take() {
                     switch.depose();
                 }
+                #[cfg(feature = "testing")]
+                self.shared.store.set(None);
                 tracing::warn!(role = self.role, reason = reason.as_str(), "stepping down");
                 metrics::counter!(telemetry::STEP_DOWNS, "role" => self.role.clone(), "reason" => reason.as_str())
                     .increment(1);

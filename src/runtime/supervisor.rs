@@ -13,12 +13,6 @@ use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::{Election, ElectionMsg};
 use crate::runtime::slot::Slot;
 
-/// The lease a role's election actor holds, written by it and read by its
-/// supervisor: a failed election actor cannot release its own lease, so the
-/// supervisor revokes it. Shared memory, not a message, because supervision
-/// events overtake ordinary messages in ractor.
-pub(crate) type LeaseSlot = Arc<Slot<i64>>;
-
 /// Supervises one role's election actor.
 pub(crate) struct RoleSupervisor<C: Coordinator> {
     role: String,
@@ -53,7 +47,6 @@ impl<C: Coordinator> RoleSupervisor<C> {
             self.coordinator.clone(),
             self.context.clone(),
             self.shared.clone(),
-            state.lease.clone(),
         );
         let (actor, _) = Actor::spawn_linked(None, election, (), myself.get_cell()).await?;
         self.shared.election.set(Some(actor.clone()));
@@ -74,7 +67,6 @@ pub(crate) enum SupervisorMsg {
 /// What a role supervisor's state changes between messages.
 pub(crate) struct RoleSupervisorState<C: Coordinator> {
     election: Option<ActorRef<ElectionMsg<C>>>,
-    lease: LeaseSlot,
     backoff: Backoff,
     started_at: Instant,
     shutting_down: bool,
@@ -92,7 +84,6 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = RoleSupervisorState {
             election: None,
-            lease: LeaseSlot::default(),
             backoff: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
             started_at: Instant::now(),
             shutting_down: false,
@@ -122,7 +113,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
                     if let Err(error) = handed_over {
                         tracing::warn!(role = self.role, "graceful handover failed: {error}");
                         election.kill();
-                        revoke_abandoned_lease(&self.context, &state.lease).await;
+                        revoke_abandoned_lease(&self.context, &self.shared.lease).await;
                     }
                 }
                 let _ = reply.send(());
@@ -158,13 +149,16 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
         // already killed it; make sure nothing can still route to it and
         // that the lease no longer backs a leader key.
         self.shared.coordinator.set(None);
+        if self.shared.is_stopped() {
+            return Ok(());
+        }
         self.shared.status.send_modify(|status| {
             status.state = RoleState::Standby;
             status.epoch = None;
             status.lease = None;
         });
         crate::telemetry::set_role_state(&self.role, RoleState::Standby);
-        revoke_abandoned_lease(&self.context, &state.lease).await;
+        revoke_abandoned_lease(&self.context, &self.shared.lease).await;
         if state.started_at.elapsed() > self.context.config.coordinator.restart_backoff.max {
             state.backoff.reset();
         }
@@ -183,7 +177,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
 
 /// Revokes the lease a dead election actor left, so its keys vanish now
 /// rather than after the TTL.
-async fn revoke_abandoned_lease(context: &NodeContext, slot: &LeaseSlot) {
+async fn revoke_abandoned_lease(context: &NodeContext, slot: &Slot<i64>) {
     let Some(lease) = slot.take() else {
         return;
     };

@@ -82,6 +82,7 @@ pub fn serve_error_status(error: ServeError, leader: Option<&Leader>) -> Status 
         ServeError::BufferFull { .. } => Status::resource_exhausted(error.to_string()),
         ServeError::NotActive { .. }
         | ServeError::ActivationAborted { .. }
-        | ServeError::Unavailable { .. } => unavailable(error.to_string(), leader),
+        | ServeError::Unavailable { .. }
+        | ServeError::Stopped { .. } => unavailable(error.to_string(), leader),
     }
 }

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::{join_all, try_join_all};
 
-use super::{EtcdServer, Launch, Readiness, TestingError, free_loopback_port_list, peer_url};
+use super::server::{Launch, Readiness, peer_url};
+use super::{EtcdServer, TestingError, free_loopback_port_list};
 use crate::config::EtcdConfig;
 
 /// Three (or `n`) etcd members forming one cluster on 127.0.0.1, each with

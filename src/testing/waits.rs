@@ -1,0 +1,83 @@
+//! Waits that poll a condition with a deadline, never a fixed sleep, and the one most tests start with: exactly one node serves.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use super::TestingError;
+use crate::{Coordinator, RoleHandle, RoleState};
+
+/// How often a wait polls its condition.
+const POLL_EVERY: Duration = Duration::from_millis(10);
+
+/// Polls `probe` every 10 ms until it returns `Some`, and returns that value;
+/// fails with [`TestingError::TimedOut`] naming `what` once `deadline` has
+/// passed.
+///
+/// ```no_run
+/// # async fn example(node: standin::RoleHandle<impl standin::Coordinator>) -> Result<(), standin::testing::TestingError> {
+/// use std::time::Duration;
+/// use standin::testing::wait_until;
+///
+/// let epoch = wait_until("the node serves", Duration::from_secs(5), || async {
+///     node.status().epoch.filter(|_| node.is_serving())
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn wait_until<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut probe: F,
+) -> Result<T, TestingError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if started.elapsed() >= deadline {
+            return Err(TestingError::TimedOut {
+                what: what.to_owned(),
+                deadline,
+                last: None,
+            });
+        }
+    }
+}
+
+/// Waits until exactly one of `roles` serves and returns its index: the
+/// first step of most failover tests. At the deadline the error shows the
+/// states last seen, which tells "nobody serves" from "two serve".
+pub async fn the_single_serving<C: Coordinator>(
+    roles: &[RoleHandle<C>],
+    deadline: Duration,
+) -> Result<usize, TestingError> {
+    let started = Instant::now();
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        let states: Vec<RoleState> = roles.iter().map(|role| role.status().state).collect();
+        let mut serving = states
+            .iter()
+            .enumerate()
+            .filter(|(_, state)| **state == RoleState::Serving);
+        if let (Some((index, _)), None) = (serving.next(), serving.next()) {
+            return Ok(index);
+        }
+        if started.elapsed() >= deadline {
+            let role = roles.first().map_or("the role", |role| role.role());
+            return Err(TestingError::TimedOut {
+                what: format!("exactly one node serving {role}"),
+                deadline,
+                last: Some(format!("{states:?}")),
+            });
+        }
+    }
+}
