@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use standin::BoxError;
-use standin::testing::{EtcdServer, free_loopback_port};
-use standin::{Config, Coordinator, Epoch, FenceError, FencedStore, Node, RoleHandle, Snapshot};
+use standin::testing::{EtcdServer, free_loopback_port, the_single_serving, wait_until};
+use standin::{Config, Coordinator, Epoch, FenceError, FencedStore, Node, Snapshot};
 
 /// The coordinator under test: a counter whose value is the role's metadata
 /// in etcd, so whoever takes over continues from the last fenced write.
@@ -24,24 +24,14 @@ struct Counting {
     store: FencedStore,
 }
 
-enum Request {
-    /// Adds one and persists the new value through the fenced store.
-    Increment,
-    /// Hands out the fenced store, so the test can write through it after
-    /// this node has been deposed.
-    Store,
-}
-
-enum Response {
-    Value(Result<u64, FenceError>),
-    Store(FencedStore),
-}
+/// Adds one and persists the new value through the fenced store.
+struct Increment;
 
 impl Coordinator for Counter {
     type Meta = u64;
     type Serving = Counting;
-    type Request = Request;
-    type Response = Response;
+    type Request = Increment;
+    type Response = Result<u64, FenceError>;
 
     fn decode(&self, snapshot: Snapshot) -> Result<u64, BoxError> {
         match snapshot.entries.get("value") {
@@ -59,19 +49,12 @@ impl Coordinator for Counter {
         Ok(Counting { value, store })
     }
 
-    async fn handle(&self, serving: &mut Counting, request: Request) -> Response {
-        match request {
-            Request::Increment => {
-                let next = serving.value + 1;
-                // Persist first: a value only counts once etcd has it.
-                let written = serving.store.put("value", next.to_string()).await;
-                Response::Value(written.map(|()| {
-                    serving.value = next;
-                    next
-                }))
-            }
-            Request::Store => Response::Store(serving.store.clone()),
-        }
+    async fn handle(&self, serving: &mut Counting, _: Increment) -> Result<u64, FenceError> {
+        let next = serving.value + 1;
+        // Persist first: a value only counts once etcd has it.
+        serving.store.put("value", next.to_string()).await?;
+        serving.value = next;
+        Ok(next)
     }
 }
 
@@ -80,38 +63,6 @@ const ROLE: &str = "counter";
 /// takeover after a coordinator crash takes milliseconds, not a TTL.
 const DEADLINE: Duration = Duration::from_secs(20);
 const CALL: Duration = Duration::from_secs(5);
-
-/// Polls `probe` every 10 ms until it returns `Some`, or fails after
-/// [`DEADLINE`]: wait for a condition, never for a fixed time.
-async fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
-    let started = Instant::now();
-    let mut every = tokio::time::interval(Duration::from_millis(10));
-    loop {
-        every.tick().await;
-        if let Some(value) = probe() {
-            return Ok(value);
-        }
-        ensure!(started.elapsed() < DEADLINE, "no {what} after {DEADLINE:?}");
-    }
-}
-
-/// The index of the one node whose counter serves, if exactly one does.
-fn the_active(roles: &[RoleHandle<Counter>]) -> Option<usize> {
-    let serving: Vec<_> = (0..roles.len())
-        .filter(|&i| roles[i].is_serving())
-        .collect();
-    match serving.as_slice() {
-        [one] => Some(*one),
-        _ => None,
-    }
-}
-
-async fn increment(role: &RoleHandle<Counter>) -> anyhow::Result<u64> {
-    match role.call(Request::Increment, CALL).await? {
-        Response::Value(value) => Ok(value?),
-        Response::Store(_) => bail!("asked to increment, got a store"),
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -130,11 +81,12 @@ async fn main() -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     let mut roles = Vec::new();
     for _ in 0..2 {
-        let mut config = Config::default();
-        config.etcd.endpoints = vec![etcd.endpoint()];
-        config.etcd.root_path = "counter-test".into();
-        config.node.address = Some(format!("127.0.0.1:{}", free_loopback_port()?));
-        config.session.ttl = Duration::from_secs(5);
+        let config = Config::builder()
+            .endpoints([etcd.endpoint()])
+            .root_path("counter-test")
+            .address(format!("127.0.0.1:{}", free_loopback_port()?))
+            .session_ttl(Duration::from_secs(5))
+            .build()?;
         let mut node = Node::new(config);
         roles.push(node.add_role(ROLE, Counter)?);
         node.start().await?;
@@ -142,28 +94,31 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 3. Exactly one serves; it counts, and grabs its store for later.
-    let active = wait_until("single active counter", || the_active(&roles)).await?;
+    let active = the_single_serving(&roles, DEADLINE).await?;
     println!("ok: node{active} is the only active {ROLE}");
     for _ in 0..3 {
-        increment(&roles[active]).await?;
+        roles[active].try_call(Increment, CALL).await?;
     }
-    let Response::Store(old_store) = roles[active].call(Request::Store, CALL).await? else {
-        bail!("asked for the store, got something else");
-    };
+    let old_store = roles[active]
+        .fenced_store()
+        .context("a serving node has a store")?;
     println!("ok: node{active} counted to 3 through its fenced store");
 
     // 4. Crash the active coordinator, as a bug in it would.
     ensure!(roles[active].crash_coordinator(), "no coordinator to crash");
     let crashed = Instant::now();
     let standby = 1 - active;
-    wait_until("takeover", || roles[standby].is_serving().then_some(())).await?;
+    wait_until("takeover", DEADLINE, || async {
+        roles[standby].is_serving().then_some(())
+    })
+    .await?;
     println!(
         "ok: node{standby} took over {:.0?} after the crash",
         crashed.elapsed()
     );
 
     // 5. The new active continues from what the old one persisted.
-    let next = increment(&roles[standby]).await?;
+    let next = roles[standby].try_call(Increment, CALL).await?;
     ensure!(next == 4, "the new active counted to {next}, not 4");
     println!("ok: node{standby} continued the count: {next}");
 

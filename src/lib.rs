@@ -1,7 +1,95 @@
 //! standin keeps a service's coordinator highly available: one ACTIVE instance
 //! per role, the others in STANDBY, leadership held as an etcd lease.
 //!
-//! PLACEHOLDER_CRATE_DOCS
+//! A coordinator is the one part of a distributed service that must run as a
+//! single active instance: a timestamp oracle, a scheduler, a metadata owner.
+//! Run the same role on several processes with a [`Node`] each; one serves,
+//! the others wait and take over when it fails: in milliseconds when its
+//! coordinator crashes or it steps down, within the lease TTL when its host
+//! dies. A deposed active can neither write (every metadata write goes
+//! through a [`FencedStore`], guarded by the leader key's revision in etcd)
+//! nor answer (it leaves [`RoleState::Serving`] before its lease can expire).
+//!
+//! # Example
+//!
+//! Implement [`Coordinator`], add it to a [`Node`] as a role, start the node:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use standin::{BoxError, Config, Coordinator, Epoch, FencedStore, Node, Snapshot};
+//!
+//! /// Hands out IDs; the high-water mark survives failovers in etcd.
+//! struct Ids;
+//! struct Serving { next: u64, store: FencedStore }
+//!
+//! impl Coordinator for Ids {
+//!     type Meta = u64;
+//!     type Serving = Serving;
+//!     type Request = ();
+//!     type Response = Result<u64, BoxError>;
+//!
+//!     fn decode(&self, snapshot: Snapshot) -> Result<u64, BoxError> {
+//!         let saved = snapshot.entries.get("next").map(|v| String::from_utf8_lossy(v).parse());
+//!         Ok(saved.transpose()?.unwrap_or(0))
+//!     }
+//!     async fn activate(&self, _: Epoch, next: u64, store: FencedStore) -> Result<Serving, BoxError> {
+//!         Ok(Serving { next, store })
+//!     }
+//!     async fn handle(&self, s: &mut Serving, _: ()) -> Result<u64, BoxError> {
+//!         s.next += 1;
+//!         s.store.put("next", s.next.to_string()).await?; // fails with Fenced once deposed
+//!         Ok(s.next)
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::builder().endpoints(["127.0.0.1:2379"]).address("10.0.0.7:7000").build()?;
+//! let mut node = Node::new(config);
+//! let ids = node.add_role("idalloc", Ids)?;
+//! node.start().await?;
+//! let id = ids.try_call((), Duration::from_secs(1)).await?; // NotActive names the leader
+//! println!("allocated {id}");
+//! node.shutdown().await; // hands the role over before returning
+//! # Ok(()) }
+//! ```
+//!
+//! # Supervision tree
+//!
+//! ```text
+//! Node                       etcd client, config, the roles it runs
+//! └─ RoleSupervisor          one per role; restarts a failed election actor, revoking its lease
+//!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), stable across restarts
+//!    └─ Election             holds the role's etcd lease, campaigns, decides (a pure state machine)
+//!       ├─ CoordinatorActor  wraps your Coordinator: Standby -> Activating -> Serving -> Standby
+//!       └─ ReloadActor       loads {root}/meta/{role}/ at the won revision before it serves
+//! ```
+//!
+//! [`Node::start_linked`] puts the role supervisors under an actor of yours.
+//! A role's state is in [`RoleHandle::status`], [`RoleHandle::subscribe`] or,
+//! as actor messages, [`RoleHandle::send_status_to`].
+//!
+//! # Where to go next
+//!
+//! - [`Node`] and [`RoleHandle`]: run roles, call them, resign, stop.
+//! - [`Coordinator`]: what your coordinator implements; [`FencedStore`]: its writes.
+//! - [`Config`] and [`Config::builder`]: every setting, from YAML or in code.
+//! - [`etcd`]: the keys standin keeps in etcd, and reading a deployment back.
+//! - `testing` (feature `testing`): real etcd servers and faults for your tests.
+//! - `service` (feature `grpc`): the gRPC API, the routing layer, clients, `tso`.
+//!
+//! # Cargo features
+//!
+//! | feature | what it adds |
+//! | --- | --- |
+//! | (none) | the runtime: [`Node`], [`Coordinator`], [`FencedStore`], [`Config`] |
+//! | `grpc` | `service`: standin's gRPC API, `ActiveOnlyLayer` for your tonic services, leader-following clients, the built-in `tso` role |
+//! | `prometheus` | [`telemetry`]'s exporter (`install_prometheus`) |
+//! | `fault-injection` | `RoleHandle::crash_*` and `Fault`: make a role's actors panic as a bug would |
+//! | `testing` | `testing`: throwaway etcd servers and clusters, a fault proxy, `standin run` processes, waits (implies `fault-injection`) |
+//! | `cli` | the `standin` binary |
+//!
+//! Building needs `protoc` (etcd-client's build compiles etcd's protos): on
+//! Debian `apt-get install protobuf-compiler libprotobuf-dev`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub)]
 

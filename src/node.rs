@@ -346,7 +346,7 @@ impl Node {
     /// deactivated first, then its leadership is released, so a peer takes
     /// over at once and no write of this node follows the handover. After
     /// it, every [`RoleHandle`] answers [`ServeError::Stopped`](crate::ServeError::Stopped)
-    /// and reports [`RoleState::Stopped`].
+    /// and reports [`RoleState::Stopped`](crate::RoleState::Stopped).
     ///
     /// This is the graceful way to stop. Dropping a started node without it
     /// stops serving at once and revokes its leases (a peer takes over in

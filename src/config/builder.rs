@@ -18,7 +18,7 @@ use super::{ActiveStandbyConfig, AuthConfig, Config, ConfigError, RoleConfig, Tl
 ///     .address("10.0.0.7:7000")
 ///     .session_ttl(Duration::from_secs(5))
 ///     .build()?;
-/// assert_eq!(config.session.renew_deadline(), Duration::from_millis(3333));
+/// assert_eq!(config.session.renew_deadline(), Duration::from_secs(10) / 3);
 /// # Ok::<(), standin::ConfigError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
