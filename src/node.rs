@@ -16,7 +16,7 @@ use crate::etcd::{EtcdError, GaveUp};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleCells, RoleShared};
 use crate::runtime::endpoint::RoleEndpoint;
-use crate::runtime::supervisor::{RoleSupervisor, SupervisorMsg};
+use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
 
 /// Failures to start or stop a node.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,7 @@ struct TypedRole<C: Coordinator> {
     role: String,
     coordinator: Arc<C>,
     shared: Arc<RoleShared<C>>,
+    election: ElectionSlot<C>,
 }
 
 impl<C: Coordinator> PendingRole for TypedRole<C> {
@@ -127,8 +128,13 @@ impl<C: Coordinator> PendingRole for TypedRole<C> {
                 .status
                 .send_modify(|status| status.server_id = context.server_id);
             let shared = self.shared.clone();
-            let supervisor =
-                RoleSupervisor::<C>::new(self.role, self.coordinator, context, self.shared);
+            let supervisor = RoleSupervisor::<C>::new(
+                self.role,
+                self.coordinator,
+                context,
+                self.shared,
+                self.election,
+            );
             let (actor, _) = match parent {
                 Some(parent) => Actor::spawn_linked(None, supervisor, (), parent).await?,
                 None => Actor::spawn(None, supervisor, ()).await?,
@@ -237,13 +243,15 @@ impl Node {
             return Err(NodeError::DuplicateRole(role.to_owned()));
         }
         let shared = Arc::new(RoleShared::new(role));
+        let election = ElectionSlot::default();
         let typed = TypedRole {
             role: role.to_owned(),
             coordinator: Arc::new(coordinator),
             shared: shared.clone(),
+            election: election.clone(),
         };
         self.pending.push((role.to_owned(), Box::new(typed)));
-        let handle = RoleHandle::new(shared.clone());
+        let handle = RoleHandle::new(shared.clone(), election.clone());
         self.controls.push(Arc::new(handle.clone()));
         self.cells.push(shared);
         Ok(handle)

@@ -15,24 +15,27 @@ use crate::runtime::coordinator::CoordinatorMsg;
 use crate::runtime::election::ElectionMsg;
 #[cfg(feature = "fault-injection")]
 use crate::runtime::faults::Fault;
+use crate::runtime::supervisor::ElectionSlot;
 use crate::status::{ResignError, RoleState, RoleStatus};
 
 /// A typed handle to one role on a node: its status, and requests to its coordinator.
 pub struct RoleHandle<C: Coordinator> {
     shared: Arc<RoleShared<C>>,
+    election: ElectionSlot<C>,
 }
 
 impl<C: Coordinator> Clone for RoleHandle<C> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
+            election: self.election.clone(),
         }
     }
 }
 
 impl<C: Coordinator> RoleHandle<C> {
-    pub(crate) fn new(shared: Arc<RoleShared<C>>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<RoleShared<C>>, election: ElectionSlot<C>) -> Self {
+        Self { shared, election }
     }
 
     /// The role's name.
@@ -130,7 +133,7 @@ impl<C: Coordinator> RoleHandle<C> {
     /// test keeps it to check that the store refuses writes once the term
     /// is over (cargo feature `testing`).
     #[cfg(feature = "testing")]
-    pub fn fenced_store(&self) -> Option<crate::FencedStore> {
+    pub fn fenced_store(&self) -> Option<crate::fence::FencedStore> {
         self.shared.store.get()
     }
 }
@@ -144,7 +147,7 @@ impl<C: Coordinator> RoleHandle<C> {
         timeout: Duration,
     ) -> impl Future<Output = Result<(), ResignError>> + Send + 'static {
         let role = self.shared.role.clone();
-        let election = self.shared.election.get();
+        let election = self.election.get();
         async move {
             let not_running = || ResignError::NotRunning { role: role.clone() };
             let election = election.ok_or_else(not_running)?;
@@ -226,7 +229,7 @@ impl<C: Coordinator> RoleHandle<C> {
 
     /// Makes the role's election actor panic. Returns false when none runs.
     pub fn crash_election(&self) -> bool {
-        let election = self.shared.election.get();
+        let election = self.election.get();
         election.is_some_and(|e| e.send_message(ElectionMsg::InjectPanic).is_ok())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_norway::{Mapping, Value};
 
-use super::locate::{Seg, plain_scalar, raw_scalar};
+use super::locate::{Override, Seg, plain_scalar, raw_scalar};
 use super::{
     ACTIVE_STANDBY, AuthConfig, Config, ConfigError, RoleConfig, SECTIONS, TSO_SECTION, TlsConfig,
 };
@@ -225,27 +225,6 @@ const MILVUS_ENDPOINTS: &str = "ETCD_ENDPOINTS";
 
 /// The suffix of Milvus's role switches (`ROOT_COORD_ENABLE_ACTIVE_STANDBY`).
 const MILVUS_ROLE_SWITCH: &str = "_ENABLE_ACTIVE_STANDBY";
-
-/// One environment variable applied to the document.
-#[derive(Debug)]
-pub(super) struct Override {
-    pub(super) variable: String,
-    /// Its value as errors show it: redacted for the password.
-    pub(super) shown: String,
-    /// The key path it sets.
-    path: Vec<Seg>,
-    /// How many leading segments of `path` the document had already; the
-    /// variable created the rest.
-    existed: usize,
-}
-
-impl Override {
-    /// Whether an error at `path` is this variable's doing: it is at or
-    /// below the value set, or at a key only the variable created.
-    pub(super) fn explains(&self, path: &[Seg]) -> bool {
-        path.starts_with(&self.path) || (self.path.starts_with(path) && path.len() > self.existed)
-    }
-}
 
 /// Applies the environment's overrides to the document, Milvus's names
 /// first so that standin's own win, and returns them for error messages.

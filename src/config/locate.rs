@@ -7,7 +7,6 @@ use serde::{Deserialize, Deserializer};
 use serde_norway::Value;
 
 use super::ConfigError;
-use super::env::Override;
 
 /// A step of a key path: a mapping key or a sequence index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,5 +278,26 @@ pub(super) fn plain_scalar(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::String(s) => Some(s.clone()),
         _ => None,
+    }
+}
+
+/// One environment variable applied to the document.
+#[derive(Debug)]
+pub(super) struct Override {
+    pub(super) variable: String,
+    /// Its value as errors show it: redacted for the password.
+    pub(super) shown: String,
+    /// The key path it sets.
+    pub(super) path: Vec<Seg>,
+    /// How many leading segments of `path` the document had already; the
+    /// variable created the rest.
+    pub(super) existed: usize,
+}
+
+impl Override {
+    /// Whether an error at `path` is this variable's doing: it is at or
+    /// below the value set, or at a key only the variable created.
+    pub(super) fn explains(&self, path: &[Seg]) -> bool {
+        path.starts_with(&self.path) || (self.path.starts_with(path) && path.len() > self.existed)
     }
 }

@@ -11,7 +11,6 @@ use crate::config::Config;
 use crate::coordinator::{Coordinator, RoleMsg, ServeError};
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION};
 use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
-use crate::runtime::election::ElectionMsg;
 use crate::runtime::faults::Faults;
 use crate::runtime::lease_guard::LeaseGuard;
 use crate::runtime::slot::Slot;
@@ -51,8 +50,6 @@ pub(crate) struct RoleShared<C: Coordinator> {
     pub status: watch::Sender<RoleStatus>,
     /// The running coordinator actor, if any.
     pub coordinator: Slot<ActorRef<CoordinatorMsg<C>>>,
-    /// The running election actor, if any.
-    pub election: Slot<ActorRef<ElectionMsg<C>>>,
     /// The actor that takes requests as messages, once the node has started.
     pub endpoint: Slot<ActorRef<RoleMsg<C>>>,
     /// Fault switches for tests (off otherwise).
@@ -88,7 +85,6 @@ impl<C: Coordinator> RoleShared<C> {
             status,
             coordinator: Slot::default(),
             endpoint: Slot::default(),
-            election: Slot::default(),
             faults: Arc::default(),
             lease_guard: Arc::default(),
             lease: Slot::default(),
@@ -138,7 +134,6 @@ impl<C: Coordinator> RoleShared<C> {
         self.stopped.store(true, Ordering::SeqCst);
         self.lease_guard.trust_until(None);
         self.coordinator.set(None);
-        self.election.set(None);
         self.status.send_modify(|status| {
             status.state = RoleState::Stopped;
             status.epoch = None;

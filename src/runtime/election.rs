@@ -486,7 +486,12 @@ impl<C: Coordinator> Election<C> {
                     revision,
                     page_size: self.context.config.reload.page_size,
                     timeout: self.context.config.reload.timeout,
-                    report_to: myself.clone(),
+                    report: {
+                        let election = myself.clone();
+                        Box::new(move |revision, meta| {
+                            let _ = election.send_message(ElectionMsg::Reloaded { revision, meta });
+                        })
+                    },
                     faults: self.shared.faults.clone(),
                 };
                 // From the win on, requests wait for the activation instead

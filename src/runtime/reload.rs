@@ -8,7 +8,6 @@ use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::coordinator::{Coordinator, Snapshot};
-use crate::runtime::election::ElectionMsg;
 use crate::runtime::faults::Faults;
 
 /// Failures of a reload; each makes the node resign.
@@ -141,8 +140,8 @@ pub(crate) struct ReloadJob<C: Coordinator> {
     pub page_size: i64,
     /// `reload.timeout`.
     pub timeout: Duration,
-    /// Where the decoded metadata goes.
-    pub report_to: ActorRef<ElectionMsg<C>>,
+    /// Hands the decoded metadata, with the won revision, to whoever asked.
+    pub report: Box<dyn FnOnce(i64, C::Meta) + Send>,
     /// The role's fault switches (off unless a test turns them on).
     pub faults: Arc<Faults>,
 }
@@ -203,10 +202,7 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
             .record(took.as_secs_f64());
         metrics::counter!(crate::telemetry::RELOADED_KEYS, "role" => job.role.clone())
             .increment(keys as u64);
-        job.report_to.send_message(ElectionMsg::Reloaded {
-            revision: job.revision,
-            meta,
-        })?;
+        (job.report)(job.revision, meta);
         myself.stop(None);
         Ok(())
     }

@@ -13,27 +13,35 @@ use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::{Election, ElectionMsg};
 use crate::runtime::slot::Slot;
 
+/// The role's running election actor, if any: set by its supervisor, read
+/// by the role's handles to resign (kept apart from [`RoleShared`], which the
+/// election actor itself writes).
+pub(crate) type ElectionSlot<C> = Arc<Slot<ActorRef<ElectionMsg<C>>>>;
+
 /// Supervises one role's election actor.
 pub(crate) struct RoleSupervisor<C: Coordinator> {
     role: String,
     coordinator: Arc<C>,
     context: Arc<NodeContext>,
     shared: Arc<RoleShared<C>>,
+    election_slot: ElectionSlot<C>,
 }
 
 impl<C: Coordinator> RoleSupervisor<C> {
-    /// A supervisor for `role`.
+    /// A supervisor for `role`, publishing its election actor in `election_slot`.
     pub(crate) fn new(
         role: String,
         coordinator: Arc<C>,
         context: Arc<NodeContext>,
         shared: Arc<RoleShared<C>>,
+        election_slot: ElectionSlot<C>,
     ) -> Self {
         Self {
             role,
             coordinator,
             context,
             shared,
+            election_slot,
         }
     }
 
@@ -49,7 +57,7 @@ impl<C: Coordinator> RoleSupervisor<C> {
             self.shared.clone(),
         );
         let (actor, _) = Actor::spawn_linked(None, election, (), myself.get_cell()).await?;
-        self.shared.election.set(Some(actor.clone()));
+        self.election_slot.set(Some(actor.clone()));
         state.election = Some(actor);
         state.started_at = Instant::now();
         Ok(())
@@ -144,7 +152,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             return Ok(());
         }
         state.election = None;
-        self.shared.election.set(None);
+        self.election_slot.set(None);
         // The coordinator was linked to the election actor, so ractor has
         // already killed it; make sure nothing can still route to it and
         // that the lease no longer backs a leader key.

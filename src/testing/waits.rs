@@ -4,7 +4,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::TestingError;
-use crate::{Coordinator, RoleHandle, RoleState};
+use crate::coordinator::Coordinator;
+use crate::role::RoleHandle;
+use crate::status::RoleState;
 
 /// How often a wait polls its condition.
 const POLL_EVERY: Duration = Duration::from_millis(10);
