@@ -22,18 +22,21 @@ test: deps
 # the leader of three `standin run` processes, then a check of the history.
 # CAMPAIGN_ARGS="--seed S" replays a run's faults; a later --faults wins.
 campaign: deps
-	$(CARGO) build --release --bin standin
+	$(CARGO) build --release --features cli --bin standin
 	$(CARGO) run --release --example campaign -- --faults 500 $(CAMPAIGN_ARGS)
 
 # Changes nothing: formatting check, lints with warnings denied, tests, docs.
 verify: lint test doc
 
+# Every target with the features tests use, then the library as an
+# embedder builds it (default features), which must stand on its own.
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --lib --no-default-features -- -D warnings
 
 doc: deps
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --all-features
 
 fmt:
 	$(CARGO) fmt --all

@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
 done
 
 bash scripts/deps.sh
-cargo build --release --quiet --bin standin
+cargo build --release --quiet --features cli --bin standin
 bin=target/release/standin
 
 work=$(mktemp -d -t standin-cluster-XXXXXX)

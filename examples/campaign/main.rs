@@ -1,6 +1,6 @@
 //! A fault campaign against three `standin run --role tso` processes: seeded random faults on the leader, then a check of every timestamp and leadership interval.
 //!
-//! `cargo build --release --bin standin && cargo run --release --example
+//! `cargo build --release --features cli --bin standin && cargo run --release --example
 //! campaign -- --faults 500 [--seed S]` (or `make campaign`). The last line
 //! is `campaign: seed=S faults=N violations=V max_unavailable_ms=M`; the exit
 //! code is non-zero when V > 0.

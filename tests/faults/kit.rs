@@ -1,9 +1,13 @@
 //! What the fault tests share: safety monitors over every node's status, timestamp-order and fencing checks, in-process tso nodes, `standin run` processes, and log capture.
 
+// Shared by several test binaries, each of which uses a part.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use etcd_client::{GetOptions, SortOrder, SortTarget};
 use standin::config::TsoConfig;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::tso_client::TsoClient;
@@ -674,4 +678,47 @@ pub async fn wait_for_serving_process(nodes: &[ProcNode], deadline: Duration) ->
         single(&serving_processes(nodes).await)
     })
     .await
+}
+
+// ---------------------------------------------------------------------------
+// The election as etcd holds it.
+
+/// The role the in-process fault tests run.
+pub const ROLE: &str = "rootcoord";
+
+/// The election prefix of `role` for the in-process nodes.
+pub fn election(role: &str) -> String {
+    format!("{ROOT}/election/{role}")
+}
+
+/// The candidate keys of `role`'s election, oldest first.
+pub async fn candidates(client: &etcd_client::Client, role: &str) -> Vec<(String, i64)> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let Ok(response) = client
+        .clone()
+        .get(format!("{}/", election(role)), Some(options))
+        .await
+    else {
+        return Vec::new();
+    };
+    response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.create_revision(),
+            )
+        })
+        .collect()
+}
+
+/// The epoch `node` serves at.
+pub fn epoch_of(node: &TestNode) -> Epoch {
+    node.role(ROLE)
+        .status()
+        .epoch
+        .expect("a serving node has an epoch")
 }

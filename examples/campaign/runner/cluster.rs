@@ -1,0 +1,155 @@
+//! Cluster control: waiting for one settled leader, the latest samples, and the logs kept of a failed run.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::checker;
+use crate::history::{Recorder, Sample, State};
+
+impl Cluster {
+    /// Waits until every node answers, exactly one serves and every node
+    /// sees it as leader; returns that node and its epoch. A node whose
+    /// process exited by itself is restarted (and recorded as a stall).
+    /// `None`, with a stall recorded, when that takes over [`SETTLE_WITHIN`].
+    pub(super) async fn settle(&mut self, after: &str) -> anyhow::Result<Option<(usize, i64)>> {
+        let since = Instant::now();
+        loop {
+            for (node, process) in self.nodes.iter_mut().enumerate() {
+                if let Some(status) = process.try_exit_status() {
+                    let stall = format!(
+                        "after {after}: node {node} exited by itself ({status}); its log ends with:\n{}",
+                        tail(&process.log(), 20)
+                    );
+                    println!("campaign: {stall}");
+                    self.recorder.lock().stalls.push(stall);
+                    process.restart()?;
+                }
+            }
+            let latest = self.latest_samples(since);
+            if let Some(leader) = settled(&latest) {
+                return Ok(Some(leader));
+            }
+            if since.elapsed() > SETTLE_WITHIN {
+                let seen: Vec<String> = latest
+                    .iter()
+                    .enumerate()
+                    .map(|(node, sample)| match sample {
+                        Some(s) => format!(
+                            "node {node}: {:?} epoch {} (server {}), sees leader epoch {}",
+                            s.state, s.epoch, s.server_id, s.leader_epoch
+                        ),
+                        None => format!("node {node}: no answer"),
+                    })
+                    .collect();
+                let stall = format!(
+                    "after {after}: no single leader seen by every node within {} s: {}",
+                    SETTLE_WITHIN.as_secs(),
+                    seen.join("; ")
+                );
+                println!("campaign: {stall}");
+                self.recorder.lock().stalls.push(stall);
+                return Ok(None);
+            }
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+    }
+
+    /// Each node's latest sample sent at or after `since`.
+    pub(super) fn latest_samples(&self, since: Instant) -> Vec<Option<Sample>> {
+        let history = self.recorder.lock();
+        let mut latest = vec![None; NODES];
+        // From the end: samples are recorded about in time order, and one
+        // status call takes under STATUS_WITHIN, so older ones can stop the scan.
+        for sample in history.samples.iter().rev() {
+            if sample.received + STATUS_WITHIN < since {
+                break;
+            }
+            if sample.sent >= since && latest[sample.node].is_none() {
+                latest[sample.node] = Some(*sample);
+            }
+        }
+        latest
+    }
+
+    /// Copies every node's log and the violations to a directory that
+    /// outlives the campaign, and returns it.
+    pub(super) fn keep_logs(&self, seed: u64, report: &checker::Report) -> anyhow::Result<PathBuf> {
+        let dir =
+            std::env::temp_dir().join(format!("standin-campaign-{seed}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        for (node, process) in self.nodes.iter().enumerate() {
+            std::fs::write(dir.join(format!("node{node}.log")), process.log())?;
+        }
+        let history = self.recorder.lock();
+        let mut text = String::new();
+        for fault in &history.faults {
+            text.push_str(&format!(
+                "fault {} at {} ms: {} on {:?} (epoch {}): {}: recovered {:?}\n",
+                fault.index,
+                history.ms(fault.at),
+                fault.kind,
+                fault.node,
+                fault.epoch,
+                fault.detail,
+                fault.recovered
+            ));
+        }
+        for message in &report.messages {
+            text.push_str(&format!("VIOLATION: {message}\n"));
+        }
+        std::fs::write(dir.join("violations.txt"), text)?;
+        Ok(dir)
+    }
+}
+
+/// The leader and its epoch when the samples show one serving node, every
+/// other node in standby, and every node seeing that leader.
+pub(super) fn settled(latest: &[Option<Sample>]) -> Option<(usize, i64)> {
+    let samples: Vec<&Sample> = latest.iter().flatten().collect();
+    if samples.len() != NODES {
+        return None;
+    }
+    let mut serving = samples.iter().filter(|s| s.state == State::Serving);
+    let leader = serving.next()?;
+    if serving.next().is_some() {
+        return None;
+    }
+    let whole = samples.iter().all(|s| {
+        (s.node == leader.node || s.state == State::Standby) && s.leader_epoch == leader.epoch
+    });
+    whole.then_some((leader.node, leader.epoch))
+}
+
+/// When `node` served term `epoch` in every sample it answered from `at`
+/// until one sent after `repaired`: the time from `at` to its first such
+/// answer, since it never stopped serving.
+pub(super) fn kept_term(
+    recorder: &Recorder,
+    node: usize,
+    epoch: i64,
+    at: Instant,
+    repaired: Instant,
+) -> Option<Duration> {
+    let history = recorder.lock();
+    let mut first = None;
+    for sample in history
+        .samples
+        .iter()
+        .filter(|s| s.node == node && s.sent >= at)
+    {
+        if sample.state != State::Serving || sample.epoch != epoch {
+            return None;
+        }
+        first.get_or_insert(sample.received);
+        if sample.sent >= repaired {
+            return first.map(|first| first.saturating_duration_since(at));
+        }
+    }
+    None
+}
+
+/// The last `lines` lines of `text`.
+pub(super) fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

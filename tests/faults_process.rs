@@ -1,0 +1,183 @@
+//! Failure modes of the active process against a real etcd: frozen past its TTL (SIGSTOP) then resumed, killed with SIGKILL; each checked for safety and liveness.
+
+#[path = "faults/kit.rs"]
+mod kit;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kit::*;
+use standin::testing::EtcdServer;
+use standin::{Epoch, FenceError, RoleState};
+use support::{eventually, wait_for};
+use tracing::info;
+
+// ---------------------------------------------------------------------------
+// 3. The active process is frozen (SIGSTOP) for 2 x TTL, then resumed.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_active_process_is_replaced_and_demotes_on_resume_without_serving()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let ttl = Duration::from_secs(2);
+    // A window shorter than the freeze: the resumed oracle must save a new
+    // bound, through its fenced store, before it could hand anything out.
+    // With a window longer than the freeze, a request that waited in its
+    // socket can be answered from memory in the instant after SIGCONT,
+    // before the renew-deadline tick demotes it (a known bug: the deadline
+    // is checked on a timer, never on the request path), with timestamps
+    // below those the new leader already handed out.
+    let window = "tso:\n  window: 1s\n";
+    let mut nodes = spawn_processes(2, &[etcd.endpoint()], 2, window)?;
+    let (frozen, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    let peer = 1 - frozen;
+    let monitor = Monitor::processes(nodes.iter().map(ProcNode::url).collect(), "tso");
+    let mut stamps = Timestamps::default();
+    for _ in 0..5 {
+        let batch = nodes[frozen].allocate(10, Some(old_epoch)).await?;
+        stamps.record(batch.first, batch.count, batch.epoch);
+    }
+    // Connected now, so that requests can wait in its socket while it is frozen.
+    let channel = nodes[frozen].connect().await.expect("the active answers");
+
+    info!("--- freeze the active process");
+    // For the same reason a status request in flight at SIGCONT can be
+    // answered `serving` at the old epoch: the monitor stops asking the
+    // frozen process until it has logged its step-down.
+    monitor.pause(frozen).await;
+    let frozen_at = Instant::now();
+    nodes[frozen].process.stop()?;
+    let (_, new_epoch) = eventually("the peer to take over", 2 * ttl, || async {
+        let (index, epoch) = *serving_processes(&nodes).await.first()?;
+        (index == peer && epoch > old_epoch).then_some((index, epoch))
+    })
+    .await;
+    info!(took = ?frozen_at.elapsed(), "--- the peer serves");
+    let batch = nodes[peer].allocate(10, Some(new_epoch)).await?;
+    stamps.record(batch.first, batch.count, batch.epoch);
+
+    info!("--- allocations with its old epoch reach the frozen process and wait in its socket");
+    let queued: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(allocate_on(channel.clone(), 1, Some(old_epoch))))
+        .collect();
+
+    info!("--- resume it after 2 x TTL frozen: it allocates nothing");
+    tokio::time::sleep_until((frozen_at + 2 * ttl).into()).await;
+    nodes[frozen].process.cont()?;
+    for queued in queued {
+        let refused = queued
+            .await?
+            .expect_err("a deposed active allocated timestamps");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    }
+
+    info!("--- it steps down, and from then on reports standby");
+    wait_for(
+        "the resumed process to step down",
+        Duration::from_secs(5),
+        || nodes[frozen].logged(&["stepping down"]).then_some(()),
+    )
+    .await;
+    monitor.unpause(frozen);
+    let demoted = nodes[frozen].status().await.expect("it answers");
+    assert_eq!(demoted.state, "standby", "{demoted:?}");
+    assert!(
+        ["renew_deadline", "lease_lost"].contains(&demoted.last_step_down.as_str()),
+        "{demoted:?}"
+    );
+    let stale = nodes[frozen].allocate(1, Some(old_epoch)).await;
+    assert_eq!(
+        stale.map_err(|s| s.code()).err(),
+        Some(tonic::Code::Unavailable)
+    );
+    let unrouted = nodes[frozen].allocate(1, None).await;
+    assert_eq!(
+        unrouted.map_err(|s| s.code()).err(),
+        Some(tonic::Code::Unavailable)
+    );
+
+    info!("--- the peer keeps serving; timestamps still grow");
+    for _ in 0..5 {
+        let batch = nodes[peer].allocate(10, Some(new_epoch)).await?;
+        stamps.record(batch.first, batch.count, batch.epoch);
+    }
+    eventually(
+        "the resumed process back in the election",
+        Duration::from_secs(5),
+        || async {
+            let status = nodes[frozen].status().await?;
+            (status.state == "standby").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(serving_processes(&nodes).await, vec![(peer, new_epoch)]);
+    let resurrected: Vec<_> = monitor
+        .history()
+        .into_iter()
+        .filter(|seen| {
+            seen.node == frozen && seen.at >= frozen_at && seen.state == RoleState::Serving
+        })
+        .collect();
+    assert!(
+        resurrected.is_empty(),
+        "the resumed process reported serving again: {resurrected:?}"
+    );
+    monitor.assert_safe();
+    for node in &mut nodes {
+        node.process.kill()?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// kill -9 of the active process.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_active_process_is_taken_over_within_ttl_plus_1s() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let ttl = Duration::from_secs(2);
+    let mut nodes = spawn_processes(3, &[etcd.endpoint()], 2, "")?;
+    let (killed, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    let monitor = Monitor::processes(nodes.iter().map(ProcNode::url).collect(), "tso");
+    let mut stamps = Timestamps::default();
+    let batch = nodes[killed].allocate(10, Some(old_epoch)).await?;
+    stamps.record(batch.first, batch.count, batch.epoch);
+    let client = etcd.client().await?;
+    let leader_key =
+        standin::etcd::recipe::leader(&client, &format!("{PROCESS_ROOT}/election/tso"))
+            .await?
+            .expect("a leader key");
+    assert_eq!(leader_key.create_revision(), old_epoch);
+
+    info!("--- kill -9 the active process");
+    let killed_at = Instant::now();
+    nodes[killed].process.kill()?;
+    let (next, new_epoch) = eventually("a peer to serve", ttl + Duration::from_secs(3), || async {
+        let (index, epoch) = *serving_processes(&nodes).await.first()?;
+        (index != killed && epoch > old_epoch).then_some((index, epoch))
+    })
+    .await;
+    let took = killed_at.elapsed();
+    info!(?took, next, "--- a peer serves");
+    assert!(
+        took < ttl + Duration::from_secs(1),
+        "takeover after kill -9 took {took:?}, TTL is {ttl:?}"
+    );
+    let batch = nodes[next].allocate(10, Some(new_epoch)).await?;
+    stamps.record(batch.first, batch.count, batch.epoch);
+    let old = Epoch {
+        role: "tso".into(),
+        leader_key: String::from_utf8_lossy(leader_key.key()).into_owned(),
+        revision: old_epoch,
+    };
+    let store = standin::testing::store_for_epoch(client, old, format!("{PROCESS_ROOT}/meta/tso/"));
+    let refused = store.put("upper_bound", "1").await;
+    assert!(
+        matches!(refused, Err(FenceError::Fenced { .. })),
+        "{refused:?}"
+    );
+    monitor.assert_safe();
+    Ok(())
+}
