@@ -15,7 +15,7 @@ use etcd_client::{
 /// This candidate's key in the election and its create revision, which is the
 /// fencing token once the key leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidacy {
+pub(crate) struct Candidacy {
     /// The full key, `{election}/{lease:x}`.
     pub key: String,
     /// The key's create revision.
@@ -53,7 +53,7 @@ pub fn candidate_key(election: &str, lease: i64) -> String {
 
 /// Puts this candidate's key if it is absent (a retry after a lost reply finds
 /// its own key), or proclaims the new value on it when it exists.
-pub async fn join(
+pub(crate) async fn join(
     client: &Client,
     election: &str,
     lease: i64,
@@ -97,7 +97,7 @@ pub async fn join(
 
 /// Waits until every candidate created before `me` is gone, then checks that
 /// `me` still exists: from then on `me` leads.
-pub async fn wait_until_leader(
+pub(crate) async fn wait_until_leader(
     client: &Client,
     election: &str,
     me: &Candidacy,
@@ -139,7 +139,7 @@ async fn still_ours(client: &Client, key: &str, revision: i64) -> Result<bool, C
 /// Returns once our leader key (created at `revision`) is gone: deleted, or
 /// replaced by a key of another term. A broken watch is re-opened, so a
 /// leader never stops noticing that it was deposed.
-pub async fn watch_own_key(client: &Client, key: &str, revision: i64, retry: Duration) {
+pub(crate) async fn watch_own_key(client: &Client, key: &str, revision: i64, retry: Duration) {
     loop {
         match until_own_key_gone(client, key, revision).await {
             Ok(()) => return,
@@ -176,7 +176,11 @@ async fn until_own_key_gone(
 }
 
 /// Returns once `key` is deleted at or after revision `from`.
-pub async fn wait_for_delete(client: &Client, key: &str, from: i64) -> Result<(), CampaignError> {
+pub(crate) async fn wait_for_delete(
+    client: &Client,
+    key: &str,
+    from: i64,
+) -> Result<(), CampaignError> {
     let options = WatchOptions::new().with_start_revision(from);
     let mut stream = client.watch_client().watch(key, Some(options)).await?;
     until_deleted(&mut stream, key).await
@@ -214,7 +218,7 @@ async fn next_response(
 }
 
 /// Rewrites the leader value, only while `me` still holds its key.
-pub async fn proclaim(
+pub(crate) async fn proclaim(
     client: &Client,
     me: &Candidacy,
     value: Vec<u8>,
@@ -237,19 +241,6 @@ pub async fn proclaim(
             key: me.key.clone(),
         })
     }
-}
-
-/// Deletes `me`'s key if it is still ours, so the next candidate leads at once.
-pub async fn resign(client: &Client, me: &Candidacy) -> Result<(), CampaignError> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(
-            me.key.as_str(),
-            CompareOp::Equal,
-            me.revision,
-        )])
-        .and_then([TxnOp::delete(me.key.as_str(), None)]);
-    client.kv_client().txn(txn).await?;
-    Ok(())
 }
 
 /// The current leader's key-value: the candidate with the lowest create revision.
@@ -288,13 +279,13 @@ impl Leader {
 }
 
 /// What an observer reports: the leader, or none when nobody leads.
-pub type ObservedLeader = Option<Leader>;
+pub(crate) type ObservedLeader = Option<Leader>;
 
 /// Follows the election's leader until `report` returns false: reads it,
 /// then re-reads it on every change under the election prefix. Failures are
 /// logged and retried after `retry_after`; a corrupt leader value is reported
 /// and treated as "leader unknown".
-pub async fn observe(
+pub(crate) async fn observe(
     client: Client,
     election: String,
     retry_after: Duration,

@@ -141,7 +141,10 @@ pub enum SessionError {
 
 /// Allocates the next server ID by compare-and-swap on `{root}/session/id`,
 /// as Milvus does, so IDs are unique across every node sharing the root.
-pub async fn allocate_server_id(client: &Client, layout: &Layout) -> Result<i64, SessionError> {
+pub(crate) async fn allocate_server_id(
+    client: &Client,
+    layout: &Layout,
+) -> Result<i64, SessionError> {
     let key = layout.server_id();
     let mut kv = client.kv_client();
     loop {
