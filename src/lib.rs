@@ -112,13 +112,17 @@ pub mod testing;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
 pub use coordinator::{BoxError, CallError, Coordinator, RoleMsg, ServeError, Snapshot};
-pub use etcd::session::{SessionInfo, VERSION};
+pub use etcd::EtcdError;
+pub use etcd::recipe::CampaignError;
+pub use etcd::session::{SessionError, SessionInfo, VERSION};
 pub use fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
 pub use node::{Node, NodeError};
 pub use role::{RoleControl, RoleHandle};
 #[cfg(feature = "fault-injection")]
 pub use runtime::faults::Fault;
 pub use status::{Leader, ResignError, RoleState, RoleStatus, StepDownReason};
+#[cfg(feature = "testing")]
+pub use testing::TestingError;
 
 /// The README's embedding example, compiled as a doctest so it cannot rot.
 #[cfg(doctest)]
