@@ -47,7 +47,9 @@
 //! let mut node = Node::new(config);
 //! let ids = node.add_role("idalloc", Ids)?;
 //! node.start().await?;
-//! let id = ids.try_call((), Duration::from_secs(1)).await?; // NotActive names the leader
+//! // Until someone leads, a request gets NotActive without a leader's address.
+//! ids.wait_for_leader(Duration::from_secs(5)).await?;
+//! let id = ids.try_call((), Duration::from_secs(1)).await?;
 //! println!("allocated {id}");
 //! node.shutdown().await; // hands the role over before returning
 //! # Ok(()) }

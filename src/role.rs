@@ -58,6 +58,30 @@ impl<C: Coordinator> RoleHandle<C> {
         self.status().state == RoleState::Serving
     }
 
+    /// Waits up to `timeout` until the role is led: this node activating or
+    /// serving (a request now is answered here), or another node leading (a
+    /// request now is turned away naming it). Right after [`Node::start`](crate::Node::start)
+    /// nobody may lead yet, and a request gets `NotActive` without a leader.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<RoleStatus, ServeError> {
+        let mut changes = self.shared.status.subscribe();
+        let led = changes.wait_for(|status| match status.state {
+            RoleState::Activating | RoleState::Serving => true,
+            RoleState::Standby => status
+                .leader
+                .as_ref()
+                .is_some_and(|leader| leader.session.server_id != status.server_id),
+            RoleState::Stopping | RoleState::Stopped => false,
+        });
+        match tokio::time::timeout(timeout, led).await {
+            Ok(Ok(status)) => Ok(status.clone()),
+            Ok(Err(_)) => Err(self.shared.gone()),
+            Err(_) => Err(ServeError::TimedOut {
+                role: self.shared.role.clone(),
+                timeout,
+            }),
+        }
+    }
+
     /// Sends `request` to the role's coordinator and waits up to `timeout`
     /// for the answer. A standby answers at once with [`ServeError::NotActive`].
     ///

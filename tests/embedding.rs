@@ -231,3 +231,35 @@ async fn a_node_dropped_without_shutdown_stops_serving_and_gives_up_its_lease() 
     second.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_wait_for_leader_a_call_is_served_here_or_sent_to_the_leader() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let (first, first_ids) = ids_node(&etcd, 0, 10).await?;
+
+    info!("--- right after start, wait for a leader, then call: served at once");
+    let status = first_ids.wait_for_leader(WAIT).await?;
+    assert!(
+        matches!(status.state, RoleState::Activating | RoleState::Serving),
+        "{status:?}"
+    );
+    assert_eq!(first_ids.try_call((), WAIT).await?, 1);
+
+    info!("--- a second node waits for the leader, and names it when called");
+    let (second, second_ids) = ids_node(&etcd, 1, 10).await?;
+    let status = second_ids.wait_for_leader(WAIT).await?;
+    assert_eq!(status.state, RoleState::Standby);
+    let answer = second_ids.try_call((), WAIT).await;
+    assert!(
+        matches!(
+            &answer,
+            Err(CallError::NotServed(ServeError::NotActive { leader: Some(leader), .. }))
+                if *leader == first.address()
+        ),
+        "{answer:?}"
+    );
+    second.shutdown().await;
+    first.shutdown().await;
+    Ok(())
+}
