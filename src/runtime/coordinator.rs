@@ -74,8 +74,8 @@ pub(crate) enum CoordinatorMsg<C: Coordinator> {
     },
     /// The leader this node sees changed; standby answers carry its address.
     LeaderChanged(Option<String>),
-    #[cfg(feature = "fault-injection")]
     /// Panic in the actor, as a bug would (fault injection for tests: `RoleHandle::crash_*`, `standin run --fault-injection`).
+    #[cfg(feature = "fault-injection")]
     InjectPanic,
 }
 

@@ -132,8 +132,8 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
     RestartCoordinator,
     /// The leader seen in etcd changed.
     LeaderObserved(Option<Leader>),
-    #[cfg(feature = "fault-injection")]
     /// Panic in the actor, as a bug would (fault injection for tests: `RoleHandle::crash_*`, `standin run --fault-injection`).
+    #[cfg(feature = "fault-injection")]
     InjectPanic,
 }
 
