@@ -164,14 +164,15 @@ async fn main() -> anyhow::Result<()> {
         args.crash_every
     );
 
+    let mut printers = Vec::new();
     for (r, handles) in cluster.roles.iter().enumerate() {
         for (n, handle) in handles.iter().enumerate() {
-            tokio::spawn(print_transitions(
+            printers.push(tokio::spawn(print_transitions(
                 cluster.clone(),
                 ROLES[r],
                 n,
                 handle.subscribe(),
-            ));
+            )));
         }
     }
     let allocated = Arc::new(AtomicU64::new(0));
@@ -217,6 +218,10 @@ async fn main() -> anyhow::Result<()> {
     );
     for node in nodes {
         node.shutdown().await;
+    }
+    // Every transition is printed before the summary, the last line.
+    for printer in printers {
+        let _ = printer.await;
     }
     takeovers_ms.sort_by(f64::total_cmp);
     println!(
@@ -306,6 +311,10 @@ async fn print_transitions(
                 cluster.since_start()
             );
             last = state;
+        }
+        // Final: the node has shut down, and nothing follows.
+        if state == RoleState::Stopped {
+            return;
         }
     }
 }
