@@ -59,18 +59,7 @@ pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
     // only run once the recorder is ours; dropped otherwise, which frees the port.
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            // `build` binds the listener and spawns the upkeep task, both of
-            // which need the runtime entered.
-            let (recorder, exporter) = {
-                let _entered = handle.enter();
-                builder.build()
-            }
-            .map_err(|source| TelemetryError::ListenFailed {
-                address: listen,
-                source,
-            })?;
-            metrics::set_global_recorder(recorder)
-                .map_err(|_| TelemetryError::RecorderAlreadyInstalled { address: listen })?;
+            let exporter = build_and_install(builder, &handle, listen)?;
             handle.spawn(serve(listen, exporter));
         }
         Err(_) => {
@@ -81,16 +70,7 @@ pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
                     address: listen,
                     source,
                 })?;
-            let (recorder, exporter) = {
-                let _entered = runtime.enter();
-                builder.build()
-            }
-            .map_err(|source| TelemetryError::ListenFailed {
-                address: listen,
-                source,
-            })?;
-            metrics::set_global_recorder(recorder)
-                .map_err(|_| TelemetryError::RecorderAlreadyInstalled { address: listen })?;
+            let exporter = build_and_install(builder, runtime.handle(), listen)?;
             // The runtime also drives the upkeep task `build` spawned, which
             // bounds the memory of the histograms; it lives as long as the process.
             std::thread::Builder::new()
@@ -105,6 +85,27 @@ pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
     describe();
     tracing::info!(%listen, "serving Prometheus metrics on /metrics");
     Ok(())
+}
+
+/// Builds the exporter on `runtime` (`build` binds the listener and spawns
+/// the upkeep task, both of which need a runtime entered) and makes its
+/// recorder the process's; returns the exporter, not yet serving.
+fn build_and_install(
+    builder: PrometheusBuilder,
+    runtime: &tokio::runtime::Handle,
+    listen: SocketAddr,
+) -> Result<ExporterFuture, TelemetryError> {
+    let (recorder, exporter) = {
+        let _entered = runtime.enter();
+        builder.build()
+    }
+    .map_err(|source| TelemetryError::ListenFailed {
+        address: listen,
+        source,
+    })?;
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| TelemetryError::RecorderAlreadyInstalled { address: listen })?;
+    Ok(exporter)
 }
 
 /// Runs the exporter, logging why it stopped: nothing else would report it.
