@@ -288,3 +288,48 @@ async fn a_clock_far_behind_the_saved_bound_still_starts_above_it_and_extends_it
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_that_lands_late_is_never_overwritten_by_a_smaller_bound() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(1_700_000_000_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let config = TsoConfig {
+        window: Duration::from_secs(3),
+        ..TsoConfig::default()
+    };
+    let mut node = TsoNode::start(&etcd, 0, Tso::with_clock(config, clock)).await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&node.handle), CALL).await?;
+    let first = allocate(&node.handle, 1).await.expect("the oracle serves");
+    let saved = saved_upper_bound(&etcd).await?;
+
+    info!("--- a save of this term whose client gave up lands late, with a larger bound");
+    let late = saved + 60_000;
+    let store = node
+        .handle
+        .fenced_store()
+        .expect("a serving role has a store");
+    store.put("upper_bound", late.to_string()).await?;
+
+    info!("--- the clock reaches the bound: the next save wants a smaller bound than the late one");
+    now.store(saved, Ordering::SeqCst);
+    let batch = allocate(&node.handle, 1)
+        .await
+        .expect("the oracle serves across the save");
+    let after = saved_upper_bound(&etcd).await?;
+    assert!(
+        after >= late,
+        "the saved bound went backwards: {after} after the late save of {late}"
+    );
+    assert!(batch.first > first.first);
+    assert!(
+        split(batch.first).0 < after,
+        "handed out at or past the saved bound"
+    );
+    node.shutdown().await;
+    Ok(())
+}

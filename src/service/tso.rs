@@ -7,7 +7,7 @@ use crate::config::TsoConfig;
 use crate::config::tso::MAX_COUNT;
 use crate::coordinator::Snapshot;
 use crate::coordinator::{BoxError, Coordinator};
-use crate::fence::{Epoch, FenceError, FencedStore};
+use crate::fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
 
 /// Bits of a timestamp that hold the logical counter.
 pub const LOGICAL_BITS: u32 = 18;
@@ -47,7 +47,27 @@ pub enum TsoError {
         /// The value found, lossily decoded for display.
         value: String,
     },
+    /// The saved bound is a number of milliseconds a timestamp cannot hold:
+    /// `physical << 18` would wrap.
+    #[error(
+        "metadata key {key:?} holds {value} ms, beyond the largest physical part of a timestamp \
+         ({MAX_PHYSICAL} ms, 46 bits)"
+    )]
+    OutOfRange {
+        /// The relative metadata key.
+        key: &'static str,
+        /// The value found.
+        value: u64,
+    },
+    /// The saved bound kept changing under this term's compare-and-swap:
+    /// only late saves of this very term can write it, so this should not
+    /// last; nothing was handed out.
+    #[error("the saved timestamp upper bound kept changing during a save; nothing was handed out")]
+    BoundContended,
 }
+
+/// The largest physical part, in milliseconds: what fits in the 46 bits above the logical ones.
+pub const MAX_PHYSICAL: u64 = (1 << (64 - LOGICAL_BITS)) - 1;
 
 /// A hybrid timestamp from its parts: `(physical_ms << 18) | logical`.
 pub fn compose(physical_ms: u64, logical: u64) -> u64 {
@@ -195,8 +215,8 @@ impl Tso {
             // handed out, so a successor starting above it stays ahead.
             let window = window_ms(&self.config);
             let bound = now.max(start.physical).saturating_add(window);
-            save_upper_bound(&serving.store, bound).await?;
-            serving.upper_bound = bound;
+            serving.upper_bound =
+                save_upper_bound(&serving.store, serving.upper_bound, bound).await?;
         }
         serving.physical = start.physical;
         serving.logical = start.logical + u64::from(count);
@@ -208,8 +228,68 @@ impl Tso {
     }
 }
 
-async fn save_upper_bound(store: &FencedStore, bound: u64) -> Result<(), FenceError> {
-    store.put(UPPER_BOUND_KEY, bound.to_string()).await
+/// How many compare-and-swap rounds a save tries before it gives up.
+const SAVE_ROUNDS: usize = 3;
+
+/// Saves `bound` by compare-and-swap over `confirmed`, the bound this term
+/// last knew saved (0: none). A save whose client gave up (a timeout) may
+/// still land later; guarded by the value it expected, it can then never
+/// overwrite a later, larger bound. When the guard fails, the value etcd
+/// holds (written by a late save of this term: the fence keeps every other
+/// writer out) is read back: kept if it already covers `bound`, swapped
+/// otherwise. Returns the bound saved.
+async fn save_upper_bound(
+    store: &FencedStore,
+    confirmed: u64,
+    bound: u64,
+) -> Result<u64, TsoError> {
+    let mut expected = confirmed;
+    for _ in 0..SAVE_ROUNDS {
+        let guard = if expected == 0 {
+            Guard::Absent {
+                key: UPPER_BOUND_KEY.to_owned(),
+            }
+        } else {
+            Guard::ValueIs {
+                key: UPPER_BOUND_KEY.to_owned(),
+                value: expected.to_string().into_bytes(),
+            }
+        };
+        let put = WriteOp::Put {
+            key: UPPER_BOUND_KEY.to_owned(),
+            value: bound.to_string().into_bytes(),
+        };
+        if store.txn(vec![guard], vec![put]).await? {
+            return Ok(bound);
+        }
+        let current = match store.get(UPPER_BOUND_KEY).await? {
+            Some(raw) => parse_bound(&raw)?,
+            None => 0,
+        };
+        if current >= bound {
+            return Ok(current);
+        }
+        expected = current;
+    }
+    Err(TsoError::BoundContended)
+}
+
+/// A saved bound: decimal milliseconds that fit a timestamp's physical part.
+fn parse_bound(raw: &[u8]) -> Result<u64, TsoError> {
+    let parsed = std::str::from_utf8(raw)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok());
+    match parsed {
+        None => Err(TsoError::Corrupt {
+            key: UPPER_BOUND_KEY,
+            value: String::from_utf8_lossy(raw).into_owned(),
+        }),
+        Some(value) if value > MAX_PHYSICAL => Err(TsoError::OutOfRange {
+            key: UPPER_BOUND_KEY,
+            value,
+        }),
+        Some(value) => Ok(value),
+    }
 }
 
 impl Coordinator for Tso {
@@ -223,16 +303,7 @@ impl Coordinator for Tso {
         let Some(raw) = snapshot.entries.get(UPPER_BOUND_KEY) else {
             return Ok(0);
         };
-        let parsed = std::str::from_utf8(raw)
-            .ok()
-            .and_then(|text| text.parse::<u64>().ok());
-        parsed.ok_or_else(|| {
-            TsoError::Corrupt {
-                key: UPPER_BOUND_KEY,
-                value: String::from_utf8_lossy(raw).into_owned(),
-            }
-            .into()
-        })
+        Ok(parse_bound(raw)?)
     }
 
     async fn activate(
@@ -243,10 +314,8 @@ impl Coordinator for Tso {
     ) -> Result<TsoServing, BoxError> {
         // Above the saved bound: a predecessor handed out only physicals below it.
         let base = (self.clock)().max(saved.saturating_add(1));
-        let upper_bound = base.saturating_add(window_ms(&self.config));
-        save_upper_bound(&store, upper_bound)
-            .await
-            .map_err(TsoError::from)?;
+        let upper_bound =
+            save_upper_bound(&store, saved, base.saturating_add(window_ms(&self.config))).await?;
         tracing::info!(
             role = epoch.role,
             revision = epoch.revision,
@@ -392,6 +461,24 @@ mod tests {
             tso.decode(snapshot(Some(b"1700000000123"))).unwrap(),
             1_700_000_000_123
         );
+    }
+
+    #[test]
+    fn a_bound_beyond_46_bits_of_milliseconds_is_a_decode_error_naming_the_key() {
+        let tso = Tso::new(TsoConfig::default());
+        let largest = MAX_PHYSICAL.to_string();
+        assert_eq!(
+            tso.decode(snapshot(Some(largest.as_bytes()))).unwrap(),
+            MAX_PHYSICAL
+        );
+        assert_eq!(compose(MAX_PHYSICAL, 0) >> LOGICAL_BITS, MAX_PHYSICAL);
+        for beyond in [MAX_PHYSICAL + 1, u64::MAX] {
+            let text = beyond.to_string();
+            let error = tso.decode(snapshot(Some(text.as_bytes()))).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains("upper_bound"), "{message}");
+            assert!(message.contains(&text), "{message}");
+        }
     }
 
     #[test]
