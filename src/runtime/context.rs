@@ -97,11 +97,7 @@ impl<C: Coordinator> RoleShared<C> {
     /// Hands `request` to the running coordinator, or answers at once why
     /// nothing serves here. The one way in for every caller.
     pub(crate) fn forward(&self, request: C::Request, reply: ServeReply<C>) {
-        if self.is_stopped() {
-            let _ = reply.send(Err(self.gone()));
-            return;
-        }
-        let Some(coordinator) = self.coordinator.get() else {
+        let Some(coordinator) = self.coordinator.get().filter(|_| !self.is_stopped()) else {
             let _ = reply.send(Err(self.gone()));
             return;
         };

@@ -60,26 +60,27 @@ pub async fn the_single_serving<C: Coordinator>(
     roles: &[RoleHandle<C>],
     deadline: Duration,
 ) -> Result<usize, TestingError> {
-    let started = Instant::now();
-    let mut poll = tokio::time::interval(POLL_EVERY);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        poll.tick().await;
-        let states: Vec<RoleState> = roles.iter().map(|role| role.status().state).collect();
+    let states = || -> Vec<RoleState> { roles.iter().map(|role| role.status().state).collect() };
+    let role = roles.first().map_or("the role", |role| role.role());
+    let what = format!("exactly one node serving {role}");
+    let found = wait_until(&what, deadline, || async {
+        let states = states();
         let mut serving = states
             .iter()
             .enumerate()
             .filter(|(_, state)| **state == RoleState::Serving);
-        if let (Some((index, _)), None) = (serving.next(), serving.next()) {
-            return Ok(index);
+        match (serving.next(), serving.next()) {
+            (Some((index, _)), None) => Some(index),
+            _ => None,
         }
-        if started.elapsed() >= deadline {
-            let role = roles.first().map_or("the role", |role| role.role());
-            return Err(TestingError::TimedOut {
-                what: format!("exactly one node serving {role}"),
-                deadline,
-                last: Some(format!("{states:?}")),
-            });
-        }
-    }
+    })
+    .await;
+    found.map_err(|error| match error {
+        TestingError::TimedOut { what, deadline, .. } => TestingError::TimedOut {
+            what,
+            deadline,
+            last: Some(format!("{:?}", states())),
+        },
+        other => other,
+    })
 }
