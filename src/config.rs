@@ -326,10 +326,19 @@ pub struct SessionConfig {
     /// keep the active role before a standby takes over.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// Time between lease keepalives; `None` means `ttl / 3`, so two can fail
-    /// before the renew deadline. Read it through [`SessionConfig::keepalive_interval`].
+    /// Time between lease keepalives, sent on this beat whether or not the
+    /// previous ones have been answered; `None` means `ttl / 12`. Read it
+    /// through [`SessionConfig::keepalive_interval`].
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Option<Duration>,
+    /// How long the oldest unanswered keepalive may wait for its answer
+    /// before the stream counts as broken and is opened again; also the
+    /// slowest etcd round trip that still renews. `None` means `ttl / 4`.
+    /// Interval plus timeout must fit twice within the renew deadline, so one
+    /// keepalive can be lost and the next still renew in time. Read it
+    /// through [`SessionConfig::keepalive_timeout`].
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Option<Duration>,
     /// How long after the last successful keepalive was *sent* the coordinator
     /// steps down if no renewal succeeded since; `None` means `2 * ttl / 3`.
     /// Counted from the send, not the reply, because etcd restarted the TTL no
@@ -349,6 +358,7 @@ impl Default for SessionConfig {
         Self {
             ttl: Duration::from_secs(10),
             keepalive_interval: None,
+            keepalive_timeout: None,
             renew_deadline: None,
             standby_log_interval: Duration::from_secs(10),
         }
@@ -356,9 +366,14 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
-    /// The keepalive interval: the configured one, or `ttl / 3`.
+    /// The keepalive interval: the configured one, or `ttl / 12`.
     pub fn keepalive_interval(&self) -> Duration {
-        self.keepalive_interval.unwrap_or(self.ttl / 3)
+        self.keepalive_interval.unwrap_or(self.ttl / 12)
+    }
+
+    /// The bound on one keepalive's answer: the configured one, or `ttl / 4`.
+    pub fn keepalive_timeout(&self) -> Duration {
+        self.keepalive_timeout.unwrap_or(self.ttl / 4)
     }
 
     /// The renew deadline: the configured one, or `2 * ttl / 3`.
@@ -386,6 +401,10 @@ pub struct CoordinatorConfig {
     /// demoted coordinator from returning to standby.
     #[serde(with = "humantime_serde")]
     pub deactivate_timeout: Duration,
+    /// Bound on the user's activation hook: past it the node resigns, so a
+    /// hung activation cannot hold the leader key (and the role) forever.
+    #[serde(with = "humantime_serde")]
+    pub activate_timeout: Duration,
     /// Delay before restarting a crashed coordinator or election actor: quick
     /// after one crash, capped so a crash loop does not spin.
     #[serde(deserialize_with = "coordinator_restart_backoff")]
@@ -397,6 +416,7 @@ impl Default for CoordinatorConfig {
         Self {
             activation_buffer: 1000,
             deactivate_timeout: Duration::from_secs(2),
+            activate_timeout: Duration::from_secs(30),
             restart_backoff: BackoffConfig::default(),
         }
     }
@@ -725,7 +745,11 @@ mod tests {
         assert_eq!(config.session.ttl_secs(), 10);
         assert_eq!(
             config.session.keepalive_interval(),
-            Duration::from_nanos(3_333_333_333)
+            Duration::from_nanos(833_333_333)
+        );
+        assert_eq!(
+            config.session.keepalive_timeout(),
+            Duration::from_millis(2500)
         );
         assert_eq!(
             config.session.renew_deadline(),

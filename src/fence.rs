@@ -92,7 +92,7 @@ struct StoreInner {
     client: Client,
     epoch: Epoch,
     prefix: String,
-    deposed: Arc<AtomicBool>,
+    deposed: DeposeSwitch,
 }
 
 impl std::fmt::Debug for FencedStore {
@@ -105,7 +105,8 @@ impl std::fmt::Debug for FencedStore {
     }
 }
 
-/// The switch that ends a store's epoch locally; held by the election actor.
+/// The switch that ends a store's epoch locally: the serving term's closed
+/// flag, shared by every store made for that term.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DeposeSwitch(Arc<AtomicBool>);
 
@@ -114,22 +115,25 @@ impl DeposeSwitch {
     pub(crate) fn depose(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
+
+    /// Whether the epoch has been ended.
+    pub(crate) fn is_deposed(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 impl FencedStore {
     /// A store for `epoch` writing under `prefix` (the role's metadata
-    /// prefix), and the switch that deposes it.
-    pub(crate) fn new(client: Client, epoch: Epoch, prefix: String) -> (Self, DeposeSwitch) {
-        let switch = DeposeSwitch::default();
-        let store = Self {
+    /// prefix), refusing every write once `switch` is thrown.
+    pub(crate) fn new(client: Client, epoch: Epoch, prefix: String, switch: &DeposeSwitch) -> Self {
+        Self {
             inner: Arc::new(StoreInner {
                 client,
                 epoch,
                 prefix,
-                deposed: switch.0.clone(),
+                deposed: switch.clone(),
             }),
-        };
-        (store, switch)
+        }
     }
 
     /// The epoch this store writes for.
@@ -139,7 +143,7 @@ impl FencedStore {
 
     /// Whether this node already knows the epoch is over.
     pub fn is_deposed(&self) -> bool {
-        self.inner.deposed.load(Ordering::SeqCst)
+        self.inner.deposed.is_deposed()
     }
 
     /// Sets `key` to `value`, fenced.

@@ -17,7 +17,7 @@ pub(crate) mod coordinator;
 pub(crate) mod election;
 pub(crate) mod endpoint;
 pub(crate) mod faults;
-pub(crate) mod lease_guard;
 pub(crate) mod reload;
 pub(crate) mod slot;
 pub(crate) mod supervisor;
+pub(crate) mod term;

@@ -42,6 +42,8 @@ pub enum StepDownReason {
     Shutdown,
     /// An operator asked this node to hand the role over.
     Resigned,
+    /// The user's activation did not finish within `coordinator.activateTimeout`.
+    ActivationTimedOut,
 }
 
 impl StepDownReason {
@@ -55,6 +57,7 @@ impl StepDownReason {
             StepDownReason::LeaderKeyDeleted => "leader_key_deleted",
             StepDownReason::Shutdown => "shutdown",
             StepDownReason::Resigned => "resigned",
+            StepDownReason::ActivationTimedOut => "activation_timed_out",
         }
     }
 }

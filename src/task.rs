@@ -1,21 +1,58 @@
 //! Background tasks tied to their owner's lifetime: dropping the handle aborts the task.
 
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
 use tokio::task::JoinHandle;
 
 /// A spawned task that is aborted when this handle is dropped, so an actor's
 /// helpers (keepalive, campaign, watches) never outlive the actor's state.
 #[derive(Debug)]
-pub(crate) struct OwnedTask(JoinHandle<()>);
+pub(crate) struct OwnedTask(Option<JoinHandle<()>>);
 
 impl OwnedTask {
     /// Spawns `future` on the current runtime, owned by the returned handle.
     pub(crate) fn spawn(future: impl Future<Output = ()> + Send + 'static) -> Self {
-        Self(tokio::spawn(future))
+        Self(Some(tokio::spawn(future)))
+    }
+}
+
+impl OwnedTask {
+    /// Spawns `future`, owned like [`spawn`](Self::spawn); a panic in it is
+    /// handed to `on_panic` with its message, so it reaches the task's owner
+    /// instead of vanishing with the task.
+    pub(crate) fn spawn_reported(
+        future: impl Future<Output = ()> + Send + 'static,
+        on_panic: impl FnOnce(String) + Send + 'static,
+    ) -> Self {
+        Self::spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(future).catch_unwind().await {
+                on_panic(panic_message(panic.as_ref()));
+            }
+        })
+    }
+
+    /// Lets the task run to its end although its owner goes away.
+    pub(crate) fn detach(mut self) {
+        self.0 = None;
+    }
+}
+
+/// The text of a caught panic, for logs and supervision reasons.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        format!("panicked: {text}")
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        format!("panicked: {text}")
+    } else {
+        "panicked".to_owned()
     }
 }
 
 impl Drop for OwnedTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }

@@ -87,6 +87,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// `coordinator.activateTimeout`: the bound on the activation hook, past
+    /// which the node resigns.
+    pub fn activate_timeout(mut self, timeout: Duration) -> Self {
+        self.config.coordinator.activate_timeout = timeout;
+        self
+    }
+
     /// `coordinator.deactivateTimeout`: the bound on the deactivation hook.
     pub fn deactivate_timeout(mut self, timeout: Duration) -> Self {
         self.config.coordinator.deactivate_timeout = timeout;

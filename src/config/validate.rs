@@ -200,7 +200,7 @@ impl Config {
         let interval = session.keepalive_interval();
         let interval_shown = match session.keepalive_interval {
             Some(_) => show(interval),
-            None => format!("{} (unset: session.ttl / 3)", show(interval)),
+            None => format!("{} (unset: session.ttl / 12)", show(interval)),
         };
         if interval.is_zero() {
             return Err(invalid(
@@ -216,6 +216,29 @@ impl Config {
                 format!(
                     "must be below session.renewDeadline ({deadline_shown}) so a keepalive can \
                      renew the lease before the coordinator has to step down"
+                ),
+            ));
+        }
+        let timeout = session.keepalive_timeout();
+        let timeout_shown = match session.keepalive_timeout {
+            Some(_) => show(timeout),
+            None => format!("{} (unset: session.ttl / 4)", show(timeout)),
+        };
+        if timeout.is_zero() {
+            return Err(invalid(
+                "session.keepaliveTimeout",
+                timeout_shown,
+                "must be above zero: no keepalive answer could ever arrive in time",
+            ));
+        }
+        if (interval + timeout).saturating_mul(2) > deadline {
+            return Err(invalid(
+                "session.keepaliveTimeout",
+                timeout_shown,
+                format!(
+                    "plus session.keepaliveInterval ({interval_shown}) must fit twice within \
+                     session.renewDeadline ({deadline_shown}): one keepalive may go unanswered \
+                     and the next must still renew the lease before the coordinator has to step down"
                 ),
             ));
         }
@@ -241,6 +264,11 @@ impl Config {
             "coordinator.deactivateTimeout",
             coordinator.deactivate_timeout,
             "the deactivation hook would get no time to run",
+        )?;
+        nonzero(
+            "coordinator.activateTimeout",
+            coordinator.activate_timeout,
+            "the activation hook would get no time to run",
         )?;
         validate_backoff(
             &coordinator.restart_backoff,
@@ -382,9 +410,37 @@ mod tests {
 
         // A derived interval that does not fit an explicit deadline is named too.
         config.session.keepalive_interval = None;
-        config.session.renew_deadline = Some(Duration::from_secs(3));
+        config.session.renew_deadline = Some(Duration::from_millis(500));
         let text = rejected(&config, "session.keepaliveInterval");
         assert!(text.contains("unset"), "{text}");
+    }
+
+    #[test]
+    fn keepalive_interval_and_timeout_must_fit_twice_within_the_renew_deadline() {
+        // The old default (a keepalive every ttl / 3, waiting up to a whole
+        // request timeout for each answer) leaves no room for one lost keepalive.
+        let mut config = Config::default();
+        config.session.keepalive_interval = Some(config.session.ttl / 3);
+        let text = rejected(&config, "session.keepaliveTimeout");
+        assert!(text.contains("session.keepaliveInterval (3s 333ms"), "{text}");
+        assert!(text.contains("session.renewDeadline (6s 666ms"), "{text}");
+        assert!(text.contains("unset"), "{text}");
+
+        let mut config = Config::default();
+        config.session.keepalive_interval = Some(Duration::from_secs(1));
+        config.session.keepalive_timeout = Some(Duration::from_millis(2300));
+        config.validate().unwrap();
+        config.session.keepalive_timeout = Some(Duration::from_millis(2400));
+        rejected(&config, "session.keepaliveTimeout");
+        config.session.keepalive_timeout = Some(Duration::ZERO);
+        rejected(&config, "session.keepaliveTimeout");
+
+        // The defaults fit, at every TTL.
+        for ttl in 2..=120 {
+            let mut config = Config::default();
+            config.session.ttl = Duration::from_secs(ttl);
+            config.validate().unwrap();
+        }
     }
 
     #[test]
@@ -438,6 +494,9 @@ mod tests {
         });
         zero_rejected("etcd.requestTimeout", |c| {
             c.etcd.request_timeout = Duration::ZERO
+        });
+        zero_rejected("coordinator.activateTimeout", |c| {
+            c.coordinator.activate_timeout = Duration::ZERO
         });
         zero_rejected("coordinator.deactivateTimeout", |c| {
             c.coordinator.deactivate_timeout = Duration::ZERO

@@ -12,8 +12,8 @@ use crate::coordinator::{Coordinator, RoleMsg, ServeError};
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION};
 use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::faults::Faults;
-use crate::runtime::lease_guard::LeaseGuard;
 use crate::runtime::slot::Slot;
+use crate::runtime::term::Term;
 use crate::status::RoleStatus;
 
 /// What every actor of a node shares: immutable once the node has started.
@@ -54,8 +54,10 @@ pub(crate) struct RoleShared<C: Coordinator> {
     pub endpoint: Slot<ActorRef<RoleMsg<C>>>,
     /// Fault switches for tests (off otherwise).
     pub faults: Arc<Faults>,
-    /// Until when this node's lease is trusted; checked on every request.
-    pub lease_guard: Arc<LeaseGuard>,
+    /// The term this node leads the role in, from the win until the
+    /// election decides to step down; what every answer path checks.
+    /// Shared with the role's [`ServingCheck`](crate::role::ServingCheck)s.
+    pub term: Arc<Slot<Term>>,
     /// The lease the election actor holds, written by it and read by its
     /// supervisor and the node: a failed election actor cannot release its
     /// own lease, so they revoke it. Shared memory, not a message, because
@@ -86,7 +88,7 @@ impl<C: Coordinator> RoleShared<C> {
             coordinator: Slot::default(),
             endpoint: Slot::default(),
             faults: Arc::default(),
-            lease_guard: Arc::default(),
+            term: Arc::default(),
             lease: Slot::default(),
             stopped: AtomicBool::new(false),
             #[cfg(feature = "testing")]
@@ -128,7 +130,9 @@ impl<C: Coordinator> RoleShared<C> {
     /// the status says so.
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        self.lease_guard.trust_until(None);
+        if let Some(term) = self.term.take() {
+            term.close();
+        }
         self.coordinator.set(None);
         self.status.send_modify(|status| {
             status.state = RoleState::Stopped;

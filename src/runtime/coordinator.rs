@@ -9,9 +9,9 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::coordinator::{Coordinator, ServeError};
-use crate::fence::{Epoch, FencedStore};
-use crate::runtime::lease_guard::LeaseGuard;
-use crate::task::OwnedTask;
+use crate::fence::FencedStore;
+use crate::runtime::term::Term;
+use crate::task::{OwnedTask, panic_message};
 
 /// The coordinator actor of one role: wraps the user's [`Coordinator`].
 pub(crate) struct CoordinatorActor<C: Coordinator> {
@@ -19,7 +19,6 @@ pub(crate) struct CoordinatorActor<C: Coordinator> {
     role: String,
     buffer_capacity: usize,
     deactivate_timeout: Duration,
-    lease: Arc<LeaseGuard>,
 }
 
 impl<C: Coordinator> CoordinatorActor<C> {
@@ -29,14 +28,12 @@ impl<C: Coordinator> CoordinatorActor<C> {
         role: String,
         buffer_capacity: usize,
         deactivate_timeout: Duration,
-        lease: Arc<LeaseGuard>,
     ) -> Self {
         Self {
             coordinator,
             role,
             buffer_capacity,
             deactivate_timeout,
-            lease,
         }
     }
 }
@@ -44,7 +41,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
 /// A request's reply port.
 pub(crate) type ServeReply<C> = RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
 
-/// Messages to a coordinator actor.
+/// Messages to a coordinator actor. The election actor sends `Elected`,
+/// `Activate` and `Deactivate` itself, so they arrive in the order it
+/// decided them; each names the term it is for.
 pub(crate) enum CoordinatorMsg<C: Coordinator> {
     /// A user request; answered with the response, or why it is not served here.
     Request {
@@ -53,17 +52,18 @@ pub(crate) enum CoordinatorMsg<C: Coordinator> {
         /// Where the answer goes.
         reply: ServeReply<C>,
     },
-    /// This node won the term at `revision`: hold requests until it serves.
+    /// This node won `term`: hold requests until it serves or the term closes.
     Elected {
-        /// The won term's revision.
-        revision: i64,
+        /// The won term.
+        term: Term,
     },
     /// The metadata is loaded: activate (boxed: it is much larger than a request).
+    /// Refused (the reply dropped) unless its term is the one elected and still open.
     Activate(Box<Activation<C>>),
-    /// The activation task for `revision` finished.
+    /// The activation task for `term` finished.
     ActivationDone {
-        /// The epoch revision it was for.
-        revision: i64,
+        /// The term it was for.
+        term: Term,
         /// The serving state, or why activation failed.
         result: Result<C::Serving, String>,
     },
@@ -82,12 +82,12 @@ pub(crate) enum CoordinatorMsg<C: Coordinator> {
 /// What an activation needs.
 pub(crate) struct Activation<C: Coordinator> {
     /// The won term.
-    pub epoch: Epoch,
+    pub term: Term,
     /// The reloaded metadata.
     pub meta: C::Meta,
-    /// The store fenced to `epoch`.
+    /// The store fenced to the term.
     pub store: FencedStore,
-    /// Answered when the coordinator serves.
+    /// Answered when the coordinator serves; dropped when the activation is refused.
     pub reply: RpcReplyPort<()>,
 }
 
@@ -101,13 +101,13 @@ enum Phase<C: Coordinator> {
     Standby,
     /// Won, reloading or activating: requests wait, up to the buffer size.
     Activating {
-        revision: i64,
+        term: Term,
         waiting: VecDeque<Waiting<C>>,
         /// Set once the metadata is in and the user's activation runs.
         running: Option<RunningActivation>,
     },
     Serving {
-        epoch: Epoch,
+        term: Term,
         serving: C::Serving,
     },
 }
@@ -115,7 +115,6 @@ enum Phase<C: Coordinator> {
 /// The user's activation, running in a task of its own so requests keep
 /// being buffered meanwhile.
 struct RunningActivation {
-    epoch: Epoch,
     ready: RpcReplyPort<()>,
     _task: OwnedTask,
 }
@@ -127,32 +126,30 @@ pub(crate) struct CoordinatorState<C: Coordinator> {
 }
 
 impl<C: Coordinator> CoordinatorActor<C> {
-    fn not_active(&self, state: &CoordinatorState<C>) -> ServeError {
+    fn not_active(&self, leader: Option<String>) -> ServeError {
         ServeError::NotActive {
             role: self.role.clone(),
-            leader: state.leader.clone(),
+            leader,
         }
     }
 
-    /// Handles one request, only while the lease is trusted: checked before
-    /// (a frozen process must not act on a lost lease) and again after (an
-    /// answer computed across a pause must not leave).
+    /// Handles one request, only while `term` is open: checked before (a
+    /// request that waited must not be answered for a term that ended
+    /// meanwhile) and again after (an answer computed while the term ended,
+    /// or across a freeze, must not leave).
     async fn serve(
         &self,
+        term: &Term,
         serving: &mut C::Serving,
         request: C::Request,
         leader: Option<String>,
     ) -> Result<C::Response, ServeError> {
-        let expired = || ServeError::NotActive {
-            role: self.role.clone(),
-            leader: leader.clone(),
-        };
-        if !self.lease.is_valid() {
-            return Err(expired());
+        if !term.is_open() {
+            return Err(self.not_active(leader));
         }
         let response = self.coordinator.handle(serving, request).await;
-        if !self.lease.is_valid() {
-            return Err(expired());
+        if !term.is_open() {
+            return Err(self.not_active(leader));
         }
         Ok(response)
     }
@@ -167,25 +164,30 @@ impl<C: Coordinator> CoordinatorActor<C> {
         metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone()).set(0.0);
     }
 
+    /// Runs the user's deactivation hook, bounded by `coordinator.deactivateTimeout`.
+    async fn deactivate(&self, term: &Term, serving: C::Serving) {
+        let hook = self.coordinator.deactivate(serving);
+        if tokio::time::timeout(self.deactivate_timeout, hook)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                role = self.role,
+                revision = term.revision(),
+                "deactivation hook did not finish within {:?}; abandoned",
+                self.deactivate_timeout
+            );
+        }
+    }
+
     /// Ends any term in progress: runs the deactivation hook of a serving
     /// term (bounded), and turns away requests waiting for an activation.
     async fn end_term(&self, state: &mut CoordinatorState<C>) {
         match std::mem::replace(&mut state.phase, Phase::Standby) {
             Phase::Standby => {}
             Phase::Activating { waiting, .. } => self.turn_away(waiting),
-            Phase::Serving { epoch, serving } => {
-                let hook = self.coordinator.deactivate(serving);
-                if tokio::time::timeout(self.deactivate_timeout, hook)
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        role = self.role,
-                        revision = epoch.revision,
-                        "deactivation hook did not finish within {:?}; abandoned",
-                        self.deactivate_timeout
-                    );
-                }
+            Phase::Serving { term, serving } => {
+                self.deactivate(&term, serving).await;
                 tracing::info!(
                     role = self.role,
                     "{} switch from active to standby",
@@ -193,6 +195,112 @@ impl<C: Coordinator> CoordinatorActor<C> {
                 );
             }
         }
+    }
+
+    /// Starts the user's activation for `activation.term`, if that is the
+    /// term this coordinator was told it won and the term is still open.
+    fn activate(
+        &self,
+        myself: ActorRef<CoordinatorMsg<C>>,
+        state: &mut CoordinatorState<C>,
+        activation: Activation<C>,
+    ) {
+        let Activation {
+            term,
+            meta,
+            store,
+            reply,
+        } = activation;
+        let Phase::Activating {
+            term: elected,
+            running: running @ None,
+            ..
+        } = &mut state.phase
+        else {
+            tracing::debug!(
+                role = self.role,
+                revision = term.revision(),
+                "refusing an activation for a term this coordinator was not elected for"
+            );
+            return;
+        };
+        if !elected.is(&term) || term.is_closed() {
+            tracing::debug!(
+                role = self.role,
+                revision = term.revision(),
+                "refusing an activation for a term that is over"
+            );
+            return;
+        }
+        tracing::info!(
+            role = self.role,
+            revision = term.revision(),
+            "{} switch from standby to active, activating",
+            self.role
+        );
+        let coordinator = self.coordinator.clone();
+        let task = OwnedTask::spawn(async move {
+            let activation = coordinator.activate(term.epoch().clone(), meta, store);
+            let result = match AssertUnwindSafe(activation).catch_unwind().await {
+                Ok(Ok(serving)) => Ok(serving),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(panic) => Err(panic_message(panic.as_ref())),
+            };
+            let _ = myself.send_message(CoordinatorMsg::ActivationDone { term, result });
+        });
+        *running = Some(RunningActivation {
+            ready: reply,
+            _task: task,
+        });
+    }
+
+    /// Serves the term whose activation finished, replaying the requests
+    /// that waited for it; or, if the term closed meanwhile, turns them away
+    /// and undoes the activation.
+    async fn activated(
+        &self,
+        state: &mut CoordinatorState<C>,
+        term: Term,
+        result: Result<C::Serving, String>,
+    ) -> Result<(), ActorProcessingErr> {
+        let current = matches!(&state.phase, Phase::Activating { term: t, running: Some(_), .. } if t.is(&term));
+        if !current {
+            return Ok(());
+        }
+        let Phase::Activating {
+            waiting,
+            running: Some(running),
+            ..
+        } = std::mem::replace(&mut state.phase, Phase::Standby)
+        else {
+            unreachable!("checked just above");
+        };
+        let mut serving = match result {
+            Ok(serving) => serving,
+            Err(reason) => {
+                self.turn_away(waiting);
+                // A failed activation is a crash: the election resigns and restarts us.
+                return Err(format!("{} activation failed: {reason}", self.role).into());
+            }
+        };
+        if term.is_closed() {
+            // The election stepped down while the activation ran; its
+            // Deactivate is on the way, but nothing may be served meanwhile.
+            self.turn_away(waiting);
+            self.deactivate(&term, serving).await;
+            return Ok(());
+        }
+        term.start_serving();
+        for waiter in waiting {
+            let answer = self
+                .serve(&term, &mut serving, waiter.request, state.leader.clone())
+                .await;
+            let _ = waiter.reply.send(answer);
+        }
+        metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone()).set(0.0);
+        state.phase = Phase::Serving { term, serving };
+        let _ = running.ready.send(());
+        Ok(())
     }
 }
 
@@ -220,10 +328,7 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             CoordinatorMsg::Request { request, reply } => match &mut state.phase {
-                Phase::Standby => {
-                    let _ = reply.send(Err(self.not_active(state)));
-                }
-                Phase::Activating { waiting, .. } => {
+                Phase::Activating { term, waiting, .. } if !term.is_closed() => {
                     if waiting.len() >= self.buffer_capacity {
                         let _ = reply.send(Err(ServeError::BufferFull {
                             role: self.role.clone(),
@@ -235,96 +340,30 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
                             .set(waiting.len() as f64);
                     }
                 }
-                Phase::Serving { serving, .. } => {
-                    let answer = self.serve(serving, request, state.leader.clone()).await;
+                Phase::Serving { term, serving } => {
+                    let answer = self
+                        .serve(term, serving, request, state.leader.clone())
+                        .await;
                     let _ = reply.send(answer);
                 }
+                // Standby, or a term that closed before it served.
+                _ => {
+                    let _ = reply.send(Err(self.not_active(state.leader.clone())));
+                }
             },
-            CoordinatorMsg::Elected { revision } => {
+            CoordinatorMsg::Elected { term } => {
                 self.end_term(state).await;
-                state.phase = Phase::Activating {
-                    revision,
-                    waiting: VecDeque::new(),
-                    running: None,
-                };
-            }
-            CoordinatorMsg::Activate(activation) => {
-                let Activation {
-                    epoch,
-                    meta,
-                    store,
-                    reply,
-                } = *activation;
-                let revision = epoch.revision;
-                let elected = matches!(&state.phase, Phase::Activating { revision: r, running: None, .. } if *r == revision);
-                if !elected {
-                    self.end_term(state).await;
+                if !term.is_closed() {
                     state.phase = Phase::Activating {
-                        revision,
+                        term,
                         waiting: VecDeque::new(),
                         running: None,
                     };
                 }
-                tracing::info!(
-                    role = self.role,
-                    revision,
-                    "{} switch from standby to active, activating",
-                    self.role
-                );
-                let coordinator = self.coordinator.clone();
-                let activation_epoch = epoch.clone();
-                let task = OwnedTask::spawn(async move {
-                    let activation = coordinator.activate(activation_epoch, meta, store);
-                    let result = match AssertUnwindSafe(activation).catch_unwind().await {
-                        Ok(Ok(serving)) => Ok(serving),
-                        Ok(Err(error)) => Err(error.to_string()),
-                        Err(panic) => Err(panic_message(panic.as_ref())),
-                    };
-                    let _ =
-                        myself.send_message(CoordinatorMsg::ActivationDone { revision, result });
-                });
-                if let Phase::Activating { running, .. } = &mut state.phase {
-                    *running = Some(RunningActivation {
-                        epoch,
-                        ready: reply,
-                        _task: task,
-                    });
-                }
             }
-            CoordinatorMsg::ActivationDone { revision, result } => {
-                let current = matches!(&state.phase, Phase::Activating { revision: r, running: Some(_), .. } if *r == revision);
-                if !current {
-                    return Ok(());
-                }
-                let Phase::Activating {
-                    waiting,
-                    running: Some(running),
-                    ..
-                } = std::mem::replace(&mut state.phase, Phase::Standby)
-                else {
-                    unreachable!("checked just above");
-                };
-                let mut serving = match result {
-                    Ok(serving) => serving,
-                    Err(reason) => {
-                        self.turn_away(waiting);
-                        // A failed activation is a crash: the election resigns and restarts us.
-                        return Err(format!("{} activation failed: {reason}", self.role).into());
-                    }
-                };
-                for waiter in waiting {
-                    let answer = self
-                        .serve(&mut serving, waiter.request, state.leader.clone())
-                        .await;
-                    let _ = waiter.reply.send(answer);
-                }
-                metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone())
-                    .set(0.0);
-                state.phase = Phase::Serving {
-                    epoch: running.epoch,
-                    serving,
-                };
-                let _ = running.ready.send(());
+            CoordinatorMsg::Activate(activation) => self.activate(myself, state, *activation),
+            CoordinatorMsg::ActivationDone { term, result } => {
+                self.activated(state, term, result).await?;
             }
             CoordinatorMsg::Deactivate { reply } => {
                 self.end_term(state).await;
@@ -337,16 +376,5 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
             }
         }
         Ok(())
-    }
-}
-
-/// The text of a caught panic, for logs and supervision reasons.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        format!("panicked: {text}")
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        format!("panicked: {text}")
-    } else {
-        "panicked".to_owned()
     }
 }

@@ -1,32 +1,40 @@
-//! The election actor: holds a role's etcd lease, campaigns, and supervises the role's coordinator and reload actors.
+//! The election actor: holds a role's etcd lease, campaigns, owns the serving term, and supervises the role's coordinator and reload actors.
 //!
 //! Decisions are made by [`machine::ElectionMachine`]; this actor turns etcd
-//! replies, timers and supervision events into its events and carries out its
-//! commands. Every etcd call runs in a task that reports back as a message, so
-//! the mailbox never waits on etcd and the renew deadline is always checked.
+//! replies, timers and supervision events into its events and runs one method
+//! per [`Command`]. Every etcd call runs in a task the actor owns, which
+//! reports back as a message tagged with what it belongs to (a lease, a
+//! campaign generation, a reload generation, a term's revision), so the
+//! mailbox never waits on etcd, the renew deadline is always checked, and a
+//! late reply from an earlier attempt is recognised. Messages to the
+//! coordinator that must arrive in order (`Elected`, `Activate`,
+//! `Deactivate`) are sent from this actor itself; only the waits for their
+//! replies run in tasks.
 
+mod lease;
 pub(crate) mod machine;
+mod publisher;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::watch;
 
 use crate::coordinator::Coordinator;
-use crate::etcd::best_effort;
 use crate::etcd::recipe::{self, Candidacy, Leader};
-use crate::etcd::session::{RoleState, SessionInfo};
-use crate::fence::{DeposeSwitch, Epoch, FencedStore};
+use crate::etcd::session::RoleState;
+use crate::fence::Epoch;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
 use crate::runtime::reload::{ReloadActor, ReloadJob};
+use crate::runtime::term::Term;
 use crate::status::{ResignError, RoleStatus, StepDownReason};
 use crate::task::OwnedTask;
 use crate::telemetry;
+use lease::{Beat, Renewal};
 use machine::{Command, ElectionMachine, Event, Phase, Timings};
+use publisher::Publisher;
 
 /// The election actor of one role on one node.
 pub(crate) struct Election<C: Coordinator> {
@@ -56,9 +64,9 @@ impl<C: Coordinator> Election<C> {
     }
 }
 
-/// Messages to an election actor. Replies from etcd tasks carry the lease or
-/// campaign generation they belong to, so a late reply from an earlier term
-/// is recognised and dropped.
+/// Messages to an election actor. Replies from etcd tasks carry the lease,
+/// generation or revision they belong to, so a late reply from an earlier
+/// attempt is recognised and dropped.
 pub(crate) enum ElectionMsg<C: Coordinator> {
     /// Hand the role over and stop; answered once stopped.
     Shutdown(RpcReplyPort<()>),
@@ -110,8 +118,10 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         /// The lease it was on.
         lease: i64,
     },
-    /// The reload for `revision` finished.
+    /// The reload of `generation`, for `revision`, finished.
     Reloaded {
+        /// The reload generation.
+        generation: u64,
         /// The epoch revision.
         revision: i64,
         /// The decoded metadata.
@@ -119,6 +129,11 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
     },
     /// The coordinator serves for `revision`.
     CoordinatorServing {
+        /// The epoch revision.
+        revision: i64,
+    },
+    /// The coordinator's activation for `revision` did not finish within `coordinator.activateTimeout`.
+    ActivationTimedOut {
         /// The epoch revision.
         revision: i64,
     },
@@ -132,9 +147,25 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
     RestartCoordinator,
     /// The leader seen in etcd changed.
     LeaderObserved(Option<Leader>),
+    /// A task this actor owns panicked: a bug, handled as the actor's own failure.
+    TaskFailed {
+        /// What the task did.
+        task: &'static str,
+        /// The panic's message.
+        reason: String,
+    },
     /// Panic in the actor, as a bug would (fault injection for tests: `RoleHandle::crash_*`, `standin run --fault-injection`).
     #[cfg(feature = "fault-injection")]
     InjectPanic,
+}
+
+/// Where a tagged etcd reply comes from, to tell a current reply from a late one.
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    /// A campaign task.
+    Campaign(u64),
+    /// A reload actor.
+    Reload(u64),
 }
 
 /// What an election actor's state changes between messages.
@@ -142,13 +173,17 @@ pub(crate) struct ElectionState<C: Coordinator> {
     machine: ElectionMachine,
     coordinator: Option<ActorRef<CoordinatorMsg<C>>>,
     reload: Option<ActorCell>,
+    reload_generation: u64,
     candidacy: Option<Candidacy>,
     campaign: Option<OwnedTask>,
     campaign_generation: u64,
     keepalive: Option<OwnedTask>,
     publisher: Option<Publisher>,
-    depose: Option<DeposeSwitch>,
-    epoch: Option<Epoch>,
+    /// The resign or revoke in flight.
+    release: Option<OwnedTask>,
+    /// The wait for the coordinator to serve, or to be back in standby.
+    coordinator_wait: Option<OwnedTask>,
+    term: Option<Term>,
     meta: Option<C::Meta>,
     won_at: Option<Instant>,
     leader: Option<Leader>,
@@ -164,71 +199,21 @@ impl<C: Coordinator> Drop for ElectionState<C> {
         for timer in &self.timers {
             timer.abort();
         }
-        // Whatever ends this actor, the store of its term must refuse writes.
-        if let Some(switch) = &self.depose {
-            switch.depose();
+        // Whatever ends this actor, its term ends with it.
+        if let Some(term) = &self.term {
+            term.close();
         }
     }
 }
 
-/// Writes the session (and the leader value while leading) in order, the
-/// newest wins, retrying until it lands or is superseded.
-struct Publisher {
-    latest: watch::Sender<Option<(SessionInfo, Option<Candidacy>)>>,
-    _task: OwnedTask,
-}
-
-impl Publisher {
-    fn start(client: Client, key: String, retry_after: Duration) -> Self {
-        let (latest, mut updates) = watch::channel(None::<(SessionInfo, Option<Candidacy>)>);
-        let task = OwnedTask::spawn(async move {
-            while updates.changed().await.is_ok() {
-                let Some((info, leading)) = updates.borrow_and_update().clone() else {
-                    continue;
-                };
-                loop {
-                    match publish(&client, &key, &info, leading.as_ref()).await {
-                        Ok(()) => break,
-                        // The term ended under us; the next state published says so.
-                        Err(recipe::CampaignError::CandidacyLost { .. }) => break,
-                        Err(error) => {
-                            tracing::warn!(key, state = %info.state, "publishing the session failed, retrying: {error}");
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_after) => {}
-                        changed = updates.changed() => {
-                            if changed.is_err() { return; }
-                            // A newer state supersedes this one: publish that instead.
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        Self {
-            latest,
-            _task: task,
+impl<C: Coordinator> ElectionState<C> {
+    /// Whether a reply tagged `tag` belongs to the attempt in progress.
+    fn is_current(&self, tag: Tag) -> bool {
+        match tag {
+            Tag::Campaign(generation) => generation == self.campaign_generation,
+            Tag::Reload(generation) => generation == self.reload_generation,
         }
     }
-}
-
-async fn publish(
-    client: &Client,
-    key: &str,
-    info: &SessionInfo,
-    leading: Option<&Candidacy>,
-) -> Result<(), recipe::CampaignError> {
-    let value = info.encode();
-    let options = PutOptions::new().with_lease(info.lease_id);
-    client
-        .kv_client()
-        .put(key, value.clone(), Some(options))
-        .await?;
-    if let Some(candidacy) = leading {
-        recipe::proclaim(client, candidacy, value).await?;
-    }
-    Ok(())
 }
 
 impl<C: Coordinator> Election<C> {
@@ -238,6 +223,19 @@ impl<C: Coordinator> Election<C> {
             backoff: self.context.config.etcd.retry.clone(),
             restart_backoff: self.context.config.coordinator.restart_backoff.clone(),
         }
+    }
+
+    /// Spawns `future` as a task of this actor: aborted when dropped, and a
+    /// panic in it fails the actor, as a panic in the actor itself would.
+    fn spawn(
+        myself: &ActorRef<ElectionMsg<C>>,
+        task: &'static str,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> OwnedTask {
+        let report = myself.clone();
+        OwnedTask::spawn_reported(future, move |reason| {
+            let _ = report.send_message(ElectionMsg::TaskFailed { task, reason });
+        })
     }
 
     async fn spawn_coordinator(
@@ -252,7 +250,6 @@ impl<C: Coordinator> Election<C> {
             self.role.clone(),
             config.activation_buffer,
             config.deactivate_timeout,
-            self.shared.lease_guard.clone(),
         );
         let (coordinator, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
         let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(leader));
@@ -277,21 +274,21 @@ impl<C: Coordinator> Election<C> {
 
     fn report_status(&self, state: &ElectionState<C>) {
         let phase = state.machine.phase();
-        let epoch = if phase.leads() {
-            state.epoch.clone()
-        } else {
-            None
-        };
+        let epoch = state
+            .term
+            .as_ref()
+            .filter(|_| phase.leads())
+            .map(|term| term.epoch().clone());
         let lease = state.machine.lease();
         self.shared.lease.set(lease);
         // A stopped node's last word is final: an actor still dying must
-        // neither trust the lease again nor report a state.
+        // not report a state.
         if self.shared.is_stopped() {
             return;
         }
-        self.shared
-            .lease_guard
-            .trust_until(state.machine.lease_trusted_until());
+        if let Some(term) = &state.term {
+            term.trust_until(state.machine.lease_trusted_until());
+        }
         let published = phase.published_state();
         self.shared.status.send_if_modified(|status| {
             let next = RoleStatus {
@@ -315,295 +312,32 @@ impl<C: Coordinator> Election<C> {
         state: &mut ElectionState<C>,
         command: Command,
     ) -> Result<(), ActorProcessingErr> {
-        let client = self.context.client.clone();
-        let request_timeout = self.context.config.etcd.request_timeout;
         match command {
-            Command::GrantLease { after } => {
-                let ttl = self.context.config.session.ttl_secs();
-                let key = self
-                    .context
-                    .layout
-                    .session(&self.role, self.context.server_id);
-                let context = self.context.clone();
-                let role = self.role.clone();
-                let reply = myself.clone();
-                // Not owned: a grant must be able to finish and report even
-                // if a shutdown comes in the meantime.
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let sent_at = Instant::now();
-                    let granted = async {
-                        let lease = client.lease_client().grant(ttl, None).await?.id();
-                        let info = context.session(&role, RoleState::Standby, lease);
-                        let options = PutOptions::new().with_lease(lease);
-                        client
-                            .kv_client()
-                            .put(key, info.encode(), Some(options))
-                            .await?;
-                        Ok::<_, etcd_client::Error>(lease)
-                    };
-                    let message = match tokio::time::timeout(request_timeout * 2, granted).await {
-                        Ok(Ok(lease)) => {
-                            let granted = ElectionMsg::LeaseGranted { lease, sent_at };
-                            if reply.send_message(granted).is_err() {
-                                // The actor stopped meanwhile: nobody will keep
-                                // this lease alive, so do not leave it to the TTL.
-                                let mut leases = client.lease_client();
-                                best_effort(
-                                    "revoking an orphaned lease",
-                                    request_timeout,
-                                    leases.revoke(lease),
-                                )
-                                .await;
-                            }
-                            return;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::warn!(
-                                role,
-                                "granting a lease failed, retrying with backoff: {error}"
-                            );
-                            ElectionMsg::LeaseGrantFailed
-                        }
-                        Err(_) => {
-                            tracing::warn!(
-                                role,
-                                "granting a lease timed out, retrying with backoff"
-                            );
-                            ElectionMsg::LeaseGrantFailed
-                        }
-                    };
-                    let _ = reply.send_message(message);
-                });
-            }
-            Command::StartKeepalive { lease } => {
-                let interval = self.context.config.session.keepalive_interval();
-                state.keepalive = Some(OwnedTask::spawn(keep_alive(
-                    client.clone(),
-                    lease,
-                    interval,
-                    request_timeout,
-                    self.role.clone(),
-                    myself.clone(),
-                )));
-                let key = self
-                    .context
-                    .layout
-                    .session(&self.role, self.context.server_id);
-                state.publisher = Some(Publisher::start(
-                    client,
-                    key,
-                    self.context.config.etcd.retry.initial,
-                ));
-            }
+            Command::GrantLease { after } => self.grant_lease(myself, after),
+            Command::StartKeepalive { lease } => self.start_keepalive(myself, state, lease),
             Command::StopKeepalive => {
                 state.keepalive = None;
                 state.publisher = None;
             }
-            Command::Campaign { lease, after } => {
-                state.campaign_generation += 1;
-                let generation = state.campaign_generation;
-                let election = self.election.clone();
-                let value = self
-                    .context
-                    .session(&self.role, RoleState::Standby, lease)
-                    .encode();
-                let reply = myself.clone();
-                let retry = self.context.config.etcd.retry.initial;
-                state.campaign = Some(OwnedTask::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let won = async {
-                        let candidacy = recipe::join(&client, &election, lease, value).await?;
-                        recipe::wait_until_leader(&client, &election, &candidacy).await?;
-                        Ok::<_, recipe::CampaignError>(candidacy)
-                    };
-                    let candidacy = match won.await {
-                        Ok(won) => won,
-                        Err(error) => {
-                            tracing::warn!(election, "campaign failed: {error}");
-                            let _ = reply
-                                .send_message(ElectionMsg::CampaignFailed { generation, lease });
-                            return;
-                        }
-                    };
-                    let key = candidacy.key.clone();
-                    let revision = candidacy.revision;
-                    let _ = reply.send_message(ElectionMsg::Elected {
-                        generation,
-                        candidacy,
-                    });
-                    // While leading, watch our own key: if anyone deletes it,
-                    // the next candidate leads and we must not keep serving.
-                    recipe::watch_own_key(&client, &key, revision, retry).await;
-                    let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
-                        generation,
-                        revision,
-                    });
-                }));
-            }
+            Command::Campaign { lease, after } => self.campaign(myself, state, lease, after),
             Command::CancelCampaign => {
                 state.campaign_generation += 1;
                 state.campaign = None;
             }
-            Command::Publish(published) => {
-                if published == RoleState::Activating {
-                    tracing::info!(
-                        role = self.role,
-                        "quit STANDBY mode, this node will become ACTIVE"
-                    );
-                }
-                if published == RoleState::Serving {
-                    let took = state.won_at.map(|at| at.elapsed()).unwrap_or_default();
-                    tracing::info!(
-                        role = self.role,
-                        takeover_ms = took.as_millis() as u64,
-                        "{} is ACTIVE and serving; took {} ms from winning the election to serving",
-                        self.role,
-                        took.as_millis()
-                    );
-                    metrics::histogram!(telemetry::TAKEOVER_SECONDS, "role" => self.role.clone())
-                        .record(took.as_secs_f64());
-                    metrics::counter!(telemetry::TAKEOVERS, "role" => self.role.clone())
-                        .increment(1);
-                }
-                if let (Some(publisher), Some(lease)) = (&state.publisher, state.machine.lease()) {
-                    let info = self.context.session(&self.role, published, lease);
-                    let leading = state
-                        .machine
-                        .phase()
-                        .leads()
-                        .then(|| state.candidacy.clone())
-                        .flatten();
-                    publisher.latest.send_replace(Some((info, leading)));
-                }
-            }
-            Command::StartReload { revision } => {
-                let job = ReloadJob {
-                    coordinator: self.coordinator.clone(),
-                    client,
-                    role: self.role.clone(),
-                    prefix: self.context.layout.meta(&self.role),
-                    revision,
-                    page_size: self.context.config.reload.page_size,
-                    timeout: self.context.config.reload.timeout,
-                    report: {
-                        let election = myself.clone();
-                        Box::new(move |revision, meta| {
-                            let _ = election.send_message(ElectionMsg::Reloaded { revision, meta });
-                        })
-                    },
-                    faults: self.shared.faults.clone(),
-                };
-                // From the win on, requests wait for the activation instead
-                // of being sent away to this very node.
-                if let Some(coordinator) = &state.coordinator {
-                    let _ = coordinator.send_message(CoordinatorMsg::Elected { revision });
-                }
-                let actor = ReloadActor::<C>::default();
-                let (reload, _) = Actor::spawn_linked(None, actor, job, myself.get_cell()).await?;
-                state.reload = Some(reload.get_cell());
-            }
+            Command::Publish(published) => self.publish(state, published),
+            Command::StartReload { revision } => self.start_reload(myself, state, revision).await?,
             Command::StopReload => {
+                state.reload_generation += 1;
                 if let Some(reload) = state.reload.take() {
                     reload.kill();
                 }
                 state.meta = None;
             }
-            Command::Activate { revision } => {
-                let (Some(meta), Some(epoch), Some(coordinator)) = (
-                    state.meta.take(),
-                    state.epoch.clone(),
-                    state.coordinator.clone(),
-                ) else {
-                    return Err("activation without metadata, epoch or coordinator".into());
-                };
-                debug_assert_eq!(epoch.revision, revision);
-                let (store, switch) =
-                    FencedStore::new(client, epoch.clone(), self.context.layout.meta(&self.role));
-                state.depose = Some(switch);
-                #[cfg(feature = "testing")]
-                self.shared.store.set(Some(store.clone()));
-                let reply = myself.clone();
-                tokio::spawn(async move {
-                    let activated = coordinator
-                        .call(
-                            |reply| {
-                                CoordinatorMsg::Activate(Box::new(Activation {
-                                    epoch,
-                                    meta,
-                                    store,
-                                    reply,
-                                }))
-                            },
-                            None,
-                        )
-                        .await;
-                    // A failed activation crashes the coordinator, which the
-                    // supervision event reports; only success is sent here.
-                    if let Ok(ractor::rpc::CallResult::Success(())) = activated {
-                        let _ = reply.send_message(ElectionMsg::CoordinatorServing { revision });
-                    }
-                });
-            }
-            Command::Depose(reason) => {
-                state.last_step_down = Some(reason);
-                if let Some(switch) = state.depose.take() {
-                    switch.depose();
-                }
-                #[cfg(feature = "testing")]
-                self.shared.store.set(None);
-                tracing::warn!(role = self.role, reason = reason.as_str(), "stepping down");
-                metrics::counter!(telemetry::STEP_DOWNS, "role" => self.role.clone(), "reason" => reason.as_str())
-                    .increment(1);
-            }
-            Command::Deactivate => {
-                let reply = myself.clone();
-                let bound =
-                    self.context.config.coordinator.deactivate_timeout + Duration::from_secs(1);
-                let coordinator = state.coordinator.clone();
-                tokio::spawn(async move {
-                    if let Some(coordinator) = coordinator {
-                        let answer = coordinator
-                            .call(|reply| CoordinatorMsg::Deactivate { reply }, Some(bound))
-                            .await;
-                        if !matches!(answer, Ok(ractor::rpc::CallResult::Success(()))) {
-                            // A coordinator that cannot get back to standby is
-                            // stopped; the supervision event restarts it.
-                            tracing::error!(
-                                "coordinator did not deactivate within {bound:?}; killing it"
-                            );
-                            coordinator.kill();
-                        }
-                    }
-                    let _ = reply.send_message(ElectionMsg::Deactivated);
-                });
-            }
-            Command::Resign { lease } => {
-                let key = recipe::candidate_key(&self.election, lease);
-                state.candidacy = None;
-                let reply = myself.clone();
-                tokio::spawn(async move {
-                    let mut kv = client.kv_client();
-                    let what = format!("resigning {key}");
-                    if !best_effort(&what, request_timeout, kv.delete(key.as_str(), None)).await {
-                        // The key may still lead, and campaigning again on this
-                        // lease would find it and reuse its epoch: give up the
-                        // lease instead, which deletes the key for sure.
-                        let _ = reply.send_message(ElectionMsg::ResignFailed);
-                    }
-                    let _ = reply.send_message(ElectionMsg::Released);
-                });
-            }
-            Command::RevokeLease { lease } => {
-                state.candidacy = None;
-                let reply = myself.clone();
-                tokio::spawn(async move {
-                    let mut leases = client.lease_client();
-                    let what = format!("revoking lease {lease}");
-                    best_effort(&what, request_timeout, leases.revoke(lease)).await;
-                    let _ = reply.send_message(ElectionMsg::Released);
-                });
-            }
+            Command::Activate { revision } => self.activate(myself, state, revision)?,
+            Command::Depose(reason) => self.depose(state, reason),
+            Command::Deactivate => self.deactivate(myself, state),
+            Command::Resign { lease } => self.resign(myself, state, lease),
+            Command::RevokeLease { lease } => self.revoke_lease(myself, state, lease),
             Command::RestartCoordinator { after } => {
                 self.shared.coordinator.set(None);
                 state.coordinator = None;
@@ -623,85 +357,340 @@ impl<C: Coordinator> Election<C> {
         }
         Ok(())
     }
-}
 
-/// Keeps `lease` alive every `interval`, reporting each success with the time
-/// its request was sent (where the renew deadline counts from) and a lease
-/// that etcd no longer knows. A broken stream is reopened; the election
-/// actor's renew deadline decides when to give up.
-async fn keep_alive<C: Coordinator>(
-    client: Client,
-    lease: i64,
-    interval: Duration,
-    request_timeout: Duration,
-    role: String,
-    report_to: ActorRef<ElectionMsg<C>>,
-) {
-    let mut lease_client = client.lease_client();
-    loop {
-        let sent_at = Instant::now();
-        let opened = tokio::time::timeout(request_timeout, lease_client.keep_alive(lease)).await;
-        let (mut keeper, mut responses) = match opened {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
-                tracing::warn!(
-                    role,
-                    lease,
-                    "etcd refuses to keep the lease alive: {reason}"
-                );
-                let _ = report_to.send_message(ElectionMsg::LeaseLost { lease });
-                return;
-            }
-            Ok(Err(error)) => {
-                keepalive_failed(&role, lease, &error.to_string());
-                tokio::time::sleep(interval / 4).await;
-                continue;
-            }
-            Err(_) => {
-                keepalive_failed(&role, lease, "timed out opening the keepalive stream");
-                continue;
+    fn grant_lease(&self, myself: &ActorRef<ElectionMsg<C>>, after: Duration) {
+        let client = self.context.client.clone();
+        let context = self.context.clone();
+        let role = self.role.clone();
+        let reply = myself.clone();
+        let retry = context.config.etcd.retry.clone();
+        let grant = async move {
+            tokio::time::sleep(after).await;
+            let sent_at = Instant::now();
+            let key = context.layout.session(&role, context.server_id);
+            let session = |lease| context.session(&role, RoleState::Standby, lease).encode();
+            let ttl = context.config.session.ttl_secs();
+            let request_timeout = context.config.etcd.request_timeout;
+            match lease::grant(&client, ttl, key, session, request_timeout * 2).await {
+                Ok(lease) => {
+                    let granted = ElectionMsg::LeaseGranted { lease, sent_at };
+                    if reply.send_message(granted).is_err() {
+                        // The actor stopped meanwhile: nobody will keep
+                        // this lease alive, so do not leave it to the TTL.
+                        let until = Instant::now() + context.config.session.ttl;
+                        lease::revoke(&client, lease, request_timeout, &retry, until).await;
+                    }
+                }
+                Err(reason) => {
+                    tracing::warn!(role, "granting a lease failed, retrying with backoff: {reason}");
+                    let _ = reply.send_message(ElectionMsg::LeaseGrantFailed);
+                }
             }
         };
-        // Opening the stream renewed the lease once already.
-        let _ = report_to.send_message(ElectionMsg::KeepaliveAcked { lease, sent_at });
-        loop {
-            tokio::time::sleep(interval).await;
-            let sent_at = Instant::now();
-            if let Err(error) = keeper.keep_alive().await {
-                keepalive_failed(&role, lease, &error.to_string());
-                break;
-            }
-            match tokio::time::timeout(request_timeout, responses.message()).await {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => {
-                    metrics::histogram!(telemetry::KEEPALIVE_RTT_SECONDS, "role" => role.clone())
-                        .record(sent_at.elapsed().as_secs_f64());
-                    let _ = report_to.send_message(ElectionMsg::KeepaliveAcked { lease, sent_at });
-                }
-                Ok(Ok(Some(_))) => {
-                    tracing::warn!(role, lease, "etcd says the lease has expired");
-                    let _ = report_to.send_message(ElectionMsg::LeaseLost { lease });
+        // Detached: a grant must be able to finish (and revoke what it got)
+        // even if the actor stops in the meantime.
+        Self::spawn(myself, "granting a lease", grant).detach();
+    }
+
+    fn start_keepalive(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        lease: i64,
+    ) {
+        let session = &self.context.config.session;
+        let beat = Beat {
+            interval: session.keepalive_interval(),
+            timeout: session.keepalive_timeout(),
+        };
+        let reply = myself.clone();
+        let report = move |renewal| {
+            let message = match renewal {
+                Renewal::Renewed { sent_at } => ElectionMsg::KeepaliveAcked { lease, sent_at },
+                Renewal::Lost => ElectionMsg::LeaseLost { lease },
+            };
+            reply.send_message(message).is_ok()
+        };
+        let client = self.context.client.clone();
+        let keepalive = lease::keep_alive(client.clone(), lease, beat, self.role.clone(), report);
+        state.keepalive = Some(Self::spawn(myself, "keeping the lease alive", keepalive));
+        let key = self.context.layout.session(&self.role, self.context.server_id);
+        let reply = myself.clone();
+        state.publisher = Some(Publisher::start(
+            client,
+            key,
+            self.context.config.etcd.retry.initial,
+            move |reason| {
+                let task = "publishing the session";
+                let _ = reply.send_message(ElectionMsg::TaskFailed { task, reason });
+            },
+        ));
+    }
+
+    fn campaign(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        lease: i64,
+        after: Duration,
+    ) {
+        state.campaign_generation += 1;
+        let generation = state.campaign_generation;
+        let client = self.context.client.clone();
+        let election = self.election.clone();
+        let value = self
+            .context
+            .session(&self.role, RoleState::Standby, lease)
+            .encode();
+        let reply = myself.clone();
+        let retry = self.context.config.etcd.retry.initial;
+        let campaign = async move {
+            tokio::time::sleep(after).await;
+            let won = async {
+                let candidacy = recipe::join(&client, &election, lease, value).await?;
+                recipe::wait_until_leader(&client, &election, &candidacy).await?;
+                Ok::<_, recipe::CampaignError>(candidacy)
+            };
+            let candidacy = match won.await {
+                Ok(won) => won,
+                Err(error) => {
+                    tracing::warn!(election, "campaign failed: {error}");
+                    let _ = reply.send_message(ElectionMsg::CampaignFailed { generation, lease });
                     return;
                 }
-                Ok(Ok(None)) => {
-                    keepalive_failed(&role, lease, "keepalive stream closed");
-                    break;
-                }
-                Ok(Err(error)) => {
-                    keepalive_failed(&role, lease, &error.to_string());
-                    break;
-                }
-                Err(_) => {
-                    keepalive_failed(&role, lease, "no keepalive answer in time");
-                    break;
-                }
-            }
+            };
+            let key = candidacy.key.clone();
+            let revision = candidacy.revision;
+            let _ = reply.send_message(ElectionMsg::Elected {
+                generation,
+                candidacy,
+            });
+            // While leading, watch our own key: if anyone deletes it,
+            // the next candidate leads and we must not keep serving.
+            recipe::watch_own_key(&client, &key, revision, retry).await;
+            let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
+                generation,
+                revision,
+            });
+        };
+        state.campaign = Some(Self::spawn(myself, "campaigning", campaign));
+    }
+
+    fn publish(&self, state: &ElectionState<C>, published: RoleState) {
+        if published == RoleState::Activating {
+            tracing::info!(
+                role = self.role,
+                "quit STANDBY mode, this node will become ACTIVE"
+            );
+        }
+        if published == RoleState::Serving {
+            let took = state.won_at.map(|at| at.elapsed()).unwrap_or_default();
+            tracing::info!(
+                role = self.role,
+                takeover_ms = took.as_millis() as u64,
+                "{} is ACTIVE and serving; took {} ms from winning the election to serving",
+                self.role,
+                took.as_millis()
+            );
+            metrics::histogram!(telemetry::TAKEOVER_SECONDS, "role" => self.role.clone())
+                .record(took.as_secs_f64());
+            metrics::counter!(telemetry::TAKEOVERS, "role" => self.role.clone()).increment(1);
+        }
+        if let (Some(publisher), Some(lease)) = (&state.publisher, state.machine.lease()) {
+            let info = self.context.session(&self.role, published, lease);
+            let leading = state
+                .machine
+                .phase()
+                .leads()
+                .then(|| state.candidacy.clone())
+                .flatten();
+            publisher.publish(info, leading);
         }
     }
-}
 
-fn keepalive_failed(role: &str, lease: i64, reason: &str) {
-    tracing::warn!(role, lease, "keepalive failed: {reason}");
-    metrics::counter!(telemetry::KEEPALIVE_FAILURES, "role" => role.to_owned()).increment(1);
+    async fn start_reload(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        revision: i64,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(candidacy) = &state.candidacy else {
+            return Err("a win without a candidacy".into());
+        };
+        // The machine has just decided the win: open its term.
+        state.won_at = Some(Instant::now());
+        let epoch = Epoch {
+            role: self.role.clone(),
+            leader_key: candidacy.key.clone(),
+            revision,
+        };
+        let term = Term::open(epoch, state.machine.lease_trusted_until());
+        self.shared.term.set(Some(term.clone()));
+        state.term = Some(term);
+        state.reload_generation += 1;
+        let generation = state.reload_generation;
+        let job = ReloadJob {
+            coordinator: self.coordinator.clone(),
+            client: self.context.client.clone(),
+            role: self.role.clone(),
+            prefix: self.context.layout.meta(&self.role),
+            revision,
+            page_size: self.context.config.reload.page_size,
+            timeout: self.context.config.reload.timeout,
+            report: {
+                let election = myself.clone();
+                Box::new(move |revision, meta| {
+                    let _ = election.send_message(ElectionMsg::Reloaded {
+                        generation,
+                        revision,
+                        meta,
+                    });
+                })
+            },
+            faults: self.shared.faults.clone(),
+        };
+        // From the win on, requests wait for the activation instead of
+        // being sent away to this very node.
+        if let (Some(coordinator), Some(term)) = (&state.coordinator, &state.term) {
+            let _ = coordinator.send_message(CoordinatorMsg::Elected { term: term.clone() });
+        }
+        let actor = ReloadActor::<C>::default();
+        let (reload, _) = Actor::spawn_linked(None, actor, job, myself.get_cell()).await?;
+        state.reload = Some(reload.get_cell());
+        Ok(())
+    }
+
+    /// Hands the metadata and a store fenced to the term to the coordinator,
+    /// then waits (in a task) for it to serve, at most `coordinator.activateTimeout`.
+    fn activate(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        revision: i64,
+    ) -> Result<(), ActorProcessingErr> {
+        let (Some(meta), Some(term), Some(coordinator)) = (
+            state.meta.take(),
+            state.term.clone(),
+            state.coordinator.clone(),
+        ) else {
+            return Err("activation without metadata, term or coordinator".into());
+        };
+        debug_assert_eq!(term.revision(), revision);
+        let store = term.store(self.context.client.clone(), self.context.layout.meta(&self.role));
+        #[cfg(feature = "testing")]
+        self.shared.store.set(Some(store.clone()));
+        let (reply, served) = tokio::sync::oneshot::channel();
+        let activation = Activation {
+            term,
+            meta,
+            store,
+            reply: reply.into(),
+        };
+        let _ = coordinator.send_message(CoordinatorMsg::Activate(Box::new(activation)));
+        let bound = self.context.config.coordinator.activate_timeout;
+        let report = myself.clone();
+        let role = self.role.clone();
+        let wait = async move {
+            match tokio::time::timeout(bound, served).await {
+                Ok(Ok(())) => {
+                    let _ = report.send_message(ElectionMsg::CoordinatorServing { revision });
+                }
+                // Refused (the term is over) or failed: a failed activation
+                // crashes the coordinator, which the supervision event reports.
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::error!(
+                        role,
+                        revision,
+                        "the activation did not finish within {bound:?} (coordinator.activateTimeout); resigning"
+                    );
+                    let _ = report.send_message(ElectionMsg::ActivationTimedOut { revision });
+                }
+            }
+        };
+        state.coordinator_wait = Some(Self::spawn(myself, "waiting for the activation", wait));
+        Ok(())
+    }
+
+    /// Closes the term, at the instant the step-down is decided: from here
+    /// on nothing answers for it and its stores refuse every write.
+    fn depose(&self, state: &mut ElectionState<C>, reason: StepDownReason) {
+        state.last_step_down = Some(reason);
+        if let Some(term) = state.term.take() {
+            term.close();
+        }
+        self.shared.term.set(None);
+        #[cfg(feature = "testing")]
+        self.shared.store.set(None);
+        tracing::warn!(role = self.role, reason = reason.as_str(), "stepping down");
+        metrics::counter!(telemetry::STEP_DOWNS, "role" => self.role.clone(), "reason" => reason.as_str())
+            .increment(1);
+    }
+
+    /// Sends the coordinator back to standby, then waits (in a task) for it
+    /// to get there; one that does not within its bound is killed, and the
+    /// supervision event restarts it.
+    fn deactivate(&self, myself: &ActorRef<ElectionMsg<C>>, state: &mut ElectionState<C>) {
+        let report = myself.clone();
+        let Some(coordinator) = state.coordinator.clone() else {
+            let _ = report.send_message(ElectionMsg::Deactivated);
+            return;
+        };
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let _ = coordinator.send_message(CoordinatorMsg::Deactivate {
+            reply: reply.into(),
+        });
+        let bound = self.context.config.coordinator.deactivate_timeout + Duration::from_secs(1);
+        let wait = async move {
+            if !matches!(tokio::time::timeout(bound, done).await, Ok(Ok(()))) {
+                tracing::error!("coordinator did not deactivate within {bound:?}; killing it");
+                coordinator.kill();
+            }
+            let _ = report.send_message(ElectionMsg::Deactivated);
+        };
+        state.coordinator_wait = Some(Self::spawn(myself, "waiting for the deactivation", wait));
+    }
+
+    fn resign(&self, myself: &ActorRef<ElectionMsg<C>>, state: &mut ElectionState<C>, lease: i64) {
+        let key = recipe::candidate_key(&self.election, lease);
+        state.candidacy = None;
+        let client = self.context.client.clone();
+        let request_timeout = self.context.config.etcd.request_timeout;
+        let reply = myself.clone();
+        let resign = async move {
+            let mut kv = client.kv_client();
+            let deleted = tokio::time::timeout(request_timeout, kv.delete(key.as_str(), None)).await;
+            if !matches!(deleted, Ok(Ok(_))) {
+                tracing::warn!("resigning {key} failed; giving up the lease instead");
+                // The key may still lead, and campaigning again on this
+                // lease would find it and reuse its epoch: give up the
+                // lease instead, which deletes the key for sure.
+                let _ = reply.send_message(ElectionMsg::ResignFailed);
+            }
+            let _ = reply.send_message(ElectionMsg::Released);
+        };
+        state.release = Some(Self::spawn(myself, "resigning", resign));
+    }
+
+    fn revoke_lease(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        lease: i64,
+    ) {
+        state.candidacy = None;
+        let client = self.context.client.clone();
+        let request_timeout = self.context.config.etcd.request_timeout;
+        let retry = self.context.config.etcd.retry.clone();
+        // The lease was renewed at most now: past one TTL etcd has expired it anyway.
+        let until = Instant::now() + self.context.config.session.ttl;
+        let reply = myself.clone();
+        let revoke = async move {
+            lease::revoke(&client, lease, request_timeout, &retry, until).await;
+            let _ = reply.send_message(ElectionMsg::Released);
+        };
+        state.release = Some(Self::spawn(myself, "revoking the lease", revoke));
+    }
 }
 
 impl<C: Coordinator> Actor for Election<C> {
@@ -715,7 +704,7 @@ impl<C: Coordinator> Actor for Election<C> {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let reporter = myself.clone();
-        let observer = OwnedTask::spawn(recipe::observe(
+        let observe = recipe::observe(
             self.context.client.clone(),
             self.election.clone(),
             self.context.config.etcd.retry.initial,
@@ -724,7 +713,8 @@ impl<C: Coordinator> Actor for Election<C> {
                     .send_message(ElectionMsg::LeaderObserved(leader))
                     .is_ok()
             },
-        ));
+        );
+        let observer = Self::spawn(&myself, "observing the leader", observe);
         let session = &self.context.config.session;
         let tick = (session.renew_deadline() / 20)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
@@ -738,13 +728,15 @@ impl<C: Coordinator> Actor for Election<C> {
             machine: ElectionMachine::new(self.timings()),
             coordinator: None,
             reload: None,
+            reload_generation: 0,
             candidacy: None,
             campaign: None,
             campaign_generation: 0,
             keepalive: None,
             publisher: None,
-            depose: None,
-            epoch: None,
+            release: None,
+            coordinator_wait: None,
+            term: None,
             meta: None,
             won_at: None,
             leader: None,
@@ -809,15 +801,9 @@ impl<C: Coordinator> Actor for Election<C> {
                 generation,
                 candidacy,
             } => {
-                if generation != state.campaign_generation {
+                if !state.is_current(Tag::Campaign(generation)) {
                     return Ok(());
                 }
-                state.won_at = Some(Instant::now());
-                state.epoch = Some(Epoch {
-                    role: self.role.clone(),
-                    leader_key: candidacy.key.clone(),
-                    revision: candidacy.revision,
-                });
                 let event = Event::Elected {
                     lease: candidacy.lease,
                     revision: candidacy.revision,
@@ -829,23 +815,31 @@ impl<C: Coordinator> Actor for Election<C> {
                 generation,
                 revision,
             } => {
-                if generation != state.campaign_generation {
+                if !state.is_current(Tag::Campaign(generation)) {
                     return Ok(());
                 }
                 Event::LeaderKeyDeleted { revision }
             }
             ElectionMsg::CampaignFailed { generation, lease } => {
-                if generation != state.campaign_generation {
+                if !state.is_current(Tag::Campaign(generation)) {
                     return Ok(());
                 }
                 Event::CampaignFailed { lease }
             }
-            ElectionMsg::Reloaded { revision, meta } => {
+            ElectionMsg::Reloaded {
+                generation,
+                revision,
+                meta,
+            } => {
+                if !state.is_current(Tag::Reload(generation)) {
+                    return Ok(());
+                }
                 state.reload = None;
                 state.meta = Some(meta);
                 Event::Reloaded { revision }
             }
             ElectionMsg::CoordinatorServing { revision } => Event::CoordinatorServing { revision },
+            ElectionMsg::ActivationTimedOut { revision } => Event::ActivationTimedOut { revision },
             ElectionMsg::Resign(reply) => {
                 if !state.machine.phase().leads() {
                     let _ = reply.send(Err(ResignError::NotLeader {
@@ -886,6 +880,9 @@ impl<C: Coordinator> Actor for Election<C> {
                     .await?;
                 tracing::info!(role = self.role, "coordinator restarted in standby");
                 Event::CoordinatorStarted
+            }
+            ElectionMsg::TaskFailed { task, reason } => {
+                return Err(format!("{} election task failed ({task}): {reason}", self.role).into());
             }
             #[cfg(feature = "fault-injection")]
             ElectionMsg::InjectPanic => {

@@ -146,6 +146,11 @@ pub(crate) enum Event {
         /// The epoch revision it activated for.
         revision: i64,
     },
+    /// The coordinator's activation for `revision` did not finish in time.
+    ActivationTimedOut {
+        /// The epoch revision it was activating for.
+        revision: i64,
+    },
     /// The coordinator actor failed or stopped unexpectedly.
     CoordinatorCrashed,
     /// A restarted coordinator runs again, in standby.
@@ -372,6 +377,12 @@ impl ElectionMachine {
                 self.etcd_failures = 0;
                 self.campaign_delay = Duration::ZERO;
                 vec![Command::Publish(RoleState::Serving)]
+            }
+            Event::ActivationTimedOut { revision } => {
+                if self.phase != (Phase::Activating { revision }) {
+                    return Vec::new();
+                }
+                self.step_down(Afterwards::Recampaign, StepDownReason::ActivationTimedOut)
             }
             Event::CoordinatorCrashed => self.on_coordinator_crashed(),
             Event::CoordinatorStarted => {

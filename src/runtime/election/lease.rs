@@ -1,0 +1,201 @@
+//! The election's lease in etcd: granted with the session registered on it, kept alive on a fixed beat, revoked with retries.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, PutOptions};
+
+use crate::backoff::Backoff;
+use crate::config::BackoffConfig;
+use crate::telemetry;
+
+/// What the keepalive loop reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// A keepalive sent at `sent_at` was answered: etcd restarted the TTL no
+    /// earlier than that instant.
+    Renewed {
+        /// When the answered keepalive was sent.
+        sent_at: Instant,
+    },
+    /// etcd says the lease no longer exists.
+    Lost,
+}
+
+/// The keepalive beat and how long one answer may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Beat {
+    /// Time between keepalives, sent on this beat whether or not the
+    /// previous ones were answered.
+    pub interval: Duration,
+    /// How long the oldest unanswered keepalive may wait before the stream
+    /// counts as broken and is opened again.
+    pub timeout: Duration,
+}
+
+/// Grants a lease of `ttl_secs` and registers `session` (the encoded
+/// session value) at `key` on it, all within `bound`.
+pub(crate) async fn grant(
+    client: &Client,
+    ttl_secs: i64,
+    key: String,
+    session: impl FnOnce(i64) -> Vec<u8>,
+    bound: Duration,
+) -> Result<i64, String> {
+    let granted = async {
+        let lease = client.lease_client().grant(ttl_secs, None).await?.id();
+        let options = PutOptions::new().with_lease(lease);
+        client
+            .kv_client()
+            .put(key, session(lease), Some(options))
+            .await?;
+        Ok::<_, etcd_client::Error>(lease)
+    };
+    match tokio::time::timeout(bound, granted).await {
+        Ok(Ok(lease)) => Ok(lease),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {bound:?}")),
+    }
+}
+
+/// Keeps `lease` alive on `beat`, reporting each answered keepalive with the
+/// time it was sent (where the renew deadline counts from), and a lease etcd
+/// no longer knows. Keepalives are sent on the beat even while earlier ones
+/// wait for their answers, so a slow etcd delays renewals by its latency
+/// only, never by a whole interval more; answers come back in order on the
+/// stream, so each is matched with its own send time. A broken or silent
+/// stream is opened again at once; the election's renew deadline decides
+/// when to give up. Returns once the lease is lost or `report` refuses.
+pub(crate) async fn keep_alive(
+    client: Client,
+    lease: i64,
+    beat: Beat,
+    role: String,
+    report: impl Fn(Renewal) -> bool,
+) {
+    let mut lease_client = client.lease_client();
+    loop {
+        let sent_at = Instant::now();
+        let opened = tokio::time::timeout(beat.timeout, lease_client.keep_alive(lease)).await;
+        let (mut keeper, mut answers) = match opened {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
+                tracing::warn!(
+                    role,
+                    lease,
+                    "etcd refuses to keep the lease alive: {reason}"
+                );
+                report(Renewal::Lost);
+                return;
+            }
+            Ok(Err(error)) => {
+                keepalive_failed(&role, lease, &error.to_string());
+                tokio::time::sleep(beat.interval / 4).await;
+                continue;
+            }
+            Err(_) => {
+                keepalive_failed(&role, lease, "timed out opening the keepalive stream");
+                continue;
+            }
+        };
+        // Opening the stream renewed the lease once already.
+        if !report(Renewal::Renewed { sent_at }) {
+            return;
+        }
+        let mut unanswered: VecDeque<Instant> = VecDeque::new();
+        let mut next_send = tokio::time::Instant::now() + beat.interval;
+        let broken = loop {
+            let give_up = unanswered
+                .front()
+                .map(|sent| tokio::time::Instant::from_std(*sent + beat.timeout));
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_send) => {
+                    next_send += beat.interval;
+                    unanswered.push_back(Instant::now());
+                    if let Err(error) = keeper.keep_alive().await {
+                        break error.to_string();
+                    }
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(answer)) if answer.ttl() > 0 => {
+                        // An answer nobody asked for renews from no known instant.
+                        let Some(sent_at) = unanswered.pop_front() else { continue };
+                        metrics::histogram!(telemetry::KEEPALIVE_RTT_SECONDS, "role" => role.clone())
+                            .record(sent_at.elapsed().as_secs_f64());
+                        if !report(Renewal::Renewed { sent_at }) {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!(role, lease, "etcd says the lease has expired");
+                        report(Renewal::Lost);
+                        return;
+                    }
+                    Ok(None) => break "keepalive stream closed".to_owned(),
+                    Err(error) => break error.to_string(),
+                },
+                _ = sleep_until_some(give_up) => {
+                    break format!("no keepalive answer within {:?}", beat.timeout);
+                }
+            }
+        };
+        keepalive_failed(&role, lease, &broken);
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn keepalive_failed(role: &str, lease: i64, reason: &str) {
+    tracing::warn!(role, lease, "keepalive failed: {reason}");
+    metrics::counter!(telemetry::KEEPALIVE_FAILURES, "role" => role.to_owned()).increment(1);
+}
+
+/// Revokes `lease`, each try bounded by `request_timeout`, retrying with
+/// `retry` until it lands or `until` passes: past that instant etcd has
+/// expired the lease by itself. A leader key left on a lease nobody keeps
+/// alive blocks every standby until then, so one failed try is not enough.
+/// Returns whether the revoke landed.
+pub(crate) async fn revoke(
+    client: &Client,
+    lease: i64,
+    request_timeout: Duration,
+    retry: &BackoffConfig,
+    until: Instant,
+) -> bool {
+    let mut lease_client = client.lease_client();
+    let mut backoff = Backoff::new(retry.clone());
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let outcome = tokio::time::timeout(request_timeout.min(left), lease_client.revoke(lease)).await;
+        let reason = match outcome {
+            Ok(Ok(_)) => return true,
+            // etcd no longer knows it: as good as revoked.
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.code() == tonic::Code::NotFound =>
+            {
+                return true;
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {:?}", request_timeout.min(left)),
+        };
+        let delay = backoff.next_delay();
+        if Instant::now() + delay >= until {
+            tracing::warn!(
+                lease,
+                "revoking lease {lease} failed ({reason}); giving up, the TTL will expire it"
+            );
+            return false;
+        }
+        tracing::warn!(
+            lease,
+            retry_in_ms = delay.as_millis() as u64,
+            "revoking lease {lease} failed ({reason}); retrying"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}

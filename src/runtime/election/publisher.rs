@@ -1,0 +1,85 @@
+//! The publisher of a role's session value (and of the leader value while leading): in order, the newest wins, retried until it lands.
+
+use std::time::Duration;
+
+use etcd_client::{Client, PutOptions};
+use tokio::sync::watch;
+
+use crate::etcd::recipe::{self, Candidacy};
+use crate::etcd::session::SessionInfo;
+use crate::task::OwnedTask;
+
+/// What to publish: the session, and the candidacy to proclaim it on while leading.
+type Publication = (SessionInfo, Option<Candidacy>);
+
+/// Writes the session at one key, newest state first; a state that cannot
+/// be written is retried until it lands or a newer one supersedes it.
+pub(crate) struct Publisher {
+    latest: watch::Sender<Option<Publication>>,
+    _task: OwnedTask,
+}
+
+impl Publisher {
+    /// A publisher writing at `key`, retrying a failed write after `retry_after`.
+    /// A panic in its task is handed to `on_panic`.
+    pub(crate) fn start(
+        client: Client,
+        key: String,
+        retry_after: Duration,
+        on_panic: impl FnOnce(String) + Send + 'static,
+    ) -> Self {
+        let (latest, mut updates) = watch::channel(None::<Publication>);
+        let publishing = async move {
+            while updates.changed().await.is_ok() {
+                let Some((info, leading)) = updates.borrow_and_update().clone() else {
+                    continue;
+                };
+                loop {
+                    match publish(&client, &key, &info, leading.as_ref()).await {
+                        Ok(()) => break,
+                        // The term ended under us; the next state published says so.
+                        Err(recipe::CampaignError::CandidacyLost { .. }) => break,
+                        Err(error) => {
+                            tracing::warn!(key, state = %info.state, "publishing the session failed, retrying: {error}");
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_after) => {}
+                        changed = updates.changed() => {
+                            if changed.is_err() { return; }
+                            // A newer state supersedes this one: publish that instead.
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        Self {
+            latest,
+            _task: OwnedTask::spawn_reported(publishing, on_panic),
+        }
+    }
+
+    /// Publishes `info`, and proclaims it as the leader value on `leading`.
+    pub(crate) fn publish(&self, info: SessionInfo, leading: Option<Candidacy>) {
+        self.latest.send_replace(Some((info, leading)));
+    }
+}
+
+async fn publish(
+    client: &Client,
+    key: &str,
+    info: &SessionInfo,
+    leading: Option<&Candidacy>,
+) -> Result<(), recipe::CampaignError> {
+    let value = info.encode();
+    let options = PutOptions::new().with_lease(info.lease_id);
+    client
+        .kv_client()
+        .put(key, value.clone(), Some(options))
+        .await?;
+    if let Some(candidacy) = leading {
+        recipe::proclaim(client, candidacy, value).await?;
+    }
+    Ok(())
+}
