@@ -119,7 +119,7 @@ pub use etcd::recipe::CampaignError;
 pub use etcd::session::{SessionError, SessionInfo, VERSION};
 pub use fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
 pub use node::{Node, NodeError};
-pub use role::{RoleControl, RoleHandle};
+pub use role::{RoleControl, RoleHandle, ServingCheck};
 #[cfg(feature = "fault-injection")]
 pub use runtime::faults::Fault;
 pub use status::{Leader, ResignError, RoleState, RoleStatus, StepDownReason};

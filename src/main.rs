@@ -12,6 +12,7 @@ use standin::etcd::session::Layout;
 use standin::service::client::{LeaderWatch, TsoClient};
 use standin::service::grpc::coordination::CoordinationService;
 use standin::service::grpc::faults::FaultService;
+use standin::service::grpc::health::HealthService;
 use standin::service::grpc::proto::ResignRequest;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::coordination_server::CoordinationServer;
@@ -21,6 +22,7 @@ use standin::service::grpc::routing::ActiveOnlyLayer;
 use standin::service::grpc::tso::TsoService;
 use standin::service::tso::Tso;
 use standin::{Config, Node};
+use tonic::transport::server::TcpIncoming;
 
 /// The roles `standin run` can serve.
 const BUILT_IN_ROLES: &[&str] = &["tso"];
@@ -240,19 +242,17 @@ async fn run(
     let tso_config = config.tso.clone();
     let call_timeout = config.etcd.request_timeout;
     let resign_timeout = config.handover_bound();
+    // Bound before the node joins the election: a port in use fails here.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening for gRPC on {listen}"))?;
     let mut node = Node::new(config);
     let tso = node.add_role("tso", Tso::new(tso_config.clone()))?;
     node.start().await.context("starting the node")?;
     let server_id = node.server_id().unwrap_or_default();
     tracing::info!(server_id, %listen, "serving gRPC");
 
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for role in node.roles() {
-        tokio::spawn(standin::service::grpc::report_health(
-            reporter.clone(),
-            role,
-        ));
-    }
+    let health = HealthService::new(node.roles()).into_server();
     let coordination = CoordinationService::new(
         server_id,
         node.address().to_owned(),
@@ -260,7 +260,7 @@ async fn run(
         resign_timeout,
     );
     let oracle = tower::ServiceBuilder::new()
-        .layer(ActiveOnlyLayer::new(tso.subscribe()))
+        .layer(ActiveOnlyLayer::new(tso.clone()))
         .service(TsoServer::new(TsoService::new(
             tso,
             tso_config.max_count,
@@ -270,18 +270,51 @@ async fn run(
         tracing::warn!("fault injection is on: any client can crash this node's actors");
         FaultsServer::new(FaultService::new(node.roles()))
     });
-    let served = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(CoordinationServer::new(coordination))
-        .add_service(oracle)
-        .add_optional_service(faults)
-        .serve_with_shutdown(listen, stop_signal())
-        .await;
+    let (stop_server, server_stops) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(CoordinationServer::new(coordination))
+            .add_service(oracle)
+            .add_optional_service(faults)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
+                let _ = server_stops.await;
+            }),
+    );
+    let failed_early = tokio::select! {
+        _ = stop_signal() => None,
+        served = &mut server => Some(served),
+    };
+    // The roles are handed over first, while the server still answers (and
+    // sends clients to the successor); streams end once their role stops.
     tracing::info!("handing the roles over");
     node.shutdown().await;
-    served.with_context(|| format!("serving gRPC on {listen}"))?;
+    if let Some(served) = failed_early {
+        served
+            .context("the gRPC server task")?
+            .with_context(|| format!("serving gRPC on {listen}"))?;
+        return Ok(());
+    }
+    let _ = stop_server.send(());
+    match tokio::time::timeout(DRAIN_BOUND, &mut server).await {
+        Ok(served) => served
+            .context("the gRPC server task")?
+            .with_context(|| format!("serving gRPC on {listen}"))?,
+        Err(_) => {
+            tracing::warn!(
+                "gRPC requests still open {} after the handover; closing them",
+                humantime::format_duration(DRAIN_BOUND)
+            );
+            server.abort();
+        }
+    }
+    tracing::info!("stopped");
     Ok(())
 }
+
+/// How long `standin run` waits, once its roles are handed over, for open
+/// gRPC requests and streams to finish before it closes them.
+const DRAIN_BOUND: Duration = Duration::from_secs(5);
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn stop_signal() {

@@ -9,14 +9,58 @@ use tokio::sync::watch;
 use ractor::ActorRef;
 
 use crate::coordinator::{CallError, Coordinator, RoleMsg, ServeError};
+use crate::fence::Epoch;
 use crate::runtime::context::RoleShared;
 #[cfg(feature = "fault-injection")]
 use crate::runtime::coordinator::CoordinatorMsg;
 use crate::runtime::election::ElectionMsg;
 #[cfg(feature = "fault-injection")]
 use crate::runtime::faults::Fault;
+use crate::runtime::slot::Slot;
 use crate::runtime::supervisor::ElectionSlot;
+use crate::runtime::term::Term;
 use crate::status::{ResignError, RoleState, RoleStatus};
+
+/// Whether a role serves on this node, asked at the instant it matters:
+/// its term is open (not closed by a step-down, its lease trusted at this
+/// very instant) and its coordinator has activated. Cheap to clone; what
+/// the routing layer and the health service ask on every request, so a
+/// process that resumes after a freeze refuses at once, before any of its
+/// timers has run.
+#[derive(Clone)]
+pub struct ServingCheck {
+    term: Arc<Slot<Term>>,
+}
+
+impl ServingCheck {
+    /// The epoch this node serves the role at right now, or `None`.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.term
+            .get()
+            .filter(Term::serves)
+            .map(|term| term.epoch().clone())
+    }
+
+    /// Until when the lease of the term being served is trusted, if one is:
+    /// the instant [`epoch`](Self::epoch) turns `None` unless a keepalive
+    /// moves it on.
+    pub fn trusted_until(&self) -> Option<std::time::Instant> {
+        self.term
+            .get()
+            .filter(Term::serves)
+            .and_then(|term| term.trusted_until())
+    }
+}
+
+/// `status` as it stands at this instant: a status that still says serving
+/// although the term is over (or its lease no longer trusted) says standby.
+fn as_of_now(mut status: RoleStatus, serving: Option<Epoch>) -> RoleStatus {
+    if status.state == RoleState::Serving && (serving.is_none() || serving != status.epoch) {
+        status.state = RoleState::Standby;
+        status.epoch = None;
+    }
+    status
+}
 
 /// A typed handle to one role on a node: its status, and requests to its coordinator.
 pub struct RoleHandle<C: Coordinator> {
@@ -43,19 +87,30 @@ impl<C: Coordinator> RoleHandle<C> {
         &self.shared.role
     }
 
-    /// The role's current status on this node.
+    /// The role's status on this node at this instant: `serving` only while
+    /// its term is open (see [`ServingCheck`]).
     pub fn status(&self) -> RoleStatus {
-        self.shared.status.borrow().clone()
+        let published = self.shared.status.borrow().clone();
+        as_of_now(published, self.serving().epoch())
     }
 
-    /// A receiver that sees every status change.
+    /// A receiver that sees every status change as the election publishes
+    /// it. A change is published once the election has acted on it; for the
+    /// state at the instant of asking, see [`status`](Self::status).
     pub fn subscribe(&self) -> watch::Receiver<RoleStatus> {
         self.shared.status.subscribe()
     }
 
     /// Whether the role serves on this node now.
     pub fn is_serving(&self) -> bool {
-        self.status().state == RoleState::Serving
+        self.serving().epoch().is_some()
+    }
+
+    /// What answers whether the role serves here, at the instant of asking.
+    pub fn serving(&self) -> ServingCheck {
+        ServingCheck {
+            term: self.shared.term.clone(),
+        }
     }
 
     /// Waits up to `timeout` until the role is led: this node activating or
@@ -192,6 +247,8 @@ pub trait RoleControl: Send + Sync {
     fn status(&self) -> RoleStatus;
     /// A receiver that sees every status change.
     fn subscribe(&self) -> watch::Receiver<RoleStatus>;
+    /// What answers whether the role serves here, at the instant of asking.
+    fn serving(&self) -> ServingCheck;
     /// Injects `fault` into the role's actors; false when the actor is not running.
     #[cfg(feature = "fault-injection")]
     fn inject(&self, fault: Fault) -> bool;
@@ -213,6 +270,10 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
 
     fn subscribe(&self) -> watch::Receiver<RoleStatus> {
         RoleHandle::subscribe(self)
+    }
+
+    fn serving(&self) -> ServingCheck {
+        RoleHandle::serving(self)
     }
 
     #[cfg(feature = "fault-injection")]
@@ -251,9 +312,57 @@ impl<C: Coordinator> RoleHandle<C> {
         self.shared.faults.arm_reload_panic();
     }
 
+    /// Makes the role's next reload, after its first page, add a permit to
+    /// `reached` and wait until `gate` gives it one, so a test can change
+    /// etcd mid-reload (compact it, cut it off).
+    pub fn hold_reload(
+        &self,
+        reached: Arc<tokio::sync::Semaphore>,
+        gate: Arc<tokio::sync::Semaphore>,
+    ) {
+        self.shared.faults.hold_reload(reached, gate);
+    }
+
     /// Makes the role's election actor panic. Returns false when none runs.
     pub fn crash_election(&self) -> bool {
         let election = self.election.get();
         election.is_some_and(|e| e.send_message(ElectionMsg::InjectPanic).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(revision: i64) -> Epoch {
+        Epoch {
+            role: "r".into(),
+            leader_key: "k".into(),
+            revision,
+        }
+    }
+
+    fn published(state: RoleState, revision: Option<i64>) -> RoleStatus {
+        RoleStatus {
+            role: "r".into(),
+            server_id: 1,
+            state,
+            epoch: revision.map(epoch),
+            leader: None,
+            lease: None,
+            last_step_down: None,
+        }
+    }
+
+    #[test]
+    fn a_published_serving_state_stands_only_while_its_term_serves() {
+        let serving = published(RoleState::Serving, Some(4));
+        assert_eq!(as_of_now(serving.clone(), Some(epoch(4))), serving);
+        let over = as_of_now(serving.clone(), None);
+        assert_eq!((over.state, over.epoch), (RoleState::Standby, None));
+        let other = as_of_now(serving, Some(epoch(5)));
+        assert_eq!(other.state, RoleState::Standby);
+        let standby = published(RoleState::Activating, Some(4));
+        assert_eq!(as_of_now(standby.clone(), None), standby);
     }
 }

@@ -270,3 +270,53 @@ async fn an_undecodable_tso_bound_makes_nodes_resign_until_it_is_fixed() -> anyh
     shutdown_all(&mut nodes).await;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// etcd compacts the revision a reload is reading.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_revision_is_compacted_reads_again_at_a_fresh_one() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    support::seed_metadata(&etcd, ROLE, 50, b"v").await?;
+    let mut config = config(&etcd, 0, 10);
+    config.reload.page_size = 10;
+    let reached = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut node = Node::new(config);
+    let role = node.add_role(ROLE, support::Ledger { strict: false })?;
+    role.hold_reload(reached.clone(), gate.clone());
+    node.start().await?;
+
+    info!("--- the reload has read its first page: compact etcd past its revision");
+    reached.acquire().await?.forget();
+    let client = etcd.client().await?;
+    let mut kv = client.kv_client();
+    let revision = kv
+        .put(format!("{ROOT}/meta/{ROLE}/written-mid-reload"), "w", None)
+        .await?
+        .header()
+        .expect("a header")
+        .revision();
+    kv.compact(revision, None).await?;
+    gate.add_permits(1);
+
+    wait_for("the node to serve", Duration::from_secs(10), || {
+        role.is_serving().then_some(())
+    })
+    .await;
+    assert_eq!(
+        role.status().last_step_down,
+        None,
+        "the compaction made the node give up its win"
+    );
+    let Ok(support::LedgerResponse::Entries(entries)) = role.call(LedgerRequest::Read, CALL).await
+    else {
+        panic!("the serving node did not answer a read");
+    };
+    assert_eq!(entries.len(), 51, "the snapshot is not at one fresh revision");
+    assert!(entries.contains_key("written-mid-reload"));
+    assert!(!logged(&["compacted", "reading again at a fresh revision"]).is_empty());
+    node.shutdown().await;
+    Ok(())
+}

@@ -10,6 +10,11 @@ use kit::*;
 use standin::testing::EtcdServer;
 use standin::{Epoch, FenceError, RoleState};
 use support::{eventually, wait_for};
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::{StatusRequest, WatchLeaderRequest};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tracing::info;
 
 // ---------------------------------------------------------------------------
@@ -180,4 +185,143 @@ async fn kill_9_of_the_active_process_is_taken_over_within_ttl_plus_1s() -> anyh
     );
     monitor.assert_safe();
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// A resumed frozen process answers health and Status from its term, at once.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_frozen_process_says_not_serving_at_once_in_health_and_status()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let ttl = Duration::from_secs(2);
+    let nodes = spawn_processes(2, &[etcd.endpoint()], 2, "")?;
+    let (frozen, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    let peer = 1 - frozen;
+    // Connected now (one connection per question), so the questions can
+    // wait in its sockets while it is frozen.
+    let mut health = HealthClient::new(nodes[frozen].connect().await.expect("the active answers"));
+    let mut coordination =
+        CoordinationClient::new(nodes[frozen].connect().await.expect("the active answers"));
+    let serving = health
+        .check(HealthCheckRequest {
+            service: "tso".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(serving.status, ServingStatus::Serving as i32);
+
+    info!("--- freeze the active past its TTL; the peer takes over");
+    let frozen_at = Instant::now();
+    nodes[frozen].process.stop()?;
+    eventually("the peer to take over", 2 * ttl, || async {
+        let (index, epoch) = *serving_processes(&nodes).await.first()?;
+        (index == peer && epoch > old_epoch).then_some(())
+    })
+    .await;
+
+    info!("--- ask it while frozen, then resume it: the questions are the first thing it reads");
+    let asked_health = tokio::spawn(async move {
+        health
+            .check(HealthCheckRequest {
+                service: "tso".into(),
+            })
+            .await
+    });
+    let asked_status = tokio::spawn(async move { coordination.status(StatusRequest {}).await });
+    let port: u16 = nodes[frozen].address.rsplit(':').next().unwrap().parse()?;
+    wait_for("both questions to wait in its sockets", Duration::from_secs(5), || {
+        (connections_with_unread_bytes(port) >= 2).then_some(())
+    })
+    .await;
+    nodes[frozen].process.cont()?;
+    let health = asked_health.await??.into_inner();
+    assert_eq!(
+        health.status,
+        ServingStatus::NotServing as i32,
+        "a process resumed {:?} after its freeze answered its health as serving",
+        frozen_at.elapsed()
+    );
+    let status = asked_status.await??.into_inner();
+    let tso = status.roles.iter().find(|r| r.role == "tso").expect("a tso role");
+    assert_ne!(tso.state, "serving", "{status:?}");
+    assert_ne!(tso.epoch, old_epoch, "{status:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// SIGTERM while clients hold a health Watch and a WatchLeader stream open.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_open_watch_streams_hands_over_and_exits() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = spawn_processes(2, &[etcd.endpoint()], 10, "")?;
+    let (leader, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    let peer = 1 - leader;
+    let channel = nodes[leader].connect().await.expect("the active answers");
+    let mut health = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: "tso".into(),
+        })
+        .await?
+        .into_inner();
+    let first = health.message().await?.expect("a first health status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    let mut leaders = CoordinationClient::new(channel)
+        .watch_leader(WatchLeaderRequest { role: "tso".into() })
+        .await?
+        .into_inner();
+    leaders.message().await?.expect("a first leader event");
+
+    info!("--- SIGTERM the active while both streams are open");
+    let terminated_at = Instant::now();
+    nodes[leader].process.terminate()?;
+    eventually("the peer to serve", Duration::from_secs(5), || async {
+        let (index, epoch) = *serving_processes(&nodes).await.first()?;
+        (index == peer && epoch > old_epoch).then_some(())
+    })
+    .await;
+    let handover = terminated_at.elapsed();
+    let exited = eventually("the terminated process to exit", Duration::from_secs(10), || {
+        std::future::ready(nodes[leader].process.try_exit_status())
+    })
+    .await;
+    info!(?handover, exited_after = ?terminated_at.elapsed(), "--- handed over and exited");
+    assert!(exited.success(), "exit status after SIGTERM: {exited}");
+    assert!(
+        handover < Duration::from_secs(2),
+        "the handover took {handover:?} (the lease TTL is 10 s: it was not handed over)"
+    );
+    // The health stream said so before it ended.
+    let mut last = first.status;
+    while let Ok(Some(message)) = health.message().await {
+        last = message.status;
+    }
+    assert_eq!(last, ServingStatus::NotServing as i32);
+    for node in &mut nodes {
+        node.process.kill()?;
+    }
+    Ok(())
+}
+
+/// How many established TCP connections to the local `port` hold bytes the
+/// listening process has not read yet (from `/proc/net/tcp`).
+fn connections_with_unread_bytes(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(queues)) = (fields.get(1), fields.get(3), fields.get(4))
+            else {
+                return false;
+            };
+            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            let unread = queues.rsplit(':').next().and_then(|q| u64::from_str_radix(q, 16).ok());
+            local_port == Some(port) && *state == "01" && unread.is_some_and(|bytes| bytes > 0)
+        })
+        .count()
 }

@@ -125,3 +125,64 @@ async fn queued_requests_are_refused_once_the_lease_is_revoked() -> anyhow::Resu
     })
     .await
 }
+
+/// A coordinator whose first activation (on any node) never finishes.
+struct HangsOnce {
+    hung: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Coordinator for HangsOnce {
+    type Meta = ();
+    type Serving = ();
+    type Request = ();
+    type Response = ();
+
+    fn decode(&self, _snapshot: Snapshot) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn activate(&self, _: Epoch, _: (), _: FencedStore) -> Result<(), BoxError> {
+        if !self.hung.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, _: &mut (), _: ()) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_that_hangs_is_abandoned_after_its_timeout_and_another_node_serves()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let hung = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut nodes = Vec::new();
+    let mut roles = Vec::new();
+    for index in 0..2 {
+        let mut config = config(&etcd, index, 10);
+        config.coordinator.activate_timeout = Duration::from_secs(1);
+        let mut node = Node::new(config);
+        roles.push(node.add_role(ROLE, HangsOnce { hung: hung.clone() })?);
+        node.start().await?;
+        nodes.push(node);
+    }
+    let started = std::time::Instant::now();
+    let serving = wait_for("a node to serve", Duration::from_secs(10), || {
+        roles.iter().position(RoleHandle::is_serving)
+    })
+    .await;
+    tracing::info!(took = ?started.elapsed(), "--- served after a hung activation");
+    let stuck = 1 - serving;
+    assert_eq!(
+        roles[stuck].status().last_step_down,
+        Some(standin::StepDownReason::ActivationTimedOut),
+        "{:?}",
+        roles[stuck].status()
+    );
+    assert_eq!(roles[serving].call((), Duration::from_secs(5)).await, Ok(()));
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}

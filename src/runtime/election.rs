@@ -111,6 +111,13 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         /// The leader key's create revision.
         revision: i64,
     },
+    /// The campaign of `generation` has its candidate key in the election.
+    CampaignJoined {
+        /// The campaign generation.
+        generation: u64,
+        /// The lease it is on.
+        lease: i64,
+    },
     /// The campaign of `generation` failed.
     CampaignFailed {
         /// The campaign generation.
@@ -448,6 +455,7 @@ impl<C: Coordinator> Election<C> {
             tokio::time::sleep(after).await;
             let won = async {
                 let candidacy = recipe::join(&client, &election, lease, value).await?;
+                let _ = reply.send_message(ElectionMsg::CampaignJoined { generation, lease });
                 recipe::wait_until_leader(&client, &election, &candidacy).await?;
                 Ok::<_, recipe::CampaignError>(candidacy)
             };
@@ -819,6 +827,12 @@ impl<C: Coordinator> Actor for Election<C> {
                     return Ok(());
                 }
                 Event::LeaderKeyDeleted { revision }
+            }
+            ElectionMsg::CampaignJoined { generation, lease } => {
+                if !state.is_current(Tag::Campaign(generation)) {
+                    return Ok(());
+                }
+                Event::CampaignJoined { lease }
             }
             ElectionMsg::CampaignFailed { generation, lease } => {
                 if !state.is_current(Tag::Campaign(generation)) {

@@ -7,11 +7,30 @@
 #[cfg(feature = "fault-injection")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(feature = "fault-injection")]
+use std::sync::Arc;
+
+#[cfg(feature = "fault-injection")]
+use tokio::sync::Semaphore;
+
+#[cfg(feature = "fault-injection")]
+use crate::runtime::slot::Slot;
+
+/// Where a held reload says it has arrived, and what lets it go on.
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone)]
+struct ReloadHold {
+    reached: Arc<Semaphore>,
+    gate: Arc<Semaphore>,
+}
+
 /// One-shot fault switches of a role's actors.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     #[cfg(feature = "fault-injection")]
     reload_panic: AtomicBool,
+    #[cfg(feature = "fault-injection")]
+    reload_hold: Slot<ReloadHold>,
 }
 
 impl Faults {
@@ -21,11 +40,28 @@ impl Faults {
         self.reload_panic.store(true, Ordering::SeqCst);
     }
 
-    /// Called by the reload actor between pages: panics once if armed.
-    pub(crate) fn reload_page_read(&self) {
+    /// Makes the next reload, after its first page, add a permit to
+    /// `reached` and wait until `gate` gives it one (a test does something
+    /// to etcd meanwhile).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn hold_reload(&self, reached: Arc<Semaphore>, gate: Arc<Semaphore>) {
+        self.reload_hold.set(Some(ReloadHold { reached, gate }));
+    }
+
+    /// Called by the reload actor between pages: panics once if armed, and
+    /// waits once if held.
+    pub(crate) async fn reload_page_read(&self) {
         #[cfg(feature = "fault-injection")]
-        if self.reload_panic.swap(false, Ordering::SeqCst) {
-            panic!("fault injected into the reload actor, mid-reload");
+        {
+            if self.reload_panic.swap(false, Ordering::SeqCst) {
+                panic!("fault injected into the reload actor, mid-reload");
+            }
+            if let Some(hold) = self.reload_hold.take() {
+                hold.reached.add_permits(1);
+                if let Ok(permit) = hold.gate.acquire().await {
+                    permit.forget();
+                }
+            }
         }
     }
 }

@@ -48,10 +48,39 @@ pub(crate) enum ReloadError {
     },
 }
 
-/// Reads every key under `prefix` at one revision, `page_size` keys a request.
-/// The first page is a linearizable read, so its revision is at least any
-/// revision this node has already seen, such as the won one.
+/// Reads every key under `prefix` at one revision, `page_size` keys a
+/// request. When etcd compacts that revision before the last page is read,
+/// the read starts over at a fresh one (the caller bounds the whole read).
 pub(crate) async fn read_snapshot(
+    client: &Client,
+    prefix: &str,
+    page_size: i64,
+    min_revision: i64,
+    faults: &Faults,
+) -> Result<Snapshot, ReloadError> {
+    loop {
+        match read_pages(client, prefix, page_size, min_revision, faults).await {
+            Err(ReloadError::ReadFailed { source, .. }) if is_compacted(&source) => {
+                tracing::warn!(
+                    prefix,
+                    "etcd compacted the revision a reload was reading ({source}); reading again at a fresh revision"
+                );
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether etcd refused a read because its revision has been compacted.
+fn is_compacted(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::OutOfRange && status.message().contains("compacted"))
+}
+
+/// One paged read at one revision. The first page is a linearizable read,
+/// so its revision is at least any revision this node has already seen,
+/// such as the won one.
+async fn read_pages(
     client: &Client,
     prefix: &str,
     page_size: i64,
@@ -93,7 +122,7 @@ pub(crate) async fn read_snapshot(
             let key = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
             snapshot.entries.insert(key, kv.value().to_vec());
         }
-        faults.reload_page_read();
+        faults.reload_page_read().await;
         if !more {
             break;
         }

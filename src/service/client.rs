@@ -213,6 +213,9 @@ fn retryable(status: &Status) -> bool {
         Code::Unknown => {
             status.message().contains("transport") || status.message().contains("connection")
         }
+        // A request that raced a server's GOAWAY (a node shutting down) was
+        // not processed: hyper reports it as an HTTP/2 protocol error.
+        Code::Internal => status.message().contains("h2 protocol error"),
         _ => false,
     }
 }

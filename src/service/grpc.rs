@@ -3,6 +3,7 @@
 pub mod coordination;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
+pub mod health;
 pub mod routing;
 pub mod tso;
 
@@ -31,33 +32,6 @@ impl From<&Leader> for proto::Leader {
             address: leader.session.address.clone(),
             epoch: leader.revision,
             state: leader.session.state.as_str().to_owned(),
-        }
-    }
-}
-
-/// Keeps the standard gRPC health status of `role` current: `SERVING` while
-/// the role serves on this node, `NOT_SERVING` otherwise. The service name
-/// is the role's name. Runs until the role's status channel closes.
-pub async fn report_health(
-    reporter: tonic_health::server::HealthReporter,
-    role: std::sync::Arc<dyn crate::role::RoleControl>,
-) {
-    let mut statuses = role.subscribe();
-    let mut reported = None;
-    loop {
-        let serving =
-            statuses.borrow_and_update().state == crate::etcd::session::RoleState::Serving;
-        if reported != Some(serving) {
-            let health = if serving {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            reporter.set_service_status(role.role(), health).await;
-            reported = Some(serving);
-        }
-        if statuses.changed().await.is_err() {
-            return;
         }
     }
 }

@@ -129,6 +129,12 @@ pub(crate) enum Event {
         /// The leader key's create revision.
         revision: i64,
     },
+    /// The candidate key is in the election: etcd answers, so retries start
+    /// again from the shortest delay.
+    CampaignJoined {
+        /// The lease the candidacy is on.
+        lease: i64,
+    },
     /// The campaign failed (etcd error or our key vanished).
     CampaignFailed {
         /// The lease the candidacy was on.
@@ -335,6 +341,12 @@ impl ElectionMachine {
                     Command::Publish(RoleState::Activating),
                     Command::StartReload { revision },
                 ]
+            }
+            Event::CampaignJoined { lease } => {
+                if self.phase == Phase::Campaigning && self.lease == Some(lease) {
+                    self.etcd_failures = 0;
+                }
+                Vec::new()
             }
             Event::CampaignFailed { lease } => {
                 if self.phase != Phase::Campaigning || self.lease != Some(lease) {
@@ -898,6 +910,32 @@ mod tests {
         assert!(commands.contains(&Command::RestartCoordinator {
             after: Duration::from_millis(100)
         }));
+    }
+
+    #[test]
+    fn campaign_retries_back_off_and_start_over_once_a_campaign_joins() {
+        let mut machine = campaigning(Instant::now());
+        let retry = |machine: &mut ElectionMachine| match machine
+            .on(Event::CampaignFailed { lease: LEASE })
+            .as_slice()
+        {
+            [Command::Campaign { after, .. }] => *after,
+            other => panic!("expected a campaign retry, got {other:?}"),
+        };
+        let delays: Vec<_> = (0..4).map(|_| retry(&mut machine)).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800].map(Duration::from_millis),
+            "retries back off"
+        );
+        // A campaign that joins proves etcd answers: the next failure, hours
+        // later, must not wait as if etcd had been failing ever since.
+        assert!(machine.on(Event::CampaignJoined { lease: LEASE }).is_empty());
+        assert_eq!(retry(&mut machine), Duration::from_millis(100));
+        // A join for another lease says nothing about this one.
+        retry(&mut machine);
+        machine.on(Event::CampaignJoined { lease: LEASE + 1 });
+        assert_eq!(retry(&mut machine), Duration::from_millis(400));
     }
 
     #[test]

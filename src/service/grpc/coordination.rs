@@ -14,6 +14,7 @@ use super::proto::{
     WatchLeaderRequest,
 };
 use crate::role::RoleControl;
+use crate::status::RoleState;
 use crate::status::ResignError;
 
 /// Serves `Coordination` for the roles of one node.
@@ -100,7 +101,10 @@ impl Coordination for CoordinationService {
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let leader = statuses.borrow_and_update().leader.clone();
+                let (leader, stopped) = {
+                    let status = statuses.borrow_and_update();
+                    (status.leader.clone(), status.state == RoleState::Stopped)
+                };
                 if last.as_ref() != Some(&leader) {
                     let event = LeaderEvent {
                         role: role.clone(),
@@ -111,8 +115,13 @@ impl Coordination for CoordinationService {
                     }
                     last = Some(leader);
                 }
-                if statuses.changed().await.is_err() {
-                    return; // the role stopped
+                if stopped {
+                    return; // the node stopped: end the stream, so a shutdown is not held open
+                }
+                tokio::select! {
+                    changed = statuses.changed() => if changed.is_err() { return },
+                    // The client went away while the leader stayed put.
+                    _ = events.closed() => return,
                 }
             }
         });

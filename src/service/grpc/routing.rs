@@ -7,26 +7,30 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::Arc;
+
 use http::{HeaderMap, Request, Response};
-use tokio::sync::watch;
 use tonic::Status;
 use tower::{Layer, Service};
 
 use super::{EPOCH_HEADER, unavailable};
 use crate::etcd::session::RoleState;
+use crate::role::RoleControl;
 use crate::status::RoleStatus;
 
 /// Wraps services so they run only where the role serves.
 #[derive(Clone)]
 pub struct ActiveOnlyLayer {
-    status: watch::Receiver<RoleStatus>,
+    role: Arc<dyn RoleControl>,
 }
 
 impl ActiveOnlyLayer {
-    /// A layer following the role whose status `status` reports
-    /// (`RoleHandle::subscribe`).
-    pub fn new(status: watch::Receiver<RoleStatus>) -> Self {
-        Self { status }
+    /// A layer for `role` (a `RoleHandle`), asking on every request whether
+    /// it serves here at that instant (`RoleHandle::status`).
+    pub fn new(role: impl RoleControl + 'static) -> Self {
+        Self {
+            role: Arc::new(role),
+        }
     }
 }
 
@@ -36,7 +40,7 @@ impl<S> Layer<S> for ActiveOnlyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ActiveOnly {
             inner,
-            status: self.status.clone(),
+            role: self.role.clone(),
         }
     }
 }
@@ -45,7 +49,7 @@ impl<S> Layer<S> for ActiveOnlyLayer {
 #[derive(Clone)]
 pub struct ActiveOnly<S> {
     inner: S,
-    status: watch::Receiver<RoleStatus>,
+    role: Arc<dyn RoleControl>,
 }
 
 // Keeps the wrapped service's gRPC name, so a layered service is added to a
@@ -54,7 +58,8 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for ActiveOnly<
     const NAME: &'static str = S::NAME;
 }
 
-/// Why a request must go elsewhere, if it must.
+/// Why a request must go elsewhere, if it must; `status` as it stands at
+/// this instant (`RoleHandle::status`).
 pub fn refusal(status: &RoleStatus, headers: &HeaderMap) -> Option<Status> {
     let leader = status.leader.as_ref();
     let Some(epoch) = status
@@ -104,7 +109,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let refused = refusal(&self.status.borrow(), request.headers());
+        let refused = refusal(&self.role.status(), request.headers());
         if let Some(status) = refused {
             return Box::pin(async move { Ok(status.into_http()) });
         }
