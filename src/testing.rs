@@ -27,7 +27,12 @@ pub use waits::{the_single_serving, wait_until};
 /// of the node whose term it was: for asserting that etcd itself refuses the
 /// writes of a deposed epoch.
 pub fn store_for_epoch(client: etcd_client::Client, epoch: Epoch, prefix: String) -> FencedStore {
-    FencedStore::new(client, epoch, prefix, &crate::fence::DeposeSwitch::default())
+    FencedStore::new(
+        client,
+        epoch,
+        prefix,
+        &crate::fence::DeposeSwitch::default(),
+    )
 }
 
 /// Failures of the test kit.

@@ -314,7 +314,11 @@ async fn a_reload_whose_revision_is_compacted_reads_again_at_a_fresh_one() -> an
     else {
         panic!("the serving node did not answer a read");
     };
-    assert_eq!(entries.len(), 51, "the snapshot is not at one fresh revision");
+    assert_eq!(
+        entries.len(),
+        51,
+        "the snapshot is not at one fresh revision"
+    );
     assert!(entries.contains_key("written-mid-reload"));
     assert!(!logged(&["compacted", "reading again at a fresh revision"]).is_empty());
     node.shutdown().await;

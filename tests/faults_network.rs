@@ -87,9 +87,11 @@ async fn an_active_cut_from_etcd_stops_serving_before_its_lease_expires_and_rejo
     );
     // It stops serving the instant its lease stops being trusted; the step
     // down is recorded once the election's next tick has seen it.
-    let reason = wait_for("the step-down to be recorded", Duration::from_secs(1), || {
-        nodes[leader].last_step_down(ROLE)
-    })
+    let reason = wait_for(
+        "the step-down to be recorded",
+        Duration::from_secs(1),
+        || nodes[leader].last_step_down(ROLE),
+    )
     .await;
     assert_eq!(reason, StepDownReason::RenewDeadlineMissed);
 
@@ -196,10 +198,7 @@ async fn a_slow_link_causes_no_step_down_or_flapping(delay: Duration) -> anyhow:
             acknowledges_write(nodes[leader].role(ROLE), key, "v").await,
             "write {writes} on the slow link failed"
         );
-        assert!(
-            started.elapsed() >= 2 * delay,
-            "the link is not slow"
-        );
+        assert!(started.elapsed() >= 2 * delay, "the link is not slow");
         writes += 1;
         for (index, node) in nodes.iter().enumerate() {
             let status = node.role(ROLE).status();

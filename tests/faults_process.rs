@@ -7,11 +7,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kit::*;
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::{StatusRequest, WatchLeaderRequest};
 use standin::testing::EtcdServer;
 use standin::{Epoch, FenceError, RoleState};
 use support::{eventually, wait_for};
-use standin::service::grpc::proto::coordination_client::CoordinationClient;
-use standin::service::grpc::proto::{StatusRequest, WatchLeaderRequest};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -231,9 +231,11 @@ async fn a_resumed_frozen_process_says_not_serving_at_once_in_health_and_status(
     });
     let asked_status = tokio::spawn(async move { coordination.status(StatusRequest {}).await });
     let port: u16 = nodes[frozen].address.rsplit(':').next().unwrap().parse()?;
-    wait_for("both questions to wait in its sockets", Duration::from_secs(5), || {
-        (connections_with_unread_bytes(port) >= 2).then_some(())
-    })
+    wait_for(
+        "both questions to wait in its sockets",
+        Duration::from_secs(5),
+        || (connections_with_unread_bytes(port) >= 2).then_some(()),
+    )
     .await;
     nodes[frozen].process.cont()?;
     let health = asked_health.await??.into_inner();
@@ -244,7 +246,11 @@ async fn a_resumed_frozen_process_says_not_serving_at_once_in_health_and_status(
         frozen_at.elapsed()
     );
     let status = asked_status.await??.into_inner();
-    let tso = status.roles.iter().find(|r| r.role == "tso").expect("a tso role");
+    let tso = status
+        .roles
+        .iter()
+        .find(|r| r.role == "tso")
+        .expect("a tso role");
     assert_ne!(tso.state, "serving", "{status:?}");
     assert_ne!(tso.epoch, old_epoch, "{status:?}");
     Ok(())
@@ -284,9 +290,11 @@ async fn sigterm_with_open_watch_streams_hands_over_and_exits() -> anyhow::Resul
     })
     .await;
     let handover = terminated_at.elapsed();
-    let exited = eventually("the terminated process to exit", Duration::from_secs(10), || {
-        std::future::ready(nodes[leader].process.try_exit_status())
-    })
+    let exited = eventually(
+        "the terminated process to exit",
+        Duration::from_secs(10),
+        || std::future::ready(nodes[leader].process.try_exit_status()),
+    )
     .await;
     info!(?handover, exited_after = ?terminated_at.elapsed(), "--- handed over and exited");
     assert!(exited.success(), "exit status after SIGTERM: {exited}");
@@ -315,12 +323,19 @@ fn connections_with_unread_bytes(port: u16) -> usize {
         .skip(1)
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state), Some(queues)) = (fields.get(1), fields.get(3), fields.get(4))
+            let (Some(local), Some(state), Some(queues)) =
+                (fields.get(1), fields.get(3), fields.get(4))
             else {
                 return false;
             };
-            let local_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
-            let unread = queues.rsplit(':').next().and_then(|q| u64::from_str_radix(q, 16).ok());
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let unread = queues
+                .rsplit(':')
+                .next()
+                .and_then(|q| u64::from_str_radix(q, 16).ok());
             local_port == Some(port) && *state == "01" && unread.is_some_and(|bytes| bytes > 0)
         })
         .count()

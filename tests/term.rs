@@ -44,7 +44,9 @@ impl Coordinator for Gated {
 
 const ROLE: &str = "gated";
 
-async fn serving_node(etcd: &EtcdServer) -> anyhow::Result<(Node, RoleHandle<Gated>, Arc<Semaphore>)> {
+async fn serving_node(
+    etcd: &EtcdServer,
+) -> anyhow::Result<(Node, RoleHandle<Gated>, Arc<Semaphore>)> {
     let permits = Arc::new(Semaphore::new(0));
     let mut node = Node::new(config(etcd, 0, 10));
     let role = node.add_role(
@@ -78,16 +80,20 @@ async fn queued_requests_are_refused_after(
         .map(|_| tokio::spawn(role.call((), Duration::from_secs(10))))
         .collect();
     // The first request is inside `handle`, the others wait behind it.
-    wait_for("the first request to reach handle", Duration::from_secs(5), || {
-        (permits.available_permits() == 0).then_some(())
-    })
+    wait_for(
+        "the first request to reach handle",
+        Duration::from_secs(5),
+        || (permits.available_permits() == 0).then_some(()),
+    )
     .await;
 
     let client = etcd.client().await?;
     end_term(&client, &epoch, lease).await?;
-    wait_for("the node to notice its term ended", Duration::from_secs(5), || {
-        (role.status().state != RoleState::Serving).then_some(())
-    })
+    wait_for(
+        "the node to notice its term ended",
+        Duration::from_secs(5),
+        || (role.status().state != RoleState::Serving).then_some(()),
+    )
     .await;
     permits.add_permits(3);
 
@@ -180,7 +186,10 @@ async fn an_activation_that_hangs_is_abandoned_after_its_timeout_and_another_nod
         "{:?}",
         roles[stuck].status()
     );
-    assert_eq!(roles[serving].call((), Duration::from_secs(5)).await, Ok(()));
+    assert_eq!(
+        roles[serving].call((), Duration::from_secs(5)).await,
+        Ok(())
+    );
     for node in nodes {
         node.shutdown().await;
     }

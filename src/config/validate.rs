@@ -422,7 +422,10 @@ mod tests {
         let mut config = Config::default();
         config.session.keepalive_interval = Some(config.session.ttl / 3);
         let text = rejected(&config, "session.keepaliveTimeout");
-        assert!(text.contains("session.keepaliveInterval (3s 333ms"), "{text}");
+        assert!(
+            text.contains("session.keepaliveInterval (3s 333ms"),
+            "{text}"
+        );
         assert!(text.contains("session.renewDeadline (6s 666ms"), "{text}");
         assert!(text.contains("unset"), "{text}");
 

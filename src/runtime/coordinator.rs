@@ -378,3 +378,190 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use tokio::sync::{Semaphore, oneshot};
+
+    use super::*;
+    use crate::coordinator::{BoxError, Snapshot};
+    use crate::fence::Epoch;
+
+    /// Counts activations; each activation waits for a permit.
+    struct Counting {
+        activations: Arc<AtomicUsize>,
+        permits: Arc<Semaphore>,
+    }
+
+    impl Coordinator for Counting {
+        type Meta = ();
+        type Serving = ();
+        type Request = ();
+        type Response = ();
+
+        fn decode(&self, _: Snapshot) -> Result<(), BoxError> {
+            Ok(())
+        }
+
+        async fn activate(&self, _: Epoch, _: (), _: FencedStore) -> Result<(), BoxError> {
+            self.activations.fetch_add(1, Ordering::SeqCst);
+            self.permits.acquire().await?.forget();
+            Ok(())
+        }
+
+        async fn handle(&self, _: &mut (), _: ()) {}
+    }
+
+    fn term(revision: i64) -> Term {
+        let epoch = Epoch {
+            role: "r".into(),
+            leader_key: "k".into(),
+            revision,
+        };
+        Term::open(epoch, Some(Instant::now() + Duration::from_secs(60)))
+    }
+
+    async fn started() -> (
+        ActorRef<CoordinatorMsg<Counting>>,
+        Arc<AtomicUsize>,
+        Arc<Semaphore>,
+    ) {
+        let activations = Arc::new(AtomicUsize::new(0));
+        let permits = Arc::new(Semaphore::new(0));
+        let coordinator = Counting {
+            activations: activations.clone(),
+            permits: permits.clone(),
+        };
+        let actor = CoordinatorActor::new(
+            Arc::new(coordinator),
+            "r".into(),
+            10,
+            Duration::from_secs(1),
+        );
+        let (actor, _) = Actor::spawn(None, actor, ())
+            .await
+            .expect("the actor starts");
+        (actor, activations, permits)
+    }
+
+    /// Sends an activation for `term` and returns what its reply port gets.
+    async fn activate(
+        actor: &ActorRef<CoordinatorMsg<Counting>>,
+        term: &Term,
+    ) -> oneshot::Receiver<()> {
+        // Lazy: no connection is made until a write, and none is made here.
+        let client = etcd_client::Client::connect(["127.0.0.1:9"], None)
+            .await
+            .expect("a lazy client");
+        let (reply, served) = oneshot::channel();
+        let activation = Activation {
+            term: term.clone(),
+            meta: (),
+            store: term.store(client, "p/".into()),
+            reply: reply.into(),
+        };
+        actor
+            .send_message(CoordinatorMsg::Activate(Box::new(activation)))
+            .expect("the actor runs");
+        served
+    }
+
+    async fn request(actor: &ActorRef<CoordinatorMsg<Counting>>) -> Result<(), ServeError> {
+        let (reply, answer) = oneshot::channel();
+        actor
+            .send_message(CoordinatorMsg::Request {
+                request: (),
+                reply: reply.into(),
+            })
+            .expect("the actor runs");
+        answer.await.expect("every request is answered")
+    }
+
+    async fn deactivate(actor: &ActorRef<CoordinatorMsg<Counting>>) {
+        let (reply, done) = oneshot::channel();
+        actor
+            .send_message(CoordinatorMsg::Deactivate {
+                reply: reply.into(),
+            })
+            .expect("the actor runs");
+        done.await.expect("deactivation answers");
+    }
+
+    #[tokio::test]
+    async fn an_activation_that_arrives_after_its_deactivation_is_refused() {
+        let (actor, activations, _permits) = started().await;
+        let won = term(7);
+        actor
+            .send_message(CoordinatorMsg::Elected { term: won.clone() })
+            .unwrap();
+        won.close();
+        deactivate(&actor).await;
+        let served = activate(&actor, &won).await;
+        assert!(
+            served.await.is_err(),
+            "the activation of a closed term was accepted"
+        );
+        assert_eq!(activations.load(Ordering::SeqCst), 0);
+        assert!(matches!(
+            request(&actor).await,
+            Err(ServeError::NotActive { .. })
+        ));
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn requests_buffered_for_a_term_that_closes_during_activation_are_not_replayed() {
+        let (actor, activations, permits) = started().await;
+        let won = term(8);
+        actor
+            .send_message(CoordinatorMsg::Elected { term: won.clone() })
+            .unwrap();
+        let served = activate(&actor, &won).await;
+        let buffered = tokio::spawn({
+            let actor = actor.clone();
+            async move { request(&actor).await }
+        });
+        // The activation runs (and the request waits behind it); then the term ends.
+        while activations.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        won.close();
+        permits.add_permits(1);
+        let answer = buffered.await.unwrap();
+        assert!(
+            matches!(
+                answer,
+                Err(ServeError::ActivationAborted { .. } | ServeError::NotActive { .. })
+            ),
+            "{answer:?}"
+        );
+        assert!(
+            served.await.is_err(),
+            "a closed term's activation reported serving"
+        );
+        assert!(!won.serves());
+        assert!(matches!(
+            request(&actor).await,
+            Err(ServeError::NotActive { .. })
+        ));
+        actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn an_activation_for_another_term_than_the_elected_one_is_refused() {
+        let (actor, activations, _permits) = started().await;
+        actor
+            .send_message(CoordinatorMsg::Elected { term: term(9) })
+            .unwrap();
+        let served = activate(&actor, &term(9)).await;
+        assert!(
+            served.await.is_err(),
+            "an activation for a term never elected was accepted"
+        );
+        assert_eq!(activations.load(Ordering::SeqCst), 0);
+        actor.stop(None);
+    }
+}

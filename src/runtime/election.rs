@@ -389,7 +389,10 @@ impl<C: Coordinator> Election<C> {
                     }
                 }
                 Err(reason) => {
-                    tracing::warn!(role, "granting a lease failed, retrying with backoff: {reason}");
+                    tracing::warn!(
+                        role,
+                        "granting a lease failed, retrying with backoff: {reason}"
+                    );
                     let _ = reply.send_message(ElectionMsg::LeaseGrantFailed);
                 }
             }
@@ -421,7 +424,10 @@ impl<C: Coordinator> Election<C> {
         let client = self.context.client.clone();
         let keepalive = lease::keep_alive(client.clone(), lease, beat, self.role.clone(), report);
         state.keepalive = Some(Self::spawn(myself, "keeping the lease alive", keepalive));
-        let key = self.context.layout.session(&self.role, self.context.server_id);
+        let key = self
+            .context
+            .layout
+            .session(&self.role, self.context.server_id);
         let reply = myself.clone();
         state.publisher = Some(Publisher::start(
             client,
@@ -584,7 +590,10 @@ impl<C: Coordinator> Election<C> {
             return Err("activation without metadata, term or coordinator".into());
         };
         debug_assert_eq!(term.revision(), revision);
-        let store = term.store(self.context.client.clone(), self.context.layout.meta(&self.role));
+        let store = term.store(
+            self.context.client.clone(),
+            self.context.layout.meta(&self.role),
+        );
         #[cfg(feature = "testing")]
         self.shared.store.set(Some(store.clone()));
         let (reply, served) = tokio::sync::oneshot::channel();
@@ -667,7 +676,8 @@ impl<C: Coordinator> Election<C> {
         let reply = myself.clone();
         let resign = async move {
             let mut kv = client.kv_client();
-            let deleted = tokio::time::timeout(request_timeout, kv.delete(key.as_str(), None)).await;
+            let deleted =
+                tokio::time::timeout(request_timeout, kv.delete(key.as_str(), None)).await;
             if !matches!(deleted, Ok(Ok(_))) {
                 tracing::warn!("resigning {key} failed; giving up the lease instead");
                 // The key may still lead, and campaigning again on this
@@ -896,7 +906,9 @@ impl<C: Coordinator> Actor for Election<C> {
                 Event::CoordinatorStarted
             }
             ElectionMsg::TaskFailed { task, reason } => {
-                return Err(format!("{} election task failed ({task}): {reason}", self.role).into());
+                return Err(
+                    format!("{} election task failed ({task}): {reason}", self.role).into(),
+                );
             }
             #[cfg(feature = "fault-injection")]
             ElectionMsg::InjectPanic => {

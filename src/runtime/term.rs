@@ -75,7 +75,10 @@ impl Term {
     /// Whether this term may answer now: not closed, and the lease trusted
     /// at this very instant.
     pub(crate) fn is_open(&self) -> bool {
-        !self.is_closed() && self.trusted_until().is_some_and(|until| Instant::now() < until)
+        !self.is_closed()
+            && self
+                .trusted_until()
+                .is_some_and(|until| Instant::now() < until)
     }
 
     /// Marks the coordinator as serving this term.
@@ -102,7 +105,10 @@ impl Term {
 
     fn lock_trust(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         // A panic while holding this lock cannot leave an Instant half-written.
-        self.0.trusted_until.lock().unwrap_or_else(|p| p.into_inner())
+        self.0
+            .trusted_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -125,12 +131,18 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(60);
         let term = Term::open(epoch(), Some(later));
         assert!(term.is_open());
-        assert!(!term.serves(), "it serves only once the coordinator says so");
+        assert!(
+            !term.serves(),
+            "it serves only once the coordinator says so"
+        );
         term.start_serving();
         assert!(term.serves());
 
         term.trust_until(Some(Instant::now()));
-        assert!(!term.is_open(), "a lease trusted until now is not trusted any more");
+        assert!(
+            !term.is_open(),
+            "a lease trusted until now is not trusted any more"
+        );
         assert!(!term.serves());
         term.trust_until(Some(later));
         assert!(term.serves());
@@ -147,6 +159,9 @@ mod tests {
         let term = Term::open(epoch(), None);
         assert!(term.is(&term.clone()));
         assert!(!term.is(&Term::open(epoch(), None)));
-        assert!(!term.is_open(), "a term without a trusted lease is not open");
+        assert!(
+            !term.is_open(),
+            "a term without a trusted lease is not open"
+        );
     }
 }

@@ -171,7 +171,8 @@ pub(crate) async fn revoke(
     let mut backoff = Backoff::new(retry.clone());
     loop {
         let left = until.saturating_duration_since(Instant::now());
-        let outcome = tokio::time::timeout(request_timeout.min(left), lease_client.revoke(lease)).await;
+        let outcome =
+            tokio::time::timeout(request_timeout.min(left), lease_client.revoke(lease)).await;
         let reason = match outcome {
             Ok(Ok(_)) => return true,
             // etcd no longer knows it: as good as revoked.

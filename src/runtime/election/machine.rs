@@ -930,7 +930,11 @@ mod tests {
         );
         // A campaign that joins proves etcd answers: the next failure, hours
         // later, must not wait as if etcd had been failing ever since.
-        assert!(machine.on(Event::CampaignJoined { lease: LEASE }).is_empty());
+        assert!(
+            machine
+                .on(Event::CampaignJoined { lease: LEASE })
+                .is_empty()
+        );
         assert_eq!(retry(&mut machine), Duration::from_millis(100));
         // A join for another lease says nothing about this one.
         retry(&mut machine);

@@ -14,8 +14,8 @@ use super::proto::{
     WatchLeaderRequest,
 };
 use crate::role::RoleControl;
-use crate::status::RoleState;
 use crate::status::ResignError;
+use crate::status::RoleState;
 
 /// Serves `Coordination` for the roles of one node.
 pub struct CoordinationService {

@@ -89,7 +89,11 @@ impl Health for HealthService {
         if name.is_empty() {
             let roles = self.roles.clone();
             tokio::spawn(async move {
-                if events.send(Ok(answer(ServingStatus::Serving))).await.is_err() {
+                if events
+                    .send(Ok(answer(ServingStatus::Serving)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 for role in roles {
