@@ -3,7 +3,7 @@
 //! ```text
 //! Node                       runtime handle: etcd client, config, the roles it runs
 //! └─ RoleSupervisor          one per role; restarts a failed election actor, revoking its lease
-//!    └─ Election             holds the role's etcd lease, campaigns, decides (a pure state machine)
+//!    └─ Election             holds the role's etcd lease, campaigns, owns the serving Term, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps the user's coordinator: Standby -> Activating -> Serving -> Standby
 //!       └─ ReloadActor       loads {root}/meta/{role}/ at the won revision, in pages
 //! ```
