@@ -2,10 +2,12 @@
 
 mod connect;
 pub mod inspect;
+mod lease;
 pub mod recipe;
 pub mod session;
 mod steering;
 
 pub use connect::{EtcdError, connect, connect_checked};
 pub(crate) use connect::{GaveUp, best_effort, endpoint_url, retry_bounded};
+pub(crate) use lease::revoke;
 pub use steering::{EndpointsError, Steering, steer};

@@ -35,20 +35,19 @@ pub struct ServingCheck {
 impl ServingCheck {
     /// The epoch this node serves the role at right now, or `None`.
     pub fn epoch(&self) -> Option<Epoch> {
-        self.term
-            .get()
-            .filter(Term::serves)
-            .map(|term| term.epoch().clone())
+        self.served().map(|term| term.epoch().clone())
     }
 
     /// Until when the lease of the term being served is trusted, if one is:
     /// the instant [`epoch`](Self::epoch) turns `None` unless a keepalive
     /// moves it on.
     pub fn trusted_until(&self) -> Option<std::time::Instant> {
-        self.term
-            .get()
-            .filter(Term::serves)
-            .and_then(|term| term.trusted_until())
+        self.served().and_then(|term| term.trusted_until())
+    }
+
+    /// The current term, if it serves now.
+    fn served(&self) -> Option<Term> {
+        self.term.get().filter(Term::serves)
     }
 }
 

@@ -22,6 +22,7 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::coordinator::Coordinator;
+use crate::etcd;
 use crate::etcd::recipe::{self, Candidacy, Leader};
 use crate::etcd::session::RoleState;
 use crate::fence::Epoch;
@@ -385,7 +386,7 @@ impl<C: Coordinator> Election<C> {
                         // The actor stopped meanwhile: nobody will keep
                         // this lease alive, so do not leave it to the TTL.
                         let until = Instant::now() + context.config.session.ttl;
-                        lease::revoke(&client, lease, request_timeout, &retry, until).await;
+                        etcd::revoke(&client, lease, request_timeout, &retry, until).await;
                     }
                 }
                 Err(reason) => {
@@ -676,10 +677,8 @@ impl<C: Coordinator> Election<C> {
         let reply = myself.clone();
         let resign = async move {
             let mut kv = client.kv_client();
-            let deleted =
-                tokio::time::timeout(request_timeout, kv.delete(key.as_str(), None)).await;
-            if !matches!(deleted, Ok(Ok(_))) {
-                tracing::warn!("resigning {key} failed; giving up the lease instead");
+            let what = format!("resigning {key}");
+            if !etcd::best_effort(&what, request_timeout, kv.delete(key.as_str(), None)).await {
                 // The key may still lead, and campaigning again on this
                 // lease would find it and reuse its epoch: give up the
                 // lease instead, which deletes the key for sure.
@@ -704,7 +703,7 @@ impl<C: Coordinator> Election<C> {
         let until = Instant::now() + self.context.config.session.ttl;
         let reply = myself.clone();
         let revoke = async move {
-            lease::revoke(&client, lease, request_timeout, &retry, until).await;
+            etcd::revoke(&client, lease, request_timeout, &retry, until).await;
             let _ = reply.send_message(ElectionMsg::Released);
         };
         state.release = Some(Self::spawn(myself, "revoking the lease", revoke));

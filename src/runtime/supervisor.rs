@@ -7,11 +7,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use crate::backoff::Backoff;
 use crate::coordinator::Coordinator;
-use crate::etcd::best_effort;
+use crate::etcd;
 use crate::etcd::session::RoleState;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::{Election, ElectionMsg};
 use crate::runtime::slot::Slot;
+use crate::task::OwnedTask;
 
 /// The role's running election actor, if any: set by its supervisor, read
 /// by the role's handles to resign (kept apart from [`RoleShared`], which the
@@ -78,6 +79,8 @@ pub(crate) struct RoleSupervisorState<C: Coordinator> {
     backoff: Backoff,
     started_at: Instant,
     shutting_down: bool,
+    /// The retried revoke of a failed election actor's lease.
+    revoking: Option<OwnedTask>,
 }
 
 impl<C: Coordinator> Actor for RoleSupervisor<C> {
@@ -95,6 +98,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             backoff: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
             started_at: Instant::now(),
             shutting_down: false,
+            revoking: None,
         };
         self.start_election(&myself, &mut state).await?;
         Ok(state)
@@ -121,7 +125,11 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
                     if let Err(error) = handed_over {
                         tracing::warn!(role = self.role, "graceful handover failed: {error}");
                         election.kill();
-                        revoke_abandoned_lease(&self.context, &self.shared.lease).await;
+                        // The handover bound is spent: one more try, then the TTL.
+                        let until = Instant::now() + self.context.config.etcd.request_timeout;
+                        if let Some(lease) = self.shared.lease.take() {
+                            revoke_abandoned_lease(self.context.clone(), lease, until).await;
+                        }
                     }
                 }
                 let _ = reply.send(());
@@ -166,7 +174,15 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             status.lease = None;
         });
         crate::telemetry::set_role_state(&self.role, RoleState::Standby);
-        revoke_abandoned_lease(&self.context, &self.shared.lease).await;
+        // Retried in the background for as long as the lease can live: the
+        // restarted election campaigns on a lease of its own meanwhile.
+        if let Some(lease) = self.shared.lease.take() {
+            let until = Instant::now() + self.context.config.session.ttl;
+            let revoke = revoke_abandoned_lease(self.context.clone(), lease, until);
+            state.revoking = Some(OwnedTask::spawn_reported(revoke, |reason| {
+                tracing::error!("revoking a failed election actor's lease {reason}");
+            }));
+        }
         if state.started_at.elapsed() > self.context.config.coordinator.restart_backoff.max {
             state.backoff.reset();
         }
@@ -184,17 +200,15 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
 }
 
 /// Revokes the lease a dead election actor left, so its keys vanish now
-/// rather than after the TTL.
-async fn revoke_abandoned_lease(context: &NodeContext, slot: &Slot<i64>) {
-    let Some(lease) = slot.take() else {
-        return;
-    };
-    let mut leases = context.client.lease_client();
-    let what = format!("revoking lease {lease} of a failed election actor");
-    if best_effort(
-        &what,
-        context.config.etcd.request_timeout,
-        leases.revoke(lease),
+/// rather than after the TTL, retrying until `until`.
+async fn revoke_abandoned_lease(context: Arc<NodeContext>, lease: i64, until: Instant) {
+    let config = &context.config.etcd;
+    if etcd::revoke(
+        &context.client,
+        lease,
+        config.request_timeout,
+        &config.retry,
+        until,
     )
     .await
     {
