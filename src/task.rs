@@ -15,9 +15,7 @@ impl OwnedTask {
     pub(crate) fn spawn(future: impl Future<Output = ()> + Send + 'static) -> Self {
         Self(Some(tokio::spawn(future)))
     }
-}
 
-impl OwnedTask {
     /// Spawns `future`, owned like [`spawn`](Self::spawn); a panic in it is
     /// handed to `on_panic` with its message, so it reaches the task's owner
     /// instead of vanishing with the task.
