@@ -9,23 +9,26 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use standin::etcd::inspect::{self, RoleSummary};
 use standin::etcd::session::Layout;
-use standin::service::client::{LeaderWatch, TsoClient};
+use standin::service::client::{KvClient, LeaderWatch, TsoClient};
 use standin::service::grpc::coordination::CoordinationService;
 use standin::service::grpc::faults::FaultService;
 use standin::service::grpc::health::HealthService;
+use standin::service::grpc::kv::KvService;
 use standin::service::grpc::proto::ResignRequest;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::coordination_server::CoordinationServer;
 use standin::service::grpc::proto::faults_server::FaultsServer;
+use standin::service::grpc::proto::kv_server::KvServer;
 use standin::service::grpc::proto::tso_server::TsoServer;
 use standin::service::grpc::routing::ActiveOnlyLayer;
 use standin::service::grpc::tso::TsoService;
+use standin::service::kv::Kv;
 use standin::service::tso::Tso;
 use standin::{Config, Node};
 use tonic::transport::server::TcpIncoming;
 
 /// The roles `standin run` can serve.
-const BUILT_IN_ROLES: &[&str] = &["tso"];
+const BUILT_IN_ROLES: &[&str] = &["tso", "kv"];
 
 #[derive(Parser)]
 #[command(
@@ -95,8 +98,24 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         deadline: Duration,
     },
+    /// Put or get a key of the kv role (the built-in register) through the failover-following client.
+    Kv {
+        #[command(subcommand)]
+        op: KvOp,
+        /// Give up on the call after this long.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        deadline: Duration,
+    },
     /// Parse and validate the configuration, then print the effective timings.
     CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum KvOp {
+    /// Sets KEY to VALUE (UTF-8); prints the epoch that persisted it.
+    Put { key: String, value: String },
+    /// Prints KEY's value (lossily as UTF-8) and the epoch that answered.
+    Get { key: String },
 }
 
 /// A failure with the exit code it deserves: 2 for what the person must fix
@@ -180,6 +199,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             duration,
             deadline,
         } => tso(&config, count, repeat, duration, deadline, timeout).await,
+        Command::Kv { op, deadline } => kv(&config, op, deadline, timeout).await,
         Command::CheckConfig => {
             let session = &config.session;
             println!(
@@ -247,7 +267,16 @@ async fn run(
         .await
         .with_context(|| format!("listening for gRPC on {listen}"))?;
     let mut node = Node::new(config);
-    let tso = node.add_role("tso", Tso::new(tso_config.clone()))?;
+    // Every built-in role when none is named.
+    let runs = |role: &str| roles.is_empty() || roles.iter().any(|r| r == role);
+    let tso = match runs("tso") {
+        true => Some(node.add_role("tso", Tso::new(tso_config.clone()))?),
+        false => None,
+    };
+    let register = match runs("kv") {
+        true => Some(node.add_role("kv", Kv)?),
+        false => None,
+    };
     node.start().await.context("starting the node")?;
     let server_id = node.server_id().unwrap_or_default();
     tracing::info!(server_id, %listen, "serving gRPC");
@@ -259,13 +288,20 @@ async fn run(
         node.roles(),
         resign_timeout,
     );
-    let oracle = tower::ServiceBuilder::new()
-        .layer(ActiveOnlyLayer::new(tso.clone()))
-        .service(TsoServer::new(TsoService::new(
-            tso,
-            tso_config.max_count,
-            call_timeout,
-        )));
+    let oracle = tso.map(|tso| {
+        tower::ServiceBuilder::new()
+            .layer(ActiveOnlyLayer::new(tso.clone()))
+            .service(TsoServer::new(TsoService::new(
+                tso,
+                tso_config.max_count,
+                call_timeout,
+            )))
+    });
+    let register = register.map(|kv| {
+        tower::ServiceBuilder::new()
+            .layer(ActiveOnlyLayer::new(kv.clone()))
+            .service(KvServer::new(KvService::new(kv, call_timeout)))
+    });
     let faults = fault_injection.then(|| {
         tracing::warn!("fault injection is on: any client can crash this node's actors");
         FaultsServer::new(FaultService::new(node.roles()))
@@ -275,7 +311,8 @@ async fn run(
         tonic::transport::Server::builder()
             .add_service(health)
             .add_service(CoordinationServer::new(coordination))
-            .add_service(oracle)
+            .add_optional_service(oracle)
+            .add_optional_service(register)
             .add_optional_service(faults)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
                 let _ = server_stops.await;
@@ -574,6 +611,41 @@ async fn tso(
     );
     if violations > 0 {
         return Err(anyhow::anyhow!("{violations} timestamps did not increase").into());
+    }
+    Ok(())
+}
+
+async fn kv(
+    config: &Config,
+    op: KvOp,
+    deadline: Duration,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let connect = async { Ok(KvClient::connect(config).await?) };
+    let client = within(timeout, config, connect).await?;
+    let bound = timeout.max(deadline);
+    match op {
+        KvOp::Put { key, value } => {
+            let put = within(bound, config, async {
+                Ok(client.put(&key, value.into_bytes(), deadline).await?)
+            })
+            .await?;
+            println!("put {key} epoch={}", put.epoch);
+        }
+        KvOp::Get { key } => {
+            let got = within(bound, config, async {
+                Ok(client.get(&key, deadline).await?)
+            })
+            .await?;
+            match got.value {
+                Some(value) => println!(
+                    "{key}={} epoch={}",
+                    String::from_utf8_lossy(&value),
+                    got.epoch
+                ),
+                None => println!("{key} is not set (epoch={})", got.epoch),
+            }
+        }
     }
     Ok(())
 }

@@ -87,11 +87,11 @@ impl NodeProcess {
         format!("http://{}", self.address)
     }
 
-    /// This node's tso state as its Coordination service reports it, if it answers.
-    async fn tso_state(&self) -> Option<(String, i64, i64)> {
+    /// This node's state for `role` as its Coordination service reports it, if it answers.
+    async fn role_state(&self, role: &str) -> Option<(String, i64, i64)> {
         let mut client = CoordinationClient::connect(self.url()).await.ok()?;
         let status = client.status(StatusRequest {}).await.ok()?.into_inner();
-        let role = status.roles.into_iter().find(|r| r.role == "tso")?;
+        let role = status.roles.into_iter().find(|r| r.role == role)?;
         Some((role.state, role.epoch, status.server_id))
     }
 
@@ -142,18 +142,28 @@ fn cli(etcd: &EtcdServer, args: &[&str]) -> anyhow::Result<Output> {
 
 /// Waits until exactly one of `nodes` serves tso (by its own gRPC status) and returns its index and epoch.
 async fn serving_node(nodes: &[NodeProcess], except: Option<usize>) -> (usize, i64) {
-    eventually("one node serving tso", Duration::from_secs(20), || async {
-        let mut serving = Vec::new();
-        for (index, node) in nodes.iter().enumerate() {
-            if let Some((state, epoch, _)) = node.tso_state().await
-                && state == "serving"
-                && Some(index) != except
-            {
-                serving.push((index, epoch));
+    serving_role(nodes, "tso", except).await
+}
+
+/// Waits until exactly one of `nodes` other than `except` serves `role` and
+/// returns its index and epoch.
+async fn serving_role(nodes: &[NodeProcess], role: &str, except: Option<usize>) -> (usize, i64) {
+    eventually(
+        &format!("one node serving {role}"),
+        Duration::from_secs(20),
+        || async {
+            let mut serving = Vec::new();
+            for (index, node) in nodes.iter().enumerate() {
+                if let Some((state, epoch, _)) = node.role_state(role).await
+                    && state == "serving"
+                    && Some(index) != except
+                {
+                    serving.push((index, epoch));
+                }
             }
-        }
-        (serving.len() == 1).then(|| serving[0])
-    })
+            (serving.len() == 1).then(|| serving[0])
+        },
+    )
     .await
 }
 
@@ -218,7 +228,10 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
         .as_array()
         .and_then(|r| r.iter().find(|r| r["role"] == "tso"))
         .expect("tso in status");
-    let (_, _, leader_id) = nodes[leader].tso_state().await.expect("the leader answers");
+    let (_, _, leader_id) = nodes[leader]
+        .role_state("tso")
+        .await
+        .expect("the leader answers");
     assert_eq!(tso["leader"]["server_id"], leader_id);
     assert_eq!(tso["leader"]["address"], nodes[leader].address);
     assert_eq!(tso["leader"]["epoch"], epoch);
@@ -429,7 +442,7 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
     eventually(
         "the third node to serve",
         Duration::from_secs(5),
-        || async { (nodes[third].tso_state().await?.0 == "serving").then_some(()) },
+        || async { (nodes[third].role_state("tso").await?.0 == "serving").then_some(()) },
     )
     .await;
     let handover = handed_over_at.elapsed();
@@ -461,6 +474,54 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
     assert!(
         !summary.contains("failovers=0"),
         "the client saw no failover: {summary}"
+    );
+    nodes.clear();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_puts_survive_a_handover_and_bad_keys_are_refused() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes: Vec<_> = (0..2)
+        .map(|_| NodeProcess::start_with(&etcd, 10, &["--role", "kv"]))
+        .collect::<Result<_, _>>()?;
+    let (leader, epoch) = serving_role(&nodes, "kv", None).await;
+    let text = |output: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+
+    let put = cli(&etcd, &["kv", "put", "greeting", "hello"])?;
+    assert!(put.status.success(), "{}", text(&put));
+    assert_eq!(text(&put).trim(), format!("put greeting epoch={epoch}"));
+    let missing = cli(&etcd, &["kv", "get", "nobody"])?;
+    assert_eq!(
+        text(&missing).trim(),
+        format!("nobody is not set (epoch={epoch})")
+    );
+
+    info!("--- SIGTERM on the kv leader: the successor answers the put from its reload");
+    nodes[leader].signal("TERM")?;
+    let (_, successor) = serving_role(&nodes, "kv", Some(leader)).await;
+    assert!(successor > epoch, "epoch {successor} after {epoch}");
+    let got = cli(&etcd, &["kv", "get", "greeting"])?;
+    assert!(got.status.success(), "{}", text(&got));
+    assert_eq!(
+        text(&got).trim(),
+        format!("greeting=hello epoch={successor}")
+    );
+
+    let bad = cli(&etcd, &["kv", "put", "../escape", "x"])?;
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(
+        text(&bad)
+            .contains("kv: refused (InvalidArgument): key \"../escape\" is not a register key"),
+        "{}",
+        text(&bad)
     );
     nodes.clear();
     Ok(())

@@ -14,8 +14,11 @@ use crate::etcd::EtcdError;
 use crate::etcd::recipe::{self, Leader};
 use crate::etcd::session::Layout;
 use crate::service::grpc::EPOCH_HEADER;
+use crate::service::grpc::proto::kv_client::KvClient as KvStub;
 use crate::service::grpc::proto::tso_client::TsoClient as TsoStub;
-use crate::service::grpc::proto::{AllocateRequest, AllocateResponse};
+use crate::service::grpc::proto::{
+    AllocateRequest, AllocateResponse, GetRequest, GetResponse, PutRequest, PutResponse,
+};
 use crate::task::OwnedTask;
 
 /// Failures of calls through a [`RoleClient`].
@@ -35,7 +38,7 @@ pub enum ClientError {
         last: String,
     },
     /// The active instance refused the request for a reason retrying cannot fix.
-    #[error("{role}: {status}")]
+    #[error("{role}: refused ({:?}): {}", status.code(), status.message())]
     Refused {
         /// The role called.
         role: String,
@@ -256,6 +259,63 @@ impl TsoClient {
                     .allocate(with_epoch(AllocateRequest { count }, epoch))
                     .await?;
                 Ok(response.into_inner())
+            })
+            .await
+    }
+
+    /// The leader as last seen in etcd.
+    pub fn leader(&self) -> Option<Leader> {
+        self.role.leader()
+    }
+}
+
+/// A client of the built-in register (`kv` role).
+pub struct KvClient {
+    role: RoleClient,
+}
+
+impl KvClient {
+    /// Connects to etcd and follows the `kv` role.
+    pub async fn connect(config: &Config) -> Result<Self, ClientError> {
+        Ok(Self {
+            role: RoleClient::connect(config, "kv").await?,
+        })
+    }
+
+    /// Sets `key` to `value` on the active register, riding through
+    /// failovers until `deadline`. A put retried after a lost answer writes
+    /// the same value again, which a register does not mind.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<PutResponse, ClientError> {
+        self.role
+            .call(deadline, |channel, epoch| {
+                let request = PutRequest {
+                    key: key.to_owned(),
+                    value: value.clone(),
+                };
+                async move {
+                    let response = KvStub::new(channel).put(with_epoch(request, epoch)).await?;
+                    Ok(response.into_inner())
+                }
+            })
+            .await
+    }
+
+    /// The value of `key` on the active register, riding through failovers until `deadline`.
+    pub async fn get(&self, key: &str, deadline: Duration) -> Result<GetResponse, ClientError> {
+        self.role
+            .call(deadline, |channel, epoch| {
+                let request = GetRequest {
+                    key: key.to_owned(),
+                };
+                async move {
+                    let response = KvStub::new(channel).get(with_epoch(request, epoch)).await?;
+                    Ok(response.into_inner())
+                }
             })
             .await
     }

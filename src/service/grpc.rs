@@ -4,6 +4,7 @@ pub mod coordination;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 pub mod health;
+pub mod kv;
 pub mod routing;
 pub mod tso;
 

@@ -1,0 +1,212 @@
+//! The built-in register coordinator (`kv` role): `Put` persisted through the fenced store, `Get` answered from memory, an activation that writes nothing.
+//!
+//! It is the shape of coordinator that the `tso` role hides: everything it
+//! answers after activation comes from memory, so only the serving term
+//! stands between a deposed node and a stale read. The fault campaign runs
+//! it next to `tso` for that reason; it is also a small, real replicated
+//! register for tests and demos.
+
+use std::collections::BTreeMap;
+
+use crate::coordinator::{BoxError, Coordinator, Snapshot};
+use crate::fence::{Epoch, FenceError, FencedStore};
+
+/// The longest key a `Put` or `Get` may name, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// The largest value a `Put` may store, in bytes: far below etcd's default
+/// request limit (1.5 MiB), so one role cannot fill etcd with a few writes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Failures of the register.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The key is empty, too long, or would leave the role's prefix.
+    #[error(
+        "key {key:?} is not a register key: it must be 1 to {MAX_KEY_BYTES} bytes, with no empty, '.' or '..' segment"
+    )]
+    BadKey {
+        /// The key asked for, lossily shortened for display.
+        key: String,
+    },
+    /// The value is larger than [`MAX_VALUE_BYTES`].
+    #[error("value of {size} bytes for key {key:?} is over the {MAX_VALUE_BYTES}-byte limit")]
+    ValueTooLarge {
+        /// The key.
+        key: String,
+        /// The value's size.
+        size: usize,
+    },
+    /// Persisting the value failed (fenced, or etcd unreachable): the
+    /// register in memory is unchanged, and the write may or may not be in
+    /// etcd (a successor's reload says which).
+    #[error("persisting key {key:?} failed: {source}")]
+    Persist {
+        /// The key.
+        key: String,
+        /// Why.
+        source: FenceError,
+    },
+}
+
+/// A request to the register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvRequest {
+    /// Sets `key` to `value`; answered once etcd has it.
+    Put {
+        /// The key, relative to the role's metadata prefix.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// The value of `key`, from memory.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+/// An answer of the register: the value (for a `Get`; `None` for a key
+/// never put, and for every `Put`) and the term that answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvAnswer {
+    /// The value read.
+    pub value: Option<Vec<u8>>,
+    /// The revision of the epoch that answered.
+    pub epoch: i64,
+}
+
+/// The register coordinator.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Kv;
+
+/// What a serving register holds: every key's value, and the store its puts go through.
+#[derive(Debug)]
+pub struct KvServing {
+    entries: BTreeMap<String, Vec<u8>>,
+    store: FencedStore,
+    epoch: i64,
+}
+
+/// `key` as a register key, or why not. The fenced store refuses keys that
+/// leave the prefix too; checking here gives a reader the same answer for
+/// a `Get`, which never reaches the store.
+fn check_key(key: &str) -> Result<(), KvError> {
+    let fits = !key.is_empty()
+        && key.len() <= MAX_KEY_BYTES
+        && key
+            .split('/')
+            .all(|segment| !segment.is_empty() && segment != "." && segment != "..");
+    if fits {
+        Ok(())
+    } else {
+        Err(KvError::BadKey {
+            key: key.chars().take(64).collect(),
+        })
+    }
+}
+
+impl Kv {
+    async fn put(
+        &self,
+        serving: &mut KvServing,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<KvAnswer, KvError> {
+        check_key(&key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(KvError::ValueTooLarge {
+                key,
+                size: value.len(),
+            });
+        }
+        // etcd first: memory changes only for a write this term made durable.
+        if let Err(source) = serving.store.put(&key, value.clone()).await {
+            return Err(KvError::Persist { key, source });
+        }
+        serving.entries.insert(key, value);
+        Ok(KvAnswer {
+            value: None,
+            epoch: serving.epoch,
+        })
+    }
+
+    fn get(&self, serving: &KvServing, key: &str) -> Result<KvAnswer, KvError> {
+        check_key(key)?;
+        Ok(KvAnswer {
+            value: serving.entries.get(key).cloned(),
+            epoch: serving.epoch,
+        })
+    }
+}
+
+impl Coordinator for Kv {
+    /// Every key under the role's prefix and its value.
+    type Meta = BTreeMap<String, Vec<u8>>;
+    type Serving = KvServing;
+    type Request = KvRequest;
+    type Response = Result<KvAnswer, KvError>;
+
+    fn decode(&self, snapshot: Snapshot) -> Result<Self::Meta, BoxError> {
+        Ok(snapshot.entries)
+    }
+
+    async fn activate(
+        &self,
+        epoch: Epoch,
+        entries: Self::Meta,
+        store: FencedStore,
+    ) -> Result<KvServing, BoxError> {
+        tracing::info!(
+            role = epoch.role,
+            revision = epoch.revision,
+            keys = entries.len(),
+            "register serves"
+        );
+        Ok(KvServing {
+            entries,
+            store,
+            epoch: epoch.revision,
+        })
+    }
+
+    async fn handle(&self, serving: &mut KvServing, request: KvRequest) -> Self::Response {
+        match request {
+            KvRequest::Put { key, value } => self.put(serving, key, value).await,
+            KvRequest::Get { key } => self.get(serving, &key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_keys_are_bounded_relative_paths() {
+        for good in ["a", "user/42", "x.y", &"k".repeat(MAX_KEY_BYTES)] {
+            assert!(check_key(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "../a",
+            "a/./b",
+            &"k".repeat(MAX_KEY_BYTES + 1),
+        ] {
+            let error = check_key(bad).unwrap_err().to_string();
+            assert!(error.contains("not a register key"), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn decode_keeps_every_entry() {
+        let mut snapshot = Snapshot::default();
+        snapshot.entries.insert("a".to_owned(), b"1".to_vec());
+        snapshot.entries.insert("b/c".to_owned(), Vec::new());
+        let entries = Kv.decode(snapshot.clone()).unwrap();
+        assert_eq!(entries, snapshot.entries);
+    }
+}
