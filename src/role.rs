@@ -284,6 +284,10 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
                 self.crash_reload();
                 true
             }
+            Fault::HangActivation => {
+                self.hang_activation();
+                true
+            }
         }
     }
 
@@ -309,6 +313,13 @@ impl<C: Coordinator> RoleHandle<C> {
     /// Makes the role's running reload (or its next one) panic after its next page.
     pub fn crash_reload(&self) {
         self.shared.faults.arm_reload_panic();
+    }
+
+    /// Makes the role's next activation on this node hang before the
+    /// coordinator's `activate` runs, until `coordinator.activateTimeout`
+    /// makes the election give the term up.
+    pub fn hang_activation(&self) {
+        self.shared.faults.arm_activation_hang();
     }
 
     /// Makes the role's next reload, after its first page, add a permit to

@@ -1,8 +1,16 @@
-//! Judges a campaign's history: unique, ordered timestamps; one serving leader at a time with growing epochs; every fault recovered within its bound.
+//! Judges a campaign's history: unique, ordered timestamps; reads that see every acknowledged write; no answer from a closed term; one serving leader per role at a time with growing epochs; every fault recovered within its bound.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use crate::history::{Batch, History, ImpairmentKind, Sample, State};
+use crate::history::{
+    Batch, FaultRecord, History, ImpairmentKind, KV, KvOp, ROLES, Sample, State, TSO,
+};
+
+/// How long after an operator deleted its key or revoked its lease a
+/// deposed term may still answer: it learns only through its watch on
+/// etcd, which takes milliseconds; an answer later than this is a violation.
+const FORCED_OVERLAP_LIMIT: Duration = Duration::from_secs(1);
 
 /// At most this many messages per kind of violation are kept; the rest are counted.
 const SHOWN_PER_KIND: usize = 10;
@@ -16,6 +24,52 @@ pub struct Report {
     pub messages: Vec<String>,
     /// Findings that are allowed but worth seeing (an overlap excused by a freeze).
     pub notes: Vec<String>,
+    /// Per term an operator ended by hand: how long after the act it last
+    /// answered (an upper bound of its overlap with the successor: the
+    /// successor cannot serve before the act), and the overlap surely seen
+    /// (its last answer asked for after the successor's first answer arrived).
+    pub forced: Vec<ForcedOverlap>,
+}
+
+/// How a term an operator ended by hand overlapped with its successor.
+#[derive(Debug, Clone, Copy)]
+pub struct ForcedOverlap {
+    /// Upper bound: from the act to the arrival of its last answer (zero
+    /// when it answered nothing after the act).
+    pub at_most: Duration,
+    /// Lower bound: from the successor's first answer's arrival to the
+    /// sending of the old term's last answer (zero when none came after).
+    pub surely: Duration,
+}
+
+impl Report {
+    /// One line on the operator-forced overlaps: n, p50, p99 and max of
+    /// the upper bound, and the largest overlap surely seen.
+    pub fn forced_line(&self) -> String {
+        let mut at_most: Vec<Duration> = self.forced.iter().map(|f| f.at_most).collect();
+        at_most.sort();
+        let quantile = |q: f64| -> f64 {
+            if at_most.is_empty() {
+                return 0.0;
+            }
+            let rank = ((q * at_most.len() as f64).ceil() as usize).clamp(1, at_most.len());
+            at_most[rank - 1].as_secs_f64() * 1000.0
+        };
+        let surely = self
+            .forced
+            .iter()
+            .map(|f| f.surely)
+            .max()
+            .unwrap_or_default();
+        format!(
+            "campaign: forced-overlap n={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} surely_max_ms={:.1}",
+            at_most.len(),
+            quantile(0.5),
+            quantile(0.99),
+            quantile(1.0),
+            surely.as_secs_f64() * 1000.0
+        )
+    }
 }
 
 /// Violations of one kind: the first few in full, the rest counted.
@@ -54,9 +108,10 @@ impl Kind {
     }
 }
 
-/// A run of samples in which one process of a node served one epoch.
+/// A run of samples in which one process of a node served one epoch of a role.
 #[derive(Debug, Clone, Copy)]
 struct Interval {
+    role: usize,
     node: usize,
     server_id: i64,
     epoch: i64,
@@ -72,6 +127,7 @@ struct Interval {
 impl Interval {
     fn start(sample: &Sample) -> Self {
         Self {
+            role: sample.role,
             node: sample.node,
             server_id: sample.server_id,
             epoch: sample.epoch,
@@ -89,10 +145,257 @@ impl Interval {
 /// Checks the whole history.
 pub fn check(history: &History) -> Report {
     let mut report = Report::default();
-    check_timestamps(history, &mut report);
-    check_leadership(history, &mut report);
+    let forced = Forced::new(history);
+    check_timestamps(history, &forced, &mut report);
+    check_register(history, &forced, &mut report);
+    check_answers(history, &forced, &mut report);
+    for role in 0..ROLES.len() {
+        check_leadership(history, role, &forced, &mut report);
+    }
+    measure_forced(history, &mut report);
     check_faults(history, &mut report);
     report
+}
+
+/// The terms an operator ended by hand, and the fault that ended each.
+struct Forced<'a>(HashMap<(usize, i64), &'a FaultRecord>);
+
+impl<'a> Forced<'a> {
+    fn new(history: &'a History) -> Self {
+        Self(
+            history
+                .forced()
+                .map(|(role, epoch, fault)| ((role, epoch), fault))
+                .collect(),
+        )
+    }
+
+    /// The fault that excuses an answer of `role`'s term `epoch` that
+    /// arrived at `received`: the term was ended by an operator, and the
+    /// answer came within [`FORCED_OVERLAP_LIMIT`] of the act.
+    fn excuses(&self, role: usize, epoch: i64, received: Instant) -> Option<&'a FaultRecord> {
+        self.0
+            .get(&(role, epoch))
+            .filter(|fault| received <= fault.at + FORCED_OVERLAP_LIMIT)
+            .copied()
+    }
+
+    fn note(&self, history: &History, fault: &FaultRecord, what: String) -> String {
+        format!(
+            "answer excused by an operator-forced takeover ({} at {} ms): {what}",
+            fault.kind,
+            history.ms(fault.at)
+        )
+    }
+}
+
+/// An answered request of either role, as the order checks see it.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    role: usize,
+    epoch: i64,
+    sent: Instant,
+    received: Instant,
+    client: usize,
+}
+
+fn answers(history: &History) -> Vec<Answer> {
+    let tso = history.batches.iter().map(|b| Answer {
+        role: TSO,
+        epoch: b.epoch,
+        sent: b.sent,
+        received: b.received,
+        client: b.client,
+    });
+    let kv = history.kv_ops.iter().map(|o| Answer {
+        role: KV,
+        epoch: o.epoch,
+        sent: o.sent,
+        received: o.received,
+        client: o.client,
+    });
+    tso.chain(kv).collect()
+}
+
+fn describe_answer(history: &History, answer: &Answer) -> String {
+    format!(
+        "{} client {} answered by epoch {} (asked at {} ms, answered at {} ms)",
+        ROLES[answer.role],
+        answer.client,
+        answer.epoch,
+        history.ms(answer.sent),
+        history.ms(answer.received)
+    )
+}
+
+/// When each term was surely closed: the answer of the first status
+/// sample that showed its node not serving it after the last one that
+/// did, or a probe its node refused.
+fn closed_by(history: &History) -> HashMap<(usize, i64), Instant> {
+    let mut last_serving: HashMap<(usize, usize, i64), usize> = HashMap::new();
+    for (index, sample) in history.samples.iter().enumerate() {
+        if sample.state == State::Serving {
+            last_serving.insert((sample.role, sample.node, sample.epoch), index);
+        }
+    }
+    let mut closed: HashMap<(usize, i64), Instant> = HashMap::new();
+    let mut close = |role, epoch, at: Instant| {
+        closed
+            .entry((role, epoch))
+            .and_modify(|by| *by = (*by).min(at))
+            .or_insert(at);
+    };
+    for ((role, node, epoch), last) in last_serving {
+        let next = history.samples[last + 1..]
+            .iter()
+            .find(|s| s.role == role && s.node == node);
+        if let Some(next) = next {
+            close(role, epoch, next.received);
+        }
+    }
+    for &(role, epoch, at) in &history.closed {
+        close(role, epoch, at);
+    }
+    closed
+}
+
+/// Per role: no answer of a term asked for after the term was surely
+/// closed; no answer of an older term asked for after a newer term's
+/// answer arrived (unless an operator ended the older term just before).
+fn check_answers(history: &History, forced: &Forced, report: &mut Report) {
+    let mut after_close = Kind::new("answered after its term closed");
+    let mut epoch_back = Kind::new("epoch went back");
+    let closed = closed_by(history);
+    let all = answers(history);
+    for answer in &all {
+        if let Some(&by) = closed.get(&(answer.role, answer.epoch))
+            && answer.sent > by
+        {
+            after_close.push(format!(
+                "{}, although its term was seen closed at {} ms",
+                describe_answer(history, answer),
+                history.ms(by)
+            ));
+        }
+    }
+    for role in 0..ROLES.len() {
+        let mut by_sent: Vec<&Answer> = all.iter().filter(|a| a.role == role).collect();
+        by_sent.sort_by_key(|a| a.sent);
+        let mut by_received = by_sent.clone();
+        by_received.sort_by_key(|a| a.received);
+        let mut answered = by_received.into_iter().peekable();
+        let mut top: Option<&Answer> = None;
+        for answer in by_sent {
+            while let Some(done) = answered.next_if(|done| done.received < answer.sent) {
+                if top.is_none_or(|top| done.epoch > top.epoch) {
+                    top = Some(done);
+                }
+            }
+            let Some(top) = top.filter(|top| answer.epoch < top.epoch) else {
+                continue;
+            };
+            let what = format!(
+                "{} although {} before it was asked",
+                describe_answer(history, answer),
+                describe_answer(history, top)
+            );
+            match forced.excuses(role, answer.epoch, answer.received) {
+                Some(fault) => report.notes.push(forced.note(history, fault, what)),
+                None => epoch_back.push(what),
+            }
+        }
+    }
+    after_close.into(report);
+    epoch_back.into(report);
+}
+
+/// The register: each key has one writer, whose values grow. A read asked
+/// for after a write was acknowledged returns that write or a later one;
+/// a read never returns a value no put had been asked for before it arrived.
+fn check_register(history: &History, forced: &Forced, report: &mut Report) {
+    let mut stale = Kind::new("stale read");
+    let mut invented = Kind::new("read a value never written");
+    // Per key, its puts in the writer's order, which is value order.
+    let mut puts: HashMap<usize, Vec<&KvOp>> = HashMap::new();
+    for op in history.kv_ops.iter().filter(|o| o.put) {
+        puts.entry(op.key).or_default().push(op);
+    }
+    let none = Vec::new();
+    for read in history.kv_ops.iter().filter(|o| !o.put) {
+        let puts = puts.get(&read.key).unwrap_or(&none);
+        // The newest put acknowledged before the read was asked for. A
+        // writer's puts are acknowledged in order, so `received` grows
+        // with the value and a binary search finds it.
+        let acknowledged = puts.partition_point(|p| p.received < read.sent);
+        if let Some(newest) = acknowledged.checked_sub(1).map(|i| puts[i])
+            && read.value < newest.value
+        {
+            let what = format!(
+                "key {} read {} (epoch {}, asked at {} ms, answered at {} ms) although {} was acknowledged at {} ms (epoch {})",
+                read.key,
+                read.value,
+                read.epoch,
+                history.ms(read.sent),
+                history.ms(read.received),
+                newest.value,
+                history.ms(newest.received),
+                newest.epoch
+            );
+            match forced.excuses(KV, read.epoch, read.received) {
+                Some(fault) => report.notes.push(forced.note(history, fault, what)),
+                None => stale.push(what),
+            }
+        }
+        // Puts asked for before the read's answer arrived; a failed put is
+        // a client error, reported on its own.
+        let asked = puts.partition_point(|p| p.sent < read.received);
+        let highest = asked.checked_sub(1).map_or(0, |i| puts[i].value);
+        if read.value > highest {
+            invented.push(format!(
+                "key {} read {} (epoch {}, answered at {} ms) but the highest put asked for by then was {highest}",
+                read.key,
+                read.value,
+                read.epoch,
+                history.ms(read.received)
+            ));
+        }
+    }
+    stale.into(report);
+    invented.into(report);
+}
+
+/// For every term an operator ended by hand, how long it went on answering
+/// (its clients, the probe and its status samples), as [`ForcedOverlap`].
+fn measure_forced(history: &History, report: &mut Report) {
+    let all = answers(history);
+    for (role, epoch, fault) in history.forced() {
+        let old_answers = all
+            .iter()
+            .filter(|a| a.role == role && a.epoch == epoch)
+            .map(|a| (a.sent, a.received));
+        let old_samples = history
+            .samples
+            .iter()
+            .filter(|s| s.role == role && s.state == State::Serving && s.epoch == epoch)
+            .map(|s| (s.sent, s.received));
+        let last = old_answers
+            .chain(old_samples)
+            .filter(|(_, received)| *received > fault.at)
+            .max_by_key(|(_, received)| *received);
+        let first_new = all
+            .iter()
+            .filter(|a| a.role == role && a.epoch > epoch)
+            .map(|a| a.received)
+            .min();
+        let (at_most, surely) = match last {
+            None => (Duration::ZERO, Duration::ZERO),
+            Some((sent, received)) => (
+                received.duration_since(fault.at),
+                first_new.map_or(Duration::ZERO, |new| sent.saturating_duration_since(new)),
+            ),
+        };
+        report.forced.push(ForcedOverlap { at_most, surely });
+    }
 }
 
 fn describe(history: &History, batch: &Batch) -> String {
@@ -110,7 +413,7 @@ fn describe(history: &History, batch: &Batch) -> String {
 /// Every timestamp unique; per client strictly increasing; and in real time:
 /// a batch asked for after another was answered holds larger timestamps and
 /// no older epoch (else a deposed leader served after its successor).
-fn check_timestamps(history: &History, report: &mut Report) {
+fn check_timestamps(history: &History, forced: &Forced, report: &mut Report) {
     let batches = &history.batches;
     let mut unique = Kind::new("duplicate timestamp");
     let mut by_first: Vec<&Batch> = batches.iter().collect();
@@ -154,21 +457,17 @@ fn check_timestamps(history: &History, report: &mut Report) {
     per_client.into(report);
 
     let mut real_time = Kind::new("real-time order");
-    let mut epoch_back = Kind::new("epoch went back");
     let mut by_sent: Vec<&Batch> = batches.iter().collect();
     by_sent.sort_by_key(|b| b.sent);
     let mut by_received: Vec<&Batch> = batches.iter().collect();
     by_received.sort_by_key(|b| b.received);
     let mut answered = by_received.into_iter().peekable();
-    let (mut top_last, mut top_epoch): (Option<&Batch>, Option<&Batch>) = (None, None);
+    let mut top_last: Option<&Batch> = None;
     for batch in by_sent {
         // Everything answered before this batch was asked for.
         while let Some(done) = answered.next_if(|done| done.received < batch.sent) {
             if top_last.is_none_or(|top| done.last() > top.last()) {
                 top_last = Some(done);
-            }
-            if top_epoch.is_none_or(|top| done.epoch > top.epoch) {
-                top_epoch = Some(done);
             }
         }
         // The same client's order is the per-client check's to report.
@@ -176,28 +475,22 @@ fn check_timestamps(history: &History, report: &mut Report) {
             && top.client != batch.client
             && batch.first <= top.last()
         {
-            real_time.push(format!(
+            let what = format!(
                 "{} although {} before it was asked",
                 describe(history, batch),
                 describe(history, top)
-            ));
-        }
-        if let Some(top) = top_epoch
-            && batch.epoch < top.epoch
-        {
-            epoch_back.push(format!(
-                "{} although {} before it was asked",
-                describe(history, batch),
-                describe(history, top)
-            ));
+            );
+            match forced.excuses(TSO, batch.epoch, batch.received) {
+                Some(fault) => report.notes.push(forced.note(history, fault, what)),
+                None => real_time.push(what),
+            }
         }
     }
     real_time.into(report);
-    epoch_back.into(report);
 }
 
-/// Serving intervals from the samples, per node in sampling order.
-fn intervals(history: &History) -> Vec<Interval> {
+/// `role`'s serving intervals from the samples, per node in sampling order.
+fn intervals(history: &History, role: usize) -> Vec<Interval> {
     let nodes = history
         .samples
         .iter()
@@ -206,7 +499,7 @@ fn intervals(history: &History) -> Vec<Interval> {
         .unwrap_or(0);
     let mut open: Vec<Option<Interval>> = vec![None; nodes];
     let mut done = Vec::new();
-    for sample in &history.samples {
+    for sample in history.samples.iter().filter(|s| s.role == role) {
         let slot = &mut open[sample.node];
         if sample.state != State::Serving {
             done.extend(slot.take());
@@ -231,7 +524,8 @@ fn intervals(history: &History) -> Vec<Interval> {
 
 fn span(history: &History, interval: &Interval) -> String {
     format!(
-        "node {} (server {}, epoch {}) serving from {} to {} ms",
+        "{} on node {} (server {}, epoch {}) serving from {} to {} ms",
+        ROLES[interval.role],
         interval.node,
         interval.server_id,
         interval.epoch,
@@ -268,7 +562,7 @@ fn frozen_excuse(history: &History, stale: &Interval, other: &Interval) -> Optio
 /// was frozen may be answered after a newer epoch served. A batch asked
 /// for before the freeze was surely in force may have been allocated
 /// before it: a note, not a violation.
-fn check_frozen(history: &History, intervals: &[Interval], report: &mut Report) {
+fn check_frozen(history: &History, role: usize, intervals: &[Interval], report: &mut Report) {
     let mut stale = Kind::new("frozen leader served after resuming");
     for freeze in &history.impairments {
         let (ImpairmentKind::Stopped, Some(node), Some(resumed)) =
@@ -280,7 +574,7 @@ fn check_frozen(history: &History, intervals: &[Interval], report: &mut Report) 
         let Some(last) = history
             .samples
             .iter()
-            .rfind(|s| s.node == node && s.sent < freeze.from)
+            .rfind(|s| s.role == role && s.node == node && s.sent < freeze.from)
             .filter(|s| s.state == State::Serving)
         else {
             continue;
@@ -294,13 +588,17 @@ fn check_frozen(history: &History, intervals: &[Interval], report: &mut Report) 
         else {
             continue;
         };
-        let late: Vec<&Batch> = history
-            .batches
-            .iter()
-            .filter(|b| b.epoch == epoch && b.received > resumed && b.received > successor.sure.0)
+        let late: Vec<Answer> = answers(history)
+            .into_iter()
+            .filter(|a| {
+                a.role == role
+                    && a.epoch == epoch
+                    && a.received > resumed
+                    && a.received > successor.sure.0
+            })
             .collect();
-        let (surely, maybe): (Vec<&Batch>, Vec<&Batch>) =
-            late.into_iter().partition(|b| b.sent >= freeze.in_force);
+        let (surely, maybe): (Vec<Answer>, Vec<Answer>) =
+            late.into_iter().partition(|a| a.sent >= freeze.in_force);
         let what = format!(
             "node {node} led epoch {epoch}, was frozen from {} (surely from {}) to {} ms; {} served from {} ms",
             history.ms(freeze.from),
@@ -309,11 +607,11 @@ fn check_frozen(history: &History, intervals: &[Interval], report: &mut Report) 
             span(history, successor),
             history.ms(successor.sure.0)
         );
-        let listed = |batches: &[&Batch]| {
-            let shown: Vec<String> = batches
+        let listed = |late: &[Answer]| {
+            let shown: Vec<String> = late
                 .iter()
                 .take(5)
-                .map(|b| describe(history, b))
+                .map(|a| describe_answer(history, a))
                 .collect();
             shown.join("; ")
         };
@@ -335,11 +633,12 @@ fn check_frozen(history: &History, intervals: &[Interval], report: &mut Report) 
     stale.into(report);
 }
 
-/// Serving intervals of different nodes never overlap (unless a freeze
-/// explains it and the frozen node served nothing after), and leaders
-/// serve in increasing epochs.
-fn check_leadership(history: &History, report: &mut Report) {
-    let intervals = intervals(history);
+/// `role`'s serving intervals of different nodes never overlap (unless a
+/// freeze explains it and the frozen node served nothing after, or an
+/// operator ended the older term just before), and leaders serve in
+/// increasing epochs.
+fn check_leadership(history: &History, role: usize, forced: &Forced, report: &mut Report) {
+    let intervals = intervals(history, role);
     let mut overlap = Kind::new("two leaders");
     let mut order = Kind::new("epochs not increasing");
     for (i, a) in intervals.iter().enumerate() {
@@ -351,15 +650,19 @@ fn check_leadership(history: &History, report: &mut Report) {
             let from = a.sure.0.max(b.sure.0);
             let to = a.sure.1.min(b.sure.1);
             if a.node != b.node && from < to {
-                match frozen_excuse(history, stale, other) {
-                    Some(note) => report.notes.push(note),
-                    None => overlap.push(format!(
-                        "{} and {} both served from {} to {} ms",
-                        span(history, a),
-                        span(history, b),
-                        history.ms(from),
-                        history.ms(to)
-                    )),
+                let what = format!(
+                    "{} and {} both served from {} to {} ms",
+                    span(history, a),
+                    span(history, b),
+                    history.ms(from),
+                    history.ms(to)
+                );
+                if let Some(note) = frozen_excuse(history, stale, other) {
+                    report.notes.push(note);
+                } else if let Some(fault) = forced.excuses(role, stale.epoch, stale.loose.1) {
+                    report.notes.push(forced.note(history, fault, what));
+                } else {
+                    overlap.push(what);
                 }
                 continue;
             }
@@ -380,7 +683,7 @@ fn check_leadership(history: &History, report: &mut Report) {
     }
     overlap.into(report);
     order.into(report);
-    check_frozen(history, &intervals, report);
+    check_frozen(history, role, &intervals, report);
 }
 
 /// Every fault recovered within its bound; every allocation succeeded; the
@@ -390,9 +693,12 @@ fn check_faults(history: &History, report: &mut Report) {
     for fault in &history.faults {
         if fault.recovered.is_none() {
             slow.push(format!(
-                "fault {} ({} on {}, {}, at {} ms): no healthy node served within {} ms",
+                "fault {} ({}{} on {}, {}, at {} ms): no healthy node served within {} ms",
                 fault.index,
                 fault.kind,
+                fault
+                    .role
+                    .map_or_else(String::new, |role| format!(" of {}", ROLES[role])),
                 fault
                     .node
                     .map_or_else(|| "etcd".to_owned(), |n| format!("node {n}")),
@@ -460,6 +766,7 @@ mod tests {
         fn serving(&self, node: usize, epoch: i64, from: u64, to: u64) {
             for ms in (from..to).step_by(20) {
                 let sample = Sample {
+                    role: TSO,
                     node,
                     server_id: node as i64 + 1,
                     state: State::Serving,
@@ -474,6 +781,7 @@ mod tests {
 
         fn standby(&self, node: usize, at: u64) {
             let sample = Sample {
+                role: TSO,
                 node,
                 server_id: node as i64 + 1,
                 state: State::Standby,
@@ -494,6 +802,37 @@ mod tests {
                 until: Some(self.at(until)),
             };
             self.recorder.lock().impairments.push(freeze);
+        }
+
+        fn kv(&self, client: usize, key: usize, put: bool, value: u64, epoch: i64, at: u64) {
+            let op = KvOp {
+                client,
+                key,
+                put,
+                value,
+                epoch,
+                sent: self.at(at),
+                received: self.at(at + 2),
+            };
+            self.recorder.lock().kv_ops.push(op);
+        }
+
+        /// An operator deleted the key of `epoch` (of `role`) at `at`.
+        fn forced(&self, role: usize, epoch: i64, at: u64) {
+            let fault = FaultRecord {
+                index: 1,
+                kind: "delete-key",
+                node: Some(0),
+                role: Some(role),
+                epoch,
+                forced: vec![(role, epoch)],
+                at: self.at(at),
+                bound: Duration::from_secs(5),
+                recovered: Some(Duration::from_millis(50)),
+                detail: String::new(),
+                clients_paused: None,
+            };
+            self.recorder.lock().faults.push(fault);
         }
 
         fn check(&self) -> Report {
@@ -591,5 +930,72 @@ mod tests {
         h.standby(0, 120);
         h.serving(1, 5, 200, 300);
         assert_eq!(kinds(&h.check()), ["epochs not increasing"]);
+    }
+
+    #[test]
+    fn a_read_that_misses_an_acknowledged_write_is_stale() {
+        let h = Builder::new();
+        h.kv(0, 0, true, 1, 5, 10);
+        h.kv(1, 0, false, 1, 5, 20);
+        h.kv(0, 0, true, 2, 9, 30);
+        assert_eq!(h.check().violations, 0);
+        // Asked for at 40, after the put of 2 was acknowledged at 32.
+        h.kv(2, 0, false, 1, 5, 40);
+        let report = h.check();
+        assert!(
+            kinds(&report).contains(&"stale read"),
+            "{:?}",
+            report.messages
+        );
+    }
+
+    #[test]
+    fn a_read_of_a_value_nobody_put_yet_is_found() {
+        let h = Builder::new();
+        h.kv(0, 0, true, 1, 5, 10);
+        h.kv(1, 0, false, 3, 5, 20);
+        assert_eq!(kinds(&h.check()), ["read a value never written"]);
+    }
+
+    #[test]
+    fn an_answer_after_its_node_said_the_term_was_over_is_found() {
+        let h = Builder::new();
+        h.serving(0, 5, 0, 100);
+        h.standby(0, 120);
+        h.batch(0, 100, 1, 5, 130, 131);
+        assert_eq!(kinds(&h.check()), ["answered after its term closed"]);
+    }
+
+    #[test]
+    fn an_operator_forced_overlap_is_excused_within_its_limit_and_measured() {
+        let h = Builder::new();
+        h.kv(0, 0, true, 1, 5, 10);
+        h.forced(KV, 5, 100);
+        h.kv(0, 0, true, 2, 9, 105);
+        // The deposed term reads from memory 8 ms after the act.
+        h.kv(1, 0, false, 1, 5, 108);
+        let report = h.check();
+        assert_eq!(report.violations, 0, "{:?}", report.messages);
+        assert_eq!(report.forced.len(), 1);
+        assert_eq!(report.forced[0].at_most, Duration::from_millis(10));
+        // Asked for at 108, after the successor's answer arrived at 107.
+        assert_eq!(report.forced[0].surely, Duration::from_millis(1));
+        assert!(
+            report.forced_line().contains("n=1 p50_ms=10.0"),
+            "{}",
+            report.forced_line()
+        );
+        // Past the limit it is a violation again.
+        h.kv(1, 0, false, 1, 5, 100 + 1100);
+        assert_eq!(kinds(&h.check()), ["stale read", "epoch went back"]);
+    }
+
+    #[test]
+    fn a_standin_initiated_takeover_gets_no_overlap_excuse() {
+        let h = Builder::new();
+        h.kv(0, 0, true, 1, 5, 10);
+        h.kv(0, 0, true, 2, 9, 105);
+        h.kv(1, 0, false, 1, 5, 108);
+        assert_eq!(kinds(&h.check()), ["stale read", "epoch went back"]);
     }
 }

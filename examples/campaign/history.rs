@@ -1,7 +1,18 @@
-//! What a campaign observed (timestamp batches, node status samples, impairments, faults), recorded by its tasks for the checker.
+//! What a campaign observed (timestamp batches, register reads and writes, node status samples, impairments, faults), recorded by its tasks for the checker.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// The roles every node runs, by index: samples and faults name a role by
+/// its position here. `tso` answers from a window it persists ahead;
+/// `kv` answers reads from memory and persists nothing when it activates.
+pub const ROLES: [&str; 2] = ["tso", "kv"];
+/// [`ROLES`]' index of the timestamp oracle.
+pub const TSO: usize = 0;
+/// [`ROLES`]' index of the register.
+pub const KV: usize = 1;
+/// How many register keys each register client writes (and only it).
+pub const KEYS_PER_CLIENT: usize = 2;
 
 /// One allocation a client got, with when it asked and when it heard back:
 /// the real-time order of batches is judged from these two instants.
@@ -29,7 +40,27 @@ impl Batch {
     }
 }
 
-/// A node's state for the `tso` role, as its `Coordination.Status` says.
+/// One answered register request. Each key has one writer, which writes
+/// the numbers 1, 2, 3... in order, so a value says how recent it is.
+#[derive(Debug, Clone, Copy)]
+pub struct KvOp {
+    /// Which client task; numbers past the client tasks are probes.
+    pub client: usize,
+    /// Which key: client `c` writes keys `c * KEYS_PER_CLIENT ..`, and only it.
+    pub key: usize,
+    /// A put of `value`, or a get that read `value` (0: never put).
+    pub put: bool,
+    /// The number written or read.
+    pub value: u64,
+    /// The epoch that answered.
+    pub epoch: i64,
+    /// Just before the request left.
+    pub sent: Instant,
+    /// Just after the answer arrived.
+    pub received: Instant,
+}
+
+/// A node's state for a role, as its `Coordination.Status` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Waiting for the role.
@@ -61,6 +92,8 @@ impl State {
 /// `sent` and `received`, which is all the checker may assume.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
+    /// Which role ([`ROLES`]' index).
+    pub role: usize,
     /// Which node (0-based, stable across restarts of its process).
     pub node: usize,
     /// The server ID of the process that answered: a restarted process has a new one.
@@ -123,8 +156,14 @@ pub struct FaultRecord {
     pub kind: &'static str,
     /// The node it hit, `None` for etcd.
     pub node: Option<usize>,
-    /// The leader's epoch when the fault hit.
+    /// The role whose leader it hit ([`ROLES`]' index); `None` for etcd.
+    pub role: Option<usize>,
+    /// That leader's epoch when the fault hit.
     pub epoch: i64,
+    /// The terms (role, epoch) an operator ended by hand with this fault
+    /// (a deleted leader key, a revoked lease): their node can only learn
+    /// through etcd, so they may answer briefly after the act.
+    pub forced: Vec<(usize, i64)>,
     /// When it hit.
     pub at: Instant,
     /// How long a node may take to serve again.
@@ -157,6 +196,11 @@ pub struct History {
     pub start: Instant,
     /// Successful allocations; one client's batches are in its own order.
     pub batches: Vec<Batch>,
+    /// Answered register requests; one client's in its own order.
+    pub kv_ops: Vec<KvOp>,
+    /// Terms known to be closed by an instant: (role, epoch, by), from a
+    /// probe its node refused.
+    pub closed: Vec<(usize, i64, Instant)>,
     /// Status answers; one node's samples are in the order they were sent.
     pub samples: Vec<Sample>,
     /// Every impairment, in the order it began.
@@ -176,26 +220,14 @@ impl History {
         at.saturating_duration_since(self.start).as_millis()
     }
 
-    /// The longest any client went without a batch from `at` until now
-    /// (the wait from `at` to its first batch counts); `None` when a
-    /// client has had no batch since `at`.
+    /// The longest any client (of either role) went without an answer
+    /// from `at` until now (the wait from `at` to its first answer counts);
+    /// `None` when a client has had no answer since `at`.
     pub fn clients_paused(&self, at: Instant, clients: usize) -> Option<Duration> {
-        // Each client's receipt times after `at`, newest first: batches are
-        // recorded as they arrive, so the scan from the end stops once
-        // every client is back before `at`.
-        let mut after: Vec<Vec<Instant>> = vec![Vec::new(); clients];
-        let mut reached = vec![false; clients];
-        // Probes (client numbers from `clients` on) are not clients.
-        for batch in self.batches.iter().rev().filter(|b| b.client < clients) {
-            if batch.received <= at {
-                reached[batch.client] = true;
-                if reached.iter().all(|r| *r) {
-                    break;
-                }
-            } else if !reached[batch.client] {
-                after[batch.client].push(batch.received);
-            }
-        }
+        let tso = self.batches.iter().map(|b| (b.client, b.received));
+        let kv = self.kv_ops.iter().map(|o| (o.client, o.received));
+        let mut after = receipts_after(tso.rev(), at, clients);
+        after.extend(receipts_after(kv.rev(), at, clients));
         let mut longest = Duration::ZERO;
         for times in after {
             if times.is_empty() {
@@ -210,6 +242,13 @@ impl History {
         Some(longest)
     }
 
+    /// The terms an operator ended by hand, with the fault that did it.
+    pub fn forced(&self) -> impl Iterator<Item = (usize, i64, &FaultRecord)> {
+        self.faults
+            .iter()
+            .flat_map(|f| f.forced.iter().map(move |&(role, epoch)| (role, epoch, f)))
+    }
+
     /// Whether `node` was impaired in a way that makes it unfit to count as
     /// recovered at `at`: frozen, or cut off from etcd.
     pub fn unfit(&self, node: usize, at: Instant) -> bool {
@@ -219,6 +258,30 @@ impl History {
                 && i.covers(at)
         })
     }
+}
+
+/// Each of `clients` clients' receipt times after `at`, newest first, from
+/// `(client, received)` pairs newest first. Answers are recorded as they
+/// arrive, so the scan stops once every client is back before `at`;
+/// probes (client numbers from `clients` on) are not clients.
+fn receipts_after(
+    newest_first: impl Iterator<Item = (usize, Instant)>,
+    at: Instant,
+    clients: usize,
+) -> Vec<Vec<Instant>> {
+    let mut after: Vec<Vec<Instant>> = vec![Vec::new(); clients];
+    let mut reached = vec![false; clients];
+    for (client, received) in newest_first.filter(|(client, _)| *client < clients) {
+        if received <= at {
+            reached[client] = true;
+            if reached.iter().all(|r| *r) {
+                break;
+            }
+        } else if !reached[client] {
+            after[client].push(received);
+        }
+    }
+    after
 }
 
 /// The history shared by the campaign's tasks.
@@ -231,6 +294,8 @@ impl Recorder {
         Self(Arc::new(Mutex::new(History {
             start: Instant::now(),
             batches: Vec::new(),
+            kv_ops: Vec::new(),
+            closed: Vec::new(),
             samples: Vec::new(),
             impairments: Vec::new(),
             faults: Vec::new(),

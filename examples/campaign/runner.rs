@@ -1,4 +1,4 @@
-//! Runs one fault campaign: etcd, a fault proxy and a `standin run --role tso` process per node, timestamp clients, a status sampler, and a seeded sequence of faults on the leader.
+//! Runs one fault campaign: etcd, a fault proxy and a `standin run --role tso --role kv` process per node, clients of both roles, a status sampler, and a seeded sequence of faults on a role's leader.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,14 +20,15 @@ mod faults;
 mod probes;
 
 use crate::checker;
+use crate::history::ROLES;
 use crate::history::Recorder;
-use cluster::kept_term;
+use cluster::{Leaders, kept_term};
 use faults::Fault;
-use probes::{Probe, allocate, sample};
+use probes::{Probe, allocate, read_and_write, sample};
 
 /// Nodes in the cluster: one leader, two standbys.
 const NODES: usize = 3;
-/// Client tasks allocating at once.
+/// Client tasks of each role at once.
 const CLIENTS: usize = 3;
 /// `session.ttl` of every node; short, so kills and freezes end in seconds.
 const TTL: Duration = Duration::from_secs(2);
@@ -50,10 +51,15 @@ const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 const CLIENTS_WITHIN: Duration = Duration::from_secs(10);
 /// How long a probe of a frozen leader may wait: it answers once resumed.
 const PROBE_WITHIN: Duration = Duration::from_secs(10);
+/// Pace of the requests to a leader an operator deposed, until it refuses.
+const HAMMER_PACE: Duration = Duration::from_millis(1);
+/// `coordinator.activateTimeout` of every node: short, so hanging
+/// activations end in seconds.
+const ACTIVATE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a node may take to exit after SIGTERM.
+const EXIT_WITHIN: Duration = Duration::from_secs(10);
 /// Added delay on a delayed link, each way.
 const LINK_DELAY: Duration = Duration::from_millis(100);
-/// The role under test.
-const ROLE: &str = "tso";
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -99,6 +105,8 @@ struct Cluster {
     /// each call bounds itself.
     control: Vec<Channel>,
     recorder: Recorder,
+    /// `etcd.rootPath` of every node.
+    root: String,
 }
 
 /// Runs a campaign and checks its history.
@@ -126,16 +134,15 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             .context("starting a fault proxy")?;
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
         let yaml = format!(
-            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\nsession:\n  ttl: {}s\n",
+            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n",
             proxy.endpoint(),
-            TTL.as_secs()
+            TTL.as_secs(),
+            ACTIVATE_TIMEOUT.as_millis()
         );
-        let process = StandinProcess::spawn(
-            &options.binary,
-            &yaml,
-            &["--role", ROLE, "--fault-injection", "--listen", &address],
-        )
-        .with_context(|| format!("starting node {node}"))?;
+        let mut args: Vec<&str> = ROLES.iter().flat_map(|role| ["--role", role]).collect();
+        args.extend(["--fault-injection", "--listen", &address]);
+        let process = StandinProcess::spawn(&options.binary, &yaml, &args)
+            .with_context(|| format!("starting node {node}"))?;
         let url = format!("http://{address}");
         control.push(Endpoint::from_shared(url.clone())?.connect_lazy());
         let sampling = Endpoint::from_shared(url)?
@@ -152,6 +159,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         nodes,
         control,
         recorder: recorder.clone(),
+        root: root.clone(),
     };
     if cluster.settle("the start").await?.is_none() {
         bail!(
@@ -167,11 +175,18 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     );
     let client_config = Config::from_yaml_str(&client_yaml).context("the client config")?;
     for client in 0..CLIENTS {
+        let seed = options.seed.wrapping_add(client as u64 + 1);
         tasks.spawn(allocate(
             client,
             client_config.clone(),
             recorder.clone(),
-            options.seed.wrapping_add(client as u64 + 1),
+            seed,
+        ));
+        tasks.spawn(read_and_write(
+            client,
+            client_config.clone(),
+            recorder.clone(),
+            seed.wrapping_add(CLIENTS as u64),
         ));
     }
 
@@ -184,7 +199,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         // of a keepalive cycle.
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..=400))).await;
         // Who leads right now, not before the calm.
-        let Some((node, epoch)) = cluster
+        let Some(leaders) = cluster
             .settle(&format!("the calm before fault {index}"))
             .await?
         else {
@@ -192,8 +207,9 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             break;
         };
         let fault = Fault::pick(&mut rng);
+        let role = rng.random_range(0..ROLES.len());
         let mut record = cluster
-            .inject(index, fault, node, epoch, &mut rng)
+            .inject(index, fault, role, &leaders, &mut rng)
             .await
             .with_context(|| format!("fault {index}: {}", fault.name()))?;
         // Settled again (or the next round stops the campaign), so the
@@ -201,10 +217,13 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         let settled = cluster.settle(&format!("fault {index}")).await?.is_some();
         record.clients_paused = recorder.lock().clients_paused(record.at, CLIENTS);
         println!(
-            "[{:7.1}s] fault {index}/{}: {} on {} (epoch {}, {}): {}, {}",
+            "[{:7.1}s] fault {index}/{}: {}{} on {} (epoch {}, {}): {}, {}",
             record.at.duration_since(started).as_secs_f64(),
             options.faults,
             record.kind,
+            record
+                .role
+                .map_or_else(String::new, |role| format!(" of {}", ROLES[role])),
             record
                 .node
                 .map_or_else(|| "etcd".to_owned(), |n| format!("node {n}")),
@@ -239,14 +258,16 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         .max()
         .unwrap_or_default();
     println!(
-        "campaign: {} batches, {} status samples, longest client wait after a fault {} ms",
+        "campaign: {} tso batches, {} kv requests, {} status samples, longest client wait after a fault {} ms",
         history.batches.len(),
+        history.kv_ops.len(),
         history.samples.len(),
         client_wait.as_millis()
     );
     for note in &report.notes {
         println!("note: {note}");
     }
+    println!("{}", report.forced_line());
     for message in &report.messages {
         println!("VIOLATION: {message}");
     }

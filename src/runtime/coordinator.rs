@@ -10,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::coordinator::{Coordinator, ServeError};
 use crate::fence::FencedStore;
+use crate::runtime::faults::Faults;
 use crate::runtime::term::Term;
 use crate::task::{OwnedTask, panic_message};
 
@@ -19,21 +20,25 @@ pub(crate) struct CoordinatorActor<C: Coordinator> {
     role: String,
     buffer_capacity: usize,
     deactivate_timeout: Duration,
+    faults: Arc<Faults>,
 }
 
 impl<C: Coordinator> CoordinatorActor<C> {
-    /// An actor for `role` with the activation buffer and deactivation bound from config.
+    /// An actor for `role` with the activation buffer and deactivation bound
+    /// from config, and the role's fault switches.
     pub(crate) fn new(
         coordinator: Arc<C>,
         role: String,
         buffer_capacity: usize,
         deactivate_timeout: Duration,
+        faults: Arc<Faults>,
     ) -> Self {
         Self {
             coordinator,
             role,
             buffer_capacity,
             deactivate_timeout,
+            faults,
         }
     }
 }
@@ -239,7 +244,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
             self.role
         );
         let coordinator = self.coordinator.clone();
+        let faults = self.faults.clone();
         let task = OwnedTask::spawn(async move {
+            faults.activation_started().await;
             let activation = coordinator.activate(term.epoch().clone(), meta, store);
             let result = match AssertUnwindSafe(activation).catch_unwind().await {
                 Ok(Ok(serving)) => Ok(serving),
@@ -440,6 +447,7 @@ mod tests {
             "r".into(),
             10,
             Duration::from_secs(1),
+            Arc::default(),
         );
         let (actor, _) = Actor::spawn(None, actor, ())
             .await

@@ -258,6 +258,7 @@ impl<C: Coordinator> Election<C> {
             self.role.clone(),
             config.activation_buffer,
             config.deactivate_timeout,
+            self.shared.faults.clone(),
         );
         let (coordinator, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
         let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(leader));

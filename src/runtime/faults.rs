@@ -31,6 +31,8 @@ pub(crate) struct Faults {
     reload_panic: AtomicBool,
     #[cfg(feature = "fault-injection")]
     reload_hold: Slot<ReloadHold>,
+    #[cfg(feature = "fault-injection")]
+    activation_hang: AtomicBool,
 }
 
 impl Faults {
@@ -46,6 +48,23 @@ impl Faults {
     #[cfg(feature = "fault-injection")]
     pub(crate) fn hold_reload(&self, reached: Arc<Semaphore>, gate: Arc<Semaphore>) {
         self.reload_hold.set(Some(ReloadHold { reached, gate }));
+    }
+
+    /// Makes the role's next activation hang before the user's `activate`
+    /// runs, as a coordinator stuck on a dependency would: only the
+    /// election's `coordinator.activateTimeout` ends it.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn arm_activation_hang(&self) {
+        self.activation_hang.store(true, Ordering::SeqCst);
+    }
+
+    /// Called by the coordinator actor's activation task before the user's
+    /// `activate`: never returns once if armed.
+    pub(crate) async fn activation_started(&self) {
+        #[cfg(feature = "fault-injection")]
+        if self.activation_hang.swap(false, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Called by the reload actor between pages: panics once if armed, and
@@ -76,15 +95,18 @@ pub enum Fault {
     CrashElection,
     /// The running (or next) reload panics after its next page.
     CrashReload,
+    /// The next activation hangs until the activation timeout ends it.
+    HangActivation,
 }
 
 #[cfg(feature = "fault-injection")]
 impl Fault {
     /// Every fault, by its name on the command line and in gRPC.
-    pub const ALL: [(Fault, &'static str); 3] = [
+    pub const ALL: [(Fault, &'static str); 4] = [
         (Fault::CrashCoordinator, "crash-coordinator"),
         (Fault::CrashElection, "crash-election"),
         (Fault::CrashReload, "crash-reload"),
+        (Fault::HangActivation, "hang-activation"),
     ];
 
     /// The fault called `name`.

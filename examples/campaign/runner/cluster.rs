@@ -4,14 +4,18 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::checker;
-use crate::history::{Recorder, Sample, State};
+use crate::history::{ROLES, Recorder, Sample, State};
+
+/// Each role's leader (node, epoch), by [`ROLES`]' index.
+pub(super) type Leaders = Vec<(usize, i64)>;
 
 impl Cluster {
-    /// Waits until every node answers, exactly one serves and every node
-    /// sees it as leader; returns that node and its epoch. A node whose
+    /// Waits until every node answers and, for every role, exactly one
+    /// serves and every node sees it as leader; returns each role's leader
+    /// and its epoch. A node whose
     /// process exited by itself is restarted (and recorded as a stall).
     /// `None`, with a stall recorded, when that takes over [`SETTLE_WITHIN`].
-    pub(super) async fn settle(&mut self, after: &str) -> anyhow::Result<Option<(usize, i64)>> {
+    pub(super) async fn settle(&mut self, after: &str) -> anyhow::Result<Option<Leaders>> {
         let since = Instant::now();
         loop {
             for (node, process) in self.nodes.iter_mut().enumerate() {
@@ -25,20 +29,25 @@ impl Cluster {
                     process.restart()?;
                 }
             }
-            let latest = self.latest_samples(since);
-            if let Some(leader) = settled(&latest) {
-                return Ok(Some(leader));
+            let latest: Vec<_> = (0..ROLES.len())
+                .map(|role| self.latest_samples(role, since))
+                .collect();
+            let leaders: Option<Leaders> = latest.iter().map(|l| settled(l)).collect();
+            if let Some(leaders) = leaders {
+                return Ok(Some(leaders));
             }
             if since.elapsed() > SETTLE_WITHIN {
                 let seen: Vec<String> = latest
                     .iter()
-                    .enumerate()
-                    .map(|(node, sample)| match sample {
-                        Some(s) => format!(
-                            "node {node}: {:?} epoch {} (server {}), sees leader epoch {}",
-                            s.state, s.epoch, s.server_id, s.leader_epoch
-                        ),
-                        None => format!("node {node}: no answer"),
+                    .zip(ROLES)
+                    .flat_map(|(latest, role)| {
+                        latest.iter().enumerate().map(move |(node, sample)| match sample {
+                            Some(s) => format!(
+                                "{role} on node {node}: {:?} epoch {} (server {}), sees leader epoch {}",
+                                s.state, s.epoch, s.server_id, s.leader_epoch
+                            ),
+                            None => format!("{role} on node {node}: no answer"),
+                        })
                     })
                     .collect();
                 let stall = format!(
@@ -54,8 +63,8 @@ impl Cluster {
         }
     }
 
-    /// Each node's latest sample sent at or after `since`.
-    pub(super) fn latest_samples(&self, since: Instant) -> Vec<Option<Sample>> {
+    /// Each node's latest sample of `role` sent at or after `since`.
+    pub(super) fn latest_samples(&self, role: usize, since: Instant) -> Vec<Option<Sample>> {
         let history = self.recorder.lock();
         let mut latest = vec![None; NODES];
         // From the end: samples are recorded about in time order, and one
@@ -64,7 +73,7 @@ impl Cluster {
             if sample.received + STATUS_WITHIN < since {
                 break;
             }
-            if sample.sent >= since && latest[sample.node].is_none() {
+            if sample.role == role && sample.sent >= since && latest[sample.node].is_none() {
                 latest[sample.node] = Some(*sample);
             }
         }
@@ -84,10 +93,11 @@ impl Cluster {
         let mut text = String::new();
         for fault in &history.faults {
             text.push_str(&format!(
-                "fault {} at {} ms: {} on {:?} (epoch {}): {}: recovered {:?}\n",
+                "fault {} at {} ms: {} of {:?} on {:?} (epoch {}): {}: recovered {:?}\n",
                 fault.index,
                 history.ms(fault.at),
                 fault.kind,
+                fault.role.map(|role| ROLES[role]),
                 fault.node,
                 fault.epoch,
                 fault.detail,
@@ -120,11 +130,12 @@ pub(super) fn settled(latest: &[Option<Sample>]) -> Option<(usize, i64)> {
     whole.then_some((leader.node, leader.epoch))
 }
 
-/// When `node` served term `epoch` in every sample it answered from `at`
-/// until one sent after `repaired`: the time from `at` to its first such
-/// answer, since it never stopped serving.
+/// When `node` served `role`'s term `epoch` in every sample it answered
+/// from `at` until one sent after `repaired`: the time from `at` to its
+/// first such answer, since it never stopped serving.
 pub(super) fn kept_term(
     recorder: &Recorder,
+    role: usize,
     node: usize,
     epoch: i64,
     at: Instant,
@@ -135,7 +146,7 @@ pub(super) fn kept_term(
     for sample in history
         .samples
         .iter()
-        .filter(|s| s.node == node && s.sent >= at)
+        .filter(|s| s.role == role && s.node == node && s.sent >= at)
     {
         if sample.state != State::Serving || sample.epoch != epoch {
             return None;

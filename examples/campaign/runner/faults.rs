@@ -5,12 +5,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::Rng;
 use rand::rngs::StdRng;
+use standin::etcd::session::Layout;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::faults_client::FaultsClient;
-use standin::service::grpc::proto::{InjectRequest, ResignRequest};
+use standin::service::grpc::proto::{InjectRequest, ResignRequest, WatchLeaderRequest};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 use super::*;
-use crate::history::{FaultRecord, ImpairmentKind, State};
+use crate::history::{FaultRecord, ImpairmentKind, ROLES, State};
 
 /// A fault the campaign can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,21 +38,38 @@ pub(super) enum Fault {
     Resign,
     /// etcd killed and restarted.
     EtcdRestart,
+    /// An operator deletes the role's leader key (`etcdctl del`): the
+    /// leader learns only from its watch.
+    DeleteKey,
+    /// An operator revokes the leader's lease (`etcdctl lease revoke`):
+    /// every term of that node ends, and it learns from etcd.
+    RevokeLease,
+    /// SIGTERM to the leader while a client holds a health Watch and a
+    /// WatchLeader stream open to it: it hands over and exits anyway.
+    SigtermWatched,
+    /// Every node's next activation of the role hangs, then the leader's
+    /// coordinator crashes: each successor gives its term up after
+    /// `coordinator.activateTimeout` until one activates.
+    HangActivation,
 }
 
 impl Fault {
     /// Every fault and how often it is picked, relative to the others:
     /// etcd restarts are rare, as asked, since they cost the most time.
-    const WEIGHTS: [(Fault, u32); 9] = [
-        (Fault::CrashCoordinator, 14),
-        (Fault::CrashElection, 14),
-        (Fault::CrashReload, 8),
-        (Fault::Kill, 14),
-        (Fault::Stop, 10),
-        (Fault::Cut, 12),
-        (Fault::Delay, 10),
-        (Fault::Resign, 14),
-        (Fault::EtcdRestart, 4),
+    const WEIGHTS: [(Fault, u32); 13] = [
+        (Fault::CrashCoordinator, 12),
+        (Fault::CrashElection, 12),
+        (Fault::CrashReload, 6),
+        (Fault::Kill, 12),
+        (Fault::Stop, 8),
+        (Fault::Cut, 10),
+        (Fault::Delay, 8),
+        (Fault::Resign, 12),
+        (Fault::EtcdRestart, 3),
+        (Fault::DeleteKey, 10),
+        (Fault::RevokeLease, 10),
+        (Fault::SigtermWatched, 6),
+        (Fault::HangActivation, 4),
     ];
 
     pub(super) fn pick(rng: &mut StdRng) -> Self {
@@ -75,6 +95,10 @@ impl Fault {
             Fault::Delay => "delay",
             Fault::Resign => "resign",
             Fault::EtcdRestart => "etcd-restart",
+            Fault::DeleteKey => "delete-key",
+            Fault::RevokeLease => "revoke-lease",
+            Fault::SigtermWatched => "sigterm-watched",
+            Fault::HangActivation => "hang-activation",
         }
     }
 
@@ -82,9 +106,15 @@ impl Fault {
     pub(super) fn bound(self) -> Duration {
         match self {
             // A crashed actor resigns at once: a standby wins in milliseconds.
-            Fault::CrashCoordinator | Fault::CrashElection | Fault::Resign | Fault::Delay => {
-                Duration::from_secs(5)
-            }
+            Fault::CrashCoordinator
+            | Fault::CrashElection
+            | Fault::Resign
+            | Fault::Delay
+            | Fault::DeleteKey
+            | Fault::RevokeLease
+            | Fault::SigtermWatched => Duration::from_secs(5),
+            // Each of the three nodes may hang once for the activation timeout.
+            Fault::HangActivation => 3 * ACTIVATE_TIMEOUT + Duration::from_secs(5),
             // Up to three reloads crash before one gets through.
             Fault::CrashReload => Duration::from_secs(8),
             // The leader's lease must expire first.
@@ -106,6 +136,8 @@ pub(super) enum Repair {
 /// What counts as recovered from one fault.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Recovery {
+    /// The role that must recover.
+    pub(super) role: usize,
     /// Only samples sent from here on count.
     pub(super) from: Instant,
     /// When set, only a term newer than this epoch counts: the fault ended
@@ -118,18 +150,23 @@ pub(super) struct Recovery {
 }
 
 impl Cluster {
-    /// Injects `fault` on `node` (the leader, at `epoch`), waits for a
-    /// healthy node to serve and for the fault's repair, and says how it went.
+    /// Injects `fault` on the leader of `role` (`leaders[role]`), waits for
+    /// a healthy node to serve that role and for the fault's repair, and
+    /// says how it went.
     pub(super) async fn inject(
         &mut self,
         index: usize,
         fault: Fault,
-        node: usize,
-        epoch: i64,
+        role: usize,
+        leaders: &Leaders,
         rng: &mut StdRng,
     ) -> anyhow::Result<FaultRecord> {
+        let (node, epoch) = leaders[role];
+        let name = ROLES[role];
         let at = Instant::now();
+        let mut forced = Vec::new();
         let mut recovery = Recovery {
+            role,
             from: at,
             newer_than: Some(epoch),
             or_kept: None,
@@ -139,11 +176,7 @@ impl Cluster {
         let mut target = Some(node);
         let detail = match fault {
             Fault::CrashCoordinator | Fault::CrashElection => {
-                let name = match fault {
-                    Fault::CrashCoordinator => "crash-coordinator",
-                    _ => "crash-election",
-                };
-                match self.inject_actor_fault(node, name).await {
+                match self.inject_actor_fault(node, name, fault.name()).await {
                     Ok(true) => "injected".to_owned(),
                     Ok(false) => {
                         recovery.newer_than = None;
@@ -155,27 +188,60 @@ impl Cluster {
                     }
                 }
             }
-            Fault::CrashReload => {
+            Fault::CrashReload | Fault::HangActivation => {
                 let mut armed = Vec::new();
                 for peer in 0..NODES {
-                    if let Ok(true) = self.inject_actor_fault(peer, "crash-reload").await {
+                    if let Ok(true) = self.inject_actor_fault(peer, name, fault.name()).await {
                         armed.push(peer.to_string());
                     }
                 }
-                match self.inject_actor_fault(node, "crash-coordinator").await {
+                match self
+                    .inject_actor_fault(node, name, "crash-coordinator")
+                    .await
+                {
                     Ok(true) => format!(
-                        "reload crash armed on nodes [{}], then the coordinator crashed",
+                        "{} armed on nodes [{}], then the coordinator crashed",
+                        fault.name(),
                         armed.join(", ")
                     ),
                     outcome => {
                         recovery.newer_than = None;
                         format!(
-                            "reload crash armed on nodes [{}], coordinator crash not injected ({outcome:?})",
+                            "{} armed on nodes [{}], coordinator crash not injected ({outcome:?})",
+                            fault.name(),
                             armed.join(", ")
                         )
                     }
                 }
             }
+            Fault::DeleteKey => match self.delete_leader_key(name, epoch).await? {
+                true => {
+                    forced.push((role, epoch));
+                    "leader key deleted".to_owned()
+                }
+                false => {
+                    recovery.newer_than = None;
+                    "not injected: the leader key had changed".to_owned()
+                }
+            },
+            Fault::RevokeLease => match self.revoke_leader_lease(name, epoch).await? {
+                Some(lease) => {
+                    // Every term the node held rides on that lease.
+                    forced.extend(
+                        leaders
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, (n, _))| *n == node)
+                            .map(|(r, (_, e))| (r, *e)),
+                    );
+                    format!("lease {lease:x} revoked")
+                }
+                None => {
+                    recovery.newer_than = None;
+                    "not injected: the leader key had changed".to_owned()
+                }
+            },
+            Fault::SigtermWatched => self.terminate_watched(node, name).await?,
             Fault::Kill => {
                 let process = &mut self.nodes[node];
                 let old = process.pid();
@@ -214,7 +280,7 @@ impl Cluster {
                     lasts.as_millis()
                 )
             }
-            Fault::Resign => match self.resign(node).await {
+            Fault::Resign => match self.resign(node, name).await {
                 Ok(()) => "resigned".to_owned(),
                 Err(error) => {
                     recovery.newer_than = None;
@@ -235,21 +301,40 @@ impl Cluster {
             }
         };
         let probe = probe.map(|node| Probe {
+            role,
             node,
             epoch,
             client: CLIENTS + index,
         });
+        // A deposed term is asked at once, and until it refuses.
+        let hammers: Vec<_> = forced
+            .iter()
+            .map(|&(role, epoch)| {
+                let probe = Probe {
+                    role,
+                    node,
+                    epoch,
+                    client: CLIENTS + index,
+                };
+                tokio::spawn(probe.hammer(self.control[node].clone(), at, self.recorder.clone()))
+            })
+            .collect();
         let (recovered, probed) = self
             .wait_recovery(at, fault.bound(), recovery, repair, probe)
             .await?;
-        let detail = match probed {
+        let mut detail = match probed {
             Some(outcome) => format!("{detail}; {outcome}"),
             None => detail,
         };
+        for hammer in hammers {
+            detail = format!("{detail}; {}", hammer.await?);
+        }
         Ok(FaultRecord {
             index,
             kind: fault.name(),
             node: target,
+            role: target.map(|_| role),
+            forced,
             epoch,
             at,
             bound: fault.bound(),
@@ -306,7 +391,8 @@ impl Cluster {
             if recovered.is_none() {
                 let history = self.recorder.lock();
                 for sample in &history.samples[cursor..] {
-                    if sample.sent >= recovery.from
+                    if sample.role == recovery.role
+                        && sample.sent >= recovery.from
                         && sample.state == State::Serving
                         && recovery.newer_than.is_none_or(|old| sample.epoch > old)
                         && !history.unfit(sample.node, sample.sent)
@@ -322,7 +408,7 @@ impl Cluster {
                 && let (Some(node), Some(old), Some(repaired)) =
                     (recovery.or_kept, recovery.newer_than, repaired_at)
             {
-                recovered = kept_term(&self.recorder, node, old, at, repaired);
+                recovered = kept_term(&self.recorder, recovery.role, node, old, at, repaired);
             }
             // Once a successor serves, and while the old leader is still
             // frozen: see that a client that has not heard of the successor
@@ -350,15 +436,16 @@ impl Cluster {
         }
     }
 
-    /// Asks `node`'s Faults service to crash one of the role's actors.
+    /// Asks `node`'s Faults service to inject `fault` into `role`'s actors.
     pub(super) async fn inject_actor_fault(
         &self,
         node: usize,
+        role: &str,
         fault: &str,
     ) -> anyhow::Result<bool> {
         let mut faults = FaultsClient::new(self.control[node].clone());
         let request = InjectRequest {
-            role: ROLE.to_owned(),
+            role: role.to_owned(),
             fault: fault.to_owned(),
         };
         let answer = tokio::time::timeout(Duration::from_secs(2), faults.inject(request))
@@ -367,15 +454,136 @@ impl Cluster {
         Ok(answer.into_inner().injected)
     }
 
-    /// A graceful handover of the role by `node`.
-    pub(super) async fn resign(&self, node: usize) -> anyhow::Result<()> {
+    /// A graceful handover of `role` by `node`.
+    pub(super) async fn resign(&self, node: usize, role: &str) -> anyhow::Result<()> {
         let mut coordination = CoordinationClient::new(self.control[node].clone());
         let request = ResignRequest {
-            role: ROLE.to_owned(),
+            role: role.to_owned(),
         };
         tokio::time::timeout(Duration::from_secs(10), coordination.resign(request))
             .await
             .context("no answer within 10 s")??;
         Ok(())
+    }
+}
+
+impl Cluster {
+    /// The leader key of `role` whose create revision is `epoch`, with its
+    /// lease, if it still exists.
+    async fn leader_key(&self, role: &str, epoch: i64) -> anyhow::Result<Option<(Vec<u8>, i64)>> {
+        let election = Layout::new(&self.root).election(role);
+        let mut etcd = self.etcd.client().await?;
+        let found = etcd
+            .get(
+                election.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(found
+            .kvs()
+            .iter()
+            .find(|kv| kv.create_revision() == epoch)
+            .map(|kv| (kv.key().to_vec(), kv.lease())))
+    }
+
+    /// What `etcdctl del` of the leader key does, for exactly the term
+    /// `epoch`: false when that key is gone already.
+    async fn delete_leader_key(&self, role: &str, epoch: i64) -> anyhow::Result<bool> {
+        let Some((key, _)) = self.leader_key(role, epoch).await? else {
+            return Ok(false);
+        };
+        let mut etcd = self.etcd.client().await?;
+        let deleted = etcd.delete(key, None).await?;
+        Ok(deleted.deleted() > 0)
+    }
+
+    /// What `etcdctl lease revoke` of the leader's lease does; the lease,
+    /// or `None` when the term's key is gone already.
+    async fn revoke_leader_lease(&self, role: &str, epoch: i64) -> anyhow::Result<Option<i64>> {
+        let Some((_, lease)) = self.leader_key(role, epoch).await? else {
+            return Ok(None);
+        };
+        let mut etcd = self.etcd.client().await?;
+        match etcd.lease_revoke(lease).await {
+            Ok(_) => Ok(Some(lease)),
+            // Expired or revoked meanwhile: the term ended without us.
+            Err(error) if error.to_string().contains("lease not found") => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// SIGTERM to `node` while a health Watch of `role` and a WatchLeader
+    /// stream are open to it; waits for it to exit (a stall if it does not
+    /// within [`EXIT_WITHIN`]), restarts it, and says how the streams ended.
+    async fn terminate_watched(&mut self, node: usize, role: &str) -> anyhow::Result<String> {
+        let channel = self.control[node].clone();
+        let health = HealthClient::new(channel.clone())
+            .watch(HealthCheckRequest {
+                service: role.to_owned(),
+            })
+            .await;
+        let leader = CoordinationClient::new(channel)
+            .watch_leader(WatchLeaderRequest {
+                role: role.to_owned(),
+            })
+            .await;
+        let (Ok(health), Ok(leader)) = (health, leader) else {
+            return Ok("not injected: the watch streams did not open".to_owned());
+        };
+        let (mut health, mut leader) = (health.into_inner(), leader.into_inner());
+        // Each stream's first message: it is open and answered.
+        let opened = tokio::time::timeout(STATUS_WITHIN, async {
+            health.message().await.is_ok() && leader.message().await.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        let pid = self.nodes[node].pid();
+        self.nodes[node].terminate()?;
+        let sent = Instant::now();
+        // Drain both streams while waiting: they must not hold the exit.
+        let drained = tokio::spawn(async move {
+            while let Ok(Some(_)) = health.message().await {}
+            while let Ok(Some(_)) = leader.message().await {}
+        });
+        let exited = loop {
+            if let Some(status) = self.nodes[node].try_exit_status() {
+                break Some(status);
+            }
+            if sent.elapsed() > EXIT_WITHIN {
+                break None;
+            }
+            tokio::time::sleep(SAMPLE_EVERY).await;
+        };
+        drained.abort();
+        let detail = match exited {
+            Some(status) if status.success() => format!(
+                "pid {pid} exited 0 in {} ms with its streams open{}",
+                sent.elapsed().as_millis(),
+                if opened {
+                    ""
+                } else {
+                    " (the streams had not answered yet)"
+                }
+            ),
+            Some(status) => {
+                let stall = format!("node {node} (pid {pid}) exited with {status} after SIGTERM");
+                self.recorder.lock().stalls.push(stall.clone());
+                stall
+            }
+            None => {
+                let stall = format!(
+                    "node {node} (pid {pid}) did not exit within {} s of SIGTERM with its watch streams open",
+                    EXIT_WITHIN.as_secs()
+                );
+                self.recorder.lock().stalls.push(stall.clone());
+                self.nodes[node].kill()?;
+                stall
+            }
+        };
+        self.nodes[node].restart()?;
+        Ok(format!(
+            "{detail}; restarted as pid {}",
+            self.nodes[node].pid()
+        ))
     }
 }

@@ -1,93 +1,203 @@
-//! What the campaign watches and drives: each node's state sampled, clients allocating timestamps, and probes of a frozen leader.
+//! What the campaign watches and drives: each node's state sampled, clients of both roles, and probes of a deposed leader.
 
 use std::time::Instant;
 
 use rand::Rng;
 use rand::rngs::StdRng;
 use standin::Config;
-use standin::service::client::{TsoClient, with_epoch};
+use standin::service::client::{KvClient, TsoClient, with_epoch};
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::kv_client::KvClient as KvStub;
 use standin::service::grpc::proto::tso_client::TsoClient as TsoStub;
-use standin::service::grpc::proto::{AllocateRequest, StatusRequest};
+use standin::service::grpc::proto::{AllocateRequest, GetRequest, StatusRequest};
 use tonic::transport::Channel;
 
 use super::*;
-use crate::history::{Batch, ClientError, Recorder, Sample, State};
+use crate::history::{
+    Batch, ClientError, KEYS_PER_CLIENT, KvOp, ROLES, Recorder, Sample, State, TSO,
+};
 
-/// Two requests, once a successor of a frozen leader serves: one to the
-/// successor, then one to the frozen leader with the epoch it led, as a
-/// client that has not heard of the successor would send. The deposed
-/// leader must refuse the second when it resumes; if it answers, its
-/// timestamps come after the successor's in real time.
+/// Requests to a leader that a fault deposed, sent with the epoch it led,
+/// as a client that has not heard of the change would send them: the
+/// deposed node must refuse them. Every answer is recorded, so the checker
+/// sees any it should not have given.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Probe {
+    /// The role asked.
+    pub(super) role: usize,
+    /// The deposed leader.
     pub(super) node: usize,
+    /// The epoch it led.
     pub(super) epoch: i64,
-    /// The client number its batches are recorded under.
+    /// The client number its answers are recorded under.
     pub(super) client: usize,
 }
 
 impl Probe {
-    /// Sends both requests (the second is answered once the node resumes),
-    /// records the batches it gets, and says what happened.
+    /// For a frozen leader, once a successor serves: one request to the
+    /// successor, then one to the frozen leader (answered once it resumes),
+    /// and what happened. If the frozen leader answers, its answer comes
+    /// after the successor's in real time.
     pub(super) async fn send(
         self,
         (successor, successor_epoch): (Channel, i64),
         frozen: Channel,
         recorder: Recorder,
     ) -> String {
-        let first = match self.allocate(successor, successor_epoch, &recorder).await {
-            Ok(batch) => format!("{} (epoch {})", batch.first, batch.epoch),
-            Err(refused) => refused,
+        let first = match self.ask(successor, successor_epoch, &recorder).await {
+            Ok(epoch) => format!("epoch {epoch}"),
+            Err(refusal) => refusal.to_string(),
         };
-        let second = match self.allocate(frozen, self.epoch, &recorder).await {
-            Ok(batch) => format!(
-                "ANSWERED after resuming with {} (epoch {})",
-                batch.first, batch.epoch
-            ),
-            Err(refused) => refused,
+        let second = match self.ask(frozen, self.epoch, &recorder).await {
+            Ok(epoch) => format!("ANSWERED after resuming (epoch {epoch})"),
+            Err(refusal) => refusal.to_string(),
         };
         format!(
-            "probe: the successor answered {first}, then the frozen leader asked with epoch {} {second}",
+            "probe: the successor answered ({first}), then the frozen leader asked with epoch {} {second}",
             self.epoch
         )
     }
 
-    pub(super) async fn allocate(
-        &self,
-        channel: Channel,
-        epoch: i64,
-        recorder: &Recorder,
-    ) -> Result<Batch, String> {
+    /// For a leader an operator deposed (its key deleted, its lease
+    /// revoked): asks it over and over until it refuses, and says how long
+    /// after `at` it last answered and when it refused. Its refusal is
+    /// recorded as the moment its term was surely closed.
+    pub(super) async fn hammer(self, channel: Channel, at: Instant, recorder: Recorder) -> String {
+        let mut answered = 0;
+        let mut last = None;
+        loop {
+            match self.ask(channel.clone(), self.epoch, &recorder).await {
+                Ok(_) => {
+                    answered += 1;
+                    last = Some(Instant::now());
+                }
+                Err(refusal) => {
+                    let now = Instant::now();
+                    // Silence proves nothing; a refusal proves the term is over.
+                    if let Refusal::Refused(_) = refusal {
+                        recorder.lock().closed.push((self.role, self.epoch, now));
+                    }
+                    let last = last.map_or("never".to_owned(), |last| {
+                        format!("{} ms after the act", last.duration_since(at).as_millis())
+                    });
+                    return format!(
+                        "probe: the deposed leader answered {answered} request(s) of epoch {}, the last {last}, and {refusal} {} ms after",
+                        self.epoch,
+                        now.duration_since(at).as_millis()
+                    );
+                }
+            }
+            if at.elapsed() > PROBE_WITHIN {
+                return format!(
+                    "probe: the deposed leader still answered epoch {} {} s after the act",
+                    self.epoch,
+                    PROBE_WITHIN.as_secs()
+                );
+            }
+            tokio::time::sleep(HAMMER_PACE).await;
+        }
+    }
+
+    /// One request of the probe's role to `channel` with `epoch`: the epoch
+    /// that answered (and its answer is recorded), or how it was refused.
+    async fn ask(&self, channel: Channel, epoch: i64, recorder: &Recorder) -> Result<i64, Refusal> {
         let sent = Instant::now();
-        let request = with_epoch(AllocateRequest { count: 1 }, epoch);
-        let answer =
-            tokio::time::timeout(PROBE_WITHIN, TsoStub::new(channel).allocate(request)).await;
+        let answer = match self.role {
+            TSO => {
+                let request = with_epoch(AllocateRequest { count: 1 }, epoch);
+                let mut stub = TsoStub::new(channel);
+                tokio::time::timeout(PROBE_WITHIN, stub.allocate(request))
+                    .await
+                    .map(|answer| answer.map(|batch| Answer::Batch(batch.into_inner())))
+            }
+            _ => {
+                // Client 0's first key: written all through the campaign.
+                let request = with_epoch(GetRequest { key: key_name(0) }, epoch);
+                let mut stub = KvStub::new(channel);
+                tokio::time::timeout(PROBE_WITHIN, stub.get(request))
+                    .await
+                    .map(|answer| answer.map(|got| Answer::Got(got.into_inner())))
+            }
+        };
         let received = Instant::now();
         match answer {
-            Ok(Ok(batch)) => {
-                let batch = batch.into_inner();
-                let batch = Batch {
+            Ok(Ok(Answer::Batch(batch))) => {
+                recorder.lock().batches.push(Batch {
                     client: self.client,
                     first: batch.first,
                     count: batch.count,
                     epoch: batch.epoch,
                     sent,
                     received,
-                };
-                recorder.lock().batches.push(batch);
-                Ok(batch)
+                });
+                Ok(batch.epoch)
             }
-            Ok(Err(status)) => Err(format!("refused ({:?})", status.code())),
-            Err(_) => Err(format!(
-                "did not answer within {} s",
-                PROBE_WITHIN.as_secs()
-            )),
+            Ok(Ok(Answer::Got(got))) => {
+                let value = got.value.as_deref().map_or(Ok(0), parse_value);
+                let mut history = recorder.lock();
+                match value {
+                    Ok(value) => history.kv_ops.push(KvOp {
+                        client: self.client,
+                        key: 0,
+                        put: false,
+                        value,
+                        epoch: got.epoch,
+                        sent,
+                        received,
+                    }),
+                    Err(message) => history.client_errors.push(ClientError {
+                        client: self.client,
+                        at: received,
+                        message,
+                    }),
+                }
+                Ok(got.epoch)
+            }
+            Ok(Err(status)) => Err(Refusal::Refused(status.code())),
+            Err(_) => Err(Refusal::Silent),
         }
     }
 }
 
-/// Polls one node's `Coordination.Status` until aborted, recording each answer.
+/// Why a probe got no answer.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The node said no.
+    Refused(tonic::Code),
+    /// The node did not answer within [`PROBE_WITHIN`].
+    Silent,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Refused(code) => write!(f, "refused ({code:?})"),
+            Refusal::Silent => write!(f, "did not answer within {} s", PROBE_WITHIN.as_secs()),
+        }
+    }
+}
+
+/// What a probe heard back.
+enum Answer {
+    Batch(standin::service::grpc::proto::AllocateResponse),
+    Got(standin::service::grpc::proto::GetResponse),
+}
+
+/// The etcd-relative name of register key `key`.
+fn key_name(key: usize) -> String {
+    format!("k{key}")
+}
+
+/// A register value as the campaign writes them: decimal ASCII.
+fn parse_value(raw: &[u8]) -> Result<u64, String> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| format!("the register holds {raw:?}, which no client wrote"))
+}
+
+/// Polls one node's `Coordination.Status` until aborted, recording each
+/// answer as one sample per role.
 pub(super) async fn sample(node: usize, channel: Channel, recorder: Recorder) {
     let mut client = CoordinationClient::new(channel);
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
@@ -100,18 +210,22 @@ pub(super) async fn sample(node: usize, channel: Channel, recorder: Recorder) {
         // No answer (dead, frozen, starting): nothing is known, nothing recorded.
         let Ok(Ok(answer)) = answer else { continue };
         let answer = answer.into_inner();
-        let Some(role) = answer.roles.iter().find(|r| r.role == ROLE) else {
-            continue;
-        };
-        recorder.lock().samples.push(Sample {
-            node,
-            server_id: answer.server_id,
-            state: State::parse(&role.state),
-            epoch: role.epoch,
-            leader_epoch: role.leader.as_ref().map_or(0, |l| l.epoch),
-            sent,
-            received,
-        });
+        let mut history = recorder.lock();
+        for (index, name) in ROLES.iter().enumerate() {
+            let Some(role) = answer.roles.iter().find(|r| r.role == *name) else {
+                continue;
+            };
+            history.samples.push(Sample {
+                role: index,
+                node,
+                server_id: answer.server_id,
+                state: State::parse(&role.state),
+                epoch: role.epoch,
+                leader_epoch: role.leader.as_ref().map_or(0, |l| l.epoch),
+                sent,
+                received,
+            });
+        }
     }
 }
 
@@ -119,14 +233,7 @@ pub(super) async fn sample(node: usize, channel: Channel, recorder: Recorder) {
 pub(super) async fn allocate(client: usize, config: Config, recorder: Recorder, seed: u64) {
     let tso = match TsoClient::connect(&config).await {
         Ok(tso) => tso,
-        Err(error) => {
-            recorder.lock().client_errors.push(ClientError {
-                client,
-                at: Instant::now(),
-                message: format!("connecting: {error}"),
-            });
-            return;
-        }
+        Err(error) => return recorder.client_error(client, format!("connecting: {error}")),
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tick = tokio::time::interval(CLIENT_PACE);
@@ -137,9 +244,8 @@ pub(super) async fn allocate(client: usize, config: Config, recorder: Recorder, 
         let sent = Instant::now();
         let answer = tso.allocate(count, ALLOCATE_WITHIN).await;
         let received = Instant::now();
-        let mut history = recorder.lock();
         match answer {
-            Ok(batch) if batch.count == count => history.batches.push(Batch {
+            Ok(batch) if batch.count == count => recorder.lock().batches.push(Batch {
                 client,
                 first: batch.first,
                 count: batch.count,
@@ -147,39 +253,97 @@ pub(super) async fn allocate(client: usize, config: Config, recorder: Recorder, 
                 sent,
                 received,
             }),
-            Ok(batch) => history.client_errors.push(ClientError {
+            Ok(batch) => recorder.client_error(
                 client,
-                at: received,
-                message: format!(
+                format!(
                     "asked for {count} timestamps, got {} from {} (epoch {})",
                     batch.count, batch.first, batch.epoch
                 ),
-            }),
-            Err(error) => history.client_errors.push(ClientError {
-                client,
-                at: received,
-                message: error.to_string(),
-            }),
+            ),
+            Err(error) => recorder.client_error(client, error.to_string()),
         }
     }
 }
 
+/// Reads and writes the register until aborted: puts the numbers 1, 2, 3...
+/// to its own keys in turn, and between them gets any client's key.
+/// Records every answer and every failure.
+pub(super) async fn read_and_write(client: usize, config: Config, recorder: Recorder, seed: u64) {
+    let kv = match KvClient::connect(&config).await {
+        Ok(kv) => kv,
+        Err(error) => return recorder.client_error(client, format!("connecting: {error}")),
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tick = tokio::time::interval(CLIENT_PACE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written = 0u64;
+    loop {
+        tick.tick().await;
+        let put = rng.random_bool(0.5);
+        let (key, value) = if put {
+            written += 1;
+            let own = client * KEYS_PER_CLIENT + rng.random_range(0..KEYS_PER_CLIENT);
+            (own, written)
+        } else {
+            (rng.random_range(0..CLIENTS * KEYS_PER_CLIENT), 0)
+        };
+        let sent = Instant::now();
+        let answer = if put {
+            let bytes = value.to_string().into_bytes();
+            kv.put(&key_name(key), bytes, ALLOCATE_WITHIN)
+                .await
+                .map(|answer| Ok((value, answer.epoch)))
+        } else {
+            kv.get(&key_name(key), ALLOCATE_WITHIN).await.map(|got| {
+                let value = got.value.as_deref().map_or(Ok(0), parse_value)?;
+                Ok((value, got.epoch))
+            })
+        };
+        let received = Instant::now();
+        match answer {
+            Ok(Ok((value, epoch))) => recorder.lock().kv_ops.push(KvOp {
+                client,
+                key,
+                put,
+                value,
+                epoch,
+                sent,
+                received,
+            }),
+            Ok(Err(message)) => recorder.client_error(client, message),
+            Err(error) => recorder.client_error(client, error.to_string()),
+        }
+    }
+}
+
+impl Recorder {
+    /// Records that `client` failed just now.
+    pub(super) fn client_error(&self, client: usize, message: String) {
+        self.lock().client_errors.push(ClientError {
+            client,
+            at: Instant::now(),
+            message,
+        });
+    }
+}
+
 impl Cluster {
-    /// Waits until every client has allocated since now; a client that does
-    /// not within [`CLIENTS_WITHIN`] is recorded as a stall.
+    /// Waits until every client of both roles has had an answer since now;
+    /// one that does not within [`CLIENTS_WITHIN`] is recorded as a stall.
     pub(super) async fn clients_progress(&self) {
         let since = Instant::now();
         loop {
-            let behind: Vec<usize> = {
+            let behind: Vec<String> = {
                 let history = self.recorder.lock();
+                let tso = history.batches.iter().rev().take_while(|b| b.sent >= since);
+                let kv = history.kv_ops.iter().rev().take_while(|o| o.sent >= since);
+                let tso: Vec<usize> = tso.map(|b| b.client).collect();
+                let kv: Vec<usize> = kv.map(|o| o.client).collect();
                 (0..CLIENTS)
-                    .filter(|client| {
-                        !history
-                            .batches
-                            .iter()
-                            .rev()
-                            .take_while(|b| b.sent >= since)
-                            .any(|b| b.client == *client)
+                    .flat_map(|client| {
+                        let tso = (!tso.contains(&client)).then(|| format!("tso {client}"));
+                        let kv = (!kv.contains(&client)).then(|| format!("kv {client}"));
+                        tso.into_iter().chain(kv)
                     })
                     .collect()
             };
@@ -188,7 +352,8 @@ impl Cluster {
             }
             if since.elapsed() > CLIENTS_WITHIN {
                 let stall = format!(
-                    "at the end, clients {behind:?} allocated nothing within {} s",
+                    "at the end, clients [{}] had no answer within {} s",
+                    behind.join(", "),
                     CLIENTS_WITHIN.as_secs()
                 );
                 println!("campaign: {stall}");
