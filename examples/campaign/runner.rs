@@ -235,7 +235,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             },
             match record.clients_paused {
                 Some(paused) => format!("longest client wait {} ms", paused.as_millis()),
-                None => "a client has not allocated since".to_owned(),
+                None => "a client has had no answer since".to_owned(),
             }
         );
         recorder.lock().faults.push(record);

@@ -8,7 +8,9 @@ use rand::rngs::StdRng;
 use standin::etcd::session::Layout;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::faults_client::FaultsClient;
-use standin::service::grpc::proto::{InjectRequest, ResignRequest, WatchLeaderRequest};
+use standin::service::grpc::proto::{
+    InjectRequest, ResignRequest, StatusRequest, WatchLeaderRequest,
+};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -163,6 +165,13 @@ impl Cluster {
     ) -> anyhow::Result<FaultRecord> {
         let (node, epoch) = leaders[role];
         let name = ROLES[role];
+        if matches!(fault, Fault::DeleteKey | Fault::RevokeLease) {
+            // The probe of the deposed term must not spend the first
+            // milliseconds after the act connecting to it.
+            let mut coordination = CoordinationClient::new(self.control[node].clone());
+            let _ =
+                tokio::time::timeout(STATUS_WITHIN, coordination.status(StatusRequest {})).await;
+        }
         let at = Instant::now();
         let mut forced = Vec::new();
         let mut recovery = Recovery {
@@ -224,17 +233,25 @@ impl Cluster {
                     "not injected: the leader key had changed".to_owned()
                 }
             },
-            Fault::RevokeLease => match self.revoke_leader_lease(name, epoch).await? {
-                Some(lease) => {
-                    // Every term the node held rides on that lease.
-                    forced.extend(
-                        leaders
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, (n, _))| *n == node)
-                            .map(|(r, (_, e))| (r, *e)),
-                    );
-                    format!("lease {lease:x} revoked")
+            Fault::RevokeLease => match self.leader_key(name, epoch).await? {
+                Some((_, lease)) => {
+                    // Every term whose leader key rides on that lease ends.
+                    for (other, &(holder, held)) in leaders.iter().enumerate() {
+                        if holder == node
+                            && let Some((_, same)) = self.leader_key(ROLES[other], held).await?
+                            && same == lease
+                        {
+                            forced.push((other, held));
+                        }
+                    }
+                    match self.revoke(lease).await? {
+                        true => format!("lease {lease:x} revoked"),
+                        false => {
+                            forced.clear();
+                            recovery.newer_than = None;
+                            format!("not injected: lease {lease:x} was gone already")
+                        }
+                    }
                 }
                 None => {
                     recovery.newer_than = None;
@@ -497,17 +514,13 @@ impl Cluster {
         Ok(deleted.deleted() > 0)
     }
 
-    /// What `etcdctl lease revoke` of the leader's lease does; the lease,
-    /// or `None` when the term's key is gone already.
-    async fn revoke_leader_lease(&self, role: &str, epoch: i64) -> anyhow::Result<Option<i64>> {
-        let Some((_, lease)) = self.leader_key(role, epoch).await? else {
-            return Ok(None);
-        };
+    /// What `etcdctl lease revoke` does: false when the lease was gone already.
+    async fn revoke(&self, lease: i64) -> anyhow::Result<bool> {
         let mut etcd = self.etcd.client().await?;
         match etcd.lease_revoke(lease).await {
-            Ok(_) => Ok(Some(lease)),
+            Ok(_) => Ok(true),
             // Expired or revoked meanwhile: the term ended without us.
-            Err(error) if error.to_string().contains("lease not found") => Ok(None),
+            Err(error) if error.to_string().contains("lease not found") => Ok(false),
             Err(error) => Err(error.into()),
         }
     }
