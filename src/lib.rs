@@ -77,14 +77,14 @@
 //! - [`Config`] and [`Config::builder`]: every setting, from YAML or in code.
 //! - [`etcd`]: the keys standin keeps in etcd, and reading a deployment back.
 //! - `testing` (feature `testing`): real etcd servers and faults for your tests.
-//! - `service` (feature `grpc`): the gRPC API, the routing layer, clients, `tso`.
+//! - `service` (feature `grpc`): the gRPC API, the routing layer, clients, `tso` and `kv`.
 //!
 //! # Cargo features
 //!
 //! | feature | what it adds |
 //! | --- | --- |
 //! | (none) | the runtime: [`Node`], [`Coordinator`], [`FencedStore`], [`Config`] |
-//! | `grpc` | `service`: standin's gRPC API, `ActiveOnlyLayer` for your tonic services, leader-following clients, the built-in `tso` role |
+//! | `grpc` | `service`: standin's gRPC API, `ActiveOnlyLayer` for your tonic services, leader-following clients, the built-in `tso` and `kv` roles |
 //! | `prometheus` | [`telemetry`]'s exporter (`install_prometheus`) |
 //! | `fault-injection` | `RoleHandle::crash_*` and `Fault`: make a role's actors panic as a bug would |
 //! | `testing` | `testing`: throwaway etcd servers and clusters, a fault proxy, `standin run` processes, waits (implies `fault-injection`) |

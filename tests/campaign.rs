@@ -1,4 +1,4 @@
-//! A short fault campaign (30 faults) against three `standin run` processes: no timestamp or leadership violation, every fault recovered within its bound.
+//! A short fault campaign (30 faults) against three `standin run --role tso --role kv` processes: no timestamp, register or leadership violation, every fault recovered within its bound.
 //!
 //! The campaign itself lives with the `campaign` example, which runs the
 //! long one; `CAMPAIGN_SEED=S` replays a seed printed by a failed run.

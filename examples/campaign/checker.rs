@@ -180,12 +180,57 @@ impl<'a> Forced<'a> {
             .copied()
     }
 
-    fn note(&self, history: &History, fault: &FaultRecord, what: String) -> String {
-        format!(
-            "answer excused by an operator-forced takeover ({} at {} ms): {what}",
-            fault.kind,
-            history.ms(fault.at)
-        )
+    /// Files `what`, found about an answer of `role`'s term `epoch` that
+    /// arrived at `received`: a note when an operator-forced takeover
+    /// excuses it, else a violation of `kind`.
+    fn judge(
+        &self,
+        history: &History,
+        (role, epoch, received): (usize, i64, Instant),
+        what: String,
+        kind: &mut Kind,
+        notes: &mut Vec<String>,
+    ) {
+        match self.excuses(role, epoch, received) {
+            Some(fault) => notes.push(format!(
+                "answer excused by an operator-forced takeover ({} at {} ms): {what}",
+                fault.kind,
+                history.ms(fault.at)
+            )),
+            None => kind.push(what),
+        }
+    }
+}
+
+/// What [`in_real_time`] hands its visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// This item's answer arrived before the next one was asked for.
+    Answered,
+    /// This item was asked for now.
+    Asked,
+}
+
+/// Walks `items` in the order they were asked for (`sent`), handing
+/// `visit` first every item answered (`received`) strictly before the next
+/// one was asked, then that one: the real-time checks keep what they need
+/// of the answered ones and judge the asked one against it.
+fn in_real_time<'a, T: 'a>(
+    items: impl Iterator<Item = &'a T>,
+    sent: impl Fn(&T) -> Instant,
+    received: impl Fn(&T) -> Instant,
+    mut visit: impl FnMut(&'a T, Step),
+) {
+    let mut by_sent: Vec<&T> = items.collect();
+    by_sent.sort_by_key(|item| sent(item));
+    let mut by_received = by_sent.clone();
+    by_received.sort_by_key(|item| received(item));
+    let mut answered = by_received.into_iter().peekable();
+    for item in by_sent {
+        while let Some(done) = answered.next_if(|done| received(done) < sent(item)) {
+            visit(done, Step::Answered);
+        }
+        visit(item, Step::Asked);
     }
 }
 
@@ -279,31 +324,31 @@ fn check_answers(history: &History, forced: &Forced, report: &mut Report) {
         }
     }
     for role in 0..ROLES.len() {
-        let mut by_sent: Vec<&Answer> = all.iter().filter(|a| a.role == role).collect();
-        by_sent.sort_by_key(|a| a.sent);
-        let mut by_received = by_sent.clone();
-        by_received.sort_by_key(|a| a.received);
-        let mut answered = by_received.into_iter().peekable();
+        // The answer of the newest term among those that arrived before.
         let mut top: Option<&Answer> = None;
-        for answer in by_sent {
-            while let Some(done) = answered.next_if(|done| done.received < answer.sent) {
-                if top.is_none_or(|top| done.epoch > top.epoch) {
-                    top = Some(done);
+        let of_role = all.iter().filter(|a| a.role == role);
+        in_real_time(
+            of_role,
+            |a| a.sent,
+            |a| a.received,
+            |answer, step| {
+                if step == Step::Answered {
+                    if top.is_none_or(|top| answer.epoch > top.epoch) {
+                        top = Some(answer);
+                    }
+                    return;
                 }
-            }
-            let Some(top) = top.filter(|top| answer.epoch < top.epoch) else {
-                continue;
-            };
-            let what = format!(
-                "{} although {} before it was asked",
-                describe_answer(history, answer),
-                describe_answer(history, top)
-            );
-            match forced.excuses(role, answer.epoch, answer.received) {
-                Some(fault) => report.notes.push(forced.note(history, fault, what)),
-                None => epoch_back.push(what),
-            }
-        }
+                if let Some(top) = top.filter(|top| answer.epoch < top.epoch) {
+                    let what = format!(
+                        "{} although {} before it was asked",
+                        describe_answer(history, answer),
+                        describe_answer(history, top)
+                    );
+                    let about = (role, answer.epoch, answer.received);
+                    forced.judge(history, about, what, &mut epoch_back, &mut report.notes);
+                }
+            },
+        );
     }
     after_close.into(report);
     epoch_back.into(report);
@@ -341,10 +386,8 @@ fn check_register(history: &History, forced: &Forced, report: &mut Report) {
                 history.ms(newest.received),
                 newest.epoch
             );
-            match forced.excuses(KV, read.epoch, read.received) {
-                Some(fault) => report.notes.push(forced.note(history, fault, what)),
-                None => stale.push(what),
-            }
+            let about = (KV, read.epoch, read.received);
+            forced.judge(history, about, what, &mut stale, &mut report.notes);
         }
         // Puts asked for before the read's answer arrived; a failed put is
         // a client error, reported on its own.
@@ -457,35 +500,34 @@ fn check_timestamps(history: &History, forced: &Forced, report: &mut Report) {
     per_client.into(report);
 
     let mut real_time = Kind::new("real-time order");
-    let mut by_sent: Vec<&Batch> = batches.iter().collect();
-    by_sent.sort_by_key(|b| b.sent);
-    let mut by_received: Vec<&Batch> = batches.iter().collect();
-    by_received.sort_by_key(|b| b.received);
-    let mut answered = by_received.into_iter().peekable();
+    // The batch with the highest timestamp among those that arrived before.
     let mut top_last: Option<&Batch> = None;
-    for batch in by_sent {
-        // Everything answered before this batch was asked for.
-        while let Some(done) = answered.next_if(|done| done.received < batch.sent) {
-            if top_last.is_none_or(|top| done.last() > top.last()) {
-                top_last = Some(done);
+    in_real_time(
+        batches.iter(),
+        |b| b.sent,
+        |b| b.received,
+        |batch, step| {
+            if step == Step::Answered {
+                if top_last.is_none_or(|top| batch.last() > top.last()) {
+                    top_last = Some(batch);
+                }
+                return;
             }
-        }
-        // The same client's order is the per-client check's to report.
-        if let Some(top) = top_last
-            && top.client != batch.client
-            && batch.first <= top.last()
-        {
-            let what = format!(
-                "{} although {} before it was asked",
-                describe(history, batch),
-                describe(history, top)
-            );
-            match forced.excuses(TSO, batch.epoch, batch.received) {
-                Some(fault) => report.notes.push(forced.note(history, fault, what)),
-                None => real_time.push(what),
+            // The same client's order is the per-client check's to report.
+            if let Some(top) = top_last
+                && top.client != batch.client
+                && batch.first <= top.last()
+            {
+                let what = format!(
+                    "{} although {} before it was asked",
+                    describe(history, batch),
+                    describe(history, top)
+                );
+                let about = (TSO, batch.epoch, batch.received);
+                forced.judge(history, about, what, &mut real_time, &mut report.notes);
             }
-        }
-    }
+        },
+    );
     real_time.into(report);
 }
 
@@ -657,12 +699,12 @@ fn check_leadership(history: &History, role: usize, forced: &Forced, report: &mu
                     history.ms(from),
                     history.ms(to)
                 );
-                if let Some(note) = frozen_excuse(history, stale, other) {
-                    report.notes.push(note);
-                } else if let Some(fault) = forced.excuses(role, stale.epoch, stale.loose.1) {
-                    report.notes.push(forced.note(history, fault, what));
-                } else {
-                    overlap.push(what);
+                match frozen_excuse(history, stale, other) {
+                    Some(note) => report.notes.push(note),
+                    None => {
+                        let about = (role, stale.epoch, stale.loose.1);
+                        forced.judge(history, about, what, &mut overlap, &mut report.notes);
+                    }
                 }
                 continue;
             }
