@@ -1,4 +1,4 @@
-//! Failure modes of a role's actors against a real etcd: a reload crashing mid-way, a coordinator crashing with requests buffered; each checked for safety (one server at a time, no write of a deposed epoch) and liveness (a server again within a stated bound).
+//! Failure modes of a role's actors against a real etcd: a reload crashing mid-way, a coordinator crashing with requests buffered, an activation that hangs; each checked for safety (one server at a time, no write of a deposed epoch) and liveness (a server again within a stated bound).
 
 #[path = "faults/kit.rs"]
 mod kit;
@@ -256,5 +256,57 @@ async fn a_coordinator_crash_while_requests_are_buffered_answers_each_once_and_a
 
     peer.node.shutdown().await;
     stuck.node.shutdown().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 3. An activation hangs (the `hang-activation` fault switch).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_activation_is_given_up_after_its_timeout_and_a_node_serves_again()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = start_nodes(2, &[ROLE], |index| {
+        let mut config = config(&etcd, index, 3);
+        config.coordinator.activate_timeout = Duration::from_secs(1);
+        config
+    })
+    .await?;
+    let monitor = Monitor::nodes(&nodes, ROLE);
+    let first = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let next = 1 - first;
+    wait_for("the standby's candidacy", Duration::from_secs(5), || {
+        nodes[next].role(ROLE).status().lease
+    })
+    .await;
+
+    info!("--- the standby's next activation hangs; the active hands over to it");
+    nodes[next].role(ROLE).hang_activation();
+    let handed_over_at = Instant::now();
+    nodes[first]
+        .role(ROLE)
+        .resign(Duration::from_secs(5))
+        .await?;
+    wait_for(
+        "the hung winner to give its term up",
+        Duration::from_secs(5),
+        || {
+            (nodes[next].last_step_down(ROLE) == Some(StepDownReason::ActivationTimedOut))
+                .then_some(())
+        },
+    )
+    .await;
+    let serving_node = wait_for("a node to serve again", Duration::from_secs(5), || {
+        single(&serving(&nodes, ROLE))
+    })
+    .await;
+    let took = handed_over_at.elapsed();
+    info!(?took, serving_node, "--- serving again");
+    // One activation timeout, then an ordinary takeover.
+    assert!(took < Duration::from_secs(4), "serving again took {took:?}");
+    monitor.assert_safe();
+
+    shutdown_all(&mut nodes).await;
     Ok(())
 }
