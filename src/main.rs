@@ -269,14 +269,10 @@ async fn run(
     let mut node = Node::new(config);
     // Every built-in role when none is named.
     let runs = |role: &str| roles.is_empty() || roles.iter().any(|r| r == role);
-    let tso = match runs("tso") {
-        true => Some(node.add_role("tso", Tso::new(tso_config.clone()))?),
-        false => None,
-    };
-    let register = match runs("kv") {
-        true => Some(node.add_role("kv", Kv)?),
-        false => None,
-    };
+    let tso = runs("tso")
+        .then(|| node.add_role("tso", Tso::new(tso_config.clone())))
+        .transpose()?;
+    let register = runs("kv").then(|| node.add_role("kv", Kv)).transpose()?;
     node.start().await.context("starting the node")?;
     let server_id = node.server_id().unwrap_or_default();
     tracing::info!(server_id, %listen, "serving gRPC");

@@ -19,6 +19,29 @@ use support::{
 use tokio::sync::Semaphore;
 use tracing::info;
 
+/// Two nodes of `ROLE` (TTL 3 s, each config changed by `tweak`), once one
+/// leads and the other campaigns: the nodes, a monitor on them, the
+/// leader's index, the standby's and the standby's lease.
+async fn leader_and_standby(
+    etcd: &EtcdServer,
+    mut tweak: impl FnMut(&mut standin::Config),
+) -> anyhow::Result<(Vec<support::TestNode>, Monitor, usize, usize, i64)> {
+    let nodes = start_nodes(2, &[ROLE], |index| {
+        let mut config = config(etcd, index, 3);
+        tweak(&mut config);
+        config
+    })
+    .await?;
+    let monitor = Monitor::nodes(&nodes, ROLE);
+    let first = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let next = 1 - first;
+    let next_lease = wait_for("the standby's candidacy", Duration::from_secs(5), || {
+        nodes[next].role(ROLE).status().lease
+    })
+    .await;
+    Ok((nodes, monitor, first, next, next_lease))
+}
+
 // ---------------------------------------------------------------------------
 // 1. The reload actor crashes in the middle of a reload.
 
@@ -28,22 +51,11 @@ async fn a_reload_crashing_mid_way_resigns_and_a_node_serves_within_5s() -> anyh
     let etcd = EtcdServer::start().await?;
     seed_metadata(&etcd, ROLE, 200, b"v").await?;
     let client = etcd.client().await?;
-    let mut nodes = start_nodes(2, &[ROLE], |index| {
-        let mut config = config(&etcd, index, 3);
-        config.reload.page_size = 10;
-        config
-    })
-    .await?;
-    let monitor = Monitor::nodes(&nodes, ROLE);
-    let first = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
-    let next = 1 - first;
+    let (mut nodes, monitor, first, next, next_lease) =
+        leader_and_standby(&etcd, |config| config.reload.page_size = 10).await?;
     let first_epoch = epoch_of(&nodes[first]);
 
     info!("--- the standby is next in line: arm a reload crash on it");
-    let next_lease = wait_for("the standby's candidacy", Duration::from_secs(5), || {
-        nodes[next].role(ROLE).status().lease
-    })
-    .await;
     let next_key = standin::etcd::recipe::candidate_key(&election(ROLE), next_lease);
     let next_revision = eventually("two candidates", Duration::from_secs(5), || async {
         let candidates = candidates(&client, ROLE).await;
@@ -267,19 +279,10 @@ async fn a_hung_activation_is_given_up_after_its_timeout_and_a_node_serves_again
 -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    let mut nodes = start_nodes(2, &[ROLE], |index| {
-        let mut config = config(&etcd, index, 3);
-        config.coordinator.activate_timeout = Duration::from_secs(1);
-        config
+    let (mut nodes, monitor, first, next, _) = leader_and_standby(&etcd, |config| {
+        config.coordinator.activate_timeout = Duration::from_secs(1)
     })
     .await?;
-    let monitor = Monitor::nodes(&nodes, ROLE);
-    let first = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
-    let next = 1 - first;
-    wait_for("the standby's candidacy", Duration::from_secs(5), || {
-        nodes[next].role(ROLE).status().lease
-    })
-    .await;
 
     info!("--- the standby's next activation hangs; the active hands over to it");
     nodes[next].role(ROLE).hang_activation();

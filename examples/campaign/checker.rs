@@ -146,13 +146,14 @@ impl Interval {
 pub fn check(history: &History) -> Report {
     let mut report = Report::default();
     let forced = Forced::new(history);
+    let all = answers(history);
     check_timestamps(history, &forced, &mut report);
     check_register(history, &forced, &mut report);
-    check_answers(history, &forced, &mut report);
+    check_answers(history, &all, &forced, &mut report);
     for role in 0..ROLES.len() {
-        check_leadership(history, role, &forced, &mut report);
+        check_leadership(history, role, &all, &forced, &mut report);
     }
-    measure_forced(history, &mut report);
+    measure_forced(history, &all, &mut report);
     check_faults(history, &mut report);
     report
 }
@@ -307,12 +308,11 @@ fn closed_by(history: &History) -> HashMap<(usize, i64), Instant> {
 /// Per role: no answer of a term asked for after the term was surely
 /// closed; no answer of an older term asked for after a newer term's
 /// answer arrived (unless an operator ended the older term just before).
-fn check_answers(history: &History, forced: &Forced, report: &mut Report) {
+fn check_answers(history: &History, all: &[Answer], forced: &Forced, report: &mut Report) {
     let mut after_close = Kind::new("answered after its term closed");
     let mut epoch_back = Kind::new("epoch went back");
     let closed = closed_by(history);
-    let all = answers(history);
-    for answer in &all {
+    for answer in all {
         if let Some(&by) = closed.get(&(answer.role, answer.epoch))
             && answer.sent > by
         {
@@ -409,8 +409,7 @@ fn check_register(history: &History, forced: &Forced, report: &mut Report) {
 
 /// For every term an operator ended by hand, how long it went on answering
 /// (its clients, the probe and its status samples), as [`ForcedOverlap`].
-fn measure_forced(history: &History, report: &mut Report) {
-    let all = answers(history);
+fn measure_forced(history: &History, all: &[Answer], report: &mut Report) {
     for (role, epoch, fault) in history.forced() {
         let old_answers = all
             .iter()
@@ -604,7 +603,13 @@ fn frozen_excuse(history: &History, stale: &Interval, other: &Interval) -> Optio
 /// was frozen may be answered after a newer epoch served. A batch asked
 /// for before the freeze was surely in force may have been allocated
 /// before it: a note, not a violation.
-fn check_frozen(history: &History, role: usize, intervals: &[Interval], report: &mut Report) {
+fn check_frozen(
+    history: &History,
+    role: usize,
+    all: &[Answer],
+    intervals: &[Interval],
+    report: &mut Report,
+) {
     let mut stale = Kind::new("frozen leader served after resuming");
     for freeze in &history.impairments {
         let (ImpairmentKind::Stopped, Some(node), Some(resumed)) =
@@ -630,8 +635,9 @@ fn check_frozen(history: &History, role: usize, intervals: &[Interval], report: 
         else {
             continue;
         };
-        let late: Vec<Answer> = answers(history)
-            .into_iter()
+        let late: Vec<Answer> = all
+            .iter()
+            .copied()
             .filter(|a| {
                 a.role == role
                     && a.epoch == epoch
@@ -679,7 +685,13 @@ fn check_frozen(history: &History, role: usize, intervals: &[Interval], report: 
 /// freeze explains it and the frozen node served nothing after, or an
 /// operator ended the older term just before), and leaders serve in
 /// increasing epochs.
-fn check_leadership(history: &History, role: usize, forced: &Forced, report: &mut Report) {
+fn check_leadership(
+    history: &History,
+    role: usize,
+    all: &[Answer],
+    forced: &Forced,
+    report: &mut Report,
+) {
     let intervals = intervals(history, role);
     let mut overlap = Kind::new("two leaders");
     let mut order = Kind::new("epochs not increasing");
@@ -725,7 +737,7 @@ fn check_leadership(history: &History, role: usize, forced: &Forced, report: &mu
     }
     overlap.into(report);
     order.into(report);
-    check_frozen(history, role, &intervals, report);
+    check_frozen(history, role, all, &intervals, report);
 }
 
 /// Every fault recovered within its bound; every allocation succeeded; the

@@ -235,9 +235,7 @@ pub(super) async fn allocate(client: usize, config: Config, recorder: Recorder, 
         Ok(tso) => tso,
         Err(error) => return recorder.client_error(client, format!("connecting: {error}")),
     };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut tick = tokio::time::interval(CLIENT_PACE);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut rng, mut tick) = paced(seed);
     loop {
         tick.tick().await;
         let count = rng.random_range(1..=64);
@@ -273,9 +271,7 @@ pub(super) async fn read_and_write(client: usize, config: Config, recorder: Reco
         Ok(kv) => kv,
         Err(error) => return recorder.client_error(client, format!("connecting: {error}")),
     };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut tick = tokio::time::interval(CLIENT_PACE);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut rng, mut tick) = paced(seed);
     let mut written = 0u64;
     loop {
         tick.tick().await;
@@ -314,6 +310,14 @@ pub(super) async fn read_and_write(client: usize, config: Config, recorder: Reco
             Err(error) => recorder.client_error(client, error.to_string()),
         }
     }
+}
+
+/// A client's random numbers from `seed`, and its [`CLIENT_PACE`] ticks:
+/// a slow answer delays the next request rather than bunching them up.
+fn paced(seed: u64) -> (StdRng, tokio::time::Interval) {
+    let mut tick = tokio::time::interval(CLIENT_PACE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    (StdRng::seed_from_u64(seed), tick)
 }
 
 impl Recorder {
