@@ -306,6 +306,18 @@ pub struct NodeConfig {
     /// node [`DEFAULT_NODE_ADDRESS`]. Set it where clients reach the node
     /// by another address than it listens on (NAT, containers).
     pub address: Option<String>,
+    /// Where this node's death witness listens, `host:port` (port 0: any
+    /// free port). Unset: the host of [`address`](Self::address), any free
+    /// port. Peers that stand by for a role this node leads hold a
+    /// connection to it; see `session.deathWitness`.
+    pub witness_address: Option<String>,
+    /// The witness address published to peers, when they reach it by
+    /// another address than it listens on. It must reach this process's
+    /// own socket: a proxy or balancer in between that refuses connections
+    /// by itself would make peers believe this node died. Unset: the
+    /// address it listens on (with the host of `address` if it listens on
+    /// every interface).
+    pub witness_advertised_address: Option<String>,
 }
 
 /// The address a node publishes when `node.address` is unset and nothing listens for it.
@@ -315,6 +327,40 @@ impl NodeConfig {
     /// The address this node publishes: `address`, or [`DEFAULT_NODE_ADDRESS`].
     pub fn advertised(&self) -> &str {
         self.address.as_deref().unwrap_or(DEFAULT_NODE_ADDRESS)
+    }
+
+    /// Where the death witness listens: `witnessAddress`, or the host of
+    /// the advertised address on any free port.
+    pub fn witness_listen(&self) -> String {
+        match &self.witness_address {
+            Some(address) => address.clone(),
+            None => {
+                let host = split_host_port(self.advertised()).map_or("127.0.0.1", |(host, _)| host);
+                join_host_port(host, 0)
+            }
+        }
+    }
+}
+
+/// Splits `host:port`, the host without IPv6 brackets; `None` when the
+/// address is not of that shape.
+pub(crate) fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    let host = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// `host:port`, brackets around an IPv6 host.
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -351,6 +397,13 @@ pub struct SessionConfig {
     /// How often a standby logs its STANDBY line, so operators see it is alive.
     #[serde(with = "humantime_serde")]
     pub standby_log_interval: Duration,
+    /// Whether standbys watch the leader's process through its witness
+    /// socket and revoke its leases the moment the kernel shows it is gone
+    /// (its witness port refuses, or another process answers on it), so a
+    /// killed leader costs milliseconds instead of the TTL. What the
+    /// kernel cannot tell (a dead host, a partition, a frozen process)
+    /// still waits for the lease.
+    pub death_witness: bool,
 }
 
 impl Default for SessionConfig {
@@ -361,6 +414,7 @@ impl Default for SessionConfig {
             keepalive_timeout: None,
             renew_deadline: None,
             standby_log_interval: Duration::from_secs(10),
+            death_witness: true,
         }
     }
 }

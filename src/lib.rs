@@ -116,9 +116,9 @@ pub use config::{Config, ConfigBuilder, ConfigError};
 pub use coordinator::{BoxError, CallError, Coordinator, RoleMsg, ServeError, Snapshot};
 pub use etcd::EtcdError;
 pub use etcd::recipe::CampaignError;
-pub use etcd::session::{SessionError, SessionInfo, VERSION};
+pub use etcd::session::{SessionError, SessionInfo, VERSION, WitnessInfo};
 pub use fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
-pub use node::{Node, NodeError};
+pub use node::{Node, NodeError, WitnessError};
 pub use role::{RoleControl, RoleHandle, ServingCheck};
 #[cfg(feature = "fault-injection")]
 pub use runtime::faults::Fault;

@@ -17,6 +17,8 @@ use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleCells, RoleShared};
 use crate::runtime::endpoint::RoleEndpoint;
 use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
+use crate::runtime::witness::Witness;
+pub use crate::runtime::witness::WitnessError;
 
 /// Failures to start or stop a node.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,9 @@ pub enum NodeError {
     /// `start` without roles, or twice.
     #[error("{0}")]
     BadLifecycle(&'static str),
+    /// The death witness could not listen.
+    #[error(transparent)]
+    WitnessFailed(#[from] WitnessError),
     /// An actor could not be spawned.
     #[error("spawning the {role} supervisor failed: {source}")]
     SpawnFailed {
@@ -209,6 +214,10 @@ pub struct Node {
     context: Option<Arc<NodeContext>>,
     /// Keeps the client's calls off etcd members that stop answering.
     steering: Option<crate::etcd::Steering>,
+    /// The death witness. Declared last so that it closes last, after the
+    /// roles were handed over or their leases revoked: peers read its
+    /// closing as this process being gone.
+    witness: Option<Witness>,
 }
 
 impl Node {
@@ -222,6 +231,7 @@ impl Node {
             running: Vec::new(),
             context: None,
             steering: None,
+            witness: None,
         }
     }
 
@@ -310,11 +320,18 @@ impl Node {
             address = self.config.node.advertised(),
             "standin node registered"
         );
+        // Listening before any session names it, so a peer never finds
+        // the published witness closed while this process lives.
+        let mut witness = match self.config.session.death_witness {
+            true => Some(Witness::bind(&self.config.node).await?),
+            false => None,
+        };
         let context = Arc::new(NodeContext {
             client,
             config: self.config.clone(),
             layout,
             server_id,
+            witness: witness.as_ref().map(|w| w.info().clone()),
         });
         self.context = Some(context.clone());
         for (role, pending) in std::mem::take(&mut self.pending) {
@@ -327,6 +344,11 @@ impl Node {
                 })?;
             self.running.push((role, supervisor));
         }
+        if let Some(witness) = &mut witness {
+            let statuses = self.cells.iter().map(|cells| cells.status()).collect();
+            witness.watch_leaders(context.client.clone(), &self.config, server_id, statuses);
+        }
+        self.witness = witness;
         Ok(())
     }
 

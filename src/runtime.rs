@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! Node                       runtime handle: etcd client, config, the roles it runs
+//! ├─ Witness                 the socket peers watch, and the watcher of leaders' witnesses (tasks)
 //! └─ RoleSupervisor          one per role; restarts a failed election actor, revoking its lease
 //!    └─ Election             holds the role's etcd lease, campaigns, owns the serving Term, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps the user's coordinator: Standby -> Activating -> Serving -> Standby
@@ -21,3 +22,4 @@ pub(crate) mod reload;
 pub(crate) mod slot;
 pub(crate) mod supervisor;
 pub(crate) mod term;
+pub(crate) mod witness;

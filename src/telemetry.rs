@@ -34,6 +34,12 @@ pub const FENCED_WRITES_REFUSED: &str = "standin_fenced_writes_refused_total";
 pub const BUFFERED_MESSAGES: &str = "standin_buffered_messages";
 /// Counter, label `role`: restarts of the role's election actor after a crash.
 pub const ELECTION_RESTARTS: &str = "standin_election_restarts_total";
+/// Counter: leader processes this node found dead through their death
+/// witness, and revoked the leases of.
+pub const DEATH_WITNESS_REVOKES: &str = "standin_death_witness_revokes_total";
+/// Histogram: seconds from losing the connection to a leader's witness to
+/// having revoked its leases.
+pub const DEATH_WITNESS_REVOKE_SECONDS: &str = "standin_death_witness_revoke_seconds";
 
 /// Every value of the `state` label of [`ROLE_STATE`]: a series is kept for
 /// each, so a state the role left reads 0 instead of keeping its old 1.
@@ -125,6 +131,16 @@ pub fn describe() {
         ELECTION_RESTARTS,
         Unit::Count,
         "Restarts of the role's election actor after it crashed."
+    );
+    metrics::describe_counter!(
+        DEATH_WITNESS_REVOKES,
+        Unit::Count,
+        "Leader processes found dead through their death witness (port refused, or another process on it), whose leases this node revoked."
+    );
+    metrics::describe_histogram!(
+        DEATH_WITNESS_REVOKE_SECONDS,
+        Unit::Seconds,
+        "Time from losing the connection to a leader's death witness to having revoked its leases."
     );
 }
 

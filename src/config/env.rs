@@ -38,6 +38,8 @@ impl Schema {
             password: "password".into(),
         });
         full.node.address = Some(super::DEFAULT_NODE_ADDRESS.to_owned());
+        full.node.witness_address = Some("127.0.0.1:0".to_owned());
+        full.node.witness_advertised_address = Some("127.0.0.1:1".to_owned());
         full.session.keepalive_interval = Some(Duration::from_secs(1));
         full.session.renew_deadline = Some(Duration::from_secs(2));
         full.roles

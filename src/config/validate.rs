@@ -144,6 +144,24 @@ impl Config {
                 "must not be empty: it is published in the session so clients can reach this node",
             ));
         }
+        let witness = [
+            ("node.witnessAddress", &self.node.witness_address),
+            (
+                "node.witnessAdvertisedAddress",
+                &self.node.witness_advertised_address,
+            ),
+        ];
+        for (key, address) in witness {
+            if let Some(address) = address
+                && crate::config::split_host_port(address).is_none()
+            {
+                return Err(invalid(
+                    key,
+                    format!("{address:?}"),
+                    "must be host:port (an IPv6 host in brackets, [::1]:0)",
+                ));
+            }
+        }
         Ok(())
     }
 

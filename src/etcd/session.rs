@@ -57,6 +57,19 @@ pub struct SessionInfo {
     pub state: RoleState,
     /// The etcd lease the registration is attached to.
     pub lease_id: i64,
+    /// The node's death witness, when it runs one (`session.deathWitness`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<WitnessInfo>,
+}
+
+/// Where a node's death witness listens, and the nonce that tells this
+/// process from any later one on the same port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WitnessInfo {
+    /// `host:port` of the witness listener.
+    pub address: String,
+    /// Random per process: the witness greets every connection with it.
+    pub incarnation: String,
 }
 
 impl SessionInfo {
@@ -208,10 +221,17 @@ mod tests {
             version: "0.1.0".into(),
             state: RoleState::Activating,
             lease_id: 42,
+            witness: Some(WitnessInfo {
+                address: "127.0.0.1:2".into(),
+                incarnation: "00ff".into(),
+            }),
         };
         let json = String::from_utf8(info.encode()).unwrap();
         assert!(json.contains(r#""state":"activating""#), "{json}");
         assert_eq!(SessionInfo::decode(b"k", json.as_bytes()).unwrap(), info);
+        // A session written without a witness (an older node) still decodes.
+        let without: String = json.replace(r#","witness":{"address":"127.0.0.1:2","incarnation":"00ff"}"#, "");
+        assert_eq!(SessionInfo::decode(b"k", without.as_bytes()).unwrap().witness, None);
         let err = SessionInfo::decode(b"standin/session/x-1", b"{oops").unwrap_err();
         assert!(err.to_string().contains("standin/session/x-1"), "{err}");
     }

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::coordinator::{Coordinator, RoleMsg, ServeError};
-use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION};
+use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION, WitnessInfo};
 use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::faults::Faults;
 use crate::runtime::slot::Slot;
@@ -26,6 +26,8 @@ pub(crate) struct NodeContext {
     pub layout: Layout,
     /// This node's server ID.
     pub server_id: i64,
+    /// This node's death witness, published in every session.
+    pub witness: Option<WitnessInfo>,
 }
 
 impl NodeContext {
@@ -38,6 +40,7 @@ impl NodeContext {
             version: VERSION.to_owned(),
             state,
             lease_id,
+            witness: self.witness.clone(),
         }
     }
 }
@@ -149,6 +152,8 @@ pub(crate) trait RoleCells: Send + Sync {
     fn stop(&self);
     /// The lease the role's election holds now.
     fn lease(&self) -> Option<i64>;
+    /// Follows the role's status (for the death witness: whom it stands by for).
+    fn status(&self) -> watch::Receiver<RoleStatus>;
 }
 
 impl<C: Coordinator> RoleCells for RoleShared<C> {
@@ -158,5 +163,9 @@ impl<C: Coordinator> RoleCells for RoleShared<C> {
 
     fn lease(&self) -> Option<i64> {
         self.lease.get()
+    }
+
+    fn status(&self) -> watch::Receiver<RoleStatus> {
+        self.status.subscribe()
     }
 }

@@ -145,6 +145,7 @@ mod tests {
                     version: "0".into(),
                     state: RoleState::Serving,
                     lease_id: 9,
+                    witness: None,
                 },
                 key: "k".into(),
                 revision: 40,

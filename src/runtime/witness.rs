@@ -1,0 +1,585 @@
+//! The death witness: a socket this process holds open for its whole life, and the watcher that holds a connection to each leader's, revoking the leases of a process the kernel shows is gone.
+//!
+//! A process's sockets close when it dies, however it dies: its witness
+//! port then refuses connections. A standby that was connected to a
+//! leader's witness and sees that connection end connects again: refused,
+//! or greeted by another incarnation (a new process on the port), proves
+//! the leader's process is gone, so its leases are revoked and the election
+//! moves on at once. Anything else (a timeout, no route, a connection that
+//! closes without a greeting) proves nothing, and the lease decides.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::backoff::Backoff;
+use crate::config::{BackoffConfig, Config, NodeConfig, join_host_port, split_host_port};
+use crate::etcd;
+use crate::etcd::session::{Layout, SessionInfo, WitnessInfo};
+use crate::status::RoleStatus;
+use crate::task::OwnedTask;
+use crate::telemetry;
+
+/// What the witness sends first on every connection; the incarnation and a
+/// newline follow.
+const GREETING: &str = "standin-witness ";
+/// The longest greeting read: anything longer is not a witness.
+const MAX_GREETING: usize = 128;
+/// Bound on one attempt to reach a witness (connect, then greeting): past
+/// it the attempt proves nothing.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Spacing of attempts that proved nothing. Short at first: an attempt that
+/// raced a dying process's exit (accepted by its closing listener) is
+/// answered by the next one.
+const RETRY: BackoffConfig = BackoffConfig {
+    initial: Duration::from_millis(5),
+    max: Duration::from_secs(1),
+};
+
+/// Failures to start the witness.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    /// The listener could not be bound.
+    #[error(
+        "binding the death witness at {address} failed (set node.witnessAddress, or \
+         session.deathWitness: false): {source}"
+    )]
+    BindFailed {
+        /// The address it tried.
+        address: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// This node's witness listener and, once started, its watcher of leaders'
+/// witnesses. Dropping it closes the listener and every connection, which
+/// peers read as this process being gone.
+pub(crate) struct Witness {
+    info: WitnessInfo,
+    _listener: OwnedTask,
+    watcher: Option<OwnedTask>,
+}
+
+impl Witness {
+    /// Binds the listener (`node.witnessAddress`) and starts greeting every
+    /// connection with a fresh incarnation.
+    pub(crate) async fn bind(node: &NodeConfig) -> Result<Self, WitnessError> {
+        let address = node.witness_listen();
+        let bind_failed = |source| WitnessError::BindFailed {
+            address: address.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(address.as_str())
+            .await
+            .map_err(bind_failed)?;
+        let local = listener.local_addr().map_err(bind_failed)?;
+        let published = node.witness_advertised_address.clone().unwrap_or_else(|| {
+            if local.ip().is_unspecified() {
+                let host = split_host_port(node.advertised()).map_or("127.0.0.1", |(h, _)| h);
+                join_host_port(host, local.port())
+            } else {
+                local.to_string()
+            }
+        });
+        let info = WitnessInfo {
+            address: published,
+            incarnation: incarnation(),
+        };
+        tracing::info!(
+            witness = info.address,
+            incarnation = info.incarnation,
+            "death witness listening on {local}"
+        );
+        let greeting = format!("{GREETING}{}\n", info.incarnation).into_bytes();
+        Ok(Self {
+            info,
+            _listener: OwnedTask::spawn(serve(listener, greeting.into())),
+            watcher: None,
+        })
+    }
+
+    /// What the sessions publish about this witness.
+    pub(crate) fn info(&self) -> &WitnessInfo {
+        &self.info
+    }
+
+    /// Starts holding a connection to the witness of every leader that one
+    /// of `statuses` (this node's roles) stands by for.
+    pub(crate) fn watch_leaders(
+        &mut self,
+        client: Client,
+        config: &Config,
+        server_id: i64,
+        statuses: Vec<watch::Receiver<RoleStatus>>,
+    ) {
+        let context = Arc::new(Mourner {
+            client,
+            layout: Layout::new(&config.etcd.root_path),
+            request_timeout: config.etcd.request_timeout,
+            retry: config.etcd.retry.clone(),
+            ttl: config.session.ttl,
+        });
+        self.watcher = Some(OwnedTask::spawn(watch_leaders(
+            context, server_id, statuses,
+        )));
+    }
+}
+
+/// A nonce that no other process draws: the standard library's per-process
+/// random hash keys, mixed with the clock and the process ID.
+fn incarnation() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    hasher.write_u128(now.as_nanos());
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
+
+/// Accepts connections for as long as the process lives, greets each and
+/// keeps it open until its peer closes it.
+async fn serve(listener: TcpListener, greeting: Arc<[u8]>) {
+    let mut held = JoinSet::new();
+    loop {
+        while held.try_join_next().is_some() {}
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                held.spawn(greet_and_hold(stream, greeting.clone()));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: peers that cannot
+                // connect prove nothing, so waiting costs no takeover.
+                tracing::warn!("death witness: accepting a connection failed: {error}");
+                tokio::time::sleep(RETRY.max).await;
+            }
+        }
+    }
+}
+
+async fn greet_and_hold(mut stream: TcpStream, greeting: Arc<[u8]>) {
+    let _ = stream.set_nodelay(true);
+    if stream.write_all(&greeting).await.is_ok() {
+        hold(&mut stream).await;
+    }
+}
+
+/// Reads (and drops) until the connection ends; returns how it ended.
+async fn hold(stream: &mut TcpStream) -> String {
+    let mut sink = [0u8; 64];
+    loop {
+        match stream.read(&mut sink).await {
+            Ok(0) => return "closed".to_owned(),
+            Ok(_) => {}
+            Err(error) => return error.to_string(),
+        }
+    }
+}
+
+/// What one attempt to reach a witness found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reached {
+    /// A witness greeted us with this incarnation.
+    Greeted(String),
+    /// Nothing listens on the port.
+    Refused,
+    /// No answer in time, no route, or a connection that ended or spoke
+    /// without a greeting.
+    Inconclusive(String),
+}
+
+/// What an attempt proves about the process a standby watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// It is there: hold the connection.
+    Alive,
+    /// It is gone, for this reason: revoke its leases.
+    Gone(String),
+    /// Nothing: try again later, and leave it to the lease meanwhile.
+    Unproven(String),
+}
+
+/// Judges one attempt. `armed`: this watcher has reached that very
+/// incarnation at that address before. Only then does a refusal or a
+/// stranger's greeting prove a death; before, it may as well mean that the
+/// published address does not lead to the process (a firewall, a container
+/// port not published, two nodes advertising one address).
+fn judge(armed: bool, incarnation: &str, reached: &Reached) -> Verdict {
+    match reached {
+        Reached::Greeted(greeted) if greeted == incarnation => Verdict::Alive,
+        Reached::Greeted(greeted) if armed => Verdict::Gone(format!(
+            "another process (incarnation {greeted}) answers on its witness port"
+        )),
+        Reached::Greeted(greeted) => Verdict::Unproven(format!(
+            "incarnation {greeted} answers there, not {incarnation}: the published witness \
+             address does not lead to this process"
+        )),
+        Reached::Refused if armed => Verdict::Gone("connection refused".to_owned()),
+        Reached::Refused => Verdict::Unproven(
+            "connection refused, and it was never reached there: the witness address may not \
+             lead to the process"
+                .to_owned(),
+        ),
+        Reached::Inconclusive(reason) => Verdict::Unproven(reason.clone()),
+    }
+}
+
+/// One attempt: connect, read the greeting. The stream comes back with a greeting.
+async fn reach(address: &str) -> (Reached, Option<TcpStream>) {
+    let mut stream = match tokio::time::timeout(ATTEMPT_TIMEOUT, TcpStream::connect(address)).await
+    {
+        Err(_) => {
+            let reason = format!("no connection within {ATTEMPT_TIMEOUT:?}");
+            return (Reached::Inconclusive(reason), None);
+        }
+        Ok(Err(error)) if error.kind() == ErrorKind::ConnectionRefused => {
+            return (Reached::Refused, None);
+        }
+        Ok(Err(error)) => return (Reached::Inconclusive(error.to_string()), None),
+        Ok(Ok(stream)) => stream,
+    };
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, read_greeting(&mut stream)).await {
+        Ok(Ok(incarnation)) => (Reached::Greeted(incarnation), Some(stream)),
+        Ok(Err(reason)) => (Reached::Inconclusive(reason), None),
+        Err(_) => {
+            let reason = format!("connected, but no greeting within {ATTEMPT_TIMEOUT:?}");
+            (Reached::Inconclusive(reason), None)
+        }
+    }
+}
+
+async fn read_greeting(stream: &mut TcpStream) -> Result<String, String> {
+    let mut line = Vec::with_capacity(GREETING.len() + 17);
+    let mut byte = [0u8; 1];
+    while line.len() < MAX_GREETING {
+        match stream.read(&mut byte).await {
+            Ok(0) => return Err("connected, but closed before a greeting".to_owned()),
+            Ok(_) if byte[0] == b'\n' => {
+                let text = String::from_utf8_lossy(&line);
+                return text
+                    .strip_prefix(GREETING)
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("connected, but greeted with {text:?}: not a witness"));
+            }
+            Ok(_) => line.push(byte[0]),
+            Err(error) => return Err(format!("connected, but {error} before a greeting")),
+        }
+    }
+    Err("connected, but the greeting is too long: not a witness".to_owned())
+}
+
+/// A leader process to watch: who it is and where its witness is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Watched {
+    server_id: i64,
+    address: String,
+    witness: WitnessInfo,
+}
+
+/// The leaders this node stands by for, with the roles it waits for each
+/// and the leases their leader keys hang on. Its own server is never
+/// watched, nor a leader without a witness (an older node, or one with the
+/// witness off).
+fn leaders_to_watch<'a>(
+    own_server_id: i64,
+    statuses: impl IntoIterator<Item = &'a RoleStatus>,
+) -> BTreeMap<Watched, BTreeSet<i64>> {
+    let mut watched: BTreeMap<Watched, BTreeSet<i64>> = BTreeMap::new();
+    for status in statuses {
+        let Some(leader) = &status.leader else {
+            continue;
+        };
+        let session = &leader.session;
+        if session.server_id == own_server_id {
+            continue;
+        }
+        let Some(witness) = &session.witness else {
+            continue;
+        };
+        let key = Watched {
+            server_id: session.server_id,
+            address: session.address.clone(),
+            witness: witness.clone(),
+        };
+        watched.entry(key).or_default().insert(session.lease_id);
+    }
+    watched
+}
+
+/// Keeps one watch per leader process that some role here stands by for.
+async fn watch_leaders(
+    mourner: Arc<Mourner>,
+    own_server_id: i64,
+    mut statuses: Vec<watch::Receiver<RoleStatus>>,
+) {
+    let (buried_tx, mut buried) = mpsc::unbounded_channel::<String>();
+    let mut watches: BTreeMap<Watched, OwnedTask> = BTreeMap::new();
+    // Incarnations proven dead: their leader keys may still be seen for a
+    // moment after the revoke, and must not be watched again.
+    let mut dead: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let current: Vec<RoleStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
+        let wanted = leaders_to_watch(own_server_id, &current);
+        watches.retain(|watched, _| wanted.contains_key(watched));
+        for (watched, leases) in wanted {
+            if watches.contains_key(&watched) || dead.contains(&watched.witness.incarnation) {
+                continue;
+            }
+            let task = watch_one(mourner.clone(), watched.clone(), leases, buried_tx.clone());
+            watches.insert(watched, OwnedTask::spawn(task));
+        }
+        statuses.retain(|status| status.has_changed().is_ok());
+        if statuses.is_empty() {
+            return;
+        }
+        let changed = futures::future::select_all(
+            statuses.iter_mut().map(|status| Box::pin(status.changed())),
+        );
+        tokio::select! {
+            _ = changed => {}
+            Some(incarnation) = buried.recv() => {
+                dead.insert(incarnation);
+            }
+        }
+    }
+}
+
+/// Holds a connection to one leader's witness and reconnects when it ends,
+/// until an attempt proves the process gone; then has its leases revoked.
+async fn watch_one(
+    mourner: Arc<Mourner>,
+    watched: Watched,
+    known_leases: BTreeSet<i64>,
+    buried: mpsc::UnboundedSender<String>,
+) {
+    let mut armed = false;
+    let mut retry = Backoff::new(RETRY);
+    let mut lost_at: Option<Instant> = None;
+    let mut warned = false;
+    loop {
+        let (reached, stream) = reach(&watched.witness.address).await;
+        match judge(armed, &watched.witness.incarnation, &reached) {
+            Verdict::Alive => {
+                let Some(mut stream) = stream else { continue };
+                if !armed {
+                    tracing::debug!(
+                        server_id = watched.server_id,
+                        witness = watched.witness.address,
+                        "watching the leader's death witness"
+                    );
+                }
+                armed = true;
+                retry.reset();
+                let ended = hold(&mut stream).await;
+                lost_at = Some(Instant::now());
+                tracing::debug!(
+                    server_id = watched.server_id,
+                    "connection to the leader's death witness ended ({ended}); confirming"
+                );
+            }
+            Verdict::Gone(reason) => {
+                let _ = buried.send(watched.witness.incarnation.clone());
+                // Detached: the revoke deletes the leader keys, which ends
+                // this watch, and must finish all the same.
+                let mourner = mourner.clone();
+                tokio::spawn(async move {
+                    mourner.bury(watched, known_leases, reason, lost_at).await;
+                });
+                return;
+            }
+            Verdict::Unproven(reason) => {
+                if !armed && !warned {
+                    warned = true;
+                    tracing::warn!(
+                        server_id = watched.server_id,
+                        witness = watched.witness.address,
+                        "cannot watch leader server {} through its death witness at {} ({reason}); \
+                         retrying, and until then only its lease tells whether it is alive",
+                        watched.server_id,
+                        watched.witness.address
+                    );
+                }
+                tokio::time::sleep(retry.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// Revokes what a dead process held.
+struct Mourner {
+    client: Client,
+    layout: Layout,
+    request_timeout: Duration,
+    retry: BackoffConfig,
+    ttl: Duration,
+}
+
+impl Mourner {
+    /// Revokes every lease a session of the dead incarnation names (and the
+    /// leases its leader keys were seen on), so each election it led moves
+    /// on at once.
+    async fn bury(
+        &self,
+        watched: Watched,
+        known_leases: BTreeSet<i64>,
+        reason: String,
+        lost_at: Option<Instant>,
+    ) {
+        let mut leases = known_leases;
+        let mut roles = BTreeSet::new();
+        match self.sessions_of(&watched.witness.incarnation).await {
+            Ok(sessions) => {
+                for session in sessions {
+                    leases.insert(session.lease_id);
+                    roles.insert(session.role);
+                }
+            }
+            Err(error) => tracing::warn!(
+                server_id = watched.server_id,
+                "reading the sessions of dead server {} failed ({error}); revoking the leases \
+                 of its leader keys only",
+                watched.server_id
+            ),
+        }
+        // Past the TTL etcd has expired them by itself.
+        let until = Instant::now() + self.ttl;
+        let mut revoked = Vec::new();
+        for &lease in &leases {
+            if etcd::revoke(&self.client, lease, self.request_timeout, &self.retry, until).await {
+                revoked.push(format!("{lease:#x}"));
+            }
+        }
+        let took = lost_at.map(|at| at.elapsed());
+        metrics::counter!(telemetry::DEATH_WITNESS_REVOKES).increment(1);
+        if let Some(took) = took {
+            metrics::histogram!(telemetry::DEATH_WITNESS_REVOKE_SECONDS).record(took.as_secs_f64());
+        }
+        let roles: Vec<String> = roles.into_iter().collect();
+        tracing::warn!(
+            server_id = watched.server_id,
+            witness = watched.witness.address,
+            took_ms = took.map(|t| t.as_millis() as u64),
+            "leader server {} at {} is gone ({reason}); revoked its lease(s) {} (roles: {})",
+            watched.server_id,
+            watched.address,
+            revoked.join(", "),
+            roles.join(", ")
+        );
+    }
+
+    /// The sessions (one per role) the incarnation published.
+    async fn sessions_of(&self, incarnation: &str) -> Result<Vec<SessionInfo>, etcd_client::Error> {
+        let prefix = self.layout.sessions();
+        let mut kv = self.client.kv_client();
+        let request = kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix()));
+        let response = tokio::time::timeout(self.request_timeout, request)
+            .await
+            .map_err(|_| etcd_client::Error::InvalidArgs(format!("no answer within {:?}", self.request_timeout)))??;
+        Ok(response
+            .kvs()
+            .iter()
+            // The server-ID counter and corrupt values are not this process's sessions.
+            .filter_map(|kv| SessionInfo::decode(kv.key(), kv.value()).ok())
+            .filter(|session| {
+                session
+                    .witness
+                    .as_ref()
+                    .is_some_and(|w| w.incarnation == incarnation)
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_witness_reached_before_proves_a_death() {
+        let greeted = |i: &str| Reached::Greeted(i.to_owned());
+        assert_eq!(judge(false, "a", &greeted("a")), Verdict::Alive);
+        assert_eq!(judge(true, "a", &greeted("a")), Verdict::Alive);
+        assert!(matches!(judge(true, "a", &Reached::Refused), Verdict::Gone(r) if r.contains("refused")));
+        assert!(matches!(judge(true, "a", &greeted("b")), Verdict::Gone(r) if r.contains("incarnation b")));
+        assert!(matches!(judge(false, "a", &Reached::Refused), Verdict::Unproven(_)));
+        assert!(matches!(judge(false, "a", &greeted("b")), Verdict::Unproven(_)));
+        let timeout = Reached::Inconclusive("no connection within 1s".into());
+        assert!(matches!(judge(true, "a", &timeout), Verdict::Unproven(_)));
+        assert!(matches!(judge(false, "a", &timeout), Verdict::Unproven(_)));
+    }
+
+    fn status(server_id: i64, leader: Option<(i64, i64, Option<&str>)>) -> RoleStatus {
+        RoleStatus {
+            role: "tso".into(),
+            server_id,
+            state: crate::RoleState::Standby,
+            epoch: None,
+            leader: leader.map(|(id, lease, incarnation)| crate::Leader {
+                session: SessionInfo {
+                    server_id: id,
+                    role: "tso".into(),
+                    address: format!("127.0.0.1:{id}"),
+                    version: "0".into(),
+                    state: crate::RoleState::Serving,
+                    lease_id: lease,
+                    witness: incarnation.map(|i| WitnessInfo {
+                        address: format!("127.0.0.1:{}", 100 + id),
+                        incarnation: i.into(),
+                    }),
+                },
+                key: "k".into(),
+                revision: 1,
+            }),
+            lease: None,
+            last_step_down: None,
+        }
+    }
+
+    #[test]
+    fn one_watch_per_leader_process_never_itself_nor_one_without_a_witness() {
+        let statuses = [
+            status(1, Some((2, 20, Some("x")))),
+            status(1, Some((2, 21, Some("x")))),
+            status(1, Some((1, 10, Some("me")))),
+            status(1, Some((3, 30, None))),
+            status(1, None),
+        ];
+        let watched = leaders_to_watch(1, &statuses);
+        assert_eq!(watched.len(), 1, "{watched:?}");
+        let (leader, leases) = watched.into_iter().next().unwrap();
+        assert_eq!(leader.server_id, 2);
+        assert_eq!(leader.witness.incarnation, "x");
+        assert_eq!(leases, BTreeSet::from([20, 21]));
+    }
+
+    #[tokio::test]
+    async fn a_witness_greets_with_its_incarnation_and_its_port_refuses_once_dropped() {
+        let node = NodeConfig {
+            address: Some("127.0.0.1:1".into()),
+            ..NodeConfig::default()
+        };
+        let witness = Witness::bind(&node).await.unwrap();
+        let info = witness.info().clone();
+        assert!(info.address.starts_with("127.0.0.1:"), "{info:?}");
+        let (reached, stream) = reach(&info.address).await;
+        assert_eq!(reached, Reached::Greeted(info.incarnation.clone()));
+        let mut stream = stream.unwrap();
+        drop(witness);
+        let ended = tokio::time::timeout(Duration::from_secs(5), hold(&mut stream)).await;
+        assert!(ended.is_ok(), "the held connection ends with the witness");
+        let (reached, _) = reach(&info.address).await;
+        assert_eq!(reached, Reached::Refused);
+        let other = Witness::bind(&node).await.unwrap();
+        assert_ne!(other.info().incarnation, info.incarnation);
+    }
+}
