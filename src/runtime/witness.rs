@@ -372,10 +372,12 @@ async fn watch_one(
             Verdict::Alive => {
                 let Some(mut stream) = stream else { continue };
                 if !armed {
-                    tracing::debug!(
+                    tracing::info!(
                         server_id = watched.server_id,
                         witness = watched.witness.address,
-                        "watching the leader's death witness"
+                        "watching leader server {} through its death witness at {}",
+                        watched.server_id,
+                        watched.witness.address
                     );
                 }
                 armed = true;

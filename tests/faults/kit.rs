@@ -555,14 +555,36 @@ pub struct ProcStatus {
     pub last_step_down: String,
 }
 
+/// Keys for the `node` and `session` sections of a [`ProcNode`]'s config,
+/// each a YAML line indented by two spaces.
+#[derive(Debug, Default, Clone)]
+pub struct NodeYaml {
+    /// Lines under `node:`.
+    pub node: String,
+    /// Lines under `session:`.
+    pub session: String,
+}
+
 impl ProcNode {
     /// Starts a node on `endpoints` with a session TTL of `ttl_secs` seconds
     /// and `extra` YAML appended to its config.
     pub fn spawn(endpoints: &[String], ttl_secs: u64, extra: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(endpoints, ttl_secs, &NodeYaml::default(), extra)
+    }
+
+    /// [`spawn`](Self::spawn), with `sections`' keys added to its `node`
+    /// and `session` sections.
+    pub fn spawn_with(
+        endpoints: &[String],
+        ttl_secs: u64,
+        sections: &NodeYaml,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
+        let NodeYaml { node, session } = sections;
         let yaml = format!(
             "etcd:\n  endpoints: [{}]\n  rootPath: {PROCESS_ROOT}\n  requestTimeout: 1s\n\
-             node:\n  address: {address}\nsession:\n  ttl: {ttl_secs}s\n{extra}",
+             node:\n  address: {address}\n{node}session:\n  ttl: {ttl_secs}s\n{session}{extra}",
             endpoints.join(", ")
         );
         let binary = Path::new(env!("CARGO_BIN_EXE_standin"));

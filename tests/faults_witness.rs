@@ -1,0 +1,210 @@
+//! The death witness against real processes: a killed leader is revoked at once, a frozen or unreachable one never, a port taken over by a new process proves the old one gone.
+
+#[path = "faults/kit.rs"]
+mod kit;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kit::*;
+use standin::testing::{EtcdServer, FaultProxy, free_loopback_port};
+use support::{eventually, wait_for};
+use tracing::info;
+
+/// The default lease TTL: what a killed leader costs without the witness.
+const DEFAULT_TTL: u64 = 10;
+
+/// What a node logs when its witness proves a leader dead.
+const REVOKED: &str = "is gone";
+
+/// `node:` lines that pin the witness to `listen` and publish `advertised`.
+fn witness_at(listen: &str, advertised: Option<&str>) -> NodeYaml {
+    let mut node = format!("  witnessAddress: {listen}\n");
+    if let Some(advertised) = advertised {
+        node.push_str(&format!("  witnessAdvertisedAddress: {advertised}\n"));
+    }
+    NodeYaml {
+        node,
+        ..NodeYaml::default()
+    }
+}
+
+/// Waits until `node` holds a connection to the leader's witness.
+async fn wait_until_watching(node: &ProcNode) {
+    wait_for(
+        "the standby to watch the leader's witness",
+        Duration::from_secs(10),
+        || node.logged(&["watching leader server"]).then_some(()),
+    )
+    .await;
+}
+
+/// Waits until a process other than `old` serves at a newer epoch; returns it.
+async fn wait_for_successor(
+    nodes: &[ProcNode],
+    old: usize,
+    old_epoch: i64,
+    deadline: Duration,
+) -> usize {
+    eventually("a successor to serve", deadline, || async {
+        let (index, epoch) = *serving_processes(nodes).await.first()?;
+        (index != old && epoch > old_epoch).then_some(index)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_active_is_taken_over_well_under_the_ttl() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = spawn_processes(3, &[etcd.endpoint()], DEFAULT_TTL, "")?;
+    let (killed, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    for (index, node) in nodes.iter().enumerate() {
+        if index != killed {
+            wait_until_watching(node).await;
+        }
+    }
+    let monitor = Monitor::processes(nodes.iter().map(ProcNode::url).collect(), "tso");
+
+    info!("--- kill -9 the active process");
+    let killed_at = Instant::now();
+    nodes[killed].process.kill()?;
+    let next = wait_for_successor(&nodes, killed, old_epoch, Duration::from_secs(5)).await;
+    let took = killed_at.elapsed();
+    info!(?took, next, "--- a peer serves");
+    assert!(
+        took < Duration::from_secs(2),
+        "takeover after kill -9 took {took:?}; the TTL is {DEFAULT_TTL} s and the witness should \
+         have revoked the lease at once"
+    );
+    assert!(
+        nodes
+            .iter()
+            .any(|node| node.logged(&[REVOKED, "connection refused", "revoked its lease"])),
+        "no node logged the witness's revoke"
+    );
+    monitor.assert_safe();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_active_is_never_revoked_by_the_witness() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let ttl = Duration::from_secs(3);
+    let mut nodes = spawn_processes(2, &[etcd.endpoint()], 3, "")?;
+    let (frozen, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    let peer = 1 - frozen;
+    wait_until_watching(&nodes[peer]).await;
+
+    info!("--- SIGSTOP the active: its sockets stay open, so only the lease can tell");
+    let frozen_at = Instant::now();
+    nodes[frozen].process.stop()?;
+    wait_for_successor(&nodes, frozen, old_epoch, 3 * ttl).await;
+    let took = frozen_at.elapsed();
+    nodes[frozen].process.cont()?;
+    info!(?took, "--- the peer serves");
+    assert!(
+        took > ttl * 3 / 4,
+        "the peer took over {took:?} after a freeze, before the lease (TTL {ttl:?}) expired"
+    );
+    assert!(
+        !nodes[peer].logged(&[REVOKED]),
+        "the witness revoked a frozen process:\n{}",
+        nodes[peer].process.log()
+    );
+    for node in &mut nodes {
+        node.process.kill()?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_active_whose_witness_is_blackholed_waits_for_its_lease() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let ttl = Duration::from_secs(3);
+    let listen = format!("127.0.0.1:{}", free_loopback_port()?);
+    let proxy = FaultProxy::start(&listen).await?;
+    let behind_proxy = witness_at(&listen, Some(&proxy.endpoint()));
+    // Alone first, so that it is the leader.
+    let mut nodes = vec![ProcNode::spawn_with(&[etcd.endpoint()], 3, &behind_proxy, "")?];
+    let (killed, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    nodes.push(ProcNode::spawn(&[etcd.endpoint()], 3, "")?);
+    let peer = 1;
+    wait_until_watching(&nodes[peer]).await;
+
+    info!("--- blackhole the leader's witness, then kill -9 it: the host looks unreachable");
+    proxy.blackhole();
+    let killed_at = Instant::now();
+    nodes[killed].process.kill()?;
+    wait_for_successor(&nodes, killed, old_epoch, 3 * ttl).await;
+    let took = killed_at.elapsed();
+    info!(?took, "--- the peer serves");
+    assert!(
+        took > ttl * 3 / 4,
+        "the peer took over {took:?} after the kill although the witness was unreachable"
+    );
+    assert!(
+        !nodes[peer].logged(&[REVOKED]),
+        "the witness revoked a leader it could not reach:\n{}",
+        nodes[peer].process.log()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_on_the_dead_leaders_witness_port_proves_it_gone() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let listen = format!("127.0.0.1:{}", free_loopback_port()?);
+    let pinned = witness_at(&listen, None);
+    let mut nodes = vec![ProcNode::spawn_with(
+        &[etcd.endpoint()],
+        DEFAULT_TTL,
+        &pinned,
+        "",
+    )?];
+    let (killed, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    nodes.push(ProcNode::spawn(&[etcd.endpoint()], DEFAULT_TTL, "")?);
+    let watcher = 1;
+    wait_until_watching(&nodes[watcher]).await;
+
+    info!("--- freeze the standby, kill -9 the leader, start a new process on its witness port");
+    nodes[watcher].process.stop()?;
+    let killed_at = Instant::now();
+    nodes[killed].process.kill()?;
+    nodes.push(ProcNode::spawn_with(
+        &[etcd.endpoint()],
+        DEFAULT_TTL,
+        &pinned,
+        "",
+    )?);
+    let reborn = 2;
+    wait_for(
+        "the new process's witness to listen on the old port",
+        Duration::from_secs(10),
+        || {
+            nodes[reborn]
+                .logged(&["death witness listening", &listen])
+                .then_some(())
+        },
+    )
+    .await;
+
+    info!("--- resume the standby: its reconnect is greeted by a stranger");
+    nodes[watcher].process.cont()?;
+    let next = wait_for_successor(&nodes, killed, old_epoch, Duration::from_secs(8)).await;
+    let took = killed_at.elapsed();
+    info!(?took, next, "--- a peer serves");
+    assert!(
+        nodes[watcher].logged(&[REVOKED, "another process (incarnation"]),
+        "the standby did not revoke on the stranger's greeting:\n{}",
+        nodes[watcher].process.log()
+    );
+    assert!(
+        took < Duration::from_secs(DEFAULT_TTL) / 2,
+        "takeover took {took:?}: the lease decided, not the witness"
+    );
+    Ok(())
+}
