@@ -4,6 +4,7 @@
 CARGO ?= cargo
 DEMO_ARGS ?=
 CAMPAIGN_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: deps demo test verify lint fmt doc bench campaign
 
@@ -25,6 +26,14 @@ test: deps
 campaign: deps
 	$(CARGO) build --release --features cli --bin standin
 	$(CARGO) run --release --example campaign -- --faults 1000 $(CAMPAIGN_ARGS)
+
+# Takeover times side by side with their anchors, in one run on one etcd
+# (examples/bench/): graceful handover and coordinator crash against
+# `etcdctl elect`, kill -9 with the death witness against it off, and kill -9
+# of a host gone dark (about 5 minutes). BENCH_ARGS="--rounds N --slow-rounds M".
+bench: deps
+	$(CARGO) build --release --features cli --bin standin
+	$(CARGO) run --release --example bench -- $(BENCH_ARGS)
 
 # Changes nothing: formatting check, lints with warnings denied, tests, docs.
 verify: lint test doc

@@ -7,14 +7,15 @@
 //! operator-forced takeovers: `campaign: forced-overlap n=.. p50_ms=..
 //! p99_ms=.. max_ms=.. surely_max_ms=..`.
 
+#[path = "../common/binary.rs"]
+mod binary;
 mod checker;
 mod history;
 mod runner;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -49,7 +50,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         .init();
     let binary = match args.binary {
         Some(binary) => binary,
-        None => default_binary()?,
+        None => binary::default_binary()?,
     };
     let summary = runner::run(runner::Options {
         faults: args.faults,
@@ -63,15 +64,4 @@ async fn main() -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// `standin` in the profile directory: an example runs from
-/// `target/<profile>/examples/`, the binary lives in `target/<profile>/`.
-fn default_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding the running executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the running executable has no grandparent directory")?;
-    Ok(profile_dir.join("standin"))
 }

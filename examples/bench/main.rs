@@ -1,0 +1,507 @@
+//! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd.
+//!
+//! `cargo build --release --features cli --bin standin && cargo run --release --example bench
+//! -- [--rounds N] [--slow-rounds M]`. Every scenario prints one line:
+//! `bench: scenario=S n= p50_ms= p99_ms= max_ms= anchor=A anchor_p99_ms= ratio_p99=`,
+//! and each anchor its own `bench: anchor=A n= p50_ms= p99_ms= max_ms=`.
+//!
+//! Every time runs from the act (the signal, the injected crash) until the
+//! successor answers: for standin a `Tso.Allocate` answered by another node
+//! at a newer epoch, for `etcdctl elect` the successor printing that it leads.
+
+#[path = "../common/binary.rs"]
+mod binary;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::faults_client::FaultsClient;
+use standin::service::grpc::proto::tso_client::TsoClient;
+use standin::service::grpc::proto::{AllocateRequest, InjectRequest, StatusRequest};
+use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
+use tokio::task::JoinSet;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(about = "Takeover times of standin against etcdctl elect, side by side on one etcd")]
+struct Args {
+    /// Rounds of each scenario that takes milliseconds.
+    #[arg(long, default_value_t = 40)]
+    rounds: usize,
+    /// Rounds of each scenario bound by the lease TTL (10 s each).
+    #[arg(long, default_value_t = 5)]
+    slow_rounds: usize,
+    /// The standin binary; by default `standin` in this example's target directory.
+    #[arg(long)]
+    binary: Option<std::path::PathBuf>,
+}
+
+/// Nodes per cluster, candidates per `etcdctl elect` group.
+const NODES: usize = 3;
+/// The default lease TTL, which every cluster here runs with.
+const TTL: Duration = Duration::from_secs(10);
+/// Longest wait for any one takeover or settle.
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let binary = match args.binary {
+        Some(binary) => binary,
+        None => binary::default_binary()?,
+    };
+    if !binary.exists() {
+        bail!(
+            "no standin binary at {}: build it (cargo build --release --features cli --bin standin; make bench does) or pass --binary PATH",
+            binary.display()
+        );
+    }
+    let etcd = EtcdServer::start().await.context("starting etcd")?;
+    let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+
+    println!("bench: graceful, crash and etcdctl elect, {} rounds each, interleaved", args.rounds);
+    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On).await?;
+    let mut elect = Elect::start(&etcd, "bench-anchor")?;
+    for _ in 0..args.rounds {
+        let took = live.round(Act::Sigterm).await?;
+        samples.entry("graceful").or_default().push(took);
+        let took = elect.round()?;
+        samples.entry("etcdctl-elect").or_default().push(took);
+        let took = live.round(Act::CrashCoordinator).await?;
+        samples.entry("crash").or_default().push(took);
+        let took = elect.round()?;
+        samples.entry("etcdctl-elect").or_default().push(took);
+    }
+    drop(elect);
+
+    println!(
+        "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
+        args.rounds, args.slow_rounds
+    );
+    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off).await?;
+    let mut unreachable =
+        Cluster::start(&etcd, &binary, "bench-unreachable", Witness::BehindProxy).await?;
+    let per_slow = args.rounds.div_ceil(args.slow_rounds.max(1));
+    for round in 0..args.rounds {
+        let took = live.round(Act::Kill).await?;
+        samples.entry("kill9-witness").or_default().push(took);
+        if round % per_slow == 0 {
+            let took = off.round(Act::Kill).await?;
+            samples.entry("kill9-no-witness").or_default().push(took);
+            let took = unreachable.round(Act::BlackholeAndKill).await?;
+            samples.entry("kill9-unreachable").or_default().push(took);
+        }
+    }
+
+    let summary = |name: &str| Summary::of(&samples[name]);
+    for anchor in ["etcdctl-elect", "kill9-no-witness"] {
+        println!("bench: anchor={anchor} {}", summary(anchor));
+    }
+    for (scenario, anchor) in [
+        ("graceful", "etcdctl-elect"),
+        ("crash", "etcdctl-elect"),
+        ("kill9-witness", "kill9-no-witness"),
+        ("kill9-unreachable", "kill9-no-witness"),
+    ] {
+        let (ours, theirs) = (summary(scenario), summary(anchor));
+        println!(
+            "bench: scenario={scenario} {ours} anchor={anchor} anchor_p99_ms={:.1} ratio_p99={:.2}",
+            theirs.p99_ms,
+            ours.p99_ms / theirs.p99_ms
+        );
+    }
+    Ok(())
+}
+
+/// n, p50, p99 and max of one scenario's times.
+struct Summary {
+    n: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Summary {
+    fn of(times: &[Duration]) -> Self {
+        let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        // Nearest rank: the smallest time at or above the fraction p of them.
+        let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+        Self {
+            n: ms.len(),
+            p50_ms: rank(0.50),
+            p99_ms: rank(0.99),
+            max_ms: rank(1.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+            self.n, self.p50_ms, self.p99_ms, self.max_ms
+        )
+    }
+}
+
+/// How a cluster's nodes run their death witness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Witness {
+    /// On, reached directly.
+    On,
+    /// Off (`session.deathWitness: false`): what every lease election does.
+    Off,
+    /// On, but each node's witness and etcd link go through a proxy, so its
+    /// host can be made unreachable.
+    BehindProxy,
+}
+
+/// What a round does to the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// SIGTERM: the graceful handover.
+    Sigterm,
+    /// A panic of its coordinator actor (fault injection), the process lives on.
+    CrashCoordinator,
+    /// SIGKILL.
+    Kill,
+    /// Its witness and etcd link blackholed, then SIGKILL: a host gone dark.
+    BlackholeAndKill,
+}
+
+/// One `standin run --role tso` node of a cluster.
+struct Node {
+    process: StandinProcess,
+    channel: Channel,
+    /// The etcd link's proxy, then the witness's (for [`Witness::BehindProxy`]).
+    proxies: Vec<FaultProxy>,
+    /// Log lines at the last act: what came after is about the new leader.
+    log_mark: usize,
+}
+
+/// Three `standin run --role tso` processes on one root.
+struct Cluster {
+    nodes: Vec<Node>,
+    witness: Witness,
+}
+
+impl Cluster {
+    async fn start(
+        etcd: &EtcdServer,
+        binary: &std::path::Path,
+        root: &str,
+        witness: Witness,
+    ) -> anyhow::Result<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..NODES {
+            let address = format!("127.0.0.1:{}", free_loopback_port()?);
+            let mut proxies = Vec::new();
+            let mut endpoint = etcd.endpoint();
+            let mut node_keys = format!("  address: {address}\n");
+            if witness == Witness::BehindProxy {
+                let etcd_proxy = FaultProxy::start(&etcd.endpoint()).await?;
+                endpoint = etcd_proxy.endpoint();
+                let listen = format!("127.0.0.1:{}", free_loopback_port()?);
+                let witness_proxy = FaultProxy::start(&listen).await?;
+                node_keys.push_str(&format!(
+                    "  witnessAddress: {listen}\n  witnessAdvertisedAddress: {}\n",
+                    witness_proxy.endpoint()
+                ));
+                proxies = vec![etcd_proxy, witness_proxy];
+            }
+            let yaml = format!(
+                "etcd:\n  endpoints: [{endpoint}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\n\
+                 node:\n{node_keys}session:\n  ttl: {}s\n  deathWitness: {}\n",
+                TTL.as_secs(),
+                witness != Witness::Off
+            );
+            let args = ["--role", "tso", "--fault-injection", "--listen", &address];
+            let process = StandinProcess::spawn(binary, &yaml, &args)?;
+            let channel = Endpoint::from_shared(format!("http://{address}"))?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(2))
+                .connect_lazy();
+            nodes.push(Node {
+                process,
+                channel,
+                proxies,
+                log_mark: 0,
+            });
+        }
+        let cluster = Self { nodes, witness };
+        cluster.settle().await?;
+        Ok(cluster)
+    }
+
+    /// Does `act` to the leader and times it until another node answers;
+    /// then brings the cluster back to three settled nodes.
+    async fn round(&mut self, act: Act) -> anyhow::Result<Duration> {
+        let (leader, epoch) = self.settle().await?;
+        for node in &mut self.nodes {
+            node.log_mark = node.process.log().lines().count();
+        }
+        let answered = self.first_answer(leader, epoch);
+        let acted_at = Instant::now();
+        let old = &mut self.nodes[leader];
+        match act {
+            Act::Sigterm => old.process.terminate()?,
+            Act::CrashCoordinator => {
+                let request = InjectRequest {
+                    role: "tso".into(),
+                    fault: "crash-coordinator".into(),
+                };
+                let injected = FaultsClient::new(old.channel.clone())
+                    .inject(request)
+                    .await?
+                    .into_inner()
+                    .injected;
+                if !injected {
+                    bail!("the leader refused to inject a coordinator crash");
+                }
+            }
+            Act::Kill => old.process.kill()?,
+            Act::BlackholeAndKill => {
+                for proxy in &old.proxies {
+                    proxy.blackhole();
+                }
+                old.process.kill()?;
+            }
+        }
+        let took = answered.await?.duration_since(acted_at);
+        if act != Act::CrashCoordinator {
+            if act == Act::Sigterm {
+                wait_for_exit(&mut old.process).await?;
+            }
+            for proxy in &old.proxies {
+                proxy.heal();
+            }
+            old.process.restart()?;
+        }
+        Ok(took)
+    }
+
+    /// Starts asking every node but `old` for timestamps, every millisecond;
+    /// resolves to when one first answers at an epoch above `epoch`.
+    fn first_answer(
+        &self,
+        old: usize,
+        epoch: i64,
+    ) -> impl Future<Output = anyhow::Result<Instant>> + use<> {
+        let mut askers = JoinSet::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if index == old {
+                continue;
+            }
+            let mut tso = TsoClient::new(node.channel.clone());
+            askers.spawn(async move {
+                loop {
+                    if let Ok(answer) = tso.allocate(AllocateRequest { count: 1 }).await
+                        && answer.get_ref().epoch > epoch
+                    {
+                        return Instant::now();
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+        }
+        async move {
+            let first = tokio::time::timeout(WITHIN, askers.join_next()).await;
+            match first {
+                Ok(Some(Ok(at))) => Ok(at),
+                _ => bail!("no node answered at a newer epoch within {WITHIN:?}"),
+            }
+        }
+    }
+
+    /// Waits until every node answers, one serves and all see it lead, and
+    /// (witness on) every other node has logged watching its witness since
+    /// the last act; returns the leader and its epoch.
+    async fn settle(&self) -> anyhow::Result<(usize, i64)> {
+        let since = Instant::now();
+        loop {
+            if let Some(settled) = self.settled().await {
+                return Ok(settled);
+            }
+            if since.elapsed() > WITHIN {
+                bail!("the cluster did not settle within {WITHIN:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn settled(&self) -> Option<(usize, i64)> {
+        let asked = self.nodes.iter().map(|node| async {
+            let status = CoordinationClient::new(node.channel.clone())
+                .status(StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            status.roles.into_iter().find(|role| role.role == "tso")
+        });
+        let statuses: Option<Vec<_>> = futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .collect();
+        let statuses = statuses?;
+        let serving: Vec<usize> = (0..statuses.len())
+            .filter(|&i| statuses[i].state == "serving")
+            .collect();
+        let [leader] = serving[..] else { return None };
+        let leader_id = statuses[leader].server_id;
+        let all_see_it = statuses.iter().all(|status| {
+            status
+                .leader
+                .as_ref()
+                .is_some_and(|l| l.server_id == leader_id && l.state == "serving")
+        });
+        let watching = format!("watching leader server {leader_id} ");
+        let armed = self.witness == Witness::Off
+            || self.nodes.iter().enumerate().all(|(index, node)| {
+                index == leader
+                    || node
+                        .process
+                        .log()
+                        .lines()
+                        .skip(node.log_mark)
+                        .any(|line| line.contains(&watching))
+            });
+        (all_see_it && armed).then_some((leader, statuses[leader].epoch))
+    }
+}
+
+async fn wait_for_exit(process: &mut StandinProcess) -> anyhow::Result<()> {
+    let since = Instant::now();
+    while process.try_exit_status().is_none() {
+        if since.elapsed() > WITHIN {
+            bail!("a terminated node did not exit within {WITHIN:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Three `etcdctl elect` candidates of one election: etcd's own recipe.
+struct Elect<'a> {
+    etcd: &'a EtcdServer,
+    election: String,
+    candidates: Vec<Option<Child>>,
+    /// (candidate, when it printed a line): a candidate prints only once it leads.
+    lines: mpsc::Receiver<(usize, Instant)>,
+    sender: mpsc::Sender<(usize, Instant)>,
+    leader: Option<usize>,
+    spawned: usize,
+}
+
+impl<'a> Elect<'a> {
+    fn start(etcd: &'a EtcdServer, election: &str) -> anyhow::Result<Self> {
+        let (sender, lines) = mpsc::channel();
+        let mut elect = Self {
+            etcd,
+            election: election.to_owned(),
+            candidates: Vec::new(),
+            lines,
+            sender,
+            leader: None,
+            spawned: 0,
+        };
+        for slot in 0..NODES {
+            let child = elect.spawn(slot)?;
+            elect.candidates.push(Some(child));
+        }
+        Ok(elect)
+    }
+
+    /// A new candidate in `slot`, its stdout read on a thread of its own.
+    fn spawn(&mut self, slot: usize) -> anyhow::Result<Child> {
+        let proposal = format!("candidate-{}", self.spawned);
+        self.spawned += 1;
+        let mut child = self.etcd.etcdctl_spawn(&["elect", &self.election, &proposal])?;
+        let stdout = child.stdout.take().context("etcdctl's stdout")?;
+        let sender = self.sender.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if line.is_err() || sender.send((slot, Instant::now())).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(child)
+    }
+
+    /// The candidate that leads, once it has said so.
+    fn leader(&mut self) -> anyhow::Result<usize> {
+        if let Some(leader) = self.leader {
+            return Ok(leader);
+        }
+        let (leader, _) = self.lines.recv_timeout(WITHIN).context("no etcdctl candidate leads")?;
+        self.leader = Some(leader);
+        Ok(leader)
+    }
+
+    /// SIGINTs the leader (etcdctl resigns on it) and times it until
+    /// another candidate prints that it leads; then replaces the leader.
+    fn round(&mut self) -> anyhow::Result<Duration> {
+        let leader = self.leader()?;
+        while self.lines.try_recv().is_ok() {}
+        let child = self.candidates[leader].take().context("the leader's process")?;
+        let acted_at = Instant::now();
+        interrupt(child.id())?;
+        let (next, led_at) = loop {
+            let (slot, at) = self
+                .lines
+                .recv_timeout(WITHIN)
+                .context("no etcdctl candidate took over")?;
+            // The resigning leader may still print while it exits.
+            if slot != leader {
+                break (slot, at);
+            }
+        };
+        reap(child);
+        self.leader = Some(next);
+        self.candidates[leader] = Some(self.spawn(leader)?);
+        Ok(led_at.duration_since(acted_at))
+    }
+}
+
+impl Drop for Elect<'_> {
+    fn drop(&mut self) {
+        for child in self.candidates.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// SIGINT, as Ctrl-C: etcdctl elect resigns and exits on it.
+fn interrupt(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .context("running kill -INT")?;
+    if !status.success() {
+        bail!("kill -INT {pid} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Waits for an interrupted candidate on a thread, so the round goes on.
+fn reap(mut child: Child) {
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+}
