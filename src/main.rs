@@ -153,6 +153,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A coordinator's panic is taken over only once the hook returns.
+    standin::telemetry::install_panic_hook();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
