@@ -398,6 +398,11 @@ impl Node {
         for cells in &self.cells {
             cells.stop();
         }
+        // Nothing leads here any more: the witness may close without
+        // peers taking it for a death.
+        if let Some(witness) = &self.witness {
+            witness.farewell().await;
+        }
     }
 }
 

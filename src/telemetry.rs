@@ -190,7 +190,11 @@ pub fn install_panic_hook() {
         // "panicked: <message>"
         let message = crate::task::panic_message(info.payload());
         let panic = format!("the panic of thread '{thread}' at {location}");
-        tracing::error!(thread, location, "thread '{thread}' {message} at {location}");
+        tracing::error!(
+            thread,
+            location,
+            "thread '{thread}' {message} at {location}"
+        );
         // Capturing walks the stack, which is quick; resolving it is not.
         let backtrace = Backtrace::capture();
         if backtrace.status() != BacktraceStatus::Captured {

@@ -140,8 +140,7 @@ async fn a_frozen_active_process_is_replaced_and_demotes_on_resume_without_servi
 // lease-based election does (tests/faults_witness.rs has it on).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_with_the_witness_off_is_taken_over_when_the_lease_expires() -> anyhow::Result<()>
-{
+async fn kill_9_with_the_witness_off_is_taken_over_when_the_lease_expires() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
     let ttl = Duration::from_secs(3);

@@ -128,7 +128,12 @@ async fn a_killed_active_whose_witness_is_blackholed_waits_for_its_lease() -> an
     let proxy = FaultProxy::start(&listen).await?;
     let behind_proxy = witness_at(&listen, Some(&proxy.endpoint()));
     // Alone first, so that it is the leader.
-    let mut nodes = vec![ProcNode::spawn_with(&[etcd.endpoint()], 3, &behind_proxy, "")?];
+    let mut nodes = vec![ProcNode::spawn_with(
+        &[etcd.endpoint()],
+        3,
+        &behind_proxy,
+        "",
+    )?];
     let (killed, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
     nodes.push(ProcNode::spawn(&[etcd.endpoint()], 3, "")?);
     let peer = 1;
@@ -206,5 +211,51 @@ async fn a_new_process_on_the_dead_leaders_witness_port_proves_it_gone() -> anyh
         took < Duration::from_secs(DEFAULT_TTL) / 2,
         "takeover took {took:?}: the lease decided, not the witness"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_says_farewell_and_is_not_taken_for_dead() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut nodes = spawn_processes(3, &[etcd.endpoint()], DEFAULT_TTL, "")?;
+    let (leaving, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
+    for (index, node) in nodes.iter().enumerate() {
+        if index != leaving {
+            wait_until_watching(node).await;
+        }
+    }
+
+    info!("--- SIGTERM the active: it hands over, then closes its witness");
+    nodes[leaving].process.terminate()?;
+    wait_for_successor(&nodes, leaving, old_epoch, Duration::from_secs(5)).await;
+    eventually(
+        "the terminated process to exit",
+        Duration::from_secs(10),
+        || std::future::ready(nodes[leaving].process.try_exit_status()),
+    )
+    .await;
+    let survivors: Vec<&ProcNode> = (0..nodes.len())
+        .filter(|&index| index != leaving)
+        .map(|index| &nodes[index])
+        .collect();
+    wait_for(
+        "a standby to read the farewell",
+        Duration::from_secs(5),
+        || {
+            survivors
+                .iter()
+                .any(|node| node.logged(&["handed its roles over and leaves"]))
+                .then_some(())
+        },
+    )
+    .await;
+    for node in survivors {
+        assert!(
+            !node.logged(&[REVOKED]),
+            "a standby took a graceful exit for a death:\n{}",
+            node.process.log()
+        );
+    }
     Ok(())
 }

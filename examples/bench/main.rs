@@ -80,7 +80,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let etcd = EtcdServer::start().await.context("starting etcd")?;
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
 
-    println!("bench: graceful, crash and etcdctl elect, {} rounds each, interleaved", args.rounds);
+    println!(
+        "bench: graceful, crash and etcdctl elect, {} rounds each, interleaved",
+        args.rounds
+    );
     let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On).await?;
     let mut elect = Elect::start(&etcd, "bench-anchor")?;
     for _ in 0..args.rounds {
@@ -361,10 +364,7 @@ impl Cluster {
                 .into_inner();
             status.roles.into_iter().find(|role| role.role == "tso")
         });
-        let statuses: Option<Vec<_>> = futures::future::join_all(asked)
-            .await
-            .into_iter()
-            .collect();
+        let statuses: Option<Vec<_>> = futures::future::join_all(asked).await.into_iter().collect();
         let statuses = statuses?;
         let serving: Vec<usize> = (0..statuses.len())
             .filter(|&i| statuses[i].state == "serving")
@@ -438,7 +438,9 @@ impl<'a> Elect<'a> {
     fn spawn(&mut self, slot: usize) -> anyhow::Result<Child> {
         let proposal = format!("candidate-{}", self.spawned);
         self.spawned += 1;
-        let mut child = self.etcd.etcdctl_spawn(&["elect", &self.election, &proposal])?;
+        let mut child = self
+            .etcd
+            .etcdctl_spawn(&["elect", &self.election, &proposal])?;
         let stdout = child.stdout.take().context("etcdctl's stdout")?;
         let sender = self.sender.clone();
         std::thread::spawn(move || {
@@ -456,7 +458,10 @@ impl<'a> Elect<'a> {
         if let Some(leader) = self.leader {
             return Ok(leader);
         }
-        let (leader, _) = self.lines.recv_timeout(WITHIN).context("no etcdctl candidate leads")?;
+        let (leader, _) = self
+            .lines
+            .recv_timeout(WITHIN)
+            .context("no etcdctl candidate leads")?;
         self.leader = Some(leader);
         Ok(leader)
     }
@@ -466,7 +471,9 @@ impl<'a> Elect<'a> {
     fn round(&mut self) -> anyhow::Result<Duration> {
         let leader = self.leader()?;
         while self.lines.try_recv().is_ok() {}
-        let child = self.candidates[leader].take().context("the leader's process")?;
+        let child = self.candidates[leader]
+            .take()
+            .context("the leader's process")?;
         let acted_at = Instant::now();
         interrupt(child.id())?;
         let (next, led_at) = loop {

@@ -230,8 +230,16 @@ mod tests {
         assert!(json.contains(r#""state":"activating""#), "{json}");
         assert_eq!(SessionInfo::decode(b"k", json.as_bytes()).unwrap(), info);
         // A session written without a witness (an older node) still decodes.
-        let without: String = json.replace(r#","witness":{"address":"127.0.0.1:2","incarnation":"00ff"}"#, "");
-        assert_eq!(SessionInfo::decode(b"k", without.as_bytes()).unwrap().witness, None);
+        let without: String = json.replace(
+            r#","witness":{"address":"127.0.0.1:2","incarnation":"00ff"}"#,
+            "",
+        );
+        assert_eq!(
+            SessionInfo::decode(b"k", without.as_bytes())
+                .unwrap()
+                .witness,
+            None
+        );
         let err = SessionInfo::decode(b"standin/session/x-1", b"{oops").unwrap_err();
         assert!(err.to_string().contains("standin/session/x-1"), "{err}");
     }

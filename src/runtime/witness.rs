@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, GetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
@@ -30,6 +30,11 @@ use crate::telemetry;
 /// What the witness sends first on every connection; the incarnation and a
 /// newline follow.
 const GREETING: &str = "standin-witness ";
+/// What the witness of a node that has handed its roles over says before
+/// it closes, so that its watchers do not take the closing for a death.
+const FAREWELL: &[u8] = b"standin-witness-farewell\n";
+/// Bound on saying farewell to every watcher at shutdown.
+const FAREWELL_WITHIN: Duration = Duration::from_millis(500);
 /// The longest greeting read: anything longer is not a witness.
 const MAX_GREETING: usize = 128;
 /// Bound on one attempt to reach a witness (connect, then greeting): past
@@ -67,6 +72,9 @@ pub(crate) struct Witness {
     info: WitnessInfo,
     _listener: OwnedTask,
     watcher: Option<OwnedTask>,
+    /// Tells the listener to say farewell on every connection; answered
+    /// once it has.
+    farewell: mpsc::Sender<oneshot::Sender<()>>,
 }
 
 impl Witness {
@@ -100,11 +108,23 @@ impl Witness {
             "death witness listening on {local}"
         );
         let greeting = format!("{GREETING}{}\n", info.incarnation).into_bytes();
+        let (farewell, asked) = mpsc::channel(1);
         Ok(Self {
             info,
-            _listener: OwnedTask::spawn(serve(listener, greeting.into())),
+            _listener: OwnedTask::spawn(serve(listener, greeting.into(), asked)),
             watcher: None,
+            farewell,
         })
+    }
+
+    /// Tells every watcher that this node has handed its roles over and is
+    /// leaving, so that none revokes a lease when the witness closes. Call
+    /// it only once no role here leads any more.
+    pub(crate) async fn farewell(&self) {
+        let (done, said) = oneshot::channel();
+        if self.farewell.send(done).await.is_ok() {
+            let _ = said.await;
+        }
     }
 
     /// What the sessions publish about this witness.
@@ -148,40 +168,95 @@ fn incarnation() -> String {
 }
 
 /// Accepts connections for as long as the process lives, greets each and
-/// keeps it open until its peer closes it.
-async fn serve(listener: TcpListener, greeting: Arc<[u8]>) {
+/// keeps it open until its peer closes it, or until asked to say farewell.
+async fn serve(
+    listener: TcpListener,
+    greeting: Arc<[u8]>,
+    mut farewell: mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    let (leaving, left) = watch::channel(false);
     let mut held = JoinSet::new();
     loop {
         while held.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                held.spawn(greet_and_hold(stream, greeting.clone()));
-            }
-            Err(error) => {
-                // Out of file descriptors and the like: peers that cannot
-                // connect prove nothing, so waiting costs no takeover.
-                tracing::warn!("death witness: accepting a connection failed: {error}");
-                tokio::time::sleep(RETRY.max).await;
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    held.spawn(greet_and_hold(stream, greeting.clone(), left.clone()));
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: peers that cannot
+                    // connect prove nothing, so waiting costs no takeover.
+                    tracing::warn!("death witness: accepting a connection failed: {error}");
+                    tokio::time::sleep(RETRY.max).await;
+                }
+            },
+            Some(done) = farewell.recv() => {
+                leaving.send_replace(true);
+                let said = async { while held.join_next().await.is_some() {} };
+                let _ = tokio::time::timeout(FAREWELL_WITHIN, said).await;
+                let _ = done.send(());
+                // Still listening: a peer that connects now is greeted,
+                // and sees the port close with the process.
             }
         }
     }
 }
 
-async fn greet_and_hold(mut stream: TcpStream, greeting: Arc<[u8]>) {
+async fn greet_and_hold(
+    mut stream: TcpStream,
+    greeting: Arc<[u8]>,
+    mut leaving: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
-    if stream.write_all(&greeting).await.is_ok() {
-        hold(&mut stream).await;
+    if stream.write_all(&greeting).await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 64];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut sink) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+            // The guard `wait_for` returns must not live across the writes.
+            () = async { drop(leaving.wait_for(|leaving| *leaving).await) } => {
+                let _ = stream.write_all(FAREWELL).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        }
     }
 }
 
-/// Reads (and drops) until the connection ends; returns how it ended.
-async fn hold(stream: &mut TcpStream) -> String {
-    let mut sink = [0u8; 64];
+/// How a held connection to a witness ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    /// The node said it handed its roles over and leaves.
+    Farewell,
+    /// Closed or reset, for this reason: confirm by connecting again.
+    Lost(String),
+}
+
+/// Reads until the connection ends; the only thing a witness sends after
+/// its greeting is its farewell.
+async fn hold(stream: &mut TcpStream) -> Ended {
+    let mut said = Vec::new();
+    let mut buffer = [0u8; 64];
     loop {
-        match stream.read(&mut sink).await {
-            Ok(0) => return "closed".to_owned(),
-            Ok(_) => {}
-            Err(error) => return error.to_string(),
+        match stream.read(&mut buffer).await {
+            Ok(0) => return Ended::Lost("closed".to_owned()),
+            Ok(read) => {
+                said.extend_from_slice(&buffer[..read]);
+                if said.starts_with(FAREWELL) {
+                    return Ended::Farewell;
+                }
+                if said.len() >= FAREWELL.len() {
+                    // Not a witness after all: keep reading to the end.
+                    said.clear();
+                }
+            }
+            Err(error) => return Ended::Lost(error.to_string()),
         }
     }
 }
@@ -322,20 +397,20 @@ async fn watch_leaders(
     own_server_id: i64,
     mut statuses: Vec<watch::Receiver<RoleStatus>>,
 ) {
-    let (buried_tx, mut buried) = mpsc::unbounded_channel::<String>();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
     let mut watches: BTreeMap<Watched, OwnedTask> = BTreeMap::new();
-    // Incarnations proven dead: their leader keys may still be seen for a
-    // moment after the revoke, and must not be watched again.
-    let mut dead: BTreeSet<String> = BTreeSet::new();
+    // Incarnations proven dead or gone with a farewell: their leader keys
+    // may still be seen for a moment, and must not be watched again.
+    let mut over: BTreeSet<String> = BTreeSet::new();
     loop {
         let current: Vec<RoleStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
         let wanted = leaders_to_watch(own_server_id, &current);
         watches.retain(|watched, _| wanted.contains_key(watched));
         for (watched, leases) in wanted {
-            if watches.contains_key(&watched) || dead.contains(&watched.witness.incarnation) {
+            if watches.contains_key(&watched) || over.contains(&watched.witness.incarnation) {
                 continue;
             }
-            let task = watch_one(mourner.clone(), watched.clone(), leases, buried_tx.clone());
+            let task = watch_one(mourner.clone(), watched.clone(), leases, done_tx.clone());
             watches.insert(watched, OwnedTask::spawn(task));
         }
         statuses.retain(|status| status.has_changed().is_ok());
@@ -347,20 +422,21 @@ async fn watch_leaders(
         );
         tokio::select! {
             _ = changed => {}
-            Some(incarnation) = buried.recv() => {
-                dead.insert(incarnation);
+            Some(incarnation) = done.recv() => {
+                over.insert(incarnation);
             }
         }
     }
 }
 
 /// Holds a connection to one leader's witness and reconnects when it ends,
-/// until an attempt proves the process gone; then has its leases revoked.
+/// until an attempt proves the process gone (then has its leases revoked)
+/// or the witness says farewell. Either way reports the incarnation as done.
 async fn watch_one(
     mourner: Arc<Mourner>,
     watched: Watched,
     known_leases: BTreeSet<i64>,
-    buried: mpsc::UnboundedSender<String>,
+    done: mpsc::UnboundedSender<String>,
 ) {
     let mut armed = false;
     let mut retry = Backoff::new(RETRY);
@@ -382,15 +458,27 @@ async fn watch_one(
                 }
                 armed = true;
                 retry.reset();
-                let ended = hold(&mut stream).await;
-                lost_at = Some(Instant::now());
-                tracing::debug!(
-                    server_id = watched.server_id,
-                    "connection to the leader's death witness ended ({ended}); confirming"
-                );
+                match hold(&mut stream).await {
+                    Ended::Farewell => {
+                        tracing::info!(
+                            server_id = watched.server_id,
+                            "leader server {} handed its roles over and leaves",
+                            watched.server_id
+                        );
+                        let _ = done.send(watched.witness.incarnation.clone());
+                        return;
+                    }
+                    Ended::Lost(reason) => {
+                        lost_at = Some(Instant::now());
+                        tracing::debug!(
+                            server_id = watched.server_id,
+                            "connection to the leader's death witness ended ({reason}); confirming"
+                        );
+                    }
+                }
             }
             Verdict::Gone(reason) => {
-                let _ = buried.send(watched.witness.incarnation.clone());
+                let _ = done.send(watched.witness.incarnation.clone());
                 // Detached: the revoke deletes the leader keys, which ends
                 // this watch, and must finish all the same.
                 let mourner = mourner.clone();
@@ -457,7 +545,15 @@ impl Mourner {
         let until = Instant::now() + self.ttl;
         let mut revoked = Vec::new();
         for &lease in &leases {
-            if etcd::revoke(&self.client, lease, self.request_timeout, &self.retry, until).await {
+            if etcd::revoke(
+                &self.client,
+                lease,
+                self.request_timeout,
+                &self.retry,
+                until,
+            )
+            .await
+            {
                 revoked.push(format!("{lease:#x}"));
             }
         }
@@ -486,7 +582,12 @@ impl Mourner {
         let request = kv.get(prefix.as_str(), Some(GetOptions::new().with_prefix()));
         let response = tokio::time::timeout(self.request_timeout, request)
             .await
-            .map_err(|_| etcd_client::Error::InvalidArgs(format!("no answer within {:?}", self.request_timeout)))??;
+            .map_err(|_| {
+                etcd_client::Error::InvalidArgs(format!(
+                    "no answer within {:?}",
+                    self.request_timeout
+                ))
+            })??;
         Ok(response
             .kvs()
             .iter()
@@ -511,10 +612,20 @@ mod tests {
         let greeted = |i: &str| Reached::Greeted(i.to_owned());
         assert_eq!(judge(false, "a", &greeted("a")), Verdict::Alive);
         assert_eq!(judge(true, "a", &greeted("a")), Verdict::Alive);
-        assert!(matches!(judge(true, "a", &Reached::Refused), Verdict::Gone(r) if r.contains("refused")));
-        assert!(matches!(judge(true, "a", &greeted("b")), Verdict::Gone(r) if r.contains("incarnation b")));
-        assert!(matches!(judge(false, "a", &Reached::Refused), Verdict::Unproven(_)));
-        assert!(matches!(judge(false, "a", &greeted("b")), Verdict::Unproven(_)));
+        assert!(
+            matches!(judge(true, "a", &Reached::Refused), Verdict::Gone(r) if r.contains("refused"))
+        );
+        assert!(
+            matches!(judge(true, "a", &greeted("b")), Verdict::Gone(r) if r.contains("incarnation b"))
+        );
+        assert!(matches!(
+            judge(false, "a", &Reached::Refused),
+            Verdict::Unproven(_)
+        ));
+        assert!(matches!(
+            judge(false, "a", &greeted("b")),
+            Verdict::Unproven(_)
+        ));
         let timeout = Reached::Inconclusive("no connection within 1s".into());
         assert!(matches!(judge(true, "a", &timeout), Verdict::Unproven(_)));
         assert!(matches!(judge(false, "a", &timeout), Verdict::Unproven(_)));
@@ -578,10 +689,28 @@ mod tests {
         let mut stream = stream.unwrap();
         drop(witness);
         let ended = tokio::time::timeout(Duration::from_secs(5), hold(&mut stream)).await;
-        assert!(ended.is_ok(), "the held connection ends with the witness");
+        assert!(
+            matches!(ended, Ok(Ended::Lost(_))),
+            "the held connection ends with the witness: {ended:?}"
+        );
         let (reached, _) = reach(&info.address).await;
         assert_eq!(reached, Reached::Refused);
         let other = Witness::bind(&node).await.unwrap();
         assert_ne!(other.info().incarnation, info.incarnation);
+    }
+
+    #[tokio::test]
+    async fn a_witness_that_leaves_says_farewell_on_every_connection() {
+        let witness = Witness::bind(&NodeConfig::default()).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (reached, stream) = reach(&witness.info().address).await;
+            assert!(matches!(reached, Reached::Greeted(_)), "{reached:?}");
+            held.push(stream.unwrap());
+        }
+        witness.farewell().await;
+        for stream in &mut held {
+            assert_eq!(hold(stream).await, Ended::Farewell);
+        }
     }
 }
