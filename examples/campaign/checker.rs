@@ -12,6 +12,10 @@ use crate::history::{
 /// etcd, which takes milliseconds; an answer later than this is a violation.
 const FORCED_OVERLAP_LIMIT: Duration = Duration::from_secs(1);
 
+/// Faults after which the node they hit is still alive: its witness must
+/// not be taken for dead.
+const LIVE_FAULTS: [&str; 4] = ["sigstop", "cut", "blackhole", "delay"];
+
 /// At most this many messages per kind of violation are kept; the rest are counted.
 const SHOWN_PER_KIND: usize = 10;
 
@@ -763,6 +767,22 @@ fn check_faults(history: &History, report: &mut Report) {
         }
     }
     slow.into(report);
+    // A live process must never be taken for dead: it still holds its
+    // socket, so its witness cannot refuse.
+    let mut revoked = Kind::new("witness revoked a live leader");
+    for fault in &history.faults {
+        if LIVE_FAULTS.contains(&fault.kind) && fault.witness_revoked == Some(true) {
+            revoked.push(format!(
+                "fault {} ({} on node {:?}, {}, at {} ms): a peer's death witness revoked its leases",
+                fault.index,
+                fault.kind,
+                fault.node,
+                fault.detail,
+                history.ms(fault.at)
+            ));
+        }
+    }
+    revoked.into(report);
     let mut errors = Kind::new("client error");
     for error in &history.client_errors {
         errors.push(format!(
@@ -873,18 +893,29 @@ mod tests {
 
         /// An operator deleted the key of `epoch` (of `role`) at `at`.
         fn forced(&self, role: usize, epoch: i64, at: u64) {
+            self.fault("delete-key", role, epoch, at, false);
+        }
+
+        /// A fault of `kind` on node 0, the leader of `role` at `epoch`, at
+        /// `at`, recovered 50 ms later; operator-forced when it is `delete-key`.
+        fn fault(&self, kind: &'static str, role: usize, epoch: i64, at: u64, revoked: bool) {
             let fault = FaultRecord {
                 index: 1,
-                kind: "delete-key",
+                kind,
                 node: Some(0),
                 role: Some(role),
                 epoch,
-                forced: vec![(role, epoch)],
+                forced: if kind == "delete-key" {
+                    vec![(role, epoch)]
+                } else {
+                    Vec::new()
+                },
                 at: self.at(at),
                 bound: Duration::from_secs(5),
                 recovered: Some(Duration::from_millis(50)),
                 detail: String::new(),
                 clients_paused: None,
+                witness_revoked: Some(revoked),
             };
             self.recorder.lock().faults.push(fault);
         }
@@ -900,6 +931,27 @@ mod tests {
             .iter()
             .map(|m| m.split(':').next().unwrap_or(""))
             .collect()
+    }
+
+    #[test]
+    fn a_witness_revoke_of_a_live_leader_is_a_violation_and_of_a_killed_one_is_not() {
+        for (kind, revoked, violation) in [
+            ("sigstop", true, true),
+            ("blackhole", true, true),
+            ("sigstop", false, false),
+            ("kill-9", true, false),
+        ] {
+            let h = Builder::new();
+            h.serving(0, 5, 0, 200);
+            h.fault(kind, TSO, 5, 100, revoked);
+            let report = h.check();
+            assert_eq!(
+                kinds(&report).contains(&"witness revoked a live leader"),
+                violation,
+                "{kind} revoked={revoked}: {:?}",
+                report.messages
+            );
+        }
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub enum ImpairmentKind {
     Cut,
     /// The node's link to etcd was delayed at its proxy.
     Delayed,
+    /// The node's link to etcd was blackholed at its proxy: connections
+    /// stay open, nothing passes.
+    Blackholed,
     /// etcd itself was down (killed, then restarted).
     EtcdDown,
 }
@@ -176,6 +179,9 @@ pub struct FaultRecord {
     /// The longest a client waited for a batch from the fault until the
     /// cluster settled again; `None` when some client got none after it.
     pub clients_paused: Option<Duration>,
+    /// Whether a peer's death witness revoked the leases of the node the
+    /// fault hit, from the fault until it recovered; `None` for etcd.
+    pub witness_revoked: Option<bool>,
 }
 
 /// A failed allocation: a client that rides through failovers should see none.
@@ -254,7 +260,10 @@ impl History {
     pub fn unfit(&self, node: usize, at: Instant) -> bool {
         self.impairments.iter().any(|i| {
             i.node == Some(node)
-                && matches!(i.kind, ImpairmentKind::Stopped | ImpairmentKind::Cut)
+                && matches!(
+                    i.kind,
+                    ImpairmentKind::Stopped | ImpairmentKind::Cut | ImpairmentKind::Blackholed
+                )
                 && i.covers(at)
         })
     }

@@ -268,6 +268,15 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         println!("note: {note}");
     }
     println!("{}", report.forced_line());
+    let kills: Vec<_> = history.faults.iter().filter(|f| f.kind == "kill-9").collect();
+    println!(
+        "campaign: kill-9 n={} revoked-by-witness={}",
+        kills.len(),
+        kills
+            .iter()
+            .filter(|f| f.witness_revoked == Some(true))
+            .count()
+    );
     for message in &report.messages {
         println!("VIOLATION: {message}");
     }

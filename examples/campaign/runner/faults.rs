@@ -34,6 +34,9 @@ pub(super) enum Fault {
     Stop,
     /// The leader's link to etcd cut for a while, then healed.
     Cut,
+    /// The leader's link to etcd blackholed for a while (its host looks
+    /// unreachable, its witness does not), then healed.
+    Blackhole,
     /// The leader's link to etcd delayed for a while, then healed.
     Delay,
     /// A graceful `Coordination.Resign` of the leader.
@@ -58,13 +61,14 @@ pub(super) enum Fault {
 impl Fault {
     /// Every fault and how often it is picked, relative to the others:
     /// etcd restarts are rare, as asked, since they cost the most time.
-    const WEIGHTS: [(Fault, u32); 13] = [
+    const WEIGHTS: [(Fault, u32); 14] = [
         (Fault::CrashCoordinator, 12),
         (Fault::CrashElection, 12),
         (Fault::CrashReload, 6),
         (Fault::Kill, 12),
         (Fault::Stop, 8),
         (Fault::Cut, 10),
+        (Fault::Blackhole, 6),
         (Fault::Delay, 8),
         (Fault::Resign, 12),
         (Fault::EtcdRestart, 3),
@@ -94,6 +98,7 @@ impl Fault {
             Fault::Kill => "kill-9",
             Fault::Stop => "sigstop",
             Fault::Cut => "cut",
+            Fault::Blackhole => "blackhole",
             Fault::Delay => "delay",
             Fault::Resign => "resign",
             Fault::EtcdRestart => "etcd-restart",
@@ -119,12 +124,19 @@ impl Fault {
             Fault::HangActivation => 3 * ACTIVATE_TIMEOUT + Duration::from_secs(5),
             // Up to three reloads crash before one gets through.
             Fault::CrashReload => Duration::from_secs(8),
-            // The leader's lease must expire first.
-            Fault::Kill | Fault::Stop | Fault::Cut => TTL + Duration::from_secs(3),
+            // The killed process's witness port refuses: its peers revoke
+            // its leases at once, whatever the TTL.
+            Fault::Kill => KILL_BOUND,
+            // The leader's lease must expire first: nothing tells it is gone.
+            Fault::Stop | Fault::Cut | Fault::Blackhole => TTL + Duration::from_secs(3),
             Fault::EtcdRestart => Duration::from_secs(15),
         }
     }
 }
+
+/// How long after a kill -9 a healthy node must serve: the death witness
+/// proves the process gone in milliseconds.
+pub(super) const KILL_BOUND: Duration = Duration::from_millis(500);
 
 /// A repair due at some instant while the campaign waits for a recovery.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +184,8 @@ impl Cluster {
             let _ =
                 tokio::time::timeout(STATUS_WITHIN, coordination.status(StatusRequest {})).await;
         }
+        let marks = self.log_marks();
+        let target_server = self.server_id_of(node);
         let at = Instant::now();
         let mut forced = Vec::new();
         let mut recovery = Recovery {
@@ -284,6 +298,15 @@ impl Cluster {
                 recovery.or_kept = Some(node);
                 format!("link cut for {} ms", lasts.as_millis())
             }
+            Fault::Blackhole => {
+                let impairment = self.recorder.begin(Some(node), ImpairmentKind::Blackholed);
+                self.proxies[node].blackhole();
+                self.recorder.in_force(impairment);
+                let lasts = Duration::from_millis(rng.random_range(500..=4000));
+                repair = Some((at + lasts, Repair::Heal(node, impairment)));
+                recovery.or_kept = Some(node);
+                format!("link blackholed for {} ms", lasts.as_millis())
+            }
             Fault::Delay => {
                 let impairment = self.recorder.begin(Some(node), ImpairmentKind::Delayed);
                 self.proxies[node].delay(LINK_DELAY);
@@ -346,6 +369,9 @@ impl Cluster {
         for hammer in hammers {
             detail = format!("{detail}; {}", hammer.await?);
         }
+        let witness_revoked = target.map(|node| {
+            target_server.is_some_and(|server| self.witness_revoked(node, server, &marks))
+        });
         Ok(FaultRecord {
             index,
             kind: fault.name(),
@@ -358,6 +384,33 @@ impl Cluster {
             recovered,
             detail,
             clients_paused: None,
+            witness_revoked,
+        })
+    }
+
+    /// How many lines each node's log holds now.
+    fn log_marks(&self) -> Vec<usize> {
+        self.nodes.iter().map(|n| n.log().lines().count()).collect()
+    }
+
+    /// The server ID `node` last reported.
+    fn server_id_of(&self, node: usize) -> Option<i64> {
+        let history = self.recorder.lock();
+        let sample = history.samples.iter().rev().find(|s| s.node == node)?;
+        Some(sample.server_id)
+    }
+
+    /// Whether a node other than `node` logged, since `marks`, that its
+    /// death witness found server `server` gone and revoked its leases.
+    fn witness_revoked(&self, node: usize, server: i64, marks: &[usize]) -> bool {
+        let needle = format!("leader server {server} at ");
+        self.nodes.iter().enumerate().any(|(peer, process)| {
+            peer != node
+                && process
+                    .log()
+                    .lines()
+                    .skip(marks[peer])
+                    .any(|line| line.contains(&needle) && line.contains(" is gone ("))
         })
     }
 
