@@ -85,15 +85,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.rounds
     );
     let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On).await?;
-    let mut elect = Elect::start(&etcd, "bench-anchor")?;
+    let mut elect = Elect::start(&etcd, "bench-anchor").await?;
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
         samples.entry("graceful").or_default().push(took);
-        let took = elect.round()?;
+        let took = elect.round().await?;
         samples.entry("etcdctl-elect").or_default().push(took);
         let took = live.round(Act::CrashCoordinator).await?;
         samples.entry("crash").or_default().push(took);
-        let took = elect.round()?;
+        let took = elect.round().await?;
         samples.entry("etcdctl-elect").or_default().push(took);
     }
     drop(elect);
@@ -260,7 +260,8 @@ impl Cluster {
     }
 
     /// Does `act` to the leader and times it until another node answers;
-    /// then brings the cluster back to three settled nodes.
+    /// then brings the cluster back to three settled nodes, so that no
+    /// restart competes for the CPU with the next round, of either side.
     async fn round(&mut self, act: Act) -> anyhow::Result<Duration> {
         let (leader, epoch) = self.settle().await?;
         for node in &mut self.nodes {
@@ -303,6 +304,7 @@ impl Cluster {
             }
             old.process.restart()?;
         }
+        self.settle().await?;
         Ok(took)
     }
 
@@ -406,6 +408,7 @@ async fn wait_for_exit(process: &mut StandinProcess) -> anyhow::Result<()> {
 /// Three `etcdctl elect` candidates of one election: etcd's own recipe.
 struct Elect<'a> {
     etcd: &'a EtcdServer,
+    client: etcd_client::Client,
     election: String,
     candidates: Vec<Option<Child>>,
     /// (candidate, when it printed a line): a candidate prints only once it leads.
@@ -416,10 +419,11 @@ struct Elect<'a> {
 }
 
 impl<'a> Elect<'a> {
-    fn start(etcd: &'a EtcdServer, election: &str) -> anyhow::Result<Self> {
+    async fn start(etcd: &'a EtcdServer, election: &str) -> anyhow::Result<Self> {
         let (sender, lines) = mpsc::channel();
         let mut elect = Self {
             etcd,
+            client: etcd.client().await?,
             election: election.to_owned(),
             candidates: Vec::new(),
             lines,
@@ -431,7 +435,25 @@ impl<'a> Elect<'a> {
             let child = elect.spawn(slot)?;
             elect.candidates.push(Some(child));
         }
+        elect.wait_for_candidates().await?;
         Ok(elect)
+    }
+
+    /// Waits until every candidate has joined the election (has its key).
+    async fn wait_for_candidates(&self) -> anyhow::Result<()> {
+        let prefix = format!("{}/", self.election);
+        let since = Instant::now();
+        loop {
+            let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
+            let joined = self.client.kv_client().get(prefix.as_str(), Some(options)).await?;
+            if joined.count() == NODES as i64 {
+                return Ok(());
+            }
+            if since.elapsed() > WITHIN {
+                bail!("the etcdctl candidates did not all join within {WITHIN:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A new candidate in `slot`, its stdout read on a thread of its own.
@@ -467,8 +489,9 @@ impl<'a> Elect<'a> {
     }
 
     /// SIGINTs the leader (etcdctl resigns on it) and times it until
-    /// another candidate prints that it leads; then replaces the leader.
-    fn round(&mut self) -> anyhow::Result<Duration> {
+    /// another candidate prints that it leads; then replaces the leader and
+    /// waits until the new candidate has joined.
+    async fn round(&mut self) -> anyhow::Result<Duration> {
         let leader = self.leader()?;
         while self.lines.try_recv().is_ok() {}
         let child = self.candidates[leader]
@@ -489,6 +512,7 @@ impl<'a> Elect<'a> {
         reap(child);
         self.leader = Some(next);
         self.candidates[leader] = Some(self.spawn(leader)?);
+        self.wait_for_candidates().await?;
         Ok(led_at.duration_since(acted_at))
     }
 }
