@@ -23,7 +23,9 @@ use clap::Parser;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::faults_client::FaultsClient;
 use standin::service::grpc::proto::tso_client::TsoClient;
-use standin::service::grpc::proto::{AllocateRequest, InjectRequest, StatusRequest};
+use standin::service::grpc::proto::{
+    AllocateRequest, InjectRequest, StatusRequest, WatchLeaderRequest,
+};
 use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
@@ -40,6 +42,12 @@ struct Args {
     /// The standin binary; by default `standin` in this example's target directory.
     #[arg(long)]
     binary: Option<std::path::PathBuf>,
+    /// Copy every node's log into this directory at the end, to read a round's timeline.
+    #[arg(long)]
+    keep_logs: Option<std::path::PathBuf>,
+    /// Only the graceful, crash and etcdctl rounds.
+    #[arg(long)]
+    quick: bool,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -97,6 +105,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         samples.entry("etcdctl-elect").or_default().push(took);
     }
     drop(elect);
+    if args.quick {
+        keep_logs(args.keep_logs.as_deref(), &[&live])?;
+        print_summaries(&samples);
+        return Ok(());
+    }
 
     println!(
         "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
@@ -117,9 +130,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let summary = |name: &str| Summary::of(&samples[name]);
+    keep_logs(args.keep_logs.as_deref(), &[&live, &off, &unreachable])?;
+    print_summaries(&samples);
+    Ok(())
+}
+
+/// One line per anchor, then one per scenario with its ratio to its
+/// anchor; scenarios not run are left out.
+fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {
+    let summary = |name: &str| samples.get(name).map(|times| Summary::of(times));
     for anchor in ["etcdctl-elect", "kill9-no-witness"] {
-        println!("bench: anchor={anchor} {}", summary(anchor));
+        if let Some(theirs) = summary(anchor) {
+            println!("bench: anchor={anchor} {theirs}");
+        }
     }
     for (scenario, anchor) in [
         ("graceful", "etcdctl-elect"),
@@ -127,13 +150,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ("kill9-witness", "kill9-no-witness"),
         ("kill9-unreachable", "kill9-no-witness"),
     ] {
-        let (ours, theirs) = (summary(scenario), summary(anchor));
+        let (Some(ours), Some(theirs)) = (summary(scenario), summary(anchor)) else {
+            continue;
+        };
         println!(
             "bench: scenario={scenario} {ours} anchor={anchor} anchor_p99_ms={:.1} ratio_p99={:.3}",
             theirs.p99_ms,
             ours.p99_ms / theirs.p99_ms
         );
     }
+}
+
+/// Copies the nodes' logs into `dir`, when given.
+fn keep_logs(dir: Option<&std::path::Path>, clusters: &[&Cluster]) -> anyhow::Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    std::fs::create_dir_all(dir)?;
+    for cluster in clusters {
+        for (index, node) in cluster.nodes.iter().enumerate() {
+            let name = format!("{}-node{index}.log", cluster.root);
+            std::fs::write(dir.join(name), node.process.log())?;
+        }
+    }
+    println!("bench: node logs kept in {}", dir.display());
     Ok(())
 }
 
@@ -207,6 +245,11 @@ struct Node {
 
 /// Three `standin run --role tso` processes on one root.
 struct Cluster {
+    root: String,
+    /// Each node's server ID, as of the last settle.
+    server_ids: Vec<i64>,
+    /// Print every round's act time and duration.
+    verbose: bool,
     nodes: Vec<Node>,
     witness: Witness,
 }
@@ -254,7 +297,13 @@ impl Cluster {
                 log_mark: 0,
             });
         }
-        let cluster = Self { nodes, witness };
+        let mut cluster = Self {
+            root: root.to_owned(),
+            server_ids: Vec::new(),
+            verbose: std::env::var_os("BENCH_VERBOSE").is_some(),
+            nodes,
+            witness,
+        };
         cluster.settle().await?;
         Ok(cluster)
     }
@@ -267,7 +316,7 @@ impl Cluster {
         for node in &mut self.nodes {
             node.log_mark = node.process.log().lines().count();
         }
-        let answered = self.first_answer(leader, epoch);
+        let answered = self.first_answer(leader, epoch).await?;
         let acted_at = Instant::now();
         let old = &mut self.nodes[leader];
         match act {
@@ -295,6 +344,17 @@ impl Cluster {
             }
         }
         let took = answered.await?.duration_since(acted_at);
+        if self.verbose {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .saturating_sub(acted_at.elapsed());
+            println!(
+                "bench: round {act:?} on {} node {leader} at unix {:.6}: {:.1} ms",
+                self.root,
+                unix.as_secs_f64(),
+                took.as_secs_f64() * 1000.0
+            );
+        }
         if act != Act::CrashCoordinator {
             if act == Act::Sigterm {
                 wait_for_exit(&mut old.process).await?;
@@ -308,47 +368,81 @@ impl Cluster {
         Ok(took)
     }
 
-    /// Starts asking every node but `old` for timestamps, every millisecond;
-    /// resolves to when one first answers at an epoch above `epoch`.
-    fn first_answer(
+    /// Follows every node's `WatchLeader` stream (each has given its first
+    /// event when this returns); the future resolves to when the first new
+    /// leader any of them names (epoch above `epoch`) answers a
+    /// `Tso.Allocate` at that epoch. Asked only once named, and then every
+    /// millisecond until it answers, so that the measuring does not load
+    /// the nodes it measures.
+    async fn first_answer(
         &self,
         old: usize,
         epoch: i64,
-    ) -> impl Future<Output = anyhow::Result<Instant>> + use<> {
-        let mut askers = JoinSet::new();
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<Instant>> + use<>> {
+        let (named, mut leaders) = tokio::sync::mpsc::unbounded_channel();
+        let mut watchers = JoinSet::new();
         for (index, node) in self.nodes.iter().enumerate() {
             if index == old {
                 continue;
             }
-            let mut tso = TsoClient::new(node.channel.clone());
-            askers.spawn(async move {
+            let request = WatchLeaderRequest { role: "tso".into() };
+            let mut events = CoordinationClient::new(node.channel.clone())
+                .watch_leader(request)
+                .await?
+                .into_inner();
+            events.message().await?.context("a first leader event")?;
+            let named = named.clone();
+            watchers.spawn(async move {
+                while let Ok(Some(event)) = events.message().await {
+                    if let Some(leader) = event.leader
+                        && leader.epoch > epoch
+                    {
+                        let _ = named.send(leader.server_id);
+                        return;
+                    }
+                }
+            });
+        }
+        let channels: Vec<(i64, Channel)> = self
+            .server_ids
+            .iter()
+            .copied()
+            .zip(self.nodes.iter().map(|node| node.channel.clone()))
+            .collect();
+        Ok(async move {
+            let answered = async {
+                let server_id = leaders.recv().await.context("no leader named")?;
+                let (_, channel) = channels
+                    .iter()
+                    .find(|(id, _)| *id == server_id)
+                    .with_context(|| format!("the new leader {server_id} is none of the nodes"))?;
+                let mut tso = TsoClient::new(channel.clone());
                 loop {
                     if let Ok(answer) = tso.allocate(AllocateRequest { count: 1 }).await
                         && answer.get_ref().epoch > epoch
                     {
-                        return Instant::now();
+                        drop(watchers);
+                        return Ok(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-            });
-        }
-        async move {
-            let first = tokio::time::timeout(WITHIN, askers.join_next()).await;
-            match first {
-                Ok(Some(Ok(at))) => Ok(at),
-                _ => bail!("no node answered at a newer epoch within {WITHIN:?}"),
+            };
+            match tokio::time::timeout(WITHIN, answered).await {
+                Ok(answered) => answered,
+                Err(_) => bail!("no node answered at a newer epoch within {WITHIN:?}"),
             }
-        }
+        })
     }
 
     /// Waits until every node answers, one serves and all see it lead, and
     /// (witness on) every other node has logged watching its witness since
     /// the last act; returns the leader and its epoch.
-    async fn settle(&self) -> anyhow::Result<(usize, i64)> {
+    async fn settle(&mut self) -> anyhow::Result<(usize, i64)> {
         let since = Instant::now();
         loop {
-            if let Some(settled) = self.settled().await {
-                return Ok(settled);
+            if let Some((leader, epoch, server_ids)) = self.settled().await {
+                self.server_ids = server_ids;
+                return Ok((leader, epoch));
             }
             if since.elapsed() > WITHIN {
                 bail!("the cluster did not settle within {WITHIN:?}");
@@ -357,7 +451,8 @@ impl Cluster {
         }
     }
 
-    async fn settled(&self) -> Option<(usize, i64)> {
+    /// The leader, its epoch and every node's server ID, once settled.
+    async fn settled(&self) -> Option<(usize, i64, Vec<i64>)> {
         let asked = self.nodes.iter().map(|node| async {
             let status = CoordinationClient::new(node.channel.clone())
                 .status(StatusRequest {})
@@ -390,7 +485,8 @@ impl Cluster {
                         .skip(node.log_mark)
                         .any(|line| line.contains(&watching))
             });
-        (all_see_it && armed).then_some((leader, statuses[leader].epoch))
+        let server_ids = statuses.iter().map(|status| status.server_id).collect();
+        (all_see_it && armed).then_some((leader, statuses[leader].epoch, server_ids))
     }
 }
 
@@ -444,8 +540,14 @@ impl<'a> Elect<'a> {
         let prefix = format!("{}/", self.election);
         let since = Instant::now();
         loop {
-            let options = etcd_client::GetOptions::new().with_prefix().with_count_only();
-            let joined = self.client.kv_client().get(prefix.as_str(), Some(options)).await?;
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only();
+            let joined = self
+                .client
+                .kv_client()
+                .get(prefix.as_str(), Some(options))
+                .await?;
             if joined.count() == NODES as i64 {
                 return Ok(());
             }

@@ -268,7 +268,11 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         println!("note: {note}");
     }
     println!("{}", report.forced_line());
-    let kills: Vec<_> = history.faults.iter().filter(|f| f.kind == "kill-9").collect();
+    let kills: Vec<_> = history
+        .faults
+        .iter()
+        .filter(|f| f.kind == "kill-9")
+        .collect();
     println!(
         "campaign: kill-9 n={} revoked-by-witness={}",
         kills.len(),

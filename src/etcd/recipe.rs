@@ -114,9 +114,9 @@ pub(crate) async fn wait_until_leader(
         let Some(predecessor) = response.kvs().first() else {
             break;
         };
+        let revision = predecessor.create_revision();
         let predecessor = String::from_utf8_lossy(predecessor.key()).into_owned();
-        let seen_at = response.header().map_or(0, |h| h.revision());
-        wait_for_delete(client, &predecessor, seen_at + 1).await?;
+        until_gone(client, &predecessor, revision).await?;
     }
     if still_ours(client, me.key.as_str(), me.revision).await? {
         Ok(())
@@ -141,7 +141,7 @@ async fn still_ours(client: &Client, key: &str, revision: i64) -> Result<bool, C
 /// leader never stops noticing that it was deposed.
 pub(crate) async fn watch_own_key(client: &Client, key: &str, revision: i64, retry: Duration) {
     loop {
-        match until_own_key_gone(client, key, revision).await {
+        match until_gone(client, key, revision).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(key, "watching our leader key failed, re-opening: {error}");
@@ -151,17 +151,16 @@ pub(crate) async fn watch_own_key(client: &Client, key: &str, revision: i64, ret
     }
 }
 
-/// Opens a watch on `key` at the current revision, then reads the key: the
-/// read finds a deletion that came before the watch, the watch every one
-/// after. Not a watch from a past revision: etcd keeps such a watch in its
-/// unsynced group and catches it up only every 100 ms, so a peer watching
-/// from the present would learn of the deletion first and could win and
-/// serve while we still did.
-async fn until_own_key_gone(
-    client: &Client,
-    key: &str,
-    revision: i64,
-) -> Result<(), CampaignError> {
+/// Returns once `key`, as created at `revision`, is gone: deleted, or
+/// replaced by a key of another term. Opens a watch on `key` at the
+/// current revision, then reads the key: the read finds a deletion that
+/// came before the watch, the watch every one after. Not a watch from a
+/// past revision: etcd keeps such a watch in its unsynced group and
+/// catches it up only every 100 ms. For our own key, a peer watching from
+/// the present would learn of the deletion first and could win and serve
+/// while we still did; for a predecessor's, every takeover that followed a
+/// write to etcd between our read and our watch waited up to 100 ms more.
+async fn until_gone(client: &Client, key: &str, revision: i64) -> Result<(), CampaignError> {
     let mut stream = client.watch_client().watch(key, None).await?;
     if !next_response(&mut stream, key).await?.created() {
         return Err(CampaignError::WatchEnded {
@@ -172,17 +171,6 @@ async fn until_own_key_gone(
     if !still_ours(client, key, revision).await? {
         return Ok(());
     }
-    until_deleted(&mut stream, key).await
-}
-
-/// Returns once `key` is deleted at or after revision `from`.
-pub(crate) async fn wait_for_delete(
-    client: &Client,
-    key: &str,
-    from: i64,
-) -> Result<(), CampaignError> {
-    let options = WatchOptions::new().with_start_revision(from);
-    let mut stream = client.watch_client().watch(key, Some(options)).await?;
     until_deleted(&mut stream, key).await
 }
 
