@@ -95,8 +95,8 @@ pub(crate) async fn join(
     })
 }
 
-/// Waits until every candidate created before `me` is gone, then checks that
-/// `me` still exists: from then on `me` leads.
+/// Waits until every candidate created before `me` is gone while `me`
+/// still exists: from then on `me` leads.
 pub(crate) async fn wait_until_leader(
     client: &Client,
     election: &str,
@@ -105,35 +105,50 @@ pub(crate) async fn wait_until_leader(
     let prefix = format!("{election}/");
     let mut kv = client.kv_client();
     loop {
-        let options = GetOptions::new()
+        let older = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_limit(1)
             .with_max_create_revision(me.revision - 1);
-        let response = kv.get(prefix.as_str(), Some(options)).await?;
-        let Some(predecessor) = response.kvs().first() else {
-            break;
+        // The nearest older candidate and our own key, in one round trip:
+        // the read after a predecessor's deletion is on every takeover's path.
+        let txn = Txn::new().and_then([
+            TxnOp::get(prefix.as_str(), Some(older)),
+            TxnOp::get(me.key.as_str(), None),
+        ]);
+        let response = kv.txn(txn).await?;
+        let mut reads = response.op_responses().into_iter().filter_map(|op| match op {
+            TxnOpResponse::Get(read) => Some(read),
+            _ => None,
+        });
+        let (Some(older), Some(own)) = (reads.next(), reads.next()) else {
+            return Err(CampaignError::EtcdFailed(etcd_client::Error::InvalidArgs(
+                "etcd answered the election's read without its two ranges".into(),
+            )));
+        };
+        if !is_ours(own.kvs(), me.revision) {
+            return Err(CampaignError::CandidacyLost {
+                key: me.key.clone(),
+            });
+        }
+        let Some(predecessor) = older.kvs().first() else {
+            return Ok(());
         };
         let revision = predecessor.create_revision();
         let predecessor = String::from_utf8_lossy(predecessor.key()).into_owned();
         until_gone(client, &predecessor, revision).await?;
     }
-    if still_ours(client, me.key.as_str(), me.revision).await? {
-        Ok(())
-    } else {
-        Err(CampaignError::CandidacyLost {
-            key: me.key.clone(),
-        })
-    }
+}
+
+/// Whether `kvs`, a read of one key, holds it with create revision `revision`.
+fn is_ours(kvs: &[KeyValue], revision: i64) -> bool {
+    kvs.first().is_some_and(|kv| kv.create_revision() == revision)
 }
 
 /// Whether `key` exists with create revision `revision`.
 async fn still_ours(client: &Client, key: &str, revision: i64) -> Result<bool, CampaignError> {
     let current = client.kv_client().get(key, None).await?;
-    Ok(current
-        .kvs()
-        .first()
-        .is_some_and(|kv| kv.create_revision() == revision))
+    Ok(is_ours(current.kvs(), revision))
 }
 
 /// Returns once our leader key (created at `revision`) is gone: deleted, or
