@@ -185,16 +185,7 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
 
     info!("--- standin run --metrics exports the role's state for Prometheus");
     let scraped = eventually("a /metrics scrape", Duration::from_secs(5), || async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
-            .await
-            .ok()?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.ok()?;
+        let body = scrape_metrics(metrics_port).await?;
         body.contains("standin_role_state").then_some(body)
     })
     .await;

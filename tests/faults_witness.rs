@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kit::*;
 use standin::testing::{EtcdServer, FaultProxy, free_loopback_port};
-use support::{eventually, wait_for};
+use support::{eventually, scrape_metrics, wait_for};
 use tracing::info;
 
 /// The default lease TTL: what a killed leader costs without the witness.
@@ -57,7 +57,22 @@ async fn wait_for_successor(
 async fn kill_9_of_the_active_is_taken_over_well_under_the_ttl() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    let mut nodes = spawn_processes(3, &[etcd.endpoint()], DEFAULT_TTL, "")?;
+    let mut metrics_ports = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let port = free_loopback_port()?;
+        let exported = NodeYaml {
+            args: vec!["--metrics".into(), format!("127.0.0.1:{port}")],
+            ..NodeYaml::default()
+        };
+        nodes.push(ProcNode::spawn_with(
+            &[etcd.endpoint()],
+            DEFAULT_TTL,
+            &exported,
+            "",
+        )?);
+        metrics_ports.push(port);
+    }
     let (killed, old_epoch) = wait_for_serving_process(&nodes, Duration::from_secs(15)).await;
     for (index, node) in nodes.iter().enumerate() {
         if index != killed {
@@ -83,8 +98,32 @@ async fn kill_9_of_the_active_is_taken_over_well_under_the_ttl() -> anyhow::Resu
             .any(|node| node.logged(&[REVOKED, "connection refused", "revoked its lease"])),
         "no node logged the witness's revoke"
     );
+    // Counted where it was done, with the time it took.
+    let mut revokes = 0.0;
+    let mut timed = 0.0;
+    for (index, port) in metrics_ports.iter().enumerate() {
+        if index == killed {
+            continue;
+        }
+        let scraped = scrape_metrics(*port).await.unwrap_or_default();
+        revokes += metric(&scraped, "standin_death_witness_revokes_total");
+        timed += metric(&scraped, "standin_death_witness_revoke_seconds_count");
+    }
+    assert!(
+        revokes >= 1.0 && timed >= 1.0,
+        "revokes {revokes}, timed {timed}"
+    );
     monitor.assert_safe();
     Ok(())
+}
+
+/// The value of the unlabelled metric `name` in a scrape, 0 when absent.
+fn metric(scraped: &str, name: &str) -> f64 {
+    scraped
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .filter_map(|value| value.trim().parse::<f64>().ok())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +265,7 @@ async fn a_leader_that_shuts_down_says_farewell_and_is_not_taken_for_dead() -> a
         }
     }
 
-    info!("--- SIGTERM the active: it hands over, then closes its witness");
+    info!("--- SIGTERM the active: it hands over, then says farewell and closes its witness");
     nodes[leaving].process.terminate()?;
     wait_for_successor(&nodes, leaving, old_epoch, Duration::from_secs(5)).await;
     eventually(
@@ -239,13 +278,19 @@ async fn a_leader_that_shuts_down_says_farewell_and_is_not_taken_for_dead() -> a
         .filter(|&index| index != leaving)
         .map(|index| &nodes[index])
         .collect();
+    // The survivor left in standby watches the new leader: its watch of
+    // the old one is over, ended by the farewell or by the leader change,
+    // whichever came first (a race; the farewell has a unit test).
     wait_for(
-        "a standby to read the farewell",
+        "the standby to watch the new leader",
         Duration::from_secs(5),
         || {
             survivors
                 .iter()
-                .any(|node| node.logged(&["handed its roles over and leaves"]))
+                .any(|node| {
+                    let log = node.process.log();
+                    log.matches("watching leader server").count() >= 2
+                })
                 .then_some(())
         },
     )

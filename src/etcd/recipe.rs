@@ -117,10 +117,13 @@ pub(crate) async fn wait_until_leader(
             TxnOp::get(me.key.as_str(), None),
         ]);
         let response = kv.txn(txn).await?;
-        let mut reads = response.op_responses().into_iter().filter_map(|op| match op {
-            TxnOpResponse::Get(read) => Some(read),
-            _ => None,
-        });
+        let mut reads = response
+            .op_responses()
+            .into_iter()
+            .filter_map(|op| match op {
+                TxnOpResponse::Get(read) => Some(read),
+                _ => None,
+            });
         let (Some(older), Some(own)) = (reads.next(), reads.next()) else {
             return Err(CampaignError::EtcdFailed(etcd_client::Error::InvalidArgs(
                 "etcd answered the election's read without its two ranges".into(),
@@ -142,7 +145,8 @@ pub(crate) async fn wait_until_leader(
 
 /// Whether `kvs`, a read of one key, holds it with create revision `revision`.
 fn is_ours(kvs: &[KeyValue], revision: i64) -> bool {
-    kvs.first().is_some_and(|kv| kv.create_revision() == revision)
+    kvs.first()
+        .is_some_and(|kv| kv.create_revision() == revision)
 }
 
 /// Whether `key` exists with create revision `revision`.

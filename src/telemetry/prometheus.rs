@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{BuildError, ExporterFuture, Matcher, PrometheusBuilder};
 
-use super::{KEEPALIVE_RTT_SECONDS, RELOAD_SECONDS, SECONDS_BUCKETS, TAKEOVER_SECONDS, describe};
+use super::{
+    DEATH_WITNESS_REVOKE_SECONDS, KEEPALIVE_RTT_SECONDS, RELOAD_SECONDS, SECONDS_BUCKETS,
+    TAKEOVER_SECONDS, describe,
+};
 
 /// Failures to start the Prometheus exporter.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +48,12 @@ pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
     let mut builder = PrometheusBuilder::new().with_http_listener(listen);
     // Buckets only for our histograms: an embedding service's own histograms
     // may not be in seconds, and keep the exporter's default (a summary).
-    for name in [TAKEOVER_SECONDS, RELOAD_SECONDS, KEEPALIVE_RTT_SECONDS] {
+    for name in [
+        TAKEOVER_SECONDS,
+        RELOAD_SECONDS,
+        KEEPALIVE_RTT_SECONDS,
+        DEATH_WITNESS_REVOKE_SECONDS,
+    ] {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.to_owned()), SECONDS_BUCKETS)
             .map_err(|source| TelemetryError::ListenFailed {

@@ -563,6 +563,8 @@ pub struct NodeYaml {
     pub node: String,
     /// Lines under `session:`.
     pub session: String,
+    /// Arguments of `standin run` after `--role tso`.
+    pub args: Vec<String>,
 }
 
 impl ProcNode {
@@ -581,14 +583,20 @@ impl ProcNode {
         extra: &str,
     ) -> anyhow::Result<Self> {
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
-        let NodeYaml { node, session } = sections;
+        let NodeYaml {
+            node,
+            session,
+            args,
+        } = sections;
         let yaml = format!(
             "etcd:\n  endpoints: [{}]\n  rootPath: {PROCESS_ROOT}\n  requestTimeout: 1s\n\
              node:\n  address: {address}\n{node}session:\n  ttl: {ttl_secs}s\n{session}{extra}",
             endpoints.join(", ")
         );
         let binary = Path::new(env!("CARGO_BIN_EXE_standin"));
-        let process = StandinProcess::spawn(binary, &yaml, &["--role", "tso"])?;
+        let mut run_args = vec!["--role", "tso"];
+        run_args.extend(args.iter().map(String::as_str));
+        let process = StandinProcess::spawn(binary, &yaml, &run_args)?;
         Ok(Self { process, address })
     }
 

@@ -278,6 +278,22 @@ where
     }
 }
 
+/// The text of `GET /metrics` from a `--metrics` exporter on the local
+/// `port`, or `None` when it does not answer.
+pub async fn scrape_metrics(port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.ok()?;
+    Some(body)
+}
+
 /// [`eventually`] for a probe that needs no waiting of its own.
 pub async fn wait_for<T>(
     what: &str,
