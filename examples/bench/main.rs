@@ -9,8 +9,8 @@
 //! successor answers: for standin a `Tso.Allocate` answered by another node
 //! at a newer epoch, for `etcdctl elect` the successor printing that it leads.
 
-#[path = "../common/binary.rs"]
-mod binary;
+#[path = "../common/driver.rs"]
+mod driver;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -68,17 +68,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let binary = match args.binary {
-        Some(binary) => binary,
-        None => binary::default_binary()?,
-    };
+    driver::init_logging();
+    let binary = driver::standin_binary(args.binary)?;
     if !binary.exists() {
         bail!(
             "no standin binary at {}: build it (cargo build --release --features cli --bin standin; make bench does) or pass --binary PATH",

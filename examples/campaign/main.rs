@@ -7,9 +7,9 @@
 //! operator-forced takeovers: `campaign: forced-overlap n=.. p50_ms=..
 //! p99_ms=.. max_ms=.. surely_max_ms=..`.
 
-#[path = "../common/binary.rs"]
-mod binary;
 mod checker;
+#[path = "../common/driver.rs"]
+mod driver;
 mod history;
 mod runner;
 
@@ -41,17 +41,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     // Errors only by default: the clients' retries while they follow a
     // failover are expected, and each fault already has its line.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let binary = match args.binary {
-        Some(binary) => binary,
-        None => binary::default_binary()?,
-    };
+    driver::init_logging();
+    let binary = driver::standin_binary(args.binary)?;
     let summary = runner::run(runner::Options {
         faults: args.faults,
         seed: args.seed.unwrap_or_else(rand::random),

@@ -288,24 +288,22 @@ impl Cluster {
                 probe = Some(node);
                 format!("frozen for {} ms", (2 * TTL).as_millis())
             }
-            Fault::Cut => {
-                let impairment = self.recorder.begin(Some(node), ImpairmentKind::Cut);
-                self.proxies[node].cut();
+            Fault::Cut | Fault::Blackhole => {
+                let (kind, what) = match fault {
+                    Fault::Cut => (ImpairmentKind::Cut, "cut"),
+                    _ => (ImpairmentKind::Blackholed, "blackholed"),
+                };
+                let impairment = self.recorder.begin(Some(node), kind);
+                match fault {
+                    Fault::Cut => self.proxies[node].cut(),
+                    _ => self.proxies[node].blackhole(),
+                }
                 self.recorder.in_force(impairment);
                 let lasts = Duration::from_millis(rng.random_range(500..=4000));
                 repair = Some((at + lasts, Repair::Heal(node, impairment)));
-                // A cut shorter than the renew deadline may keep its term.
+                // Shorter than the renew deadline, it may keep its term.
                 recovery.or_kept = Some(node);
-                format!("link cut for {} ms", lasts.as_millis())
-            }
-            Fault::Blackhole => {
-                let impairment = self.recorder.begin(Some(node), ImpairmentKind::Blackholed);
-                self.proxies[node].blackhole();
-                self.recorder.in_force(impairment);
-                let lasts = Duration::from_millis(rng.random_range(500..=4000));
-                repair = Some((at + lasts, Repair::Heal(node, impairment)));
-                recovery.or_kept = Some(node);
-                format!("link blackholed for {} ms", lasts.as_millis())
+                format!("link {what} for {} ms", lasts.as_millis())
             }
             Fault::Delay => {
                 let impairment = self.recorder.begin(Some(node), ImpairmentKind::Delayed);
