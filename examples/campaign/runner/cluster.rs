@@ -130,9 +130,12 @@ pub(super) fn settled(latest: &[Option<Sample>]) -> Option<(usize, i64)> {
     whole.then_some((leader.node, leader.epoch))
 }
 
-/// When `node` served `role`'s term `epoch` in every sample it answered
-/// from `at` until one sent after `repaired`: the time from `at` to its
-/// first such answer, since it never stopped serving.
+/// When `node` still serves `role`'s term `epoch` in a sample sent after
+/// `repaired`: the time from `at` to the first answer of its last unbroken
+/// run of such samples. A term that rode the fault out may have refused for
+/// a moment in between (its lease trust lapsed until a keepalive got
+/// through, which is safe), and counts from when it served again; a sample
+/// of another term ends the search.
 pub(super) fn kept_term(
     recorder: &Recorder,
     role: usize,
@@ -142,18 +145,22 @@ pub(super) fn kept_term(
     repaired: Instant,
 ) -> Option<Duration> {
     let history = recorder.lock();
-    let mut first = None;
+    let mut serving_since = None;
     for sample in history
         .samples
         .iter()
         .filter(|s| s.role == role && s.node == node && s.sent >= at)
     {
-        if sample.state != State::Serving || sample.epoch != epoch {
+        if sample.state != State::Serving {
+            serving_since = None;
+            continue;
+        }
+        if sample.epoch != epoch {
             return None;
         }
-        first.get_or_insert(sample.received);
+        let since = *serving_since.get_or_insert(sample.received);
         if sample.sent >= repaired {
-            return first.map(|first| first.saturating_duration_since(at));
+            return Some(since.saturating_duration_since(at));
         }
     }
     None
