@@ -171,3 +171,55 @@ pub(super) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Samples of node 0 every 20 ms from `start`, in `states` (epoch 0
+    /// when not serving).
+    fn sampled(start: Instant, states: &[(State, i64)]) -> Recorder {
+        let recorder = Recorder::new();
+        for (index, &(state, epoch)) in states.iter().enumerate() {
+            let sent = start + Duration::from_millis(20 * index as u64);
+            recorder.lock().samples.push(Sample {
+                role: 0,
+                node: 0,
+                server_id: 1,
+                state,
+                epoch,
+                leader_epoch: epoch,
+                sent,
+                received: sent + Duration::from_millis(2),
+            });
+        }
+        recorder
+    }
+
+    #[test]
+    fn a_kept_term_counts_from_when_it_serves_again_after_the_repair() {
+        let start = Instant::now();
+        let at = start + Duration::from_millis(10);
+        let repaired = start + Duration::from_millis(50);
+        let serving = (State::Serving, 7);
+        let refusing = (State::Standby, 0);
+        // Served throughout: recovered at its first answer after the fault.
+        let kept = sampled(start, &[serving, serving, serving, serving, serving]);
+        assert_eq!(
+            kept_term(&kept, 0, 0, 7, at, repaired),
+            Some(Duration::from_millis(12))
+        );
+        // Refused for a moment, then served the same term again.
+        let lapsed = sampled(start, &[serving, serving, refusing, serving, serving]);
+        assert_eq!(
+            kept_term(&lapsed, 0, 0, 7, at, repaired),
+            Some(Duration::from_millis(52))
+        );
+        // Another term of the node is no kept term.
+        let replaced = sampled(start, &[serving, refusing, (State::Serving, 9), serving]);
+        assert_eq!(kept_term(&replaced, 0, 0, 7, at, repaired), None);
+        // Nothing sent after the repair yet.
+        let early = sampled(start, &[serving, serving]);
+        assert_eq!(kept_term(&early, 0, 0, 7, at, repaired), None);
+    }
+}
