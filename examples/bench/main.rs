@@ -22,9 +22,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::faults_client::FaultsClient;
+use standin::service::grpc::proto::kv_client::KvClient;
 use standin::service::grpc::proto::tso_client::TsoClient;
 use standin::service::grpc::proto::{
-    AllocateRequest, InjectRequest, StatusRequest, WatchLeaderRequest,
+    AllocateRequest, GetRequest, InjectRequest, StatusRequest, WatchLeaderRequest,
 };
 use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
 use tokio::task::JoinSet;
@@ -48,6 +49,16 @@ struct Args {
     /// Only the graceful, crash and etcdctl rounds.
     #[arg(long)]
     quick: bool,
+    /// Metadata sizes (keys of 100 bytes under the `kv` role's prefix) of
+    /// the `graceful-by-size` scenario; empty to skip it.
+    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
+    sizes: Vec<usize>,
+    /// Rounds of `graceful-by-size` per size.
+    #[arg(long, default_value_t = 10)]
+    size_rounds: usize,
+    /// Only `graceful-by-size`.
+    #[arg(long)]
+    by_size_only: bool,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -77,13 +88,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let etcd = EtcdServer::start().await.context("starting etcd")?;
+    if args.by_size_only {
+        return by_size(&etcd, &binary, &args.sizes, args.size_rounds).await;
+    }
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
 
     println!(
         "bench: graceful, crash and etcdctl elect, {} rounds each, interleaved",
         args.rounds
     );
-    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On).await?;
+    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso").await?;
     let mut elect = Elect::start(&etcd, "bench-anchor").await?;
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
@@ -106,9 +120,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
         args.rounds, args.slow_rounds
     );
-    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off).await?;
-    let mut unreachable =
-        Cluster::start(&etcd, &binary, "bench-unreachable", Witness::BehindProxy).await?;
+    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off, "tso").await?;
+    let mut unreachable = Cluster::start(
+        &etcd,
+        &binary,
+        "bench-unreachable",
+        Witness::BehindProxy,
+        "tso",
+    )
+    .await?;
     let per_slow = args.rounds.div_ceil(args.slow_rounds.max(1));
     for round in 0..args.rounds {
         let took = live.round(Act::Kill).await?;
@@ -123,7 +143,82 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     keep_logs(args.keep_logs.as_deref(), &[&live, &off, &unreachable])?;
     print_summaries(&samples);
+    drop((live, off, unreachable));
+    by_size(&etcd, &binary, &args.sizes, args.size_rounds).await
+}
+
+/// `graceful-by-size`: SIGTERM takeovers of the `kv` role with `sizes`
+/// keys of 100 bytes under its prefix, one 3-node cluster per size, and a
+/// standby's resident memory. Cold: a standby loads nothing until it wins.
+async fn by_size(
+    etcd: &EtcdServer,
+    binary: &std::path::Path,
+    sizes: &[usize],
+    rounds: usize,
+) -> anyhow::Result<()> {
+    if sizes.is_empty() {
+        return Ok(());
+    }
+    println!("bench: graceful-by-size, {rounds} rounds per size {sizes:?}");
+    let mut rows = Vec::new();
+    for &keys in sizes {
+        let root = format!("bench-size-{keys}");
+        preload(etcd, &format!("{root}/meta/kv/"), keys).await?;
+        let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv").await?;
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            times.push(cluster.round(Act::Sigterm).await?);
+        }
+        let (leader, _) = cluster.settle().await?;
+        let standby = &cluster.nodes[(leader + 1) % NODES];
+        let rss = resident_bytes(standby.process.pid()).unwrap_or(0);
+        rows.push((keys, Summary::of(&times), rss));
+    }
+    let (_, base, base_rss) = &rows[0];
+    for (keys, summary, rss) in &rows {
+        let per_key = if *keys > 0 {
+            format!("{:.0}", rss.saturating_sub(*base_rss) as f64 / *keys as f64)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "bench: scenario=graceful-by-size keys={keys} warm=false {summary} ratio_p99_to_{}={:.2} standby_rss_mb={:.1} rss_bytes_per_key={per_key}",
+            rows[0].0,
+            summary.p99_ms / base.p99_ms,
+            *rss as f64 / 1e6
+        );
+    }
     Ok(())
+}
+
+/// Puts `keys` keys of 100 bytes under `prefix`, 128 to a transaction
+/// (etcd's default limit), several transactions at a time.
+async fn preload(etcd: &EtcdServer, prefix: &str, keys: usize) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let client = etcd.client().await?;
+    let value = vec![b'v'; 100];
+    let batches = (0..keys).collect::<Vec<_>>();
+    let writes = batches.chunks(128).map(|batch| {
+        let ops: Vec<etcd_client::TxnOp> = batch
+            .iter()
+            .map(|i| etcd_client::TxnOp::put(format!("{prefix}k{i:08}"), value.clone(), None))
+            .collect();
+        let mut kv = client.kv_client();
+        async move { kv.txn(etcd_client::Txn::new().and_then(ops)).await }
+    });
+    let mut writing = futures::stream::iter(writes).buffer_unordered(8);
+    while let Some(written) = writing.next().await {
+        written.context("preloading metadata")?;
+    }
+    Ok(())
+}
+
+/// A process's resident memory, from `/proc/PID/status`.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// One line per anchor, then one per scenario with its ratio to its
@@ -149,6 +244,24 @@ fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {
             theirs.p99_ms,
             ours.p99_ms / theirs.p99_ms
         );
+    }
+}
+
+/// The epoch that answered one request of `role` over `channel` (a
+/// `Tso.Allocate`, or a `Kv.Get`), or `None` when it was refused.
+async fn answered_epoch(role: &str, channel: Channel) -> Option<i64> {
+    if role == "kv" {
+        let request = GetRequest {
+            key: "bench".into(),
+        };
+        let answer = KvClient::new(channel).get(request).await.ok()?;
+        Some(answer.get_ref().epoch)
+    } else {
+        let answer = TsoClient::new(channel)
+            .allocate(AllocateRequest { count: 1 })
+            .await
+            .ok()?;
+        Some(answer.get_ref().epoch)
     }
 }
 
@@ -237,6 +350,8 @@ struct Node {
 /// Three `standin run --role tso` processes on one root.
 struct Cluster {
     root: String,
+    /// The role its nodes run: `tso`, or `kv` for metadata of any size.
+    role: &'static str,
     /// Each node's server ID, as of the last settle.
     server_ids: Vec<i64>,
     /// Print every round's act time and duration.
@@ -251,6 +366,7 @@ impl Cluster {
         binary: &std::path::Path,
         root: &str,
         witness: Witness,
+        role: &'static str,
     ) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..NODES {
@@ -275,7 +391,7 @@ impl Cluster {
                 TTL.as_secs(),
                 witness != Witness::Off
             );
-            let args = ["--role", "tso", "--fault-injection", "--listen", &address];
+            let args = ["--role", role, "--fault-injection", "--listen", &address];
             let process = StandinProcess::spawn(binary, &yaml, &args)?;
             let channel = Endpoint::from_shared(format!("http://{address}"))?
                 .connect_timeout(Duration::from_millis(500))
@@ -290,6 +406,7 @@ impl Cluster {
         }
         let mut cluster = Self {
             root: root.to_owned(),
+            role,
             server_ids: Vec::new(),
             verbose: std::env::var_os("BENCH_VERBOSE").is_some(),
             nodes,
@@ -314,7 +431,7 @@ impl Cluster {
             Act::Sigterm => old.process.terminate()?,
             Act::CrashCoordinator => {
                 let request = InjectRequest {
-                    role: "tso".into(),
+                    role: self.role.into(),
                     fault: "crash-coordinator".into(),
                 };
                 let injected = FaultsClient::new(old.channel.clone())
@@ -376,7 +493,9 @@ impl Cluster {
             if index == old {
                 continue;
             }
-            let request = WatchLeaderRequest { role: "tso".into() };
+            let request = WatchLeaderRequest {
+                role: self.role.into(),
+            };
             let mut events = CoordinationClient::new(node.channel.clone())
                 .watch_leader(request)
                 .await?
@@ -394,6 +513,7 @@ impl Cluster {
                 }
             });
         }
+        let role = self.role;
         let channels: Vec<(i64, Channel)> = self
             .server_ids
             .iter()
@@ -407,10 +527,10 @@ impl Cluster {
                     .iter()
                     .find(|(id, _)| *id == server_id)
                     .with_context(|| format!("the new leader {server_id} is none of the nodes"))?;
-                let mut tso = TsoClient::new(channel.clone());
                 loop {
-                    if let Ok(answer) = tso.allocate(AllocateRequest { count: 1 }).await
-                        && answer.get_ref().epoch > epoch
+                    if answered_epoch(role, channel.clone())
+                        .await
+                        .is_some_and(|answered| answered > epoch)
                     {
                         drop(watchers);
                         return Ok(Instant::now());
@@ -450,7 +570,7 @@ impl Cluster {
                 .await
                 .ok()?
                 .into_inner();
-            status.roles.into_iter().find(|role| role.role == "tso")
+            status.roles.into_iter().find(|role| role.role == self.role)
         });
         let statuses: Option<Vec<_>> = futures::future::join_all(asked).await.into_iter().collect();
         let statuses = statuses?;
