@@ -329,15 +329,17 @@ impl NodeConfig {
         self.address.as_deref().unwrap_or(DEFAULT_NODE_ADDRESS)
     }
 
+    /// The host of the advertised address (`127.0.0.1` if it has none).
+    pub(crate) fn advertised_host(&self) -> &str {
+        split_host_port(self.advertised()).map_or("127.0.0.1", |(host, _)| host)
+    }
+
     /// Where the death witness listens: `witnessAddress`, or the host of
     /// the advertised address on any free port.
     pub fn witness_listen(&self) -> String {
         match &self.witness_address {
             Some(address) => address.clone(),
-            None => {
-                let host = split_host_port(self.advertised()).map_or("127.0.0.1", |(host, _)| host);
-                join_host_port(host, 0)
-            }
+            None => join_host_port(self.advertised_host(), 0),
         }
     }
 }

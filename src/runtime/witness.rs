@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::backoff::Backoff;
-use crate::config::{BackoffConfig, Config, NodeConfig, join_host_port, split_host_port};
+use crate::config::{BackoffConfig, Config, NodeConfig, join_host_port};
 use crate::etcd;
 use crate::etcd::session::{Layout, SessionInfo, WitnessInfo};
 use crate::status::RoleStatus;
@@ -92,8 +92,7 @@ impl Witness {
         let local = listener.local_addr().map_err(bind_failed)?;
         let published = node.witness_advertised_address.clone().unwrap_or_else(|| {
             if local.ip().is_unspecified() {
-                let host = split_host_port(node.advertised()).map_or("127.0.0.1", |(h, _)| h);
-                join_host_port(host, local.port())
+                join_host_port(node.advertised_host(), local.port())
             } else {
                 local.to_string()
             }
