@@ -482,7 +482,14 @@ impl Default for CoordinatorConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct ReloadConfig {
-    /// Bound on one full reload; past it the node resigns so a peer can try.
+    /// Whether a standby keeps a copy of the role's metadata current with a
+    /// watch, so that a takeover only catches up instead of reading the
+    /// whole prefix. `false` reads the prefix at every win (and holds no
+    /// copy while standby).
+    pub warm: bool,
+    /// Bound on bringing the metadata up to date after a win (catching the
+    /// warm copy up, or a full read when there is none); past it the node
+    /// resigns so a peer can try.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Keys per etcd range request while reloading, 1..=100000: pages keep each
@@ -493,6 +500,7 @@ pub struct ReloadConfig {
 impl Default for ReloadConfig {
     fn default() -> Self {
         Self {
+            warm: true,
             timeout: Duration::from_secs(30),
             page_size: 1000,
         }

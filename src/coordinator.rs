@@ -23,9 +23,28 @@ pub trait Coordinator: Send + Sync + 'static {
     /// The answer to a request.
     type Response: Send + 'static;
 
-    /// Decodes the role's metadata snapshot. Runs in the reload actor: an
-    /// error makes this node resign so that another can take over.
+    /// Decodes the role's metadata snapshot. Runs off the async runtime,
+    /// for the reload actor: an error at a takeover makes this node resign
+    /// so that another can take over.
     fn decode(&self, snapshot: Snapshot) -> Result<Self::Meta, BoxError>;
+
+    /// Whether [`apply_change`](Self::apply_change) keeps decoded metadata
+    /// current. With `false` (the default) a takeover decodes the standby's
+    /// copy, which is already current, with [`decode`](Self::decode): cheap
+    /// when `Meta` is small. With `true` a warm standby decodes its copy
+    /// once and applies every change to that `Meta` as it arrives, so a
+    /// takeover hands it over without walking the metadata; the price is
+    /// the decoded `Meta` held beside the raw copy.
+    const INCREMENTAL: bool = false;
+
+    /// Applies one change of the role's metadata to decoded metadata, in
+    /// etcd's order; called only when [`INCREMENTAL`](Self::INCREMENTAL) is
+    /// true. An error drops this `Meta`: the runtime decodes the copy again
+    /// with `decode`, which is also what the default does.
+    fn apply_change(&self, meta: &mut Self::Meta, change: &MetaChange) -> Result<(), BoxError> {
+        let _ = (meta, change);
+        Err("this coordinator decodes its metadata whole".into())
+    }
 
     /// Builds the serving state for `epoch` from the reloaded metadata.
     /// Every write must go through `store`, which refuses writes once the
@@ -106,6 +125,52 @@ pub struct Snapshot {
     pub revision: i64,
     /// Relative key to value, in key order.
     pub entries: BTreeMap<String, Vec<u8>>,
+}
+
+impl Snapshot {
+    /// Applies one change, as a warm standby does to its copy (the revision is left alone).
+    pub fn apply(&mut self, change: &MetaChange) {
+        change.apply_to(&mut self.entries);
+    }
+}
+
+/// One change to a role's metadata as a warm standby sees it in etcd's
+/// watch, key relative to `{root}/meta/{role}/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaChange {
+    /// `key` was set to `value`.
+    Put {
+        /// Relative key.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+    },
+    /// `key` was deleted (a prefix deletion is one change per key).
+    Delete {
+        /// Relative key.
+        key: String,
+    },
+}
+
+impl MetaChange {
+    /// Applies this change to entries keyed like [`Snapshot::entries`].
+    pub fn apply_to(&self, entries: &mut BTreeMap<String, Vec<u8>>) {
+        match self {
+            MetaChange::Put { key, value } => {
+                entries.insert(key.clone(), value.clone());
+            }
+            MetaChange::Delete { key } => {
+                entries.remove(key);
+            }
+        }
+    }
+
+    /// The relative key changed.
+    pub fn key(&self) -> &str {
+        match self {
+            MetaChange::Put { key, .. } | MetaChange::Delete { key } => key,
+        }
+    }
 }
 
 /// A request to a role's coordinator as an actor message, for embedders that

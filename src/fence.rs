@@ -179,11 +179,7 @@ impl FencedStore {
     /// and [`FenceError::Fenced`] when the epoch is over.
     pub async fn txn(&self, guards: Vec<Guard>, ops: Vec<WriteOp>) -> Result<bool, FenceError> {
         self.check_not_deposed()?;
-        let mut compares = vec![Compare::create_revision(
-            self.inner.epoch.leader_key.as_str(),
-            CompareOp::Equal,
-            self.inner.epoch.revision,
-        )];
+        let mut compares = vec![self.still_leads()];
         for guard in guards {
             compares.push(match guard {
                 Guard::ValueIs { key, value } => {
@@ -227,6 +223,36 @@ impl FencedStore {
         } else {
             Err(self.refused())
         }
+    }
+
+    /// Writes the catch-up marker, fenced, and returns the revision it was
+    /// written at. The marker is the metadata prefix's own key (relative key
+    /// `""`, which no write through a store can name), holding the epoch.
+    /// A warm standby's watch delivers it after every earlier change, so
+    /// once the watch has shown it the copy holds every write made before.
+    pub(crate) async fn write_marker(&self) -> Result<i64, FenceError> {
+        self.check_not_deposed()?;
+        let epoch = serde_json::to_vec(&self.inner.epoch).unwrap_or_default();
+        let txn = Txn::new().when([self.still_leads()]).and_then([TxnOp::put(
+            self.inner.prefix.as_str(),
+            epoch,
+            None,
+        )]);
+        let response = self.inner.client.kv_client().txn(txn).await?;
+        if !response.succeeded() {
+            return Err(self.refused());
+        }
+        Ok(response.header().map_or(0, |header| header.revision()))
+    }
+
+    /// The condition every fenced transaction starts with: the epoch's
+    /// leader key still exists, as the win created it.
+    fn still_leads(&self) -> Compare {
+        Compare::create_revision(
+            self.inner.epoch.leader_key.as_str(),
+            CompareOp::Equal,
+            self.inner.epoch.revision,
+        )
     }
 
     fn check_not_deposed(&self) -> Result<(), FenceError> {

@@ -113,7 +113,9 @@ pub mod telemetry;
 pub mod testing;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
-pub use coordinator::{BoxError, CallError, Coordinator, RoleMsg, ServeError, Snapshot};
+pub use coordinator::{
+    BoxError, CallError, Coordinator, MetaChange, RoleMsg, ServeError, Snapshot,
+};
 pub use etcd::EtcdError;
 pub use etcd::recipe::CampaignError;
 pub use etcd::session::{SessionError, SessionInfo, VERSION, WitnessInfo};

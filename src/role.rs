@@ -310,7 +310,8 @@ impl<C: Coordinator> RoleHandle<C> {
         coordinator.is_some_and(|c| c.send_message(CoordinatorMsg::InjectPanic).is_ok())
     }
 
-    /// Makes the role's running reload (or its next one) panic after its next page.
+    /// Makes the role's reload actor panic at its next page read or catch-up
+    /// (a win), whichever comes first.
     pub fn crash_reload(&self) {
         self.shared.faults.arm_reload_panic();
     }

@@ -20,10 +20,15 @@ pub const TAKEOVERS: &str = "standin_takeovers_total";
 pub const TAKEOVER_SECONDS: &str = "standin_takeover_seconds";
 /// Counter, labels `role` and `reason`: terms ended on this node.
 pub const STEP_DOWNS: &str = "standin_step_downs_total";
-/// Histogram, label `role`: seconds to load the role's metadata after a win.
+/// Histogram, label `role`: seconds to bring the role's metadata up to date after a win.
 pub const RELOAD_SECONDS: &str = "standin_reload_seconds";
-/// Counter, label `role`: metadata keys loaded by reloads.
+/// Counter, label `role`: metadata keys handed to activations.
 pub const RELOADED_KEYS: &str = "standin_reloaded_keys_total";
+/// Gauge, label `role`: keys in this node's warm copy of the role's metadata.
+pub const METADATA_COPY_KEYS: &str = "standin_metadata_copy_keys";
+/// Counter, labels `role` and `reason`: full reads of the role's metadata
+/// (`start`, `compacted`: a warm copy; `cold`: a win with `reload.warm: false`).
+pub const METADATA_FULL_READS: &str = "standin_metadata_full_reads_total";
 /// Histogram, label `role`: seconds from sending a lease keepalive to its answer.
 pub const KEEPALIVE_RTT_SECONDS: &str = "standin_keepalive_rtt_seconds";
 /// Counter, label `role`: lease keepalives that failed or got no answer in time.
@@ -100,12 +105,22 @@ pub fn describe() {
     metrics::describe_histogram!(
         RELOAD_SECONDS,
         Unit::Seconds,
-        "Time to load the role's metadata at the won revision."
+        "Time to bring the role's metadata up to date after a win (catching the warm copy up, or a full read)."
     );
     metrics::describe_counter!(
         RELOADED_KEYS,
         Unit::Count,
-        "Metadata keys loaded by reloads after winning the role."
+        "Metadata keys handed to activations after winning the role."
+    );
+    metrics::describe_gauge!(
+        METADATA_COPY_KEYS,
+        Unit::Count,
+        "Keys in this node's warm copy of the role's metadata."
+    );
+    metrics::describe_counter!(
+        METADATA_FULL_READS,
+        Unit::Count,
+        "Full reads of the role's metadata, by reason (start, compacted, cold)."
     );
     metrics::describe_histogram!(
         KEEPALIVE_RTT_SECONDS,

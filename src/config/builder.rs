@@ -81,7 +81,14 @@ impl ConfigBuilder {
         self
     }
 
-    /// `reload.timeout`: the bound on loading the role's metadata after a win.
+    /// `reload.warm`: whether a standby keeps the role's metadata current
+    /// (`true`, the default) or reads it whole at every win.
+    pub fn reload_warm(mut self, warm: bool) -> Self {
+        self.config.reload.warm = warm;
+        self
+    }
+
+    /// `reload.timeout`: the bound on bringing the role's metadata up to date after a win.
     pub fn reload_timeout(mut self, timeout: Duration) -> Self {
         self.config.reload.timeout = timeout;
         self

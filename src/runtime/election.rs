@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::concurrency::JoinHandle;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::backoff::Backoff;
 use crate::coordinator::Coordinator;
 use crate::etcd;
 use crate::etcd::recipe::{self, Candidacy, Leader};
@@ -28,7 +29,7 @@ use crate::etcd::session::RoleState;
 use crate::fence::Epoch;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
-use crate::runtime::reload::{ReloadActor, ReloadJob};
+use crate::runtime::reload::{CatchUp, ReloadActor, ReloadMsg};
 use crate::runtime::term::Term;
 use crate::status::{ResignError, RoleStatus, StepDownReason};
 use crate::task::OwnedTask;
@@ -132,9 +133,11 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         generation: u64,
         /// The epoch revision.
         revision: i64,
-        /// The decoded metadata.
-        meta: C::Meta,
+        /// The decoded metadata, or why there is none.
+        result: Result<C::Meta, String>,
     },
+    /// Time to start a new reload actor after a crash.
+    RestartReload,
     /// The coordinator serves for `revision`.
     CoordinatorServing {
         /// The epoch revision.
@@ -180,8 +183,9 @@ enum Tag {
 pub(crate) struct ElectionState<C: Coordinator> {
     machine: ElectionMachine,
     coordinator: Option<ActorRef<CoordinatorMsg<C>>>,
-    reload: Option<ActorCell>,
+    reload: Option<ActorRef<ReloadMsg<C>>>,
     reload_generation: u64,
+    reload_restarts: Backoff,
     candidacy: Option<Candidacy>,
     campaign: Option<OwnedTask>,
     campaign_generation: u64,
@@ -336,9 +340,10 @@ impl<C: Coordinator> Election<C> {
             Command::Publish(published) => self.publish(state, published),
             Command::StartReload { revision } => self.start_reload(myself, state, revision).await?,
             Command::StopReload => {
+                // The copy stays warm for the next term: only the catch-up goes.
                 state.reload_generation += 1;
-                if let Some(reload) = state.reload.take() {
-                    reload.kill();
+                if let Some(reload) = &state.reload {
+                    let _ = reload.send_message(ReloadMsg::Cancel);
                 }
                 state.meta = None;
             }
@@ -545,34 +550,62 @@ impl<C: Coordinator> Election<C> {
         state.term = Some(term);
         state.reload_generation += 1;
         let generation = state.reload_generation;
-        let job = ReloadJob {
-            coordinator: self.coordinator.clone(),
-            client: self.context.client.clone(),
-            role: self.role.clone(),
-            prefix: self.context.layout.meta(&self.role),
+        let election = myself.clone();
+        let job = CatchUp {
+            store: self.store(state)?,
             revision,
-            page_size: self.context.config.reload.page_size,
-            timeout: self.context.config.reload.timeout,
-            report: {
-                let election = myself.clone();
-                Box::new(move |revision, meta| {
-                    let _ = election.send_message(ElectionMsg::Reloaded {
-                        generation,
-                        revision,
-                        meta,
-                    });
-                })
-            },
-            faults: self.shared.faults.clone(),
+            report: Box::new(move |result| {
+                let result = result.map_err(|error| error.to_string());
+                let _ = election.send_message(ElectionMsg::Reloaded {
+                    generation,
+                    revision,
+                    result,
+                });
+            }),
         };
         // From the win on, requests wait for the activation instead of
         // being sent away to this very node.
         if let (Some(coordinator), Some(term)) = (&state.coordinator, &state.term) {
             let _ = coordinator.send_message(CoordinatorMsg::Elected { term: term.clone() });
         }
-        let actor = ReloadActor::<C>::default();
-        let (reload, _) = Actor::spawn_linked(None, actor, job, myself.get_cell()).await?;
-        state.reload = Some(reload.get_cell());
+        if state.reload.is_none() {
+            self.spawn_reload(myself, state).await?;
+        }
+        if let Some(reload) = &state.reload {
+            let _ = reload.send_message(ReloadMsg::CatchUp(Box::new(job)));
+        }
+        Ok(())
+    }
+
+    /// A store fenced to the serving term, writing under the role's metadata prefix.
+    fn store(
+        &self,
+        state: &ElectionState<C>,
+    ) -> Result<crate::fence::FencedStore, ActorProcessingErr> {
+        let term = state.term.as_ref().ok_or("a store without a term")?;
+        Ok(term.store(
+            self.context.client.clone(),
+            self.context.layout.meta(&self.role),
+        ))
+    }
+
+    /// Starts the role's reload actor, which keeps the metadata warm from now on.
+    async fn spawn_reload(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+    ) -> Result<(), ActorProcessingErr> {
+        let actor = ReloadActor::new(
+            self.coordinator.clone(),
+            self.context.client.clone(),
+            self.role.clone(),
+            self.context.layout.meta(&self.role),
+            self.context.config.reload.clone(),
+            self.context.config.etcd.retry.clone(),
+            self.shared.faults.clone(),
+        );
+        let (reload, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
+        state.reload = Some(reload);
         Ok(())
     }
 
@@ -592,10 +625,7 @@ impl<C: Coordinator> Election<C> {
             return Err("activation without metadata, term or coordinator".into());
         };
         debug_assert_eq!(term.revision(), revision);
-        let store = term.store(
-            self.context.client.clone(),
-            self.context.layout.meta(&self.role),
-        );
+        let store = self.store(state)?;
         #[cfg(feature = "testing")]
         self.shared.store.set(Some(store.clone()));
         let (reply, served) = tokio::sync::oneshot::channel();
@@ -747,6 +777,7 @@ impl<C: Coordinator> Actor for Election<C> {
             coordinator: None,
             reload: None,
             reload_generation: 0,
+            reload_restarts: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
             candidacy: None,
             campaign: None,
             campaign_generation: 0,
@@ -766,6 +797,7 @@ impl<C: Coordinator> Actor for Election<C> {
         };
         self.spawn_coordinator(&myself, &mut state.coordinator, None)
             .await?;
+        self.spawn_reload(&myself, &mut state).await?;
         Ok(state)
     }
 
@@ -853,14 +885,29 @@ impl<C: Coordinator> Actor for Election<C> {
             ElectionMsg::Reloaded {
                 generation,
                 revision,
-                meta,
+                result,
             } => {
                 if !state.is_current(Tag::Reload(generation)) {
                     return Ok(());
                 }
-                state.reload = None;
-                state.meta = Some(meta);
-                Event::Reloaded { revision }
+                match result {
+                    Ok(meta) => {
+                        state.reload_restarts.reset();
+                        state.meta = Some(meta);
+                        Event::Reloaded { revision }
+                    }
+                    Err(reason) => {
+                        tracing::error!(role = self.role, "reload failed: {reason}");
+                        Event::ReloadFailed
+                    }
+                }
+            }
+            ElectionMsg::RestartReload => {
+                if state.machine.phase() != Phase::Stopped && state.reload.is_none() {
+                    self.spawn_reload(&myself, state).await?;
+                    tracing::info!(role = self.role, "reload actor restarted");
+                }
+                return Ok(());
             }
             ElectionMsg::CoordinatorServing { revision } => Event::CoordinatorServing { revision },
             ElectionMsg::ActivationTimedOut { revision } => Event::ActivationTimedOut { revision },
@@ -935,7 +982,6 @@ impl<C: Coordinator> Actor for Election<C> {
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason) = match event {
             SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
-            // Only a failure carries a reason: a reload actor stops by itself when done.
             SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
             _ => return Ok(()),
         };
@@ -946,9 +992,14 @@ impl<C: Coordinator> Actor for Election<C> {
             self.apply(&myself, state, Event::CoordinatorCrashed)
                 .await?;
         } else if state.reload.as_ref().is_some_and(|r| r.get_id() == id) {
+            // The warm copy is gone with the actor: a new one reads it
+            // again, after a backoff in case the crash repeats.
             state.reload = None;
-            if let Some(reason) = reason {
-                tracing::error!(role = self.role, "reload failed: {reason}");
+            let reason = reason.unwrap_or_else(|| "stopped".into());
+            tracing::error!(role = self.role, "reload failed: {reason}");
+            let after = state.reload_restarts.next_delay();
+            myself.send_after(after, || ElectionMsg::RestartReload);
+            if matches!(state.machine.phase(), Phase::Reloading { .. }) {
                 self.apply(&myself, state, Event::ReloadFailed).await?;
             }
         }

@@ -36,7 +36,8 @@ pub(crate) struct Faults {
 }
 
 impl Faults {
-    /// Makes the role's running reload (or its next one) panic after its next page.
+    /// Makes the role's reload actor panic at its next page read or catch-up,
+    /// whichever comes first.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn arm_reload_panic(&self) {
         self.reload_panic.store(true, Ordering::SeqCst);
@@ -67,6 +68,15 @@ impl Faults {
         }
     }
 
+    /// Called by the reload actor when a win asks it to catch up: panics
+    /// once if armed.
+    pub(crate) fn catch_up_started(&self) {
+        #[cfg(feature = "fault-injection")]
+        if self.reload_panic.swap(false, Ordering::SeqCst) {
+            panic!("fault injected into the reload actor, mid-reload (catching up)");
+        }
+    }
+
     /// Called by the reload actor between pages: panics once if armed, and
     /// waits once if held.
     pub(crate) async fn reload_page_read(&self) {
@@ -93,7 +103,7 @@ pub enum Fault {
     CrashCoordinator,
     /// The election actor panics.
     CrashElection,
-    /// The running (or next) reload panics after its next page.
+    /// The reload actor panics at its next page read or catch-up.
     CrashReload,
     /// The next activation hangs until the activation timeout ends it.
     HangActivation,

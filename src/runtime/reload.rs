@@ -1,16 +1,36 @@
-//! The reload actor: loads a role's metadata at a revision no older than the won one, in pages, within a time bound.
+//! The reload actor: keeps a copy of a role's metadata warm while standby (a paged read, then a watch) and, on a win, brings it up to date and hands it to the activation within a time bound.
+//!
+//! A win asks it to catch up. With a warm copy that is one fenced write of
+//! the catch-up marker and a wait until the watch has delivered it: etcd's
+//! watch delivers every event in revision order, so the copy then holds
+//! every write made before the win, without reading the prefix again. (Not
+//! etcd's progress notifications: before etcd 3.4.25 and 3.5.8 a requested
+//! notification can overtake events still queued on the stream, etcd issue
+//! 15220, and Debian's etcd is 3.4.23.) With `reload.warm: false`, or while
+//! the first read has not finished, the metadata is read whole, as before.
 
-use std::marker::PhantomData;
+mod copy;
+mod follow;
+pub(crate) mod read;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use etcd_client::Client;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::coordinator::{Coordinator, Snapshot};
+use crate::backoff::Backoff;
+use crate::config::{BackoffConfig, ReloadConfig};
+use crate::coordinator::{BoxError, Coordinator, Snapshot};
+use crate::fence::{FenceError, FencedStore};
 use crate::runtime::faults::Faults;
+use crate::task::OwnedTask;
+use crate::telemetry;
+use copy::{Applied, WarmCopy};
+use follow::Followed;
+use read::read_snapshot;
 
-/// Failures of a reload; each makes the node resign.
+/// Failures of a catch-up; each makes the node resign.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReloadError {
     /// Reading a page from etcd failed.
@@ -22,8 +42,8 @@ pub(crate) enum ReloadError {
         #[source]
         source: etcd_client::Error,
     },
-    /// The read did not finish within `reload.timeout`.
-    #[error("reloading metadata under {prefix} took longer than {timeout:?}")]
+    /// The catch-up did not finish within `reload.timeout`.
+    #[error("bringing the metadata under {prefix} up to date took longer than {timeout:?}")]
     TimedOut {
         /// The metadata prefix.
         prefix: String,
@@ -38,7 +58,7 @@ pub(crate) enum ReloadError {
         /// The epoch revision.
         wanted: i64,
     },
-    /// The coordinator could not decode what was read.
+    /// The coordinator could not decode the metadata.
     #[error("metadata under {prefix} cannot be decoded: {reason}")]
     DecodeFailed {
         /// The metadata prefix.
@@ -46,149 +66,507 @@ pub(crate) enum ReloadError {
         /// The coordinator's error.
         reason: String,
     },
+    /// The catch-up marker was refused (the term is over) or not written.
+    #[error("writing the catch-up marker under {prefix} failed: {source}")]
+    MarkerFailed {
+        /// The metadata prefix.
+        prefix: String,
+        /// The fenced write's error.
+        #[source]
+        source: FenceError,
+    },
 }
 
-/// Reads every key under `prefix` at one revision, `page_size` keys a
-/// request. When etcd compacts that revision before the last page is read,
-/// the read starts over at a fresh one (the caller bounds the whole read).
-pub(crate) async fn read_snapshot(
-    client: &Client,
-    prefix: &str,
-    page_size: i64,
-    min_revision: i64,
-    faults: &Faults,
-) -> Result<Snapshot, ReloadError> {
-    loop {
-        match read_pages(client, prefix, page_size, min_revision, faults).await {
-            Err(ReloadError::ReadFailed { source, .. }) if is_compacted(&source) => {
-                tracing::warn!(
-                    prefix,
-                    "etcd compacted the revision a reload was reading ({source}); reading again at a fresh revision"
-                );
-            }
-            done => return done,
-        }
-    }
-}
-
-/// Whether etcd refused a read because its revision has been compacted.
-fn is_compacted(error: &etcd_client::Error) -> bool {
-    matches!(error, etcd_client::Error::GRpcStatus(status)
-        if status.code() == tonic::Code::OutOfRange && status.message().contains("compacted"))
-}
-
-/// One paged read at one revision. The first page is a linearizable read,
-/// so its revision is at least any revision this node has already seen,
-/// such as the won one.
-async fn read_pages(
-    client: &Client,
-    prefix: &str,
-    page_size: i64,
-    min_revision: i64,
-    faults: &Faults,
-) -> Result<Snapshot, ReloadError> {
-    let failed = |source| ReloadError::ReadFailed {
-        prefix: prefix.to_owned(),
-        source,
-    };
-    let end = prefix_end(prefix.as_bytes());
-    let mut kv = client.kv_client();
-    let mut snapshot = Snapshot::default();
-    let mut start = prefix.as_bytes().to_vec();
-    loop {
-        let mut options = GetOptions::new()
-            .with_range(end.clone())
-            .with_limit(page_size)
-            .with_sort(SortTarget::Key, SortOrder::Ascend);
-        if snapshot.revision > 0 {
-            options = options.with_revision(snapshot.revision);
-        }
-        let mut page = kv.get(start.clone(), Some(options)).await.map_err(failed)?;
-        if snapshot.revision == 0 {
-            snapshot.revision = page.header().map_or(0, |h| h.revision());
-            if snapshot.revision < min_revision {
-                return Err(ReloadError::StaleRead {
-                    got: snapshot.revision,
-                    wanted: min_revision,
-                });
-            }
-        }
-        let more = page.more();
-        let kvs = page.take_kvs();
-        let Some(last) = kvs.last() else { break };
-        start = last.key().to_vec();
-        start.push(0);
-        for kv in kvs {
-            let key = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
-            snapshot.entries.insert(key, kv.value().to_vec());
-        }
-        faults.reload_page_read().await;
-        if !more {
-            break;
-        }
-    }
-    Ok(snapshot)
-}
-
-/// The first key after every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
-/// The reload actor for one won epoch: reads, decodes, reports to the
-/// election actor, stops. It fails (a supervision event for the election)
-/// when the read fails, times out or does not decode.
-pub(crate) struct ReloadActor<C: Coordinator>(PhantomData<fn() -> C>);
-
-impl<C: Coordinator> Default for ReloadActor<C> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-/// What one reload needs.
-pub(crate) struct ReloadJob<C: Coordinator> {
-    /// Decodes the snapshot.
-    pub coordinator: Arc<C>,
-    /// The etcd client.
-    pub client: Client,
-    /// The role, for logs and metrics.
-    pub role: String,
+/// The reload actor of one role on one node.
+pub(crate) struct ReloadActor<C: Coordinator> {
+    coordinator: Arc<C>,
+    client: Client,
+    role: String,
     /// `{root}/meta/{role}/`.
-    pub prefix: String,
-    /// The won revision: the read must be at least this new.
-    pub revision: i64,
-    /// `reload.pageSize`.
-    pub page_size: i64,
-    /// `reload.timeout`.
-    pub timeout: Duration,
-    /// Hands the decoded metadata, with the won revision, to whoever asked.
-    pub report: Box<dyn FnOnce(i64, C::Meta) + Send>,
-    /// The role's fault switches (off unless a test turns them on).
-    pub faults: Arc<Faults>,
+    prefix: String,
+    config: ReloadConfig,
+    /// `etcd.retry`: between failed reads and watches of a warm copy.
+    retry: BackoffConfig,
+    faults: Arc<Faults>,
 }
 
-/// Messages to a reload actor: none; it works in `post_start` and stops.
-pub(crate) enum ReloadMsg {}
+impl<C: Coordinator> ReloadActor<C> {
+    /// A reload actor for `role`, its metadata under `prefix`.
+    pub(crate) fn new(
+        coordinator: Arc<C>,
+        client: Client,
+        role: String,
+        prefix: String,
+        config: ReloadConfig,
+        retry: BackoffConfig,
+        faults: Arc<Faults>,
+    ) -> Self {
+        Self {
+            coordinator,
+            client,
+            role,
+            prefix,
+            config,
+            retry,
+            faults,
+        }
+    }
+}
+
+/// What a won term asks of the reload actor.
+pub(crate) struct CatchUp<C: Coordinator> {
+    /// A store fenced to the won term: writes the catch-up marker.
+    pub store: FencedStore,
+    /// The won revision: a full read must be at least this new.
+    pub revision: i64,
+    /// Hands the metadata over, or says why there is none.
+    pub report: Box<dyn FnOnce(Result<C::Meta, ReloadError>) + Send>,
+}
+
+/// Messages to a reload actor. What its tasks report carries the copy's
+/// generation or the catch-up's id, so a late report of an earlier read or
+/// catch-up is recognised and dropped.
+pub(crate) enum ReloadMsg<C: Coordinator> {
+    /// Bring the metadata up to date for a won term and hand it over.
+    CatchUp(Box<CatchUp<C>>),
+    /// The term the catch-up in progress was for is over: drop it.
+    Cancel,
+    /// The full read of the copy of `generation` finished.
+    Loaded {
+        /// The copy's generation.
+        generation: u64,
+        /// What it read.
+        snapshot: Snapshot,
+    },
+    /// The watch of the copy of `generation` delivered changes.
+    Followed {
+        /// The copy's generation.
+        generation: u64,
+        /// What it delivered.
+        followed: Followed,
+    },
+    /// A decode of the copy of `generation`, as it was at `revision`, finished.
+    Decoded {
+        /// The copy's generation.
+        generation: u64,
+        /// The copy's revision when the decode started.
+        revision: i64,
+        /// The decoded metadata.
+        result: Result<C::Meta, BoxError>,
+    },
+    /// The catch-up `id`'s marker was written, at the revision given, or not.
+    Marked {
+        /// The catch-up.
+        id: u64,
+        /// The marker's revision.
+        result: Result<i64, FenceError>,
+    },
+    /// The catch-up `id` has its metadata (`keys` keys), or failed.
+    CaughtUp {
+        /// The catch-up.
+        id: u64,
+        /// Keys in the metadata handed over.
+        keys: usize,
+        /// The metadata.
+        result: Result<C::Meta, ReloadError>,
+    },
+    /// The catch-up `id` ran out of `reload.timeout`.
+    Expired {
+        /// The catch-up.
+        id: u64,
+    },
+    /// A task this actor owns panicked: a bug, handled as the actor's own failure.
+    TaskFailed {
+        /// What the task did.
+        task: &'static str,
+        /// The panic's message.
+        reason: String,
+    },
+}
+
+/// A catch-up in progress.
+struct Pending<C: Coordinator> {
+    id: u64,
+    report: Box<dyn FnOnce(Result<C::Meta, ReloadError>) + Send>,
+    started: Instant,
+    /// The marker's revision, once written: the copy must reach it.
+    target: Option<i64>,
+    /// The marker write, the full read, or the decode of the catch-up.
+    task: Option<OwnedTask>,
+    /// A decode for this catch-up runs.
+    decoding: bool,
+    /// Sends `Expired` once `reload.timeout` has passed.
+    _timer: OwnedTask,
+}
+
+/// What a reload actor's state changes between messages.
+pub(crate) struct ReloadState<C: Coordinator> {
+    /// Bumped by every full read of the copy.
+    generation: u64,
+    /// The warm copy; `None` while it is read (or with `reload.warm: false`).
+    copy: Option<WarmCopy<C::Meta>>,
+    loader: Option<OwnedTask>,
+    follower: Option<OwnedTask>,
+    /// The background decode of the copy (incremental coordinators).
+    decoder: Option<OwnedTask>,
+    catch_up: Option<Pending<C>>,
+    catch_ups: u64,
+}
+
+impl<C: Coordinator> ReloadActor<C> {
+    /// Spawns `future` as a task of this actor: aborted when dropped, and a
+    /// panic in it fails the actor.
+    fn spawn(
+        myself: &ActorRef<ReloadMsg<C>>,
+        task: &'static str,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> OwnedTask {
+        let report = myself.clone();
+        OwnedTask::spawn_reported(future, move |reason| {
+            let _ = report.send_message(ReloadMsg::TaskFailed { task, reason });
+        })
+    }
+
+    /// Starts a full read of a new copy, dropping the old one.
+    fn start_load(
+        &self,
+        myself: &ActorRef<ReloadMsg<C>>,
+        state: &mut ReloadState<C>,
+        why: &'static str,
+    ) {
+        state.generation += 1;
+        state.copy = None;
+        state.follower = None;
+        state.decoder = None;
+        metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => why)
+            .increment(1);
+        let generation = state.generation;
+        let (client, prefix, page_size) = (
+            self.client.clone(),
+            self.prefix.clone(),
+            self.config.page_size,
+        );
+        let (faults, retry, reply) = (self.faults.clone(), self.retry.clone(), myself.clone());
+        let load = async move {
+            let mut backoff = Backoff::new(retry);
+            loop {
+                match read_snapshot(&client, &prefix, page_size, 0, &faults).await {
+                    Ok(snapshot) => {
+                        let _ = reply.send_message(ReloadMsg::Loaded {
+                            generation,
+                            snapshot,
+                        });
+                        return;
+                    }
+                    Err(error) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(
+                            prefix,
+                            "reading the metadata for a warm copy failed, retrying in {delay:?}: {error}"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        };
+        state.loader = Some(Self::spawn(myself, "reading the metadata", load));
+    }
+
+    fn loaded(
+        &self,
+        myself: &ActorRef<ReloadMsg<C>>,
+        state: &mut ReloadState<C>,
+        snapshot: Snapshot,
+    ) {
+        state.loader = None;
+        let revision = snapshot.revision;
+        tracing::info!(
+            role = self.role,
+            prefix = self.prefix,
+            keys = snapshot.entries.len(),
+            revision,
+            "metadata copy loaded; following its changes"
+        );
+        self.count_keys(snapshot.entries.len());
+        state.copy = Some(WarmCopy::new(snapshot));
+        let generation = state.generation;
+        let reply = myself.clone();
+        let follow = follow::follow(
+            self.client.clone(),
+            self.prefix.clone(),
+            revision + 1,
+            self.retry.clone(),
+            move |followed| {
+                reply
+                    .send_message(ReloadMsg::Followed {
+                        generation,
+                        followed,
+                    })
+                    .is_ok()
+            },
+        );
+        state.follower = Some(Self::spawn(myself, "following the metadata", follow));
+        self.start_background_decode(myself, state);
+    }
+
+    fn followed(
+        &self,
+        myself: &ActorRef<ReloadMsg<C>>,
+        state: &mut ReloadState<C>,
+        followed: Followed,
+    ) {
+        let Some(copy) = &mut state.copy else { return };
+        match followed {
+            Followed::Changed { revision, changes } => {
+                let coordinator = &self.coordinator;
+                let applied = copy.apply(revision, changes, |meta, change| {
+                    coordinator.apply_change(meta, change)
+                });
+                self.count_keys(copy.snapshot().entries.len());
+                if let Applied::DecodedDropped(error) = applied {
+                    tracing::warn!(
+                        role = self.role,
+                        "the coordinator could not apply a metadata change to its decoded metadata ({error}); decoding the copy again"
+                    );
+                    self.start_background_decode(myself, state);
+                }
+            }
+            Followed::Compacted { compacted } => {
+                tracing::warn!(
+                    role = self.role,
+                    prefix = self.prefix,
+                    "etcd compacted its history to revision {compacted}, past the copy's revision {}: reading the metadata again in the background",
+                    copy.revision()
+                );
+                self.start_load(myself, state, "compacted");
+            }
+        }
+    }
+
+    /// Decodes the copy off the runtime, for a coordinator that keeps its
+    /// decoded metadata current by itself.
+    fn start_background_decode(&self, myself: &ActorRef<ReloadMsg<C>>, state: &mut ReloadState<C>) {
+        if !C::INCREMENTAL {
+            return;
+        }
+        let Some(snapshot) = state.copy.as_mut().and_then(WarmCopy::start_decode) else {
+            return;
+        };
+        let (generation, revision) = (state.generation, snapshot.revision);
+        let (coordinator, reply) = (self.coordinator.clone(), myself.clone());
+        let decode = async move {
+            let result = decode_off_runtime(coordinator, snapshot).await;
+            let _ = reply.send_message(ReloadMsg::Decoded {
+                generation,
+                revision,
+                result,
+            });
+        };
+        state.decoder = Some(Self::spawn(myself, "decoding the metadata", decode));
+    }
+
+    fn decoded(
+        &self,
+        state: &mut ReloadState<C>,
+        revision: i64,
+        result: Result<C::Meta, BoxError>,
+    ) {
+        state.decoder = None;
+        let Some(copy) = &mut state.copy else { return };
+        let coordinator = &self.coordinator;
+        if let Err(error) = copy.decoded(revision, result, |meta, change| {
+            coordinator.apply_change(meta, change)
+        }) {
+            tracing::warn!(
+                role = self.role,
+                prefix = self.prefix,
+                "the metadata copy does not decode ({error}); a takeover decodes it again"
+            );
+        }
+    }
+
+    fn start_catch_up(
+        &self,
+        myself: &ActorRef<ReloadMsg<C>>,
+        state: &mut ReloadState<C>,
+        job: CatchUp<C>,
+    ) {
+        self.faults.catch_up_started();
+        state.catch_ups += 1;
+        let id = state.catch_ups;
+        let (timeout, reply) = (self.config.timeout, myself.clone());
+        let timer = OwnedTask::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = reply.send_message(ReloadMsg::Expired { id });
+        });
+        let reply = myself.clone();
+        let task = if self.config.warm {
+            let store = job.store;
+            let mark = async move {
+                let result = store.write_marker().await;
+                let _ = reply.send_message(ReloadMsg::Marked { id, result });
+            };
+            Self::spawn(myself, "writing the catch-up marker", mark)
+        } else {
+            metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => "cold")
+                .increment(1);
+            let (client, prefix, page_size) = (
+                self.client.clone(),
+                self.prefix.clone(),
+                self.config.page_size,
+            );
+            let (coordinator, faults, won) =
+                (self.coordinator.clone(), self.faults.clone(), job.revision);
+            let read = async move {
+                let (keys, result) =
+                    match read_snapshot(&client, &prefix, page_size, won, &faults).await {
+                        Ok(snapshot) => {
+                            let keys = snapshot.entries.len();
+                            let decoded = decode_off_runtime(coordinator, snapshot).await;
+                            (keys, decoded.map_err(|error| decode_failed(&prefix, error)))
+                        }
+                        Err(error) => (0, Err(error)),
+                    };
+                let _ = reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
+            };
+            Self::spawn(myself, "reading the metadata", read)
+        };
+        state.catch_up = Some(Pending {
+            id,
+            report: job.report,
+            started: Instant::now(),
+            target: None,
+            task: Some(task),
+            decoding: !self.config.warm,
+            _timer: timer,
+        });
+    }
+
+    /// Hands the metadata over once the copy has reached the marker.
+    fn check_catch_up(&self, myself: &ActorRef<ReloadMsg<C>>, state: &mut ReloadState<C>) {
+        let (Some(pending), Some(copy)) = (&mut state.catch_up, &mut state.copy) else {
+            return;
+        };
+        let Some(target) = pending.target else { return };
+        if pending.decoding || copy.revision() < target {
+            return;
+        }
+        let keys = copy.snapshot().entries.len();
+        if C::INCREMENTAL {
+            if let Some(meta) = copy.take_decoded() {
+                self.finish(myself, state, keys, Ok(meta));
+                return;
+            }
+            if copy.is_decoding() {
+                return;
+            }
+        }
+        pending.decoding = true;
+        let (id, snapshot, reply) = (pending.id, copy.snapshot().clone(), myself.clone());
+        let (coordinator, prefix) = (self.coordinator.clone(), self.prefix.clone());
+        let decode = async move {
+            let result = decode_off_runtime(coordinator, snapshot).await;
+            let result = result.map_err(|error| decode_failed(&prefix, error));
+            let _ = reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
+        };
+        pending.task = Some(Self::spawn(myself, "decoding the metadata", decode));
+    }
+
+    /// Reports the catch-up in progress, if it is `id`.
+    fn finish_if(
+        &self,
+        myself: &ActorRef<ReloadMsg<C>>,
+        state: &mut ReloadState<C>,
+        id: u64,
+        keys: usize,
+        result: Result<C::Meta, ReloadError>,
+    ) {
+        if state
+            .catch_up
+            .as_ref()
+            .is_some_and(|pending| pending.id == id)
+        {
+            self.finish(myself, state, keys, result);
+        }
+    }
+
+    fn finish(
+        &self,
+        myself: &ActorRef<ReloadMsg<C>>,
+        state: &mut ReloadState<C>,
+        keys: usize,
+        result: Result<C::Meta, ReloadError>,
+    ) {
+        let Some(pending) = state.catch_up.take() else {
+            return;
+        };
+        let took = pending.started.elapsed();
+        if result.is_ok() {
+            let path = if self.config.warm { "warm" } else { "cold" };
+            tracing::info!(
+                role = self.role,
+                prefix = self.prefix,
+                keys,
+                path,
+                took_ms = took.as_millis() as u64,
+                "metadata caught up"
+            );
+            metrics::histogram!(telemetry::RELOAD_SECONDS, "role" => self.role.clone())
+                .record(took.as_secs_f64());
+            metrics::counter!(telemetry::RELOADED_KEYS, "role" => self.role.clone())
+                .increment(keys as u64);
+        }
+        let Pending { report, .. } = pending;
+        report(result);
+        // The decoded metadata went to the activation: have another ready.
+        self.start_background_decode(myself, state);
+    }
+
+    fn count_keys(&self, keys: usize) {
+        metrics::gauge!(telemetry::METADATA_COPY_KEYS, "role" => self.role.clone())
+            .set(keys as f64);
+    }
+}
+
+/// Runs the coordinator's `decode` on a blocking thread: a large snapshot
+/// must not hold up the runtime's workers. A panic in it panics the caller.
+async fn decode_off_runtime<C: Coordinator>(
+    coordinator: Arc<C>,
+    snapshot: Snapshot,
+) -> Result<C::Meta, BoxError> {
+    match tokio::task::spawn_blocking(move || coordinator.decode(snapshot)).await {
+        Ok(result) => result,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Err(join.into()),
+    }
+}
+
+fn decode_failed(prefix: &str, error: BoxError) -> ReloadError {
+    ReloadError::DecodeFailed {
+        prefix: prefix.to_owned(),
+        reason: error.to_string(),
+    }
+}
 
 impl<C: Coordinator> Actor for ReloadActor<C> {
-    type Msg = ReloadMsg;
-    type State = Option<ReloadJob<C>>;
-    type Arguments = ReloadJob<C>;
+    type Msg = ReloadMsg<C>;
+    type State = ReloadState<C>;
+    type Arguments = ();
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        job: ReloadJob<C>,
+        _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(Some(job))
+        Ok(ReloadState {
+            generation: 0,
+            copy: None,
+            loader: None,
+            follower: None,
+            decoder: None,
+            catch_up: None,
+            catch_ups: 0,
+        })
     }
 
     async fn post_start(
@@ -196,64 +574,79 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let job = state.take().expect("a reload actor runs its job once");
-        let started = Instant::now();
-        let read = read_snapshot(
-            &job.client,
-            &job.prefix,
-            job.page_size,
-            job.revision,
-            &job.faults,
-        );
-        let snapshot = tokio::time::timeout(job.timeout, read)
-            .await
-            .map_err(|_| ReloadError::TimedOut {
-                prefix: job.prefix.clone(),
-                timeout: job.timeout,
-            })??;
-        let keys = snapshot.entries.len();
-        let meta = job
-            .coordinator
-            .decode(snapshot)
-            .map_err(|error| ReloadError::DecodeFailed {
-                prefix: job.prefix.clone(),
-                reason: error.to_string(),
-            })?;
-        let took = started.elapsed();
-        tracing::info!(
-            role = job.role,
-            prefix = job.prefix,
-            keys,
-            took_ms = took.as_millis() as u64,
-            "metadata reloaded"
-        );
-        metrics::histogram!(crate::telemetry::RELOAD_SECONDS, "role" => job.role.clone())
-            .record(took.as_secs_f64());
-        metrics::counter!(crate::telemetry::RELOADED_KEYS, "role" => job.role.clone())
-            .increment(keys as u64);
-        (job.report)(job.revision, meta);
-        myself.stop(None);
+        if self.config.warm {
+            self.start_load(&myself, state, "start");
+        }
         Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_end_covers_exactly_the_prefix() {
-        assert_eq!(prefix_end(b"a/meta/"), b"a/meta0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
+        match message {
+            ReloadMsg::CatchUp(job) => self.start_catch_up(&myself, state, *job),
+            ReloadMsg::Cancel => state.catch_up = None,
+            ReloadMsg::Loaded {
+                generation,
+                snapshot,
+            } => {
+                if generation == state.generation {
+                    self.loaded(&myself, state, snapshot);
+                }
+            }
+            ReloadMsg::Followed {
+                generation,
+                followed,
+            } => {
+                if generation == state.generation {
+                    self.followed(&myself, state, followed);
+                }
+            }
+            ReloadMsg::Decoded {
+                generation,
+                revision,
+                result,
+            } => {
+                if generation == state.generation {
+                    self.decoded(state, revision, result);
+                }
+            }
+            ReloadMsg::Marked { id, result } => match result {
+                Ok(revision) => {
+                    if let Some(pending) = state.catch_up.as_mut().filter(|p| p.id == id) {
+                        pending.target = Some(revision);
+                        pending.task = None;
+                    }
+                }
+                Err(source) => {
+                    let prefix = self.prefix.clone();
+                    self.finish_if(
+                        &myself,
+                        state,
+                        id,
+                        0,
+                        Err(ReloadError::MarkerFailed { prefix, source }),
+                    );
+                }
+            },
+            ReloadMsg::CaughtUp { id, keys, result } => {
+                self.finish_if(&myself, state, id, keys, result)
+            }
+            ReloadMsg::Expired { id } => {
+                let timed_out = ReloadError::TimedOut {
+                    prefix: self.prefix.clone(),
+                    timeout: self.config.timeout,
+                };
+                self.finish_if(&myself, state, id, 0, Err(timed_out));
+            }
+            ReloadMsg::TaskFailed { task, reason } => {
+                return Err(format!("{} reload task failed ({task}): {reason}", self.role).into());
+            }
+        }
+        self.check_catch_up(&myself, state);
+        Ok(())
     }
 }

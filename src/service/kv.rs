@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::coordinator::{BoxError, Coordinator, Snapshot};
+use crate::coordinator::{BoxError, Coordinator, MetaChange, Snapshot};
 use crate::fence::{Epoch, FenceError, FencedStore};
 
 /// The longest key a `Put` or `Get` may name, in bytes.
@@ -151,6 +151,15 @@ impl Coordinator for Kv {
         Ok(snapshot.entries)
     }
 
+    // The register's memory is the whole metadata: a warm standby keeps it
+    // current, so a takeover hands it over instead of copying every key.
+    const INCREMENTAL: bool = true;
+
+    fn apply_change(&self, entries: &mut Self::Meta, change: &MetaChange) -> Result<(), BoxError> {
+        change.apply_to(entries);
+        Ok(())
+    }
+
     async fn activate(
         &self,
         epoch: Epoch,
@@ -199,6 +208,25 @@ mod tests {
             let error = check_key(bad).unwrap_err().to_string();
             assert!(error.contains("not a register key"), "{bad:?}: {error}");
         }
+    }
+
+    #[test]
+    fn changes_apply_as_they_do_to_a_snapshot() {
+        let mut snapshot = Snapshot::default();
+        snapshot.entries.insert("a".to_owned(), b"1".to_vec());
+        let mut entries = Kv.decode(snapshot.clone()).unwrap();
+        let changes = [
+            MetaChange::Put {
+                key: "b".into(),
+                value: b"2".to_vec(),
+            },
+            MetaChange::Delete { key: "a".into() },
+        ];
+        for change in &changes {
+            Kv.apply_change(&mut entries, change).unwrap();
+            snapshot.apply(change);
+        }
+        assert_eq!(entries, snapshot.entries);
     }
 
     #[test]
