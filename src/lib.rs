@@ -124,7 +124,7 @@ pub use node::{Node, NodeError, WitnessError};
 pub use role::{RoleControl, RoleHandle, ServingCheck};
 #[cfg(feature = "fault-injection")]
 pub use runtime::faults::Fault;
-pub use status::{Leader, ResignError, RoleState, RoleStatus, StepDownReason};
+pub use status::{Leader, MetadataCopy, ResignError, RoleState, RoleStatus, StepDownReason};
 #[cfg(feature = "testing")]
 pub use testing::TestingError;
 

@@ -19,7 +19,7 @@ use crate::runtime::faults::Fault;
 use crate::runtime::slot::Slot;
 use crate::runtime::supervisor::ElectionSlot;
 use crate::runtime::term::Term;
-use crate::status::{ResignError, RoleState, RoleStatus};
+use crate::status::{MetadataCopy, ResignError, RoleState, RoleStatus};
 
 /// Whether a role serves on this node, asked at the instant it matters:
 /// its term is open (not closed by a step-down, its lease trusted at this
@@ -98,6 +98,12 @@ impl<C: Coordinator> RoleHandle<C> {
     /// state at the instant of asking, see [`status`](Self::status).
     pub fn subscribe(&self) -> watch::Receiver<RoleStatus> {
         self.shared.status.subscribe()
+    }
+
+    /// Where this node's warm copy of the role's metadata stands: `None`
+    /// while it is read, and always with `reload.warm: false`.
+    pub fn metadata_copy(&self) -> Option<MetadataCopy> {
+        self.shared.copy.get()
     }
 
     /// Whether the role serves on this node now.

@@ -6,6 +6,17 @@ use std::time::Duration;
 
 use crate::fence::Epoch;
 
+/// Where this node's warm copy of a role's metadata stands (`reload.warm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataCopy {
+    /// The revision of the last change to the role's metadata the copy
+    /// holds (with every one before it). etcd's own revision moves on with
+    /// writes elsewhere, which the copy does not see.
+    pub revision: i64,
+    /// Keys in the copy.
+    pub keys: usize,
+}
+
 /// A role's state on this node, as its election actor last reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleStatus {

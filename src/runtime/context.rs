@@ -14,7 +14,7 @@ use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::faults::Faults;
 use crate::runtime::slot::Slot;
 use crate::runtime::term::Term;
-use crate::status::RoleStatus;
+use crate::status::{MetadataCopy, RoleStatus};
 
 /// What every actor of a node shares: immutable once the node has started.
 pub(crate) struct NodeContext {
@@ -57,6 +57,8 @@ pub(crate) struct RoleShared<C: Coordinator> {
     pub endpoint: Slot<ActorRef<RoleMsg<C>>>,
     /// Fault switches for tests (off otherwise).
     pub faults: Arc<Faults>,
+    /// Where the reload actor's warm copy stands; empty while it is read.
+    pub copy: Arc<Slot<MetadataCopy>>,
     /// The term this node leads the role in, from the win until the
     /// election decides to step down; what every answer path checks.
     /// Shared with the role's [`ServingCheck`](crate::role::ServingCheck)s.
@@ -91,6 +93,7 @@ impl<C: Coordinator> RoleShared<C> {
             coordinator: Slot::default(),
             endpoint: Slot::default(),
             faults: Arc::default(),
+            copy: Arc::default(),
             term: Arc::default(),
             lease: Slot::default(),
             stopped: AtomicBool::new(false),

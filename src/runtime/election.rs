@@ -603,6 +603,7 @@ impl<C: Coordinator> Election<C> {
             self.context.config.reload.clone(),
             self.context.config.etcd.retry.clone(),
             self.shared.faults.clone(),
+            self.shared.copy.clone(),
         );
         let (reload, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
         state.reload = Some(reload);

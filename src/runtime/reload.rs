@@ -24,6 +24,8 @@ use crate::config::{BackoffConfig, ReloadConfig};
 use crate::coordinator::{BoxError, Coordinator, Snapshot};
 use crate::fence::{FenceError, FencedStore};
 use crate::runtime::faults::Faults;
+use crate::runtime::slot::Slot;
+use crate::status::MetadataCopy;
 use crate::task::OwnedTask;
 use crate::telemetry;
 use copy::{Applied, WarmCopy};
@@ -88,6 +90,8 @@ pub(crate) struct ReloadActor<C: Coordinator> {
     /// `etcd.retry`: between failed reads and watches of a warm copy.
     retry: BackoffConfig,
     faults: Arc<Faults>,
+    /// Where the copy stands, for the role's handle.
+    published: Arc<Slot<MetadataCopy>>,
 }
 
 impl<C: Coordinator> ReloadActor<C> {
@@ -100,6 +104,7 @@ impl<C: Coordinator> ReloadActor<C> {
         config: ReloadConfig,
         retry: BackoffConfig,
         faults: Arc<Faults>,
+        published: Arc<Slot<MetadataCopy>>,
     ) -> Self {
         Self {
             coordinator,
@@ -109,6 +114,7 @@ impl<C: Coordinator> ReloadActor<C> {
             config,
             retry,
             faults,
+            published,
         }
     }
 }
@@ -236,6 +242,7 @@ impl<C: Coordinator> ReloadActor<C> {
     ) {
         state.generation += 1;
         state.copy = None;
+        self.publish(None);
         state.follower = None;
         state.decoder = None;
         metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => why)
@@ -287,8 +294,9 @@ impl<C: Coordinator> ReloadActor<C> {
             revision,
             "metadata copy loaded; following its changes"
         );
-        self.count_keys(snapshot.entries.len());
-        state.copy = Some(WarmCopy::new(snapshot));
+        let copy = WarmCopy::new(snapshot);
+        self.publish(Some(&copy));
+        state.copy = Some(copy);
         let generation = state.generation;
         let reply = myself.clone();
         let follow = follow::follow(
@@ -322,7 +330,7 @@ impl<C: Coordinator> ReloadActor<C> {
                 let applied = copy.apply(revision, changes, |meta, change| {
                     coordinator.apply_change(meta, change)
                 });
-                self.count_keys(copy.snapshot().entries.len());
+                self.publish(Some(copy));
                 if let Applied::DecodedDropped(error) = applied {
                     tracing::warn!(
                         role = self.role,
@@ -522,7 +530,14 @@ impl<C: Coordinator> ReloadActor<C> {
         self.start_background_decode(myself, state);
     }
 
-    fn count_keys(&self, keys: usize) {
+    /// Says where the copy stands, to the role's handle and in a gauge.
+    fn publish(&self, copy: Option<&WarmCopy<C::Meta>>) {
+        let published = copy.map(|copy| MetadataCopy {
+            revision: copy.revision(),
+            keys: copy.snapshot().entries.len(),
+        });
+        let keys = published.map_or(0, |p| p.keys);
+        self.published.set(published);
         metrics::gauge!(telemetry::METADATA_COPY_KEYS, "role" => self.role.clone())
             .set(keys as f64);
     }

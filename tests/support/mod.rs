@@ -240,9 +240,20 @@ pub async fn seed_metadata(
     count: usize,
     value: &[u8],
 ) -> anyhow::Result<()> {
+    seed_metadata_under(etcd, ROOT, role, count, value).await
+}
+
+/// [`seed_metadata`] under another etcd root.
+pub async fn seed_metadata_under(
+    etcd: &EtcdServer,
+    root: &str,
+    role: &str,
+    count: usize,
+    value: &[u8],
+) -> anyhow::Result<()> {
     let client = etcd.client().await?;
     let keys: Vec<_> = (0..count)
-        .map(|i| format!("{ROOT}/meta/{role}/seed/{i:06}"))
+        .map(|i| format!("{root}/meta/{role}/seed/{i:06}"))
         .collect();
     for chunk in keys.chunks(128) {
         let ops: Vec<_> = chunk

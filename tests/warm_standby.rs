@@ -1,0 +1,324 @@
+//! The warm standby: a standby's copy of the metadata follows etcd (through a cut link, a compaction, a prefix deletion too large for a default gRPC message), and a takeover only catches up, yet serves every write acknowledged before it.
+
+#[path = "faults/kit.rs"]
+mod kit;
+mod support;
+
+use std::time::Duration;
+
+use kit::*;
+use standin::testing::EtcdServer;
+use standin::{MetadataCopy, RoleHandle};
+use support::{
+    Ledger, TestNode, acknowledges_write, config, serving_other_than, shutdown_all, start_nodes,
+    wait_for, wait_for_single_leader,
+};
+use tracing::info;
+
+const RESIGN: Duration = Duration::from_secs(5);
+
+// Each test its own etcd root: the captured logs are the whole binary's,
+// and a test looks only for lines naming its own metadata prefix.
+const CUT_ROOT: &str = "warm-cut";
+const CUT_ROOT_PREFIX: &str = "warm-cut/meta/";
+const COMPACTION_ROOT: &str = "warm-compaction";
+const COMPACTION_ROOT_PREFIX: &str = "warm-compaction/meta/";
+const DELETES_ROOT: &str = "warm-deletes";
+const DELETES_ROOT_PREFIX: &str = "warm-deletes/meta/";
+
+/// Waits until `role`'s copy on a node holds every change up to `revision`.
+async fn copy_reaches(role: &RoleHandle<Ledger>, what: &str, revision: i64) -> MetadataCopy {
+    wait_for(what, Duration::from_secs(10), || {
+        role.metadata_copy()
+            .filter(|copy| copy.revision >= revision)
+    })
+    .await
+}
+
+/// The revision of the last put under `ROLE`'s metadata prefix (the
+/// catch-up marker included).
+async fn last_put(client: &etcd_client::Client, root: &str) -> anyhow::Result<i64> {
+    let prefix = format!("{root}/meta/{ROLE}/");
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(
+            etcd_client::SortTarget::Mod,
+            etcd_client::SortOrder::Descend,
+        )
+        .with_limit(1);
+    let response = client.kv_client().get(prefix, Some(options)).await?;
+    Ok(response.kvs().first().map_or(0, |kv| kv.mod_revision()))
+}
+
+/// Every metadata key of `ROLE` in etcd, the catch-up marker left out.
+async fn etcd_entries(
+    client: &etcd_client::Client,
+    root: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let prefix = format!("{root}/meta/{ROLE}/");
+    let response = client
+        .kv_client()
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    Ok(response
+        .kvs()
+        .iter()
+        .filter(|kv| kv.key().len() > prefix.len())
+        .map(|kv| {
+            let key = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+            (key, kv.value().to_vec())
+        })
+        .collect())
+}
+
+async fn write(node: &TestNode, key: &str, value: &str) {
+    assert!(
+        acknowledges_write(node.role(ROLE), key, value).await,
+        "writing {key} on {} was not acknowledged",
+        node.address
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_just_before_each_handover_is_in_the_next_leaders_metadata()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    for warm in [true, false] {
+        info!(warm, "--- two nodes, reload.warm: {warm}");
+        let mut nodes = start_nodes(2, &[ROLE], |index| {
+            let mut config = config(&etcd, index, 10);
+            config.etcd.root_path = format!("{ROOT}-{warm}");
+            config.reload.warm = warm;
+            config
+        })
+        .await?;
+        let mut leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+        let mut written = Vec::new();
+        for round in 0..12 {
+            let key = format!("round/{round:02}");
+            write(&nodes[leader], &key, "acknowledged").await;
+            written.push(key);
+            // No pause: the write was acknowledged, the handover starts now.
+            nodes[leader].role(ROLE).resign(RESIGN).await?;
+            let next = wait_for("the peer to serve", Duration::from_secs(10), || {
+                serving_other_than(&nodes, ROLE, leader)
+            })
+            .await;
+            let entries = nodes[next].entries(ROLE).await;
+            for key in &written {
+                assert!(
+                    entries.contains_key(key),
+                    "warm={warm} round {round}: the new leader's metadata lacks {key}"
+                );
+            }
+            assert_eq!(entries.len(), written.len(), "warm={warm}: {entries:?}");
+            leader = next;
+        }
+        for node in &nodes {
+            let copy = node.role(ROLE).metadata_copy();
+            assert_eq!(copy.is_some(), warm, "a copy is kept only when warm");
+        }
+        shutdown_all(&mut nodes).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cut_from_etcd_while_writes_happen_catches_up_before_it_serves()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let client = etcd.client().await?;
+    support::seed_metadata_under(&etcd, CUT_ROOT, ROLE, 100, b"seed").await?;
+    let (proxies, mut nodes) = start_proxied_nodes(&etcd, 2, &[ROLE], |endpoints, index| {
+        let mut config = node_config(endpoints, index, 10);
+        config.etcd.root_path = CUT_ROOT.into();
+        config
+    })
+    .await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let standby = 1 - leader;
+    let now = last_put(&client, CUT_ROOT).await?;
+    let copy = copy_reaches(nodes[standby].role(ROLE), "the standby's copy", now).await;
+    assert_eq!(copy.keys, 100);
+
+    info!("--- cut the standby; the leader writes 50 keys and etcd deletes 10");
+    proxies[standby].cut();
+    for i in 0..50 {
+        write(&nodes[leader], &format!("while-cut/{i:02}"), "w").await;
+    }
+    for i in 0..10 {
+        client
+            .kv_client()
+            .delete(format!("{CUT_ROOT}/meta/{ROLE}/seed/{i:06}"), None)
+            .await?;
+    }
+    let stale = nodes[standby].role(ROLE).metadata_copy().expect("a copy");
+    assert!(stale.revision < last_put(&client, CUT_ROOT).await?);
+
+    info!("--- let the standby's watch back off, so that it wins before its watch resumes");
+    wait_for("the watch to back off", Duration::from_secs(6), || {
+        let failures = logged(&["following the metadata failed", CUT_ROOT_PREFIX]).len();
+        (failures >= 4).then_some(())
+    })
+    .await;
+    info!("--- heal the link and hand over at once");
+    proxies[standby].heal();
+    nodes[leader].role(ROLE).resign(RESIGN).await?;
+    wait_for("the standby to serve", Duration::from_secs(15), || {
+        serving_other_than(&nodes, ROLE, leader)
+    })
+    .await;
+    let entries = nodes[standby].entries(ROLE).await;
+    assert_eq!(entries, etcd_entries(&client, CUT_ROOT).await?);
+    assert_eq!(entries.len(), 140);
+    assert!(
+        !logged(&[
+            "following the metadata failed; resuming from revision",
+            CUT_ROOT_PREFIX
+        ])
+        .is_empty(),
+        "the standby's watch did not resume"
+    );
+    assert!(
+        logged(&["reading the metadata again", CUT_ROOT_PREFIX]).is_empty(),
+        "the standby read the metadata whole instead of resuming its watch"
+    );
+    shutdown_all(&mut nodes).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_past_the_standbys_copy_is_read_again_while_standby() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let client = etcd.client().await?;
+    support::seed_metadata_under(&etcd, COMPACTION_ROOT, ROLE, 20, b"seed").await?;
+    let (proxies, mut nodes) = start_proxied_nodes(&etcd, 2, &[ROLE], |endpoints, index| {
+        let mut config = node_config(endpoints, index, 10);
+        config.etcd.root_path = COMPACTION_ROOT.into();
+        config
+    })
+    .await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let standby = 1 - leader;
+    let now = last_put(&client, COMPACTION_ROOT).await?;
+    copy_reaches(nodes[standby].role(ROLE), "the standby's copy", now).await;
+
+    info!("--- cut the standby, write, and compact etcd past its copy");
+    proxies[standby].cut();
+    for i in 0..5 {
+        write(&nodes[leader], &format!("before-compaction/{i}"), "w").await;
+    }
+    let now = client.kv_client().get("any", None).await?;
+    let compacted = now.header().expect("a header").revision();
+    client.kv_client().compact(compacted, None).await?;
+    write(&nodes[leader], "after-compaction", "w").await;
+    let target = last_put(&client, COMPACTION_ROOT).await?;
+    proxies[standby].heal();
+
+    info!("--- the standby reads the metadata again, still standby");
+    wait_for(
+        "the compaction to be reported",
+        Duration::from_secs(10),
+        || {
+            (!logged(&[
+                "compacted its history",
+                "reading the metadata again",
+                COMPACTION_ROOT_PREFIX,
+            ])
+            .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    let copy = copy_reaches(nodes[standby].role(ROLE), "a fresh copy", target).await;
+    assert_eq!(copy.keys, 26);
+    assert!(!nodes[standby].role(ROLE).is_serving());
+    assert!(nodes[leader].role(ROLE).is_serving());
+
+    info!("--- it takes over with every key");
+    nodes[leader].role(ROLE).resign(RESIGN).await?;
+    wait_for("the standby to serve", Duration::from_secs(10), || {
+        serving_other_than(&nodes, ROLE, leader)
+    })
+    .await;
+    let entries = nodes[standby].entries(ROLE).await;
+    assert_eq!(entries, etcd_entries(&client, COMPACTION_ROOT).await?);
+    shutdown_all(&mut nodes).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_reach_the_standby_even_a_100k_key_prefix_deletion_in_one_revision()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let client = etcd.client().await?;
+    info!("--- seed 100k metadata keys");
+    support::seed_metadata_under(&etcd, DELETES_ROOT, ROLE, 100_000, b"v").await?;
+    let mut nodes = start_nodes(2, &[ROLE], |index| {
+        let mut config = config(&etcd, index, 10);
+        config.etcd.root_path = DELETES_ROOT.into();
+        config
+    })
+    .await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(20)).await;
+    let standby = 1 - leader;
+    write(&nodes[leader], "kept", "k").await;
+    write(&nodes[leader], "dropped", "d").await;
+    let now = last_put(&client, DELETES_ROOT).await?;
+    let copy = copy_reaches(nodes[standby].role(ROLE), "the standby's copy", now).await;
+    assert_eq!(copy.keys, 100_002);
+
+    info!(
+        "--- delete one key, then all 100k seeded keys in one revision (a watch response over 4 MiB)"
+    );
+    client
+        .kv_client()
+        .delete(format!("{DELETES_ROOT}/meta/{ROLE}/dropped"), None)
+        .await?;
+    let deleted = client
+        .kv_client()
+        .delete(
+            format!("{DELETES_ROOT}/meta/{ROLE}/seed/"),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await?;
+    assert_eq!(deleted.deleted(), 100_000);
+    let copy = wait_for(
+        "the deletions to reach the standby",
+        Duration::from_secs(10),
+        || {
+            nodes[standby]
+                .role(ROLE)
+                .metadata_copy()
+                .filter(|copy| copy.keys == 1)
+        },
+    )
+    .await;
+    assert!(copy.revision >= deleted.header().expect("a header").revision());
+    assert!(
+        logged(&["following the metadata failed", DELETES_ROOT_PREFIX]).is_empty(),
+        "the standby's watch broke"
+    );
+
+    info!("--- the standby takes over with the one key left");
+    nodes[leader].role(ROLE).resign(RESIGN).await?;
+    wait_for("the standby to serve", Duration::from_secs(10), || {
+        serving_other_than(&nodes, ROLE, leader)
+    })
+    .await;
+    let entries = nodes[standby].entries(ROLE).await;
+    assert_eq!(entries.keys().collect::<Vec<_>>(), ["kept"]);
+    write(&nodes[standby], "after-takeover", "a").await;
+    shutdown_all(&mut nodes).await;
+    Ok(())
+}
