@@ -596,14 +596,10 @@ impl<C: Coordinator> Election<C> {
         state: &mut ElectionState<C>,
     ) -> Result<(), ActorProcessingErr> {
         let actor = ReloadActor::new(
-            self.coordinator.clone(),
-            self.context.client.clone(),
             self.role.clone(),
-            self.context.layout.meta(&self.role),
-            self.context.config.reload.clone(),
-            self.context.config.etcd.retry.clone(),
-            self.shared.faults.clone(),
-            self.shared.copy.clone(),
+            self.coordinator.clone(),
+            &self.context,
+            &self.shared,
         );
         let (reload, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
         state.reload = Some(reload);

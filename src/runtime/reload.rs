@@ -23,12 +23,13 @@ use crate::backoff::Backoff;
 use crate::config::{BackoffConfig, ReloadConfig};
 use crate::coordinator::{BoxError, Coordinator, Snapshot};
 use crate::fence::{FenceError, FencedStore};
+use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
 use crate::runtime::slot::Slot;
 use crate::status::MetadataCopy;
 use crate::task::OwnedTask;
 use crate::telemetry;
-use copy::{Applied, WarmCopy};
+use copy::{ApplyOutcome, WarmCopy};
 use follow::Followed;
 use read::read_snapshot;
 
@@ -95,26 +96,22 @@ pub(crate) struct ReloadActor<C: Coordinator> {
 }
 
 impl<C: Coordinator> ReloadActor<C> {
-    /// A reload actor for `role`, its metadata under `prefix`.
+    /// The reload actor of `role` on the node of `context`.
     pub(crate) fn new(
-        coordinator: Arc<C>,
-        client: Client,
         role: String,
-        prefix: String,
-        config: ReloadConfig,
-        retry: BackoffConfig,
-        faults: Arc<Faults>,
-        published: Arc<Slot<MetadataCopy>>,
+        coordinator: Arc<C>,
+        context: &NodeContext,
+        shared: &RoleShared<C>,
     ) -> Self {
         Self {
-            coordinator,
-            client,
+            prefix: context.layout.meta(&role),
             role,
-            prefix,
-            config,
-            retry,
-            faults,
-            published,
+            coordinator,
+            client: context.client.clone(),
+            config: context.config.reload.clone(),
+            retry: context.config.etcd.retry.clone(),
+            faults: shared.faults.clone(),
+            published: shared.copy.clone(),
         }
     }
 }
@@ -331,7 +328,7 @@ impl<C: Coordinator> ReloadActor<C> {
                     coordinator.apply_change(meta, change)
                 });
                 self.publish(Some(copy));
-                if let Applied::DecodedDropped(error) = applied {
+                if let ApplyOutcome::DecodedDropped(error) = applied {
                     tracing::warn!(
                         role = self.role,
                         "the coordinator could not apply a metadata change to its decoded metadata ({error}); decoding the copy again"

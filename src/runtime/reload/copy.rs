@@ -24,7 +24,7 @@ enum Decoded<M> {
 
 /// What applying one revision's changes did.
 #[derive(Debug)]
-pub(crate) enum Applied {
+pub(crate) enum ApplyOutcome {
     /// The copy already holds that revision: nothing changed.
     Stale,
     /// Applied to the raw copy, and to the decoded metadata if there is any.
@@ -60,12 +60,12 @@ impl<M> WarmCopy<M> {
         revision: i64,
         changes: Vec<MetaChange>,
         mut apply: impl FnMut(&mut M, &MetaChange) -> Result<(), BoxError>,
-    ) -> Applied {
+    ) -> ApplyOutcome {
         if revision <= self.snapshot.revision {
-            return Applied::Stale;
+            return ApplyOutcome::Stale;
         }
         self.snapshot.revision = revision;
-        let mut outcome = Applied::Applied;
+        let mut outcome = ApplyOutcome::Applied;
         for change in changes {
             self.snapshot.apply(&change);
             match &mut self.decoded {
@@ -74,7 +74,7 @@ impl<M> WarmCopy<M> {
                 Decoded::Ready(meta) => {
                     if let Err(error) = apply(meta, &change) {
                         self.decoded = Decoded::Absent;
-                        outcome = Applied::DecodedDropped(error);
+                        outcome = ApplyOutcome::DecodedDropped(error);
                     }
                 }
             }
@@ -184,7 +184,7 @@ mod tests {
     fn puts_and_deletes_reach_the_raw_copy_and_move_its_revision() {
         let mut copy = loaded(10, &[("a", "1"), ("b", "2")]);
         let applied = copy.apply(12, vec![put("c", "3"), delete("a")], apply_to_entries);
-        assert!(matches!(applied, Applied::Applied));
+        assert!(matches!(applied, ApplyOutcome::Applied));
         assert_eq!(copy.revision(), 12);
         assert_eq!(keys(&copy), ["b", "c"]);
     }
@@ -194,7 +194,7 @@ mod tests {
         let mut copy = loaded(10, &[("a", "1")]);
         for revision in [9, 10] {
             let applied = copy.apply(revision, vec![delete("a")], apply_to_entries);
-            assert!(matches!(applied, Applied::Stale));
+            assert!(matches!(applied, ApplyOutcome::Stale));
         }
         assert_eq!(keys(&copy), ["a"]);
         assert_eq!(copy.revision(), 10);
@@ -234,7 +234,7 @@ mod tests {
             .unwrap();
         let refuse = |_: &mut Entries, _: &MetaChange| -> Result<(), BoxError> { Err("no".into()) };
         let applied = copy.apply(11, vec![put("b", "2")], refuse);
-        assert!(matches!(applied, Applied::DecodedDropped(_)));
+        assert!(matches!(applied, ApplyOutcome::DecodedDropped(_)));
         assert_eq!(keys(&copy), ["a", "b"]);
         assert!(copy.take_decoded().is_none());
         assert!(
