@@ -1,4 +1,4 @@
-//! A short fault campaign (30 faults) against three `standin run --role tso --role kv` processes: no timestamp, register or leadership violation, every fault recovered within its bound.
+//! A short fault campaign (30 faults, 10k metadata keys preloaded halfway) against three `standin run --role tso --role kv` processes: no timestamp, register or leadership violation, every fault recovered within its bound.
 //!
 //! The campaign itself lives with the `campaign` example, which runs the
 //! long one; `CAMPAIGN_SEED=S` replays a seed printed by a failed run.
@@ -22,6 +22,9 @@ async fn a_short_campaign_finds_no_violation() -> anyhow::Result<()> {
         faults: 30,
         seed,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_standin")),
+        // Enough keys for every standby to follow and every takeover to
+        // catch up; the long campaign (`make campaign`) preloads 100k.
+        preload: 10_000,
     })
     .await?;
     println!("{}", summary.line());

@@ -11,6 +11,8 @@
 
 #[path = "../common/driver.rs"]
 mod driver;
+#[path = "../common/metadata.rs"]
+mod metadata;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -97,7 +99,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: graceful, crash and etcdctl elect, {} rounds each, interleaved",
         args.rounds
     );
-    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso").await?;
+    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso", true).await?;
     let mut elect = Elect::start(&etcd, "bench-anchor").await?;
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
@@ -120,13 +122,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
         args.rounds, args.slow_rounds
     );
-    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off, "tso").await?;
+    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off, "tso", true).await?;
     let mut unreachable = Cluster::start(
         &etcd,
         &binary,
         "bench-unreachable",
         Witness::BehindProxy,
         "tso",
+        true,
     )
     .await?;
     let per_slow = args.rounds.div_ceil(args.slow_rounds.max(1));
@@ -148,8 +151,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// `graceful-by-size`: SIGTERM takeovers of the `kv` role with `sizes`
-/// keys of 100 bytes under its prefix, one 3-node cluster per size, and a
-/// standby's resident memory. Cold: a standby loads nothing until it wins.
+/// keys of 100 bytes under its prefix, warm (`reload.warm: true`, the
+/// default: standbys follow the metadata) and cold (a standby reads it
+/// whole when it wins), and a standby's resident memory. One 3-node
+/// cluster at a time; each size's warm and cold clusters share its keys.
 async fn by_size(
     etcd: &EtcdServer,
     binary: &std::path::Path,
@@ -159,56 +164,42 @@ async fn by_size(
     if sizes.is_empty() {
         return Ok(());
     }
-    println!("bench: graceful-by-size, {rounds} rounds per size {sizes:?}");
+    println!("bench: graceful-by-size, {rounds} rounds per size {sizes:?}, warm and cold");
+    // (warm, keys, times, a standby's resident bytes)
     let mut rows = Vec::new();
     for &keys in sizes {
         let root = format!("bench-size-{keys}");
-        preload(etcd, &format!("{root}/meta/kv/"), keys).await?;
-        let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv").await?;
-        let mut times = Vec::new();
-        for _ in 0..rounds {
-            times.push(cluster.round(Act::Sigterm).await?);
+        let client = etcd.client().await?;
+        metadata::preload(&client, &format!("{root}/meta/kv/"), keys).await?;
+        for warm in [true, false] {
+            let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv", warm).await?;
+            let mut times = Vec::new();
+            for _ in 0..rounds {
+                times.push(cluster.round(Act::Sigterm).await?);
+            }
+            let (leader, _) = cluster.settle().await?;
+            let standby = &cluster.nodes[(leader + 1) % NODES];
+            let rss = resident_bytes(standby.process.pid()).unwrap_or(0);
+            cluster.shut_down().await?;
+            rows.push((warm, keys, Summary::of(&times), rss));
         }
-        let (leader, _) = cluster.settle().await?;
-        let standby = &cluster.nodes[(leader + 1) % NODES];
-        let rss = resident_bytes(standby.process.pid()).unwrap_or(0);
-        rows.push((keys, Summary::of(&times), rss));
     }
-    let (_, base, base_rss) = &rows[0];
-    for (keys, summary, rss) in &rows {
-        let per_key = if *keys > 0 {
-            format!("{:.0}", rss.saturating_sub(*base_rss) as f64 / *keys as f64)
-        } else {
-            "-".to_owned()
-        };
-        println!(
-            "bench: scenario=graceful-by-size keys={keys} warm=false {summary} ratio_p99_to_{}={:.2} standby_rss_mb={:.1} rss_bytes_per_key={per_key}",
-            rows[0].0,
-            summary.p99_ms / base.p99_ms,
-            *rss as f64 / 1e6
-        );
-    }
-    Ok(())
-}
-
-/// Puts `keys` keys of 100 bytes under `prefix`, 128 to a transaction
-/// (etcd's default limit), several transactions at a time.
-async fn preload(etcd: &EtcdServer, prefix: &str, keys: usize) -> anyhow::Result<()> {
-    use futures::StreamExt;
-    let client = etcd.client().await?;
-    let value = vec![b'v'; 100];
-    let batches = (0..keys).collect::<Vec<_>>();
-    let writes = batches.chunks(128).map(|batch| {
-        let ops: Vec<etcd_client::TxnOp> = batch
-            .iter()
-            .map(|i| etcd_client::TxnOp::put(format!("{prefix}k{i:08}"), value.clone(), None))
-            .collect();
-        let mut kv = client.kv_client();
-        async move { kv.txn(etcd_client::Txn::new().and_then(ops)).await }
-    });
-    let mut writing = futures::stream::iter(writes).buffer_unordered(8);
-    while let Some(written) = writing.next().await {
-        written.context("preloading metadata")?;
+    for warm in [true, false] {
+        let of_kind: Vec<_> = rows.iter().filter(|row| row.0 == warm).collect();
+        let (_, base_keys, base, base_rss) = of_kind[0];
+        for (_, keys, summary, rss) in &of_kind {
+            let per_key = if *keys > 0 {
+                format!("{:.0}", rss.saturating_sub(*base_rss) as f64 / *keys as f64)
+            } else {
+                "-".to_owned()
+            };
+            println!(
+                "bench: scenario=graceful-by-size keys={keys} warm={warm} {summary} ratio_p99_to_{base_keys}={:.2} ratio_p50_to_{base_keys}={:.2} standby_rss_mb={:.1} rss_bytes_per_key={per_key}",
+                summary.p99_ms / base.p99_ms,
+                summary.p50_ms / base.p50_ms,
+                *rss as f64 / 1e6
+            );
+        }
     }
     Ok(())
 }
@@ -345,6 +336,8 @@ struct Node {
     proxies: Vec<FaultProxy>,
     /// Log lines at the last act: what came after is about the new leader.
     log_mark: usize,
+    /// Runs of the process so far (its log holds them all).
+    starts: usize,
 }
 
 /// Three `standin run --role tso` processes on one root.
@@ -358,6 +351,8 @@ struct Cluster {
     verbose: bool,
     nodes: Vec<Node>,
     witness: Witness,
+    /// `reload.warm`: a standby is ready only once its copy is loaded.
+    warm: bool,
 }
 
 impl Cluster {
@@ -367,6 +362,7 @@ impl Cluster {
         root: &str,
         witness: Witness,
         role: &'static str,
+        warm: bool,
     ) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..NODES {
@@ -387,7 +383,7 @@ impl Cluster {
             }
             let yaml = format!(
                 "etcd:\n  endpoints: [{endpoint}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\n\
-                 node:\n{node_keys}session:\n  ttl: {}s\n  deathWitness: {}\n",
+                 node:\n{node_keys}session:\n  ttl: {}s\n  deathWitness: {}\nreload:\n  warm: {warm}\n",
                 TTL.as_secs(),
                 witness != Witness::Off
             );
@@ -402,6 +398,7 @@ impl Cluster {
                 channel,
                 proxies,
                 log_mark: 0,
+                starts: 1,
             });
         }
         let mut cluster = Self {
@@ -411,6 +408,7 @@ impl Cluster {
             verbose: std::env::var_os("BENCH_VERBOSE").is_some(),
             nodes,
             witness,
+            warm,
         };
         cluster.settle().await?;
         Ok(cluster)
@@ -471,6 +469,7 @@ impl Cluster {
                 proxy.heal();
             }
             old.process.restart()?;
+            old.starts += 1;
         }
         self.settle().await?;
         Ok(took)
@@ -545,9 +544,10 @@ impl Cluster {
         })
     }
 
-    /// Waits until every node answers, one serves and all see it lead, and
+    /// Waits until every node answers, one serves and all see it lead,
     /// (witness on) every other node has logged watching its witness since
-    /// the last act; returns the leader and its epoch.
+    /// the last act, and (warm) every node has loaded its copy; returns the
+    /// leader and its epoch.
     async fn settle(&mut self) -> anyhow::Result<(usize, i64)> {
         let since = Instant::now();
         loop {
@@ -596,8 +596,26 @@ impl Cluster {
                         .skip(node.log_mark)
                         .any(|line| line.contains(&watching))
             });
+        // Every run of a warm node loads its copy once (again after a compaction).
+        let loaded = !self.warm
+            || self.nodes.iter().all(|node| {
+                let log = node.process.log();
+                log.matches("metadata copy loaded").count() >= node.starts
+            });
         let server_ids = statuses.iter().map(|status| status.server_id).collect();
-        (all_see_it && armed).then_some((leader, statuses[leader].epoch, server_ids))
+        (all_see_it && armed && loaded).then_some((leader, statuses[leader].epoch, server_ids))
+    }
+}
+
+impl Cluster {
+    /// SIGTERMs every node and waits for each to exit: the next cluster on
+    /// this root then finds no candidate or session of this one left.
+    async fn shut_down(mut self) -> anyhow::Result<()> {
+        for node in &mut self.nodes {
+            node.process.terminate()?;
+            wait_for_exit(&mut node.process).await?;
+        }
+        Ok(())
     }
 }
 

@@ -34,6 +34,9 @@ struct Args {
     /// The standin binary; by default `standin` in the target directory of this example.
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Keys of 100 bytes put under the kv role's metadata halfway through (0: none).
+    #[arg(long, default_value_t = 100_000)]
+    preload_keys: usize,
 }
 
 #[tokio::main]
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         faults: args.faults,
         seed: args.seed.unwrap_or_else(rand::random),
         binary,
+        preload: args.preload_keys,
     })
     .await?;
     println!("{}", summary.line());

@@ -16,6 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 mod cluster;
 #[path = "runner/faults.rs"]
 mod faults;
+#[path = "../common/metadata.rs"]
+mod metadata;
 #[path = "runner/probes.rs"]
 mod probes;
 
@@ -70,6 +72,10 @@ pub struct Options {
     pub seed: u64,
     /// The `standin` binary to run the nodes with.
     pub binary: PathBuf,
+    /// Keys of 100 bytes put under the kv role's metadata prefix halfway
+    /// through, so that the second half of the faults meets standbys that
+    /// follow (and takeovers that catch up) that much metadata; 0: none.
+    pub preload: usize,
 }
 
 /// How a campaign went.
@@ -194,6 +200,17 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let mut rng = StdRng::seed_from_u64(options.seed);
     let mut injected = 0;
     for index in 1..=options.faults {
+        if options.preload > 0 && index == options.faults / 2 + 1 {
+            let prefix = format!("{root}/meta/kv/preload/");
+            let client = cluster.etcd.client().await?;
+            let at = std::time::Instant::now();
+            metadata::preload(&client, &prefix, options.preload).await?;
+            println!(
+                "campaign: preloaded {} metadata keys of 100 bytes under {prefix} in {} ms; faults {index} on meet them",
+                options.preload,
+                at.elapsed().as_millis()
+            );
+        }
         // A short, varying calm between faults: clients allocate from a
         // settled leader, and faults do not always land at the same phase
         // of a keepalive cycle.
