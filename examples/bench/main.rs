@@ -91,7 +91,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let etcd = EtcdServer::start().await.context("starting etcd")?;
     if args.by_size_only {
-        return by_size(&etcd, &binary, &args.sizes, args.size_rounds).await;
+        return by_size(
+            &etcd,
+            &binary,
+            &args.sizes,
+            args.size_rounds,
+            args.keep_logs.as_deref(),
+        )
+        .await;
     }
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
 
@@ -147,7 +154,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     keep_logs(args.keep_logs.as_deref(), &[&live, &off, &unreachable])?;
     print_summaries(&samples);
     drop((live, off, unreachable));
-    by_size(&etcd, &binary, &args.sizes, args.size_rounds).await
+    by_size(
+        &etcd,
+        &binary,
+        &args.sizes,
+        args.size_rounds,
+        args.keep_logs.as_deref(),
+    )
+    .await
 }
 
 /// `graceful-by-size`: SIGTERM takeovers of the `kv` role with `sizes`
@@ -160,6 +174,7 @@ async fn by_size(
     binary: &std::path::Path,
     sizes: &[usize],
     rounds: usize,
+    logs: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     if sizes.is_empty() {
         return Ok(());
@@ -172,7 +187,9 @@ async fn by_size(
         let client = etcd.client().await?;
         metadata::preload(&client, &format!("{root}/meta/kv/"), keys).await?;
         for warm in [true, false] {
+            let cluster_root = format!("{root}-{}", if warm { "warm" } else { "cold" });
             let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv", warm).await?;
+            cluster.root = cluster_root;
             let mut times = Vec::new();
             for _ in 0..rounds {
                 times.push(cluster.round(Act::Sigterm).await?);
@@ -180,6 +197,7 @@ async fn by_size(
             let (leader, _) = cluster.settle().await?;
             let standby = &cluster.nodes[(leader + 1) % NODES];
             let rss = resident_bytes(standby.process.pid()).unwrap_or(0);
+            keep_logs(logs, &[&cluster])?;
             cluster.shut_down().await?;
             rows.push((warm, keys, Summary::of(&times), rss));
         }

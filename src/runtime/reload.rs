@@ -148,6 +148,13 @@ pub(crate) enum ReloadMsg<C: Coordinator> {
         /// What it delivered.
         followed: Followed,
     },
+    /// The entries of the copy of `generation`, lent out to be cloned, are back.
+    Returned {
+        /// The copy's generation.
+        generation: u64,
+        /// The entries.
+        snapshot: Snapshot,
+    },
     /// A decode of the copy of `generation`, as it was at `revision`, finished.
     Decoded {
         /// The copy's generation.
@@ -216,6 +223,16 @@ pub(crate) struct ReloadState<C: Coordinator> {
     catch_ups: u64,
 }
 
+impl<C: Coordinator> Drop for ReloadState<C> {
+    fn drop(&mut self) {
+        // Freeing a large copy takes milliseconds: not on a runtime worker
+        // (at a shutdown the process may well exit first, which is cheaper).
+        if let Some(copy) = self.copy.take() {
+            std::thread::spawn(move || drop(copy));
+        }
+    }
+}
+
 impl<C: Coordinator> ReloadActor<C> {
     /// Spawns `future` as a task of this actor: aborted when dropped, and a
     /// panic in it fails the actor.
@@ -238,7 +255,10 @@ impl<C: Coordinator> ReloadActor<C> {
         why: &'static str,
     ) {
         state.generation += 1;
-        state.copy = None;
+        if let Some(old) = state.copy.take() {
+            // Freeing a large copy takes milliseconds: not on a runtime worker.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
         self.publish(None);
         state.follower = None;
         state.decoder = None;
@@ -354,13 +374,16 @@ impl<C: Coordinator> ReloadActor<C> {
         if !C::INCREMENTAL {
             return;
         }
-        let Some(snapshot) = state.copy.as_mut().and_then(WarmCopy::start_decode) else {
+        let Some(copy) = &mut state.copy else { return };
+        let revision = copy.revision();
+        let Some(lent) = copy.start_decode() else {
             return;
         };
-        let (generation, revision) = (state.generation, snapshot.revision);
+        let generation = state.generation;
         let (coordinator, reply) = (self.coordinator.clone(), myself.clone());
+        let give_back = self.give_back(myself, generation);
         let decode = async move {
-            let result = decode_off_runtime(coordinator, snapshot).await;
+            let result = decode_off_runtime(coordinator, lent, Some(give_back)).await;
             let _ = reply.send_message(ReloadMsg::Decoded {
                 generation,
                 revision,
@@ -427,7 +450,7 @@ impl<C: Coordinator> ReloadActor<C> {
                     match read_snapshot(&client, &prefix, page_size, won, &faults).await {
                         Ok(snapshot) => {
                             let keys = snapshot.entries.len();
-                            let decoded = decode_off_runtime(coordinator, snapshot).await;
+                            let decoded = decode_off_runtime(coordinator, snapshot, None).await;
                             (keys, decoded.map_err(|error| decode_failed(&prefix, error)))
                         }
                         Err(error) => (0, Err(error)),
@@ -456,21 +479,25 @@ impl<C: Coordinator> ReloadActor<C> {
         if pending.decoding || copy.revision() < target {
             return;
         }
-        let keys = copy.snapshot().entries.len();
+        let keys = copy.keys();
         if C::INCREMENTAL {
             if let Some(meta) = copy.take_decoded() {
-                self.finish(myself, state, keys, Ok(meta));
+                self.finish(state, keys, Ok(meta));
                 return;
             }
             if copy.is_decoding() {
                 return;
             }
         }
+        let Some(lent) = copy.lend() else {
+            return;
+        };
         pending.decoding = true;
-        let (id, snapshot, reply) = (pending.id, copy.snapshot().clone(), myself.clone());
+        let (id, reply) = (pending.id, myself.clone());
         let (coordinator, prefix) = (self.coordinator.clone(), self.prefix.clone());
+        let give_back = self.give_back(myself, state.generation);
         let decode = async move {
-            let result = decode_off_runtime(coordinator, snapshot).await;
+            let result = decode_off_runtime(coordinator, lent, Some(give_back)).await;
             let result = result.map_err(|error| decode_failed(&prefix, error));
             let _ = reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
         };
@@ -480,7 +507,6 @@ impl<C: Coordinator> ReloadActor<C> {
     /// Reports the catch-up in progress, if it is `id`.
     fn finish_if(
         &self,
-        myself: &ActorRef<ReloadMsg<C>>,
         state: &mut ReloadState<C>,
         id: u64,
         keys: usize,
@@ -491,13 +517,12 @@ impl<C: Coordinator> ReloadActor<C> {
             .as_ref()
             .is_some_and(|pending| pending.id == id)
         {
-            self.finish(myself, state, keys, result);
+            self.finish(state, keys, result);
         }
     }
 
     fn finish(
         &self,
-        myself: &ActorRef<ReloadMsg<C>>,
         state: &mut ReloadState<C>,
         keys: usize,
         result: Result<C::Meta, ReloadError>,
@@ -523,15 +548,28 @@ impl<C: Coordinator> ReloadActor<C> {
         }
         let Pending { report, .. } = pending;
         report(result);
-        // The decoded metadata went to the activation: have another ready.
-        self.start_background_decode(myself, state);
+    }
+
+    /// Hands lent entries back to the copy of `generation`.
+    fn give_back(
+        &self,
+        myself: &ActorRef<ReloadMsg<C>>,
+        generation: u64,
+    ) -> Box<dyn FnOnce(Snapshot) + Send> {
+        let reply = myself.clone();
+        Box::new(move |snapshot| {
+            let _ = reply.send_message(ReloadMsg::Returned {
+                generation,
+                snapshot,
+            });
+        })
     }
 
     /// Says where the copy stands, to the role's handle and in a gauge.
     fn publish(&self, copy: Option<&WarmCopy<C::Meta>>) {
         let published = copy.map(|copy| MetadataCopy {
             revision: copy.revision(),
-            keys: copy.snapshot().entries.len(),
+            keys: copy.keys(),
         });
         let keys = published.map_or(0, |p| p.keys);
         self.published.set(published);
@@ -541,12 +579,23 @@ impl<C: Coordinator> ReloadActor<C> {
 }
 
 /// Runs the coordinator's `decode` on a blocking thread: a large snapshot
-/// must not hold up the runtime's workers. A panic in it panics the caller.
+/// must not hold up the runtime's workers. With `give_back`, decodes a
+/// clone made there and hands the original to it. A panic in `decode`
+/// panics the caller.
 async fn decode_off_runtime<C: Coordinator>(
     coordinator: Arc<C>,
     snapshot: Snapshot,
+    give_back: Option<Box<dyn FnOnce(Snapshot) + Send>>,
 ) -> Result<C::Meta, BoxError> {
-    match tokio::task::spawn_blocking(move || coordinator.decode(snapshot)).await {
+    let decode = move || match give_back {
+        Some(give_back) => {
+            let clone = snapshot.clone();
+            give_back(snapshot);
+            coordinator.decode(clone)
+        }
+        None => coordinator.decode(snapshot),
+    };
+    match tokio::task::spawn_blocking(decode).await {
         Ok(result) => result,
         Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         Err(join) => Err(join.into()),
@@ -600,7 +649,13 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ReloadMsg::CatchUp(job) => self.start_catch_up(&myself, state, *job),
-            ReloadMsg::Cancel => state.catch_up = None,
+            ReloadMsg::Cancel => {
+                state.catch_up = None;
+                // Back in standby: decoded metadata for the next win (the
+                // last went to the activation). Not at the handover, where
+                // it would take a core from the activation.
+                self.start_background_decode(&myself, state);
+            }
             ReloadMsg::Loaded {
                 generation,
                 snapshot,
@@ -615,6 +670,19 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
             } => {
                 if generation == state.generation {
                     self.followed(&myself, state, followed);
+                }
+            }
+            ReloadMsg::Returned {
+                generation,
+                snapshot,
+            } => {
+                if let Some(copy) = state
+                    .copy
+                    .as_mut()
+                    .filter(|_| generation == state.generation)
+                {
+                    copy.give_back(snapshot);
+                    self.publish(Some(copy));
                 }
             }
             ReloadMsg::Decoded {
@@ -636,7 +704,6 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
                 Err(source) => {
                     let prefix = self.prefix.clone();
                     self.finish_if(
-                        &myself,
                         state,
                         id,
                         0,
@@ -644,15 +711,13 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
                     );
                 }
             },
-            ReloadMsg::CaughtUp { id, keys, result } => {
-                self.finish_if(&myself, state, id, keys, result)
-            }
+            ReloadMsg::CaughtUp { id, keys, result } => self.finish_if(state, id, keys, result),
             ReloadMsg::Expired { id } => {
                 let timed_out = ReloadError::TimedOut {
                     prefix: self.prefix.clone(),
                     timeout: self.config.timeout,
                 };
-                self.finish_if(&myself, state, id, 0, Err(timed_out));
+                self.finish_if(state, id, 0, Err(timed_out));
             }
             ReloadMsg::TaskFailed { task, reason } => {
                 return Err(format!("{} reload task failed ({task}): {reason}", self.role).into());

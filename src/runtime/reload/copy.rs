@@ -4,7 +4,16 @@ use crate::coordinator::{BoxError, MetaChange, Snapshot};
 
 /// The raw copy, and the decoded metadata that follows it.
 pub(crate) struct WarmCopy<M> {
-    snapshot: Snapshot,
+    /// The raw entries; `None` while lent out to be cloned off the runtime
+    /// (cloning 100k entries takes a worker thread for tens of
+    /// milliseconds, and a takeover needs that thread).
+    entries: Option<Snapshot>,
+    /// The revision of the last change applied, or held while lent.
+    revision: i64,
+    /// Changes that arrived while the entries were lent, for their return.
+    held: Vec<MetaChange>,
+    /// Keys in the entries when they were last here.
+    keys: usize,
     decoded: Decoded<M>,
 }
 
@@ -13,7 +22,7 @@ enum Decoded<M> {
     /// None: a takeover decodes the raw copy.
     Absent,
     /// A decode of the raw copy at `revision` runs; `since` are the changes
-    /// applied to the raw copy after it, to apply to its result.
+    /// after it, to apply to its result.
     Decoding {
         revision: i64,
         since: Vec<MetaChange>,
@@ -22,7 +31,7 @@ enum Decoded<M> {
     Ready(M),
 }
 
-/// What applying one revision's changes did.
+/// What applying one response's changes did.
 #[derive(Debug)]
 pub(crate) enum ApplyOutcome {
     /// The copy already holds that revision: nothing changed.
@@ -38,19 +47,22 @@ impl<M> WarmCopy<M> {
     /// A copy of what a full read found.
     pub(crate) fn new(snapshot: Snapshot) -> Self {
         Self {
-            snapshot,
+            revision: snapshot.revision,
+            keys: snapshot.entries.len(),
+            entries: Some(snapshot),
+            held: Vec::new(),
             decoded: Decoded::Absent,
         }
     }
 
-    /// The revision the copy is current at.
+    /// The revision of the last change the copy holds.
     pub(crate) fn revision(&self) -> i64 {
-        self.snapshot.revision
+        self.revision
     }
 
-    /// The raw copy.
-    pub(crate) fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
+    /// Keys in the raw copy (as of its return, while it is lent).
+    pub(crate) fn keys(&self) -> usize {
+        self.keys
     }
 
     /// Applies the changes the watch delivered up to `revision`, in order;
@@ -61,16 +73,15 @@ impl<M> WarmCopy<M> {
         changes: Vec<MetaChange>,
         mut apply: impl FnMut(&mut M, &MetaChange) -> Result<(), BoxError>,
     ) -> ApplyOutcome {
-        if revision <= self.snapshot.revision {
+        if revision <= self.revision {
             return ApplyOutcome::Stale;
         }
-        self.snapshot.revision = revision;
+        self.revision = revision;
         let mut outcome = ApplyOutcome::Applied;
         for change in changes {
-            self.snapshot.apply(&change);
             match &mut self.decoded {
                 Decoded::Absent => {}
-                Decoded::Decoding { since, .. } => since.push(change),
+                Decoded::Decoding { since, .. } => since.push(change.clone()),
                 Decoded::Ready(meta) => {
                     if let Err(error) = apply(meta, &change) {
                         self.decoded = Decoded::Absent;
@@ -78,22 +89,48 @@ impl<M> WarmCopy<M> {
                     }
                 }
             }
+            match &mut self.entries {
+                Some(entries) => entries.apply(&change),
+                None => self.held.push(change),
+            }
+        }
+        if let Some(entries) = &mut self.entries {
+            entries.revision = revision;
+            self.keys = entries.entries.len();
         }
         outcome
     }
 
-    /// Starts keeping decoded metadata: when there is none and no decode
-    /// runs, returns the raw copy to decode (the caller decodes it off the
-    /// runtime and hands the result to [`decoded`](Self::decoded)).
+    /// Lends the raw entries out, to be cloned off the runtime and handed
+    /// back with [`give_back`](Self::give_back); `None` while lent.
+    pub(crate) fn lend(&mut self) -> Option<Snapshot> {
+        self.entries.take()
+    }
+
+    /// Takes lent entries back, applying the changes held meanwhile.
+    pub(crate) fn give_back(&mut self, mut snapshot: Snapshot) {
+        for change in self.held.drain(..) {
+            snapshot.apply(&change);
+        }
+        snapshot.revision = self.revision;
+        self.keys = snapshot.entries.len();
+        self.entries = Some(snapshot);
+    }
+
+    /// Starts keeping decoded metadata: when there is none, no decode runs
+    /// and the entries are here, lends them out to be decoded (the caller
+    /// clones them off the runtime, hands them back, and hands the decoded
+    /// clone to [`decoded`](Self::decoded)).
     pub(crate) fn start_decode(&mut self) -> Option<Snapshot> {
         if !matches!(self.decoded, Decoded::Absent) {
             return None;
         }
+        let lent = self.lend()?;
         self.decoded = Decoded::Decoding {
-            revision: self.snapshot.revision,
+            revision: self.revision,
             since: Vec::new(),
         };
-        Some(self.snapshot.clone())
+        Some(lent)
     }
 
     /// Takes the result of the decode started at `revision`, brought up to
@@ -177,7 +214,16 @@ mod tests {
     }
 
     fn keys(copy: &WarmCopy<Entries>) -> Vec<&str> {
-        copy.snapshot().entries.keys().map(String::as_str).collect()
+        let entries = copy.entries.as_ref().expect("the entries are here");
+        entries.entries.keys().map(String::as_str).collect()
+    }
+
+    fn entries(copy: &WarmCopy<Entries>) -> Entries {
+        copy.entries
+            .as_ref()
+            .expect("the entries are here")
+            .entries
+            .clone()
     }
 
     #[test]
@@ -200,38 +246,62 @@ mod tests {
         assert_eq!(copy.revision(), 10);
     }
 
+    /// What the reload actor does with a decode it starts: clone the lent
+    /// entries, hand them back, decode the clone (here: as they are).
+    fn decode_now(copy: &mut WarmCopy<Entries>) {
+        let lent = copy.start_decode().expect("nothing decoded yet");
+        let revision = lent.revision;
+        let clone = lent.clone();
+        copy.give_back(lent);
+        copy.decoded(revision, Ok(clone.entries), apply_to_entries)
+            .unwrap();
+    }
+
+    #[test]
+    fn changes_while_the_entries_are_lent_are_held_for_their_return() {
+        let mut copy = loaded(10, &[("a", "1"), ("b", "2")]);
+        let lent = copy.lend().expect("the entries are here");
+        assert!(copy.lend().is_none(), "lent once");
+        copy.apply(11, vec![delete("a"), put("c", "3")], apply_to_entries);
+        assert!(copy.entries.is_none());
+        assert_eq!(copy.revision(), 11);
+        copy.give_back(lent);
+        assert_eq!(keys(&copy), ["b", "c"]);
+        assert_eq!(copy.keys(), 2);
+        assert_eq!(copy.entries.as_ref().unwrap().revision, 11);
+    }
+
     #[test]
     fn changes_during_a_decode_are_applied_to_its_result() {
         let mut copy = loaded(10, &[("a", "1")]);
-        let to_decode = copy.start_decode().expect("nothing decoded yet");
-        assert_eq!(to_decode.revision, 10);
+        let lent = copy.start_decode().expect("nothing decoded yet");
+        assert_eq!(lent.revision, 10);
         assert!(copy.start_decode().is_none(), "one decode at a time");
         assert!(copy.take_decoded().is_none(), "not decoded yet");
+        let clone = lent.clone();
         copy.apply(11, vec![put("b", "2"), delete("a")], apply_to_entries);
-        copy.decoded(10, Ok(to_decode.entries), apply_to_entries)
+        copy.give_back(lent);
+        copy.decoded(10, Ok(clone.entries), apply_to_entries)
             .unwrap();
         assert!(!copy.is_decoding());
         let meta = copy.take_decoded().expect("decoded and current");
-        assert_eq!(meta, copy.snapshot().entries);
+        assert_eq!(meta, entries(&copy));
+        assert_eq!(keys(&copy), ["b"]);
         assert!(copy.take_decoded().is_none(), "handed over once");
     }
 
     #[test]
     fn a_ready_decoded_copy_follows_every_change() {
         let mut copy = loaded(10, &[("a", "1")]);
-        let to_decode = copy.start_decode().unwrap();
-        copy.decoded(10, Ok(to_decode.entries), apply_to_entries)
-            .unwrap();
+        decode_now(&mut copy);
         copy.apply(11, vec![put("a", "9"), put("z", "0")], apply_to_entries);
-        assert_eq!(copy.take_decoded().unwrap(), copy.snapshot().entries);
+        assert_eq!(copy.take_decoded().unwrap(), entries(&copy));
     }
 
     #[test]
     fn a_change_the_coordinator_cannot_apply_drops_the_decoded_copy_only() {
         let mut copy = loaded(10, &[("a", "1")]);
-        let to_decode = copy.start_decode().unwrap();
-        copy.decoded(10, Ok(to_decode.entries), apply_to_entries)
-            .unwrap();
+        decode_now(&mut copy);
         let refuse = |_: &mut Entries, _: &MetaChange| -> Result<(), BoxError> { Err("no".into()) };
         let applied = copy.apply(11, vec![put("b", "2")], refuse);
         assert!(matches!(applied, ApplyOutcome::DecodedDropped(_)));
@@ -246,14 +316,16 @@ mod tests {
     #[test]
     fn a_failed_or_superseded_decode_leaves_nothing_decoded() {
         let mut copy = loaded(10, &[("a", "1")]);
-        copy.start_decode().unwrap();
+        let lent = copy.start_decode().unwrap();
+        copy.give_back(lent);
         assert!(
             copy.decoded(10, Err("corrupt".into()), apply_to_entries)
                 .is_err()
         );
         assert!(copy.take_decoded().is_none());
         assert!(!copy.is_decoding());
-        copy.start_decode().unwrap();
+        let lent = copy.start_decode().unwrap();
+        copy.give_back(lent);
         copy.decoded(7, Ok(Entries::new()), apply_to_entries)
             .unwrap();
         assert!(
