@@ -63,7 +63,7 @@
 //!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), stable across restarts
 //!    └─ Election             holds the role's etcd lease, campaigns, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps your Coordinator: Standby -> Activating -> Serving -> Standby
-//!       └─ ReloadActor       loads {root}/meta/{role}/ at the won revision before it serves
+//!       └─ ReloadActor       keeps {root}/meta/{role}/ warm while standby; on a win, catches it up before it serves
 //! ```
 //!
 //! [`Node::start_linked`] puts the role supervisors under an actor of yours.

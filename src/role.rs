@@ -103,7 +103,7 @@ impl<C: Coordinator> RoleHandle<C> {
     /// Where this node's warm copy of the role's metadata stands: `None`
     /// while it is read, and always with `reload.warm: false`.
     pub fn metadata_copy(&self) -> Option<MetadataCopy> {
-        self.shared.copy.get()
+        *self.shared.copy.borrow()
     }
 
     /// Whether the role serves on this node now.

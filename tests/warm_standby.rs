@@ -1,4 +1,4 @@
-//! The warm standby: a standby's copy of the metadata follows etcd (through a cut link, a compaction, a prefix deletion too large for a default gRPC message), and a takeover only catches up, yet serves every write acknowledged before it.
+//! The warm standby: a standby's copy of the metadata follows etcd (through a cut link, a compaction, a prefix deletion too large for a default gRPC message), a node campaigns only once its copy is loaded, and a takeover only catches up, yet serves every write acknowledged before it.
 
 #[path = "faults/kit.rs"]
 mod kit;
@@ -10,8 +10,8 @@ use kit::*;
 use standin::testing::EtcdServer;
 use standin::{MetadataCopy, RoleHandle};
 use support::{
-    Ledger, TestNode, acknowledges_write, config, serving_other_than, shutdown_all, start_nodes,
-    wait_for, wait_for_single_leader,
+    Ledger, Stoppable, TestNode, acknowledges_write, config, serving_other_than, shutdown_all,
+    start_nodes, wait_for, wait_for_single_leader,
 };
 use tracing::info;
 
@@ -25,6 +25,7 @@ const COMPACTION_ROOT: &str = "warm-compaction";
 const COMPACTION_ROOT_PREFIX: &str = "warm-compaction/meta/";
 const DELETES_ROOT: &str = "warm-deletes";
 const DELETES_ROOT_PREFIX: &str = "warm-deletes/meta/";
+const LOADING_ROOT: &str = "warm-loading";
 
 /// Waits until `role`'s copy on a node holds every change up to `revision`.
 async fn copy_reaches(role: &RoleHandle<Ledger>, what: &str, revision: i64) -> MetadataCopy {
@@ -320,5 +321,86 @@ async fn deletes_reach_the_standby_even_a_100k_key_prefix_deletion_in_one_revisi
     assert_eq!(entries.keys().collect::<Vec<_>>(), ["kept"]);
     write(&nodes[standby], "after-takeover", "a").await;
     shutdown_all(&mut nodes).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_still_reading_its_copy_joins_the_election_only_once_it_is_loaded()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let client = etcd.client().await?;
+    support::seed_metadata_under(&etcd, LOADING_ROOT, ROLE, 30, b"seed").await?;
+    let node_config = |index| {
+        let mut config = config(&etcd, index, 10);
+        config.etcd.root_path = LOADING_ROOT.into();
+        config.reload.page_size = 10;
+        config
+    };
+    let mut first = TestNode::start(node_config(0), &[ROLE], false).await?;
+    wait_for("the first node to serve", Duration::from_secs(10), || {
+        first.role(ROLE).is_serving().then_some(())
+    })
+    .await;
+
+    info!("--- a second node whose first read is held after one page");
+    let reached = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut node = standin::Node::new(node_config(1));
+    let role = node.add_role(ROLE, Ledger { strict: false })?;
+    role.hold_reload(reached.clone(), gate.clone());
+    node.start().await?;
+    reached.acquire().await?.forget();
+    wait_for("its lease", Duration::from_secs(5), || role.status().lease).await;
+    let election = format!("{LOADING_ROOT}/election/{ROLE}/");
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_millis(300) {
+        let candidates = client
+            .kv_client()
+            .get(
+                election.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await?;
+        assert_eq!(candidates.kvs().len(), 1, "a node with no copy campaigned");
+        assert!(role.metadata_copy().is_none());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    info!("--- the read goes on: the node loads, campaigns, and takes over warm");
+    gate.add_permits(1);
+    wait_for("its copy", Duration::from_secs(10), || {
+        role.metadata_copy().filter(|copy| copy.keys == 30)
+    })
+    .await;
+    let second_candidate = || async {
+        let candidates = client
+            .kv_client()
+            .get(
+                election.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .ok()?;
+        (candidates.kvs().len() == 2).then_some(())
+    };
+    support::eventually("its candidacy", Duration::from_secs(5), second_candidate).await;
+    first.role(ROLE).resign(RESIGN).await?;
+    wait_for("the second node to serve", Duration::from_secs(10), || {
+        role.is_serving().then_some(())
+    })
+    .await;
+    assert_eq!(
+        role.call(support::LedgerRequest::Read, support::CALL)
+            .await
+            .ok()
+            .map(|r| match r {
+                support::LedgerResponse::Entries(entries) => entries.len(),
+                _ => 0,
+            }),
+        Some(30)
+    );
+    node.shutdown().await;
+    first.shutdown().await;
     Ok(())
 }

@@ -167,8 +167,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// `graceful-by-size`: SIGTERM takeovers of the `kv` role with `sizes`
 /// keys of 100 bytes under its prefix, warm (`reload.warm: true`, the
 /// default: standbys follow the metadata) and cold (a standby reads it
-/// whole when it wins), and a standby's resident memory. One 3-node
-/// cluster at a time; each size's warm and cold clusters share its keys.
+/// whole when it wins), and a standby's resident memory; for the warm
+/// clusters also `crash-by-size` and `kill9-by-size` (witness on), rounds
+/// interleaved. One 3-node cluster at a time; each size's warm and cold
+/// clusters share its keys.
 async fn by_size(
     etcd: &EtcdServer,
     binary: &std::path::Path,
@@ -180,8 +182,7 @@ async fn by_size(
         return Ok(());
     }
     println!("bench: graceful-by-size, {rounds} rounds per size {sizes:?}, warm and cold");
-    // (warm, keys, times, a standby's resident bytes)
-    let mut rows = Vec::new();
+    let mut rows: Vec<SizeRow> = Vec::new();
     for &keys in sizes {
         let root = format!("bench-size-{keys}");
         let client = etcd.client().await?;
@@ -190,36 +191,74 @@ async fn by_size(
             let cluster_root = format!("{root}-{}", if warm { "warm" } else { "cold" });
             let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv", warm).await?;
             cluster.root = cluster_root;
-            let mut times = Vec::new();
+            let acts: &[(&'static str, Act)] = if warm {
+                &[
+                    ("graceful-by-size", Act::Sigterm),
+                    ("crash-by-size", Act::CrashCoordinator),
+                    ("kill9-by-size", Act::Kill),
+                ]
+            } else {
+                &[("graceful-by-size", Act::Sigterm)]
+            };
+            let mut times = vec![Vec::new(); acts.len()];
             for _ in 0..rounds {
-                times.push(cluster.round(Act::Sigterm).await?);
+                for (times, (_, act)) in times.iter_mut().zip(acts) {
+                    times.push(cluster.round(*act).await?);
+                }
             }
             let (leader, _) = cluster.settle().await?;
             let standby = &cluster.nodes[(leader + 1) % NODES];
             let rss = resident_bytes(standby.process.pid()).unwrap_or(0);
             keep_logs(logs, &[&cluster])?;
             cluster.shut_down().await?;
-            rows.push((warm, keys, Summary::of(&times), rss));
+            for ((scenario, _), times) in acts.iter().zip(&times) {
+                rows.push(SizeRow {
+                    scenario,
+                    warm,
+                    keys,
+                    summary: Summary::of(times),
+                    rss,
+                });
+            }
         }
     }
-    for warm in [true, false] {
-        let of_kind: Vec<_> = rows.iter().filter(|row| row.0 == warm).collect();
-        let (_, base_keys, base, base_rss) = of_kind[0];
-        for (_, keys, summary, rss) in &of_kind {
-            let per_key = if *keys > 0 {
-                format!("{:.0}", rss.saturating_sub(*base_rss) as f64 / *keys as f64)
-            } else {
-                "-".to_owned()
-            };
-            println!(
-                "bench: scenario=graceful-by-size keys={keys} warm={warm} {summary} ratio_p99_to_{base_keys}={:.2} ratio_p50_to_{base_keys}={:.2} standby_rss_mb={:.1} rss_bytes_per_key={per_key}",
-                summary.p99_ms / base.p99_ms,
-                summary.p50_ms / base.p50_ms,
-                *rss as f64 / 1e6
-            );
-        }
+    for row in &rows {
+        let base = rows
+            .iter()
+            .find(|other| other.scenario == row.scenario && other.warm == row.warm)
+            .expect("the row itself at least");
+        let per_key = if row.keys > base.keys {
+            format!(
+                "{:.0}",
+                row.rss.saturating_sub(base.rss) as f64 / (row.keys - base.keys) as f64
+            )
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "bench: scenario={} keys={} warm={} {} ratio_p50_to_{}={:.2} ratio_p99_to_{}={:.2} standby_rss_mb={:.1} rss_bytes_per_key={per_key}",
+            row.scenario,
+            row.keys,
+            row.warm,
+            row.summary,
+            base.keys,
+            row.summary.p50_ms / base.summary.p50_ms,
+            base.keys,
+            row.summary.p99_ms / base.summary.p99_ms,
+            row.rss as f64 / 1e6
+        );
     }
     Ok(())
+}
+
+/// One line of the by-size scenarios.
+struct SizeRow {
+    scenario: &'static str,
+    warm: bool,
+    keys: usize,
+    summary: Summary,
+    /// A standby's resident memory at the end.
+    rss: u64,
 }
 
 /// A process's resident memory, from `/proc/PID/status`.

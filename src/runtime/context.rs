@@ -58,7 +58,7 @@ pub(crate) struct RoleShared<C: Coordinator> {
     /// Fault switches for tests (off otherwise).
     pub faults: Arc<Faults>,
     /// Where the reload actor's warm copy stands; empty while it is read.
-    pub copy: Arc<Slot<MetadataCopy>>,
+    pub copy: Arc<watch::Sender<Option<MetadataCopy>>>,
     /// The term this node leads the role in, from the win until the
     /// election decides to step down; what every answer path checks.
     /// Shared with the role's [`ServingCheck`](crate::role::ServingCheck)s.
@@ -93,7 +93,7 @@ impl<C: Coordinator> RoleShared<C> {
             coordinator: Slot::default(),
             endpoint: Slot::default(),
             faults: Arc::default(),
-            copy: Arc::default(),
+            copy: Arc::new(watch::channel(None).0),
             term: Arc::default(),
             lease: Slot::default(),
             stopped: AtomicBool::new(false),

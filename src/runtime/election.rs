@@ -464,8 +464,28 @@ impl<C: Coordinator> Election<C> {
             .encode();
         let reply = myself.clone();
         let retry = self.context.config.etcd.retry.initial;
+        // A node whose warm copy is still being read joins the election
+        // only once it is loaded: behind the warm peers, which take over
+        // in milliseconds, instead of ahead of them, where its win would
+        // wait for the read.
+        let mut copy = self
+            .context
+            .config
+            .reload
+            .warm
+            .then(|| self.shared.copy.subscribe());
+        let role = self.role.clone();
         let campaign = async move {
             tokio::time::sleep(after).await;
+            if let Some(copy) = &mut copy
+                && copy.borrow().is_none()
+            {
+                tracing::info!(
+                    role,
+                    "waiting for the metadata copy to load before campaigning"
+                );
+                let _ = copy.wait_for(Option::is_some).await;
+            }
             let won = async {
                 let candidacy = recipe::join(&client, &election, lease, value).await?;
                 let _ = reply.send_message(ElectionMsg::CampaignJoined { generation, lease });

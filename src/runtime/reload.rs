@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::config::{BackoffConfig, ReloadConfig};
@@ -25,7 +26,6 @@ use crate::coordinator::{BoxError, Coordinator, Snapshot};
 use crate::fence::{FenceError, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
-use crate::runtime::slot::Slot;
 use crate::status::MetadataCopy;
 use crate::task::OwnedTask;
 use crate::telemetry;
@@ -92,7 +92,7 @@ pub(crate) struct ReloadActor<C: Coordinator> {
     retry: BackoffConfig,
     faults: Arc<Faults>,
     /// Where the copy stands, for the role's handle.
-    published: Arc<Slot<MetadataCopy>>,
+    published: Arc<watch::Sender<Option<MetadataCopy>>>,
 }
 
 impl<C: Coordinator> ReloadActor<C> {
@@ -572,7 +572,11 @@ impl<C: Coordinator> ReloadActor<C> {
             keys: copy.keys(),
         });
         let keys = published.map_or(0, |p| p.keys);
-        self.published.set(published);
+        self.published.send_if_modified(|current| {
+            let changed = *current != published;
+            *current = published;
+            changed
+        });
         metrics::gauge!(telemetry::METADATA_COPY_KEYS, "role" => self.role.clone())
             .set(keys as f64);
     }
