@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
 use crate::config::{BackoffConfig, ReloadConfig};
@@ -221,6 +221,8 @@ pub(crate) struct ReloadState<C: Coordinator> {
     decoder: Option<OwnedTask>,
     catch_up: Option<Pending<C>>,
     catch_ups: u64,
+    /// Cuts short the loader's or the follower's backoff, for a win.
+    wake: Arc<Notify>,
 }
 
 impl<C: Coordinator> Drop for ReloadState<C> {
@@ -271,6 +273,7 @@ impl<C: Coordinator> ReloadActor<C> {
             self.config.page_size,
         );
         let (faults, retry, reply) = (self.faults.clone(), self.retry.clone(), myself.clone());
+        let wake = state.wake.clone();
         let load = async move {
             let mut backoff = Backoff::new(retry);
             loop {
@@ -288,7 +291,7 @@ impl<C: Coordinator> ReloadActor<C> {
                             prefix,
                             "reading the metadata for a warm copy failed, retrying in {delay:?}: {error}"
                         );
-                        tokio::time::sleep(delay).await;
+                        follow::sleep_unless_woken(delay, &wake).await;
                     }
                 }
             }
@@ -321,6 +324,7 @@ impl<C: Coordinator> ReloadActor<C> {
             self.prefix.clone(),
             revision + 1,
             self.retry.clone(),
+            state.wake.clone(),
             move |followed| {
                 reply
                     .send_message(ReloadMsg::Followed {
@@ -420,6 +424,9 @@ impl<C: Coordinator> ReloadActor<C> {
         job: CatchUp<C>,
     ) {
         self.faults.catch_up_started();
+        // etcd has just answered the win: a read or watch waiting out its
+        // backoff (after a cut link) tries again now, not seconds later.
+        state.wake.notify_one();
         state.catch_ups += 1;
         let id = state.catch_ups;
         let (timeout, reply) = (self.config.timeout, myself.clone());
@@ -631,6 +638,7 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
             decoder: None,
             catch_up: None,
             catch_ups: 0,
+            wake: Arc::new(Notify::new()),
         })
     }
 

@@ -1,6 +1,9 @@
 //! Following a role's metadata prefix with an etcd watch, from the revision after a copy's, resuming where it stopped when the watch breaks.
 
+use std::sync::Arc;
+
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::config::BackoffConfig;
@@ -34,12 +37,14 @@ pub(crate) enum Followed {
 /// Follows `prefix` from revision `from` on, reporting every response to
 /// `report` until it returns `false` or etcd reports a compaction. A broken
 /// watch is logged and opened again from the revision after the last one
-/// delivered, with backoff.
+/// delivered, with backoff, or at once when `wake` is notified (a win
+/// waits for this watch: etcd answered it, so it is worth trying now).
 pub(crate) async fn follow(
     client: Client,
     prefix: String,
     from: i64,
     retry: BackoffConfig,
+    wake: Arc<Notify>,
     mut report: impl FnMut(Followed) -> bool + Send,
 ) {
     let mut next = from;
@@ -54,9 +59,17 @@ pub(crate) async fn follow(
                     revision = next,
                     "following the metadata failed; resuming from revision {next} in {delay:?}: {error}"
                 );
-                tokio::time::sleep(delay).await;
+                sleep_unless_woken(delay, &wake).await;
             }
         }
+    }
+}
+
+/// Sleeps for `delay`, or until `wake` is notified.
+pub(crate) async fn sleep_unless_woken(delay: std::time::Duration, wake: &Notify) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = wake.notified() => {}
     }
 }
 
