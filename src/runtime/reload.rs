@@ -385,9 +385,10 @@ impl<C: Coordinator> ReloadActor<C> {
         };
         let generation = state.generation;
         let (coordinator, reply) = (self.coordinator.clone(), myself.clone());
-        let give_back = self.give_back(myself, generation);
+        let decoding =
+            decode_off_runtime(coordinator, lent, Some(self.give_back(myself, generation)));
         let decode = async move {
-            let result = decode_off_runtime(coordinator, lent, Some(give_back)).await;
+            let result = decoding.await;
             let _ = reply.send_message(ReloadMsg::Decoded {
                 generation,
                 revision,
@@ -503,9 +504,11 @@ impl<C: Coordinator> ReloadActor<C> {
         let (id, reply) = (pending.id, myself.clone());
         let (coordinator, prefix) = (self.coordinator.clone(), self.prefix.clone());
         let give_back = self.give_back(myself, state.generation);
+        let decoding = decode_off_runtime(coordinator, lent, Some(give_back));
         let decode = async move {
-            let result = decode_off_runtime(coordinator, lent, Some(give_back)).await;
-            let result = result.map_err(|error| decode_failed(&prefix, error));
+            let result = decoding
+                .await
+                .map_err(|error| decode_failed(&prefix, error));
             let _ = reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
         };
         pending.task = Some(Self::spawn(myself, "decoding the metadata", decode));
@@ -591,13 +594,15 @@ impl<C: Coordinator> ReloadActor<C> {
 
 /// Runs the coordinator's `decode` on a blocking thread: a large snapshot
 /// must not hold up the runtime's workers. With `give_back`, decodes a
-/// clone made there and hands the original to it. A panic in `decode`
-/// panics the caller.
-async fn decode_off_runtime<C: Coordinator>(
+/// clone made there and hands the original to it. The thread starts now,
+/// not when the future is first polled: lent entries go back even if the
+/// future is dropped (a catch-up cancelled meanwhile). A panic in `decode`
+/// panics the future.
+fn decode_off_runtime<C: Coordinator>(
     coordinator: Arc<C>,
     snapshot: Snapshot,
     give_back: Option<Box<dyn FnOnce(Snapshot) + Send>>,
-) -> Result<C::Meta, BoxError> {
+) -> impl Future<Output = Result<C::Meta, BoxError>> + Send {
     let decode = move || match give_back {
         Some(give_back) => {
             let clone = snapshot.clone();
@@ -606,10 +611,13 @@ async fn decode_off_runtime<C: Coordinator>(
         }
         None => coordinator.decode(snapshot),
     };
-    match tokio::task::spawn_blocking(decode).await {
-        Ok(result) => result,
-        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-        Err(join) => Err(join.into()),
+    let decoding = tokio::task::spawn_blocking(decode);
+    async move {
+        match decoding.await {
+            Ok(result) => result,
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(join) => Err(join.into()),
+        }
     }
 }
 
