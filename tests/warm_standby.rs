@@ -356,18 +356,28 @@ async fn a_node_still_reading_its_copy_joins_the_election_only_once_it_is_loaded
     reached.acquire().await?.forget();
     wait_for("its lease", Duration::from_secs(5), || role.status().lease).await;
     let election = format!("{LOADING_ROOT}/election/{ROLE}/");
-    let watched = std::time::Instant::now();
-    while watched.elapsed() < Duration::from_millis(300) {
-        let candidates = client
+    let candidates = || async {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let response = client
             .kv_client()
-            .get(
-                election.as_str(),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await?;
-        assert_eq!(candidates.kvs().len(), 1, "a node with no copy campaigned");
+            .get(election.as_str(), Some(options))
+            .await;
+        response.ok().map(|response| response.count())
+    };
+    // Watched for a while, on the beat of an interval: an absence has no
+    // moment to wait for.
+    let watched = std::time::Instant::now();
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    while watched.elapsed() < Duration::from_millis(300) {
+        every.tick().await;
+        assert_eq!(
+            candidates().await,
+            Some(1),
+            "a node with no copy campaigned"
+        );
         assert!(role.metadata_copy().is_none());
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     info!("--- the read goes on: the node loads, campaigns, and takes over warm");
@@ -376,17 +386,7 @@ async fn a_node_still_reading_its_copy_joins_the_election_only_once_it_is_loaded
         role.metadata_copy().filter(|copy| copy.keys == 30)
     })
     .await;
-    let second_candidate = || async {
-        let candidates = client
-            .kv_client()
-            .get(
-                election.as_str(),
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .ok()?;
-        (candidates.kvs().len() == 2).then_some(())
-    };
+    let second_candidate = || async { (candidates().await == Some(2)).then_some(()) };
     support::eventually("its candidacy", Duration::from_secs(5), second_candidate).await;
     first.role(ROLE).resign(RESIGN).await?;
     wait_for("the second node to serve", Duration::from_secs(10), || {

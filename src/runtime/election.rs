@@ -26,7 +26,7 @@ use crate::coordinator::Coordinator;
 use crate::etcd;
 use crate::etcd::recipe::{self, Candidacy, Leader};
 use crate::etcd::session::RoleState;
-use crate::fence::Epoch;
+use crate::fence::{Epoch, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
 use crate::runtime::reload::{CatchUp, ReloadActor, ReloadMsg};
@@ -598,10 +598,7 @@ impl<C: Coordinator> Election<C> {
     }
 
     /// A store fenced to the serving term, writing under the role's metadata prefix.
-    fn store(
-        &self,
-        state: &ElectionState<C>,
-    ) -> Result<crate::fence::FencedStore, ActorProcessingErr> {
+    fn store(&self, state: &ElectionState<C>) -> Result<FencedStore, ActorProcessingErr> {
         let term = state.term.as_ref().ok_or("a store without a term")?;
         Ok(term.store(
             self.context.client.clone(),
