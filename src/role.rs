@@ -254,6 +254,9 @@ pub trait RoleControl: Send + Sync {
     fn subscribe(&self) -> watch::Receiver<RoleStatus>;
     /// What answers whether the role serves here, at the instant of asking.
     fn serving(&self) -> ServingCheck;
+    /// Where this node's warm copy of the role's metadata stands (see
+    /// [`RoleHandle::metadata_copy`]).
+    fn metadata_copy(&self) -> Option<MetadataCopy>;
     /// Injects `fault` into the role's actors; false when the actor is not running.
     #[cfg(feature = "fault-injection")]
     fn inject(&self, fault: Fault) -> bool;
@@ -279,6 +282,10 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
 
     fn serving(&self) -> ServingCheck {
         RoleHandle::serving(self)
+    }
+
+    fn metadata_copy(&self) -> Option<MetadataCopy> {
+        RoleHandle::metadata_copy(self)
     }
 
     #[cfg(feature = "fault-injection")]

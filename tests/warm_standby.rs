@@ -407,3 +407,39 @@ async fn a_node_still_reading_its_copy_joins_the_election_only_once_it_is_loaded
     first.shutdown().await;
     Ok(())
 }
+
+/// `node`'s tso status while it is in standby.
+async fn standby(node: &ProcNode) -> Option<ProcStatus> {
+    node.status()
+        .await
+        .filter(|status| status.state == "standby")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_status_says_whether_its_standby_copy_is_loaded() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let endpoints = [etcd.endpoint()];
+    let leader = ProcNode::spawn(&endpoints, 2, "")?;
+    let serving = wait_for_serving_process(std::slice::from_ref(&leader), RESIGN).await;
+    info!(
+        ?serving,
+        "--- the first process serves and has saved its bound"
+    );
+    let warm = ProcNode::spawn(&endpoints, 2, "")?;
+    let cold = ProcNode::spawn(&endpoints, 2, "reload:\n  warm: false\n")?;
+    let loaded = support::eventually("the warm standby's copy", RESIGN, || async {
+        standby(&warm).await.filter(|s| s.metadata_copy.is_some())
+    })
+    .await;
+    let (revision, keys) = loaded.metadata_copy.expect("filtered on");
+    // The saved bound is the tso role's only key.
+    assert_eq!(keys, 1, "{loaded:?}");
+    assert!(revision > 0, "{loaded:?}");
+    let cold = support::eventually("the cold standby", RESIGN, || standby(&cold)).await;
+    assert_eq!(
+        cold.metadata_copy, None,
+        "a node with reload.warm off keeps no copy"
+    );
+    Ok(())
+}

@@ -846,6 +846,7 @@ mod tests {
                     state: State::Serving,
                     epoch,
                     leader_epoch: epoch,
+                    copy_loaded: true,
                     sent: self.at(ms),
                     received: self.at(ms + 2),
                 };
@@ -861,6 +862,7 @@ mod tests {
                 state: State::Standby,
                 epoch: 0,
                 leader_epoch: 0,
+                copy_loaded: true,
                 sent: self.at(at),
                 received: self.at(at + 2),
             };

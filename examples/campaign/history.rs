@@ -104,6 +104,9 @@ pub struct Sample {
     pub epoch: i64,
     /// The epoch of the leader it sees, 0 for none.
     pub leader_epoch: i64,
+    /// Whether its copy of the role's metadata was loaded (a takeover by it
+    /// need not read the prefix first).
+    pub copy_loaded: bool,
     /// Just before the request left.
     pub sent: Instant,
     /// Just after the answer arrived.

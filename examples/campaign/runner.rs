@@ -291,11 +291,15 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         .filter(|f| f.kind == "kill-9")
         .collect();
     println!(
-        "campaign: kill-9 n={} revoked-by-witness={}",
+        "campaign: kill-9 n={} revoked-by-witness={} without-warm-standby={}",
         kills.len(),
         kills
             .iter()
             .filter(|f| f.witness_revoked == Some(true))
+            .count(),
+        kills
+            .iter()
+            .filter(|f| f.bound == faults::COLD_KILL_BOUND)
             .count()
     );
     for message in &report.messages {

@@ -553,6 +553,8 @@ pub struct ProcStatus {
     pub epoch: i64,
     /// Why it last stepped down, or empty.
     pub last_step_down: String,
+    /// Its warm copy of the tso metadata as (revision, keys), once loaded.
+    pub metadata_copy: Option<(i64, u64)>,
 }
 
 /// Keys for the `node` and `session` sections of a [`ProcNode`]'s config,
@@ -633,6 +635,7 @@ impl ProcNode {
                 state: role.state,
                 epoch: role.epoch,
                 last_step_down: role.last_step_down,
+                metadata_copy: role.metadata_copy.map(|copy| (copy.revision, copy.keys)),
             })
         })
         .await

@@ -189,6 +189,7 @@ mod tests {
                 state,
                 epoch,
                 leader_epoch: epoch,
+                copy_loaded: true,
                 sent,
                 received: sent + Duration::from_millis(2),
             });

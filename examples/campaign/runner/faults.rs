@@ -109,8 +109,10 @@ impl Fault {
         }
     }
 
-    /// How long after the fault a healthy node must serve.
-    pub(super) fn bound(self) -> Duration {
+    /// How long after the fault a healthy node must serve, when
+    /// `warm_standby` says whether a live peer held a loaded copy of the
+    /// role's metadata as it hit.
+    pub(super) fn bound(self, warm_standby: bool) -> Duration {
         match self {
             // A crashed actor resigns at once: a standby wins in milliseconds.
             Fault::CrashCoordinator
@@ -126,7 +128,10 @@ impl Fault {
             Fault::CrashReload => Duration::from_secs(8),
             // The killed process's witness port refuses: its peers revoke
             // its leases at once, whatever the TTL.
-            Fault::Kill => KILL_BOUND,
+            Fault::Kill if warm_standby => KILL_BOUND,
+            // Every peer was itself restarted moments ago and is still
+            // reading its copy: the successor serves once that read ends.
+            Fault::Kill => COLD_KILL_BOUND,
             // The leader's lease must expire first: nothing tells it is gone.
             Fault::Stop | Fault::Cut | Fault::Blackhole => TTL + Duration::from_secs(3),
             Fault::EtcdRestart => Duration::from_secs(15),
@@ -137,6 +142,11 @@ impl Fault {
 /// How long after a kill -9 a healthy node must serve: the death witness
 /// proves the process gone in milliseconds.
 pub(super) const KILL_BOUND: Duration = Duration::from_millis(500);
+
+/// How long after a kill -9 a healthy node must serve when no peer had its
+/// metadata copy loaded: the read of the preloaded prefix comes first, as it
+/// does for a takeover with `reload.warm: false`.
+pub(super) const COLD_KILL_BOUND: Duration = Duration::from_secs(5);
 
 /// A repair due at some instant while the campaign waits for a recovery.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +196,8 @@ impl Cluster {
         }
         let marks = self.log_marks();
         let target_server = self.server_id_of(node);
+        let warm_standby = self.warm_standby(role, node);
+        let bound = fault.bound(warm_standby);
         let at = Instant::now();
         let mut forced = Vec::new();
         let mut recovery = Recovery {
@@ -358,12 +370,15 @@ impl Cluster {
             })
             .collect();
         let (recovered, probed) = self
-            .wait_recovery(at, fault.bound(), recovery, repair, probe)
+            .wait_recovery(at, bound, recovery, repair, probe)
             .await?;
         let mut detail = match probed {
             Some(outcome) => format!("{detail}; {outcome}"),
             None => detail,
         };
+        if !warm_standby {
+            detail = format!("{detail}; no standby had its metadata copy loaded");
+        }
         for hammer in hammers {
             detail = format!("{detail}; {}", hammer.await?);
         }
@@ -378,7 +393,7 @@ impl Cluster {
             forced,
             epoch,
             at,
-            bound: fault.bound(),
+            bound,
             recovered,
             detail,
             clients_paused: None,
@@ -389,6 +404,16 @@ impl Cluster {
     /// How many lines each node's log holds now.
     fn log_marks(&self) -> Vec<usize> {
         self.nodes.iter().map(|n| n.log().lines().count()).collect()
+    }
+
+    /// Whether a node other than `leader` last reported `role` in standby
+    /// with its metadata copy loaded.
+    fn warm_standby(&self, role: usize, leader: usize) -> bool {
+        let recent = Instant::now() - STATUS_WITHIN;
+        self.latest_samples(role, recent)
+            .iter()
+            .flatten()
+            .any(|s| s.node != leader && s.state == State::Standby && s.copy_loaded)
     }
 
     /// The server ID `node` last reported.

@@ -222,6 +222,7 @@ pub(super) async fn sample(node: usize, channel: Channel, recorder: Recorder) {
                 state: State::parse(&role.state),
                 epoch: role.epoch,
                 leader_epoch: role.leader.as_ref().map_or(0, |l| l.epoch),
+                copy_loaded: role.metadata_copy.is_some(),
                 sent,
                 received,
             });

@@ -10,8 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::proto::coordination_server::Coordination;
 use super::proto::{
-    LeaderEvent, ResignRequest, ResignResponse, RoleStatus, StatusRequest, StatusResponse,
-    WatchLeaderRequest,
+    LeaderEvent, MetadataCopy, ResignRequest, ResignResponse, RoleStatus, StatusRequest,
+    StatusResponse, WatchLeaderRequest,
 };
 use crate::role::RoleControl;
 use crate::status::ResignError;
@@ -56,7 +56,8 @@ impl CoordinationService {
     }
 }
 
-fn role_status(status: &crate::status::RoleStatus) -> RoleStatus {
+fn role_status(role: &dyn RoleControl) -> RoleStatus {
+    let status = role.status();
     RoleStatus {
         role: status.role.clone(),
         state: status.state.as_str().to_owned(),
@@ -67,6 +68,10 @@ fn role_status(status: &crate::status::RoleStatus) -> RoleStatus {
             .last_step_down
             .map(|reason| reason.as_str().to_owned())
             .unwrap_or_default(),
+        metadata_copy: role.metadata_copy().map(|copy| MetadataCopy {
+            revision: copy.revision,
+            keys: copy.keys as u64,
+        }),
     }
 }
 
@@ -81,11 +86,7 @@ impl Coordination for CoordinationService {
         Ok(Response::new(StatusResponse {
             server_id: self.server_id,
             address: self.address.clone(),
-            roles: self
-                .roles
-                .iter()
-                .map(|r| role_status(&r.status()))
-                .collect(),
+            roles: self.roles.iter().map(|r| role_status(r.as_ref())).collect(),
         }))
     }
 
