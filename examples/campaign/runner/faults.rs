@@ -376,7 +376,8 @@ impl Cluster {
             Some(outcome) => format!("{detail}; {outcome}"),
             None => detail,
         };
-        if !warm_standby {
+        // Said only where it moved the bound.
+        if bound != fault.bound(true) {
             detail = format!("{detail}; no standby had its metadata copy loaded");
         }
         for hammer in hammers {
