@@ -53,11 +53,15 @@ struct Args {
     quick: bool,
     /// Metadata sizes (keys of 100 bytes under the `kv` role's prefix) of
     /// the `graceful-by-size` scenario; empty to skip it.
-    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
+    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000,1000000")]
     sizes: Vec<usize>,
-    /// Rounds of `graceful-by-size` per size.
+    /// Rounds of the by-size scenarios per size, warm.
     #[arg(long, default_value_t = 10)]
     size_rounds: usize,
+    /// Rounds of `graceful-by-size` per size, cold: the slow anchor, whose
+    /// every round reads the metadata whole (about 40 s at 1M keys).
+    #[arg(long, default_value_t = 4)]
+    cold_size_rounds: usize,
     /// Only `graceful-by-size`.
     #[arg(long)]
     by_size_only: bool,
@@ -69,6 +73,9 @@ const NODES: usize = 3;
 const TTL: Duration = Duration::from_secs(10);
 /// Longest wait for any one takeover or settle.
 const WITHIN: Duration = Duration::from_secs(30);
+/// What that wait gains per key of metadata: a cold takeover's whole read
+/// of 100k keys took up to 4.5 s (45 us a key) on the 2-core VM.
+const READ_PER_KEY: Duration = Duration::from_micros(100);
 
 fn main() -> anyhow::Result<()> {
     // The nodes inherit this process's environment. A panic's backtrace
@@ -95,7 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &etcd,
             &binary,
             &args.sizes,
-            args.size_rounds,
+            [args.size_rounds, args.cold_size_rounds],
             args.keep_logs.as_deref(),
         )
         .await;
@@ -106,7 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: graceful, crash and etcdctl elect, {} rounds each, interleaved",
         args.rounds
     );
-    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso", true).await?;
+    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso", true, 0).await?;
     let mut elect = Elect::start(&etcd, "bench-anchor").await?;
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
@@ -129,7 +136,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
         args.rounds, args.slow_rounds
     );
-    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off, "tso", true).await?;
+    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off, "tso", true, 0).await?;
     let mut unreachable = Cluster::start(
         &etcd,
         &binary,
@@ -137,6 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Witness::BehindProxy,
         "tso",
         true,
+        0,
     )
     .await?;
     let per_slow = args.rounds.div_ceil(args.slow_rounds.max(1));
@@ -158,7 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &etcd,
         &binary,
         &args.sizes,
-        args.size_rounds,
+        [args.size_rounds, args.cold_size_rounds],
         args.keep_logs.as_deref(),
     )
     .await
@@ -175,13 +183,15 @@ async fn by_size(
     etcd: &EtcdServer,
     binary: &std::path::Path,
     sizes: &[usize],
-    rounds: usize,
+    [warm_rounds, cold_rounds]: [usize; 2],
     logs: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     if sizes.is_empty() {
         return Ok(());
     }
-    println!("bench: graceful-by-size, {rounds} rounds per size {sizes:?}, warm and cold");
+    println!(
+        "bench: graceful-by-size, {warm_rounds} rounds warm and {cold_rounds} cold per size {sizes:?}"
+    );
     let mut rows: Vec<SizeRow> = Vec::new();
     for &keys in sizes {
         let root = format!("bench-size-{keys}");
@@ -189,7 +199,7 @@ async fn by_size(
         metadata::preload(&client, &format!("{root}/meta/kv/"), keys).await?;
         for warm in [true, false] {
             let cluster_root = format!("{root}-{}", if warm { "warm" } else { "cold" });
-            let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv", warm).await?;
+            let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv", warm, keys).await?;
             cluster.root = cluster_root;
             let acts: &[(&'static str, Act)] = if warm {
                 &[
@@ -201,7 +211,7 @@ async fn by_size(
                 &[("graceful-by-size", Act::Sigterm)]
             };
             let mut times = vec![Vec::new(); acts.len()];
-            for _ in 0..rounds {
+            for _ in 0..if warm { warm_rounds } else { cold_rounds } {
                 for (times, (_, act)) in times.iter_mut().zip(acts) {
                     times.push(cluster.round(*act).await?);
                 }
@@ -410,6 +420,9 @@ struct Cluster {
     witness: Witness,
     /// `reload.warm`: a standby is ready only once its copy is loaded.
     warm: bool,
+    /// Longest wait for one takeover or settle: a node that reads its
+    /// metadata whole (at a start, or at a cold win) takes longer with more.
+    within: Duration,
 }
 
 impl Cluster {
@@ -420,6 +433,7 @@ impl Cluster {
         witness: Witness,
         role: &'static str,
         warm: bool,
+        metadata_keys: usize,
     ) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..NODES {
@@ -466,6 +480,7 @@ impl Cluster {
             nodes,
             witness,
             warm,
+            within: WITHIN + READ_PER_KEY * u32::try_from(metadata_keys)?,
         };
         cluster.settle().await?;
         Ok(cluster)
@@ -570,6 +585,7 @@ impl Cluster {
             });
         }
         let role = self.role;
+        let within = self.within;
         let channels: Vec<(i64, Channel)> = self
             .server_ids
             .iter()
@@ -594,9 +610,9 @@ impl Cluster {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             };
-            match tokio::time::timeout(WITHIN, answered).await {
+            match tokio::time::timeout(within, answered).await {
                 Ok(answered) => answered,
-                Err(_) => bail!("no node answered at a newer epoch within {WITHIN:?}"),
+                Err(_) => bail!("no node answered at a newer epoch within {within:?}"),
             }
         })
     }
@@ -612,8 +628,8 @@ impl Cluster {
                 self.server_ids = server_ids;
                 return Ok((leader, epoch));
             }
-            if since.elapsed() > WITHIN {
-                bail!("the cluster did not settle within {WITHIN:?}");
+            if since.elapsed() > self.within {
+                bail!("the cluster did not settle within {:?}", self.within);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
