@@ -53,7 +53,7 @@ struct Args {
     quick: bool,
     /// Metadata sizes (keys of 100 bytes under the `kv` role's prefix) of
     /// the `graceful-by-size` scenario; empty to skip it.
-    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000,1000000")]
+    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
     sizes: Vec<usize>,
     /// Rounds of the by-size scenarios per size, warm.
     #[arg(long, default_value_t = 10)]
@@ -113,7 +113,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: graceful, crash and etcdctl elect, {} rounds each, interleaved",
         args.rounds
     );
-    let mut live = Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso", true, 0).await?;
+    let mut live =
+        Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso", true, 0).await?;
     let mut elect = Elect::start(&etcd, "bench-anchor").await?;
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
@@ -199,7 +200,8 @@ async fn by_size(
         metadata::preload(&client, &format!("{root}/meta/kv/"), keys).await?;
         for warm in [true, false] {
             let cluster_root = format!("{root}-{}", if warm { "warm" } else { "cold" });
-            let mut cluster = Cluster::start(etcd, binary, &root, Witness::On, "kv", warm, keys).await?;
+            let mut cluster =
+                Cluster::start(etcd, binary, &root, Witness::On, "kv", warm, keys).await?;
             cluster.root = cluster_root;
             let acts: &[(&'static str, Act)] = if warm {
                 &[
