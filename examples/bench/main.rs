@@ -631,9 +631,23 @@ impl Cluster {
                 return Ok((leader, epoch));
             }
             if since.elapsed() > self.within {
+                self.print_log_tails();
                 bail!("the cluster did not settle within {:?}", self.within);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Each node's last lines of log, to say why it did not settle.
+    fn print_log_tails(&self) {
+        const TAIL: usize = 30;
+        for (index, node) in self.nodes.iter().enumerate() {
+            let log = node.process.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("bench: {} node {index}, last lines of its log:", self.root);
+            for line in &lines[lines.len().saturating_sub(TAIL)..] {
+                eprintln!("  {line}");
+            }
         }
     }
 
