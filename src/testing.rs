@@ -127,6 +127,12 @@ pub enum TestingError {
     },
 }
 
+/// The last `count` lines of a log, for error messages.
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestingError {
     let what = what.into();
     move |source| TestingError::Io { what, source }

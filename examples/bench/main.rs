@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     size_rounds: usize,
     /// Rounds of `graceful-by-size` per size, cold: the slow anchor, whose
-    /// every round reads the metadata whole (about 40 s at 1M keys).
+    /// every round reads the metadata whole.
     #[arg(long, default_value_t = 4)]
     cold_size_rounds: usize,
     /// Only `graceful-by-size`.
@@ -71,7 +71,7 @@ struct Args {
 const NODES: usize = 3;
 /// The default lease TTL, which every cluster here runs with.
 const TTL: Duration = Duration::from_secs(10);
-/// Longest wait for any one takeover or settle.
+/// Longest wait for any one takeover or settle, before `READ_PER_KEY`.
 const WITHIN: Duration = Duration::from_secs(30);
 /// What that wait gains per key of metadata: a cold takeover's whole read
 /// of 100k keys took up to 4.5 s (45 us a key) on the 2-core VM.
@@ -640,14 +640,9 @@ impl Cluster {
 
     /// Each node's last lines of log, to say why it did not settle.
     fn print_log_tails(&self) {
-        const TAIL: usize = 30;
         for (index, node) in self.nodes.iter().enumerate() {
-            let log = node.process.log();
-            let lines: Vec<&str> = log.lines().collect();
             eprintln!("bench: {} node {index}, last lines of its log:", self.root);
-            for line in &lines[lines.len().saturating_sub(TAIL)..] {
-                eprintln!("  {line}");
-            }
+            eprintln!("{}", node.process.log_tail(30));
         }
     }
 

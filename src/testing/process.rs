@@ -159,6 +159,11 @@ impl StandinProcess {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The last `count` lines of the node's log, for error messages.
+    pub fn log_tail(&self, count: usize) -> String {
+        super::last_lines(&self.log(), count)
+    }
+
     /// The temporary directory holding `config.yaml` and `standin.log`.
     pub fn temp_dir(&self) -> &Path {
         self.dir.path()

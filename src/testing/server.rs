@@ -504,8 +504,7 @@ impl EtcdServer {
     /// The last lines of etcd's log, for error messages.
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-        let lines: Vec<_> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        super::last_lines(&text, 20)
     }
 }
 
