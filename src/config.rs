@@ -27,9 +27,14 @@ const MIN_TTL: Duration = Duration::from_secs(2);
 /// etcd's largest lease TTL (`MaxLeaseTTL`); a grant above it fails.
 const MAX_TTL_SECS: u64 = 9_000_000_000;
 
-/// The largest reload page: a page is one etcd range response, which must stay
-/// well under the gRPC message size limit.
-const MAX_PAGE_SIZE: i64 = 100_000;
+/// The most keys a reload page may ask for: each page holds etcd's read of
+/// its range for as long as it takes.
+const MAX_PAGE_SIZE: i64 = 1_000_000;
+
+/// Bounds on the bytes a reload page aims at: below, a large prefix takes
+/// too many pages (each walks the keys left); above, one response holds too
+/// much memory at once.
+const PAGE_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(256 << 20);
 
 /// What went wrong reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -492,9 +497,15 @@ pub struct ReloadConfig {
     /// resigns so a peer can try.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Keys per etcd range request while reloading, 1..=100000: pages keep each
-    /// response under the gRPC message size limit however large the metadata.
+    /// The most keys one etcd range request asks for while reloading,
+    /// 1..=1000000.
     pub page_size: i64,
+    /// The bytes of keys and values one range request aims at while
+    /// reloading, 64 KiB..=256 MiB: pages are sized from the entries read so
+    /// far. etcd walks every key left in the prefix for each page, so few
+    /// large pages read a large prefix in about linear time, where pages of
+    /// a fixed thousand keys take quadratic time (minutes at a million keys).
+    pub page_bytes: u64,
 }
 
 impl Default for ReloadConfig {
@@ -502,7 +513,8 @@ impl Default for ReloadConfig {
         Self {
             warm: true,
             timeout: Duration::from_secs(30),
-            page_size: 1000,
+            page_size: 100_000,
+            page_bytes: 8 << 20,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use humantime_serde::re::humantime;
 
-use super::{BackoffConfig, Config, ConfigError, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL};
+use super::{BackoffConfig, Config, ConfigError, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL, PAGE_BYTES};
 
 impl Config {
     /// Rejects values that parse but cannot work; the error names the first
@@ -308,7 +308,19 @@ impl Config {
                 reload.page_size.to_string(),
                 format!(
                     "must be between 1 and {MAX_PAGE_SIZE}: each page is one etcd range \
-                     response, which must stay under the gRPC message size limit"
+                     request, which holds etcd's read for as long as it takes"
+                ),
+            ));
+        }
+        if !PAGE_BYTES.contains(&reload.page_bytes) {
+            return Err(invalid(
+                "reload.pageBytes",
+                reload.page_bytes.to_string(),
+                format!(
+                    "must be between {} and {} bytes: smaller pages make a large prefix \
+                     slow to read, larger ones hold too much memory at once",
+                    PAGE_BYTES.start(),
+                    PAGE_BYTES.end()
                 ),
             ));
         }
@@ -542,6 +554,20 @@ mod tests {
         let mut config = Config::default();
         config.reload.page_size = MAX_PAGE_SIZE;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn page_bytes_must_be_in_range() {
+        for bytes in [0, PAGE_BYTES.start() - 1, PAGE_BYTES.end() + 1] {
+            let mut config = Config::default();
+            config.reload.page_bytes = bytes;
+            rejected(&config, "reload.pageBytes");
+        }
+        for bytes in [*PAGE_BYTES.start(), *PAGE_BYTES.end()] {
+            let mut config = Config::default();
+            config.reload.page_bytes = bytes;
+            config.validate().unwrap();
+        }
     }
 
     #[test]

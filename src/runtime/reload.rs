@@ -267,17 +267,17 @@ impl<C: Coordinator> ReloadActor<C> {
         metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => why)
             .increment(1);
         let generation = state.generation;
-        let (client, prefix, page_size) = (
+        let (client, prefix, paging) = (
             self.client.clone(),
             self.prefix.clone(),
-            self.config.page_size,
+            self.config.clone(),
         );
         let (faults, retry, reply) = (self.faults.clone(), self.retry.clone(), myself.clone());
         let wake = state.wake.clone();
         let load = async move {
             let mut backoff = Backoff::new(retry);
             loop {
-                match read_snapshot(&client, &prefix, page_size, 0, &faults).await {
+                match read_snapshot(&client, &prefix, &paging, 0, &faults).await {
                     Ok(snapshot) => {
                         let _ = reply.send_message(ReloadMsg::Loaded {
                             generation,
@@ -446,16 +446,16 @@ impl<C: Coordinator> ReloadActor<C> {
         } else {
             metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => "cold")
                 .increment(1);
-            let (client, prefix, page_size) = (
+            let (client, prefix, paging) = (
                 self.client.clone(),
                 self.prefix.clone(),
-                self.config.page_size,
+                self.config.clone(),
             );
             let (coordinator, faults, won) =
                 (self.coordinator.clone(), self.faults.clone(), job.revision);
             let read = async move {
                 let (keys, result) =
-                    match read_snapshot(&client, &prefix, page_size, won, &faults).await {
+                    match read_snapshot(&client, &prefix, &paging, won, &faults).await {
                         Ok(snapshot) => {
                             let keys = snapshot.entries.len();
                             let decoded = decode_off_runtime(coordinator, snapshot, None).await;

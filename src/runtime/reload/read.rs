@@ -1,23 +1,95 @@
 //! Full reads of a role's metadata: every key under its prefix at one revision, in pages.
 
-use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use etcd_client::{Client, GetOptions};
 
+use crate::config::ReloadConfig;
 use crate::coordinator::Snapshot;
 use crate::runtime::faults::Faults;
 use crate::runtime::reload::ReloadError;
 
-/// Reads every key under `prefix` at one revision, `page_size` keys a
-/// request. When etcd compacts that revision before the last page is read,
-/// the read starts over at a fresh one (the caller bounds the whole read).
+/// Keys the first page asks for, before any entry's size is known: small
+/// enough that values of tens of kilobytes still fit one response.
+const FIRST_PAGE_KEYS: i64 = 1000;
+
+/// Bytes an entry costs in a range response beyond its key and value (its
+/// revisions, version and field tags).
+const ENTRY_OVERHEAD: u64 = 24;
+
+/// How many times `reload.pageBytes` one response may reach before the
+/// client refuses it. Pages are sized from the average entry read so far, so
+/// a run of larger values can overshoot; past this the page is asked again,
+/// halved.
+const RESPONSE_HEADROOM: u64 = 4;
+
+/// Sizes a full read's pages. etcd walks every key from a range's start to
+/// its end to count them, whatever the limit, so each page costs as much as
+/// the keys left: the fewer the pages, the closer the read is to linear.
+/// Pages therefore aim at `reload.pageBytes`, from the average entry read so
+/// far, up to `reload.pageSize` keys.
+#[derive(Debug, Clone)]
+pub(crate) struct PageSizer {
+    most_keys: i64,
+    target_bytes: u64,
+    keys_read: u64,
+    bytes_read: u64,
+    next: i64,
+}
+
+impl PageSizer {
+    pub(crate) fn new(config: &ReloadConfig) -> Self {
+        Self {
+            most_keys: config.page_size,
+            target_bytes: config.page_bytes,
+            keys_read: 0,
+            bytes_read: 0,
+            next: config.page_size.min(FIRST_PAGE_KEYS),
+        }
+    }
+
+    /// Keys the next page asks for.
+    pub(crate) fn limit(&self) -> i64 {
+        self.next
+    }
+
+    /// The largest response the client accepts.
+    pub(crate) fn response_limit(&self) -> usize {
+        usize::try_from(self.target_bytes.saturating_mul(RESPONSE_HEADROOM)).unwrap_or(usize::MAX)
+    }
+
+    /// Takes in a page of `keys` entries totalling `bytes` of keys and values.
+    pub(crate) fn read(&mut self, keys: u64, bytes: u64) {
+        self.keys_read += keys;
+        self.bytes_read += bytes + keys * ENTRY_OVERHEAD;
+        if self.keys_read > 0 {
+            let average = self.bytes_read.div_ceil(self.keys_read).max(1);
+            let fitting = i64::try_from(self.target_bytes / average).unwrap_or(i64::MAX);
+            self.next = fitting.clamp(1, self.most_keys);
+        }
+    }
+
+    /// After a response too large to accept: halves the next page, or
+    /// `false` when it is one key already.
+    pub(crate) fn shrink(&mut self) -> bool {
+        if self.next == 1 {
+            return false;
+        }
+        self.next = (self.next / 2).max(1);
+        true
+    }
+}
+
+/// Reads every key under `prefix` at one revision, in pages sized by
+/// [`PageSizer`]. When etcd compacts that revision before the last page is
+/// read, the read starts over at a fresh one (the caller bounds the whole read).
 pub(crate) async fn read_snapshot(
     client: &Client,
     prefix: &str,
-    page_size: i64,
+    config: &ReloadConfig,
     min_revision: i64,
     faults: &Faults,
 ) -> Result<Snapshot, ReloadError> {
     loop {
-        match read_pages(client, prefix, page_size, min_revision, faults).await {
+        match read_pages(client, prefix, config, min_revision, faults).await {
             Err(ReloadError::ReadFailed { source, .. }) if is_compacted(&source) => {
                 tracing::warn!(
                     prefix,
@@ -31,8 +103,17 @@ pub(crate) async fn read_snapshot(
 
 /// Whether etcd refused a read because its revision has been compacted.
 fn is_compacted(error: &etcd_client::Error) -> bool {
+    is_out_of_range(error, "compacted")
+}
+
+/// Whether the client refused a response larger than its message limit.
+fn is_too_large(error: &etcd_client::Error) -> bool {
+    is_out_of_range(error, "too large")
+}
+
+fn is_out_of_range(error: &etcd_client::Error, saying: &str) -> bool {
     matches!(error, etcd_client::Error::GRpcStatus(status)
-        if status.code() == tonic::Code::OutOfRange && status.message().contains("compacted"))
+        if status.code() == tonic::Code::OutOfRange && status.message().contains(saying))
 }
 
 /// One paged read at one revision. The first page is a linearizable read,
@@ -41,7 +122,7 @@ fn is_compacted(error: &etcd_client::Error) -> bool {
 async fn read_pages(
     client: &Client,
     prefix: &str,
-    page_size: i64,
+    config: &ReloadConfig,
     min_revision: i64,
     faults: &Faults,
 ) -> Result<Snapshot, ReloadError> {
@@ -50,18 +131,32 @@ async fn read_pages(
         source,
     };
     let end = prefix_end(prefix.as_bytes());
-    let mut kv = client.kv_client();
+    let mut pages = PageSizer::new(config);
+    let mut kv = client
+        .kv_client()
+        .max_decoding_message_size(pages.response_limit());
     let mut snapshot = Snapshot::default();
     let mut start = prefix.as_bytes().to_vec();
     loop {
+        // etcd answers a range in ascending key order, which the next
+        // page's start relies on; no sort is asked for.
         let mut options = GetOptions::new()
             .with_range(end.clone())
-            .with_limit(page_size)
-            .with_sort(SortTarget::Key, SortOrder::Ascend);
+            .with_limit(pages.limit());
         if snapshot.revision > 0 {
             options = options.with_revision(snapshot.revision);
         }
-        let mut page = kv.get(start.clone(), Some(options)).await.map_err(failed)?;
+        let mut page = match kv.get(start.clone(), Some(options)).await {
+            Err(error) if is_too_large(&error) && pages.shrink() => {
+                tracing::debug!(
+                    prefix,
+                    "a metadata page was too large ({error}); asking for {} keys",
+                    pages.limit()
+                );
+                continue;
+            }
+            answer => answer.map_err(failed)?,
+        };
         if snapshot.revision == 0 {
             snapshot.revision = page.header().map_or(0, |h| h.revision());
             if snapshot.revision < min_revision {
@@ -76,6 +171,11 @@ async fn read_pages(
         let Some(last) = kvs.last() else { break };
         start = last.key().to_vec();
         start.push(0);
+        let bytes = kvs
+            .iter()
+            .map(|kv| kv.key().len() + kv.value().len())
+            .sum::<usize>();
+        pages.read(kvs.len() as u64, bytes as u64);
         for kv in kvs {
             if let Some(key) = relative_key(prefix, kv.key()) {
                 snapshot.entries.insert(key, kv.value().to_vec());
@@ -111,6 +211,51 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sizer(page_size: i64, page_bytes: u64) -> PageSizer {
+        PageSizer::new(&ReloadConfig {
+            page_size,
+            page_bytes,
+            ..ReloadConfig::default()
+        })
+    }
+
+    #[test]
+    fn pages_grow_from_a_thousand_keys_to_the_byte_target() {
+        let mut pages = sizer(100_000, 8 << 20);
+        assert_eq!(pages.limit(), FIRST_PAGE_KEYS);
+        // 1000 entries of 104 bytes (a 100-byte value, a short key): 128
+        // bytes each with the overhead, so 8 MiB holds 65536 of them.
+        pages.read(1000, 104_000);
+        assert_eq!(pages.limit(), 65_536);
+        assert_eq!(pages.response_limit(), 32 << 20);
+    }
+
+    #[test]
+    fn pages_never_ask_for_more_than_page_size_keys() {
+        let mut pages = sizer(500, 8 << 20);
+        assert_eq!(pages.limit(), 500);
+        pages.read(500, 500);
+        assert_eq!(pages.limit(), 500);
+    }
+
+    #[test]
+    fn large_values_make_small_pages_and_a_refused_page_is_halved_down_to_one_key() {
+        let mut pages = sizer(100_000, 1 << 20);
+        pages.read(3, 3 * (1 << 20));
+        assert_eq!(pages.limit(), 1);
+        assert!(!pages.shrink());
+        let mut pages = sizer(100_000, 1 << 20);
+        assert!(pages.shrink());
+        assert_eq!(pages.limit(), FIRST_PAGE_KEYS / 2);
+    }
+
+    #[test]
+    fn an_empty_page_keeps_the_first_size() {
+        let mut pages = sizer(100_000, 8 << 20);
+        pages.read(0, 0);
+        assert_eq!(pages.limit(), FIRST_PAGE_KEYS);
+    }
 
     #[test]
     fn prefix_end_covers_exactly_the_prefix() {
