@@ -26,6 +26,8 @@ const COMPACTION_ROOT_PREFIX: &str = "warm-compaction/meta/";
 const DELETES_ROOT: &str = "warm-deletes";
 const DELETES_ROOT_PREFIX: &str = "warm-deletes/meta/";
 const LOADING_ROOT: &str = "warm-loading";
+const LARGE_ROOT: &str = "warm-large";
+const LARGE_ROOT_PREFIX: &str = "warm-large/meta/";
 
 /// Waits until `role`'s copy on a node holds every change up to `revision`.
 async fn copy_reaches(role: &RoleHandle<Ledger>, what: &str, revision: i64) -> MetadataCopy {
@@ -256,6 +258,50 @@ async fn a_compaction_past_the_standbys_copy_is_read_again_while_standby() -> an
     .await;
     let entries = nodes[standby].entries(ROLE).await;
     assert_eq!(entries, etcd_entries(&client, COMPACTION_ROOT).await?);
+    shutdown_all(&mut nodes).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_too_large_for_a_first_page_of_a_thousand_keys_still_load_on_every_node()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    info!("--- seed 200 values of 64 KiB: 13 MB, three times the 4 MiB pageBytes allows");
+    let value = vec![b'x'; 64 << 10];
+    support::seed_metadata_under(&etcd, LARGE_ROOT, ROLE, 200, &value).await?;
+    let mut nodes = start_nodes(2, &[ROLE], |index| {
+        let mut config = config(&etcd, index, 10);
+        config.etcd.root_path = LARGE_ROOT.into();
+        config.reload.page_bytes = 1 << 20;
+        config
+    })
+    .await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(20)).await;
+    let standby = 1 - leader;
+    let entries = nodes[leader].entries(ROLE).await;
+    assert_eq!(entries.len(), 200);
+    assert!(entries.values().all(|seeded| seeded.len() == value.len()));
+    let copy = wait_for("the standby's copy", Duration::from_secs(20), || {
+        nodes[standby]
+            .role(ROLE)
+            .metadata_copy()
+            .filter(|copy| copy.keys == 200)
+    })
+    .await;
+    assert!(copy.revision > 0);
+    assert!(
+        logged(&["failed", LARGE_ROOT_PREFIX]).is_empty(),
+        "a read of the large values failed"
+    );
+
+    info!("--- the standby takes over with every value");
+    nodes[leader].role(ROLE).resign(RESIGN).await?;
+    wait_for("the standby to serve", Duration::from_secs(10), || {
+        serving_other_than(&nodes, ROLE, leader)
+    })
+    .await;
+    assert_eq!(nodes[standby].entries(ROLE).await, entries);
     shutdown_all(&mut nodes).await;
     Ok(())
 }

@@ -53,7 +53,7 @@ struct Args {
     quick: bool,
     /// Metadata sizes (keys of 100 bytes under the `kv` role's prefix) of
     /// the `graceful-by-size` scenario; empty to skip it.
-    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000")]
+    #[arg(long, value_delimiter = ',', default_value = "0,10000,100000,1000000")]
     sizes: Vec<usize>,
     /// Rounds of the by-size scenarios per size, warm.
     #[arg(long, default_value_t = 10)]

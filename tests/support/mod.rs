@@ -255,7 +255,9 @@ pub async fn seed_metadata_under(
     let keys: Vec<_> = (0..count)
         .map(|i| format!("{root}/meta/{role}/seed/{i:06}"))
         .collect();
-    for chunk in keys.chunks(128) {
+    // etcd refuses a request over 1.5 MiB: large values go a few to a txn.
+    let per_txn = (1_000_000 / value.len().max(1)).clamp(1, 128);
+    for chunk in keys.chunks(per_txn) {
         let ops: Vec<_> = chunk
             .iter()
             .map(|key| etcd_client::TxnOp::put(key.as_str(), value.to_vec(), None))
