@@ -30,7 +30,7 @@ campaign: deps
 # Takeover times side by side with their anchors, in one run on one etcd
 # (examples/bench/): graceful handover and coordinator crash against
 # `etcdctl elect`, kill -9 with the death witness against it off, and kill -9
-# of a host gone dark, and graceful takeover by metadata size (about 7 minutes). BENCH_ARGS="--rounds N --slow-rounds M".
+# of a host gone dark, and takeovers by metadata size up to 1M keys (about 10 minutes). BENCH_ARGS="--rounds N --slow-rounds M".
 bench: deps
 	$(CARGO) build --release --features cli --bin standin
 	$(CARGO) run --release --example bench -- $(BENCH_ARGS)
