@@ -78,6 +78,16 @@ async fn etcd_entries(
         .collect())
 }
 
+/// Resigns `ROLE` on `leader` and waits up to `deadline` until another node
+/// serves it: that node's index.
+async fn hand_over(nodes: &[TestNode], leader: usize, deadline: Duration) -> anyhow::Result<usize> {
+    nodes[leader].role(ROLE).resign(RESIGN).await?;
+    Ok(wait_for("another node to serve", deadline, || {
+        serving_other_than(nodes, ROLE, leader)
+    })
+    .await)
+}
+
 async fn write(node: &TestNode, key: &str, value: &str) {
     assert!(
         acknowledges_write(node.role(ROLE), key, value).await,
@@ -109,11 +119,7 @@ async fn a_write_acknowledged_just_before_each_handover_is_in_the_next_leaders_m
             write(&nodes[leader], &key, "acknowledged").await;
             written.push(key);
             // No pause: the write was acknowledged, the handover starts now.
-            nodes[leader].role(ROLE).resign(RESIGN).await?;
-            let next = wait_for("the peer to serve", Duration::from_secs(10), || {
-                serving_other_than(&nodes, ROLE, leader)
-            })
-            .await;
+            let next = hand_over(&nodes, leader, Duration::from_secs(10)).await?;
             let entries = nodes[next].entries(ROLE).await;
             for key in &written {
                 assert!(
@@ -175,11 +181,7 @@ async fn a_standby_cut_from_etcd_while_writes_happen_catches_up_before_it_serves
     info!("--- heal the link and hand over at once");
     proxies[standby].heal();
     let handed_over = std::time::Instant::now();
-    nodes[leader].role(ROLE).resign(RESIGN).await?;
-    wait_for("the standby to serve", Duration::from_secs(15), || {
-        serving_other_than(&nodes, ROLE, leader)
-    })
-    .await;
+    hand_over(&nodes, leader, Duration::from_secs(15)).await?;
     // Not timed: the standby's campaign backs off after the cut as well.
     info!(took = ?handed_over.elapsed(), "--- the standby serves");
     let entries = nodes[standby].entries(ROLE).await;
@@ -251,11 +253,7 @@ async fn a_compaction_past_the_standbys_copy_is_read_again_while_standby() -> an
     assert!(nodes[leader].role(ROLE).is_serving());
 
     info!("--- it takes over with every key");
-    nodes[leader].role(ROLE).resign(RESIGN).await?;
-    wait_for("the standby to serve", Duration::from_secs(10), || {
-        serving_other_than(&nodes, ROLE, leader)
-    })
-    .await;
+    hand_over(&nodes, leader, Duration::from_secs(10)).await?;
     let entries = nodes[standby].entries(ROLE).await;
     assert_eq!(entries, etcd_entries(&client, COMPACTION_ROOT).await?);
     shutdown_all(&mut nodes).await;
@@ -296,11 +294,7 @@ async fn values_too_large_for_a_first_page_of_a_thousand_keys_still_load_on_ever
     );
 
     info!("--- the standby takes over with every value");
-    nodes[leader].role(ROLE).resign(RESIGN).await?;
-    wait_for("the standby to serve", Duration::from_secs(10), || {
-        serving_other_than(&nodes, ROLE, leader)
-    })
-    .await;
+    hand_over(&nodes, leader, Duration::from_secs(10)).await?;
     assert_eq!(nodes[standby].entries(ROLE).await, entries);
     shutdown_all(&mut nodes).await;
     Ok(())
@@ -361,11 +355,7 @@ async fn deletes_reach_the_standby_even_a_100k_key_prefix_deletion_in_one_revisi
     );
 
     info!("--- the standby takes over with the one key left");
-    nodes[leader].role(ROLE).resign(RESIGN).await?;
-    wait_for("the standby to serve", Duration::from_secs(10), || {
-        serving_other_than(&nodes, ROLE, leader)
-    })
-    .await;
+    hand_over(&nodes, leader, Duration::from_secs(10)).await?;
     let entries = nodes[standby].entries(ROLE).await;
     assert_eq!(entries.keys().collect::<Vec<_>>(), ["kept"]);
     write(&nodes[standby], "after-takeover", "a").await;

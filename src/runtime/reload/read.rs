@@ -27,7 +27,7 @@ const RESPONSE_HEADROOM: u64 = 4;
 /// Pages therefore aim at `reload.pageBytes`, from the average entry read so
 /// far, up to `reload.pageSize` keys.
 #[derive(Debug, Clone)]
-pub(crate) struct PageSizer {
+struct PageSizer {
     most_keys: i64,
     target_bytes: u64,
     keys_read: u64,
@@ -36,7 +36,7 @@ pub(crate) struct PageSizer {
 }
 
 impl PageSizer {
-    pub(crate) fn new(config: &ReloadConfig) -> Self {
+    fn new(config: &ReloadConfig) -> Self {
         Self {
             most_keys: config.page_size,
             target_bytes: config.page_bytes,
@@ -47,17 +47,17 @@ impl PageSizer {
     }
 
     /// Keys the next page asks for.
-    pub(crate) fn limit(&self) -> i64 {
+    fn limit(&self) -> i64 {
         self.next
     }
 
     /// The largest response the client accepts.
-    pub(crate) fn response_limit(&self) -> usize {
+    fn response_limit(&self) -> usize {
         usize::try_from(self.target_bytes.saturating_mul(RESPONSE_HEADROOM)).unwrap_or(usize::MAX)
     }
 
     /// Takes in a page of `keys` entries totalling `bytes` of keys and values.
-    pub(crate) fn read(&mut self, keys: u64, bytes: u64) {
+    fn read(&mut self, keys: u64, bytes: u64) {
         self.keys_read += keys;
         self.bytes_read += bytes + keys * ENTRY_OVERHEAD;
         if self.keys_read > 0 {
@@ -69,7 +69,7 @@ impl PageSizer {
 
     /// After a response too large to accept: halves the next page, or
     /// `false` when it is one key already.
-    pub(crate) fn shrink(&mut self) -> bool {
+    fn shrink(&mut self) -> bool {
         if self.next == 1 {
             return false;
         }
@@ -171,16 +171,14 @@ async fn read_pages(
         let Some(last) = kvs.last() else { break };
         start = last.key().to_vec();
         start.push(0);
-        let bytes = kvs
-            .iter()
-            .map(|kv| kv.key().len() + kv.value().len())
-            .sum::<usize>();
-        pages.read(kvs.len() as u64, bytes as u64);
+        let (keys, mut bytes) = (kvs.len() as u64, 0);
         for kv in kvs {
+            bytes += (kv.key().len() + kv.value().len()) as u64;
             if let Some(key) = relative_key(prefix, kv.key()) {
                 snapshot.entries.insert(key, kv.value().to_vec());
             }
         }
+        pages.read(keys, bytes);
         faults.reload_page_read().await;
         if !more {
             break;
