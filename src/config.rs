@@ -174,6 +174,11 @@ pub struct Config {
     /// The timestamp oracle's settings. The section also takes the `tso`
     /// role's `activeStandby` switch, which is read into [`Config::roles`].
     pub tso: TsoConfig,
+    /// standin's own gRPC server (`standin run`): TLS, and who may steer the node.
+    pub server: ServerConfig,
+    /// How clients (the CLI, `RoleClient`) reach standin's gRPC servers: TLS
+    /// and the token they present, so one file configures both sides.
+    pub client: ClientConfig,
     /// Per-role settings by role name, from the top-level role sections (and
     /// `tso.activeStandby` for the `tso` role). A role without a section has
     /// the defaults: read them through [`Config::role`].
@@ -281,14 +286,45 @@ pub struct TlsConfig {
     pub domain: Option<String>,
 }
 
-/// etcd user and password.
+/// etcd user and password. The password is given one way: in the YAML
+/// (`password`), in `STANDIN_ETCD_AUTH_PASSWORD`, or in a file
+/// (`passwordFile`), which keeps it out of the config file altogether.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthConfig {
     /// The etcd user; it needs read and write access to `{rootPath}/`.
     pub user: String,
-    /// Its password.
-    pub password: String,
+    /// Its password; set this or `passwordFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A file holding the password (one trailing newline is ignored), read
+    /// each time the node connects to etcd; set this or `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// The password: `password`, or the contents of `passwordFile` without
+    /// its trailing newline.
+    pub fn password(&self) -> std::io::Result<String> {
+        match (&self.password, &self.password_file) {
+            (Some(password), _) => Ok(password.clone()),
+            (None, Some(path)) => read_secret(path),
+            (None, None) => Err(std::io::Error::other(
+                "neither etcd.auth.password nor etcd.auth.passwordFile is set",
+            )),
+        }
+    }
+}
+
+/// A secret kept in a file: its text without the line end an editor adds.
+pub(crate) fn read_secret(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .strip_suffix('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line))
+        .unwrap_or(&text)
+        .to_owned())
 }
 
 // By hand, so the password never reaches a log line that prints the config.
@@ -296,9 +332,88 @@ impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
             .field("user", &self.user)
-            .field("password", &"<redacted>")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
             .finish()
     }
+}
+
+/// standin's own gRPC server: TLS, and who may call what.
+///
+/// Without `tls`, the server talks plaintext; on an address other than
+/// loopback it then warns at start. Without `auth` credentials, `Resign`
+/// and `Faults` are answered only for callers on loopback.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// TLS on the gRPC port; `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Who may resign a role or inject faults, and whether reads need a caller too.
+    pub auth: ServerAuthConfig,
+}
+
+/// TLS on standin's gRPC port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain the server presents.
+    pub cert_file: PathBuf,
+    /// PEM private key of `certFile`.
+    pub key_file: PathBuf,
+    /// PEM CA that client certificates are checked against (mutual TLS).
+    /// Unset, clients present none.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `clientCaFile`: whether a client may connect without a
+    /// certificate (and then authenticate with a token, or only read).
+    /// `false` (the default) refuses such a client in the TLS handshake.
+    #[serde(default)]
+    pub client_cert_optional: bool,
+}
+
+/// Who may call what on standin's gRPC API.
+///
+/// `Resign` and `Faults.Inject` need an authenticated caller: a bearer token
+/// listed in `tokensFile`, or a client certificate (verified against
+/// `server.tls.clientCaFile`) whose subject is in `allowedSubjects`. With
+/// neither configured, only callers on loopback may make them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct ServerAuthConfig {
+    /// A file of bearer tokens, one `name:token` per line (`#` starts a
+    /// comment). The name is what logs and refusals show; the token never
+    /// is. Read at start, so tokens are never in the YAML itself.
+    pub tokens_file: Option<PathBuf>,
+    /// Client-certificate subjects allowed to resign and inject faults:
+    /// each matches a certificate's common name (`operator`) or its whole
+    /// subject as printed (`CN=operator, O=Example`).
+    pub allowed_subjects: Vec<String>,
+    /// Whether every call needs an authenticated caller (a listed token, or
+    /// any client certificate the CA verified), not only `Resign` and
+    /// `Faults`. `false` (the default): `Status`, `WatchLeader`, health,
+    /// `Tso` and `Kv` answer any client that passed TLS.
+    pub authenticate_reads: bool,
+}
+
+impl ServerAuthConfig {
+    /// Whether any credential is configured, so that loopback alone no
+    /// longer admits a caller.
+    pub fn has_credentials(&self) -> bool {
+        self.tokens_file.is_some() || !self.allowed_subjects.is_empty()
+    }
+}
+
+/// How clients reach standin's gRPC servers: the same `TlsConfig` shape as
+/// `etcd.tls`, and a token file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct ClientConfig {
+    /// TLS to the nodes; `None` talks plaintext. `certFile`/`keyFile` is the
+    /// client certificate for a server with `clientCaFile`.
+    pub tls: Option<TlsConfig>,
+    /// A file holding the bearer token to present (one trailing newline is
+    /// ignored): a token of a server's `server.auth.tokensFile`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// This node's identity as clients see it.
@@ -683,13 +798,15 @@ impl Config {
 
 /// The config sections, the top-level keys that are not role names; one per
 /// field of [`Config`] (a unit test holds them in step).
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 8] = [
     "etcd",
     "node",
     "session",
     "coordinator",
     "reload",
     TSO_SECTION,
+    "server",
+    "client",
 ];
 
 /// The section of the timestamp oracle's settings, and the name of its role.
@@ -1089,7 +1206,8 @@ mod tests {
         config.etcd.connect_attempts = 0;
         config.etcd.auth = Some(AuthConfig {
             user: "root".into(),
-            password: "007".into(),
+            password: Some("007".into()),
+            password_file: None,
         });
         for role in ["rootcoord", "tso"] {
             config.roles.insert(
@@ -1118,7 +1236,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.etcd.root_path, "2024");
         let auth = config.etcd.auth.unwrap();
-        assert_eq!((auth.user.as_str(), auth.password.as_str()), ("42", "0123"));
+        assert_eq!(
+            (auth.user.as_str(), auth.password.as_deref()),
+            ("42", Some("0123"))
+        );
     }
 
     #[test]
@@ -1130,19 +1251,50 @@ mod tests {
         assert_eq!(config.etcd.connect_attempts, 0);
         let auth = config.etcd.auth.clone().unwrap();
         assert_eq!(auth.user, "root");
-        assert_eq!(auth.password, "secret");
+        assert_eq!(auth.password.as_deref(), Some("secret"));
         let shown = format!("{config:?}");
         assert!(!shown.contains("secret"), "{shown}");
 
-        let (key, message) = parse_error("etcd:\n  auth:\n    user: root\n");
-        assert_eq!(key, "etcd.auth");
-        assert!(message.starts_with("missing field `password`"), "{message}");
+        let err = Config::from_yaml_str("etcd:\n  auth:\n    user: root\n").unwrap_err();
+        assert!(
+            err.to_string().contains("etcd.auth.password")
+                && err.to_string().contains("passwordFile"),
+            "{err}"
+        );
 
         let mut config = Config::default();
         config.etcd.auth = Some(AuthConfig {
             user: " ".into(),
-            password: "x".into(),
+            password: Some("x".into()),
+            password_file: None,
         });
         rejected(&config, "etcd.auth.user");
+    }
+
+    #[test]
+    fn the_etcd_password_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let text = format!(
+            "etcd:\n  auth:\n    user: root\n    passwordFile: {}\n",
+            file.display()
+        );
+        let config = Config::from_yaml_str(&text).unwrap();
+        let auth = config.etcd.auth.clone().unwrap();
+        assert_eq!(auth.password().unwrap(), "s3cret");
+        assert!(!format!("{config:?}").contains("s3cret"));
+
+        let both = format!("{text}    password: other\n");
+        let err = Config::from_yaml_str(&both).unwrap_err();
+        assert!(err.to_string().contains("etcd.auth.passwordFile"), "{err}");
+        assert!(!err.to_string().contains("other"), "{err}");
+
+        let missing = text.replace("password\n", "absent\n");
+        let err = Config::from_yaml_str(&missing).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::FileUnreadable { key: "etcd.auth.passwordFile", .. }),
+            "{err}"
+        );
     }
 }

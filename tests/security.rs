@@ -106,10 +106,29 @@ async fn with_auth_a_node_with_the_password_serves_and_a_wrong_one_is_refused() 
     )
     .await;
 
+    info!("--- the password may come from a file instead, kept out of the config");
+    let secrets = tempfile::tempdir()?;
+    let password_file = secrets.path().join("etcd-password");
+    let mut from_file = authenticated.clone();
+    from_file.node.address = Some("127.0.0.1:20002".into());
+    if let Some(auth) = from_file.etcd.auth.as_mut() {
+        std::fs::write(&password_file, format!("{}\n", auth.password.take().unwrap()))?;
+        auth.password_file = Some(password_file);
+    }
+    from_file.validate()?;
+    let mut file_node = TestNode::start(from_file, &[ROLE], false).await?;
+    wait_for(
+        "the node with a password file to join as a standby",
+        Duration::from_secs(10),
+        || (file_node.role(ROLE).status().state == standin::RoleState::Standby).then_some(()),
+    )
+    .await;
+    file_node.shutdown().await;
+
     info!("--- a wrong password fails the start at once, saying authentication failed");
     let mut wrong = authenticated.clone();
     if let Some(auth) = wrong.etcd.auth.as_mut() {
-        auth.password = "wrong".into();
+        auth.password = Some("wrong".into());
     }
     let started = Instant::now();
     let error = refused_start(wrong).await;
@@ -160,7 +179,7 @@ async fn client_without_refresh(etcd: &EtcdServer) -> anyhow::Result<etcd_client
     let auth = etcd.auth_config().expect("auth is on");
     let options = etcd_client::ConnectOptions::new()
         .with_timeout(Duration::from_secs(5))
-        .with_user(auth.user, auth.password);
+        .with_user(auth.user, auth.password.expect("the kit sets the password"));
     Ok(etcd_client::Client::connect([etcd.url()], Some(options)).await?)
 }
 

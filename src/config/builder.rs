@@ -57,7 +57,8 @@ impl ConfigBuilder {
     pub fn auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
         self.config.etcd.auth = Some(AuthConfig {
             user: user.into(),
-            password: password.into(),
+            password: Some(password.into()),
+            password_file: None,
         });
         self
     }

@@ -7,7 +7,8 @@ use serde_norway::{Mapping, Value};
 
 use super::locate::{Override, Seg, plain_scalar, raw_scalar};
 use super::{
-    ACTIVE_STANDBY, AuthConfig, Config, ConfigError, RoleConfig, SECTIONS, TSO_SECTION, TlsConfig,
+    ACTIVE_STANDBY, AuthConfig, Config, ConfigError, RoleConfig, SECTIONS, ServerTlsConfig, TSO_SECTION,
+    TlsConfig,
 };
 
 /// Every key a config can have, each with a value of its type: the
@@ -35,8 +36,18 @@ impl Schema {
         });
         full.etcd.auth = Some(AuthConfig {
             user: "user".into(),
-            password: "password".into(),
+            password: Some("password".into()),
+            password_file: Some("password.txt".into()),
         });
+        full.server.tls = Some(ServerTlsConfig {
+            cert_file: "server.pem".into(),
+            key_file: "server-key.pem".into(),
+            client_ca_file: Some("client-ca.pem".into()),
+            client_cert_optional: false,
+        });
+        full.server.auth.tokens_file = Some("tokens".into());
+        full.client.tls = full.etcd.tls.clone();
+        full.client.token_file = Some("token".into());
         full.node.address = Some(super::DEFAULT_NODE_ADDRESS.to_owned());
         full.node.witness_address = Some("127.0.0.1:0".to_owned());
         full.node.witness_advertised_address = Some("127.0.0.1:1".to_owned());
@@ -364,8 +375,8 @@ mod tests {
         assert_eq!(config.etcd.connect_attempts, 0);
         let auth = config.etcd.auth.unwrap();
         assert_eq!(
-            (auth.user.as_str(), auth.password.as_str()),
-            ("root", "0123")
+            (auth.user.as_str(), auth.password.as_deref()),
+            ("root", Some("0123"))
         );
         assert_eq!(config.reload.page_size, 7);
         assert_eq!(config.tso.max_count, 9);

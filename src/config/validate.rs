@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use humantime_serde::re::humantime;
 
-use super::{BackoffConfig, Config, ConfigError, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL, PAGE_BYTES};
+use super::{
+    BackoffConfig, Config, ConfigError, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL, PAGE_BYTES, TlsConfig,
+};
 
 impl Config {
     /// Rejects values that parse but cannot work; the error names the first
@@ -16,6 +18,8 @@ impl Config {
         self.validate_session()?;
         self.validate_coordinator()?;
         self.validate_reload()?;
+        self.validate_server()?;
+        self.validate_client()?;
         self.tso.validate()
     }
 
@@ -67,14 +71,32 @@ impl Config {
 
     fn validate_etcd_security(&self) -> Result<(), ConfigError> {
         let etcd = &self.etcd;
-        if let Some(auth) = &etcd.auth
-            && auth.user.trim().is_empty()
-        {
-            return Err(invalid(
-                "etcd.auth.user",
-                format!("{:?}", auth.user),
-                "must not be empty: etcd authenticates a named user",
-            ));
+        if let Some(auth) = &etcd.auth {
+            if auth.user.trim().is_empty() {
+                return Err(invalid(
+                    "etcd.auth.user",
+                    format!("{:?}", auth.user),
+                    "must not be empty: etcd authenticates a named user",
+                ));
+            }
+            match (&auth.password, &auth.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "etcd.auth.passwordFile",
+                        "<set>",
+                        "must not be set with etcd.auth.password: say the password one way",
+                    ));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "etcd.auth.password",
+                        "~",
+                        "must be set, or etcd.auth.passwordFile (or STANDIN_ETCD_AUTH_PASSWORD)",
+                    ));
+                }
+                (None, Some(file)) => readable_file("etcd.auth.passwordFile", file)?,
+                (Some(_), None) => {}
+            }
         }
         let Some(tls) = &etcd.tls else {
             if let Some(https) = etcd.endpoints.iter().find(|e| e.starts_with("https://")) {
@@ -98,38 +120,57 @@ impl Config {
                 ),
             ));
         }
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(_), None) => {
-                return Err(invalid(
-                    "etcd.tls.keyFile",
-                    "~",
-                    "must be set with etcd.tls.certFile: a client certificate is useless without its key",
-                ));
+        validate_tls(tls, &ETCD_TLS)
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.server.tls {
+            readable_file("server.tls.certFile", &tls.cert_file)?;
+            readable_file("server.tls.keyFile", &tls.key_file)?;
+            match &tls.client_ca_file {
+                Some(ca) => readable_file("server.tls.clientCaFile", ca)?,
+                None if tls.client_cert_optional => {
+                    return Err(invalid(
+                        "server.tls.clientCertOptional",
+                        "true",
+                        "needs server.tls.clientCaFile: without it no client presents a certificate",
+                    ));
+                }
+                None => {}
             }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "etcd.tls.certFile",
-                    "~",
-                    "must be set with etcd.tls.keyFile: a key is useless without its certificate",
-                ));
-            }
-            _ => {}
         }
-        if let Some(domain) = &tls.domain
-            && domain.trim().is_empty()
-        {
+        let auth = &self.server.auth;
+        if let Some(tokens) = &auth.tokens_file {
+            readable_file("server.auth.tokensFile", tokens)?;
+        }
+        if let Some(blank) = auth.allowed_subjects.iter().find(|s| s.trim().is_empty()) {
             return Err(invalid(
-                "etcd.tls.domain",
-                "\"\"",
-                "must not be empty: leave it out to check the endpoint's own host name",
+                "server.auth.allowedSubjects",
+                format!("{blank:?}"),
+                "must not contain an empty subject",
             ));
         }
-        readable_file("etcd.tls.caFile", &tls.ca_file)?;
-        if let Some(cert) = &tls.cert_file {
-            readable_file("etcd.tls.certFile", cert)?;
+        let verifies_clients = self
+            .server
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca_file.is_some());
+        if !auth.allowed_subjects.is_empty() && !verifies_clients {
+            return Err(invalid(
+                "server.auth.allowedSubjects",
+                format!("{:?}", auth.allowed_subjects),
+                "needs server.tls.clientCaFile: without it no client certificate is verified",
+            ));
         }
-        if let Some(key) = &tls.key_file {
-            readable_file("etcd.tls.keyFile", key)?;
+        Ok(())
+    }
+
+    fn validate_client(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.client.tls {
+            validate_tls(tls, &CLIENT_TLS)?;
+        }
+        if let Some(token) = &self.client.token_file {
+            readable_file("client.tokenFile", token)?;
         }
         Ok(())
     }
@@ -347,6 +388,73 @@ fn validate_backoff(
                 show(backoff.initial)
             ),
         ));
+    }
+    Ok(())
+}
+
+/// The keys of a `TlsConfig`, wherever it sits.
+struct TlsKeys {
+    cert: &'static str,
+    key: &'static str,
+    ca: &'static str,
+    domain: &'static str,
+}
+
+const ETCD_TLS: TlsKeys = TlsKeys {
+    cert: "etcd.tls.certFile",
+    key: "etcd.tls.keyFile",
+    ca: "etcd.tls.caFile",
+    domain: "etcd.tls.domain",
+};
+
+const CLIENT_TLS: TlsKeys = TlsKeys {
+    cert: "client.tls.certFile",
+    key: "client.tls.keyFile",
+    ca: "client.tls.caFile",
+    domain: "client.tls.domain",
+};
+
+/// A client's TLS settings: the certificate and key in pairs, a domain not
+/// blank, every file readable.
+fn validate_tls(tls: &TlsConfig, keys: &TlsKeys) -> Result<(), ConfigError> {
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(_), None) => {
+            return Err(invalid(
+                keys.key,
+                "~",
+                format!(
+                    "must be set with {}: a client certificate is useless without its key",
+                    keys.cert
+                ),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                keys.cert,
+                "~",
+                format!(
+                    "must be set with {}: a key is useless without its certificate",
+                    keys.key
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(domain) = &tls.domain
+        && domain.trim().is_empty()
+    {
+        return Err(invalid(
+            keys.domain,
+            "\"\"",
+            "must not be empty: leave it out to check the endpoint's own host name",
+        ));
+    }
+    readable_file(keys.ca, &tls.ca_file)?;
+    if let Some(cert) = &tls.cert_file {
+        readable_file(keys.cert, cert)?;
+    }
+    if let Some(key) = &tls.key_file {
+        readable_file(keys.key, key)?;
     }
     Ok(())
 }

@@ -52,9 +52,9 @@ pub enum EtcdError {
         #[source]
         source: etcd_client::Error,
     },
-    /// A TLS file could not be read when the client was built.
+    /// A TLS or password file could not be read when the client was built.
     #[error("config key `{key}`: cannot read {path}: {source}")]
-    TlsFileUnreadable {
+    FileUnreadable {
         /// The config key naming the file (`etcd.tls.caFile`).
         key: &'static str,
         /// The file.
@@ -70,7 +70,7 @@ impl EtcdError {
     fn is_permanent(&self) -> bool {
         matches!(
             self,
-            EtcdError::AuthFailed { .. } | EtcdError::TlsFileUnreadable { .. }
+            EtcdError::AuthFailed { .. } | EtcdError::FileUnreadable { .. }
         )
     }
 }
@@ -108,8 +108,13 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
         // keepalives and watches are streams, which do not use the token.
         // Without the refresh every call after that fails with "invalid auth
         // token", so the standby could never take over (the Milvus failure).
+        let password = auth.password().map_err(|source| EtcdError::FileUnreadable {
+            key: "etcd.auth.passwordFile",
+            path: auth.password_file.clone().unwrap_or_default(),
+            source,
+        })?;
         options = options
-            .with_user(auth.user.as_str(), auth.password.as_str())
+            .with_user(auth.user.as_str(), password)
             .with_auto_token_refresh(true);
     }
     let endpoints: Vec<_> = config
@@ -176,7 +181,7 @@ pub(crate) fn endpoint_url(endpoint: &str, tls: bool) -> String {
 
 fn tls_options(tls: &TlsConfig) -> Result<TlsOptions, EtcdError> {
     let read = |key, path: &Path| {
-        std::fs::read(path).map_err(|source| EtcdError::TlsFileUnreadable {
+        std::fs::read(path).map_err(|source| EtcdError::FileUnreadable {
             key,
             path: path.to_owned(),
             source,

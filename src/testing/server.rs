@@ -401,7 +401,8 @@ impl EtcdServer {
         self.etcdctl(&["auth", "enable"])?;
         self.auth = Some(AuthConfig {
             user: "root".to_owned(),
-            password: password.to_owned(),
+            password: Some(password.to_owned()),
+            password_file: None,
         });
         Ok(())
     }
@@ -431,7 +432,10 @@ impl EtcdServer {
             // The password apart, so one with a ':' is not cut.
             command
                 .arg(format!("--user={}", auth.user))
-                .arg(format!("--password={}", auth.password));
+                .arg(format!(
+                    "--password={}",
+                    auth.password.as_deref().unwrap_or_default()
+                ));
         }
         command.args(args).stdin(Stdio::null());
         command
