@@ -45,6 +45,13 @@ pub const DEATH_WITNESS_REVOKES: &str = "standin_death_witness_revokes_total";
 /// Histogram: seconds from losing the connection to a leader's witness to
 /// having revoked its leases.
 pub const DEATH_WITNESS_REVOKE_SECONDS: &str = "standin_death_witness_revoke_seconds";
+/// Counter, labels `role` and `outcome` (`resigned`, `not_leader`,
+/// `unavailable`): `Resign` calls this node answered. Who asked is in the
+/// log line, not a label: callers are unbounded.
+pub const RESIGN_REQUESTS: &str = "standin_resign_requests_total";
+/// Counter, label `code` (`unauthenticated`, `permission_denied`): gRPC
+/// calls the server's auth refused.
+pub const API_CALLS_REFUSED: &str = "standin_api_calls_refused_total";
 
 /// Every value of the `state` label of [`ROLE_STATE`]: a series is kept for
 /// each, so a state the role left reads 0 instead of keeping its old 1.
@@ -156,6 +163,16 @@ pub fn describe() {
         DEATH_WITNESS_REVOKE_SECONDS,
         Unit::Seconds,
         "Time from losing the connection to a leader's death witness to having revoked its leases."
+    );
+    metrics::describe_counter!(
+        RESIGN_REQUESTS,
+        Unit::Count,
+        "Resign calls this node answered, by role and outcome."
+    );
+    metrics::describe_counter!(
+        API_CALLS_REFUSED,
+        Unit::Count,
+        "gRPC calls refused by the server's authentication or authorization, by status code."
     );
 }
 

@@ -1,5 +1,6 @@
 //! standin's gRPC API: the generated code, and the conversions between it and the runtime's types.
 
+pub mod auth;
 pub mod coordination;
 #[cfg(feature = "fault-injection")]
 pub mod faults;

@@ -1,0 +1,621 @@
+//! Who may call what on standin's gRPC server: TLS from config, bearer tokens from a file, client-certificate subjects, and a tower layer that refuses the rest.
+//!
+//! `Resign` and `Faults` steer the cluster, so they need an authenticated
+//! caller: a token listed in `server.auth.tokensFile`, or a client
+//! certificate whose subject is in `server.auth.allowedSubjects`. With
+//! neither configured, only loopback callers may make them. Every other
+//! call answers any client that passed TLS, unless
+//! `server.auth.authenticateReads` asks for a caller there too.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig as TonicTlsConfig};
+use tower::{Layer, Service};
+
+use crate::config::{ServerAuthConfig, ServerConfig};
+
+/// The calls that steer a node, by gRPC path prefix.
+const PRIVILEGED: &[&str] = &["/standin.v1.Coordination/Resign", "/standin.v1.Faults/"];
+
+/// Failures building the server's TLS and auth from config.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A file the `server` section names could not be read.
+    #[error("config key `{key}`: cannot read {path}: {source}")]
+    FileUnreadable {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line of the tokens file is not `name:token`; the error names the
+    /// line but never shows its text, which may hold a token.
+    #[error("{path} line {line}: {problem} (each line is `name:token`; `#` starts a comment)")]
+    TokensFileMalformed {
+        /// The tokens file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+}
+
+/// The bearer tokens of `server.auth.tokensFile`, by the name logs show.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    entries: Vec<(String, Vec<u8>)>,
+}
+
+// By hand: the names may show, the tokens never.
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Tokens {
+    /// Reads a tokens file: one `name:token` per line, blank lines and
+    /// lines starting with `#` skipped, names and tokens unique.
+    pub fn load(path: &Path) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::FileUnreadable {
+            key: "server.auth.tokensFile",
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|(line, problem)| AuthError::TokensFileMalformed {
+            path: path.to_owned(),
+            line,
+            problem,
+        })
+    }
+
+    /// Parses a tokens file's text; an error is the line number and what is wrong.
+    pub fn parse(text: &str) -> Result<Self, (usize, &'static str)> {
+        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = index + 1;
+            let Some((name, token)) = line.split_once(':') else {
+                return Err((at, "no `:` between the name and the token"));
+            };
+            let (name, token) = (name.trim(), token.trim());
+            if name.is_empty() {
+                return Err((at, "the name is empty"));
+            }
+            if token.is_empty() {
+                return Err((at, "the token is empty"));
+            }
+            if entries.iter().any(|(known, _)| known == name) {
+                return Err((at, "the name is listed twice"));
+            }
+            if entries.iter().any(|(_, known)| known == token.as_bytes()) {
+                return Err((at, "the token is listed twice"));
+            }
+            entries.push((name.to_owned(), token.as_bytes().to_vec()));
+        }
+        Ok(Self { entries })
+    }
+
+    /// Whether the file listed no token.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The name of `token`, compared in constant time with every entry so
+    /// that timing does not tell how much of a guess was right.
+    fn name_of(&self, token: &[u8]) -> Option<&str> {
+        let mut found = None;
+        for (name, known) in &self.entries {
+            if constant_time_eq(known, token) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Who made an accepted call, as logs show it. The layer puts it in the
+/// request's extensions, so a service can say who asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A bearer token of the tokens file, by its name.
+    Token {
+        /// The token's name.
+        name: String,
+    },
+    /// A client certificate the CA verified, by its subject.
+    Certificate {
+        /// The certificate's subject.
+        subject: String,
+    },
+    /// No credential; the peer's address, when known.
+    Anonymous {
+        /// The peer.
+        peer: Option<SocketAddr>,
+    },
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Token { name } => write!(f, "token {name:?}"),
+            Caller::Certificate { subject } => write!(f, "certificate {subject:?}"),
+            Caller::Anonymous { peer: Some(peer) } => write!(f, "anonymous peer {peer}"),
+            Caller::Anonymous { peer: None } => write!(f, "anonymous peer"),
+        }
+    }
+}
+
+/// What a request brings to be judged by: read off the connection and headers.
+#[derive(Debug, Clone, Default)]
+pub struct Presented {
+    /// The TCP peer.
+    pub peer: Option<SocketAddr>,
+    /// The verified client certificate's common name and full subject.
+    pub certificate: Option<Subject>,
+    /// The `authorization` header, as sent.
+    pub authorization: Option<Vec<u8>>,
+}
+
+/// A client certificate's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    /// Its common name, when it has one.
+    pub common_name: Option<String>,
+    /// The whole subject as printed (`CN=operator, O=Example`).
+    pub full: String,
+}
+
+/// The rules one server applies.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    tokens: Tokens,
+    allowed_subjects: Vec<String>,
+    authenticate_reads: bool,
+    privileged: Vec<String>,
+}
+
+impl Policy {
+    /// The policy of `server.auth`, the tokens file read.
+    pub fn from_config(auth: &ServerAuthConfig) -> Result<Self, AuthError> {
+        let tokens = match &auth.tokens_file {
+            Some(path) => Tokens::load(path)?,
+            None => Tokens::default(),
+        };
+        Ok(Self::new(
+            tokens,
+            auth.allowed_subjects.clone(),
+            auth.authenticate_reads,
+        ))
+    }
+
+    /// A policy from its parts.
+    pub fn new(tokens: Tokens, allowed_subjects: Vec<String>, authenticate_reads: bool) -> Self {
+        Self {
+            tokens,
+            allowed_subjects,
+            authenticate_reads,
+            privileged: PRIVILEGED.iter().map(|p| (*p).to_owned()).collect(),
+        }
+    }
+
+    /// Also treats calls whose path starts with `prefix`
+    /// (`/my.pkg.Admin/`) as steering: for an embedder's own services.
+    pub fn privileged(mut self, prefix: impl Into<String>) -> Self {
+        self.privileged.push(prefix.into());
+        self
+    }
+
+    /// Whether any credential is configured; without one, loopback callers
+    /// may steer and nobody else may.
+    fn has_credentials(&self) -> bool {
+        !self.tokens.is_empty() || !self.allowed_subjects.is_empty()
+    }
+
+    fn is_privileged(&self, path: &str) -> bool {
+        self.privileged.iter().any(|prefix| path.starts_with(prefix))
+    }
+
+    fn allows(&self, subject: &Subject) -> bool {
+        self.allowed_subjects.iter().any(|allowed| {
+            subject.common_name.as_deref() == Some(allowed.as_str()) || subject.full == *allowed
+        })
+    }
+
+    /// Judges a call to `path`: who made it, or the refusal to send.
+    pub fn judge(&self, path: &str, presented: &Presented) -> Result<Caller, Status> {
+        let privileged = self.is_privileged(path);
+        if let Some(header) = &presented.authorization {
+            let Some(token) = bearer(header) else {
+                return Err(Status::unauthenticated(
+                    "the authorization header is not `Bearer <token>`",
+                ));
+            };
+            if self.tokens.is_empty() {
+                return Err(Status::unauthenticated(
+                    "this node accepts no bearer tokens (server.auth.tokensFile is not set)",
+                ));
+            }
+            return match self.tokens.name_of(token) {
+                Some(name) => Ok(Caller::Token {
+                    name: name.to_owned(),
+                }),
+                None => Err(Status::unauthenticated(
+                    "the bearer token is not one of server.auth.tokensFile's",
+                )),
+            };
+        }
+        if let Some(subject) = &presented.certificate {
+            if !privileged || self.allows(subject) {
+                return Ok(Caller::Certificate {
+                    subject: subject.full.clone(),
+                });
+            }
+            // Without credentials configured, a certificate counts for as
+            // little as none: the loopback rule below decides.
+            if self.has_credentials() {
+                return Err(Status::permission_denied(format!(
+                    "{path} needs a certificate subject listed in server.auth.allowedSubjects; \
+                     {:?} is not",
+                    subject.full
+                )));
+            }
+        }
+        let anonymous = Caller::Anonymous {
+            peer: presented.peer,
+        };
+        if privileged {
+            if !self.has_credentials() && presented.peer.is_some_and(|p| p.ip().is_loopback()) {
+                return Ok(anonymous);
+            }
+            let why = if self.has_credentials() {
+                "send a bearer token of server.auth.tokensFile, or a client certificate \
+                 listed in server.auth.allowedSubjects"
+            } else {
+                "this node has no server.auth credentials, so only callers on loopback may"
+            };
+            return Err(Status::unauthenticated(format!(
+                "{path} needs an authenticated caller: {why}"
+            )));
+        }
+        if self.authenticate_reads {
+            return Err(Status::unauthenticated(format!(
+                "{path} needs an authenticated caller (server.auth.authenticateReads): send a \
+                 bearer token or a client certificate"
+            )));
+        }
+        Ok(anonymous)
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer(header: &[u8]) -> Option<&[u8]> {
+    let scheme = header.get(..7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = header[7..].trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// tonic's TLS settings for `server.tls`, the files read; `None` for plaintext.
+pub fn server_tls(config: &ServerConfig) -> Result<Option<TonicTlsConfig>, AuthError> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let read = |key, path: &Path| {
+        std::fs::read(path).map_err(|source| AuthError::FileUnreadable {
+            key,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let identity = Identity::from_pem(
+        read("server.tls.certFile", &tls.cert_file)?,
+        read("server.tls.keyFile", &tls.key_file)?,
+    );
+    // A client that connects and never finishes its handshake must not
+    // hold a slot for long.
+    let mut settings = TonicTlsConfig::new()
+        .identity(identity)
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(ca) = &tls.client_ca_file {
+        settings = settings
+            .client_ca_root(Certificate::from_pem(read("server.tls.clientCaFile", ca)?))
+            .client_auth_optional(tls.client_cert_optional);
+    }
+    Ok(Some(settings))
+}
+
+/// Reads what a request presents: its peer and verified certificate from
+/// the connection tonic recorded, its token from the headers.
+fn presented<B>(request: &Request<B>) -> Presented {
+    let extensions = request.extensions();
+    let (peer, certificate) = match extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        Some(tls) => (
+            tls.get_ref().remote_addr(),
+            tls.peer_certs()
+                .and_then(|certs| certs.first().and_then(|der| subject(der.as_ref()))),
+        ),
+        None => (
+            extensions
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr),
+            None,
+        ),
+    };
+    Presented {
+        peer,
+        certificate,
+        authorization: authorization(request.headers()),
+    }
+}
+
+fn authorization(headers: &HeaderMap) -> Option<Vec<u8>> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .map(|value| value.as_bytes().to_vec())
+}
+
+/// The subject of a DER certificate; `None` when it does not parse (the
+/// TLS layer verified it, so that does not happen in practice).
+fn subject(der: &[u8]) -> Option<Subject> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = certificate.subject();
+    Some(Subject {
+        common_name: name
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        full: name.to_string(),
+    })
+}
+
+/// Refuses calls the [`Policy`] does not allow, with a log line naming the
+/// peer; puts the [`Caller`] of an accepted call in its extensions.
+#[derive(Clone)]
+pub struct AuthLayer {
+    policy: Arc<Policy>,
+}
+
+impl AuthLayer {
+    /// A layer applying `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorized {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// A service behind an [`AuthLayer`].
+#[derive(Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Authorized<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let presented = presented(&request);
+        let path = request.uri().path().to_owned();
+        match self.policy.judge(&path, &presented) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(request))
+            }
+            Err(status) => {
+                let peer = presented
+                    .peer
+                    .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+                let certificate = presented.certificate.as_ref().map(|s| s.full.as_str());
+                tracing::warn!(
+                    %peer,
+                    certificate,
+                    code = ?status.code(),
+                    "refused {path}: {}",
+                    status.message()
+                );
+                metrics::counter!(
+                    crate::telemetry::API_CALLS_REFUSED,
+                    "code" => code_label(status.code())
+                )
+                .increment(1);
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission_denied",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESIGN: &str = "/standin.v1.Coordination/Resign";
+    const STATUS: &str = "/standin.v1.Coordination/Status";
+    const INJECT: &str = "/standin.v1.Faults/Inject";
+
+    fn tokens() -> Tokens {
+        Tokens::parse("# operators\nalice: s3cret\n\nci:other-token\n").unwrap()
+    }
+
+    fn peer(address: &str) -> Option<SocketAddr> {
+        Some(address.parse().unwrap())
+    }
+
+    fn with_token(token: &str) -> Presented {
+        Presented {
+            peer: peer("10.0.0.9:5000"),
+            authorization: Some(format!("Bearer {token}").into_bytes()),
+            ..Presented::default()
+        }
+    }
+
+    fn with_certificate(cn: &str) -> Presented {
+        Presented {
+            peer: peer("10.0.0.9:5000"),
+            certificate: Some(Subject {
+                common_name: Some(cn.to_owned()),
+                full: format!("CN={cn}, O=Example"),
+            }),
+            ..Presented::default()
+        }
+    }
+
+    #[test]
+    fn tokens_files_name_the_bad_line_and_never_show_it() {
+        assert_eq!(tokens().entries.len(), 2);
+        assert_eq!(tokens().name_of(b"s3cret"), Some("alice"));
+        assert_eq!(tokens().name_of(b"s3cre"), None);
+        for (text, line, problem) in [
+            ("alice\n", 1, "no `:`"),
+            ("# c\n:tok\n", 2, "name is empty"),
+            ("a:\n", 1, "token is empty"),
+            ("a:x\na:y\n", 2, "name is listed twice"),
+            ("a:x\nb:x\n", 2, "token is listed twice"),
+        ] {
+            let (at, why) = Tokens::parse(text).unwrap_err();
+            assert_eq!(at, line, "{text:?}");
+            assert!(why.contains(problem), "{text:?}: {why}");
+        }
+        let shown = format!("{:?}", tokens());
+        assert!(shown.contains("alice") && !shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn a_listed_token_steers_and_a_wrong_or_missing_one_is_refused() {
+        let policy = Policy::new(tokens(), vec![], false);
+        assert_eq!(
+            policy.judge(RESIGN, &with_token("s3cret")).unwrap(),
+            Caller::Token {
+                name: "alice".into()
+            }
+        );
+        let wrong = policy.judge(RESIGN, &with_token("guess")).unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        assert!(!wrong.message().contains("guess"), "{}", wrong.message());
+        let none = policy
+            .judge(INJECT, &Presented {
+                peer: peer("127.0.0.1:5000"),
+                ..Presented::default()
+            })
+            .unwrap_err();
+        assert_eq!(none.code(), tonic::Code::Unauthenticated);
+        assert!(none.message().contains("tokensFile"), "{}", none.message());
+        // Reads stay open, but a wrong token is still refused: the client is misconfigured.
+        assert!(policy.judge(STATUS, &Presented::default()).is_ok());
+        assert!(policy.judge(STATUS, &with_token("guess")).is_err());
+        let malformed = Presented {
+            authorization: Some(b"Basic abc".to_vec()),
+            ..Presented::default()
+        };
+        assert!(policy.judge(STATUS, &malformed).is_err());
+    }
+
+    #[test]
+    fn only_allowed_certificate_subjects_steer() {
+        let policy = Policy::new(Tokens::default(), vec!["operator".into()], false);
+        assert!(policy.judge(RESIGN, &with_certificate("operator")).is_ok());
+        let refused = policy.judge(RESIGN, &with_certificate("intruder")).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("CN=intruder"), "{}", refused.message());
+        // Any verified certificate may read.
+        assert!(policy.judge(STATUS, &with_certificate("intruder")).is_ok());
+        // The whole subject matches too.
+        let by_subject = Policy::new(Tokens::default(), vec!["CN=ci, O=Example".into()], false);
+        assert!(by_subject.judge(RESIGN, &with_certificate("ci")).is_ok());
+    }
+
+    #[test]
+    fn without_credentials_only_loopback_steers() {
+        let open = Policy::new(Tokens::default(), vec![], false);
+        let local = Presented {
+            peer: peer("127.0.0.1:5000"),
+            ..Presented::default()
+        };
+        let remote = Presented {
+            peer: peer("192.0.2.1:5000"),
+            ..Presented::default()
+        };
+        assert!(open.judge(RESIGN, &local).is_ok());
+        let refused = open.judge(RESIGN, &remote).unwrap_err();
+        assert!(refused.message().contains("loopback"), "{}", refused.message());
+        assert!(open.judge(STATUS, &remote).is_ok());
+        // A token sent to a node that has none is refused, not ignored.
+        assert!(open.judge(STATUS, &with_token("x")).is_err());
+    }
+
+    #[test]
+    fn authenticated_reads_need_a_caller_everywhere() {
+        let strict = Policy::new(tokens(), vec![], true);
+        assert!(strict.judge(STATUS, &Presented::default()).is_err());
+        assert!(strict.judge(STATUS, &with_token("other-token")).is_ok());
+        assert!(strict.judge(STATUS, &with_certificate("anyone")).is_ok());
+    }
+
+    #[test]
+    fn an_embedders_prefix_can_be_privileged() {
+        let policy = Policy::new(tokens(), vec![], false).privileged("/my.Admin/");
+        assert!(policy.judge("/my.Admin/Drain", &Presented::default()).is_err());
+        assert!(policy.judge("/my.Admin/Drain", &with_token("s3cret")).is_ok());
+    }
+}
