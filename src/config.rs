@@ -317,6 +317,62 @@ impl AuthConfig {
     }
 }
 
+/// The bytes of a file the config names at `key`; the error names the key.
+pub(crate) fn read_named_file(key: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::FileUnreadable {
+        key,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The keys of a [`TlsConfig`], wherever it sits.
+pub(crate) struct TlsKeys {
+    pub(crate) cert: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) ca: &'static str,
+    pub(crate) domain: &'static str,
+}
+
+/// The keys of `etcd.tls`.
+pub(crate) const ETCD_TLS: TlsKeys = TlsKeys {
+    cert: "etcd.tls.certFile",
+    key: "etcd.tls.keyFile",
+    ca: "etcd.tls.caFile",
+    domain: "etcd.tls.domain",
+};
+
+/// The keys of `client.tls`.
+pub(crate) const CLIENT_TLS: TlsKeys = TlsKeys {
+    cert: "client.tls.certFile",
+    key: "client.tls.keyFile",
+    ca: "client.tls.caFile",
+    domain: "client.tls.domain",
+};
+
+impl TlsConfig {
+    /// tonic's client TLS settings, the files read; errors name the keys
+    /// of the section this sits in.
+    pub(crate) fn client_tls(
+        &self,
+        keys: &TlsKeys,
+    ) -> Result<tonic::transport::ClientTlsConfig, ConfigError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let ca = Certificate::from_pem(read_named_file(keys.ca, &self.ca_file)?);
+        let mut settings = ClientTlsConfig::new().ca_certificate(ca);
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            settings = settings.identity(Identity::from_pem(
+                read_named_file(keys.cert, cert)?,
+                read_named_file(keys.key, key)?,
+            ));
+        }
+        if let Some(domain) = &self.domain {
+            settings = settings.domain_name(domain.as_str());
+        }
+        Ok(settings)
+    }
+}
+
 /// A secret kept in a file: its text without the line end an editor adds.
 pub(crate) fn read_secret(path: &Path) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;

@@ -1,11 +1,14 @@
 //! The service layer (cargo feature `grpc`): standin's gRPC API, a routing layer for your own tonic services, clients that follow the leader, and the built-in `tso` and `kv` roles.
 
 pub mod client;
+pub mod connect;
 pub mod grpc;
 pub mod kv;
 pub mod tso;
 
 pub use client::{KvClient, LeaderWatch, RoleClient, TsoClient};
+pub use connect::{NodeChannel, NodeConnector};
+pub use grpc::auth::{AuthLayer, Caller, Policy};
 pub use grpc::routing::ActiveOnlyLayer;
 pub use kv::{Kv, KvAnswer, KvError, KvRequest};
 pub use tso::{Tso, TsoBatch, TsoError, TsoRequest};

@@ -6,7 +6,8 @@ use std::time::Duration;
 use humantime_serde::re::humantime;
 
 use super::{
-    BackoffConfig, Config, ConfigError, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL, PAGE_BYTES, TlsConfig,
+    BackoffConfig, CLIENT_TLS, Config, ConfigError, ETCD_TLS, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL,
+    PAGE_BYTES, TlsConfig, TlsKeys,
 };
 
 impl Config {
@@ -391,28 +392,6 @@ fn validate_backoff(
     }
     Ok(())
 }
-
-/// The keys of a `TlsConfig`, wherever it sits.
-struct TlsKeys {
-    cert: &'static str,
-    key: &'static str,
-    ca: &'static str,
-    domain: &'static str,
-}
-
-const ETCD_TLS: TlsKeys = TlsKeys {
-    cert: "etcd.tls.certFile",
-    key: "etcd.tls.keyFile",
-    ca: "etcd.tls.caFile",
-    domain: "etcd.tls.domain",
-};
-
-const CLIENT_TLS: TlsKeys = TlsKeys {
-    cert: "client.tls.certFile",
-    key: "client.tls.keyFile",
-    ca: "client.tls.caFile",
-    domain: "client.tls.domain",
-};
 
 /// A client's TLS settings: the certificate and key in pairs, a domain not
 /// blank, every file readable.

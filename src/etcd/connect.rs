@@ -1,14 +1,13 @@
 //! Connecting to etcd with the configured timeouts, TLS and credentials, and retrying an etcd call with backoff.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions};
 use tonic::Code;
 
 use crate::backoff::Backoff;
-use crate::config::{EtcdConfig, TlsConfig};
+use crate::config::{ConfigError, ETCD_TLS, EtcdConfig};
 use crate::etcd::session::Layout;
 
 /// Failures to reach etcd.
@@ -53,16 +52,8 @@ pub enum EtcdError {
         source: etcd_client::Error,
     },
     /// A TLS or password file could not be read when the client was built.
-    #[error("config key `{key}`: cannot read {path}: {source}")]
-    FileUnreadable {
-        /// The config key naming the file (`etcd.tls.caFile`).
-        key: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why it cannot be read.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    FileUnreadable(ConfigError),
 }
 
 impl EtcdError {
@@ -70,7 +61,7 @@ impl EtcdError {
     fn is_permanent(&self) -> bool {
         matches!(
             self,
-            EtcdError::AuthFailed { .. } | EtcdError::FileUnreadable { .. }
+            EtcdError::AuthFailed { .. } | EtcdError::FileUnreadable(_)
         )
     }
 }
@@ -100,7 +91,10 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
         // so a retry (on another member) comes early.
         .with_require_leader(true);
     if let Some(tls) = &config.tls {
-        options = options.with_tls(tls_options(tls)?);
+        options = options.with_tls(
+            tls.client_tls(&ETCD_TLS)
+                .map_err(EtcdError::FileUnreadable)?,
+        );
     }
     if let Some(auth) = &config.auth {
         // etcd expires a token its client has not used for --auth-token-ttl
@@ -108,10 +102,12 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
         // keepalives and watches are streams, which do not use the token.
         // Without the refresh every call after that fails with "invalid auth
         // token", so the standby could never take over (the Milvus failure).
-        let password = auth.password().map_err(|source| EtcdError::FileUnreadable {
-            key: "etcd.auth.passwordFile",
-            path: auth.password_file.clone().unwrap_or_default(),
-            source,
+        let password = auth.password().map_err(|source| {
+            EtcdError::FileUnreadable(ConfigError::FileUnreadable {
+                key: "etcd.auth.passwordFile",
+                path: auth.password_file.clone().unwrap_or_default(),
+                source,
+            })
         })?;
         options = options
             .with_user(auth.user.as_str(), password)
@@ -179,26 +175,6 @@ pub(crate) fn endpoint_url(endpoint: &str, tls: bool) -> String {
     }
 }
 
-fn tls_options(tls: &TlsConfig) -> Result<TlsOptions, EtcdError> {
-    let read = |key, path: &Path| {
-        std::fs::read(path).map_err(|source| EtcdError::FileUnreadable {
-            key,
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let ca = Certificate::from_pem(read("etcd.tls.caFile", &tls.ca_file)?);
-    let mut options = TlsOptions::new().ca_certificate(ca);
-    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-        let cert = read("etcd.tls.certFile", cert)?;
-        let key = read("etcd.tls.keyFile", key)?;
-        options = options.identity(Identity::from_pem(cert, key));
-    }
-    if let Some(domain) = &tls.domain {
-        options = options.domain_name(domain.as_str());
-    }
-    Ok(options)
-}
 
 /// Sorts etcd's answer into a refusal of the credentials, not worth a
 /// retry, and any other failure.

@@ -5,7 +5,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::backoff::Backoff;
@@ -13,6 +12,7 @@ use crate::config::Config;
 use crate::etcd::EtcdError;
 use crate::etcd::recipe::{self, Leader};
 use crate::etcd::session::Layout;
+use crate::service::connect::{ConnectError, NodeChannel, NodeConnector};
 use crate::service::grpc::EPOCH_HEADER;
 use crate::service::grpc::proto::kv_client::KvClient as KvStub;
 use crate::service::grpc::proto::tso_client::TsoClient as TsoStub;
@@ -27,6 +27,9 @@ pub enum ClientError {
     /// etcd could not be reached to find the leader.
     #[error(transparent)]
     EtcdUnavailable(#[from] EtcdError),
+    /// The `client` config section names a file that cannot be used.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The call kept failing with retryable errors until the caller's deadline.
     #[error("{role}: no answer from an active instance within {deadline:?} (last: {last})")]
     DeadlineExceeded {
@@ -93,16 +96,18 @@ impl LeaderWatch {
 pub struct RoleClient {
     role: String,
     leader: LeaderWatch,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, NodeChannel>>,
+    connector: NodeConnector,
     retry: crate::config::BackoffConfig,
-    connect_timeout: Duration,
     /// Keeps the etcd client's calls off members that stop answering.
     _steering: Option<crate::etcd::Steering>,
 }
 
 impl RoleClient {
-    /// Connects to etcd as `config` says and starts following `role`.
+    /// Connects to etcd as `config` says and starts following `role`;
+    /// calls to the leader use `config.client`'s TLS and token.
     pub async fn connect(config: &Config, role: &str) -> Result<Self, ClientError> {
+        let connector = NodeConnector::from_config(config)?;
         let etcd = crate::etcd::connect_checked(&config.etcd).await?;
         let layout = Layout::new(&config.etcd.root_path);
         Ok(Self {
@@ -110,8 +115,8 @@ impl RoleClient {
             role: role.to_owned(),
             leader: LeaderWatch::start(etcd, &layout, role, config.etcd.retry.initial),
             channels: Mutex::new(HashMap::new()),
+            connector,
             retry: config.etcd.retry.clone(),
-            connect_timeout: config.etcd.connect_timeout,
         })
     }
 
@@ -120,24 +125,22 @@ impl RoleClient {
         self.leader.current()
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, Status> {
+    fn channel(&self, address: &str) -> Result<NodeChannel, Status> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|error| {
-                Status::unavailable(format!("bad leader address {address:?}: {error}"))
-            })?
-            .connect_timeout(self.connect_timeout);
-        let channel = endpoint.connect_lazy();
+        let channel = self
+            .connector
+            .lazy(address)
+            .map_err(|error| Status::unavailable(format!("bad leader address: {error}")))?;
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
 
     /// Runs `attempt` against the current leader until it succeeds, fails
     /// with an error retrying cannot fix, or `deadline` passes. `attempt` gets
-    /// a channel to the leader and the leader's epoch, to send as
+    /// a channel to the leader (with the client's TLS and token) and the leader's epoch, to send as
     /// `standin-epoch` (see [`with_epoch`]).
     pub async fn call<T, F, Fut>(
         &self,
@@ -145,7 +148,7 @@ impl RoleClient {
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, i64) -> Fut,
+        F: FnMut(NodeChannel, i64) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let started = Instant::now();

@@ -20,7 +20,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig as TonicTlsConfig};
 use tower::{Layer, Service};
 
-use crate::config::{ServerAuthConfig, ServerConfig};
+use crate::config::{ConfigError, ServerAuthConfig, ServerConfig, read_named_file};
 
 /// The calls that steer a node, by gRPC path prefix.
 const PRIVILEGED: &[&str] = &["/standin.v1.Coordination/Resign", "/standin.v1.Faults/"];
@@ -29,16 +29,8 @@ const PRIVILEGED: &[&str] = &["/standin.v1.Coordination/Resign", "/standin.v1.Fa
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// A file the `server` section names could not be read.
-    #[error("config key `{key}`: cannot read {path}: {source}")]
-    FileUnreadable {
-        /// The config key naming the file.
-        key: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// Why it cannot be read.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    FileUnreadable(ConfigError),
     /// A line of the tokens file is not `name:token`; the error names the
     /// line but never shows its text, which may hold a token.
     #[error("{path} line {line}: {problem} (each line is `name:token`; `#` starts a comment)")]
@@ -71,16 +63,18 @@ impl Tokens {
     /// Reads a tokens file: one `name:token` per line, blank lines and
     /// lines starting with `#` skipped, names and tokens unique.
     pub fn load(path: &Path) -> Result<Self, AuthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::FileUnreadable {
-            key: "server.auth.tokensFile",
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|(line, problem)| AuthError::TokensFileMalformed {
+        let bytes =
+            read_named_file("server.auth.tokensFile", path).map_err(AuthError::FileUnreadable)?;
+        let malformed = |line, problem| AuthError::TokensFileMalformed {
             path: path.to_owned(),
             line,
             problem,
-        })
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|error| {
+            let line = bytes[..error.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+            malformed(line, "it is not UTF-8")
+        })?;
+        Self::parse(text).map_err(|(line, problem)| malformed(line, problem))
     }
 
     /// Parses a tokens file's text; an error is the line number and what is wrong.
@@ -327,13 +321,7 @@ pub fn server_tls(config: &ServerConfig) -> Result<Option<TonicTlsConfig>, AuthE
     let Some(tls) = &config.tls else {
         return Ok(None);
     };
-    let read = |key, path: &Path| {
-        std::fs::read(path).map_err(|source| AuthError::FileUnreadable {
-            key,
-            path: path.to_owned(),
-            source,
-        })
-    };
+    let read = |key, path: &Path| read_named_file(key, path).map_err(AuthError::FileUnreadable);
     let identity = Identity::from_pem(
         read("server.tls.certFile", &tls.cert_file)?,
         read("server.tls.keyFile", &tls.key_file)?,

@@ -13,6 +13,7 @@ use super::proto::{
     LeaderEvent, MetadataCopy, ResignRequest, ResignResponse, RoleStatus, StatusRequest,
     StatusResponse, WatchLeaderRequest,
 };
+use super::auth::Caller;
 use crate::role::RoleControl;
 use crate::status::ResignError;
 use crate::status::RoleState;
@@ -133,10 +134,30 @@ impl Coordination for CoordinationService {
         &self,
         request: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        // Behind an AuthLayer the caller is known; without one, its address.
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or(Caller::Anonymous {
+                peer: request.remote_addr(),
+            });
         let role = request.into_inner().role;
         let control = self.role(&role)?;
-        match control.resign(self.resign_timeout).await {
-            Ok(()) => Ok(Response::new(ResignResponse {})),
+        tracing::info!(role, %caller, "resign requested");
+        let outcome = control.resign(self.resign_timeout).await;
+        let label = match &outcome {
+            Ok(()) => "resigned",
+            Err(ResignError::NotLeader { .. }) => "not_leader",
+            Err(_) => "unavailable",
+        };
+        metrics::counter!(crate::telemetry::RESIGN_REQUESTS, "role" => role.clone(), "outcome" => label)
+            .increment(1);
+        match outcome {
+            Ok(()) => {
+                tracing::info!(role, %caller, "resigned on request");
+                Ok(Response::new(ResignResponse {}))
+            }
             Err(error @ ResignError::NotLeader { .. }) => {
                 Err(Status::failed_precondition(error.to_string()))
             }
