@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use standin::etcd::inspect::{self, RoleSummary};
 use standin::etcd::session::Layout;
 use standin::service::client::{KvClient, LeaderWatch, TsoClient};
+use standin::service::connect::NodeConnector;
+use standin::service::grpc::auth::{self, AuthLayer, Policy};
 use standin::service::grpc::coordination::CoordinationService;
 use standin::service::grpc::faults::FaultService;
 use standin::service::grpc::health::HealthService;
@@ -60,8 +62,9 @@ enum Command {
         /// The address published for clients (NAT, containers); node.address, else --listen, when absent.
         #[arg(long)]
         advertise: Option<String>,
-        /// Where Prometheus scrapes /metrics; no exporter when absent.
-        #[arg(long)]
+        /// Where Prometheus scrapes /metrics: PORT (on 127.0.0.1) or HOST:PORT
+        /// (0.0.0.0:PORT exposes it on every interface); no exporter when absent.
+        #[arg(long, value_parser = metrics_address)]
         metrics: Option<SocketAddr>,
         /// Serve the Faults gRPC service, which makes actors crash on request (tests only).
         #[arg(long)]
@@ -216,6 +219,17 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+/// `--metrics`: a port alone binds loopback, so metrics leave the host
+/// only when an address says so.
+fn metrics_address(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is neither a port nor HOST:PORT"))
+}
+
 fn load_config(path: &Path) -> Result<Config, Failure> {
     if !path.exists() {
         return Err(usage(anyhow::anyhow!(
@@ -258,6 +272,25 @@ async fn run(
         .unwrap_or_else(|| listen.to_string());
     config.node.address = Some(advertised);
     config.validate().map_err(|error| usage(error.into()))?;
+    let tls = auth::server_tls(&config.server).map_err(|error| usage(error.into()))?;
+    let policy = Policy::from_config(&config.server.auth).map_err(|error| usage(error.into()))?;
+    // Validation ties allowedSubjects to a client CA, so credentials mean
+    // callers that can be told apart.
+    if fault_injection && !listen.ip().is_loopback() && !config.server.auth.has_credentials() {
+        return Err(usage(anyhow::anyhow!(
+            "--fault-injection on {listen}, which is not loopback, needs callers to \
+             authenticate: set server.auth.tokensFile, or server.tls.clientCaFile with \
+             server.auth.allowedSubjects (else anyone who reaches the port can crash this \
+             node's actors)"
+        )));
+    }
+    if tls.is_none() && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "serving gRPC in plaintext on an address that is not loopback: anyone on the \
+             network can read the traffic; set server.tls.certFile and server.tls.keyFile"
+        );
+    }
     if let Some(metrics) = metrics {
         standin::telemetry::install_prometheus(metrics)?;
     }
@@ -305,8 +338,13 @@ async fn run(
         FaultsServer::new(FaultService::new(node.roles()))
     });
     let (stop_server, server_stops) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("setting up server.tls")?;
+    }
     let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
+            .layer(AuthLayer::new(policy))
             .add_service(health)
             .add_service(CoordinationServer::new(coordination))
             .add_optional_service(oracle)
@@ -456,12 +494,11 @@ async fn resign(config: &Config, role: &str, timeout: Duration) -> Result<(), Fa
     let Some(leader) = &find_role(&roles, role)?.leader else {
         return Err(anyhow::anyhow!("nobody leads {role} right now").into());
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", leader.address))
-        .with_context(|| format!("the leader's address {:?}", leader.address))?
-        .connect_timeout(timeout);
-    let mut coordination = CoordinationClient::connect(endpoint)
-        .await
-        .with_context(|| format!("connecting to the leader at {}", leader.address))?;
+    let channel = NodeConnector::from_config(config)
+        .map_err(|error| usage(error.into()))?
+        .connect(&leader.address)
+        .await?;
+    let mut coordination = CoordinationClient::new(channel);
     coordination
         .resign(ResignRequest {
             role: role.to_owned(),

@@ -20,7 +20,7 @@ pub use cluster::EtcdCluster;
 pub use process::StandinProcess;
 pub use proxy::{FaultProxy, ProxyMode};
 pub use server::{EtcdOptions, EtcdServer};
-pub use tls::TlsFiles;
+pub use tls::{CertFiles, TestCa, TlsFiles};
 pub use waits::{the_single_serving, wait_until};
 
 /// A store that writes for `epoch` under `prefix`, without the local switch

@@ -1,4 +1,4 @@
-//! Test certificates: a CA and the server and client certificates it signs, for etcd over TLS.
+//! Test certificates: a CA and the server and client certificates it signs, for etcd and standin over TLS.
 
 use std::path::{Path, PathBuf};
 
@@ -25,13 +25,29 @@ pub struct TlsFiles {
     pub client_key_file: PathBuf,
 }
 
-impl TlsFiles {
-    /// Generates a CA and the certificates it signs into `dir`.
-    pub(super) fn generate(dir: &Path) -> Result<Self, TestingError> {
+/// A test CA that issues server and client certificates into a directory.
+pub struct TestCa {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate's PEM file, for `caFile` / `clientCaFile`.
+    pub ca_file: PathBuf,
+}
+
+/// A certificate and its key, as PEM files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// The certificate.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+}
+
+impl TestCa {
+    /// A fresh CA named `name`, its certificate written to `dir`.
+    pub fn generate(dir: &Path, name: &str) -> Result<Self, TestingError> {
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "standin test CA");
+        ca.distinguished_name.push(DnType::CommonName, name);
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -39,42 +55,79 @@ impl TlsFiles {
         ];
         let ca_key = KeyPair::generate()?;
         let ca_pem = ca.self_signed(&ca_key)?.pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let leaf = |names: &[&str], name: &str, usages: Vec<ExtendedKeyUsagePurpose>| {
-            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            let mut params = CertificateParams::new(names)?;
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.extended_key_usages = usages;
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &issuer)?;
-            Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
-        };
-        // Client auth too: etcd's gRPC gateway dials etcd itself with the
-        // server certificate, and --client-cert-auth checks it.
-        let (server_pem, server_key) = leaf(
+        let ca_file = write(dir, &format!("{}.pem", file_stem(name)), &ca_pem)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            issuer: Issuer::new(ca, ca_key),
+            ca_file,
+        })
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost, usable as a client
+    /// certificate too (etcd's gateway dials etcd with it).
+    pub fn server(&self, common_name: &str) -> Result<CertFiles, TestingError> {
+        self.issue(
             &["127.0.0.1", "localhost"],
-            "standin test etcd",
+            common_name,
             vec![
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
-        )?;
-        let (client_pem, client_key) = leaf(
-            &[],
-            "standin test client",
-            vec![ExtendedKeyUsagePurpose::ClientAuth],
-        )?;
-        let write = |name: &str, pem: &str| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).map_err(io(format!("writing {}", path.display())))?;
-            Ok::<_, TestingError>(path)
-        };
+        )
+    }
+
+    /// A client certificate whose subject is `CN=common_name`.
+    pub fn client(&self, common_name: &str) -> Result<CertFiles, TestingError> {
+        self.issue(&[], common_name, vec![ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    fn issue(
+        &self,
+        names: &[&str],
+        common_name: &str,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<CertFiles, TestingError> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = usages;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let stem = file_stem(common_name);
+        Ok(CertFiles {
+            cert_file: write(&self.dir, &format!("{stem}.pem"), &cert.pem())?,
+            key_file: write(&self.dir, &format!("{stem}-key.pem"), &key.serialize_pem())?,
+        })
+    }
+}
+
+/// A file name made of `name`'s letters and digits.
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, pem: &str) -> Result<PathBuf, TestingError> {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).map_err(io(format!("writing {}", path.display())))?;
+    Ok(path)
+}
+
+impl TlsFiles {
+    /// Generates a CA and the certificates it signs into `dir`.
+    pub(super) fn generate(dir: &Path) -> Result<Self, TestingError> {
+        let ca = TestCa::generate(dir, "standin test CA")?;
+        let server = ca.server("standin test etcd")?;
+        let client = ca.client("standin test client")?;
         Ok(Self {
-            ca_file: write("ca.pem", &ca_pem)?,
-            server_cert_file: write("server.pem", &server_pem)?,
-            server_key_file: write("server-key.pem", &server_key)?,
-            client_cert_file: write("client.pem", &client_pem)?,
-            client_key_file: write("client-key.pem", &client_key)?,
+            ca_file: ca.ca_file,
+            server_cert_file: server.cert_file,
+            server_key_file: server.key_file,
+            client_cert_file: client.cert_file,
+            client_key_file: client.key_file,
         })
     }
 
