@@ -1349,7 +1349,13 @@ mod tests {
         let missing = text.replace("password\n", "absent\n");
         let err = Config::from_yaml_str(&missing).unwrap_err();
         assert!(
-            matches!(err, ConfigError::FileUnreadable { key: "etcd.auth.passwordFile", .. }),
+            matches!(
+                err,
+                ConfigError::FileUnreadable {
+                    key: "etcd.auth.passwordFile",
+                    ..
+                }
+            ),
             "{err}"
         );
     }

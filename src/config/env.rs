@@ -7,8 +7,8 @@ use serde_norway::{Mapping, Value};
 
 use super::locate::{Override, Seg, plain_scalar, raw_scalar};
 use super::{
-    ACTIVE_STANDBY, AuthConfig, Config, ConfigError, RoleConfig, SECTIONS, ServerTlsConfig, TSO_SECTION,
-    TlsConfig,
+    ACTIVE_STANDBY, AuthConfig, Config, ConfigError, RoleConfig, SECTIONS, ServerTlsConfig,
+    TSO_SECTION, TlsConfig,
 };
 
 /// Every key a config can have, each with a value of its type: the

@@ -175,7 +175,6 @@ pub(crate) fn endpoint_url(endpoint: &str, tls: bool) -> String {
     }
 }
 
-
 /// Sorts etcd's answer into a refusal of the credentials, not worth a
 /// retry, and any other failure.
 fn refused_or_failed(config: &EtcdConfig, source: etcd_client::Error) -> EtcdError {

@@ -430,12 +430,10 @@ impl EtcdServer {
         }
         if let Some(auth) = &self.auth {
             // The password apart, so one with a ':' is not cut.
-            command
-                .arg(format!("--user={}", auth.user))
-                .arg(format!(
-                    "--password={}",
-                    auth.password.as_deref().unwrap_or_default()
-                ));
+            command.arg(format!("--user={}", auth.user)).arg(format!(
+                "--password={}",
+                auth.password.as_deref().unwrap_or_default()
+            ));
         }
         command.args(args).stdin(Stdio::null());
         command

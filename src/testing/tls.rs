@@ -28,6 +28,8 @@ pub struct TlsFiles {
 /// A test CA that issues server and client certificates into a directory.
 pub struct TestCa {
     dir: PathBuf,
+    /// Starts the names of the files it issues, so two CAs share a directory.
+    stem: String,
     issuer: Issuer<'static, KeyPair>,
     /// The CA certificate's PEM file, for `caFile` / `clientCaFile`.
     pub ca_file: PathBuf,
@@ -55,9 +57,11 @@ impl TestCa {
         ];
         let ca_key = KeyPair::generate()?;
         let ca_pem = ca.self_signed(&ca_key)?.pem();
-        let ca_file = write(dir, &format!("{}.pem", file_stem(name)), &ca_pem)?;
+        let stem = file_stem(name);
+        let ca_file = write(dir, &format!("{stem}.pem"), &ca_pem)?;
         Ok(Self {
             dir: dir.to_owned(),
+            stem,
             issuer: Issuer::new(ca, ca_key),
             ca_file,
         })
@@ -95,7 +99,7 @@ impl TestCa {
         params.extended_key_usages = usages;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        let stem = file_stem(common_name);
+        let stem = format!("{}-{}", self.stem, file_stem(common_name));
         Ok(CertFiles {
             cert_file: write(&self.dir, &format!("{stem}.pem"), &cert.pem())?,
             key_file: write(&self.dir, &format!("{stem}-key.pem"), &key.serialize_pem())?,

@@ -71,7 +71,11 @@ impl Tokens {
             problem,
         };
         let text = std::str::from_utf8(&bytes).map_err(|error| {
-            let line = bytes[..error.valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+            let line = bytes[..error.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
             malformed(line, "it is not UTF-8")
         })?;
         Self::parse(text).map_err(|(line, problem)| malformed(line, problem))
@@ -231,7 +235,9 @@ impl Policy {
     }
 
     fn is_privileged(&self, path: &str) -> bool {
-        self.privileged.iter().any(|prefix| path.starts_with(prefix))
+        self.privileged
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
     }
 
     fn allows(&self, subject: &Subject) -> bool {
@@ -451,8 +457,9 @@ where
                 tracing::warn!(
                     %peer,
                     certificate,
+                    path,
                     code = ?status.code(),
-                    "refused {path}: {}",
+                    "refused a call: {}",
                     status.message()
                 );
                 metrics::counter!(
@@ -526,7 +533,10 @@ mod tests {
             assert!(why.contains(problem), "{text:?}: {why}");
         }
         let shown = format!("{:?}", tokens());
-        assert!(shown.contains("alice") && !shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("alice") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -542,10 +552,13 @@ mod tests {
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
         assert!(!wrong.message().contains("guess"), "{}", wrong.message());
         let none = policy
-            .judge(INJECT, &Presented {
-                peer: peer("127.0.0.1:5000"),
-                ..Presented::default()
-            })
+            .judge(
+                INJECT,
+                &Presented {
+                    peer: peer("127.0.0.1:5000"),
+                    ..Presented::default()
+                },
+            )
             .unwrap_err();
         assert_eq!(none.code(), tonic::Code::Unauthenticated);
         assert!(none.message().contains("tokensFile"), "{}", none.message());
@@ -563,9 +576,15 @@ mod tests {
     fn only_allowed_certificate_subjects_steer() {
         let policy = Policy::new(Tokens::default(), vec!["operator".into()], false);
         assert!(policy.judge(RESIGN, &with_certificate("operator")).is_ok());
-        let refused = policy.judge(RESIGN, &with_certificate("intruder")).unwrap_err();
+        let refused = policy
+            .judge(RESIGN, &with_certificate("intruder"))
+            .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
-        assert!(refused.message().contains("CN=intruder"), "{}", refused.message());
+        assert!(
+            refused.message().contains("CN=intruder"),
+            "{}",
+            refused.message()
+        );
         // Any verified certificate may read.
         assert!(policy.judge(STATUS, &with_certificate("intruder")).is_ok());
         // The whole subject matches too.
@@ -586,7 +605,11 @@ mod tests {
         };
         assert!(open.judge(RESIGN, &local).is_ok());
         let refused = open.judge(RESIGN, &remote).unwrap_err();
-        assert!(refused.message().contains("loopback"), "{}", refused.message());
+        assert!(
+            refused.message().contains("loopback"),
+            "{}",
+            refused.message()
+        );
         assert!(open.judge(STATUS, &remote).is_ok());
         // A token sent to a node that has none is refused, not ignored.
         assert!(open.judge(STATUS, &with_token("x")).is_err());
@@ -603,7 +626,15 @@ mod tests {
     #[test]
     fn an_embedders_prefix_can_be_privileged() {
         let policy = Policy::new(tokens(), vec![], false).privileged("/my.Admin/");
-        assert!(policy.judge("/my.Admin/Drain", &Presented::default()).is_err());
-        assert!(policy.judge("/my.Admin/Drain", &with_token("s3cret")).is_ok());
+        assert!(
+            policy
+                .judge("/my.Admin/Drain", &Presented::default())
+                .is_err()
+        );
+        assert!(
+            policy
+                .judge("/my.Admin/Drain", &with_token("s3cret"))
+                .is_ok()
+        );
     }
 }

@@ -8,12 +8,12 @@ use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::proto::coordination_server::Coordination;
 use super::proto::{
     LeaderEvent, MetadataCopy, ResignRequest, ResignResponse, RoleStatus, StatusRequest,
     StatusResponse, WatchLeaderRequest,
 };
-use super::auth::Caller;
 use crate::role::RoleControl;
 use crate::status::ResignError;
 use crate::status::RoleState;
