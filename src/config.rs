@@ -406,6 +406,40 @@ pub struct ServerConfig {
     pub tls: Option<ServerTlsConfig>,
     /// Who may resign a role or inject faults, and whether reads need a caller too.
     pub auth: ServerAuthConfig,
+    /// Bounds that keep a flood of connections or streams from one client
+    /// from starving the others.
+    pub limits: ServerLimits,
+}
+
+/// Bounds on what clients may hold open on standin's gRPC server.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct ServerLimits {
+    /// Connections open at once; one more is closed as soon as it is
+    /// accepted, so file descriptors and memory stay bounded.
+    pub max_connections: usize,
+    /// Calls and streams open at once on one connection (HTTP/2's
+    /// `MAX_CONCURRENT_STREAMS`); a client wanting more waits for one to end.
+    pub max_streams_per_connection: u32,
+    /// A connection that has not sent its first bytes within this, or not
+    /// finished its TLS handshake, is closed: one that connects and sends
+    /// nothing holds no slot for long.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The largest request message decoded, in bytes; a larger one is
+    /// refused with `RESOURCE_EXHAUSTED` without being buffered.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_streams_per_connection: 128,
+            handshake_timeout: Duration::from_secs(10),
+            max_request_bytes: 4 << 20,
+        }
+    }
 }
 
 /// TLS on standin's gRPC port.

@@ -11,7 +11,7 @@ use standin::etcd::inspect::{self, RoleSummary};
 use standin::etcd::session::Layout;
 use standin::service::client::{KvClient, LeaderWatch, TsoClient};
 use standin::service::connect::NodeConnector;
-use standin::service::grpc::auth::{self, AuthLayer, Policy};
+use standin::service::grpc::auth::{AuthLayer, Policy};
 use standin::service::grpc::coordination::CoordinationService;
 use standin::service::grpc::faults::FaultService;
 use standin::service::grpc::health::HealthService;
@@ -25,9 +25,9 @@ use standin::service::grpc::proto::tso_server::TsoServer;
 use standin::service::grpc::routing::ActiveOnlyLayer;
 use standin::service::grpc::tso::TsoService;
 use standin::service::kv::Kv;
+use standin::service::server::incoming;
 use standin::service::tso::Tso;
 use standin::{Config, Node};
-use tonic::transport::server::TcpIncoming;
 
 /// The roles `standin run` can serve.
 const BUILT_IN_ROLES: &[&str] = &["tso", "kv"];
@@ -274,7 +274,10 @@ async fn run(
         .unwrap_or_else(|| listen.to_string());
     config.node.address = Some(advertised);
     config.validate().map_err(|error| usage(error.into()))?;
-    let tls = auth::server_tls(&config.server).map_err(|error| usage(error.into()))?;
+    let builder =
+        standin::service::server::builder(&config.server).map_err(|error| usage(error.into()))?;
+    let encrypted = config.server.tls.is_some();
+    let limits = config.server.limits.clone();
     let policy = Policy::from_config(&config.server.auth).map_err(|error| usage(error.into()))?;
     // Validation ties allowedSubjects to a client CA, so credentials mean
     // callers that can be told apart.
@@ -286,7 +289,7 @@ async fn run(
              node's actors)"
         )));
     }
-    if tls.is_none() && !listen.ip().is_loopback() {
+    if !encrypted && !listen.ip().is_loopback() {
         tracing::warn!(
             %listen,
             "serving gRPC in plaintext on an address that is not loopback: anyone on the \
@@ -314,7 +317,10 @@ async fn run(
     let server_id = node.server_id().unwrap_or_default();
     tracing::info!(server_id, %listen, "serving gRPC");
 
-    let health = HealthService::new(node.roles()).into_server();
+    let max_request = limits.max_request_bytes;
+    let health = HealthService::new(node.roles())
+        .into_server()
+        .max_decoding_message_size(max_request);
     let coordination = CoordinationService::new(
         server_id,
         node.address().to_owned(),
@@ -324,35 +330,35 @@ async fn run(
     let oracle = tso.map(|tso| {
         tower::ServiceBuilder::new()
             .layer(ActiveOnlyLayer::new(tso.clone()))
-            .service(TsoServer::new(TsoService::new(
-                tso,
-                tso_config.max_count,
-                call_timeout,
-            )))
+            .service(
+                TsoServer::new(TsoService::new(tso, tso_config.max_count, call_timeout))
+                    .max_decoding_message_size(max_request),
+            )
     });
     let register = register.map(|kv| {
         tower::ServiceBuilder::new()
             .layer(ActiveOnlyLayer::new(kv.clone()))
-            .service(KvServer::new(KvService::new(kv, call_timeout)))
+            .service(
+                KvServer::new(KvService::new(kv, call_timeout))
+                    .max_decoding_message_size(max_request),
+            )
     });
     let faults = fault_injection.then(|| {
         tracing::warn!("fault injection is on: any client can crash this node's actors");
-        FaultsServer::new(FaultService::new(node.roles()))
+        FaultsServer::new(FaultService::new(node.roles())).max_decoding_message_size(max_request)
     });
     let (stop_server, server_stops) = tokio::sync::oneshot::channel::<()>();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("setting up server.tls")?;
-    }
     let mut server = tokio::spawn(
         builder
             .layer(AuthLayer::new(policy))
             .add_service(health)
-            .add_service(CoordinationServer::new(coordination))
+            .add_service(
+                CoordinationServer::new(coordination).max_decoding_message_size(max_request),
+            )
             .add_optional_service(oracle)
             .add_optional_service(register)
             .add_optional_service(faults)
-            .serve_with_incoming_shutdown(incoming(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener, &limits), async {
                 let _ = server_stops.await;
             }),
     );
@@ -385,15 +391,6 @@ async fn run(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// The accepted connections of `listener`, with Nagle's algorithm off:
-/// tonic applies its own `tcp_nodelay` default only to listeners it binds,
-/// and with Nagle on, a small answer written while the client's ACK of the
-/// previous one is delayed waits for it (40 ms on Linux), which showed up
-/// as a 40-50 ms tail on answers.
-fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// How long `standin run` waits, once its roles are handed over, for open

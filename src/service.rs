@@ -4,6 +4,7 @@ pub mod client;
 pub mod connect;
 pub mod grpc;
 pub mod kv;
+pub mod server;
 pub mod tso;
 
 pub use client::{KvClient, LeaderWatch, RoleClient, TsoClient};

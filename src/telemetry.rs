@@ -52,6 +52,8 @@ pub const RESIGN_REQUESTS: &str = "standin_resign_requests_total";
 /// Counter, label `code` (`unauthenticated`, `permission_denied`): gRPC
 /// calls the server's auth refused.
 pub const API_CALLS_REFUSED: &str = "standin_api_calls_refused_total";
+/// Counter: connections closed on arrival because `server.limits.maxConnections` were open.
+pub const CONNECTIONS_REFUSED: &str = "standin_connections_refused_total";
 
 /// Every value of the `state` label of [`ROLE_STATE`]: a series is kept for
 /// each, so a state the role left reads 0 instead of keeping its old 1.
@@ -173,6 +175,11 @@ pub fn describe() {
         API_CALLS_REFUSED,
         Unit::Count,
         "gRPC calls refused by the server's authentication or authorization, by status code."
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed on arrival because server.limits.maxConnections were open."
     );
 }
 

@@ -140,6 +140,33 @@ impl Config {
                 None => {}
             }
         }
+        let limits = &self.server.limits;
+        if limits.max_connections == 0 {
+            return Err(invalid(
+                "server.limits.maxConnections",
+                "0",
+                "must be above zero: no client could connect",
+            ));
+        }
+        if limits.max_streams_per_connection == 0 {
+            return Err(invalid(
+                "server.limits.maxStreamsPerConnection",
+                "0",
+                "must be above zero: no call could be made",
+            ));
+        }
+        if limits.max_request_bytes < 1024 {
+            return Err(invalid(
+                "server.limits.maxRequestBytes",
+                limits.max_request_bytes.to_string(),
+                "must be at least 1024: smaller refuses ordinary requests",
+            ));
+        }
+        nonzero(
+            "server.limits.handshakeTimeout",
+            limits.handshake_timeout,
+            "every connection would be closed at once",
+        )?;
         let auth = &self.server.auth;
         if let Some(tokens) = &auth.tokens_file {
             readable_file("server.auth.tokensFile", tokens)?;

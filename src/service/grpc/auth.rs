@@ -1,4 +1,4 @@
-//! Who may call what on standin's gRPC server: TLS from config, bearer tokens from a file, client-certificate subjects, and a tower layer that refuses the rest.
+//! Who may call what on standin's gRPC server: bearer tokens from a file, client-certificate subjects, and a tower layer that refuses the rest.
 //!
 //! `Resign` and `Faults` steer the cluster, so they need an authenticated
 //! caller: a token listed in `server.auth.tokensFile`, or a client
@@ -17,10 +17,9 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, Request, Response};
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig as TonicTlsConfig};
 use tower::{Layer, Service};
 
-use crate::config::{ConfigError, ServerAuthConfig, ServerConfig, read_named_file};
+use crate::config::{ConfigError, ServerAuthConfig, read_named_file};
 
 /// The calls that steer a node, by gRPC path prefix.
 const PRIVILEGED: &[&str] = &["/standin.v1.Coordination/Resign", "/standin.v1.Faults/"];
@@ -320,29 +319,6 @@ fn bearer(header: &[u8]) -> Option<&[u8]> {
     }
     let token = header[7..].trim_ascii();
     (!token.is_empty()).then_some(token)
-}
-
-/// tonic's TLS settings for `server.tls`, the files read; `None` for plaintext.
-pub fn server_tls(config: &ServerConfig) -> Result<Option<TonicTlsConfig>, AuthError> {
-    let Some(tls) = &config.tls else {
-        return Ok(None);
-    };
-    let read = |key, path: &Path| read_named_file(key, path).map_err(AuthError::FileUnreadable);
-    let identity = Identity::from_pem(
-        read("server.tls.certFile", &tls.cert_file)?,
-        read("server.tls.keyFile", &tls.key_file)?,
-    );
-    // A client that connects and never finishes its handshake must not
-    // hold a slot for long.
-    let mut settings = TonicTlsConfig::new()
-        .identity(identity)
-        .timeout(std::time::Duration::from_secs(10));
-    if let Some(ca) = &tls.client_ca_file {
-        settings = settings
-            .client_ca_root(Certificate::from_pem(read("server.tls.clientCaFile", ca)?))
-            .client_auth_optional(tls.client_cert_optional);
-    }
-    Ok(Some(settings))
 }
 
 /// Reads what a request presents: its peer and verified certificate from
