@@ -101,7 +101,7 @@ fn check_key(key: &str) -> Result<(), KvError> {
         Ok(())
     } else {
         Err(KvError::BadKey {
-            key: key.chars().take(64).collect(),
+            key: crate::service::grpc::shown(key),
         })
     }
 }

@@ -248,6 +248,7 @@ impl Policy {
     /// Judges a call to `path`: who made it, or the refusal to send.
     pub fn judge(&self, path: &str, presented: &Presented) -> Result<Caller, Status> {
         let privileged = self.is_privileged(path);
+        let path = &super::shown(path);
         if let Some(header) = &presented.authorization {
             let Some(token) = bearer(header) else {
                 return Err(Status::unauthenticated(
@@ -418,6 +419,7 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let presented = presented(&request);
         let path = request.uri().path().to_owned();
+        let shown_path = super::shown(&path);
         match self.policy.judge(&path, &presented) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
@@ -433,7 +435,7 @@ where
                 tracing::warn!(
                     %peer,
                     certificate,
-                    path,
+                    path = shown_path,
                     code = ?status.code(),
                     "refused a call: {}",
                     status.message()

@@ -50,7 +50,8 @@ impl CoordinationService {
             .ok_or_else(|| {
                 let known: Vec<_> = self.roles.iter().map(|r| r.role().to_owned()).collect();
                 Status::invalid_argument(format!(
-                    "unknown role {name:?}; this node runs {}",
+                    "unknown role {:?}; this node runs {}",
+                    super::shown(name),
                     known.join(", ")
                 ))
             })

@@ -29,12 +29,16 @@ impl Faults for FaultService {
     ) -> Result<Response<InjectResponse>, Status> {
         let InjectRequest { role, fault } = request.into_inner();
         let Some(control) = self.roles.iter().find(|r| r.role() == role) else {
-            return Err(Status::invalid_argument(format!("unknown role {role:?}")));
+            return Err(Status::invalid_argument(format!(
+                "unknown role {:?}",
+                super::shown(&role)
+            )));
         };
         let Some(fault) = Fault::from_name(&fault) else {
             let known: Vec<_> = Fault::ALL.iter().map(|(_, name)| *name).collect();
             return Err(Status::invalid_argument(format!(
-                "unknown fault {fault:?}; faults: {}",
+                "unknown fault {:?}; faults: {}",
+                super::shown(&fault),
                 known.join(", ")
             )));
         };

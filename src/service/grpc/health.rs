@@ -42,7 +42,12 @@ impl HealthService {
             .iter()
             .find(|role| role.role() == name)
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("no role {name:?} runs on this node")))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no role {:?} runs on this node",
+                    super::shown(name)
+                ))
+            })
     }
 }
 
