@@ -214,6 +214,7 @@ impl Config {
             ));
         }
         let witness = [
+            ("node.address", &self.node.address),
             ("node.witnessAddress", &self.node.witness_address),
             (
                 "node.witnessAdvertisedAddress",
@@ -227,7 +228,8 @@ impl Config {
                 return Err(invalid(
                     key,
                     format!("{address:?}"),
-                    "must be host:port (an IPv6 host in brackets, [::1]:0)",
+                    "must be host:port (an IPv6 host in brackets, [::1]:0): peers and \
+                     clients dial it, and refuse a session whose address is not",
                 ));
             }
         }

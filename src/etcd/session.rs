@@ -3,6 +3,8 @@
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use crate::config::split_host_port;
+
 /// The standin version published in every session.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -74,11 +76,34 @@ pub struct WitnessInfo {
 
 impl SessionInfo {
     /// Decodes a session value read from etcd, naming the key when it is corrupt.
+    /// A value that parses but has no usable address (or role) is refused
+    /// too, so that it is never taken for a leader to send clients to.
     pub fn decode(key: &[u8], value: &[u8]) -> Result<Self, SessionError> {
-        serde_json::from_slice(value).map_err(|source| SessionError::CorruptSession {
-            key: String::from_utf8_lossy(key).into_owned(),
-            source,
-        })
+        let shown_key = || String::from_utf8_lossy(key).into_owned();
+        let info: SessionInfo =
+            serde_json::from_slice(value).map_err(|source| SessionError::CorruptSession {
+                key: shown_key(),
+                source,
+            })?;
+        let invalid = |problem| SessionError::InvalidSession {
+            key: shown_key(),
+            problem,
+        };
+        if info.role.is_empty() {
+            return Err(invalid("its role is empty"));
+        }
+        if split_host_port(&info.address).is_none() {
+            return Err(invalid("its address is not host:port"));
+        }
+        if let Some(witness) = &info.witness {
+            if split_host_port(&witness.address).is_none() {
+                return Err(invalid("its witness address is not host:port"));
+            }
+            if witness.incarnation.is_empty() {
+                return Err(invalid("its witness incarnation is empty"));
+            }
+        }
+        Ok(info)
     }
 
     /// The JSON stored in etcd.
@@ -149,6 +174,15 @@ pub enum SessionError {
         /// Why it does not decode.
         #[source]
         source: serde_json::Error,
+    },
+    /// A session value decodes but cannot be a registration standin wrote:
+    /// its address would send clients or peers nowhere.
+    #[error("session value at {key} is not a usable registration: {problem}")]
+    InvalidSession {
+        /// The key that holds the bad value.
+        key: String,
+        /// What is wrong with it.
+        problem: &'static str,
     },
 }
 
