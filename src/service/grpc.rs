@@ -88,4 +88,16 @@ mod tests {
         assert!(cut.starts_with(&"é".repeat(64)), "{cut}");
         assert!(cut.ends_with("... (20000 bytes)"), "{cut}");
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends, what a refusal echoes stays short and
+        /// starts as the client's text did.
+        #[test]
+        fn any_string_is_shown_short(text in ".{0,3000}") {
+            let cut = shown(&text);
+            proptest::prop_assert!(cut.chars().count() <= 64 + 24, "{}", cut);
+            let head: String = text.chars().take(64).collect();
+            proptest::prop_assert!(cut.starts_with(&head));
+        }
+    }
 }

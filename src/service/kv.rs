@@ -243,4 +243,19 @@ mod tests {
         let entries = Kv.decode(snapshot.clone()).unwrap();
         assert_eq!(entries, snapshot.entries);
     }
+
+    proptest::proptest! {
+        /// Any string is a register key or a refusal that shows at most a
+        /// short piece of it; an accepted key never leaves the prefix.
+        #[test]
+        fn any_key_is_checked_without_panic(key in ".{0,600}") {
+            match check_key(&key) {
+                Ok(()) => {
+                    proptest::prop_assert!(!key.is_empty() && key.len() <= MAX_KEY_BYTES);
+                    proptest::prop_assert!(key.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
+                }
+                Err(error) => proptest::prop_assert!(error.to_string().len() < 400),
+            }
+        }
+    }
 }

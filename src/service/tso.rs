@@ -282,7 +282,7 @@ fn parse_bound(raw: &[u8]) -> Result<u64, TsoError> {
     match parsed {
         None => Err(TsoError::Corrupt {
             key: UPPER_BOUND_KEY,
-            value: String::from_utf8_lossy(raw).into_owned(),
+            value: crate::service::grpc::shown(&String::from_utf8_lossy(raw)),
         }),
         Some(value) if value > MAX_PHYSICAL => Err(TsoError::OutOfRange {
             key: UPPER_BOUND_KEY,
@@ -492,6 +492,33 @@ mod tests {
                 text.contains(&format!("{:?}", String::from_utf8_lossy(bad))),
                 "{text}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes in the saved-bound key decode to the number they spell
+        /// (within 46 bits) or to an error naming the key, shown short.
+        #[test]
+        fn any_saved_bound_decodes_or_is_reported(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let tso = Tso::new(TsoConfig::default());
+            match tso.decode(snapshot(Some(&raw))) {
+                Ok(bound) => {
+                    proptest::prop_assert!(bound <= MAX_PHYSICAL);
+                    proptest::prop_assert_eq!(Some(bound), std::str::from_utf8(&raw).ok().and_then(|t| t.parse().ok()));
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    proptest::prop_assert!(text.contains("upper_bound"), "{}", text);
+                    proptest::prop_assert!(text.len() < 400, "{}", text);
+                }
+            }
+        }
+
+        /// A decimal bound within range always reads back as itself.
+        #[test]
+        fn a_decimal_bound_in_range_reads_back(bound in 0..=MAX_PHYSICAL) {
+            let tso = Tso::new(TsoConfig::default());
+            proptest::prop_assert_eq!(tso.decode(snapshot(Some(bound.to_string().as_bytes()))).unwrap(), bound);
         }
     }
 }

@@ -615,4 +615,50 @@ mod tests {
                 .is_ok()
         );
     }
+
+    proptest::proptest! {
+        /// Any tokens file parses or names a line of it, and never shows a token.
+        #[test]
+        fn any_tokens_file_parses_or_names_a_line(text in "([a-z]{0,4}(:[!-~]{0,6})?[ #]?\n){0,8}") {
+            match Tokens::parse(&text) {
+                Ok(tokens) => {
+                    for (name, token) in &tokens.entries {
+                        proptest::prop_assert!(!name.is_empty() && !token.is_empty());
+                        proptest::prop_assert_eq!(tokens.name_of(token), Some(name.as_str()));
+                    }
+                }
+                Err((line, _)) => proptest::prop_assert!(line >= 1 && line <= text.lines().count()),
+            }
+        }
+
+        /// Any path and header bytes are judged without panic; a steering
+        /// call is let through only with the listed token, and a refusal
+        /// never echoes the header.
+        #[test]
+        fn any_request_is_judged(
+            path in "/[ -~]{0,200}",
+            header in proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..80)),
+            loopback in proptest::bool::ANY,
+        ) {
+            let policy = Policy::new(tokens(), vec!["operator".into()], false);
+            let presented = Presented {
+                peer: if loopback { peer("127.0.0.1:1") } else { peer("192.0.2.7:1") },
+                authorization: header.clone(),
+                ..Presented::default()
+            };
+            match policy.judge(&path, &presented) {
+                Ok(Caller::Token { name }) => {
+                    proptest::prop_assert!(name == "alice" || name == "ci");
+                }
+                Ok(_) => proptest::prop_assert!(!policy.is_privileged(&path)),
+                Err(status) => {
+                    proptest::prop_assert!(status.message().len() < 400);
+                    if let Some(token) = header.as_deref().and_then(bearer) {
+                        let token = String::from_utf8_lossy(token);
+                        proptest::prop_assert!(token.len() < 4 || !status.message().contains(token.as_ref()));
+                    }
+                }
+            }
+        }
+    }
 }
