@@ -55,7 +55,7 @@ fn an_embedder_compiles_the_runtime_without_the_binary_or_the_grpc_server() {
         );
     }
     // The binary's (clap, the subscriber, the exporter), the test kit's
-    // (tempfile, rcgen), the gRPC server's (tonic-health) and rand, which
+    // (tempfile, rcgen), the gRPC server's (tonic-health, x509-parser) and rand, which
     // no library code uses.
     for unwanted in [
         "clap",
@@ -65,6 +65,7 @@ fn an_embedder_compiles_the_runtime_without_the_binary_or_the_grpc_server() {
         "rand",
         "tempfile",
         "rcgen",
+        "x509-parser",
     ] {
         assert!(
             !crates.iter().any(|c| c == unwanted),
