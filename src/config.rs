@@ -427,7 +427,7 @@ pub struct ServerLimits {
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// The largest request message decoded, in bytes; a larger one is
-    /// refused with `RESOURCE_EXHAUSTED` without being buffered.
+    /// refused with `OUT_OF_RANGE` as soon as its length is read.
     pub max_request_bytes: usize,
 }
 
