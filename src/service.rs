@@ -5,6 +5,7 @@ pub mod connect;
 pub mod grpc;
 pub mod kv;
 pub mod server;
+mod shown;
 pub mod tso;
 
 pub use client::{KvClient, LeaderWatch, RoleClient, TsoClient};

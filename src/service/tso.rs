@@ -282,7 +282,7 @@ fn parse_bound(raw: &[u8]) -> Result<u64, TsoError> {
     match parsed {
         None => Err(TsoError::Corrupt {
             key: UPPER_BOUND_KEY,
-            value: crate::service::grpc::shown(&String::from_utf8_lossy(raw)),
+            value: crate::service::shown::shown(&String::from_utf8_lossy(raw)),
         }),
         Some(value) if value > MAX_PHYSICAL => Err(TsoError::OutOfRange {
             key: UPPER_BOUND_KEY,
@@ -509,7 +509,7 @@ mod tests {
                 Err(error) => {
                     let text = error.to_string();
                     proptest::prop_assert!(text.contains("upper_bound"), "{}", text);
-                    proptest::prop_assert!(text.len() < 400, "{}", text);
+                    proptest::prop_assert!(text.len() < 1024, "{}", text);
                 }
             }
         }

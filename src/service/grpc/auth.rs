@@ -10,15 +10,13 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request};
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tower::{Layer, Service};
 
+use super::gate::{Admit, GateLayer, Gated};
 use crate::config::{ConfigError, ServerAuthConfig, read_named_file};
 
 /// The calls that steer a node, by gRPC path prefix.
@@ -248,7 +246,7 @@ impl Policy {
     /// Judges a call to `path`: who made it, or the refusal to send.
     pub fn judge(&self, path: &str, presented: &Presented) -> Result<Caller, Status> {
         let privileged = self.is_privileged(path);
-        let path = &super::shown(path);
+        let path = &crate::service::shown::shown(path);
         if let Some(header) = &presented.authorization {
             let Some(token) = bearer(header) else {
                 return Err(Status::unauthenticated(
@@ -369,63 +367,28 @@ fn subject(der: &[u8]) -> Option<Subject> {
 
 /// Refuses calls the [`Policy`] does not allow, with a log line naming the
 /// peer; puts the [`Caller`] of an accepted call in its extensions.
-#[derive(Clone)]
-pub struct AuthLayer {
-    policy: Arc<Policy>,
-}
+pub type AuthLayer = GateLayer<Policy>;
+
+/// A service behind an [`AuthLayer`].
+pub type Authorized<S> = Gated<S, Policy>;
 
 impl AuthLayer {
     /// A layer applying `policy`.
     pub fn new(policy: Policy) -> Self {
         Self {
-            policy: Arc::new(policy),
+            admit: Arc::new(policy),
         }
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Authorized<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Authorized {
-            inner,
-            policy: self.policy.clone(),
-        }
-    }
-}
-
-/// A service behind an [`AuthLayer`].
-#[derive(Clone)]
-pub struct Authorized<S> {
-    inner: S,
-    policy: Arc<Policy>,
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Authorized<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let presented = presented(&request);
+impl Admit for Policy {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), Status> {
+        let presented = presented(request);
         let path = request.uri().path().to_owned();
-        let shown_path = super::shown(&path);
-        match self.policy.judge(&path, &presented) {
+        match self.judge(&path, &presented) {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(request))
+                Ok(())
             }
             Err(status) => {
                 let peer = presented
@@ -435,7 +398,7 @@ where
                 tracing::warn!(
                     %peer,
                     certificate,
-                    path = shown_path,
+                    path = crate::service::shown::shown(&path),
                     code = ?status.code(),
                     "refused a call: {}",
                     status.message()
@@ -445,7 +408,7 @@ where
                     "code" => code_label(status.code())
                 )
                 .increment(1);
-                Box::pin(async move { Ok(status.into_http()) })
+                Err(status)
             }
         }
     }
@@ -652,7 +615,7 @@ mod tests {
                 }
                 Ok(_) => proptest::prop_assert!(!policy.is_privileged(&path)),
                 Err(status) => {
-                    proptest::prop_assert!(status.message().len() < 400);
+                    proptest::prop_assert!(status.message().len() < 1024);
                     if let Some(token) = header.as_deref().and_then(bearer) {
                         let token = String::from_utf8_lossy(token);
                         proptest::prop_assert!(token.len() < 4 || !status.message().contains(token.as_ref()));

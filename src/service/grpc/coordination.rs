@@ -51,7 +51,7 @@ impl CoordinationService {
                 let known: Vec<_> = self.roles.iter().map(|r| r.role().to_owned()).collect();
                 Status::invalid_argument(format!(
                     "unknown role {:?}; this node runs {}",
-                    super::shown(name),
+                    crate::service::shown::shown(name),
                     known.join(", ")
                 ))
             })

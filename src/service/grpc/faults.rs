@@ -31,14 +31,14 @@ impl Faults for FaultService {
         let Some(control) = self.roles.iter().find(|r| r.role() == role) else {
             return Err(Status::invalid_argument(format!(
                 "unknown role {:?}",
-                super::shown(&role)
+                crate::service::shown::shown(&role)
             )));
         };
         let Some(fault) = Fault::from_name(&fault) else {
             let known: Vec<_> = Fault::ALL.iter().map(|(_, name)| *name).collect();
             return Err(Status::invalid_argument(format!(
                 "unknown fault {:?}; faults: {}",
-                super::shown(&fault),
+                crate::service::shown::shown(&fault),
                 known.join(", ")
             )));
         };

@@ -45,7 +45,7 @@ impl HealthService {
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "no role {:?} runs on this node",
-                    super::shown(name)
+                    crate::service::shown::shown(name)
                 ))
             })
     }

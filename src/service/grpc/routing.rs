@@ -4,24 +4,27 @@
 //! answers `UNAVAILABLE` with `standin-leader` (where the active is, when
 //! known) and `standin-epoch`, so a client can go straight there.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use std::sync::Arc;
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request};
 use tonic::Status;
-use tower::{Layer, Service};
 
+use super::gate::{Admit, GateLayer, Gated};
 use super::{EPOCH_HEADER, unavailable};
 use crate::etcd::session::RoleState;
 use crate::role::RoleControl;
 use crate::status::RoleStatus;
 
 /// Wraps services so they run only where the role serves.
-#[derive(Clone)]
-pub struct ActiveOnlyLayer {
-    role: Arc<dyn RoleControl>,
+pub type ActiveOnlyLayer = GateLayer<ServesHere>;
+
+/// A service that refuses requests where its role does not serve.
+pub type ActiveOnly<S> = Gated<S, ServesHere>;
+
+/// The check behind [`ActiveOnlyLayer`]: whether the role serves on this
+/// node at this instant, for the epoch the request names.
+pub struct ServesHere {
+    role: Box<dyn RoleControl>,
 }
 
 impl ActiveOnlyLayer {
@@ -29,33 +32,20 @@ impl ActiveOnlyLayer {
     /// it serves here at that instant (`RoleHandle::status`).
     pub fn new(role: impl RoleControl + 'static) -> Self {
         Self {
-            role: Arc::new(role),
+            admit: Arc::new(ServesHere {
+                role: Box::new(role),
+            }),
         }
     }
 }
 
-impl<S> Layer<S> for ActiveOnlyLayer {
-    type Service = ActiveOnly<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ActiveOnly {
-            inner,
-            role: self.role.clone(),
+impl Admit for ServesHere {
+    fn admit<B>(&self, request: &mut Request<B>) -> Result<(), Status> {
+        match refusal(&self.role.status(), request.headers()) {
+            Some(status) => Err(status),
+            None => Ok(()),
         }
     }
-}
-
-/// A service that refuses requests where its role does not serve.
-#[derive(Clone)]
-pub struct ActiveOnly<S> {
-    inner: S,
-    role: Arc<dyn RoleControl>,
-}
-
-// Keeps the wrapped service's gRPC name, so a layered service is added to a
-// tonic server like the bare one.
-impl<S: tonic::server::NamedService> tonic::server::NamedService for ActiveOnly<S> {
-    const NAME: &'static str = S::NAME;
 }
 
 /// Why a request must go elsewhere, if it must; `status` as it stands at
@@ -90,33 +80,6 @@ pub fn refusal(status: &RoleStatus, headers: &HeaderMap) -> Option<Status> {
             leader,
         )),
         _ => None,
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ActiveOnly<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let refused = refusal(&self.role.status(), request.headers());
-        if let Some(status) = refused {
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
-        // The clone that was made ready is the one to call (tower's usual dance).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(request))
     }
 }
 
