@@ -692,3 +692,26 @@ async fn kv(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::metrics_address;
+
+    #[test]
+    fn a_metrics_port_alone_binds_loopback_and_an_address_is_taken_as_given() {
+        assert_eq!(
+            metrics_address("9100").unwrap().to_string(),
+            "127.0.0.1:9100"
+        );
+        assert_eq!(
+            metrics_address("0.0.0.0:9100").unwrap().to_string(),
+            "0.0.0.0:9100"
+        );
+        assert_eq!(
+            metrics_address("[::1]:9100").unwrap().to_string(),
+            "[::1]:9100"
+        );
+        let error = metrics_address("metrics").unwrap_err();
+        assert!(error.contains("neither a port nor HOST:PORT"), "{error}");
+    }
+}
