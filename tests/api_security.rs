@@ -155,13 +155,17 @@ async fn resign_status(config: &Path, address: &str) -> anyhow::Result<tonic::St
 /// Waits until `node`'s log satisfies `holds`; on the deadline, fails with its tail.
 async fn wait_for_log(node: &StandinProcess, what: &str, holds: impl Fn(&str) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !holds(&node.log()) {
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        poll.tick().await;
+        if holds(&node.log()) {
+            return;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "no {what} in the node's log:\n{}",
             node.log_tail(30)
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
