@@ -306,13 +306,17 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// The password: `password`, or the contents of `passwordFile` without
     /// its trailing newline.
-    pub fn password(&self) -> std::io::Result<String> {
+    /// The error names the key: the file that cannot be read, or the
+    /// password that is not set (validation refuses that earlier).
+    pub fn password(&self) -> Result<String, ConfigError> {
         match (&self.password, &self.password_file) {
             (Some(password), _) => Ok(password.clone()),
-            (None, Some(path)) => read_secret(path),
-            (None, None) => Err(std::io::Error::other(
-                "neither etcd.auth.password nor etcd.auth.passwordFile is set",
-            )),
+            (None, Some(path)) => read_secret("etcd.auth.passwordFile", path),
+            (None, None) => Err(ConfigError::Invalid {
+                key: "etcd.auth.password",
+                value: "~".to_owned(),
+                message: "must be set, or etcd.auth.passwordFile".to_owned(),
+            }),
         }
     }
 }
@@ -373,9 +377,16 @@ impl TlsConfig {
     }
 }
 
-/// A secret kept in a file: its text without the line end an editor adds.
-pub(crate) fn read_secret(path: &Path) -> std::io::Result<String> {
-    let text = std::fs::read_to_string(path)?;
+/// A secret kept in the file the config names at `key`: its text without
+/// the line end an editor adds.
+pub(crate) fn read_secret(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+    let text = String::from_utf8(read_named_file(key, path)?).map_err(|_| {
+        ConfigError::FileUnreadable {
+            key,
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+        }
+    })?;
     Ok(text
         .strip_suffix('\n')
         .map(|line| line.strip_suffix('\r').unwrap_or(line))

@@ -102,13 +102,7 @@ pub async fn connect(config: &EtcdConfig) -> Result<Client, EtcdError> {
         // keepalives and watches are streams, which do not use the token.
         // Without the refresh every call after that fails with "invalid auth
         // token", so the standby could never take over (the Milvus failure).
-        let password = auth.password().map_err(|source| {
-            EtcdError::FileUnreadable(ConfigError::FileUnreadable {
-                key: "etcd.auth.passwordFile",
-                path: auth.password_file.clone().unwrap_or_default(),
-                source,
-            })
-        })?;
+        let password = auth.password().map_err(EtcdError::FileUnreadable)?;
         options = options
             .with_user(auth.user.as_str(), password)
             .with_auto_token_refresh(true);

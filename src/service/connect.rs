@@ -78,13 +78,8 @@ impl NodeConnector {
         let authorization = match &config.client.token_file {
             None => None,
             Some(path) => {
-                let token = read_secret(path).map_err(|source| {
-                    ConnectError::FileUnreadable(ConfigError::FileUnreadable {
-                        key: "client.tokenFile",
-                        path: path.clone(),
-                        source,
-                    })
-                })?;
+                let token =
+                    read_secret("client.tokenFile", path).map_err(ConnectError::FileUnreadable)?;
                 let mut value = HeaderValue::try_from(format!("Bearer {}", token.trim()))
                     .ok()
                     .filter(|_| !token.trim().is_empty())
