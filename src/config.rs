@@ -2,6 +2,7 @@
 
 mod builder;
 mod env;
+pub mod kv;
 mod locate;
 pub mod tso;
 mod validate;
@@ -16,6 +17,7 @@ use serde_norway::{Mapping, Value};
 
 pub use builder::ConfigBuilder;
 use env::{Schema, apply_env};
+pub use kv::KvConfig;
 use locate::{Origin, Seg, plain_scalar, show_path};
 pub use tso::TsoConfig;
 
@@ -174,6 +176,9 @@ pub struct Config {
     /// The timestamp oracle's settings. The section also takes the `tso`
     /// role's `activeStandby` switch, which is read into [`Config::roles`].
     pub tso: TsoConfig,
+    /// The register's quotas. The section also takes the `kv` role's
+    /// `activeStandby` switch, which is read into [`Config::roles`].
+    pub kv: KvConfig,
     /// standin's own gRPC server (`standin run`): TLS, and who may steer the node.
     pub server: ServerConfig,
     /// How clients (the CLI, `RoleClient`) reach standin's gRPC servers: TLS
@@ -477,7 +482,10 @@ pub struct ServerTlsConfig {
 /// `Resign` and `Faults.Inject` need an authenticated caller: a bearer token
 /// listed in `tokensFile`, or a client certificate (verified against
 /// `server.tls.clientCaFile`) whose subject is in `allowedSubjects`. With
-/// neither configured, only callers on loopback may make them.
+/// neither configured, only callers on loopback may make them, and only
+/// while the server listens on loopback (or `trustLoopback` is set). Off
+/// loopback, kv `Put` and tso `Allocate` need a token or a verified
+/// certificate too, unless `anonymousWrites` is set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct ServerAuthConfig {
@@ -494,6 +502,18 @@ pub struct ServerAuthConfig {
     /// `Faults`. `false` (the default): `Status`, `WatchLeader`, health,
     /// `Tso` and `Kv` answer any client that passed TLS.
     pub authenticate_reads: bool,
+    /// Whether anonymous callers may make calls that change state (kv
+    /// `Put`, tso `Allocate`) when the server listens off loopback. `false`
+    /// (the default): off loopback they need a listed token or a verified
+    /// client certificate, so whoever reaches the port cannot fill etcd or
+    /// push the oracle ahead of the clock. On loopback they are open anyway.
+    pub anonymous_writes: bool,
+    /// Whether callers on loopback are trusted as authenticated (steer,
+    /// write) whatever the server listens on. `false` (the default): only
+    /// while the server listens on loopback and no credential is
+    /// configured, since behind a sidecar or a port-forward every caller
+    /// looks like loopback.
+    pub trust_loopback: bool,
 }
 
 impl ServerAuthConfig {
@@ -861,13 +881,13 @@ impl Config {
                     plain_scalar(&key).unwrap_or_else(|| "of a mapping or sequence".to_owned())
                 )));
             };
-            if name == TSO_SECTION {
-                // The tso role's switch shares the section with TsoConfig,
-                // which knows nothing of it.
-                if let Value::Mapping(tso) = &mut value
-                    && let Some(switch) = tso.remove(ACTIVE_STANDBY)
+            if ROLE_SECTIONS.contains(&name.as_str()) {
+                // A built-in role's switch shares the section with its
+                // settings, which know nothing of it.
+                if let Value::Mapping(section) = &mut value
+                    && let Some(switch) = section.remove(ACTIVE_STANDBY)
                 {
-                    let path = [Seg::key(TSO_SECTION), Seg::key(ACTIVE_STANDBY)];
+                    let path = [Seg::key(&name), Seg::key(ACTIVE_STANDBY)];
                     let active_standby =
                         origin.parse(switch, &path, |d| ActiveStandbyConfig::deserialize(d))?;
                     roles.insert(name.clone(), RoleConfig { active_standby });
@@ -899,21 +919,23 @@ impl Config {
 
 /// The config sections, the top-level keys that are not role names; one per
 /// field of [`Config`] (a unit test holds them in step).
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "etcd",
     "node",
     "session",
     "coordinator",
     "reload",
-    TSO_SECTION,
+    "tso",
+    "kv",
     "server",
     "client",
 ];
 
-/// The section of the timestamp oracle's settings, and the name of its role.
-const TSO_SECTION: &str = "tso";
+/// The sections of the built-in roles' settings, each named after its role
+/// and taking that role's `activeStandby` switch too.
+const ROLE_SECTIONS: [&str; 2] = ["tso", "kv"];
 
-/// The key of a role's switch, in its role section or in the `tso` section.
+/// The key of a role's switch, in its role section or in a built-in role's section.
 const ACTIVE_STANDBY: &str = "activeStandby";
 
 impl Serialize for Config {
@@ -927,9 +949,9 @@ impl Serialize for Config {
         for (role, config) in &self.roles {
             let switch =
                 serde_norway::to_value(&config.active_standby).map_err(S::Error::custom)?;
-            if role == TSO_SECTION {
-                if let Some(Value::Mapping(tso)) = sections.get_mut(TSO_SECTION) {
-                    tso.insert(Value::from(ACTIVE_STANDBY), switch);
+            if ROLE_SECTIONS.contains(&role.as_str()) {
+                if let Some(Value::Mapping(section)) = sections.get_mut(role.as_str()) {
+                    section.insert(Value::from(ACTIVE_STANDBY), switch);
                 }
             } else if SECTIONS.contains(&role.as_str()) {
                 return Err(S::Error::custom(format!(

@@ -16,12 +16,12 @@ use standin::service::grpc::coordination::CoordinationService;
 use standin::service::grpc::faults::FaultService;
 use standin::service::grpc::health::HealthService;
 use standin::service::grpc::kv::KvService;
-use standin::service::grpc::proto::ResignRequest;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::coordination_server::CoordinationServer;
 use standin::service::grpc::proto::faults_server::FaultsServer;
 use standin::service::grpc::proto::kv_server::KvServer;
 use standin::service::grpc::proto::tso_server::TsoServer;
+use standin::service::grpc::proto::{ResignRequest, StatusRequest};
 use standin::service::grpc::routing::ActiveOnlyLayer;
 use standin::service::grpc::tso::TsoService;
 use standin::service::kv::Kv;
@@ -111,6 +111,17 @@ enum Command {
     },
     /// Parse and validate the configuration, then print the effective timings.
     CheckConfig,
+    /// Exits 0 when the node answers and each of its roles holds a live etcd
+    /// session (leading or not): a container health check, a readiness probe.
+    Probe {
+        /// The node's gRPC address; node.address (else 127.0.0.1:19530) when absent.
+        #[arg(long)]
+        address: Option<String>,
+        /// Only ask that the process answers: a liveness probe, which an
+        /// etcd outage must not fail (restarting the node would not help).
+        #[arg(long)]
+        live: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +218,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             deadline,
         } => tso(&config, count, repeat, duration, deadline, timeout).await,
         Command::Kv { op, deadline } => kv(&config, op, deadline, timeout).await,
+        Command::Probe { address, live } => probe(&config, address, live, timeout).await,
         Command::CheckConfig => {
             let session = &config.session;
             println!(
@@ -268,17 +280,37 @@ async fn run(
         })?,
     };
     // Clients must reach the address published: the one asked for, else the
-    // one configured, else the one listened on.
-    let advertised = advertise
-        .or_else(|| config.node.address.clone())
-        .unwrap_or_else(|| listen.to_string());
+    // one configured, else the one listened on, unless that is every interface.
+    let advertised = match advertise.or_else(|| config.node.address.clone()) {
+        Some(advertised) => advertised,
+        None if listen.ip().is_unspecified() => {
+            return Err(usage(anyhow::anyhow!(
+                "--listen {listen} is an unspecified address, which cannot be published: \
+                 peers and clients would dial their own host; pass --advertise HOST:PORT or \
+                 set node.address (STANDIN_NODE_ADDRESS) to an address they reach: the \
+                 host's own IP, or in Kubernetes the pod IP (status.podIP through the \
+                 downward API)"
+            )));
+        }
+        None => listen.to_string(),
+    };
     config.node.address = Some(advertised);
     config.validate().map_err(|error| usage(error.into()))?;
     let builder =
         standin::service::server::builder(&config.server).map_err(|error| usage(error.into()))?;
     let encrypted = config.server.tls.is_some();
     let limits = config.server.limits.clone();
-    let policy = Policy::from_config(&config.server.auth).map_err(|error| usage(error.into()))?;
+    let policy = Policy::from_config(&config.server.auth)
+        .map_err(|error| usage(error.into()))?
+        .listening_on(listen);
+    if policy.writes_need_credentials() && !config.server.auth.has_credentials() {
+        tracing::warn!(
+            %listen,
+            "kv Put and tso Allocate are refused to every caller: this node listens off \
+             loopback and no credential is configured; set server.auth.tokensFile (and \
+             client.tokenFile for clients), or server.auth.anonymousWrites: true"
+        );
+    }
     // Validation ties allowedSubjects to a client CA, so credentials mean
     // callers that can be told apart.
     if fault_injection && !listen.ip().is_loopback() && !config.server.auth.has_credentials() {
@@ -300,6 +332,7 @@ async fn run(
         standin::telemetry::install_prometheus(metrics)?;
     }
     let tso_config = config.tso.clone();
+    let kv_config = config.kv.clone();
     let call_timeout = config.etcd.request_timeout;
     let resign_timeout = config.handover_bound();
     // Bound before the node joins the election: a port in use fails here.
@@ -312,7 +345,9 @@ async fn run(
     let tso = runs("tso")
         .then(|| node.add_role("tso", Tso::new(tso_config.clone())))
         .transpose()?;
-    let register = runs("kv").then(|| node.add_role("kv", Kv)).transpose()?;
+    let register = runs("kv")
+        .then(|| node.add_role("kv", Kv::new(kv_config)))
+        .transpose()?;
     node.start().await.context("starting the node")?;
     let server_id = node.server_id().unwrap_or_default();
     tracing::info!(server_id, %listen, "serving gRPC");
@@ -362,6 +397,9 @@ async fn run(
                 let _ = server_stops.await;
             }),
     );
+    notify_systemd(&format!(
+        "READY=1\nSTATUS=server {server_id} serving gRPC on {listen}"
+    ));
     let failed_early = tokio::select! {
         _ = stop_signal() => None,
         served = &mut server => Some(served),
@@ -369,6 +407,7 @@ async fn run(
     // The roles are handed over first, while the server still answers (and
     // sends clients to the successor); streams end once their role stops.
     tracing::info!("handing the roles over");
+    notify_systemd("STOPPING=1\nSTATUS=handing the roles over");
     node.shutdown().await;
     if let Some(served) = failed_early {
         served
@@ -405,6 +444,95 @@ async fn stop_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+}
+
+/// Tells systemd how the service is (`READY=1`, `STOPPING=1`), when it
+/// started this process as a `Type=notify` service: it passes the socket
+/// to write to in `NOTIFY_SOCKET` (a path, or `@` and an abstract name).
+fn notify_systemd(state: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(socket_path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        match socket_path.as_bytes().strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.send_to_addr(state.as_bytes(), &address)
+            }
+            None => socket.send_to(state.as_bytes(), &socket_path),
+        }
+    });
+    if let Err(error) = sent {
+        tracing::warn!(
+            "telling systemd {:?} through NOTIFY_SOCKET failed: {error}",
+            state.lines().next().unwrap_or_default()
+        );
+    }
+}
+
+/// `standin probe`: the node at `address` answers its `Status` and,
+/// unless `live`, every role it runs holds a lease (a live etcd session).
+async fn probe(
+    config: &Config,
+    address: Option<String>,
+    live: bool,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let address = address.unwrap_or_else(|| config.node.advertised().to_owned());
+    let connector = NodeConnector::from_config(config).map_err(|error| usage(error.into()))?;
+    let ask = async {
+        let channel = connector.connect(&address).await?;
+        let status = CoordinationClient::new(channel)
+            .status(StatusRequest {})
+            .await?
+            .into_inner();
+        Ok::<_, anyhow::Error>(status)
+    };
+    let status = match tokio::time::timeout(timeout, ask).await {
+        Ok(answered) => answered.with_context(|| format!("asking the node at {address}"))?,
+        Err(_) => {
+            return Err(anyhow::anyhow!(
+                "the node at {address} did not answer within {}",
+                humantime::format_duration(timeout)
+            )
+            .into());
+        }
+    };
+    let roles: Vec<String> = status
+        .roles
+        .iter()
+        .map(|role| format!("{} {}", role.role, role.state))
+        .collect();
+    if !live {
+        let without: Vec<&str> = status
+            .roles
+            .iter()
+            .filter(|role| role.lease_id == 0 || role.state == "stopped")
+            .map(|role| role.role.as_str())
+            .collect();
+        if status.roles.is_empty() || !without.is_empty() {
+            return Err(anyhow::anyhow!(
+                "server {} at {address} answers, but holds no live etcd session for: {} \
+                 (etcd unreachable, or the node is stopping)",
+                status.server_id,
+                if without.is_empty() {
+                    "any role".to_owned()
+                } else {
+                    without.join(", ")
+                }
+            )
+            .into());
+        }
+    }
+    println!(
+        "ok: server {} at {address} ({})",
+        status.server_id,
+        roles.join(", ")
+    );
+    Ok(())
 }
 
 /// Runs one step of a one-shot command, failing with one line that names

@@ -294,6 +294,13 @@ impl Node {
             return Err(NodeError::BadLifecycle("a node needs at least one role"));
         }
         self.config.validate()?;
+        let warnings = {
+            let names: Vec<&str> = self.pending.iter().map(|(role, _)| role.as_str()).collect();
+            self.config.deployment_warnings(&names)
+        };
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
         let client = crate::etcd::connect_checked(&self.config.etcd).await?;
         self.steering = crate::etcd::steer(&client, &self.config.etcd);
         let layout = Layout::new(&self.config.etcd.root_path);

@@ -7,8 +7,8 @@ use serde_norway::{Mapping, Value};
 
 use super::locate::{Override, Seg, plain_scalar, raw_scalar};
 use super::{
-    ACTIVE_STANDBY, AuthConfig, Config, ConfigError, RoleConfig, SECTIONS, ServerTlsConfig,
-    TSO_SECTION, TlsConfig,
+    ACTIVE_STANDBY, AuthConfig, Config, ConfigError, ROLE_SECTIONS, RoleConfig, SECTIONS,
+    ServerTlsConfig, TlsConfig,
 };
 
 /// Every key a config can have, each with a value of its type: the
@@ -17,7 +17,7 @@ use super::{
 /// has a string is read back as the string the file wrote. An `Option`
 /// field added later and not filled in here is still found, as a string.
 pub(super) struct Schema {
-    /// The sections (and `tso.activeStandby`).
+    /// The sections (and the built-in roles' `activeStandby`).
     sections: Value,
     /// A role section, found under any top-level key that is not a section.
     role: Value,
@@ -53,8 +53,9 @@ impl Schema {
         full.node.witness_advertised_address = Some("127.0.0.1:1".to_owned());
         full.session.keepalive_interval = Some(Duration::from_secs(1));
         full.session.renew_deadline = Some(Duration::from_secs(2));
-        full.roles
-            .insert(TSO_SECTION.to_owned(), RoleConfig::default());
+        for role in ROLE_SECTIONS {
+            full.roles.insert(role.to_owned(), RoleConfig::default());
+        }
         Self {
             sections: to_value(&full),
             role: to_value(&RoleConfig::default()),
@@ -251,6 +252,12 @@ pub(super) fn apply_env(
     for (variable, raw) in env {
         let (precedence, path) = if let Some(rest) = variable.strip_prefix(ENV_PREFIX) {
             let Some(path) = schema.env_path(rest) else {
+                if is_service_link(&variable) {
+                    // Kubernetes gives every pod these for a Service named
+                    // `standin` (or `standin-*`): they are not settings.
+                    tracing::debug!(variable, "ignoring a Kubernetes service-link variable");
+                    continue;
+                }
                 return Err(ConfigError::UnknownEnvVar { variable });
             };
             (1, path)
@@ -303,6 +310,36 @@ pub(super) fn apply_env(
         });
     }
     Ok(overrides)
+}
+
+/// Whether `variable` has the shape of the variables Kubernetes injects for a
+/// Service (`{NAME}_SERVICE_HOST`, `{NAME}_SERVICE_PORT[_{PORT_NAME}]`,
+/// `{NAME}_PORT`, `{NAME}_PORT_{n}_{PROTO}[_PROTO|_PORT|_ADDR]`). Only names
+/// that match no config key are asked.
+pub(super) fn is_service_link(variable: &str) -> bool {
+    if variable.ends_with("_SERVICE_HOST")
+        || variable.ends_with("_SERVICE_PORT")
+        || variable.contains("_SERVICE_PORT_")
+        || variable.ends_with("_PORT")
+    {
+        return true;
+    }
+    // `_PORT_{n}_{PROTO}` followed by nothing or one of three fields.
+    variable.match_indices("_PORT_").any(|(at, marker)| {
+        let mut parts = variable[at + marker.len()..].split('_');
+        let number = parts.next().is_some_and(|n| {
+            !n.is_empty() && n.len() <= 5 && n.bytes().all(|b| b.is_ascii_digit())
+        });
+        let protocol = parts
+            .next()
+            .is_some_and(|p| matches!(p, "TCP" | "UDP" | "SCTP"));
+        let field = match (parts.next(), parts.next()) {
+            (None, _) => true,
+            (Some(field), None) => matches!(field, "PROTO" | "PORT" | "ADDR"),
+            _ => false,
+        };
+        number && protocol && field
+    })
 }
 
 /// Sets the value at `path`, creating the mappings on the way (a null or a
@@ -502,6 +539,47 @@ mod tests {
             "STANDIN_ETCD_RETRY",
             "STANDIN_",
             "STANDIN_ETCD_ACTIVE_STANDBY_ENABLED",
+        ] {
+            match env_error("", &[(variable, "1")]) {
+                ConfigError::UnknownEnvVar { variable: named } => assert_eq!(named, variable),
+                other => panic!("{variable}: expected an unknown-variable error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn kubernetes_service_link_variables_are_ignored_and_other_unknown_ones_still_fail() {
+        // What a kubelet sets for Services `standin` (ports grpc 19530 and
+        // witness 19531) and `standin-etcd`.
+        let links = [
+            ("STANDIN_SERVICE_HOST", "10.96.0.12"),
+            ("STANDIN_SERVICE_PORT", "19530"),
+            ("STANDIN_SERVICE_PORT_GRPC", "19530"),
+            ("STANDIN_SERVICE_PORT_WITNESS", "19531"),
+            ("STANDIN_PORT", "tcp://10.96.0.12:19530"),
+            ("STANDIN_PORT_19530_TCP", "tcp://10.96.0.12:19530"),
+            ("STANDIN_PORT_19530_TCP_PROTO", "tcp"),
+            ("STANDIN_PORT_19530_TCP_PORT", "19530"),
+            ("STANDIN_PORT_19530_TCP_ADDR", "10.96.0.12"),
+            ("STANDIN_PORT_19531_UDP", "udp://10.96.0.12:19531"),
+            ("STANDIN_ETCD_SERVICE_HOST", "10.96.0.13"),
+            ("STANDIN_ETCD_PORT", "tcp://10.96.0.13:2379"),
+            ("STANDIN_ETCD_PORT_2379_TCP_ADDR", "10.96.0.13"),
+        ];
+        let config = with_env("", &links);
+        assert_eq!(config, Config::from_yaml_str("").unwrap());
+        // A key of the schema is still a key, beside the links.
+        let mut with_ttl = links.to_vec();
+        with_ttl.push(("STANDIN_SESSION_TTL", "4s"));
+        assert_eq!(with_env("", &with_ttl).session.ttl, Duration::from_secs(4));
+        for variable in [
+            "STANDIN_PORTS",
+            "STANDIN_PORT_X_TCP",
+            "STANDIN_PORT_19530_TCP_HOST",
+            "STANDIN_PORT_19530_HTTP",
+            "STANDIN_PORT_1953000_TCP",
+            "STANDIN_SERVICE_HOSTS",
+            "STANDIN_SESSION_TLL",
         ] {
             match env_error("", &[(variable, "1")]) {
                 ConfigError::UnknownEnvVar { variable: named } => assert_eq!(named, variable),

@@ -25,6 +25,15 @@ pub struct TsoConfig {
     /// The largest `Allocate` count, at most 2^18 - 1 so that a batch always
     /// fits in one physical millisecond.
     pub max_count: u32,
+    /// How far ahead of this node's clock callers may push the oracle. A
+    /// batch that overflows a millisecond's logical counter moves to the
+    /// next millisecond; past this lead such a batch is refused
+    /// (`RESOURCE_EXHAUSTED`) until the clock catches up, so callers asking
+    /// for the largest count in a loop cannot push every later timestamp
+    /// hours ahead for good. Longer than `window`, which a new leader
+    /// starts ahead by.
+    #[serde(with = "humantime_serde")]
+    pub max_ahead: Duration,
 }
 
 impl Default for TsoConfig {
@@ -32,6 +41,7 @@ impl Default for TsoConfig {
         Self {
             window: Duration::from_secs(3),
             max_count: MAX_COUNT,
+            max_ahead: Duration::from_secs(10),
         }
     }
 }
@@ -44,6 +54,17 @@ impl TsoConfig {
                 key: "tso.window",
                 value: humantime::format_duration(self.window).to_string(),
                 message: "must be at least 50ms: the upper bound would be saved to etcd almost every millisecond".to_owned(),
+            });
+        }
+        if self.max_ahead <= self.window {
+            return Err(ConfigError::Invalid {
+                key: "tso.maxAhead",
+                value: humantime::format_duration(self.max_ahead).to_string(),
+                message: format!(
+                    "must be longer than tso.window ({}): a new leader starts up to a window \
+                     ahead of the clock, and would refuse batches from its first overflow",
+                    humantime::format_duration(self.window)
+                ),
             });
         }
         if self.max_count == 0 || self.max_count > MAX_COUNT {
@@ -67,6 +88,17 @@ mod tests {
         assert_eq!(config.window, Duration::from_secs(3));
         assert_eq!(config.max_count, 262_143);
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn max_ahead_must_exceed_the_window() {
+        let config = TsoConfig {
+            max_ahead: Duration::from_secs(3),
+            ..TsoConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("tso.maxAhead` = 3s"), "{error}");
+        assert!(error.contains("tso.window (3s)"), "{error}");
     }
 
     #[test]
@@ -128,7 +160,8 @@ mod tests {
             config,
             TsoConfig {
                 window: Duration::from_millis(500),
-                max_count: 1000
+                max_count: 1000,
+                max_ahead: Duration::from_secs(10),
             }
         );
         let defaulted: TsoConfig = serde_norway::from_str("{}").unwrap();

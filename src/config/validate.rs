@@ -21,7 +21,8 @@ impl Config {
         self.validate_reload()?;
         self.validate_server()?;
         self.validate_client()?;
-        self.tso.validate()
+        self.tso.validate()?;
+        self.kv.validate()
     }
 
     fn validate_etcd(&self) -> Result<(), ConfigError> {
@@ -233,7 +234,71 @@ impl Config {
                 ));
             }
         }
+        let published = [
+            ("node.address", &self.node.address),
+            (
+                "node.witnessAdvertisedAddress",
+                &self.node.witness_advertised_address,
+            ),
+        ];
+        for (key, address) in published {
+            if let Some(address) = address
+                && is_unspecified(address)
+            {
+                return Err(invalid(
+                    key,
+                    format!("{address:?}"),
+                    format!("{UNSPECIFIED_PUBLISHED} ({})", publish_fix(key)),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// What is legal but likely wrong in a deployment of `roles`, one
+    /// sentence each, for the node to log at start: a loopback address
+    /// published to peers that reach etcd over the network, and a role
+    /// section spelled with another case than the role.
+    pub fn deployment_warnings(&self, roles: &[&str]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let remote_etcd = self
+            .etcd
+            .endpoints
+            .iter()
+            .find(|endpoint| !is_loopback_host(endpoint_host(endpoint)));
+        if let Some(endpoint) = remote_etcd {
+            let published = [
+                ("node.address", Some(self.node.advertised().to_owned())),
+                (
+                    "node.witnessAdvertisedAddress",
+                    self.node.witness_advertised_address.clone(),
+                ),
+            ];
+            for (key, address) in published {
+                if let Some(address) = address
+                    && crate::config::split_host_port(&address)
+                        .is_some_and(|(host, _)| is_loopback_host(host))
+                {
+                    warnings.push(format!(
+                        "{key} is {address}, a loopback address, while etcd is reached at \
+                         {endpoint}: nodes on other hosts cannot reach this one there ({})",
+                        publish_fix(key)
+                    ));
+                }
+            }
+        }
+        for role in roles {
+            for section in self.roles.keys() {
+                if section != role && section.eq_ignore_ascii_case(role) {
+                    warnings.push(format!(
+                        "config section {section:?} differs from role {role:?} only in case: \
+                         it does not apply to the role (role sections match the role's name \
+                         exactly; rename it to {role:?})"
+                    ));
+                }
+            }
+        }
+        warnings
     }
 
     fn validate_session(&self) -> Result<(), ConfigError> {
@@ -399,6 +464,46 @@ impl Config {
     }
 }
 
+/// Why a published address cannot be unspecified.
+const UNSPECIFIED_PUBLISHED: &str = "must not be an unspecified address (0.0.0.0 or ::): it is \
+     published, and a peer or client dialing it would reach its own host";
+
+/// How to publish the right address in place of `key`'s.
+fn publish_fix(key: &str) -> String {
+    let environment = match key {
+        "node.address" => "STANDIN_NODE_ADDRESS, or `standin run --advertise`",
+        _ => "STANDIN_NODE_WITNESS_ADVERTISED_ADDRESS",
+    };
+    format!(
+        "set {key} ({environment}) to an address peers reach: the host's own IP, or in \
+         Kubernetes the pod IP (status.podIP through the downward API)"
+    )
+}
+
+/// Whether `address` (`host:port`) has an unspecified IP host.
+pub(crate) fn is_unspecified(address: &str) -> bool {
+    crate::config::split_host_port(address)
+        .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_unspecified())
+}
+
+/// Whether `host` (no brackets, no port) names this host: `localhost` or a loopback IP.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host of an etcd endpoint (`http://h:2379`, `h:2379`, `[::1]:2379`, `h`).
+fn endpoint_host(endpoint: &str) -> &str {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    crate::config::split_host_port(rest).map_or(rest, |(host, _)| host)
+}
+
 fn validate_backoff(
     backoff: &BackoffConfig,
     initial_key: &'static str,
@@ -510,6 +615,74 @@ fn show(duration: Duration) -> String {
 mod tests {
     use super::*;
     use crate::config::tests::{Scratch, parse_error, rejected};
+
+    #[test]
+    fn an_unspecified_published_address_is_refused_with_the_fix() {
+        let mut config = Config::default();
+        for address in ["0.0.0.0:19530", "[::]:19530"] {
+            config.node.address = Some(address.to_owned());
+            let text = rejected(&config, "node.address");
+            assert!(text.contains("unspecified address"), "{text}");
+            assert!(text.contains("--advertise"), "{text}");
+            assert!(text.contains("status.podIP"), "{text}");
+        }
+        config.node.address = Some("10.1.2.3:19530".to_owned());
+        config.node.witness_advertised_address = Some("0.0.0.0:19531".to_owned());
+        let text = rejected(&config, "node.witnessAdvertisedAddress");
+        assert!(
+            text.contains("STANDIN_NODE_WITNESS_ADVERTISED_ADDRESS"),
+            "{text}"
+        );
+        // Listening on every interface is what a container does.
+        config.node.witness_advertised_address = None;
+        config.node.witness_address = Some("0.0.0.0:19531".to_owned());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_loopback_address_published_beside_a_remote_etcd_is_a_warning() {
+        let mut config = Config::default();
+        assert_eq!(config.deployment_warnings(&["tso"]), Vec::<String>::new());
+        config.etcd.endpoints = vec!["http://127.0.0.1:2379".into(), "localhost:2380".into()];
+        assert_eq!(config.deployment_warnings(&["tso"]), Vec::<String>::new());
+        config.etcd.endpoints = vec!["127.0.0.1:2379".into(), "etcd-1.etcd:2379".into()];
+        let warnings = config.deployment_warnings(&["tso"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("node.address is 127.0.0.1:19530, a loopback address"),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[0].contains("etcd-1.etcd:2379"), "{}", warnings[0]);
+        config.node.address = Some("10.1.2.3:19530".into());
+        config.node.witness_advertised_address = Some("[::1]:19531".into());
+        let warnings = config.deployment_warnings(&["tso"]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("node.witnessAdvertisedAddress is [::1]:19531"),
+            "{}",
+            warnings[0]
+        );
+    }
+
+    #[test]
+    fn a_role_section_in_another_case_is_a_warning_naming_both() {
+        let config = Config::from_yaml_str(
+            "rootCoord:\n  activeStandby:\n    enabled: false\ntso:\n  window: 3s\n",
+        )
+        .unwrap();
+        let warnings = config.deployment_warnings(&["rootcoord", "tso"]);
+        assert_eq!(
+            warnings,
+            vec![
+                "config section \"rootCoord\" differs from role \"rootcoord\" only in case: it \
+                 does not apply to the role (role sections match the role's name exactly; \
+                 rename it to \"rootcoord\")"
+                    .to_owned()
+            ]
+        );
+        assert!(config.deployment_warnings(&["rootCoord"]).is_empty());
+    }
 
     #[test]
     fn session_ttl_must_be_at_least_etcds_minimum() {

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::KvConfig;
 use crate::coordinator::{BoxError, Coordinator, MetaChange, Snapshot};
 use crate::fence::{Epoch, FenceError, FencedStore};
 
@@ -36,6 +37,20 @@ pub enum KvError {
         key: String,
         /// The value's size.
         size: usize,
+    },
+    /// The put would take the register past one of its quotas (`kv.maxKeys`,
+    /// `kv.maxBytes`); nothing was written.
+    #[error(
+        "put of key {key:?} refused: the register would pass {quota} ({limit}); delete keys or \
+         raise the quota"
+    )]
+    QuotaExceeded {
+        /// The key.
+        key: String,
+        /// The quota's config key.
+        quota: &'static str,
+        /// Its value.
+        limit: u64,
     },
     /// Persisting the value failed (fenced, or etcd unreachable): the
     /// register in memory is unchanged, and the write may or may not be in
@@ -77,15 +92,54 @@ pub struct KvAnswer {
 }
 
 /// The register coordinator.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Kv;
+#[derive(Debug, Default, Clone)]
+pub struct Kv {
+    config: KvConfig,
+}
+
+impl Kv {
+    /// A register with the quotas of `config` (the `kv` section).
+    pub fn new(config: KvConfig) -> Self {
+        Self { config }
+    }
+}
 
 /// What a serving register holds: every key's value, and the store its puts go through.
 #[derive(Debug)]
 pub struct KvServing {
     entries: BTreeMap<String, Vec<u8>>,
+    /// Bytes of every key and value in `entries`, for `kv.maxBytes`.
+    bytes: u64,
     store: FencedStore,
     epoch: i64,
+}
+
+/// The bytes an entry counts for against `kv.maxBytes`.
+fn entry_bytes(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+/// The register's bytes once `key` holds `value`, or the quota it would
+/// pass. A put that does not grow the register always fits, so a register
+/// already over its quotas (they were lowered) can still be rewritten.
+fn after_put(
+    config: &KvConfig,
+    entries: &BTreeMap<String, Vec<u8>>,
+    bytes: u64,
+    key: &str,
+    value: &[u8],
+) -> Result<u64, (&'static str, u64)> {
+    let old = entries.get(key);
+    if old.is_none() && entries.len() >= config.max_keys {
+        return Err(("kv.maxKeys", config.max_keys as u64));
+    }
+    let freed = old.map_or(0, |old| entry_bytes(key, old));
+    let added = entry_bytes(key, value);
+    let after = bytes - freed + added;
+    if added > freed && after > config.max_bytes {
+        return Err(("kv.maxBytes", config.max_bytes));
+    }
+    Ok(after)
 }
 
 /// `key` as a register key, or why not. The fenced store refuses keys that
@@ -120,11 +174,18 @@ impl Kv {
                 size: value.len(),
             });
         }
+        let bytes = after_put(&self.config, &serving.entries, serving.bytes, &key, &value)
+            .map_err(|(quota, limit)| KvError::QuotaExceeded {
+                key: crate::service::shown::shown(&key),
+                quota,
+                limit,
+            })?;
         // etcd first: memory changes only for a write this term made durable.
         if let Err(source) = serving.store.put(&key, value.clone()).await {
             return Err(KvError::Persist { key, source });
         }
         serving.entries.insert(key, value);
+        serving.bytes = bytes;
         Ok(KvAnswer {
             value: None,
             epoch: serving.epoch,
@@ -172,8 +233,13 @@ impl Coordinator for Kv {
             keys = entries.len(),
             "register serves"
         );
+        let bytes = entries
+            .iter()
+            .map(|(key, value)| entry_bytes(key, value))
+            .sum();
         Ok(KvServing {
             entries,
+            bytes,
             store,
             epoch: epoch.revision,
         })
@@ -220,7 +286,7 @@ mod tests {
     fn changes_apply_as_they_do_to_a_snapshot() {
         let mut snapshot = Snapshot::default();
         snapshot.entries.insert("a".to_owned(), b"1".to_vec());
-        let mut entries = Kv.decode(snapshot.clone()).unwrap();
+        let mut entries = Kv::default().decode(snapshot.clone()).unwrap();
         let changes = [
             MetaChange::Put {
                 key: "b".into(),
@@ -229,10 +295,41 @@ mod tests {
             MetaChange::Delete { key: "a".into() },
         ];
         for change in &changes {
-            Kv.apply_change(&mut entries, change).unwrap();
+            Kv::default().apply_change(&mut entries, change).unwrap();
             snapshot.apply(change);
         }
         assert_eq!(entries, snapshot.entries);
+    }
+
+    #[test]
+    fn puts_past_a_quota_are_refused_and_rewrites_that_do_not_grow_always_fit() {
+        let config = KvConfig {
+            max_keys: 2,
+            max_bytes: 10,
+        };
+        let mut entries = BTreeMap::new();
+        let mut bytes = 0;
+        for (key, value) in [("a", "1234"), ("b", "1234")] {
+            bytes = after_put(&config, &entries, bytes, key, value.as_bytes()).unwrap();
+            entries.insert(key.to_owned(), value.as_bytes().to_vec());
+        }
+        assert_eq!(bytes, 10);
+        assert_eq!(
+            after_put(&config, &entries, bytes, "c", b""),
+            Err(("kv.maxKeys", 2))
+        );
+        assert_eq!(
+            after_put(&config, &entries, bytes, "a", b"12345"),
+            Err(("kv.maxBytes", 10))
+        );
+        assert_eq!(after_put(&config, &entries, bytes, "a", b"12"), Ok(8));
+        // Over a lowered quota, a rewrite of the same size still fits.
+        let lowered = KvConfig {
+            max_keys: 1,
+            max_bytes: 4,
+        };
+        assert_eq!(after_put(&lowered, &entries, bytes, "b", b"4321"), Ok(10));
+        assert!(after_put(&lowered, &entries, bytes, "b", b"43210").is_err());
     }
 
     #[test]
@@ -240,7 +337,7 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.entries.insert("a".to_owned(), b"1".to_vec());
         snapshot.entries.insert("b/c".to_owned(), Vec::new());
-        let entries = Kv.decode(snapshot.clone()).unwrap();
+        let entries = Kv::default().decode(snapshot.clone()).unwrap();
         assert_eq!(entries, snapshot.entries);
     }
 

@@ -59,6 +59,19 @@ pub enum TsoError {
         /// The value found.
         value: u64,
     },
+    /// The batch would move the oracle further ahead of this node's clock
+    /// than `tso.maxAhead`: callers asked for more than a millisecond's
+    /// worth faster than time passes. Nothing was handed out.
+    #[error(
+        "the oracle would run {ahead_ms} ms ahead of the clock, past tso.maxAhead ({max_ms} ms): \
+         ask for fewer timestamps, or again once the clock has caught up"
+    )]
+    AheadOfClock {
+        /// How far ahead the batch would be.
+        ahead_ms: u64,
+        /// `tso.maxAhead`, in milliseconds.
+        max_ms: u64,
+    },
     /// The saved bound kept changing under this term's compare-and-swap:
     /// only late saves of this very term can write it, so this should not
     /// last; nothing was handed out.
@@ -89,7 +102,20 @@ pub fn split(ts: u64) -> (u64, u64) {
 
 /// The saved bound's distance ahead of the clock, in milliseconds.
 fn window_ms(config: &TsoConfig) -> u64 {
-    u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX)
+    millis(config.window)
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How far ahead of `now` a batch moved from `physical` to `start` would
+/// be, when callers pushed it there (a logical overflow, not the clock)
+/// past `tso.maxAhead`. A lead the oracle already has (a predecessor's
+/// bound, a clock stepped back) is never refused by itself.
+fn pushed_too_far(physical: u64, start: u64, now: u64, config: &TsoConfig) -> Option<u64> {
+    let ahead = start.saturating_sub(now);
+    (start > physical && ahead > millis(config.max_ahead)).then_some(ahead)
 }
 
 /// Where a batch starts, as computed by [`next_batch`].
@@ -210,6 +236,13 @@ impl Tso {
         }
         let now = (self.clock)();
         let start = next_batch(serving.physical, serving.logical, now, u64::from(count));
+        if let Some(ahead_ms) = pushed_too_far(serving.physical, start.physical, now, &self.config)
+        {
+            return Err(TsoError::AheadOfClock {
+                ahead_ms,
+                max_ms: millis(self.config.max_ahead),
+            });
+        }
         if start.physical >= serving.upper_bound {
             // Save first: if the write fails nothing past the old bound was
             // handed out, so a successor starting above it stays ahead.
@@ -451,6 +484,45 @@ mod tests {
             last = Some(compose(start.physical, end));
             (physical, logical) = (start.physical, start.logical + count);
         }
+    }
+
+    #[test]
+    fn callers_cannot_push_the_oracle_past_max_ahead_but_a_lead_it_has_is_kept() {
+        let config = TsoConfig::default(); // maxAhead 10s
+        let now = 1_000_000;
+        // The clock moves it: never refused.
+        assert_eq!(pushed_too_far(now - 5, now, now, &config), None);
+        // An overflow push within the lead, and right at it.
+        assert_eq!(pushed_too_far(now, now + 1, now, &config), None);
+        assert_eq!(
+            pushed_too_far(now + 9_999, now + 10_000, now, &config),
+            None
+        );
+        // One millisecond past it.
+        assert_eq!(
+            pushed_too_far(now + 10_000, now + 10_001, now, &config),
+            Some(10_001)
+        );
+        // A lead the oracle already has (a predecessor's clock, a clock
+        // stepped back) is served within its millisecond.
+        assert_eq!(
+            pushed_too_far(now + 60_000, now + 60_000, now, &config),
+            None
+        );
+
+        // Largest counts in a loop stop 10 s ahead, not hours.
+        let (mut physical, mut logical) = (now, 0);
+        let mut served = 0u64;
+        for _ in 0..100_000 {
+            let start = next_batch(physical, logical, now, MAX_LOGICAL);
+            if pushed_too_far(physical, start.physical, now, &config).is_some() {
+                break;
+            }
+            (physical, logical) = (start.physical, start.logical + MAX_LOGICAL);
+            served += 1;
+        }
+        assert_eq!(physical, now + 10_000);
+        assert_eq!(served, 10_001);
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //!
 //! `Resign` and `Faults` steer the cluster, so they need an authenticated
 //! caller: a token listed in `server.auth.tokensFile`, or a client
-//! certificate whose subject is in `server.auth.allowedSubjects`. With
-//! neither configured, only loopback callers may make them. Every other
-//! call answers any client that passed TLS, unless
-//! `server.auth.authenticateReads` asks for a caller there too.
+//! certificate whose subject is in `server.auth.allowedSubjects`. A caller on
+//! loopback is trusted instead only while the server itself listens on
+//! loopback with no credential configured, or `server.auth.trustLoopback`
+//! says so. Calls that change state (kv `Put`, tso `Allocate`) need a token
+//! or a verified certificate once the server listens off loopback, unless
+//! `server.auth.anonymousWrites` opens them. Every other call answers any
+//! client that passed TLS, unless `server.auth.authenticateReads` asks for
+//! a caller there too.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,6 +25,22 @@ use crate::config::{ConfigError, ServerAuthConfig, read_named_file};
 
 /// The calls that steer a node, by gRPC path prefix.
 const PRIVILEGED: &[&str] = &["/standin.v1.Coordination/Resign", "/standin.v1.Faults/"];
+
+/// The calls that change what a role holds, by gRPC path prefix: anyone
+/// who may make them can fill etcd or push the oracle ahead of the clock.
+const WRITES: &[&str] = &["/standin.v1.Kv/Put", "/standin.v1.Tso/Allocate"];
+
+/// What a call may do, and so what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Steers the node: an authenticated caller, or a trusted loopback one.
+    Steers,
+    /// Changes state: as a read while writes are open, else as `Steers`
+    /// but any verified certificate will do.
+    Writes,
+    /// Reads.
+    Reads,
+}
 
 /// Failures building the server's TLS and auth from config.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +212,14 @@ pub struct Policy {
     allowed_subjects: Vec<String>,
     authenticate_reads: bool,
     privileged: Vec<String>,
+    writes: Vec<String>,
+    /// `server.auth.anonymousWrites`.
+    anonymous_writes: bool,
+    /// `server.auth.trustLoopback`.
+    trust_loopback: bool,
+    /// Whether the server listens on loopback only, so every caller is on
+    /// this host. Unknown counts as off loopback: closed.
+    loopback_listener: bool,
 }
 
 impl Policy {
@@ -201,21 +229,35 @@ impl Policy {
             Some(path) => Tokens::load(path)?,
             None => Tokens::default(),
         };
-        Ok(Self::new(
+        let mut policy = Self::new(
             tokens,
             auth.allowed_subjects.clone(),
             auth.authenticate_reads,
-        ))
+        );
+        policy.anonymous_writes = auth.anonymous_writes;
+        policy.trust_loopback = auth.trust_loopback;
+        Ok(policy)
     }
 
-    /// A policy from its parts.
+    /// A policy from its parts, for a server that listens off loopback
+    /// (see [`listening_on`](Self::listening_on)).
     pub fn new(tokens: Tokens, allowed_subjects: Vec<String>, authenticate_reads: bool) -> Self {
         Self {
             tokens,
             allowed_subjects,
             authenticate_reads,
             privileged: PRIVILEGED.iter().map(|p| (*p).to_owned()).collect(),
+            writes: WRITES.iter().map(|p| (*p).to_owned()).collect(),
+            ..Self::default()
         }
+    }
+
+    /// Where the server listens: on loopback, every caller is on this host,
+    /// so writes are open and, without credentials, loopback callers may
+    /// steer. Not called, the server is taken to listen off loopback.
+    pub fn listening_on(mut self, address: std::net::SocketAddr) -> Self {
+        self.loopback_listener = address.ip().is_loopback();
+        self
     }
 
     /// Also treats calls whose path starts with `prefix`
@@ -225,16 +267,52 @@ impl Policy {
         self
     }
 
+    /// Also treats calls whose path starts with `prefix`
+    /// (`/my.pkg.Store/Put`) as changing state: for an embedder's own services.
+    pub fn writes(mut self, prefix: impl Into<String>) -> Self {
+        self.writes.push(prefix.into());
+        self
+    }
+
     /// Whether any credential is configured; without one, loopback callers
     /// may steer and nobody else may.
     fn has_credentials(&self) -> bool {
         !self.tokens.is_empty() || !self.allowed_subjects.is_empty()
     }
 
+    /// Whether a caller on loopback is trusted as if authenticated: only
+    /// when asked to, or when the server listens on loopback alone and no
+    /// credential says who may steer (behind a sidecar or a port-forward
+    /// every caller looks like loopback).
+    fn trusts_loopback(&self) -> bool {
+        self.trust_loopback || (self.loopback_listener && !self.has_credentials())
+    }
+
+    /// Whether anonymous callers may change state.
+    fn writes_open(&self) -> bool {
+        self.anonymous_writes || self.loopback_listener
+    }
+
     fn is_privileged(&self, path: &str) -> bool {
         self.privileged
             .iter()
             .any(|prefix| path.starts_with(prefix))
+    }
+
+    fn class_of(&self, path: &str) -> Class {
+        if self.is_privileged(path) {
+            Class::Steers
+        } else if self.writes.iter().any(|prefix| path.starts_with(prefix)) {
+            Class::Writes
+        } else {
+            Class::Reads
+        }
+    }
+
+    /// Whether this policy refuses every anonymous caller's writes: for a
+    /// warning at start when it also has no credential to admit anyone.
+    pub fn writes_need_credentials(&self) -> bool {
+        !self.writes_open() && !self.trust_loopback
     }
 
     fn allows(&self, subject: &Subject) -> bool {
@@ -245,7 +323,8 @@ impl Policy {
 
     /// Judges a call to `path`: who made it, or the refusal to send.
     pub fn judge(&self, path: &str, presented: &Presented) -> Result<Caller, Status> {
-        let privileged = self.is_privileged(path);
+        let class = self.class_of(path);
+        let privileged = class == Class::Steers;
         let path = &crate::service::shown::shown(path);
         if let Some(header) = &presented.authorization {
             let Some(token) = bearer(header) else {
@@ -286,18 +365,30 @@ impl Policy {
         let anonymous = Caller::Anonymous {
             peer: presented.peer,
         };
+        if self.trusts_loopback() && presented.peer.is_some_and(|p| p.ip().is_loopback()) {
+            return Ok(anonymous);
+        }
         if privileged {
-            if !self.has_credentials() && presented.peer.is_some_and(|p| p.ip().is_loopback()) {
-                return Ok(anonymous);
-            }
             let why = if self.has_credentials() {
                 "send a bearer token of server.auth.tokensFile, or a client certificate \
                  listed in server.auth.allowedSubjects"
-            } else {
+            } else if self.loopback_listener {
                 "this node has no server.auth credentials, so only callers on loopback may"
+            } else {
+                "this node listens off loopback and has no server.auth credentials, so nobody \
+                 may: set server.auth.tokensFile, or server.auth.allowedSubjects with \
+                 server.tls.clientCaFile"
             };
             return Err(Status::unauthenticated(format!(
                 "{path} needs an authenticated caller: {why}"
+            )));
+        }
+        if class == Class::Writes && !self.writes_open() {
+            return Err(Status::unauthenticated(format!(
+                "{path} changes state, and this node listens off loopback: send a bearer token \
+                 of server.auth.tokensFile or a client certificate (client.tokenFile, \
+                 client.tls), or set server.auth.anonymousWrites: true to let anyone who \
+                 reaches the port write"
             )));
         }
         if self.authenticate_reads {
@@ -429,6 +520,20 @@ mod tests {
     const RESIGN: &str = "/standin.v1.Coordination/Resign";
     const STATUS: &str = "/standin.v1.Coordination/Status";
     const INJECT: &str = "/standin.v1.Faults/Inject";
+    const PUT: &str = "/standin.v1.Kv/Put";
+    const ALLOCATE: &str = "/standin.v1.Tso/Allocate";
+    const GET: &str = "/standin.v1.Kv/Get";
+
+    fn listener(host: &str) -> SocketAddr {
+        SocketAddr::new(host.parse().unwrap(), 19530)
+    }
+
+    fn anonymous(address: &str) -> Presented {
+        Presented {
+            peer: peer(address),
+            ..Presented::default()
+        }
+    }
 
     fn tokens() -> Tokens {
         Tokens::parse("# operators\nalice: s3cret\n\nci:other-token\n").unwrap()
@@ -535,7 +640,8 @@ mod tests {
 
     #[test]
     fn without_credentials_only_loopback_steers() {
-        let open = Policy::new(Tokens::default(), vec![], false);
+        let open =
+            Policy::new(Tokens::default(), vec![], false).listening_on(listener("127.0.0.1"));
         let local = Presented {
             peer: peer("127.0.0.1:5000"),
             ..Presented::default()
@@ -554,6 +660,95 @@ mod tests {
         assert!(open.judge(STATUS, &remote).is_ok());
         // A token sent to a node that has none is refused, not ignored.
         assert!(open.judge(STATUS, &with_token("x")).is_err());
+    }
+
+    #[test]
+    fn off_loopback_writes_need_a_caller_unless_opened_in_so_many_words() {
+        let closed =
+            Policy::new(Tokens::default(), vec![], false).listening_on(listener("0.0.0.0"));
+        for path in [PUT, ALLOCATE] {
+            for caller in ["192.0.2.1:5000", "127.0.0.1:5000"] {
+                let refused = closed.judge(path, &anonymous(caller)).unwrap_err();
+                assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+                assert!(
+                    refused.message().contains("server.auth.anonymousWrites"),
+                    "{}",
+                    refused.message()
+                );
+            }
+        }
+        assert!(closed.writes_need_credentials());
+        // Reads stay open; steering is refused to everyone, loopback included.
+        assert!(closed.judge(GET, &anonymous("192.0.2.1:5000")).is_ok());
+        let refused = closed
+            .judge(RESIGN, &anonymous("127.0.0.1:5000"))
+            .unwrap_err();
+        assert!(
+            refused.message().contains("listens off loopback"),
+            "{}",
+            refused.message()
+        );
+        // A token, or any verified certificate, may write.
+        let with_tokens = Policy::new(tokens(), vec![], false).listening_on(listener("10.0.0.1"));
+        assert!(with_tokens.judge(PUT, &with_token("s3cret")).is_ok());
+        assert!(with_tokens.judge(PUT, &with_certificate("anyone")).is_ok());
+        assert!(with_tokens.judge(PUT, &anonymous("10.0.0.2:1")).is_err());
+
+        let mut opened = ServerAuthConfig::default();
+        opened.anonymous_writes = true;
+        let opened = Policy::from_config(&opened)
+            .unwrap()
+            .listening_on(listener("0.0.0.0"));
+        assert!(!opened.writes_need_credentials());
+        assert!(opened.judge(ALLOCATE, &anonymous("192.0.2.1:5000")).is_ok());
+        assert!(opened.judge(RESIGN, &anonymous("127.0.0.1:5000")).is_err());
+    }
+
+    #[test]
+    fn loopback_is_trusted_only_on_a_loopback_listener_without_credentials_or_when_asked() {
+        let local = anonymous("127.0.0.1:5000");
+        // On loopback, writes are open to every caller and steering to loopback ones.
+        let on_loopback =
+            Policy::new(Tokens::default(), vec![], false).listening_on(listener("127.0.0.1"));
+        assert!(on_loopback.judge(PUT, &local).is_ok());
+        assert!(on_loopback.judge(RESIGN, &local).is_ok());
+        // Credentials configured: loopback earns nothing for steering.
+        let with_tokens = Policy::new(tokens(), vec![], false).listening_on(listener("::1"));
+        assert!(with_tokens.judge(PUT, &local).is_ok());
+        assert!(with_tokens.judge(RESIGN, &local).is_err());
+        // Off loopback a sidecar's calls look local, so they earn nothing ...
+        let behind_sidecar = Policy::new(tokens(), vec![], false).listening_on(listener("0.0.0.0"));
+        assert!(behind_sidecar.judge(PUT, &local).is_err());
+        // ... unless the config says so.
+        let mut trusting = ServerAuthConfig::default();
+        trusting.trust_loopback = true;
+        let trusting = Policy::from_config(&trusting)
+            .unwrap()
+            .listening_on(listener("0.0.0.0"));
+        assert!(trusting.judge(PUT, &local).is_ok());
+        assert!(trusting.judge(RESIGN, &local).is_ok());
+        assert!(
+            trusting
+                .judge(RESIGN, &anonymous("192.0.2.1:5000"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_embedders_prefix_can_change_state() {
+        let policy = Policy::new(tokens(), vec![], false)
+            .listening_on(listener("0.0.0.0"))
+            .writes("/my.Store/Put");
+        assert!(
+            policy
+                .judge("/my.Store/Put", &anonymous("192.0.2.1:5000"))
+                .is_err()
+        );
+        assert!(
+            policy
+                .judge("/my.Store/Get", &anonymous("192.0.2.1:5000"))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -74,6 +74,7 @@ fn role_status(role: &dyn RoleControl) -> RoleStatus {
             revision: copy.revision,
             keys: copy.keys as u64,
         }),
+        lease_id: status.lease.unwrap_or(0),
     }
 }
 

@@ -28,6 +28,9 @@ impl KvService {
             Ok(Err(error @ (KvError::BadKey { .. } | KvError::ValueTooLarge { .. }))) => {
                 Err(Status::invalid_argument(error.to_string()))
             }
+            Ok(Err(error @ KvError::QuotaExceeded { .. })) => {
+                Err(Status::resource_exhausted(error.to_string()))
+            }
             // The term ended while persisting: a peer leads now, and its
             // reload says whether the write landed.
             Ok(Err(error @ KvError::Persist { .. })) => Err(super::unavailable(

@@ -56,6 +56,9 @@ impl tso_server::Tso for TsoService {
             Ok(Err(error @ TsoError::BadCount { .. })) => {
                 Err(Status::invalid_argument(error.to_string()))
             }
+            Ok(Err(error @ TsoError::AheadOfClock { .. })) => {
+                Err(Status::resource_exhausted(error.to_string()))
+            }
             // The term ended while persisting the window: a peer leads now.
             Ok(Err(error)) => Err(super::unavailable(
                 error.to_string(),
