@@ -538,7 +538,7 @@ pub struct ClientConfig {
 }
 
 /// This node's identity as clients see it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct NodeConfig {
     /// The address clients reach this node at, `host:port`, published in the
@@ -548,8 +548,10 @@ pub struct NodeConfig {
     /// by another address than it listens on (NAT, containers).
     pub address: Option<String>,
     /// Where this node's death witness listens, `host:port` (port 0: any
-    /// free port). Unset: the host of [`address`](Self::address), any free
-    /// port. Peers that stand by for a role this node leads hold a
+    /// free port). Unset: the host of [`address`](Self::address), on port
+    /// [`DEFAULT_WITNESS_PORT`] when that host is not loopback (a container
+    /// or firewall must let a fixed port through), else on any free port
+    /// (several nodes on one host, as in tests and demos). Peers that stand by for a role this node leads hold a
     /// connection to it; see `session.deathWitness`.
     pub witness_address: Option<String>,
     /// The witness address published to peers, when they reach it by
@@ -559,10 +561,39 @@ pub struct NodeConfig {
     /// address it listens on (with the host of `address` if it listens on
     /// every interface).
     pub witness_advertised_address: Option<String>,
+    /// A file holding the cluster's witness secret (at least 16 bytes; one
+    /// trailing newline ignored), the same on every node. With it, a
+    /// watcher and a witness each prove they hold it (HMAC-SHA256 over
+    /// fresh nonces) before a connection is held or a greeting believed:
+    /// strangers are closed within seconds, and no one without the secret
+    /// can pass for another incarnation. Unset: the unauthenticated greeting
+    /// of older versions, fit for loopback; off loopback the node warns.
+    pub witness_secret_file: Option<PathBuf>,
+    /// Connections the witness holds at once; one more is closed as it
+    /// arrives. Each peer that stands by for a role this node leads holds
+    /// one, so the default leaves room for a thousand peers while bounding
+    /// the descriptors a flood can take.
+    pub witness_max_connections: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            witness_address: None,
+            witness_advertised_address: None,
+            witness_secret_file: None,
+            witness_max_connections: 1024,
+        }
+    }
 }
 
 /// The address a node publishes when `node.address` is unset and nothing listens for it.
 pub const DEFAULT_NODE_ADDRESS: &str = "127.0.0.1:19530";
+
+/// The death witness's port when `node.witnessAddress` is unset and the
+/// node's address is not loopback: the one after the API's default.
+pub const DEFAULT_WITNESS_PORT: u16 = 19531;
 
 impl NodeConfig {
     /// The address this node publishes: `address`, or [`DEFAULT_NODE_ADDRESS`].
@@ -576,11 +607,20 @@ impl NodeConfig {
     }
 
     /// Where the death witness listens: `witnessAddress`, or the host of
-    /// the advertised address on any free port.
+    /// the advertised address, on [`DEFAULT_WITNESS_PORT`] off loopback and
+    /// any free port on it.
     pub fn witness_listen(&self) -> String {
         match &self.witness_address {
             Some(address) => address.clone(),
-            None => join_host_port(self.advertised_host(), 0),
+            None => {
+                let host = self.advertised_host();
+                let port = if validate::is_loopback_host(host) {
+                    0
+                } else {
+                    DEFAULT_WITNESS_PORT
+                };
+                join_host_port(host, port)
+            }
         }
     }
 }
@@ -1368,15 +1408,15 @@ mod tests {
     #[test]
     fn connect_attempts_and_auth_parse() {
         let config = Config::from_yaml_str(
-            "etcd:\n  connectAttempts: 0\n  auth:\n    user: root\n    password: secret\n",
+            "etcd:\n  connectAttempts: 0\n  auth:\n    user: root\n    password: hunter2x\n",
         )
         .unwrap();
         assert_eq!(config.etcd.connect_attempts, 0);
         let auth = config.etcd.auth.clone().unwrap();
         assert_eq!(auth.user, "root");
-        assert_eq!(auth.password.as_deref(), Some("secret"));
+        assert_eq!(auth.password.as_deref(), Some("hunter2x"));
         let shown = format!("{config:?}");
-        assert!(!shown.contains("secret"), "{shown}");
+        assert!(!shown.contains("hunter2x"), "{shown}");
 
         let err = Config::from_yaml_str("etcd:\n  auth:\n    user: root\n").unwrap_err();
         assert!(

@@ -45,6 +45,9 @@ pub const DEATH_WITNESS_REVOKES: &str = "standin_death_witness_revokes_total";
 /// Histogram: seconds from losing the connection to a leader's witness to
 /// having revoked its leases.
 pub const DEATH_WITNESS_REVOKE_SECONDS: &str = "standin_death_witness_revoke_seconds";
+/// Counter, label `reason` (`over_cap`, `no_hello`, `bad_hello`):
+/// connections to this node's death witness it closed unheld.
+pub const DEATH_WITNESS_REFUSED: &str = "standin_death_witness_connections_refused_total";
 /// Counter, labels `role` and `outcome` (`resigned`, `not_leader`,
 /// `unavailable`): `Resign` calls this node answered. Who asked is in the
 /// log line, not a label: callers are unbounded.
@@ -165,6 +168,11 @@ pub fn describe() {
         DEATH_WITNESS_REVOKE_SECONDS,
         Unit::Seconds,
         "Time from losing the connection to a leader's death witness to having revoked its leases."
+    );
+    metrics::describe_counter!(
+        DEATH_WITNESS_REFUSED,
+        Unit::Count,
+        "Connections to this node's death witness closed without being held: over node.witnessMaxConnections, no hello in time, or a hello without the cluster's secret."
     );
     metrics::describe_counter!(
         RESIGN_REQUESTS,

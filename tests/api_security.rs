@@ -416,6 +416,8 @@ async fn fault_injection_off_loopback_without_auth_refuses_to_start() -> anyhow:
             "run",
             "--listen",
             &format!("0.0.0.0:{port}"),
+            "--advertise",
+            &format!("127.0.0.1:{port}"),
             "--fault-injection",
         ])
         .output()?;

@@ -51,6 +51,7 @@ impl Schema {
         full.node.address = Some(super::DEFAULT_NODE_ADDRESS.to_owned());
         full.node.witness_address = Some("127.0.0.1:0".to_owned());
         full.node.witness_advertised_address = Some("127.0.0.1:1".to_owned());
+        full.node.witness_secret_file = Some("witness-secret".into());
         full.session.keepalive_interval = Some(Duration::from_secs(1));
         full.session.renew_deadline = Some(Duration::from_secs(2));
         for role in ROLE_SECTIONS {

@@ -234,6 +234,27 @@ impl Config {
                 ));
             }
         }
+        if self.node.witness_max_connections == 0 {
+            return Err(invalid(
+                "node.witnessMaxConnections",
+                "0",
+                "must be at least 1: no peer could watch this node's witness",
+            ));
+        }
+        if let Some(file) = &self.node.witness_secret_file {
+            let secret = crate::config::read_secret("node.witnessSecretFile", file)?;
+            if secret.len() < MIN_WITNESS_SECRET {
+                return Err(invalid(
+                    "node.witnessSecretFile",
+                    file.display().to_string(),
+                    format!(
+                        "holds {} bytes; a witness secret needs at least {MIN_WITNESS_SECRET} \
+                         (e.g. `head -c 32 /dev/urandom | base64`)",
+                        secret.len()
+                    ),
+                ));
+            }
+        }
         let published = [
             ("node.address", &self.node.address),
             (
@@ -464,6 +485,9 @@ impl Config {
     }
 }
 
+/// The shortest witness secret accepted, in bytes.
+const MIN_WITNESS_SECRET: usize = 16;
+
 /// Why a published address cannot be unspecified.
 const UNSPECIFIED_PUBLISHED: &str = "must not be an unspecified address (0.0.0.0 or ::): it is \
      published, and a peer or client dialing it would reach its own host";
@@ -637,6 +661,52 @@ mod tests {
         config.node.witness_advertised_address = None;
         config.node.witness_address = Some("0.0.0.0:19531".to_owned());
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn a_witness_secret_must_be_readable_and_long_enough() {
+        let scratch = Scratch::new("witness-secret");
+        let mut config = Config::default();
+        config.node.witness_secret_file = Some(scratch.0.join("missing"));
+        assert!(
+            matches!(
+                config.validate(),
+                Err(ConfigError::FileUnreadable {
+                    key: "node.witnessSecretFile",
+                    ..
+                })
+            ),
+            "a missing file is named by its key"
+        );
+        let short = scratch.0.join("short");
+        std::fs::write(&short, "0123456789abcde\n").unwrap();
+        config.node.witness_secret_file = Some(short);
+        let text = rejected(&config, "node.witnessSecretFile");
+        assert!(text.contains("holds 15 bytes"), "{text}");
+        assert!(
+            !text.contains("0123456789"),
+            "never shows the secret: {text}"
+        );
+        let good = scratch.0.join("good");
+        std::fs::write(&good, "0123456789abcdef\n").unwrap();
+        config.node.witness_secret_file = Some(good);
+        config.validate().unwrap();
+        config.node.witness_max_connections = 0;
+        rejected(&config, "node.witnessMaxConnections");
+    }
+
+    #[test]
+    fn the_witness_port_is_fixed_off_loopback_and_free_on_it() {
+        let mut node = crate::config::NodeConfig::default();
+        assert_eq!(node.witness_listen(), "127.0.0.1:0");
+        node.address = Some("10.1.2.3:19530".into());
+        assert_eq!(node.witness_listen(), "10.1.2.3:19531");
+        node.address = Some("[fd00::7]:7000".into());
+        assert_eq!(node.witness_listen(), "[fd00::7]:19531");
+        node.address = Some("localhost:7000".into());
+        assert_eq!(node.witness_listen(), "localhost:0");
+        node.witness_address = Some("0.0.0.0:4000".into());
+        assert_eq!(node.witness_listen(), "0.0.0.0:4000");
     }
 
     #[test]

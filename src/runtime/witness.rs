@@ -7,6 +7,14 @@
 //! the leader's process is gone, so its leases are revoked and the election
 //! moves on at once. Anything else (a timeout, no route, a connection that
 //! closes without a greeting) proves nothing, and the lease decides.
+//!
+//! With a cluster secret (`node.witnessSecretFile`) both sides prove it
+//! before a connection is held or a greeting believed (see `handshake`);
+//! every connection has TCP keepalive, so a peer or a NAT that silently
+//! dropped it is noticed; and the witness holds at most
+//! `node.witnessMaxConnections` at once.
+
+mod handshake;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
@@ -19,24 +27,30 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use self::handshake::{Secret, Unheld};
 use crate::backoff::Backoff;
-use crate::config::{BackoffConfig, Config, NodeConfig, join_host_port};
+use crate::config::{BackoffConfig, Config, ConfigError, NodeConfig, join_host_port};
 use crate::etcd;
 use crate::etcd::session::{Layout, SessionInfo, WitnessInfo};
 use crate::status::RoleStatus;
 use crate::task::OwnedTask;
 use crate::telemetry;
 
-/// What the witness sends first on every connection; the incarnation and a
-/// newline follow.
-const GREETING: &str = "standin-witness ";
 /// What the witness of a node that has handed its roles over says before
 /// it closes, so that its watchers do not take the closing for a death.
 const FAREWELL: &[u8] = b"standin-witness-farewell\n";
 /// Bound on saying farewell to every watcher at shutdown.
 const FAREWELL_WITHIN: Duration = Duration::from_millis(500);
-/// The longest greeting read: anything longer is not a witness.
-const MAX_GREETING: usize = 128;
+/// How long a witness with a secret waits for a watcher's hello before it
+/// closes the connection: a stranger holds a slot no longer.
+const HELLO_WITHIN: Duration = Duration::from_secs(5);
+/// TCP keepalive on every witness connection, both ends: a probe after
+/// this long idle keeps a NAT's mapping alive, and a peer that vanished
+/// without a word (a host gone, a mapping dropped) is noticed after
+/// `KEEPALIVE_IDLE + KEEPALIVE_RETRIES x KEEPALIVE_INTERVAL` (25 s).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
 /// Bound on one attempt to reach a witness (connect, then greeting): past
 /// it the attempt proves nothing.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,6 +77,9 @@ pub enum WitnessError {
         #[source]
         source: std::io::Error,
     },
+    /// `node.witnessSecretFile` could not be read.
+    #[error(transparent)]
+    SecretUnreadable(ConfigError),
 }
 
 /// This node's witness listener and, once started, its watcher of leaders'
@@ -70,6 +87,8 @@ pub enum WitnessError {
 /// peers read as this process being gone.
 pub(crate) struct Witness {
     info: WitnessInfo,
+    /// The cluster's secret, which watchers prove too.
+    secret: Option<Arc<Secret>>,
     _listener: OwnedTask,
     watcher: Option<OwnedTask>,
     /// Tells the listener to say farewell on every connection; answered
@@ -81,6 +100,12 @@ impl Witness {
     /// Binds the listener (`node.witnessAddress`) and starts greeting every
     /// connection with a fresh incarnation.
     pub(crate) async fn bind(node: &NodeConfig) -> Result<Self, WitnessError> {
+        let secret = match &node.witness_secret_file {
+            Some(path) => Some(Arc::new(
+                Secret::load(path).map_err(WitnessError::SecretUnreadable)?,
+            )),
+            None => None,
+        };
         let address = node.witness_listen();
         let bind_failed = |source| WitnessError::BindFailed {
             address: address.clone(),
@@ -104,13 +129,27 @@ impl Witness {
         tracing::info!(
             witness = info.address,
             incarnation = info.incarnation,
+            authenticated = secret.is_some(),
             "death witness listening on {local}"
         );
-        let greeting = format!("{GREETING}{}\n", info.incarnation).into_bytes();
+        if secret.is_none() && !local.ip().is_loopback() {
+            tracing::warn!(
+                "the death witness listens on {local}, off loopback, without \
+                 node.witnessSecretFile: anyone who reaches the port is greeted and held (up \
+                 to node.witnessMaxConnections); give every node the same secret file"
+            );
+        }
+        let greeter = Arc::new(Greeter {
+            incarnation: info.incarnation.clone(),
+            secret: secret.clone(),
+            max_connections: node.witness_max_connections,
+            hello_within: HELLO_WITHIN,
+        });
         let (farewell, asked) = mpsc::channel(1);
         Ok(Self {
             info,
-            _listener: OwnedTask::spawn(serve(listener, greeting.into(), asked)),
+            secret,
+            _listener: OwnedTask::spawn(serve(listener, greeter, asked)),
             watcher: None,
             farewell,
         })
@@ -146,6 +185,7 @@ impl Witness {
             request_timeout: config.etcd.request_timeout,
             retry: config.etcd.retry.clone(),
             ttl: config.session.ttl,
+            secret: self.secret.clone(),
         });
         self.watcher = Some(OwnedTask::spawn(watch_leaders(
             context, server_id, statuses,
@@ -166,11 +206,20 @@ fn incarnation() -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// How this process's witness greets and what it holds.
+struct Greeter {
+    incarnation: String,
+    secret: Option<Arc<Secret>>,
+    /// `node.witnessMaxConnections`.
+    max_connections: usize,
+    hello_within: Duration,
+}
+
 /// Accepts connections for as long as the process lives, greets each and
 /// keeps it open until its peer closes it, or until asked to say farewell.
 async fn serve(
     listener: TcpListener,
-    greeting: Arc<[u8]>,
+    greeter: Arc<Greeter>,
     mut farewell: mpsc::Receiver<oneshot::Sender<()>>,
 ) {
     let (leaving, left) = watch::channel(false);
@@ -179,8 +228,15 @@ async fn serve(
         while held.try_join_next().is_some() {}
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    held.spawn(greet_and_hold(stream, greeting.clone(), left.clone()));
+                Ok((stream, peer)) => {
+                    if held.len() >= greeter.max_connections {
+                        // Closed at once: the peer's attempt proves nothing
+                        // (no greeting), so a flood costs no takeover.
+                        tracing::debug!(%peer, "death witness: over node.witnessMaxConnections, closing");
+                        refused(Unheld::OverCap);
+                        continue;
+                    }
+                    held.spawn(greet_and_hold(stream, greeter.clone(), left.clone()));
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: peers that cannot
@@ -201,13 +257,39 @@ async fn serve(
     }
 }
 
+fn refused(why: Unheld) {
+    metrics::counter!(telemetry::DEATH_WITNESS_REFUSED, "reason" => why.label()).increment(1);
+}
+
+/// TCP keepalive on a witness connection (see [`KEEPALIVE_IDLE`]).
+fn keep_alive(stream: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!("death witness: setting TCP keepalive failed: {error}");
+    }
+}
+
 async fn greet_and_hold(
     mut stream: TcpStream,
-    greeting: Arc<[u8]>,
+    greeter: Arc<Greeter>,
     mut leaving: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    if stream.write_all(&greeting).await.is_err() {
+    keep_alive(&stream);
+    let greeted = handshake::greet(
+        &mut stream,
+        &greeter.incarnation,
+        greeter.secret.as_deref(),
+        greeter.hello_within,
+    )
+    .await;
+    if let Err(why) = greeted {
+        if why != Unheld::Gone {
+            refused(why);
+        }
         return;
     }
     let mut sink = [0u8; 64];
@@ -308,8 +390,9 @@ fn judge(armed: bool, incarnation: &str, reached: &Reached) -> Verdict {
     }
 }
 
-/// One attempt: connect, read the greeting. The stream comes back with a greeting.
-async fn reach(address: &str) -> (Reached, Option<TcpStream>) {
+/// One attempt: connect, read the greeting (proven by `secret` when the
+/// cluster has one). The stream comes back with a greeting.
+async fn reach(address: &str, secret: Option<&Secret>) -> (Reached, Option<TcpStream>) {
     let mut stream = match tokio::time::timeout(ATTEMPT_TIMEOUT, TcpStream::connect(address)).await
     {
         Err(_) => {
@@ -322,7 +405,9 @@ async fn reach(address: &str) -> (Reached, Option<TcpStream>) {
         Ok(Err(error)) => return (Reached::Inconclusive(error.to_string()), None),
         Ok(Ok(stream)) => stream,
     };
-    match tokio::time::timeout(ATTEMPT_TIMEOUT, read_greeting(&mut stream)).await {
+    keep_alive(&stream);
+    let greeting = handshake::read_greeting(&mut stream, secret);
+    match tokio::time::timeout(ATTEMPT_TIMEOUT, greeting).await {
         Ok(Ok(incarnation)) => (Reached::Greeted(incarnation), Some(stream)),
         Ok(Err(reason)) => (Reached::Inconclusive(reason), None),
         Err(_) => {
@@ -330,26 +415,6 @@ async fn reach(address: &str) -> (Reached, Option<TcpStream>) {
             (Reached::Inconclusive(reason), None)
         }
     }
-}
-
-async fn read_greeting(stream: &mut TcpStream) -> Result<String, String> {
-    let mut line = Vec::with_capacity(GREETING.len() + 17);
-    let mut byte = [0u8; 1];
-    while line.len() < MAX_GREETING {
-        match stream.read(&mut byte).await {
-            Ok(0) => return Err("connected, but closed before a greeting".to_owned()),
-            Ok(_) if byte[0] == b'\n' => {
-                let text = String::from_utf8_lossy(&line);
-                return text
-                    .strip_prefix(GREETING)
-                    .map(str::to_owned)
-                    .ok_or_else(|| format!("connected, but greeted with {text:?}: not a witness"));
-            }
-            Ok(_) => line.push(byte[0]),
-            Err(error) => return Err(format!("connected, but {error} before a greeting")),
-        }
-    }
-    Err("connected, but the greeting is too long: not a witness".to_owned())
 }
 
 /// A leader process to watch: who it is and where its witness is.
@@ -442,7 +507,7 @@ async fn watch_one(
     let mut lost_at: Option<Instant> = None;
     let mut warned = false;
     loop {
-        let (reached, stream) = reach(&watched.witness.address).await;
+        let (reached, stream) = reach(&watched.witness.address, mourner.secret.as_deref()).await;
         match judge(armed, &watched.witness.incarnation, &reached) {
             Verdict::Alive => {
                 let Some(mut stream) = stream else { continue };
@@ -511,6 +576,8 @@ struct Mourner {
     request_timeout: Duration,
     retry: BackoffConfig,
     ttl: Duration,
+    /// The cluster's witness secret, proven to every witness reached.
+    secret: Option<Arc<Secret>>,
 }
 
 impl Mourner {
@@ -683,7 +750,7 @@ mod tests {
         let witness = Witness::bind(&node).await.unwrap();
         let info = witness.info().clone();
         assert!(info.address.starts_with("127.0.0.1:"), "{info:?}");
-        let (reached, stream) = reach(&info.address).await;
+        let (reached, stream) = reach(&info.address, None).await;
         assert_eq!(reached, Reached::Greeted(info.incarnation.clone()));
         let mut stream = stream.unwrap();
         drop(witness);
@@ -692,10 +759,78 @@ mod tests {
             matches!(ended, Ok(Ended::Lost(_))),
             "the held connection ends with the witness: {ended:?}"
         );
-        let (reached, _) = reach(&info.address).await;
+        let (reached, _) = reach(&info.address, None).await;
         assert_eq!(reached, Reached::Refused);
         let other = Witness::bind(&node).await.unwrap();
         assert_ne!(other.info().incarnation, info.incarnation);
+    }
+
+    #[tokio::test]
+    async fn a_witness_holds_at_most_its_cap_and_closes_the_rest_unheld() {
+        let node = NodeConfig {
+            witness_max_connections: 2,
+            ..NodeConfig::default()
+        };
+        let witness = Witness::bind(&node).await.unwrap();
+        let info = witness.info().clone();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (reached, stream) = reach(&info.address, None).await;
+            assert_eq!(reached, Reached::Greeted(info.incarnation.clone()));
+            held.push(stream.unwrap());
+        }
+        let (reached, _) = reach(&info.address, None).await;
+        assert!(matches!(reached, Reached::Inconclusive(_)), "{reached:?}");
+        // Even an armed watcher takes that for nothing.
+        assert!(matches!(
+            judge(true, &info.incarnation, &reached),
+            Verdict::Unproven(_)
+        ));
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (reached, _) = reach(&info.address, None).await;
+            if reached == Reached::Greeted(info.incarnation.clone()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a freed slot is taken again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_secret_only_a_watcher_that_proves_it_is_greeted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("witness-secret");
+        std::fs::write(&path, "a cluster secret, 32 bytes long!\n").unwrap();
+        let node = NodeConfig {
+            witness_secret_file: Some(path.clone()),
+            ..NodeConfig::default()
+        };
+        let witness = Witness::bind(&node).await.unwrap();
+        let info = witness.info().clone();
+        let secret = Secret::load(&path).unwrap();
+        let (reached, stream) = reach(&info.address, Some(&secret)).await;
+        assert_eq!(reached, Reached::Greeted(info.incarnation.clone()));
+        let stream = stream.unwrap();
+        assert!(socket2::SockRef::from(&stream).keepalive().unwrap());
+        let (reached, _) = reach(&info.address, None).await;
+        assert!(
+            matches!(&reached, Reached::Inconclusive(why) if why.contains("node.witnessSecretFile")),
+            "{reached:?}"
+        );
+        let other = Secret::new(b"not the cluster's secret at all");
+        let (reached, _) = reach(&info.address, Some(&other)).await;
+        assert!(matches!(reached, Reached::Inconclusive(_)), "{reached:?}");
+        // A plain witness (another cluster, or a stranger) proves nothing
+        // to a watcher holding a secret, not even a death.
+        let plain = Witness::bind(&NodeConfig::default()).await.unwrap();
+        let (reached, _) = reach(&plain.info().address, Some(&secret)).await;
+        assert!(matches!(reached, Reached::Inconclusive(_)), "{reached:?}");
+        assert!(matches!(
+            judge(true, &info.incarnation, &reached),
+            Verdict::Unproven(_)
+        ));
     }
 
     #[tokio::test]
@@ -703,7 +838,7 @@ mod tests {
         let witness = Witness::bind(&NodeConfig::default()).await.unwrap();
         let mut held = Vec::new();
         for _ in 0..2 {
-            let (reached, stream) = reach(&witness.info().address).await;
+            let (reached, stream) = reach(&witness.info().address, None).await;
             assert!(matches!(reached, Reached::Greeted(_)), "{reached:?}");
             held.push(stream.unwrap());
         }
