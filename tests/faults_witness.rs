@@ -72,11 +72,15 @@ async fn wait_for_successor(
 async fn kill_9_of_the_active_is_taken_over_well_under_the_ttl() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
+    // The witnesses prove the cluster's secret, as a deployment's do.
+    let secret = tempfile::NamedTempFile::new()?;
+    std::fs::write(secret.path(), "kill-9-test witness secret 0123\n")?;
     let mut metrics_ports = Vec::new();
     let mut nodes = Vec::new();
     for _ in 0..3 {
         let port = free_loopback_port()?;
         let exported = NodeYaml {
+            node: format!("  witnessSecretFile: {}\n", secret.path().display()),
             args: vec!["--metrics".into(), format!("127.0.0.1:{port}")],
             ..NodeYaml::default()
         };
