@@ -6,11 +6,14 @@ DEMO_ARGS ?=
 CAMPAIGN_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: deps demo test verify lint fmt doc bench campaign
+.PHONY: deps demo test verify lint fmt doc bench campaign image manifests
 
-# protoc is needed by etcd-client's build; etcd and etcdctl by the tests and the demo.
+# protoc is needed by etcd-client's build; etcd and etcdctl by the tests and
+# the demo; podman, podman-compose, helm, kubernetes-validate and
+# systemd-analyze by the deployment tests (tests/compose.rs, helm.rs, deploy.rs).
 deps:
 	@bash scripts/deps.sh
+	@bash scripts/deploy-deps.sh
 
 demo: deps
 	$(CARGO) run --release --example cluster -- $(DEMO_ARGS)
@@ -34,6 +37,20 @@ campaign: deps
 bench: deps
 	$(CARGO) build --release --features cli --bin standin
 	$(CARGO) run --release --example bench -- $(BENCH_ARGS)
+
+# The container images, FROM scratch: localhost/standin (the release
+# binary) and localhost/standin-etcd (Debian's etcd), for deploy/compose.
+image: deps
+	$(CARGO) build --release --features cli --bin standin
+	deploy/image.sh standin target/release/standin localhost/standin:latest
+	deploy/image.sh etcd "$$(command -v etcd)" localhost/standin-etcd:latest
+
+# deploy/kubernetes/standin.yaml: the chart rendered with existing secrets.
+MANIFEST_SETTINGS = --namespace standin --set witness.existingSecret=standin-witness --set api.existingSecret=standin-api
+manifests: deps
+	{ sed -n '1,/^---$$/p' deploy/kubernetes/standin.yaml; \
+	  helm template standin deploy/helm/standin $(MANIFEST_SETTINGS) | sed '1{/^---$$/d}'; } > deploy/kubernetes/standin.yaml.new
+	mv deploy/kubernetes/standin.yaml.new deploy/kubernetes/standin.yaml
 
 # Changes nothing: formatting check, lints with warnings denied, tests, docs.
 verify: lint test doc

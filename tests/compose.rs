@@ -245,11 +245,15 @@ async fn the_compose_cluster_rides_through_kill_9_and_a_graceful_stop() -> anyho
         })
         .await;
         // Both standbys watch the leader's witness, so the kill below is seen.
-        wait_for("the standby to watch the leader", Duration::from_secs(30), || {
-            Cluster::logs(node)
-                .contains("watching leader server")
-                .then_some(())
-        })
+        wait_for(
+            "the standby to watch the leader",
+            Duration::from_secs(30),
+            || {
+                Cluster::logs(node)
+                    .contains("watching leader server")
+                    .then_some(())
+            },
+        )
         .await;
     }
     let allocations = Allocations::start().await?;

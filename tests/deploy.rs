@@ -213,7 +213,8 @@ async fn an_unspecified_address_is_never_published() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_environment_a_kubelet_gives_a_pod_is_accepted() -> anyhow::Result<()> {
+async fn service_link_variables_are_ignored_and_a_role_section_in_another_case_is_warned()
+-> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
     let scratch = Scratch::new()?;
