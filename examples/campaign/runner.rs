@@ -104,6 +104,8 @@ impl Summary {
 
 /// The processes and links of the cluster under test.
 struct Cluster {
+    /// Holds the witness secret the nodes read at start and restart.
+    _secrets: tempfile::TempDir,
     etcd: EtcdServer,
     proxies: Vec<FaultProxy>,
     nodes: Vec<StandinProcess>,
@@ -130,6 +132,11 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let recorder = Recorder::new();
     let etcd = EtcdServer::start().await.context("starting etcd")?;
     let root = format!("campaign-{}", options.seed);
+    // The witnesses prove a cluster secret, as deployments' do.
+    let secrets = tempfile::tempdir().context("a directory for the witness secret")?;
+    let witness_secret = secrets.path().join("witness-secret");
+    std::fs::write(&witness_secret, format!("campaign witness secret {}\n", options.seed))
+        .context("writing the witness secret")?;
     let mut proxies = Vec::new();
     let mut nodes = Vec::new();
     let mut control = Vec::new();
@@ -140,8 +147,9 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             .context("starting a fault proxy")?;
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
         let yaml = format!(
-            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n",
+            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\n  witnessSecretFile: {}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n",
             proxy.endpoint(),
+            witness_secret.display(),
             TTL.as_secs(),
             ACTIVATE_TIMEOUT.as_millis()
         );
@@ -160,6 +168,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         nodes.push(process);
     }
     let mut cluster = Cluster {
+        _secrets: secrets,
         etcd,
         proxies,
         nodes,
