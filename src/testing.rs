@@ -1,4 +1,4 @@
-//! Real-etcd test kit (cargo feature `testing`): throwaway etcd servers and clusters on loopback ports, a fault-injecting TCP proxy, `standin run` child processes, and the waits every test writes.
+//! Real-etcd test kit (cargo feature `testing`): throwaway etcd servers and clusters on loopback ports, a fault-injecting TCP proxy, `standin run` child processes and compose clusters, and the waits every test writes.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Command, ExitStatus, Stdio};
@@ -10,6 +10,7 @@ use crate::fence::{Epoch, FencedStore};
 // The pieces live in their own files but share this module's error type: to
 // a test they are one kit, and each failure reads the same way.
 mod cluster;
+mod compose;
 mod process;
 mod proxy;
 mod server;
@@ -17,6 +18,7 @@ mod tls;
 mod waits;
 
 pub use cluster::EtcdCluster;
+pub use compose::{ComposeCluster, Container, NodeProcess};
 pub use process::StandinProcess;
 pub use proxy::{FaultProxy, ProxyMode};
 pub use server::{EtcdOptions, EtcdServer};

@@ -29,7 +29,9 @@ use standin::service::grpc::proto::tso_client::TsoClient;
 use standin::service::grpc::proto::{
     AllocateRequest, GetRequest, InjectRequest, StatusRequest, WatchLeaderRequest,
 };
-use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
+use standin::testing::{
+    ComposeCluster, EtcdServer, FaultProxy, NodeProcess, StandinProcess, free_loopback_port,
+};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
@@ -65,6 +67,10 @@ struct Args {
     /// Only `graceful-by-size`.
     #[arg(long)]
     by_size_only: bool,
+    /// Skip `kill9-container` (it needs podman and podman-compose; `make
+    /// deps` installs them).
+    #[arg(long)]
+    no_containers: bool,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -161,8 +167,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     keep_logs(args.keep_logs.as_deref(), &[&live, &off, &unreachable])?;
-    print_summaries(&samples);
     drop((live, off, unreachable));
+    if !args.no_containers {
+        println!(
+            "bench: kill -9 of the active container of deploy/compose's cluster ({} rounds)",
+            args.slow_rounds.max(1) * 2
+        );
+        let mut contained = Cluster::compose(&binary).await?;
+        for _ in 0..args.slow_rounds.max(1) * 2 {
+            let took = contained.round(Act::Kill).await?;
+            samples.entry("kill9-container").or_default().push(took);
+        }
+        keep_logs(args.keep_logs.as_deref(), &[&contained])?;
+    }
+    print_summaries(&samples);
     by_size(
         &etcd,
         &binary,
@@ -220,7 +238,7 @@ async fn by_size(
             }
             let (leader, _) = cluster.settle().await?;
             let standby = &cluster.nodes[(leader + 1) % NODES];
-            let rss = resident_bytes(standby.process.pid()).unwrap_or(0);
+            let rss = standby.process.pid().and_then(resident_bytes).unwrap_or(0);
             keep_logs(logs, &[&cluster])?;
             cluster.shut_down().await?;
             for ((scenario, _), times) in acts.iter().zip(&times) {
@@ -295,6 +313,7 @@ fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {
         ("crash", "etcdctl-elect"),
         ("kill9-witness", "kill9-no-witness"),
         ("kill9-unreachable", "kill9-no-witness"),
+        ("kill9-container", "kill9-no-witness"),
     ] {
         let (Some(ours), Some(theirs)) = (summary(scenario), summary(anchor)) else {
             continue;
@@ -397,9 +416,9 @@ enum Act {
     BlackholeAndKill,
 }
 
-/// One `standin run --role tso` node of a cluster.
+/// One `standin run --role tso` node of a cluster: a process, or a container.
 struct Node {
-    process: StandinProcess,
+    process: Box<dyn NodeProcess>,
     channel: Channel,
     /// The etcd link's proxy, then the witness's (for [`Witness::BehindProxy`]).
     proxies: Vec<FaultProxy>,
@@ -407,6 +426,26 @@ struct Node {
     log_mark: usize,
     /// Runs of the process so far (its log holds them all).
     starts: usize,
+}
+
+impl Node {
+    fn new(
+        process: Box<dyn NodeProcess>,
+        address: &str,
+        proxies: Vec<FaultProxy>,
+    ) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(Self {
+            process,
+            channel,
+            proxies,
+            log_mark: 0,
+            starts: 1,
+        })
+    }
 }
 
 /// Three `standin run --role tso` processes on one root.
@@ -425,6 +464,8 @@ struct Cluster {
     /// Longest wait for one takeover or settle: a node that reads its
     /// metadata whole (at a start, or at a cold win) takes longer with more.
     within: Duration,
+    /// The compose cluster its nodes are containers of, if they are.
+    _compose: Option<ComposeCluster>,
 }
 
 impl Cluster {
@@ -462,17 +503,7 @@ impl Cluster {
             );
             let args = ["--role", role, "--fault-injection", "--listen", &address];
             let process = StandinProcess::spawn(binary, &yaml, &args)?;
-            let channel = Endpoint::from_shared(format!("http://{address}"))?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(Duration::from_secs(2))
-                .connect_lazy();
-            nodes.push(Node {
-                process,
-                channel,
-                proxies,
-                log_mark: 0,
-                starts: 1,
-            });
+            nodes.push(Node::new(Box::new(process), &address, proxies)?);
         }
         let mut cluster = Self {
             root: root.to_owned(),
@@ -483,6 +514,32 @@ impl Cluster {
             witness,
             warm,
             within: WITHIN + READ_PER_KEY * u32::try_from(metadata_keys)?,
+            _compose: None,
+        };
+        cluster.settle().await?;
+        Ok(cluster)
+    }
+
+    /// deploy/compose's cluster (its own etcd, three containers of `binary`
+    /// running tso and kv), timed on its `tso` role.
+    async fn compose(binary: &std::path::Path) -> anyhow::Result<Self> {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let compose = ComposeCluster::up(repo, binary, "standin-bench")?;
+        let nodes = ComposeCluster::NODES
+            .iter()
+            .enumerate()
+            .map(|(index, address)| Node::new(Box::new(compose.node(index)), address, Vec::new()))
+            .collect::<anyhow::Result<_>>()?;
+        let mut cluster = Self {
+            root: "standin".to_owned(),
+            role: "tso",
+            server_ids: Vec::new(),
+            verbose: std::env::var_os("BENCH_VERBOSE").is_some(),
+            nodes,
+            witness: Witness::On,
+            warm: true,
+            within: WITHIN,
+            _compose: Some(compose),
         };
         cluster.settle().await?;
         Ok(cluster)
@@ -537,7 +594,7 @@ impl Cluster {
         }
         if act != Act::CrashCoordinator {
             if act == Act::Sigterm {
-                wait_for_exit(&mut old.process).await?;
+                wait_for_exit(old.process.as_mut()).await?;
             }
             for proxy in &old.proxies {
                 proxy.heal();
@@ -697,13 +754,13 @@ impl Cluster {
     async fn shut_down(mut self) -> anyhow::Result<()> {
         for node in &mut self.nodes {
             node.process.terminate()?;
-            wait_for_exit(&mut node.process).await?;
+            wait_for_exit(node.process.as_mut()).await?;
         }
         Ok(())
     }
 }
 
-async fn wait_for_exit(process: &mut StandinProcess) -> anyhow::Result<()> {
+async fn wait_for_exit(process: &mut dyn NodeProcess) -> anyhow::Result<()> {
     let since = Instant::now();
     while process.try_exit_status().is_none() {
         if since.elapsed() > WITHIN {
