@@ -93,8 +93,8 @@ impl ComposeCluster {
     /// run is taken down first). Does not wait for it to serve.
     pub fn up(repo: &Path, binary: &Path, project: &str) -> Result<Self, TestingError> {
         let etcd = which("etcd")?;
-        let image = format!("localhost/standin:{project}");
-        let etcd_image = format!("localhost/standin-etcd:{project}");
+        // Built afresh each time: no image of an earlier build is ever run.
+        let [image, etcd_image] = Self::images_of(project);
         let build = repo.join("deploy/image.sh");
         run(Command::new(&build)
             .arg("standin")
@@ -160,10 +160,11 @@ impl ComposeCluster {
             .is_ok_and(|output| output.status.success())
     }
 
-    /// `podman-compose down -v`, then what podman still holds of the
-    /// project: container and volume names (none, when all went well).
+    /// `podman-compose down -v` and the project's images removed, then what
+    /// podman still holds of the project: container, volume and image
+    /// names (none, when all went well).
     pub fn down(mut self) -> Result<Vec<String>, TestingError> {
-        run(&mut self.compose(&["down", "-v"]))?;
+        self.take_down()?;
         self.down = true;
         let label = format!("label=io.podman.compose.project={}", self.project);
         let mut left: Vec<String> =
@@ -178,14 +179,35 @@ impl ComposeCluster {
                 .filter(|name| name.starts_with(&format!("{}_", self.project)))
                 .map(str::to_owned),
         );
+        let images = podman(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
+        left.extend(
+            images
+                .lines()
+                .filter(|image| Self::images_of(&self.project).iter().any(|ours| ours == image))
+                .map(str::to_owned),
+        );
         Ok(left)
+    }
+
+    /// The images [`up`](Self::up) builds for `project`: the node's, etcd's.
+    fn images_of(project: &str) -> [String; 2] {
+        [
+            format!("localhost/standin:{project}"),
+            format!("localhost/standin-etcd:{project}"),
+        ]
+    }
+
+    fn take_down(&self) -> Result<(), TestingError> {
+        run(&mut self.compose(&["down", "-v"]))?;
+        let [image, etcd_image] = Self::images_of(&self.project);
+        podman(&["rmi", "--ignore", &image, &etcd_image]).map(drop)
     }
 }
 
 impl Drop for ComposeCluster {
     fn drop(&mut self) {
         if !self.down {
-            let _ = self.compose(&["down", "-v"]).output();
+            let _ = self.take_down();
         }
     }
 }
