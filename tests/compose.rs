@@ -58,10 +58,8 @@ struct Allocations {
 
 impl Allocations {
     async fn start() -> anyhow::Result<Self> {
-        let config = Config::from_yaml_str(&format!(
-            "etcd:\n  endpoints: [{}]\n",
-            ComposeCluster::ETCD
-        ))?;
+        let config =
+            Config::from_yaml_str(&format!("etcd:\n  endpoints: [{}]\n", ComposeCluster::ETCD))?;
         let client = TsoClient::connect(&config).await?;
         let seen = Arc::new(Mutex::new((Vec::new(), Duration::ZERO)));
         let record = seen.clone();
@@ -120,13 +118,17 @@ async fn the_compose_cluster_rides_through_kill_9_and_a_graceful_stop() -> anyho
         })
         .await;
         // ... and watching the leader's witness, so that the kill is seen.
-        wait_for("the standby to watch the leader", Duration::from_secs(30), || {
-            cluster
-                .node(node)
-                .log()
-                .contains("watching leader server")
-                .then_some(())
-        })
+        wait_for(
+            "the standby to watch the leader",
+            Duration::from_secs(30),
+            || {
+                cluster
+                    .node(node)
+                    .log()
+                    .contains("watching leader server")
+                    .then_some(())
+            },
+        )
         .await;
     }
     let allocations = Allocations::start().await?;

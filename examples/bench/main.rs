@@ -71,6 +71,9 @@ struct Args {
     /// deps` installs them).
     #[arg(long)]
     no_containers: bool,
+    /// Only `kill9-container`, with `--slow-rounds` x 2 rounds.
+    #[arg(long)]
+    containers_only: bool,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -114,6 +117,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await;
     }
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    if args.containers_only {
+        containers(
+            &binary,
+            args.slow_rounds,
+            &mut samples,
+            args.keep_logs.as_deref(),
+        )
+        .await?;
+        print_summaries(&samples);
+        return Ok(());
+    }
 
     println!(
         "bench: graceful, crash and etcdctl elect, {} rounds each, interleaved",
@@ -169,16 +183,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     keep_logs(args.keep_logs.as_deref(), &[&live, &off, &unreachable])?;
     drop((live, off, unreachable));
     if !args.no_containers {
-        println!(
-            "bench: kill -9 of the active container of deploy/compose's cluster ({} rounds)",
-            args.slow_rounds.max(1) * 2
-        );
-        let mut contained = Cluster::compose(&binary).await?;
-        for _ in 0..args.slow_rounds.max(1) * 2 {
-            let took = contained.round(Act::Kill).await?;
-            samples.entry("kill9-container").or_default().push(took);
-        }
-        keep_logs(args.keep_logs.as_deref(), &[&contained])?;
+        containers(
+            &binary,
+            args.slow_rounds,
+            &mut samples,
+            args.keep_logs.as_deref(),
+        )
+        .await?;
     }
     print_summaries(&samples);
     by_size(
@@ -189,6 +200,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.keep_logs.as_deref(),
     )
     .await
+}
+
+/// `kill9-container`: SIGKILL of the active container of deploy/compose's
+/// cluster, `slow_rounds` x 2 rounds.
+async fn containers(
+    binary: &std::path::Path,
+    slow_rounds: usize,
+    samples: &mut BTreeMap<&str, Vec<Duration>>,
+    logs: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let rounds = slow_rounds.max(1) * 2;
+    println!(
+        "bench: kill -9 of the active container of deploy/compose's cluster ({rounds} rounds)"
+    );
+    let mut contained = Cluster::compose(binary).await?;
+    for _ in 0..rounds {
+        let took = contained.round(Act::Kill).await?;
+        samples.entry("kill9-container").or_default().push(took);
+    }
+    keep_logs(logs, &[&contained])
 }
 
 /// `graceful-by-size`: SIGTERM takeovers of the `kv` role with `sizes`
@@ -315,7 +346,11 @@ fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {
         ("kill9-unreachable", "kill9-no-witness"),
         ("kill9-container", "kill9-no-witness"),
     ] {
-        let (Some(ours), Some(theirs)) = (summary(scenario), summary(anchor)) else {
+        let Some(ours) = summary(scenario) else {
+            continue;
+        };
+        let Some(theirs) = summary(anchor) else {
+            println!("bench: scenario={scenario} {ours} (anchor {anchor} not run)");
             continue;
         };
         println!(

@@ -135,8 +135,11 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     // The witnesses prove a cluster secret, as deployments' do.
     let secrets = tempfile::tempdir().context("a directory for the witness secret")?;
     let witness_secret = secrets.path().join("witness-secret");
-    std::fs::write(&witness_secret, format!("campaign witness secret {}\n", options.seed))
-        .context("writing the witness secret")?;
+    std::fs::write(
+        &witness_secret,
+        format!("campaign witness secret {}\n", options.seed),
+    )
+    .context("writing the witness secret")?;
     let mut proxies = Vec::new();
     let mut nodes = Vec::new();
     let mut control = Vec::new();

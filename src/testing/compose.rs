@@ -4,7 +4,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 
-use super::{TestingError, io, last_lines};
+use super::{TestingError, io, last_lines, send_signal};
 
 /// What a test or the bench does to a node, whether a process or a container.
 pub trait NodeProcess: Send {
@@ -96,10 +96,7 @@ impl ComposeCluster {
         // Built afresh each time: no image of an earlier build is ever run.
         let [image, etcd_image] = Self::images_of(project);
         let build = repo.join("deploy/image.sh");
-        run(Command::new(&build)
-            .arg("standin")
-            .arg(binary)
-            .arg(&image))?;
+        run(Command::new(&build).arg("standin").arg(binary).arg(&image))?;
         run(Command::new(&build).arg("etcd").arg(&etcd).arg(&etcd_image))?;
         let dir = tempfile::Builder::new()
             .prefix("standin-compose-")
@@ -142,9 +139,12 @@ impl ComposeCluster {
 
     /// Node `node`'s container, to act on.
     pub fn node(&self, node: usize) -> Container {
-        Container {
+        let mut container = Container {
             name: self.container(node),
-        }
+            pid: None,
+        };
+        container.pid = container.main_pid();
+        container
     }
 
     /// The token file the cluster's API accepts.
@@ -183,7 +183,11 @@ impl ComposeCluster {
         left.extend(
             images
                 .lines()
-                .filter(|image| Self::images_of(&self.project).iter().any(|ours| ours == image))
+                .filter(|image| {
+                    Self::images_of(&self.project)
+                        .iter()
+                        .any(|ours| ours == image)
+                })
                 .map(str::to_owned),
         );
         Ok(left)
@@ -217,9 +221,13 @@ fn which(program: &str) -> Result<String, TestingError> {
     Ok(String::from_utf8_lossy(&found.stdout).trim().to_owned())
 }
 
-/// One container of a [`ComposeCluster`].
+/// One container of a [`ComposeCluster`]. Signals go straight to its
+/// process (as the kernel's OOM killer's would), so that a test times the
+/// act itself and not `podman kill`'s tens of milliseconds of start-up.
 pub struct Container {
     name: String,
+    /// The host's PID of its process, as of the last (re)start.
+    pid: Option<u32>,
 }
 
 impl Container {
@@ -232,30 +240,73 @@ impl Container {
         ])
     }
 
+    fn main_pid(&self) -> Option<u32> {
+        self.state("Pid").ok()?.parse().ok().filter(|&pid| pid != 0)
+    }
+
+    fn running(&self) -> bool {
+        self.state("Running").is_ok_and(|running| running == "true")
+    }
+
+    fn signal(&self, name: &str) -> Result<(), TestingError> {
+        let pid = self.pid.ok_or_else(|| TestingError::NotRunning {
+            what: format!("sending SIG{name} to container {}", self.name),
+        })?;
+        send_signal(pid, name, &format!("container {} (pid {pid})", self.name))
+    }
+
     /// `podman stop`: SIGTERM, then SIGKILL after `grace_secs`; returns once it has exited.
-    pub fn stop(&self, grace_secs: u32) -> Result<(), TestingError> {
-        podman(&["stop", "-t", &grace_secs.to_string(), &self.name]).map(drop)
+    pub fn stop(&mut self, grace_secs: u32) -> Result<(), TestingError> {
+        podman(&["stop", "-t", &grace_secs.to_string(), &self.name])?;
+        self.pid = None;
+        Ok(())
     }
 }
 
 impl NodeProcess for Container {
     fn kill(&mut self) -> Result<(), TestingError> {
-        podman(&["kill", "--signal", "KILL", &self.name]).map(drop)
+        self.signal("KILL")?;
+        self.pid = None;
+        Ok(())
     }
 
     fn terminate(&self) -> Result<(), TestingError> {
-        podman(&["kill", "--signal", "TERM", &self.name]).map(drop)
+        self.signal("TERM")
     }
 
     fn restart(&mut self) -> Result<(), TestingError> {
-        if self.state("Running")? == "true" {
+        let old = self.pid;
+        if old.is_some() {
             self.kill()?;
         }
-        podman(&["start", &self.name]).map(drop)
+        // podman must have seen the exit before the container starts again;
+        // its restart policy (on-failure) may have started it by itself.
+        let deadline = std::time::Duration::from_secs(30);
+        let since = std::time::Instant::now();
+        loop {
+            if !self.running() {
+                podman(&["start", &self.name])?;
+                break;
+            }
+            let pid = self.main_pid();
+            if pid.is_some() && pid != old {
+                break;
+            }
+            if since.elapsed() > deadline {
+                return Err(TestingError::TimedOut {
+                    what: format!("container {} to exit", self.name),
+                    deadline,
+                    last: None,
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.pid = self.main_pid();
+        Ok(())
     }
 
     fn try_exit_status(&mut self) -> Option<ExitStatus> {
-        if self.state("Running").ok()? == "true" {
+        if self.running() {
             return None;
         }
         let code: i32 = self.state("ExitCode").ok()?.parse().ok()?;
@@ -275,6 +326,6 @@ impl NodeProcess for Container {
     }
 
     fn pid(&self) -> Option<u32> {
-        self.state("Pid").ok()?.parse().ok().filter(|&pid| pid != 0)
+        self.pid
     }
 }
