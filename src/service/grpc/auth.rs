@@ -694,8 +694,10 @@ mod tests {
         assert!(with_tokens.judge(PUT, &with_certificate("anyone")).is_ok());
         assert!(with_tokens.judge(PUT, &anonymous("10.0.0.2:1")).is_err());
 
-        let mut opened = ServerAuthConfig::default();
-        opened.anonymous_writes = true;
+        let opened = ServerAuthConfig {
+            anonymous_writes: true,
+            ..ServerAuthConfig::default()
+        };
         let opened = Policy::from_config(&opened)
             .unwrap()
             .listening_on(listener("0.0.0.0"));
@@ -720,8 +722,10 @@ mod tests {
         let behind_sidecar = Policy::new(tokens(), vec![], false).listening_on(listener("0.0.0.0"));
         assert!(behind_sidecar.judge(PUT, &local).is_err());
         // ... unless the config says so.
-        let mut trusting = ServerAuthConfig::default();
-        trusting.trust_loopback = true;
+        let trusting = ServerAuthConfig {
+            trust_loopback: true,
+            ..ServerAuthConfig::default()
+        };
         let trusting = Policy::from_config(&trusting)
             .unwrap()
             .listening_on(listener("0.0.0.0"));
