@@ -61,5 +61,10 @@ case $kind in
     ;;
 esac
 
-# --format docker: OCI images drop HEALTHCHECK.
-"$builder" build --quiet --format docker -f "$containerfile" -t "$tag" "$context"
+# podman and buildah write OCI images by default, which drop HEALTHCHECK;
+# docker writes its own format anyway.
+format=()
+case $(basename "$builder") in
+  podman | buildah) format=(--format docker) ;;
+esac
+"$builder" build --quiet "${format[@]}" -f "$containerfile" -t "$tag" "$context"
