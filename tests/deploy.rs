@@ -43,6 +43,17 @@ impl Scratch {
     }
 }
 
+/// Logging, a fresh etcd and a scratch directory: what every test here starts with.
+async fn prepare() -> anyhow::Result<(EtcdServer, Scratch)> {
+    init_logging();
+    Ok((EtcdServer::start().await?, Scratch::new()?))
+}
+
+/// A loopback address on a free port, for a node to serve and publish.
+fn loopback_address() -> anyhow::Result<String> {
+    Ok(format!("127.0.0.1:{}", free_loopback_port()?))
+}
+
 /// `standin --config CONFIG ARGS`, the test's own `STANDIN_*` variables
 /// removed and `env` set: the environment is part of what is tested.
 fn standin(config: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
@@ -142,9 +153,7 @@ async fn output(mut command: Command) -> anyhow::Result<Output> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unspecified_address_is_never_published() -> anyhow::Result<()> {
-    init_logging();
-    let etcd = EtcdServer::start().await?;
-    let scratch = Scratch::new()?;
+    let (etcd, scratch) = prepare().await?;
     let config = scratch.config("node.yaml", &etcd, "")?;
 
     info!("--- --listen 0.0.0.0 with nothing to publish exits 2, saying what to set");
@@ -215,9 +224,7 @@ async fn an_unspecified_address_is_never_published() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_link_variables_are_ignored_and_a_role_section_in_another_case_is_warned()
 -> anyhow::Result<()> {
-    init_logging();
-    let etcd = EtcdServer::start().await?;
-    let scratch = Scratch::new()?;
+    let (etcd, scratch) = prepare().await?;
     // A role section spelled in another case than the role does not apply:
     // a warning names both.
     let config = scratch.config(
@@ -284,9 +291,7 @@ async fn service_link_variables_are_ignored_and_a_role_section_in_another_case_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_loopback_writes_and_steering_need_a_caller() -> anyhow::Result<()> {
-    init_logging();
-    let etcd = EtcdServer::start().await?;
-    let scratch = Scratch::new()?;
+    let (etcd, scratch) = prepare().await?;
     let tokens = scratch.write("tokens", &format!("ops:{TOKEN}\n"))?;
     let token = scratch.write("token", TOKEN)?;
     let port = free_loopback_port()?;
@@ -353,10 +358,8 @@ async fn off_loopback_writes_and_steering_need_a_caller() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_quotas_and_the_oracles_lead_refuse_with_resource_exhausted() -> anyhow::Result<()> {
-    init_logging();
-    let etcd = EtcdServer::start().await?;
-    let scratch = Scratch::new()?;
-    let address = format!("127.0.0.1:{}", free_loopback_port()?);
+    let (etcd, scratch) = prepare().await?;
+    let address = loopback_address()?;
     let config = scratch.config(
         "node.yaml",
         &etcd,
@@ -421,11 +424,9 @@ async fn kv_quotas_and_the_oracles_lead_refuse_with_resource_exhausted() -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_passes_for_standby_and_leader_and_fails_without_a_session() -> anyhow::Result<()> {
-    init_logging();
-    let etcd = EtcdServer::start().await?;
-    let scratch = Scratch::new()?;
+    let (etcd, scratch) = prepare().await?;
     let addresses: Vec<String> = (0..2)
-        .map(|_| Ok(format!("127.0.0.1:{}", free_loopback_port()?)))
+        .map(|_| loopback_address())
         .collect::<anyhow::Result<_>>()?;
     let mut nodes = Vec::new();
     for (index, address) in addresses.iter().enumerate() {
@@ -513,10 +514,8 @@ async fn probe_passes_for_standby_and_leader_and_fails_without_a_session() -> an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_hears_ready_once_the_node_joined_and_stopping_on_sigterm() -> anyhow::Result<()> {
-    init_logging();
-    let etcd = EtcdServer::start().await?;
-    let scratch = Scratch::new()?;
-    let address = format!("127.0.0.1:{}", free_loopback_port()?);
+    let (etcd, scratch) = prepare().await?;
+    let address = loopback_address()?;
     let config = scratch.config(
         "node.yaml",
         &etcd,
