@@ -19,8 +19,8 @@ const PROJECT: &str = "standin-test";
 /// compose.yaml's session TTL (the default): what a kill -9 would cost without the witness.
 const TTL: Duration = Duration::from_secs(10);
 
-/// Which node serves `role` at which epoch, by the nodes' own status.
-async fn serving(role: &str) -> Option<(usize, i64)> {
+/// Which node serves `role` at which epoch, and its server ID, by the nodes' own status.
+async fn serving(role: &str) -> Option<(usize, i64, i64)> {
     for (index, address) in ComposeCluster::NODES.iter().enumerate() {
         let Ok(mut client) = CoordinationClient::connect(format!("http://{address}")).await else {
             continue;
@@ -28,13 +28,13 @@ async fn serving(role: &str) -> Option<(usize, i64)> {
         let Ok(status) = client.status(StatusRequest {}).await else {
             continue;
         };
+        let status = status.into_inner();
         if let Some(role) = status
-            .into_inner()
             .roles
             .into_iter()
             .find(|r| r.role == role && r.state == "serving")
         {
-            return Some((index, role.epoch));
+            return Some((index, role.epoch, status.server_id));
         }
     }
     None
@@ -43,7 +43,7 @@ async fn serving(role: &str) -> Option<(usize, i64)> {
 /// Waits until a node other than `old` serves tso at a newer epoch.
 async fn successor(old: usize, old_epoch: i64) -> (usize, i64) {
     eventually("a successor serving tso", TTL * 2, || async {
-        let (index, epoch) = serving("tso").await?;
+        let (index, epoch, _) = serving("tso").await?;
         (index != old && epoch > old_epoch).then_some((index, epoch))
     })
     .await
@@ -106,11 +106,13 @@ impl Allocations {
 async fn the_compose_cluster_rides_through_kill_9_and_a_graceful_stop() -> anyhow::Result<()> {
     init_logging();
     let cluster = ComposeCluster::up(env!("CARGO_MANIFEST_DIR").as_ref(), BIN.as_ref(), PROJECT)?;
-    let (leader, epoch) = eventually("a node serving tso", Duration::from_secs(60), || {
-        serving("tso")
-    })
-    .await;
-    info!(leader, epoch, "--- the cluster serves");
+    let (leader, epoch, server_id) =
+        eventually("a node serving tso", Duration::from_secs(60), || {
+            serving("tso")
+        })
+        .await;
+    info!(leader, epoch, server_id, "--- the cluster serves");
+    let watching = format!("watching leader server {server_id} ");
     for node in (0..3).filter(|&node| node != leader) {
         // Healthy by the image's own HEALTHCHECK (standin probe) as a standby ...
         eventually("a healthy standby", Duration::from_secs(30), || async {
@@ -121,13 +123,7 @@ async fn the_compose_cluster_rides_through_kill_9_and_a_graceful_stop() -> anyho
         wait_for(
             "the standby to watch the leader",
             Duration::from_secs(30),
-            || {
-                cluster
-                    .node(node)
-                    .log()
-                    .contains("watching leader server")
-                    .then_some(())
-            },
+            || cluster.node(node).log().contains(&watching).then_some(()),
         )
         .await;
     }
