@@ -4,13 +4,13 @@ mod support;
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::tso_client::TsoClient;
 use standin::service::grpc::proto::{AllocateRequest, ResignRequest, StatusRequest};
-use standin::testing::{EtcdServer, free_loopback_port};
+use standin::testing::{EtcdServer, StandinProcess, free_loopback_port};
 use support::*;
 use tracing::info;
 
@@ -71,53 +71,17 @@ fn standin(config: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
-/// A `standin run` child, killed on drop; its stderr goes to `log`.
-struct Running {
-    child: Child,
-    log: String,
-}
-
-impl Running {
-    fn start(
-        scratch: &Scratch,
-        config: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
-        let log = scratch
-            .0
-            .path()
-            .join(format!("run-{}.log", free_loopback_port()?));
-        let child = standin(config, &[&["run"], args].concat(), env)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()?;
-        Ok(Self {
-            child,
-            log: log.display().to_string(),
-        })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{signal} failed");
-        Ok(())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `standin --config CONFIG run ARGS` with `env` (and info logging), from the
+/// test kit: killed on drop, its log kept.
+fn run_node(config: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<StandinProcess> {
+    let yaml = std::fs::read_to_string(config)?;
+    let env = [env, &[("RUST_LOG", "info")]].concat();
+    Ok(StandinProcess::spawn_with_env(
+        BIN.as_ref(),
+        &yaml,
+        args,
+        &env,
+    )?)
 }
 
 fn stderr(output: &Output) -> String {
@@ -198,8 +162,7 @@ async fn an_unspecified_address_is_never_published() -> anyhow::Result<()> {
 
     info!("--- listening on every interface and advertising an address serves");
     let advertised = format!("127.0.0.1:{port}");
-    let node = Running::start(
-        &scratch,
+    let node = run_node(
         &config,
         &[
             "--role",
@@ -234,35 +197,16 @@ async fn service_link_variables_are_ignored_and_a_role_section_in_another_case_i
     )?;
     let port = free_loopback_port()?;
     let address = format!("127.0.0.1:{port}");
-    // What a kubelet sets in a pod of the chart's StatefulSet when Services
-    // `standin` and `standin-etcd` exist; the pod IP is loopback here.
+    // A few of a kubelet's service links (tests/helm.rs starts a pod of
+    // the chart with all of them): not settings, so ignored.
     let kubelet = [
         ("STANDIN_NODE_ADDRESS", address.as_str()),
         ("STANDIN_SERVICE_HOST", "10.96.0.12"),
-        ("STANDIN_SERVICE_PORT", "19530"),
-        ("STANDIN_SERVICE_PORT_GRPC", "19530"),
-        ("STANDIN_SERVICE_PORT_WITNESS", "19531"),
         ("STANDIN_PORT", "tcp://10.96.0.12:19530"),
-        ("STANDIN_PORT_19530_TCP", "tcp://10.96.0.12:19530"),
-        ("STANDIN_PORT_19530_TCP_PROTO", "tcp"),
-        ("STANDIN_PORT_19530_TCP_PORT", "19530"),
         ("STANDIN_PORT_19530_TCP_ADDR", "10.96.0.12"),
-        ("STANDIN_PORT_19531_TCP", "tcp://10.96.0.12:19531"),
-        ("STANDIN_PORT_19531_TCP_PROTO", "tcp"),
-        ("STANDIN_PORT_19531_TCP_PORT", "19531"),
-        ("STANDIN_PORT_19531_TCP_ADDR", "10.96.0.12"),
-        ("STANDIN_ETCD_SERVICE_HOST", "10.96.0.13"),
-        ("STANDIN_ETCD_SERVICE_PORT", "2379"),
-        ("STANDIN_ETCD_PORT", "tcp://10.96.0.13:2379"),
-        ("STANDIN_ETCD_PORT_2379_TCP", "tcp://10.96.0.13:2379"),
-        ("STANDIN_ETCD_PORT_2379_TCP_PROTO", "tcp"),
-        ("STANDIN_ETCD_PORT_2379_TCP_PORT", "2379"),
-        ("STANDIN_ETCD_PORT_2379_TCP_ADDR", "10.96.0.13"),
-        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
-        ("KUBERNETES_SERVICE_PORT", "443"),
-        ("HOSTNAME", "standin-0"),
+        ("STANDIN_ETCD_SERVICE_PORT_CLIENT", "2379"),
     ];
-    let node = Running::start(&scratch, &config, &["--role", "tso"], &kubelet)?;
+    let node = run_node(&config, &["--role", "tso"], &kubelet)?;
     serves(&address, "tso").await;
     let log = node.log();
     assert!(
@@ -308,7 +252,7 @@ async fn off_loopback_writes_and_steering_need_a_caller() -> anyhow::Result<()> 
         &etcd,
         &format!("client:\n  tokenFile: {token}\n"),
     )?;
-    let node = Running::start(&scratch, &node_config, &["--listen", &listen], &[])?;
+    let node = run_node(&node_config, &["--listen", &listen], &[])?;
     serves(&address, "tso").await;
     serves(&address, "kv").await;
 
@@ -343,7 +287,7 @@ async fn off_loopback_writes_and_steering_need_a_caller() -> anyhow::Result<()> 
 
     info!("--- server.auth.anonymousWrites: true opens writes, not steering");
     let opened = [("STANDIN_SERVER_AUTH_ANONYMOUS_WRITES", "true")];
-    let _node = Running::start(&scratch, &node_config, &["--listen", &listen], &opened)?;
+    let _node = run_node(&node_config, &["--listen", &listen], &opened)?;
     serves(&address, "tso").await;
     let done = output(standin(&anonymous, &["tso", "--count", "1"], &[])).await?;
     assert!(done.status.success(), "{}", stderr(&done));
@@ -368,7 +312,7 @@ async fn kv_quotas_and_the_oracles_lead_refuse_with_resource_exhausted() -> anyh
              tso:\n  window: 100ms\n  maxAhead: 200ms\n"
         ),
     )?;
-    let _node = Running::start(&scratch, &config, &[], &[])?;
+    let _node = run_node(&config, &[], &[])?;
     serves(&address, "kv").await;
     serves(&address, "tso").await;
 
@@ -435,10 +379,7 @@ async fn probe_passes_for_standby_and_leader_and_fails_without_a_session() -> an
             &etcd,
             &format!("node:\n  address: {address}\nsession:\n  ttl: 2s\n"),
         )?;
-        nodes.push((
-            Running::start(&scratch, &config, &["--role", "tso"], &[])?,
-            config,
-        ));
+        nodes.push((run_node(&config, &["--role", "tso"], &[])?, config));
     }
     let probe = |config: &str, live: bool| {
         let args: &[&str] = if live {
@@ -525,8 +466,7 @@ async fn systemd_hears_ready_once_the_node_joined_and_stopping_on_sigterm() -> a
     let socket = UnixDatagram::bind(&socket_path)?;
     socket.set_read_timeout(Some(Duration::from_secs(20)))?;
     let notify = socket_path.display().to_string();
-    let mut node = Running::start(
-        &scratch,
+    let mut node = run_node(
         &config,
         &["--role", "tso"],
         &[("NOTIFY_SOCKET", notify.as_str())],
@@ -550,7 +490,7 @@ async fn systemd_hears_ready_once_the_node_joined_and_stopping_on_sigterm() -> a
     client.status(StatusRequest {}).await?;
     serves(&address, "tso").await;
 
-    node.signal("TERM")?;
+    node.terminate()?;
     let receive = move || -> anyhow::Result<String> {
         let mut buffer = [0u8; 512];
         let read = socket.recv(&mut buffer)?;
@@ -559,7 +499,7 @@ async fn systemd_hears_ready_once_the_node_joined_and_stopping_on_sigterm() -> a
     let stopping = tokio::task::spawn_blocking(receive).await??;
     assert!(stopping.starts_with("STOPPING=1\n"), "{stopping:?}");
     let status = wait_for("the node to exit", Duration::from_secs(30), || {
-        node.child.try_wait().ok().flatten()
+        node.try_exit_status()
     })
     .await;
     assert!(status.success(), "{status:?}");

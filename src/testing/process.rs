@@ -16,6 +16,8 @@ use super::{TestingError, io, send_signal};
 pub struct StandinProcess {
     binary: PathBuf,
     args: Vec<String>,
+    /// Variables set on top of what is passed on, kept for restarts.
+    env: Vec<(String, String)>,
     child: Child,
     /// Set once the child is reaped: its pid may be another process's by
     /// then, so no signal is sent to it.
@@ -34,6 +36,18 @@ impl StandinProcess {
     /// `env!("CARGO_BIN_EXE_standin")`). Does not wait for it to serve: poll
     /// its gRPC status for that.
     pub fn spawn(binary: &Path, config_yaml: &str, args: &[&str]) -> Result<Self, TestingError> {
+        Self::spawn_with_env(binary, config_yaml, args, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with `env` set in its environment (and kept
+    /// for restarts): for a test of what the environment does, such as
+    /// `STANDIN_*` overrides or the variables a kubelet or systemd sets.
+    pub fn spawn_with_env(
+        binary: &Path,
+        config_yaml: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, TestingError> {
         let dir = tempfile::Builder::new()
             .prefix("standin-node-")
             .tempdir()
@@ -45,17 +59,27 @@ impl StandinProcess {
         )))?;
         let binary = binary.to_owned();
         let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
-        let child = Self::launch(&binary, &args, dir.path())?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let child = Self::launch(&binary, &args, &env, dir.path())?;
         Ok(Self {
             binary,
             args,
+            env,
             child,
             exited: None,
             dir,
         })
     }
 
-    fn launch(binary: &Path, args: &[String], dir: &Path) -> Result<Child, TestingError> {
+    fn launch(
+        binary: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> Result<Child, TestingError> {
         // Appended to, so a restarted process's log follows the previous one's.
         let log = OpenOptions::new()
             .create(true)
@@ -77,6 +101,7 @@ impl StandinProcess {
             .arg(dir.join(Self::CONFIG_FILE))
             .arg("run")
             .args(args)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -139,7 +164,7 @@ impl StandinProcess {
     /// wait for it to serve.
     pub fn restart(&mut self) -> Result<(), TestingError> {
         self.kill()?;
-        self.child = Self::launch(&self.binary, &self.args, self.dir.path())?;
+        self.child = Self::launch(&self.binary, &self.args, &self.env, self.dir.path())?;
         self.exited = None;
         Ok(())
     }
