@@ -1,5 +1,6 @@
-//! Capped exponential backoff, the one delay rule for every retry and restart.
+//! Capped exponential backoff with jitter, the one delay rule for every retry and restart.
 
+use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use crate::config::BackoffConfig;
@@ -18,6 +19,31 @@ pub(crate) fn delay(config: &BackoffConfig, attempt: u32) -> Duration {
         .map_or(config.max, |d| d.min(config.max))
 }
 
+/// `delay` spread over its upper half, `[delay / 2, delay]` ("equal
+/// jitter"): the standbys and clients that lost etcd at the same moment
+/// then do not all come back at the same moments, and no retry waits less
+/// than half its schedule.
+pub(crate) fn jittered(delay: Duration) -> Duration {
+    let half = delay / 2;
+    let spread = u64::try_from((delay - half).as_nanos()).unwrap_or(u64::MAX);
+    if spread == 0 {
+        return delay;
+    }
+    half + Duration::from_nanos(random() % (spread + 1))
+}
+
+/// A random number from the standard library's per-process random keys: no
+/// cryptographic need here, only peers that do not move in step.
+fn random() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos().into()),
+    );
+    hasher.finish()
+}
+
 /// A running count of consecutive failures that yields the next delay.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
@@ -34,10 +60,11 @@ impl Backoff {
         }
     }
 
-    /// Records one more failure and returns how long to wait before the next try.
+    /// Records one more failure and returns how long to wait before the
+    /// next try: the schedule's delay, jittered.
     pub(crate) fn next_delay(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
-        delay(&self.config, self.failures)
+        jittered(delay(&self.config, self.failures))
     }
 
     /// Forgets the failures after a success.
@@ -59,11 +86,27 @@ mod tests {
 
     #[test]
     fn doubles_from_initial_and_caps_at_max() {
-        let mut backoff = Backoff::new(config());
-        let delays: Vec<_> = (0..6).map(|_| backoff.next_delay().as_millis()).collect();
+        let delays: Vec<_> = (1..=6).map(|n| delay(&config(), n).as_millis()).collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn each_retry_waits_between_half_and_all_of_its_schedule_and_not_in_step() {
+        let mut backoff = Backoff::new(config());
+        for scheduled in [100, 200, 400, 800, 1000, 1000] {
+            let waited = backoff.next_delay().as_millis();
+            assert!(
+                (scheduled / 2..=scheduled).contains(&waited),
+                "{waited} ms for a {scheduled} ms step"
+            );
+        }
         backoff.reset();
-        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+        // Peers retrying the same step spread out rather than all waiting alike.
+        let spread: std::collections::BTreeSet<_> = (0..50)
+            .map(|_| jittered(Duration::from_secs(1)).as_micros())
+            .collect();
+        assert!(spread.len() > 40, "{} distinct delays of 50", spread.len());
     }
 
     #[test]

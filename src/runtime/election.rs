@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::backoff::Backoff;
+use crate::backoff::{self, Backoff};
 use crate::coordinator::Coordinator;
 use crate::etcd;
 use crate::etcd::recipe::{self, Candidacy, Leader};
@@ -326,13 +326,17 @@ impl<C: Coordinator> Election<C> {
         command: Command,
     ) -> Result<(), ActorProcessingErr> {
         match command {
-            Command::GrantLease { after } => self.grant_lease(myself, after),
+            // The machine's schedule is exact; the executor spreads it, so
+            // the nodes that lost etcd together do not retry in step.
+            Command::GrantLease { after } => self.grant_lease(myself, backoff::jittered(after)),
             Command::StartKeepalive { lease } => self.start_keepalive(myself, state, lease),
             Command::StopKeepalive => {
                 state.keepalive = None;
                 state.publisher = None;
             }
-            Command::Campaign { lease, after } => self.campaign(myself, state, lease, after),
+            Command::Campaign { lease, after } => {
+                self.campaign(myself, state, lease, backoff::jittered(after))
+            }
             Command::CancelCampaign => {
                 state.campaign_generation += 1;
                 state.campaign = None;
@@ -353,6 +357,7 @@ impl<C: Coordinator> Election<C> {
             Command::Resign { lease } => self.resign(myself, state, lease),
             Command::RevokeLease { lease } => self.revoke_lease(myself, state, lease),
             Command::RestartCoordinator { after } => {
+                let after = backoff::jittered(after);
                 self.shared.coordinator.set(None);
                 state.coordinator = None;
                 tracing::warn!(
