@@ -193,13 +193,20 @@ pub struct Config {
 
 /// One role's settings: the top-level section named after the role.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct RoleConfig {
     /// Whether standbys may wait behind the active instance.
-    // Required, not defaulted: a section exists only to set it, so one
-    // without it is a mistake.
     pub active_standby: ActiveStandbyConfig,
+    /// This node's leader priority for the role (0 by default; PD's leader
+    /// priority): a leader hands the role over to a ready standby of
+    /// strictly higher priority once it has stood by for
+    /// `session.transferHoldoff`, so a preferred node that restarts gets
+    /// its role back, once; equal priorities never move leadership.
+    pub leader_priority: i32,
 }
+
+/// The keys of a role section, which a built-in role's section takes too.
+const ROLE_KEYS: [&str; 2] = [ACTIVE_STANDBY, "leaderPriority"];
 
 /// Milvus's `activeStandby` switch of a role.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -687,6 +694,12 @@ pub struct SessionConfig {
     /// kernel cannot tell (a dead host, a partition, a frozen process)
     /// still waits for the lease.
     pub death_witness: bool,
+    /// How long a standby of higher `leaderPriority` must stand ready, and
+    /// the leader must have served, before the leader hands the role to it;
+    /// also the least time between two such moves of a role. Keeps
+    /// leadership from following a preferred node that restarts in a loop.
+    #[serde(with = "humantime_serde")]
+    pub transfer_holdoff: Duration,
 }
 
 impl Default for SessionConfig {
@@ -698,6 +711,7 @@ impl Default for SessionConfig {
             renew_deadline: None,
             standby_log_interval: Duration::from_secs(10),
             death_witness: true,
+            transfer_holdoff: Duration::from_secs(10),
         }
     }
 }
@@ -922,23 +936,30 @@ impl Config {
                 )));
             };
             if ROLE_SECTIONS.contains(&name.as_str()) {
-                // A built-in role's switch shares the section with its
-                // settings, which know nothing of it.
-                if let Value::Mapping(section) = &mut value
-                    && let Some(switch) = section.remove(ACTIVE_STANDBY)
-                {
-                    let path = [Seg::key(&name), Seg::key(ACTIVE_STANDBY)];
-                    let active_standby =
-                        origin.parse(switch, &path, |d| ActiveStandbyConfig::deserialize(d))?;
-                    roles.insert(name.clone(), RoleConfig { active_standby });
+                // A built-in role's keys share the section with its
+                // settings, which know nothing of them.
+                let mut role_keys = Mapping::new();
+                if let Value::Mapping(section) = &mut value {
+                    for key in ROLE_KEYS {
+                        if let Some(setting) = section.remove(key) {
+                            role_keys.insert(Value::from(key), setting);
+                        }
+                    }
+                }
+                if !role_keys.is_empty() {
+                    let role =
+                        origin.parse(Value::Mapping(role_keys), &[Seg::key(&name)], |d| {
+                            RoleConfig::deserialize(d)
+                        })?;
+                    roles.insert(name.clone(), role);
                 }
                 sections.insert(Value::String(name), value);
             } else if SECTIONS.contains(&name.as_str()) {
                 sections.insert(Value::String(name), value);
             } else {
-                // Without its one key the section is more likely a
+                // Without any of its keys the section is more likely a
                 // misspelt config section than a role's.
-                let misspelt = value.get(ACTIVE_STANDBY).is_none();
+                let misspelt = ROLE_KEYS.iter().all(|key| value.get(*key).is_none());
                 let role = origin
                     .parse(value, &[Seg::key(&name)], |d| RoleConfig::deserialize(d))
                     .map_err(|error| {
@@ -987,20 +1008,22 @@ impl Serialize for Config {
             .as_mapping_mut()
             .ok_or_else(|| S::Error::custom("the sections did not serialize to a mapping"))?;
         for (role, config) in &self.roles {
-            let switch =
-                serde_norway::to_value(&config.active_standby).map_err(S::Error::custom)?;
+            let Value::Mapping(keys) = serde_norway::to_value(config).map_err(S::Error::custom)?
+            else {
+                return Err(S::Error::custom(
+                    "a role section did not serialize to a mapping",
+                ));
+            };
             if ROLE_SECTIONS.contains(&role.as_str()) {
                 if let Some(Value::Mapping(section)) = sections.get_mut(role.as_str()) {
-                    section.insert(Value::from(ACTIVE_STANDBY), switch);
+                    section.extend(keys);
                 }
             } else if SECTIONS.contains(&role.as_str()) {
                 return Err(S::Error::custom(format!(
                     "role {role:?} has the name of a config section, so it has no place in the file"
                 )));
             } else {
-                let mut section = Mapping::new();
-                section.insert(Value::from(ACTIVE_STANDBY), switch);
-                sections.insert(Value::from(role.as_str()), Value::Mapping(section));
+                sections.insert(Value::from(role.as_str()), Value::Mapping(keys));
             }
         }
         document.serialize(serializer)
@@ -1377,6 +1400,7 @@ mod tests {
                 role.into(),
                 RoleConfig {
                     active_standby: ActiveStandbyConfig { enabled: false },
+                    leader_priority: 3,
                 },
             );
         }

@@ -118,13 +118,16 @@ pub use coordinator::{
 };
 pub use etcd::EtcdError;
 pub use etcd::recipe::CampaignError;
-pub use etcd::session::{SessionError, SessionInfo, VERSION, WitnessInfo};
+pub use etcd::session::{SessionError, SessionInfo, TransferInfo, VERSION, WitnessInfo};
 pub use fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
 pub use node::{Node, NodeError, WitnessError};
 pub use role::{RoleControl, RoleHandle, ServingCheck};
 #[cfg(feature = "fault-injection")]
 pub use runtime::faults::Fault;
-pub use status::{Leader, MetadataCopy, ResignError, RoleState, RoleStatus, StepDownReason};
+pub use status::{
+    Leader, MetadataCopy, ResignError, RoleState, RoleStatus, StepDownReason, Successor,
+    TransferTarget,
+};
 #[cfg(feature = "testing")]
 pub use testing::TestingError;
 

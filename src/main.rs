@@ -76,10 +76,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ask the leader of ROLE to hand it over gracefully.
+    /// Ask the leader of ROLE to hand it over gracefully: to whoever is next, or to a chosen standby.
     Resign {
         /// The role.
         role: String,
+        /// Hand the role to this standby: its server ID or the address it publishes.
+        #[arg(long, value_parser = transfer_target)]
+        to: Option<standin::TransferTarget>,
     },
     /// Print leader changes as they happen.
     Watch {
@@ -209,7 +212,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             fault_injection,
         } => run(config, roles, listen, advertise, metrics, fault_injection).await,
         Command::Status { json } => within(timeout, &config, status(&config, json)).await,
-        Command::Resign { role } => resign(&config, &role, timeout).await,
+        Command::Resign { role, to } => resign(&config, &role, to, timeout).await,
         Command::Watch { role } => watch(&config, role, timeout).await,
         Command::Tso {
             count,
@@ -616,7 +619,16 @@ fn find_role<'a>(roles: &'a [RoleSummary], role: &str) -> Result<&'a RoleSummary
     })
 }
 
-async fn resign(config: &Config, role: &str, timeout: Duration) -> Result<(), Failure> {
+fn transfer_target(value: &str) -> Result<standin::TransferTarget, String> {
+    value.parse()
+}
+
+async fn resign(
+    config: &Config,
+    role: &str,
+    to: Option<standin::TransferTarget>,
+    timeout: Duration,
+) -> Result<(), Failure> {
     let roles = within(timeout, config, role_summaries(config)).await?;
     let Some(leader) = &find_role(&roles, role)?.leader else {
         return Err(anyhow::anyhow!("nobody leads {role} right now").into());
@@ -626,16 +638,28 @@ async fn resign(config: &Config, role: &str, timeout: Duration) -> Result<(), Fa
         .connect(&leader.address)
         .await?;
     let mut coordination = CoordinationClient::new(channel);
-    coordination
+    let answer = coordination
         .resign(ResignRequest {
             role: role.to_owned(),
+            to: to
+                .as_ref()
+                .map(standin::TransferTarget::as_arg)
+                .unwrap_or_default(),
         })
         .await
-        .with_context(|| format!("asking {} to resign {role}", leader.address))?;
-    println!(
-        "{role}: server {} at {} resigned (epoch {}); a standby takes over",
-        leader.server_id, leader.address, leader.epoch
-    );
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))
+        .with_context(|| format!("asking {} to hand {role} over", leader.address))?
+        .into_inner();
+    match to {
+        None => println!(
+            "{role}: server {} at {} resigned (epoch {}); a standby takes over",
+            leader.server_id, leader.address, leader.epoch
+        ),
+        Some(_) => println!(
+            "{role}: server {} at {} handed the role to server {} at {} (epoch {} ended)",
+            leader.server_id, leader.address, answer.server_id, answer.address, leader.epoch
+        ),
+    }
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! The embedder's handle to one role on a node: its status, requests to its coordinator, and resigning.
+//! The embedder's handle to one role on a node: its status, requests to its coordinator, resigning and leader transfer.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::runtime::faults::Fault;
 use crate::runtime::slot::Slot;
 use crate::runtime::supervisor::ElectionSlot;
 use crate::runtime::term::Term;
-use crate::status::{MetadataCopy, ResignError, RoleState, RoleStatus};
+use crate::status::{MetadataCopy, ResignError, RoleState, RoleStatus, Successor, TransferTarget};
 
 /// Whether a role serves on this node, asked at the instant it matters:
 /// its term is open (not closed by a step-down, its lease trusted at this
@@ -243,6 +243,38 @@ impl<C: Coordinator> RoleHandle<C> {
     }
 }
 
+impl<C: Coordinator> RoleHandle<C> {
+    /// Hands the role to the standby `to` if this node leads it: the
+    /// candidates ahead of `to` make way, then this node resigns as in
+    /// [`RoleHandle::resign`], so `to` takes over as fast as a graceful
+    /// handover. Refused at once when `to` is not a candidate (its warm
+    /// copy still loading, its coordinator restarting, no etcd session);
+    /// the candidates ahead of it get half of `timeout` to make way.
+    /// Answers with the successor once it can take over.
+    pub fn transfer(
+        &self,
+        to: TransferTarget,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Successor, ResignError>> + Send + 'static {
+        let role = self.shared.role.clone();
+        let election = self.election.get();
+        async move {
+            let not_running = || ResignError::NotRunning { role: role.clone() };
+            let election = election.ok_or_else(not_running)?;
+            let within = timeout / 2;
+            let ask = |reply| ElectionMsg::Transfer {
+                to,
+                within,
+                reply: Some(reply),
+            };
+            match election.call(ask, Some(timeout)).await {
+                Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
+                _ => Err(not_running()),
+            }
+        }
+    }
+}
+
 /// A role on a node without its coordinator type, for what treats every
 /// role alike (the gRPC Coordination service, health reporting).
 pub trait RoleControl: Send + Sync {
@@ -265,6 +297,12 @@ pub trait RoleControl: Send + Sync {
         &self,
         timeout: Duration,
     ) -> futures::future::BoxFuture<'static, Result<(), ResignError>>;
+    /// Hands the role to the standby `to` if this node leads it (see [`RoleHandle::transfer`]).
+    fn transfer(
+        &self,
+        to: TransferTarget,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<Successor, ResignError>>;
 }
 
 impl<C: Coordinator> RoleControl for RoleHandle<C> {
@@ -309,6 +347,14 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
         timeout: Duration,
     ) -> futures::future::BoxFuture<'static, Result<(), ResignError>> {
         Box::pin(RoleHandle::resign(self, timeout))
+    }
+
+    fn transfer(
+        &self,
+        to: TransferTarget,
+        timeout: Duration,
+    ) -> futures::future::BoxFuture<'static, Result<Successor, ResignError>> {
+        Box::pin(RoleHandle::transfer(self, to, timeout))
     }
 }
 

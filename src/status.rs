@@ -55,6 +55,9 @@ pub enum StepDownReason {
     Resigned,
     /// The user's activation did not finish within `coordinator.activateTimeout`.
     ActivationTimedOut,
+    /// The role was handed to a chosen standby (`resign --to`, or a
+    /// standby of higher `leaderPriority`).
+    Transferred,
 }
 
 impl StepDownReason {
@@ -69,8 +72,77 @@ impl StepDownReason {
             StepDownReason::Shutdown => "shutdown",
             StepDownReason::Resigned => "resigned",
             StepDownReason::ActivationTimedOut => "activation_timed_out",
+            StepDownReason::Transferred => "transferred",
         }
     }
+}
+
+/// The standby a leader hands its role to: `resign --to 3` names it by
+/// server ID, `resign --to 10.0.0.7:19530` by its published address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TransferTarget {
+    /// The node with this server ID.
+    ServerId(i64),
+    /// The node publishing this `host:port`.
+    Address(String),
+}
+
+impl TransferTarget {
+    /// The target as `resign --to` and the gRPC API take it: the ID, or the address.
+    pub fn as_arg(&self) -> String {
+        match self {
+            TransferTarget::ServerId(id) => id.to_string(),
+            TransferTarget::Address(address) => address.clone(),
+        }
+    }
+
+    /// Whether the candidate `server_id` at `address` is this target.
+    pub fn names(&self, server_id: i64, address: &str) -> bool {
+        match self {
+            TransferTarget::ServerId(id) => *id == server_id,
+            TransferTarget::Address(wanted) => wanted == address,
+        }
+    }
+}
+
+impl std::str::FromStr for TransferTarget {
+    type Err = String;
+
+    /// A number is a server ID, `host:port` an address; anything else is refused.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if let Ok(id) = text.parse::<i64>() {
+            return if id > 0 {
+                Ok(TransferTarget::ServerId(id))
+            } else {
+                Err(format!("{text:?}: server IDs start at 1"))
+            };
+        }
+        match crate::config::split_host_port(text) {
+            Some(_) => Ok(TransferTarget::Address(text.to_owned())),
+            None => Err(format!(
+                "{text:?} is neither a server ID nor a host:port address"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for TransferTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TransferTarget::ServerId(id) => write!(f, "server {id}"),
+            TransferTarget::Address(address) => write!(f, "the node at {address}"),
+        }
+    }
+}
+
+/// The node that took a role over from a transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Successor {
+    /// Its server ID.
+    pub server_id: i64,
+    /// Its published address.
+    pub address: String,
 }
 
 /// Why a resign did not hand the role over.
@@ -103,5 +175,60 @@ pub enum ResignError {
         role: String,
         /// The lease TTL: the longest the key can still lead.
         ttl: Duration,
+    },
+    /// The target of a transfer is not ready to lead: it has no candidate
+    /// key in the election.
+    #[error(
+        "{target} is not ready to take {role} over: it is not a candidate in the election (its \
+         warm copy is still loading, its coordinator is restarting, or it has no etcd session); \
+         candidates now: {}",
+        if candidates.is_empty() { "none".to_owned() } else { candidates.join(", ") }
+    )]
+    TargetNotReady {
+        /// The role.
+        role: String,
+        /// Who was asked for.
+        target: String,
+        /// The standbys that are candidates, as `id@address`.
+        candidates: Vec<String>,
+    },
+    /// The target of a transfer is this node, which leads already.
+    #[error("{target} leads {role} already")]
+    TargetLeads {
+        /// The role.
+        role: String,
+        /// Who was asked for.
+        target: String,
+    },
+    /// A transfer is already under way.
+    #[error("a transfer of {role} to server {to} is already under way")]
+    TransferInProgress {
+        /// The role.
+        role: String,
+        /// The server ID it goes to.
+        to: i64,
+    },
+    /// The candidates ahead of the target did not make way in time (they
+    /// are not standin nodes, for example `etcdctl elect`), or the target
+    /// left the election: this node keeps serving.
+    #[error(
+        "the transfer of {role} to {target} did not happen, and this node keeps serving: {why}"
+    )]
+    TransferFailed {
+        /// The role.
+        role: String,
+        /// Who was asked for.
+        target: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// This node stopped leading for another reason before the transfer
+    /// could hand over; whoever is next took the role.
+    #[error("this node stepped down from {role} ({reason}) before the transfer handed over")]
+    SteppedDown {
+        /// The role.
+        role: String,
+        /// Why it stepped down.
+        reason: &'static str,
     },
 }

@@ -173,6 +173,7 @@ async fn a_flooding_client_does_not_starve_the_role_or_its_other_clients() -> an
     let mut coordination = CoordinationClient::connect(url.clone()).await?;
     let huge = ResignRequest {
         role: "r".repeat(MAX_REQUEST_BYTES / 2),
+        ..Default::default()
     };
     let refused = coordination
         .resign(huge)

@@ -146,7 +146,13 @@ async fn serving(
 
 async fn resign_status(config: &Path, address: &str) -> anyhow::Result<tonic::Status> {
     let mut client = coordination(config, address).await?;
-    match client.resign(ResignRequest { role: ROLE.into() }).await {
+    match client
+        .resign(ResignRequest {
+            role: ROLE.into(),
+            ..Default::default()
+        })
+        .await
+    {
         Ok(_) => anyhow::bail!("the resign was accepted"),
         Err(status) => Ok(status),
     }

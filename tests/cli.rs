@@ -284,13 +284,17 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
     let unknown = coordination
         .resign(standin::service::grpc::proto::ResignRequest {
             role: "nope".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
     let not_leader = CoordinationClient::connect(nodes[standby].url())
         .await?
-        .resign(standin::service::grpc::proto::ResignRequest { role: "tso".into() })
+        .resign(standin::service::grpc::proto::ResignRequest {
+            role: "tso".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(not_leader.code(), tonic::Code::FailedPrecondition);

@@ -273,7 +273,10 @@ async fn off_loopback_writes_and_steering_need_a_caller() -> anyhow::Result<()> 
     }
     let mut coordination = CoordinationClient::connect(format!("http://{address}")).await?;
     let resign = coordination
-        .resign(ResignRequest { role: "tso".into() })
+        .resign(ResignRequest {
+            role: "tso".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(resign.code(), tonic::Code::Unauthenticated, "{resign:?}");
@@ -293,7 +296,10 @@ async fn off_loopback_writes_and_steering_need_a_caller() -> anyhow::Result<()> 
     assert!(done.status.success(), "{}", stderr(&done));
     let mut coordination = CoordinationClient::connect(format!("http://{address}")).await?;
     let resign = coordination
-        .resign(ResignRequest { role: "tso".into() })
+        .resign(ResignRequest {
+            role: "tso".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(resign.code(), tonic::Code::Unauthenticated, "{resign:?}");

@@ -22,6 +22,7 @@ fn role_config(etcd: &EtcdServer, index: usize, exclusive: bool) -> standin::Con
             active_standby: ActiveStandbyConfig {
                 enabled: !exclusive,
             },
+            ..RoleConfig::default()
         },
     );
     config

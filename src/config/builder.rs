@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{ActiveStandbyConfig, AuthConfig, Config, ConfigError, RoleConfig, TlsConfig};
+use super::{ActiveStandbyConfig, AuthConfig, Config, ConfigError, TlsConfig};
 
 /// Builds a [`Config`] without a YAML file. Starts from the defaults (those
 /// `config/standin.yaml` documents); [`build`](Self::build) validates, so an
@@ -111,10 +111,29 @@ impl ConfigBuilder {
     /// `<role>.activeStandby.enabled: false`: `role` is exclusive, and a
     /// node refuses to start it while another instance leads it.
     pub fn exclusive(mut self, role: impl Into<String>) -> Self {
-        let exclusive = RoleConfig {
-            active_standby: ActiveStandbyConfig { enabled: false },
-        };
-        self.config.roles.insert(role.into(), exclusive);
+        self.config
+            .roles
+            .entry(role.into())
+            .or_default()
+            .active_standby = ActiveStandbyConfig { enabled: false };
+        self
+    }
+
+    /// `<role>.leaderPriority`: this node's leader priority for `role`; a
+    /// leader hands the role to a ready standby of higher priority.
+    pub fn leader_priority(mut self, role: impl Into<String>, priority: i32) -> Self {
+        self.config
+            .roles
+            .entry(role.into())
+            .or_default()
+            .leader_priority = priority;
+        self
+    }
+
+    /// `session.transferHoldoff`: how long a preferred standby stands ready
+    /// before the leader hands it the role, and the least time between moves.
+    pub fn transfer_holdoff(mut self, holdoff: Duration) -> Self {
+        self.config.session.transfer_holdoff = holdoff;
         self
     }
 

@@ -263,6 +263,74 @@ pub async fn leader(client: &Client, election: &str) -> Result<Option<KeyValue>,
     Ok(response.take_kvs().into_iter().next())
 }
 
+/// Every candidate in the election, oldest (the leader) first.
+pub async fn candidates(client: &Client, election: &str) -> Result<Vec<KeyValue>, CampaignError> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let mut response = client
+        .kv_client()
+        .get(format!("{election}/"), Some(options))
+        .await?;
+    Ok(response.take_kvs())
+}
+
+/// Where a leader transfer stands, as the election shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Succession {
+    /// The target is next in line behind the leader.
+    Ready,
+    /// The target's candidate key is gone.
+    TargetLeft,
+    /// The leader's own key no longer leads.
+    NotLeading,
+}
+
+/// Waits until the election shows where a transfer from `leader` to the
+/// candidate `target` (its key and create revision) stands: re-read on
+/// every change under the election prefix while the candidates between the
+/// two make way. `stalled` is told who is still in between after each read.
+pub(crate) async fn await_succession(
+    client: &Client,
+    election: &str,
+    leader: &Candidacy,
+    target: (&str, i64),
+    mut stalled: impl FnMut(Vec<KeyValue>) + Send,
+) -> Result<Succession, CampaignError> {
+    let prefix = format!("{election}/");
+    let mut stream = client
+        .watch_client()
+        .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+        .await?;
+    loop {
+        let mut line = candidates(client, election).await?.into_iter();
+        let first = line.next();
+        if !first.as_ref().is_some_and(|kv| {
+            kv.key() == leader.key.as_bytes() && kv.create_revision() == leader.revision
+        }) {
+            return Ok(Succession::NotLeading);
+        }
+        let (key, revision) = target;
+        let mut between = Vec::new();
+        let mut found = false;
+        for kv in line {
+            if kv.key() == key.as_bytes() && kv.create_revision() == revision {
+                found = true;
+                break;
+            }
+            between.push(kv);
+        }
+        if !found {
+            return Ok(Succession::TargetLeft);
+        }
+        if between.is_empty() {
+            return Ok(Succession::Ready);
+        }
+        stalled(between);
+        next_response(&mut stream, &prefix).await?;
+    }
+}
+
 /// A leader as read from the election: its registration and its term.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leader {

@@ -62,6 +62,28 @@ pub struct SessionInfo {
     /// The node's death witness, when it runs one (`session.deathWitness`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<WitnessInfo>,
+    /// The node's leader priority for the role (`<role>.leaderPriority`): a
+    /// leader hands the role to a ready standby of higher priority.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// While the leader hands the role to a chosen standby, which one: the
+    /// candidates ahead of it make way (in the leader key's value only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferInfo>,
+}
+
+fn is_zero(priority: &i32) -> bool {
+    *priority == 0
+}
+
+/// A leader transfer under way, as the leader announces it to the candidates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferInfo {
+    /// The server ID of the standby taking over.
+    pub to: i64,
+    /// The create revision of its candidate key: every candidate whose key
+    /// is older makes way, by joining again behind it.
+    pub revision: i64,
 }
 
 /// Where a node's death witness listens, and the nonce that tells this
@@ -258,6 +280,11 @@ mod tests {
             witness: Some(WitnessInfo {
                 address: "127.0.0.1:2".into(),
                 incarnation: "00ff".into(),
+            }),
+            priority: 5,
+            transfer: Some(TransferInfo {
+                to: 4,
+                revision: 77,
             }),
         };
         let json = String::from_utf8(info.encode()).unwrap();

@@ -41,6 +41,8 @@ impl NodeContext {
             state,
             lease_id,
             witness: self.witness.clone(),
+            priority: self.config.role(role).leader_priority,
+            transfer: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 mod lease;
 pub(crate) mod machine;
 mod publisher;
+mod transfer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,12 +32,13 @@ use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
 use crate::runtime::reload::{CatchUp, ReloadActor, ReloadMsg};
 use crate::runtime::term::Term;
-use crate::status::{ResignError, RoleStatus, StepDownReason};
+use crate::status::{ResignError, RoleStatus, StepDownReason, Successor, TransferTarget};
 use crate::task::OwnedTask;
 use crate::telemetry;
 use lease::{Beat, Renewal};
 use machine::{Command, ElectionMachine, Event, Phase, Timings};
 use publisher::Publisher;
+use transfer::{HandoverReply, PendingTransfer, TransferPlan};
 
 /// The election actor of one role on one node.
 pub(crate) struct Election<C: Coordinator> {
@@ -74,6 +76,36 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
     Shutdown(RpcReplyPort<()>),
     /// Hand the role over if leading and campaign again; answered once a peer can take over.
     Resign(RpcReplyPort<Result<(), ResignError>>),
+    /// Hand the role to the standby `to`; answered once it can take over.
+    Transfer {
+        /// The standby to hand over to.
+        to: TransferTarget,
+        /// How long the candidates ahead of it have to make way.
+        within: Duration,
+        /// Who waits for the outcome; none for a move to a preferred leader.
+        reply: Option<RpcReplyPort<Result<Successor, ResignError>>>,
+    },
+    /// The transfer of the term at `revision` found its target, or why not.
+    TransferPlanned {
+        /// The term's epoch revision.
+        revision: i64,
+        /// The target as found in the election.
+        plan: Result<TransferPlan, ResignError>,
+    },
+    /// The transfer of the term at `revision` can hand over, or why not.
+    TransferSettled {
+        /// The term's epoch revision.
+        revision: i64,
+        /// Ready, or what stood in the way.
+        outcome: Result<(), String>,
+    },
+    /// A standby of higher leader priority has stood ready long enough.
+    PreferredReady {
+        /// The term's epoch revision.
+        revision: i64,
+        /// The standby's server ID.
+        server_id: i64,
+    },
     /// A lease was granted and the session registered on it.
     LeaseGranted {
         /// The lease.
@@ -119,6 +151,8 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         generation: u64,
         /// The lease it is on.
         lease: i64,
+        /// The candidate key's create revision: its place in line.
+        revision: i64,
     },
     /// The campaign of `generation` failed.
     CampaignFailed {
@@ -201,7 +235,20 @@ pub(crate) struct ElectionState<C: Coordinator> {
     leader: Option<Leader>,
     last_step_down: Option<StepDownReason>,
     shutdown_replies: Vec<RpcReplyPort<()>>,
-    resign_replies: Vec<RpcReplyPort<Result<(), ResignError>>>,
+    /// Who waits for the handover in progress (a resign or a transfer).
+    handover_replies: Vec<HandoverReply>,
+    /// The leader transfer under way in this term.
+    transfer: Option<PendingTransfer>,
+    /// The wait of the transfer under way (finding the target, then the
+    /// candidates ahead of it making way).
+    transfer_task: Option<OwnedTask>,
+    /// While serving: the watch for a standby of higher leader priority.
+    preference: Option<OwnedTask>,
+    /// When this node last served from, or moved a role to a preferred
+    /// standby: the next move waits `session.transferHoldoff` past it.
+    preference_since: Option<Instant>,
+    /// Our candidate key's create revision while campaigning, once joined.
+    joined_revision: Option<i64>,
     _observer: OwnedTask,
     timers: Vec<JoinHandle<()>>,
 }
@@ -335,11 +382,13 @@ impl<C: Coordinator> Election<C> {
                 state.publisher = None;
             }
             Command::Campaign { lease, after } => {
+                state.joined_revision = None;
                 self.campaign(myself, state, lease, backoff::jittered(after))
             }
             Command::CancelCampaign => {
                 state.campaign_generation += 1;
                 state.campaign = None;
+                state.joined_revision = None;
             }
             Command::Publish(published) => self.publish(state, published),
             Command::StartReload { revision } => self.start_reload(myself, state, revision).await?,
@@ -493,7 +542,11 @@ impl<C: Coordinator> Election<C> {
             }
             let won = async {
                 let candidacy = recipe::join(&client, &election, lease, value).await?;
-                let _ = reply.send_message(ElectionMsg::CampaignJoined { generation, lease });
+                let _ = reply.send_message(ElectionMsg::CampaignJoined {
+                    generation,
+                    lease,
+                    revision: candidacy.revision,
+                });
                 recipe::wait_until_leader(&client, &election, &candidacy).await?;
                 Ok::<_, recipe::CampaignError>(candidacy)
             };
@@ -542,8 +595,20 @@ impl<C: Coordinator> Election<C> {
                 .record(took.as_secs_f64());
             metrics::counter!(telemetry::TAKEOVERS, "role" => self.role.clone()).increment(1);
         }
+        self.publish_session(state, published);
+    }
+
+    /// Writes the session (and, while leading, the leader key's value with
+    /// any transfer under way) in the background, without the log lines of
+    /// a state change: a transfer rewrites the value of a state unchanged.
+    fn publish_session(&self, state: &ElectionState<C>, published: RoleState) {
         if let (Some(publisher), Some(lease)) = (&state.publisher, state.machine.lease()) {
-            let info = self.context.session(&self.role, published, lease);
+            let mut info = self.context.session(&self.role, published, lease);
+            info.transfer = state
+                .transfer
+                .as_ref()
+                .and_then(|pending| pending.plan.as_ref())
+                .map(TransferPlan::announcement);
             let leading = state
                 .machine
                 .phase()
@@ -680,10 +745,194 @@ impl<C: Coordinator> Election<C> {
         Ok(())
     }
 
+    /// Starts handing the role to `to`: first find it in the election (in
+    /// a task), then announce it and wait for the line to reorder.
+    fn start_transfer(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        to: TransferTarget,
+        within: Duration,
+        reply: Option<RpcReplyPort<Result<Successor, ResignError>>>,
+    ) {
+        let refuse = |reply: Option<RpcReplyPort<_>>, error: ResignError| {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(error));
+            }
+        };
+        let (Phase::Serving { revision }, Some(leader)) =
+            (state.machine.phase(), state.candidacy.clone())
+        else {
+            let error = if state.machine.phase().leads() {
+                ResignError::TransferFailed {
+                    role: self.role.clone(),
+                    target: to.to_string(),
+                    why: "this node is still activating; ask again once it serves".into(),
+                }
+            } else {
+                ResignError::NotLeader {
+                    role: self.role.clone(),
+                    leader: state.leader.as_ref().map(|l| l.session.address.clone()),
+                }
+            };
+            return refuse(reply, error);
+        };
+        if let Some(pending) = &state.transfer {
+            let error = ResignError::TransferInProgress {
+                role: self.role.clone(),
+                to: pending.plan.as_ref().map_or(0, |p| p.successor.server_id),
+            };
+            return refuse(reply, error);
+        }
+        tracing::info!(role = self.role, target = %to, "leader transfer requested");
+        state.preference = None;
+        let client = self.context.client.clone();
+        let election = self.election.clone();
+        let role = self.role.clone();
+        let target = to.clone();
+        let report = myself.clone();
+        let find = async move {
+            let plan = transfer::plan(&client, &election, &role, &leader, &target).await;
+            let _ = report.send_message(ElectionMsg::TransferPlanned { revision, plan });
+        };
+        state.transfer_task = Some(Self::spawn(myself, "finding the transfer's target", find));
+        state.transfer = Some(PendingTransfer {
+            revision,
+            target: to,
+            within,
+            plan: None,
+            reply,
+        });
+    }
+
+    /// The target is found: announce it in the leader key, so the
+    /// candidates ahead of it make way, and wait for that.
+    fn on_transfer_planned(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        revision: i64,
+        plan: Result<TransferPlan, ResignError>,
+    ) {
+        let Some(pending) = state.transfer.as_mut().filter(|p| p.revision == revision) else {
+            return;
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(error) => {
+                let reply = state.transfer.take().and_then(|p| p.reply);
+                state.transfer_task = None;
+                return self.transfer_failed(myself, state, reply, error);
+            }
+        };
+        pending.plan = Some(plan.clone());
+        let within = pending.within;
+        let Some(leader) = state.candidacy.clone() else {
+            return;
+        };
+        self.publish_session(state, RoleState::Serving);
+        let client = self.context.client.clone();
+        let election = self.election.clone();
+        let report = myself.clone();
+        let wait = async move {
+            let outcome = transfer::settle(&client, &election, &leader, &plan, within).await;
+            let _ = report.send_message(ElectionMsg::TransferSettled { revision, outcome });
+        };
+        state.transfer_task = Some(Self::spawn(myself, "waiting for the line to reorder", wait));
+    }
+
+    /// A transfer did not happen: tell who asked, withdraw the
+    /// announcement, keep serving, and look for a preferred leader again.
+    fn transfer_failed(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+        reply: Option<RpcReplyPort<Result<Successor, ResignError>>>,
+        error: ResignError,
+    ) {
+        tracing::warn!(role = self.role, "{error}");
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(error));
+        }
+        if matches!(state.machine.phase(), Phase::Serving { .. }) {
+            self.publish_session(state, RoleState::Serving);
+            state.preference_since = Some(Instant::now());
+            self.watch_for_preferred(myself, state);
+        }
+    }
+
+    /// While serving, follows the election for a standby of higher leader
+    /// priority; once one has stood ready for `session.transferHoldoff`,
+    /// the role moves to it.
+    fn watch_for_preferred(&self, myself: &ActorRef<ElectionMsg<C>>, state: &mut ElectionState<C>) {
+        let (Phase::Serving { revision }, Some(leader)) =
+            (state.machine.phase(), state.candidacy.clone())
+        else {
+            return;
+        };
+        let config = &self.context.config;
+        let watch = transfer::await_preferred(
+            self.context.client.clone(),
+            self.election.clone(),
+            leader,
+            config.role(&self.role).leader_priority,
+            config.session.transfer_holdoff,
+            state.preference_since.unwrap_or_else(Instant::now),
+            config.etcd.retry.initial,
+        );
+        let report = myself.clone();
+        let task = async move {
+            let server_id = watch.await;
+            let _ = report.send_message(ElectionMsg::PreferredReady {
+                revision,
+                server_id,
+            });
+        };
+        state.preference = Some(Self::spawn(myself, "watching for a preferred leader", task));
+    }
+
+    /// Whether this candidate must make way for a transfer that `leader`
+    /// announces: it waits in line ahead of the target, and is not it.
+    fn makes_way(&self, state: &ElectionState<C>, leader: Option<&Leader>) -> bool {
+        let Some(announced) = leader.and_then(|l| l.session.transfer.as_ref()) else {
+            return false;
+        };
+        let ahead = state
+            .joined_revision
+            .is_some_and(|own| own < announced.revision);
+        if ahead
+            && announced.to != self.context.server_id
+            && state.machine.phase() == Phase::Campaigning
+        {
+            tracing::info!(
+                role = self.role,
+                to = announced.to,
+                "making way in the {} election for server {}, which the leader hands the role to",
+                self.role,
+                announced.to
+            );
+            return true;
+        }
+        false
+    }
+
     /// Closes the term, at the instant the step-down is decided: from here
     /// on nothing answers for it and its stores refuse every write.
     fn depose(&self, state: &mut ElectionState<C>, reason: StepDownReason) {
         state.last_step_down = Some(reason);
+        state.preference = None;
+        state.transfer_task = None;
+        if let Some(pending) = state.transfer.take()
+            && let Some(reply) = pending.reply
+        {
+            let _ = reply.send(Err(ResignError::SteppedDown {
+                role: self.role.clone(),
+                reason: reason.as_str(),
+            }));
+        }
+        if reason == StepDownReason::Transferred {
+            state.preference_since = Some(Instant::now());
+        }
         if let Some(term) = state.term.take() {
             term.close();
         }
@@ -810,7 +1059,12 @@ impl<C: Coordinator> Actor for Election<C> {
             leader: None,
             last_step_down: None,
             shutdown_replies: Vec::new(),
-            resign_replies: Vec::new(),
+            handover_replies: Vec::new(),
+            transfer: None,
+            transfer_task: None,
+            preference: None,
+            preference_since: None,
+            joined_revision: None,
             _observer: observer,
             timers,
         };
@@ -889,10 +1143,15 @@ impl<C: Coordinator> Actor for Election<C> {
                 }
                 Event::LeaderKeyDeleted { revision }
             }
-            ElectionMsg::CampaignJoined { generation, lease } => {
+            ElectionMsg::CampaignJoined {
+                generation,
+                lease,
+                revision,
+            } => {
                 if !state.is_current(Tag::Campaign(generation)) {
                     return Ok(());
                 }
+                state.joined_revision = Some(revision);
                 Event::CampaignJoined { lease }
             }
             ElectionMsg::CampaignFailed { generation, lease } => {
@@ -928,7 +1187,79 @@ impl<C: Coordinator> Actor for Election<C> {
                 }
                 return Ok(());
             }
-            ElectionMsg::CoordinatorServing { revision } => Event::CoordinatorServing { revision },
+            ElectionMsg::CoordinatorServing { revision } => {
+                self.apply(&myself, state, Event::CoordinatorServing { revision })
+                    .await?;
+                state.preference_since = Some(
+                    state
+                        .preference_since
+                        .map_or(Instant::now(), |since| since.max(Instant::now())),
+                );
+                self.watch_for_preferred(&myself, state);
+                return Ok(());
+            }
+            ElectionMsg::Transfer { to, within, reply } => {
+                self.start_transfer(&myself, state, to, within, reply);
+                return Ok(());
+            }
+            ElectionMsg::TransferPlanned { revision, plan } => {
+                self.on_transfer_planned(&myself, state, revision, plan);
+                return Ok(());
+            }
+            ElectionMsg::TransferSettled { revision, outcome } => {
+                let Some(pending) = state.transfer.take_if(|p| p.revision == revision) else {
+                    return Ok(());
+                };
+                state.transfer_task = None;
+                let plan = pending.plan.expect("a settled transfer has its plan");
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(
+                            role = self.role,
+                            to = plan.successor.server_id,
+                            address = plan.successor.address,
+                            "server {} is next in line: handing {} over to it",
+                            plan.successor.server_id,
+                            self.role
+                        );
+                        if let Some(reply) = pending.reply {
+                            state
+                                .handover_replies
+                                .push(HandoverReply::Transfer(reply, plan.successor));
+                        }
+                        Event::TransferReady { revision }
+                    }
+                    Err(why) => {
+                        let error = ResignError::TransferFailed {
+                            role: self.role.clone(),
+                            target: pending.target.to_string(),
+                            why,
+                        };
+                        self.transfer_failed(&myself, state, pending.reply, error);
+                        return Ok(());
+                    }
+                }
+            }
+            ElectionMsg::PreferredReady {
+                revision,
+                server_id,
+            } => {
+                state.preference = None;
+                if state.machine.phase() != (Phase::Serving { revision }) {
+                    return Ok(());
+                }
+                tracing::info!(
+                    role = self.role,
+                    to = server_id,
+                    "server {server_id} has a higher leader priority for {} and stands ready: \
+                     handing the role over to it",
+                    self.role
+                );
+                let within = self.context.config.handover_bound();
+                let to = TransferTarget::ServerId(server_id);
+                self.start_transfer(&myself, state, to, within, None);
+                return Ok(());
+            }
             ElectionMsg::ActivationTimedOut { revision } => Event::ActivationTimedOut { revision },
             ElectionMsg::Resign(reply) => {
                 if !state.machine.phase().leads() {
@@ -938,15 +1269,15 @@ impl<C: Coordinator> Actor for Election<C> {
                     }));
                     return Ok(());
                 }
-                state.resign_replies.push(reply);
+                state.handover_replies.push(HandoverReply::Resign(reply));
                 Event::Resign
             }
             ElectionMsg::Deactivated => Event::Deactivated,
             ElectionMsg::ResignFailed => {
                 // The key may lead until the lease is gone: say so, rather
                 // than promise the caller that a peer can take over now.
-                for reply in state.resign_replies.drain(..) {
-                    let _ = reply.send(Err(ResignError::ResignUnconfirmed {
+                for reply in state.handover_replies.drain(..) {
+                    reply.answer(Err(ResignError::ResignUnconfirmed {
                         role: self.role.clone(),
                         ttl: self.context.config.session.ttl,
                     }));
@@ -956,8 +1287,8 @@ impl<C: Coordinator> Actor for Election<C> {
             ElectionMsg::Released => {
                 self.apply(&myself, state, Event::Released).await?;
                 // The leader key is gone: a peer can take over now.
-                for reply in state.resign_replies.drain(..) {
-                    let _ = reply.send(Ok(()));
+                for reply in state.handover_replies.drain(..) {
+                    reply.answer(Ok(()));
                 }
                 return Ok(());
             }
@@ -985,9 +1316,13 @@ impl<C: Coordinator> Actor for Election<C> {
                     let address = leader.as_ref().map(|l| l.session.address.clone());
                     let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(address));
                 }
+                let makes_way = self.makes_way(state, leader.as_ref());
                 state.leader = leader;
                 self.report_status(state);
-                return Ok(());
+                if !makes_way {
+                    return Ok(());
+                }
+                Event::Yield
             }
         };
         self.apply(&myself, state, event).await

@@ -715,6 +715,8 @@ mod tests {
                         address: format!("127.0.0.1:{}", 100 + id),
                         incarnation: i.into(),
                     }),
+                    priority: 0,
+                    transfer: None,
                 },
                 key: "k".into(),
                 revision: 1,

@@ -561,6 +561,7 @@ impl Cluster {
         let mut coordination = CoordinationClient::new(self.control[node].clone());
         let request = ResignRequest {
             role: role.to_owned(),
+            ..Default::default()
         };
         tokio::time::timeout(Duration::from_secs(10), coordination.resign(request))
             .await

@@ -171,6 +171,15 @@ pub(crate) enum Event {
     Shutdown,
     /// Hand the role over (if leading) and campaign again behind the others.
     Resign,
+    /// The transfer's target is next in line behind our leader key at
+    /// `revision`: hand the role over to it.
+    TransferReady {
+        /// The leader key's create revision.
+        revision: i64,
+    },
+    /// A leader transfer names a standby behind this candidate: make way by
+    /// joining the election again, behind it.
+    Yield,
 }
 
 /// Something the election actor must do.
@@ -432,6 +441,22 @@ impl ElectionMachine {
             Event::Resign => {
                 if self.phase.leads() {
                     self.step_down(Afterwards::Recampaign, StepDownReason::Resigned)
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::TransferReady { revision } => {
+                if self.phase == (Phase::Serving { revision }) {
+                    self.step_down(Afterwards::Recampaign, StepDownReason::Transferred)
+                } else {
+                    Vec::new()
+                }
+            }
+            Event::Yield => {
+                if self.phase == Phase::Campaigning {
+                    let mut commands = vec![Command::CancelCampaign];
+                    commands.extend(self.release(Afterwards::Recampaign));
+                    commands
                 } else {
                     Vec::new()
                 }
@@ -997,6 +1022,60 @@ mod tests {
         machine.on(Event::CoordinatorCrashed);
         assert!(machine.on(Event::ResignFailed).is_empty());
         gives_up_the_lease_and_starts_over(&mut machine, Event::Released);
+    }
+
+    #[test]
+    fn a_ready_transfer_hands_over_only_from_the_term_it_was_planned_in() {
+        let start = Instant::now();
+        let mut machine = serving(start);
+        assert_eq!(
+            machine.on(Event::TransferReady {
+                revision: REVISION + 1
+            }),
+            vec![]
+        );
+        assert_eq!(machine.phase(), Phase::Serving { revision: REVISION });
+        let commands = machine.on(Event::TransferReady { revision: REVISION });
+        assert_eq!(
+            commands,
+            vec![
+                Command::Depose(StepDownReason::Transferred),
+                Command::StopReload,
+                Command::Publish(RoleState::Standby),
+                Command::Deactivate,
+            ]
+        );
+        assert_eq!(
+            machine.on(Event::Deactivated),
+            vec![Command::Resign { lease: LEASE }]
+        );
+        let rejoins = machine.on(Event::Released);
+        assert_eq!(rejoins[0], Command::Publish(RoleState::Standby));
+        assert!(matches!(rejoins[1], Command::Campaign { lease: LEASE, .. }));
+    }
+
+    #[test]
+    fn a_candidate_makes_way_by_joining_again_and_a_leader_never_yields() {
+        let start = Instant::now();
+        let mut machine = campaigning(start);
+        assert_eq!(
+            machine.on(Event::Yield),
+            vec![Command::CancelCampaign, Command::Resign { lease: LEASE }]
+        );
+        let rejoins = machine.on(Event::Released);
+        assert_eq!(
+            rejoins,
+            vec![
+                Command::Publish(RoleState::Standby),
+                Command::Campaign {
+                    lease: LEASE,
+                    after: Duration::ZERO
+                }
+            ]
+        );
+        let mut leader = serving(start);
+        assert_eq!(leader.on(Event::Yield), vec![]);
+        assert_eq!(leader.phase(), Phase::Serving { revision: REVISION });
     }
 
     #[test]

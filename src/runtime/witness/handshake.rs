@@ -76,7 +76,7 @@ fn message(who: &str, parts: &[&str]) -> Vec<u8> {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

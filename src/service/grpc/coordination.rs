@@ -15,8 +15,8 @@ use super::proto::{
     StatusResponse, WatchLeaderRequest,
 };
 use crate::role::RoleControl;
-use crate::status::ResignError;
 use crate::status::RoleState;
+use crate::status::{ResignError, TransferTarget};
 
 /// Serves `Coordination` for the roles of one node.
 pub struct CoordinationService {
@@ -144,29 +144,69 @@ impl Coordination for CoordinationService {
             .unwrap_or(Caller::Anonymous {
                 peer: request.remote_addr(),
             });
-        let role = request.into_inner().role;
+        let ResignRequest { role, to } = request.into_inner();
         let control = self.role(&role)?;
-        tracing::info!(role, %caller, "resign requested");
-        let outcome = control.resign(self.resign_timeout).await;
+        let to = match to.trim() {
+            "" => None,
+            to => Some(
+                to.parse::<TransferTarget>()
+                    .map_err(|problem| Status::invalid_argument(format!("to: {problem}")))?,
+            ),
+        };
+        let outcome = match &to {
+            None => {
+                tracing::info!(role, %caller, "resign requested");
+                control.resign(self.resign_timeout).await.map(|()| None)
+            }
+            Some(target) => {
+                tracing::info!(role, %caller, %target, "leader transfer requested");
+                control
+                    .transfer(target.clone(), self.resign_timeout)
+                    .await
+                    .map(Some)
+            }
+        };
         let label = match &outcome {
-            Ok(()) => "resigned",
+            Ok(None) => "resigned",
+            Ok(Some(_)) => "transferred",
             Err(ResignError::NotLeader { .. }) => "not_leader",
+            Err(
+                ResignError::TargetNotReady { .. }
+                | ResignError::TargetLeads { .. }
+                | ResignError::TransferInProgress { .. }
+                | ResignError::TransferFailed { .. },
+            ) => "refused",
             Err(_) => "unavailable",
         };
         metrics::counter!(crate::telemetry::RESIGN_REQUESTS, "role" => role.clone(), "outcome" => label)
             .increment(1);
         match outcome {
-            Ok(()) => {
-                tracing::info!(role, %caller, "resigned on request");
-                Ok(Response::new(ResignResponse {}))
+            Ok(successor) => {
+                tracing::info!(role, %caller, outcome = label, "handed over on request");
+                let (server_id, address) = successor
+                    .map(|s| (s.server_id, s.address))
+                    .unwrap_or_default();
+                Ok(Response::new(ResignResponse { server_id, address }))
             }
-            Err(error @ ResignError::NotLeader { .. }) => {
-                Err(Status::failed_precondition(error.to_string()))
-            }
-            // etcd unreachable or the election restarting: worth a retry later.
-            Err(
-                error @ (ResignError::NotRunning { .. } | ResignError::ResignUnconfirmed { .. }),
-            ) => Err(Status::unavailable(error.to_string())),
+            Err(error) => Err(status_of(&error)),
         }
+    }
+}
+
+/// The gRPC status for a handover that did not happen: the caller's
+/// precondition (not the leader, a target not ready), a conflict worth
+/// retrying (a transfer under way or stalled), or the node unable to now.
+fn status_of(error: &ResignError) -> Status {
+    let message = error.to_string();
+    match error {
+        ResignError::NotLeader { .. }
+        | ResignError::TargetNotReady { .. }
+        | ResignError::TargetLeads { .. } => Status::failed_precondition(message),
+        ResignError::TransferInProgress { .. } | ResignError::TransferFailed { .. } => {
+            Status::aborted(message)
+        }
+        ResignError::NotRunning { .. }
+        | ResignError::ResignUnconfirmed { .. }
+        | ResignError::SteppedDown { .. } => Status::unavailable(message),
     }
 }

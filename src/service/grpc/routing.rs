@@ -109,6 +109,8 @@ mod tests {
                     state: RoleState::Serving,
                     lease_id: 9,
                     witness: None,
+                    priority: 0,
+                    transfer: None,
                 },
                 key: "k".into(),
                 revision: 40,
