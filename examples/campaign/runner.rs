@@ -112,6 +112,8 @@ struct Cluster {
     /// Channels for faults and resigns: no per-call timeout on the channel,
     /// each call bounds itself.
     control: Vec<Channel>,
+    /// The address each node publishes, which a transfer names.
+    addresses: Vec<String>,
     recorder: Recorder,
     /// `etcd.rootPath` of every node.
     root: String,
@@ -143,6 +145,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let mut proxies = Vec::new();
     let mut nodes = Vec::new();
     let mut control = Vec::new();
+    let mut addresses = Vec::new();
     let mut tasks = JoinSet::new();
     for node in 0..NODES {
         let proxy = FaultProxy::start(&etcd.endpoint())
@@ -169,6 +172,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         tasks.spawn(sample(node, sampling, recorder.clone()));
         proxies.push(proxy);
         nodes.push(process);
+        addresses.push(address);
     }
     let mut cluster = Cluster {
         _secrets: secrets,
@@ -176,6 +180,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         proxies,
         nodes,
         control,
+        addresses,
         recorder: recorder.clone(),
         root: root.clone(),
     };

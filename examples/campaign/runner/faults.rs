@@ -41,6 +41,9 @@ pub(super) enum Fault {
     Delay,
     /// A graceful `Coordination.Resign` of the leader.
     Resign,
+    /// `Coordination.Resign` with `to`: the leader hands the role to a
+    /// standby picked at random, past any candidate ahead of it.
+    Transfer,
     /// etcd killed and restarted.
     EtcdRestart,
     /// An operator deletes the role's leader key (`etcdctl del`): the
@@ -61,7 +64,7 @@ pub(super) enum Fault {
 impl Fault {
     /// Every fault and how often it is picked, relative to the others:
     /// etcd restarts are rare, as asked, since they cost the most time.
-    const WEIGHTS: [(Fault, u32); 14] = [
+    const WEIGHTS: [(Fault, u32); 15] = [
         (Fault::CrashCoordinator, 12),
         (Fault::CrashElection, 12),
         (Fault::CrashReload, 6),
@@ -71,6 +74,7 @@ impl Fault {
         (Fault::Blackhole, 6),
         (Fault::Delay, 8),
         (Fault::Resign, 12),
+        (Fault::Transfer, 10),
         (Fault::EtcdRestart, 3),
         (Fault::DeleteKey, 10),
         (Fault::RevokeLease, 10),
@@ -101,6 +105,7 @@ impl Fault {
             Fault::Blackhole => "blackhole",
             Fault::Delay => "delay",
             Fault::Resign => "resign",
+            Fault::Transfer => "transfer",
             Fault::EtcdRestart => "etcd-restart",
             Fault::DeleteKey => "delete-key",
             Fault::RevokeLease => "revoke-lease",
@@ -118,6 +123,7 @@ impl Fault {
             Fault::CrashCoordinator
             | Fault::CrashElection
             | Fault::Resign
+            | Fault::Transfer
             | Fault::Delay
             | Fault::DeleteKey
             | Fault::RevokeLease
@@ -338,13 +344,26 @@ impl Cluster {
                     lasts.as_millis()
                 )
             }
-            Fault::Resign => match self.resign(node, name).await {
+            Fault::Resign => match self.resign(node, name, None).await {
                 Ok(()) => "resigned".to_owned(),
                 Err(error) => {
                     recovery.newer_than = None;
                     format!("resign failed: {error:#}")
                 }
             },
+            Fault::Transfer => {
+                let to = (node + rng.random_range(1..NODES)) % NODES;
+                let address = self.addresses[to].clone();
+                match self.resign(node, name, Some(&address)).await {
+                    Ok(()) => format!("handed to node {to}"),
+                    // A standby still reading its copy, or restarting, is
+                    // refused: the leader keeps its term.
+                    Err(error) => {
+                        recovery.newer_than = None;
+                        format!("transfer to node {to} refused: {error:#}")
+                    }
+                }
+            }
             Fault::EtcdRestart => {
                 target = None;
                 let impairment = self.recorder.begin(None, ImpairmentKind::EtcdDown);
@@ -556,12 +575,18 @@ impl Cluster {
         Ok(answer.into_inner().injected)
     }
 
-    /// A graceful handover of `role` by `node`.
-    pub(super) async fn resign(&self, node: usize, role: &str) -> anyhow::Result<()> {
+    /// A graceful handover of `role` by `node`, to whoever is next or to
+    /// the node at address `to`.
+    pub(super) async fn resign(
+        &self,
+        node: usize,
+        role: &str,
+        to: Option<&str>,
+    ) -> anyhow::Result<()> {
         let mut coordination = CoordinationClient::new(self.control[node].clone());
         let request = ResignRequest {
             role: role.to_owned(),
-            ..Default::default()
+            to: to.unwrap_or_default().to_owned(),
         };
         tokio::time::timeout(Duration::from_secs(10), coordination.resign(request))
             .await

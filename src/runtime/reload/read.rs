@@ -137,6 +137,7 @@ async fn read_pages(
         .max_decoding_message_size(pages.response_limit());
     let mut snapshot = Snapshot::default();
     let mut start = prefix.as_bytes().to_vec();
+    let mut progress = Progress::new(prefix);
     loop {
         // etcd answers a range in ascending key order, which the next
         // page's start relies on; no sort is asked for.
@@ -158,6 +159,7 @@ async fn read_pages(
             answer => answer.map_err(failed)?,
         };
         if snapshot.revision == 0 {
+            progress.total(page.count());
             snapshot.revision = page.header().map_or(0, |h| h.revision());
             if snapshot.revision < min_revision {
                 return Err(ReloadError::StaleRead {
@@ -179,12 +181,89 @@ async fn read_pages(
             }
         }
         pages.read(keys, bytes);
+        progress.read(keys, bytes);
         faults.reload_page_read().await;
         if !more {
             break;
         }
     }
+    progress.done();
     Ok(snapshot)
+}
+
+/// Info lines while a large prefix is read, so an operator watching a
+/// million-key reload sees it advance rather than a silent node.
+struct Progress<'a> {
+    prefix: &'a str,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
+    total: i64,
+    keys: u64,
+    bytes: u64,
+}
+
+impl<'a> Progress<'a> {
+    /// Below this many keys a read is quick: it logs nothing at info.
+    const LARGE: i64 = 50_000;
+    /// The time between two progress lines.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn new(prefix: &'a str) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            prefix,
+            started: now,
+            last_line: now,
+            total: 0,
+            keys: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The first page's count: every key under the prefix at the read's revision.
+    fn total(&mut self, total: i64) {
+        self.total = total;
+        if total >= Self::LARGE {
+            tracing::info!(
+                prefix = self.prefix,
+                keys = total,
+                "reading the metadata copy: {total} keys"
+            );
+        }
+    }
+
+    fn read(&mut self, keys: u64, bytes: u64) {
+        self.keys += keys;
+        self.bytes += bytes;
+        if self.total >= Self::LARGE && self.last_line.elapsed() >= Self::EVERY {
+            self.last_line = std::time::Instant::now();
+            let share = self.keys as f64 * 100.0 / self.total as f64;
+            tracing::info!(
+                prefix = self.prefix,
+                keys = self.keys,
+                of = self.total,
+                mib = self.bytes / (1 << 20),
+                "reading the metadata copy: {} of {} keys ({share:.0}%) in {:.1} s",
+                self.keys,
+                self.total,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn done(&self) {
+        if self.total >= Self::LARGE {
+            tracing::info!(
+                prefix = self.prefix,
+                keys = self.keys,
+                mib = self.bytes / (1 << 20),
+                "read the metadata copy: {} keys, {} MiB in {:.1} s",
+                self.keys,
+                self.bytes / (1 << 20),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 /// `key` relative to the metadata `prefix`; `None` for the prefix's own key,
