@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing standin needs and a fresh Debian machine
-# lacks: protoc and its well-known types (etcd-client's build), etcd and etcdctl (tests and demo).
+# lacks: protoc and its well-known types (etcd-client's build), etcd and etcdctl (tests and demo),
+# promtool (Debian's prometheus package: tests check deploy/monitoring's alert rules with it).
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,7 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -34,7 +34,7 @@ const BUILT_IN_ROLES: &[&str] = &["tso", "kv"];
 
 #[derive(Parser)]
 #[command(
-    version,
+    version = standin::telemetry::BUILD,
     about = "standin: active-standby coordinators on an etcd lease"
 )]
 struct Cli {

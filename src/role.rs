@@ -20,6 +20,7 @@ use crate::runtime::slot::Slot;
 use crate::runtime::supervisor::ElectionSlot;
 use crate::runtime::term::Term;
 use crate::status::{MetadataCopy, ResignError, RoleState, RoleStatus, Successor, TransferTarget};
+use crate::telemetry;
 
 /// Whether a role serves on this node, asked at the instant it matters:
 /// its term is open (not closed by a step-down, its lease trusted at this
@@ -157,7 +158,7 @@ impl<C: Coordinator> RoleHandle<C> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         shared.forward(request, reply.into());
         async move {
-            match tokio::time::timeout(timeout, answer).await {
+            let answer = match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(answer)) => answer,
                 // The coordinator dropped the request: it crashed, or the node stopped.
                 Ok(Err(_)) => Err(shared.gone()),
@@ -165,7 +166,17 @@ impl<C: Coordinator> RoleHandle<C> {
                     role: shared.role.clone(),
                     timeout,
                 }),
-            }
+            };
+            let outcome = match &answer {
+                Ok(_) => "ok",
+                Err(ServeError::NotActive { .. }) => "not_active",
+                Err(ServeError::TimedOut { .. }) => "timed_out",
+                Err(ServeError::BufferFull { .. }) => "refused",
+                Err(_) => "unavailable",
+            };
+            metrics::counter!(telemetry::REQUESTS, "role" => shared.role.clone(), "outcome" => outcome)
+                .increment(1);
+            answer
         }
     }
 

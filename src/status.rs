@@ -61,6 +61,19 @@ pub enum StepDownReason {
 }
 
 impl StepDownReason {
+    /// Every reason, for the metrics' help: a new reason goes here too.
+    pub const ALL: [StepDownReason; 9] = [
+        StepDownReason::LeaseLost,
+        StepDownReason::RenewDeadlineMissed,
+        StepDownReason::CoordinatorCrashed,
+        StepDownReason::ReloadFailed,
+        StepDownReason::LeaderKeyDeleted,
+        StepDownReason::Shutdown,
+        StepDownReason::Resigned,
+        StepDownReason::ActivationTimedOut,
+        StepDownReason::Transferred,
+    ];
+
     /// A short label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -3,6 +3,7 @@
 use metrics::Unit;
 
 use crate::etcd::session::RoleState;
+use crate::status::StepDownReason;
 
 #[cfg(feature = "prometheus")]
 mod prometheus;
@@ -26,6 +27,8 @@ pub const RELOAD_SECONDS: &str = "standin_reload_seconds";
 pub const RELOADED_KEYS: &str = "standin_reloaded_keys_total";
 /// Gauge, label `role`: keys in this node's warm copy of the role's metadata.
 pub const METADATA_COPY_KEYS: &str = "standin_metadata_copy_keys";
+/// Gauge, label `role`: 1 once this node's warm copy is loaded, 0 while it is read.
+pub const METADATA_COPY_LOADED: &str = "standin_metadata_copy_loaded";
 /// Counter, labels `role` and `reason`: full reads of the role's metadata
 /// (`start`, `compacted`: a warm copy; `cold`: a win with `reload.warm: false`).
 pub const METADATA_FULL_READS: &str = "standin_metadata_full_reads_total";
@@ -33,10 +36,14 @@ pub const METADATA_FULL_READS: &str = "standin_metadata_full_reads_total";
 pub const KEEPALIVE_RTT_SECONDS: &str = "standin_keepalive_rtt_seconds";
 /// Counter, label `role`: lease keepalives that failed or got no answer in time.
 pub const KEEPALIVE_FAILURES: &str = "standin_keepalive_failures_total";
+/// Gauge, label `role`: `session.renewDeadline` in seconds, what keepalive round trips are measured against.
+pub const RENEW_DEADLINE_SECONDS: &str = "standin_renew_deadline_seconds";
 /// Counter, label `role`: metadata writes refused because their epoch was over.
 pub const FENCED_WRITES_REFUSED: &str = "standin_fenced_writes_refused_total";
 /// Gauge, label `role`: requests held while the coordinator activates.
 pub const BUFFERED_MESSAGES: &str = "standin_buffered_messages";
+/// Counter, labels `role` and `outcome`: calls to the coordinator through its `RoleHandle`.
+pub const REQUESTS: &str = "standin_requests_total";
 /// Counter, label `role`: restarts of the role's election actor after a crash.
 pub const ELECTION_RESTARTS: &str = "standin_election_restarts_total";
 /// Counter: leader processes this node found dead through their death
@@ -45,18 +52,282 @@ pub const DEATH_WITNESS_REVOKES: &str = "standin_death_witness_revokes_total";
 /// Histogram: seconds from losing the connection to a leader's witness to
 /// having revoked its leases.
 pub const DEATH_WITNESS_REVOKE_SECONDS: &str = "standin_death_witness_revoke_seconds";
+/// Gauge, label `state` (`armed`, `unarmed`): leaders' witnesses this node
+/// holds a connection to, and those it cannot reach.
+pub const DEATH_WITNESS_WATCHED: &str = "standin_death_witness_watched";
 /// Counter, label `reason` (`over_cap`, `no_hello`, `bad_hello`):
 /// connections to this node's death witness it closed unheld.
 pub const DEATH_WITNESS_REFUSED: &str = "standin_death_witness_connections_refused_total";
-/// Counter, labels `role` and `outcome` (`resigned`, `not_leader`,
-/// `unavailable`): `Resign` calls this node answered. Who asked is in the
-/// log line, not a label: callers are unbounded.
+/// Counter, labels `role` and `outcome`: `Resign` calls this node
+/// answered. Who asked is in the log line, not a label: callers are unbounded.
 pub const RESIGN_REQUESTS: &str = "standin_resign_requests_total";
 /// Counter, label `code` (`unauthenticated`, `permission_denied`): gRPC
 /// calls the server's auth refused.
 pub const API_CALLS_REFUSED: &str = "standin_api_calls_refused_total";
 /// Counter: connections closed on arrival because `server.limits.maxConnections` were open.
 pub const CONNECTIONS_REFUSED: &str = "standin_connections_refused_total";
+/// Gauge, labels `version` and `git`: 1, naming the build this process runs.
+pub const BUILD_INFO: &str = "standin_build_info";
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Observations in buckets (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+impl MetricKind {
+    /// The Prometheus type name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One of standin's metrics, described once: the exporter's `# HELP` lines
+/// and the README's table are both made from [`catalogue`].
+#[derive(Debug, Clone)]
+pub struct MetricInfo {
+    /// The metric's name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: MetricKind,
+    /// Its unit.
+    pub unit: Unit,
+    /// Its labels.
+    pub labels: &'static [&'static str],
+    /// What it means, with the values of its labels.
+    pub help: String,
+}
+
+/// Every metric standin records, with its help text. The label values in
+/// the help come from the types that produce them, so they cannot drift.
+pub fn catalogue() -> Vec<MetricInfo> {
+    use MetricKind::{Counter, Gauge, Histogram};
+    let listed = |values: &[&str]| values.join(", ");
+    let states: Vec<&str> = ROLE_STATES.iter().map(|state| state.as_str()).collect();
+    let reasons: Vec<&str> = StepDownReason::ALL.iter().map(|r| r.as_str()).collect();
+    let metric = |name, kind, unit, labels, help: &str| MetricInfo {
+        name,
+        kind,
+        unit,
+        labels,
+        help: help.to_owned(),
+    };
+    vec![
+        metric(
+            ROLE_STATE,
+            Gauge,
+            Unit::Count,
+            &["role", "state"],
+            &format!(
+                "1 for the role's current state on this node ({}), 0 for the others.",
+                listed(&states)
+            ),
+        ),
+        metric(
+            ROLE_ACTIVE,
+            Gauge,
+            Unit::Count,
+            &["role"],
+            "1 while this node serves the role, else 0.",
+        ),
+        metric(
+            TAKEOVERS,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Terms in which this node won the role and reached serving.",
+        ),
+        metric(
+            TAKEOVER_SECONDS,
+            Histogram,
+            Unit::Seconds,
+            &["role"],
+            "Time from winning the election to serving, reload and activation included.",
+        ),
+        metric(
+            STEP_DOWNS,
+            Counter,
+            Unit::Count,
+            &["role", "reason"],
+            &format!(
+                "Terms ended on this node, by reason ({}).",
+                listed(&reasons)
+            ),
+        ),
+        metric(
+            RELOAD_SECONDS,
+            Histogram,
+            Unit::Seconds,
+            &["role"],
+            "Time to bring the role's metadata up to date after a win (catching the warm copy up, or a full read).",
+        ),
+        metric(
+            RELOADED_KEYS,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Metadata keys handed to activations after winning the role.",
+        ),
+        metric(
+            METADATA_COPY_KEYS,
+            Gauge,
+            Unit::Count,
+            &["role"],
+            "Keys in this node's warm copy of the role's metadata.",
+        ),
+        metric(
+            METADATA_COPY_LOADED,
+            Gauge,
+            Unit::Count,
+            &["role"],
+            "1 once this node's warm copy of the role's metadata is loaded, 0 while it is read (the node campaigns only once it is loaded).",
+        ),
+        metric(
+            METADATA_FULL_READS,
+            Counter,
+            Unit::Count,
+            &["role", "reason"],
+            "Full reads of the role's metadata, by reason (start, compacted: the warm copy; cold: a win with reload.warm false).",
+        ),
+        metric(
+            KEEPALIVE_RTT_SECONDS,
+            Histogram,
+            Unit::Seconds,
+            &["role"],
+            "Time from sending a lease keepalive to etcd's answer.",
+        ),
+        metric(
+            KEEPALIVE_FAILURES,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Lease keepalives that failed or got no answer in time; the stream is reopened.",
+        ),
+        metric(
+            RENEW_DEADLINE_SECONDS,
+            Gauge,
+            Unit::Seconds,
+            &["role"],
+            "session.renewDeadline: a leader with no keepalive answered within it steps down.",
+        ),
+        metric(
+            FENCED_WRITES_REFUSED,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Metadata writes refused because the epoch they were made for is over.",
+        ),
+        metric(
+            BUFFERED_MESSAGES,
+            Gauge,
+            Unit::Count,
+            &["role"],
+            "Requests held while the coordinator activates, delivered once it serves.",
+        ),
+        metric(
+            REQUESTS,
+            Counter,
+            Unit::Count,
+            &["role", "outcome"],
+            &format!(
+                "Calls to the coordinator through its RoleHandle (the gRPC services and embedders' calls), by outcome ({}).",
+                listed(&REQUEST_OUTCOMES)
+            ),
+        ),
+        metric(
+            ELECTION_RESTARTS,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Restarts of the role's election actor after it crashed.",
+        ),
+        metric(
+            DEATH_WITNESS_REVOKES,
+            Counter,
+            Unit::Count,
+            &[],
+            "Leader processes found dead through their death witness (port refused, or another process on it), whose leases this node revoked.",
+        ),
+        metric(
+            DEATH_WITNESS_REVOKE_SECONDS,
+            Histogram,
+            Unit::Seconds,
+            &[],
+            "Time from losing the connection to a leader's death witness to having revoked its leases.",
+        ),
+        metric(
+            DEATH_WITNESS_WATCHED,
+            Gauge,
+            Unit::Count,
+            &["state"],
+            "Leaders' death witnesses this node watches, by state (armed: connected, so a kill is seen at once; unarmed: unreachable, so only the lease tells).",
+        ),
+        metric(
+            DEATH_WITNESS_REFUSED,
+            Counter,
+            Unit::Count,
+            &["reason"],
+            "Connections to this node's death witness closed without being held: over node.witnessMaxConnections (over_cap), no hello in time (no_hello), or a hello without the cluster's secret (bad_hello).",
+        ),
+        metric(
+            RESIGN_REQUESTS,
+            Counter,
+            Unit::Count,
+            &["role", "outcome"],
+            "Resign calls this node answered, by role and outcome (resigned, transferred, not_leader, refused, unavailable); who asked is in the log line.",
+        ),
+        metric(
+            API_CALLS_REFUSED,
+            Counter,
+            Unit::Count,
+            &["code"],
+            "gRPC calls refused by the server's authentication or authorization, by status code (unauthenticated, permission_denied).",
+        ),
+        metric(
+            CONNECTIONS_REFUSED,
+            Counter,
+            Unit::Count,
+            &[],
+            "Connections closed on arrival because server.limits.maxConnections were open.",
+        ),
+        metric(
+            BUILD_INFO,
+            Gauge,
+            Unit::Count,
+            &["version", "git"],
+            "1, labelled with the standin version and git commit this process runs.",
+        ),
+    ]
+}
+
+/// Every value of the `outcome` label of [`REQUESTS`].
+pub const REQUEST_OUTCOMES: [&str; 5] = ["ok", "not_active", "timed_out", "unavailable", "refused"];
+
+/// The metrics table of the README, made from [`catalogue`]; a test keeps
+/// the README's copy equal to it.
+pub fn markdown_table() -> String {
+    let mut table = String::from("| name | type | labels | meaning |\n| --- | --- | --- | --- |\n");
+    for metric in catalogue() {
+        let labels: Vec<String> = metric.labels.iter().map(|l| format!("`{l}`")).collect();
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            metric.name,
+            metric.kind.as_str(),
+            labels.join(", "),
+            metric.help
+        ));
+    }
+    table
+}
 
 /// Every value of the `state` label of [`ROLE_STATE`]: a series is kept for
 /// each, so a state the role left reads 0 instead of keeping its old 1.
@@ -86,110 +357,33 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// Registers the description and unit of every standin metric with the
-/// installed recorder, for the `# HELP` lines. Call it after installing a
-/// recorder: descriptions given before are lost.
+/// installed recorder, for the `# HELP` lines, and sets [`BUILD_INFO`].
+/// Call it after installing a recorder: descriptions given before are lost.
 pub fn describe() {
-    metrics::describe_gauge!(
-        ROLE_ACTIVE,
-        Unit::Count,
-        "1 while this node serves the role, else 0."
-    );
-    metrics::describe_gauge!(
-        ROLE_STATE,
-        Unit::Count,
-        "1 for the role's current state on this node (standby, activating, serving, stopping), 0 for the others."
-    );
-    metrics::describe_counter!(
-        TAKEOVERS,
-        Unit::Count,
-        "Terms in which this node won the role and reached serving."
-    );
-    metrics::describe_histogram!(
-        TAKEOVER_SECONDS,
-        Unit::Seconds,
-        "Time from winning the election to serving, reload and activation included."
-    );
-    metrics::describe_counter!(
-        STEP_DOWNS,
-        Unit::Count,
-        "Terms ended on this node, by reason (lease_lost, renew_deadline, coordinator_crashed, reload_failed, leader_key_deleted, shutdown)."
-    );
-    metrics::describe_histogram!(
-        RELOAD_SECONDS,
-        Unit::Seconds,
-        "Time to bring the role's metadata up to date after a win (catching the warm copy up, or a full read)."
-    );
-    metrics::describe_counter!(
-        RELOADED_KEYS,
-        Unit::Count,
-        "Metadata keys handed to activations after winning the role."
-    );
-    metrics::describe_gauge!(
-        METADATA_COPY_KEYS,
-        Unit::Count,
-        "Keys in this node's warm copy of the role's metadata."
-    );
-    metrics::describe_counter!(
-        METADATA_FULL_READS,
-        Unit::Count,
-        "Full reads of the role's metadata, by reason (start, compacted, cold)."
-    );
-    metrics::describe_histogram!(
-        KEEPALIVE_RTT_SECONDS,
-        Unit::Seconds,
-        "Time from sending a lease keepalive to etcd's answer."
-    );
-    metrics::describe_counter!(
-        KEEPALIVE_FAILURES,
-        Unit::Count,
-        "Lease keepalives that failed or got no answer in time; the stream is reopened."
-    );
-    metrics::describe_counter!(
-        FENCED_WRITES_REFUSED,
-        Unit::Count,
-        "Metadata writes refused because the epoch they were made for is over."
-    );
-    metrics::describe_gauge!(
-        BUFFERED_MESSAGES,
-        Unit::Count,
-        "Requests held while the coordinator activates, delivered once it serves."
-    );
-    metrics::describe_counter!(
-        ELECTION_RESTARTS,
-        Unit::Count,
-        "Restarts of the role's election actor after it crashed."
-    );
-    metrics::describe_counter!(
-        DEATH_WITNESS_REVOKES,
-        Unit::Count,
-        "Leader processes found dead through their death witness (port refused, or another process on it), whose leases this node revoked."
-    );
-    metrics::describe_histogram!(
-        DEATH_WITNESS_REVOKE_SECONDS,
-        Unit::Seconds,
-        "Time from losing the connection to a leader's death witness to having revoked its leases."
-    );
-    metrics::describe_counter!(
-        DEATH_WITNESS_REFUSED,
-        Unit::Count,
-        "Connections to this node's death witness closed without being held: over node.witnessMaxConnections, no hello in time, or a hello without the cluster's secret."
-    );
-    metrics::describe_counter!(
-        RESIGN_REQUESTS,
-        Unit::Count,
-        "Resign calls this node answered, by role and outcome."
-    );
-    metrics::describe_counter!(
-        API_CALLS_REFUSED,
-        Unit::Count,
-        "gRPC calls refused by the server's authentication or authorization, by status code."
-    );
-    metrics::describe_counter!(
-        CONNECTIONS_REFUSED,
-        Unit::Count,
-        "Connections closed on arrival because server.limits.maxConnections were open."
-    );
+    for metric in catalogue() {
+        match metric.kind {
+            MetricKind::Counter => {
+                metrics::describe_counter!(metric.name, metric.unit, metric.help)
+            }
+            MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.unit, metric.help),
+            MetricKind::Histogram => {
+                metrics::describe_histogram!(metric.name, metric.unit, metric.help)
+            }
+        }
+    }
+    metrics::gauge!(BUILD_INFO, "version" => crate::VERSION, "git" => GIT_COMMIT).set(1.0);
 }
+
+/// The git commit this crate was built from (`unknown` outside a git checkout).
+pub const GIT_COMMIT: &str = env!("STANDIN_GIT_COMMIT");
+
+/// The version and commit, as `standin --version` prints them.
+pub const BUILD: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("STANDIN_GIT_COMMIT"),
+    ")"
+);
 
 /// How long after a panic its backtrace is resolved and printed.
 const BACKTRACE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);

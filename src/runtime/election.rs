@@ -1032,6 +1032,8 @@ impl<C: Coordinator> Actor for Election<C> {
         );
         let observer = Self::spawn(&myself, "observing the leader", observe);
         let session = &self.context.config.session;
+        metrics::gauge!(telemetry::RENEW_DEADLINE_SECONDS, "role" => self.role.clone())
+            .set(session.renew_deadline().as_secs_f64());
         let tick = (session.renew_deadline() / 20)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let timers = vec![

@@ -506,6 +506,7 @@ async fn watch_one(
     let mut retry = Backoff::new(RETRY);
     let mut lost_at: Option<Instant> = None;
     let mut warned = false;
+    let mut counted = Counted::default();
     loop {
         let (reached, stream) = reach(&watched.witness.address, mourner.secret.as_deref()).await;
         match judge(armed, &watched.witness.incarnation, &reached) {
@@ -521,6 +522,7 @@ async fn watch_one(
                     );
                 }
                 armed = true;
+                counted.set(Some("armed"));
                 retry.reset();
                 match hold(&mut stream).await {
                     Ended::Farewell => {
@@ -554,6 +556,7 @@ async fn watch_one(
             Verdict::Unproven(reason) => {
                 if !armed && !warned {
                     warned = true;
+                    counted.set(Some("unarmed"));
                     tracing::warn!(
                         server_id = watched.server_id,
                         witness = watched.witness.address,
@@ -566,6 +569,32 @@ async fn watch_one(
                 tokio::time::sleep(retry.next_delay()).await;
             }
         }
+    }
+}
+
+/// This watcher's place in the `standin_death_witness_watched` gauge,
+/// given back when the watch ends.
+#[derive(Default)]
+struct Counted(Option<&'static str>);
+
+impl Counted {
+    fn set(&mut self, state: Option<&'static str>) {
+        if self.0 == state {
+            return;
+        }
+        if let Some(old) = self.0 {
+            metrics::gauge!(telemetry::DEATH_WITNESS_WATCHED, "state" => old).decrement(1.0);
+        }
+        if let Some(new) = state {
+            metrics::gauge!(telemetry::DEATH_WITNESS_WATCHED, "state" => new).increment(1.0);
+        }
+        self.0 = state;
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set(None);
     }
 }
 
