@@ -2,6 +2,7 @@
 
 mod builder;
 mod env;
+mod explain;
 pub mod kv;
 mod locate;
 pub mod tso;
@@ -17,6 +18,7 @@ use serde_norway::{Mapping, Value};
 
 pub use builder::ConfigBuilder;
 use env::{Schema, apply_env};
+pub use explain::{Setting, Source};
 pub use kv::KvConfig;
 use locate::{Origin, Seg, plain_scalar, show_path};
 pub use tso::TsoConfig;

@@ -8,7 +8,7 @@ use crate::status::StepDownReason;
 #[cfg(feature = "prometheus")]
 mod prometheus;
 #[cfg(feature = "prometheus")]
-pub use prometheus::{TelemetryError, install_prometheus};
+pub use prometheus::{MetricsPort, TelemetryError, install_prometheus};
 
 /// Gauge, label `role`: 1 while this node serves the role, else 0.
 pub const ROLE_ACTIVE: &str = "standin_role_active";

@@ -11,7 +11,7 @@ use standin::BoxError;
 use standin::telemetry::{self, TelemetryError};
 use standin::testing::{EtcdServer, free_loopback_port};
 use standin::{Coordinator, Epoch, FenceError, FencedStore, Node, RoleHandle, Snapshot};
-use support::{CALL, config, eventually, init_logging, wait_for};
+use support::{CALL, config, eventually, http_get, init_logging, wait_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::info;
@@ -159,7 +159,7 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
     let of_role = role_is(ROLE);
 
     info!("--- install the exporter; a second install names its address and fails");
-    telemetry::install_prometheus(metrics)?;
+    let port = telemetry::install_prometheus(metrics)?;
     let in_use = telemetry::install_prometheus(metrics).expect_err("the port is taken");
     assert!(
         matches!(in_use, TelemetryError::ListenFailed { address, .. } if address == metrics),
@@ -184,11 +184,39 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
     info!("--- one node serves the role; a 2 s TTL makes keepalives every 667 ms");
     let mut node = Node::new(config(&etcd, 0, 2));
     let role = node.add_role(ROLE, StoreKeeper)?;
+    info!("--- before the node starts: alive, not ready");
+    let (code, _) = http_get(metrics.port(), "/healthz")
+        .await
+        .expect("/healthz answers");
+    assert_eq!(code, 200);
+    let (code, why) = http_get(metrics.port(), "/readyz")
+        .await
+        .expect("/readyz answers");
+    assert_eq!((code, why.trim()), (503, "the node has not started"));
     node.start().await?;
+    port.report(node.roles());
     wait_for("the role to serve", Duration::from_secs(10), || {
         role.is_serving().then_some(())
     })
     .await;
+    info!("--- started and joined: ready, and /status shows the role serving");
+    let (code, _) = http_get(metrics.port(), "/readyz")
+        .await
+        .expect("/readyz answers");
+    assert_eq!(code, 200);
+    let (code, status) = http_get(metrics.port(), "/status")
+        .await
+        .expect("/status answers");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status)?;
+    assert_eq!(status["roles"][0]["role"], ROLE);
+    assert_eq!(status["roles"][0]["state"], "serving");
+    assert!(status["roles"][0]["lease_id"].is_i64(), "{status}");
+    assert_eq!(status["git"], telemetry::GIT_COMMIT);
+    let (code, _) = http_get(metrics.port(), "/nothing")
+        .await
+        .expect("404 answers");
+    assert_eq!(code, 404);
     let first_term = store_of(&role).await;
     first_term.put("settings", b"x".to_vec()).await?;
 

@@ -99,6 +99,11 @@ impl Origin<'_> {
         ConfigError::ParseFailed { key, message }
     }
 
+    /// The name of the variable that set the value at `path`, if one did.
+    pub(super) fn variable(&self, path: &[Seg]) -> Option<String> {
+        self.cause(path).map(|cause| cause.variable.clone())
+    }
+
     /// The variable behind a value at `path`, if one is.
     fn cause(&self, path: &[Seg]) -> Option<&Override> {
         // The last applied wins, as it does in the document.
@@ -122,7 +127,7 @@ impl Origin<'_> {
 }
 
 /// Where the key (or sequence element) at `path` is written in `text`.
-fn locate(text: &str, path: &[Seg]) -> Option<serde_norway::Location> {
+pub(super) fn locate(text: &str, path: &[Seg]) -> Option<serde_norway::Location> {
     if path.is_empty() {
         return None;
     }

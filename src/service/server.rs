@@ -35,12 +35,50 @@ const PREFACE_BYTES: usize = 24;
 /// How often the refusal of connections over the cap is logged, at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Failures building the server from config.
+mod standard;
+
+pub use standard::{DRAIN_BOUND, NodeServer};
+
+/// Failures building, binding or running the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A file of `server.tls` could not be read.
     #[error(transparent)]
     FileUnreadable(ConfigError),
+    /// `server.auth` could not be read.
+    #[error(transparent)]
+    AuthUnreadable(#[from] crate::service::grpc::auth::AuthError),
+    /// Fault injection asked for off loopback, with nothing to tell callers apart.
+    #[error(
+        "--fault-injection on {listen}, which is not loopback, needs callers to authenticate: \
+         set server.auth.tokensFile, or server.tls.clientCaFile with \
+         server.auth.allowedSubjects (else anyone who reaches the port can crash this node's actors)"
+    )]
+    FaultInjectionExposed {
+        /// Where the server would listen.
+        listen: std::net::SocketAddr,
+    },
+    /// The address could not be bound.
+    #[error("listening for gRPC on {listen}")]
+    BindFailed {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The server stopped with an error.
+    #[error("serving gRPC on {listen}")]
+    ServeFailed {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The server's task panicked.
+    #[error("the gRPC server task failed: {0}")]
+    ServerTaskFailed(String),
     /// The certificate or key of `server.tls` is not usable.
     #[error(
         "server.tls: the certificate or key is not usable (PEM certificate chain and its private key expected): {0}"

@@ -109,6 +109,17 @@ fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The bound to save before handing out physical `physical` at clock
+/// `now`: one window ahead of the clock, and at least just above
+/// `physical`. Not a window ahead of `physical`: a term that starts above
+/// its predecessor's bound (which is ahead of the clock) would then push
+/// the bound another window ahead, and takeovers quicker than the window
+/// would carry the oracle ever further from the clock.
+fn bound_for(physical: u64, now: u64, config: &TsoConfig) -> u64 {
+    now.saturating_add(window_ms(config))
+        .max(physical.saturating_add(1))
+}
+
 /// How far ahead of `now` a batch moved from `physical` to `start` would
 /// be, when callers pushed it there (a logical overflow, not the clock)
 /// past `tso.maxAhead`. A lead the oracle already has (a predecessor's
@@ -246,8 +257,7 @@ impl Tso {
         if start.physical >= serving.upper_bound {
             // Save first: if the write fails nothing past the old bound was
             // handed out, so a successor starting above it stays ahead.
-            let window = window_ms(&self.config);
-            let bound = now.max(start.physical).saturating_add(window);
+            let bound = bound_for(start.physical, now, &self.config);
             serving.upper_bound =
                 save_upper_bound(&serving.store, serving.upper_bound, bound).await?;
         }
@@ -346,9 +356,10 @@ impl Coordinator for Tso {
         store: FencedStore,
     ) -> Result<TsoServing, BoxError> {
         // Above the saved bound: a predecessor handed out only physicals below it.
-        let base = (self.clock)().max(saved.saturating_add(1));
+        let now = (self.clock)();
+        let base = now.max(saved.saturating_add(1));
         let upper_bound =
-            save_upper_bound(&store, saved, base.saturating_add(window_ms(&self.config))).await?;
+            save_upper_bound(&store, saved, bound_for(base, now, &self.config)).await?;
         tracing::info!(
             role = epoch.role,
             revision = epoch.revision,
@@ -484,6 +495,32 @@ mod tests {
             last = Some(compose(start.physical, end));
             (physical, logical) = (start.physical, start.logical + count);
         }
+    }
+
+    #[test]
+    fn takeovers_quicker_than_the_window_keep_the_bound_a_window_from_the_clock() {
+        let config = TsoConfig::default();
+        let window = window_ms(&config);
+        let mut now = 1_000_000;
+        let mut saved = 0;
+        // A takeover every 100 ms for a minute: each term starts above its
+        // predecessor's bound and saves its own.
+        for _ in 0..600 {
+            let base = now.max(saved + 1);
+            let bound = bound_for(base, now, &config);
+            assert!(bound > base, "the term may hand out its base");
+            assert!(bound > saved, "the bound only grows");
+            saved = bound;
+            now += 100;
+        }
+        assert!(
+            saved <= now + window,
+            "{} ms ahead after a minute",
+            saved - now
+        );
+        // A batch past the bound moves it just enough while ahead of the clock.
+        assert_eq!(bound_for(now + 20_000, now, &config), now + 20_001);
+        assert_eq!(bound_for(now, now, &config), now + window);
     }
 
     #[test]

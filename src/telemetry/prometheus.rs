@@ -1,38 +1,55 @@
-//! The Prometheus exporter: a recorder for the process, served over HTTP.
+//! The metrics port: Prometheus metrics on `/metrics`, and the node's health on `/healthz`, `/readyz` and `/status`, over HTTP.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use metrics_exporter_prometheus::{BuildError, ExporterFuture, Matcher, PrometheusBuilder};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::{BuildError, PrometheusBuilder, PrometheusHandle};
 
 use super::{
     DEATH_WITNESS_REVOKE_SECONDS, KEEPALIVE_RTT_SECONDS, RELOAD_SECONDS, SECONDS_BUCKETS,
     TAKEOVER_SECONDS, describe,
 };
+use crate::role::RoleControl;
+use crate::status::RoleState;
 
-/// Failures to start the Prometheus exporter.
+/// How often histograms are trimmed to their window.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a client may take to send its request before it is closed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Failures to start the metrics port.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    /// The exporter could not be built, most often because the address is in use.
+    /// The histogram buckets were refused.
+    #[error("cannot configure Prometheus metrics: {0}")]
+    BucketsRefused(#[source] BuildError),
+    /// The address could not be bound, most often because it is in use.
     #[error("cannot serve Prometheus metrics on {address}")]
     ListenFailed {
-        /// The `/metrics` address asked for.
+        /// The address asked for.
         address: SocketAddr,
-        /// What the exporter reported.
+        /// Why.
         #[source]
-        source: BuildError,
+        source: std::io::Error,
     },
     /// Another metrics recorder is installed; the process can have only one.
     #[error(
         "cannot serve Prometheus metrics on {address}: a metrics recorder is already installed"
     )]
     RecorderAlreadyInstalled {
-        /// The `/metrics` address asked for.
+        /// The address asked for.
         address: SocketAddr,
     },
-    /// Outside a tokio runtime, the exporter's own runtime or thread could not be started.
+    /// Outside a tokio runtime, the server's own runtime or thread could not be started.
     #[error("cannot start the runtime serving Prometheus metrics on {address}")]
     RuntimeFailed {
-        /// The `/metrics` address asked for.
+        /// The address asked for.
         address: SocketAddr,
         /// Why the runtime or its thread did not start.
         #[source]
@@ -40,12 +57,101 @@ pub enum TelemetryError {
     },
 }
 
-/// Installs a Prometheus recorder as the process's metrics recorder, serves
-/// it over HTTP on `listen` (any path, `/metrics` included), and describes
-/// the standin metrics. Inside a tokio runtime the exporter runs as a task of
-/// that runtime; outside one, on a thread with a runtime of its own.
-pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
-    let mut builder = PrometheusBuilder::new().with_http_listener(listen);
+/// The metrics port once serving: hand it the node's roles once it has
+/// started, and `/readyz` and `/status` report them.
+#[derive(Clone, Default)]
+pub struct MetricsPort {
+    roles: Arc<OnceLock<Vec<Arc<dyn RoleControl>>>>,
+}
+
+impl std::fmt::Debug for MetricsPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let roles = self.roles.get().map(Vec::len);
+        f.debug_struct("MetricsPort")
+            .field("roles", &roles)
+            .finish()
+    }
+}
+
+impl MetricsPort {
+    /// The roles `/readyz` and `/status` report from now on (once: a
+    /// process runs one node).
+    pub fn report(&self, roles: Vec<Arc<dyn RoleControl>>) {
+        let _ = self.roles.set(roles);
+    }
+
+    /// `/readyz`: ready once every role has joined its etcd session (holds
+    /// a lease), leading or not; the reason otherwise.
+    fn readiness(&self) -> Result<(), String> {
+        let Some(roles) = self.roles.get() else {
+            return Err("the node has not started".to_owned());
+        };
+        let without: Vec<String> = roles
+            .iter()
+            .map(|role| role.status())
+            .filter(|status| {
+                status.lease.is_none()
+                    || matches!(status.state, RoleState::Stopping | RoleState::Stopped)
+            })
+            .map(|status| status.role)
+            .collect();
+        if without.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no live etcd session for: {}", without.join(", ")))
+        }
+    }
+
+    /// `/status`: the roles as JSON.
+    fn status(&self) -> serde_json::Value {
+        let roles: Vec<serde_json::Value> = self
+            .roles
+            .get()
+            .map(|roles| roles.iter().map(|role| role_json(role.as_ref())).collect())
+            .unwrap_or_default();
+        let server_id = self
+            .roles
+            .get()
+            .and_then(|roles| roles.first())
+            .map(|role| role.status().server_id);
+        serde_json::json!({
+            "version": crate::VERSION,
+            "git": super::GIT_COMMIT,
+            "server_id": server_id,
+            "roles": roles,
+        })
+    }
+}
+
+fn role_json(role: &dyn RoleControl) -> serde_json::Value {
+    let status = role.status();
+    serde_json::json!({
+        "role": status.role,
+        "state": status.state.as_str(),
+        "epoch": status.epoch.map(|epoch| epoch.revision),
+        "lease_id": status.lease,
+        "leader": status.leader.map(|leader| serde_json::json!({
+            "server_id": leader.session.server_id,
+            "address": leader.session.address,
+            "epoch": leader.revision,
+            "state": leader.session.state.as_str(),
+        })),
+        "last_step_down": status.last_step_down.map(|reason| reason.as_str()),
+        "metadata_copy": role.metadata_copy().map(|copy| serde_json::json!({
+            "revision": copy.revision,
+            "keys": copy.keys,
+        })),
+    })
+}
+
+/// Installs a Prometheus recorder as the process's metrics recorder,
+/// describes the standin metrics, and serves HTTP on `listen`: `/metrics`,
+/// `/healthz` (the process answers), `/readyz` (every role holds its etcd
+/// session) and `/status` (the roles as JSON), once given the roles through
+/// the returned [`MetricsPort`]. Inside a tokio runtime the server is a task
+/// of that runtime; outside one, it runs on a thread with a runtime of its own.
+pub fn install_prometheus(listen: SocketAddr) -> Result<MetricsPort, TelemetryError> {
+    let mut builder = PrometheusBuilder::new();
     // Buckets only for our histograms: an embedding service's own histograms
     // may not be in seconds, and keep the exporter's default (a summary).
     for name in [
@@ -55,20 +161,28 @@ pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
         DEATH_WITNESS_REVOKE_SECONDS,
     ] {
         builder = builder
-            .set_buckets_for_metric(Matcher::Full(name.to_owned()), SECONDS_BUCKETS)
-            .map_err(|source| TelemetryError::ListenFailed {
-                address: listen,
-                source,
-            })?;
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(name.to_owned()),
+                SECONDS_BUCKETS,
+            )
+            .map_err(TelemetryError::BucketsRefused)?;
     }
-    // Not `PrometheusBuilder::install`: it starts serving before it sets the
-    // global recorder, so when a recorder is already installed it would leave
-    // a listener serving metrics nobody records. Here the exporter future is
-    // only run once the recorder is ours; dropped otherwise, which frees the port.
+    // Bound first: a port in use fails before the recorder is taken.
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(|source| TelemetryError::ListenFailed {
+            address: listen,
+            source,
+        })?;
+    let recorder = builder.build_recorder();
+    let metrics = recorder.handle();
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| TelemetryError::RecorderAlreadyInstalled { address: listen })?;
+    let port = MetricsPort::default();
+    let served = serve(listener, metrics, port.clone());
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            let exporter = build_and_install(builder, &handle, listen)?;
-            handle.spawn(serve(listen, exporter));
+            handle.spawn(served);
         }
         Err(_) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -78,12 +192,9 @@ pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
                     address: listen,
                     source,
                 })?;
-            let exporter = build_and_install(builder, runtime.handle(), listen)?;
-            // The runtime also drives the upkeep task `build` spawned, which
-            // bounds the memory of the histograms; it lives as long as the process.
             std::thread::Builder::new()
                 .name("standin-prometheus".to_owned())
-                .spawn(move || runtime.block_on(serve(listen, exporter)))
+                .spawn(move || runtime.block_on(served))
                 .map_err(|source| TelemetryError::RuntimeFailed {
                     address: listen,
                     source,
@@ -91,34 +202,94 @@ pub fn install_prometheus(listen: SocketAddr) -> Result<(), TelemetryError> {
         }
     }
     describe();
-    tracing::info!(%listen, "serving Prometheus metrics on /metrics");
-    Ok(())
+    tracing::info!(%listen, "serving Prometheus metrics on /metrics, health on /healthz and /readyz, roles on /status");
+    Ok(port)
 }
 
-/// Builds the exporter on `runtime` (`build` binds the listener and spawns
-/// the upkeep task, both of which need a runtime entered) and makes its
-/// recorder the process's; returns the exporter, not yet serving.
-fn build_and_install(
-    builder: PrometheusBuilder,
-    runtime: &tokio::runtime::Handle,
-    listen: SocketAddr,
-) -> Result<ExporterFuture, TelemetryError> {
-    let (recorder, exporter) = {
-        let _entered = runtime.enter();
-        builder.build()
+/// Accepts connections until the process ends, answering each on a task
+/// of its own, and trims the histograms on the side.
+async fn serve(listener: std::net::TcpListener, metrics: PrometheusHandle, port: MetricsPort) {
+    let address = listener.local_addr().ok();
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(?address, "the metrics port cannot be served: {error}");
+            return;
+        }
+    };
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, most likely: wait, do not spin.
+                tracing::warn!(?address, "accepting on the metrics port failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let port = port.clone();
+        tokio::spawn(async move {
+            let answer = hyper::service::service_fn(move |request| {
+                let reply = respond(&request, &metrics, &port);
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), answer);
+            if let Err(error) = connection.await {
+                tracing::debug!("a metrics port connection ended: {error}");
+            }
+        });
     }
-    .map_err(|source| TelemetryError::ListenFailed {
-        address: listen,
-        source,
-    })?;
-    metrics::set_global_recorder(recorder)
-        .map_err(|_| TelemetryError::RecorderAlreadyInstalled { address: listen })?;
-    Ok(exporter)
 }
 
-/// Runs the exporter, logging why it stopped: nothing else would report it.
-async fn serve(listen: SocketAddr, exporter: ExporterFuture) {
-    if let Err(error) = exporter.await {
-        tracing::error!(%listen, "the Prometheus exporter stopped: {error:?}");
+/// The answer to one request on the metrics port.
+fn respond<B>(
+    request: &Request<B>,
+    metrics: &PrometheusHandle,
+    port: &MetricsPort,
+) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a response of known parts builds")
+    };
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "GET only\n".into());
+    }
+    match request.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/healthz" | "/livez" => text(StatusCode::OK, PLAIN, "ok\n".into()),
+        "/readyz" => match port.readiness() {
+            Ok(()) => text(StatusCode::OK, PLAIN, "ok\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{why}\n")),
+        },
+        "/status" => text(
+            StatusCode::OK,
+            "application/json",
+            format!("{:#}\n", port.status()),
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            PLAIN,
+            "not found: /metrics, /healthz, /readyz and /status are served here\n".into(),
+        ),
     }
 }

@@ -294,17 +294,23 @@ where
 /// The text of `GET /metrics` from a `--metrics` exporter on the local
 /// `port`, or `None` when it does not answer.
 pub async fn scrape_metrics(port: u16) -> Option<String> {
+    http_get(port, "/metrics").await.map(|(_, body)| body)
+}
+
+/// `GET path` on the local `port`: the status code and the body, or `None`
+/// when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    Some(body)
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let code = answer.split_whitespace().nth(1)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Some((code, body.to_owned()))
 }
 
 /// [`eventually`] for a probe that needs no waiting of its own.
