@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed=proto/standin.proto");
         tonic_prost_build::configure().compile_protos(&["proto/standin.proto"], &["proto"])?;
     }
-    println!("cargo:rustc-env=STANDIN_GIT_COMMIT={}", git_commit());
+    println!("cargo:rustc-env=BUILT_FROM_GIT_COMMIT={}", git_commit());
     Ok(())
 }
 

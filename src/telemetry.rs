@@ -375,13 +375,13 @@ pub fn describe() {
 }
 
 /// The git commit this crate was built from (`unknown` outside a git checkout).
-pub const GIT_COMMIT: &str = env!("STANDIN_GIT_COMMIT");
+pub const GIT_COMMIT: &str = env!("BUILT_FROM_GIT_COMMIT");
 
 /// The version and commit, as `standin --version` prints them.
 pub const BUILD: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (git ",
-    env!("STANDIN_GIT_COMMIT"),
+    env!("BUILT_FROM_GIT_COMMIT"),
     ")"
 );
 
