@@ -5,7 +5,8 @@
 //! `bench: scenario=S n= p50_ms= p99_ms= max_ms= anchor=A anchor_p99_ms= ratio_p99=`,
 //! and each anchor its own `bench: anchor=A n= p50_ms= p99_ms= max_ms=`.
 //!
-//! Every time runs from the act (the signal, the injected crash) until the
+//! Every time runs from the act (the signal, the injected crash, the
+//! `Resign` with `to` of a transfer) until the
 //! successor answers: for standin a `Tso.Allocate` answered by another node
 //! at a newer epoch, for `etcdctl elect` the successor printing that it leads.
 
@@ -27,7 +28,7 @@ use standin::service::grpc::proto::faults_client::FaultsClient;
 use standin::service::grpc::proto::kv_client::KvClient;
 use standin::service::grpc::proto::tso_client::TsoClient;
 use standin::service::grpc::proto::{
-    AllocateRequest, GetRequest, InjectRequest, StatusRequest, WatchLeaderRequest,
+    AllocateRequest, GetRequest, InjectRequest, ResignRequest, StatusRequest, WatchLeaderRequest,
 };
 use standin::testing::{
     ComposeCluster, EtcdServer, FaultProxy, NodeProcess, StandinProcess, free_loopback_port,
@@ -126,7 +127,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     println!(
-        "bench: graceful, crash and etcdctl elect, {} rounds each, interleaved",
+        "bench: graceful, transfer, crash and etcdctl elect, {} rounds each, interleaved",
         args.rounds
     );
     let mut live =
@@ -135,6 +136,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
         samples.entry("graceful").or_default().push(took);
+        let took = live.round(Act::Transfer).await?;
+        samples.entry("transfer").or_default().push(took);
         let took = elect.round().await?;
         samples.entry("etcdctl-elect").or_default().push(took);
         let took = live.round(Act::CrashCoordinator).await?;
@@ -332,6 +335,7 @@ fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {
     }
     for (scenario, anchor) in [
         ("graceful", "etcdctl-elect"),
+        ("transfer", "etcdctl-elect"),
         ("crash", "etcdctl-elect"),
         ("kill9-witness", "kill9-no-witness"),
         ("kill9-unreachable", "kill9-no-witness"),
@@ -434,6 +438,9 @@ enum Witness {
 enum Act {
     /// SIGTERM: the graceful handover.
     Sigterm,
+    /// `Resign` with `to`: the leader hands the role to a chosen standby,
+    /// every other round past the standby next in line.
+    Transfer,
     /// A panic of its coordinator actor (fault injection), the process lives on.
     CrashCoordinator,
     /// SIGKILL.
@@ -446,6 +453,8 @@ enum Act {
 struct Node {
     process: Box<dyn NodeProcess>,
     channel: Channel,
+    /// The address it publishes, which a transfer names.
+    address: String,
     /// The etcd link's proxy, then the witness's (for [`Witness::BehindProxy`]).
     proxies: Vec<FaultProxy>,
     /// Log lines at the last act: what came after is about the new leader.
@@ -467,6 +476,7 @@ impl Node {
         Ok(Self {
             process,
             channel,
+            address: address.to_owned(),
             proxies,
             log_mark: 0,
             starts: 1,
@@ -585,10 +595,22 @@ impl Cluster {
             node.log_mark = node.process.log().lines().count();
         }
         let answered = self.first_answer(leader, epoch).await?;
+        let target = self.nodes[(leader + 2) % self.nodes.len()].address.clone();
         let acted_at = Instant::now();
         let old = &mut self.nodes[leader];
+        let mut transfer = None;
         match act {
             Act::Sigterm => old.process.terminate()?,
+            Act::Transfer => {
+                let request = ResignRequest {
+                    role: self.role.into(),
+                    to: target,
+                };
+                let mut coordination = CoordinationClient::new(old.channel.clone());
+                transfer = Some(tokio::spawn(
+                    async move { coordination.resign(request).await },
+                ));
+            }
             Act::CrashCoordinator => {
                 let request = InjectRequest {
                     role: self.role.into(),
@@ -612,6 +634,9 @@ impl Cluster {
             }
         }
         let took = answered.await?.duration_since(acted_at);
+        if let Some(transfer) = transfer {
+            transfer.await?.context("the transfer")?;
+        }
         if self.verbose {
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
@@ -623,7 +648,7 @@ impl Cluster {
                 took.as_secs_f64() * 1000.0
             );
         }
-        if act != Act::CrashCoordinator {
+        if act != Act::CrashCoordinator && act != Act::Transfer {
             if act == Act::Sigterm {
                 wait_for_exit(old.process.as_mut()).await?;
             }
