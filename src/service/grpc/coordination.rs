@@ -182,7 +182,17 @@ impl Coordination for CoordinationService {
             .increment(1);
         match outcome {
             Ok(successor) => {
-                tracing::info!(role, %caller, outcome = label, "handed over on request");
+                match &successor {
+                    None => tracing::info!(role, %caller, "resigned on request"),
+                    Some(to) => tracing::info!(
+                        role,
+                        %caller,
+                        to = to.server_id,
+                        "transferred on request to server {} at {}",
+                        to.server_id,
+                        to.address
+                    ),
+                }
                 let (server_id, address) = successor
                     .map(|s| (s.server_id, s.address))
                     .unwrap_or_default();
