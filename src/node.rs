@@ -364,6 +364,16 @@ impl Node {
         self.controls.clone()
     }
 
+    /// What the metrics port's `/readyz` and `/status` report about this
+    /// node (cargo feature `prometheus`): hand it to
+    /// [`MetricsPort::report`](crate::telemetry::MetricsPort::report) once started.
+    #[cfg(feature = "prometheus")]
+    pub fn health_report(&self) -> Arc<dyn crate::telemetry::HealthReport> {
+        Arc::new(NodeHealth {
+            roles: self.roles(),
+        })
+    }
+
     /// The address this node publishes (`node.address`, or its default).
     pub fn address(&self) -> &str {
         self.config.node.advertised()
@@ -472,5 +482,64 @@ fn revoke_on_drop(config: &Config, leases: Vec<i64>) {
         });
     if let Ok(revoking) = revoking {
         let _ = revoking.join();
+    }
+}
+
+/// A node's roles as the metrics port reports them.
+#[cfg(feature = "prometheus")]
+struct NodeHealth {
+    roles: Vec<Arc<dyn RoleControl>>,
+}
+
+#[cfg(feature = "prometheus")]
+impl crate::telemetry::HealthReport for NodeHealth {
+    fn readiness(&self) -> Result<(), String> {
+        let without: Vec<String> = self
+            .roles
+            .iter()
+            .map(|role| role.status())
+            .filter(|status| {
+                status.lease.is_none()
+                    || matches!(
+                        status.state,
+                        crate::status::RoleState::Stopping | crate::status::RoleState::Stopped
+                    )
+            })
+            .map(|status| status.role)
+            .collect();
+        if without.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no live etcd session for: {}", without.join(", ")))
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let roles: Vec<serde_json::Value> = self
+            .roles
+            .iter()
+            .map(|role| {
+                let status = role.status();
+                serde_json::json!({
+                    "role": status.role,
+                    "state": status.state.as_str(),
+                    "epoch": status.epoch.map(|epoch| epoch.revision),
+                    "lease_id": status.lease,
+                    "leader": status.leader.map(|leader| serde_json::json!({
+                        "server_id": leader.session.server_id,
+                        "address": leader.session.address,
+                        "epoch": leader.revision,
+                        "state": leader.session.state.as_str(),
+                    })),
+                    "last_step_down": status.last_step_down.map(|reason| reason.as_str()),
+                    "metadata_copy": role.metadata_copy().map(|copy| serde_json::json!({
+                        "revision": copy.revision,
+                        "keys": copy.keys,
+                    })),
+                })
+            })
+            .collect();
+        let server_id = self.roles.first().map(|role| role.status().server_id);
+        serde_json::json!({ "server_id": server_id, "roles": roles })
     }
 }

@@ -61,7 +61,8 @@ pub enum StepDownReason {
 }
 
 impl StepDownReason {
-    /// Every reason, for the metrics' help: a new reason goes here too.
+    /// Every reason: a new one goes here, and its label into
+    /// `telemetry::STEP_DOWN_REASONS`.
     pub const ALL: [StepDownReason; 9] = [
         StepDownReason::LeaseLost,
         StepDownReason::RenewDeadlineMissed,
@@ -244,4 +245,27 @@ pub enum ResignError {
         /// Why it stepped down.
         reason: &'static str,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_list_every_step_down_reason_by_its_label() {
+        let labels: Vec<&str> = StepDownReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels, crate::telemetry::STEP_DOWN_REASONS);
+    }
+
+    #[test]
+    fn transfer_targets_parse_as_ids_or_addresses() {
+        assert_eq!("3".parse(), Ok(TransferTarget::ServerId(3)));
+        assert_eq!(
+            "10.0.0.7:19530".parse(),
+            Ok(TransferTarget::Address("10.0.0.7:19530".into()))
+        );
+        assert!("0".parse::<TransferTarget>().is_err());
+        assert!("nowhere".parse::<TransferTarget>().is_err());
+        assert_eq!(TransferTarget::ServerId(3).as_arg(), "3");
+    }
 }

@@ -2,13 +2,12 @@
 
 use metrics::Unit;
 
-use crate::etcd::session::RoleState;
-use crate::status::StepDownReason;
+use crate::etcd::session::{RoleState, VERSION};
 
 #[cfg(feature = "prometheus")]
 mod prometheus;
 #[cfg(feature = "prometheus")]
-pub use prometheus::{MetricsPort, TelemetryError, install_prometheus};
+pub use prometheus::{HealthReport, MetricsPort, TelemetryError, install_prometheus};
 
 /// Gauge, label `role`: 1 while this node serves the role, else 0.
 pub const ROLE_ACTIVE: &str = "standin_role_active";
@@ -113,7 +112,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
     use MetricKind::{Counter, Gauge, Histogram};
     let listed = |values: &[&str]| values.join(", ");
     let states: Vec<&str> = ROLE_STATES.iter().map(|state| state.as_str()).collect();
-    let reasons: Vec<&str> = StepDownReason::ALL.iter().map(|r| r.as_str()).collect();
+    let reasons = STEP_DOWN_REASONS;
     let metric = |name, kind, unit, labels, help: &str| MetricInfo {
         name,
         kind,
@@ -309,6 +308,20 @@ pub fn catalogue() -> Vec<MetricInfo> {
     ]
 }
 
+/// Every value of the `reason` label of [`STEP_DOWNS`]: the labels of
+/// `StepDownReason`, which a test there keeps equal to this list.
+pub const STEP_DOWN_REASONS: [&str; 9] = [
+    "lease_lost",
+    "renew_deadline",
+    "coordinator_crashed",
+    "reload_failed",
+    "leader_key_deleted",
+    "shutdown",
+    "resigned",
+    "activation_timed_out",
+    "transferred",
+];
+
 /// Every value of the `outcome` label of [`REQUESTS`].
 pub const REQUEST_OUTCOMES: [&str; 5] = ["ok", "not_active", "timed_out", "unavailable", "refused"];
 
@@ -371,7 +384,7 @@ pub fn describe() {
             }
         }
     }
-    metrics::gauge!(BUILD_INFO, "version" => crate::VERSION, "git" => GIT_COMMIT).set(1.0);
+    metrics::gauge!(BUILD_INFO, "version" => VERSION, "git" => GIT_COMMIT).set(1.0);
 }
 
 /// The git commit this crate was built from (`unknown` outside a git checkout).

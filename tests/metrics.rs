@@ -194,7 +194,7 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
         .expect("/readyz answers");
     assert_eq!((code, why.trim()), (503, "the node has not started"));
     node.start().await?;
-    port.report(node.roles());
+    port.report(node.health_report());
     wait_for("the role to serve", Duration::from_secs(10), || {
         role.is_serving().then_some(())
     })

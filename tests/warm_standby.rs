@@ -172,10 +172,18 @@ async fn a_standby_cut_from_etcd_while_writes_happen_catches_up_before_it_serves
     let stale = nodes[standby].role(ROLE).metadata_copy().expect("a copy");
     assert!(stale.revision < last_put(&client, CUT_ROOT).await?);
 
-    info!("--- let the standby's watch back off for 3.2 s, so that it wins while waiting");
-    wait_for("the watch to back off", Duration::from_secs(8), || {
-        let waits = logged(&["following the metadata failed", "in 3.2s", CUT_ROOT_PREFIX]);
-        (!waits.is_empty()).then_some(())
+    info!("--- let the standby's watch back off for 1.6 s or more, so that it wins while waiting");
+    wait_for("the watch to back off", Duration::from_secs(12), || {
+        let waits = logged(&["following the metadata failed", CUT_ROOT_PREFIX]);
+        // Jittered: the 3.2 s step waits between 1.6 and 3.2 s.
+        let long = waits.iter().any(|line| {
+            line.split(" in ")
+                .nth(1)
+                .and_then(|rest| rest.split("s:").next())
+                .and_then(|secs| secs.parse::<f64>().ok())
+                .is_some_and(|secs| secs >= 1.6)
+        });
+        long.then_some(())
     })
     .await;
     info!("--- heal the link and hand over at once");

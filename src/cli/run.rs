@@ -80,7 +80,7 @@ pub async fn run(mut config: Config, args: RunArgs) -> Result<(), Failure> {
     }
     node.start().await.context("starting the node")?;
     if let Some(metrics) = &metrics {
-        metrics.report(node.roles());
+        metrics.report(node.health_report());
     }
     let server_id = node.server_id().unwrap_or_default();
     notify_systemd(&format!(

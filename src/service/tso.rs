@@ -109,12 +109,12 @@ fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The bound to save before handing out physical `physical` at clock
-/// `now`: one window ahead of the clock, and at least just above
-/// `physical`. Not a window ahead of `physical`: a term that starts above
-/// its predecessor's bound (which is ahead of the clock) would then push
-/// the bound another window ahead, and takeovers quicker than the window
-/// would carry the oracle ever further from the clock.
+/// The bound a term saves as it starts from `physical` at clock `now`: one
+/// window ahead of the clock, and at least just above `physical`. Not a
+/// window ahead of `physical`: a term that starts above its predecessor's
+/// bound (ahead of the clock) would push the bound another window ahead,
+/// and takeovers quicker than the window would carry the oracle ever
+/// further from the clock.
 fn bound_for(physical: u64, now: u64, config: &TsoConfig) -> u64 {
     now.saturating_add(window_ms(config))
         .max(physical.saturating_add(1))
@@ -257,7 +257,11 @@ impl Tso {
         if start.physical >= serving.upper_bound {
             // Save first: if the write fails nothing past the old bound was
             // handed out, so a successor starting above it stays ahead.
-            let bound = bound_for(start.physical, now, &self.config);
+            // A window past the batch: callers who push the oracle ahead
+            // of the clock (tso.maxAhead caps them) do not pay a save per
+            // millisecond.
+            let window = window_ms(&self.config);
+            let bound = now.max(start.physical).saturating_add(window);
             serving.upper_bound =
                 save_upper_bound(&serving.store, serving.upper_bound, bound).await?;
         }
@@ -518,7 +522,7 @@ mod tests {
             "{} ms ahead after a minute",
             saved - now
         );
-        // A batch past the bound moves it just enough while ahead of the clock.
+        // A base ahead of the clock moves the bound just past it.
         assert_eq!(bound_for(now + 20_000, now, &config), now + 20_001);
         assert_eq!(bound_for(now, now, &config), now + window);
     }

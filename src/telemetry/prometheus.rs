@@ -14,8 +14,7 @@ use super::{
     DEATH_WITNESS_REVOKE_SECONDS, KEEPALIVE_RTT_SECONDS, RELOAD_SECONDS, SECONDS_BUCKETS,
     TAKEOVER_SECONDS, describe,
 };
-use crate::role::RoleControl;
-use crate::status::RoleState;
+use crate::etcd::session::VERSION;
 
 /// How often histograms are trimmed to their window.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -57,91 +56,57 @@ pub enum TelemetryError {
     },
 }
 
-/// The metrics port once serving: hand it the node's roles once it has
-/// started, and `/readyz` and `/status` report them.
+/// What the metrics port reports about the node besides its metrics:
+/// `Node::health_report` gives one for a started node.
+pub trait HealthReport: Send + Sync + 'static {
+    /// `/readyz`: `Ok` once the node can take part (every role holds its
+    /// etcd session); the reason otherwise.
+    fn readiness(&self) -> Result<(), String>;
+    /// `/status`: the node's roles as JSON.
+    fn status(&self) -> serde_json::Value;
+}
+
+/// The metrics port once serving: hand it the node's [`HealthReport`] once
+/// the node has started, and `/readyz` and `/status` report it.
 #[derive(Clone, Default)]
 pub struct MetricsPort {
-    roles: Arc<OnceLock<Vec<Arc<dyn RoleControl>>>>,
+    report: Arc<OnceLock<Arc<dyn HealthReport>>>,
 }
 
 impl std::fmt::Debug for MetricsPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let roles = self.roles.get().map(Vec::len);
+        let reporting = self.report.get().is_some();
         f.debug_struct("MetricsPort")
-            .field("roles", &roles)
+            .field("reporting", &reporting)
             .finish()
     }
 }
 
 impl MetricsPort {
-    /// The roles `/readyz` and `/status` report from now on (once: a
-    /// process runs one node).
-    pub fn report(&self, roles: Vec<Arc<dyn RoleControl>>) {
-        let _ = self.roles.set(roles);
+    /// What `/readyz` and `/status` report from now on (once: a process
+    /// runs one node).
+    pub fn report(&self, report: Arc<dyn HealthReport>) {
+        let _ = self.report.set(report);
     }
 
-    /// `/readyz`: ready once every role has joined its etcd session (holds
-    /// a lease), leading or not; the reason otherwise.
     fn readiness(&self) -> Result<(), String> {
-        let Some(roles) = self.roles.get() else {
-            return Err("the node has not started".to_owned());
-        };
-        let without: Vec<String> = roles
-            .iter()
-            .map(|role| role.status())
-            .filter(|status| {
-                status.lease.is_none()
-                    || matches!(status.state, RoleState::Stopping | RoleState::Stopped)
-            })
-            .map(|status| status.role)
-            .collect();
-        if without.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("no live etcd session for: {}", without.join(", ")))
+        match self.report.get() {
+            Some(report) => report.readiness(),
+            None => Err("the node has not started".to_owned()),
         }
     }
 
-    /// `/status`: the roles as JSON.
     fn status(&self) -> serde_json::Value {
-        let roles: Vec<serde_json::Value> = self
-            .roles
+        let mut status = self
+            .report
             .get()
-            .map(|roles| roles.iter().map(|role| role_json(role.as_ref())).collect())
-            .unwrap_or_default();
-        let server_id = self
-            .roles
-            .get()
-            .and_then(|roles| roles.first())
-            .map(|role| role.status().server_id);
-        serde_json::json!({
-            "version": crate::VERSION,
-            "git": super::GIT_COMMIT,
-            "server_id": server_id,
-            "roles": roles,
-        })
+            .map_or_else(|| serde_json::json!({ "roles": [] }), |r| r.status());
+        if let Some(fields) = status.as_object_mut() {
+            fields.insert("version".into(), VERSION.into());
+            fields.insert("git".into(), super::GIT_COMMIT.into());
+        }
+        status
     }
-}
-
-fn role_json(role: &dyn RoleControl) -> serde_json::Value {
-    let status = role.status();
-    serde_json::json!({
-        "role": status.role,
-        "state": status.state.as_str(),
-        "epoch": status.epoch.map(|epoch| epoch.revision),
-        "lease_id": status.lease,
-        "leader": status.leader.map(|leader| serde_json::json!({
-            "server_id": leader.session.server_id,
-            "address": leader.session.address,
-            "epoch": leader.revision,
-            "state": leader.session.state.as_str(),
-        })),
-        "last_step_down": status.last_step_down.map(|reason| reason.as_str()),
-        "metadata_copy": role.metadata_copy().map(|copy| serde_json::json!({
-            "revision": copy.revision,
-            "keys": copy.keys,
-        })),
-    })
 }
 
 /// Installs a Prometheus recorder as the process's metrics recorder,
