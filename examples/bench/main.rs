@@ -594,49 +594,64 @@ impl Cluster {
         for node in &mut self.nodes {
             node.log_mark = node.process.log().lines().count();
         }
-        let answered = self.first_answer(leader, epoch).await?;
         let target = self.nodes[(leader + 2) % self.nodes.len()].address.clone();
-        let acted_at = Instant::now();
+        let mut tries = 0;
+        let (answered, acted_at) = loop {
+            let answered = self.first_answer(leader, epoch).await?;
+            let acted_at = Instant::now();
+            let old = &mut self.nodes[leader];
+            match act {
+                Act::Sigterm => old.process.terminate()?,
+                Act::Transfer => {
+                    let request = ResignRequest {
+                        role: self.role.into(),
+                        to: target.clone(),
+                    };
+                    // Answered once the target can take over; its first
+                    // answer is timed either way.
+                    let handed = CoordinationClient::new(old.channel.clone())
+                        .resign(request)
+                        .await;
+                    match handed {
+                        Ok(_) => {}
+                        // A node restarted by the last round may not be in
+                        // line yet: ask again once it is.
+                        Err(status)
+                            if status.code() == tonic::Code::FailedPrecondition && tries < 200 =>
+                        {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(25)).await;
+                            continue;
+                        }
+                        Err(status) => bail!("the transfer was refused: {}", status.message()),
+                    }
+                }
+                Act::CrashCoordinator => {
+                    let request = InjectRequest {
+                        role: self.role.into(),
+                        fault: "crash-coordinator".into(),
+                    };
+                    let injected = FaultsClient::new(old.channel.clone())
+                        .inject(request)
+                        .await?
+                        .into_inner()
+                        .injected;
+                    if !injected {
+                        bail!("the leader refused to inject a coordinator crash");
+                    }
+                }
+                Act::Kill => old.process.kill()?,
+                Act::BlackholeAndKill => {
+                    for proxy in &old.proxies {
+                        proxy.blackhole();
+                    }
+                    old.process.kill()?;
+                }
+            }
+            break (answered, acted_at);
+        };
         let old = &mut self.nodes[leader];
-        let mut transfer = None;
-        match act {
-            Act::Sigterm => old.process.terminate()?,
-            Act::Transfer => {
-                let request = ResignRequest {
-                    role: self.role.into(),
-                    to: target,
-                };
-                let mut coordination = CoordinationClient::new(old.channel.clone());
-                transfer = Some(tokio::spawn(
-                    async move { coordination.resign(request).await },
-                ));
-            }
-            Act::CrashCoordinator => {
-                let request = InjectRequest {
-                    role: self.role.into(),
-                    fault: "crash-coordinator".into(),
-                };
-                let injected = FaultsClient::new(old.channel.clone())
-                    .inject(request)
-                    .await?
-                    .into_inner()
-                    .injected;
-                if !injected {
-                    bail!("the leader refused to inject a coordinator crash");
-                }
-            }
-            Act::Kill => old.process.kill()?,
-            Act::BlackholeAndKill => {
-                for proxy in &old.proxies {
-                    proxy.blackhole();
-                }
-                old.process.kill()?;
-            }
-        }
         let took = answered.await?.duration_since(acted_at);
-        if let Some(transfer) = transfer {
-            transfer.await?.context("the transfer")?;
-        }
         if self.verbose {
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
