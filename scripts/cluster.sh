@@ -84,8 +84,8 @@ while kill -0 "$client" 2>/dev/null; do
   sleep "$kill_every"
   kill -0 "$client" 2>/dev/null || break
   # The tso leader as etcd shows it: "server_id address state".
-  leader=$("$bin" --config "$work/client.yaml" status --json 2>/dev/null | tr -d ' \n' \
-    | sed -n 's/.*"role":"tso","leader":{"server_id":\([0-9]*\),"address":"\([^"]*\)","epoch":[0-9]*,"state":"\([a-z]*\)".*/\1 \2 \3/p')
+  # The table's columns: ROLE LEADER ADDRESS EPOCH STATE STANDBYS.
+  leader=$("$bin" --config "$work/client.yaml" status 2>/dev/null | awk '$1 == "tso" && $2 != "-" {print $2, $3, $5}')
   read -r id address state <<<"$leader" || true
   # A killed leader stays in etcd until its lease expires: wait for a live successor.
   if [ -z "${id:-}" ] || [ "$state" != serving ] || [ "$id" = "$killed" ]; then
