@@ -19,6 +19,18 @@ fn server_id(node: &TestNode) -> i64 {
     node.role(ROLE).status().server_id
 }
 
+/// Waits until `count` candidates stand in the election.
+async fn candidates_in_line(client: &etcd_client::Client, election: &str, count: usize) {
+    let what = format!("{count} candidates in line");
+    eventually(&what, Duration::from_secs(10), || async {
+        let line = standin::etcd::recipe::candidates(client, election)
+            .await
+            .ok()?;
+        (line.len() == count).then_some(())
+    })
+    .await;
+}
+
 /// Every leader that served the role, in order, as etcd showed them.
 struct ServedBy {
     served: std::sync::Arc<std::sync::Mutex<Vec<i64>>>,
@@ -89,17 +101,7 @@ async fn the_leader_hands_its_role_to_the_chosen_standby_past_the_ones_ahead() -
     .await;
     let client = etcd.client().await?;
     let election = Layout::new(ROOT).election(ROLE);
-    eventually("four candidates in line", Duration::from_secs(10), || {
-        let client = client.clone();
-        let election = election.clone();
-        async move {
-            let line = standin::etcd::recipe::candidates(&client, &election)
-                .await
-                .ok()?;
-            (line.len() == 4).then_some(())
-        }
-    })
-    .await;
+    candidates_in_line(&client, &election, 4).await;
     assert_eq!(serving(&nodes, ROLE), vec![0]);
 
     info!("--- hand the role to the last in line, by server ID");
@@ -236,17 +238,7 @@ async fn a_candidate_that_does_not_make_way_stalls_the_transfer_and_the_leader_s
         )
         .await?;
     nodes.push(TestNode::start(config(&etcd, 1, 10), &[ROLE], false).await?);
-    eventually("three candidates in line", Duration::from_secs(10), || {
-        let client = client.clone();
-        let election = election.clone();
-        async move {
-            let line = standin::etcd::recipe::candidates(&client, &election)
-                .await
-                .ok()?;
-            (line.len() == 3).then_some(())
-        }
-    })
-    .await;
+    candidates_in_line(&client, &election, 3).await;
 
     info!("--- the transfer stalls behind the foreign candidate, and says so");
     let stalled = nodes[0]
@@ -306,9 +298,8 @@ async fn a_preferred_leader_that_restarts_gets_its_role_back_once_without_flappi
     let preferred = server_id(&nodes[2]);
     info!("--- the leader hands the role to node 2 once it has stood ready for the holdoff");
     let started = Instant::now();
-    eventually("node 2 serves", Duration::from_secs(20), || {
-        let moved = serving(&nodes, ROLE) == vec![2];
-        async move { moved.then_some(()) }
+    wait_for("node 2 serves", Duration::from_secs(20), || {
+        (serving(&nodes, ROLE) == vec![2]).then_some(())
     })
     .await;
     assert!(
@@ -330,9 +321,8 @@ async fn a_preferred_leader_that_restarts_gets_its_role_back_once_without_flappi
     nodes[2] = TestNode::start(preferred_config(2), &[ROLE], false).await?;
     let back = server_id(&nodes[2]);
     let started = Instant::now();
-    eventually("node 2 serves again", Duration::from_secs(20), || {
-        let moved = serving(&nodes, ROLE) == vec![2];
-        async move { moved.then_some(()) }
+    wait_for("node 2 serves again", Duration::from_secs(20), || {
+        (serving(&nodes, ROLE) == vec![2]).then_some(())
     })
     .await;
     assert!(

@@ -244,9 +244,9 @@ pub(crate) struct ElectionState<C: Coordinator> {
     transfer_task: Option<OwnedTask>,
     /// While serving: the watch for a standby of higher leader priority.
     preference: Option<OwnedTask>,
-    /// When this node last served from, or moved a role to a preferred
-    /// standby: the next move waits `session.transferHoldoff` past it.
-    preference_since: Option<Instant>,
+    /// When this term started serving, or its last move to a preferred
+    /// standby failed: the next move waits `session.transferHoldoff` past it.
+    preference_since: Instant,
     /// Our candidate key's create revision while campaigning, once joined.
     joined_revision: Option<i64>,
     _observer: OwnedTask,
@@ -856,7 +856,7 @@ impl<C: Coordinator> Election<C> {
         }
         if matches!(state.machine.phase(), Phase::Serving { .. }) {
             self.publish_session(state, RoleState::Serving);
-            state.preference_since = Some(Instant::now());
+            state.preference_since = Instant::now();
             self.watch_for_preferred(myself, state);
         }
     }
@@ -877,7 +877,7 @@ impl<C: Coordinator> Election<C> {
             leader,
             config.role(&self.role).leader_priority,
             config.session.transfer_holdoff,
-            state.preference_since.unwrap_or_else(Instant::now),
+            state.preference_since,
             config.etcd.retry.initial,
         );
         let report = myself.clone();
@@ -929,9 +929,6 @@ impl<C: Coordinator> Election<C> {
                 role: self.role.clone(),
                 reason: reason.as_str(),
             }));
-        }
-        if reason == StepDownReason::Transferred {
-            state.preference_since = Some(Instant::now());
         }
         if let Some(term) = state.term.take() {
             term.close();
@@ -1065,7 +1062,7 @@ impl<C: Coordinator> Actor for Election<C> {
             transfer: None,
             transfer_task: None,
             preference: None,
-            preference_since: None,
+            preference_since: Instant::now(),
             joined_revision: None,
             _observer: observer,
             timers,
@@ -1192,11 +1189,7 @@ impl<C: Coordinator> Actor for Election<C> {
             ElectionMsg::CoordinatorServing { revision } => {
                 self.apply(&myself, state, Event::CoordinatorServing { revision })
                     .await?;
-                state.preference_since = Some(
-                    state
-                        .preference_since
-                        .map_or(Instant::now(), |since| since.max(Instant::now())),
-                );
+                state.preference_since = Instant::now();
                 self.watch_for_preferred(&myself, state);
                 return Ok(());
             }

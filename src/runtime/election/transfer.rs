@@ -231,15 +231,10 @@ pub(crate) async fn settle(
 pub(crate) fn preferred(priority: i32, standbys: &[Candidate]) -> Option<&Candidate> {
     standbys
         .iter()
-        .filter(|c| c.session.as_ref().is_some_and(|s| s.priority > priority))
-        .fold(None, |best: Option<&Candidate>, candidate| match best {
-            Some(best) if session_priority(best) >= session_priority(candidate) => Some(best),
-            _ => Some(candidate),
-        })
-}
-
-fn session_priority(candidate: &Candidate) -> i32 {
-    candidate.session.as_ref().map_or(i32::MIN, |s| s.priority)
+        .filter_map(|c| Some((c, c.session.as_ref()?.priority)))
+        .filter(|(_, theirs)| *theirs > priority)
+        .max_by_key(|(c, theirs)| (*theirs, std::cmp::Reverse(c.revision)))
+        .map(|(c, _)| c)
 }
 
 /// Follows the election while this node leads at `leader` with `priority`,

@@ -49,6 +49,7 @@ pub const DRAIN_BOUND: Duration = Duration::from_secs(5);
 /// # use futures::FutureExt;
 /// ```
 pub struct NodeServer {
+    server: tonic::transport::Server,
     listener: TcpListener,
     listen: SocketAddr,
     config: Config,
@@ -88,12 +89,13 @@ impl NodeServer {
                  network can read the traffic; set server.tls.certFile and server.tls.keyFile"
             );
         }
-        // Built once here so that a bad certificate fails before the bind.
-        builder(&config.server)?;
+        // Built here, so that a bad certificate fails before the bind.
+        let server = builder(&config.server)?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ServerError::BindFailed { listen, source })?;
         Ok(Self {
+            server,
             listener,
             listen,
             config: config.clone(),
@@ -178,7 +180,7 @@ impl NodeServer {
         let limits = self.config.server.limits.clone();
         let listen = self.listen;
         let mut server = tokio::spawn(
-            builder(&self.config.server)?
+            self.server
                 .layer(AuthLayer::new(self.policy))
                 .add_routes(self.routes.routes())
                 .add_service(health)
