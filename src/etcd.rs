@@ -9,5 +9,5 @@ mod steering;
 
 pub use connect::{EtcdError, connect, connect_checked};
 pub(crate) use connect::{GaveUp, best_effort, endpoint_url, retry_bounded};
-pub(crate) use lease::revoke;
+pub(crate) use lease::{delete_key, revoke};
 pub use steering::{EndpointsError, Steering, steer};

@@ -16,6 +16,7 @@ use crate::etcd::{EtcdError, GaveUp};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleCells, RoleShared};
 use crate::runtime::endpoint::RoleEndpoint;
+use crate::runtime::session::{Session, SessionMsg};
 use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
 use crate::runtime::witness::Witness;
 pub use crate::runtime::witness::WitnessError;
@@ -92,6 +93,9 @@ pub enum NodeError {
     /// The death witness could not listen.
     #[error(transparent)]
     WitnessFailed(#[from] WitnessError),
+    /// The node's session actor could not be spawned.
+    #[error("spawning the node's etcd session failed: {0}")]
+    SessionFailed(#[source] SpawnErr),
     /// An actor could not be spawned.
     #[error("spawning the {role} supervisor failed: {source}")]
     SpawnFailed {
@@ -211,6 +215,8 @@ pub struct Node {
     controls: Vec<Arc<dyn RoleControl>>,
     cells: Vec<Arc<dyn RoleCells>>,
     running: Vec<(String, ActorRef<SupervisorMsg>)>,
+    /// The node's etcd session: the one lease every role's keys hang on.
+    session: Option<ActorRef<SessionMsg>>,
     context: Option<Arc<NodeContext>>,
     /// Keeps the client's calls off etcd members that stop answering.
     steering: Option<crate::etcd::Steering>,
@@ -229,6 +235,7 @@ impl Node {
             controls: Vec::new(),
             cells: Vec::new(),
             running: Vec::new(),
+            session: None,
             context: None,
             steering: None,
             witness: None,
@@ -333,12 +340,21 @@ impl Node {
             true => Some(Witness::bind(&self.config.node).await?),
             false => None,
         };
+        let (session, view) = Session::new(client.clone(), self.config.clone());
+        let (session, _) = match &parent {
+            Some(parent) => Actor::spawn_linked(None, session, (), parent.clone()).await,
+            None => Actor::spawn(None, session, ()).await,
+        }
+        .map_err(NodeError::SessionFailed)?;
+        self.session = Some(session.clone());
         let context = Arc::new(NodeContext {
             client,
             config: self.config.clone(),
             layout,
             server_id,
             witness: witness.as_ref().map(|w| w.info().clone()),
+            session: view,
+            session_actor: session,
         });
         self.context = Some(context.clone());
         for (role, pending) in std::mem::take(&mut self.pending) {
@@ -415,6 +431,16 @@ impl Node {
         for cells in &self.cells {
             cells.stop();
         }
+        // Every role has handed over: the lease their keys hung on goes.
+        if let Some(session) = self.session.take() {
+            let bound = self.config.etcd.request_timeout * 2;
+            if let Err(error) =
+                ractor::call_t!(session, SessionMsg::Close, bound.as_millis() as u64)
+            {
+                tracing::warn!("closing the node's etcd session failed: {error}");
+                session.kill();
+            }
+        }
         // Nothing leads here any more: the witness may close without
         // peers taking it for a death.
         if let Some(witness) = &self.witness {
@@ -434,27 +460,24 @@ impl Drop for Node {
         for cells in &self.cells {
             cells.stop();
         }
-        let leases: Vec<i64> = self
-            .cells
-            .iter()
-            .filter_map(|cells| cells.lease())
-            .collect();
         for (_, supervisor) in self.running.drain(..) {
             supervisor.kill();
         }
+        if let Some(session) = self.session.take() {
+            session.kill();
+        }
         if let Some(context) = &self.context {
-            revoke_on_drop(&context.config, leases);
+            let lease = context.session.current().map(|held| held.id);
+            revoke_on_drop(&context.config, lease);
         }
     }
 }
 
-/// Revokes `leases` from a thread of its own, with a client of its own: a
-/// drop can happen on a runtime that is shutting down, or that this very
-/// thread must keep driving. Waits at most `etcd.requestTimeout`.
-fn revoke_on_drop(config: &Config, leases: Vec<i64>) {
-    if leases.is_empty() {
-        return;
-    }
+/// Revokes the session's `lease` from a thread of its own, with a client
+/// of its own: a drop can happen on a runtime that is shutting down, or
+/// that this very thread must keep driving. Waits at most `etcd.requestTimeout`.
+fn revoke_on_drop(config: &Config, lease: Option<i64>) {
+    let Some(lease) = lease else { return };
     let etcd = config.etcd.clone();
     let bound = etcd.request_timeout;
     let revoking = std::thread::Builder::new()
@@ -467,17 +490,15 @@ fn revoke_on_drop(config: &Config, leases: Vec<i64>) {
                 return;
             };
             runtime.block_on(async move {
-                let revoke_all = async {
-                    let mut leases_client = crate::etcd::connect(&etcd).await.ok()?.lease_client();
-                    for lease in leases {
-                        match leases_client.revoke(lease).await {
-                            Ok(_) => tracing::info!(lease, "node dropped without shutdown: revoked its lease"),
-                            Err(error) => tracing::warn!(lease, "node dropped without shutdown: revoking its lease failed, it expires with its TTL: {error}"),
-                        }
+                let revoke = async {
+                    let mut leases = crate::etcd::connect(&etcd).await.ok()?.lease_client();
+                    match leases.revoke(lease).await {
+                        Ok(_) => tracing::info!(lease, "node dropped without shutdown: revoked its lease"),
+                        Err(error) => tracing::warn!(lease, "node dropped without shutdown: revoking its lease failed, it expires with its TTL: {error}"),
                     }
                     Some(())
                 };
-                let _ = tokio::time::timeout(bound, revoke_all).await;
+                let _ = tokio::time::timeout(bound, revoke).await;
             });
         });
     if let Ok(revoking) = revoking {

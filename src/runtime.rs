@@ -19,6 +19,7 @@ pub(crate) mod election;
 pub(crate) mod endpoint;
 pub(crate) mod faults;
 pub(crate) mod reload;
+pub(crate) mod session;
 pub(crate) mod slot;
 pub(crate) mod supervisor;
 pub(crate) mod term;

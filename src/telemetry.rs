@@ -31,12 +31,14 @@ pub const METADATA_COPY_LOADED: &str = "standin_metadata_copy_loaded";
 /// Counter, labels `role` and `reason`: full reads of the role's metadata
 /// (`start`, `compacted`: a warm copy; `cold`: a win with `reload.warm: false`).
 pub const METADATA_FULL_READS: &str = "standin_metadata_full_reads_total";
-/// Histogram, label `role`: seconds from sending a lease keepalive to its answer.
+/// Histogram: seconds from sending a keepalive of the node's session lease to its answer.
 pub const KEEPALIVE_RTT_SECONDS: &str = "standin_keepalive_rtt_seconds";
-/// Counter, label `role`: lease keepalives that failed or got no answer in time.
+/// Counter: keepalives of the node's session lease that failed or got no answer in time.
 pub const KEEPALIVE_FAILURES: &str = "standin_keepalive_failures_total";
-/// Gauge, label `role`: `session.renewDeadline` in seconds, what keepalive round trips are measured against.
+/// Gauge: `session.renewDeadline` in seconds, what keepalive round trips are measured against.
 pub const RENEW_DEADLINE_SECONDS: &str = "standin_renew_deadline_seconds";
+/// Counter: leases granted to the node's session; past the first, each one followed a lost lease.
+pub const SESSION_LEASES: &str = "standin_session_leases_granted_total";
 /// Counter, label `role`: metadata writes refused because their epoch was over.
 pub const FENCED_WRITES_REFUSED: &str = "standin_fenced_writes_refused_total";
 /// Gauge, label `role`: requests held while the coordinator activates.
@@ -201,22 +203,29 @@ pub fn catalogue() -> Vec<MetricInfo> {
             KEEPALIVE_RTT_SECONDS,
             Histogram,
             Unit::Seconds,
-            &["role"],
-            "Time from sending a lease keepalive to etcd's answer.",
+            &[],
+            "Time from sending a keepalive of the node's session lease to etcd's answer.",
         ),
         metric(
             KEEPALIVE_FAILURES,
             Counter,
             Unit::Count,
-            &["role"],
-            "Lease keepalives that failed or got no answer in time; the stream is reopened.",
+            &[],
+            "Keepalives of the node's session lease that failed or got no answer in time; the stream is reopened.",
         ),
         metric(
             RENEW_DEADLINE_SECONDS,
             Gauge,
             Unit::Seconds,
-            &["role"],
+            &[],
             "session.renewDeadline: a leader with no keepalive answered within it steps down.",
+        ),
+        metric(
+            SESSION_LEASES,
+            Counter,
+            Unit::Count,
+            &[],
+            "Leases granted to the node's session, shared by all its roles; past the first, each followed a lost lease.",
         ),
         metric(
             FENCED_WRITES_REFUSED,

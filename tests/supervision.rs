@@ -14,15 +14,42 @@ use tracing::info;
 
 const ROLE: &str = "rootcoord";
 
+/// A role served beside [`ROLE`] on the same node, on the same lease.
+const OTHER: &str = "datacoord";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crashed_election_actor_stops_its_coordinator_revokes_its_lease_and_restarts()
+async fn a_crashed_election_actor_deletes_its_key_keeps_the_shared_lease_and_restarts()
 -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    let mut nodes = start_nodes(2, &[ROLE], |index| config(&etcd, index, 10)).await?;
-    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
-    let handle = nodes[leader].role(ROLE).clone();
-    let old_lease = handle.status().lease.expect("the leader holds a lease");
+    info!("--- node 0 leads both roles, on its one lease; node 1 stands by for both");
+    let mut nodes = vec![TestNode::start(config(&etcd, 0, 10), &[ROLE, OTHER], false).await?];
+    for role in [ROLE, OTHER] {
+        wait_for_single_leader(&nodes, role, Duration::from_secs(10)).await;
+    }
+    nodes.push(TestNode::start(config(&etcd, 1, 10), &[ROLE, OTHER], false).await?);
+    let handle = nodes[0].role(ROLE).clone();
+    let other = nodes[0].role(OTHER).clone();
+    let lease = handle.status().lease.expect("the leader holds a lease");
+    assert_eq!(
+        other.status().lease,
+        Some(lease),
+        "one lease per node, shared by its roles"
+    );
+    let other_epoch = other.status().epoch.expect("node 0 serves the other role");
+    let key = standin::etcd::recipe::candidate_key(&format!("{ROOT}/election/{ROLE}"), lease);
+    let client = etcd.client().await?;
+    wait_for(
+        "node 1 in line for both roles",
+        Duration::from_secs(10),
+        || {
+            [ROLE, OTHER]
+                .iter()
+                .all(|role| nodes[1].role(role).status().lease.is_some())
+                .then_some(())
+        },
+    )
+    .await;
 
     info!("--- the active's election actor panics");
     let crashed_at = Instant::now();
@@ -42,10 +69,9 @@ async fn a_crashed_election_actor_stops_its_coordinator_revokes_its_lease_and_re
         "a coordinator served without its election actor"
     );
 
-    info!("--- its lease is revoked, so the peer takes over at once");
-    let peer = 1 - leader;
+    info!("--- its key is deleted, so the peer takes over at once");
     wait_for("the peer to serve", Duration::from_secs(2), || {
-        nodes[peer].role(ROLE).is_serving().then_some(())
+        nodes[1].role(ROLE).is_serving().then_some(())
     })
     .await;
     let took = crashed_at.elapsed();
@@ -53,19 +79,23 @@ async fn a_crashed_election_actor_stops_its_coordinator_revokes_its_lease_and_re
         took < Duration::from_secs(2),
         "takeover after an election crash took {took:?}"
     );
-    let remaining = etcd
-        .client()
-        .await?
-        .lease_time_to_live(old_lease, None)
-        .await?
-        .ttl();
-    assert_eq!(
-        remaining, -1,
-        "the crashed election actor's lease still exists"
-    );
 
-    info!("--- the election actor restarts: standby on a fresh lease, coordinator answering");
-    let address = nodes[peer].address.clone();
+    info!("--- the node's lease lives on, and the other role serves through it all");
+    let remaining = client.clone().lease_time_to_live(lease, None).await?.ttl();
+    assert!(
+        remaining > 0,
+        "the shared lease was revoked for one role's crash"
+    );
+    assert!(other.is_serving(), "the other role stopped serving");
+    assert_eq!(
+        other.status().epoch.as_ref(),
+        Some(&other_epoch),
+        "the other role's term changed"
+    );
+    assert_eq!(serving(&nodes, OTHER), vec![0]);
+
+    info!("--- the election actor restarts: standby on the same lease, with a new key");
+    let address = nodes[1].address.clone();
     eventually(
         "the restarted node in standby",
         Duration::from_secs(10),
@@ -74,15 +104,28 @@ async fn a_crashed_election_actor_stops_its_coordinator_revokes_its_lease_and_re
             let address = address.clone();
             async move {
                 let status = handle.status();
-                let fresh = status.state == RoleState::Standby
-                    && status.lease.is_some_and(|l| l != old_lease);
+                let rejoined = status.state == RoleState::Standby && status.lease == Some(lease);
                 let standby = redirects_to(&handle, &address).await;
-                (fresh && standby).then_some(())
+                (rejoined && standby).then_some(())
             }
         },
     )
     .await;
-    assert_eq!(serving(&nodes, ROLE), vec![peer]);
+    let rejoined = eventually("its new key", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        let key = key.clone();
+        async move {
+            let found = client.get(key.as_str(), None).await.ok()?;
+            found.kvs().first().map(|kv| kv.create_revision())
+        }
+    })
+    .await;
+    assert!(
+        rejoined > other_epoch.revision,
+        "the restarted election reused its old key (create revision {rejoined})"
+    );
+    assert_eq!(serving(&nodes, ROLE), vec![1]);
+    assert_eq!(serving(&nodes, OTHER), vec![0]);
 
     shutdown_all(&mut nodes).await;
     Ok(())

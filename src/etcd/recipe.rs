@@ -46,6 +46,15 @@ pub enum CampaignError {
     },
 }
 
+impl CampaignError {
+    /// Whether etcd said the candidacy's lease does not exist (expired or
+    /// revoked): nothing can campaign on it any more.
+    pub(crate) fn lease_gone(&self) -> bool {
+        matches!(self, Self::EtcdFailed(etcd_client::Error::GRpcStatus(status))
+            if status.code() == tonic::Code::NotFound)
+    }
+}
+
 /// The key etcd's recipe gives a candidate on `lease`.
 pub fn candidate_key(election: &str, lease: i64) -> String {
     format!("{election}/{lease:x}")

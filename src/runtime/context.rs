@@ -12,6 +12,7 @@ use crate::coordinator::{Coordinator, RoleMsg, ServeError};
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION, WitnessInfo};
 use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::faults::Faults;
+use crate::runtime::session::{SessionMsg, SessionView};
 use crate::runtime::slot::Slot;
 use crate::runtime::term::Term;
 use crate::status::{MetadataCopy, RoleStatus};
@@ -28,9 +29,22 @@ pub(crate) struct NodeContext {
     pub server_id: i64,
     /// This node's death witness, published in every session.
     pub witness: Option<WitnessInfo>,
+    /// The node's etcd session: the lease every role's keys hang on.
+    pub session: SessionView,
+    /// The session's actor, told when a role finds the lease gone first.
+    pub session_actor: ActorRef<SessionMsg>,
 }
 
 impl NodeContext {
+    /// Deletes `key`, a role's key on the session's `lease`, retrying for
+    /// as long as the session holds that lease: a key on a lease that is
+    /// gone is gone with it. Returns whether the delete landed.
+    pub(crate) async fn release_key(&self, key: &str, lease: i64) -> bool {
+        let etcd = &self.config.etcd;
+        let holds = || self.session.current().is_some_and(|held| held.id == lease);
+        crate::etcd::delete_key(&self.client, key, etcd.request_timeout, &etcd.retry, holds).await
+    }
+
     /// The session this node publishes for `role` in `state` on `lease`.
     pub(crate) fn session(&self, role: &str, state: RoleState, lease_id: i64) -> SessionInfo {
         SessionInfo {
@@ -65,10 +79,10 @@ pub(crate) struct RoleShared<C: Coordinator> {
     /// election decides to step down; what every answer path checks.
     /// Shared with the role's [`ServingCheck`](crate::role::ServingCheck)s.
     pub term: Arc<Slot<Term>>,
-    /// The lease the election actor holds, written by it and read by its
-    /// supervisor and the node: a failed election actor cannot release its
-    /// own lease, so they revoke it. Shared memory, not a message, because
-    /// supervision events overtake ordinary messages in ractor.
+    /// The session lease the election actor campaigns on, written by it
+    /// and read by its supervisor: a failed election actor cannot delete
+    /// its own key, so the supervisor does. Shared memory, not a message,
+    /// because supervision events overtake ordinary messages in ractor.
     pub lease: Slot<i64>,
     /// Set once the node has stopped (shut down or dropped): for good.
     pub stopped: AtomicBool,
@@ -155,8 +169,6 @@ impl<C: Coordinator> RoleShared<C> {
 pub(crate) trait RoleCells: Send + Sync {
     /// See [`RoleShared::stop`].
     fn stop(&self);
-    /// The lease the role's election holds now.
-    fn lease(&self) -> Option<i64>;
     /// Follows the role's status (for the death witness: whom it stands by for).
     fn status(&self) -> watch::Receiver<RoleStatus>;
 }
@@ -164,10 +176,6 @@ pub(crate) trait RoleCells: Send + Sync {
 impl<C: Coordinator> RoleCells for RoleShared<C> {
     fn stop(&self) {
         RoleShared::stop(self);
-    }
-
-    fn lease(&self) -> Option<i64> {
-        self.lease.get()
     }
 
     fn status(&self) -> watch::Receiver<RoleStatus> {

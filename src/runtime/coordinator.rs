@@ -428,7 +428,7 @@ mod tests {
             leader_key: "k".into(),
             revision,
         };
-        Term::open(epoch, Some(Instant::now() + Duration::from_secs(60)))
+        Term::open(epoch, 1, crate::runtime::session::SessionView::trusting(1))
     }
 
     async fn started() -> (

@@ -1,4 +1,4 @@
-//! The election actor: holds a role's etcd lease, campaigns, owns the serving term, and supervises the role's coordinator and reload actors.
+//! The election actor: campaigns with a role's key on the node's session lease, owns the serving term, and supervises the role's coordinator and reload actors.
 //!
 //! Decisions are made by [`machine::ElectionMachine`]; this actor turns etcd
 //! replies, timers and supervision events into its events and runs one method
@@ -11,7 +11,6 @@
 //! `Deactivate`) are sent from this actor itself; only the waits for their
 //! replies run in tasks.
 
-mod lease;
 pub(crate) mod machine;
 mod publisher;
 mod transfer;
@@ -31,11 +30,11 @@ use crate::fence::{Epoch, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
 use crate::runtime::reload::{CatchUp, ReloadActor, ReloadMsg};
+use crate::runtime::session::SessionMsg;
 use crate::runtime::term::Term;
 use crate::status::{ResignError, RoleStatus, StepDownReason, Successor, TransferTarget};
 use crate::task::OwnedTask;
 use crate::telemetry;
-use lease::{Beat, Renewal};
 use machine::{Command, ElectionMachine, Event, Phase, Timings};
 use publisher::Publisher;
 use transfer::{HandoverReply, PendingTransfer, TransferPlan};
@@ -50,7 +49,7 @@ pub(crate) struct Election<C: Coordinator> {
 }
 
 impl<C: Coordinator> Election<C> {
-    /// An election actor for `role`, reporting its lease in `shared.lease`.
+    /// An election actor for `role`, reporting the lease it campaigns on in `shared.lease`.
     pub(crate) fn new(
         role: String,
         coordinator: Arc<C>,
@@ -106,27 +105,8 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         /// The standby's server ID.
         server_id: i64,
     },
-    /// A lease was granted and the session registered on it.
-    LeaseGranted {
-        /// The lease.
-        lease: i64,
-        /// When the grant was sent.
-        sent_at: Instant,
-    },
-    /// Granting or registering failed.
-    LeaseGrantFailed,
-    /// A keepalive sent at `sent_at` succeeded.
-    KeepaliveAcked {
-        /// The lease.
-        lease: i64,
-        /// When the keepalive was sent.
-        sent_at: Instant,
-    },
-    /// etcd says the lease is gone.
-    LeaseLost {
-        /// The lease.
-        lease: i64,
-    },
+    /// The node's session holds another lease, or none.
+    SessionChanged,
     /// Check the renew deadline.
     Tick,
     /// Log the standby line operators look for.
@@ -184,7 +164,7 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
     },
     /// The coordinator is back in standby.
     Deactivated,
-    /// Deleting our candidate key failed.
+    /// Deleting our candidate key failed once; it is retried while the lease lives.
     ResignFailed,
     /// The candidate key or lease is released.
     Released,
@@ -223,7 +203,6 @@ pub(crate) struct ElectionState<C: Coordinator> {
     candidacy: Option<Candidacy>,
     campaign: Option<OwnedTask>,
     campaign_generation: u64,
-    keepalive: Option<OwnedTask>,
     publisher: Option<Publisher>,
     /// The resign or revoke in flight.
     release: Option<OwnedTask>,
@@ -250,6 +229,7 @@ pub(crate) struct ElectionState<C: Coordinator> {
     /// Our candidate key's create revision while campaigning, once joined.
     joined_revision: Option<i64>,
     _observer: OwnedTask,
+    _session_changes: OwnedTask,
     timers: Vec<JoinHandle<()>>,
 }
 
@@ -325,11 +305,53 @@ impl<C: Coordinator> Election<C> {
         state: &mut ElectionState<C>,
         event: Event,
     ) -> Result<(), ActorProcessingErr> {
-        for command in state.machine.on(event) {
-            self.execute(myself, state, command).await?;
+        let mut next = Some(event);
+        // Each piece of news moves the machine past it (a lease lost is
+        // forgotten, a lease granted is taken): a few rounds at most.
+        for _ in 0..8 {
+            let Some(event) = next.take() else { break };
+            for command in state.machine.on(event) {
+                self.execute(myself, state, command).await?;
+            }
+            next = self.session_news(state);
+        }
+        if let Some(unheard) = next {
+            tracing::error!(
+                role = self.role,
+                ?unheard,
+                "the session's news does not settle"
+            );
         }
         self.report_status(state);
         Ok(())
+    }
+
+    /// What the node's session says that the machine has not heard yet:
+    /// a renewal of its lease, the lease gone, or a trusted lease to
+    /// campaign on. Read from the session's view, not sent as messages, so
+    /// a renewal costs the node one write however many roles it runs.
+    fn session_news(&self, state: &ElectionState<C>) -> Option<Event> {
+        let session = &self.context.session;
+        let held = session.current();
+        match (state.machine.lease(), held) {
+            (Some(lease), Some(held)) if held.id == lease => {
+                let renewed = state.machine.last_renewal_sent() < Some(held.renewed_at);
+                renewed.then_some(Event::KeepaliveAcked {
+                    lease,
+                    sent_at: held.renewed_at,
+                })
+            }
+            (Some(lease), _) => Some(Event::LeaseLost { lease }),
+            (None, Some(held))
+                if state.machine.phase() == Phase::Unleased && session.trusts(held.id) =>
+            {
+                Some(Event::LeaseGranted {
+                    lease: held.id,
+                    sent_at: held.renewed_at,
+                })
+            }
+            (None, _) => None,
+        }
     }
 
     fn report_status(&self, state: &ElectionState<C>) {
@@ -345,9 +367,6 @@ impl<C: Coordinator> Election<C> {
         // not report a state.
         if self.shared.is_stopped() {
             return;
-        }
-        if let Some(term) = &state.term {
-            term.trust_until(state.machine.lease_trusted_until());
         }
         let published = phase.published_state();
         self.shared.status.send_if_modified(|status| {
@@ -375,12 +394,7 @@ impl<C: Coordinator> Election<C> {
         match command {
             // The machine's schedule is exact; the executor spreads it, so
             // the nodes that lost etcd together do not retry in step.
-            Command::GrantLease { after } => self.grant_lease(myself, backoff::jittered(after)),
-            Command::StartKeepalive { lease } => self.start_keepalive(myself, state, lease),
-            Command::StopKeepalive => {
-                state.keepalive = None;
-                state.publisher = None;
-            }
+            Command::Register { lease } => self.register(myself, state, lease),
             Command::Campaign { lease, after } => {
                 state.joined_revision = None;
                 self.campaign(myself, state, lease, backoff::jittered(after))
@@ -404,7 +418,6 @@ impl<C: Coordinator> Election<C> {
             Command::Depose(reason) => self.depose(state, reason),
             Command::Deactivate => self.deactivate(myself, state),
             Command::Resign { lease } => self.resign(myself, state, lease),
-            Command::RevokeLease { lease } => self.revoke_lease(myself, state, lease),
             Command::RestartCoordinator { after } => {
                 let after = backoff::jittered(after);
                 self.shared.coordinator.set(None);
@@ -426,72 +439,25 @@ impl<C: Coordinator> Election<C> {
         Ok(())
     }
 
-    fn grant_lease(&self, myself: &ActorRef<ElectionMsg<C>>, after: Duration) {
-        let client = self.context.client.clone();
-        let context = self.context.clone();
-        let role = self.role.clone();
-        let reply = myself.clone();
-        let retry = context.config.etcd.retry.clone();
-        let grant = async move {
-            tokio::time::sleep(after).await;
-            let sent_at = Instant::now();
-            let key = context.layout.session(&role, context.server_id);
-            let session = |lease| context.session(&role, RoleState::Standby, lease).encode();
-            let ttl = context.config.session.ttl_secs();
-            let request_timeout = context.config.etcd.request_timeout;
-            match lease::grant(&client, ttl, key, session, request_timeout * 2).await {
-                Ok(lease) => {
-                    let granted = ElectionMsg::LeaseGranted { lease, sent_at };
-                    if reply.send_message(granted).is_err() {
-                        // The actor stopped meanwhile: nobody will keep
-                        // this lease alive, so do not leave it to the TTL.
-                        let until = Instant::now() + context.config.session.ttl;
-                        etcd::revoke(&client, lease, request_timeout, &retry, until).await;
-                    }
-                }
-                Err(reason) => {
-                    tracing::warn!(
-                        role,
-                        "granting a lease failed, retrying with backoff: {reason}"
-                    );
-                    let _ = reply.send_message(ElectionMsg::LeaseGrantFailed);
-                }
-            }
-        };
-        // Detached: a grant must be able to finish (and revoke what it got)
-        // even if the actor stops in the meantime.
-        Self::spawn(myself, "granting a lease", grant).detach();
-    }
-
-    fn start_keepalive(
+    /// Publishes this role's session on `lease` from now on, starting with standby.
+    fn register(
         &self,
         myself: &ActorRef<ElectionMsg<C>>,
         state: &mut ElectionState<C>,
         lease: i64,
     ) {
-        let session = &self.context.config.session;
-        let beat = Beat {
-            interval: session.keepalive_interval(),
-            timeout: session.keepalive_timeout(),
-        };
-        let reply = myself.clone();
-        let report = move |renewal| {
-            let message = match renewal {
-                Renewal::Renewed { sent_at } => ElectionMsg::KeepaliveAcked { lease, sent_at },
-                Renewal::Lost => ElectionMsg::LeaseLost { lease },
-            };
-            reply.send_message(message).is_ok()
-        };
-        let client = self.context.client.clone();
-        let keepalive = lease::keep_alive(client.clone(), lease, beat, self.role.clone(), report);
-        state.keepalive = Some(Self::spawn(myself, "keeping the lease alive", keepalive));
+        tracing::info!(
+            role = self.role,
+            lease,
+            "campaigning on the node's lease {lease:#x}"
+        );
         let key = self
             .context
             .layout
             .session(&self.role, self.context.server_id);
         let reply = myself.clone();
         state.publisher = Some(Publisher::start(
-            client,
+            self.context.client.clone(),
             key,
             self.context.config.etcd.retry.initial,
             move |reason| {
@@ -499,6 +465,7 @@ impl<C: Coordinator> Election<C> {
                 let _ = reply.send_message(ElectionMsg::TaskFailed { task, reason });
             },
         ));
+        self.publish_session(state, RoleState::Standby);
     }
 
     fn campaign(
@@ -529,6 +496,7 @@ impl<C: Coordinator> Election<C> {
             .warm
             .then(|| self.shared.copy.subscribe());
         let role = self.role.clone();
+        let session = self.context.session_actor.clone();
         let campaign = async move {
             tokio::time::sleep(after).await;
             if let Some(copy) = &mut copy
@@ -554,6 +522,10 @@ impl<C: Coordinator> Election<C> {
                 Ok(won) => won,
                 Err(error) => {
                     tracing::warn!(election, "campaign failed: {error}");
+                    if error.lease_gone() {
+                        // Sooner than the next keepalive would tell.
+                        let _ = session.send_message(SessionMsg::Lost { lease });
+                    }
                     let _ = reply.send_message(ElectionMsg::CampaignFailed { generation, lease });
                     return;
                 }
@@ -635,7 +607,8 @@ impl<C: Coordinator> Election<C> {
             leader_key: candidacy.key.clone(),
             revision,
         };
-        let term = Term::open(epoch, state.machine.lease_trusted_until());
+        let lease = state.machine.lease().ok_or("a win without a lease")?;
+        let term = Term::open(epoch, lease, self.context.session.clone());
         self.shared.term.set(Some(term.clone()));
         state.term = Some(term);
         state.reload_generation += 1;
@@ -965,44 +938,26 @@ impl<C: Coordinator> Election<C> {
         state.coordinator_wait = Some(Self::spawn(myself, "waiting for the deactivation", wait));
     }
 
+    /// Deletes our candidate key, retried for as long as the session holds
+    /// `lease`: the lease is the node's, so it is never revoked for one role.
     fn resign(&self, myself: &ActorRef<ElectionMsg<C>>, state: &mut ElectionState<C>, lease: i64) {
         let key = recipe::candidate_key(&self.election, lease);
         state.candidacy = None;
-        let client = self.context.client.clone();
-        let request_timeout = self.context.config.etcd.request_timeout;
+        let context = self.context.clone();
         let reply = myself.clone();
         let resign = async move {
-            let mut kv = client.kv_client();
+            let mut kv = context.client.kv_client();
             let what = format!("resigning {key}");
-            if !etcd::best_effort(&what, request_timeout, kv.delete(key.as_str(), None)).await {
-                // The key may still lead, and campaigning again on this
-                // lease would find it and reuse its epoch: give up the
-                // lease instead, which deletes the key for sure.
+            let timeout = context.config.etcd.request_timeout;
+            if !etcd::best_effort(&what, timeout, kv.delete(key.as_str(), None)).await {
+                // The key may still lead: whoever waits for the handover
+                // hears so now, while the delete is retried.
                 let _ = reply.send_message(ElectionMsg::ResignFailed);
+                context.release_key(&key, lease).await;
             }
             let _ = reply.send_message(ElectionMsg::Released);
         };
         state.release = Some(Self::spawn(myself, "resigning", resign));
-    }
-
-    fn revoke_lease(
-        &self,
-        myself: &ActorRef<ElectionMsg<C>>,
-        state: &mut ElectionState<C>,
-        lease: i64,
-    ) {
-        state.candidacy = None;
-        let client = self.context.client.clone();
-        let request_timeout = self.context.config.etcd.request_timeout;
-        let retry = self.context.config.etcd.retry.clone();
-        // The lease was renewed at most now: past one TTL etcd has expired it anyway.
-        let until = Instant::now() + self.context.config.session.ttl;
-        let reply = myself.clone();
-        let revoke = async move {
-            etcd::revoke(&client, lease, request_timeout, &retry, until).await;
-            let _ = reply.send_message(ElectionMsg::Released);
-        };
-        state.release = Some(Self::spawn(myself, "revoking the lease", revoke));
     }
 }
 
@@ -1028,9 +983,15 @@ impl<C: Coordinator> Actor for Election<C> {
             },
         );
         let observer = Self::spawn(&myself, "observing the leader", observe);
+        let mut changes = self.context.session.changes();
+        let reporter = myself.clone();
+        let follow_session = async move {
+            while changes.changed().await.is_ok()
+                && reporter.send_message(ElectionMsg::SessionChanged).is_ok()
+            {}
+        };
+        let session_changes = Self::spawn(&myself, "following the session", follow_session);
         let session = &self.context.config.session;
-        metrics::gauge!(telemetry::RENEW_DEADLINE_SECONDS, "role" => self.role.clone())
-            .set(session.renew_deadline().as_secs_f64());
         let tick = (session.renew_deadline() / 20)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let timers = vec![
@@ -1048,7 +1009,6 @@ impl<C: Coordinator> Actor for Election<C> {
             candidacy: None,
             campaign: None,
             campaign_generation: 0,
-            keepalive: None,
             publisher: None,
             release: None,
             coordinator_wait: None,
@@ -1065,6 +1025,7 @@ impl<C: Coordinator> Actor for Election<C> {
             preference_since: Instant::now(),
             joined_revision: None,
             _observer: observer,
+            _session_changes: session_changes,
             timers,
         };
         self.spawn_coordinator(&myself, &mut state.coordinator, None)
@@ -1097,18 +1058,19 @@ impl<C: Coordinator> Actor for Election<C> {
                 state.shutdown_replies.push(reply);
                 Event::Shutdown
             }
-            ElectionMsg::LeaseGranted { lease, sent_at } => {
-                tracing::info!(role = self.role, lease, "lease granted, session registered");
-                Event::LeaseGranted { lease, sent_at }
-            }
-            ElectionMsg::LeaseGrantFailed => Event::LeaseGrantFailed,
-            ElectionMsg::KeepaliveAcked { lease, sent_at } => {
-                Event::KeepaliveAcked { lease, sent_at }
-            }
-            ElectionMsg::LeaseLost { lease } => Event::LeaseLost { lease },
-            ElectionMsg::Tick => Event::Tick {
-                now: Instant::now(),
+            ElectionMsg::SessionChanged => match self.session_news(state) {
+                Some(event) => event,
+                None => return Ok(()),
             },
+            ElectionMsg::Tick => {
+                // The renewals first: the deadline counts from the latest.
+                if let Some(news) = self.session_news(state) {
+                    self.apply(&myself, state, news).await?;
+                }
+                Event::Tick {
+                    now: Instant::now(),
+                }
+            }
             ElectionMsg::StandbyReminder => {
                 if state.machine.phase().published_state() == RoleState::Standby {
                     tracing::info!(
@@ -1277,7 +1239,7 @@ impl<C: Coordinator> Actor for Election<C> {
                         ttl: self.context.config.session.ttl,
                     }));
                 }
-                Event::ResignFailed
+                return Ok(());
             }
             ElectionMsg::Released => {
                 self.apply(&myself, state, Event::Released).await?;

@@ -1,4 +1,4 @@
-//! The role supervisor: runs a role's election actor and, when it fails, revokes its lease and restarts it with backoff.
+//! The role supervisor: runs a role's election actor and, when it fails, deletes its key and restarts it with backoff.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,7 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 
 use crate::backoff::Backoff;
 use crate::coordinator::Coordinator;
-use crate::etcd;
+use crate::etcd::recipe;
 use crate::etcd::session::RoleState;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::{Election, ElectionMsg};
@@ -79,8 +79,8 @@ pub(crate) struct RoleSupervisorState<C: Coordinator> {
     backoff: Backoff,
     started_at: Instant,
     shutting_down: bool,
-    /// The retried revoke of a failed election actor's lease.
-    revoking: Option<OwnedTask>,
+    /// The retried delete of a failed election actor's key, then its restart.
+    releasing: Option<OwnedTask>,
 }
 
 impl<C: Coordinator> Actor for RoleSupervisor<C> {
@@ -98,7 +98,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             backoff: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
             started_at: Instant::now(),
             shutting_down: false,
-            revoking: None,
+            releasing: None,
         };
         self.start_election(&myself, &mut state).await?;
         Ok(state)
@@ -125,11 +125,9 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
                     if let Err(error) = handed_over {
                         tracing::warn!(role = self.role, "graceful handover failed: {error}");
                         election.kill();
-                        // The handover bound is spent: one more try, then the TTL.
-                        let until = Instant::now() + self.context.config.etcd.request_timeout;
-                        if let Some(lease) = self.shared.lease.take() {
-                            revoke_abandoned_lease(self.context.clone(), lease, until).await;
-                        }
+                        // The handover bound is spent: the node's lease,
+                        // revoked once every role has stopped, ends the key.
+                        self.shared.lease.set(None);
                     }
                 }
                 let _ = reply.send(());
@@ -163,7 +161,7 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
         self.election_slot.set(None);
         // The coordinator was linked to the election actor, so ractor has
         // already killed it; make sure nothing can still route to it and
-        // that the lease no longer backs a leader key.
+        // that the election holds no key on the node's lease.
         self.shared.coordinator.set(None);
         if self.shared.is_stopped() {
             return Ok(());
@@ -174,15 +172,6 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             status.lease = None;
         });
         crate::telemetry::set_role_state(&self.role, RoleState::Standby);
-        // Retried in the background for as long as the lease can live: the
-        // restarted election campaigns on a lease of its own meanwhile.
-        if let Some(lease) = self.shared.lease.take() {
-            let until = Instant::now() + self.context.config.session.ttl;
-            let revoke = revoke_abandoned_lease(self.context.clone(), lease, until);
-            state.revoking = Some(OwnedTask::spawn_reported(revoke, |reason| {
-                tracing::error!("revoking a failed election actor's lease {reason}");
-            }));
-        }
         if state.started_at.elapsed() > self.context.config.coordinator.restart_backoff.max {
             state.backoff.reset();
         }
@@ -190,28 +179,32 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
         tracing::error!(
             role = self.role,
             restart_in_ms = delay.as_millis() as u64,
-            "election actor failed ({reason}); its lease is revoked and it restarts"
+            "election actor failed ({reason}); its key is deleted and it restarts"
         );
         metrics::counter!(crate::telemetry::ELECTION_RESTARTS, "role" => self.role.clone())
             .increment(1);
-        myself.send_after(delay, || SupervisorMsg::StartElection);
+        // The key goes first, so a peer takes over now; the lease is the
+        // node's and stays, for the other roles on it. The restart waits
+        // for the delete: campaigning on the same lease would find the old
+        // key and win again at its epoch.
+        let lease = self.shared.lease.take();
+        let key = lease
+            .map(|lease| recipe::candidate_key(&self.context.layout.election(&self.role), lease));
+        let context = self.context.clone();
+        let restart = myself.clone();
+        let release = async move {
+            let waited = tokio::time::sleep(delay);
+            if let (Some(lease), Some(key)) = (lease, key)
+                && context.release_key(&key, lease).await
+            {
+                tracing::info!(key, "deleted the key of a failed election actor");
+            }
+            waited.await;
+            let _ = restart.send_message(SupervisorMsg::StartElection);
+        };
+        state.releasing = Some(OwnedTask::spawn_reported(release, |reason| {
+            tracing::error!("deleting a failed election actor's key {reason}");
+        }));
         Ok(())
-    }
-}
-
-/// Revokes the lease a dead election actor left, so its keys vanish now
-/// rather than after the TTL, retrying until `until`.
-async fn revoke_abandoned_lease(context: Arc<NodeContext>, lease: i64, until: Instant) {
-    let config = &context.config.etcd;
-    if etcd::revoke(
-        &context.client,
-        lease,
-        config.request_timeout,
-        &config.retry,
-        until,
-    )
-    .await
-    {
-        tracing::info!(lease, "revoked the lease of a failed election actor");
     }
 }

@@ -6,13 +6,14 @@
 //! carries the lease's time bound, so a process that was frozen past its
 //! lease refuses at the instant it runs again, before any timer fires.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use etcd_client::Client;
 
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
+use crate::runtime::session::SessionView;
 
 /// One won term of one role on this node. Clones share the same term.
 #[derive(Debug, Clone)]
@@ -23,20 +24,26 @@ struct TermInner {
     epoch: Epoch,
     /// Thrown once, on close; the term's fenced stores read it too.
     closed: DeposeSwitch,
-    /// The last successful keepalive's send time plus the renew deadline:
-    /// shorter than the TTL etcd counts from when it received that keepalive.
-    trusted_until: Mutex<Option<Instant>>,
+    /// The session lease the term's leader key hangs on.
+    lease: i64,
+    /// Trusts the lease until its last successful keepalive's send time
+    /// plus the renew deadline: shorter than the TTL etcd counts from when
+    /// it received that keepalive. Read at every check, so a renewal costs
+    /// no write per term.
+    session: SessionView,
     /// Set by the coordinator once the user's activation has finished.
     serving: AtomicBool,
 }
 
 impl Term {
-    /// A term for `epoch` whose lease is trusted until `trusted_until`.
-    pub(crate) fn open(epoch: Epoch, trusted_until: Option<Instant>) -> Self {
+    /// A term for `epoch`, won with a key on `lease`, trusted for as long
+    /// as `session` trusts that lease.
+    pub(crate) fn open(epoch: Epoch, lease: i64, session: SessionView) -> Self {
         Self(Arc::new(TermInner {
             epoch,
             closed: DeposeSwitch::default(),
-            trusted_until: Mutex::new(trusted_until),
+            lease,
+            session,
             serving: AtomicBool::new(false),
         }))
     }
@@ -62,23 +69,15 @@ impl Term {
         self.0.closed.is_deposed()
     }
 
-    /// Moves the lease's time bound (`None`: not trusted at all).
-    pub(crate) fn trust_until(&self, until: Option<Instant>) {
-        *self.lock_trust() = until;
-    }
-
     /// The instant the lease stops being trusted, if it is trusted.
     pub(crate) fn trusted_until(&self) -> Option<Instant> {
-        *self.lock_trust()
+        self.0.session.trusted_until(self.0.lease)
     }
 
     /// Whether this term may answer now: not closed, and the lease trusted
     /// at this very instant.
     pub(crate) fn is_open(&self) -> bool {
-        !self.is_closed()
-            && self
-                .trusted_until()
-                .is_some_and(|until| Instant::now() < until)
+        !self.is_closed() && self.0.session.trusts(self.0.lease)
     }
 
     /// Marks the coordinator as serving this term.
@@ -102,14 +101,6 @@ impl Term {
     pub(crate) fn store(&self, client: Client, prefix: String) -> FencedStore {
         FencedStore::new(client, self.0.epoch.clone(), prefix, &self.0.closed)
     }
-
-    fn lock_trust(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        // A panic while holding this lock cannot leave an Instant half-written.
-        self.0
-            .trusted_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 #[cfg(test)]
@@ -117,6 +108,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::runtime::session::{HeldLease, SessionView};
 
     fn epoch() -> Epoch {
         Epoch {
@@ -126,10 +118,19 @@ mod tests {
         }
     }
 
+    const DEADLINE: Duration = Duration::from_secs(60);
+
     #[test]
     fn a_term_is_open_only_while_unclosed_and_its_lease_trusted() {
-        let later = Instant::now() + Duration::from_secs(60);
-        let term = Term::open(epoch(), Some(later));
+        let (held, session) = SessionView::channel(DEADLINE);
+        let renewed = |at: Instant| {
+            Some(HeldLease {
+                id: 7,
+                renewed_at: at,
+            })
+        };
+        held.send_replace(renewed(Instant::now()));
+        let term = Term::open(epoch(), 7, session.clone());
         assert!(term.is_open());
         assert!(
             !term.serves(),
@@ -138,30 +139,39 @@ mod tests {
         term.start_serving();
         assert!(term.serves());
 
-        term.trust_until(Some(Instant::now()));
+        held.send_replace(renewed(Instant::now() - DEADLINE));
         assert!(
             !term.is_open(),
-            "a lease trusted until now is not trusted any more"
+            "a lease renewed a whole deadline ago is not trusted any more"
         );
         assert!(!term.serves());
-        term.trust_until(Some(later));
+        held.send_replace(renewed(Instant::now()));
         assert!(term.serves());
+        held.send_replace(Some(HeldLease {
+            id: 8,
+            renewed_at: Instant::now(),
+        }));
+        assert!(
+            !term.is_open(),
+            "a session that moved to another lease ends the terms on the old one"
+        );
+        held.send_replace(renewed(Instant::now()));
 
         let clone = term.clone();
         clone.close();
         assert!(term.is_closed() && !term.is_open() && !term.serves());
-        term.trust_until(Some(later));
         assert!(!term.is_open(), "a closed term never opens again");
     }
 
     #[test]
     fn only_clones_are_the_same_term() {
-        let term = Term::open(epoch(), None);
+        let (_held, session) = SessionView::channel(DEADLINE);
+        let term = Term::open(epoch(), 7, session.clone());
         assert!(term.is(&term.clone()));
-        assert!(!term.is(&Term::open(epoch(), None)));
+        assert!(!term.is(&Term::open(epoch(), 7, session)));
         assert!(
             !term.is_open(),
-            "a term without a trusted lease is not open"
+            "a term on a lease the session does not hold is not open"
         );
     }
 }

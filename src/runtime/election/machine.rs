@@ -15,16 +15,19 @@ use crate::status::{RoleState, StepDownReason};
 pub(crate) enum Afterwards {
     /// Keep the lease and campaign again (after a coordinator restart or a delay).
     Recampaign,
-    /// The lease is lost or untrusted: revoke it and start over on a fresh one.
+    /// The lease is lost or untrusted: leave it, and campaign again once
+    /// the node's session holds a trusted lease (a new one, or this one
+    /// renewed after all: the old candidate key is deleted either way).
     NewLease,
-    /// Revoke the lease and stop: the node is shutting down.
+    /// Stop: the node is shutting down (it revokes the session's lease
+    /// once every role has stopped).
     Stop,
 }
 
 /// Where the election stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
-    /// No lease: one is being granted.
+    /// No trusted lease: waiting for the node's session to hold one.
     Unleased,
     /// Lease held, but the coordinator is down and waits for its restart; not a candidate.
     Recovering,
@@ -90,15 +93,15 @@ impl Phase {
 pub(crate) enum Event {
     /// The actor started (its coordinator already runs in standby).
     Started,
-    /// A lease was granted and the session registered; `sent_at` is when the grant was sent.
+    /// The node's session holds a trusted lease, last renewed by a
+    /// keepalive sent at `sent_at`.
     LeaseGranted {
-        /// The new lease.
+        /// The session's lease.
         lease: i64,
-        /// When the grant request left, the start of the renew deadline.
+        /// When its last answered keepalive (or its grant) left, the start
+        /// of the renew deadline.
         sent_at: Instant,
     },
-    /// Granting a lease or registering the session failed.
-    LeaseGrantFailed,
     /// A keepalive sent at `sent_at` succeeded.
     KeepaliveAcked {
         /// The lease kept alive.
@@ -106,7 +109,7 @@ pub(crate) enum Event {
         /// When the keepalive request left.
         sent_at: Instant,
     },
-    /// etcd says the lease is gone.
+    /// The node's session no longer holds the lease.
     LeaseLost {
         /// The lease that is gone.
         lease: i64,
@@ -163,8 +166,6 @@ pub(crate) enum Event {
     CoordinatorStarted,
     /// The coordinator is back in standby after a `Deactivate`.
     Deactivated,
-    /// Deleting the candidate key failed: it may still lead.
-    ResignFailed,
     /// The candidate key or the lease has been released.
     Released,
     /// The node shuts down: hand over and stop.
@@ -185,18 +186,11 @@ pub(crate) enum Event {
 /// Something the election actor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
-    /// Grant a lease of the configured TTL, register the session on it, after `after`.
-    GrantLease {
-        /// Delay before the grant.
-        after: Duration,
-    },
-    /// Keep `lease` alive until told otherwise.
-    StartKeepalive {
-        /// The lease to keep alive.
+    /// Register this role's session on `lease`, and publish its state there from now on.
+    Register {
+        /// The session's lease.
         lease: i64,
     },
-    /// Stop keeping the current lease alive.
-    StopKeepalive,
     /// Join the election on `lease` after `after`, and wait to lead.
     Campaign {
         /// The lease to campaign on.
@@ -224,14 +218,11 @@ pub(crate) enum Command {
     Depose(StepDownReason),
     /// Put the coordinator back in standby; answered by [`Event::Deactivated`].
     Deactivate,
-    /// Delete our candidate key on `lease`; answered by [`Event::Released`].
+    /// Delete our candidate key on `lease` (retried while the lease
+    /// lives: the lease is shared, so it is never revoked for one role);
+    /// answered by [`Event::Released`].
     Resign {
         /// The lease the candidate key is on.
-        lease: i64,
-    },
-    /// Revoke `lease` (deletes the session and candidate keys); answered by [`Event::Released`].
-    RevokeLease {
-        /// The lease to revoke.
         lease: i64,
     },
     /// Start a new coordinator in standby after `after`; answered by [`Event::CoordinatorStarted`].
@@ -292,11 +283,9 @@ impl ElectionMachine {
         self.lease
     }
 
-    /// Until when the lease is trusted: the last successful renewal's send
-    /// time plus the renew deadline.
-    pub(crate) fn lease_trusted_until(&self) -> Option<Instant> {
-        self.lease?;
-        Some(self.last_renewal_sent? + self.timings.renew_deadline)
+    /// When the last renewal the machine heard of was sent.
+    pub(crate) fn last_renewal_sent(&self) -> Option<Instant> {
+        self.last_renewal_sent
     }
 
     /// Decides what to do about `event`.
@@ -305,23 +294,9 @@ impl ElectionMachine {
             return Vec::new();
         }
         match event {
-            Event::Started => {
-                if self.phase == Phase::Unleased {
-                    vec![Command::GrantLease {
-                        after: Duration::ZERO,
-                    }]
-                } else {
-                    Vec::new()
-                }
-            }
+            // The actor hands over the session's lease as soon as it is trusted.
+            Event::Started => Vec::new(),
             Event::LeaseGranted { lease, sent_at } => self.on_lease_granted(lease, sent_at),
-            Event::LeaseGrantFailed => {
-                if self.phase != Phase::Unleased {
-                    return Vec::new();
-                }
-                let after = self.next_etcd_retry();
-                vec![Command::GrantLease { after }]
-            }
             Event::KeepaliveAcked { lease, sent_at } => {
                 if self.lease == Some(lease) {
                     self.last_renewal_sent = self.last_renewal_sent.max(Some(sent_at));
@@ -330,6 +305,8 @@ impl ElectionMachine {
             }
             Event::LeaseLost { lease } => {
                 if self.lease == Some(lease) {
+                    // The key went with the lease: nothing is left to delete.
+                    self.forget_lease();
                     self.step_down(Afterwards::NewLease, StepDownReason::LeaseLost)
                 } else {
                     Vec::new()
@@ -423,16 +400,6 @@ impl ElectionMachine {
                 Phase::Deactivating { then } => self.release(then),
                 _ => Vec::new(),
             },
-            Event::ResignFailed => {
-                // Campaigning again on this lease would find the old key and
-                // reuse its epoch: start over on a new lease instead.
-                if let Phase::Releasing { then } = self.phase {
-                    self.phase = Phase::Releasing {
-                        then: then.max(Afterwards::NewLease),
-                    };
-                }
-                Vec::new()
-            }
             Event::Released => match self.phase {
                 Phase::Releasing { then } => self.after_release(then),
                 _ => Vec::new(),
@@ -466,14 +433,12 @@ impl ElectionMachine {
 
     fn on_lease_granted(&mut self, lease: i64, sent_at: Instant) -> Vec<Command> {
         if self.phase != Phase::Unleased {
-            // Grants are only asked for while unleased, and only a shutdown
-            // leaves that phase without one; the stopped actor drops this.
             return Vec::new();
         }
         self.lease = Some(lease);
         self.last_renewal_sent = Some(sent_at);
         self.etcd_failures = 0;
-        let mut commands = vec![Command::StartKeepalive { lease }];
+        let mut commands = vec![Command::Register { lease }];
         commands.extend(self.campaign_when_ready(lease));
         commands
     }
@@ -573,50 +538,38 @@ impl ElectionMachine {
         }
     }
 
-    /// Releases the candidate key (keeping the lease) or the lease itself.
+    /// Deletes the candidate key, if there is a lease to hold one, then does `then`.
     fn release(&mut self, then: Afterwards) -> Vec<Command> {
         self.phase = Phase::Releasing { then };
-        match (then, self.lease) {
-            (Afterwards::Recampaign, Some(lease)) => vec![Command::Resign { lease }],
-            (_, Some(lease)) => {
-                self.lease = None;
-                self.last_renewal_sent = None;
-                vec![Command::StopKeepalive, Command::RevokeLease { lease }]
-            }
-            (_, None) => self.after_release(then),
+        match self.lease {
+            Some(lease) => vec![Command::Resign { lease }],
+            None => self.after_release(then),
         }
     }
 
     fn after_release(&mut self, then: Afterwards) -> Vec<Command> {
         match (then, self.lease) {
-            (Afterwards::Stop, Some(lease)) => {
-                // A shutdown arrived while only the candidate key was being released.
-                self.lease = None;
-                vec![Command::StopKeepalive, Command::RevokeLease { lease }]
-            }
-            (Afterwards::Stop, None) => {
-                self.phase = Phase::Stopped;
-                vec![Command::Stop]
-            }
-            (Afterwards::NewLease, Some(lease)) => {
-                self.lease = None;
-                vec![Command::StopKeepalive, Command::RevokeLease { lease }]
-            }
-            (Afterwards::NewLease, None) | (Afterwards::Recampaign, None) => {
-                self.phase = Phase::Unleased;
-                vec![
-                    Command::Publish(RoleState::Standby),
-                    Command::GrantLease {
-                        after: Duration::ZERO,
-                    },
-                ]
-            }
             (Afterwards::Recampaign, Some(lease)) => {
                 let mut commands = vec![Command::Publish(RoleState::Standby)];
                 commands.extend(self.campaign_when_ready(lease));
                 commands
             }
+            (Afterwards::Stop, _) => {
+                self.forget_lease();
+                self.phase = Phase::Stopped;
+                vec![Command::Stop]
+            }
+            (Afterwards::NewLease | Afterwards::Recampaign, _) => {
+                self.forget_lease();
+                self.phase = Phase::Unleased;
+                Vec::new()
+            }
         }
+    }
+
+    fn forget_lease(&mut self) {
+        self.lease = None;
+        self.last_renewal_sent = None;
     }
 
     fn next_etcd_retry(&mut self) -> Duration {
@@ -646,15 +599,15 @@ mod tests {
         }
     }
 
-    /// A machine that holds `LEASE` and campaigns, granted at `start`.
+    /// A machine that campaigns on the session's `LEASE`, renewed at `start`.
     fn campaigning(start: Instant) -> ElectionMachine {
         let mut machine = ElectionMachine::new(timings());
         assert_eq!(
             machine.on(Event::Started),
-            vec![Command::GrantLease {
-                after: Duration::ZERO
-            }]
+            vec![],
+            "it waits for the session"
         );
+        assert_eq!(machine.phase(), Phase::Unleased);
         let commands = machine.on(Event::LeaseGranted {
             lease: LEASE,
             sent_at: start,
@@ -662,7 +615,7 @@ mod tests {
         assert_eq!(
             commands,
             vec![
-                Command::StartKeepalive { lease: LEASE },
+                Command::Register { lease: LEASE },
                 Command::Campaign {
                     lease: LEASE,
                     after: Duration::ZERO
@@ -699,26 +652,38 @@ mod tests {
         machine
     }
 
-    /// Checks that `event` makes `machine` stop its keepalives and revoke `LEASE`.
-    fn revokes_the_lease(machine: &mut ElectionMachine, event: Event) {
-        assert_eq!(
-            machine.on(event),
-            vec![
-                Command::StopKeepalive,
-                Command::RevokeLease { lease: LEASE }
-            ]
-        );
+    /// Checks that `event` makes `machine` delete its own key on `LEASE`:
+    /// the lease is the node's, and never revoked for one role.
+    fn resigns(machine: &mut ElectionMachine, event: Event) {
+        assert_eq!(machine.on(event), vec![Command::Resign { lease: LEASE }]);
     }
 
-    /// Checks that `released_by` revokes `LEASE`, and that once it is gone
-    /// `machine` publishes standby and asks for a fresh lease at once.
+    /// Checks that `released_by` deletes the key on `LEASE`, that once it
+    /// is gone `machine` waits for the session's next trusted lease, and
+    /// campaigns on that.
     fn gives_up_the_lease_and_starts_over(machine: &mut ElectionMachine, released_by: Event) {
-        revokes_the_lease(machine, released_by);
+        resigns(machine, released_by);
+        assert_eq!(machine.on(Event::Released), vec![]);
+        assert_eq!(machine.phase(), Phase::Unleased);
+        assert_eq!(machine.lease(), None);
+        assert!(
+            machine
+                .on(Event::Tick {
+                    now: Instant::now() + Duration::from_secs(60)
+                })
+                .is_empty(),
+            "no deadline without a lease"
+        );
+        let next = LEASE + 1;
         assert_eq!(
-            machine.on(Event::Released),
+            machine.on(Event::LeaseGranted {
+                lease: next,
+                sent_at: Instant::now()
+            }),
             vec![
-                Command::Publish(RoleState::Standby),
-                Command::GrantLease {
+                Command::Register { lease: next },
+                Command::Campaign {
+                    lease: next,
                     after: Duration::ZERO
                 }
             ]
@@ -785,8 +750,6 @@ mod tests {
         );
         assert_eq!(machine.phase().published_state(), RoleState::Standby);
         gives_up_the_lease_and_starts_over(&mut machine, Event::Deactivated);
-        assert_eq!(machine.phase(), Phase::Unleased);
-        assert_eq!(machine.lease(), None);
     }
 
     #[test]
@@ -795,11 +758,14 @@ mod tests {
         assert!(machine.on(Event::LeaseLost { lease: LEASE + 1 }).is_empty());
         assert_eq!(
             machine.on(Event::LeaseLost { lease: LEASE }),
-            vec![
-                Command::CancelCampaign,
-                Command::StopKeepalive,
-                Command::RevokeLease { lease: LEASE }
-            ]
+            vec![Command::CancelCampaign],
+            "the key went with the lease: nothing to delete"
+        );
+        assert_eq!(machine.phase(), Phase::Unleased);
+        assert_eq!(machine.lease(), None);
+        assert!(
+            machine.on(Event::LeaseLost { lease: LEASE }).is_empty(),
+            "heard once"
         );
     }
 
@@ -899,7 +865,7 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_deactivates_before_revoking_then_stops() {
+    fn shutdown_deactivates_before_resigning_then_stops() {
         let mut machine = serving(Instant::now());
         assert_eq!(
             machine.on(Event::Shutdown),
@@ -911,18 +877,17 @@ mod tests {
             ]
         );
         // Leadership is released only once the coordinator is in standby.
-        revokes_the_lease(&mut machine, Event::Deactivated);
+        resigns(&mut machine, Event::Deactivated);
         assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
         assert_eq!(machine.phase(), Phase::Stopped);
         assert!(machine.on(Event::Started).is_empty());
     }
 
     #[test]
-    fn shutdown_during_a_resign_still_revokes_and_stops() {
+    fn shutdown_during_a_resign_stops_once_the_key_is_gone() {
         let mut machine = serving(Instant::now());
         machine.on(Event::CoordinatorCrashed);
         assert!(machine.on(Event::Shutdown).is_empty());
-        revokes_the_lease(&mut machine, Event::Released);
         assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
     }
 
@@ -931,7 +896,7 @@ mod tests {
         let mut machine = serving(Instant::now());
         machine.on(Event::Shutdown);
         let commands = machine.on(Event::CoordinatorCrashed);
-        assert!(commands.contains(&Command::RevokeLease { lease: LEASE }));
+        assert!(commands.contains(&Command::Resign { lease: LEASE }));
         assert!(commands.contains(&Command::RestartCoordinator {
             after: Duration::from_millis(100)
         }));
@@ -968,24 +933,6 @@ mod tests {
     }
 
     #[test]
-    fn grant_failures_retry_with_backoff() {
-        let mut machine = ElectionMachine::new(timings());
-        machine.on(Event::Started);
-        assert_eq!(
-            machine.on(Event::LeaseGrantFailed),
-            vec![Command::GrantLease {
-                after: Duration::from_millis(100)
-            }]
-        );
-        assert_eq!(
-            machine.on(Event::LeaseGrantFailed),
-            vec![Command::GrantLease {
-                after: Duration::from_millis(200)
-            }]
-        );
-    }
-
-    #[test]
     fn a_deleted_leader_key_demotes_and_campaigns_again_on_the_same_lease() {
         let mut machine = serving(Instant::now());
         assert!(
@@ -1017,11 +964,13 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_resign_gives_up_the_lease_rather_than_reuse_the_epoch() {
+    fn a_lease_lost_during_a_resign_waits_for_the_next_lease_instead_of_recampaigning() {
         let mut machine = serving(Instant::now());
         machine.on(Event::CoordinatorCrashed);
-        assert!(machine.on(Event::ResignFailed).is_empty());
-        gives_up_the_lease_and_starts_over(&mut machine, Event::Released);
+        machine.on(Event::CoordinatorStarted);
+        assert!(machine.on(Event::LeaseLost { lease: LEASE }).is_empty());
+        assert_eq!(machine.on(Event::Released), vec![]);
+        assert_eq!(machine.phase(), Phase::Unleased);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! The election's lease in etcd: granted with the session registered on it, and kept alive on a fixed beat (revoked through [`crate::etcd::revoke`]).
+//! The session's lease in etcd: granted, then kept alive on a fixed beat (revoked through [`crate::etcd::revoke`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::Client;
 
 use crate::telemetry;
 
@@ -31,26 +31,10 @@ pub(crate) struct Beat {
     pub timeout: Duration,
 }
 
-/// Grants a lease of `ttl_secs` and registers `session` (the encoded
-/// session value) at `key` on it, all within `bound`.
-pub(crate) async fn grant(
-    client: &Client,
-    ttl_secs: i64,
-    key: String,
-    session: impl FnOnce(i64) -> Vec<u8>,
-    bound: Duration,
-) -> Result<i64, String> {
-    let granted = async {
-        let lease = client.lease_client().grant(ttl_secs, None).await?.id();
-        let options = PutOptions::new().with_lease(lease);
-        client
-            .kv_client()
-            .put(key, session(lease), Some(options))
-            .await?;
-        Ok::<_, etcd_client::Error>(lease)
-    };
-    match tokio::time::timeout(bound, granted).await {
-        Ok(Ok(lease)) => Ok(lease),
+/// Grants a lease of `ttl_secs` within `bound`.
+pub(crate) async fn grant(client: &Client, ttl_secs: i64, bound: Duration) -> Result<i64, String> {
+    match tokio::time::timeout(bound, client.lease_client().grant(ttl_secs, None)).await {
+        Ok(Ok(granted)) => Ok(granted.id()),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err(format!("no answer within {bound:?}")),
     }
@@ -68,7 +52,6 @@ pub(crate) async fn keep_alive(
     client: Client,
     lease: i64,
     beat: Beat,
-    role: String,
     report: impl Fn(Renewal) -> bool,
 ) {
     let mut lease_client = client.lease_client();
@@ -78,21 +61,17 @@ pub(crate) async fn keep_alive(
         let (mut keeper, mut answers) = match opened {
             Ok(Ok(stream)) => stream,
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(reason))) => {
-                tracing::warn!(
-                    role,
-                    lease,
-                    "etcd refuses to keep the lease alive: {reason}"
-                );
+                tracing::warn!(lease, "etcd refuses to keep the lease alive: {reason}");
                 report(Renewal::Lost);
                 return;
             }
             Ok(Err(error)) => {
-                keepalive_failed(&role, lease, &error.to_string());
+                keepalive_failed(lease, &error.to_string());
                 tokio::time::sleep(beat.interval / 4).await;
                 continue;
             }
             Err(_) => {
-                keepalive_failed(&role, lease, "timed out opening the keepalive stream");
+                keepalive_failed(lease, "timed out opening the keepalive stream");
                 continue;
             }
         };
@@ -118,14 +97,14 @@ pub(crate) async fn keep_alive(
                     Ok(Some(answer)) if answer.ttl() > 0 => {
                         // An answer nobody asked for renews from no known instant.
                         let Some(sent_at) = unanswered.pop_front() else { continue };
-                        metrics::histogram!(telemetry::KEEPALIVE_RTT_SECONDS, "role" => role.clone())
+                        metrics::histogram!(telemetry::KEEPALIVE_RTT_SECONDS)
                             .record(sent_at.elapsed().as_secs_f64());
                         if !report(Renewal::Renewed { sent_at }) {
                             return;
                         }
                     }
                     Ok(Some(_)) => {
-                        tracing::warn!(role, lease, "etcd says the lease has expired");
+                        tracing::warn!(lease, "etcd says the lease has expired");
                         report(Renewal::Lost);
                         return;
                     }
@@ -137,7 +116,7 @@ pub(crate) async fn keep_alive(
                 }
             }
         };
-        keepalive_failed(&role, lease, &broken);
+        keepalive_failed(lease, &broken);
     }
 }
 
@@ -148,7 +127,7 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn keepalive_failed(role: &str, lease: i64, reason: &str) {
-    tracing::warn!(role, lease, "keepalive failed: {reason}");
-    metrics::counter!(telemetry::KEEPALIVE_FAILURES, "role" => role.to_owned()).increment(1);
+fn keepalive_failed(lease: i64, reason: &str) {
+    tracing::warn!(lease, "keepalive failed: {reason}");
+    metrics::counter!(telemetry::KEEPALIVE_FAILURES).increment(1);
 }
