@@ -256,7 +256,7 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
     info!("--- scrape once a keepalive round trip was measured");
     let keepalive_count = format!("{}_count", telemetry::KEEPALIVE_RTT_SECONDS);
     let (body, serving) = scrape_until(metrics, "a keepalive and a third takeover", |samples| {
-        of_role(samples, &keepalive_count).is_some_and(|count| count > 0.0)
+        value(samples, &keepalive_count, &[]).is_some_and(|count| count > 0.0)
             && of_role(samples, telemetry::TAKEOVERS) == Some(3.0)
             && state_gauge(samples, "serving") == Some(1.0)
     })
@@ -275,10 +275,11 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
     // The reloads after the crashes found the key the first term wrote.
     assert!(of_role(&serving, telemetry::RELOADED_KEYS).is_some_and(|keys| keys >= 2.0));
 
-    for histogram in [
-        telemetry::TAKEOVER_SECONDS,
-        telemetry::RELOAD_SECONDS,
-        telemetry::KEEPALIVE_RTT_SECONDS,
+    // The keepalive is the node's session's, one for every role: no role label.
+    for (histogram, labels) in [
+        (telemetry::TAKEOVER_SECONDS, &[("role", ROLE)][..]),
+        (telemetry::RELOAD_SECONDS, &[("role", ROLE)][..]),
+        (telemetry::KEEPALIVE_RTT_SECONDS, &[][..]),
     ] {
         assert!(
             body.contains(&format!("# TYPE {histogram} histogram")),
@@ -286,14 +287,21 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
         );
         let bucket = format!("{histogram}_bucket");
         for le in ["0.001", "30", "+Inf"] {
+            let mut labels = labels.to_vec();
+            labels.push(("le", le));
             assert!(
-                value(&serving, &bucket, &[("role", ROLE), ("le", le)]).is_some(),
+                value(&serving, &bucket, &labels).is_some(),
                 "no {bucket} with le={le}"
             );
         }
-        let count = of_role(&serving, &format!("{histogram}_count"));
+        let count = value(&serving, &format!("{histogram}_count"), labels);
         assert!(count.is_some_and(|count| count >= 1.0), "{histogram}");
     }
+    assert_eq!(
+        value(&serving, telemetry::SESSION_LEASES, &[]),
+        Some(1.0),
+        "one lease for the node's whole life: no crash gave its lease up"
+    );
     let takeovers = of_role(&serving, &format!("{}_count", telemetry::TAKEOVER_SECONDS));
     assert_eq!(takeovers, Some(3.0));
     for (name, kind) in [

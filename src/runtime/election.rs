@@ -341,7 +341,10 @@ impl<C: Coordinator> Election<C> {
                     sent_at: held.renewed_at,
                 })
             }
-            (Some(lease), _) => Some(Event::LeaseLost { lease }),
+            (Some(lease), _) => Some(Event::LeaseLost {
+                lease,
+                now: Instant::now(),
+            }),
             (None, Some(held))
                 if state.machine.phase() == Phase::Unleased && session.trusts(held.id) =>
             {

@@ -113,6 +113,9 @@ pub(crate) enum Event {
     LeaseLost {
         /// The lease that is gone.
         lease: i64,
+        /// Now: a lease whose renew deadline has passed was given up for
+        /// that, not lost to etcd.
+        now: Instant,
     },
     /// The clock, to check the renew deadline.
     Tick {
@@ -303,21 +306,27 @@ impl ElectionMachine {
                 }
                 Vec::new()
             }
-            Event::LeaseLost { lease } => {
+            Event::LeaseLost { lease, now } => {
                 if self.lease == Some(lease) {
+                    let reason = if self.deadline_passed(now) {
+                        StepDownReason::RenewDeadlineMissed
+                    } else {
+                        StepDownReason::LeaseLost
+                    };
                     // The key went with the lease: nothing is left to delete.
                     self.forget_lease();
-                    self.step_down(Afterwards::NewLease, StepDownReason::LeaseLost)
+                    self.step_down(Afterwards::NewLease, reason)
                 } else {
                     Vec::new()
                 }
             }
-            Event::Tick { now } => match self.last_renewal_sent {
-                Some(sent) if self.lease.is_some() && now >= sent + self.timings.renew_deadline => {
+            Event::Tick { now } => {
+                if self.lease.is_some() && self.deadline_passed(now) {
                     self.step_down(Afterwards::NewLease, StepDownReason::RenewDeadlineMissed)
+                } else {
+                    Vec::new()
                 }
-                _ => Vec::new(),
-            },
+            }
             Event::Elected { lease, revision } => {
                 if self.phase != Phase::Campaigning || self.lease != Some(lease) {
                     return Vec::new();
@@ -567,6 +576,12 @@ impl ElectionMachine {
         }
     }
 
+    /// Whether no renewal was sent within the renew deadline before `now`.
+    fn deadline_passed(&self, now: Instant) -> bool {
+        self.last_renewal_sent
+            .is_some_and(|sent| now >= sent + self.timings.renew_deadline)
+    }
+
     fn forget_lease(&mut self) {
         self.lease = None;
         self.last_renewal_sent = None;
@@ -755,16 +770,31 @@ mod tests {
     #[test]
     fn lost_lease_while_campaigning_starts_over_without_deactivating() {
         let mut machine = campaigning(Instant::now());
-        assert!(machine.on(Event::LeaseLost { lease: LEASE + 1 }).is_empty());
+        assert!(
+            machine
+                .on(Event::LeaseLost {
+                    lease: LEASE + 1,
+                    now: Instant::now()
+                })
+                .is_empty()
+        );
         assert_eq!(
-            machine.on(Event::LeaseLost { lease: LEASE }),
+            machine.on(Event::LeaseLost {
+                lease: LEASE,
+                now: Instant::now()
+            }),
             vec![Command::CancelCampaign],
             "the key went with the lease: nothing to delete"
         );
         assert_eq!(machine.phase(), Phase::Unleased);
         assert_eq!(machine.lease(), None);
         assert!(
-            machine.on(Event::LeaseLost { lease: LEASE }).is_empty(),
+            machine
+                .on(Event::LeaseLost {
+                    lease: LEASE,
+                    now: Instant::now()
+                })
+                .is_empty(),
             "heard once"
         );
     }
@@ -968,7 +998,14 @@ mod tests {
         let mut machine = serving(Instant::now());
         machine.on(Event::CoordinatorCrashed);
         machine.on(Event::CoordinatorStarted);
-        assert!(machine.on(Event::LeaseLost { lease: LEASE }).is_empty());
+        assert!(
+            machine
+                .on(Event::LeaseLost {
+                    lease: LEASE,
+                    now: Instant::now()
+                })
+                .is_empty()
+        );
         assert_eq!(machine.on(Event::Released), vec![]);
         assert_eq!(machine.phase(), Phase::Unleased);
     }
