@@ -15,7 +15,6 @@ use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id
 use crate::etcd::{EtcdError, GaveUp};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleCells, RoleShared};
-use crate::runtime::endpoint::RoleEndpoint;
 use crate::runtime::session::{Session, SessionMsg};
 use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
 use crate::runtime::witness::Witness;
@@ -136,7 +135,6 @@ impl<C: Coordinator> PendingRole for TypedRole<C> {
             self.shared
                 .status
                 .send_modify(|status| status.server_id = context.server_id);
-            let shared = self.shared.clone();
             let supervisor = RoleSupervisor::<C>::new(
                 self.role,
                 self.coordinator,
@@ -148,14 +146,6 @@ impl<C: Coordinator> PendingRole for TypedRole<C> {
                 Some(parent) => Actor::spawn_linked(None, supervisor, (), parent).await?,
                 None => Actor::spawn(None, supervisor, ()).await?,
             };
-            let (endpoint, _) = Actor::spawn_linked(
-                None,
-                RoleEndpoint::new(shared.clone()),
-                (),
-                actor.get_cell(),
-            )
-            .await?;
-            shared.endpoint.set(Some(endpoint));
             Ok(actor)
         })
     }

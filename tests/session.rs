@@ -5,6 +5,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use etcd_client::GetOptions;
 use standin::testing::EtcdServer;
 use support::*;
 use tracing::info;
@@ -31,14 +32,22 @@ async fn nodes_with_one_leader(etcd: &EtcdServer, count: usize) -> anyhow::Resul
     for index in 1..count {
         nodes.push(TestNode::start(config(etcd, index, 10), &roles, false).await?);
     }
-    wait_for(
-        "every role in line on every node",
+    let client = etcd.client().await?;
+    eventually(
+        "every node in line for every role",
         Duration::from_secs(20),
         || {
-            nodes
-                .iter()
-                .all(|node| node.roles.iter().all(|role| role.status().lease.is_some()))
-                .then_some(())
+            let client = client.clone();
+            let names = names.clone();
+            async move {
+                for role in names {
+                    let election = format!("{ROOT}/election/{role}/");
+                    let options = GetOptions::new().with_prefix().with_count_only();
+                    let found = client.clone().get(election, Some(options)).await.ok()?;
+                    (found.count() == count as i64).then_some(())?;
+                }
+                Some(())
+            }
         },
     )
     .await;

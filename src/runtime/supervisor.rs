@@ -1,16 +1,17 @@
-//! The role supervisor: runs a role's election actor and, when it fails, deletes its key and restarts it with backoff.
+//! The role supervisor: runs a role's endpoint and election actor; restarts a failed endpoint at once, and a failed election actor with backoff, once its key is deleted.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::backoff::Backoff;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, RoleMsg};
 use crate::etcd::recipe;
 use crate::etcd::session::RoleState;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::{Election, ElectionMsg};
+use crate::runtime::endpoint::RoleEndpoint;
 use crate::runtime::slot::Slot;
 use crate::task::OwnedTask;
 
@@ -63,6 +64,20 @@ impl<C: Coordinator> RoleSupervisor<C> {
         state.started_at = Instant::now();
         Ok(())
     }
+
+    /// Starts the role's endpoint: the actor that takes the role's requests
+    /// as messages, whichever coordinator runs behind it.
+    async fn start_endpoint(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut RoleSupervisorState<C>,
+    ) -> Result<(), ActorProcessingErr> {
+        let endpoint = RoleEndpoint::new(self.shared.clone());
+        let (actor, _) = Actor::spawn_linked(None, endpoint, (), myself.get_cell()).await?;
+        self.shared.endpoint.set(Some(actor.clone()));
+        state.endpoint = Some(actor);
+        Ok(())
+    }
 }
 
 /// Messages to a role supervisor.
@@ -76,6 +91,7 @@ pub(crate) enum SupervisorMsg {
 /// What a role supervisor's state changes between messages.
 pub(crate) struct RoleSupervisorState<C: Coordinator> {
     election: Option<ActorRef<ElectionMsg<C>>>,
+    endpoint: Option<ActorRef<RoleMsg<C>>>,
     backoff: Backoff,
     started_at: Instant,
     shutting_down: bool,
@@ -95,11 +111,13 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = RoleSupervisorState {
             election: None,
+            endpoint: None,
             backoff: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
             started_at: Instant::now(),
             shutting_down: false,
             releasing: None,
         };
+        self.start_endpoint(&myself, &mut state).await?;
         self.start_election(&myself, &mut state).await?;
         Ok(state)
     }
@@ -150,11 +168,20 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
             }
             _ => return Ok(()),
         };
-        let is_election = state
-            .election
-            .as_ref()
-            .is_some_and(|election| election.get_id() == cell.get_id());
-        if !is_election || state.shutting_down {
+        if state.shutting_down {
+            return Ok(());
+        }
+        let is = |actor: Option<ActorCell>| actor.is_some_and(|a| a.get_id() == cell.get_id());
+        if is(state.endpoint.as_ref().map(|e| e.get_cell())) {
+            // It holds no state: a new one takes the role's messages at once.
+            tracing::error!(
+                role = self.role,
+                "role endpoint failed ({reason}); restarting it"
+            );
+            self.shared.endpoint.set(None);
+            return self.start_endpoint(&myself, state).await;
+        }
+        if !is(state.election.as_ref().map(|e| e.get_cell())) {
             return Ok(());
         }
         state.election = None;
