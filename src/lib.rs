@@ -59,9 +59,11 @@
 //!
 //! ```text
 //! Node                       etcd client, config, the roles it runs
-//! └─ RoleSupervisor          one per role; restarts a failed election actor, revoking its lease
+//! ├─ Session                 the node's one etcd lease (grant, keepalive, revoke), shared by every role's keys
+//! ├─ Witness                 the socket peers watch, and the watcher of the leaders' witnesses
+//! └─ RoleSupervisor          one per role; spawns and supervises its endpoint and election
 //!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), stable across restarts
-//!    └─ Election             holds the role's etcd lease, campaigns, decides (a pure state machine)
+//!    └─ Election             the role's key on the session's lease: campaigns, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps your Coordinator: Standby -> Activating -> Serving -> Standby
 //!       └─ ReloadActor       keeps {root}/meta/{role}/ warm while standby; on a win, catches it up before it serves
 //! ```

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! Node                       runtime handle: etcd client, config, the roles it runs
+//! ├─ Session                 the node's one lease: grant, keepalive, revoke; the view every term reads
 //! ├─ Witness                 the socket peers watch, and the watcher of leaders' witnesses (tasks)
-//! └─ RoleSupervisor          one per role; restarts a failed election actor, revoking its lease
-//!    └─ Election             holds the role's etcd lease, campaigns, owns the serving Term, decides (a pure state machine)
+//! └─ RoleSupervisor          one per role: spawns its endpoint and election; deletes a failed election's key, restarts it
+//!    ├─ RoleEndpoint         takes the role's requests as messages
+//!    └─ Election             the role's key on the session's lease, campaigns, owns the serving Term, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps the user's coordinator: Standby -> Activating -> Serving -> Standby
 //!       └─ ReloadActor       loads {root}/meta/{role}/ at the won revision, in pages
 //! ```
