@@ -783,6 +783,25 @@ fn check_faults(history: &History, report: &mut Report) {
         }
     }
     revoked.into(report);
+    // Roles share their node's lease: a fault that ends one role's term
+    // must leave every other term on that lease alone.
+    let mut bystanders = Kind::new("a role's fault ended another role's term");
+    for fault in &history.faults {
+        for &(role, epoch, kept) in &fault.bystanders {
+            if !kept {
+                bystanders.push(format!(
+                    "fault {} ({} of {} on node {:?}, at {} ms): {}'s term at epoch {epoch} on the same node ended",
+                    fault.index,
+                    fault.kind,
+                    fault.role.map_or("?", |r| ROLES[r]),
+                    fault.node,
+                    history.ms(fault.at),
+                    ROLES[role],
+                ));
+            }
+        }
+    }
+    bystanders.into(report);
     let mut errors = Kind::new("client error");
     for error in &history.client_errors {
         errors.push(format!(
@@ -918,6 +937,7 @@ mod tests {
                 detail: String::new(),
                 clients_paused: None,
                 witness_revoked: Some(revoked),
+                bystanders: Vec::new(),
             };
             self.recorder.lock().faults.push(fault);
         }
@@ -951,6 +971,23 @@ mod tests {
                 kinds(&report).contains(&"witness revoked a live leader"),
                 violation,
                 "{kind} revoked={revoked}: {:?}",
+                report.messages
+            );
+        }
+    }
+
+    #[test]
+    fn a_fault_of_one_role_that_ends_another_roles_term_on_the_same_lease_is_a_violation() {
+        for kept in [true, false] {
+            let h = Builder::new();
+            h.serving(0, 5, 0, 200);
+            h.fault("crash-election", TSO, 5, 100, false);
+            h.recorder.lock().faults[0].bystanders = vec![(TSO + 1, 7, kept)];
+            let report = h.check();
+            assert_eq!(
+                kinds(&report).contains(&"a role's fault ended another role's term"),
+                !kept,
+                "kept={kept}: {:?}",
                 report.messages
             );
         }

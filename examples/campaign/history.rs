@@ -185,6 +185,10 @@ pub struct FaultRecord {
     /// Whether a peer's death witness revoked the leases of the node the
     /// fault hit, from the fault until it recovered; `None` for etcd.
     pub witness_revoked: Option<bool>,
+    /// The other roles the hit node led, on the same lease, when a fault
+    /// that ends one role's term hit: (role, epoch, whether that term still
+    /// held its leader key once the hit role had recovered).
+    pub bystanders: Vec<(usize, i64, bool)>,
 }
 
 /// A failed allocation: a client that rides through failovers should see none.

@@ -319,6 +319,12 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             .filter(|f| f.bound == faults::COLD_KILL_BOUND)
             .count()
     );
+    let spared: Vec<_> = history.faults.iter().flat_map(|f| &f.bystanders).collect();
+    println!(
+        "campaign: shared-lease bystanders n={} served-on={}",
+        spared.len(),
+        spared.iter().filter(|(_, _, kept)| *kept).count()
+    );
     for message in &report.messages {
         println!("VIOLATION: {message}");
     }

@@ -114,6 +114,21 @@ impl Fault {
         }
     }
 
+    /// Whether the fault ends the term of the role it hits only: the other
+    /// roles its node leads, on the same lease, must serve on untouched.
+    fn spares_other_roles(self) -> bool {
+        matches!(
+            self,
+            Fault::CrashCoordinator
+                | Fault::CrashElection
+                | Fault::CrashReload
+                | Fault::HangActivation
+                | Fault::DeleteKey
+                | Fault::Resign
+                | Fault::Transfer
+        )
+    }
+
     /// How long after the fault a healthy node must serve, when
     /// `warm_standby` says whether a live peer held a loaded copy of the
     /// role's metadata as it hit.
@@ -207,6 +222,17 @@ impl Cluster {
             let mut coordination = CoordinationClient::new(self.control[node].clone());
             let _ =
                 tokio::time::timeout(STATUS_WITHIN, coordination.status(StatusRequest {})).await;
+        }
+        let mut bystanders = Vec::new();
+        if fault.spares_other_roles() {
+            for (other, &(holder, held)) in leaders.iter().enumerate() {
+                if other != role
+                    && holder == node
+                    && self.leader_key(ROLES[other], held).await?.is_some()
+                {
+                    bystanders.push((other, held));
+                }
+            }
         }
         let marks = self.log_marks();
         let target_server = self.server_id_of(node);
@@ -410,6 +436,13 @@ impl Cluster {
         for hammer in hammers {
             detail = format!("{detail}; {}", hammer.await?);
         }
+        let mut spared = Vec::new();
+        for (other, held) in bystanders {
+            let kept = self.leader_key(ROLES[other], held).await?.is_some();
+            let outcome = if kept { "served on" } else { "lost its term" };
+            detail = format!("{detail}; {} on the same node {outcome}", ROLES[other]);
+            spared.push((other, held, kept));
+        }
         let witness_revoked = target.map(|node| {
             target_server.is_some_and(|server| self.witness_revoked(node, server, &marks))
         });
@@ -426,6 +459,7 @@ impl Cluster {
             detail,
             clients_paused: None,
             witness_revoked,
+            bystanders: spared,
         })
     }
 
