@@ -389,7 +389,6 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Instant;
 
     use tokio::sync::{Semaphore, oneshot};
 
