@@ -450,6 +450,12 @@ impl Drop for Node {
         for cells in &self.cells {
             cells.stop();
         }
+        // Read before the session goes: its end empties the view.
+        let lease = self
+            .context
+            .as_ref()
+            .and_then(|context| context.session.current())
+            .map(|held| held.id);
         for (_, supervisor) in self.running.drain(..) {
             supervisor.kill();
         }
@@ -457,7 +463,6 @@ impl Drop for Node {
             session.kill();
         }
         if let Some(context) = &self.context {
-            let lease = context.session.current().map(|held| held.id);
             revoke_on_drop(&context.config, lease);
         }
     }
