@@ -14,7 +14,7 @@ use crate::etcd::recipe::{self, CampaignError, Leader};
 use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id};
 use crate::etcd::{EtcdError, GaveUp};
 use crate::role::{RoleControl, RoleHandle};
-use crate::runtime::context::{NodeContext, RoleCells, RoleShared};
+use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::session::{Session, SessionMsg};
 use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
 use crate::runtime::witness::Witness;
@@ -108,14 +108,12 @@ pub enum NodeError {
 
 type LaunchFuture = Pin<Box<dyn Future<Output = Result<ActorRef<SupervisorMsg>, SpawnErr>> + Send>>;
 
-/// A role added to a node, not started yet; erases the coordinator type.
-trait PendingRole: Send {
+/// A role of the node without its coordinator type: what the node does to it.
+trait NodeRole: Send + Sync {
     /// Spawns the role's supervisor, linked under `parent` when given.
-    fn launch(
-        self: Box<Self>,
-        context: Arc<NodeContext>,
-        parent: Option<ActorCell>,
-    ) -> LaunchFuture;
+    fn launch(&self, context: Arc<NodeContext>, parent: Option<ActorCell>) -> LaunchFuture;
+    /// Ends the role here for good (see `RoleShared::stop`).
+    fn stop(&self);
 }
 
 struct TypedRole<C: Coordinator> {
@@ -125,23 +123,20 @@ struct TypedRole<C: Coordinator> {
     election: ElectionSlot<C>,
 }
 
-impl<C: Coordinator> PendingRole for TypedRole<C> {
-    fn launch(
-        self: Box<Self>,
-        context: Arc<NodeContext>,
-        parent: Option<ActorCell>,
-    ) -> LaunchFuture {
+impl<C: Coordinator> NodeRole for TypedRole<C> {
+    fn launch(&self, context: Arc<NodeContext>, parent: Option<ActorCell>) -> LaunchFuture {
+        let supervisor = RoleSupervisor::<C>::new(
+            self.role.clone(),
+            self.coordinator.clone(),
+            context.clone(),
+            self.shared.clone(),
+            self.election.clone(),
+        );
+        let shared = self.shared.clone();
         Box::pin(async move {
-            self.shared
+            shared
                 .status
                 .send_modify(|status| status.server_id = context.server_id);
-            let supervisor = RoleSupervisor::<C>::new(
-                self.role,
-                self.coordinator,
-                context,
-                self.shared,
-                self.election,
-            );
             let (actor, _) = match parent {
                 Some(parent) => Actor::spawn_linked(None, supervisor, (), parent).await?,
                 None => Actor::spawn(None, supervisor, ()).await?,
@@ -149,6 +144,18 @@ impl<C: Coordinator> PendingRole for TypedRole<C> {
             Ok(actor)
         })
     }
+
+    fn stop(&self) {
+        self.shared.stop();
+    }
+}
+
+/// One role of the node: its handle, and its supervisor while it runs.
+struct RoleEntry {
+    name: String,
+    role: Box<dyn NodeRole>,
+    control: Arc<dyn RoleControl>,
+    supervisor: Option<ActorRef<SupervisorMsg>>,
 }
 
 /// Refuses to start when a role configured exclusive (as Milvus does for a
@@ -201,10 +208,7 @@ async fn check_exclusive_roles(
 /// One process's standin runtime: the roles it runs, each kept highly available.
 pub struct Node {
     config: Config,
-    pending: Vec<(String, Box<dyn PendingRole>)>,
-    controls: Vec<Arc<dyn RoleControl>>,
-    cells: Vec<Arc<dyn RoleCells>>,
-    running: Vec<(String, ActorRef<SupervisorMsg>)>,
+    roles: Vec<RoleEntry>,
     /// The node's etcd session: the one lease every role's keys hang on.
     session: Option<ActorRef<SessionMsg>>,
     context: Option<Arc<NodeContext>>,
@@ -221,10 +225,7 @@ impl Node {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            pending: Vec::new(),
-            controls: Vec::new(),
-            cells: Vec::new(),
-            running: Vec::new(),
+            roles: Vec::new(),
             session: None,
             context: None,
             steering: None,
@@ -246,7 +247,7 @@ impl Node {
         if !valid {
             return Err(NodeError::BadRoleName(role.to_owned()));
         }
-        if self.pending.iter().any(|(name, _)| name == role) {
+        if self.roles.iter().any(|entry| entry.name == role) {
             return Err(NodeError::DuplicateRole(role.to_owned()));
         }
         let shared = Arc::new(RoleShared::new(role));
@@ -257,10 +258,13 @@ impl Node {
             shared: shared.clone(),
             election: election.clone(),
         };
-        self.pending.push((role.to_owned(), Box::new(typed)));
-        let handle = RoleHandle::new(shared.clone(), election.clone());
-        self.controls.push(Arc::new(handle.clone()));
-        self.cells.push(shared);
+        let handle = RoleHandle::new(shared, election);
+        self.roles.push(RoleEntry {
+            name: role.to_owned(),
+            role: Box::new(typed),
+            control: Arc::new(handle.clone()),
+            supervisor: None,
+        });
         Ok(handle)
     }
 
@@ -287,12 +291,12 @@ impl Node {
         if self.context.is_some() {
             return Err(NodeError::BadLifecycle("the node is already started"));
         }
-        if self.pending.is_empty() {
+        if self.roles.is_empty() {
             return Err(NodeError::BadLifecycle("a node needs at least one role"));
         }
         self.config.validate()?;
         let warnings = {
-            let names: Vec<&str> = self.pending.iter().map(|(role, _)| role.as_str()).collect();
+            let names: Vec<&str> = self.roles.iter().map(|entry| entry.name.as_str()).collect();
             self.config.deployment_warnings(&names)
         };
         for warning in warnings {
@@ -301,9 +305,7 @@ impl Node {
         let client = crate::etcd::connect_checked(&self.config.etcd).await?;
         self.steering = crate::etcd::steer(&client, &self.config.etcd);
         let layout = Layout::new(&self.config.etcd.root_path);
-        // Names copied out: the pending roles are not Sync, and a borrow of
-        // them held across the await would make this future not Send.
-        let roles: Vec<String> = self.pending.iter().map(|(role, _)| role.clone()).collect();
+        let roles: Vec<String> = self.roles.iter().map(|entry| entry.name.clone()).collect();
         check_exclusive_roles(&self.config, &client, &layout, &roles).await?;
         let retry = Backoff::new(self.config.etcd.retry.clone());
         let server_id = crate::etcd::retry_bounded(
@@ -347,18 +349,23 @@ impl Node {
             session_actor: session,
         });
         self.context = Some(context.clone());
-        for (role, pending) in std::mem::take(&mut self.pending) {
-            let supervisor = pending
+        for entry in &mut self.roles {
+            let supervisor = entry
+                .role
                 .launch(context.clone(), parent.clone())
                 .await
                 .map_err(|source| NodeError::SpawnFailed {
-                    role: role.clone(),
+                    role: entry.name.clone(),
                     source,
                 })?;
-            self.running.push((role, supervisor));
+            entry.supervisor = Some(supervisor);
         }
         if let Some(witness) = &mut witness {
-            let statuses = self.cells.iter().map(|cells| cells.status()).collect();
+            let statuses = self
+                .roles
+                .iter()
+                .map(|entry| entry.control.subscribe())
+                .collect();
             witness.watch_leaders(context.client.clone(), &self.config, server_id, statuses);
         }
         self.witness = witness;
@@ -367,7 +374,10 @@ impl Node {
 
     /// Every role of this node, without coordinator types.
     pub fn roles(&self) -> Vec<Arc<dyn RoleControl>> {
-        self.controls.clone()
+        self.roles
+            .iter()
+            .map(|entry| entry.control.clone())
+            .collect()
     }
 
     /// What the metrics port's `/readyz` and `/status` report about this
@@ -402,24 +412,28 @@ impl Node {
     /// and reports [`RoleState::Stopped`](crate::RoleState::Stopped).
     ///
     /// This is the graceful way to stop. Dropping a started node without it
-    /// stops serving at once and revokes its leases (a peer takes over in
+    /// stops serving at once and revokes its lease (a peer takes over in
     /// milliseconds), but runs no deactivation hook.
     pub async fn shutdown(mut self) {
         // The supervisor's own bound on the handover, plus time to kill and revoke.
         let bound = self.config.handover_bound() * 2;
-        let handovers = self.running.drain(..).map(|(role, supervisor)| async move {
-            if let Err(error) = ractor::call_t!(
-                supervisor,
-                SupervisorMsg::Shutdown,
-                bound.as_millis() as u64
-            ) {
-                tracing::warn!(role, "shutdown did not complete cleanly: {error}");
-                supervisor.kill();
-            }
+        let handovers = self.roles.iter_mut().filter_map(|entry| {
+            let supervisor = entry.supervisor.take()?;
+            let role = entry.name.as_str();
+            Some(async move {
+                if let Err(error) = ractor::call_t!(
+                    supervisor,
+                    SupervisorMsg::Shutdown,
+                    bound.as_millis() as u64
+                ) {
+                    tracing::warn!(role, "shutdown did not complete cleanly: {error}");
+                    supervisor.kill();
+                }
+            })
         });
         futures::future::join_all(handovers).await;
-        for cells in &self.cells {
-            cells.stop();
+        for entry in &self.roles {
+            entry.role.stop();
         }
         // Every role has handed over: the lease their keys hung on goes.
         if let Some(session) = self.session.take() {
@@ -441,14 +455,14 @@ impl Node {
 
 impl Drop for Node {
     /// A node dropped without [`Node::shutdown`] must not keep serving, nor
-    /// hold its roles until their leases expire: its roles stop answering at
-    /// once, its actors are killed and its leases revoked.
+    /// hold its roles until their lease expires: its roles stop answering at
+    /// once, its actors are killed and its lease revoked.
     fn drop(&mut self) {
-        if self.running.is_empty() {
+        if self.roles.iter().all(|entry| entry.supervisor.is_none()) {
             return;
         }
-        for cells in &self.cells {
-            cells.stop();
+        for entry in &self.roles {
+            entry.role.stop();
         }
         // Read before the session goes: its end empties the view.
         let lease = self
@@ -456,7 +470,11 @@ impl Drop for Node {
             .as_ref()
             .and_then(|context| context.session.current())
             .map(|held| held.id);
-        for (_, supervisor) in self.running.drain(..) {
+        for supervisor in self
+            .roles
+            .iter_mut()
+            .filter_map(|entry| entry.supervisor.take())
+        {
             supervisor.kill();
         }
         if let Some(session) = self.session.take() {

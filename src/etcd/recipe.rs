@@ -4,6 +4,7 @@
 //! the lowest create revision leads; a waiter watches only the candidate just
 //! ahead of it, so a leader change wakes one process, not the whole herd.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::etcd::session::SessionInfo;
@@ -365,8 +366,9 @@ impl Leader {
 /// What an observer reports: the leader, or none when nobody leads.
 pub(crate) type ObservedLeader = Option<Leader>;
 
-/// Follows the election's leader until `report` returns false: reads it,
-/// then re-reads it on every change under the election prefix. Failures are
+/// Follows the election's leader until `report` returns false, reporting
+/// each change: reads every candidate once, then follows them from the
+/// watch under the election prefix, without a read per event. Failures are
 /// logged and retried after `retry_after`; a corrupt leader value is reported
 /// and treated as "leader unknown".
 pub(crate) async fn observe(
@@ -393,19 +395,50 @@ async fn observe_once(
     prefix: &str,
     report: &mut (impl FnMut(ObservedLeader) -> bool + Send),
 ) -> Result<(), CampaignError> {
-    let mut stream = client
-        .watch_client()
-        .watch(prefix, Some(WatchOptions::new().with_prefix()))
+    // Every candidate, read once and then kept current from the watch: an
+    // event costs no read, so a handover watched by N standbys costs etcd
+    // N events, not N reads per event.
+    let snapshot = client
+        .kv_client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
+    let revision = snapshot.header().map_or(0, |header| header.revision());
+    let mut candidates: HashMap<Vec<u8>, KeyValue> = snapshot
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.clone()))
+        .collect();
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut stream = client.watch_client().watch(prefix, Some(options)).await?;
+    // The leader's key and the revision of its value, as last reported.
+    let mut reported: Option<Option<(Vec<u8>, i64)>> = None;
     loop {
-        let current = leader(client, election).await?.and_then(|kv| {
-            Leader::decode(&kv)
-                .inspect_err(|error| tracing::error!("{error}"))
-                .ok()
-        });
-        if !report(current) {
-            return Ok(());
+        let oldest = candidates.values().min_by_key(|kv| kv.create_revision());
+        let seen = oldest.map(|kv| (kv.key().to_vec(), kv.mod_revision()));
+        if reported.as_ref() != Some(&seen) {
+            let current = oldest.and_then(|kv| {
+                Leader::decode(kv)
+                    .inspect_err(|error| tracing::error!(election, "{error}"))
+                    .ok()
+            });
+            if !report(current) {
+                return Ok(());
+            }
+            reported = Some(seen);
         }
-        next_response(&mut stream, prefix).await?;
+        let response = next_response(&mut stream, prefix).await?;
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                EventType::Put => {
+                    candidates.insert(kv.key().to_vec(), kv.clone());
+                }
+                EventType::Delete => {
+                    candidates.remove(kv.key());
+                }
+            }
+        }
     }
 }

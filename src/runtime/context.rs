@@ -164,21 +164,3 @@ impl<C: Coordinator> RoleShared<C> {
         crate::telemetry::set_role_state(&self.role, RoleState::Stopped);
     }
 }
-
-/// A role's cells without its coordinator type, for the node that stops them.
-pub(crate) trait RoleCells: Send + Sync {
-    /// See [`RoleShared::stop`].
-    fn stop(&self);
-    /// Follows the role's status (for the death witness: whom it stands by for).
-    fn status(&self) -> watch::Receiver<RoleStatus>;
-}
-
-impl<C: Coordinator> RoleCells for RoleShared<C> {
-    fn stop(&self) {
-        RoleShared::stop(self);
-    }
-
-    fn status(&self) -> watch::Receiver<RoleStatus> {
-        self.status.subscribe()
-    }
-}
