@@ -729,6 +729,12 @@ impl SessionConfig {
         self.keepalive_timeout.unwrap_or(self.ttl / 4)
     }
 
+    /// How often the renew deadline is checked: a twentieth of it, between
+    /// 10 ms and 250 ms, so a step-down comes at most that late.
+    pub fn deadline_check_interval(&self) -> Duration {
+        (self.renew_deadline() / 20).clamp(Duration::from_millis(10), Duration::from_millis(250))
+    }
+
     /// The renew deadline: the configured one, or `2 * ttl / 3`.
     pub fn renew_deadline(&self) -> Duration {
         // Divide last so the derived deadline is not rounded down twice.

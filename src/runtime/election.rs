@@ -995,8 +995,7 @@ impl<C: Coordinator> Actor for Election<C> {
         };
         let session_changes = Self::spawn(&myself, "following the session", follow_session);
         let session = &self.context.config.session;
-        let tick = (session.renew_deadline() / 20)
-            .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let tick = session.deadline_check_interval();
         let timers = vec![
             myself.send_interval(tick, || ElectionMsg::Tick),
             myself.send_interval(session.standby_log_interval, || {

@@ -259,7 +259,7 @@ impl Actor for Session {
     ) -> Result<Self::State, ActorProcessingErr> {
         let deadline = self.config.session.renew_deadline();
         metrics::gauge!(telemetry::RENEW_DEADLINE_SECONDS).set(deadline.as_secs_f64());
-        let tick = (deadline / 20).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let tick = self.config.session.deadline_check_interval();
         let ticks = myself.send_interval(tick, || SessionMsg::Tick);
         let mut state = SessionState {
             held: self.held.clone(),
