@@ -1,4 +1,4 @@
-//! The etcd layer: connecting and retrying, steering calls away from dead members, the session layout, etcd's election recipe, and reading a deployment back.
+//! The etcd layer: connecting and retrying, steering calls away from dead members, the session layout, etcd's election recipe, many watches on few streams, and reading a deployment back.
 
 mod connect;
 pub mod inspect;
@@ -6,8 +6,10 @@ mod lease;
 pub mod recipe;
 pub mod session;
 mod steering;
+mod watch;
 
 pub use connect::{EtcdError, connect, connect_checked};
 pub(crate) use connect::{GaveUp, best_effort, endpoint_url, retry_bounded};
 pub(crate) use lease::{delete_key, revoke};
 pub use steering::{EndpointsError, Steering, steer};
+pub(crate) use watch::{Watch, WatchHub};

@@ -12,13 +12,23 @@ use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
 use crate::etcd::recipe::{self, CampaignError, Leader};
 use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id};
-use crate::etcd::{EtcdError, GaveUp};
+use crate::etcd::{EtcdError, GaveUp, WatchHub};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::session::{Session, SessionMsg};
 use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
 use crate::runtime::witness::Witness;
 pub use crate::runtime::witness::WitnessError;
+
+/// The watch streams the node's election watches share, whatever the
+/// number of roles. More than one because etcd buffers 128 responses per
+/// stream and retries the watches it could not send into a full buffer
+/// only every 10 ms: a node that leads hundreds of roles and dies sends
+/// each survivor a burst of that size.
+const ELECTION_WATCH_STREAMS: usize = 4;
+
+/// The largest election watch response: etcd-client's default.
+const ELECTION_WATCH_LIMIT: usize = 4 << 20;
 
 /// Failures to start or stop a node.
 #[derive(Debug, thiserror::Error)]
@@ -340,6 +350,12 @@ impl Node {
         .map_err(NodeError::SessionFailed)?;
         self.session = Some(session.clone());
         let context = Arc::new(NodeContext {
+            watches: WatchHub::new(client.clone(), ELECTION_WATCH_STREAMS, ELECTION_WATCH_LIMIT),
+            metadata_watches: WatchHub::new(
+                client.clone(),
+                1,
+                crate::runtime::reload::WATCH_MESSAGE_LIMIT,
+            ),
             client,
             config: self.config.clone(),
             layout,

@@ -117,6 +117,14 @@ pub enum TestingError {
         #[source]
         source: std::io::Error,
     },
+    /// etcd's `/metrics` could not be read, or lacks a metric.
+    #[error("reading etcd's metrics on {endpoint}: {message}")]
+    MetricsUnreadable {
+        /// The client endpoint asked.
+        endpoint: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A condition a test waited for did not hold within its deadline.
     #[error("{what} did not happen within {deadline:?}{}", last.as_ref().map(|l| format!(" (last seen: {l})")).unwrap_or_default())]
     TimedOut {

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::etcd::session::SessionInfo;
+use crate::etcd::{Watch, WatchHub};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
 };
 
 /// This candidate's key in the election and its create revision, which is the
@@ -108,12 +109,12 @@ pub(crate) async fn join(
 /// Waits until every candidate created before `me` is gone while `me`
 /// still exists: from then on `me` leads.
 pub(crate) async fn wait_until_leader(
-    client: &Client,
+    watches: &WatchHub,
     election: &str,
     me: &Candidacy,
 ) -> Result<(), CampaignError> {
     let prefix = format!("{election}/");
-    let mut kv = client.kv_client();
+    let mut kv = watches.client().kv_client();
     loop {
         let older = GetOptions::new()
             .with_prefix()
@@ -149,7 +150,7 @@ pub(crate) async fn wait_until_leader(
         };
         let revision = predecessor.create_revision();
         let predecessor = String::from_utf8_lossy(predecessor.key()).into_owned();
-        until_gone(client, &predecessor, revision).await?;
+        until_gone(watches, &predecessor, revision).await?;
     }
 }
 
@@ -168,9 +169,9 @@ async fn still_ours(client: &Client, key: &str, revision: i64) -> Result<bool, C
 /// Returns once our leader key (created at `revision`) is gone: deleted, or
 /// replaced by a key of another term. A broken watch is re-opened, so a
 /// leader never stops noticing that it was deposed.
-pub(crate) async fn watch_own_key(client: &Client, key: &str, revision: i64, retry: Duration) {
+pub(crate) async fn watch_own_key(watches: &WatchHub, key: &str, revision: i64, retry: Duration) {
     loop {
-        match until_gone(client, key, revision).await {
+        match until_gone(watches, key, revision).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(key, "watching our leader key failed, re-opening: {error}");
@@ -189,22 +190,22 @@ pub(crate) async fn watch_own_key(client: &Client, key: &str, revision: i64, ret
 /// the present would learn of the deletion first and could win and serve
 /// while we still did; for a predecessor's, every takeover that followed a
 /// write to etcd between our read and our watch waited up to 100 ms more.
-async fn until_gone(client: &Client, key: &str, revision: i64) -> Result<(), CampaignError> {
-    let mut stream = client.watch_client().watch(key, None).await?;
+async fn until_gone(watches: &WatchHub, key: &str, revision: i64) -> Result<(), CampaignError> {
+    let mut stream = watches.watch(key, None).await?;
     if !next_response(&mut stream, key).await?.created() {
         return Err(CampaignError::WatchEnded {
             key: key.to_owned(),
             reason: "etcd did not confirm the watch".into(),
         });
     }
-    if !still_ours(client, key, revision).await? {
+    if !still_ours(watches.client(), key, revision).await? {
         return Ok(());
     }
     until_deleted(&mut stream, key).await
 }
 
 /// Reads `stream`, a watch on `key`, until it reports a deletion.
-async fn until_deleted(stream: &mut WatchStream, key: &str) -> Result<(), CampaignError> {
+async fn until_deleted(stream: &mut Watch, key: &str) -> Result<(), CampaignError> {
     loop {
         let response = next_response(stream, key).await?;
         if response
@@ -219,10 +220,7 @@ async fn until_deleted(stream: &mut WatchStream, key: &str) -> Result<(), Campai
 
 /// The next response of `stream`, a watch on `key`; a cancelled or closed
 /// watch is an error, for the caller to re-open.
-async fn next_response(
-    stream: &mut WatchStream,
-    key: &str,
-) -> Result<WatchResponse, CampaignError> {
+async fn next_response(stream: &mut Watch, key: &str) -> Result<WatchResponse, CampaignError> {
     let ended = |reason: String| CampaignError::WatchEnded {
         key: key.to_owned(),
         reason,
@@ -301,19 +299,18 @@ pub(crate) enum Succession {
 /// every change under the election prefix while the candidates between the
 /// two make way. `stalled` is told who is still in between after each read.
 pub(crate) async fn await_succession(
-    client: &Client,
+    watches: &WatchHub,
     election: &str,
     leader: &Candidacy,
     target: (&str, i64),
     mut stalled: impl FnMut(Vec<KeyValue>) + Send,
 ) -> Result<Succession, CampaignError> {
     let prefix = format!("{election}/");
-    let mut stream = client
-        .watch_client()
+    let mut stream = watches
         .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
         .await?;
     loop {
-        let mut line = candidates(client, election).await?.into_iter();
+        let mut line = candidates(watches.client(), election).await?.into_iter();
         let first = line.next();
         if !first.as_ref().is_some_and(|kv| {
             kv.key() == leader.key.as_bytes() && kv.create_revision() == leader.revision
@@ -372,14 +369,14 @@ pub(crate) type ObservedLeader = Option<Leader>;
 /// logged and retried after `retry_after`; a corrupt leader value is reported
 /// and treated as "leader unknown".
 pub(crate) async fn observe(
-    client: Client,
+    watches: WatchHub,
     election: String,
     retry_after: Duration,
     mut report: impl FnMut(ObservedLeader) -> bool + Send,
 ) {
     let prefix = format!("{election}/");
     loop {
-        match observe_once(&client, &election, &prefix, &mut report).await {
+        match observe_once(&watches, &election, &prefix, &mut report).await {
             Ok(()) => return,
             Err(error) => {
                 tracing::warn!(election, "following the leader failed, retrying: {error}");
@@ -390,7 +387,7 @@ pub(crate) async fn observe(
 }
 
 async fn observe_once(
-    client: &Client,
+    watches: &WatchHub,
     election: &str,
     prefix: &str,
     report: &mut (impl FnMut(ObservedLeader) -> bool + Send),
@@ -398,7 +395,8 @@ async fn observe_once(
     // Every candidate, read once and then kept current from the watch: an
     // event costs no read, so a handover watched by N standbys costs etcd
     // N events, not N reads per event.
-    let snapshot = client
+    let snapshot = watches
+        .client()
         .kv_client()
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await?;
@@ -411,7 +409,7 @@ async fn observe_once(
     let options = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
-    let mut stream = client.watch_client().watch(prefix, Some(options)).await?;
+    let mut stream = watches.watch(prefix, Some(options)).await?;
     // The leader's key and the revision of its value, as last reported.
     let mut reported: Option<Option<(Vec<u8>, i64)>> = None;
     loop {

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::coordinator::{Coordinator, RoleMsg, ServeError};
+use crate::etcd::WatchHub;
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION, WitnessInfo};
 use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::faults::Faults;
@@ -21,6 +22,13 @@ use crate::status::{MetadataCopy, RoleStatus};
 pub(crate) struct NodeContext {
     /// The etcd client (cheap to clone).
     pub client: Client,
+    /// The few watch streams every election watch of the node shares:
+    /// predecessor waits, own keys, leader observers, transfers.
+    pub watches: WatchHub,
+    /// The streams the metadata followers share, apart from the election's:
+    /// one revision of a large prefix can be a response of megabytes, which
+    /// must not hold up a predecessor's deletion behind it.
+    pub metadata_watches: WatchHub,
     /// The validated configuration.
     pub config: Config,
     /// The etcd key layout.

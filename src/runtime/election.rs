@@ -481,6 +481,7 @@ impl<C: Coordinator> Election<C> {
         state.campaign_generation += 1;
         let generation = state.campaign_generation;
         let client = self.context.client.clone();
+        let watches = self.context.watches.clone();
         let election = self.election.clone();
         let value = self
             .context
@@ -518,7 +519,7 @@ impl<C: Coordinator> Election<C> {
                     lease,
                     revision: candidacy.revision,
                 });
-                recipe::wait_until_leader(&client, &election, &candidacy).await?;
+                recipe::wait_until_leader(&watches, &election, &candidacy).await?;
                 Ok::<_, recipe::CampaignError>(candidacy)
             };
             let candidacy = match won.await {
@@ -541,7 +542,7 @@ impl<C: Coordinator> Election<C> {
             });
             // While leading, watch our own key: if anyone deletes it,
             // the next candidate leads and we must not keep serving.
-            recipe::watch_own_key(&client, &key, revision, retry).await;
+            recipe::watch_own_key(&watches, &key, revision, retry).await;
             let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
                 generation,
                 revision,
@@ -807,11 +808,11 @@ impl<C: Coordinator> Election<C> {
             return;
         };
         self.publish_session(state, RoleState::Serving);
-        let client = self.context.client.clone();
+        let watches = self.context.watches.clone();
         let election = self.election.clone();
         let report = myself.clone();
         let wait = async move {
-            let outcome = transfer::settle(&client, &election, &leader, &plan, within).await;
+            let outcome = transfer::settle(&watches, &election, &leader, &plan, within).await;
             let _ = report.send_message(ElectionMsg::TransferSettled { revision, outcome });
         };
         state.transfer_task = Some(Self::spawn(myself, "waiting for the line to reorder", wait));
@@ -848,7 +849,7 @@ impl<C: Coordinator> Election<C> {
         };
         let config = &self.context.config;
         let watch = transfer::await_preferred(
-            self.context.client.clone(),
+            self.context.watches.clone(),
             self.election.clone(),
             leader,
             config.role(&self.role).leader_priority,
@@ -976,7 +977,7 @@ impl<C: Coordinator> Actor for Election<C> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let reporter = myself.clone();
         let observe = recipe::observe(
-            self.context.client.clone(),
+            self.context.watches.clone(),
             self.election.clone(),
             self.context.config.etcd.retry.initial,
             move |leader| {

@@ -11,6 +11,7 @@
 
 mod copy;
 mod follow;
+pub(crate) use follow::WATCH_MESSAGE_LIMIT;
 pub(crate) mod read;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tokio::sync::{Notify, watch};
 use crate::backoff::Backoff;
 use crate::config::{BackoffConfig, ReloadConfig};
 use crate::coordinator::{BoxError, Coordinator, Snapshot};
+use crate::etcd::WatchHub;
 use crate::fence::{FenceError, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
@@ -84,6 +86,8 @@ pub(crate) enum ReloadError {
 pub(crate) struct ReloadActor<C: Coordinator> {
     coordinator: Arc<C>,
     client: Client,
+    /// The node's metadata watch streams, which the follower shares.
+    watches: WatchHub,
     role: String,
     /// `{root}/meta/{role}/`.
     prefix: String,
@@ -108,6 +112,7 @@ impl<C: Coordinator> ReloadActor<C> {
             role,
             coordinator,
             client: context.client.clone(),
+            watches: context.metadata_watches.clone(),
             config: context.config.reload.clone(),
             retry: context.config.etcd.retry.clone(),
             faults: shared.faults.clone(),
@@ -320,7 +325,7 @@ impl<C: Coordinator> ReloadActor<C> {
         let generation = state.generation;
         let reply = myself.clone();
         let follow = follow::follow(
-            self.client.clone(),
+            self.watches.clone(),
             self.prefix.clone(),
             revision + 1,
             self.retry.clone(),

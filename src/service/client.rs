@@ -10,6 +10,7 @@ use tonic::{Code, Request, Status};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::etcd::EtcdError;
+use crate::etcd::WatchHub;
 use crate::etcd::recipe::{self, Leader};
 use crate::etcd::session::Layout;
 use crate::service::connect::{ConnectError, NodeChannel, NodeConnector};
@@ -50,6 +51,9 @@ pub enum ClientError {
     },
 }
 
+/// The largest response a leader watch accepts: etcd-client's default.
+const LEADER_WATCH_LIMIT: usize = 4 << 20;
+
 /// Follows a role's leader in etcd: a watch on the election, not polling.
 pub struct LeaderWatch {
     leader: watch::Receiver<Option<Leader>>,
@@ -65,8 +69,10 @@ impl LeaderWatch {
         retry: Duration,
     ) -> Self {
         let (sender, leader) = watch::channel(None);
+        // One watch: a hub of one stream, opened by the observer.
+        let watches = WatchHub::new(client, 1, LEADER_WATCH_LIMIT);
         let observer = OwnedTask::spawn(recipe::observe(
-            client,
+            watches,
             layout.election(role),
             retry,
             move |observed| {

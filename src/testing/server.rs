@@ -472,6 +472,25 @@ impl EtcdServer {
             .map_err(etcdctl_spawn_error)
     }
 
+    /// etcd's Prometheus metric `name` (summed over its label sets), read
+    /// from `/metrics` on the client port: for example
+    /// `etcd_debugging_mvcc_watch_stream_total`, the watch streams open.
+    /// Plaintext servers only.
+    pub async fn metric(&self, name: &str) -> Result<f64, TestingError> {
+        let endpoint = self.endpoint();
+        let unreadable = |message: String| TestingError::MetricsUnreadable {
+            endpoint: endpoint.clone(),
+            message,
+        };
+        if self.launch.tls.is_some() {
+            return Err(unreadable("the server speaks TLS".into()));
+        }
+        let text = http_get_text(&endpoint, "/metrics")
+            .await
+            .map_err(|error| unreadable(error.to_string()))?;
+        metric_sum(&text, name).ok_or_else(|| unreadable(format!("no metric {name}")))
+    }
+
     /// Freezes etcd (SIGSTOP), as a hung or partitioned member looks to its
     /// clients: connections stay open, nothing answers.
     pub fn pause(&self) -> Result<(), TestingError> {
@@ -578,4 +597,32 @@ impl Drop for EtcdServer {
         // Reaping it means its sockets are closed before drop returns.
         let _ = self.child.wait();
     }
+}
+
+/// The body of a plain `GET path` on `endpoint` (HTTP/1.0, so the body
+/// ends where the connection does).
+async fn http_get_text(endpoint: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(endpoint).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {endpoint}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned()))
+}
+
+/// The sum of metric `name`'s samples in the Prometheus text `text`.
+fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            (metric == name).then(|| value.parse().ok())?
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

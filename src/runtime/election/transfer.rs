@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, KeyValue};
 use ractor::RpcReplyPort;
 
+use crate::etcd::WatchHub;
 use crate::etcd::recipe::{self, Candidacy, Succession};
 use crate::etcd::session::{SessionInfo, TransferInfo};
 use crate::status::{ResignError, Successor, TransferTarget};
@@ -183,7 +184,7 @@ pub(crate) async fn plan(
 /// Waits, at most `within`, until the plan's target is next in line behind
 /// `leader`; the error says what stood in the way.
 pub(crate) async fn settle(
-    client: &Client,
+    watches: &WatchHub,
     election: &str,
     leader: &Candidacy,
     plan: &TransferPlan,
@@ -192,7 +193,7 @@ pub(crate) async fn settle(
     let in_the_way = Arc::new(Mutex::new(Vec::new()));
     let noted = in_the_way.clone();
     let waited = recipe::await_succession(
-        client,
+        watches,
         election,
         leader,
         (&plan.key, plan.key_revision),
@@ -243,7 +244,7 @@ pub(crate) fn preferred(priority: i32, standbys: &[Candidate]) -> Option<&Candid
 /// `holdoff` has passed since `since` (when this leader started serving, or
 /// last moved a role).
 pub(crate) async fn await_preferred(
-    client: Client,
+    watches: WatchHub,
     election: String,
     leader: Candidacy,
     priority: i32,
@@ -255,8 +256,7 @@ pub(crate) async fn await_preferred(
     let mut seen: Option<(String, i64, Instant)> = None;
     loop {
         // Watch first, then read: a change after the read wakes the wait.
-        let watch = client
-            .watch_client()
+        let watch = watches
             .watch(
                 prefix.as_str(),
                 Some(etcd_client::WatchOptions::new().with_prefix()),
@@ -271,7 +271,7 @@ pub(crate) async fn await_preferred(
             }
         };
         loop {
-            let line = match recipe::candidates(&client, &election).await {
+            let line = match recipe::candidates(watches.client(), &election).await {
                 Ok(line) => line,
                 Err(error) => {
                     tracing::debug!(election, "reading the candidates failed: {error}");

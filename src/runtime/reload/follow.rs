@@ -2,19 +2,21 @@
 
 use std::sync::Arc;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use etcd_client::{EventType, WatchOptions, WatchResponse};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::config::BackoffConfig;
 use crate::coordinator::MetaChange;
+use crate::etcd::WatchHub;
 use crate::runtime::reload::read::{prefix_end, relative_key};
 
 /// A watch response may carry one revision's every event (etcd does not
 /// split a revision unless asked to): a prefix deletion of a million keys
 /// is one response of tens of megabytes, which the default 4 MiB limit
-/// would refuse on every resume, wedging the copy for good.
-const WATCH_MESSAGE_LIMIT: usize = 1 << 30;
+/// would refuse on every resume, wedging the copy for good. The limit of
+/// the hub that metadata followers share.
+pub(crate) const WATCH_MESSAGE_LIMIT: usize = 1 << 30;
 
 /// What the watch delivered.
 #[derive(Debug)]
@@ -40,7 +42,7 @@ pub(crate) enum Followed {
 /// delivered, with backoff, or at once when `wake` is notified (a win
 /// waits for this watch: etcd answered it, so it is worth trying now).
 pub(crate) async fn follow(
-    client: Client,
+    watches: WatchHub,
     prefix: String,
     from: i64,
     retry: BackoffConfig,
@@ -50,7 +52,7 @@ pub(crate) async fn follow(
     let mut next = from;
     let mut backoff = Backoff::new(retry);
     loop {
-        match follow_once(&client, &prefix, &mut next, &mut backoff, &mut report).await {
+        match follow_once(&watches, &prefix, &mut next, &mut backoff, &mut report).await {
             Ok(()) => return,
             Err(error) => {
                 let delay = backoff.next_delay();
@@ -75,7 +77,7 @@ pub(crate) async fn sleep_unless_woken(delay: std::time::Duration, wake: &Notify
 
 /// One watch, until it breaks (an error) or the follower is done (`Ok`).
 async fn follow_once(
-    client: &Client,
+    watches: &WatchHub,
     prefix: &str,
     next: &mut i64,
     backoff: &mut Backoff,
@@ -84,15 +86,11 @@ async fn follow_once(
     let options = WatchOptions::new()
         .with_range(prefix_end(prefix.as_bytes()))
         .with_start_revision(*next);
-    let mut stream = client
-        .watch_client()
-        .max_decoding_message_size(WATCH_MESSAGE_LIMIT)
-        .watch(prefix, Some(options))
-        .await?;
+    let mut stream = watches.watch(prefix, Some(options)).await?;
     loop {
         let Some(response) = stream.message().await? else {
             return Err(etcd_client::Error::WatchError(
-                "etcd closed the watch".into(),
+                "etcd ended the watch".into(),
             ));
         };
         backoff.reset();
