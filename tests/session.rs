@@ -12,6 +12,9 @@ use tracing::info;
 
 const ROLES: usize = 30;
 
+/// A node's election watches share four streams, its metadata followers one.
+const WATCH_STREAMS_PER_NODE: f64 = 5.0;
+
 fn role_names() -> Vec<String> {
     (0..ROLES).map(|index| format!("role-{index:02}")).collect()
 }
@@ -83,7 +86,8 @@ fn leaders(nodes: &[TestNode]) -> Option<Vec<usize>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_holds_one_lease_per_node_whatever_the_number_of_roles() -> anyhow::Result<()> {
+async fn etcd_holds_one_lease_and_a_few_watch_streams_per_node_whatever_the_number_of_roles()
+-> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
     let mut nodes = nodes_with_one_leader(&etcd, 3).await?;
@@ -94,6 +98,30 @@ async fn etcd_holds_one_lease_per_node_whatever_the_number_of_roles() -> anyhow:
         leases_in_etcd(&etcd).await?,
         leases,
         "etcd holds other leases"
+    );
+
+    info!("--- each role of each node watches etcd, on a few streams per node");
+    // Per role and node at least a leader observer, and the leader's own
+    // key or a standby's predecessor.
+    let watchers = 3.0 * ROLES as f64 * 2.0;
+    eventually(
+        "every role's watches open",
+        Duration::from_secs(10),
+        || async {
+            let open = etcd
+                .metric("etcd_debugging_mvcc_watcher_total")
+                .await
+                .ok()?;
+            (open >= watchers).then_some(())
+        },
+    )
+    .await;
+    let streams = etcd
+        .metric("etcd_debugging_mvcc_watch_stream_total")
+        .await?;
+    assert!(
+        streams <= 3.0 * WATCH_STREAMS_PER_NODE,
+        "{streams} watch streams for 3 nodes of {ROLES} roles: more than {WATCH_STREAMS_PER_NODE} a node"
     );
 
     let client = etcd.client().await?;
