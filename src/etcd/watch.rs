@@ -256,8 +256,11 @@ impl Drop for Watch {
     }
 }
 
-#[cfg(all(test, feature = "testing"))]
+#[cfg(test)]
 mod tests {
+    // Against a real etcd, which the test kit starts.
+    #![cfg(feature = "testing")]
+
     use std::time::Duration;
 
     use etcd_client::EventType;
