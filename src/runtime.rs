@@ -23,6 +23,7 @@ pub(crate) mod faults;
 pub(crate) mod reload;
 pub(crate) mod session;
 pub(crate) mod slot;
+pub(crate) mod spread;
 pub(crate) mod supervisor;
 pub(crate) mod term;
 pub(crate) mod witness;

@@ -1,0 +1,3 @@
+//! Spreading leadership evenly over the nodes.
+
+pub(crate) mod plan;

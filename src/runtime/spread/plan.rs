@@ -1,0 +1,410 @@
+//! Who moves which role so leadership spreads evenly over the nodes: a rule every node computes from the election lines alone, and acts on for its own part.
+//!
+//! Two steps, the second only once the first has nothing to do:
+//!
+//! 1. **Leaders.** Of the R roles that take part, each of the N nodes in
+//!    their lines leads R/N, rounded: the R mod N nodes that lead the most
+//!    keep one more. A node above its share hands roles to the nodes below
+//!    theirs, in pairs every node computes alike (givers and takers in
+//!    server ID order), so two leaders never both fill one taker.
+//! 2. **Heirs.** The roles one node leads have their next in line spread
+//!    over the other nodes the same way: a node that is heir to more than
+//!    its share of one leader's roles goes to the back of some of those
+//!    lines, making the node behind it heir. A node that dies, or leaves,
+//!    then hands its roles to every survivor, not to one.
+//!
+//! A role whose candidates differ in `leaderPriority` is left alone: the
+//! preferred leader wins over the spread. So is a role with a candidate
+//! that is not a standin node (an `etcdctl elect`), which would not make
+//! way for a transfer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One candidate in a role's election, as its key and value show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Seat {
+    /// The node's server ID; none for a candidate that is not a standin node.
+    pub server: Option<i64>,
+    /// The node's `leaderPriority` for the role.
+    pub priority: i32,
+    /// The key's create revision: its place in line.
+    pub revision: i64,
+}
+
+/// A role's election that takes part in the spread: the servers in line,
+/// the leader first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Line {
+    /// The role.
+    pub role: String,
+    /// Server IDs, oldest candidate (the leader) first.
+    pub servers: Vec<i64>,
+}
+
+/// What one node does for the spread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Move {
+    /// Hand `role`, which this node leads, to server `to`.
+    Transfer {
+        /// The role.
+        role: String,
+        /// The server that takes it.
+        to: i64,
+    },
+    /// Rejoin `role`'s line at its back, where this node is heir.
+    Requeue {
+        /// The role.
+        role: String,
+    },
+}
+
+/// The lines of `elections` (each role's seats, in any order) that take
+/// part in the spread.
+pub(crate) fn lines(elections: &BTreeMap<String, Vec<Seat>>) -> Vec<Line> {
+    elections
+        .iter()
+        .filter_map(|(role, seats)| {
+            let mut seats = seats.clone();
+            seats.sort_by_key(|seat| seat.revision);
+            let servers: Option<Vec<i64>> = seats.iter().map(|seat| seat.server).collect();
+            let servers = servers?;
+            let priorities: BTreeSet<i32> = seats.iter().map(|seat| seat.priority).collect();
+            let distinct: BTreeSet<i64> = servers.iter().copied().collect();
+            (!servers.is_empty() && priorities.len() == 1 && distinct.len() == servers.len()).then(
+                || Line {
+                    role: role.clone(),
+                    servers,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The moves server `me` makes: transfers while leadership is uneven,
+/// then requeues while some leader's heirs are.
+pub(crate) fn moves(lines: &[Line], me: i64) -> Vec<Move> {
+    let mut led = BTreeMap::new();
+    for line in lines {
+        for server in &line.servers {
+            led.entry(*server).or_insert(0);
+        }
+        *led.entry(line.servers[0]).or_insert(0) += 1;
+    }
+    let pairs = pairs(&led);
+    if !pairs.is_empty() {
+        return transfers(lines, me, &pairs);
+    }
+    let leaders: BTreeSet<i64> = lines.iter().map(|line| line.servers[0]).collect();
+    leaders
+        .into_iter()
+        .filter(|leader| *leader != me)
+        .flat_map(|leader| requeues(lines, leader, me))
+        .collect()
+}
+
+/// The roles `me` leads, each handed to a taker it is paired with: the
+/// taker next in line where there is one, so nobody has to make way.
+fn transfers(lines: &[Line], me: i64, pairs: &[(i64, i64)]) -> Vec<Move> {
+    let mut mine: Vec<&Line> = lines.iter().filter(|line| line.servers[0] == me).collect();
+    let mut moves = Vec::new();
+    for (_, to) in pairs.iter().filter(|(from, _)| *from == me) {
+        let place = |line: &&Line| line.servers.iter().position(|server| server == to);
+        let Some((index, _)) = mine
+            .iter()
+            .enumerate()
+            .filter_map(|(index, line)| Some((index, place(line)?)))
+            .min_by_key(|(index, place)| (*place, *index))
+        else {
+            continue;
+        };
+        let line = mine.remove(index);
+        moves.push(Move::Transfer {
+            role: line.role.clone(),
+            to: *to,
+        });
+    }
+    moves
+}
+
+/// The lines `leader` leads that `me` leaves, for their heirs to spread:
+/// every node pairs each heir above its share with a node below, picks one
+/// of the heir's lines where that node stands nearest behind, and the
+/// nodes ahead of it there (the heir among them) rejoin at the back.
+fn requeues(lines: &[Line], leader: i64, me: i64) -> Vec<Move> {
+    let mut led: Vec<&Line> = lines
+        .iter()
+        .filter(|line| line.servers[0] == leader && line.servers.len() > 1)
+        .collect();
+    let mut heirs = BTreeMap::new();
+    for line in &led {
+        for server in &line.servers[1..] {
+            heirs.entry(*server).or_insert(0);
+        }
+        *heirs.entry(line.servers[1]).or_insert(0) += 1;
+    }
+    let mut moves = Vec::new();
+    for (from, to) in pairs(&heirs) {
+        let place = |line: &&Line| line.servers.iter().position(|server| *server == to);
+        let Some((index, place)) = led
+            .iter()
+            .enumerate()
+            .filter(|(_, line)| line.servers[1] == from)
+            .filter_map(|(index, line)| Some((index, place(line)?)))
+            .min_by_key(|(index, place)| (*place, *index))
+        else {
+            continue;
+        };
+        let line = led.remove(index);
+        if line.servers[1..place].contains(&me) {
+            moves.push(Move::Requeue {
+                role: line.role.clone(),
+            });
+        }
+    }
+    moves
+}
+
+/// Who gives to whom so that every count of `counts` ends within one of
+/// the rest: each node's share is total / nodes, one more for the
+/// total mod nodes of them that hold the most (ties to the lower ID); one
+/// pair per role above a share, givers and takers in ID order.
+fn pairs(counts: &BTreeMap<i64, usize>) -> Vec<(i64, i64)> {
+    let nodes = counts.len();
+    if nodes == 0 {
+        return Vec::new();
+    }
+    let total: usize = counts.values().sum();
+    let (share, extra) = (total / nodes, total % nodes);
+    let mut by_count: Vec<(i64, usize)> = counts.iter().map(|(id, n)| (*id, *n)).collect();
+    by_count.sort_by_key(|(id, count)| (std::cmp::Reverse(*count), *id));
+    let shares: BTreeMap<i64, usize> = by_count
+        .iter()
+        .enumerate()
+        .map(|(rank, (id, _))| (*id, share + usize::from(rank < extra)))
+        .collect();
+    let units = |above: bool| -> Vec<i64> {
+        counts
+            .iter()
+            .flat_map(|(id, count)| {
+                let quota = shares[id];
+                let n = if above {
+                    count.saturating_sub(quota)
+                } else {
+                    quota.saturating_sub(*count)
+                };
+                std::iter::repeat_n(*id, n)
+            })
+            .collect()
+    };
+    units(true).into_iter().zip(units(false)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(role: &str, servers: &[i64]) -> Line {
+        Line {
+            role: role.into(),
+            servers: servers.to_vec(),
+        }
+    }
+
+    /// `roles` lines, every one `servers` in that order.
+    fn same_lines(roles: usize, servers: &[i64]) -> Vec<Line> {
+        (0..roles)
+            .map(|index| line(&format!("r{index:04}"), servers))
+            .collect()
+    }
+
+    /// Applies `me`'s moves to `lines` as the election would: a transfer
+    /// puts its target first and the old leader last (those between make
+    /// way to the back first); a requeue sends the heir to the back.
+    fn apply(lines: &mut [Line], me: i64, moves: &[Move]) {
+        for next in moves {
+            match next {
+                Move::Transfer { role, to } => {
+                    let line = lines.iter_mut().find(|l| &l.role == role).unwrap();
+                    assert_eq!(
+                        line.servers[0], me,
+                        "{me} moves {role}, which it does not lead"
+                    );
+                    let at = line.servers.iter().position(|s| s == to).unwrap();
+                    let between: Vec<i64> = line.servers[1..at].to_vec();
+                    let mut servers = line.servers[at..].to_vec();
+                    servers.extend(between);
+                    servers.push(me);
+                    line.servers = servers;
+                }
+                Move::Requeue { role } => {
+                    let line = lines.iter_mut().find(|l| &l.role == role).unwrap();
+                    let at = line.servers.iter().position(|s| *s == me).unwrap();
+                    assert!(at > 0, "{me} requeues {role}, which it leads");
+                    line.servers.remove(at);
+                    line.servers.push(me);
+                }
+            }
+        }
+    }
+
+    /// Rounds in which every node computes its moves from the same lines
+    /// and makes them, until nobody moves; the number of rounds.
+    fn settle(lines: &mut Vec<Line>, nodes: &[i64]) -> usize {
+        for round in 0..20 {
+            let planned: Vec<(i64, Vec<Move>)> =
+                nodes.iter().map(|me| (*me, moves(lines, *me))).collect();
+            if planned.iter().all(|(_, moves)| moves.is_empty()) {
+                return round;
+            }
+            for (me, moves) in planned {
+                apply(lines, me, &moves);
+            }
+        }
+        panic!("the spread did not settle in 20 rounds");
+    }
+
+    fn leaders(lines: &[Line]) -> BTreeMap<i64, usize> {
+        let mut counts = BTreeMap::new();
+        for line in lines {
+            *counts.entry(line.servers[0]).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    fn heirs_of(lines: &[Line], leader: i64) -> BTreeMap<i64, usize> {
+        let mut counts = BTreeMap::new();
+        for line in lines.iter().filter(|l| l.servers[0] == leader) {
+            *counts.entry(line.servers[1]).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_thousand_roles_led_by_one_of_three_nodes_end_334_333_333() {
+        let mut lines = same_lines(1000, &[1, 2, 3]);
+        settle(&mut lines, &[1, 2, 3]);
+        let counts: Vec<usize> = leaders(&lines).into_values().collect();
+        assert_eq!(counts, vec![334, 333, 333]);
+    }
+
+    #[test]
+    fn once_leaders_are_even_each_leaders_heirs_are_too() {
+        let mut lines = same_lines(300, &[1, 2, 3]);
+        settle(&mut lines, &[1, 2, 3]);
+        for leader in [1, 2, 3] {
+            let heirs: Vec<usize> = heirs_of(&lines, leader).into_values().collect();
+            assert_eq!(heirs, vec![50, 50], "the heirs of {leader}'s roles");
+        }
+    }
+
+    #[test]
+    fn a_node_that_joins_gets_its_share_and_the_rest_keep_theirs() {
+        let mut lines = same_lines(90, &[1, 2, 3]);
+        settle(&mut lines, &[1, 2, 3]);
+        for line in &mut lines {
+            line.servers.push(4);
+        }
+        settle(&mut lines, &[1, 2, 3, 4]);
+        let counts: Vec<usize> = leaders(&lines).into_values().collect();
+        assert_eq!(counts, vec![23, 23, 22, 22]);
+    }
+
+    #[test]
+    fn a_balanced_election_makes_no_move() {
+        let lines = vec![
+            line("a", &[1, 2, 3]),
+            line("b", &[2, 3, 1]),
+            line("c", &[3, 1, 2]),
+        ];
+        for me in [1, 2, 3] {
+            assert_eq!(moves(&lines, me), Vec::new(), "server {me} moves");
+        }
+    }
+
+    #[test]
+    fn a_leader_hands_a_role_to_the_taker_next_in_line_first() {
+        // Shares: 1 keeps two, 2 keeps its one, 3 takes one.
+        let lines = vec![
+            line("a", &[1, 3, 2]),
+            line("b", &[1, 2, 3]),
+            line("c", &[1, 2, 3]),
+            line("d", &[2, 1, 3]),
+        ];
+        assert_eq!(
+            moves(&lines, 1),
+            vec![Move::Transfer {
+                role: "a".into(),
+                to: 3
+            }],
+            "server 3 is heir of a: nobody has to make way"
+        );
+    }
+
+    #[test]
+    fn two_givers_fill_the_one_taker_once() {
+        // 1 and 2 lead three each, 3 none: each gives one, not two.
+        let mut lines = Vec::new();
+        for index in 0..3 {
+            lines.push(line(&format!("a{index}"), &[1, 2, 3]));
+            lines.push(line(&format!("b{index}"), &[2, 1, 3]));
+        }
+        let given = [1, 2].map(|me| moves(&lines, me).len());
+        assert_eq!(given, [1, 1]);
+    }
+
+    #[test]
+    fn roles_a_node_does_not_run_are_not_handed_to_it() {
+        // Server 3 is a candidate of one role only.
+        let lines = vec![
+            line("a", &[1, 2]),
+            line("b", &[1, 2]),
+            line("c", &[1, 2, 3]),
+            line("d", &[1, 2]),
+        ];
+        for next in moves(&lines, 1) {
+            if let Move::Transfer { role, to: 3 } = next {
+                assert_eq!(role, "c");
+            }
+        }
+    }
+
+    #[test]
+    fn a_preference_or_a_foreign_candidate_keeps_a_role_out_of_the_spread() {
+        let seat = |server, priority, revision| Seat {
+            server,
+            priority,
+            revision,
+        };
+        let elections = BTreeMap::from([
+            (
+                "even".to_owned(),
+                vec![seat(Some(2), 0, 20), seat(Some(1), 0, 10)],
+            ),
+            (
+                "preferred".to_owned(),
+                vec![seat(Some(1), 0, 10), seat(Some(2), 5, 20)],
+            ),
+            (
+                "etcdctl".to_owned(),
+                vec![seat(Some(1), 0, 10), seat(None, 0, 20)],
+            ),
+        ]);
+        assert_eq!(lines(&elections), vec![line("even", &[1, 2])]);
+    }
+
+    #[test]
+    fn a_node_that_leaves_hands_its_roles_to_every_survivor() {
+        let mut lines = same_lines(300, &[1, 2, 3, 4]);
+        settle(&mut lines, &[1, 2, 3, 4]);
+        // Server 4 dies: each role it led goes to its heir.
+        let before = heirs_of(&lines, 4);
+        for line in &mut lines {
+            line.servers.retain(|server| *server != 4);
+        }
+        let counts: Vec<usize> = leaders(&lines).into_values().collect();
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "the 75 roles of server 4 went to {before:?}, leaving {counts:?}"
+        );
+    }
+}
