@@ -702,6 +702,18 @@ pub struct SessionConfig {
     /// leadership from following a preferred node that restarts in a loop.
     #[serde(with = "humantime_serde")]
     pub transfer_holdoff: Duration,
+    /// Whether the node's leaders spread evenly over the nodes: a node that
+    /// leads more than its share (R roles / N nodes, rounded) hands roles to
+    /// the nodes below theirs by graceful transfers, and the next in line of
+    /// the roles one node leads spread over the others too, so a node that
+    /// dies or leaves hands its roles to every survivor. A role whose nodes
+    /// differ in `leaderPriority` follows its preference instead.
+    pub spread_leaders: bool,
+    /// Moves of the spread this node has under way at once, at most.
+    pub spread_in_flight: usize,
+    /// The least time between two moves of the spread this node starts.
+    #[serde(with = "humantime_serde")]
+    pub spread_pace: Duration,
 }
 
 impl Default for SessionConfig {
@@ -714,6 +726,9 @@ impl Default for SessionConfig {
             standby_log_interval: Duration::from_secs(10),
             death_witness: true,
             transfer_holdoff: Duration::from_secs(10),
+            spread_leaders: true,
+            spread_in_flight: 4,
+            spread_pace: Duration::from_millis(20),
         }
     }
 }

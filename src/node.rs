@@ -3,8 +3,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::Client;
+use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 use crate::backoff::Backoff;
@@ -15,10 +17,13 @@ use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id
 use crate::etcd::{EtcdError, GaveUp, WatchHub};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleShared};
+use crate::runtime::election::ElectionMsg;
 use crate::runtime::session::{Session, SessionMsg};
+use crate::runtime::spread::{Movable, Spread, SpreadMsg};
 use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
 use crate::runtime::witness::Witness;
 pub use crate::runtime::witness::WitnessError;
+use crate::status::{ResignError, Successor, TransferTarget};
 
 /// The watch streams the node's election watches share, whatever the
 /// number of roles. More than one because etcd buffers 128 responses per
@@ -105,6 +110,9 @@ pub enum NodeError {
     /// The node's session actor could not be spawned.
     #[error("spawning the node's etcd session failed: {0}")]
     SessionFailed(#[source] SpawnErr),
+    /// The node's spread actor could not be spawned.
+    #[error("spawning the node's leadership spread failed: {0}")]
+    SpreadFailed(#[source] SpawnErr),
     /// An actor could not be spawned.
     #[error("spawning the {role} supervisor failed: {source}")]
     SpawnFailed {
@@ -118,8 +126,21 @@ pub enum NodeError {
 
 type LaunchFuture = Pin<Box<dyn Future<Output = Result<ActorRef<SupervisorMsg>, SpawnErr>> + Send>>;
 
-/// A role of the node without its coordinator type: what the node does to it.
-trait NodeRole: Send + Sync {
+/// Spawns one of the node's actors, linked under `parent` when given.
+async fn spawn_under<A: Actor<Arguments = ()>>(
+    actor: A,
+    parent: Option<ActorCell>,
+) -> Result<ActorRef<A::Msg>, SpawnErr> {
+    let (actor, _) = match parent {
+        Some(parent) => Actor::spawn_linked(None, actor, (), parent).await?,
+        None => Actor::spawn(None, actor, ()).await?,
+    };
+    Ok(actor)
+}
+
+/// A role of the node without its coordinator type: what the node does to
+/// it, and what the spread moves.
+trait NodeRole: Movable {
     /// Spawns the role's supervisor, linked under `parent` when given.
     fn launch(&self, context: Arc<NodeContext>, parent: Option<ActorCell>) -> LaunchFuture;
     /// Ends the role here for good (see `RoleShared::stop`).
@@ -147,11 +168,7 @@ impl<C: Coordinator> NodeRole for TypedRole<C> {
             shared
                 .status
                 .send_modify(|status| status.server_id = context.server_id);
-            let (actor, _) = match parent {
-                Some(parent) => Actor::spawn_linked(None, supervisor, (), parent).await?,
-                None => Actor::spawn(None, supervisor, ()).await?,
-            };
-            Ok(actor)
+            spawn_under(supervisor, parent).await
         })
     }
 
@@ -160,10 +177,27 @@ impl<C: Coordinator> NodeRole for TypedRole<C> {
     }
 }
 
+impl<C: Coordinator> Movable for TypedRole<C> {
+    fn transfer(
+        &self,
+        to: i64,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Successor, ResignError>> {
+        let handle = RoleHandle::new(self.shared.clone(), self.election.clone());
+        Box::pin(handle.transfer(TransferTarget::ServerId(to), timeout))
+    }
+
+    fn requeue(&self) {
+        if let Some(election) = self.election.get() {
+            let _ = election.send_message(ElectionMsg::Requeue);
+        }
+    }
+}
+
 /// One role of the node: its handle, and its supervisor while it runs.
 struct RoleEntry {
     name: String,
-    role: Box<dyn NodeRole>,
+    role: Arc<dyn NodeRole>,
     control: Arc<dyn RoleControl>,
     supervisor: Option<ActorRef<SupervisorMsg>>,
 }
@@ -221,6 +255,8 @@ pub struct Node {
     roles: Vec<RoleEntry>,
     /// The node's etcd session: the one lease every role's keys hang on.
     session: Option<ActorRef<SessionMsg>>,
+    /// Spreads leadership over the nodes (`session.spreadLeaders`).
+    spread: Option<ActorRef<SpreadMsg>>,
     context: Option<Arc<NodeContext>>,
     /// Keeps the client's calls off etcd members that stop answering.
     steering: Option<crate::etcd::Steering>,
@@ -237,6 +273,7 @@ impl Node {
             config,
             roles: Vec::new(),
             session: None,
+            spread: None,
             context: None,
             steering: None,
             witness: None,
@@ -271,7 +308,7 @@ impl Node {
         let handle = RoleHandle::new(shared, election);
         self.roles.push(RoleEntry {
             name: role.to_owned(),
-            role: Box::new(typed),
+            role: Arc::new(typed),
             control: Arc::new(handle.clone()),
             supervisor: None,
         });
@@ -343,11 +380,9 @@ impl Node {
             false => None,
         };
         let (session, view) = Session::new(client.clone(), self.config.clone());
-        let (session, _) = match &parent {
-            Some(parent) => Actor::spawn_linked(None, session, (), parent.clone()).await,
-            None => Actor::spawn(None, session, ()).await,
-        }
-        .map_err(NodeError::SessionFailed)?;
+        let session = spawn_under(session, parent.clone())
+            .await
+            .map_err(NodeError::SessionFailed)?;
         self.session = Some(session.clone());
         let context = Arc::new(NodeContext {
             watches: WatchHub::new(client.clone(), ELECTION_WATCH_STREAMS, ELECTION_WATCH_LIMIT),
@@ -375,6 +410,18 @@ impl Node {
                     source,
                 })?;
             entry.supervisor = Some(supervisor);
+        }
+        if self.config.session.spread_leaders {
+            let roles = self
+                .roles
+                .iter()
+                .map(|entry| (entry.name.clone(), entry.role.clone() as Arc<dyn Movable>))
+                .collect();
+            let spread = Spread::new(context.clone(), roles);
+            let spread = spawn_under(spread, parent.clone())
+                .await
+                .map_err(NodeError::SpreadFailed)?;
+            self.spread = Some(spread);
         }
         if let Some(witness) = &mut witness {
             let statuses = self
@@ -431,6 +478,10 @@ impl Node {
     /// stops serving at once and revokes its lease (a peer takes over in
     /// milliseconds), but runs no deactivation hook.
     pub async fn shutdown(mut self) {
+        // Nothing moves to or from a node that leaves.
+        if let Some(spread) = self.spread.take() {
+            spread.kill();
+        }
         // The supervisor's own bound on the handover, plus time to kill and revoke.
         let bound = self.config.handover_bound() * 2;
         let handovers = self.roles.iter_mut().filter_map(|entry| {
@@ -476,6 +527,9 @@ impl Drop for Node {
     fn drop(&mut self) {
         if self.roles.iter().all(|entry| entry.supervisor.is_none()) {
             return;
+        }
+        if let Some(spread) = self.spread.take() {
+            spread.kill();
         }
         for entry in &self.roles {
             entry.role.stop();

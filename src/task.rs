@@ -30,12 +30,12 @@ impl OwnedTask {
         })
     }
 
-    /// Lets the task run to its end although its owner goes away.
     /// Whether the task is still running.
     pub(crate) fn is_running(&self) -> bool {
         self.0.as_ref().is_some_and(|task| !task.is_finished())
     }
 
+    /// Lets the task run to its end although its owner goes away.
     pub(crate) fn detach(mut self) {
         self.0 = None;
     }

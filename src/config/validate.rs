@@ -418,6 +418,19 @@ impl Config {
             ));
         }
 
+        if session.spread_in_flight == 0 {
+            return Err(invalid(
+                "session.spreadInFlight",
+                "0",
+                "must be at least 1: the moves of the spread under way at once \
+                 (turn the spread off with session.spreadLeaders: false)",
+            ));
+        }
+        nonzero(
+            "session.spreadPace",
+            session.spread_pace,
+            "it is the least time between two moves of the spread",
+        )?;
         nonzero(
             "session.standbyLogInterval",
             session.standby_log_interval,

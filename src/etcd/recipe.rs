@@ -363,11 +363,86 @@ impl Leader {
 /// What an observer reports: the leader, or none when nobody leads.
 pub(crate) type ObservedLeader = Option<Leader>;
 
+/// What [`follow_prefix`] hands its handler: a fresh read of every key
+/// (after `Reset`), then each change from the watch; `Settled` closes each
+/// batch, the moment to act on what changed.
+pub(crate) enum PrefixChange<'a> {
+    /// Forget every key: a new read follows.
+    Reset,
+    /// A key was read, created or written.
+    Put(&'a KeyValue),
+    /// A key was deleted.
+    Delete(&'a KeyValue),
+    /// The read, or one watch response, is complete.
+    Settled,
+}
+
+/// Follows every key under `prefix` until `handle` returns false: reads
+/// them once, then keeps up from the watch, without a read per event. A
+/// broken watch is logged, and after `retry_after` read again from scratch.
+pub(crate) async fn follow_prefix(
+    watches: &WatchHub,
+    prefix: &str,
+    retry_after: Duration,
+    mut handle: impl FnMut(PrefixChange<'_>) -> bool + Send,
+) {
+    loop {
+        match follow_prefix_once(watches, prefix, &mut handle).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(prefix, "following {prefix} failed, retrying: {error}");
+                tokio::time::sleep(retry_after).await;
+            }
+        }
+    }
+}
+
+async fn follow_prefix_once(
+    watches: &WatchHub,
+    prefix: &str,
+    handle: &mut (impl FnMut(PrefixChange<'_>) -> bool + Send),
+) -> Result<(), CampaignError> {
+    let snapshot = watches
+        .client()
+        .kv_client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = snapshot.header().map_or(0, |header| header.revision());
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision + 1);
+    let mut stream = watches.watch(prefix, Some(options)).await?;
+    let read = std::iter::once(PrefixChange::Reset)
+        .chain(snapshot.kvs().iter().map(PrefixChange::Put))
+        .chain(std::iter::once(PrefixChange::Settled));
+    for change in read {
+        if !handle(change) {
+            return Ok(());
+        }
+    }
+    loop {
+        let response = next_response(&mut stream, prefix).await?;
+        for event in response.events() {
+            let Some(kv) = event.kv() else { continue };
+            let change = match event.event_type() {
+                EventType::Put => PrefixChange::Put(kv),
+                EventType::Delete => PrefixChange::Delete(kv),
+            };
+            if !handle(change) {
+                return Ok(());
+            }
+        }
+        if !handle(PrefixChange::Settled) {
+            return Ok(());
+        }
+    }
+}
+
 /// Follows the election's leader until `report` returns false, reporting
-/// each change: reads every candidate once, then follows them from the
-/// watch under the election prefix, without a read per event. Failures are
-/// logged and retried after `retry_after`; a corrupt leader value is reported
-/// and treated as "leader unknown".
+/// each change: every candidate is read once and then kept current from
+/// the watch, so a handover watched by N standbys costs etcd N events, not
+/// N reads per event. A corrupt leader value is reported and treated as
+/// "leader unknown".
 pub(crate) async fn observe(
     watches: WatchHub,
     election: String,
@@ -375,68 +450,34 @@ pub(crate) async fn observe(
     mut report: impl FnMut(ObservedLeader) -> bool + Send,
 ) {
     let prefix = format!("{election}/");
-    loop {
-        match observe_once(&watches, &election, &prefix, &mut report).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(election, "following the leader failed, retrying: {error}");
-                tokio::time::sleep(retry_after).await;
-            }
-        }
-    }
-}
-
-async fn observe_once(
-    watches: &WatchHub,
-    election: &str,
-    prefix: &str,
-    report: &mut (impl FnMut(ObservedLeader) -> bool + Send),
-) -> Result<(), CampaignError> {
-    // Every candidate, read once and then kept current from the watch: an
-    // event costs no read, so a handover watched by N standbys costs etcd
-    // N events, not N reads per event.
-    let snapshot = watches
-        .client()
-        .kv_client()
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = snapshot.header().map_or(0, |header| header.revision());
-    let mut candidates: HashMap<Vec<u8>, KeyValue> = snapshot
-        .kvs()
-        .iter()
-        .map(|kv| (kv.key().to_vec(), kv.clone()))
-        .collect();
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1);
-    let mut stream = watches.watch(prefix, Some(options)).await?;
+    let mut candidates: HashMap<Vec<u8>, KeyValue> = HashMap::new();
     // The leader's key and the revision of its value, as last reported.
     let mut reported: Option<Option<(Vec<u8>, i64)>> = None;
-    loop {
-        let oldest = candidates.values().min_by_key(|kv| kv.create_revision());
-        let seen = oldest.map(|kv| (kv.key().to_vec(), kv.mod_revision()));
-        if reported.as_ref() != Some(&seen) {
-            let current = oldest.and_then(|kv| {
-                Leader::decode(kv)
-                    .inspect_err(|error| tracing::error!(election, "{error}"))
-                    .ok()
-            });
-            if !report(current) {
-                return Ok(());
+    follow_prefix(&watches, &prefix, retry_after, |change| {
+        match change {
+            PrefixChange::Reset => candidates.clear(),
+            PrefixChange::Put(kv) => {
+                candidates.insert(kv.key().to_vec(), kv.clone());
             }
-            reported = Some(seen);
-        }
-        let response = next_response(&mut stream, prefix).await?;
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            match event.event_type() {
-                EventType::Put => {
-                    candidates.insert(kv.key().to_vec(), kv.clone());
+            PrefixChange::Delete(kv) => {
+                candidates.remove(kv.key());
+            }
+            PrefixChange::Settled => {
+                let oldest = candidates.values().min_by_key(|kv| kv.create_revision());
+                let seen = oldest.map(|kv| (kv.key().to_vec(), kv.mod_revision()));
+                if reported.as_ref() == Some(&seen) {
+                    return true;
                 }
-                EventType::Delete => {
-                    candidates.remove(kv.key());
-                }
+                let current = oldest.and_then(|kv| {
+                    Leader::decode(kv)
+                        .inspect_err(|error| tracing::error!(election, "{error}"))
+                        .ok()
+                });
+                reported = Some(seen);
+                return report(current);
             }
         }
-    }
+        true
+    })
+    .await;
 }

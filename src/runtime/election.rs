@@ -105,6 +105,9 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         /// The standby's server ID.
         server_id: i64,
     },
+    /// Join the election again at the back of the line, if standing by in
+    /// it: the spread moves this node from heir to last.
+    Requeue,
     /// The node's session holds another lease, or none.
     SessionChanged,
     /// Check the renew deadline.
@@ -1271,6 +1274,7 @@ impl<C: Coordinator> Actor for Election<C> {
             ElectionMsg::InjectPanic => {
                 panic!("fault injected into the {} election actor", self.role)
             }
+            ElectionMsg::Requeue => Event::Yield,
             ElectionMsg::LeaderObserved(leader) => {
                 if let Some(coordinator) = &state.coordinator {
                     let address = leader.as_ref().map(|l| l.session.address.clone());

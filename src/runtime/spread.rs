@@ -1,3 +1,275 @@
-//! Spreading leadership evenly over the nodes.
+//! The node's spread: follows every role's election and makes this node's part of the moves that spread leadership, and the next in line, evenly over the nodes.
+//!
+//! Every node follows the whole election prefix with one watch, computes
+//! the same rule from it (see [`plan`]), and makes only its own moves:
+//! graceful transfers of roles it leads beyond its share, and requeues
+//! where it stands as heir beyond its share. No node coordinates the
+//! others. Moves are paced (`session.spreadPace`) and bounded
+//! (`session.spreadInFlight`); a role just moved rests a while, so the
+//! election can show the move before the rule is asked about it again.
 
 pub(crate) mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::etcd::recipe::{self, PrefixChange};
+use crate::etcd::session::SessionInfo;
+use crate::runtime::context::NodeContext;
+use crate::status::{ResignError, Successor};
+use crate::task::OwnedTask;
+use plan::{Elections, Move, Seat};
+
+/// How long a role the spread moved is left alone: time for the election
+/// to show the move, so the rule does not ask for it twice.
+const REST: Duration = Duration::from_secs(1);
+
+/// What the spread needs of one of the node's roles.
+pub(crate) trait Movable: Send + Sync {
+    /// Hands the role to server `to`, if this node leads it (a graceful
+    /// transfer; see `RoleHandle::transfer`).
+    fn transfer(
+        &self,
+        to: i64,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Successor, ResignError>>;
+    /// Joins the role's election again at the back of the line, if this
+    /// node stands by in it.
+    fn requeue(&self);
+}
+
+/// The spread actor of one node.
+pub(crate) struct Spread {
+    context: Arc<NodeContext>,
+    roles: BTreeMap<String, Arc<dyn Movable>>,
+}
+
+impl Spread {
+    /// The spread of the node of `context`, moving `roles` (its own, by name).
+    pub(crate) fn new(
+        context: Arc<NodeContext>,
+        roles: BTreeMap<String, Arc<dyn Movable>>,
+    ) -> Self {
+        Self { context, roles }
+    }
+}
+
+/// Messages to the spread actor.
+pub(crate) enum SpreadMsg {
+    /// Time to look at the elections again.
+    Tick,
+    /// A transfer this node started is over.
+    Moved {
+        /// The role.
+        role: String,
+        /// Its outcome, for the log.
+        outcome: Result<Successor, ResignError>,
+    },
+    /// The task following the elections failed.
+    Failed(String),
+}
+
+/// Every role's election as the watch shows it, and whether it changed
+/// since the rule last read it.
+#[derive(Default)]
+struct Mirror {
+    elections: Elections,
+    changed: bool,
+}
+
+/// The spread's state: the mirror of the elections and the moves under way.
+pub(crate) struct SpreadState {
+    mirror: Arc<Mutex<Mirror>>,
+    _follower: OwnedTask,
+    /// Transfers under way, by role.
+    moving: BTreeMap<String, OwnedTask>,
+    /// Roles moved lately, and until when they are left alone.
+    resting: BTreeMap<String, Instant>,
+    /// When this node last started a move.
+    last_move: Option<Instant>,
+    /// Whether the rule asked for moves this node has not made yet.
+    owed: bool,
+}
+
+fn lock(mirror: &Mutex<Mirror>) -> MutexGuard<'_, Mirror> {
+    mirror
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Spread {
+    /// The candidate of `kv` in the mirror: its role (from the key under
+    /// `prefix`) and its seat; `None` for a key that is not a candidate's.
+    fn seat(prefix: &str, kv: &etcd_client::KeyValue) -> Option<(String, Seat)> {
+        let key = std::str::from_utf8(kv.key()).ok()?;
+        let (role, _) = key.strip_prefix(prefix)?.rsplit_once('/')?;
+        let session = SessionInfo::decode(kv.key(), kv.value()).ok();
+        let seat = Seat {
+            server: session.as_ref().map(|s| s.server_id),
+            priority: session.map_or(0, |s| s.priority),
+            revision: kv.create_revision(),
+        };
+        Some((role.to_owned(), seat))
+    }
+
+    /// Follows every election under the layout's prefix into `mirror`.
+    fn follow(&self, myself: &ActorRef<SpreadMsg>, mirror: Arc<Mutex<Mirror>>) -> OwnedTask {
+        let watches = self.context.watches.clone();
+        let prefix = self.context.layout.election("");
+        let retry = self.context.config.etcd.retry.initial;
+        let follow = async move {
+            recipe::follow_prefix(&watches, &prefix, retry, |change| {
+                let mut mirror = lock(&mirror);
+                match change {
+                    PrefixChange::Reset => mirror.elections.clear(),
+                    PrefixChange::Put(kv) => {
+                        if let Some((role, seat)) = Self::seat(&prefix, kv) {
+                            let line = mirror.elections.entry(role).or_default();
+                            line.insert(kv.key().to_vec(), seat);
+                        }
+                    }
+                    PrefixChange::Delete(kv) => {
+                        if let Some((role, _)) = Self::seat(&prefix, kv)
+                            && let Some(line) = mirror.elections.get_mut(&role)
+                        {
+                            line.remove(kv.key());
+                            if line.is_empty() {
+                                mirror.elections.remove(&role);
+                            }
+                        }
+                    }
+                    PrefixChange::Settled => mirror.changed = true,
+                }
+                true
+            })
+            .await;
+        };
+        let report = myself.clone();
+        OwnedTask::spawn_reported(follow, move |reason| {
+            let _ = report.send_message(SpreadMsg::Failed(reason));
+        })
+    }
+
+    /// Reads the rule when the elections changed or moves are owed, and
+    /// starts this node's next move if the pace and the bound allow.
+    fn look(&self, myself: &ActorRef<SpreadMsg>, state: &mut SpreadState) {
+        let now = Instant::now();
+        state.resting.retain(|_, until| *until > now);
+        let session = &self.context.config.session;
+        let paced = state
+            .last_move
+            .is_none_or(|last| now >= last + session.spread_pace);
+        if !paced || state.moving.len() >= session.spread_in_flight {
+            return;
+        }
+        let lines = {
+            let mut mirror = lock(&state.mirror);
+            if !mirror.changed && !state.owed {
+                return;
+            }
+            mirror.changed = false;
+            plan::lines(&mirror.elections)
+        };
+        let moves = plan::moves(&lines, self.context.server_id);
+        let mut open = moves.into_iter().filter(|next| {
+            let role = next.role();
+            self.roles.contains_key(role)
+                && !state.moving.contains_key(role)
+                && !state.resting.contains_key(role)
+        });
+        let Some(next) = open.next() else {
+            state.owed = false;
+            return;
+        };
+        state.owed = true;
+        state.last_move = Some(now);
+        match next {
+            Move::Transfer { role, to } => {
+                tracing::info!(
+                    role,
+                    to,
+                    "spreading leadership: handing {role} to server {to}"
+                );
+                let timeout = self.context.config.handover_bound();
+                let transfer = self.roles[&role].transfer(to, timeout);
+                let report = myself.clone();
+                let moved = role.clone();
+                let task = OwnedTask::spawn(async move {
+                    let outcome = transfer.await;
+                    let _ = report.send_message(SpreadMsg::Moved {
+                        role: moved,
+                        outcome,
+                    });
+                });
+                state.moving.insert(role, task);
+            }
+            Move::Requeue { role } => {
+                tracing::info!(
+                    role,
+                    "spreading the next in line: rejoining the {role} election at the back"
+                );
+                self.roles[&role].requeue();
+                state.resting.insert(role, now + REST);
+            }
+        }
+    }
+}
+
+impl Actor for Spread {
+    type Msg = SpreadMsg;
+    type State = SpreadState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _args: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mirror = Arc::new(Mutex::new(Mirror::default()));
+        let follower = self.follow(&myself, mirror.clone());
+        myself.send_interval(self.context.config.session.spread_pace, || SpreadMsg::Tick);
+        Ok(SpreadState {
+            mirror,
+            _follower: follower,
+            moving: BTreeMap::new(),
+            resting: BTreeMap::new(),
+            last_move: None,
+            owed: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SpreadMsg::Tick => self.look(&myself, state),
+            SpreadMsg::Moved { role, outcome } => {
+                match outcome {
+                    Ok(successor) => tracing::debug!(
+                        role,
+                        to = successor.server_id,
+                        "spreading leadership: {role} handed to {}",
+                        successor.address
+                    ),
+                    Err(error) => tracing::info!(
+                        role,
+                        "spreading leadership: {role} stays here for now: {error}"
+                    ),
+                }
+                state.moving.remove(&role);
+                state.resting.insert(role, Instant::now() + REST);
+            }
+            SpreadMsg::Failed(reason) => {
+                return Err(format!("following the elections failed: {reason}").into());
+            }
+        }
+        Ok(())
+    }
+}

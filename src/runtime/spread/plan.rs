@@ -58,13 +58,24 @@ pub(crate) enum Move {
     },
 }
 
-/// The lines of `elections` (each role's seats, in any order) that take
-/// part in the spread.
-pub(crate) fn lines(elections: &BTreeMap<String, Vec<Seat>>) -> Vec<Line> {
+/// Every role's candidates as etcd holds them: role, then candidate key.
+pub(crate) type Elections = BTreeMap<String, BTreeMap<Vec<u8>, Seat>>;
+
+impl Move {
+    /// The role the move is about.
+    pub(crate) fn role(&self) -> &str {
+        match self {
+            Move::Transfer { role, .. } | Move::Requeue { role } => role,
+        }
+    }
+}
+
+/// The lines of `elections` that take part in the spread.
+pub(crate) fn lines(elections: &Elections) -> Vec<Line> {
     elections
         .iter()
         .filter_map(|(role, seats)| {
-            let mut seats = seats.clone();
+            let mut seats: Vec<&Seat> = seats.values().collect();
             seats.sort_by_key(|seat| seat.revision);
             let servers: Option<Vec<i64>> = seats.iter().map(|seat| seat.server).collect();
             let servers = servers?;
@@ -370,23 +381,26 @@ mod tests {
 
     #[test]
     fn a_preference_or_a_foreign_candidate_keeps_a_role_out_of_the_spread() {
-        let seat = |server, priority, revision| Seat {
-            server,
-            priority,
-            revision,
+        let seat = |server, priority, revision: i64| {
+            let seat = Seat {
+                server,
+                priority,
+                revision,
+            };
+            (revision.to_be_bytes().to_vec(), seat)
         };
-        let elections = BTreeMap::from([
+        let elections = Elections::from([
             (
                 "even".to_owned(),
-                vec![seat(Some(2), 0, 20), seat(Some(1), 0, 10)],
+                BTreeMap::from([seat(Some(2), 0, 20), seat(Some(1), 0, 10)]),
             ),
             (
                 "preferred".to_owned(),
-                vec![seat(Some(1), 0, 10), seat(Some(2), 5, 20)],
+                BTreeMap::from([seat(Some(1), 0, 10), seat(Some(2), 5, 20)]),
             ),
             (
                 "etcdctl".to_owned(),
-                vec![seat(Some(1), 0, 10), seat(None, 0, 20)],
+                BTreeMap::from([seat(Some(1), 0, 10), seat(None, 0, 20)]),
             ),
         ]);
         assert_eq!(lines(&elections), vec![line("even", &[1, 2])]);
