@@ -358,7 +358,9 @@ async fn three_roles_on_three_nodes_have_independent_leaders() -> anyhow::Result
     init_logging();
     let etcd = EtcdServer::start().await?;
     let roles = ["rootcoord", "datacoord", "querycoord"];
-    let mut nodes = start_nodes(3, &roles, |index| config(&etcd, index, 10)).await?;
+    // Without the spread, which would move the other roles after the crash
+    // (tests/spread.rs).
+    let mut nodes = start_nodes(3, &roles, |index| unspread(config(&etcd, index, 10))).await?;
     let mut leaders = Vec::new();
     for role in roles {
         leaders.push(wait_for_single_leader(&nodes, role, Duration::from_secs(10)).await);

@@ -20,11 +20,11 @@ fn role_names() -> Vec<String> {
 }
 
 /// Starts `count` nodes running every role of [`role_names`], the first
-/// alone until it leads them all.
+/// alone until it leads them all, and keeping them (no spread).
 async fn nodes_with_one_leader(etcd: &EtcdServer, count: usize) -> anyhow::Result<Vec<TestNode>> {
     let names = role_names();
     let roles: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut nodes = vec![TestNode::start(config(etcd, 0, 10), &roles, false).await?];
+    let mut nodes = vec![TestNode::start(unspread(config(etcd, 0, 10)), &roles, false).await?];
     wait_for("node 0 to lead every role", Duration::from_secs(20), || {
         roles
             .iter()
@@ -33,7 +33,7 @@ async fn nodes_with_one_leader(etcd: &EtcdServer, count: usize) -> anyhow::Resul
     })
     .await;
     for index in 1..count {
-        nodes.push(TestNode::start(config(etcd, index, 10), &roles, false).await?);
+        nodes.push(TestNode::start(unspread(config(etcd, index, 10)), &roles, false).await?);
     }
     let client = etcd.client().await?;
     eventually(

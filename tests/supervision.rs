@@ -23,11 +23,12 @@ async fn a_crashed_election_actor_deletes_its_key_keeps_the_shared_lease_and_res
     init_logging();
     let etcd = EtcdServer::start().await?;
     info!("--- node 0 leads both roles, on its one lease; node 1 stands by for both");
-    let mut nodes = vec![TestNode::start(config(&etcd, 0, 10), &[ROLE, OTHER], false).await?];
+    let mut nodes =
+        vec![TestNode::start(unspread(config(&etcd, 0, 10)), &[ROLE, OTHER], false).await?];
     for role in [ROLE, OTHER] {
         wait_for_single_leader(&nodes, role, Duration::from_secs(10)).await;
     }
-    nodes.push(TestNode::start(config(&etcd, 1, 10), &[ROLE, OTHER], false).await?);
+    nodes.push(TestNode::start(unspread(config(&etcd, 1, 10)), &[ROLE, OTHER], false).await?);
     let handle = nodes[0].role(ROLE).clone();
     let other = nodes[0].role(OTHER).clone();
     let lease = handle.status().lease.expect("the leader holds a lease");

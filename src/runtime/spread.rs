@@ -174,18 +174,20 @@ impl Spread {
             mirror.changed = false;
             plan::lines(&mirror.elections)
         };
-        let moves = plan::moves(&lines, self.context.server_id);
+        let moves: Vec<Move> = plan::moves(&lines, self.context.server_id)
+            .into_iter()
+            .filter(|next| self.roles.contains_key(next.role()))
+            .collect();
+        // Moves waiting on a role that is moving or resting are still owed:
+        // the rule is read again when it is free, changed or not.
+        state.owed = !moves.is_empty();
         let mut open = moves.into_iter().filter(|next| {
             let role = next.role();
-            self.roles.contains_key(role)
-                && !state.moving.contains_key(role)
-                && !state.resting.contains_key(role)
+            !state.moving.contains_key(role) && !state.resting.contains_key(role)
         });
         let Some(next) = open.next() else {
-            state.owed = false;
             return;
         };
-        state.owed = true;
         state.last_move = Some(now);
         match next {
             Move::Transfer { role, to } => {

@@ -114,6 +114,13 @@ pub fn config(etcd: &EtcdServer, node: usize, ttl: u64) -> Config {
     config
 }
 
+/// `config` with the spread off (`session.spreadLeaders: false`), for a
+/// test whose first node must keep leading every role it won.
+pub fn unspread(mut config: Config) -> Config {
+    config.session.spread_leaders = false;
+    config
+}
+
 /// A started node running `roles` with [`Ledger`] coordinators.
 pub struct TestNode {
     pub node: Option<Node>,
