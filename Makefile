@@ -36,7 +36,7 @@ campaign: deps
 # of a host gone dark, and takeovers by metadata size up to 1M keys (about 10 minutes). BENCH_ARGS="--rounds N --slow-rounds M".
 bench: deps
 	$(CARGO) build --release --features cli --bin standin
-	$(CARGO) run --release --example bench -- $(BENCH_ARGS)
+	$(CARGO) run --release --example bench -- $(BENCH_ARGS) $(if $(scenario),--scenario $(scenario))
 
 # The container images, FROM scratch: localhost/standin (the release
 # binary) and localhost/standin-etcd (Debian's etcd), for deploy/compose.

@@ -60,6 +60,7 @@
 //! ```text
 //! Node                       etcd client, config, the roles it runs
 //! ├─ Session                 the node's one etcd lease (grant, keepalive, revoke), shared by every role's keys
+//! ├─ Spread                  follows every election, hands roles beyond this node's share to nodes below theirs
 //! ├─ Witness                 the socket peers watch, and the watcher of the leaders' witnesses
 //! └─ RoleSupervisor          one per role; spawns and supervises its endpoint and election
 //!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), stable across restarts

@@ -52,9 +52,14 @@ enum LogFormat {
 enum Command {
     /// Run a node serving the built-in roles over gRPC, until SIGTERM or Ctrl-C.
     Run {
-        /// A role to run (repeatable); all built-in roles when absent.
+        /// A role to run (repeatable); every built-in role when neither
+        /// --role nor --idle-roles is given.
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// Also run N idle roles (idle-0000, idle-0001, ...): coordinators
+        /// that hold a term and serve nothing, to size a node that runs many roles.
+        #[arg(long, default_value_t = 0)]
+        idle_roles: usize,
         /// Where the gRPC server listens; node.address when absent.
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -186,6 +191,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run {
             roles,
+            idle_roles,
             listen,
             advertise,
             metrics,
@@ -193,6 +199,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         } => {
             let args = RunArgs {
                 roles,
+                idle_roles,
                 listen,
                 advertise,
                 metrics,

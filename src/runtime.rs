@@ -3,6 +3,7 @@
 //! ```text
 //! Node                       runtime handle: etcd client, config, the roles it runs
 //! ├─ Session                 the node's one lease: grant, keepalive, revoke; the view every term reads
+//! ├─ Spread                  follows every election; hands over the roles this node leads beyond its share
 //! ├─ Witness                 the socket peers watch, and the watcher of leaders' witnesses (tasks)
 //! └─ RoleSupervisor          one per role: spawns its endpoint and election; deletes a failed election's key, restarts it
 //!    ├─ RoleEndpoint         takes the role's requests as messages
@@ -14,6 +15,16 @@
 //! The election actor links the other two (`spawn_linked`), so a crash of
 //! either reaches it as a `SupervisionEvent` and its decisions stay in one
 //! place: [`election::machine`], a state machine without I/O.
+//!
+//! # Memory
+//!
+//! A node may run thousands of roles, most of them standing by, so what a
+//! role holds while idle is what counts. The node's watches share a few
+//! gRPC streams ([`crate::etcd::WatchHub`]). An actor's processing loop
+//! holds its handler's future inline between messages, so the handlers of
+//! the per-role actors box their work: the loop keeps a pointer, and the
+//! large state (etcd calls, activation) lives only while a message is
+//! handled. The long-lived tasks box their etcd calls for the same reason.
 
 pub(crate) mod context;
 pub(crate) mod coordinator;

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod connect;
 pub mod grpc;
+pub mod idle;
 pub mod kv;
 pub mod server;
 mod shown;

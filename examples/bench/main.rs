@@ -12,6 +12,7 @@
 
 #[path = "../common/driver.rs"]
 mod driver;
+mod many_roles;
 #[path = "../common/metadata.rs"]
 mod metadata;
 
@@ -75,6 +76,25 @@ struct Args {
     /// Only `kill9-container`, with `--slow-rounds` x 2 rounds.
     #[arg(long)]
     containers_only: bool,
+    /// Only this scenario: `many-roles` (3 nodes of many idle roles).
+    #[arg(long)]
+    scenario: Option<Scenario>,
+    /// Idle roles per node of the `many-roles` runs.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    many_roles: Vec<usize>,
+    /// Roles of the `many-roles` kill -9 and SIGTERM rounds, of which the
+    /// node stopped leads a third.
+    #[arg(long, default_value_t = 1000)]
+    handover_roles: usize,
+    /// Rounds of each of the `many-roles` kill -9 and SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    many_rounds: usize,
+}
+
+/// A scenario run on its own (`make bench scenario=S`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    ManyRoles,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -116,6 +136,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.keep_logs.as_deref(),
         )
         .await;
+    }
+    let many_roles = || {
+        many_roles::run(
+            &etcd,
+            &binary,
+            &args.many_roles,
+            args.handover_roles,
+            args.many_rounds,
+        )
+    };
+    match args.scenario {
+        Some(Scenario::ManyRoles) => return many_roles().await,
+        None => {}
     }
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     let logs = args.keep_logs.as_deref();
@@ -193,7 +226,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         [args.size_rounds, args.cold_size_rounds],
         logs,
     )
-    .await
+    .await?;
+    many_roles().await
 }
 
 /// `kill9-container`: SIGKILL of the active container of deploy/compose's

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use standin::service::idle::{Idle, idle_role};
 use standin::service::kv::Kv;
 use standin::service::server::NodeServer;
 use standin::service::tso::Tso;
@@ -16,6 +17,7 @@ pub const BUILT_IN_ROLES: &[&str] = &["tso", "kv"];
 /// What `standin run` was asked for.
 pub struct RunArgs {
     pub roles: Vec<String>,
+    pub idle_roles: usize,
     pub listen: Option<SocketAddr>,
     pub advertise: Option<String>,
     pub metrics: Option<SocketAddr>,
@@ -69,7 +71,8 @@ pub async fn run(mut config: Config, args: RunArgs) -> Result<(), Failure> {
             other => usage(other.into()),
         })?;
     let mut node = Node::new(config.clone());
-    let runs = |role: &str| args.roles.is_empty() || args.roles.iter().any(|r| r == role);
+    let every_built_in = args.roles.is_empty() && args.idle_roles == 0;
+    let runs = |role: &str| every_built_in || args.roles.iter().any(|r| r == role);
     if runs("tso") {
         let tso = node.add_role("tso", Tso::new(config.tso.clone()))?;
         server.add_tso(&config, tso);
@@ -77,6 +80,9 @@ pub async fn run(mut config: Config, args: RunArgs) -> Result<(), Failure> {
     if runs("kv") {
         let kv = node.add_role("kv", Kv::new(config.kv.clone()))?;
         server.add_kv(&config, kv);
+    }
+    for index in 0..args.idle_roles {
+        node.add_role(&idle_role(index), Idle)?;
     }
     node.start().await.context("starting the node")?;
     if let Some(metrics) = &metrics {

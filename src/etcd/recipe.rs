@@ -127,7 +127,7 @@ pub(crate) async fn wait_until_leader(
             TxnOp::get(prefix.as_str(), Some(older)),
             TxnOp::get(me.key.as_str(), None),
         ]);
-        let response = kv.txn(txn).await?;
+        let response = Box::pin(kv.txn(txn)).await?;
         let mut reads = response
             .op_responses()
             .into_iter()
@@ -162,7 +162,7 @@ fn is_ours(kvs: &[KeyValue], revision: i64) -> bool {
 
 /// Whether `key` exists with create revision `revision`.
 async fn still_ours(client: &Client, key: &str, revision: i64) -> Result<bool, CampaignError> {
-    let current = client.kv_client().get(key, None).await?;
+    let current = Box::pin(client.kv_client().get(key, None)).await?;
     Ok(is_ours(current.kvs(), revision))
 }
 
@@ -402,11 +402,8 @@ async fn follow_prefix_once(
     prefix: &str,
     handle: &mut (impl FnMut(PrefixChange<'_>) -> bool + Send),
 ) -> Result<(), CampaignError> {
-    let snapshot = watches
-        .client()
-        .kv_client()
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
+    let mut kv = watches.client().kv_client();
+    let snapshot = Box::pin(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
     let revision = snapshot.header().map_or(0, |header| header.revision());
     let options = WatchOptions::new()
         .with_prefix()

@@ -10,17 +10,61 @@
 //! caller resumes from its own revision, as with a stream of its own), and
 //! the next watch opens a new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use etcd_client::{
     Client, Error, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-/// What a watch receives: etcd's responses, or why its stream ended.
-type Responses = mpsc::UnboundedSender<Result<WatchResponse, Error>>;
+/// Where a watch's responses wait for it: etcd's responses, then why its
+/// stream ended, if it did. A queue that allocates only when it holds
+/// something: a node keeps thousands of idle watches, and a channel would
+/// hold a block of 32 slots for each.
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<(VecDeque<Result<WatchResponse, Error>>, bool)>,
+    arrived: Notify,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<Result<WatchResponse, Error>>, bool)> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, item: Result<WatchResponse, Error>) {
+        self.lock().0.push_back(item);
+        self.arrived.notify_one();
+    }
+
+    /// Nothing more will arrive.
+    fn close(&self) {
+        self.lock().1 = true;
+        self.arrived.notify_one();
+    }
+
+    async fn next(&self) -> Option<Result<WatchResponse, Error>> {
+        loop {
+            {
+                let mut queue = self.lock();
+                if let Some(item) = queue.0.pop_front() {
+                    return Some(item);
+                }
+                if queue.1 {
+                    return None;
+                }
+            }
+            // A push between the check and here left a permit: no wake-up is lost.
+            self.arrived.notified().await;
+        }
+    }
+}
+
+type Responses = Arc<Inbox>;
 
 /// A handful of etcd watch streams that any number of watches share.
 /// Cheap to clone; the streams close once the hub and every watch on them
@@ -89,11 +133,11 @@ impl WatchHub {
         let id = hub.next_id.fetch_add(1, Ordering::Relaxed);
         let options = options.unwrap_or_default().with_watch_id(id);
         let key = key.into();
-        let (sender, responses) = mpsc::unbounded_channel();
+        let responses = Responses::default();
         let index = usize::try_from(id).unwrap_or_default() % hub.lanes.len();
         let mut slot = hub.lanes[index].lock().await;
         if let Some(lane) = slot.as_ref()
-            && lane.add(id, sender.clone())
+            && lane.add(id, responses.clone())
         {
             if lane
                 .requests
@@ -102,9 +146,14 @@ impl WatchHub {
             {
                 return Ok(Watch::new(id, responses, lane.clone()));
             }
-            lane.forget(id);
+            // The stream has ended: the watch goes on a new one.
+            if let Some(routes) = lane.routes().as_mut() {
+                routes.remove(&id);
+            }
         }
-        let lane = hub.open(key, options, id, sender).await?;
+        // Boxed: a watch's future stays small for its whole life, not the
+        // size of a stream's opening, which only the first one needs.
+        let lane = Box::pin(hub.open(key, options, id, responses.clone())).await?;
         *slot = Some(lane.clone());
         Ok(Watch::new(id, responses, lane))
     }
@@ -154,11 +203,9 @@ impl Lane {
     /// Stops routing watch `id`, and cancels it in etcd if it was still
     /// live there.
     fn forget(&self, id: i64) {
-        let live = self
-            .routes()
-            .as_mut()
-            .is_some_and(|routes| routes.remove(&id).is_some());
-        if live {
+        let removed = self.routes().as_mut().and_then(|routes| routes.remove(&id));
+        if let Some(inbox) = removed {
+            inbox.close();
             let _ = self.requests.send(Request::Cancel(id));
         }
     }
@@ -192,11 +239,12 @@ async fn run(
             };
             let id = response.watch_id();
             let ended = response.canceled();
-            let delivered = routes
-                .get(&id)
-                .is_some_and(|route| route.send(Ok(response)).is_ok());
-            if ended || !delivered {
-                routes.remove(&id);
+            if let Some(inbox) = routes.get(&id) {
+                inbox.push(Ok(response));
+                if ended {
+                    inbox.close();
+                    routes.remove(&id);
+                }
             }
         }
     };
@@ -217,8 +265,9 @@ async fn run(
         reason = writing => reason,
     };
     let orphans = lock().take().unwrap_or_default();
-    for route in orphans.into_values() {
-        let _ = route.send(Err(Error::WatchError(reason.clone())));
+    for inbox in orphans.into_values() {
+        inbox.push(Err(Error::WatchError(reason.clone())));
+        inbox.close();
     }
 }
 
@@ -226,16 +275,12 @@ async fn run(
 /// cancels it in etcd.
 pub(crate) struct Watch {
     id: i64,
-    responses: mpsc::UnboundedReceiver<Result<WatchResponse, Error>>,
+    responses: Responses,
     lane: Lane,
 }
 
 impl Watch {
-    fn new(
-        id: i64,
-        responses: mpsc::UnboundedReceiver<Result<WatchResponse, Error>>,
-        lane: Lane,
-    ) -> Self {
+    fn new(id: i64, responses: Responses, lane: Lane) -> Self {
         Self {
             id,
             responses,
@@ -246,7 +291,7 @@ impl Watch {
     /// The watch's next response; an error once its stream broke, `None`
     /// after etcd cancelled it.
     pub(crate) async fn message(&mut self) -> Result<Option<WatchResponse>, Error> {
-        self.responses.recv().await.transpose()
+        self.responses.next().await.transpose()
     }
 }
 

@@ -333,6 +333,8 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed: see "Memory" in runtime.rs.
+        Box::pin(async move {
         match message {
             CoordinatorMsg::Request { request, reply } => match &mut state.phase {
                 Phase::Activating { term, waiting, .. } if !term.is_closed() => {
@@ -383,6 +385,7 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
             }
         }
         Ok(())
+    }).await
     }
 }
 

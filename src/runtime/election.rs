@@ -1059,237 +1059,243 @@ impl<C: Coordinator> Actor for Election<C> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let event = match message {
-            ElectionMsg::Shutdown(reply) => {
-                state.shutdown_replies.push(reply);
-                Event::Shutdown
-            }
-            ElectionMsg::SessionChanged => match self.session_news(state) {
-                Some(event) => event,
-                None => return Ok(()),
-            },
-            ElectionMsg::Tick => {
-                // The renewals first: the deadline counts from the latest.
-                if let Some(news) = self.session_news(state) {
-                    self.apply(&myself, state, news).await?;
+        // Boxed: see "Memory" in runtime.rs.
+        Box::pin(async move {
+            let event = match message {
+                ElectionMsg::Shutdown(reply) => {
+                    state.shutdown_replies.push(reply);
+                    Event::Shutdown
                 }
-                Event::Tick {
-                    now: Instant::now(),
-                }
-            }
-            ElectionMsg::StandbyReminder => {
-                if state.machine.phase().published_state() == RoleState::Standby {
-                    tracing::info!(
-                        role = self.role,
-                        "serverName: {} is in STANDBY ...",
-                        self.role
-                    );
-                }
-                return Ok(());
-            }
-            ElectionMsg::Elected {
-                generation,
-                candidacy,
-            } => {
-                if !state.is_current(Tag::Campaign(generation)) {
-                    return Ok(());
-                }
-                let event = Event::Elected {
-                    lease: candidacy.lease,
-                    revision: candidacy.revision,
-                };
-                state.candidacy = Some(candidacy);
-                event
-            }
-            ElectionMsg::LeaderKeyDeleted {
-                generation,
-                revision,
-            } => {
-                if !state.is_current(Tag::Campaign(generation)) {
-                    return Ok(());
-                }
-                Event::LeaderKeyDeleted { revision }
-            }
-            ElectionMsg::CampaignJoined {
-                generation,
-                lease,
-                revision,
-            } => {
-                if !state.is_current(Tag::Campaign(generation)) {
-                    return Ok(());
-                }
-                state.joined_revision = Some(revision);
-                Event::CampaignJoined { lease }
-            }
-            ElectionMsg::CampaignFailed { generation, lease } => {
-                if !state.is_current(Tag::Campaign(generation)) {
-                    return Ok(());
-                }
-                Event::CampaignFailed { lease }
-            }
-            ElectionMsg::Reloaded {
-                generation,
-                revision,
-                result,
-            } => {
-                if !state.is_current(Tag::Reload(generation)) {
-                    return Ok(());
-                }
-                match result {
-                    Ok(meta) => {
-                        state.reload_restarts.reset();
-                        state.meta = Some(meta);
-                        Event::Reloaded { revision }
+                ElectionMsg::SessionChanged => match self.session_news(state) {
+                    Some(event) => event,
+                    None => return Ok(()),
+                },
+                ElectionMsg::Tick => {
+                    // The renewals first: the deadline counts from the latest.
+                    if let Some(news) = self.session_news(state) {
+                        self.apply(&myself, state, news).await?;
                     }
-                    Err(reason) => {
-                        tracing::error!(role = self.role, "reload failed: {reason}");
-                        Event::ReloadFailed
+                    Event::Tick {
+                        now: Instant::now(),
                     }
                 }
-            }
-            ElectionMsg::RestartReload => {
-                if state.machine.phase() != Phase::Stopped && state.reload.is_none() {
-                    self.spawn_reload(&myself, state).await?;
-                    tracing::info!(role = self.role, "reload actor restarted");
-                }
-                return Ok(());
-            }
-            ElectionMsg::CoordinatorServing { revision } => {
-                self.apply(&myself, state, Event::CoordinatorServing { revision })
-                    .await?;
-                state.preference_since = Instant::now();
-                self.watch_for_preferred(&myself, state);
-                return Ok(());
-            }
-            ElectionMsg::Transfer { to, within, reply } => {
-                self.start_transfer(&myself, state, to, within, reply);
-                return Ok(());
-            }
-            ElectionMsg::TransferPlanned { revision, plan } => {
-                self.on_transfer_planned(&myself, state, revision, plan);
-                return Ok(());
-            }
-            ElectionMsg::TransferSettled { revision, outcome } => {
-                let Some(pending) = state.transfer.take_if(|p| p.revision == revision) else {
-                    return Ok(());
-                };
-                state.transfer_task = None;
-                let plan = pending.plan.expect("a settled transfer has its plan");
-                match outcome {
-                    Ok(()) => {
+                ElectionMsg::StandbyReminder => {
+                    if state.machine.phase().published_state() == RoleState::Standby {
                         tracing::info!(
                             role = self.role,
-                            to = plan.successor.server_id,
-                            address = plan.successor.address,
-                            "server {} is next in line: handing {} over to it",
-                            plan.successor.server_id,
+                            "serverName: {} is in STANDBY ...",
                             self.role
                         );
-                        if let Some(reply) = pending.reply {
-                            state
-                                .handover_replies
-                                .push(HandoverReply::Transfer(reply, plan.successor));
-                        }
-                        Event::TransferReady { revision }
                     }
-                    Err(why) => {
-                        let error = ResignError::TransferFailed {
-                            role: self.role.clone(),
-                            target: pending.target.to_string(),
-                            why,
-                        };
-                        self.transfer_failed(&myself, state, pending.reply, error);
+                    return Ok(());
+                }
+                ElectionMsg::Elected {
+                    generation,
+                    candidacy,
+                } => {
+                    if !state.is_current(Tag::Campaign(generation)) {
                         return Ok(());
                     }
+                    let event = Event::Elected {
+                        lease: candidacy.lease,
+                        revision: candidacy.revision,
+                    };
+                    state.candidacy = Some(candidacy);
+                    event
                 }
-            }
-            ElectionMsg::PreferredReady {
-                revision,
-                server_id,
-            } => {
-                state.preference = None;
-                if state.machine.phase() != (Phase::Serving { revision }) {
+                ElectionMsg::LeaderKeyDeleted {
+                    generation,
+                    revision,
+                } => {
+                    if !state.is_current(Tag::Campaign(generation)) {
+                        return Ok(());
+                    }
+                    Event::LeaderKeyDeleted { revision }
+                }
+                ElectionMsg::CampaignJoined {
+                    generation,
+                    lease,
+                    revision,
+                } => {
+                    if !state.is_current(Tag::Campaign(generation)) {
+                        return Ok(());
+                    }
+                    state.joined_revision = Some(revision);
+                    Event::CampaignJoined { lease }
+                }
+                ElectionMsg::CampaignFailed { generation, lease } => {
+                    if !state.is_current(Tag::Campaign(generation)) {
+                        return Ok(());
+                    }
+                    Event::CampaignFailed { lease }
+                }
+                ElectionMsg::Reloaded {
+                    generation,
+                    revision,
+                    result,
+                } => {
+                    if !state.is_current(Tag::Reload(generation)) {
+                        return Ok(());
+                    }
+                    match result {
+                        Ok(meta) => {
+                            state.reload_restarts.reset();
+                            state.meta = Some(meta);
+                            Event::Reloaded { revision }
+                        }
+                        Err(reason) => {
+                            tracing::error!(role = self.role, "reload failed: {reason}");
+                            Event::ReloadFailed
+                        }
+                    }
+                }
+                ElectionMsg::RestartReload => {
+                    if state.machine.phase() != Phase::Stopped && state.reload.is_none() {
+                        self.spawn_reload(&myself, state).await?;
+                        tracing::info!(role = self.role, "reload actor restarted");
+                    }
                     return Ok(());
                 }
-                tracing::info!(
-                    role = self.role,
-                    to = server_id,
-                    "server {server_id} has a higher leader priority for {} and stands ready: \
+                ElectionMsg::CoordinatorServing { revision } => {
+                    self.apply(&myself, state, Event::CoordinatorServing { revision })
+                        .await?;
+                    state.preference_since = Instant::now();
+                    self.watch_for_preferred(&myself, state);
+                    return Ok(());
+                }
+                ElectionMsg::Transfer { to, within, reply } => {
+                    self.start_transfer(&myself, state, to, within, reply);
+                    return Ok(());
+                }
+                ElectionMsg::TransferPlanned { revision, plan } => {
+                    self.on_transfer_planned(&myself, state, revision, plan);
+                    return Ok(());
+                }
+                ElectionMsg::TransferSettled { revision, outcome } => {
+                    let Some(pending) = state.transfer.take_if(|p| p.revision == revision) else {
+                        return Ok(());
+                    };
+                    state.transfer_task = None;
+                    let plan = pending.plan.expect("a settled transfer has its plan");
+                    match outcome {
+                        Ok(()) => {
+                            tracing::info!(
+                                role = self.role,
+                                to = plan.successor.server_id,
+                                address = plan.successor.address,
+                                "server {} is next in line: handing {} over to it",
+                                plan.successor.server_id,
+                                self.role
+                            );
+                            if let Some(reply) = pending.reply {
+                                state
+                                    .handover_replies
+                                    .push(HandoverReply::Transfer(reply, plan.successor));
+                            }
+                            Event::TransferReady { revision }
+                        }
+                        Err(why) => {
+                            let error = ResignError::TransferFailed {
+                                role: self.role.clone(),
+                                target: pending.target.to_string(),
+                                why,
+                            };
+                            self.transfer_failed(&myself, state, pending.reply, error);
+                            return Ok(());
+                        }
+                    }
+                }
+                ElectionMsg::PreferredReady {
+                    revision,
+                    server_id,
+                } => {
+                    state.preference = None;
+                    if state.machine.phase() != (Phase::Serving { revision }) {
+                        return Ok(());
+                    }
+                    tracing::info!(
+                        role = self.role,
+                        to = server_id,
+                        "server {server_id} has a higher leader priority for {} and stands ready: \
                      handing the role over to it",
-                    self.role
-                );
-                let within = self.context.config.handover_bound();
-                let to = TransferTarget::ServerId(server_id);
-                self.start_transfer(&myself, state, to, within, None);
-                return Ok(());
-            }
-            ElectionMsg::ActivationTimedOut { revision } => Event::ActivationTimedOut { revision },
-            ElectionMsg::Resign(reply) => {
-                if !state.machine.phase().leads() {
-                    let _ = reply.send(Err(ResignError::NotLeader {
-                        role: self.role.clone(),
-                        leader: state.leader.as_ref().map(|l| l.session.address.clone()),
-                    }));
+                        self.role
+                    );
+                    let within = self.context.config.handover_bound();
+                    let to = TransferTarget::ServerId(server_id);
+                    self.start_transfer(&myself, state, to, within, None);
                     return Ok(());
                 }
-                state.handover_replies.push(HandoverReply::Resign(reply));
-                Event::Resign
-            }
-            ElectionMsg::Deactivated => Event::Deactivated,
-            ElectionMsg::ResignFailed => {
-                // The key may lead until the lease is gone: say so, rather
-                // than promise the caller that a peer can take over now.
-                for reply in state.handover_replies.drain(..) {
-                    reply.answer(Err(ResignError::ResignUnconfirmed {
-                        role: self.role.clone(),
-                        ttl: self.context.config.session.ttl,
-                    }));
+                ElectionMsg::ActivationTimedOut { revision } => {
+                    Event::ActivationTimedOut { revision }
                 }
-                return Ok(());
-            }
-            ElectionMsg::Released => {
-                self.apply(&myself, state, Event::Released).await?;
-                // The leader key is gone: a peer can take over now.
-                for reply in state.handover_replies.drain(..) {
-                    reply.answer(Ok(()));
+                ElectionMsg::Resign(reply) => {
+                    if !state.machine.phase().leads() {
+                        let _ = reply.send(Err(ResignError::NotLeader {
+                            role: self.role.clone(),
+                            leader: state.leader.as_ref().map(|l| l.session.address.clone()),
+                        }));
+                        return Ok(());
+                    }
+                    state.handover_replies.push(HandoverReply::Resign(reply));
+                    Event::Resign
                 }
-                return Ok(());
-            }
-            ElectionMsg::RestartCoordinator => {
-                if state.machine.phase() == Phase::Stopped || state.coordinator.is_some() {
+                ElectionMsg::Deactivated => Event::Deactivated,
+                ElectionMsg::ResignFailed => {
+                    // The key may lead until the lease is gone: say so, rather
+                    // than promise the caller that a peer can take over now.
+                    for reply in state.handover_replies.drain(..) {
+                        reply.answer(Err(ResignError::ResignUnconfirmed {
+                            role: self.role.clone(),
+                            ttl: self.context.config.session.ttl,
+                        }));
+                    }
                     return Ok(());
                 }
-                let leader = state.leader.as_ref().map(|l| l.session.address.clone());
-                self.spawn_coordinator(&myself, &mut state.coordinator, leader)
-                    .await?;
-                tracing::info!(role = self.role, "coordinator restarted in standby");
-                Event::CoordinatorStarted
-            }
-            ElectionMsg::TaskFailed { task, reason } => {
-                return Err(
-                    format!("{} election task failed ({task}): {reason}", self.role).into(),
-                );
-            }
-            #[cfg(feature = "fault-injection")]
-            ElectionMsg::InjectPanic => {
-                panic!("fault injected into the {} election actor", self.role)
-            }
-            ElectionMsg::Requeue => Event::Yield,
-            ElectionMsg::LeaderObserved(leader) => {
-                if let Some(coordinator) = &state.coordinator {
-                    let address = leader.as_ref().map(|l| l.session.address.clone());
-                    let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(address));
-                }
-                let makes_way = self.makes_way(state, leader.as_ref());
-                state.leader = leader;
-                self.report_status(state);
-                if !makes_way {
+                ElectionMsg::Released => {
+                    self.apply(&myself, state, Event::Released).await?;
+                    // The leader key is gone: a peer can take over now.
+                    for reply in state.handover_replies.drain(..) {
+                        reply.answer(Ok(()));
+                    }
                     return Ok(());
                 }
-                Event::Yield
-            }
-        };
-        self.apply(&myself, state, event).await
+                ElectionMsg::RestartCoordinator => {
+                    if state.machine.phase() == Phase::Stopped || state.coordinator.is_some() {
+                        return Ok(());
+                    }
+                    let leader = state.leader.as_ref().map(|l| l.session.address.clone());
+                    self.spawn_coordinator(&myself, &mut state.coordinator, leader)
+                        .await?;
+                    tracing::info!(role = self.role, "coordinator restarted in standby");
+                    Event::CoordinatorStarted
+                }
+                ElectionMsg::TaskFailed { task, reason } => {
+                    return Err(
+                        format!("{} election task failed ({task}): {reason}", self.role).into(),
+                    );
+                }
+                #[cfg(feature = "fault-injection")]
+                ElectionMsg::InjectPanic => {
+                    panic!("fault injected into the {} election actor", self.role)
+                }
+                ElectionMsg::Requeue => Event::Yield,
+                ElectionMsg::LeaderObserved(leader) => {
+                    if let Some(coordinator) = &state.coordinator {
+                        let address = leader.as_ref().map(|l| l.session.address.clone());
+                        let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(address));
+                    }
+                    let makes_way = self.makes_way(state, leader.as_ref());
+                    state.leader = leader;
+                    self.report_status(state);
+                    if !makes_way {
+                        return Ok(());
+                    }
+                    Event::Yield
+                }
+            };
+            self.apply(&myself, state, event).await
+        })
+        .await
     }
 
     async fn handle_supervisor_evt(
@@ -1298,29 +1304,33 @@ impl<C: Coordinator> Actor for Election<C> {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
-            _ => return Ok(()),
-        };
-        let id = cell.get_id();
-        if state.coordinator.as_ref().is_some_and(|c| c.get_id() == id) {
-            let reason = reason.unwrap_or_else(|| "stopped".into());
-            tracing::error!(role = self.role, "coordinator failed: {reason}");
-            self.apply(&myself, state, Event::CoordinatorCrashed)
-                .await?;
-        } else if state.reload.as_ref().is_some_and(|r| r.get_id() == id) {
-            // The warm copy is gone with the actor: a new one reads it
-            // again, after a backoff in case the crash repeats.
-            state.reload = None;
-            let reason = reason.unwrap_or_else(|| "stopped".into());
-            tracing::error!(role = self.role, "reload failed: {reason}");
-            let after = state.reload_restarts.next_delay();
-            myself.send_after(after, || ElectionMsg::RestartReload);
-            if matches!(state.machine.phase(), Phase::Reloading { .. }) {
-                self.apply(&myself, state, Event::ReloadFailed).await?;
+        // Boxed: see "Memory" in runtime.rs.
+        Box::pin(async move {
+            let (cell, reason) = match event {
+                SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
+                SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+                _ => return Ok(()),
+            };
+            let id = cell.get_id();
+            if state.coordinator.as_ref().is_some_and(|c| c.get_id() == id) {
+                let reason = reason.unwrap_or_else(|| "stopped".into());
+                tracing::error!(role = self.role, "coordinator failed: {reason}");
+                self.apply(&myself, state, Event::CoordinatorCrashed)
+                    .await?;
+            } else if state.reload.as_ref().is_some_and(|r| r.get_id() == id) {
+                // The warm copy is gone with the actor: a new one reads it
+                // again, after a backoff in case the crash repeats.
+                state.reload = None;
+                let reason = reason.unwrap_or_else(|| "stopped".into());
+                tracing::error!(role = self.role, "reload failed: {reason}");
+                let after = state.reload_restarts.next_delay();
+                myself.send_after(after, || ElectionMsg::RestartReload);
+                if matches!(state.machine.phase(), Phase::Reloading { .. }) {
+                    self.apply(&myself, state, Event::ReloadFailed).await?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 }

@@ -674,83 +674,89 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            ReloadMsg::CatchUp(job) => self.start_catch_up(&myself, state, *job),
-            ReloadMsg::Cancel => {
-                state.catch_up = None;
-                // Back in standby: decoded metadata for the next win (the
-                // last went to the activation). Not at the handover, where
-                // it would take a core from the activation.
-                self.start_background_decode(&myself, state);
-            }
-            ReloadMsg::Loaded {
-                generation,
-                snapshot,
-            } => {
-                if generation == state.generation {
-                    self.loaded(&myself, state, snapshot);
+        // Boxed: see "Memory" in runtime.rs.
+        Box::pin(async move {
+            match message {
+                ReloadMsg::CatchUp(job) => self.start_catch_up(&myself, state, *job),
+                ReloadMsg::Cancel => {
+                    state.catch_up = None;
+                    // Back in standby: decoded metadata for the next win (the
+                    // last went to the activation). Not at the handover, where
+                    // it would take a core from the activation.
+                    self.start_background_decode(&myself, state);
                 }
-            }
-            ReloadMsg::Followed {
-                generation,
-                followed,
-            } => {
-                if generation == state.generation {
-                    self.followed(&myself, state, followed);
-                }
-            }
-            ReloadMsg::Returned {
-                generation,
-                snapshot,
-            } => {
-                if let Some(copy) = state
-                    .copy
-                    .as_mut()
-                    .filter(|_| generation == state.generation)
-                {
-                    copy.give_back(snapshot);
-                    self.publish(Some(copy));
-                }
-            }
-            ReloadMsg::Decoded {
-                generation,
-                revision,
-                result,
-            } => {
-                if generation == state.generation {
-                    self.decoded(state, revision, result);
-                }
-            }
-            ReloadMsg::Marked { id, result } => match result {
-                Ok(revision) => {
-                    if let Some(pending) = state.catch_up.as_mut().filter(|p| p.id == id) {
-                        pending.target = Some(revision);
-                        pending.task = None;
+                ReloadMsg::Loaded {
+                    generation,
+                    snapshot,
+                } => {
+                    if generation == state.generation {
+                        self.loaded(&myself, state, snapshot);
                     }
                 }
-                Err(source) => {
-                    let prefix = self.prefix.clone();
-                    self.finish_if(
-                        state,
-                        id,
-                        0,
-                        Err(ReloadError::MarkerFailed { prefix, source }),
+                ReloadMsg::Followed {
+                    generation,
+                    followed,
+                } => {
+                    if generation == state.generation {
+                        self.followed(&myself, state, followed);
+                    }
+                }
+                ReloadMsg::Returned {
+                    generation,
+                    snapshot,
+                } => {
+                    if let Some(copy) = state
+                        .copy
+                        .as_mut()
+                        .filter(|_| generation == state.generation)
+                    {
+                        copy.give_back(snapshot);
+                        self.publish(Some(copy));
+                    }
+                }
+                ReloadMsg::Decoded {
+                    generation,
+                    revision,
+                    result,
+                } => {
+                    if generation == state.generation {
+                        self.decoded(state, revision, result);
+                    }
+                }
+                ReloadMsg::Marked { id, result } => match result {
+                    Ok(revision) => {
+                        if let Some(pending) = state.catch_up.as_mut().filter(|p| p.id == id) {
+                            pending.target = Some(revision);
+                            pending.task = None;
+                        }
+                    }
+                    Err(source) => {
+                        let prefix = self.prefix.clone();
+                        self.finish_if(
+                            state,
+                            id,
+                            0,
+                            Err(ReloadError::MarkerFailed { prefix, source }),
+                        );
+                    }
+                },
+                ReloadMsg::CaughtUp { id, keys, result } => self.finish_if(state, id, keys, result),
+                ReloadMsg::Expired { id } => {
+                    let timed_out = ReloadError::TimedOut {
+                        prefix: self.prefix.clone(),
+                        timeout: self.config.timeout,
+                    };
+                    self.finish_if(state, id, 0, Err(timed_out));
+                }
+                ReloadMsg::TaskFailed { task, reason } => {
+                    return Err(
+                        format!("{} reload task failed ({task}): {reason}", self.role).into(),
                     );
                 }
-            },
-            ReloadMsg::CaughtUp { id, keys, result } => self.finish_if(state, id, keys, result),
-            ReloadMsg::Expired { id } => {
-                let timed_out = ReloadError::TimedOut {
-                    prefix: self.prefix.clone(),
-                    timeout: self.config.timeout,
-                };
-                self.finish_if(state, id, 0, Err(timed_out));
             }
-            ReloadMsg::TaskFailed { task, reason } => {
-                return Err(format!("{} reload task failed ({task}): {reason}", self.role).into());
-            }
-        }
-        self.check_catch_up(&myself, state);
-        Ok(())
+            self.check_catch_up(&myself, state);
+            Ok(())
+        })
+        .await
     }
 }

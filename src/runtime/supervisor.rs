@@ -128,31 +128,38 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            SupervisorMsg::StartElection => {
-                if !state.shutting_down && state.election.is_none() {
-                    self.start_election(&myself, state).await?;
-                }
-            }
-            SupervisorMsg::Shutdown(reply) => {
-                state.shutting_down = true;
-                if let Some(election) = state.election.take() {
-                    let bound = self.context.config.handover_bound();
-                    let handed_over =
-                        ractor::call_t!(election, ElectionMsg::Shutdown, bound.as_millis() as u64);
-                    if let Err(error) = handed_over {
-                        tracing::warn!(role = self.role, "graceful handover failed: {error}");
-                        election.kill();
-                        // The handover bound is spent: the node's lease,
-                        // revoked once every role has stopped, ends the key.
-                        self.shared.lease.set(None);
+        // Boxed: see "Memory" in runtime.rs.
+        Box::pin(async move {
+            match message {
+                SupervisorMsg::StartElection => {
+                    if !state.shutting_down && state.election.is_none() {
+                        self.start_election(&myself, state).await?;
                     }
                 }
-                let _ = reply.send(());
-                myself.stop(None);
+                SupervisorMsg::Shutdown(reply) => {
+                    state.shutting_down = true;
+                    if let Some(election) = state.election.take() {
+                        let bound = self.context.config.handover_bound();
+                        let handed_over = ractor::call_t!(
+                            election,
+                            ElectionMsg::Shutdown,
+                            bound.as_millis() as u64
+                        );
+                        if let Err(error) = handed_over {
+                            tracing::warn!(role = self.role, "graceful handover failed: {error}");
+                            election.kill();
+                            // The handover bound is spent: the node's lease,
+                            // revoked once every role has stopped, ends the key.
+                            self.shared.lease.set(None);
+                        }
+                    }
+                    let _ = reply.send(());
+                    myself.stop(None);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn handle_supervisor_evt(
@@ -161,77 +168,82 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
+        // Boxed: see "Memory" in runtime.rs.
+        Box::pin(async move {
+            let (cell, reason) = match event {
+                SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+                SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                    (cell, reason.unwrap_or_else(|| "stopped".into()))
+                }
+                _ => return Ok(()),
+            };
+            if state.shutting_down {
+                return Ok(());
             }
-            _ => return Ok(()),
-        };
-        if state.shutting_down {
-            return Ok(());
-        }
-        let is = |actor: Option<ActorCell>| actor.is_some_and(|a| a.get_id() == cell.get_id());
-        if is(state.endpoint.as_ref().map(|e| e.get_cell())) {
-            // It holds no state: a new one takes the role's messages at once.
+            let is = |actor: Option<ActorCell>| actor.is_some_and(|a| a.get_id() == cell.get_id());
+            if is(state.endpoint.as_ref().map(|e| e.get_cell())) {
+                // It holds no state: a new one takes the role's messages at once.
+                tracing::error!(
+                    role = self.role,
+                    "role endpoint failed ({reason}); restarting it"
+                );
+                self.shared.endpoint.set(None);
+                return self.start_endpoint(&myself, state).await;
+            }
+            if !is(state.election.as_ref().map(|e| e.get_cell())) {
+                return Ok(());
+            }
+            state.election = None;
+            self.election_slot.set(None);
+            // The coordinator was linked to the election actor, so ractor has
+            // already killed it; make sure nothing can still route to it and
+            // that the election holds no key on the node's lease.
+            self.shared.coordinator.set(None);
+            if self.shared.is_stopped() {
+                return Ok(());
+            }
+            self.shared.status.send_modify(|status| {
+                status.state = RoleState::Standby;
+                status.epoch = None;
+                status.lease = None;
+            });
+            crate::telemetry::set_role_state(&self.role, RoleState::Standby);
+            if state.started_at.elapsed() > self.context.config.coordinator.restart_backoff.max {
+                state.backoff.reset();
+            }
+            let delay = state.backoff.next_delay();
             tracing::error!(
                 role = self.role,
-                "role endpoint failed ({reason}); restarting it"
+                restart_in_ms = delay.as_millis() as u64,
+                "election actor failed ({reason}); its key is deleted and it restarts"
             );
-            self.shared.endpoint.set(None);
-            return self.start_endpoint(&myself, state).await;
-        }
-        if !is(state.election.as_ref().map(|e| e.get_cell())) {
-            return Ok(());
-        }
-        state.election = None;
-        self.election_slot.set(None);
-        // The coordinator was linked to the election actor, so ractor has
-        // already killed it; make sure nothing can still route to it and
-        // that the election holds no key on the node's lease.
-        self.shared.coordinator.set(None);
-        if self.shared.is_stopped() {
-            return Ok(());
-        }
-        self.shared.status.send_modify(|status| {
-            status.state = RoleState::Standby;
-            status.epoch = None;
-            status.lease = None;
-        });
-        crate::telemetry::set_role_state(&self.role, RoleState::Standby);
-        if state.started_at.elapsed() > self.context.config.coordinator.restart_backoff.max {
-            state.backoff.reset();
-        }
-        let delay = state.backoff.next_delay();
-        tracing::error!(
-            role = self.role,
-            restart_in_ms = delay.as_millis() as u64,
-            "election actor failed ({reason}); its key is deleted and it restarts"
-        );
-        metrics::counter!(crate::telemetry::ELECTION_RESTARTS, "role" => self.role.clone())
-            .increment(1);
-        // The key goes first, so a peer takes over now; the lease is the
-        // node's and stays, for the other roles on it. The restart waits
-        // for the delete: campaigning on the same lease would find the old
-        // key and win again at its epoch.
-        let lease = self.shared.lease.take();
-        let key = lease
-            .map(|lease| recipe::candidate_key(&self.context.layout.election(&self.role), lease));
-        let context = self.context.clone();
-        let restart = myself.clone();
-        let release = async move {
-            let waited = tokio::time::sleep(delay);
-            if let (Some(lease), Some(key)) = (lease, key)
-                && context.release_key(&key, lease).await
-            {
-                tracing::info!(key, "deleted the key of a failed election actor");
-            }
-            waited.await;
-            let _ = restart.send_message(SupervisorMsg::StartElection);
-        };
-        state.releasing = Some(OwnedTask::spawn_reported(release, |reason| {
-            tracing::error!("deleting a failed election actor's key {reason}");
-        }));
-        Ok(())
+            metrics::counter!(crate::telemetry::ELECTION_RESTARTS, "role" => self.role.clone())
+                .increment(1);
+            // The key goes first, so a peer takes over now; the lease is the
+            // node's and stays, for the other roles on it. The restart waits
+            // for the delete: campaigning on the same lease would find the old
+            // key and win again at its epoch.
+            let lease = self.shared.lease.take();
+            let key = lease.map(|lease| {
+                recipe::candidate_key(&self.context.layout.election(&self.role), lease)
+            });
+            let context = self.context.clone();
+            let restart = myself.clone();
+            let release = async move {
+                let waited = tokio::time::sleep(delay);
+                if let (Some(lease), Some(key)) = (lease, key)
+                    && context.release_key(&key, lease).await
+                {
+                    tracing::info!(key, "deleted the key of a failed election actor");
+                }
+                waited.await;
+                let _ = restart.send_message(SupervisorMsg::StartElection);
+            };
+            state.releasing = Some(OwnedTask::spawn_reported(release, |reason| {
+                tracing::error!("deleting a failed election actor's key {reason}");
+            }));
+            Ok(())
+        })
+        .await
     }
 }
