@@ -62,7 +62,14 @@ impl Elections {
 struct Mirror {
     elections: Arc<Mutex<Elections>>,
     changed: Arc<Notify>,
-    _follow: tokio::task::JoinHandle<()>,
+    follow: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mirror {
+    /// Ends the watch, so its stream does not count in the next cluster's.
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
 }
 
 impl Mirror {
@@ -113,7 +120,7 @@ impl Mirror {
         Ok(Self {
             elections,
             changed,
-            _follow: follow,
+            follow,
         })
     }
 

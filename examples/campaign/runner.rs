@@ -30,6 +30,9 @@ use probes::{Probe, allocate, read_and_write, sample};
 
 /// Nodes in the cluster: one leader, two standbys.
 const NODES: usize = 3;
+/// Idle roles each node runs beside the two under test: many roles on one
+/// lease, whose leadership the spread shares out as faults move it.
+const IDLE_ROLES: usize = 20;
 /// Client tasks of each role at once.
 const CLIENTS: usize = 3;
 /// `session.ttl` of every node; short, so kills and freezes end in seconds.
@@ -159,8 +162,9 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             TTL.as_secs(),
             ACTIVATE_TIMEOUT.as_millis()
         );
+        let idle = IDLE_ROLES.to_string();
         let mut args: Vec<&str> = ROLES.iter().flat_map(|role| ["--role", role]).collect();
-        args.extend(["--fault-injection", "--listen", &address]);
+        args.extend(["--idle-roles", &idle, "--fault-injection", "--listen", &address]);
         let process = StandinProcess::spawn(&options.binary, &yaml, &args)
             .with_context(|| format!("starting node {node}"))?;
         let url = format!("http://{address}");

@@ -516,13 +516,13 @@ impl<C: Coordinator> Election<C> {
                 let _ = copy.wait_for(Option::is_some).await;
             }
             let won = async {
-                let candidacy = recipe::join(&client, &election, lease, value).await?;
+                let candidacy = Box::pin(recipe::join(&client, &election, lease, value)).await?;
                 let _ = reply.send_message(ElectionMsg::CampaignJoined {
                     generation,
                     lease,
                     revision: candidacy.revision,
                 });
-                recipe::wait_until_leader(&watches, &election, &candidacy).await?;
+                Box::pin(recipe::wait_until_leader(&watches, &election, &candidacy)).await?;
                 Ok::<_, recipe::CampaignError>(candidacy)
             };
             let candidacy = match won.await {
@@ -545,7 +545,7 @@ impl<C: Coordinator> Election<C> {
             });
             // While leading, watch our own key: if anyone deletes it,
             // the next candidate leads and we must not keep serving.
-            recipe::watch_own_key(&watches, &key, revision, retry).await;
+            Box::pin(recipe::watch_own_key(&watches, &key, revision, retry)).await;
             let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
                 generation,
                 revision,

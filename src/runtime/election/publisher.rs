@@ -35,7 +35,8 @@ impl Publisher {
                     continue;
                 };
                 loop {
-                    match publish(&client, &key, &info, leading.as_ref()).await {
+                    // Boxed: the task waits far longer than it writes.
+                    match Box::pin(publish(&client, &key, &info, leading.as_ref())).await {
                         Ok(()) => break,
                         // The term ended under us; the next state published says so.
                         Err(recipe::CampaignError::CandidacyLost { .. }) => break,
