@@ -478,8 +478,11 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
 async fn kv_puts_survive_a_handover_and_bad_keys_are_refused() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
+    // tso and kv on two nodes: without the spread, which would move one of
+    // them to the other node while the test follows the first leader.
+    let unspread = [("STANDIN_SESSION_SPREAD_LEADERS", "false")];
     let mut nodes: Vec<_> = (0..2)
-        .map(|_| NodeProcess::start_with(&etcd, 10, &["--role", "kv"]))
+        .map(|_| NodeProcess::start_with_env(&etcd, 10, &["--role", "kv"], &unspread))
         .collect::<Result<_, _>>()?;
     let (leader, epoch) = serving_role(&nodes, "kv", None).await;
     let text = |output: &Output| {

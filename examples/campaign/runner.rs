@@ -164,7 +164,13 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         );
         let idle = IDLE_ROLES.to_string();
         let mut args: Vec<&str> = ROLES.iter().flat_map(|role| ["--role", role]).collect();
-        args.extend(["--idle-roles", &idle, "--fault-injection", "--listen", &address]);
+        args.extend([
+            "--idle-roles",
+            &idle,
+            "--fault-injection",
+            "--listen",
+            &address,
+        ]);
         let process = StandinProcess::spawn(&options.binary, &yaml, &args)
             .with_context(|| format!("starting node {node}"))?;
         let url = format!("http://{address}");
