@@ -33,7 +33,10 @@ campaign: deps
 # Takeover times side by side with their anchors, in one run on one etcd
 # (examples/bench/): graceful handover and coordinator crash against
 # `etcdctl elect`, kill -9 with the death witness against it off, and kill -9
-# of a host gone dark, and takeovers by metadata size up to 1M keys (about 10 minutes). BENCH_ARGS="--rounds N --slow-rounds M".
+# of a host gone dark, takeovers by metadata size up to 1M keys, the herd
+# (2 vs 50 standbys) and many roles per node (about 20 minutes).
+# BENCH_ARGS="--rounds N --slow-rounds M"; scenario=many-roles or
+# scenario=herd runs only that one.
 bench: deps
 	$(CARGO) build --release --features cli --bin standin
 	$(CARGO) run --release --example bench -- $(BENCH_ARGS) $(if $(scenario),--scenario $(scenario))

@@ -1,4 +1,4 @@
-//! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd.
+//! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd; then the herd and many roles per node.
 //!
 //! `cargo build --release --features cli --bin standin && cargo run --release --example bench
 //! -- [--rounds N] [--slow-rounds M]`. Every scenario prints one line:
@@ -76,7 +76,8 @@ struct Args {
     /// Only `kill9-container`, with `--slow-rounds` x 2 rounds.
     #[arg(long)]
     containers_only: bool,
-    /// Only this scenario: `many-roles` (3 nodes of many idle roles).
+    /// Only this scenario: `many-roles` (3 nodes of many idle roles), or
+    /// `herd` (graceful handovers watched by 2 and by 50 standbys).
     #[arg(long)]
     scenario: Option<Scenario>,
     /// Idle roles per node of the `many-roles` runs.
@@ -95,6 +96,7 @@ struct Args {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Scenario {
     ManyRoles,
+    Herd,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -148,6 +150,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     match args.scenario {
         Some(Scenario::ManyRoles) => return many_roles().await,
+        Some(Scenario::Herd) => return herd(&etcd, &binary, args.rounds).await,
         None => {}
     }
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
@@ -163,8 +166,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: graceful, transfer, crash and etcdctl elect, {} rounds each, interleaved",
         args.rounds
     );
-    let mut live =
-        Cluster::start(&etcd, &binary, "bench-live", Witness::On, "tso", true, 0).await?;
+    let mut live = Cluster::start(
+        &etcd,
+        &binary,
+        "bench-live",
+        Witness::On,
+        "tso",
+        true,
+        0,
+        NODES,
+    )
+    .await?;
     let mut elect = Elect::start(&etcd, "bench-anchor").await?;
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
@@ -189,7 +201,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
         args.rounds, args.slow_rounds
     );
-    let mut off = Cluster::start(&etcd, &binary, "bench-off", Witness::Off, "tso", true, 0).await?;
+    let mut off = Cluster::start(
+        &etcd,
+        &binary,
+        "bench-off",
+        Witness::Off,
+        "tso",
+        true,
+        0,
+        NODES,
+    )
+    .await?;
     let mut unreachable = Cluster::start(
         &etcd,
         &binary,
@@ -198,6 +220,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "tso",
         true,
         0,
+        NODES,
     )
     .await?;
     let per_slow = args.rounds.div_ceil(args.slow_rounds.max(1));
@@ -227,7 +250,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
         logs,
     )
     .await?;
+    herd(&etcd, &binary, args.rounds).await?;
     many_roles().await
+}
+
+/// Standbys of the `herd` scenario's crowded cluster (plus its leader).
+const HERD: usize = 50;
+
+/// `herd`: graceful handovers of `tso` in a cluster of 2 standbys and in
+/// one of 50, rounds interleaved: what a crowd of standbys, each watching
+/// the election, adds to a handover.
+async fn herd(etcd: &EtcdServer, binary: &std::path::Path, rounds: usize) -> anyhow::Result<()> {
+    println!(
+        "bench: herd, graceful handovers with 2 and with {HERD} standbys, {rounds} rounds each, interleaved"
+    );
+    // Without the witness and the warm copy: their settle checks read every
+    // node's log, which fifty nodes would turn into the load measured.
+    let start =
+        |root, count| Cluster::start(etcd, binary, root, Witness::Off, "tso", false, 0, count);
+    let mut few = start("bench-herd-2", NODES).await?;
+    let mut crowd = start("bench-herd-50", HERD + 1).await?;
+    let (mut two, mut fifty) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        two.push(few.round(Act::Sigterm).await?);
+        fifty.push(crowd.round(Act::Sigterm).await?);
+    }
+    few.shut_down().await?;
+    crowd.shut_down().await?;
+    let (two, fifty) = (Summary::of(&two), Summary::of(&fifty));
+    println!("bench: scenario=herd standbys=2 {two}");
+    println!(
+        "bench: scenario=herd standbys={HERD} {fifty} ratio_p50_to_2={:.2} ratio_p99_to_2={:.2}",
+        fifty.p50_ms / two.p50_ms,
+        fifty.p99_ms / two.p99_ms
+    );
+    Ok(())
 }
 
 /// `kill9-container`: SIGKILL of the active container of deploy/compose's
@@ -278,7 +335,7 @@ async fn by_size(
         for warm in [true, false] {
             let cluster_root = format!("{root}-{}", if warm { "warm" } else { "cold" });
             let mut cluster =
-                Cluster::start(etcd, binary, &root, Witness::On, "kv", warm, keys).await?;
+                Cluster::start(etcd, binary, &root, Witness::On, "kv", warm, keys, NODES).await?;
             cluster.root = cluster_root;
             let acts: &[(&'static str, Act)] = if warm {
                 &[
@@ -296,7 +353,7 @@ async fn by_size(
                 }
             }
             let (leader, _) = cluster.settle().await?;
-            let standby = &cluster.nodes[(leader + 1) % NODES];
+            let standby = &cluster.nodes[(leader + 1) % cluster.nodes.len()];
             let rss = standby.process.pid().and_then(resident_bytes).unwrap_or(0);
             keep_logs(logs, &[&cluster])?;
             cluster.shut_down().await?;
@@ -550,9 +607,10 @@ impl Cluster {
         role: &'static str,
         warm: bool,
         metadata_keys: usize,
+        count: usize,
     ) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
-        for _ in 0..NODES {
+        for _ in 0..count {
             let address = format!("127.0.0.1:{}", free_loopback_port()?);
             let mut proxies = Vec::new();
             let mut endpoint = etcd.endpoint();
