@@ -29,6 +29,8 @@ struct Elections {
     lines: BTreeMap<String, BTreeMap<i64, (i64, RoleState)>>,
     /// Key to (role, create revision), to place a deletion.
     keys: BTreeMap<Vec<u8>, (String, i64)>,
+    /// Each server ID's published address.
+    addresses: BTreeMap<i64, String>,
 }
 
 impl Elections {
@@ -152,6 +154,9 @@ fn put(mirror: &mut Elections, kv: &etcd_client::KeyValue) {
     };
     let revision = kv.create_revision();
     mirror
+        .addresses
+        .insert(session.server_id, session.address.clone());
+    mirror
         .keys
         .insert(kv.key().to_vec(), (session.role.clone(), revision));
     mirror
@@ -164,19 +169,20 @@ fn put(mirror: &mut Elections, kv: &etcd_client::KeyValue) {
 /// Three nodes of `roles` idle roles under `root`.
 struct Cluster {
     nodes: Vec<StandinProcess>,
-    /// Each node's server ID, once seen in the elections.
-    servers: Vec<i64>,
+    /// Each node's address, as its sessions publish it.
+    addresses: Vec<String>,
     mirror: Mirror,
     roles: usize,
 }
 
+/// A node of `roles` idle roles, and its address.
 fn spawn_node(
     binary: &std::path::Path,
     etcd: &EtcdServer,
     root: &str,
     roles: usize,
     spread: bool,
-) -> anyhow::Result<StandinProcess> {
+) -> anyhow::Result<(StandinProcess, String)> {
     let address = format!("127.0.0.1:{}", free_loopback_port()?);
     let yaml = format!(
         "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  connectAttempts: 0\nnode:\n  address: {address}\nsession:\n  spreadLeaders: {spread}\n",
@@ -184,7 +190,7 @@ fn spawn_node(
     );
     let idle = roles.to_string();
     let args = ["--idle-roles", idle.as_str(), "--listen", address.as_str()];
-    Ok(StandinProcess::spawn(binary, &yaml, &args)?)
+    Ok((StandinProcess::spawn(binary, &yaml, &args)?, address))
 }
 
 impl Cluster {
@@ -197,32 +203,18 @@ impl Cluster {
         let root = format!("bench-many-{roles}");
         let mirror = Mirror::start(etcd, format!("{root}/election/")).await?;
         let started = Instant::now();
-        let nodes = (0..NODES)
+        let (nodes, addresses) = (0..NODES)
             .map(|_| spawn_node(binary, etcd, &root, roles, true))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<anyhow::Result<(Vec<_>, Vec<_>)>>()?;
         let (served, _) = mirror
             .until("every role serving", SETTLE_WITHIN, |e| e.leaders(roles))
             .await?;
-        let mut cluster = Self {
+        let cluster = Self {
             nodes,
-            servers: Vec::new(),
+            addresses,
             mirror,
             roles,
         };
-        let (_, servers) = cluster
-            .mirror
-            .until("every node in every election", SETTLE_WITHIN, |e| {
-                let servers: std::collections::BTreeSet<i64> = e
-                    .lines
-                    .values()
-                    .flat_map(|line| line.values().map(|(server, _)| *server))
-                    .collect();
-                let full =
-                    e.lines.len() == roles && e.lines.values().all(|line| line.len() == NODES);
-                (full && servers.len() == NODES).then_some(servers)
-            })
-            .await?;
-        cluster.servers = servers.into_iter().collect();
         Ok((cluster, served.duration_since(started)))
     }
 
@@ -240,22 +232,29 @@ impl Cluster {
             .await
     }
 
-    /// The node that leads the most roles, and those roles.
-    fn busiest(&self) -> (usize, Vec<String>) {
+    /// The node that leads the most roles: its index, its server ID, and
+    /// the roles it leads.
+    fn busiest(&self) -> anyhow::Result<(usize, i64, Vec<String>)> {
         let elections = self.mirror.elections.lock().expect("mirror");
         let serving = elections.serving();
-        let (index, _) = self
-            .servers
+        let mut led: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for (role, server) in &serving {
+            led.entry(*server).or_default().push((*role).to_owned());
+        }
+        let (server, roles) = led
+            .into_iter()
+            .max_by_key(|(_, roles)| roles.len())
+            .context("no role serves")?;
+        let address = elections
+            .addresses
+            .get(&server)
+            .context("the busiest server published no address")?;
+        let index = self
+            .addresses
             .iter()
-            .enumerate()
-            .max_by_key(|(_, id)| serving.values().filter(|s| s == id).count())
-            .expect("three nodes");
-        let led = serving
-            .iter()
-            .filter(|(_, server)| **server == self.servers[index])
-            .map(|(role, _)| (*role).to_owned())
-            .collect();
-        (index, led)
+            .position(|a| a == address)
+            .context("the busiest server is none of the cluster's nodes")?;
+        Ok((index, server, roles))
     }
 
     /// Kills (`graceful` false) or stops the busiest node, and times until
@@ -263,8 +262,7 @@ impl Cluster {
     /// the spread to give it its share again.
     async fn round(&mut self, graceful: bool) -> anyhow::Result<(Duration, usize)> {
         self.spread(NODES).await?;
-        let (index, led) = self.busiest();
-        let dead = self.servers[index];
+        let (index, dead, led) = self.busiest()?;
         let acted = Instant::now();
         if graceful {
             self.nodes[index].terminate()?;
@@ -295,18 +293,6 @@ impl Cluster {
             }
         }
         self.nodes[index].restart()?;
-        // The restarted node has a new server ID.
-        let known = self.servers.clone();
-        let (_, fresh) = self
-            .mirror
-            .until("the restarted node in the elections", SETTLE_WITHIN, |e| {
-                e.lines
-                    .values()
-                    .flat_map(|line| line.values().map(|(server, _)| *server))
-                    .find(|server| !known.contains(server))
-            })
-            .await?;
-        self.servers[index] = fresh;
         self.spread(NODES).await?;
         Ok((took, led.len()))
     }
@@ -436,13 +422,13 @@ async fn standby_resident(
 ) -> anyhow::Result<f64> {
     let root = format!("bench-standby-{roles}");
     let mirror = Mirror::start(etcd, format!("{root}/election/")).await?;
-    let leader = spawn_node(binary, etcd, &root, roles, false)?;
+    let (leader, _) = spawn_node(binary, etcd, &root, roles, false)?;
     mirror
         .until("the leader serving every role", SETTLE_WITHIN, |e| {
             e.leaders(roles)
         })
         .await?;
-    let standby = spawn_node(binary, etcd, &root, roles, false)?;
+    let (standby, _) = spawn_node(binary, etcd, &root, roles, false)?;
     mirror
         .until("the standby in every election", SETTLE_WITHIN, |e| {
             (e.lines.len() == roles && e.lines.values().all(|line| line.len() == 2)).then_some(())
