@@ -166,17 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: graceful, transfer, crash and etcdctl elect, {} rounds each, interleaved",
         args.rounds
     );
-    let mut live = Cluster::start(
-        &etcd,
-        &binary,
-        "bench-live",
-        Witness::On,
-        "tso",
-        true,
-        0,
-        NODES,
-    )
-    .await?;
+    let mut live = Cluster::start(&etcd, &binary, "bench-live", Shape::tso(Witness::On)).await?;
     let mut elect = Elect::start(&etcd, "bench-anchor").await?;
     for _ in 0..args.rounds {
         let took = live.round(Act::Sigterm).await?;
@@ -201,26 +191,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
         args.rounds, args.slow_rounds
     );
-    let mut off = Cluster::start(
-        &etcd,
-        &binary,
-        "bench-off",
-        Witness::Off,
-        "tso",
-        true,
-        0,
-        NODES,
-    )
-    .await?;
+    let mut off = Cluster::start(&etcd, &binary, "bench-off", Shape::tso(Witness::Off)).await?;
     let mut unreachable = Cluster::start(
         &etcd,
         &binary,
         "bench-unreachable",
-        Witness::BehindProxy,
-        "tso",
-        true,
-        0,
-        NODES,
+        Shape::tso(Witness::BehindProxy),
     )
     .await?;
     let per_slow = args.rounds.div_ceil(args.slow_rounds.max(1));
@@ -266,8 +242,14 @@ async fn herd(etcd: &EtcdServer, binary: &std::path::Path, rounds: usize) -> any
     );
     // Without the witness and the warm copy: their settle checks read every
     // node's log, which fifty nodes would turn into the load measured.
-    let start =
-        |root, count| Cluster::start(etcd, binary, root, Witness::Off, "tso", false, 0, count);
+    let start = |root, nodes| {
+        let shape = Shape {
+            warm: false,
+            nodes,
+            ..Shape::tso(Witness::Off)
+        };
+        Cluster::start(etcd, binary, root, shape)
+    };
     let mut few = start("bench-herd-2", NODES).await?;
     let mut crowd = start("bench-herd-50", HERD + 1).await?;
     let (mut two, mut fifty) = (Vec::new(), Vec::new());
@@ -334,8 +316,18 @@ async fn by_size(
         metadata::preload(&client, &format!("{root}/meta/kv/"), keys).await?;
         for warm in [true, false] {
             let cluster_root = format!("{root}-{}", if warm { "warm" } else { "cold" });
-            let mut cluster =
-                Cluster::start(etcd, binary, &root, Witness::On, "kv", warm, keys, NODES).await?;
+            let mut cluster = Cluster::start(
+                etcd,
+                binary,
+                &root,
+                Shape {
+                    role: "kv",
+                    warm,
+                    metadata_keys: keys,
+                    ..Shape::tso(Witness::On)
+                },
+            )
+            .await?;
             cluster.root = cluster_root;
             let acts: &[(&'static str, Act)] = if warm {
                 &[
@@ -598,17 +590,47 @@ struct Cluster {
     shared_roles: bool,
 }
 
+/// What a cluster of the bench runs.
+#[derive(Clone, Copy)]
+struct Shape {
+    witness: Witness,
+    /// The role timed, the only one the nodes run.
+    role: &'static str,
+    /// `reload.warm`.
+    warm: bool,
+    /// Keys under the role's prefix, which lengthen the wait to settle.
+    metadata_keys: usize,
+    /// Nodes in the cluster.
+    nodes: usize,
+}
+
+impl Shape {
+    /// Three warm `tso` nodes without metadata.
+    fn tso(witness: Witness) -> Self {
+        Self {
+            witness,
+            role: "tso",
+            warm: true,
+            metadata_keys: 0,
+            nodes: NODES,
+        }
+    }
+}
+
 impl Cluster {
     async fn start(
         etcd: &EtcdServer,
         binary: &std::path::Path,
         root: &str,
-        witness: Witness,
-        role: &'static str,
-        warm: bool,
-        metadata_keys: usize,
-        count: usize,
+        shape: Shape,
     ) -> anyhow::Result<Self> {
+        let Shape {
+            witness,
+            role,
+            warm,
+            metadata_keys,
+            nodes: count,
+        } = shape;
         let mut nodes = Vec::new();
         for _ in 0..count {
             let address = format!("127.0.0.1:{}", free_loopback_port()?);

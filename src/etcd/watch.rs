@@ -303,144 +303,145 @@ impl Drop for Watch {
 
 #[cfg(test)]
 mod tests {
-    // Against a real etcd, which the test kit starts.
-    #![cfg(feature = "testing")]
+    //! Against a real etcd, which the test kit starts.
+    #[cfg(feature = "testing")]
+    mod against_etcd {
+        use std::time::Duration;
 
-    use std::time::Duration;
+        use etcd_client::EventType;
 
-    use etcd_client::EventType;
+        use super::super::*;
+        use crate::testing::{EtcdServer, FaultProxy, wait_until};
 
-    use super::*;
-    use crate::testing::{EtcdServer, FaultProxy, wait_until};
+        const DEADLINE: Duration = Duration::from_secs(10);
 
-    const DEADLINE: Duration = Duration::from_secs(10);
-
-    /// The next response of `watch` that carries events, within the deadline.
-    async fn next_events(watch: &mut Watch) -> WatchResponse {
-        tokio::time::timeout(DEADLINE, async {
-            loop {
-                let response = watch
-                    .message()
-                    .await
-                    .expect("the stream holds")
-                    .expect("the watch is live");
-                if !response.events().is_empty() {
-                    return response;
+        /// The next response of `watch` that carries events, within the deadline.
+        async fn next_events(watch: &mut Watch) -> WatchResponse {
+            tokio::time::timeout(DEADLINE, async {
+                loop {
+                    let response = watch
+                        .message()
+                        .await
+                        .expect("the stream holds")
+                        .expect("the watch is live");
+                    if !response.events().is_empty() {
+                        return response;
+                    }
                 }
+            })
+            .await
+            .expect("an event arrives")
+        }
+
+        async fn metric_becomes(etcd: &EtcdServer, name: &str, value: f64) {
+            wait_until(&format!("{name} = {value}"), DEADLINE, || async {
+                (etcd.metric(name).await.ok()? == value).then_some(())
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        }
+
+        #[tokio::test]
+        async fn many_watches_share_the_hubs_streams_and_each_gets_only_its_own_events() {
+            let etcd = EtcdServer::start().await.expect("etcd starts");
+            let client = etcd.client().await.expect("client");
+            let hub = WatchHub::new(client.clone(), 2, 4 << 20);
+            let mut watches = Vec::new();
+            for index in 0..40 {
+                let mut watch = hub
+                    .watch(format!("k{index}"), None)
+                    .await
+                    .expect("watch opens");
+                let created = watch.message().await.expect("stream").expect("live");
+                assert!(created.created(), "the first response confirms the watch");
+                watches.push(watch);
             }
-        })
-        .await
-        .expect("an event arrives")
-    }
+            metric_becomes(&etcd, "etcd_debugging_mvcc_watch_stream_total", 2.0).await;
+            metric_becomes(&etcd, "etcd_debugging_mvcc_watcher_total", 40.0).await;
 
-    async fn metric_becomes(etcd: &EtcdServer, name: &str, value: f64) {
-        wait_until(&format!("{name} = {value}"), DEADLINE, || async {
-            (etcd.metric(name).await.ok()? == value).then_some(())
-        })
-        .await
-        .unwrap_or_else(|error| panic!("{error}"));
-    }
+            let mut kv = client.kv_client();
+            for index in 0..40 {
+                kv.put(format!("k{index}"), format!("v{index}"), None)
+                    .await
+                    .expect("put");
+            }
+            for (index, watch) in watches.iter_mut().enumerate() {
+                let response = next_events(watch).await;
+                let [event] = response.events() else {
+                    panic!("one event for k{index}, got {:?}", response.events());
+                };
+                assert_eq!(event.event_type(), EventType::Put);
+                assert_eq!(
+                    event.kv().expect("kv").key(),
+                    format!("k{index}").as_bytes()
+                );
+            }
 
-    #[tokio::test]
-    async fn many_watches_share_the_hubs_streams_and_each_gets_only_its_own_events() {
-        let etcd = EtcdServer::start().await.expect("etcd starts");
-        let client = etcd.client().await.expect("client");
-        let hub = WatchHub::new(client.clone(), 2, 4 << 20);
-        let mut watches = Vec::new();
-        for index in 0..40 {
-            let mut watch = hub
-                .watch(format!("k{index}"), None)
-                .await
-                .expect("watch opens");
-            let created = watch.message().await.expect("stream").expect("live");
-            assert!(created.created(), "the first response confirms the watch");
-            watches.push(watch);
+            // Dropping a watch cancels it in etcd; the stream stays for the rest.
+            watches.truncate(10);
+            metric_becomes(&etcd, "etcd_debugging_mvcc_watcher_total", 10.0).await;
+            metric_becomes(&etcd, "etcd_debugging_mvcc_watch_stream_total", 2.0).await;
+            kv.delete("k3", None).await.expect("delete");
+            let response = next_events(&mut watches[3]).await;
+            assert_eq!(response.events()[0].event_type(), EventType::Delete);
         }
-        metric_becomes(&etcd, "etcd_debugging_mvcc_watch_stream_total", 2.0).await;
-        metric_becomes(&etcd, "etcd_debugging_mvcc_watcher_total", 40.0).await;
 
-        let mut kv = client.kv_client();
-        for index in 0..40 {
-            kv.put(format!("k{index}"), format!("v{index}"), None)
-                .await
-                .expect("put");
-        }
-        for (index, watch) in watches.iter_mut().enumerate() {
-            let response = next_events(watch).await;
-            let [event] = response.events() else {
-                panic!("one event for k{index}, got {:?}", response.events());
+        #[tokio::test]
+        async fn a_broken_stream_fails_its_watches_and_the_next_watch_opens_a_new_one() {
+            let etcd = EtcdServer::start().await.expect("etcd starts");
+            let proxy = FaultProxy::start(&etcd.endpoint()).await.expect("proxy");
+            let config = crate::config::EtcdConfig {
+                endpoints: vec![proxy.endpoint()],
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+                ..crate::config::EtcdConfig::default()
             };
-            assert_eq!(event.event_type(), EventType::Put);
-            assert_eq!(
-                event.kv().expect("kv").key(),
-                format!("k{index}").as_bytes()
-            );
-        }
+            let client = crate::etcd::connect(&config).await.expect("client");
+            let hub = WatchHub::new(client, 1, 4 << 20);
+            let mut first = hub.watch("a", None).await.expect("watch opens");
+            let mut second = hub.watch("b", None).await.expect("watch opens");
+            for watch in [&mut first, &mut second] {
+                assert!(
+                    watch
+                        .message()
+                        .await
+                        .expect("stream")
+                        .expect("live")
+                        .created()
+                );
+            }
 
-        // Dropping a watch cancels it in etcd; the stream stays for the rest.
-        watches.truncate(10);
-        metric_becomes(&etcd, "etcd_debugging_mvcc_watcher_total", 10.0).await;
-        metric_becomes(&etcd, "etcd_debugging_mvcc_watch_stream_total", 2.0).await;
-        kv.delete("k3", None).await.expect("delete");
-        let response = next_events(&mut watches[3]).await;
-        assert_eq!(response.events()[0].event_type(), EventType::Delete);
-    }
+            proxy.cut();
+            for watch in [&mut first, &mut second] {
+                let ended = tokio::time::timeout(DEADLINE, watch.message())
+                    .await
+                    .expect("the break is reported");
+                assert!(ended.is_err(), "a broken stream is an error, got {ended:?}");
+            }
 
-    #[tokio::test]
-    async fn a_broken_stream_fails_its_watches_and_the_next_watch_opens_a_new_one() {
-        let etcd = EtcdServer::start().await.expect("etcd starts");
-        let proxy = FaultProxy::start(&etcd.endpoint()).await.expect("proxy");
-        let config = crate::config::EtcdConfig {
-            endpoints: vec![proxy.endpoint()],
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-            ..crate::config::EtcdConfig::default()
-        };
-        let client = crate::etcd::connect(&config).await.expect("client");
-        let hub = WatchHub::new(client, 1, 4 << 20);
-        let mut first = hub.watch("a", None).await.expect("watch opens");
-        let mut second = hub.watch("b", None).await.expect("watch opens");
-        for watch in [&mut first, &mut second] {
+            proxy.heal();
+            let mut again = wait_until("a watch opens after the heal", DEADLINE, || async {
+                hub.watch("a", None).await.ok()
+            })
+            .await
+            .expect("the hub opens a new stream");
             assert!(
-                watch
+                again
                     .message()
                     .await
                     .expect("stream")
                     .expect("live")
                     .created()
             );
-        }
-
-        proxy.cut();
-        for watch in [&mut first, &mut second] {
-            let ended = tokio::time::timeout(DEADLINE, watch.message())
+            etcd.client()
                 .await
-                .expect("the break is reported");
-            assert!(ended.is_err(), "a broken stream is an error, got {ended:?}");
-        }
-
-        proxy.heal();
-        let mut again = wait_until("a watch opens after the heal", DEADLINE, || async {
-            hub.watch("a", None).await.ok()
-        })
-        .await
-        .expect("the hub opens a new stream");
-        assert!(
-            again
-                .message()
+                .expect("client")
+                .kv_client()
+                .put("a", "after", None)
                 .await
-                .expect("stream")
-                .expect("live")
-                .created()
-        );
-        etcd.client()
-            .await
-            .expect("client")
-            .kv_client()
-            .put("a", "after", None)
-            .await
-            .expect("put");
-        let response = next_events(&mut again).await;
-        assert_eq!(response.events()[0].kv().expect("kv").value(), b"after");
+                .expect("put");
+            let response = next_events(&mut again).await;
+            assert_eq!(response.events()[0].kv().expect("kv").value(), b"after");
+        }
     }
 }

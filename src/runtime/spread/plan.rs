@@ -260,7 +260,7 @@ mod tests {
 
     /// Rounds in which every node computes its moves from the same lines
     /// and makes them, until nobody moves; the number of rounds.
-    fn settle(lines: &mut Vec<Line>, nodes: &[i64]) -> usize {
+    fn settle(lines: &mut [Line], nodes: &[i64]) -> usize {
         for round in 0..20 {
             let planned: Vec<(i64, Vec<Move>)> =
                 nodes.iter().map(|me| (*me, moves(lines, *me))).collect();
