@@ -105,15 +105,21 @@ impl Spread {
     /// The candidate of `kv` in the mirror: its role (from the key under
     /// `prefix`) and its seat; `None` for a key that is not a candidate's.
     fn seat(prefix: &str, kv: &etcd_client::KeyValue) -> Option<(String, Seat)> {
-        let key = std::str::from_utf8(kv.key()).ok()?;
-        let (role, _) = key.strip_prefix(prefix)?.rsplit_once('/')?;
+        let role = Self::role_of(prefix, kv.key())?;
         let session = SessionInfo::decode(kv.key(), kv.value()).ok();
         let seat = Seat {
             server: session.as_ref().map(|s| s.server_id),
             priority: session.map_or(0, |s| s.priority),
             revision: kv.create_revision(),
         };
-        Some((role.to_owned(), seat))
+        Some((role, seat))
+    }
+
+    /// The role of candidate key `key` under `prefix` (`{prefix}{role}/{lease}`).
+    fn role_of(prefix: &str, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        let (role, _) = key.strip_prefix(prefix)?.rsplit_once('/')?;
+        Some(role.to_owned())
     }
 
     /// Follows every election under the layout's prefix into `mirror`.
@@ -133,7 +139,8 @@ impl Spread {
                         }
                     }
                     PrefixChange::Delete(kv) => {
-                        if let Some((role, _)) = Self::seat(&prefix, kv)
+                        // A deletion's value is empty: the key alone names the role.
+                        if let Some(role) = Self::role_of(&prefix, kv.key())
                             && let Some(line) = mirror.elections.get_mut(&role)
                         {
                             line.remove(kv.key());

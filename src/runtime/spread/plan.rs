@@ -119,16 +119,9 @@ fn transfers(lines: &[Line], me: i64, pairs: &[(i64, i64)]) -> Vec<Move> {
     let mut mine: Vec<&Line> = lines.iter().filter(|line| line.servers[0] == me).collect();
     let mut moves = Vec::new();
     for (_, to) in pairs.iter().filter(|(from, _)| *from == me) {
-        let place = |line: &&Line| line.servers.iter().position(|server| server == to);
-        let Some((index, _)) = mine
-            .iter()
-            .enumerate()
-            .filter_map(|(index, line)| Some((index, place(line)?)))
-            .min_by_key(|(index, place)| (*place, *index))
-        else {
+        let Some((line, _)) = take_nearest(&mut mine, *to, |_| true) else {
             continue;
         };
-        let line = mine.remove(index);
         moves.push(Move::Transfer {
             role: line.role.clone(),
             to: *to,
@@ -155,17 +148,9 @@ fn requeues(lines: &[Line], leader: i64, me: i64) -> Vec<Move> {
     }
     let mut moves = Vec::new();
     for (from, to) in pairs(&heirs) {
-        let place = |line: &&Line| line.servers.iter().position(|server| *server == to);
-        let Some((index, place)) = led
-            .iter()
-            .enumerate()
-            .filter(|(_, line)| line.servers[1] == from)
-            .filter_map(|(index, line)| Some((index, place(line)?)))
-            .min_by_key(|(index, place)| (*place, *index))
-        else {
+        let Some((line, place)) = take_nearest(&mut led, to, |line| line.servers[1] == from) else {
             continue;
         };
-        let line = led.remove(index);
         if line.servers[1..place].contains(&me) {
             moves.push(Move::Requeue {
                 role: line.role.clone(),
@@ -173,6 +158,22 @@ fn requeues(lines: &[Line], leader: i64, me: i64) -> Vec<Move> {
         }
     }
     moves
+}
+
+/// Takes from `lines` the first of those `eligible` where server `to`
+/// stands nearest the front, with its place there.
+fn take_nearest<'a>(
+    lines: &mut Vec<&'a Line>,
+    to: i64,
+    eligible: impl Fn(&Line) -> bool,
+) -> Option<(&'a Line, usize)> {
+    let (index, place) = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| eligible(line))
+        .filter_map(|(index, line)| Some((index, line.servers.iter().position(|s| *s == to)?)))
+        .min_by_key(|(index, place)| (*place, *index))?;
+    Some((lines.remove(index), place))
 }
 
 /// Who gives to whom so that every count of `counts` ends within one of
