@@ -162,11 +162,10 @@ async fn a_transfer_to_the_leader_itself_to_a_node_not_in_line_or_from_a_standby
     let mut nodes = start_nodes(2, &[ROLE], |index| config(&etcd, index, 10)).await?;
     let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
     let standby = 1 - leader;
-    eventually("the standby is in line", Duration::from_secs(10), || {
-        let ready = nodes[standby].role(ROLE).status().leader.is_some();
-        async move { ready.then_some(()) }
-    })
-    .await;
+    // The standby sees the leader before its own key is written: wait for
+    // the key, since the transfer reads the line from etcd.
+    let client = etcd.client().await?;
+    candidates_in_line(&client, &Layout::new(ROOT).election(ROLE), 2).await;
 
     info!("--- to the leader itself");
     let itself = nodes[leader]
