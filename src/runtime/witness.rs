@@ -425,67 +425,133 @@ struct Watched {
     witness: WitnessInfo,
 }
 
-/// The leaders this node stands by for, with the roles it waits for each
-/// and the leases their leader keys hang on. Its own server is never
-/// watched, nor a leader without a witness (an older node, or one with the
-/// witness off).
-fn leaders_to_watch<'a>(
-    own_server_id: i64,
-    statuses: impl IntoIterator<Item = &'a RoleStatus>,
-) -> BTreeMap<Watched, BTreeSet<i64>> {
-    let mut watched: BTreeMap<Watched, BTreeSet<i64>> = BTreeMap::new();
-    for status in statuses {
-        let Some(leader) = &status.leader else {
-            continue;
-        };
-        let session = &leader.session;
-        if session.server_id == own_server_id {
-            continue;
-        }
-        let Some(witness) = &session.witness else {
-            continue;
-        };
-        let key = Watched {
-            server_id: session.server_id,
-            address: session.address.clone(),
-            witness: witness.clone(),
-        };
-        watched.entry(key).or_default().insert(session.lease_id);
+/// The leader process `status` stands by for, and the lease its leader key
+/// hangs on. Its own server is never watched, nor a leader without a
+/// witness (an older node, or one with the witness off).
+fn watched_leader(own_server_id: i64, status: &RoleStatus) -> Option<(Watched, i64)> {
+    let session = &status.leader.as_ref()?.session;
+    if session.server_id == own_server_id {
+        return None;
     }
-    watched
+    let witness = session.witness.as_ref()?;
+    let watched = Watched {
+        server_id: session.server_id,
+        address: session.address.clone(),
+        witness: witness.clone(),
+    };
+    Some((watched, session.lease_id))
+}
+
+/// The leader processes this node's roles stand by for, kept per role: one
+/// role's change costs one update, not a pass over every role (a node of a
+/// thousand roles sees thousands of changes when a leader dies).
+#[derive(Debug, Default)]
+struct StoodBy {
+    /// What each role (by index) stands by for.
+    by_role: Vec<Option<(Watched, i64)>>,
+    /// Each leader process, its leases, and how many roles wait on each.
+    leaders: BTreeMap<Watched, BTreeMap<i64, usize>>,
+}
+
+impl StoodBy {
+    /// Role `index` now stands by for `leader`.
+    fn set(&mut self, index: usize, leader: Option<(Watched, i64)>) {
+        if self.by_role.len() <= index {
+            self.by_role.resize(index + 1, None);
+        }
+        if self.by_role[index] == leader {
+            return;
+        }
+        if let Some((watched, lease)) = self.by_role[index].take()
+            && let Some(leases) = self.leaders.get_mut(&watched)
+        {
+            if let Some(count) = leases.get_mut(&lease) {
+                *count -= 1;
+                if *count == 0 {
+                    leases.remove(&lease);
+                }
+            }
+            if leases.is_empty() {
+                self.leaders.remove(&watched);
+            }
+        }
+        if let Some((watched, lease)) = &leader {
+            *self
+                .leaders
+                .entry(watched.clone())
+                .or_default()
+                .entry(*lease)
+                .or_default() += 1;
+        }
+        self.by_role[index] = leader;
+    }
+
+    /// Whether some role stands by for `watched`.
+    fn contains(&self, watched: &Watched) -> bool {
+        self.leaders.contains_key(watched)
+    }
+
+    /// Each leader process stood by for, with the leases of its keys.
+    fn leaders(&self) -> impl Iterator<Item = (&Watched, BTreeSet<i64>)> {
+        self.leaders
+            .iter()
+            .map(|(watched, leases)| (watched, leases.keys().copied().collect()))
+    }
+}
+
+/// Each change of one role's status, tagged with the role's index; the
+/// first is its status now.
+fn role_changes(
+    index: usize,
+    status: watch::Receiver<RoleStatus>,
+    own_server_id: i64,
+) -> impl futures::Stream<Item = (usize, Option<(Watched, i64)>)> {
+    futures::stream::unfold((status, true), move |(mut status, first)| async move {
+        if !first {
+            status.changed().await.ok()?;
+        }
+        let leader = watched_leader(own_server_id, &status.borrow_and_update());
+        Some(((index, leader), (status, false)))
+    })
 }
 
 /// Keeps one watch per leader process that some role here stands by for.
 async fn watch_leaders(
     mourner: Arc<Mourner>,
     own_server_id: i64,
-    mut statuses: Vec<watch::Receiver<RoleStatus>>,
+    statuses: Vec<watch::Receiver<RoleStatus>>,
 ) {
+    use futures::{FutureExt, StreamExt};
     let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
     let mut watches: BTreeMap<Watched, OwnedTask> = BTreeMap::new();
     // Incarnations proven dead or gone with a farewell: their leader keys
     // may still be seen for a moment, and must not be watched again.
     let mut over: BTreeSet<String> = BTreeSet::new();
+    let mut stood_by = StoodBy::default();
+    let mut changes = futures::stream::select_all(
+        statuses
+            .into_iter()
+            .enumerate()
+            .map(|(index, status)| Box::pin(role_changes(index, status, own_server_id))),
+    );
     loop {
-        let current: Vec<RoleStatus> = statuses.iter().map(|s| s.borrow().clone()).collect();
-        let wanted = leaders_to_watch(own_server_id, &current);
-        watches.retain(|watched, _| wanted.contains_key(watched));
-        for (watched, leases) in wanted {
-            if watches.contains_key(&watched) || over.contains(&watched.witness.incarnation) {
+        // Every change already waiting, then one pass over the leaders.
+        while let Some(Some((index, leader))) = changes.next().now_or_never() {
+            stood_by.set(index, leader);
+        }
+        watches.retain(|watched, _| stood_by.contains(watched));
+        for (watched, leases) in stood_by.leaders() {
+            if watches.contains_key(watched) || over.contains(&watched.witness.incarnation) {
                 continue;
             }
             let task = watch_one(mourner.clone(), watched.clone(), leases, done_tx.clone());
-            watches.insert(watched, OwnedTask::spawn(task));
+            watches.insert(watched.clone(), OwnedTask::spawn(task));
         }
-        statuses.retain(|status| status.has_changed().is_ok());
-        if statuses.is_empty() {
-            return;
-        }
-        let changed = futures::future::select_all(
-            statuses.iter_mut().map(|status| Box::pin(status.changed())),
-        );
         tokio::select! {
-            _ = changed => {}
+            change = changes.next() => match change {
+                Some((index, leader)) => stood_by.set(index, leader),
+                None => return,
+            },
             Some(incarnation) = done.recv() => {
                 over.insert(incarnation);
             }
@@ -764,12 +830,40 @@ mod tests {
             status(1, Some((3, 30, None))),
             status(1, None),
         ];
-        let watched = leaders_to_watch(1, &statuses);
+        let mut stood_by = StoodBy::default();
+        for (index, status) in statuses.iter().enumerate() {
+            stood_by.set(index, watched_leader(1, status));
+        }
+        let watched: Vec<_> = stood_by.leaders().collect();
         assert_eq!(watched.len(), 1, "{watched:?}");
         let (leader, leases) = watched.into_iter().next().unwrap();
         assert_eq!(leader.server_id, 2);
         assert_eq!(leader.witness.incarnation, "x");
         assert_eq!(leases, BTreeSet::from([20, 21]));
+    }
+
+    #[test]
+    fn a_leader_is_stood_by_for_until_its_last_role_moves_on() {
+        let mut stood_by = StoodBy::default();
+        let at = |id, lease| watched_leader(1, &status(1, Some((id, lease, Some("x")))));
+        stood_by.set(0, at(2, 20));
+        stood_by.set(1, at(2, 20));
+        stood_by.set(2, at(2, 21));
+        let leases = |s: &StoodBy| s.leaders().map(|(w, l)| (w.server_id, l)).collect::<Vec<_>>();
+        assert_eq!(leases(&stood_by), vec![(2, BTreeSet::from([20, 21]))]);
+        stood_by.set(2, at(3, 30));
+        assert_eq!(
+            leases(&stood_by),
+            vec![(2, BTreeSet::from([20])), (3, BTreeSet::from([30]))]
+        );
+        stood_by.set(0, None);
+        stood_by.set(0, None);
+        assert_eq!(
+            leases(&stood_by),
+            vec![(2, BTreeSet::from([20])), (3, BTreeSet::from([30]))]
+        );
+        stood_by.set(1, at(3, 30));
+        assert_eq!(leases(&stood_by), vec![(3, BTreeSet::from([30]))]);
     }
 
     #[tokio::test]
