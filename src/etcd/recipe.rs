@@ -238,17 +238,30 @@ pub(crate) async fn proclaim(
     me: &Candidacy,
     value: Vec<u8>,
 ) -> Result<(), CampaignError> {
+    proclaim_beside(client, me, value, None).await
+}
+
+/// [`proclaim`], with `beside` done in the same transaction whether or not
+/// `me` still holds its key: one write where there would be two.
+pub(crate) async fn proclaim_beside(
+    client: &Client,
+    me: &Candidacy,
+    value: Vec<u8>,
+    beside: Option<TxnOp>,
+) -> Result<(), CampaignError> {
+    let proclaimed = TxnOp::put(
+        me.key.as_str(),
+        value,
+        Some(PutOptions::new().with_lease(me.lease)),
+    );
     let txn = Txn::new()
         .when([Compare::create_revision(
             me.key.as_str(),
             CompareOp::Equal,
             me.revision,
         )])
-        .and_then([TxnOp::put(
-            me.key.as_str(),
-            value,
-            Some(PutOptions::new().with_lease(me.lease)),
-        )]);
+        .and_then(beside.iter().cloned().chain([proclaimed]).collect::<Vec<_>>())
+        .or_else(beside.into_iter().collect::<Vec<_>>());
     if client.kv_client().txn(txn).await?.succeeded() {
         Ok(())
     } else {

@@ -686,39 +686,31 @@ impl Mourner {
         reason: String,
         lost_at: Option<Instant>,
     ) {
-        let mut leases = known_leases;
+        // Past the TTL etcd has expired them by itself.
+        let until = Instant::now() + self.ttl;
+        // The leases of the leader keys first: the elections that wait on
+        // them move on before the read of every session below.
+        let mut revoked = self.revoke(&known_leases, until).await;
+        let took = lost_at.map(|at| at.elapsed());
         let mut roles = BTreeSet::new();
         match self.sessions_of(&watched.witness.incarnation).await {
             Ok(sessions) => {
+                let mut others = BTreeSet::new();
                 for session in sessions {
-                    leases.insert(session.lease_id);
+                    if !known_leases.contains(&session.lease_id) {
+                        others.insert(session.lease_id);
+                    }
                     roles.insert(session.role);
                 }
+                revoked.extend(self.revoke(&others, until).await);
             }
             Err(error) => tracing::warn!(
                 server_id = watched.server_id,
-                "reading the sessions of dead server {} failed ({error}); revoking the leases \
+                "reading the sessions of dead server {} failed ({error}); revoked the leases \
                  of its leader keys only",
                 watched.server_id
             ),
         }
-        // Past the TTL etcd has expired them by itself.
-        let until = Instant::now() + self.ttl;
-        let mut revoked = Vec::new();
-        for &lease in &leases {
-            if etcd::revoke(
-                &self.client,
-                lease,
-                self.request_timeout,
-                &self.retry,
-                until,
-            )
-            .await
-            {
-                revoked.push(format!("{lease:#x}"));
-            }
-        }
-        let took = lost_at.map(|at| at.elapsed());
         metrics::counter!(telemetry::DEATH_WITNESS_REVOKES).increment(1);
         if let Some(took) = took {
             metrics::histogram!(telemetry::DEATH_WITNESS_REVOKE_SECONDS).record(took.as_secs_f64());
@@ -734,6 +726,25 @@ impl Mourner {
             revoked.join(", "),
             roles.join(", ")
         );
+    }
+
+    /// Revokes each of `leases`, retried until `until`; those revoked.
+    async fn revoke(&self, leases: &BTreeSet<i64>, until: Instant) -> Vec<String> {
+        let mut revoked = Vec::new();
+        for &lease in leases {
+            if etcd::revoke(
+                &self.client,
+                lease,
+                self.request_timeout,
+                &self.retry,
+                until,
+            )
+            .await
+            {
+                revoked.push(format!("{lease:#x}"));
+            }
+        }
+        revoked
     }
 
     /// The sessions (one per role) the incarnation published.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, PutOptions, TxnOp};
 use tokio::sync::watch;
 
 use crate::etcd::recipe::{self, Candidacy};
@@ -67,6 +67,8 @@ impl Publisher {
     }
 }
 
+/// Writes the session at `key` and, while leading, the leader value on
+/// `leading`, in one transaction.
 async fn publish(
     client: &Client,
     key: &str,
@@ -75,12 +77,14 @@ async fn publish(
 ) -> Result<(), recipe::CampaignError> {
     let value = info.encode();
     let options = PutOptions::new().with_lease(info.lease_id);
-    client
-        .kv_client()
-        .put(key, value.clone(), Some(options))
-        .await?;
-    if let Some(candidacy) = leading {
-        recipe::proclaim(client, candidacy, value).await?;
+    match leading {
+        Some(candidacy) => {
+            let session = TxnOp::put(key, value.clone(), Some(options));
+            recipe::proclaim_beside(client, candidacy, value, Some(session)).await
+        }
+        None => {
+            client.kv_client().put(key, value, Some(options)).await?;
+            Ok(())
+        }
     }
-    Ok(())
 }

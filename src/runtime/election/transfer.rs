@@ -253,39 +253,56 @@ pub(crate) async fn await_preferred(
     retry: Duration,
 ) -> i64 {
     let prefix = format!("{election}/");
-    let mut seen: Option<(String, i64, Instant)> = None;
-    loop {
-        // Watch first, then read: a change after the read wakes the wait.
-        let watch = watches
-            .watch(
-                prefix.as_str(),
-                Some(etcd_client::WatchOptions::new().with_prefix()),
-            )
-            .await;
-        let mut stream = match watch {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::debug!(election, "watching for a preferred leader failed: {error}");
-                tokio::time::sleep(retry).await;
-                continue;
-            }
-        };
-        loop {
-            let line = match recipe::candidates(watches.client(), &election).await {
-                Ok(line) => line,
-                Err(error) => {
-                    tracing::debug!(election, "reading the candidates failed: {error}");
-                    tokio::time::sleep(retry).await;
-                    break;
+    // The line, followed from one read and the watch: a leader does not
+    // read its election again on every change (every state a candidate
+    // publishes is one), which at a thousand roles is most of etcd's work.
+    let (line_tx, mut line_rx) = tokio::sync::watch::channel(Vec::<Candidate>::new());
+    let mut by_key: std::collections::HashMap<Vec<u8>, Candidate> = Default::default();
+    let follow = async {
+        recipe::follow_prefix(&watches, &prefix, retry, |change| {
+            match change {
+                recipe::PrefixChange::Reset => by_key.clear(),
+                recipe::PrefixChange::Put(kv) => {
+                    by_key.insert(kv.key().to_vec(), Candidate::read(kv));
                 }
-            };
-            let line: Vec<Candidate> = line.iter().map(Candidate::read).collect();
+                recipe::PrefixChange::Delete(kv) => {
+                    by_key.remove(kv.key());
+                }
+                recipe::PrefixChange::Settled => {
+                    let mut line: Vec<Candidate> = by_key.values().cloned().collect();
+                    line.sort_by_key(|c| c.revision);
+                    line_tx.send_replace(line);
+                }
+            }
+            true
+        })
+        .await;
+        // The follower only ends when its handler says so, which it never does.
+        std::future::pending::<i64>().await
+    };
+    let decide = async {
+        let mut seen: Option<(String, i64, Instant)> = None;
+        let mut due: Option<Instant> = None;
+        loop {
+            // Decide again when someone joins or leaves, or when the
+            // holdoff of the one in view ends. The sender lives as long as
+            // this wait.
+            match due {
+                Some(wake) => {
+                    let _ = tokio::time::timeout_at(wake.into(), line_rx.changed()).await;
+                }
+                None => {
+                    let _ = line_rx.changed().await;
+                }
+            }
+            let line = line_rx.borrow_and_update();
             let standbys: Vec<Candidate> = line
                 .iter()
                 .skip_while(|c| c.key != leader.key)
                 .skip(1)
                 .cloned()
                 .collect();
+            drop(line);
             let best = preferred(priority, &standbys);
             let now = Instant::now();
             seen = match (best, seen) {
@@ -299,27 +316,17 @@ pub(crate) async fn await_preferred(
             };
             // Both have to hold: the leader has served (or last moved a
             // role) for the holdoff, and the standby has stood in view as long.
-            let due = seen.as_ref().map(|(_, _, at)| (*at).max(since) + holdoff);
+            due = seen.as_ref().map(|(_, _, at)| (*at).max(since) + holdoff);
             if let (Some(best), Some(due)) = (best, due)
                 && now >= due
             {
                 return best.session.as_ref().map_or(0, |s| s.server_id);
             }
-            // Read again when someone joins or leaves, or when the holdoff
-            // of the one in view ends.
-            let changed = stream.message();
-            let open = match due {
-                Some(wake) => match tokio::time::timeout_at(wake.into(), changed).await {
-                    Err(_) => true,
-                    Ok(message) => matches!(message, Ok(Some(_))),
-                },
-                None => matches!(changed.await, Ok(Some(_))),
-            };
-            if !open {
-                tokio::time::sleep(retry).await;
-                break;
-            }
         }
+    };
+    tokio::select! {
+        server_id = decide => server_id,
+        server_id = follow => server_id,
     }
 }
 
