@@ -469,8 +469,9 @@ impl Node {
     }
 
     /// Hands every role over and stops: each active coordinator is
-    /// deactivated first, then its leadership is released, so a peer takes
-    /// over at once and no write of this node follows the handover. After
+    /// deactivated first, then the node's lease is revoked, which releases
+    /// every role's leadership in one write, so peers take over at once and
+    /// no write of this node follows the handover. After
     /// it, every [`RoleHandle`] answers [`ServeError::Stopped`](crate::ServeError::Stopped)
     /// and reports [`RoleState::Stopped`](crate::RoleState::Stopped).
     ///

@@ -547,12 +547,15 @@ impl ElectionMachine {
         }
     }
 
-    /// Deletes the candidate key, if there is a lease to hold one, then does `then`.
+    /// Deletes the candidate key, if there is a lease to hold one, then does
+    /// `then`. A role that stops leaves its key to the node, which revokes
+    /// its lease once every role has stopped: one write takes every key of
+    /// a node that leaves, where a delete per role would be a write each.
     fn release(&mut self, then: Afterwards) -> Vec<Command> {
         self.phase = Phase::Releasing { then };
         match self.lease {
-            Some(lease) => vec![Command::Resign { lease }],
-            None => self.after_release(then),
+            Some(lease) if then != Afterwards::Stop => vec![Command::Resign { lease }],
+            _ => self.after_release(then),
         }
     }
 
@@ -895,7 +898,7 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_deactivates_before_resigning_then_stops() {
+    fn shutdown_deactivates_then_stops_leaving_the_key_to_the_nodes_revoke() {
         let mut machine = serving(Instant::now());
         assert_eq!(
             machine.on(Event::Shutdown),
@@ -906,11 +909,21 @@ mod tests {
                 Command::Deactivate
             ]
         );
-        // Leadership is released only once the coordinator is in standby.
-        resigns(&mut machine, Event::Deactivated);
-        assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
+        // The role stops only once the coordinator is in standby; its key
+        // goes with the node's lease, revoked once every role has stopped.
+        assert_eq!(machine.on(Event::Deactivated), vec![Command::Stop]);
         assert_eq!(machine.phase(), Phase::Stopped);
         assert!(machine.on(Event::Started).is_empty());
+    }
+
+    #[test]
+    fn a_standby_that_shuts_down_stops_without_deleting_its_key() {
+        let mut machine = campaigning(Instant::now());
+        assert_eq!(
+            machine.on(Event::Shutdown),
+            vec![Command::CancelCampaign, Command::Stop]
+        );
+        assert_eq!(machine.phase(), Phase::Stopped);
     }
 
     #[test]
@@ -924,12 +937,22 @@ mod tests {
     #[test]
     fn crash_while_deactivating_releases_without_waiting() {
         let mut machine = serving(Instant::now());
-        machine.on(Event::Shutdown);
+        machine.on(Event::Resign);
         let commands = machine.on(Event::CoordinatorCrashed);
         assert!(commands.contains(&Command::Resign { lease: LEASE }));
         assert!(commands.contains(&Command::RestartCoordinator {
             after: Duration::from_millis(100)
         }));
+    }
+
+    #[test]
+    fn crash_while_deactivating_for_a_shutdown_stops_without_waiting() {
+        let mut machine = serving(Instant::now());
+        machine.on(Event::Shutdown);
+        let commands = machine.on(Event::CoordinatorCrashed);
+        assert!(commands.contains(&Command::Stop), "{commands:?}");
+        assert!(!commands.contains(&Command::Resign { lease: LEASE }));
+        assert_eq!(machine.phase(), Phase::Stopped);
     }
 
     #[test]
