@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
 use crate::etcd::recipe::{self, CampaignError, Leader};
 use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id};
-use crate::etcd::{EtcdError, GaveUp, WatchHub};
+use crate::etcd::{EtcdError, GaveUp, PrefixFanout, WatchHub};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::ElectionMsg;
@@ -384,8 +384,15 @@ impl Node {
             .await
             .map_err(NodeError::SessionFailed)?;
         self.session = Some(session.clone());
+        let watches = WatchHub::new(client.clone(), ELECTION_WATCH_STREAMS, ELECTION_WATCH_LIMIT);
+        let elections = PrefixFanout::start(
+            watches.clone(),
+            layout.election(""),
+            self.config.etcd.retry.initial,
+        );
         let context = Arc::new(NodeContext {
-            watches: WatchHub::new(client.clone(), ELECTION_WATCH_STREAMS, ELECTION_WATCH_LIMIT),
+            watches,
+            elections,
             metadata_watches: WatchHub::new(
                 client.clone(),
                 1,

@@ -260,7 +260,13 @@ pub(crate) async fn proclaim_beside(
             CompareOp::Equal,
             me.revision,
         )])
-        .and_then(beside.iter().cloned().chain([proclaimed]).collect::<Vec<_>>())
+        .and_then(
+            beside
+                .iter()
+                .cloned()
+                .chain([proclaimed])
+                .collect::<Vec<_>>(),
+        )
         .or_else(beside.into_iter().collect::<Vec<_>>());
     if client.kv_client().txn(txn).await?.succeeded() {
         Ok(())
@@ -379,6 +385,7 @@ pub(crate) type ObservedLeader = Option<Leader>;
 /// What [`follow_prefix`] hands its handler: a fresh read of every key
 /// (after `Reset`), then each change from the watch; `Settled` closes each
 /// batch, the moment to act on what changed.
+#[derive(Clone, Copy)]
 pub(crate) enum PrefixChange<'a> {
     /// Forget every key: a new read follows.
     Reset,
@@ -457,13 +464,29 @@ pub(crate) async fn observe(
     watches: WatchHub,
     election: String,
     retry_after: Duration,
-    mut report: impl FnMut(ObservedLeader) -> bool + Send,
+    report: impl FnMut(ObservedLeader) -> bool + Send,
 ) {
     let prefix = format!("{election}/");
+    follow_prefix(
+        &watches,
+        &prefix,
+        retry_after,
+        leader_observer(election, report),
+    )
+    .await;
+}
+
+/// What [`observe`] does with each change of the election's keys, for a
+/// follower of them that is shared: the candidates kept current, and the
+/// leader reported when it changes.
+pub(crate) fn leader_observer(
+    election: String,
+    mut report: impl FnMut(ObservedLeader) -> bool + Send,
+) -> impl FnMut(PrefixChange<'_>) -> bool + Send {
     let mut candidates: HashMap<Vec<u8>, KeyValue> = HashMap::new();
     // The leader's key and the revision of its value, as last reported.
     let mut reported: Option<Option<(Vec<u8>, i64)>> = None;
-    follow_prefix(&watches, &prefix, retry_after, |change| {
+    move |change| {
         match change {
             PrefixChange::Reset => candidates.clear(),
             PrefixChange::Put(kv) => {
@@ -488,6 +511,5 @@ pub(crate) async fn observe(
             }
         }
         true
-    })
-    .await;
+    }
 }

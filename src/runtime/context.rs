@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::coordinator::{Coordinator, RoleMsg, ServeError};
-use crate::etcd::WatchHub;
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION, WitnessInfo};
+use crate::etcd::{PrefixFanout, WatchHub};
 use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::faults::Faults;
 use crate::runtime::session::{SessionMsg, SessionView};
@@ -25,6 +25,9 @@ pub(crate) struct NodeContext {
     /// The few watch streams every election watch of the node shares:
     /// predecessor waits, own keys, leader observers, transfers.
     pub watches: WatchHub,
+    /// The node's one follower of every election: each role's leader
+    /// observer, its leader's preference and the spread read it.
+    pub elections: PrefixFanout,
     /// The streams the metadata followers share, apart from the election's:
     /// one revision of a large prefix can be a response of megabytes, which
     /// must not hold up a predecessor's deletion behind it.

@@ -24,6 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use crate::backoff::{self, Backoff};
 use crate::coordinator::Coordinator;
 use crate::etcd;
+use crate::etcd::Subscription;
 use crate::etcd::recipe::{self, Candidacy, Leader};
 use crate::etcd::session::RoleState;
 use crate::fence::{Epoch, FencedStore};
@@ -231,7 +232,7 @@ pub(crate) struct ElectionState<C: Coordinator> {
     preference_since: Instant,
     /// Our candidate key's create revision while campaigning, once joined.
     joined_revision: Option<i64>,
-    _observer: OwnedTask,
+    _observer: Subscription,
     _session_changes: OwnedTask,
     timers: Vec<JoinHandle<()>>,
 }
@@ -851,17 +852,17 @@ impl<C: Coordinator> Election<C> {
             return;
         };
         let config = &self.context.config;
+        let (following, line) = transfer::follow_line(&self.context.elections, &self.role);
         let watch = transfer::await_preferred(
-            self.context.watches.clone(),
-            self.election.clone(),
+            line,
             leader,
             config.role(&self.role).leader_priority,
             config.session.transfer_holdoff,
             state.preference_since,
-            config.etcd.retry.initial,
         );
         let report = myself.clone();
         let task = async move {
+            let _following = following;
             let server_id = watch.await;
             let _ = report.send_message(ElectionMsg::PreferredReady {
                 revision,
@@ -979,17 +980,15 @@ impl<C: Coordinator> Actor for Election<C> {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let reporter = myself.clone();
-        let observe = recipe::observe(
-            self.context.watches.clone(),
-            self.election.clone(),
-            self.context.config.etcd.retry.initial,
-            move |leader| {
-                reporter
-                    .send_message(ElectionMsg::LeaderObserved(leader))
-                    .is_ok()
-            },
-        );
-        let observer = Self::spawn(&myself, "observing the leader", observe);
+        let observe = recipe::leader_observer(self.election.clone(), move |leader| {
+            reporter
+                .send_message(ElectionMsg::LeaderObserved(leader))
+                .is_ok()
+        });
+        let observer = self
+            .context
+            .elections
+            .subscribe(Some(&self.role), Box::new(observe));
         let mut changes = self.context.session.changes();
         let reporter = myself.clone();
         let follow_session = async move {

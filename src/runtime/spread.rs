@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::etcd::recipe::{self, PrefixChange};
+use crate::etcd::recipe::PrefixChange;
 use crate::etcd::session::SessionInfo;
+use crate::etcd::{Subscription, group_of};
 use crate::runtime::context::NodeContext;
 use crate::status::{ResignError, Successor};
 use crate::task::OwnedTask;
@@ -69,8 +70,6 @@ pub(crate) enum SpreadMsg {
         /// Its outcome, for the log.
         outcome: Result<Successor, ResignError>,
     },
-    /// The task following the elections failed.
-    Failed(String),
 }
 
 /// Every role's election as the watch shows it, and whether it changed
@@ -84,7 +83,7 @@ struct Mirror {
 /// The spread's state: the mirror of the elections and the moves under way.
 pub(crate) struct SpreadState {
     mirror: Arc<Mutex<Mirror>>,
-    _follower: OwnedTask,
+    _follower: Subscription,
     /// Transfers under way, by role.
     moving: BTreeMap<String, OwnedTask>,
     /// Roles moved lately, and until when they are left alone.
@@ -105,7 +104,7 @@ impl Spread {
     /// The candidate of `kv` in the mirror: its role (from the key under
     /// `prefix`) and its seat; `None` for a key that is not a candidate's.
     fn seat(prefix: &str, kv: &etcd_client::KeyValue) -> Option<(String, Seat)> {
-        let role = Self::role_of(prefix, kv.key())?;
+        let role = group_of(prefix, kv.key())?.to_owned();
         let session = SessionInfo::decode(kv.key(), kv.value()).ok();
         let seat = Seat {
             server: session.as_ref().map(|s| s.server_id),
@@ -115,50 +114,35 @@ impl Spread {
         Some((role, seat))
     }
 
-    /// The role of candidate key `key` under `prefix` (`{prefix}{role}/{lease}`).
-    fn role_of(prefix: &str, key: &[u8]) -> Option<String> {
-        let key = std::str::from_utf8(key).ok()?;
-        let (role, _) = key.strip_prefix(prefix)?.rsplit_once('/')?;
-        Some(role.to_owned())
-    }
-
-    /// Follows every election under the layout's prefix into `mirror`.
-    fn follow(&self, myself: &ActorRef<SpreadMsg>, mirror: Arc<Mutex<Mirror>>) -> OwnedTask {
-        let watches = self.context.watches.clone();
+    /// Follows every election, from the node's follower of them, into `mirror`.
+    fn follow(&self, mirror: Arc<Mutex<Mirror>>) -> Subscription {
         let prefix = self.context.layout.election("");
-        let retry = self.context.config.etcd.retry.initial;
-        let follow = async move {
-            recipe::follow_prefix(&watches, &prefix, retry, |change| {
-                let mut mirror = lock(&mirror);
-                match change {
-                    PrefixChange::Reset => mirror.elections.clear(),
-                    PrefixChange::Put(kv) => {
-                        if let Some((role, seat)) = Self::seat(&prefix, kv) {
-                            let line = mirror.elections.entry(role).or_default();
-                            line.insert(kv.key().to_vec(), seat);
-                        }
+        let follow = move |change: PrefixChange<'_>| {
+            let mut mirror = lock(&mirror);
+            match change {
+                PrefixChange::Reset => mirror.elections.clear(),
+                PrefixChange::Put(kv) => {
+                    if let Some((role, seat)) = Self::seat(&prefix, kv) {
+                        let line = mirror.elections.entry(role).or_default();
+                        line.insert(kv.key().to_vec(), seat);
                     }
-                    PrefixChange::Delete(kv) => {
-                        // A deletion's value is empty: the key alone names the role.
-                        if let Some(role) = Self::role_of(&prefix, kv.key())
-                            && let Some(line) = mirror.elections.get_mut(&role)
-                        {
-                            line.remove(kv.key());
-                            if line.is_empty() {
-                                mirror.elections.remove(&role);
-                            }
-                        }
-                    }
-                    PrefixChange::Settled => mirror.changed = true,
                 }
-                true
-            })
-            .await;
+                PrefixChange::Delete(kv) => {
+                    // A deletion's value is empty: the key alone names the role.
+                    if let Some(role) = group_of(&prefix, kv.key())
+                        && let Some(line) = mirror.elections.get_mut(role)
+                    {
+                        line.remove(kv.key());
+                        if line.is_empty() {
+                            mirror.elections.remove(role);
+                        }
+                    }
+                }
+                PrefixChange::Settled => mirror.changed = true,
+            }
+            true
         };
-        let report = myself.clone();
-        OwnedTask::spawn_reported(follow, move |reason| {
-            let _ = report.send_message(SpreadMsg::Failed(reason));
-        })
+        self.context.elections.subscribe(None, Box::new(follow))
     }
 
     /// Reads the rule when the elections changed or moves are owed, and
@@ -239,7 +223,7 @@ impl Actor for Spread {
         _args: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let mirror = Arc::new(Mutex::new(Mirror::default()));
-        let follower = self.follow(&myself, mirror.clone());
+        let follower = self.follow(mirror.clone());
         myself.send_interval(self.context.config.session.spread_pace, || SpreadMsg::Tick);
         Ok(SpreadState {
             mirror,
@@ -274,9 +258,6 @@ impl Actor for Spread {
                 }
                 state.moving.remove(&role);
                 state.resting.insert(role, Instant::now() + REST);
-            }
-            SpreadMsg::Failed(reason) => {
-                return Err(format!("following the elections failed: {reason}").into());
             }
         }
         Ok(())

@@ -860,7 +860,11 @@ mod tests {
         stood_by.set(0, at(2, 20));
         stood_by.set(1, at(2, 20));
         stood_by.set(2, at(2, 21));
-        let leases = |s: &StoodBy| s.leaders().map(|(w, l)| (w.server_id, l)).collect::<Vec<_>>();
+        let leases = |s: &StoodBy| {
+            s.leaders()
+                .map(|(w, l)| (w.server_id, l))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(leases(&stood_by), vec![(2, BTreeSet::from([20, 21]))]);
         stood_by.set(2, at(3, 30));
         assert_eq!(

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, KeyValue};
 use ractor::RpcReplyPort;
 
-use crate::etcd::WatchHub;
 use crate::etcd::recipe::{self, Candidacy, Succession};
 use crate::etcd::session::{SessionInfo, TransferInfo};
+use crate::etcd::{PrefixFanout, Subscription, WatchHub};
 use crate::status::{ResignError, Successor, TransferTarget};
 
 /// The chosen standby, as found in the election.
@@ -238,62 +238,63 @@ pub(crate) fn preferred(priority: i32, standbys: &[Candidate]) -> Option<&Candid
         .map(|(c, _)| c)
 }
 
-/// Follows the election while this node leads at `leader` with `priority`,
-/// and returns the server ID of a standby of higher priority once it has
-/// stood in line for `holdoff` since this leader first saw it, and
-/// `holdoff` has passed since `since` (when this leader started serving, or
-/// last moved a role).
+/// The candidates of `role`'s election, oldest first, kept current from the
+/// node's follower of its elections: a leader does not read its election
+/// again on every change (every state a candidate publishes is one), which
+/// at a thousand roles was most of etcd's work.
+pub(crate) fn follow_line(
+    elections: &PrefixFanout,
+    role: &str,
+) -> (Subscription, tokio::sync::watch::Receiver<Vec<Candidate>>) {
+    let (line_tx, line_rx) = tokio::sync::watch::channel(Vec::<Candidate>::new());
+    let mut by_key: std::collections::HashMap<Vec<u8>, Candidate> = Default::default();
+    let follow = move |change: recipe::PrefixChange<'_>| {
+        match change {
+            recipe::PrefixChange::Reset => by_key.clear(),
+            recipe::PrefixChange::Put(kv) => {
+                by_key.insert(kv.key().to_vec(), Candidate::read(kv));
+            }
+            recipe::PrefixChange::Delete(kv) => {
+                by_key.remove(kv.key());
+            }
+            recipe::PrefixChange::Settled => {
+                let mut line: Vec<Candidate> = by_key.values().cloned().collect();
+                line.sort_by_key(|c| c.revision);
+                line_tx.send_replace(line);
+            }
+        }
+        true
+    };
+    (elections.subscribe(Some(role), Box::new(follow)), line_rx)
+}
+
+/// Follows the election (its `line`, from [`follow_line`]) while this node
+/// leads at `leader` with `priority`, and returns the server ID of a
+/// standby of higher priority once it has stood in line for `holdoff` since
+/// this leader first saw it, and `holdoff` has passed since `since` (when
+/// this leader started serving, or last moved a role).
 pub(crate) async fn await_preferred(
-    watches: WatchHub,
-    election: String,
+    mut line_rx: tokio::sync::watch::Receiver<Vec<Candidate>>,
     leader: Candidacy,
     priority: i32,
     holdoff: Duration,
     since: Instant,
-    retry: Duration,
 ) -> i64 {
-    let prefix = format!("{election}/");
-    // The line, followed from one read and the watch: a leader does not
-    // read its election again on every change (every state a candidate
-    // publishes is one), which at a thousand roles is most of etcd's work.
-    let (line_tx, mut line_rx) = tokio::sync::watch::channel(Vec::<Candidate>::new());
-    let mut by_key: std::collections::HashMap<Vec<u8>, Candidate> = Default::default();
-    let follow = async {
-        recipe::follow_prefix(&watches, &prefix, retry, |change| {
-            match change {
-                recipe::PrefixChange::Reset => by_key.clear(),
-                recipe::PrefixChange::Put(kv) => {
-                    by_key.insert(kv.key().to_vec(), Candidate::read(kv));
-                }
-                recipe::PrefixChange::Delete(kv) => {
-                    by_key.remove(kv.key());
-                }
-                recipe::PrefixChange::Settled => {
-                    let mut line: Vec<Candidate> = by_key.values().cloned().collect();
-                    line.sort_by_key(|c| c.revision);
-                    line_tx.send_replace(line);
-                }
-            }
-            true
-        })
-        .await;
-        // The follower only ends when its handler says so, which it never does.
-        std::future::pending::<i64>().await
-    };
     let decide = async {
         let mut seen: Option<(String, i64, Instant)> = None;
         let mut due: Option<Instant> = None;
         loop {
             // Decide again when someone joins or leaves, or when the
-            // holdoff of the one in view ends. The sender lives as long as
-            // this wait.
-            match due {
-                Some(wake) => {
-                    let _ = tokio::time::timeout_at(wake.into(), line_rx.changed()).await;
-                }
-                None => {
-                    let _ = line_rx.changed().await;
-                }
+            // holdoff of the one in view ends. The follower that sends the
+            // line lives as long as this wait (its caller holds it).
+            let changed = match due {
+                Some(wake) => tokio::time::timeout_at(wake.into(), line_rx.changed())
+                    .await
+                    .unwrap_or(Ok(())),
+                None => line_rx.changed().await,
+            };
+            if changed.is_err() {
+                return std::future::pending().await;
             }
             let line = line_rx.borrow_and_update();
             let standbys: Vec<Candidate> = line
@@ -324,10 +325,7 @@ pub(crate) async fn await_preferred(
             }
         }
     };
-    tokio::select! {
-        server_id = decide => server_id,
-        server_id = follow => server_id,
-    }
+    decide.await
 }
 
 #[cfg(test)]
