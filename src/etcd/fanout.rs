@@ -82,8 +82,8 @@ pub(crate) fn group_of<'a>(prefix: &str, key: &'a [u8]) -> Option<&'a str> {
 }
 
 /// Hands `change` to each of `handlers`, dropping those that are done.
-fn hand(handlers: &mut Vec<(u64, Handler)>, change: &PrefixChange<'_>) {
-    handlers.retain_mut(|(_, handler)| handler(change.clone()));
+fn hand(handlers: &mut Vec<(u64, Handler)>, change: PrefixChange<'_>) {
+    handlers.retain_mut(|(_, handler)| handler(change));
 }
 
 impl Mirror {
@@ -93,7 +93,7 @@ impl Mirror {
                 self.keys.clear();
                 self.in_batch = true;
                 self.touched = None;
-                self.hand_everyone(&PrefixChange::Reset);
+                self.hand_everyone(PrefixChange::Reset);
             }
             PrefixChange::Put(kv) | PrefixChange::Delete(kv) => {
                 if matches!(change, PrefixChange::Put(_)) {
@@ -105,7 +105,7 @@ impl Mirror {
                     self.in_batch = true;
                     self.touched = Some(Vec::new());
                 }
-                hand(&mut self.every, &change);
+                hand(&mut self.every, change);
                 if let Some(group) = group_of(&self.prefix, kv.key()) {
                     if let Some(touched) = &mut self.touched
                         && touched.last().is_none_or(|last| last != group)
@@ -113,17 +113,17 @@ impl Mirror {
                         touched.push(group.to_owned());
                     }
                     if let Some(handlers) = self.by_group.get_mut(group) {
-                        hand(handlers, &change);
+                        hand(handlers, change);
                     }
                 }
             }
             PrefixChange::Settled => {
                 self.in_batch = false;
-                hand(&mut self.every, &PrefixChange::Settled);
+                hand(&mut self.every, PrefixChange::Settled);
                 match self.touched.take() {
                     None => {
                         for handlers in self.by_group.values_mut() {
-                            hand(handlers, &PrefixChange::Settled);
+                            hand(handlers, PrefixChange::Settled);
                         }
                     }
                     Some(mut touched) => {
@@ -131,7 +131,7 @@ impl Mirror {
                         touched.dedup();
                         for group in touched {
                             if let Some(handlers) = self.by_group.get_mut(&group) {
-                                hand(handlers, &PrefixChange::Settled);
+                                hand(handlers, PrefixChange::Settled);
                             }
                         }
                     }
@@ -142,7 +142,7 @@ impl Mirror {
     }
 
     /// Hands a reset to every subscriber of every group and of all.
-    fn hand_everyone(&mut self, change: &PrefixChange<'_>) {
+    fn hand_everyone(&mut self, change: PrefixChange<'_>) {
         hand(&mut self.every, change);
         for handlers in self.by_group.values_mut() {
             hand(handlers, change);

@@ -459,7 +459,9 @@ async fn follow_prefix_once(
 /// each change: every candidate is read once and then kept current from
 /// the watch, so a handover watched by N standbys costs etcd N events, not
 /// N reads per event. A corrupt leader value is reported and treated as
-/// "leader unknown".
+/// "leader unknown". (A node's roles subscribe [`leader_observer`] to the
+/// node's one follower of its elections instead.)
+#[cfg(feature = "grpc")]
 pub(crate) async fn observe(
     watches: WatchHub,
     election: String,
