@@ -7,7 +7,7 @@
 //! the prefix keeps a mirror of every key and hands each change to the
 //! subscribers of the key's group (a role's election), or of every group.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ struct Mirror {
     in_batch: bool,
     /// Groups changed in the batch being handed out; `None` after a reset:
     /// every subscriber hears the `Settled`.
-    touched: Option<Vec<String>>,
+    touched: Option<BTreeSet<String>>,
     next_id: u64,
     by_group: HashMap<String, Vec<(u64, Handler)>>,
     every: Vec<(u64, Handler)>,
@@ -103,14 +103,14 @@ impl Mirror {
                 }
                 if !self.in_batch {
                     self.in_batch = true;
-                    self.touched = Some(Vec::new());
+                    self.touched = Some(BTreeSet::new());
                 }
                 hand(&mut self.every, change);
                 if let Some(group) = group_of(&self.prefix, kv.key()) {
                     if let Some(touched) = &mut self.touched
-                        && touched.last().is_none_or(|last| last != group)
+                        && !touched.contains(group)
                     {
-                        touched.push(group.to_owned());
+                        touched.insert(group.to_owned());
                     }
                     if let Some(handlers) = self.by_group.get_mut(group) {
                         hand(handlers, change);
@@ -126,9 +126,7 @@ impl Mirror {
                             hand(handlers, PrefixChange::Settled);
                         }
                     }
-                    Some(mut touched) => {
-                        touched.sort_unstable();
-                        touched.dedup();
+                    Some(touched) => {
                         for group in touched {
                             if let Some(handlers) = self.by_group.get_mut(&group) {
                                 hand(handlers, PrefixChange::Settled);
@@ -227,7 +225,7 @@ impl PrefixFanout {
             if let Some(touched) = &mut mirror.touched
                 && let Some(group) = group
             {
-                touched.push(group.to_owned());
+                touched.insert(group.to_owned());
             }
         }
         Subscription {

@@ -491,11 +491,17 @@ impl StoodBy {
         self.leaders.contains_key(watched)
     }
 
-    /// Each leader process stood by for, with the leases of its keys.
-    fn leaders(&self) -> impl Iterator<Item = (&Watched, BTreeSet<i64>)> {
+    /// Each leader process stood by for.
+    fn leaders(&self) -> impl Iterator<Item = &Watched> {
+        self.leaders.keys()
+    }
+
+    /// The leases of `watched`'s leader keys.
+    fn leases(&self, watched: &Watched) -> BTreeSet<i64> {
         self.leaders
-            .iter()
-            .map(|(watched, leases)| (watched, leases.keys().copied().collect()))
+            .get(watched)
+            .map(|leases| leases.keys().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -540,10 +546,11 @@ async fn watch_leaders(
             stood_by.set(index, leader);
         }
         watches.retain(|watched, _| stood_by.contains(watched));
-        for (watched, leases) in stood_by.leaders() {
+        for watched in stood_by.leaders() {
             if watches.contains_key(watched) || over.contains(&watched.witness.incarnation) {
                 continue;
             }
+            let leases = stood_by.leases(watched);
             let task = watch_one(mourner.clone(), watched.clone(), leases, done_tx.clone());
             watches.insert(watched.clone(), OwnedTask::spawn(task));
         }
@@ -845,7 +852,10 @@ mod tests {
         for (index, status) in statuses.iter().enumerate() {
             stood_by.set(index, watched_leader(1, status));
         }
-        let watched: Vec<_> = stood_by.leaders().collect();
+        let watched: Vec<_> = stood_by
+            .leaders()
+            .map(|w| (w.clone(), stood_by.leases(w)))
+            .collect();
         assert_eq!(watched.len(), 1, "{watched:?}");
         let (leader, leases) = watched.into_iter().next().unwrap();
         assert_eq!(leader.server_id, 2);
@@ -862,7 +872,7 @@ mod tests {
         stood_by.set(2, at(2, 21));
         let leases = |s: &StoodBy| {
             s.leaders()
-                .map(|(w, l)| (w.server_id, l))
+                .map(|w| (w.server_id, s.leases(w)))
                 .collect::<Vec<_>>()
         };
         assert_eq!(leases(&stood_by), vec![(2, BTreeSet::from([20, 21]))]);

@@ -280,52 +280,49 @@ pub(crate) async fn await_preferred(
     holdoff: Duration,
     since: Instant,
 ) -> i64 {
-    let decide = async {
-        let mut seen: Option<(String, i64, Instant)> = None;
-        let mut due: Option<Instant> = None;
-        loop {
-            // Decide again when someone joins or leaves, or when the
-            // holdoff of the one in view ends. The follower that sends the
-            // line lives as long as this wait (its caller holds it).
-            let changed = match due {
-                Some(wake) => tokio::time::timeout_at(wake.into(), line_rx.changed())
-                    .await
-                    .unwrap_or(Ok(())),
-                None => line_rx.changed().await,
-            };
-            if changed.is_err() {
-                return std::future::pending().await;
-            }
-            let line = line_rx.borrow_and_update();
-            let standbys: Vec<Candidate> = line
-                .iter()
-                .skip_while(|c| c.key != leader.key)
-                .skip(1)
-                .cloned()
-                .collect();
-            drop(line);
-            let best = preferred(priority, &standbys);
-            let now = Instant::now();
-            seen = match (best, seen) {
-                (Some(best), Some((key, revision, at)))
-                    if key == best.key && revision == best.revision =>
-                {
-                    Some((key, revision, at))
-                }
-                (Some(best), _) => Some((best.key.clone(), best.revision, now)),
-                (None, _) => None,
-            };
-            // Both have to hold: the leader has served (or last moved a
-            // role) for the holdoff, and the standby has stood in view as long.
-            due = seen.as_ref().map(|(_, _, at)| (*at).max(since) + holdoff);
-            if let (Some(best), Some(due)) = (best, due)
-                && now >= due
-            {
-                return best.session.as_ref().map_or(0, |s| s.server_id);
-            }
+    let mut seen: Option<(String, i64, Instant)> = None;
+    let mut due: Option<Instant> = None;
+    loop {
+        // Decide again when someone joins or leaves, or when the
+        // holdoff of the one in view ends. The follower that sends the
+        // line lives as long as this wait (its caller holds it).
+        let changed = match due {
+            Some(wake) => tokio::time::timeout_at(wake.into(), line_rx.changed())
+                .await
+                .unwrap_or(Ok(())),
+            None => line_rx.changed().await,
+        };
+        if changed.is_err() {
+            return std::future::pending().await;
         }
-    };
-    decide.await
+        let line = line_rx.borrow_and_update();
+        let standbys: Vec<Candidate> = line
+            .iter()
+            .skip_while(|c| c.key != leader.key)
+            .skip(1)
+            .cloned()
+            .collect();
+        drop(line);
+        let best = preferred(priority, &standbys);
+        let now = Instant::now();
+        seen = match (best, seen) {
+            (Some(best), Some((key, revision, at)))
+                if key == best.key && revision == best.revision =>
+            {
+                Some((key, revision, at))
+            }
+            (Some(best), _) => Some((best.key.clone(), best.revision, now)),
+            (None, _) => None,
+        };
+        // Both have to hold: the leader has served (or last moved a
+        // role) for the holdoff, and the standby has stood in view as long.
+        due = seen.as_ref().map(|(_, _, at)| (*at).max(since) + holdoff);
+        if let (Some(best), Some(due)) = (best, due)
+            && now >= due
+        {
+            return best.session.as_ref().map_or(0, |s| s.server_id);
+        }
+    }
 }
 
 #[cfg(test)]
