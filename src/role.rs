@@ -300,7 +300,8 @@ pub trait RoleControl: Send + Sync {
     /// Where this node's warm copy of the role's metadata stands (see
     /// [`RoleHandle::metadata_copy`]).
     fn metadata_copy(&self) -> Option<MetadataCopy>;
-    /// Injects `fault` into the role's actors; false when the actor is not running.
+    /// Injects `fault` into the role's actors; false when the actor is not
+    /// running (for [`Fault::Disarm`], when nothing was armed).
     #[cfg(feature = "fault-injection")]
     fn inject(&self, fault: Fault) -> bool;
     /// Hands the role over if this node leads it (see [`RoleHandle::resign`]).
@@ -350,6 +351,7 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
                 self.hang_activation();
                 true
             }
+            Fault::Disarm => self.disarm_faults(),
         }
     }
 
@@ -391,6 +393,12 @@ impl<C: Coordinator> RoleHandle<C> {
     /// makes the election give the term up.
     pub fn hang_activation(&self) {
         self.shared.faults.arm_activation_hang();
+    }
+
+    /// Turns off the fault switches armed above that have not fired yet.
+    /// Returns whether any was armed.
+    pub fn disarm_faults(&self) -> bool {
+        self.shared.faults.disarm()
     }
 
     /// Makes the role's next reload, after its first page, add a permit to

@@ -280,6 +280,61 @@ async fn a_resign_cut_off_from_etcd_never_serves_again_under_the_old_epoch() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_link_broke_campaigns_again_as_soon_as_etcd_answers_not_a_backoff_later()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let client = etcd.client().await?;
+    // Retries 1 s, 2 s, 4 s apart: through the cut below the standby's
+    // campaign fails at once, 1 s and 3 s in, then would sleep until 7 s.
+    let ttl = 9;
+    let (proxies, mut nodes) = start_proxied_nodes(&etcd, 2, &[ROLE], |endpoints, index| {
+        let mut config = node_config(endpoints, index, ttl);
+        config.etcd.retry.initial = Duration::from_secs(1);
+        config.etcd.retry.max = Duration::from_secs(5);
+        config
+    })
+    .await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let standby = 1 - leader;
+    eventually("two candidates", Duration::from_secs(5), || async {
+        (candidates(&client, ROLE).await.len() == 2).then_some(())
+    })
+    .await;
+    let lease = nodes[standby].role(ROLE).status().lease;
+    let monitor = Monitor::nodes(&nodes, ROLE);
+
+    info!("--- the standby's link is cut for 3.5 s, well within its renew deadline (6 s)");
+    let cut_at = Instant::now();
+    proxies[standby].cut();
+    // The fault's length, not a wait for a condition.
+    tokio::time::sleep_until((cut_at + Duration::from_millis(3500)).into()).await;
+    proxies[standby].heal();
+
+    info!("--- the link is back; the leader hands over at once");
+    let resigned_at = Instant::now();
+    nodes[leader]
+        .role(ROLE)
+        .resign(Duration::from_secs(5))
+        .await?;
+    // The keepalive opens again within a quarter of its 750 ms interval;
+    // the campaign's backoff alone would keep the standby asleep 3.5 s more.
+    wait_for("the standby to serve", Duration::from_millis(1500), || {
+        nodes[standby].role(ROLE).is_serving().then_some(())
+    })
+    .await;
+    info!(took = ?resigned_at.elapsed(), "--- the standby serves");
+    assert_eq!(
+        nodes[standby].role(ROLE).status().lease,
+        lease,
+        "the standby kept its lease through the cut"
+    );
+    monitor.assert_safe();
+    shutdown_all(&mut nodes).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_watch_broke_still_notices_the_deletion_of_its_key() -> anyhow::Result<()> {
     init_logging();
     let mut etcd = EtcdServer::start().await?;

@@ -144,6 +144,9 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         generation: u64,
         /// The lease it was on.
         lease: i64,
+        /// Whether etcd answered the keepalive again, after failing, while
+        /// the attempt ran: its failure may be the broken connection's.
+        etcd_restored: bool,
     },
     /// The reload of `generation`, for `revision`, finished.
     Reloaded {
@@ -505,8 +508,17 @@ impl<C: Coordinator> Election<C> {
             .then(|| self.shared.copy.subscribe());
         let role = self.role.clone();
         let session = self.context.session_actor.clone();
+        let view = self.context.session.clone();
+        let restore = view.next_restore();
         let campaign = async move {
-            tokio::time::sleep(after).await;
+            // A retry waits out its backoff, or until etcd answers again: a
+            // standby next in line must not sleep through its leader's death
+            // because its link to etcd broke moments before.
+            tokio::select! {
+                () = tokio::time::sleep(after) => {}
+                () = restore => {}
+            }
+            let attempt = Instant::now();
             if let Some(copy) = &mut copy
                 && copy.borrow().is_none()
             {
@@ -534,7 +546,11 @@ impl<C: Coordinator> Election<C> {
                         // Sooner than the next keepalive would tell.
                         let _ = session.send_message(SessionMsg::Lost { lease });
                     }
-                    let _ = reply.send_message(ElectionMsg::CampaignFailed { generation, lease });
+                    let _ = reply.send_message(ElectionMsg::CampaignFailed {
+                        generation,
+                        lease,
+                        etcd_restored: view.restored_since(attempt),
+                    });
                     return;
                 }
             };
@@ -1122,11 +1138,18 @@ impl<C: Coordinator> Actor for Election<C> {
                     state.joined_revision = Some(revision);
                     Event::CampaignJoined { lease }
                 }
-                ElectionMsg::CampaignFailed { generation, lease } => {
+                ElectionMsg::CampaignFailed {
+                    generation,
+                    lease,
+                    etcd_restored,
+                } => {
                     if !state.is_current(Tag::Campaign(generation)) {
                         return Ok(());
                     }
-                    Event::CampaignFailed { lease }
+                    Event::CampaignFailed {
+                        lease,
+                        etcd_restored,
+                    }
                 }
                 ElectionMsg::Reloaded {
                     generation,

@@ -59,6 +59,17 @@ impl Faults {
         self.activation_hang.store(true, Ordering::SeqCst);
     }
 
+    /// Turns off every switch armed and not fired yet, so the role's next
+    /// reload and activation run as they would without faults. Returns
+    /// whether any was armed.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn disarm(&self) -> bool {
+        let reload = self.reload_panic.swap(false, Ordering::SeqCst);
+        let activation = self.activation_hang.swap(false, Ordering::SeqCst);
+        let held = self.reload_hold.take().is_some();
+        reload || activation || held
+    }
+
     /// Called by the coordinator actor's activation task before the user's
     /// `activate`: never returns once if armed.
     pub(crate) async fn activation_started(&self) {
@@ -107,16 +118,21 @@ pub enum Fault {
     CrashReload,
     /// The next activation hangs until the activation timeout ends it.
     HangActivation,
+    /// Not a fault: turns off the switches above that are armed and have
+    /// not fired yet (a reload panic or an activation hang waiting for a
+    /// win that never came), so a test's next fault meets a clean role.
+    Disarm,
 }
 
 #[cfg(feature = "fault-injection")]
 impl Fault {
     /// Every fault, by its name on the command line and in gRPC.
-    pub const ALL: [(Fault, &'static str); 4] = [
+    pub const ALL: [(Fault, &'static str); 5] = [
         (Fault::CrashCoordinator, "crash-coordinator"),
         (Fault::CrashElection, "crash-election"),
         (Fault::CrashReload, "crash-reload"),
         (Fault::HangActivation, "hang-activation"),
+        (Fault::Disarm, "disarm"),
     ];
 
     /// The fault called `name`.

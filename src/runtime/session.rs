@@ -37,25 +37,37 @@ pub(crate) struct HeldLease {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionView {
     held: watch::Receiver<Option<HeldLease>>,
+    restored: watch::Receiver<Option<Instant>>,
     renew_deadline: Duration,
 }
 
+/// The senders that move a [`SessionView`].
+#[derive(Debug)]
+pub(crate) struct SessionFeed {
+    /// The lease held, and its last renewal.
+    pub held: watch::Sender<Option<HeldLease>>,
+    /// When etcd last answered the keepalive again after it had failed.
+    pub restored: watch::Sender<Option<Instant>>,
+}
+
 impl SessionView {
-    /// A view, and the sender that moves it: the session's, or a test's.
-    pub(crate) fn channel(renew_deadline: Duration) -> (watch::Sender<Option<HeldLease>>, Self) {
-        let (held, view) = watch::channel(None);
+    /// A view, and the senders that move it: the session's, or a test's.
+    pub(crate) fn channel(renew_deadline: Duration) -> (SessionFeed, Self) {
+        let (held, held_view) = watch::channel(None);
+        let (restored, restored_view) = watch::channel(None);
         let view = Self {
-            held: view,
+            held: held_view,
+            restored: restored_view,
             renew_deadline,
         };
-        (held, view)
+        (SessionFeed { held, restored }, view)
     }
 
     /// A view of a session that renewed `lease` just now, for tests.
     #[cfg(test)]
     pub(crate) fn trusting(lease: i64) -> Self {
-        let (held, view) = Self::channel(Duration::from_secs(60));
-        held.send_replace(Some(HeldLease {
+        let (feed, view) = Self::channel(Duration::from_secs(60));
+        feed.held.send_replace(Some(HeldLease {
             id: lease,
             renewed_at: Instant::now(),
         }));
@@ -81,6 +93,26 @@ impl SessionView {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// Whether etcd answered the keepalive again, after it had failed, in a
+    /// keepalive sent at or after `since`: a failure of a call begun before
+    /// then may be the broken connection's, not etcd's state now.
+    pub(crate) fn restored_since(&self, since: Instant) -> bool {
+        self.restored.borrow().is_some_and(|at| at >= since)
+    }
+
+    /// Returns the next time etcd answers the keepalive again after it had
+    /// failed (never, once the session is gone): a call waiting out its
+    /// backoff after etcd failed it may try again then.
+    pub(crate) fn next_restore(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut restored = self.restored.clone();
+        restored.mark_unchanged();
+        async move {
+            if restored.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// A receiver told each time the session's lease changes (renewals
     /// alone do not wake it).
     pub(crate) fn changes(&self) -> watch::Receiver<Option<HeldLease>> {
@@ -96,16 +128,18 @@ pub(crate) struct Session {
     client: Client,
     config: Config,
     held: watch::Sender<Option<HeldLease>>,
+    restored: watch::Sender<Option<Instant>>,
 }
 
 impl Session {
     /// A session for a node with `config`, and the view the roles read.
     pub(crate) fn new(client: Client, config: Config) -> (Self, SessionView) {
-        let (held, view) = SessionView::channel(config.session.renew_deadline());
+        let (feed, view) = SessionView::channel(config.session.renew_deadline());
         let session = Self {
             client,
             config,
-            held,
+            held: feed.held,
+            restored: feed.restored,
         };
         (session, view)
     }
@@ -201,17 +235,22 @@ impl Session {
             interval: session.keepalive_interval(),
             timeout: session.keepalive_timeout(),
         };
-        let held = self.held.clone();
+        let (held, restored) = (self.held.clone(), self.restored.clone());
         let reply = myself.clone();
         let report = move |renewal| match renewal {
             // Renewals change no lease: the view reads them, nobody is woken.
-            Renewal::Renewed { sent_at } => {
+            Renewal::Renewed { sent_at } | Renewal::Restored { sent_at } => {
                 held.send_if_modified(|current| {
                     if let Some(current) = current.as_mut().filter(|c| c.id == lease) {
                         current.renewed_at = current.renewed_at.max(sent_at);
                     }
                     false
                 });
+                // Whoever waits out a backoff after etcd failed it may try
+                // again now, not a whole backoff later.
+                if matches!(renewal, Renewal::Restored { .. }) {
+                    restored.send_replace(Some(sent_at));
+                }
                 true
             }
             Renewal::Lost => reply.send_message(SessionMsg::Lost { lease }).is_ok(),

@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn a_term_is_open_only_while_unclosed_and_its_lease_trusted() {
-        let (held, session) = SessionView::channel(DEADLINE);
+        let (feed, session) = SessionView::channel(DEADLINE);
+        let held = feed.held;
         let renewed = |at: Instant| {
             Some(HeldLease {
                 id: 7,

@@ -722,16 +722,22 @@ impl Mourner {
         if let Some(took) = took {
             metrics::histogram!(telemetry::DEATH_WITNESS_REVOKE_SECONDS).record(took.as_secs_f64());
         }
-        let roles: Vec<String> = roles.into_iter().collect();
+        // Sessions are read after the first revoke, so those on the leader
+        // keys' leases are gone with it: only other leases' roles are named.
+        let roles = if roles.is_empty() {
+            String::new()
+        } else {
+            let roles: Vec<String> = roles.into_iter().collect();
+            format!(" (sessions on other leases: {})", roles.join(", "))
+        };
         tracing::warn!(
             server_id = watched.server_id,
             witness = watched.witness.address,
             took_ms = took.map(|t| t.as_millis() as u64),
-            "leader server {} at {} is gone ({reason}); revoked its lease(s) {} (roles: {})",
+            "leader server {} at {} is gone ({reason}); revoked its lease(s) {}{roles}",
             watched.server_id,
             watched.address,
-            revoked.join(", "),
-            roles.join(", ")
+            revoked.join(", ")
         );
     }
 

@@ -429,6 +429,20 @@ impl Cluster {
             Some(outcome) => format!("{detail}; {outcome}"),
             None => detail,
         };
+        if matches!(fault, Fault::CrashReload | Fault::HangActivation) {
+            // A node that did not win while the fault ran still holds its
+            // switch; left armed, it would fire at some later fault's
+            // takeover, which then runs longer than that fault's bound.
+            let mut disarmed = Vec::new();
+            for peer in 0..NODES {
+                if let Ok(true) = self.inject_actor_fault(peer, name, "disarm").await {
+                    disarmed.push(peer.to_string());
+                }
+            }
+            if !disarmed.is_empty() {
+                detail = format!("{detail}; disarmed on nodes [{}]", disarmed.join(", "));
+            }
+        }
         // Said only where it moved the bound.
         if bound != fault.bound(true) {
             detail = format!("{detail}; no standby had its metadata copy loaded");

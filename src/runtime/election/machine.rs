@@ -145,6 +145,10 @@ pub(crate) enum Event {
     CampaignFailed {
         /// The lease the candidacy was on.
         lease: i64,
+        /// etcd answered again, after failing, while the attempt ran: the
+        /// failure was likely the old connection's, so the retry backoff
+        /// starts over.
+        etcd_restored: bool,
     },
     /// The metadata is loaded at or above `revision`.
     Reloaded {
@@ -343,9 +347,15 @@ impl ElectionMachine {
                 }
                 Vec::new()
             }
-            Event::CampaignFailed { lease } => {
+            Event::CampaignFailed {
+                lease,
+                etcd_restored,
+            } => {
                 if self.phase != Phase::Campaigning || self.lease != Some(lease) {
                     return Vec::new();
+                }
+                if etcd_restored {
+                    self.etcd_failures = 0;
                 }
                 let after = self.next_etcd_retry();
                 vec![Command::Campaign { lease, after }]
@@ -959,7 +969,10 @@ mod tests {
     fn campaign_retries_back_off_and_start_over_once_a_campaign_joins() {
         let mut machine = campaigning(Instant::now());
         let retry = |machine: &mut ElectionMachine| match machine
-            .on(Event::CampaignFailed { lease: LEASE })
+            .on(Event::CampaignFailed {
+                lease: LEASE,
+                etcd_restored: false,
+            })
             .as_slice()
         {
             [Command::Campaign { after, .. }] => *after,
@@ -983,6 +996,34 @@ mod tests {
         retry(&mut machine);
         machine.on(Event::CampaignJoined { lease: LEASE + 1 });
         assert_eq!(retry(&mut machine), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn a_campaign_that_failed_as_etcd_came_back_retries_without_the_outages_backoff() {
+        let mut machine = campaigning(Instant::now());
+        let fail = |machine: &mut ElectionMachine, etcd_restored| match machine
+            .on(Event::CampaignFailed {
+                lease: LEASE,
+                etcd_restored,
+            })
+            .as_slice()
+        {
+            [Command::Campaign { after, .. }] => *after,
+            other => panic!("expected a campaign retry, got {other:?}"),
+        };
+        // An outage: every attempt fails, and the retries back off.
+        for _ in 0..4 {
+            fail(&mut machine, false);
+        }
+        assert_eq!(fail(&mut machine, false), Duration::from_secs(1));
+        // The attempt in flight as the link healed fails on the broken
+        // connection while etcd answers again: the next try is the first.
+        assert_eq!(fail(&mut machine, true), Duration::from_millis(100));
+        assert_eq!(
+            fail(&mut machine, false),
+            Duration::from_millis(200),
+            "a failure with etcd up backs off again"
+        );
     }
 
     #[test]

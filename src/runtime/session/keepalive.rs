@@ -16,6 +16,12 @@ pub(crate) enum Renewal {
         /// When the answered keepalive was sent.
         sent_at: Instant,
     },
+    /// The keepalive stream opened again after failing, its opening sent
+    /// at `sent_at`: etcd answers again (and renewed the lease once).
+    Restored {
+        /// When the opening was sent.
+        sent_at: Instant,
+    },
     /// etcd says the lease no longer exists.
     Lost,
 }
@@ -55,6 +61,7 @@ pub(crate) async fn keep_alive(
     report: impl Fn(Renewal) -> bool,
 ) {
     let mut lease_client = client.lease_client();
+    let mut failed = false;
     loop {
         let sent_at = Instant::now();
         let opened = tokio::time::timeout(beat.timeout, lease_client.keep_alive(lease)).await;
@@ -67,16 +74,23 @@ pub(crate) async fn keep_alive(
             }
             Ok(Err(error)) => {
                 keepalive_failed(lease, &error.to_string());
+                failed = true;
                 tokio::time::sleep(beat.interval / 4).await;
                 continue;
             }
             Err(_) => {
                 keepalive_failed(lease, "timed out opening the keepalive stream");
+                failed = true;
                 continue;
             }
         };
         // Opening the stream renewed the lease once already.
-        if !report(Renewal::Renewed { sent_at }) {
+        let opened = if std::mem::take(&mut failed) {
+            Renewal::Restored { sent_at }
+        } else {
+            Renewal::Renewed { sent_at }
+        };
+        if !report(opened) {
             return;
         }
         let mut unanswered: VecDeque<Instant> = VecDeque::new();
@@ -117,6 +131,7 @@ pub(crate) async fn keep_alive(
             }
         };
         keepalive_failed(lease, &broken);
+        failed = true;
     }
 }
 
