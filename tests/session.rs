@@ -101,9 +101,9 @@ async fn etcd_holds_one_lease_and_a_few_watch_streams_per_node_whatever_the_numb
     );
 
     info!("--- each role of each node watches etcd, on a few streams per node");
-    // Per role and node at least a leader observer, and the leader's own
-    // key or a standby's predecessor.
-    let watchers = 3.0 * ROLES as f64 * 2.0;
+    // Per role and node at least the follower of its metadata; the
+    // elections are followed by one watch per node.
+    let watchers = 3.0 * ROLES as f64;
     eventually(
         "every role's watches open",
         Duration::from_secs(10),

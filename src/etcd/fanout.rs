@@ -30,6 +30,8 @@ pub(crate) struct PrefixFanout {
 struct Mirror {
     prefix: String,
     keys: BTreeMap<Vec<u8>, KeyValue>,
+    /// The revision the keys stand at, as of the last `Settled`.
+    revision: i64,
     /// A response's changes are being handed out: its `Settled` follows.
     in_batch: bool,
     /// Groups changed in the batch being handed out; `None` after a reset:
@@ -117,19 +119,20 @@ impl Mirror {
                     }
                 }
             }
-            PrefixChange::Settled => {
+            PrefixChange::Settled(revision) => {
                 self.in_batch = false;
-                hand(&mut self.every, PrefixChange::Settled);
+                self.revision = revision;
+                hand(&mut self.every, change);
                 match self.touched.take() {
                     None => {
                         for handlers in self.by_group.values_mut() {
-                            hand(handlers, PrefixChange::Settled);
+                            hand(handlers, change);
                         }
                     }
                     Some(touched) => {
                         for group in touched {
                             if let Some(handlers) = self.by_group.get_mut(&group) {
-                                hand(handlers, PrefixChange::Settled);
+                                hand(handlers, change);
                             }
                         }
                     }
@@ -171,7 +174,7 @@ impl Mirror {
             }
         }
         // Mid-batch, the batch's own `Settled` follows.
-        self.in_batch || handler(PrefixChange::Settled)
+        self.in_batch || handler(PrefixChange::Settled(self.revision))
     }
 }
 
@@ -181,6 +184,7 @@ impl PrefixFanout {
         let shared = Arc::new(Mutex::new(Mirror {
             prefix: prefix.clone(),
             keys: BTreeMap::new(),
+            revision: 0,
             in_batch: true,
             touched: None,
             next_id: 0,
@@ -269,7 +273,7 @@ mod tests {
                     PrefixChange::Delete(kv) => {
                         keys.remove(kv.key_str().unwrap());
                     }
-                    PrefixChange::Settled => {
+                    PrefixChange::Settled(_) => {
                         into.lock().unwrap().push(keys.keys().cloned().collect())
                     }
                 }

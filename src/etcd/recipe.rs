@@ -1,8 +1,9 @@
 //! etcd's standard election recipe (the layout of Go's `concurrency.Election`), so etcd's own tools see our leader.
 //!
 //! Each candidate puts `{election}/{lease id in hex}` on its lease; the key with
-//! the lowest create revision leads; a waiter watches only the candidate just
-//! ahead of it, so a leader change wakes one process, not the whole herd.
+//! the lowest create revision leads. A standin node follows every election
+//! with one watch (`etcd::fanout`), and its candidates wait for their turn
+//! in what that watch shows, not with a read and a watch each.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -104,118 +105,6 @@ pub(crate) async fn join(
         revision,
         lease,
     })
-}
-
-/// Waits until every candidate created before `me` is gone while `me`
-/// still exists: from then on `me` leads.
-pub(crate) async fn wait_until_leader(
-    watches: &WatchHub,
-    election: &str,
-    me: &Candidacy,
-) -> Result<(), CampaignError> {
-    let prefix = format!("{election}/");
-    let mut kv = watches.client().kv_client();
-    loop {
-        let older = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(1)
-            .with_max_create_revision(me.revision - 1);
-        // The nearest older candidate and our own key, in one round trip:
-        // the read after a predecessor's deletion is on every takeover's path.
-        let txn = Txn::new().and_then([
-            TxnOp::get(prefix.as_str(), Some(older)),
-            TxnOp::get(me.key.as_str(), None),
-        ]);
-        let response = Box::pin(kv.txn(txn)).await?;
-        let mut reads = response
-            .op_responses()
-            .into_iter()
-            .filter_map(|op| match op {
-                TxnOpResponse::Get(read) => Some(read),
-                _ => None,
-            });
-        let (Some(older), Some(own)) = (reads.next(), reads.next()) else {
-            return Err(CampaignError::EtcdFailed(etcd_client::Error::InvalidArgs(
-                "etcd answered the election's read without its two ranges".into(),
-            )));
-        };
-        if !is_ours(own.kvs(), me.revision) {
-            return Err(CampaignError::CandidacyLost {
-                key: me.key.clone(),
-            });
-        }
-        let Some(predecessor) = older.kvs().first() else {
-            return Ok(());
-        };
-        let revision = predecessor.create_revision();
-        let predecessor = String::from_utf8_lossy(predecessor.key()).into_owned();
-        until_gone(watches, &predecessor, revision).await?;
-    }
-}
-
-/// Whether `kvs`, a read of one key, holds it with create revision `revision`.
-fn is_ours(kvs: &[KeyValue], revision: i64) -> bool {
-    kvs.first()
-        .is_some_and(|kv| kv.create_revision() == revision)
-}
-
-/// Whether `key` exists with create revision `revision`.
-async fn still_ours(client: &Client, key: &str, revision: i64) -> Result<bool, CampaignError> {
-    let current = Box::pin(client.kv_client().get(key, None)).await?;
-    Ok(is_ours(current.kvs(), revision))
-}
-
-/// Returns once our leader key (created at `revision`) is gone: deleted, or
-/// replaced by a key of another term. A broken watch is re-opened, so a
-/// leader never stops noticing that it was deposed.
-pub(crate) async fn watch_own_key(watches: &WatchHub, key: &str, revision: i64, retry: Duration) {
-    loop {
-        match until_gone(watches, key, revision).await {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(key, "watching our leader key failed, re-opening: {error}");
-                tokio::time::sleep(retry).await;
-            }
-        }
-    }
-}
-
-/// Returns once `key`, as created at `revision`, is gone: deleted, or
-/// replaced by a key of another term. Opens a watch on `key` at the
-/// current revision, then reads the key: the read finds a deletion that
-/// came before the watch, the watch every one after. Not a watch from a
-/// past revision: etcd keeps such a watch in its unsynced group and
-/// catches it up only every 100 ms. For our own key, a peer watching from
-/// the present would learn of the deletion first and could win and serve
-/// while we still did; for a predecessor's, every takeover that followed a
-/// write to etcd between our read and our watch waited up to 100 ms more.
-async fn until_gone(watches: &WatchHub, key: &str, revision: i64) -> Result<(), CampaignError> {
-    let mut stream = watches.watch(key, None).await?;
-    if !next_response(&mut stream, key).await?.created() {
-        return Err(CampaignError::WatchEnded {
-            key: key.to_owned(),
-            reason: "etcd did not confirm the watch".into(),
-        });
-    }
-    if !still_ours(watches.client(), key, revision).await? {
-        return Ok(());
-    }
-    until_deleted(&mut stream, key).await
-}
-
-/// Reads `stream`, a watch on `key`, until it reports a deletion.
-async fn until_deleted(stream: &mut Watch, key: &str) -> Result<(), CampaignError> {
-    loop {
-        let response = next_response(stream, key).await?;
-        if response
-            .events()
-            .iter()
-            .any(|event| event.event_type() == EventType::Delete)
-        {
-            return Ok(());
-        }
-    }
 }
 
 /// The next response of `stream`, a watch on `key`; a cancelled or closed
@@ -393,8 +282,9 @@ pub(crate) enum PrefixChange<'a> {
     Put(&'a KeyValue),
     /// A key was deleted.
     Delete(&'a KeyValue),
-    /// The read, or one watch response, is complete.
-    Settled,
+    /// The read, or one watch response, is complete: the keys now stand as
+    /// at this revision (every change up to it has been handed out).
+    Settled(i64),
 }
 
 /// Follows every key under `prefix` until `handle` returns false: reads
@@ -431,7 +321,7 @@ async fn follow_prefix_once(
     let mut stream = watches.watch(prefix, Some(options)).await?;
     let read = std::iter::once(PrefixChange::Reset)
         .chain(snapshot.kvs().iter().map(PrefixChange::Put))
-        .chain(std::iter::once(PrefixChange::Settled));
+        .chain(std::iter::once(PrefixChange::Settled(revision)));
     for change in read {
         if !handle(change) {
             return Ok(());
@@ -449,7 +339,8 @@ async fn follow_prefix_once(
                 return Ok(());
             }
         }
-        if !handle(PrefixChange::Settled) {
+        let revision = response.header().map_or(0, |header| header.revision());
+        if !handle(PrefixChange::Settled(revision)) {
             return Ok(());
         }
     }
@@ -497,7 +388,7 @@ pub(crate) fn leader_observer(
             PrefixChange::Delete(kv) => {
                 candidates.remove(kv.key());
             }
-            PrefixChange::Settled => {
+            PrefixChange::Settled(_) => {
                 let oldest = candidates.values().min_by_key(|kv| kv.create_revision());
                 let seen = oldest.map(|kv| (kv.key().to_vec(), kv.mod_revision()));
                 if reported.as_ref() == Some(&seen) {

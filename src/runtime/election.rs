@@ -11,6 +11,7 @@
 //! `Deactivate`) are sent from this actor itself; only the waits for their
 //! replies run in tasks.
 
+mod line;
 pub(crate) mod machine;
 mod publisher;
 mod transfer;
@@ -488,14 +489,13 @@ impl<C: Coordinator> Election<C> {
         state.campaign_generation += 1;
         let generation = state.campaign_generation;
         let client = self.context.client.clone();
-        let watches = self.context.watches.clone();
+        let context = self.context.clone();
         let election = self.election.clone();
         let value = self
             .context
             .session(&self.role, RoleState::Standby, lease)
             .encode();
         let reply = myself.clone();
-        let retry = self.context.config.etcd.retry.initial;
         // A node whose warm copy is still being read joins the election
         // only once it is loaded: behind the warm peers, which take over
         // in milliseconds, instead of ahead of them, where its win would
@@ -535,10 +535,17 @@ impl<C: Coordinator> Election<C> {
                     lease,
                     revision: candidacy.revision,
                 });
-                Box::pin(recipe::wait_until_leader(&watches, &election, &candidacy)).await?;
-                Ok::<_, recipe::CampaignError>(candidacy)
+                // Decided from the node's one watch of every election,
+                // which stays subscribed while this candidacy leads.
+                let (following, mut line) = line::follow_line(&context.elections, &role);
+                if !line::until_leading(&mut line, &candidacy).await {
+                    return Err(recipe::CampaignError::CandidacyLost {
+                        key: candidacy.key.clone(),
+                    });
+                }
+                Ok::<_, recipe::CampaignError>((candidacy, following, line))
             };
-            let candidacy = match won.await {
+            let (candidacy, _following, mut line) = match won.await {
                 Ok(won) => won,
                 Err(error) => {
                     tracing::warn!(election, "campaign failed: {error}");
@@ -554,15 +561,14 @@ impl<C: Coordinator> Election<C> {
                     return;
                 }
             };
-            let key = candidacy.key.clone();
             let revision = candidacy.revision;
             let _ = reply.send_message(ElectionMsg::Elected {
                 generation,
-                candidacy,
+                candidacy: candidacy.clone(),
             });
-            // While leading, watch our own key: if anyone deletes it,
+            // While leading, follow our own key: if anyone deletes it,
             // the next candidate leads and we must not keep serving.
-            Box::pin(recipe::watch_own_key(&watches, &key, revision, retry)).await;
+            line::until_gone(&mut line, &candidacy).await;
             let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
                 generation,
                 revision,
@@ -868,7 +874,7 @@ impl<C: Coordinator> Election<C> {
             return;
         };
         let config = &self.context.config;
-        let (following, line) = transfer::follow_line(&self.context.elections, &self.role);
+        let (following, line) = line::follow_line(&self.context.elections, &self.role);
         let watch = transfer::await_preferred(
             line,
             leader,

@@ -138,7 +138,7 @@ impl Spread {
                         }
                     }
                 }
-                PrefixChange::Settled => mirror.changed = true,
+                PrefixChange::Settled(_) => mirror.changed = true,
             }
             true
         };

@@ -11,12 +11,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, KeyValue};
+use etcd_client::Client;
 use ractor::RpcReplyPort;
 
+use super::line::{Candidate, Line};
+use crate::etcd::WatchHub;
 use crate::etcd::recipe::{self, Candidacy, Succession};
-use crate::etcd::session::{SessionInfo, TransferInfo};
-use crate::etcd::{PrefixFanout, Subscription, WatchHub};
+use crate::etcd::session::TransferInfo;
 use crate::status::{ResignError, Successor, TransferTarget};
 
 /// The chosen standby, as found in the election.
@@ -72,36 +73,6 @@ impl HandoverReply {
             HandoverReply::Transfer(reply, successor) => {
                 let _ = reply.send(outcome.map(|()| successor));
             }
-        }
-    }
-}
-
-/// A candidate as the election shows it: its key, its create revision and,
-/// for a standin node, its registration.
-#[derive(Debug, Clone)]
-pub(crate) struct Candidate {
-    /// The candidate key.
-    pub key: String,
-    /// Its create revision (its place in line).
-    pub revision: i64,
-    /// Its session JSON; none for a peer that is not a standin node.
-    pub session: Option<SessionInfo>,
-}
-
-impl Candidate {
-    fn read(kv: &KeyValue) -> Self {
-        Self {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            revision: kv.create_revision(),
-            session: SessionInfo::decode(kv.key(), kv.value()).ok(),
-        }
-    }
-
-    /// `id@address` for a standin node, the key for any other peer.
-    pub(crate) fn shown(&self) -> String {
-        match &self.session {
-            Some(session) => format!("{}@{}", session.server_id, session.address),
-            None => self.key.clone(),
         }
     }
 }
@@ -238,43 +209,13 @@ pub(crate) fn preferred(priority: i32, standbys: &[Candidate]) -> Option<&Candid
         .map(|(c, _)| c)
 }
 
-/// The candidates of `role`'s election, oldest first, kept current from the
-/// node's follower of its elections: a leader does not read its election
-/// again on every change (every state a candidate publishes is one), which
-/// at a thousand roles was most of etcd's work.
-pub(crate) fn follow_line(
-    elections: &PrefixFanout,
-    role: &str,
-) -> (Subscription, tokio::sync::watch::Receiver<Vec<Candidate>>) {
-    let (line_tx, line_rx) = tokio::sync::watch::channel(Vec::<Candidate>::new());
-    let mut by_key: std::collections::HashMap<Vec<u8>, Candidate> = Default::default();
-    let follow = move |change: recipe::PrefixChange<'_>| {
-        match change {
-            recipe::PrefixChange::Reset => by_key.clear(),
-            recipe::PrefixChange::Put(kv) => {
-                by_key.insert(kv.key().to_vec(), Candidate::read(kv));
-            }
-            recipe::PrefixChange::Delete(kv) => {
-                by_key.remove(kv.key());
-            }
-            recipe::PrefixChange::Settled => {
-                let mut line: Vec<Candidate> = by_key.values().cloned().collect();
-                line.sort_by_key(|c| c.revision);
-                line_tx.send_replace(line);
-            }
-        }
-        true
-    };
-    (elections.subscribe(Some(role), Box::new(follow)), line_rx)
-}
-
 /// Follows the election (its `line`, from [`follow_line`]) while this node
 /// leads at `leader` with `priority`, and returns the server ID of a
 /// standby of higher priority once it has stood in line for `holdoff` since
 /// this leader first saw it, and `holdoff` has passed since `since` (when
 /// this leader started serving, or last moved a role).
 pub(crate) async fn await_preferred(
-    mut line_rx: tokio::sync::watch::Receiver<Vec<Candidate>>,
+    mut line_rx: tokio::sync::watch::Receiver<Line>,
     leader: Candidacy,
     priority: i32,
     holdoff: Duration,
@@ -297,6 +238,7 @@ pub(crate) async fn await_preferred(
         }
         let line = line_rx.borrow_and_update();
         let standbys: Vec<Candidate> = line
+            .candidates
             .iter()
             .skip_while(|c| c.key != leader.key)
             .skip(1)
@@ -328,7 +270,7 @@ pub(crate) async fn await_preferred(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::session::RoleState;
+    use crate::etcd::session::{RoleState, SessionInfo};
 
     fn candidate(id: i64, revision: i64, priority: i32) -> Candidate {
         Candidate {
