@@ -1,5 +1,6 @@
 //! The etcd layer: connecting and retrying, steering calls away from dead members, the session layout, etcd's election recipe, many watches on few streams, and reading a deployment back.
 
+mod batch;
 mod connect;
 mod fanout;
 pub mod inspect;
@@ -9,6 +10,7 @@ pub mod session;
 mod steering;
 mod watch;
 
+pub(crate) use batch::TxnBatcher;
 pub use connect::{EtcdError, connect, connect_checked};
 pub(crate) use connect::{GaveUp, best_effort, endpoint_url, retry_bounded};
 pub(crate) use fanout::{PrefixFanout, Subscription, group_of};

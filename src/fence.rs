@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
+use crate::etcd::TxnBatcher;
+
 /// A term of leadership: the role, the leader key that won it and that key's
 /// create revision. The revision is the fencing token: a later term always has
 /// a higher one.
@@ -230,7 +232,7 @@ impl FencedStore {
     /// `""`, which no write through a store can name), holding the epoch.
     /// A warm standby's watch delivers it after every earlier change, so
     /// once the watch has shown it the copy holds every write made before.
-    pub(crate) async fn write_marker(&self) -> Result<i64, FenceError> {
+    pub(crate) async fn write_marker(&self, writes: &TxnBatcher) -> Result<i64, FenceError> {
         self.check_not_deposed()?;
         let epoch = serde_json::to_vec(&self.inner.epoch).unwrap_or_default();
         let txn = Txn::new().when([self.still_leads()]).and_then([TxnOp::put(
@@ -238,11 +240,11 @@ impl FencedStore {
             epoch,
             None,
         )]);
-        let response = self.inner.client.kv_client().txn(txn).await?;
-        if !response.succeeded() {
+        let outcome = writes.txn(txn).await?;
+        if !outcome.succeeded {
             return Err(self.refused());
         }
-        Ok(response.header().map_or(0, |header| header.revision()))
+        Ok(outcome.revision)
     }
 
     /// The condition every fenced transaction starts with: the epoch's

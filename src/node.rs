@@ -14,7 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::coordinator::Coordinator;
 use crate::etcd::recipe::{self, CampaignError, Leader};
 use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id};
-use crate::etcd::{EtcdError, GaveUp, PrefixFanout, WatchHub};
+use crate::etcd::{EtcdError, GaveUp, PrefixFanout, TxnBatcher, WatchHub};
 use crate::role::{RoleControl, RoleHandle};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::ElectionMsg;
@@ -398,6 +398,7 @@ impl Node {
                 1,
                 crate::runtime::reload::WATCH_MESSAGE_LIMIT,
             ),
+            writes: TxnBatcher::start(client.clone()),
             client,
             config: self.config.clone(),
             layout,

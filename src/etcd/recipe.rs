@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::etcd::session::SessionInfo;
-use crate::etcd::{Watch, WatchHub};
+use crate::etcd::{TxnBatcher, Watch, WatchHub};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
     Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
@@ -64,9 +64,10 @@ pub fn candidate_key(election: &str, lease: i64) -> String {
 }
 
 /// Puts this candidate's key if it is absent (a retry after a lost reply finds
-/// its own key), or proclaims the new value on it when it exists.
+/// its own key), or proclaims the new value on it when it exists; through
+/// the node's `writes`, with the other roles' joins of the moment.
 pub(crate) async fn join(
-    client: &Client,
+    writes: &TxnBatcher,
     election: &str,
     lease: i64,
     value: Vec<u8>,
@@ -80,13 +81,13 @@ pub(crate) async fn join(
             Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else([TxnOp::get(key.as_str(), None)]);
-    let response = client.kv_client().txn(txn).await?;
-    let revision = if response.succeeded() {
-        response.header().map_or(0, |h| h.revision())
+    let joined = writes.txn(txn).await?;
+    let revision = if joined.succeeded {
+        joined.revision
     } else {
-        let existing = response
-            .op_responses()
-            .into_iter()
+        let existing = joined
+            .responses
+            .iter()
             .find_map(|op| match op {
                 TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::create_revision),
                 _ => None,
@@ -97,7 +98,8 @@ pub(crate) async fn join(
             revision: existing,
             lease,
         };
-        proclaim(client, &candidacy, value).await?;
+        let proclaimed = writes.txn(proclaim_beside(&candidacy, value, None)).await?;
+        proclaimed_or_lost(&candidacy, proclaimed.succeeded)?;
         existing
     };
     Ok(Candidacy {
@@ -121,29 +123,16 @@ async fn next_response(stream: &mut Watch, key: &str) -> Result<WatchResponse, C
     }
 }
 
-/// Rewrites the leader value, only while `me` still holds its key.
-pub(crate) async fn proclaim(
-    client: &Client,
-    me: &Candidacy,
-    value: Vec<u8>,
-) -> Result<(), CampaignError> {
-    proclaim_beside(client, me, value, None).await
-}
-
-/// [`proclaim`], with `beside` done in the same transaction whether or not
-/// `me` still holds its key: one write where there would be two.
-pub(crate) async fn proclaim_beside(
-    client: &Client,
-    me: &Candidacy,
-    value: Vec<u8>,
-    beside: Option<TxnOp>,
-) -> Result<(), CampaignError> {
+/// The transaction that rewrites the leader value only while `me` still
+/// holds its key, with `beside` done whether or not it does: one write
+/// where there would be two.
+pub(crate) fn proclaim_beside(me: &Candidacy, value: Vec<u8>, beside: Option<TxnOp>) -> Txn {
     let proclaimed = TxnOp::put(
         me.key.as_str(),
         value,
         Some(PutOptions::new().with_lease(me.lease)),
     );
-    let txn = Txn::new()
+    Txn::new()
         .when([Compare::create_revision(
             me.key.as_str(),
             CompareOp::Equal,
@@ -156,8 +145,12 @@ pub(crate) async fn proclaim_beside(
                 .chain([proclaimed])
                 .collect::<Vec<_>>(),
         )
-        .or_else(beside.into_iter().collect::<Vec<_>>());
-    if client.kv_client().txn(txn).await?.succeeded() {
+        .or_else(beside.into_iter().collect::<Vec<_>>())
+}
+
+/// What a proclaim came to: done, or refused because `me` lost its key.
+pub(crate) fn proclaimed_or_lost(me: &Candidacy, succeeded: bool) -> Result<(), CampaignError> {
+    if succeeded {
         Ok(())
     } else {
         Err(CampaignError::CandidacyLost {

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::coordinator::{Coordinator, RoleMsg, ServeError};
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION, WitnessInfo};
-use crate::etcd::{PrefixFanout, WatchHub};
+use crate::etcd::{PrefixFanout, TxnBatcher, WatchHub};
 use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
 use crate::runtime::faults::Faults;
 use crate::runtime::session::{SessionMsg, SessionView};
@@ -22,8 +22,8 @@ use crate::status::{MetadataCopy, RoleStatus};
 pub(crate) struct NodeContext {
     /// The etcd client (cheap to clone).
     pub client: Client,
-    /// The few watch streams every election watch of the node shares:
-    /// predecessor waits, own keys, leader observers, transfers.
+    /// The few watch streams every election watch of the node shares: its
+    /// follower of every election, and the waits of leader transfers.
     pub watches: WatchHub,
     /// The node's one follower of every election: each role's leader
     /// observer, its leader's preference and the spread read it.
@@ -32,6 +32,9 @@ pub(crate) struct NodeContext {
     /// one revision of a large prefix can be a response of megabytes, which
     /// must not hold up a predecessor's deletion behind it.
     pub metadata_watches: WatchHub,
+    /// The node's control writes (published states, catch-up markers),
+    /// those sent at once in one request.
+    pub writes: TxnBatcher,
     /// The validated configuration.
     pub config: Config,
     /// The etcd key layout.

@@ -468,7 +468,7 @@ impl<C: Coordinator> Election<C> {
             .session(&self.role, self.context.server_id);
         let reply = myself.clone();
         state.publisher = Some(Publisher::start(
-            self.context.client.clone(),
+            self.context.writes.clone(),
             key,
             self.context.config.etcd.retry.initial,
             move |reason| {
@@ -488,7 +488,6 @@ impl<C: Coordinator> Election<C> {
     ) {
         state.campaign_generation += 1;
         let generation = state.campaign_generation;
-        let client = self.context.client.clone();
         let context = self.context.clone();
         let election = self.election.clone();
         let value = self
@@ -529,7 +528,8 @@ impl<C: Coordinator> Election<C> {
                 let _ = copy.wait_for(Option::is_some).await;
             }
             let won = async {
-                let candidacy = Box::pin(recipe::join(&client, &election, lease, value)).await?;
+                let candidacy =
+                    Box::pin(recipe::join(&context.writes, &election, lease, value)).await?;
                 let _ = reply.send_message(ElectionMsg::CampaignJoined {
                     generation,
                     lease,

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use crate::backoff::Backoff;
 use crate::config::{BackoffConfig, ReloadConfig};
 use crate::coordinator::{BoxError, Coordinator, Snapshot};
-use crate::etcd::WatchHub;
+use crate::etcd::{TxnBatcher, WatchHub};
 use crate::fence::{FenceError, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
@@ -86,6 +86,8 @@ pub(crate) enum ReloadError {
 pub(crate) struct ReloadActor<C: Coordinator> {
     coordinator: Arc<C>,
     client: Client,
+    /// The node's control writes: the catch-up marker goes with the others.
+    writes: TxnBatcher,
     /// The node's metadata watch streams, which the follower shares.
     watches: WatchHub,
     role: String,
@@ -112,6 +114,7 @@ impl<C: Coordinator> ReloadActor<C> {
             role,
             coordinator,
             client: context.client.clone(),
+            writes: context.writes.clone(),
             watches: context.metadata_watches.clone(),
             config: context.config.reload.clone(),
             retry: context.config.etcd.retry.clone(),
@@ -442,9 +445,9 @@ impl<C: Coordinator> ReloadActor<C> {
         });
         let reply = myself.clone();
         let task = if self.config.warm {
-            let store = job.store;
+            let (store, writes) = (job.store, self.writes.clone());
             let mark = async move {
-                let result = store.write_marker().await;
+                let result = store.write_marker(&writes).await;
                 let _ = reply.send_message(ReloadMsg::Marked { id, result });
             };
             Self::spawn(myself, "writing the catch-up marker", mark)

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions, TxnOp};
+use etcd_client::{PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 
+use crate::etcd::TxnBatcher;
 use crate::etcd::recipe::{self, Candidacy};
 use crate::etcd::session::SessionInfo;
 use crate::task::OwnedTask;
@@ -20,10 +21,10 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher writing at `key`, retrying a failed write after `retry_after`.
-    /// A panic in its task is handed to `on_panic`.
+    /// A publisher writing at `key` through the node's `writes`, retrying a
+    /// failed write after `retry_after`. A panic in its task is handed to `on_panic`.
     pub(crate) fn start(
-        client: Client,
+        writes: TxnBatcher,
         key: String,
         retry_after: Duration,
         on_panic: impl FnOnce(String) + Send + 'static,
@@ -36,7 +37,7 @@ impl Publisher {
                 };
                 loop {
                     // Boxed: the task waits far longer than it writes.
-                    match Box::pin(publish(&client, &key, &info, leading.as_ref())).await {
+                    match Box::pin(publish(&writes, &key, &info, leading.as_ref())).await {
                         Ok(()) => break,
                         // The term ended under us; the next state published says so.
                         Err(recipe::CampaignError::CandidacyLost { .. }) => break,
@@ -70,20 +71,24 @@ impl Publisher {
 /// Writes the session at `key` and, while leading, the leader value on
 /// `leading`, in one transaction.
 async fn publish(
-    client: &Client,
+    writes: &TxnBatcher,
     key: &str,
     info: &SessionInfo,
     leading: Option<&Candidacy>,
 ) -> Result<(), recipe::CampaignError> {
     let value = info.encode();
-    let options = PutOptions::new().with_lease(info.lease_id);
+    let session = TxnOp::put(
+        key,
+        value.clone(),
+        Some(PutOptions::new().with_lease(info.lease_id)),
+    );
     match leading {
         Some(candidacy) => {
-            let session = TxnOp::put(key, value.clone(), Some(options));
-            recipe::proclaim_beside(client, candidacy, value, Some(session)).await
+            let txn = recipe::proclaim_beside(candidacy, value, Some(session));
+            recipe::proclaimed_or_lost(candidacy, writes.txn(txn).await?.succeeded)
         }
         None => {
-            client.kv_client().put(key, value, Some(options)).await?;
+            writes.txn(Txn::new().and_then([session])).await?;
             Ok(())
         }
     }
