@@ -21,11 +21,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::task::OwnedTask;
 
-/// At most this many transactions in one request: below etcd's default
-/// `--max-txn-ops` (128), which bounds a transaction's operations.
-const MAX_BATCH: usize = 64;
+/// At most this many transactions in one request: etcd's default
+/// `--max-txn-ops`, which bounds the operations of each level of a
+/// transaction (a nested one counts once in its parent).
+const MAX_BATCH: usize = 128;
 /// Batches in flight at once: while they are, the next one fills.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 4;
 
 /// What one transaction came to.
 #[derive(Debug, Clone)]

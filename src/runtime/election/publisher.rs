@@ -7,8 +7,14 @@ use tokio::sync::watch;
 
 use crate::etcd::TxnBatcher;
 use crate::etcd::recipe::{self, Candidacy};
-use crate::etcd::session::SessionInfo;
+use crate::etcd::session::{RoleState, SessionInfo};
 use crate::task::OwnedTask;
+
+/// How long an `activating` state waits for the next before it is written.
+/// A wave of takeovers (a node that led hundreds of roles died) writes each
+/// role's serving state alone instead of both; a slow activation (a cold
+/// read, a coordinator that takes its time) shows as activating this late.
+const ACTIVATING_LINGER: Duration = Duration::from_millis(100);
 
 /// What to publish: the session, and the candidacy to proclaim it on while leading.
 type Publication = (SessionInfo, Option<Candidacy>);
@@ -32,6 +38,19 @@ impl Publisher {
         let (latest, mut updates) = watch::channel(None::<Publication>);
         let publishing = async move {
             while updates.changed().await.is_ok() {
+                if updates
+                    .borrow_and_update()
+                    .as_ref()
+                    .is_some_and(|(info, _)| info.state == RoleState::Activating)
+                {
+                    // Written only if it lasts: a warm takeover serves within
+                    // the linger, and its serving state is the one write.
+                    let lasted = tokio::time::timeout(ACTIVATING_LINGER, updates.changed());
+                    match lasted.await {
+                        Ok(Err(_)) => return,
+                        Ok(Ok(())) | Err(_) => {}
+                    }
+                }
                 let Some((info, leading)) = updates.borrow_and_update().clone() else {
                     continue;
                 };
