@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::etcd::session::SessionInfo;
-use crate::etcd::{TxnBatcher, Watch, WatchHub};
+use crate::etcd::{Watch, WatchHub};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
     Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
@@ -64,10 +64,9 @@ pub fn candidate_key(election: &str, lease: i64) -> String {
 }
 
 /// Puts this candidate's key if it is absent (a retry after a lost reply finds
-/// its own key), or proclaims the new value on it when it exists; through
-/// the node's `writes`, with the other roles' joins of the moment.
+/// its own key), or proclaims the new value on it when it exists.
 pub(crate) async fn join(
-    writes: &TxnBatcher,
+    client: &Client,
     election: &str,
     lease: i64,
     value: Vec<u8>,
@@ -81,13 +80,13 @@ pub(crate) async fn join(
             Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else([TxnOp::get(key.as_str(), None)]);
-    let joined = writes.txn(txn).await?;
-    let revision = if joined.succeeded {
-        joined.revision
+    let response = client.kv_client().txn(txn).await?;
+    let revision = if response.succeeded() {
+        response.header().map_or(0, |h| h.revision())
     } else {
-        let existing = joined
-            .responses
-            .iter()
+        let existing = response
+            .op_responses()
+            .into_iter()
             .find_map(|op| match op {
                 TxnOpResponse::Get(get) => get.kvs().first().map(KeyValue::create_revision),
                 _ => None,
@@ -98,8 +97,7 @@ pub(crate) async fn join(
             revision: existing,
             lease,
         };
-        let proclaimed = writes.txn(proclaim_beside(&candidacy, value, None)).await?;
-        proclaimed_or_lost(&candidacy, proclaimed.succeeded)?;
+        proclaim(client, &candidacy, value).await?;
         existing
     };
     Ok(Candidacy {
@@ -121,6 +119,19 @@ async fn next_response(stream: &mut Watch, key: &str) -> Result<WatchResponse, C
         Some(response) => Ok(response),
         None => Err(ended("stream closed".into())),
     }
+}
+
+/// Rewrites the leader value, only while `me` still holds its key.
+pub(crate) async fn proclaim(
+    client: &Client,
+    me: &Candidacy,
+    value: Vec<u8>,
+) -> Result<(), CampaignError> {
+    let proclaimed = client
+        .kv_client()
+        .txn(proclaim_beside(me, value, None))
+        .await?;
+    proclaimed_or_lost(me, proclaimed.succeeded())
 }
 
 /// The transaction that rewrites the leader value only while `me` still

@@ -536,7 +536,7 @@ impl<C: Coordinator> Election<C> {
             }
             let won = async {
                 let candidacy =
-                    Box::pin(recipe::join(&context.writes, &election, lease, value)).await?;
+                    Box::pin(recipe::join(&context.client, &election, lease, value)).await?;
                 let _ = reply.send_message(ElectionMsg::CampaignJoined {
                     generation,
                     lease,
