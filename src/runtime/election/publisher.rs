@@ -46,9 +46,8 @@ impl Publisher {
                     // Written only if it lasts: a warm takeover serves within
                     // the linger, and its serving state is the one write.
                     let lasted = tokio::time::timeout(ACTIVATING_LINGER, updates.changed());
-                    match lasted.await {
-                        Ok(Err(_)) => return,
-                        Ok(Ok(())) | Err(_) => {}
+                    if let Ok(Err(_)) = lasted.await {
+                        return;
                     }
                 }
                 let Some((info, leading)) = updates.borrow_and_update().clone() else {
