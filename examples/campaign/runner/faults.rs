@@ -453,6 +453,16 @@ impl Cluster {
         let mut spared = Vec::new();
         for (other, held) in bystanders {
             let kept = self.leader_key(ROLES[other], held).await?.is_some();
+            if !kept && self.spread_moved(node, ROLES[other], &marks) {
+                // The fault changed how many roles each node leads, and the
+                // spread evened it out: a graceful transfer, which ends a
+                // term on purpose, not a term this fault ended.
+                detail = format!(
+                    "{detail}; {} on the same node was handed to another node by the spread",
+                    ROLES[other]
+                );
+                continue;
+            }
             let outcome = if kept { "served on" } else { "lost its term" };
             detail = format!("{detail}; {} on the same node {outcome}", ROLES[other]);
             spared.push((other, held, kept));
@@ -501,6 +511,16 @@ impl Cluster {
 
     /// Whether a node other than `node` logged, since `marks`, that its
     /// death witness found server `server` gone and revoked its leases.
+    /// Whether `node`'s spread handed `role` to another node since `marks`.
+    fn spread_moved(&self, node: usize, role: &str, marks: &[usize]) -> bool {
+        let needle = format!("spreading leadership: handing {role} to server ");
+        self.nodes[node]
+            .log()
+            .lines()
+            .skip(marks[node])
+            .any(|line| line.contains(&needle))
+    }
+
     fn witness_revoked(&self, node: usize, server: i64, marks: &[usize]) -> bool {
         let needle = format!("leader server {server} at ");
         self.nodes.iter().enumerate().any(|(peer, process)| {
