@@ -38,12 +38,23 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome of `response`, nested in a request that ended at `revision`.
     fn of(response: &TxnResponse, revision: i64) -> Self {
         Self {
             succeeded: response.succeeded(),
             revision,
         }
     }
+
+    /// The outcome of `response`, a request of its own.
+    fn alone(response: &TxnResponse) -> Self {
+        Self::of(response, revision_of(response))
+    }
+}
+
+/// etcd's revision after the request `response` answers.
+fn revision_of(response: &TxnResponse) -> i64 {
+    response.header().map_or(0, |header| header.revision())
 }
 
 type Reply = oneshot::Sender<Result<Outcome, Error>>;
@@ -109,7 +120,7 @@ async fn send(client: &Client, batch: Vec<(Txn, Reply)>) {
             .collect();
         let mut kv = client.kv_client();
         if let Ok(response) = Box::pin(kv.txn(Txn::new().and_then(nested))).await {
-            let revision = response.header().map_or(0, |header| header.revision());
+            let revision = revision_of(&response);
             let answers = response.op_responses();
             if answers.len() == batch.len() {
                 for ((_, reply), answer) in batch.into_iter().zip(answers) {
@@ -126,10 +137,11 @@ async fn send(client: &Client, batch: Vec<(Txn, Reply)>) {
         }
     }
     let alone = batch.into_iter().map(|(txn, reply)| async move {
-        let outcome = client.kv_client().txn(txn).await.map(|response| {
-            let revision = response.header().map_or(0, |header| header.revision());
-            Outcome::of(&response, revision)
-        });
+        let outcome = client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map(|response| Outcome::alone(&response));
         let _ = reply.send(outcome);
     });
     futures::future::join_all(alone).await;

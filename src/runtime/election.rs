@@ -371,7 +371,7 @@ impl<C: Coordinator> Election<C> {
             .term
             .as_ref()
             .filter(|_| phase.leads())
-            .map(|term| term.epoch().clone());
+            .map(Term::epoch);
         let lease = state.machine.lease();
         self.shared.lease.set(lease);
         // A stopped node's last word is final: an actor still dying must
@@ -383,22 +383,24 @@ impl<C: Coordinator> Election<C> {
         // Compared in place: every message of every role ends here (a
         // node of a thousand roles ticks thousands of times a second),
         // and nearly none changes anything.
-        let changed = self.shared.status.send_if_modified(|status| {
-            let changed = status.state != published
-                || status.epoch != epoch
+        let mut state_changed = false;
+        self.shared.status.send_if_modified(|status| {
+            state_changed = status.state != published;
+            let changed = state_changed
+                || status.epoch.as_ref() != epoch
                 || status.leader != state.leader
                 || status.lease != lease
                 || status.last_step_down != state.last_step_down;
             if changed {
                 status.state = published;
-                status.epoch = epoch;
+                status.epoch = epoch.cloned();
                 status.leader.clone_from(&state.leader);
                 status.lease = lease;
                 status.last_step_down = state.last_step_down;
             }
             changed
         });
-        if changed {
+        if state_changed {
             telemetry::set_role_state(&self.role, published);
         }
     }

@@ -511,25 +511,24 @@ impl Cluster {
 
     /// Whether a node other than `node` logged, since `marks`, that its
     /// death witness found server `server` gone and revoked its leases.
+    /// Whether a line `node` logged since `marks` matches `seen`.
+    fn logged_since(&self, node: usize, marks: &[usize], seen: impl Fn(&str) -> bool) -> bool {
+        self.nodes[node].log().lines().skip(marks[node]).any(seen)
+    }
+
     /// Whether `node`'s spread handed `role` to another node since `marks`.
     fn spread_moved(&self, node: usize, role: &str, marks: &[usize]) -> bool {
         let needle = format!("spreading leadership: handing {role} to server ");
-        self.nodes[node]
-            .log()
-            .lines()
-            .skip(marks[node])
-            .any(|line| line.contains(&needle))
+        self.logged_since(node, marks, |line| line.contains(&needle))
     }
 
     fn witness_revoked(&self, node: usize, server: i64, marks: &[usize]) -> bool {
         let needle = format!("leader server {server} at ");
-        self.nodes.iter().enumerate().any(|(peer, process)| {
+        (0..self.nodes.len()).any(|peer| {
             peer != node
-                && process
-                    .log()
-                    .lines()
-                    .skip(marks[peer])
-                    .any(|line| line.contains(&needle) && line.contains(" is gone ("))
+                && self.logged_since(peer, marks, |line| {
+                    line.contains(&needle) && line.contains(" is gone (")
+                })
         })
     }
 
