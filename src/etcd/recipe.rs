@@ -331,10 +331,16 @@ async fn follow_prefix_once(
             return Ok(());
         }
     }
+    // What the keys stand at: the read's revision, then that of the last
+    // event handed out. Not a response's header: the response that
+    // confirms the watch, and those that catch it up from the read, name
+    // the store's current revision while events before it are still to come.
+    let mut seen = revision;
     loop {
         let response = next_response(&mut stream, prefix).await?;
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
+            seen = seen.max(kv.mod_revision());
             let change = match event.event_type() {
                 EventType::Put => PrefixChange::Put(kv),
                 EventType::Delete => PrefixChange::Delete(kv),
@@ -343,8 +349,7 @@ async fn follow_prefix_once(
                 return Ok(());
             }
         }
-        let revision = response.header().map_or(0, |header| header.revision());
-        if !handle(PrefixChange::Settled(revision)) {
+        if !handle(PrefixChange::Settled(seen)) {
             return Ok(());
         }
     }

@@ -365,6 +365,20 @@ impl<C: Coordinator> Election<C> {
         }
     }
 
+    /// Checks the renew deadline now, after the renewals the session has
+    /// seen: the deadline counts from the latest.
+    async fn check_clock(
+        &self,
+        myself: &ActorRef<ElectionMsg<C>>,
+        state: &mut ElectionState<C>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(news) = self.session_news(state) {
+            self.apply(myself, state, news).await?;
+        }
+        let now = Instant::now();
+        self.apply(myself, state, Event::Tick { now }).await
+    }
+
     fn report_status(&self, state: &ElectionState<C>) {
         let phase = state.machine.phase();
         let epoch = state
@@ -1102,15 +1116,7 @@ impl<C: Coordinator> Actor for Election<C> {
                     Some(event) => event,
                     None => return Ok(()),
                 },
-                ElectionMsg::Tick => {
-                    // The renewals first: the deadline counts from the latest.
-                    if let Some(news) = self.session_news(state) {
-                        self.apply(&myself, state, news).await?;
-                    }
-                    Event::Tick {
-                        now: Instant::now(),
-                    }
-                }
+                ElectionMsg::Tick => return self.check_clock(&myself, state).await,
                 ElectionMsg::StandbyReminder => {
                     if state.machine.phase().published_state() == RoleState::Standby {
                         tracing::info!(
@@ -1142,6 +1148,10 @@ impl<C: Coordinator> Actor for Election<C> {
                     if !state.is_current(Tag::Campaign(generation)) {
                         return Ok(());
                     }
+                    // The clock first: a leader frozen past its renew
+                    // deadline lost its term to that, whatever it sees
+                    // first on waking.
+                    self.check_clock(&myself, state).await?;
                     Event::LeaderKeyDeleted { revision }
                 }
                 ElectionMsg::CampaignJoined {
