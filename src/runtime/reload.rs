@@ -17,14 +17,12 @@ pub(crate) mod read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_client::Client;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
-use crate::config::{BackoffConfig, ReloadConfig};
+use crate::config::ReloadConfig;
 use crate::coordinator::{BoxError, Coordinator, Snapshot};
-use crate::etcd::{TxnBatcher, WatchHub};
 use crate::fence::{FenceError, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
@@ -85,17 +83,13 @@ pub(crate) enum ReloadError {
 /// The reload actor of one role on one node.
 pub(crate) struct ReloadActor<C: Coordinator> {
     coordinator: Arc<C>,
-    client: Client,
-    /// The node's control writes: the catch-up marker goes with the others.
-    writes: TxnBatcher,
-    /// The node's metadata watch streams, which the follower shares.
-    watches: WatchHub,
+    /// The node's client, control writes (the catch-up marker goes with the
+    /// others), metadata watch streams and configuration: shared, since an
+    /// etcd client alone is kilobytes and a node runs thousands of these.
+    context: Arc<NodeContext>,
     role: String,
     /// `{root}/meta/{role}/`.
     prefix: String,
-    config: ReloadConfig,
-    /// `etcd.retry`: between failed reads and watches of a warm copy.
-    retry: BackoffConfig,
     faults: Arc<Faults>,
     /// Where the copy stands, for the role's handle.
     published: Arc<watch::Sender<Option<MetadataCopy>>>,
@@ -106,18 +100,14 @@ impl<C: Coordinator> ReloadActor<C> {
     pub(crate) fn new(
         role: String,
         coordinator: Arc<C>,
-        context: &NodeContext,
+        context: &Arc<NodeContext>,
         shared: &RoleShared<C>,
     ) -> Self {
         Self {
             prefix: context.layout.meta(&role),
             role,
             coordinator,
-            client: context.client.clone(),
-            writes: context.writes.clone(),
-            watches: context.metadata_watches.clone(),
-            config: context.config.reload.clone(),
-            retry: context.config.etcd.retry.clone(),
+            context: context.clone(),
             faults: shared.faults.clone(),
             published: shared.copy.clone(),
         }
@@ -244,6 +234,10 @@ impl<C: Coordinator> Drop for ReloadState<C> {
 }
 
 impl<C: Coordinator> ReloadActor<C> {
+    fn config(&self) -> &ReloadConfig {
+        &self.context.config.reload
+    }
+
     /// Spawns `future` as a task of this actor: aborted when dropped, and a
     /// panic in it fails the actor.
     fn spawn(
@@ -275,17 +269,14 @@ impl<C: Coordinator> ReloadActor<C> {
         metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => why)
             .increment(1);
         let generation = state.generation;
-        let (client, prefix, paging) = (
-            self.client.clone(),
-            self.prefix.clone(),
-            self.config.clone(),
-        );
-        let (faults, retry, reply) = (self.faults.clone(), self.retry.clone(), myself.clone());
+        let (context, prefix) = (self.context.clone(), self.prefix.clone());
+        let (faults, reply) = (self.faults.clone(), myself.clone());
         let wake = state.wake.clone();
         let load = async move {
-            let mut backoff = Backoff::new(retry);
+            let (client, paging) = (&context.client, &context.config.reload);
+            let mut backoff = Backoff::new(context.config.etcd.retry.clone());
             loop {
-                match read_snapshot(&client, &prefix, &paging, 0, &faults).await {
+                match read_snapshot(client, &prefix, paging, 0, &faults).await {
                     Ok(snapshot) => {
                         let _ = reply.send_message(ReloadMsg::Loaded {
                             generation,
@@ -328,10 +319,10 @@ impl<C: Coordinator> ReloadActor<C> {
         let generation = state.generation;
         let reply = myself.clone();
         let follow = follow::follow(
-            self.watches.clone(),
+            self.context.metadata_watches.clone(),
             self.prefix.clone(),
             revision + 1,
-            self.retry.clone(),
+            self.context.config.etcd.retry.clone(),
             state.wake.clone(),
             move |followed| {
                 reply
@@ -438,32 +429,29 @@ impl<C: Coordinator> ReloadActor<C> {
         state.wake.notify_one();
         state.catch_ups += 1;
         let id = state.catch_ups;
-        let (timeout, reply) = (self.config.timeout, myself.clone());
+        let (timeout, reply) = (self.config().timeout, myself.clone());
         let timer = OwnedTask::spawn(async move {
             tokio::time::sleep(timeout).await;
             let _ = reply.send_message(ReloadMsg::Expired { id });
         });
         let reply = myself.clone();
-        let task = if self.config.warm {
-            let (store, writes) = (job.store, self.writes.clone());
+        let task = if self.config().warm {
+            let (store, context) = (job.store, self.context.clone());
             let mark = async move {
-                let result = store.write_marker(&writes).await;
+                let result = store.write_marker(&context.writes).await;
                 let _ = reply.send_message(ReloadMsg::Marked { id, result });
             };
             Self::spawn(myself, "writing the catch-up marker", mark)
         } else {
             metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => "cold")
                 .increment(1);
-            let (client, prefix, paging) = (
-                self.client.clone(),
-                self.prefix.clone(),
-                self.config.clone(),
-            );
+            let (context, prefix) = (self.context.clone(), self.prefix.clone());
             let (coordinator, faults, won) =
                 (self.coordinator.clone(), self.faults.clone(), job.revision);
             let read = async move {
+                let (client, paging) = (&context.client, &context.config.reload);
                 let (keys, result) =
-                    match read_snapshot(&client, &prefix, &paging, won, &faults).await {
+                    match read_snapshot(client, &prefix, paging, won, &faults).await {
                         Ok(snapshot) => {
                             let keys = snapshot.entries.len();
                             let decoded = decode_off_runtime(coordinator, snapshot, None).await;
@@ -481,7 +469,7 @@ impl<C: Coordinator> ReloadActor<C> {
             started: Instant::now(),
             target: None,
             task: Some(task),
-            decoding: !self.config.warm,
+            decoding: !self.config().warm,
             _timer: timer,
         });
     }
@@ -550,7 +538,7 @@ impl<C: Coordinator> ReloadActor<C> {
         };
         let took = pending.started.elapsed();
         if result.is_ok() {
-            let path = if self.config.warm { "warm" } else { "cold" };
+            let path = if self.config().warm { "warm" } else { "cold" };
             tracing::info!(
                 role = self.role,
                 prefix = self.prefix,
@@ -665,7 +653,7 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if self.config.warm {
+        if self.config().warm {
             self.start_load(&myself, state, "start");
         }
         Ok(())
@@ -747,7 +735,7 @@ impl<C: Coordinator> Actor for ReloadActor<C> {
                 ReloadMsg::Expired { id } => {
                     let timed_out = ReloadError::TimedOut {
                         prefix: self.prefix.clone(),
-                        timeout: self.config.timeout,
+                        timeout: self.config().timeout,
                     };
                     self.finish_if(state, id, 0, Err(timed_out));
                 }
