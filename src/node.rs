@@ -23,7 +23,8 @@ use crate::runtime::spread::{Movable, Spread, SpreadMsg};
 use crate::runtime::supervisor::{ElectionSlot, RoleSupervisor, SupervisorMsg};
 use crate::runtime::witness::Witness;
 pub use crate::runtime::witness::WitnessError;
-use crate::status::{ResignError, Successor, TransferTarget};
+use crate::status::{ResignError, RoleState, Successor, TransferTarget};
+use crate::task::OwnedTask;
 
 /// The watch streams the node's election watches share, whatever the
 /// number of roles. More than one because etcd buffers 128 responses per
@@ -260,6 +261,8 @@ pub struct Node {
     context: Option<Arc<NodeContext>>,
     /// Keeps the client's calls off etcd members that stop answering.
     steering: Option<crate::etcd::Steering>,
+    /// Logs, every `session.standbyLogInterval`, the roles standing by.
+    standby_reminder: Option<OwnedTask>,
     /// The death witness. Declared last so that it closes last, after the
     /// roles were handed over or their leases revoked: peers read its
     /// closing as this process being gone.
@@ -276,6 +279,7 @@ impl Node {
             spread: None,
             context: None,
             steering: None,
+            standby_reminder: None,
             witness: None,
         }
     }
@@ -431,6 +435,10 @@ impl Node {
                 .map_err(NodeError::SpreadFailed)?;
             self.spread = Some(spread);
         }
+        self.standby_reminder = Some(remind_of_standbys(
+            self.roles(),
+            self.config.session.standby_log_interval,
+        ));
         if let Some(witness) = &mut witness {
             let statuses = self
                 .roles
@@ -525,6 +533,52 @@ impl Node {
         // peers taking it for a death.
         if let Some(witness) = &self.witness {
             witness.farewell().await;
+        }
+    }
+}
+
+/// Logs the roles of `roles` standing by every `interval`: one line for the
+/// node, not one per role, since a node may stand by for thousands.
+fn remind_of_standbys(roles: Vec<Arc<dyn RoleControl>>, interval: Duration) -> OwnedTask {
+    OwnedTask::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let standing_by: Vec<String> = roles
+                .iter()
+                .map(|role| role.status())
+                .filter(|status| status.state == RoleState::Standby)
+                .map(|status| status.role)
+                .collect();
+            if let Some(line) = standby_line(&standing_by) {
+                tracing::info!("{line}");
+            }
+        }
+    })
+}
+
+/// How many role names a standby line lists before it only counts the rest.
+const STANDBY_LINE_NAMES: usize = 8;
+
+/// The line that says which roles stand by: Milvus's `serverName: X is in
+/// STANDBY ...` for one role, the count and the first few names for more.
+fn standby_line(standing_by: &[String]) -> Option<String> {
+    match standing_by {
+        [] => None,
+        [role] => Some(format!("serverName: {role} is in STANDBY ...")),
+        roles => {
+            let named = roles[..roles.len().min(STANDBY_LINE_NAMES)].join(", ");
+            let more = roles.len().saturating_sub(STANDBY_LINE_NAMES);
+            let rest = if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "{} roles are in STANDBY ...: {named}{rest}",
+                roles.len()
+            ))
         }
     }
 }
@@ -654,5 +708,33 @@ impl crate::telemetry::HealthReport for NodeHealth {
             .collect();
         let server_id = self.roles.first().map(|role| role.status().server_id);
         serde_json::json!({ "server_id": server_id, "roles": roles })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("role-{i}")).collect()
+    }
+
+    #[test]
+    fn the_standby_line_is_milvuss_for_one_role_and_counts_many_naming_the_first_few() {
+        assert_eq!(standby_line(&[]), None);
+        assert_eq!(
+            standby_line(&roles(1)).as_deref(),
+            Some("serverName: role-0 is in STANDBY ...")
+        );
+        assert_eq!(
+            standby_line(&roles(3)).as_deref(),
+            Some("3 roles are in STANDBY ...: role-0, role-1, role-2")
+        );
+        let many = standby_line(&roles(1000)).expect("a line");
+        assert!(
+            many.starts_with("1000 roles are in STANDBY ...: role-0, role-1,"),
+            "{many}"
+        );
+        assert!(many.ends_with("role-7 and 992 more"), "{many}");
     }
 }

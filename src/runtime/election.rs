@@ -114,8 +114,6 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
     SessionChanged,
     /// Check the renew deadline.
     Tick,
-    /// Log the standby line operators look for.
-    StandbyReminder,
     /// The campaign of `generation` leads.
     Elected {
         /// The campaign generation.
@@ -238,14 +236,13 @@ pub(crate) struct ElectionState<C: Coordinator> {
     joined_revision: Option<i64>,
     _observer: Subscription,
     _session_changes: OwnedTask,
-    timers: Vec<JoinHandle<()>>,
+    /// Sends [`ElectionMsg::Tick`], which checks the renew deadline.
+    ticker: JoinHandle<()>,
 }
 
 impl<C: Coordinator> Drop for ElectionState<C> {
     fn drop(&mut self) {
-        for timer in &self.timers {
-            timer.abort();
-        }
+        self.ticker.abort();
         // Whatever ends this actor, its term ends with it.
         if let Some(term) = &self.term {
             term.close();
@@ -1044,12 +1041,7 @@ impl<C: Coordinator> Actor for Election<C> {
         let session_changes = Self::spawn(&myself, "following the session", follow_session);
         let session = &self.context.config.session;
         let tick = session.deadline_check_interval();
-        let timers = vec![
-            myself.send_interval(tick, || ElectionMsg::Tick),
-            myself.send_interval(session.standby_log_interval, || {
-                ElectionMsg::StandbyReminder
-            }),
-        ];
+        let ticker = myself.send_interval(tick, || ElectionMsg::Tick);
         let mut state = ElectionState {
             machine: ElectionMachine::new(self.timings()),
             coordinator: None,
@@ -1076,7 +1068,7 @@ impl<C: Coordinator> Actor for Election<C> {
             joined_revision: None,
             _observer: observer,
             _session_changes: session_changes,
-            timers,
+            ticker,
         };
         self.spawn_coordinator(&myself, &mut state.coordinator, None)
             .await?;
@@ -1117,16 +1109,6 @@ impl<C: Coordinator> Actor for Election<C> {
                     None => return Ok(()),
                 },
                 ElectionMsg::Tick => return self.check_clock(&myself, state).await,
-                ElectionMsg::StandbyReminder => {
-                    if state.machine.phase().published_state() == RoleState::Standby {
-                        tracing::info!(
-                            role = self.role,
-                            "serverName: {} is in STANDBY ...",
-                            self.role
-                        );
-                    }
-                    return Ok(());
-                }
                 ElectionMsg::Elected {
                     generation,
                     candidacy,
