@@ -40,6 +40,10 @@ const MAX_PAGE_SIZE: i64 = 1_000_000;
 /// much memory at once.
 const PAGE_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(256 << 20);
 
+/// `etcd.watchStreams` and `reload.watchStreams`: at least one stream, and
+/// not so many that a node's watches stop sharing them.
+const WATCH_STREAMS: std::ops::RangeInclusive<usize> = 1..=64;
+
 /// What went wrong reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -256,6 +260,14 @@ pub struct EtcdConfig {
     /// default so a wrong endpoint or credential fails the start visibly
     /// instead of hanging it.
     pub connect_attempts: u32,
+    /// The gRPC watch streams the node's election watches share, 1..=64:
+    /// every role's follower of its election and the waits of transfers,
+    /// however many roles the node runs. More than one by default because
+    /// etcd buffers 128 responses per stream and retries the watches it
+    /// could not send into a full buffer only every 10 ms: a node that
+    /// leads hundreds of roles and dies sends each survivor a burst of that
+    /// size.
+    pub watch_streams: usize,
     /// TLS to etcd; `None` talks plaintext.
     pub tls: Option<TlsConfig>,
     /// etcd user and password; `None` when etcd's auth is off.
@@ -274,6 +286,7 @@ impl Default for EtcdConfig {
                 max: Duration::from_secs(5),
             },
             connect_attempts: 10,
+            watch_streams: 4,
             tls: None,
             auth: None,
         }
@@ -819,6 +832,10 @@ pub struct ReloadConfig {
     /// large pages read a large prefix in about linear time, where pages of
     /// a fixed thousand keys take quadratic time (minutes at a million keys).
     pub page_bytes: u64,
+    /// The gRPC watch streams the node's metadata followers share, 1..=64,
+    /// apart from the elections' so that a large metadata change cannot
+    /// hold up a leader's deletion behind it.
+    pub watch_streams: usize,
 }
 
 impl Default for ReloadConfig {
@@ -828,6 +845,7 @@ impl Default for ReloadConfig {
             timeout: Duration::from_secs(30),
             page_size: 100_000,
             page_bytes: 8 << 20,
+            watch_streams: 1,
         }
     }
 }

@@ -26,13 +26,6 @@ pub use crate::runtime::witness::WitnessError;
 use crate::status::{ResignError, RoleState, Successor, TransferTarget};
 use crate::task::OwnedTask;
 
-/// The watch streams the node's election watches share, whatever the
-/// number of roles. More than one because etcd buffers 128 responses per
-/// stream and retries the watches it could not send into a full buffer
-/// only every 10 ms: a node that leads hundreds of roles and dies sends
-/// each survivor a burst of that size.
-const ELECTION_WATCH_STREAMS: usize = 4;
-
 /// The largest election watch response: etcd-client's default.
 const ELECTION_WATCH_LIMIT: usize = 4 << 20;
 
@@ -388,7 +381,11 @@ impl Node {
             .await
             .map_err(NodeError::SessionFailed)?;
         self.session = Some(session.clone());
-        let watches = WatchHub::new(client.clone(), ELECTION_WATCH_STREAMS, ELECTION_WATCH_LIMIT);
+        let watches = WatchHub::new(
+            client.clone(),
+            self.config.etcd.watch_streams,
+            ELECTION_WATCH_LIMIT,
+        );
         let elections = PrefixFanout::start(
             watches.clone(),
             layout.election(""),
@@ -399,7 +396,7 @@ impl Node {
             elections,
             metadata_watches: WatchHub::new(
                 client.clone(),
-                1,
+                self.config.reload.watch_streams,
                 crate::runtime::reload::WATCH_MESSAGE_LIMIT,
             ),
             writes: TxnBatcher::start(client.clone()),

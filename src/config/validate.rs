@@ -7,7 +7,7 @@ use humantime_serde::re::humantime;
 
 use super::{
     BackoffConfig, CLIENT_TLS, Config, ConfigError, ETCD_TLS, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL,
-    PAGE_BYTES, TlsConfig, TlsKeys,
+    PAGE_BYTES, TlsConfig, TlsKeys, WATCH_STREAMS,
 };
 
 impl Config {
@@ -68,6 +68,7 @@ impl Config {
             "every etcd request would time out",
         )?;
         validate_backoff(&etcd.retry, "etcd.retry.initial", "etcd.retry.max")?;
+        watch_streams("etcd.watchStreams", etcd.watch_streams)?;
         self.validate_etcd_security()
     }
 
@@ -482,6 +483,7 @@ impl Config {
                 ),
             ));
         }
+        watch_streams("reload.watchStreams", reload.watch_streams)?;
         if !PAGE_BYTES.contains(&reload.page_bytes) {
             return Err(invalid(
                 "reload.pageBytes",
@@ -625,6 +627,23 @@ fn readable_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Rejects a count of shared watch streams outside [`WATCH_STREAMS`].
+fn watch_streams(key: &'static str, streams: usize) -> Result<(), ConfigError> {
+    if WATCH_STREAMS.contains(&streams) {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        streams.to_string(),
+        format!(
+            "must be between {} and {}: the node's watches share these streams, \
+             whatever the number of roles",
+            WATCH_STREAMS.start(),
+            WATCH_STREAMS.end()
+        ),
+    ))
 }
 
 /// Rejects a zero duration; `why` says what zero would do.
@@ -914,6 +933,22 @@ mod tests {
         let mut config = Config::default();
         config.coordinator.activation_buffer = 0;
         rejected(&config, "coordinator.activationBuffer");
+    }
+
+    #[test]
+    fn watch_streams_must_be_in_range() {
+        for streams in [0, 65] {
+            let mut config = Config::default();
+            config.etcd.watch_streams = streams;
+            rejected(&config, "etcd.watchStreams");
+            let mut config = Config::default();
+            config.reload.watch_streams = streams;
+            rejected(&config, "reload.watchStreams");
+        }
+        let mut config = Config::default();
+        config.etcd.watch_streams = 64;
+        config.reload.watch_streams = 1;
+        assert!(config.validate().is_ok());
     }
 
     #[test]
