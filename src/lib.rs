@@ -63,7 +63,7 @@
 //! ├─ Spread                  follows every election, hands roles beyond this node's share to nodes below theirs
 //! ├─ Witness                 the socket peers watch, and the watcher of the leaders' witnesses
 //! └─ RoleSupervisor          one per role; spawns and supervises its endpoint and election
-//!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), stable across restarts
+//!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), spawned when first asked for
 //!    └─ Election             the role's key on the session's lease: campaigns, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps your Coordinator: Standby -> Activating -> Serving -> Standby
 //!       └─ ReloadActor       keeps {root}/meta/{role}/ warm while standby; on a win, catches it up before it serves

@@ -196,10 +196,12 @@ impl<C: Coordinator> RoleHandle<C> {
 
     /// The role as an actor: requests sent as [`RoleMsg::Call`] are answered as
     /// [`call`](Self::call) answers them, so an actor can `call!`/`cast!` the
-    /// role. The address stays the same across coordinator restarts; `None`
-    /// before the node has started.
-    pub fn actor(&self) -> Option<ActorRef<RoleMsg<C>>> {
-        self.shared.endpoint.get()
+    /// role. Spawned under the role's supervisor the first time it is asked
+    /// for (a node of thousands of roles holds none for those nobody
+    /// addresses), then the same address across coordinator restarts;
+    /// `None` before the node has started and once it has stopped.
+    pub async fn actor(&self) -> Option<ActorRef<RoleMsg<C>>> {
+        crate::runtime::endpoint::endpoint_of(&self.shared).await
     }
 
     /// Delivers the role's status to `actor` as messages: the current one at

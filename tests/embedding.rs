@@ -129,13 +129,22 @@ async fn a_role_under_the_embedders_supervisor_talks_in_actor_messages() -> anyh
     info!("--- the role's supervisor starts linked under the embedder's actor");
     let mut node = Node::new(config(&etcd, 0, 10));
     let ids = node.add_role("ids", Ids)?;
-    assert!(ids.actor().is_none(), "no actor before the node starts");
+    assert!(
+        ids.actor().await.is_none(),
+        "no actor before the node starts"
+    );
     node.start_linked(embedder.get_cell()).await?;
     ids.send_status_to(embedder.clone(), EmbedderMsg::Status);
     the_single_serving(std::slice::from_ref(&ids), WAIT).await?;
 
     info!("--- requests as actor messages, and try_call without a nested Result");
-    let actor = ids.actor().expect("a started role has an actor");
+    let actor = ids.actor().await.expect("a started role has an actor");
+    let again = ids.actor().await.expect("still an actor");
+    assert_eq!(
+        actor.get_id(),
+        again.get_id(),
+        "one endpoint, however often asked"
+    );
     let first = ractor::call_t!(actor, RoleMsg::Call, 2000, ())?;
     assert!(matches!(first, Ok(Ok(1))), "the first ID through the actor");
     let second: u64 = ids.try_call((), WAIT).await?;

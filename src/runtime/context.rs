@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use etcd_client::Client;
-use ractor::ActorRef;
+use ractor::{ActorCell, ActorRef};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -83,8 +83,12 @@ pub(crate) struct RoleShared<C: Coordinator> {
     pub status: watch::Sender<RoleStatus>,
     /// The running coordinator actor, if any.
     pub coordinator: Slot<ActorRef<CoordinatorMsg<C>>>,
-    /// The actor that takes requests as messages, once the node has started.
+    /// The actor that takes requests as messages, once asked for.
     pub endpoint: Slot<ActorRef<RoleMsg<C>>>,
+    /// Held while the endpoint is spawned, so that two first asks spawn one.
+    pub endpoint_spawn: tokio::sync::Mutex<()>,
+    /// The role's supervisor while it runs: the endpoint's parent.
+    pub supervisor: Slot<ActorCell>,
     /// Fault switches for tests (off otherwise).
     pub faults: Arc<Faults>,
     /// Where the reload actor's warm copy stands; empty while it is read.
@@ -122,6 +126,8 @@ impl<C: Coordinator> RoleShared<C> {
             status,
             coordinator: Slot::default(),
             endpoint: Slot::default(),
+            endpoint_spawn: tokio::sync::Mutex::new(()),
+            supervisor: Slot::default(),
             faults: Arc::default(),
             copy: Arc::new(watch::channel(None).0),
             term: Arc::default(),

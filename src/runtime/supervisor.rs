@@ -1,4 +1,4 @@
-//! The role supervisor: runs a role's endpoint and election actor; restarts a failed endpoint at once, and a failed election actor with backoff, once its key is deleted.
+//! The role supervisor: runs a role's election actor and, once asked for, its endpoint; restarts a failed endpoint at once, and a failed election actor with backoff, once its key is deleted.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,12 +6,12 @@ use std::time::Instant;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::backoff::Backoff;
-use crate::coordinator::{Coordinator, RoleMsg};
+use crate::coordinator::Coordinator;
 use crate::etcd::recipe;
 use crate::etcd::session::RoleState;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::election::{Election, ElectionMsg};
-use crate::runtime::endpoint::RoleEndpoint;
+use crate::runtime::endpoint::endpoint_of;
 use crate::runtime::slot::Slot;
 use crate::task::OwnedTask;
 
@@ -64,20 +64,6 @@ impl<C: Coordinator> RoleSupervisor<C> {
         state.started_at = Instant::now();
         Ok(())
     }
-
-    /// Starts the role's endpoint: the actor that takes the role's requests
-    /// as messages, whichever coordinator runs behind it.
-    async fn start_endpoint(
-        &self,
-        myself: &ActorRef<SupervisorMsg>,
-        state: &mut RoleSupervisorState<C>,
-    ) -> Result<(), ActorProcessingErr> {
-        let endpoint = RoleEndpoint::new(self.shared.clone());
-        let (actor, _) = Actor::spawn_linked(None, endpoint, (), myself.get_cell()).await?;
-        self.shared.endpoint.set(Some(actor.clone()));
-        state.endpoint = Some(actor);
-        Ok(())
-    }
 }
 
 /// Messages to a role supervisor.
@@ -91,7 +77,6 @@ pub(crate) enum SupervisorMsg {
 /// What a role supervisor's state changes between messages.
 pub(crate) struct RoleSupervisorState<C: Coordinator> {
     election: Option<ActorRef<ElectionMsg<C>>>,
-    endpoint: Option<ActorRef<RoleMsg<C>>>,
     backoff: Backoff,
     started_at: Instant,
     shutting_down: bool,
@@ -111,15 +96,23 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = RoleSupervisorState {
             election: None,
-            endpoint: None,
             backoff: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
             started_at: Instant::now(),
             shutting_down: false,
             releasing: None,
         };
-        self.start_endpoint(&myself, &mut state).await?;
+        self.shared.supervisor.set(Some(myself.get_cell()));
         self.start_election(&myself, &mut state).await?;
         Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        self.shared.supervisor.set(None);
+        Ok(())
     }
 
     async fn handle(
@@ -181,14 +174,15 @@ impl<C: Coordinator> Actor for RoleSupervisor<C> {
                 return Ok(());
             }
             let is = |actor: Option<ActorCell>| actor.is_some_and(|a| a.get_id() == cell.get_id());
-            if is(state.endpoint.as_ref().map(|e| e.get_cell())) {
+            if is(self.shared.endpoint.get().map(|e| e.get_cell())) {
                 // It holds no state: a new one takes the role's messages at once.
                 tracing::error!(
                     role = self.role,
                     "role endpoint failed ({reason}); restarting it"
                 );
                 self.shared.endpoint.set(None);
-                return self.start_endpoint(&myself, state).await;
+                endpoint_of(&self.shared).await;
+                return Ok(());
             }
             if !is(state.election.as_ref().map(|e| e.get_cell())) {
                 return Ok(());
