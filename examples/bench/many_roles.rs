@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use standin::etcd::session::{RoleState, SessionInfo};
+use standin::service::grpc::proto::StatusRequest;
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::testing::{EtcdServer, StandinProcess, free_loopback_port};
 use tokio::sync::Notify;
 
@@ -232,6 +234,34 @@ impl Cluster {
             .await
     }
 
+    /// Waits until every node is at rest: each of its roles joined on a
+    /// live lease, holding a warm copy, and serving or standing by. A kill
+    /// right after the spread would also time a restarted node still
+    /// loading its copies, which a steady cluster does not pay.
+    async fn steady(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SETTLE_WITHIN;
+        for address in &self.addresses {
+            let mut client = CoordinationClient::connect(format!("http://{address}")).await?;
+            loop {
+                let status = client.status(StatusRequest {}).await?.into_inner();
+                let at_rest = status.roles.len() == self.roles
+                    && status.roles.iter().all(|role| {
+                        role.lease_id != 0
+                            && role.metadata_copy.is_some()
+                            && (role.state == "serving" || role.state == "standby")
+                    });
+                if at_rest {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("node {address} did not come to rest within {SETTLE_WITHIN:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// The node that leads the most roles: its index, its server ID, and
     /// the roles it leads.
     fn busiest(&self) -> anyhow::Result<(usize, i64, Vec<String>)> {
@@ -262,6 +292,7 @@ impl Cluster {
     /// the spread to give it its share again.
     async fn round(&mut self, graceful: bool) -> anyhow::Result<(Duration, usize)> {
         self.spread(NODES).await?;
+        self.steady().await?;
         let (index, dead, led) = self.busiest()?;
         let acted = Instant::now();
         if graceful {
