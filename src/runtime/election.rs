@@ -236,13 +236,16 @@ pub(crate) struct ElectionState<C: Coordinator> {
     joined_revision: Option<i64>,
     _observer: Subscription,
     _session_changes: OwnedTask,
-    /// Sends [`ElectionMsg::Tick`], which checks the renew deadline.
-    ticker: JoinHandle<()>,
+    /// Sends [`ElectionMsg::Tick`], which checks the renew deadline, while
+    /// the phase holds a term ([`Phase::keeps_own_time`]).
+    ticker: Option<JoinHandle<()>>,
 }
 
 impl<C: Coordinator> Drop for ElectionState<C> {
     fn drop(&mut self) {
-        self.ticker.abort();
+        if let Some(ticker) = &self.ticker {
+            ticker.abort();
+        }
         // Whatever ends this actor, its term ends with it.
         if let Some(term) = &self.term {
             term.close();
@@ -328,7 +331,25 @@ impl<C: Coordinator> Election<C> {
             );
         }
         self.report_status(state);
+        self.keep_time(myself, state);
         Ok(())
+    }
+
+    /// Ticks the renew deadline while the phase holds a term, and not
+    /// otherwise: a thousand standby roles ticking four times a second each
+    /// kept a node busy doing nothing. A standby leaves the deadline to the
+    /// session, which abandons a lapsed lease and so tells every role, and
+    /// checks the clock itself before it takes a win.
+    fn keep_time(&self, myself: &ActorRef<ElectionMsg<C>>, state: &mut ElectionState<C>) {
+        let wanted = state.machine.phase().keeps_own_time();
+        match state.ticker.take() {
+            Some(ticker) if !wanted => ticker.abort(),
+            None if wanted => {
+                let tick = self.context.config.session.deadline_check_interval();
+                state.ticker = Some(myself.send_interval(tick, || ElectionMsg::Tick));
+            }
+            ticker => state.ticker = ticker,
+        }
     }
 
     /// What the node's session says that the machine has not heard yet:
@@ -1039,9 +1060,6 @@ impl<C: Coordinator> Actor for Election<C> {
             {}
         };
         let session_changes = Self::spawn(&myself, "following the session", follow_session);
-        let session = &self.context.config.session;
-        let tick = session.deadline_check_interval();
-        let ticker = myself.send_interval(tick, || ElectionMsg::Tick);
         let mut state = ElectionState {
             machine: ElectionMachine::new(self.timings()),
             coordinator: None,
@@ -1068,7 +1086,7 @@ impl<C: Coordinator> Actor for Election<C> {
             joined_revision: None,
             _observer: observer,
             _session_changes: session_changes,
-            ticker,
+            ticker: None,
         };
         self.spawn_coordinator(&myself, &mut state.coordinator, None)
             .await?;
@@ -1116,6 +1134,9 @@ impl<C: Coordinator> Actor for Election<C> {
                     if !state.is_current(Tag::Campaign(generation)) {
                         return Ok(());
                     }
+                    // A standby does not tick: a win past the renew
+                    // deadline is a lapsed lease's, not a term.
+                    self.check_clock(&myself, state).await?;
                     let event = Event::Elected {
                         lease: candidacy.lease,
                         revision: candidacy.revision,

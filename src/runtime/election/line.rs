@@ -9,6 +9,8 @@
 //! created later can stand ahead of ours, and only the deletion of our key,
 //! which the line shows as it shows every change, ends the lead.
 
+use std::sync::Arc;
+
 use etcd_client::KeyValue;
 use tokio::sync::watch;
 
@@ -51,8 +53,9 @@ impl Candidate {
 pub(crate) struct Line {
     /// Every change up to this revision is in `candidates`.
     pub revision: i64,
-    /// The candidates, oldest (the leader) first.
-    pub candidates: Vec<Candidate>,
+    /// The candidates, oldest (the leader) first; shared with the follower
+    /// that sends the line, so a change costs no copy of the others.
+    pub candidates: Vec<Arc<Candidate>>,
 }
 
 /// Where a candidacy stands in its election's line.
@@ -96,22 +99,25 @@ pub(crate) fn follow_line(
     role: &str,
 ) -> (Subscription, watch::Receiver<Line>) {
     let (line_tx, line_rx) = watch::channel(Line::default());
-    let mut by_key: std::collections::HashMap<Vec<u8>, Candidate> = Default::default();
+    // Oldest first; a handful, so a scan beats a map.
+    let mut candidates: Vec<Arc<Candidate>> = Vec::new();
     let follow = move |change: PrefixChange<'_>| {
         match change {
-            PrefixChange::Reset => by_key.clear(),
+            PrefixChange::Reset => candidates.clear(),
             PrefixChange::Put(kv) => {
-                by_key.insert(kv.key().to_vec(), Candidate::read(kv));
+                let candidate = Candidate::read(kv);
+                candidates.retain(|c| c.key != candidate.key);
+                let place = candidates.partition_point(|c| c.revision < candidate.revision);
+                candidates.insert(place, Arc::new(candidate));
             }
             PrefixChange::Delete(kv) => {
-                by_key.remove(kv.key());
+                let key = String::from_utf8_lossy(kv.key());
+                candidates.retain(|c| c.key != key);
             }
             PrefixChange::Settled(revision) => {
-                let mut candidates: Vec<Candidate> = by_key.values().cloned().collect();
-                candidates.sort_by_key(|c| c.revision);
                 line_tx.send_replace(Line {
                     revision,
-                    candidates,
+                    candidates: candidates.clone(),
                 });
             }
         }
@@ -153,10 +159,12 @@ mod tests {
             revision,
             candidates: candidates
                 .iter()
-                .map(|&(key, revision)| Candidate {
-                    key: key.into(),
-                    revision,
-                    session: None,
+                .map(|&(key, revision)| {
+                    Arc::new(Candidate {
+                        key: key.into(),
+                        revision,
+                        session: None,
+                    })
                 })
                 .collect(),
         }

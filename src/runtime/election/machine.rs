@@ -86,6 +86,17 @@ impl Phase {
             Phase::Reloading { .. } | Phase::Activating { .. } | Phase::Serving { .. }
         )
     }
+
+    /// Whether the role checks the renew deadline on its own clock: from the
+    /// win until its term is released. Before (unleased, campaigning,
+    /// recovering) the session's own check ends a lapsed lease for every
+    /// role, and a win checks the clock before it is taken.
+    pub(crate) fn keeps_own_time(self) -> bool {
+        !matches!(
+            self,
+            Phase::Unleased | Phase::Recovering | Phase::Campaigning | Phase::Stopped
+        )
+    }
 }
 
 /// Something that happened, as the election actor reports it.
@@ -716,6 +727,31 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn only_a_role_holding_a_term_keeps_its_own_time() {
+        for phase in [
+            Phase::Unleased,
+            Phase::Recovering,
+            Phase::Campaigning,
+            Phase::Stopped,
+        ] {
+            assert!(!phase.keeps_own_time(), "{phase:?}");
+        }
+        for phase in [
+            Phase::Reloading { revision: 1 },
+            Phase::Activating { revision: 1 },
+            Phase::Serving { revision: 1 },
+            Phase::Deactivating {
+                then: Afterwards::Recampaign,
+            },
+            Phase::Releasing {
+                then: Afterwards::NewLease,
+            },
+        ] {
+            assert!(phase.keeps_own_time(), "{phase:?}");
+        }
     }
 
     #[test]

@@ -200,9 +200,12 @@ pub(crate) async fn settle(
 /// The standby a leader of `priority` should hand its role to: the one of
 /// highest priority above its own, the oldest of equals; none when nobody
 /// outranks the leader, so equal priorities never move leadership.
-pub(crate) fn preferred(priority: i32, standbys: &[Candidate]) -> Option<&Candidate> {
+pub(crate) fn preferred<'a>(
+    priority: i32,
+    standbys: impl IntoIterator<Item = &'a Candidate>,
+) -> Option<&'a Candidate> {
     standbys
-        .iter()
+        .into_iter()
         .filter_map(|c| Some((c, c.session.as_ref()?.priority)))
         .filter(|(_, theirs)| *theirs > priority)
         .max_by_key(|(c, theirs)| (*theirs, std::cmp::Reverse(c.revision)))
@@ -237,7 +240,7 @@ pub(crate) async fn await_preferred(
             return std::future::pending().await;
         }
         let line = line_rx.borrow_and_update();
-        let standbys: Vec<Candidate> = line
+        let standbys: Vec<Arc<Candidate>> = line
             .candidates
             .iter()
             .skip_while(|c| c.key != leader.key)
@@ -245,7 +248,7 @@ pub(crate) async fn await_preferred(
             .cloned()
             .collect();
         drop(line);
-        let best = preferred(priority, &standbys);
+        let best = preferred(priority, standbys.iter().map(|c| &**c));
         let now = Instant::now();
         seen = match (best, seen) {
             (Some(best), Some((key, revision, at)))

@@ -75,18 +75,26 @@ pub(crate) fn lines(elections: &Elections) -> Vec<Line> {
     elections
         .iter()
         .filter_map(|(role, seats)| {
+            // Read at every change of a thousand elections: a line is a
+            // handful of seats, so scans, not sets.
             let mut seats: Vec<&Seat> = seats.values().collect();
             seats.sort_by_key(|seat| seat.revision);
-            let servers: Option<Vec<i64>> = seats.iter().map(|seat| seat.server).collect();
-            let servers = servers?;
-            let priorities: BTreeSet<i32> = seats.iter().map(|seat| seat.priority).collect();
-            let distinct: BTreeSet<i64> = servers.iter().copied().collect();
-            (!servers.is_empty() && priorities.len() == 1 && distinct.len() == servers.len()).then(
-                || Line {
-                    role: role.clone(),
-                    servers,
-                },
-            )
+            let priority = seats.first()?.priority;
+            if seats.iter().any(|seat| seat.priority != priority) {
+                return None;
+            }
+            let servers: Vec<i64> = seats
+                .iter()
+                .map(|seat| seat.server)
+                .collect::<Option<_>>()?;
+            let distinct = servers
+                .iter()
+                .enumerate()
+                .all(|(place, server)| !servers[..place].contains(server));
+            distinct.then(|| Line {
+                role: role.clone(),
+                servers,
+            })
         })
         .collect()
 }
