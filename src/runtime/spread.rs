@@ -23,7 +23,7 @@ use crate::etcd::{Subscription, group_of};
 use crate::runtime::context::NodeContext;
 use crate::status::{ResignError, Successor};
 use crate::task::OwnedTask;
-use plan::{Elections, Move, Seat};
+use plan::{Elections, Line, Move, Seat};
 
 /// How long a role the spread moved is left alone: time for the election
 /// to show the move, so the rule does not ask for it twice.
@@ -77,7 +77,28 @@ pub(crate) enum SpreadMsg {
 #[derive(Default)]
 struct Mirror {
     elections: Elections,
+    /// The lines of `elections` that take part, each read again when its
+    /// election changes: the rule reads them all at every look.
+    lines: BTreeMap<String, Line>,
     changed: bool,
+}
+
+impl Mirror {
+    /// Reads `role`'s line again from its seats.
+    fn reread(&mut self, role: &str) {
+        match self
+            .elections
+            .get(role)
+            .and_then(|seats| plan::line(role, seats))
+        {
+            Some(line) => {
+                self.lines.insert(role.to_owned(), line);
+            }
+            None => {
+                self.lines.remove(role);
+            }
+        }
+    }
 }
 
 /// The spread's state: the mirror of the elections and the moves under way.
@@ -120,11 +141,15 @@ impl Spread {
         let follow = move |change: PrefixChange<'_>| {
             let mut mirror = lock(&mirror);
             match change {
-                PrefixChange::Reset => mirror.elections.clear(),
+                PrefixChange::Reset => {
+                    mirror.elections.clear();
+                    mirror.lines.clear();
+                }
                 PrefixChange::Put(kv) => {
                     if let Some((role, seat)) = Self::seat(&prefix, kv) {
-                        let line = mirror.elections.entry(role).or_default();
+                        let line = mirror.elections.entry(role.clone()).or_default();
                         line.insert(kv.key().to_vec(), seat);
+                        mirror.reread(&role);
                     }
                 }
                 PrefixChange::Delete(kv) => {
@@ -136,6 +161,7 @@ impl Spread {
                         if line.is_empty() {
                             mirror.elections.remove(role);
                         }
+                        mirror.reread(role);
                     }
                 }
                 PrefixChange::Settled(_) => mirror.changed = true,
@@ -157,15 +183,16 @@ impl Spread {
         if !paced || state.moving.len() >= session.spread_in_flight {
             return;
         }
-        let lines = {
+        let moves: Vec<Move> = {
             let mut mirror = lock(&state.mirror);
             if !mirror.changed && !state.owed {
                 return;
             }
             mirror.changed = false;
-            plan::lines(&mirror.elections)
+            let lines: Vec<&Line> = mirror.lines.values().collect();
+            plan::moves(&lines, self.context.server_id)
         };
-        let moves: Vec<Move> = plan::moves(&lines, self.context.server_id)
+        let moves: Vec<Move> = moves
             .into_iter()
             .filter(|next| self.roles.contains_key(next.role()))
             .collect();

@@ -71,37 +71,41 @@ impl Move {
 }
 
 /// The lines of `elections` that take part in the spread.
+#[cfg(test)]
 pub(crate) fn lines(elections: &Elections) -> Vec<Line> {
     elections
         .iter()
-        .filter_map(|(role, seats)| {
-            // Read at every change of a thousand elections: a line is a
-            // handful of seats, so scans, not sets.
-            let mut seats: Vec<&Seat> = seats.values().collect();
-            seats.sort_by_key(|seat| seat.revision);
-            let priority = seats.first()?.priority;
-            if seats.iter().any(|seat| seat.priority != priority) {
-                return None;
-            }
-            let servers: Vec<i64> = seats
-                .iter()
-                .map(|seat| seat.server)
-                .collect::<Option<_>>()?;
-            let distinct = servers
-                .iter()
-                .enumerate()
-                .all(|(place, server)| !servers[..place].contains(server));
-            distinct.then(|| Line {
-                role: role.clone(),
-                servers,
-            })
-        })
+        .filter_map(|(role, seats)| line(role, seats))
         .collect()
+}
+
+/// `role`'s line, if it takes part in the spread: every seat a standin
+/// node's, one priority, no node twice.
+pub(crate) fn line(role: &str, seats: &BTreeMap<Vec<u8>, Seat>) -> Option<Line> {
+    // A line is a handful of seats: scans, not sets.
+    let mut seats: Vec<&Seat> = seats.values().collect();
+    seats.sort_by_key(|seat| seat.revision);
+    let priority = seats.first()?.priority;
+    if seats.iter().any(|seat| seat.priority != priority) {
+        return None;
+    }
+    let servers: Vec<i64> = seats
+        .iter()
+        .map(|seat| seat.server)
+        .collect::<Option<_>>()?;
+    let distinct = servers
+        .iter()
+        .enumerate()
+        .all(|(place, server)| !servers[..place].contains(server));
+    distinct.then(|| Line {
+        role: role.to_owned(),
+        servers,
+    })
 }
 
 /// The moves server `me` makes: transfers while leadership is uneven,
 /// then requeues while some leader's heirs are.
-pub(crate) fn moves(lines: &[Line], me: i64) -> Vec<Move> {
+pub(crate) fn moves(lines: &[&Line], me: i64) -> Vec<Move> {
     let mut led = BTreeMap::new();
     for line in lines {
         for server in &line.servers {
@@ -123,8 +127,12 @@ pub(crate) fn moves(lines: &[Line], me: i64) -> Vec<Move> {
 
 /// The roles `me` leads, each handed to a taker it is paired with: the
 /// taker next in line where there is one, so nobody has to make way.
-fn transfers(lines: &[Line], me: i64, pairs: &[(i64, i64)]) -> Vec<Move> {
-    let mut mine: Vec<&Line> = lines.iter().filter(|line| line.servers[0] == me).collect();
+fn transfers(lines: &[&Line], me: i64, pairs: &[(i64, i64)]) -> Vec<Move> {
+    let mut mine: Vec<&Line> = lines
+        .iter()
+        .copied()
+        .filter(|line| line.servers[0] == me)
+        .collect();
     let mut moves = Vec::new();
     for (_, to) in pairs.iter().filter(|(from, _)| *from == me) {
         let Some((line, _)) = take_nearest(&mut mine, *to, |_| true) else {
@@ -142,9 +150,10 @@ fn transfers(lines: &[Line], me: i64, pairs: &[(i64, i64)]) -> Vec<Move> {
 /// every node pairs each heir above its share with a node below, picks one
 /// of the heir's lines where that node stands nearest behind, and the
 /// nodes ahead of it there (the heir among them) rejoin at the back.
-fn requeues(lines: &[Line], leader: i64, me: i64) -> Vec<Move> {
+fn requeues(lines: &[&Line], leader: i64, me: i64) -> Vec<Move> {
     let mut led: Vec<&Line> = lines
         .iter()
+        .copied()
         .filter(|line| line.servers[0] == leader && line.servers.len() > 1)
         .collect();
     let mut heirs = BTreeMap::new();
@@ -223,6 +232,10 @@ fn pairs(counts: &BTreeMap<i64, usize>) -> Vec<(i64, i64)> {
 mod tests {
     use super::*;
 
+    fn refs(lines: &[Line]) -> Vec<&Line> {
+        lines.iter().collect()
+    }
+
     fn line(role: &str, servers: &[i64]) -> Line {
         Line {
             role: role.into(),
@@ -271,8 +284,10 @@ mod tests {
     /// and makes them, until nobody moves; the number of rounds.
     fn settle(lines: &mut [Line], nodes: &[i64]) -> usize {
         for round in 0..20 {
-            let planned: Vec<(i64, Vec<Move>)> =
-                nodes.iter().map(|me| (*me, moves(lines, *me))).collect();
+            let planned: Vec<(i64, Vec<Move>)> = nodes
+                .iter()
+                .map(|me| (*me, moves(&refs(lines), *me)))
+                .collect();
             if planned.iter().all(|(_, moves)| moves.is_empty()) {
                 return round;
             }
@@ -337,7 +352,7 @@ mod tests {
             line("c", &[3, 1, 2]),
         ];
         for me in [1, 2, 3] {
-            assert_eq!(moves(&lines, me), Vec::new(), "server {me} moves");
+            assert_eq!(moves(&refs(&lines), me), Vec::new(), "server {me} moves");
         }
     }
 
@@ -351,7 +366,7 @@ mod tests {
             line("d", &[2, 1, 3]),
         ];
         assert_eq!(
-            moves(&lines, 1),
+            moves(&refs(&lines), 1),
             vec![Move::Transfer {
                 role: "a".into(),
                 to: 3
@@ -368,7 +383,7 @@ mod tests {
             lines.push(line(&format!("a{index}"), &[1, 2, 3]));
             lines.push(line(&format!("b{index}"), &[2, 1, 3]));
         }
-        let given = [1, 2].map(|me| moves(&lines, me).len());
+        let given = [1, 2].map(|me| moves(&refs(&lines), me).len());
         assert_eq!(given, [1, 1]);
     }
 
@@ -381,7 +396,7 @@ mod tests {
             line("c", &[1, 2, 3]),
             line("d", &[1, 2]),
         ];
-        for next in moves(&lines, 1) {
+        for next in moves(&refs(&lines), 1) {
             if let Move::Transfer { role, to: 3 } = next {
                 assert_eq!(role, "c");
             }
