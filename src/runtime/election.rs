@@ -237,7 +237,7 @@ pub(crate) struct ElectionState<C: Coordinator> {
     _observer: Subscription,
     _session_changes: OwnedTask,
     /// Sends [`ElectionMsg::Tick`], which checks the renew deadline, while
-    /// the phase holds a term ([`Phase::keeps_own_time`]).
+    /// the phase asks for it ([`Phase::keeps_own_time`]).
     ticker: Option<JoinHandle<()>>,
 }
 
@@ -335,11 +335,9 @@ impl<C: Coordinator> Election<C> {
         Ok(())
     }
 
-    /// Ticks the renew deadline while the phase holds a term, and not
-    /// otherwise: a thousand standby roles ticking four times a second each
-    /// kept a node busy doing nothing. A standby leaves the deadline to the
-    /// session, which abandons a lapsed lease and so tells every role, and
-    /// checks the clock itself before it takes a win.
+    /// Ticks while the phase asks for it ([`Phase::keeps_own_time`]): a
+    /// thousand standby roles ticking four times a second each kept a node
+    /// busy doing nothing, and took their share of a takeover wave.
     fn keep_time(&self, myself: &ActorRef<ElectionMsg<C>>, state: &mut ElectionState<C>) {
         let wanted = state.machine.phase().keeps_own_time();
         match state.ticker.take() {

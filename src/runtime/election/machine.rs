@@ -87,14 +87,17 @@ impl Phase {
         )
     }
 
-    /// Whether the role checks the renew deadline on its own clock: from the
-    /// win until its term is released. Before (unleased, campaigning,
-    /// recovering) the session's own check ends a lapsed lease for every
-    /// role, and a win checks the clock before it is taken.
+    /// Whether the role checks the clock (and the session's news) on its
+    /// own ticks: from the win until its term is released, and while
+    /// unleased (a lease it gave up at its own deadline that a late
+    /// keepalive saved again is taken back without a change of lease to
+    /// announce it). A campaigning or recovering standby leaves the deadline
+    /// to the session, whose own check ends a lapsed lease for every role,
+    /// and checks the clock before it takes a win.
     pub(crate) fn keeps_own_time(self) -> bool {
         !matches!(
             self,
-            Phase::Unleased | Phase::Recovering | Phase::Campaigning | Phase::Stopped
+            Phase::Recovering | Phase::Campaigning | Phase::Stopped
         )
     }
 }
@@ -730,16 +733,12 @@ mod tests {
     }
 
     #[test]
-    fn only_a_role_holding_a_term_keeps_its_own_time() {
-        for phase in [
-            Phase::Unleased,
-            Phase::Recovering,
-            Phase::Campaigning,
-            Phase::Stopped,
-        ] {
+    fn a_standby_in_line_leaves_the_clock_to_the_session() {
+        for phase in [Phase::Recovering, Phase::Campaigning, Phase::Stopped] {
             assert!(!phase.keeps_own_time(), "{phase:?}");
         }
         for phase in [
+            Phase::Unleased,
             Phase::Reloading { revision: 1 },
             Phase::Activating { revision: 1 },
             Phase::Serving { revision: 1 },
