@@ -1133,8 +1133,12 @@ impl<C: Coordinator> Actor for Election<C> {
                         return Ok(());
                     }
                     // A standby does not tick: a win past the renew
-                    // deadline is a lapsed lease's, not a term.
+                    // deadline is a lapsed lease's, not a term, and the
+                    // clock's step-down cancels the campaign it came from.
                     self.check_clock(&myself, state).await?;
+                    if !state.is_current(Tag::Campaign(generation)) {
+                        return Ok(());
+                    }
                     let event = Event::Elected {
                         lease: candidacy.lease,
                         revision: candidacy.revision,
