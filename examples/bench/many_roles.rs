@@ -426,12 +426,17 @@ pub async fn run(
         .context("starting the handover cluster")?;
     let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
     let mut moved = 0;
-    for _ in 0..rounds {
-        let (took, led) = cluster.round(false).await?;
-        times.entry("kill9").or_default().push(took);
+    for round in 1..=rounds {
+        let (killed, led) = cluster.round(false).await?;
+        times.entry("kill9").or_default().push(killed);
         moved = led;
-        let (took, _) = cluster.round(true).await?;
-        times.entry("graceful").or_default().push(took);
+        let (stopped, _) = cluster.round(true).await?;
+        times.entry("graceful").or_default().push(stopped);
+        eprintln!(
+            "bench: many-roles round {round}: kill9 {:.1} ms, graceful {:.1} ms",
+            killed.as_secs_f64() * 1000.0,
+            stopped.as_secs_f64() * 1000.0
+        );
     }
     cluster.stop().await?;
     for (act, times) in times {
