@@ -158,6 +158,13 @@ impl Layout {
         format!("{}/session/{role}-{server_id}", self.root)
     }
 
+    /// Whether `key` is a registration of server `server_id`: one that
+    /// [`session`](Self::session) names, whatever its role.
+    pub(crate) fn is_session_of(&self, key: &[u8], server_id: i64) -> bool {
+        key.starts_with(self.sessions().as_bytes())
+            && key.ends_with(format!("-{server_id}").as_bytes())
+    }
+
     /// `{root}/session/`: every registration, for listing them.
     pub fn sessions(&self) -> String {
         format!("{}/session/", self.root)
@@ -266,6 +273,17 @@ mod tests {
         );
         assert_eq!(layout.server_id(), "standin/session/id");
         assert_eq!(layout.meta("rootcoord"), "standin/meta/rootcoord/");
+    }
+
+    #[test]
+    fn a_session_key_names_its_server_whatever_the_role() {
+        let layout = Layout::new("standin");
+        let key = layout.session("idle-0005", 5);
+        assert!(layout.is_session_of(key.as_bytes(), 5));
+        assert!(!layout.is_session_of(key.as_bytes(), 15));
+        assert!(!layout.is_session_of(layout.session("idle-0005", 15).as_bytes(), 5));
+        assert!(!layout.is_session_of(layout.server_id().as_bytes(), 5));
+        assert!(!layout.is_session_of(b"other/session/a-5", 5));
     }
 
     #[test]

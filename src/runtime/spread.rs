@@ -191,11 +191,10 @@ impl Spread {
             mirror.changed = false;
             let lines: Vec<&Line> = mirror.lines.values().collect();
             plan::moves(&lines, self.context.server_id)
+                .into_iter()
+                .filter(|next| self.roles.contains_key(next.role()))
+                .collect()
         };
-        let moves: Vec<Move> = moves
-            .into_iter()
-            .filter(|next| self.roles.contains_key(next.role()))
-            .collect();
         // Moves waiting on a role that is moving or resting are still owed:
         // the rule is read again when it is free, changed or not.
         state.owed = !moves.is_empty();

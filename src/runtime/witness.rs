@@ -767,7 +767,6 @@ impl Mourner {
         revoked
     }
 
-    /// The sessions (one per role) the incarnation published.
     /// The sessions of the dead incarnation of `server_id` on leases other
     /// than `revoked`. Read by keys first (a session's key ends in its
     /// server ID, and holds its lease): at a takeover wave every session of
@@ -780,14 +779,12 @@ impl Mourner {
         incarnation: &str,
         revoked: &BTreeSet<i64>,
     ) -> Result<Vec<SessionInfo>, etcd_client::Error> {
-        let suffix = format!("-{server_id}");
         let keys = self
             .read(GetOptions::new().with_prefix().with_keys_only())
             .await?;
-        let elsewhere = keys
-            .kvs()
-            .iter()
-            .any(|kv| kv.key().ends_with(suffix.as_bytes()) && !revoked.contains(&kv.lease()));
+        let elsewhere = keys.kvs().iter().any(|kv| {
+            self.layout.is_session_of(kv.key(), server_id) && !revoked.contains(&kv.lease())
+        });
         if !elsewhere {
             return Ok(Vec::new());
         }

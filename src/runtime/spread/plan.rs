@@ -70,15 +70,6 @@ impl Move {
     }
 }
 
-/// The lines of `elections` that take part in the spread.
-#[cfg(test)]
-pub(crate) fn lines(elections: &Elections) -> Vec<Line> {
-    elections
-        .iter()
-        .filter_map(|(role, seats)| line(role, seats))
-        .collect()
-}
-
 /// `role`'s line, if it takes part in the spread: every seat a standin
 /// node's, one priority, no node twice.
 pub(crate) fn line(role: &str, seats: &BTreeMap<Vec<u8>, Seat>) -> Option<Line> {
@@ -427,7 +418,11 @@ mod tests {
                 BTreeMap::from([seat(Some(1), 0, 10), seat(None, 0, 20)]),
             ),
         ]);
-        assert_eq!(lines(&elections), vec![line("even", &[1, 2])]);
+        let lines: Vec<Line> = elections
+            .iter()
+            .filter_map(|(role, seats)| super::line(role, seats))
+            .collect();
+        assert_eq!(lines, vec![line("even", &[1, 2])]);
     }
 
     #[test]
