@@ -40,6 +40,10 @@ const MAX_PAGE_SIZE: i64 = 1_000_000;
 /// much memory at once.
 const PAGE_BYTES: std::ops::RangeInclusive<u64> = (64 << 10)..=(256 << 20);
 
+/// `reload.concurrentLoads`: at least one, and not so many that a node
+/// starting thousands of roles floods etcd with whole reads.
+const CONCURRENT_LOADS: std::ops::RangeInclusive<usize> = 1..=1024;
+
 /// `etcd.watchStreams` and `reload.watchStreams`: at least one stream, and
 /// not so many that a node's watches stop sharing them.
 const WATCH_STREAMS: std::ops::RangeInclusive<usize> = 1..=64;
@@ -836,6 +840,11 @@ pub struct ReloadConfig {
     /// apart from the elections' so that a large metadata change cannot
     /// hold up a leader's deletion behind it.
     pub watch_streams: usize,
+    /// The most warm copies the node reads whole at once, 1..=1024. A node
+    /// that starts a thousand roles reads their prefixes a few at a time,
+    /// instead of holding a thousand range requests and their buffers at
+    /// once; a read at a win (no warm copy) does not wait for these.
+    pub concurrent_loads: usize,
 }
 
 impl Default for ReloadConfig {
@@ -846,6 +855,7 @@ impl Default for ReloadConfig {
             page_size: 100_000,
             page_bytes: 8 << 20,
             watch_streams: 1,
+            concurrent_loads: 8,
         }
     }
 }

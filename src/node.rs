@@ -399,6 +399,7 @@ impl Node {
                 self.config.reload.watch_streams,
                 crate::runtime::reload::WATCH_MESSAGE_LIMIT,
             ),
+            warm_loads: tokio::sync::Semaphore::new(self.config.reload.concurrent_loads),
             writes: TxnBatcher::start(client.clone()),
             client,
             config: self.config.clone(),

@@ -6,8 +6,8 @@ use std::time::Duration;
 use humantime_serde::re::humantime;
 
 use super::{
-    BackoffConfig, CLIENT_TLS, Config, ConfigError, ETCD_TLS, MAX_PAGE_SIZE, MAX_TTL_SECS, MIN_TTL,
-    PAGE_BYTES, TlsConfig, TlsKeys, WATCH_STREAMS,
+    BackoffConfig, CLIENT_TLS, CONCURRENT_LOADS, Config, ConfigError, ETCD_TLS, MAX_PAGE_SIZE,
+    MAX_TTL_SECS, MIN_TTL, PAGE_BYTES, TlsConfig, TlsKeys, WATCH_STREAMS,
 };
 
 impl Config {
@@ -484,6 +484,18 @@ impl Config {
             ));
         }
         watch_streams("reload.watchStreams", reload.watch_streams)?;
+        if !CONCURRENT_LOADS.contains(&reload.concurrent_loads) {
+            return Err(invalid(
+                "reload.concurrentLoads",
+                reload.concurrent_loads.to_string(),
+                format!(
+                    "must be between {} and {}: at least one warm copy must load, and \
+                     more at once only flood etcd when a node starts many roles",
+                    CONCURRENT_LOADS.start(),
+                    CONCURRENT_LOADS.end()
+                ),
+            ));
+        }
         if !PAGE_BYTES.contains(&reload.page_bytes) {
             return Err(invalid(
                 "reload.pageBytes",
@@ -933,6 +945,20 @@ mod tests {
         let mut config = Config::default();
         config.coordinator.activation_buffer = 0;
         rejected(&config, "coordinator.activationBuffer");
+    }
+
+    #[test]
+    fn concurrent_loads_must_be_in_range() {
+        for loads in [0, 1025] {
+            let mut config = Config::default();
+            config.reload.concurrent_loads = loads;
+            rejected(&config, "reload.concurrentLoads");
+        }
+        for loads in [1, 1024] {
+            let mut config = Config::default();
+            config.reload.concurrent_loads = loads;
+            assert!(config.validate().is_ok());
+        }
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub(crate) struct NodeContext {
     /// one revision of a large prefix can be a response of megabytes, which
     /// must not hold up a predecessor's deletion behind it.
     pub metadata_watches: WatchHub,
+    /// Permits to read a warm copy whole (`reload.concurrentLoads`): a node
+    /// that starts a thousand roles reads them a few at a time.
+    pub warm_loads: tokio::sync::Semaphore,
     /// The node's control writes (published states, catch-up markers),
     /// those sent at once in one request.
     pub writes: TxnBatcher,

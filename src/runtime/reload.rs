@@ -276,7 +276,12 @@ impl<C: Coordinator> ReloadActor<C> {
             let (client, paging) = (&context.client, &context.config.reload);
             let mut backoff = Backoff::new(context.config.etcd.retry.clone());
             loop {
-                match read_snapshot(client, &prefix, paging, 0, &faults).await {
+                // Held for the read only, not the backoff after a failure.
+                // Never closed: the node's context outlives its roles.
+                let permit = context.warm_loads.acquire().await;
+                let read = read_snapshot(client, &prefix, paging, 0, &faults).await;
+                drop(permit);
+                match read {
                     Ok(snapshot) => {
                         let _ = reply.send_message(ReloadMsg::Loaded {
                             generation,
