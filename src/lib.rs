@@ -65,7 +65,7 @@
 //! └─ RoleSupervisor          one per role; spawns and supervises its endpoint and election
 //!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), spawned when first asked for
 //!    └─ Election             the role's key on the session's lease: campaigns, decides (a pure state machine)
-//!       ├─ CoordinatorActor  wraps your Coordinator: Standby -> Activating -> Serving -> Standby
+//!       ├─ CoordinatorActor  wraps your Coordinator from a win to its deactivation: Activating -> Serving
 //!       └─ ReloadActor       keeps {root}/meta/{role}/ warm while standby; on a win, catches it up before it serves
 //! ```
 //!

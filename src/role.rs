@@ -233,6 +233,14 @@ impl<C: Coordinator> RoleHandle<C> {
     pub fn fenced_store(&self) -> Option<crate::fence::FencedStore> {
         self.shared.store.get()
     }
+
+    /// Whether a coordinator actor runs for the role on this node: from a
+    /// win until the term is deactivated, never while standby (cargo
+    /// feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn has_coordinator_actor(&self) -> bool {
+        self.shared.coordinator.get().is_some()
+    }
 }
 
 impl<C: Coordinator> RoleHandle<C> {

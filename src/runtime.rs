@@ -8,7 +8,7 @@
 //! └─ RoleSupervisor          one per role: spawns its endpoint and election; deletes a failed election's key, restarts it
 //!    ├─ RoleEndpoint         takes the role's requests as messages
 //!    └─ Election             the role's key on the session's lease, campaigns, owns the serving Term, decides (a pure state machine)
-//!       ├─ CoordinatorActor  wraps the user's coordinator: Standby -> Activating -> Serving -> Standby
+//!       ├─ CoordinatorActor  wraps the user's coordinator from a win to its deactivation: Activating -> Serving
 //!       └─ ReloadActor       loads {root}/meta/{role}/ at the won revision, in pages
 //! ```
 //!
@@ -25,6 +25,12 @@
 //! the per-role actors box their work: the loop keeps a pointer, and the
 //! large state (etcd calls, activation) lives only while a message is
 //! handled. The long-lived tasks box their etcd calls for the same reason.
+//! An actor costs about 6 KB even idle (ractor's two mailbox channels and
+//! its task), so a standby role has no coordinator actor: the election
+//! spawns it at a win and stops it once the term is deactivated, and a
+//! request in between is answered from the role's status. The node reads
+//! its warm copies a few at a time (`reload.concurrentLoads`), so a start
+//! of a thousand roles does not hold a thousand reads' buffers at once.
 
 pub(crate) mod context;
 pub(crate) mod coordinator;

@@ -121,6 +121,50 @@ async fn graceful_shutdown_of_the_active_hands_over_within_a_second() -> anyhow:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_actor_lives_from_a_win_to_its_step_down() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let nodes = three_nodes(&etcd, 10).await?;
+    let leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+    let standbys: Vec<usize> = (0..nodes.len()).filter(|&i| i != leader).collect();
+
+    info!("--- only the leader holds a coordinator actor");
+    assert!(nodes[leader].role(ROLE).has_coordinator_actor());
+    for &standby in &standbys {
+        assert!(!nodes[standby].role(ROLE).has_coordinator_actor());
+    }
+
+    info!("--- the leader resigns: a standby wins and spawns one, the old leader's stops");
+    nodes[leader].role(ROLE).resign(CALL).await?;
+    let next = wait_for("another node to serve", Duration::from_secs(5), || {
+        serving_other_than(&nodes, ROLE, leader)
+    })
+    .await;
+    assert!(nodes[next].role(ROLE).has_coordinator_actor());
+    wait_for(
+        "the old leader's coordinator actor to stop",
+        Duration::from_secs(5),
+        || (!nodes[leader].role(ROLE).has_coordinator_actor()).then_some(()),
+    )
+    .await;
+
+    info!("--- without one, the old leader answers as a standby, naming the new leader");
+    match nodes[leader]
+        .role(ROLE)
+        .call(LedgerRequest::Read, CALL)
+        .await
+    {
+        Err(ServeError::NotActive {
+            leader: Some(address),
+            ..
+        }) => assert_eq!(address, nodes[next].address),
+        Err(other) => panic!("the old leader answered {other}"),
+        Ok(_) => panic!("the old leader served after resigning"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_coordinator_is_replaced_in_well_under_the_ttl() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;

@@ -144,14 +144,34 @@ impl<C: Coordinator> RoleShared<C> {
     /// Hands `request` to the running coordinator, or answers at once why
     /// nothing serves here. The one way in for every caller.
     pub(crate) fn forward(&self, request: C::Request, reply: ServeReply<C>) {
-        let Some(coordinator) = self.coordinator.get().filter(|_| !self.is_stopped()) else {
+        if self.is_stopped() {
             let _ = reply.send(Err(self.gone()));
+            return;
+        }
+        let Some(coordinator) = self.coordinator.get() else {
+            let _ = reply.send(Err(self.not_active()));
             return;
         };
         if let Err(ractor::MessagingErr::SendErr(CoordinatorMsg::Request { reply, .. })) =
             coordinator.send_message(CoordinatorMsg::Request { request, reply })
         {
             let _ = reply.send(Err(self.gone()));
+        }
+    }
+
+    /// The answer of a role with no coordinator actor: a standby, or a role
+    /// whose coordinator or election crashed. It names the leader when
+    /// another node leads; never this node, which may be the one that crashed.
+    fn not_active(&self) -> ServeError {
+        let status = self.status.borrow();
+        let leader = status
+            .leader
+            .as_ref()
+            .filter(|leader| leader.session.server_id != status.server_id)
+            .map(|leader| leader.session.address.clone());
+        ServeError::NotActive {
+            role: self.role.clone(),
+            leader,
         }
     }
 

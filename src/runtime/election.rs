@@ -285,6 +285,8 @@ impl<C: Coordinator> Election<C> {
         })
     }
 
+    /// Spawns the coordinator actor for a won term; it lives until the
+    /// term's deactivation (or its crash).
     async fn spawn_coordinator(
         &self,
         myself: &ActorRef<ElectionMsg<C>>,
@@ -475,7 +477,7 @@ impl<C: Coordinator> Election<C> {
                 tracing::warn!(
                     role = self.role,
                     restart_in_ms = after.as_millis() as u64,
-                    "coordinator crashed; restarting it in standby"
+                    "coordinator crashed; campaigning again after a backoff"
                 );
                 myself.send_after(after, || ElectionMsg::RestartCoordinator);
             }
@@ -697,6 +699,11 @@ impl<C: Coordinator> Election<C> {
         };
         // From the win on, requests wait for the activation instead of
         // being sent away to this very node.
+        if state.coordinator.is_none() {
+            let leader = state.leader.as_ref().map(|l| l.session.address.clone());
+            self.spawn_coordinator(myself, &mut state.coordinator, leader)
+                .await?;
+        }
         if let (Some(coordinator), Some(term)) = (&state.coordinator, &state.term) {
             let _ = coordinator.send_message(CoordinatorMsg::Elected { term: term.clone() });
         }
@@ -1086,8 +1093,9 @@ impl<C: Coordinator> Actor for Election<C> {
             _session_changes: session_changes,
             ticker: None,
         };
-        self.spawn_coordinator(&myself, &mut state.coordinator, None)
-            .await?;
+        // No coordinator actor until a win: a standby answers from its
+        // status (`RoleShared::forward`), and a node of a thousand standby
+        // roles holds a thousand fewer actors.
         self.spawn_reload(&myself, &mut state).await?;
         // The status only reaches the metrics when it changes: say where it starts.
         telemetry::set_role_state(&self.role, RoleState::Standby);
@@ -1293,7 +1301,16 @@ impl<C: Coordinator> Actor for Election<C> {
                     state.handover_replies.push(HandoverReply::Resign(reply));
                     Event::Resign
                 }
-                ElectionMsg::Deactivated => Event::Deactivated,
+                ElectionMsg::Deactivated => {
+                    // Back in standby, the coordinator goes until the next
+                    // win: the requests already queued get their standby
+                    // answer first, and its end is no crash.
+                    if let Some(coordinator) = state.coordinator.take() {
+                        self.shared.coordinator.set(None);
+                        let _ = coordinator.drain();
+                    }
+                    Event::Deactivated
+                }
                 ElectionMsg::ResignFailed => {
                     // The key may lead until the lease is gone: say so, rather
                     // than promise the caller that a peer can take over now.
@@ -1317,10 +1334,8 @@ impl<C: Coordinator> Actor for Election<C> {
                     if state.machine.phase() == Phase::Stopped || state.coordinator.is_some() {
                         return Ok(());
                     }
-                    let leader = state.leader.as_ref().map(|l| l.session.address.clone());
-                    self.spawn_coordinator(&myself, &mut state.coordinator, leader)
-                        .await?;
-                    tracing::info!(role = self.role, "coordinator restarted in standby");
+                    // The backoff is over; the actor itself starts at the next win.
+                    tracing::info!(role = self.role, "coordinator may start again; campaigning");
                     Event::CoordinatorStarted
                 }
                 ElectionMsg::TaskFailed { task, reason } => {
