@@ -279,7 +279,9 @@ impl<C: Coordinator> ReloadActor<C> {
                 // Held for the read only, not the backoff after a failure.
                 // Never closed: the node's context outlives its roles.
                 let permit = context.warm_loads.acquire().await;
-                let read = read_snapshot(client, &prefix, paging, 0, &faults).await;
+                // Boxed: a thousand loads wait for a permit, each small
+                // until its read starts.
+                let read = Box::pin(read_snapshot(client, &prefix, paging, 0, &faults)).await;
                 drop(permit);
                 match read {
                     Ok(snapshot) => {
