@@ -23,11 +23,15 @@ impl OwnedTask {
         future: impl Future<Output = ()> + Send + 'static,
         on_panic: impl FnOnce(String) + Send + 'static,
     ) -> Self {
-        Self::spawn(async move {
-            if let Err(panic) = AssertUnwindSafe(future).catch_unwind().await {
+        // A combinator, not an `async` block: a block would hold `future`
+        // twice (captured, and moved into the awaited catch), and a node
+        // keeps thousands of these tasks waiting.
+        let reported = AssertUnwindSafe(future).catch_unwind().map(move |outcome| {
+            if let Err(panic) = outcome {
                 on_panic(panic_message(panic.as_ref()));
             }
-        })
+        });
+        Self::spawn(reported)
     }
 
     /// Whether the task is still running.
