@@ -1,9 +1,10 @@
 //! The publisher of a role's session value (and of the leader value while leading): in order, the newest wins, retried until it lands.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{PutOptions, Txn, TxnOp};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::etcd::TxnBatcher;
 use crate::etcd::recipe::{self, Candidacy};
@@ -21,9 +22,54 @@ type Publication = (SessionInfo, Option<Candidacy>);
 
 /// Writes the session at one key, newest state first; a state that cannot
 /// be written is retried until it lands or a newer one supersedes it.
+///
+/// Its task runs only while something is left to write: a node holds
+/// thousands of standby roles whose session is written once and then
+/// rarely, and an idle task would be a kilobyte each.
 pub(crate) struct Publisher {
-    latest: watch::Sender<Option<Publication>>,
-    _task: OwnedTask,
+    shared: Arc<Shared>,
+    writes: TxnBatcher,
+    key: String,
+    retry_after: Duration,
+    on_panic: Arc<dyn Fn(String) + Send + Sync>,
+}
+
+/// What the publisher and its task share.
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Told of every publication, so a linger or a retry gives way to it.
+    newer: Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// The newest publication not yet taken by the task.
+    latest: Option<Publication>,
+    /// The task writing, while it runs; it ends once nothing is left.
+    task: Option<OwnedTask>,
+}
+
+impl Shared {
+    /// The newest publication; when there is none the task ends, in the
+    /// same lock that a publication checks for a running task.
+    fn take_or_finish(&self) -> Option<Publication> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = pending.latest.take();
+        if latest.is_none() {
+            // The handle of this very task: dropping it aborts nothing, as
+            // the task returns right after.
+            if let Some(this) = pending.task.take() {
+                this.detach();
+            }
+        }
+        latest
+    }
+
+    /// A publication newer than the one in hand, if one came.
+    fn take_newer(&self) -> Option<Publication> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.latest.take()
+    }
 }
 
 impl Publisher {
@@ -33,56 +79,112 @@ impl Publisher {
         writes: TxnBatcher,
         key: String,
         retry_after: Duration,
-        on_panic: impl FnOnce(String) + Send + 'static,
+        on_panic: impl Fn(String) + Send + Sync + 'static,
     ) -> Self {
-        let (latest, mut updates) = watch::channel(None::<Publication>);
-        let publishing = async move {
-            while updates.changed().await.is_ok() {
-                if updates
-                    .borrow_and_update()
-                    .as_ref()
-                    .is_some_and(|(info, _)| info.state == RoleState::Activating)
-                {
-                    // Written only if it lasts: a warm takeover serves within
-                    // the linger, and its serving state is the one write.
-                    let lasted = tokio::time::timeout(ACTIVATING_LINGER, updates.changed());
-                    if let Ok(Err(_)) = lasted.await {
-                        return;
-                    }
-                }
-                let Some((info, leading)) = updates.borrow_and_update().clone() else {
-                    continue;
-                };
-                loop {
-                    // Boxed: the task waits far longer than it writes.
-                    match Box::pin(publish(&writes, &key, &info, leading.as_ref())).await {
-                        Ok(()) => break,
-                        // The term ended under us; the next state published says so.
-                        Err(recipe::CampaignError::CandidacyLost { .. }) => break,
-                        Err(error) => {
-                            tracing::warn!(key, state = %info.state, "publishing the session failed, retrying: {error}");
-                        }
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_after) => {}
-                        changed = updates.changed() => {
-                            if changed.is_err() { return; }
-                            // A newer state supersedes this one: publish that instead.
-                            break;
-                        }
-                    }
-                }
-            }
-        };
         Self {
-            latest,
-            _task: OwnedTask::spawn_reported(publishing, on_panic),
+            shared: Arc::new(Shared {
+                pending: Mutex::new(Pending::default()),
+                newer: Notify::new(),
+            }),
+            writes,
+            key,
+            retry_after,
+            on_panic: Arc::new(on_panic),
         }
     }
 
     /// Publishes `info`, and proclaims it as the leader value on `leading`.
     pub(crate) fn publish(&self, info: SessionInfo, leading: Option<Candidacy>) {
-        self.latest.send_replace(Some((info, leading)));
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.latest = Some((info, leading));
+        if pending.task.is_some() {
+            self.shared.newer.notify_one();
+            return;
+        }
+        let writing = write_all(
+            self.shared.clone(),
+            self.writes.clone(),
+            self.key.clone(),
+            self.retry_after,
+        );
+        let on_panic = self.on_panic.clone();
+        pending.task = Some(OwnedTask::spawn_reported(writing, move |reason| {
+            on_panic(reason)
+        }));
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        // Whatever is still being written goes with the publisher.
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pending.task = None;
+    }
+}
+
+/// Writes what `shared` holds, newest first, until nothing is left.
+async fn write_all(shared: Arc<Shared>, writes: TxnBatcher, key: String, retry_after: Duration) {
+    let mut next = shared.take_or_finish();
+    while let Some((info, leading)) = next.take() {
+        if info.state == RoleState::Activating {
+            // Written only if it lasts: a warm takeover serves within the
+            // linger, and its serving state is the one write.
+            let lasted = tokio::time::sleep(ACTIVATING_LINGER);
+            tokio::pin!(lasted);
+            loop {
+                tokio::select! {
+                    () = &mut lasted => break,
+                    () = shared.newer.notified() => {
+                        if let Some(newer) = shared.take_newer() {
+                            next = Some(newer);
+                            break;
+                        }
+                    }
+                }
+            }
+            if next.is_some() {
+                continue;
+            }
+        }
+        loop {
+            // Boxed: the task waits far longer than it writes.
+            match Box::pin(publish(&writes, &key, &info, leading.as_ref())).await {
+                Ok(()) => break,
+                // The term ended under us; the next state published says so.
+                Err(recipe::CampaignError::CandidacyLost { .. }) => break,
+                Err(error) => {
+                    tracing::warn!(key, state = %info.state, "publishing the session failed, retrying: {error}");
+                }
+            }
+            let retry = tokio::time::sleep(retry_after);
+            tokio::pin!(retry);
+            let newer = loop {
+                tokio::select! {
+                    () = &mut retry => break None,
+                    () = shared.newer.notified() => {
+                        if let Some(newer) = shared.take_newer() {
+                            break Some(newer);
+                        }
+                    }
+                }
+            };
+            if newer.is_some() {
+                // A newer state supersedes this one: publish that instead.
+                next = newer;
+                break;
+            }
+        }
+        if next.is_none() {
+            next = shared.take_or_finish();
+        }
     }
 }
 
