@@ -157,6 +157,18 @@ async fn a_standby_cut_from_etcd_while_writes_happen_catches_up_before_it_serves
     let now = last_put(&client, CUT_ROOT).await?;
     let copy = copy_reaches(nodes[standby].role(ROLE), "the standby's copy", now).await;
     assert_eq!(copy.keys, 100);
+    // Its copy can be in before its lease is: cut it only once it is in line.
+    let election = format!("{CUT_ROOT}/election/{ROLE}/");
+    support::eventually("the standby in line", Duration::from_secs(5), || async {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let in_line = client.clone().get(election.as_str(), Some(options)).await;
+        in_line
+            .is_ok_and(|response| response.count() == 2)
+            .then_some(())
+    })
+    .await;
 
     info!("--- cut the standby; the leader writes 50 keys and etcd deletes 10");
     proxies[standby].cut();
