@@ -65,10 +65,23 @@ impl Shared {
         latest
     }
 
-    /// A publication newer than the one in hand, if one came.
-    fn take_newer(&self) -> Option<Publication> {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.latest.take()
+    /// A publication newer than the one in hand, if one comes within `wait`.
+    async fn newer_within(&self, wait: Duration) -> Option<Publication> {
+        let waited = tokio::time::sleep(wait);
+        tokio::pin!(waited);
+        loop {
+            tokio::select! {
+                () = &mut waited => return None,
+                // A permit left by a publication already taken wakes this
+                // too: only a publication in the slot counts.
+                () = self.newer.notified() => {
+                    let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(newer) = pending.latest.take() {
+                        return Some(newer);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -120,7 +133,9 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        // Whatever is still being written goes with the publisher.
+        // Whatever is still being written goes with the publisher. The
+        // task holds the slot that holds its handle, so without this
+        // neither would ever be freed.
         let mut pending = self
             .shared
             .pending
@@ -134,57 +149,30 @@ impl Drop for Publisher {
 async fn write_all(shared: Arc<Shared>, writes: TxnBatcher, key: String, retry_after: Duration) {
     let mut next = shared.take_or_finish();
     while let Some((info, leading)) = next.take() {
-        if info.state == RoleState::Activating {
-            // Written only if it lasts: a warm takeover serves within the
-            // linger, and its serving state is the one write.
-            let lasted = tokio::time::sleep(ACTIVATING_LINGER);
-            tokio::pin!(lasted);
-            loop {
-                tokio::select! {
-                    () = &mut lasted => break,
-                    () = shared.newer.notified() => {
-                        if let Some(newer) = shared.take_newer() {
-                            next = Some(newer);
-                            break;
-                        }
-                    }
-                }
-            }
-            if next.is_some() {
-                continue;
-            }
+        // Written only if it lasts: a warm takeover serves within the
+        // linger, and its serving state is the one write.
+        if info.state == RoleState::Activating
+            && let Some(newer) = shared.newer_within(ACTIVATING_LINGER).await
+        {
+            next = Some(newer);
+            continue;
         }
-        loop {
+        let superseded = loop {
             // Boxed: the task waits far longer than it writes.
             match Box::pin(publish(&writes, &key, &info, leading.as_ref())).await {
-                Ok(()) => break,
+                Ok(()) => break None,
                 // The term ended under us; the next state published says so.
-                Err(recipe::CampaignError::CandidacyLost { .. }) => break,
+                Err(recipe::CampaignError::CandidacyLost { .. }) => break None,
                 Err(error) => {
                     tracing::warn!(key, state = %info.state, "publishing the session failed, retrying: {error}");
                 }
             }
-            let retry = tokio::time::sleep(retry_after);
-            tokio::pin!(retry);
-            let newer = loop {
-                tokio::select! {
-                    () = &mut retry => break None,
-                    () = shared.newer.notified() => {
-                        if let Some(newer) = shared.take_newer() {
-                            break Some(newer);
-                        }
-                    }
-                }
-            };
-            if newer.is_some() {
-                // A newer state supersedes this one: publish that instead.
-                next = newer;
-                break;
+            // A newer state supersedes this one: publish that instead.
+            if let Some(newer) = shared.newer_within(retry_after).await {
+                break Some(newer);
             }
-        }
-        if next.is_none() {
-            next = shared.take_or_finish();
-        }
+        };
+        next = superseded.or_else(|| shared.take_or_finish());
     }
 }
 
