@@ -48,6 +48,31 @@ impl Elections {
             .collect()
     }
 
+    /// Whether each leader's roles have their next in line spread within
+    /// one over the other nodes, as the spread's second step leaves them: a
+    /// node that dies then hands its roles to every survivor.
+    fn heirs_spread(&self) -> bool {
+        let mut heirs: BTreeMap<i64, BTreeMap<i64, usize>> = BTreeMap::new();
+        for line in self.lines.values() {
+            let mut servers = line.values().map(|(server, _)| *server);
+            let Some(leader) = servers.next() else {
+                continue;
+            };
+            let counts = heirs.entry(leader).or_default();
+            let mut behind = servers.peekable();
+            if let Some(heir) = behind.peek() {
+                *counts.entry(*heir).or_insert(0) += 1;
+            }
+            for server in behind {
+                counts.entry(server).or_insert(0);
+            }
+        }
+        heirs.values().all(|counts| {
+            let (max, min) = (counts.values().max(), counts.values().min());
+            max.zip(min).is_none_or(|(max, min)| max - min <= 1)
+        })
+    }
+
     /// Roles led per server, once all `roles` serve.
     fn leaders(&self, roles: usize) -> Option<BTreeMap<i64, usize>> {
         let serving = self.serving();
@@ -234,11 +259,18 @@ impl Cluster {
             .await
     }
 
-    /// Waits until every node is at rest: each of its roles joined on a
-    /// live lease, holding a warm copy, and serving or standing by. A kill
-    /// right after the spread would also time a restarted node still
-    /// loading its copies, which a steady cluster does not pay.
+    /// Waits until every node is at rest: the next in line of each leader's
+    /// roles spread over the others, and each role joined on a live lease,
+    /// holding a warm copy, and serving or standing by. A kill right after
+    /// the spread of the leaders would also time a restarted node still
+    /// loading its copies, or one survivor taking every role of the dead
+    /// node, which a steady cluster does not pay.
     async fn steady(&self) -> anyhow::Result<()> {
+        self.mirror
+            .until("the next in line spread within one", SETTLE_WITHIN, |e| {
+                e.heirs_spread().then_some(())
+            })
+            .await?;
         let deadline = Instant::now() + SETTLE_WITHIN;
         for address in &self.addresses {
             let mut client = CoordinationClient::connect(format!("http://{address}")).await?;
