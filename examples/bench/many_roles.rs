@@ -193,6 +193,13 @@ fn put(mirror: &mut Elections, kv: &etcd_client::KeyValue) {
         .insert(revision, (session.server_id, session.state));
 }
 
+/// How long after a node was killed or stopped every role it led served
+/// elsewhere, and its last candidate key was gone.
+struct Round {
+    moved: Duration,
+    left: Duration,
+}
+
 /// Three nodes of `roles` idle roles under `root`.
 struct Cluster {
     nodes: Vec<StandinProcess>,
@@ -322,7 +329,7 @@ impl Cluster {
     /// Kills (`graceful` false) or stops the busiest node, and times until
     /// every role it led serves on another; then restarts it and waits for
     /// the spread to give it its share again.
-    async fn round(&mut self, graceful: bool) -> anyhow::Result<(Duration, usize)> {
+    async fn round(&mut self, graceful: bool) -> anyhow::Result<(Round, usize)> {
         self.spread(NODES).await?;
         self.steady().await?;
         let (index, dead, led) = self.busiest()?;
@@ -332,12 +339,21 @@ impl Cluster {
         } else {
             self.nodes[index].kill()?;
         }
+        // When the stopped node's last candidate key went: at a kill, the
+        // witness's one revoke.
+        let mut left = None;
         let (moved, _) = self
             .mirror
             .until(
                 "every role of the stopped node served elsewhere",
                 SETTLE_WITHIN,
                 |e| {
+                    let candidate = |line: &BTreeMap<i64, (i64, RoleState)>| {
+                        line.values().any(|(server, _)| *server == dead)
+                    };
+                    if left.is_none() && !e.lines.values().any(candidate) {
+                        left = Some(acted.elapsed());
+                    }
                     let serving = e.serving();
                     led.iter()
                         .all(|role| serving.get(role.as_str()).is_some_and(|s| *s != dead))
@@ -345,7 +361,10 @@ impl Cluster {
                 },
             )
             .await?;
-        let took = moved.duration_since(acted);
+        let took = Round {
+            moved: moved.duration_since(acted),
+            left: left.unwrap_or_else(|| moved.duration_since(acted)),
+        };
         if graceful {
             let deadline = Instant::now() + SETTLE_WITHIN;
             while self.nodes[index].try_exit_status().is_none() {
@@ -456,25 +475,29 @@ pub async fn run(
     let (mut cluster, _) = Cluster::start(etcd, binary, handover_roles)
         .await
         .context("starting the handover cluster")?;
-    let mut times: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
+    let mut rounds_of: BTreeMap<&str, Vec<Round>> = BTreeMap::new();
     let mut moved = 0;
     for round in 1..=rounds {
         let (killed, led) = cluster.round(false).await?;
-        times.entry("kill9").or_default().push(killed);
         moved = led;
         let (stopped, _) = cluster.round(true).await?;
-        times.entry("graceful").or_default().push(stopped);
         eprintln!(
-            "bench: many-roles round {round}: kill9 {:.1} ms, graceful {:.1} ms",
-            killed.as_secs_f64() * 1000.0,
-            stopped.as_secs_f64() * 1000.0
+            "bench: many-roles round {round}: kill9 {:.1} ms (keys gone at {:.1}), graceful {:.1} ms",
+            killed.moved.as_secs_f64() * 1000.0,
+            killed.left.as_secs_f64() * 1000.0,
+            stopped.moved.as_secs_f64() * 1000.0
         );
+        rounds_of.entry("kill9").or_default().push(killed);
+        rounds_of.entry("graceful").or_default().push(stopped);
     }
     cluster.stop().await?;
-    for (act, times) in times {
+    for (act, rounds) in rounds_of {
+        let moved_after: Vec<Duration> = rounds.iter().map(|r| r.moved).collect();
+        let left_after: Vec<Duration> = rounds.iter().map(|r| r.left).collect();
         println!(
-            "bench: scenario=many-roles-{act} roles={handover_roles} moved={moved} {}",
-            Summary::of(&times)
+            "bench: scenario=many-roles-{act} roles={handover_roles} moved={moved} {} keys_gone_p50_ms={:.1}",
+            Summary::of(&moved_after),
+            Summary::of(&left_after).p50_ms
         );
     }
     Ok(())

@@ -18,16 +18,19 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::etcd::recipe::PrefixChange;
-use crate::etcd::session::SessionInfo;
+use crate::etcd::session::{RoleState, SessionInfo};
 use crate::etcd::{Subscription, group_of};
 use crate::runtime::context::NodeContext;
 use crate::status::{ResignError, Successor};
 use crate::task::OwnedTask;
-use plan::{Elections, Line, Move, Seat};
+use plan::{Departure, Elections, Line, Move, Seat};
 
 /// How long a role the spread moved is left alone: time for the election
 /// to show the move, so the rule does not ask for it twice.
 const REST: Duration = Duration::from_secs(1);
+/// The longest the spread waits, after a node left, for every role to
+/// serve again (see [`Departure`]).
+const TAKEOVER_BOUND: Duration = Duration::from_secs(2);
 
 /// What the spread needs of one of the node's roles.
 pub(crate) trait Movable: Send + Sync {
@@ -113,6 +116,8 @@ pub(crate) struct SpreadState {
     last_move: Option<Instant>,
     /// Whether the rule asked for moves this node has not made yet.
     owed: bool,
+    /// Holds the moves while a node that left is taken over.
+    departure: Departure,
 }
 
 fn lock(mirror: &Mutex<Mirror>) -> MutexGuard<'_, Mirror> {
@@ -129,8 +134,9 @@ impl Spread {
         let session = SessionInfo::decode(kv.key(), kv.value()).ok();
         let seat = Seat {
             server: session.as_ref().map(|s| s.server_id),
-            priority: session.map_or(0, |s| s.priority),
+            priority: session.as_ref().map_or(0, |s| s.priority),
             revision: kv.create_revision(),
+            serving: session.is_some_and(|s| s.state == RoleState::Serving),
         };
         Some((role, seat))
     }
@@ -188,9 +194,14 @@ impl Spread {
             if !mirror.changed && !state.owed {
                 return;
             }
-            mirror.changed = false;
             let lines: Vec<&Line> = mirror.lines.values().collect();
-            plan::moves(&lines, self.context.server_id)
+            if state.departure.holds(&lines, now, TAKEOVER_BOUND) {
+                // Looked at again at the next tick, changed or not.
+                return;
+            }
+            let moves = plan::moves(&lines, self.context.server_id);
+            mirror.changed = false;
+            moves
                 .into_iter()
                 .filter(|next| self.roles.contains_key(next.role()))
                 .collect()
@@ -258,6 +269,7 @@ impl Actor for Spread {
             resting: BTreeMap::new(),
             last_move: None,
             owed: false,
+            departure: Departure::default(),
         })
     }
 

@@ -13,12 +13,17 @@
 //!    lines, making the node behind it heir. A node that dies, or leaves,
 //!    then hands its roles to every survivor, not to one.
 //!
+//! While a node that left is being taken over, the rule waits: its roles
+//! land on their heirs first (see [`Departure`]), and only then do the
+//! leaders even out.
+//!
 //! A role whose candidates differ in `leaderPriority` is left alone: the
 //! preferred leader wins over the spread. So is a role with a candidate
 //! that is not a standin node (an `etcdctl elect`), which would not make
 //! way for a transfer.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 /// One candidate in a role's election, as its key and value show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,8 @@ pub(crate) struct Seat {
     pub priority: i32,
     /// The key's create revision: its place in line.
     pub revision: i64,
+    /// Whether the candidate published that it serves.
+    pub serving: bool,
 }
 
 /// A role's election that takes part in the spread: the servers in line,
@@ -39,6 +46,8 @@ pub(crate) struct Line {
     pub role: String,
     /// Server IDs, oldest candidate (the leader) first.
     pub servers: Vec<i64>,
+    /// Whether the leader published that it serves.
+    pub serving: bool,
 }
 
 /// What one node does for the spread.
@@ -91,7 +100,48 @@ pub(crate) fn line(role: &str, seats: &BTreeMap<Vec<u8>, Seat>) -> Option<Line> 
     distinct.then(|| Line {
         role: role.to_owned(),
         servers,
+        serving: seats[0].serving,
     })
+}
+
+/// Holds the spread while the roles of a node that left are taken over.
+///
+/// A node that dies or leaves hands each of its roles to the heir, and
+/// the heirs are spread; only the rounding is left for the rule. Moves
+/// made meanwhile would hand over roles that have just been taken over,
+/// from counts that are still changing, adding handovers to the wave.
+/// So once a server is gone from every line, the spread waits until every
+/// leader serves again, at most `bound`: a leader that never serves does
+/// not hold it for good.
+#[derive(Debug, Default)]
+pub(crate) struct Departure {
+    /// The servers in the lines at the last look.
+    servers: BTreeSet<i64>,
+    /// When a server was last seen gone, while its roles are taken over.
+    since: Option<Instant>,
+}
+
+impl Departure {
+    /// Whether the spread waits, at `now`, with the lines as they are.
+    pub(crate) fn holds(&mut self, lines: &[&Line], now: Instant, bound: Duration) -> bool {
+        let servers: BTreeSet<i64> = lines
+            .iter()
+            .flat_map(|line| line.servers.iter().copied())
+            .collect();
+        if self.servers.difference(&servers).next().is_some() {
+            self.since = Some(now);
+        }
+        self.servers = servers;
+        let Some(since) = self.since else {
+            return false;
+        };
+        let taking_over = lines.iter().any(|line| !line.serving);
+        if taking_over && now < since + bound {
+            return true;
+        }
+        self.since = None;
+        false
+    }
 }
 
 /// The moves server `me` makes: transfers while leadership is uneven,
@@ -231,6 +281,7 @@ mod tests {
         Line {
             role: role.into(),
             servers: servers.to_vec(),
+            serving: true,
         }
     }
 
@@ -401,6 +452,7 @@ mod tests {
                 server,
                 priority,
                 revision,
+                serving: true,
             };
             (revision.to_be_bytes().to_vec(), seat)
         };
@@ -439,5 +491,32 @@ mod tests {
             counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
             "the 75 roles of server 4 went to {before:?}, leaving {counts:?}"
         );
+    }
+
+    #[test]
+    fn after_a_departure_the_spread_waits_until_every_leader_serves_at_most_the_bound() {
+        let bound = Duration::from_secs(2);
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut departure = Departure::default();
+        let all = vec![line("a", &[1, 2, 3]), line("b", &[3, 1, 2])];
+        assert!(!departure.holds(&refs(&all), at(0), bound));
+        // A leader not serving yet, with nobody gone: a transfer, not a wave.
+        let mut moving = all.clone();
+        moving[0].serving = false;
+        assert!(!departure.holds(&refs(&moving), at(10), bound));
+        // Server 3 leaves: b's heir takes over, and the spread waits for it.
+        let mut taking_over = vec![line("a", &[1, 2]), line("b", &[1, 2])];
+        taking_over[1].serving = false;
+        assert!(departure.holds(&refs(&taking_over), at(20), bound));
+        assert!(departure.holds(&refs(&taking_over), at(500), bound));
+        let settled = vec![line("a", &[1, 2]), line("b", &[1, 2])];
+        assert!(!departure.holds(&refs(&settled), at(600), bound));
+        // Held no longer than the bound by a leader that does not serve.
+        let mut stuck = vec![line("a", &[1])];
+        stuck[0].serving = false;
+        assert!(departure.holds(&refs(&stuck), at(700), bound));
+        assert!(!departure.holds(&refs(&stuck), at(2800), bound));
+        assert!(!departure.holds(&refs(&stuck), at(2900), bound));
     }
 }
