@@ -66,7 +66,7 @@
 //!    ├─ RoleEndpoint         the role as an actor (RoleHandle::actor), spawned when first asked for
 //!    └─ Election             the role's key on the session's lease: campaigns, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps your Coordinator from a win to its deactivation: Activating -> Serving
-//!       └─ ReloadActor       keeps {root}/meta/{role}/ warm while standby; on a win, catches it up before it serves
+//!       └─ ReloadActor       keeps {root}/meta/{role}/ warm while standby; on a win, catches it up before it serves (a task with a mailbox)
 //! ```
 //!
 //! [`Node::start_linked`] puts the role supervisors under an actor of yours.

@@ -148,8 +148,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A node logs what it does; a one-shot command's output is its answer,
     // and its failure one line, so its retries stay quiet unless RUST_LOG asks.
+    // ractor's per-actor `Actor` span is at info: kept open for each actor's
+    // life, it costs a node of a thousand roles a few megabytes and adds
+    // nothing the role fields in our events do not say.
     let default_filter = match cli.command {
-        Command::Run { .. } => "info",
+        Command::Run { .. } => "info,ractor=warn",
         _ => "error",
     };
     init_logging(default_filter, cli.log_format);

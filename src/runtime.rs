@@ -9,12 +9,14 @@
 //!    ├─ RoleEndpoint         takes the role's requests as messages
 //!    └─ Election             the role's key on the session's lease, campaigns, owns the serving Term, decides (a pure state machine)
 //!       ├─ CoordinatorActor  wraps the user's coordinator from a win to its deactivation: Activating -> Serving
-//!       └─ ReloadActor       loads {root}/meta/{role}/ at the won revision, in pages
+//!       └─ ReloadActor       keeps {root}/meta/{role}/ warm; on a win, catches it up (a task with a mailbox)
 //! ```
 //!
-//! The election actor links the other two (`spawn_linked`), so a crash of
-//! either reaches it as a `SupervisionEvent` and its decisions stay in one
-//! place: [`election::machine`], a state machine without I/O.
+//! The election actor links the coordinator actor (`spawn_linked`), so its
+//! crash reaches the election as a `SupervisionEvent`; the reload actor's
+//! failure reaches it as `ElectionMsg::ReloadFailed`. Either way the
+//! decisions stay in one place: [`election::machine`], a state machine
+//! without I/O.
 //!
 //! # Memory
 //!
@@ -25,10 +27,13 @@
 //! the per-role actors box their work: the loop keeps a pointer, and the
 //! large state (etcd calls, activation) lives only while a message is
 //! handled. The long-lived tasks box their etcd calls for the same reason.
-//! An actor costs about 6 KB even idle (ractor's two mailbox channels and
-//! its task), so a standby role has no coordinator actor: the election
-//! spawns it at a win and stops it once the term is deactivated, and a
-//! request in between is answered from the role's status. The node reads
+//! An actor costs about 6 KB even idle (ractor's two mailbox channels, each
+//! allocating room for 32 messages up front, and its task), so a standby
+//! role has no coordinator actor: the election spawns it at a win and stops
+//! it once the term is deactivated, and a request in between is answered
+//! from the role's status. The reload actor, which every standby needs for
+//! its warm copy, runs on a plain task with a mailbox of boxed messages
+//! (about 1.5 KB). The node reads
 //! its warm copies a few at a time (`reload.concurrentLoads`), so a start
 //! of a thousand roles does not hold a thousand reads' buffers at once.
 

@@ -31,7 +31,7 @@ use crate::etcd::session::RoleState;
 use crate::fence::{Epoch, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
-use crate::runtime::reload::{CatchUp, ReloadActor, ReloadMsg};
+use crate::runtime::reload::{CatchUp, ReloadActor, ReloadHandle, ReloadMsg};
 use crate::runtime::session::SessionMsg;
 use crate::runtime::term::Term;
 use crate::status::{ResignError, StepDownReason, Successor, TransferTarget};
@@ -156,6 +156,13 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         /// The decoded metadata, or why there is none.
         result: Result<C::Meta, String>,
     },
+    /// The reload actor started `start`th failed (an error or a panic).
+    ReloadFailed {
+        /// Which start of the reload actor.
+        start: u64,
+        /// Why.
+        reason: String,
+    },
     /// Time to start a new reload actor after a crash.
     RestartReload,
     /// The coordinator serves for `revision`.
@@ -203,7 +210,9 @@ enum Tag {
 pub(crate) struct ElectionState<C: Coordinator> {
     machine: ElectionMachine,
     coordinator: Option<ActorRef<CoordinatorMsg<C>>>,
-    reload: Option<ActorRef<ReloadMsg<C>>>,
+    reload: Option<ReloadHandle<C>>,
+    /// Counts the reload actors started, so a failure is matched to its actor.
+    reload_starts: u64,
     reload_generation: u64,
     reload_restarts: Backoff,
     candidacy: Option<Candidacy>,
@@ -462,7 +471,7 @@ impl<C: Coordinator> Election<C> {
                 // The copy stays warm for the next term: only the catch-up goes.
                 state.reload_generation += 1;
                 if let Some(reload) = &state.reload {
-                    let _ = reload.send_message(ReloadMsg::Cancel);
+                    reload.send_message(ReloadMsg::Cancel);
                 }
                 state.meta = None;
             }
@@ -708,10 +717,10 @@ impl<C: Coordinator> Election<C> {
             let _ = coordinator.send_message(CoordinatorMsg::Elected { term: term.clone() });
         }
         if state.reload.is_none() {
-            self.spawn_reload(myself, state).await?;
+            self.spawn_reload(myself, state);
         }
         if let Some(reload) = &state.reload {
-            let _ = reload.send_message(ReloadMsg::CatchUp(Box::new(job)));
+            reload.send_message(ReloadMsg::CatchUp(Box::new(job)));
         }
         Ok(())
     }
@@ -726,20 +735,18 @@ impl<C: Coordinator> Election<C> {
     }
 
     /// Starts the role's reload actor, which keeps the metadata warm from now on.
-    async fn spawn_reload(
-        &self,
-        myself: &ActorRef<ElectionMsg<C>>,
-        state: &mut ElectionState<C>,
-    ) -> Result<(), ActorProcessingErr> {
+    fn spawn_reload(&self, myself: &ActorRef<ElectionMsg<C>>, state: &mut ElectionState<C>) {
         let actor = ReloadActor::new(
             self.role.clone(),
             self.coordinator.clone(),
             &self.context,
             &self.shared,
         );
-        let (reload, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
-        state.reload = Some(reload);
-        Ok(())
+        state.reload_starts += 1;
+        let (start, election) = (state.reload_starts, myself.clone());
+        state.reload = Some(actor.start(move |reason| {
+            let _ = election.send_message(ElectionMsg::ReloadFailed { start, reason });
+        }));
     }
 
     /// Hands the metadata and a store fenced to the term to the coordinator,
@@ -1069,6 +1076,7 @@ impl<C: Coordinator> Actor for Election<C> {
             machine: ElectionMachine::new(self.timings()),
             coordinator: None,
             reload: None,
+            reload_starts: 0,
             reload_generation: 0,
             reload_restarts: Backoff::new(self.context.config.coordinator.restart_backoff.clone()),
             candidacy: None,
@@ -1096,7 +1104,7 @@ impl<C: Coordinator> Actor for Election<C> {
         // No coordinator actor until a win: a standby answers from its
         // status (`RoleShared::forward`), and a node of a thousand standby
         // roles holds a thousand fewer actors.
-        self.spawn_reload(&myself, &mut state).await?;
+        self.spawn_reload(&myself, &mut state);
         // The status only reaches the metrics when it changes: say where it starts.
         telemetry::set_role_state(&self.role, RoleState::Standby);
         Ok(state)
@@ -1211,9 +1219,24 @@ impl<C: Coordinator> Actor for Election<C> {
                         }
                     }
                 }
+                ElectionMsg::ReloadFailed { start, reason } => {
+                    if start != state.reload_starts || state.reload.is_none() {
+                        return Ok(());
+                    }
+                    // The warm copy is gone with the actor: a new one reads it
+                    // again, after a backoff in case the crash repeats.
+                    state.reload = None;
+                    tracing::error!(role = self.role, "reload failed: {reason}");
+                    let after = state.reload_restarts.next_delay();
+                    myself.send_after(after, || ElectionMsg::RestartReload);
+                    if !matches!(state.machine.phase(), Phase::Reloading { .. }) {
+                        return Ok(());
+                    }
+                    Event::ReloadFailed
+                }
                 ElectionMsg::RestartReload => {
                     if state.machine.phase() != Phase::Stopped && state.reload.is_none() {
-                        self.spawn_reload(&myself, state).await?;
+                        self.spawn_reload(&myself, state);
                         tracing::info!(role = self.role, "reload actor restarted");
                     }
                     return Ok(());
@@ -1386,17 +1409,6 @@ impl<C: Coordinator> Actor for Election<C> {
                 tracing::error!(role = self.role, "coordinator failed: {reason}");
                 self.apply(&myself, state, Event::CoordinatorCrashed)
                     .await?;
-            } else if state.reload.as_ref().is_some_and(|r| r.get_id() == id) {
-                // The warm copy is gone with the actor: a new one reads it
-                // again, after a backoff in case the crash repeats.
-                state.reload = None;
-                let reason = reason.unwrap_or_else(|| "stopped".into());
-                tracing::error!(role = self.role, "reload failed: {reason}");
-                let after = state.reload_restarts.next_delay();
-                myself.send_after(after, || ElectionMsg::RestartReload);
-                if matches!(state.machine.phase(), Phase::Reloading { .. }) {
-                    self.apply(&myself, state, Event::ReloadFailed).await?;
-                }
             }
             Ok(())
         })

@@ -17,8 +17,7 @@ pub(crate) mod read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::config::ReloadConfig;
@@ -80,7 +79,11 @@ pub(crate) enum ReloadError {
     },
 }
 
-/// The reload actor of one role on one node.
+/// The reload actor of one role on one node. It runs on a plain task with
+/// its own mailbox, not as a ractor actor: ractor's ports cost about 6 KB
+/// an actor, and every standby role keeps its reload actor. It is handled
+/// like a linked child all the same: [`start`](Self::start) reports its
+/// failure to the election, and dropping its handle stops it.
 pub(crate) struct ReloadActor<C: Coordinator> {
     coordinator: Arc<C>,
     /// The node's client, control writes (the catch-up marker goes with the
@@ -241,23 +244,18 @@ impl<C: Coordinator> ReloadActor<C> {
     /// Spawns `future` as a task of this actor: aborted when dropped, and a
     /// panic in it fails the actor.
     fn spawn(
-        myself: &ActorRef<ReloadMsg<C>>,
+        myself: &Mailbox<C>,
         task: &'static str,
         future: impl Future<Output = ()> + Send + 'static,
     ) -> OwnedTask {
         let report = myself.clone();
         OwnedTask::spawn_reported(future, move |reason| {
-            let _ = report.send_message(ReloadMsg::TaskFailed { task, reason });
+            report.send_message(ReloadMsg::TaskFailed { task, reason });
         })
     }
 
     /// Starts a full read of a new copy, dropping the old one.
-    fn start_load(
-        &self,
-        myself: &ActorRef<ReloadMsg<C>>,
-        state: &mut ReloadState<C>,
-        why: &'static str,
-    ) {
+    fn start_load(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, why: &'static str) {
         state.generation += 1;
         if let Some(old) = state.copy.take() {
             // Freeing a large copy takes milliseconds: not on a runtime worker.
@@ -285,7 +283,7 @@ impl<C: Coordinator> ReloadActor<C> {
                 drop(permit);
                 match read {
                     Ok(snapshot) => {
-                        let _ = reply.send_message(ReloadMsg::Loaded {
+                        reply.send_message(ReloadMsg::Loaded {
                             generation,
                             snapshot,
                         });
@@ -305,12 +303,7 @@ impl<C: Coordinator> ReloadActor<C> {
         state.loader = Some(Self::spawn(myself, "reading the metadata", load));
     }
 
-    fn loaded(
-        &self,
-        myself: &ActorRef<ReloadMsg<C>>,
-        state: &mut ReloadState<C>,
-        snapshot: Snapshot,
-    ) {
+    fn loaded(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, snapshot: Snapshot) {
         state.loader = None;
         let revision = snapshot.revision;
         tracing::info!(
@@ -332,24 +325,17 @@ impl<C: Coordinator> ReloadActor<C> {
             self.context.config.etcd.retry.clone(),
             state.wake.clone(),
             move |followed| {
-                reply
-                    .send_message(ReloadMsg::Followed {
-                        generation,
-                        followed,
-                    })
-                    .is_ok()
+                reply.send_message(ReloadMsg::Followed {
+                    generation,
+                    followed,
+                })
             },
         );
         state.follower = Some(Self::spawn(myself, "following the metadata", follow));
         self.start_background_decode(myself, state);
     }
 
-    fn followed(
-        &self,
-        myself: &ActorRef<ReloadMsg<C>>,
-        state: &mut ReloadState<C>,
-        followed: Followed,
-    ) {
+    fn followed(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, followed: Followed) {
         let Some(copy) = &mut state.copy else { return };
         match followed {
             Followed::Changed { revision, changes } => {
@@ -380,7 +366,7 @@ impl<C: Coordinator> ReloadActor<C> {
 
     /// Decodes the copy off the runtime, for a coordinator that keeps its
     /// decoded metadata current by itself.
-    fn start_background_decode(&self, myself: &ActorRef<ReloadMsg<C>>, state: &mut ReloadState<C>) {
+    fn start_background_decode(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>) {
         if !C::INCREMENTAL {
             return;
         }
@@ -395,7 +381,7 @@ impl<C: Coordinator> ReloadActor<C> {
             decode_off_runtime(coordinator, lent, Some(self.give_back(myself, generation)));
         let decode = async move {
             let result = decoding.await;
-            let _ = reply.send_message(ReloadMsg::Decoded {
+            reply.send_message(ReloadMsg::Decoded {
                 generation,
                 revision,
                 result,
@@ -424,12 +410,7 @@ impl<C: Coordinator> ReloadActor<C> {
         }
     }
 
-    fn start_catch_up(
-        &self,
-        myself: &ActorRef<ReloadMsg<C>>,
-        state: &mut ReloadState<C>,
-        job: CatchUp<C>,
-    ) {
+    fn start_catch_up(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, job: CatchUp<C>) {
         self.faults.catch_up_started();
         // etcd has just answered the win: a read or watch waiting out its
         // backoff (after a cut link) tries again now, not seconds later.
@@ -439,14 +420,14 @@ impl<C: Coordinator> ReloadActor<C> {
         let (timeout, reply) = (self.config().timeout, myself.clone());
         let timer = OwnedTask::spawn(async move {
             tokio::time::sleep(timeout).await;
-            let _ = reply.send_message(ReloadMsg::Expired { id });
+            reply.send_message(ReloadMsg::Expired { id });
         });
         let reply = myself.clone();
         let task = if self.config().warm {
             let (store, context) = (job.store, self.context.clone());
             let mark = async move {
                 let result = store.write_marker(&context.writes).await;
-                let _ = reply.send_message(ReloadMsg::Marked { id, result });
+                reply.send_message(ReloadMsg::Marked { id, result });
             };
             Self::spawn(myself, "writing the catch-up marker", mark)
         } else {
@@ -466,7 +447,7 @@ impl<C: Coordinator> ReloadActor<C> {
                         }
                         Err(error) => (0, Err(error)),
                     };
-                let _ = reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
+                reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
             };
             Self::spawn(myself, "reading the metadata", read)
         };
@@ -482,7 +463,7 @@ impl<C: Coordinator> ReloadActor<C> {
     }
 
     /// Hands the metadata over once the copy has reached the marker.
-    fn check_catch_up(&self, myself: &ActorRef<ReloadMsg<C>>, state: &mut ReloadState<C>) {
+    fn check_catch_up(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>) {
         let (Some(pending), Some(copy)) = (&mut state.catch_up, &mut state.copy) else {
             return;
         };
@@ -512,7 +493,7 @@ impl<C: Coordinator> ReloadActor<C> {
             let result = decoding
                 .await
                 .map_err(|error| decode_failed(&prefix, error));
-            let _ = reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
+            reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
         };
         pending.task = Some(Self::spawn(myself, "decoding the metadata", decode));
     }
@@ -564,14 +545,10 @@ impl<C: Coordinator> ReloadActor<C> {
     }
 
     /// Hands lent entries back to the copy of `generation`.
-    fn give_back(
-        &self,
-        myself: &ActorRef<ReloadMsg<C>>,
-        generation: u64,
-    ) -> Box<dyn FnOnce(Snapshot) + Send> {
+    fn give_back(&self, myself: &Mailbox<C>, generation: u64) -> Box<dyn FnOnce(Snapshot) + Send> {
         let reply = myself.clone();
         Box::new(move |snapshot| {
-            let _ = reply.send_message(ReloadMsg::Returned {
+            reply.send_message(ReloadMsg::Returned {
                 generation,
                 snapshot,
             });
@@ -633,128 +610,171 @@ fn decode_failed(prefix: &str, error: BoxError) -> ReloadError {
     }
 }
 
-impl<C: Coordinator> Actor for ReloadActor<C> {
-    type Msg = ReloadMsg<C>;
-    type State = ReloadState<C>;
-    type Arguments = ();
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        _args: (),
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ReloadState {
-            generation: 0,
-            copy: None,
-            loader: None,
-            follower: None,
-            decoder: None,
-            catch_up: None,
-            catch_ups: 0,
-            wake: Arc::new(Notify::new()),
-        })
-    }
-
-    async fn post_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if self.config().warm {
-            self.start_load(&myself, state, "start");
-        }
-        Ok(())
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // Boxed: see "Memory" in runtime.rs.
-        Box::pin(async move {
-            match message {
-                ReloadMsg::CatchUp(job) => self.start_catch_up(&myself, state, *job),
-                ReloadMsg::Cancel => {
-                    state.catch_up = None;
-                    // Back in standby: decoded metadata for the next win (the
-                    // last went to the activation). Not at the handover, where
-                    // it would take a core from the activation.
-                    self.start_background_decode(&myself, state);
-                }
-                ReloadMsg::Loaded {
-                    generation,
-                    snapshot,
-                } => {
-                    if generation == state.generation {
-                        self.loaded(&myself, state, snapshot);
-                    }
-                }
-                ReloadMsg::Followed {
-                    generation,
-                    followed,
-                } => {
-                    if generation == state.generation {
-                        self.followed(&myself, state, followed);
-                    }
-                }
-                ReloadMsg::Returned {
-                    generation,
-                    snapshot,
-                } => {
-                    if let Some(copy) = state
-                        .copy
-                        .as_mut()
-                        .filter(|_| generation == state.generation)
-                    {
-                        copy.give_back(snapshot);
-                        self.publish(Some(copy));
-                    }
-                }
-                ReloadMsg::Decoded {
-                    generation,
-                    revision,
-                    result,
-                } => {
-                    if generation == state.generation {
-                        self.decoded(state, revision, result);
-                    }
-                }
-                ReloadMsg::Marked { id, result } => match result {
-                    Ok(revision) => {
-                        if let Some(pending) = state.catch_up.as_mut().filter(|p| p.id == id) {
-                            pending.target = Some(revision);
-                            pending.task = None;
-                        }
-                    }
-                    Err(source) => {
-                        let prefix = self.prefix.clone();
-                        self.finish_if(
-                            state,
-                            id,
-                            0,
-                            Err(ReloadError::MarkerFailed { prefix, source }),
-                        );
-                    }
-                },
-                ReloadMsg::CaughtUp { id, keys, result } => self.finish_if(state, id, keys, result),
-                ReloadMsg::Expired { id } => {
-                    let timed_out = ReloadError::TimedOut {
-                        prefix: self.prefix.clone(),
-                        timeout: self.config().timeout,
-                    };
-                    self.finish_if(state, id, 0, Err(timed_out));
-                }
-                ReloadMsg::TaskFailed { task, reason } => {
-                    return Err(
-                        format!("{} reload task failed ({task}): {reason}", self.role).into(),
-                    );
+impl<C: Coordinator> ReloadActor<C> {
+    /// Starts the actor on its own task: it begins its warm copy, then
+    /// handles its messages one at a time until its handle is dropped.
+    /// `failed` hears why, if it fails (an error or a panic, its own or a
+    /// task's): the election decides what follows, as for a linked actor.
+    pub(crate) fn start(self, failed: impl FnOnce(String) + Send + 'static) -> ReloadHandle<C> {
+        let (sender, mut inbox) = mpsc::unbounded_channel();
+        let address = Mailbox(sender);
+        let myself = address.clone();
+        let failed = Arc::new(std::sync::Mutex::new(Some(failed)));
+        let on_panic = failed.clone();
+        let run = async move {
+            let mut state = ReloadState {
+                generation: 0,
+                copy: None,
+                loader: None,
+                follower: None,
+                decoder: None,
+                catch_up: None,
+                catch_ups: 0,
+                wake: Arc::new(Notify::new()),
+            };
+            if self.config().warm {
+                self.start_load(&myself, &mut state, "start");
+            }
+            while let Some(message) = inbox.recv().await {
+                if let Err(reason) = self.handle(&myself, *message, &mut state) {
+                    report_failure(&failed, reason);
+                    return;
                 }
             }
-            self.check_catch_up(&myself, state);
-            Ok(())
-        })
-        .await
+        };
+        let task = OwnedTask::spawn_reported(run, move |reason| report_failure(&on_panic, reason));
+        ReloadHandle {
+            address,
+            _task: task,
+        }
+    }
+
+    /// Handles one message; an error ends the actor.
+    fn handle(
+        &self,
+        myself: &Mailbox<C>,
+        message: ReloadMsg<C>,
+        state: &mut ReloadState<C>,
+    ) -> Result<(), String> {
+        match message {
+            ReloadMsg::CatchUp(job) => self.start_catch_up(myself, state, *job),
+            ReloadMsg::Cancel => {
+                state.catch_up = None;
+                // Back in standby: decoded metadata for the next win (the
+                // last went to the activation). Not at the handover, where
+                // it would take a core from the activation.
+                self.start_background_decode(myself, state);
+            }
+            ReloadMsg::Loaded {
+                generation,
+                snapshot,
+            } => {
+                if generation == state.generation {
+                    self.loaded(myself, state, snapshot);
+                }
+            }
+            ReloadMsg::Followed {
+                generation,
+                followed,
+            } => {
+                if generation == state.generation {
+                    self.followed(myself, state, followed);
+                }
+            }
+            ReloadMsg::Returned {
+                generation,
+                snapshot,
+            } => {
+                if let Some(copy) = state
+                    .copy
+                    .as_mut()
+                    .filter(|_| generation == state.generation)
+                {
+                    copy.give_back(snapshot);
+                    self.publish(Some(copy));
+                }
+            }
+            ReloadMsg::Decoded {
+                generation,
+                revision,
+                result,
+            } => {
+                if generation == state.generation {
+                    self.decoded(state, revision, result);
+                }
+            }
+            ReloadMsg::Marked { id, result } => match result {
+                Ok(revision) => {
+                    if let Some(pending) = state.catch_up.as_mut().filter(|p| p.id == id) {
+                        pending.target = Some(revision);
+                        pending.task = None;
+                    }
+                }
+                Err(source) => {
+                    let prefix = self.prefix.clone();
+                    self.finish_if(
+                        state,
+                        id,
+                        0,
+                        Err(ReloadError::MarkerFailed { prefix, source }),
+                    );
+                }
+            },
+            ReloadMsg::CaughtUp { id, keys, result } => self.finish_if(state, id, keys, result),
+            ReloadMsg::Expired { id } => {
+                let timed_out = ReloadError::TimedOut {
+                    prefix: self.prefix.clone(),
+                    timeout: self.config().timeout,
+                };
+                self.finish_if(state, id, 0, Err(timed_out));
+            }
+            ReloadMsg::TaskFailed { task, reason } => {
+                return Err(format!(
+                    "{} reload task failed ({task}): {reason}",
+                    self.role
+                ));
+            }
+        }
+        self.check_catch_up(myself, state);
+        Ok(())
+    }
+}
+
+/// Hands `reason` to whoever waits for the actor's failure, once.
+fn report_failure(failed: &std::sync::Mutex<Option<impl FnOnce(String)>>, reason: String) {
+    let taken = failed.lock().map(|mut slot| slot.take());
+    if let Ok(Some(failed)) = taken {
+        failed(reason);
+    }
+}
+
+/// Where a reload actor's messages go: boxed, because the channel
+/// allocates room for 32 of them up front, and a node has thousands.
+pub(crate) struct Mailbox<C: Coordinator>(mpsc::UnboundedSender<Box<ReloadMsg<C>>>);
+
+impl<C: Coordinator> Clone for Mailbox<C> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<C: Coordinator> Mailbox<C> {
+    /// Queues `message`; false once the actor has stopped.
+    pub(crate) fn send_message(&self, message: ReloadMsg<C>) -> bool {
+        self.0.send(Box::new(message)).is_ok()
+    }
+}
+
+/// A running reload actor: its mailbox, and its task, which stops (the
+/// catch-up in progress with it) when this is dropped.
+pub(crate) struct ReloadHandle<C: Coordinator> {
+    address: Mailbox<C>,
+    _task: OwnedTask,
+}
+
+impl<C: Coordinator> ReloadHandle<C> {
+    /// Queues `message` for the actor.
+    pub(crate) fn send_message(&self, message: ReloadMsg<C>) {
+        self.address.send_message(message);
     }
 }
