@@ -614,12 +614,12 @@ impl<C: Coordinator> ReloadActor<C> {
     /// Starts the actor on its own task: it begins its warm copy, then
     /// handles its messages one at a time until its handle is dropped.
     /// `failed` hears why, if it fails (an error or a panic, its own or a
-    /// task's): the election decides what follows, as for a linked actor.
-    pub(crate) fn start(self, failed: impl FnOnce(String) + Send + 'static) -> ReloadHandle<C> {
+    /// task's; the one ends the actor before the other can happen): the
+    /// election decides what follows, as for a linked actor.
+    pub(crate) fn start(self, failed: impl Fn(String) + Clone + Send + 'static) -> ReloadHandle<C> {
         let (sender, mut inbox) = mpsc::unbounded_channel();
         let address = Mailbox(sender);
         let myself = address.clone();
-        let failed = Arc::new(std::sync::Mutex::new(Some(failed)));
         let on_panic = failed.clone();
         let run = async move {
             let mut state = ReloadState {
@@ -637,12 +637,12 @@ impl<C: Coordinator> ReloadActor<C> {
             }
             while let Some(message) = inbox.recv().await {
                 if let Err(reason) = self.handle(&myself, *message, &mut state) {
-                    report_failure(&failed, reason);
+                    failed(reason);
                     return;
                 }
             }
         };
-        let task = OwnedTask::spawn_reported(run, move |reason| report_failure(&on_panic, reason));
+        let task = OwnedTask::spawn_reported(run, on_panic);
         ReloadHandle {
             address,
             _task: task,
@@ -737,14 +737,6 @@ impl<C: Coordinator> ReloadActor<C> {
         }
         self.check_catch_up(myself, state);
         Ok(())
-    }
-}
-
-/// Hands `reason` to whoever waits for the actor's failure, once.
-fn report_failure(failed: &std::sync::Mutex<Option<impl FnOnce(String)>>, reason: String) {
-    let taken = failed.lock().map(|mut slot| slot.take());
-    if let Ok(Some(failed)) = taken {
-        failed(reason);
     }
 }
 
