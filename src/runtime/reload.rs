@@ -574,17 +574,23 @@ impl<C: Coordinator> ReloadActor<C> {
     }
 }
 
+/// Snapshots of at most this many entries are decoded on the runtime, at
+/// once: a blocking thread costs more than their decode, and a takeover
+/// wave of hundreds of small roles would start hundreds of threads at once.
+const DECODE_ON_RUNTIME_ENTRIES: usize = 64;
+
 /// Runs the coordinator's `decode` on a blocking thread: a large snapshot
-/// must not hold up the runtime's workers. With `give_back`, decodes a
-/// clone made there and hands the original to it. The thread starts now,
-/// not when the future is first polled: lent entries go back even if the
-/// future is dropped (a catch-up cancelled meanwhile). A panic in `decode`
-/// panics the future.
+/// must not hold up the runtime's workers (a small one is decoded at once,
+/// here). With `give_back`, decodes a clone and hands the original to it.
+/// The decode starts now, not when the future is first polled: lent
+/// entries go back even if the future is dropped (a catch-up cancelled
+/// meanwhile). A panic in `decode` panics the future.
 fn decode_off_runtime<C: Coordinator>(
     coordinator: Arc<C>,
     snapshot: Snapshot,
     give_back: Option<Box<dyn FnOnce(Snapshot) + Send>>,
 ) -> impl Future<Output = Result<C::Meta, BoxError>> + Send {
+    let small = snapshot.entries.len() <= DECODE_ON_RUNTIME_ENTRIES;
     let decode = move || match give_back {
         Some(give_back) => {
             let clone = snapshot.clone();
@@ -593,14 +599,32 @@ fn decode_off_runtime<C: Coordinator>(
         }
         None => coordinator.decode(snapshot),
     };
-    let decoding = tokio::task::spawn_blocking(decode);
+    let decoding = if small {
+        Decoding::Done(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            decode,
+        )))
+    } else {
+        Decoding::OnThread(tokio::task::spawn_blocking(decode))
+    };
     async move {
-        match decoding.await {
-            Ok(result) => result,
-            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-            Err(join) => Err(join.into()),
+        match decoding {
+            Decoding::Done(Ok(result)) => result,
+            Decoding::Done(Err(panic)) => std::panic::resume_unwind(panic),
+            Decoding::OnThread(thread) => match thread.await {
+                Ok(result) => result,
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(join) => Err(join.into()),
+            },
         }
     }
+}
+
+/// A decode under way on a blocking thread, or already done.
+enum Decoding<M> {
+    /// Decoded at once; a panic is kept to be raised in the future.
+    Done(std::thread::Result<Result<M, BoxError>>),
+    /// On a blocking thread.
+    OnThread(tokio::task::JoinHandle<Result<M, BoxError>>),
 }
 
 fn decode_failed(prefix: &str, error: BoxError) -> ReloadError {
@@ -768,5 +792,124 @@ impl<C: Coordinator> ReloadHandle<C> {
     /// Queues `message` for the actor.
     pub(crate) fn send_message(&self, message: ReloadMsg<C>) {
         self.address.send_message(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::fence::Epoch;
+
+    /// Decodes to the number of entries; panics on an entry named `panic`,
+    /// fails on one named `bad`, and says on which thread it ran.
+    struct Counted {
+        threads: Arc<Mutex<Vec<std::thread::ThreadId>>>,
+    }
+
+    impl Coordinator for Counted {
+        type Meta = usize;
+        type Serving = ();
+        type Request = ();
+        type Response = ();
+
+        fn decode(&self, snapshot: Snapshot) -> Result<usize, BoxError> {
+            self.threads
+                .lock()
+                .expect("threads")
+                .push(std::thread::current().id());
+            assert!(!snapshot.entries.contains_key("panic"), "decode panicked");
+            if snapshot.entries.contains_key("bad") {
+                return Err("a bad entry".into());
+            }
+            Ok(snapshot.entries.len())
+        }
+
+        async fn activate(&self, _: Epoch, _: usize, _: FencedStore) -> Result<(), BoxError> {
+            Ok(())
+        }
+
+        async fn handle(&self, _: &mut (), _: ()) {}
+    }
+
+    fn snapshot(entries: usize, special: Option<&str>) -> Snapshot {
+        let mut snapshot = Snapshot {
+            revision: 7,
+            entries: (0..entries)
+                .map(|i| (format!("k{i:06}"), vec![1]))
+                .collect(),
+        };
+        if let Some(special) = special {
+            snapshot.entries.insert(special.to_owned(), vec![]);
+        }
+        snapshot
+    }
+
+    /// Decodes `snapshot`, lending it: what came of it, what was given back,
+    /// and whether the decode ran on the calling thread.
+    async fn decode(
+        snapshot: Snapshot,
+    ) -> (
+        std::thread::Result<Result<usize, BoxError>>,
+        Option<Snapshot>,
+        bool,
+    ) {
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let coordinator = Arc::new(Counted {
+            threads: threads.clone(),
+        });
+        let returned = Arc::new(Mutex::new(None));
+        let keep = returned.clone();
+        let give_back: Box<dyn FnOnce(Snapshot) + Send> =
+            Box::new(move |snapshot| *keep.lock().expect("returned") = Some(snapshot));
+        let outcome = std::panic::AssertUnwindSafe(decode_off_runtime(
+            coordinator,
+            snapshot,
+            Some(give_back),
+        ))
+        .catch_unwind()
+        .await;
+        let here = threads.lock().expect("threads").first() == Some(&std::thread::current().id());
+        let returned = returned.lock().expect("returned").take();
+        (outcome, returned, here)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_small_snapshot_is_decoded_at_once_and_a_large_one_on_a_blocking_thread() {
+        let (outcome, returned, here) = decode(snapshot(DECODE_ON_RUNTIME_ENTRIES, None)).await;
+        assert_eq!(
+            outcome.expect("no panic").expect("decoded"),
+            DECODE_ON_RUNTIME_ENTRIES
+        );
+        assert_eq!(
+            returned.map(|s| s.entries.len()),
+            Some(DECODE_ON_RUNTIME_ENTRIES)
+        );
+        assert!(here, "a small snapshot went to a blocking thread");
+
+        let large = DECODE_ON_RUNTIME_ENTRIES + 1;
+        let (outcome, returned, here) = decode(snapshot(large, None)).await;
+        assert_eq!(outcome.expect("no panic").expect("decoded"), large);
+        assert_eq!(returned.map(|s| s.entries.len()), Some(large));
+        assert!(!here, "a large snapshot was decoded on the runtime");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_decode_error_or_panic_reaches_the_future_at_either_size_and_the_entries_go_back() {
+        for entries in [0, DECODE_ON_RUNTIME_ENTRIES + 1] {
+            let (outcome, returned, _) = decode(snapshot(entries, Some("bad"))).await;
+            let error = outcome.expect("no panic").expect_err("the error is kept");
+            assert_eq!(error.to_string(), "a bad entry");
+            assert_eq!(returned.map(|s| s.entries.len()), Some(entries + 1));
+
+            let (outcome, returned, _) = decode(snapshot(entries, Some("panic"))).await;
+            let panic = outcome.expect_err("the panic is raised in the future");
+            let message = panic.downcast_ref::<&str>().copied().unwrap_or_default();
+            assert_eq!(message, "decode panicked");
+            assert_eq!(returned.map(|s| s.entries.len()), Some(entries + 1));
+        }
     }
 }
