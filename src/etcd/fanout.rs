@@ -30,16 +30,28 @@ pub(crate) struct PrefixFanout {
 struct Mirror {
     prefix: String,
     keys: BTreeMap<Vec<u8>, KeyValue>,
-    /// The revision the keys stand at, as of the last `Settled`.
+    /// The revision the keys stand at, as of the last `Settled`; 0 before
+    /// the first read.
     revision: i64,
-    /// A response's changes are being handed out: its `Settled` follows.
-    in_batch: bool,
-    /// Groups changed in the batch being handed out; `None` after a reset:
-    /// every subscriber hears the `Settled`.
-    touched: Option<BTreeSet<String>>,
+    /// The read or watch response being handed in, until its `Settled`.
+    batch: Batch,
     next_id: u64,
     by_group: HashMap<String, Vec<(u64, Handler)>>,
     every: Vec<(u64, Handler)>,
+}
+
+/// A response's changes, kept until it settles: then each group's
+/// subscribers hear theirs and the `Settled` in one go, group after group.
+/// A takeover wave is one response of a thousand deletions (the dead
+/// node's candidacies in every election), and handing them change by
+/// change settled every election only once all were handed, tens of
+/// milliseconds later: the first win waited for the last election.
+#[derive(Default)]
+struct Batch {
+    /// It starts with a reset: every subscriber forgets its keys.
+    reset: bool,
+    /// The changes, in order: whether each is a put, and its key-value.
+    changes: Vec<(bool, KeyValue)>,
 }
 
 /// A subscription: dropping it ends it.
@@ -83,6 +95,15 @@ pub(crate) fn group_of<'a>(prefix: &str, key: &'a [u8]) -> Option<&'a str> {
     key.starts_with(prefix).then_some(group)
 }
 
+/// A change of a batch, as subscribers are handed it.
+fn as_change((put, kv): &(bool, KeyValue)) -> PrefixChange<'_> {
+    if *put {
+        PrefixChange::Put(kv)
+    } else {
+        PrefixChange::Delete(kv)
+    }
+}
+
 /// Hands `change` to each of `handlers`, dropping those that are done.
 fn hand(handlers: &mut Vec<(u64, Handler)>, change: PrefixChange<'_>) {
     handlers.retain_mut(|(_, handler)| handler(change));
@@ -91,63 +112,102 @@ fn hand(handlers: &mut Vec<(u64, Handler)>, change: PrefixChange<'_>) {
 impl Mirror {
     fn apply(&mut self, change: PrefixChange<'_>) {
         match change {
+            // What came before a reset is read again after it.
             PrefixChange::Reset => {
-                self.keys.clear();
-                self.in_batch = true;
-                self.touched = None;
-                self.hand_everyone(PrefixChange::Reset);
-            }
-            PrefixChange::Put(kv) | PrefixChange::Delete(kv) => {
-                if matches!(change, PrefixChange::Put(_)) {
-                    self.keys.insert(kv.key().to_vec(), kv.clone());
-                } else {
-                    self.keys.remove(kv.key());
-                }
-                if !self.in_batch {
-                    self.in_batch = true;
-                    self.touched = Some(BTreeSet::new());
-                }
-                hand(&mut self.every, change);
-                if let Some(group) = group_of(&self.prefix, kv.key()) {
-                    if let Some(touched) = &mut self.touched
-                        && !touched.contains(group)
-                    {
-                        touched.insert(group.to_owned());
-                    }
-                    if let Some(handlers) = self.by_group.get_mut(group) {
-                        hand(handlers, change);
-                    }
+                self.batch = Batch {
+                    reset: true,
+                    changes: Vec::new(),
                 }
             }
-            PrefixChange::Settled(revision) => {
-                self.in_batch = false;
-                self.revision = revision;
-                hand(&mut self.every, change);
-                match self.touched.take() {
-                    None => {
-                        for handlers in self.by_group.values_mut() {
-                            hand(handlers, change);
-                        }
-                    }
-                    Some(touched) => {
-                        for group in touched {
-                            if let Some(handlers) = self.by_group.get_mut(&group) {
-                                hand(handlers, change);
-                            }
-                        }
-                    }
-                }
-                self.by_group.retain(|_, handlers| !handlers.is_empty());
-            }
+            PrefixChange::Put(kv) => self.batch.changes.push((true, kv.clone())),
+            PrefixChange::Delete(kv) => self.batch.changes.push((false, kv.clone())),
+            PrefixChange::Settled(revision) => self.settle(revision),
         }
     }
 
-    /// Hands a reset to every subscriber of every group and of all.
-    fn hand_everyone(&mut self, change: PrefixChange<'_>) {
-        hand(&mut self.every, change);
-        for handlers in self.by_group.values_mut() {
-            hand(handlers, change);
+    /// Applies the batch to the keys, then hands each touched group's
+    /// subscribers their changes and the `Settled` (after a reset, every
+    /// group's), and last the subscribers of every group. Groups whose
+    /// oldest key went come first: in an election that is the leader, and
+    /// a takeover waits on them, not on the groups that lost a standby.
+    fn settle(&mut self, revision: i64) {
+        let Batch { reset, changes } = std::mem::take(&mut self.batch);
+        let oldest_gone: BTreeSet<&str> = changes
+            .iter()
+            .filter(|(put, _)| !reset && !put)
+            .filter_map(|(_, kv)| {
+                let group = group_of(&self.prefix, kv.key())?;
+                self.is_oldest(group, kv.key()).then_some(group)
+            })
+            .collect();
+        if reset {
+            self.keys.clear();
         }
+        for (put, kv) in &changes {
+            if *put {
+                self.keys.insert(kv.key().to_vec(), kv.clone());
+            } else {
+                self.keys.remove(kv.key());
+            }
+        }
+        self.revision = revision;
+        let mut touched: BTreeMap<&str, Vec<PrefixChange<'_>>> = BTreeMap::new();
+        for each in &changes {
+            if let Some(group) = group_of(&self.prefix, each.1.key()) {
+                touched.entry(group).or_default().push(as_change(each));
+            }
+        }
+        let settled = PrefixChange::Settled(revision);
+        if reset {
+            for (group, handlers) in &mut self.by_group {
+                hand(handlers, PrefixChange::Reset);
+                for each in touched.get(group.as_str()).into_iter().flatten() {
+                    hand(handlers, *each);
+                }
+                hand(handlers, settled);
+            }
+        } else {
+            let (first, then): (Vec<_>, Vec<_>) = touched
+                .iter()
+                .partition(|(group, _)| oldest_gone.contains(*group));
+            for (group, theirs) in first.into_iter().chain(then) {
+                if let Some(handlers) = self.by_group.get_mut(*group) {
+                    for each in theirs {
+                        hand(handlers, *each);
+                    }
+                    hand(handlers, settled);
+                }
+            }
+        }
+        if reset {
+            hand(&mut self.every, PrefixChange::Reset);
+        }
+        for each in &changes {
+            hand(&mut self.every, as_change(each));
+        }
+        hand(&mut self.every, settled);
+        self.by_group.retain(|_, handlers| !handlers.is_empty());
+    }
+
+    /// Whether `key` is the oldest (lowest create revision) of `group`'s keys.
+    fn is_oldest(&self, group: &str, key: &[u8]) -> bool {
+        let Some(it) = self.keys.get(key) else {
+            return false;
+        };
+        self.group_keys(group)
+            .all(|other| other.create_revision() >= it.create_revision())
+    }
+
+    /// The keys of `group`, in key order.
+    fn group_keys<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a KeyValue> + 'a {
+        let start = format!("{}{group}/", self.prefix);
+        self.keys
+            .range(start.as_bytes().to_vec()..)
+            .take_while(move |(key, _)| key.starts_with(start.as_bytes()))
+            // A group's name may itself hold a `/`: keys of deeper groups
+            // share the start, and are not this group's.
+            .filter(move |(key, _)| group_of(&self.prefix, key) == Some(group))
+            .map(|(_, kv)| kv)
     }
 
     /// Hands `handler` the keys of `group` (every key for `None`) as they
@@ -156,25 +216,19 @@ impl Mirror {
         if !handler(PrefixChange::Reset) {
             return false;
         }
-        let start = match group {
-            Some(group) => format!("{}{group}/", self.prefix),
-            None => self.prefix.clone(),
+        let keys: Box<dyn Iterator<Item = &KeyValue>> = match group {
+            Some(group) => Box::new(self.group_keys(group)),
+            None => Box::new(self.keys.values()),
         };
-        for (key, kv) in self.keys.range(start.as_bytes().to_vec()..) {
-            if !key.starts_with(start.as_bytes()) {
-                break;
-            }
-            // A group's name may itself hold a `/`: keys of deeper groups
-            // share the start, and are not this group's.
-            if group.is_some() && group_of(&self.prefix, key) != group {
-                continue;
-            }
+        for kv in keys {
             if !handler(PrefixChange::Put(kv)) {
                 return false;
             }
         }
-        // Mid-batch, the batch's own `Settled` follows.
-        self.in_batch || handler(PrefixChange::Settled(self.revision))
+        // The keys stand as at the last `Settled` (a batch being handed in
+        // is handed to this subscriber too); before the first read, that
+        // read's own `Settled` follows.
+        self.revision == 0 || handler(PrefixChange::Settled(self.revision))
     }
 }
 
@@ -185,8 +239,7 @@ impl PrefixFanout {
             prefix: prefix.clone(),
             keys: BTreeMap::new(),
             revision: 0,
-            in_batch: true,
-            touched: None,
+            batch: Batch::default(),
             next_id: 0,
             by_group: HashMap::new(),
             every: Vec::new(),
@@ -224,12 +277,6 @@ impl PrefixFanout {
                     .or_default()
                     .push((id, handler)),
                 None => mirror.every.push((id, handler)),
-            }
-            // A subscriber that joins mid-batch hears its `Settled`.
-            if let Some(touched) = &mut mirror.touched
-                && let Some(group) = group
-            {
-                touched.insert(group.to_owned());
             }
         }
         Subscription {
@@ -284,6 +331,63 @@ mod tests {
 
         fn last(seen: &Mutex<Vec<Vec<String>>>) -> Option<Vec<String>> {
             seen.lock().unwrap().last().cloned()
+        }
+
+        #[tokio::test]
+        async fn in_one_response_the_groups_whose_oldest_key_went_settle_first()
+        -> Result<(), Box<dyn std::error::Error>> {
+            use etcd_client::{Txn, TxnOp};
+            let etcd = EtcdServer::start().await?;
+            let client = etcd.client().await?;
+            let mut kv = client.kv_client();
+            // In each group the first key put is the oldest.
+            for key in ["e/a/1", "e/a/2", "e/b/1", "e/b/2", "e/c/1", "e/c/2"] {
+                kv.put(key, "x", None).await?;
+            }
+            let fanout = PrefixFanout::start(
+                WatchHub::new(client.clone(), 1, 4 << 20),
+                "e/".into(),
+                Duration::from_millis(100),
+            );
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let mut subscriptions = Vec::new();
+            for group in ["a", "b", "c"] {
+                let into = order.clone();
+                let handler: Handler = Box::new(move |change| {
+                    if let PrefixChange::Settled(revision) = change {
+                        into.lock().unwrap().push((revision, group));
+                    }
+                    true
+                });
+                subscriptions.push(fanout.subscribe(Some(group), handler));
+            }
+            wait_until("every group read", DEADLINE, || {
+                let done = order.lock().unwrap().len() == 3;
+                async move { done.then_some(()) }
+            })
+            .await?;
+            // One revision: a and c lose a later key, b its oldest.
+            let deleted = kv
+                .txn(Txn::new().and_then([
+                    TxnOp::delete("e/a/2", None),
+                    TxnOp::delete("e/b/1", None),
+                    TxnOp::delete("e/c/2", None),
+                ]))
+                .await?;
+            let revision = deleted.header().map_or(0, |h| h.revision());
+            let heard = wait_until("the deletions settled", DEADLINE, || {
+                let heard: Vec<&str> = order
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(at, _)| *at == revision)
+                    .map(|(_, group)| *group)
+                    .collect();
+                async move { (heard.len() == 3).then_some(heard) }
+            })
+            .await?;
+            assert_eq!(heard.first(), Some(&"b"), "settled in the order {heard:?}");
+            Ok(())
         }
 
         #[tokio::test]
