@@ -113,6 +113,7 @@ async fn a_write_acknowledged_just_before_each_handover_is_in_the_next_leaders_m
         })
         .await?;
         let mut leader = wait_for_single_leader(&nodes, ROLE, Duration::from_secs(10)).await;
+        support::wait_for_candidates(&etcd, &format!("{ROOT}-{warm}"), ROLE, 2).await;
         let mut written = Vec::new();
         for round in 0..12 {
             let key = format!("round/{round:02}");
@@ -129,6 +130,8 @@ async fn a_write_acknowledged_just_before_each_handover_is_in_the_next_leaders_m
             }
             assert_eq!(entries.len(), written.len(), "warm={warm}: {entries:?}");
             leader = next;
+            // The node that resigned rejoins at the back of the line.
+            support::wait_for_candidates(&etcd, &format!("{ROOT}-{warm}"), ROLE, 2).await;
         }
         for node in &nodes {
             let copy = node.role(ROLE).metadata_copy();
@@ -274,24 +277,8 @@ async fn a_compaction_past_the_standbys_copy_is_read_again_while_standby() -> an
 
     info!("--- it takes over with every key, once it stands in line again");
     // The cut broke its candidacy, and it campaigns again only with a
-    // loaded copy: a resign before its key is back would hand the role to
-    // the resigning node again.
-    let election = format!("{COMPACTION_ROOT}/election/{ROLE}/");
-    support::eventually(
-        "the standby's candidacy back in line",
-        Duration::from_secs(10),
-        || {
-            let (client, election) = (client.clone(), election.clone());
-            async move {
-                let options = etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only();
-                let line = client.kv_client().get(election, Some(options)).await.ok()?;
-                (line.count() == 2).then_some(())
-            }
-        },
-    )
-    .await;
+    // loaded copy.
+    support::wait_for_candidates(&etcd, COMPACTION_ROOT, ROLE, 2).await;
     hand_over(&nodes, leader, Duration::from_secs(10)).await?;
     let entries = nodes[standby].entries(ROLE).await;
     assert_eq!(entries, etcd_entries(&client, COMPACTION_ROOT).await?);

@@ -355,6 +355,29 @@ pub async fn wait_for_single_leader(nodes: &[TestNode], role: &str, deadline: Du
     .await
 }
 
+/// Waits until `role`'s election under `root` holds `count` candidates: a
+/// resign before a standby has joined hands the role back to the resigning
+/// node, which rejoins at once.
+pub async fn wait_for_candidates(etcd: &EtcdServer, root: &str, role: &str, count: i64) {
+    let client = etcd.client().await.expect("a client of the test's etcd");
+    let election = format!("{root}/election/{role}/");
+    eventually(
+        &format!("{count} candidates for {role}"),
+        Duration::from_secs(10),
+        || {
+            let (client, election) = (client.clone(), election.clone());
+            async move {
+                let options = etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only();
+                let line = client.kv_client().get(election, Some(options)).await.ok()?;
+                (line.count() == count).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// A node of `nodes` other than `previous` that serves `role`, if any.
 pub fn serving_other_than(nodes: &[TestNode], role: &str, previous: usize) -> Option<usize> {
     serving(nodes, role)
