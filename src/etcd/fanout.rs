@@ -329,6 +329,24 @@ mod tests {
             (handler, seen)
         }
 
+        /// A fresh etcd holding `keys`, a client of it, and a fanout following `e/`.
+        async fn following(
+            keys: &[&str],
+        ) -> Result<(EtcdServer, etcd_client::Client, PrefixFanout), Box<dyn std::error::Error>>
+        {
+            let etcd = EtcdServer::start().await?;
+            let client = etcd.client().await?;
+            for key in keys {
+                client.kv_client().put(*key, "x", None).await?;
+            }
+            let fanout = PrefixFanout::start(
+                WatchHub::new(client.clone(), 1, 4 << 20),
+                "e/".into(),
+                Duration::from_millis(100),
+            );
+            Ok((etcd, client, fanout))
+        }
+
         fn last(seen: &Mutex<Vec<Vec<String>>>) -> Option<Vec<String>> {
             seen.lock().unwrap().last().cloned()
         }
@@ -337,18 +355,10 @@ mod tests {
         async fn in_one_response_the_groups_whose_oldest_key_went_settle_first()
         -> Result<(), Box<dyn std::error::Error>> {
             use etcd_client::{Txn, TxnOp};
-            let etcd = EtcdServer::start().await?;
-            let client = etcd.client().await?;
-            let mut kv = client.kv_client();
             // In each group the first key put is the oldest.
-            for key in ["e/a/1", "e/a/2", "e/b/1", "e/b/2", "e/c/1", "e/c/2"] {
-                kv.put(key, "x", None).await?;
-            }
-            let fanout = PrefixFanout::start(
-                WatchHub::new(client.clone(), 1, 4 << 20),
-                "e/".into(),
-                Duration::from_millis(100),
-            );
+            let (_etcd, client, fanout) =
+                following(&["e/a/1", "e/a/2", "e/b/1", "e/b/2", "e/c/1", "e/c/2"]).await?;
+            let mut kv = client.kv_client();
             let order = Arc::new(Mutex::new(Vec::new()));
             let mut subscriptions = Vec::new();
             for group in ["a", "b", "c"] {
@@ -393,16 +403,8 @@ mod tests {
         #[tokio::test]
         async fn each_subscriber_hears_its_groups_keys_then_their_changes_and_nothing_once_dropped()
         -> Result<(), Box<dyn std::error::Error>> {
-            let etcd = EtcdServer::start().await?;
-            let client = etcd.client().await?;
+            let (_etcd, client, fanout) = following(&["e/a/1", "e/b/1"]).await?;
             let mut kv = client.kv_client();
-            kv.put("e/a/1", "x", None).await?;
-            kv.put("e/b/1", "x", None).await?;
-            let fanout = PrefixFanout::start(
-                WatchHub::new(client.clone(), 1, 4 << 20),
-                "e/".into(),
-                Duration::from_millis(100),
-            );
             let (handler, a) = recorder();
             let a_sub = fanout.subscribe(Some("a"), handler);
             let (handler, every) = recorder();
