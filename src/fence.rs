@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::TxnBatcher;
-
 /// A term of leadership: the role, the leader key that won it and that key's
 /// create revision. The revision is the fencing token: a later term always has
 /// a higher one.
@@ -225,26 +223,6 @@ impl FencedStore {
         } else {
             Err(self.refused())
         }
-    }
-
-    /// Writes the catch-up marker, fenced, and returns the revision it was
-    /// written at. The marker is the metadata prefix's own key (relative key
-    /// `""`, which no write through a store can name), holding the epoch.
-    /// A warm standby's watch delivers it after every earlier change, so
-    /// once the watch has shown it the copy holds every write made before.
-    pub(crate) async fn write_marker(&self, writes: &TxnBatcher) -> Result<i64, FenceError> {
-        self.check_not_deposed()?;
-        let epoch = serde_json::to_vec(&self.inner.epoch).unwrap_or_default();
-        let txn = Txn::new().when([self.still_leads()]).and_then([TxnOp::put(
-            self.inner.prefix.as_str(),
-            epoch,
-            None,
-        )]);
-        let outcome = writes.txn(txn).await?;
-        if !outcome.succeeded {
-            return Err(self.refused());
-        }
-        Ok(outcome.revision)
     }
 
     /// The condition every fenced transaction starts with: the epoch's

@@ -26,9 +26,6 @@ pub use crate::runtime::witness::WitnessError;
 use crate::status::{ResignError, RoleState, Successor, TransferTarget};
 use crate::task::OwnedTask;
 
-/// The largest election watch response: etcd-client's default.
-const ELECTION_WATCH_LIMIT: usize = 4 << 20;
-
 /// Failures to start or stop a node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -384,21 +381,17 @@ impl Node {
         let watches = WatchHub::new(
             client.clone(),
             self.config.etcd.watch_streams,
-            ELECTION_WATCH_LIMIT,
+            crate::runtime::reload::WATCH_MESSAGE_LIMIT,
         );
         let elections = PrefixFanout::start(
             watches.clone(),
             layout.election(""),
+            Some(layout.metadata()),
             self.config.etcd.retry.initial,
         );
         let context = Arc::new(NodeContext {
             watches,
             elections,
-            metadata_watches: WatchHub::new(
-                client.clone(),
-                self.config.reload.watch_streams,
-                crate::runtime::reload::WATCH_MESSAGE_LIMIT,
-            ),
             warm_loads: tokio::sync::Semaphore::new(self.config.reload.concurrent_loads),
             writes: TxnBatcher::start(client.clone()),
             client,

@@ -187,18 +187,10 @@ async fn a_standby_cut_from_etcd_while_writes_happen_catches_up_before_it_serves
     let stale = nodes[standby].role(ROLE).metadata_copy().expect("a copy");
     assert!(stale.revision < last_put(&client, CUT_ROOT).await?);
 
-    info!("--- let the standby's watch back off for 1.6 s or more, so that it wins while waiting");
-    wait_for("the watch to back off", Duration::from_secs(12), || {
-        let waits = logged(&["following the metadata failed", CUT_ROOT_PREFIX]);
-        // Jittered: the 3.2 s step waits between 1.6 and 3.2 s.
-        let long = waits.iter().any(|line| {
-            line.split(" in ")
-                .nth(1)
-                .and_then(|rest| rest.split("s:").next())
-                .and_then(|secs| secs.parse::<f64>().ok())
-                .is_some_and(|secs| secs >= 1.6)
-        });
-        long.then_some(())
+    info!("--- the standby's watch of its elections and metadata breaks");
+    wait_for("the watch to break", Duration::from_secs(12), || {
+        let broken = logged(&["following warm-cut/election/ failed, resuming from revision"]);
+        (!broken.is_empty()).then_some(())
     })
     .await;
     info!("--- heal the link and hand over at once");
@@ -210,14 +202,6 @@ async fn a_standby_cut_from_etcd_while_writes_happen_catches_up_before_it_serves
     let entries = nodes[standby].entries(ROLE).await;
     assert_eq!(entries, etcd_entries(&client, CUT_ROOT).await?);
     assert_eq!(entries.len(), 140);
-    assert!(
-        !logged(&[
-            "following the metadata failed; resuming from revision",
-            CUT_ROOT_PREFIX
-        ])
-        .is_empty(),
-        "the standby's watch did not resume"
-    );
     assert!(
         logged(&["reading the metadata again", CUT_ROOT_PREFIX]).is_empty(),
         "the standby read the metadata whole instead of resuming its watch"

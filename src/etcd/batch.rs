@@ -1,10 +1,10 @@
-//! Group commit of a node's small control writes: the transactions its roles send at once (a takeover wave's catch-up markers and published states) go to etcd as one transaction, each nested with its own conditions.
+//! Group commit of a node's small control writes: the transactions its roles send at once (a takeover wave's published states) go to etcd as one transaction, each nested with its own conditions.
 //!
 //! Every etcd write is a raft proposal, applied and sent to every watcher
 //! one by one. When a node that led hundreds of roles dies, each survivor
-//! wins a few hundred elections in the same moment and writes three times
-//! for each: alone, that is a thousand proposals in a wave etcd has to
-//! finish on two cores. Here whatever waits while a batch is in flight goes
+//! wins a few hundred elections in the same moment and publishes each
+//! twice (its session, and the leader value): alone, that is hundreds of
+//! proposals in a wave etcd has to finish on two cores. Here whatever waits while a batch is in flight goes
 //! out in the next one, as nested transactions of one request (etcd checks
 //! each nested transaction's conditions on its own), so a single write
 //! costs one round trip as before and a wave costs a few.
@@ -32,7 +32,7 @@ const MAX_NESTED_OPS: usize = 8;
 /// At most this many transactions in one request, so each keeps room for
 /// its own operations. A request of 128 was refused as a whole ("too many
 /// operations in txn request") and sent again one by one: a takeover
-/// wave's markers cost 128 proposals instead of one.
+/// wave's published states cost 128 proposals instead of one.
 const MAX_BATCH: usize = MAX_TXN_OPS - MAX_NESTED_OPS;
 /// Batches in flight at once: while they are, the next one fills.
 const IN_FLIGHT: usize = 4;
@@ -42,28 +42,15 @@ const IN_FLIGHT: usize = 4;
 pub(crate) struct Outcome {
     /// Whether its conditions held (its success branch ran).
     pub succeeded: bool,
-    /// etcd's revision after the request that carried it.
-    pub revision: i64,
 }
 
 impl Outcome {
-    /// The outcome of `response`, nested in a request that ended at `revision`.
-    fn of(response: &TxnResponse, revision: i64) -> Self {
+    /// The outcome of `response`.
+    fn of(response: &TxnResponse) -> Self {
         Self {
             succeeded: response.succeeded(),
-            revision,
         }
     }
-
-    /// The outcome of `response`, a request of its own.
-    fn alone(response: &TxnResponse) -> Self {
-        Self::of(response, revision_of(response))
-    }
-}
-
-/// etcd's revision after the request `response` answers.
-fn revision_of(response: &TxnResponse) -> i64 {
-    response.header().map_or(0, |header| header.revision())
 }
 
 type Reply = oneshot::Sender<Result<Outcome, Error>>;
@@ -130,12 +117,11 @@ async fn send(client: &Client, batch: Vec<(Txn, Reply)>) {
             .collect();
         let mut kv = client.kv_client();
         if let Ok(response) = Box::pin(kv.txn(Txn::new().and_then(nested))).await {
-            let revision = revision_of(&response);
             let answers = response.op_responses();
             if answers.len() == batch.len() {
                 for ((_, reply), answer) in batch.into_iter().zip(answers) {
                     let outcome = match answer {
-                        TxnOpResponse::Txn(nested) => Ok(Outcome::of(&nested, revision)),
+                        TxnOpResponse::Txn(nested) => Ok(Outcome::of(&nested)),
                         _ => Err(Error::InvalidArgs(
                             "etcd answered a nested transaction with another operation".into(),
                         )),
@@ -151,7 +137,7 @@ async fn send(client: &Client, batch: Vec<(Txn, Reply)>) {
             .kv_client()
             .txn(txn)
             .await
-            .map(|response| Outcome::alone(&response));
+            .map(|response| Outcome::of(&response));
         let _ = reply.send(outcome);
     });
     futures::future::join_all(alone).await;
@@ -199,7 +185,6 @@ mod tests {
             for (index, outcome) in outcomes.into_iter().enumerate() {
                 let outcome = outcome.expect("etcd answers");
                 assert_eq!(outcome.succeeded, index % 2 == 0, "k{index}");
-                assert!(outcome.revision > 300, "k{index} names the revision");
                 let value = client
                     .kv_client()
                     .get(format!("k{index}"), None)

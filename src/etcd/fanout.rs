@@ -1,4 +1,4 @@
-//! One follower of a prefix for a whole node: every election's observers and the spread read the node's one watch of the election prefix, not a watch each.
+//! One follower of a prefix for a whole node: every election's observers and the spread read the node's one watch of the election prefix, not a watch each, and the metadata copies follow their changes on that same watch.
 //!
 //! A node of a thousand roles that watched each role's election once for its
 //! leader observer, once more for its leader's preference and once for the
@@ -6,12 +6,21 @@
 //! at a takeover wave, most of etcd's work. Here one [`follow_prefix`] of
 //! the prefix keeps a mirror of every key and hands each change to the
 //! subscribers of the key's group (a role's election), or of every group.
+//!
+//! The same watch runs on past the election prefix to the end of a second
+//! one, the metadata's, whose changes are routed to their role's
+//! subscribers without being kept. One watch delivers in one revision
+//! order, and a response's routed changes are handed before any election
+//! settles: when a candidate learns it leads, its role's metadata follower
+//! has been handed every change made before, so a win needs no write to
+//! find out how far to catch up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use etcd_client::KeyValue;
+use tokio::sync::watch;
 
 use crate::etcd::WatchHub;
 use crate::etcd::recipe::{PrefixChange, follow_prefix};
@@ -20,15 +29,33 @@ use crate::task::OwnedTask;
 /// What a subscriber is handed; it returns false to end its subscription.
 pub(crate) type Handler = Box<dyn FnMut(PrefixChange<'_>) -> bool + Send>;
 
+/// What a subscriber of a routed group is handed.
+pub(crate) enum Routed<'a> {
+    /// The group's changes of one response, in revision order (each
+    /// key-value carries its own): `Put`s and `Delete`s.
+    Changes(&'a [PrefixChange<'a>]),
+    /// The watch was read again from scratch (etcd had compacted the
+    /// revision it had to resume from): changes were missed, and the
+    /// subscription is over.
+    Lost,
+}
+
+/// What a routed subscriber is handed; it returns false to end its subscription.
+pub(crate) type RoutedHandler = Box<dyn FnMut(Routed<'_>) -> bool + Send>;
+
 /// A follower of every key under one prefix, shared by its subscribers.
 pub(crate) struct PrefixFanout {
     shared: Arc<Mutex<Mirror>>,
+    /// Whether the first read has settled.
+    read: watch::Receiver<bool>,
     _follow: OwnedTask,
 }
 
 /// The keys as the watch last showed them, and who follows which.
 struct Mirror {
     prefix: String,
+    /// The prefix whose changes are routed, not kept, if any.
+    routed: Option<String>,
     keys: BTreeMap<Vec<u8>, KeyValue>,
     /// The revision the keys stand at, as of the last `Settled`; 0 before
     /// the first read.
@@ -38,6 +65,9 @@ struct Mirror {
     next_id: u64,
     by_group: HashMap<String, Vec<(u64, Handler)>>,
     every: Vec<(u64, Handler)>,
+    by_route: HashMap<String, Vec<(u64, RoutedHandler)>>,
+    /// Told once the first read has settled.
+    read: watch::Sender<bool>,
 }
 
 /// A response's changes, kept until it settles: then each group's
@@ -52,13 +82,22 @@ struct Batch {
     reset: bool,
     /// The changes, in order: whether each is a put, and its key-value.
     changes: Vec<(bool, KeyValue)>,
+    /// The routed prefix's changes, in order, likewise.
+    routed: Vec<(bool, KeyValue)>,
 }
 
 /// A subscription: dropping it ends it.
 pub(crate) struct Subscription {
     shared: Weak<Mutex<Mirror>>,
-    group: Option<String>,
+    to: Subscribed,
     id: u64,
+}
+
+/// What a subscription follows.
+enum Subscribed {
+    Group(String),
+    Every,
+    Route(String),
 }
 
 impl Drop for Subscription {
@@ -67,16 +106,20 @@ impl Drop for Subscription {
             return;
         };
         let mut mirror = lock(&shared);
-        match &self.group {
-            Some(group) => {
-                if let Some(handlers) = mirror.by_group.get_mut(group) {
-                    handlers.retain(|(id, _)| *id != self.id);
-                    if handlers.is_empty() {
-                        mirror.by_group.remove(group);
-                    }
-                }
-            }
-            None => mirror.every.retain(|(id, _)| *id != self.id),
+        match &self.to {
+            Subscribed::Group(group) => unsubscribe(&mut mirror.by_group, group, self.id),
+            Subscribed::Every => mirror.every.retain(|(id, _)| *id != self.id),
+            Subscribed::Route(group) => unsubscribe(&mut mirror.by_route, group, self.id),
+        }
+    }
+}
+
+/// Removes subscriber `id` of `group`, and the group once it has none.
+fn unsubscribe<H>(groups: &mut HashMap<String, Vec<(u64, H)>>, group: &str, id: u64) {
+    if let Some(handlers) = groups.get_mut(group) {
+        handlers.retain(|(each, _)| *each != id);
+        if handlers.is_empty() {
+            groups.remove(group);
         }
     }
 }
@@ -116,22 +159,81 @@ impl Mirror {
             PrefixChange::Reset => {
                 self.batch = Batch {
                     reset: true,
-                    changes: Vec::new(),
+                    ..Batch::default()
                 }
             }
-            PrefixChange::Put(kv) => self.batch.changes.push((true, kv.clone())),
-            PrefixChange::Delete(kv) => self.batch.changes.push((false, kv.clone())),
+            PrefixChange::Put(kv) => self.keep(true, kv),
+            PrefixChange::Delete(kv) => self.keep(false, kv),
             PrefixChange::Settled(revision) => self.settle(revision),
         }
     }
 
-    /// Applies the batch to the keys, then hands each touched group's
+    /// Keeps a change of the batch: the prefix's, or the routed prefix's.
+    fn keep(&mut self, put: bool, kv: &KeyValue) {
+        if kv.key().starts_with(self.prefix.as_bytes()) {
+            self.batch.changes.push((put, kv.clone()));
+        } else if self
+            .routed
+            .as_ref()
+            .is_some_and(|routed| kv.key().starts_with(routed.as_bytes()))
+        {
+            self.batch.routed.push((put, kv.clone()));
+        }
+    }
+
+    /// Hands each routed group's subscribers their changes; after a reset
+    /// that followed a read (changes were missed), tells every routed
+    /// subscriber it lost them, which ends its subscription.
+    fn hand_routed(&mut self, lost: bool, routed: &[(bool, KeyValue)]) {
+        if lost {
+            for (_, mut handlers) in self.by_route.drain() {
+                for (_, handler) in &mut handlers {
+                    handler(Routed::Lost);
+                }
+            }
+            return;
+        }
+        let Some(prefix) = &self.routed else { return };
+        let mut touched: BTreeMap<&str, Vec<PrefixChange<'_>>> = BTreeMap::new();
+        for each in routed {
+            let Some(rest) = std::str::from_utf8(each.1.key())
+                .ok()
+                .and_then(|key| key.get(prefix.len()..))
+            else {
+                continue;
+            };
+            // `{prefix}{group}/{key}`: a key may hold `/`, and so may a
+            // group, whose prefix then also covers the deeper group's keys.
+            for (end, _) in rest.match_indices('/') {
+                let group = &rest[..end];
+                if self.by_route.contains_key(group) {
+                    touched.entry(group).or_default().push(as_change(each));
+                }
+            }
+        }
+        for (group, changes) in touched {
+            if let Some(handlers) = self.by_route.get_mut(group) {
+                handlers.retain_mut(|(_, handler)| handler(Routed::Changes(&changes)));
+            }
+        }
+        self.by_route.retain(|_, handlers| !handlers.is_empty());
+    }
+
+    /// Hands the routed changes of the batch to their groups first, then
+    /// applies the rest to the keys and hands each touched group's
     /// subscribers their changes and the `Settled` (after a reset, every
     /// group's), and last the subscribers of every group. Groups whose
     /// oldest key went come first: in an election that is the leader, and
     /// a takeover waits on them, not on the groups that lost a standby.
     fn settle(&mut self, revision: i64) {
-        let Batch { reset, changes } = std::mem::take(&mut self.batch);
+        let Batch {
+            reset,
+            changes,
+            routed,
+        } = std::mem::take(&mut self.batch);
+        // Before any election settles: a win decided on this revision
+        // finds its metadata follower handed every change up to it.
+        self.hand_routed(reset && self.revision != 0, &routed);
         let oldest_gone: BTreeSet<&str> = changes
             .iter()
             .filter(|(put, _)| !reset && !put)
@@ -187,6 +289,8 @@ impl Mirror {
         }
         hand(&mut self.every, settled);
         self.by_group.retain(|_, handlers| !handlers.is_empty());
+        self.read
+            .send_if_modified(|read| !std::mem::replace(read, true));
     }
 
     /// Whether `key` is the oldest (lowest create revision) of `group`'s keys.
@@ -233,23 +337,39 @@ impl Mirror {
 }
 
 impl PrefixFanout {
-    /// Follows every key under `prefix` with one watch on `watches`.
-    pub(crate) fn start(watches: WatchHub, prefix: String, retry_after: Duration) -> Self {
+    /// Follows every key under `prefix` with one watch on `watches`, and
+    /// with `routed` (a prefix after `prefix`) routes that prefix's changes.
+    pub(crate) fn start(
+        watches: WatchHub,
+        prefix: String,
+        routed: Option<String>,
+        retry_after: Duration,
+    ) -> Self {
+        let (read, read_rx) = watch::channel(false);
         let shared = Arc::new(Mutex::new(Mirror {
             prefix: prefix.clone(),
+            routed: routed.clone(),
             keys: BTreeMap::new(),
             revision: 0,
             batch: Batch::default(),
             next_id: 0,
             by_group: HashMap::new(),
             every: Vec::new(),
+            by_route: HashMap::new(),
+            read,
         }));
         let mirror = shared.clone();
         let follow = async move {
-            follow_prefix(&watches, &prefix, retry_after, |change| {
-                lock(&mirror).apply(change);
-                true
-            })
+            follow_prefix(
+                &watches,
+                &prefix,
+                routed.as_deref(),
+                retry_after,
+                |change| {
+                    lock(&mirror).apply(change);
+                    true
+                },
+            )
             .await;
         };
         let follow = OwnedTask::spawn_reported(follow, |reason| {
@@ -257,7 +377,36 @@ impl PrefixFanout {
         });
         Self {
             shared,
+            read: read_rx,
             _follow: follow,
+        }
+    }
+
+    /// Once the first read has settled: the watch then hands on every
+    /// routed change after it, so a routed subscriber's own read of its
+    /// group, started after this and after subscribing, misses nothing.
+    pub(crate) async fn first_read(&self) {
+        let mut read = self.read.clone();
+        // The fanout outlives its subscribers; were it gone, so is the wait.
+        let _ = read.wait_for(|read| *read).await;
+    }
+
+    /// Hands `handler` every change under `{routed prefix}{group}/` from
+    /// now on, one response's at a time; until it returns false, the
+    /// subscription is dropped, or the changes are lost.
+    pub(crate) fn subscribe_routed(&self, group: &str, handler: RoutedHandler) -> Subscription {
+        let mut mirror = lock(&self.shared);
+        let id = mirror.next_id;
+        mirror.next_id += 1;
+        mirror
+            .by_route
+            .entry(group.to_owned())
+            .or_default()
+            .push((id, handler));
+        Subscription {
+            shared: Arc::downgrade(&self.shared),
+            to: Subscribed::Route(group.to_owned()),
+            id,
         }
     }
 
@@ -281,7 +430,9 @@ impl PrefixFanout {
         }
         Subscription {
             shared: Arc::downgrade(&self.shared),
-            group: group.map(str::to_owned),
+            to: group.map_or(Subscribed::Every, |group| {
+                Subscribed::Group(group.to_owned())
+            }),
             id,
         }
     }
@@ -302,7 +453,7 @@ mod tests {
     #[cfg(feature = "testing")]
     mod against_etcd {
         use super::super::*;
-        use crate::testing::{EtcdServer, wait_until};
+        use crate::testing::{EtcdServer, FaultProxy, wait_until};
 
         const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -329,7 +480,8 @@ mod tests {
             (handler, seen)
         }
 
-        /// A fresh etcd holding `keys`, a client of it, and a fanout following `e/`.
+        /// A fresh etcd holding `keys`, a client of it, and a fanout
+        /// following `e/` and routing `m/`.
         async fn following(
             keys: &[&str],
         ) -> Result<(EtcdServer, etcd_client::Client, PrefixFanout), Box<dyn std::error::Error>>
@@ -339,12 +491,81 @@ mod tests {
             for key in keys {
                 client.kv_client().put(*key, "x", None).await?;
             }
-            let fanout = PrefixFanout::start(
-                WatchHub::new(client.clone(), 1, 4 << 20),
-                "e/".into(),
-                Duration::from_millis(100),
-            );
+            let fanout = fanout_on(client.clone());
             Ok((etcd, client, fanout))
+        }
+
+        fn fanout_on(client: etcd_client::Client) -> PrefixFanout {
+            PrefixFanout::start(
+                WatchHub::new(client, 1, 4 << 20),
+                "e/".into(),
+                Some("m/".into()),
+                Duration::from_millis(100),
+            )
+        }
+
+        /// What happened, in order, to the subscribers that write here.
+        type Log = Arc<Mutex<Vec<String>>>;
+
+        /// A routed subscriber of `group` that logs each change it is
+        /// handed as `{group} put|delete {key} @{revision}`, and `lost`.
+        fn routed_logger(fanout: &PrefixFanout, group: &'static str, log: &Log) -> Subscription {
+            let log = log.clone();
+            fanout.subscribe_routed(
+                group,
+                Box::new(move |routed| {
+                    let mut log = log.lock().unwrap();
+                    match routed {
+                        Routed::Changes(changes) => {
+                            for change in changes {
+                                let (what, kv) = match change {
+                                    PrefixChange::Put(kv) => ("put", kv),
+                                    PrefixChange::Delete(kv) => ("delete", kv),
+                                    _ => panic!("only puts and deletes are routed"),
+                                };
+                                let key = kv.key_str().unwrap();
+                                log.push(format!("{group} {what} {key} @{}", kv.mod_revision()));
+                            }
+                        }
+                        Routed::Lost => log.push(format!("{group} lost")),
+                    }
+                    true
+                }),
+            )
+        }
+
+        /// A subscriber of election `group` that logs `{group} reset` and
+        /// `{group} settled @{revision}`.
+        fn settle_logger(fanout: &PrefixFanout, group: &'static str, log: &Log) -> Subscription {
+            let log = log.clone();
+            fanout.subscribe(
+                Some(group),
+                Box::new(move |change| {
+                    match change {
+                        PrefixChange::Reset => log.lock().unwrap().push(format!("{group} reset")),
+                        PrefixChange::Settled(revision) => {
+                            log.lock()
+                                .unwrap()
+                                .push(format!("{group} settled @{revision}"));
+                        }
+                        _ => {}
+                    }
+                    true
+                }),
+            )
+        }
+
+        async fn logged(
+            log: &Log,
+            what: &str,
+            entry: String,
+        ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+            Ok(wait_until(what, DEADLINE, || {
+                let log = log.lock().unwrap().clone();
+                let found = log.contains(&entry);
+                async move { found.then_some(log) }
+            })
+            .await?)
         }
 
         fn last(seen: &Mutex<Vec<Vec<String>>>) -> Option<Vec<String>> {
@@ -451,6 +672,133 @@ mod tests {
                 Some(vec!["e/a/1".to_owned(), "e/a/2".to_owned()]),
                 "a dropped subscription hears nothing more"
             );
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_responses_routed_changes_reach_their_group_before_any_election_settles()
+        -> Result<(), Box<dyn std::error::Error>> {
+            use etcd_client::{Txn, TxnOp};
+            let (_etcd, client, fanout) = following(&["e/x/1", "e/x/2"]).await?;
+            let log: Log = Arc::default();
+            let _a = routed_logger(&fanout, "a", &log);
+            let _x = settle_logger(&fanout, "x", &log);
+            fanout.first_read().await;
+            // One revision: metadata of a, of b, of a deeper group a/b, and
+            // the election's leader gone.
+            let response = client
+                .kv_client()
+                .txn(Txn::new().and_then([
+                    TxnOp::put("m/a/k1", "v", None),
+                    TxnOp::put("m/b/k2", "v", None),
+                    TxnOp::put("m/a/b/k3", "v", None),
+                    TxnOp::delete("e/x/1", None),
+                ]))
+                .await?;
+            let revision = response.header().map_or(0, |h| h.revision());
+            let log = logged(&log, "x settles", format!("x settled @{revision}")).await?;
+            let after_read: Vec<&String> = log
+                .iter()
+                .skip_while(|entry| !entry.contains("settled"))
+                .skip(1)
+                .collect();
+            assert_eq!(
+                after_read,
+                [
+                    &format!("a put m/a/k1 @{revision}"),
+                    &format!("a put m/a/b/k3 @{revision}"),
+                    &format!("x settled @{revision}"),
+                ],
+                "the whole log: {log:?}"
+            );
+            Ok(())
+        }
+
+        /// A fanout through a proxy, the proxy, and a direct client.
+        async fn through_proxy() -> Result<
+            (EtcdServer, FaultProxy, etcd_client::Client, PrefixFanout),
+            Box<dyn std::error::Error>,
+        > {
+            let etcd = EtcdServer::start().await?;
+            let direct = etcd.client().await?;
+            direct.kv_client().put("e/x/1", "x", None).await?;
+            let proxy = FaultProxy::start(&etcd.endpoint()).await?;
+            let config = crate::config::EtcdConfig {
+                endpoints: vec![proxy.endpoint()],
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(5),
+                ..crate::config::EtcdConfig::default()
+            };
+            let fanout = fanout_on(crate::etcd::connect(&config).await?);
+            fanout.first_read().await;
+            Ok((etcd, proxy, direct, fanout))
+        }
+
+        #[tokio::test]
+        async fn a_cut_watch_resumes_after_the_last_revision_without_reading_again()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let (_etcd, proxy, direct, fanout) = through_proxy().await?;
+            let log: Log = Arc::default();
+            let _a = routed_logger(&fanout, "a", &log);
+            let _x = settle_logger(&fanout, "x", &log);
+            let mut kv = direct.kv_client();
+            let first = kv.put("m/a/1", "v", None).await?;
+            let first = first.header().map_or(0, |h| h.revision());
+            logged(&log, "the first put", format!("a put m/a/1 @{first}")).await?;
+
+            proxy.cut();
+            let cut = kv.put("m/a/2", "v", None).await?;
+            let cut = cut.header().map_or(0, |h| h.revision());
+            let gone = kv.delete("e/x/1", None).await?;
+            let gone = gone.header().map_or(0, |h| h.revision());
+            proxy.heal();
+
+            let log = logged(&log, "the election settles", format!("x settled @{gone}")).await?;
+            assert!(log.contains(&format!("a put m/a/2 @{cut}")), "{log:?}");
+            let resets = log.iter().filter(|entry| *entry == "x reset").count();
+            assert_eq!(resets, 1, "only the subscription's own replay: {log:?}");
+            assert!(!log.contains(&"a lost".to_owned()), "{log:?}");
+            Ok(())
+        }
+
+        #[tokio::test]
+        async fn a_watch_that_cannot_resume_is_read_again_and_its_routed_subscribers_lose_it()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let (_etcd, proxy, direct, fanout) = through_proxy().await?;
+            let log: Log = Arc::default();
+            let _a = routed_logger(&fanout, "a", &log);
+            let (handler, x) = recorder();
+            let _x = fanout.subscribe(Some("x"), handler);
+            let mut kv = direct.kv_client();
+
+            proxy.cut();
+            kv.put("e/x/2", "x", None).await?;
+            kv.put("m/a/1", "v", None).await?;
+            let latest = kv.put("m/a/2", "v", None).await?;
+            let latest = latest.header().map_or(0, |h| h.revision());
+            direct.kv_client().compact(latest, None).await?;
+            proxy.heal();
+
+            logged(
+                &log,
+                "the subscriber hears it lost changes",
+                "a lost".to_owned(),
+            )
+            .await?;
+            wait_until("x holds both keys", DEADLINE, || {
+                let done = last(&x) == Some(vec!["e/x/1".into(), "e/x/2".into()]);
+                async move { done.then_some(()) }
+            })
+            .await?;
+            // A lost subscription is over: later changes are not handed on.
+            kv.put("m/a/3", "v", None).await?;
+            kv.put("e/x/3", "x", None).await?;
+            wait_until("x holds three keys", DEADLINE, || {
+                let done = last(&x).is_some_and(|keys| keys.len() == 3);
+                async move { done.then_some(()) }
+            })
+            .await?;
+            assert_eq!(log.lock().unwrap().clone(), ["a lost"]);
             Ok(())
         }
     }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::etcd::session::SessionInfo;
-use crate::etcd::{Watch, WatchHub};
+use crate::etcd::{Watch, WatchHub, prefix_end};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
     Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
@@ -292,19 +292,36 @@ pub(crate) enum PrefixChange<'a> {
 }
 
 /// Follows every key under `prefix` until `handle` returns false: reads
-/// them once, then keeps up from the watch, without a read per event. A
-/// broken watch is logged, and after `retry_after` read again from scratch.
+/// them once, then keeps up from the watch, without a read per event. With
+/// `beyond`, a prefix after `prefix`, the same watch also carries every
+/// change up to the end of `beyond` (never read: only what changes is
+/// handed on), in one revision order with the keys' changes. A broken
+/// watch is logged and, after `retry_after`, opened again from the
+/// revision after the last one handed out; only a compacted one is read
+/// again from scratch.
 pub(crate) async fn follow_prefix(
     watches: &WatchHub,
     prefix: &str,
+    beyond: Option<&str>,
     retry_after: Duration,
     mut handle: impl FnMut(PrefixChange<'_>) -> bool + Send,
 ) {
+    let range_end = prefix_end(beyond.unwrap_or(prefix).as_bytes());
+    // What the keys stand at, once read: the read's revision, then that of
+    // the last event handed out.
+    let mut seen = None;
     loop {
-        match follow_prefix_once(watches, prefix, &mut handle).await {
+        match follow_prefix_once(watches, prefix, &range_end, &mut seen, &mut handle).await {
             Ok(()) => return,
             Err(error) => {
-                tracing::warn!(prefix, "following {prefix} failed, retrying: {error}");
+                let again = match seen {
+                    Some(revision) => format!("from revision {}", revision + 1),
+                    None => "by reading it again".to_owned(),
+                };
+                tracing::warn!(
+                    prefix,
+                    "following {prefix} failed, resuming {again}: {error}"
+                );
                 tokio::time::sleep(retry_after).await;
             }
         }
@@ -314,33 +331,70 @@ pub(crate) async fn follow_prefix(
 async fn follow_prefix_once(
     watches: &WatchHub,
     prefix: &str,
+    range_end: &[u8],
+    seen: &mut Option<i64>,
     handle: &mut (impl FnMut(PrefixChange<'_>) -> bool + Send),
 ) -> Result<(), CampaignError> {
-    let mut kv = watches.client().kv_client();
-    let snapshot = Box::pin(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
-    let revision = snapshot.header().map_or(0, |header| header.revision());
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_start_revision(revision + 1);
-    let mut stream = watches.watch(prefix, Some(options)).await?;
-    let read = std::iter::once(PrefixChange::Reset)
-        .chain(snapshot.kvs().iter().map(PrefixChange::Put))
-        .chain(std::iter::once(PrefixChange::Settled(revision)));
-    for change in read {
-        if !handle(change) {
-            return Ok(());
+    let from = match *seen {
+        Some(revision) => revision,
+        None => {
+            let mut kv = watches.client().kv_client();
+            let snapshot = Box::pin(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+            let revision = snapshot.header().map_or(0, |header| header.revision());
+            let read = std::iter::once(PrefixChange::Reset)
+                .chain(snapshot.kvs().iter().map(PrefixChange::Put))
+                .chain(std::iter::once(PrefixChange::Settled(revision)));
+            for change in read {
+                if !handle(change) {
+                    return Ok(());
+                }
+            }
+            *seen = Some(revision);
+            revision
         }
-    }
-    // What the keys stand at: the read's revision, then that of the last
-    // event handed out. Not a response's header: the response that
-    // confirms the watch, and those that catch it up from the read, name
-    // the store's current revision while events before it are still to come.
-    let mut seen = revision;
+    };
+    let options = WatchOptions::new()
+        .with_range(range_end.to_vec())
+        .with_start_revision(from + 1);
+    let mut stream = watches.watch(prefix, Some(options)).await?;
+    // Not a response's header: the response that confirms the watch, and
+    // those that catch it up, name the store's current revision while
+    // events before it are still to come.
+    let mut last = from;
     loop {
-        let response = next_response(&mut stream, prefix).await?;
+        let response = stream.message().await?;
+        let response = match response {
+            Some(response) if response.compact_revision() > 0 => {
+                *seen = None;
+                return Err(CampaignError::WatchEnded {
+                    key: prefix.to_owned(),
+                    reason: format!(
+                        "etcd compacted its history to revision {}, past revision {}",
+                        response.compact_revision(),
+                        from + 1
+                    ),
+                });
+            }
+            Some(response) if response.canceled() => {
+                return Err(CampaignError::WatchEnded {
+                    key: prefix.to_owned(),
+                    reason: response.cancel_reason().to_owned(),
+                });
+            }
+            Some(response) => response,
+            None => {
+                return Err(CampaignError::WatchEnded {
+                    key: prefix.to_owned(),
+                    reason: "stream closed".into(),
+                });
+            }
+        };
+        if response.events().is_empty() {
+            continue;
+        }
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
-            seen = seen.max(kv.mod_revision());
+            last = last.max(kv.mod_revision());
             let change = match event.event_type() {
                 EventType::Put => PrefixChange::Put(kv),
                 EventType::Delete => PrefixChange::Delete(kv),
@@ -349,9 +403,10 @@ async fn follow_prefix_once(
                 return Ok(());
             }
         }
-        if !handle(PrefixChange::Settled(seen)) {
+        if !handle(PrefixChange::Settled(last)) {
             return Ok(());
         }
+        *seen = Some(last);
     }
 }
 
@@ -372,6 +427,7 @@ pub(crate) async fn observe(
     follow_prefix(
         &watches,
         &prefix,
+        None,
         retry_after,
         leader_observer(election, report),
     )

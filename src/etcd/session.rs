@@ -179,6 +179,11 @@ impl Layout {
     pub fn meta(&self, role: &str) -> String {
         format!("{}/meta/{role}/", self.root)
     }
+
+    /// Every role's metadata: `{root}/meta/`.
+    pub fn metadata(&self) -> String {
+        format!("{}/meta/", self.root)
+    }
 }
 
 /// Failures of session bookkeeping in etcd.

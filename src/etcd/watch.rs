@@ -301,9 +301,29 @@ impl Drop for Watch {
     }
 }
 
+/// The first key after every key that starts with `prefix`.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 #[cfg(test)]
 mod tests {
-    //! Against a real etcd, which the test kit starts.
+    //! Against a real etcd, which the test kit starts, but for the range end.
+    #[test]
+    fn prefix_end_covers_exactly_the_prefix() {
+        use super::prefix_end;
+        assert_eq!(prefix_end(b"a/meta/"), b"a/meta0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
     #[cfg(feature = "testing")]
     mod against_etcd {
         use std::time::Duration;

@@ -26,17 +26,14 @@ pub(crate) struct NodeContext {
     /// follower of every election, and the waits of leader transfers.
     pub watches: WatchHub,
     /// The node's one follower of every election: each role's leader
-    /// observer, its leader's preference and the spread read it.
+    /// observer, its leader's preference and the spread read it, and its
+    /// watch runs on over the metadata, which the warm copies follow.
     pub elections: PrefixFanout,
-    /// The streams the metadata followers share, apart from the election's:
-    /// one revision of a large prefix can be a response of megabytes, which
-    /// must not hold up a predecessor's deletion behind it.
-    pub metadata_watches: WatchHub,
     /// Permits to read a warm copy whole (`reload.concurrentLoads`): a node
     /// that starts a thousand roles reads them a few at a time.
     pub warm_loads: tokio::sync::Semaphore,
-    /// The node's control writes (published states, catch-up markers),
-    /// those sent at once in one request.
+    /// The node's control writes (published states), those sent at once
+    /// in one request.
     pub writes: TxnBatcher,
     /// The validated configuration.
     pub config: Config,

@@ -695,7 +695,6 @@ impl<C: Coordinator> Election<C> {
         let generation = state.reload_generation;
         let election = myself.clone();
         let job = CatchUp {
-            store: self.store(state)?,
             revision,
             report: Box::new(move |result| {
                 let result = result.map_err(|error| error.to_string());

@@ -1,13 +1,18 @@
 //! The reload actor: keeps a copy of a role's metadata warm while standby (a paged read, then a watch) and, on a win, brings it up to date and hands it to the activation within a time bound.
 //!
-//! A win asks it to catch up. With a warm copy that is one fenced write of
-//! the catch-up marker and a wait until the watch has delivered it: etcd's
-//! watch delivers every event in revision order, so the copy then holds
-//! every write made before the win, without reading the prefix again. (Not
-//! etcd's progress notifications: before etcd 3.4.25 and 3.5.8 a requested
-//! notification can overtake events still queued on the stream, etcd issue
-//! 15220, and Debian's etcd is 3.4.23.) With `reload.warm: false`, or while
-//! the first read has not finished, the metadata is read whole, as before.
+//! The copy follows the metadata on the node's one watch of its elections
+//! (`etcd::fanout`), which hands a response's metadata changes on before
+//! any election settles on it. A win is decided on that watch, and its
+//! catch-up request reaches this actor's mailbox after every change handed
+//! on before the win: once the messages before it are handled, the copy
+//! holds every write made before the win, with no write or read to find
+//! that out (earlier versions wrote a marker and waited for the watch to
+//! bring it back: tens of milliseconds under a takeover wave; etcd's
+//! progress notifications cannot stand in before etcd 3.4.25 and 3.5.8,
+//! etcd issue 15220, and Debian's etcd is 3.4.23). While the copy is read
+//! (at start, or again after the watch missed changes) the catch-up waits
+//! for that read. With `reload.warm: false` the metadata is read whole at
+//! each win.
 
 mod copy;
 mod follow;
@@ -21,8 +26,9 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::config::ReloadConfig;
+use crate::coordinator::MetaChange;
 use crate::coordinator::{BoxError, Coordinator, Snapshot};
-use crate::fence::{FenceError, FencedStore};
+use crate::etcd::Subscription;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
 use crate::status::MetadataCopy;
@@ -68,15 +74,6 @@ pub(crate) enum ReloadError {
         /// The coordinator's error.
         reason: String,
     },
-    /// The catch-up marker was refused (the term is over) or not written.
-    #[error("writing the catch-up marker under {prefix} failed: {source}")]
-    MarkerFailed {
-        /// The metadata prefix.
-        prefix: String,
-        /// The fenced write's error.
-        #[source]
-        source: FenceError,
-    },
 }
 
 /// The reload actor of one role on one node. It runs on a plain task with
@@ -86,9 +83,9 @@ pub(crate) enum ReloadError {
 /// failure to the election, and dropping its handle stops it.
 pub(crate) struct ReloadActor<C: Coordinator> {
     coordinator: Arc<C>,
-    /// The node's client, control writes (the catch-up marker goes with the
-    /// others), metadata watch streams and configuration: shared, since an
-    /// etcd client alone is kilobytes and a node runs thousands of these.
+    /// The node's client, its watch of elections and metadata, and the
+    /// configuration: shared, since an etcd client alone is kilobytes and
+    /// a node runs thousands of these.
     context: Arc<NodeContext>,
     role: String,
     /// `{root}/meta/{role}/`.
@@ -119,8 +116,6 @@ impl<C: Coordinator> ReloadActor<C> {
 
 /// What a won term asks of the reload actor.
 pub(crate) struct CatchUp<C: Coordinator> {
-    /// A store fenced to the won term: writes the catch-up marker.
-    pub store: FencedStore,
     /// The won revision: a full read must be at least this new.
     pub revision: i64,
     /// Hands the metadata over, or says why there is none.
@@ -142,7 +137,7 @@ pub(crate) enum ReloadMsg<C: Coordinator> {
         /// What it read.
         snapshot: Snapshot,
     },
-    /// The watch of the copy of `generation` delivered changes.
+    /// The node's watch handed on changes for the copy of `generation`.
     Followed {
         /// The copy's generation.
         generation: u64,
@@ -164,13 +159,6 @@ pub(crate) enum ReloadMsg<C: Coordinator> {
         revision: i64,
         /// The decoded metadata.
         result: Result<C::Meta, BoxError>,
-    },
-    /// The catch-up `id`'s marker was written, at the revision given, or not.
-    Marked {
-        /// The catch-up.
-        id: u64,
-        /// The marker's revision.
-        result: Result<i64, FenceError>,
     },
     /// The catch-up `id` has its metadata (`keys` keys), or failed.
     CaughtUp {
@@ -200,9 +188,10 @@ struct Pending<C: Coordinator> {
     id: u64,
     report: Box<dyn FnOnce(Result<C::Meta, ReloadError>) + Send>,
     started: Instant,
-    /// The marker's revision, once written: the copy must reach it.
+    /// The revision the copy must reach: whatever it held when the request
+    /// came (0 while it is read: the read covers it). `None` for a cold read.
     target: Option<i64>,
-    /// The marker write, the full read, or the decode of the catch-up.
+    /// The full read, or the decode of the catch-up.
     task: Option<OwnedTask>,
     /// A decode for this catch-up runs.
     decoding: bool,
@@ -217,7 +206,10 @@ pub(crate) struct ReloadState<C: Coordinator> {
     /// The warm copy; `None` while it is read (or with `reload.warm: false`).
     copy: Option<WarmCopy<C::Meta>>,
     loader: Option<OwnedTask>,
-    follower: Option<OwnedTask>,
+    /// The copy's subscription to the node's watch, from before its read.
+    follower: Option<Subscription>,
+    /// What the watch handed on while the copy is read, for after the read.
+    early: Vec<(i64, MetaChange)>,
     /// The background decode of the copy (incremental coordinators).
     decoder: Option<OwnedTask>,
     catch_up: Option<Pending<C>>,
@@ -262,15 +254,32 @@ impl<C: Coordinator> ReloadActor<C> {
             tokio::task::spawn_blocking(move || drop(old));
         }
         self.publish(None);
-        state.follower = None;
         state.decoder = None;
         metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => why)
             .increment(1);
         let generation = state.generation;
+        // Subscribed before the read: what changes after the read's
+        // revision reaches the copy, whenever the read ends.
+        state.early.clear();
+        let reply = myself.clone();
+        state.follower = Some(follow::follow(
+            &self.context.elections,
+            &self.role,
+            self.prefix.clone(),
+            move |followed| {
+                reply.send_message(ReloadMsg::Followed {
+                    generation,
+                    followed,
+                })
+            },
+        ));
         let (context, prefix) = (self.context.clone(), self.prefix.clone());
         let (faults, reply) = (self.faults.clone(), myself.clone());
         let wake = state.wake.clone();
         let load = async move {
+            // Until the node's watch has read its elections, it has not
+            // started: what changed before it starts would be missed.
+            context.elections.first_read().await;
             let (client, paging) = (&context.client, &context.config.reload);
             let mut backoff = Backoff::new(context.config.etcd.retry.clone());
             loop {
@@ -313,54 +322,56 @@ impl<C: Coordinator> ReloadActor<C> {
             revision,
             "metadata copy loaded; following its changes"
         );
-        let copy = WarmCopy::new(snapshot);
-        self.publish(Some(&copy));
-        state.copy = Some(copy);
-        let generation = state.generation;
-        let reply = myself.clone();
-        let follow = follow::follow(
-            self.context.metadata_watches.clone(),
-            self.prefix.clone(),
-            revision + 1,
-            self.context.config.etcd.retry.clone(),
-            state.wake.clone(),
-            move |followed| {
-                reply.send_message(ReloadMsg::Followed {
-                    generation,
-                    followed,
-                })
-            },
-        );
-        state.follower = Some(Self::spawn(myself, "following the metadata", follow));
+        state.copy = Some(WarmCopy::new(snapshot));
+        let early = std::mem::take(&mut state.early);
+        self.apply(myself, state, early);
+        self.publish(state.copy.as_ref());
         self.start_background_decode(myself, state);
     }
 
     fn followed(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, followed: Followed) {
-        let Some(copy) = &mut state.copy else { return };
         match followed {
-            Followed::Changed { revision, changes } => {
-                let coordinator = &self.coordinator;
-                let applied = copy.apply(revision, changes, |meta, change| {
-                    coordinator.apply_change(meta, change)
-                });
-                self.publish(Some(copy));
-                if let ApplyOutcome::DecodedDropped(error) = applied {
-                    tracing::warn!(
-                        role = self.role,
-                        "the coordinator could not apply a metadata change to its decoded metadata ({error}); decoding the copy again"
-                    );
-                    self.start_background_decode(myself, state);
-                }
-            }
-            Followed::Compacted { compacted } => {
+            Followed::Changed(changes) if state.copy.is_none() => state.early.extend(changes),
+            Followed::Changed(changes) => self.apply(myself, state, changes),
+            Followed::Lost => {
                 tracing::warn!(
                     role = self.role,
                     prefix = self.prefix,
-                    "etcd compacted its history to revision {compacted}, past the copy's revision {}: reading the metadata again in the background",
-                    copy.revision()
+                    "the node's watch of its elections and metadata missed changes (etcd compacted its history): reading the metadata again in the background"
                 );
                 self.start_load(myself, state, "compacted");
             }
+        }
+    }
+
+    /// Applies the changes after the copy's revision, in order.
+    fn apply(
+        &self,
+        myself: &Mailbox<C>,
+        state: &mut ReloadState<C>,
+        changes: Vec<(i64, MetaChange)>,
+    ) {
+        let Some(copy) = &mut state.copy else { return };
+        let after = copy.revision();
+        let Some(revision) = changes.last().map(|(revision, _)| *revision) else {
+            return;
+        };
+        let fresh = changes
+            .into_iter()
+            .filter(|(revision, _)| *revision > after)
+            .map(|(_, change)| change)
+            .collect();
+        let coordinator = &self.coordinator;
+        let applied = copy.apply(revision, fresh, |meta, change| {
+            coordinator.apply_change(meta, change)
+        });
+        self.publish(Some(copy));
+        if let ApplyOutcome::DecodedDropped(error) = applied {
+            tracing::warn!(
+                role = self.role,
+                "the coordinator could not apply a metadata change to its decoded metadata ({error}); decoding the copy again"
+            );
+            self.start_background_decode(myself, state);
         }
     }
 
@@ -423,13 +434,14 @@ impl<C: Coordinator> ReloadActor<C> {
             reply.send_message(ReloadMsg::Expired { id });
         });
         let reply = myself.clone();
-        let task = if self.config().warm {
-            let (store, context) = (job.store, self.context.clone());
-            let mark = async move {
-                let result = store.write_marker(&context.writes).await;
-                reply.send_message(ReloadMsg::Marked { id, result });
-            };
-            Self::spawn(myself, "writing the catch-up marker", mark)
+        let (task, target) = if self.config().warm {
+            // Every change made before the win was handed on before this
+            // request, and handled before it: the copy holds them, or its
+            // read under way will.
+            (
+                None,
+                Some(state.copy.as_ref().map_or(0, WarmCopy::revision)),
+            )
         } else {
             metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => "cold")
                 .increment(1);
@@ -449,20 +461,23 @@ impl<C: Coordinator> ReloadActor<C> {
                     };
                 reply.send_message(ReloadMsg::CaughtUp { id, keys, result });
             };
-            Self::spawn(myself, "reading the metadata", read)
+            (
+                Some(Self::spawn(myself, "reading the metadata", read)),
+                None,
+            )
         };
         state.catch_up = Some(Pending {
             id,
             report: job.report,
             started: Instant::now(),
-            target: None,
-            task: Some(task),
+            target,
+            task,
             decoding: !self.config().warm,
             _timer: timer,
         });
     }
 
-    /// Hands the metadata over once the copy has reached the marker.
+    /// Hands the metadata over once the copy has reached its target.
     fn check_catch_up(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>) {
         let (Some(pending), Some(copy)) = (&mut state.catch_up, &mut state.copy) else {
             return;
@@ -651,6 +666,7 @@ impl<C: Coordinator> ReloadActor<C> {
                 copy: None,
                 loader: None,
                 follower: None,
+                early: Vec::new(),
                 decoder: None,
                 catch_up: None,
                 catch_ups: 0,
@@ -727,23 +743,6 @@ impl<C: Coordinator> ReloadActor<C> {
                     self.decoded(state, revision, result);
                 }
             }
-            ReloadMsg::Marked { id, result } => match result {
-                Ok(revision) => {
-                    if let Some(pending) = state.catch_up.as_mut().filter(|p| p.id == id) {
-                        pending.target = Some(revision);
-                        pending.task = None;
-                    }
-                }
-                Err(source) => {
-                    let prefix = self.prefix.clone();
-                    self.finish_if(
-                        state,
-                        id,
-                        0,
-                        Err(ReloadError::MarkerFailed { prefix, source }),
-                    );
-                }
-            },
             ReloadMsg::CaughtUp { id, keys, result } => self.finish_if(state, id, keys, result),
             ReloadMsg::Expired { id } => {
                 let timed_out = ReloadError::TimedOut {
@@ -802,7 +801,7 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
-    use crate::fence::Epoch;
+    use crate::fence::{Epoch, FencedStore};
 
     /// Decodes to the number of entries; panics on an entry named `panic`,
     /// fails on one named `bad`, and says on which thread it ran.

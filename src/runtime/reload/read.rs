@@ -4,6 +4,7 @@ use etcd_client::{Client, GetOptions};
 
 use crate::config::ReloadConfig;
 use crate::coordinator::Snapshot;
+use crate::etcd::prefix_end;
 use crate::runtime::faults::Faults;
 use crate::runtime::reload::ReloadError;
 
@@ -273,18 +274,6 @@ pub(crate) fn relative_key(prefix: &str, key: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(relative).into_owned())
 }
 
-/// The first key after every key that starts with `prefix`.
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,13 +321,6 @@ mod tests {
         let mut pages = sizer(100_000, 8 << 20);
         pages.read(0, 0);
         assert_eq!(pages.limit(), FIRST_PAGE_KEYS);
-    }
-
-    #[test]
-    fn prefix_end_covers_exactly_the_prefix() {
-        assert_eq!(prefix_end(b"a/meta/"), b"a/meta0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
 
     #[test]
