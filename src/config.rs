@@ -836,9 +836,10 @@ pub struct ReloadConfig {
     /// large pages read a large prefix in about linear time, where pages of
     /// a fixed thousand keys take quadratic time (minutes at a million keys).
     pub page_bytes: u64,
-    /// The gRPC watch streams the node's metadata followers share, 1..=64,
-    /// apart from the elections' so that a large metadata change cannot
-    /// hold up a leader's deletion behind it.
+    /// No longer used, 1..=64: the metadata copies follow their changes on
+    /// the node's one watch of its elections (`etcd.watchStreams`), whose
+    /// order a win's catch-up relies on. Accepted so that existing files
+    /// load; a node that finds it set to anything but 1 says so in its log.
     pub watch_streams: usize,
     /// The most warm copies the node reads whole at once, 1..=1024. A node
     /// that starts a thousand roles reads their prefixes a few at a time,

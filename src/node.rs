@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
 
 use crate::backoff::Backoff;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ReloadConfig};
 use crate::coordinator::Coordinator;
 use crate::etcd::recipe::{self, CampaignError, Leader};
 use crate::etcd::session::{Layout, SessionError, SessionInfo, allocate_server_id};
@@ -378,6 +378,11 @@ impl Node {
             .await
             .map_err(NodeError::SessionFailed)?;
         self.session = Some(session.clone());
+        if self.config.reload.watch_streams != ReloadConfig::default().watch_streams {
+            tracing::warn!(
+                "reload.watchStreams is no longer used: the metadata follows on the node's watch of its elections, over etcd.watchStreams streams"
+            );
+        }
         let watches = WatchHub::new(
             client.clone(),
             self.config.etcd.watch_streams,
