@@ -26,8 +26,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::config::ReloadConfig;
-use crate::coordinator::MetaChange;
-use crate::coordinator::{BoxError, Coordinator, Snapshot};
+use crate::coordinator::{BoxError, Coordinator, MetaChange, Snapshot};
 use crate::etcd::Subscription;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
@@ -214,7 +213,7 @@ pub(crate) struct ReloadState<C: Coordinator> {
     decoder: Option<OwnedTask>,
     catch_up: Option<Pending<C>>,
     catch_ups: u64,
-    /// Cuts short the loader's or the follower's backoff, for a win.
+    /// Cuts short the loader's backoff, for a win.
     wake: Arc<Notify>,
 }
 
@@ -304,7 +303,7 @@ impl<C: Coordinator> ReloadActor<C> {
                             prefix,
                             "reading the metadata for a warm copy failed, retrying in {delay:?}: {error}"
                         );
-                        follow::sleep_unless_woken(delay, &wake).await;
+                        sleep_unless_woken(delay, &wake).await;
                     }
                 }
             }
@@ -423,8 +422,8 @@ impl<C: Coordinator> ReloadActor<C> {
 
     fn start_catch_up(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, job: CatchUp<C>) {
         self.faults.catch_up_started();
-        // etcd has just answered the win: a read or watch waiting out its
-        // backoff (after a cut link) tries again now, not seconds later.
+        // etcd has just answered the win: a read waiting out its backoff
+        // (after a cut link) tries again now, not seconds later.
         state.wake.notify_one();
         state.catch_ups += 1;
         let id = state.catch_ups;
@@ -586,6 +585,14 @@ impl<C: Coordinator> ReloadActor<C> {
             .set(keys as f64);
         let loaded = if published.is_some() { 1.0 } else { 0.0 };
         metrics::gauge!(telemetry::METADATA_COPY_LOADED, "role" => self.role.clone()).set(loaded);
+    }
+}
+
+/// Sleeps for `delay`, or until `wake` is notified.
+async fn sleep_unless_woken(delay: Duration, wake: &Notify) {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = wake.notified() => {}
     }
 }
 

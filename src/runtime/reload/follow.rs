@@ -1,7 +1,6 @@
 //! Following a role's metadata on the node's one watch of its elections and metadata: each response's changes, with their revisions, for the reload actor.
 
 use etcd_client::KeyValue;
-use tokio::sync::Notify;
 
 use crate::coordinator::MetaChange;
 use crate::etcd::recipe::PrefixChange;
@@ -49,14 +48,6 @@ pub(crate) fn follow(
             }
         }),
     )
-}
-
-/// Sleeps for `delay`, or until `wake` is notified.
-pub(crate) async fn sleep_unless_woken(delay: std::time::Duration, wake: &Notify) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        () = wake.notified() => {}
-    }
 }
 
 /// A change of the role's metadata and its revision; `None` for the

@@ -267,8 +267,8 @@ impl<'a> Progress<'a> {
     }
 }
 
-/// `key` relative to the metadata `prefix`; `None` for the prefix's own key,
-/// the catch-up marker, which is no coordinator's metadata.
+/// `key` relative to the metadata `prefix`; `None` for the prefix's own key
+/// (earlier versions' catch-up marker), which is no coordinator's metadata.
 pub(crate) fn relative_key(prefix: &str, key: &[u8]) -> Option<String> {
     let relative = key.get(prefix.len()..).filter(|rest| !rest.is_empty())?;
     Some(String::from_utf8_lossy(relative).into_owned())
