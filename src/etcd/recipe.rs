@@ -110,11 +110,16 @@ pub(crate) async fn join(
 /// The next response of `stream`, a watch on `key`; a cancelled or closed
 /// watch is an error, for the caller to re-open.
 async fn next_response(stream: &mut Watch, key: &str) -> Result<WatchResponse, CampaignError> {
+    live(stream.message().await?, key)
+}
+
+/// `response` of a watch on `key`, unless the watch was cancelled or closed.
+fn live(response: Option<WatchResponse>, key: &str) -> Result<WatchResponse, CampaignError> {
     let ended = |reason: String| CampaignError::WatchEnded {
         key: key.to_owned(),
         reason,
     };
-    match stream.message().await? {
+    match response {
         Some(response) if response.canceled() => Err(ended(response.cancel_reason().to_owned())),
         Some(response) => Ok(response),
         None => Err(ended("stream closed".into())),
@@ -363,32 +368,16 @@ async fn follow_prefix_once(
     let mut last = from;
     loop {
         let response = stream.message().await?;
-        let response = match response {
-            Some(response) if response.compact_revision() > 0 => {
-                *seen = None;
-                return Err(CampaignError::WatchEnded {
-                    key: prefix.to_owned(),
-                    reason: format!(
-                        "etcd compacted its history to revision {}, past revision {}",
-                        response.compact_revision(),
-                        from + 1
-                    ),
-                });
-            }
-            Some(response) if response.canceled() => {
-                return Err(CampaignError::WatchEnded {
-                    key: prefix.to_owned(),
-                    reason: response.cancel_reason().to_owned(),
-                });
-            }
-            Some(response) => response,
-            None => {
-                return Err(CampaignError::WatchEnded {
-                    key: prefix.to_owned(),
-                    reason: "stream closed".into(),
-                });
-            }
-        };
+        let compacted = response.as_ref().map_or(0, WatchResponse::compact_revision);
+        if compacted > 0 {
+            // The revision to resume from is gone: read the keys again.
+            *seen = None;
+            return Err(CampaignError::WatchEnded {
+                key: prefix.to_owned(),
+                reason: format!("etcd compacted its history to revision {compacted}, past {last}"),
+            });
+        }
+        let response = live(response, prefix)?;
         if response.events().is_empty() {
             continue;
         }
