@@ -242,20 +242,32 @@ async fn status_resign_health_and_the_routing_layer() -> anyhow::Result<()> {
     }
 
     info!("--- a standby refuses tso requests and names the leader");
+    // Every refusal is UNAVAILABLE; the leader is named once the standby,
+    // started moments ago beside it, has seen its election.
     let standby = (leader + 1) % 3;
-    let refused = TsoClient::connect(nodes[standby].url())
-        .await?
-        .allocate(AllocateRequest { count: 1 })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::Unavailable);
-    assert_eq!(
-        refused
-            .metadata()
-            .get("standin-leader")
-            .and_then(|v| v.to_str().ok()),
-        Some(nodes[leader].address.as_str())
-    );
+    let tso = TsoClient::connect(nodes[standby].url()).await?;
+    eventually(
+        "the standby's refusal to name the leader",
+        Duration::from_secs(5),
+        || {
+            let mut tso = tso.clone();
+            let leader_address = nodes[leader].address.clone();
+            async move {
+                let refused = tso
+                    .allocate(AllocateRequest { count: 1 })
+                    .await
+                    .expect_err("a standby refuses");
+                assert_eq!(refused.code(), tonic::Code::Unavailable);
+                let named = refused
+                    .metadata()
+                    .get("standin-leader")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                (named.as_deref() == Some(leader_address.as_str())).then_some(())
+            }
+        },
+    )
+    .await;
     let bad = TsoClient::connect(nodes[leader].url())
         .await?
         .allocate(AllocateRequest { count: 0 })
