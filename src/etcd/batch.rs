@@ -4,10 +4,11 @@
 //! one by one. When a node that led hundreds of roles dies, each survivor
 //! wins a few hundred elections in the same moment and publishes each
 //! twice (its session, and the leader value): alone, that is hundreds of
-//! proposals in a wave etcd has to finish on two cores. Here whatever waits while a batch is in flight goes
-//! out in the next one, as nested transactions of one request (etcd checks
-//! each nested transaction's conditions on its own), so a single write
-//! costs one round trip as before and a wave costs a few.
+//! proposals in a wave etcd has to finish on two cores. Here whatever
+//! waits while a batch is in flight goes out in the next one, as nested
+//! transactions of one request (etcd checks each nested transaction's
+//! conditions on its own), so a single write costs one round trip as
+//! before and a wave costs a few.
 //!
 //! Only for transactions that may run twice: a batch etcd refused as a
 //! whole (two of its writes on one key, a lease gone) or whose answer was
