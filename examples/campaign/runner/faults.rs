@@ -223,6 +223,9 @@ impl Cluster {
             let _ =
                 tokio::time::timeout(STATUS_WITHIN, coordination.status(StatusRequest {})).await;
         }
+        // Before the bystanders are read: a spread move under way then is
+        // found in the lines after these marks.
+        let marks = self.log_marks();
         let mut bystanders = Vec::new();
         if fault.spares_other_roles() {
             for (other, &(holder, held)) in leaders.iter().enumerate() {
@@ -234,7 +237,6 @@ impl Cluster {
                 }
             }
         }
-        let marks = self.log_marks();
         let target_server = self.server_id_of(node);
         let warm_standby = self.warm_standby(role, node);
         let bound = fault.bound(warm_standby);
@@ -518,8 +520,13 @@ impl Cluster {
 
     /// Whether `node`'s spread handed `role` to another node since `marks`.
     fn spread_moved(&self, node: usize, role: &str, marks: &[usize]) -> bool {
-        let needle = format!("spreading leadership: handing {role} to server ");
-        self.logged_since(node, marks, |line| line.contains(&needle))
+        // The spread's decision may be logged just before the marks, with
+        // its handover after them: either line counts.
+        let decided = format!("spreading leadership: handing {role} to server ");
+        let handed = format!("stepping down role=\"{role}\" reason=\"transferred\"");
+        self.logged_since(node, marks, |line| {
+            line.contains(&decided) || line.contains(&handed)
+        })
     }
 
     fn witness_revoked(&self, node: usize, server: i64, marks: &[usize]) -> bool {
