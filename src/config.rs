@@ -785,9 +785,17 @@ impl SessionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct CoordinatorConfig {
-    /// Messages held while the coordinator activates, delivered once it serves,
-    /// so clients that reach it early are delayed rather than refused. At least 1.
-    pub activation_buffer: usize,
+    /// Requests that may wait for the coordinator: while it activates
+    /// (delivered once it serves, so clients that reach it early are
+    /// delayed rather than refused) and while it serves slower than they
+    /// arrive. One more is refused at once (`ServeError::Overloaded`,
+    /// `RESOURCE_EXHAUSTED`) instead of queued without bound. At least 1;
+    /// `activationBuffer` is its old name.
+    #[serde(alias = "activationBuffer")]
+    pub queue_depth: usize,
+    /// The most waiting requests handed to the coordinator at once
+    /// (`Coordinator::handle_batch`), with one term check for all. At least 1.
+    pub max_batch: usize,
     /// Bound on the user's deactivation hook, so a hung hook cannot keep a
     /// demoted coordinator from returning to standby.
     #[serde(with = "humantime_serde")]
@@ -805,7 +813,8 @@ pub struct CoordinatorConfig {
 impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
-            activation_buffer: 1000,
+            queue_depth: 1000,
+            max_batch: 256,
             deactivate_timeout: Duration::from_secs(2),
             activate_timeout: Duration::from_secs(30),
             restart_backoff: BackoffConfig::default(),
@@ -1297,8 +1306,8 @@ mod tests {
         assert!(message.starts_with("invalid value"), "{message}");
         assert!(message.contains("line 2"), "{message}");
 
-        let (key, _) = parse_error("coordinator:\n  activationBuffer: -1\n");
-        assert_eq!(key, "coordinator.activationBuffer");
+        let (key, _) = parse_error("coordinator:\n  queueDepth: -1\n");
+        assert_eq!(key, "coordinator.queueDepth");
 
         let (key, _) = parse_error("etcd:\n  endpoints: 127.0.0.1:2379\n");
         assert_eq!(key, "etcd.endpoints");

@@ -63,6 +63,26 @@ pub trait Coordinator: Send + Sync + 'static {
         request: Self::Request,
     ) -> impl Future<Output = Self::Response> + Send;
 
+    /// Answers the requests that waited together, in arrival order, with
+    /// one answer each in the same order. The runtime checks the term once
+    /// before and once after the whole batch, so a coordinator whose
+    /// requests share work (one etcd transaction for many writes, one
+    /// range for many timestamps) does it once here. The default answers
+    /// them one by one with [`handle`](Self::handle).
+    fn handle_batch(
+        &self,
+        serving: &mut Self::Serving,
+        requests: Vec<Self::Request>,
+    ) -> impl Future<Output = Vec<Self::Response>> + Send {
+        async move {
+            let mut responses = Vec::with_capacity(requests.len());
+            for request in requests {
+                responses.push(self.handle(serving, request).await);
+            }
+            responses
+        }
+    }
+
     /// Runs when the term ends in an orderly way (step-down or shutdown),
     /// bounded by `coordinator.deactivateTimeout`.
     fn deactivate(&self, serving: Self::Serving) -> impl Future<Output = ()> + Send {
@@ -82,12 +102,14 @@ pub enum ServeError {
         /// The active instance's address, when known.
         leader: Option<String>,
     },
-    /// The role is activating and its buffer of waiting requests is full.
-    #[error("{role} is activating and {capacity} requests already wait")]
-    BufferFull {
+    /// The role's queue is full: `capacity` requests already wait for its
+    /// coordinator (activating, or serving slower than they arrive).
+    /// Refused at once rather than queued without bound.
+    #[error("{role} is overloaded: {capacity} requests already wait (coordinator.queueDepth)")]
+    Overloaded {
         /// The role asked for.
         role: String,
-        /// `coordinator.activationBuffer`.
+        /// `coordinator.queueDepth`.
         capacity: usize,
     },
     /// The activation this request waited for did not complete.

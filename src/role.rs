@@ -156,7 +156,7 @@ impl<C: Coordinator> RoleHandle<C> {
     ) -> impl Future<Output = Result<C::Response, ServeError>> + Send + 'static {
         let shared = self.shared.clone();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        shared.forward(request, reply.into());
+        shared.forward(request, reply.into(), timeout);
         async move {
             let answer = match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(answer)) => answer,
@@ -171,7 +171,7 @@ impl<C: Coordinator> RoleHandle<C> {
                 Ok(_) => "ok",
                 Err(ServeError::NotActive { .. }) => "not_active",
                 Err(ServeError::TimedOut { .. }) => "timed_out",
-                Err(ServeError::BufferFull { .. }) => "refused",
+                Err(ServeError::Overloaded { .. }) => "refused",
                 Err(_) => "unavailable",
             };
             metrics::counter!(telemetry::REQUESTS, "role" => shared.role.clone(), "outcome" => outcome)
@@ -389,7 +389,7 @@ impl<C: Coordinator> RoleHandle<C> {
     /// Makes the role's coordinator actor panic. Returns false when none runs.
     pub fn crash_coordinator(&self) -> bool {
         let coordinator = self.shared.coordinator.get();
-        coordinator.is_some_and(|c| c.send_message(CoordinatorMsg::InjectPanic).is_ok())
+        coordinator.is_some_and(|c| c.actor.send_message(CoordinatorMsg::InjectPanic).is_ok())
     }
 
     /// Makes the role's reload actor panic at its next page read or catch-up

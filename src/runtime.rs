@@ -42,6 +42,7 @@ pub(crate) mod coordinator;
 pub(crate) mod election;
 pub(crate) mod endpoint;
 pub(crate) mod faults;
+pub(crate) mod queue;
 pub(crate) mod reload;
 pub(crate) mod session;
 pub(crate) mod slot;

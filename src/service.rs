@@ -9,9 +9,9 @@ pub mod server;
 mod shown;
 pub mod tso;
 
-pub use client::{KvClient, LeaderWatch, RoleClient, TsoClient};
+pub use client::{KvClient, LeaderWatch, RoleClient, TsoClient, TsoClientOptions, TsoClientStats};
 pub use connect::{NodeChannel, NodeConnector};
 pub use grpc::auth::{AuthLayer, Caller, Policy};
 pub use grpc::routing::ActiveOnlyLayer;
 pub use kv::{Kv, KvAnswer, KvError, KvRequest};
-pub use tso::{Tso, TsoBatch, TsoError, TsoRequest};
+pub use tso::{SavedBound, Tso, TsoBatch, TsoError, TsoRequest};

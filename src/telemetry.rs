@@ -41,10 +41,18 @@ pub const RENEW_DEADLINE_SECONDS: &str = "standin_renew_deadline_seconds";
 pub const SESSION_LEASES: &str = "standin_session_leases_granted_total";
 /// Counter, label `role`: metadata writes refused because their epoch was over.
 pub const FENCED_WRITES_REFUSED: &str = "standin_fenced_writes_refused_total";
-/// Gauge, label `role`: requests held while the coordinator activates.
-pub const BUFFERED_MESSAGES: &str = "standin_buffered_messages";
+/// Gauge, label `role`: requests waiting for the coordinator (while it
+/// activates, or serves slower than they arrive), at most `coordinator.queueDepth`.
+pub const QUEUED_REQUESTS: &str = "standin_queued_requests";
+/// Counter, labels `role` and `reason` (`abandoned`, `expired`): requests
+/// dropped before the coordinator handled them, their caller gone or their
+/// deadline passed.
+pub const REQUESTS_DROPPED: &str = "standin_requests_dropped_total";
 /// Counter, labels `role` and `outcome`: calls to the coordinator through its `RoleHandle`.
 pub const REQUESTS: &str = "standin_requests_total";
+/// Counter, label `role`: times the timestamp oracle found the clock
+/// further ahead than `tso.maxClockStep` allows and held it back.
+pub const TSO_CLOCK_STEPS: &str = "standin_tso_clock_steps_total";
 /// Counter, label `role`: restarts of the role's election actor after a crash.
 pub const ELECTION_RESTARTS: &str = "standin_election_restarts_total";
 /// Counter: leader processes this node found dead through their death
@@ -235,11 +243,18 @@ pub fn catalogue() -> Vec<MetricInfo> {
             "Metadata writes refused because the epoch they were made for is over.",
         ),
         metric(
-            BUFFERED_MESSAGES,
+            QUEUED_REQUESTS,
             Gauge,
             Unit::Count,
             &["role"],
-            "Requests held while the coordinator activates, delivered once it serves.",
+            "Requests waiting for the coordinator (while it activates, or serves slower than they arrive), at most coordinator.queueDepth.",
+        ),
+        metric(
+            REQUESTS_DROPPED,
+            Counter,
+            Unit::Count,
+            &["role", "reason"],
+            "Requests dropped before the coordinator handled them: their caller had gone (abandoned) or their deadline had passed (expired).",
         ),
         metric(
             REQUESTS,
@@ -306,6 +321,13 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Unit::Count,
             &[],
             "Connections closed on arrival because server.limits.maxConnections were open.",
+        ),
+        metric(
+            TSO_CLOCK_STEPS,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Times the timestamp oracle found the clock further ahead than tso.maxClockStep allows, and held it back.",
         ),
         metric(
             BUILD_INFO,

@@ -158,7 +158,7 @@ async fn gated_node(
     gate: Arc<Semaphore>,
 ) -> anyhow::Result<GatedNode> {
     let mut config = config(etcd, index, 3);
-    config.coordinator.activation_buffer = 16;
+    config.coordinator.queue_depth = 16;
     let handled = Arc::new(Mutex::new(Vec::new()));
     let mut node = Node::new(config);
     let handle = node.add_role(

@@ -271,7 +271,7 @@ async fn every_metric_is_served_with_its_labels() -> anyhow::Result<()> {
         of_role(&serving, telemetry::FENCED_WRITES_REFUSED),
         Some(1.0)
     );
-    assert_eq!(of_role(&serving, telemetry::BUFFERED_MESSAGES), Some(0.0));
+    assert_eq!(of_role(&serving, telemetry::QUEUED_REQUESTS), Some(0.0));
     // The reloads after the crashes found the key the first term wrote.
     assert!(of_role(&serving, telemetry::RELOADED_KEYS).is_some_and(|keys| keys >= 2.0));
 

@@ -169,7 +169,7 @@ async fn gated_node(
     fail: bool,
 ) -> anyhow::Result<(Node, standin::RoleHandle<Gated>, Arc<Semaphore>)> {
     let mut config = config(etcd, 0, 10);
-    config.coordinator.activation_buffer = 3;
+    config.coordinator.queue_depth = 3;
     let gate = Arc::new(Semaphore::new(0));
     let mut node = Node::new(config);
     let handle = node.add_role(
@@ -205,7 +205,7 @@ async fn requests_while_activating_are_held_in_order_up_to_the_buffer_size() -> 
     for (tag, task) in pending.drain(3..) {
         let refused = task.await?;
         assert!(
-            matches!(refused, Err(ServeError::BufferFull { capacity: 3, .. })),
+            matches!(refused, Err(ServeError::Overloaded { capacity: 3, .. })),
             "request {tag}: {refused:?}"
         );
     }

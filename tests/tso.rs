@@ -1,4 +1,4 @@
-//! Behaviour of the timestamp oracle against a real etcd: timestamps keep increasing across crashes, handovers, full restarts and a clock far behind the saved bound.
+//! Behaviour of the timestamp oracle against a real etcd: timestamps keep increasing across crashes, handovers, full restarts, a clock far behind the saved bound, a clock stepped far ahead, and the end of what a timestamp holds.
 
 mod support;
 
@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use standin::Coordinator;
 use standin::config::TsoConfig;
-use standin::service::tso::{Tso, TsoBatch, TsoRequest, split};
+use standin::service::tso::{MAX_PHYSICAL, SavedBound, Tso, TsoBatch, TsoError, TsoRequest, split};
 use standin::testing::EtcdServer;
 use standin::{Node, RoleHandle};
 use support::*;
@@ -339,4 +340,219 @@ async fn a_save_that_lands_late_is_never_overwritten_by_a_smaller_bound() -> any
     );
     node.shutdown().await;
     Ok(())
+}
+
+/// The wall clock in milliseconds, as the oracle reads it by default.
+fn wall_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    u64::try_from(since.as_millis()).expect("milliseconds fit")
+}
+
+/// A clock a test sets, starting at the wall clock.
+fn settable_clock() -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<dyn Fn() -> u64 + Send + Sync>,
+) {
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(wall_ms()));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    (now, clock)
+}
+
+const DAY_MS: u64 = 86_400_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_that_finds_a_larger_bound_than_it_decoded_starts_above_it()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut node = TsoNode::start(&etcd, 0, Tso::new(TsoConfig::default())).await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&node.handle), CALL).await?;
+    let decoded = saved_upper_bound(&etcd).await?;
+
+    info!("--- a late save of the term lands a larger bound than the one decoded");
+    let late = decoded + 60_000;
+    let store = node
+        .handle
+        .fenced_store()
+        .expect("a serving role has a store");
+    store.put("upper_bound", late.to_string()).await?;
+
+    info!("--- an activation from the decoded bound reads etcd's back and starts above it");
+    let epoch = node.handle.serving().epoch().expect("the node serves");
+    let tso = Tso::new(TsoConfig::default());
+    let stale = SavedBound {
+        bound: decoded,
+        seen: None,
+    };
+    let mut serving = tso
+        .activate(epoch, stale, store)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let batch = tso
+        .handle(&mut serving, TsoRequest::Allocate { count: 1 })
+        .await?;
+    let (physical, _) = split(batch.first);
+    assert!(
+        physical > late,
+        "handed out physical {physical} ms at or below the bound {late} ms etcd held"
+    );
+    assert!(physical < saved_upper_bound(&etcd).await?);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_stepped_a_day_ahead_while_serving_is_held_back_to_max_clock_step()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let (now, clock) = settable_clock();
+    let config = TsoConfig::default();
+    let (step, window) = (config.max_clock_step, config.window);
+    let started = (now.load(Ordering::SeqCst), std::time::Instant::now());
+    let mut node = TsoNode::start(&etcd, 0, Tso::with_clock(config, clock)).await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&node.handle), CALL).await?;
+    let first = allocate(&node.handle, 1).await.expect("the oracle serves");
+
+    info!("--- the clock steps a day forward");
+    now.fetch_add(DAY_MS, Ordering::SeqCst);
+    let mut batches = vec![first];
+    for _ in 0..20 {
+        batches.push(
+            allocate(&node.handle, 1)
+                .await
+                .expect("the oracle serves on"),
+        );
+    }
+    assert_strictly_increasing(&batches);
+    // Real time passed since before the activation, plus the step allowed.
+    let furthest = started.0 + millis(started.1.elapsed() + step);
+    let (physical, _) = split(batches.last().unwrap().first);
+    assert!(
+        physical <= furthest,
+        "followed the stepped clock to {physical} ms, past {furthest} ms"
+    );
+    let saved = saved_upper_bound(&etcd).await?;
+    assert!(
+        saved <= furthest + millis(window),
+        "saved the stepped clock: bound {saved} ms, at most {} ms expected",
+        furthest + millis(window)
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_clock_is_a_day_ahead_takes_over_near_its_predecessors_bound()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let config = TsoConfig {
+        // Saves often, so the standby soon sees one arrive.
+        window: Duration::from_millis(100),
+        ..TsoConfig::default()
+    };
+    let step = config.max_clock_step;
+    let mut leader =
+        TsoNode::start(&etcd, 0, Tso::with_clock(config.clone(), Arc::new(wall_ms))).await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&leader.handle), CALL).await?;
+
+    info!("--- a standby whose clock runs a day ahead joins, and sees the leader save");
+    let ahead = Arc::new(|| wall_ms() + DAY_MS);
+    let mut standby = TsoNode::start(&etcd, 1, Tso::with_clock(config, ahead)).await?;
+    let loaded = wait_for("the standby's warm copy", Duration::from_secs(10), || {
+        standby.handle.metadata_copy().map(|copy| copy.revision)
+    })
+    .await;
+    eventually(
+        "the standby to see a save arrive",
+        Duration::from_secs(10),
+        || async {
+            allocate(&leader.handle, 1)
+                .await
+                .expect("the leader serves");
+            standby
+                .handle
+                .metadata_copy()
+                .filter(|copy| copy.revision > loaded)
+        },
+    )
+    .await;
+
+    info!("--- the leader resigns: the standby anchors on the save it saw, not on its clock");
+    let before = leader
+        .handle
+        .serving()
+        .epoch()
+        .expect("the leader serves")
+        .revision;
+    leader.handle.resign(CALL).await?;
+    let batch = eventually("the standby to serve", Duration::from_secs(10), || async {
+        allocate(&standby.handle, 1)
+            .await
+            .filter(|batch| batch.epoch > before)
+    })
+    .await;
+    let (physical, _) = split(batch.first);
+    let furthest = wall_ms() + millis(step) + 1_000;
+    assert!(
+        physical <= furthest,
+        "took over at {physical} ms, its own clock's, past {furthest} ms"
+    );
+    let saved = saved_upper_bound(&etcd).await?;
+    assert!(
+        saved < wall_ms() + DAY_MS / 2,
+        "saved its own clock: {saved} ms"
+    );
+    standby.shutdown().await;
+    leader.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_physical_millisecond_a_timestamp_holds_is_refused_not_wrapped()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let config = TsoConfig::default();
+    let max = config.max_count;
+    let mut node = TsoNode::start(
+        &etcd,
+        0,
+        Tso::with_clock(config, Arc::new(|| MAX_PHYSICAL - 3)),
+    )
+    .await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&node.handle), CALL).await?;
+    assert_eq!(saved_upper_bound(&etcd).await?, MAX_PHYSICAL);
+
+    info!("--- full batches, one millisecond each, up to the last");
+    let mut batches = Vec::new();
+    for _ in 0..3 {
+        batches.push(
+            allocate(&node.handle, max)
+                .await
+                .expect("the oracle serves"),
+        );
+    }
+    assert_strictly_increasing(&batches);
+    assert_eq!(split(batches[2].first), (MAX_PHYSICAL - 1, 0));
+    let answer = node
+        .handle
+        .call(TsoRequest::Allocate { count: max }, CALL)
+        .await?;
+    assert!(
+        matches!(answer, Err(TsoError::Exhausted { physical }) if physical == MAX_PHYSICAL),
+        "{answer:?}"
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).expect("milliseconds fit")
 }

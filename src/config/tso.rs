@@ -13,6 +13,9 @@ pub const MAX_COUNT: u32 = (1 << 18) - 1;
 /// The shortest window: shorter, and the bound would be saved almost every millisecond.
 const MIN_WINDOW: Duration = Duration::from_millis(50);
 
+/// The shortest `tso.maxClockStep`.
+const MIN_CLOCK_STEP: Duration = Duration::from_secs(1);
+
 /// The timestamp oracle's settings (YAML section `tso`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -34,6 +37,15 @@ pub struct TsoConfig {
     /// starts ahead by.
     #[serde(with = "humantime_serde")]
     pub max_ahead: Duration,
+    /// How much further than time passes the oracle follows its clock
+    /// forward. A term anchors real time when it starts (on the bound its
+    /// predecessor saved, when this node saw that save arrive; else on its
+    /// own clock) and never runs more than this past the anchor plus the
+    /// time elapsed since (monotonic): a clock stepped forward (a bad RTC
+    /// at boot, an NTP step) would otherwise be saved as the bound, and
+    /// every successor would start above it.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_step: Duration,
 }
 
 impl Default for TsoConfig {
@@ -42,6 +54,7 @@ impl Default for TsoConfig {
             window: Duration::from_secs(3),
             max_count: MAX_COUNT,
             max_ahead: Duration::from_secs(10),
+            max_clock_step: Duration::from_secs(10),
         }
     }
 }
@@ -65,6 +78,15 @@ impl TsoConfig {
                      ahead of the clock, and would refuse batches from its first overflow",
                     humantime::format_duration(self.window)
                 ),
+            });
+        }
+        if self.max_clock_step < MIN_CLOCK_STEP {
+            return Err(ConfigError::Invalid {
+                key: "tso.maxClockStep",
+                value: humantime::format_duration(self.max_clock_step).to_string(),
+                message: "must be at least 1s: a term's clock drifts from its anchor over hours, \
+                          and a shorter step would hold back a clock that keeps time"
+                    .to_owned(),
             });
         }
         if self.max_count == 0 || self.max_count > MAX_COUNT {
@@ -99,6 +121,21 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("tso.maxAhead` = 3s"), "{error}");
         assert!(error.contains("tso.window (3s)"), "{error}");
+    }
+
+    #[test]
+    fn a_max_clock_step_under_a_second_is_rejected_by_name() {
+        let config = TsoConfig {
+            max_clock_step: Duration::from_millis(999),
+            ..TsoConfig::default()
+        };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("tso.maxClockStep` = 999ms"), "{error}");
+        let config = TsoConfig {
+            max_clock_step: MIN_CLOCK_STEP,
+            ..TsoConfig::default()
+        };
+        config.validate().unwrap();
     }
 
     #[test]
@@ -162,6 +199,7 @@ mod tests {
                 window: Duration::from_millis(500),
                 max_count: 1000,
                 max_ahead: Duration::from_secs(10),
+                max_clock_step: Duration::from_secs(10),
             }
         );
         let defaulted: TsoConfig = serde_norway::from_str("{}").unwrap();

@@ -441,12 +441,18 @@ impl Config {
 
     fn validate_coordinator(&self) -> Result<(), ConfigError> {
         let coordinator = &self.coordinator;
-        if coordinator.activation_buffer == 0 {
+        if coordinator.queue_depth == 0 {
             return Err(invalid(
-                "coordinator.activationBuffer",
+                "coordinator.queueDepth",
                 "0",
-                "must be at least 1: messages that arrive while the coordinator activates \
-                 are held in this buffer",
+                "must be at least 1: requests wait in this queue for the coordinator",
+            ));
+        }
+        if coordinator.max_batch == 0 {
+            return Err(invalid(
+                "coordinator.maxBatch",
+                "0",
+                "must be at least 1: the coordinator would never be handed a request",
             ));
         }
         nonzero(
@@ -941,10 +947,20 @@ mod tests {
     }
 
     #[test]
-    fn activation_buffer_must_be_at_least_one() {
+    fn the_queue_and_its_batches_must_hold_at_least_one_request() {
         let mut config = Config::default();
-        config.coordinator.activation_buffer = 0;
-        rejected(&config, "coordinator.activationBuffer");
+        config.coordinator.queue_depth = 0;
+        rejected(&config, "coordinator.queueDepth");
+        let mut config = Config::default();
+        config.coordinator.max_batch = 0;
+        rejected(&config, "coordinator.maxBatch");
+    }
+
+    #[test]
+    fn the_queue_keeps_its_old_name() {
+        let config: Config =
+            serde_norway::from_str("coordinator:\n  activationBuffer: 7\n").unwrap();
+        assert_eq!(config.coordinator.queue_depth, 7);
     }
 
     #[test]

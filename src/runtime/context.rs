@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use ractor::{ActorCell, ActorRef};
@@ -11,8 +12,9 @@ use crate::config::Config;
 use crate::coordinator::{Coordinator, RoleMsg, ServeError};
 use crate::etcd::session::{Layout, RoleState, SessionInfo, VERSION, WitnessInfo};
 use crate::etcd::{PrefixFanout, TxnBatcher, WatchHub};
-use crate::runtime::coordinator::{CoordinatorMsg, ServeReply};
+use crate::runtime::coordinator::{CoordinatorMsg, CoordinatorRef, ServeReply};
 use crate::runtime::faults::Faults;
+use crate::runtime::queue::{Pushed, Queued};
 use crate::runtime::session::{SessionMsg, SessionView};
 use crate::runtime::slot::Slot;
 use crate::runtime::term::Term;
@@ -75,14 +77,17 @@ impl NodeContext {
     }
 }
 
+/// The wait of a caller that gave none (an actor's `cast` of a call): a year.
+pub(crate) const NO_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// What a role's actors share with its [`RoleHandle`]s.
 pub(crate) struct RoleShared<C: Coordinator> {
     /// The role's name.
     pub role: String,
     /// The role's status, updated on every transition.
     pub status: watch::Sender<RoleStatus>,
-    /// The running coordinator actor, if any.
-    pub coordinator: Slot<ActorRef<CoordinatorMsg<C>>>,
+    /// The running coordinator actor and its queue, if any.
+    pub coordinator: Slot<CoordinatorRef<C>>,
     /// The actor that takes requests as messages, once asked for.
     pub endpoint: Slot<ActorRef<RoleMsg<C>>>,
     /// Held while the endpoint is spawned, so that two first asks spawn one.
@@ -138,9 +143,10 @@ impl<C: Coordinator> RoleShared<C> {
         }
     }
 
-    /// Hands `request` to the running coordinator, or answers at once why
-    /// nothing serves here. The one way in for every caller.
-    pub(crate) fn forward(&self, request: C::Request, reply: ServeReply<C>) {
+    /// Queues `request` for the running coordinator, whose caller waits up
+    /// to `timeout`, or answers at once why it cannot be: nothing serves
+    /// here, or the queue is full. The one way in for every caller.
+    pub(crate) fn forward(&self, request: C::Request, reply: ServeReply<C>, timeout: Duration) {
         if self.is_stopped() {
             let _ = reply.send(Err(self.gone()));
             return;
@@ -149,10 +155,35 @@ impl<C: Coordinator> RoleShared<C> {
             let _ = reply.send(Err(self.not_active()));
             return;
         };
-        if let Err(ractor::MessagingErr::SendErr(CoordinatorMsg::Request { reply, .. })) =
-            coordinator.send_message(CoordinatorMsg::Request { request, reply })
-        {
-            let _ = reply.send(Err(self.gone()));
+        let queued = Queued {
+            request,
+            reply,
+            // A deadline too far to represent is no deadline.
+            deadline: Instant::now()
+                .checked_add(timeout)
+                .unwrap_or_else(|| Instant::now() + NO_DEADLINE),
+            timeout,
+        };
+        match coordinator.queue.push(queued) {
+            Pushed::Full(refused) => {
+                let _ = refused.reply.send(Err(ServeError::Overloaded {
+                    role: self.role.clone(),
+                    capacity: coordinator.queue.capacity(),
+                }));
+            }
+            Pushed::Queued { wake: false } => {}
+            Pushed::Queued { wake: true } => {
+                if coordinator
+                    .actor
+                    .send_message(CoordinatorMsg::Drain)
+                    .is_err()
+                {
+                    // The actor has stopped: nothing will drain its queue.
+                    for stranded in coordinator.queue.take_all() {
+                        let _ = stranded.reply.send(Err(self.gone()));
+                    }
+                }
+            }
         }
     }
 

@@ -1,6 +1,5 @@
 //! The coordinator actor: wraps the user's `Coordinator`, keeps it in standby until the election activates it, and answers requests.
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::coordinator::{Coordinator, ServeError};
 use crate::fence::FencedStore;
 use crate::runtime::faults::Faults;
+use crate::runtime::queue::{Queued, RequestQueue};
 use crate::runtime::term::Term;
 use crate::task::{OwnedTask, panic_message};
 
@@ -18,27 +18,64 @@ use crate::task::{OwnedTask, panic_message};
 pub(crate) struct CoordinatorActor<C: Coordinator> {
     coordinator: Arc<C>,
     role: String,
-    buffer_capacity: usize,
+    queue: Arc<RequestQueue<C>>,
+    max_batch: usize,
     deactivate_timeout: Duration,
     faults: Arc<Faults>,
+    dropped: DroppedCounters,
+}
+
+/// Requests dropped before `handle`, by why.
+struct DroppedCounters {
+    /// Their caller had gone (timed out, cancelled).
+    abandoned: metrics::Counter,
+    /// Their deadline had passed.
+    expired: metrics::Counter,
 }
 
 impl<C: Coordinator> CoordinatorActor<C> {
-    /// An actor for `role` with the activation buffer and deactivation bound
-    /// from config, and the role's fault switches.
+    /// An actor for `role` taking its requests from `queue` at most
+    /// `max_batch` at a time, with the deactivation bound from config and
+    /// the role's fault switches.
     pub(crate) fn new(
         coordinator: Arc<C>,
         role: String,
-        buffer_capacity: usize,
+        queue: Arc<RequestQueue<C>>,
+        max_batch: usize,
         deactivate_timeout: Duration,
         faults: Arc<Faults>,
     ) -> Self {
+        let dropped = |reason: &'static str| metrics::counter!(crate::telemetry::REQUESTS_DROPPED, "role" => role.clone(), "reason" => reason);
+        let dropped = DroppedCounters {
+            abandoned: dropped("abandoned"),
+            expired: dropped("expired"),
+        };
         Self {
             coordinator,
             role,
-            buffer_capacity,
+            queue,
+            max_batch,
             deactivate_timeout,
             faults,
+            dropped,
+        }
+    }
+}
+
+/// A running coordinator actor and the queue its requests wait in: what
+/// callers hand requests to.
+pub(crate) struct CoordinatorRef<C: Coordinator> {
+    /// The actor.
+    pub actor: ActorRef<CoordinatorMsg<C>>,
+    /// Its requests.
+    pub queue: Arc<RequestQueue<C>>,
+}
+
+impl<C: Coordinator> Clone for CoordinatorRef<C> {
+    fn clone(&self) -> Self {
+        Self {
+            actor: self.actor.clone(),
+            queue: self.queue.clone(),
         }
     }
 }
@@ -50,13 +87,10 @@ pub(crate) type ServeReply<C> = RpcReplyPort<Result<<C as Coordinator>::Response
 /// `Activate` and `Deactivate` itself, so they arrive in the order it
 /// decided them; each names the term it is for.
 pub(crate) enum CoordinatorMsg<C: Coordinator> {
-    /// A user request; answered with the response, or why it is not served here.
-    Request {
-        /// The request.
-        request: C::Request,
-        /// Where the answer goes.
-        reply: ServeReply<C>,
-    },
+    /// Requests wait in the queue: serve a batch of them, or answer why
+    /// they are not served here. Sent by the caller whose request woke an
+    /// idle queue, and by the actor to itself while more wait.
+    Drain,
     /// This node won `term`: hold requests until it serves or the term closes.
     Elected {
         /// The won term.
@@ -96,18 +130,11 @@ pub(crate) struct Activation<C: Coordinator> {
     pub reply: RpcReplyPort<()>,
 }
 
-/// A request that arrived while activating.
-struct Waiting<C: Coordinator> {
-    request: C::Request,
-    reply: ServeReply<C>,
-}
-
 enum Phase<C: Coordinator> {
     Standby,
-    /// Won, reloading or activating: requests wait, up to the buffer size.
+    /// Won, reloading or activating: requests wait in the queue.
     Activating {
         term: Term,
-        waiting: VecDeque<Waiting<C>>,
         /// Set once the metadata is in and the user's activation runs.
         running: Option<RunningActivation>,
     },
@@ -117,8 +144,8 @@ enum Phase<C: Coordinator> {
     },
 }
 
-/// The user's activation, running in a task of its own so requests keep
-/// being buffered meanwhile.
+/// The user's activation, running in a task of its own so the actor keeps
+/// taking messages (a deactivation) meanwhile.
 struct RunningActivation {
     ready: RpcReplyPort<()>,
     _task: OwnedTask,
@@ -138,35 +165,104 @@ impl<C: Coordinator> CoordinatorActor<C> {
         }
     }
 
-    /// Handles one request, only while `term` is open: checked before (a
-    /// request that waited must not be answered for a term that ended
-    /// meanwhile) and again after (an answer computed while the term ended,
-    /// or across a freeze, must not leave).
-    async fn serve(
+    /// Serves a batch of waiting requests, only while `term` is open:
+    /// checked before (requests that waited must not be answered for a
+    /// term that ended meanwhile) and again after (answers computed while
+    /// the term ended, or across a freeze, must not leave). Requests whose
+    /// caller has gone or whose deadline has passed are dropped first.
+    async fn serve_batch(
         &self,
         term: &Term,
         serving: &mut C::Serving,
-        request: C::Request,
+        batch: Vec<Queued<C>>,
         leader: Option<String>,
-    ) -> Result<C::Response, ServeError> {
-        if !term.is_open() {
-            return Err(self.not_active(leader));
+    ) {
+        let now = std::time::Instant::now();
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for queued in batch {
+            if queued.reply.is_closed() {
+                self.dropped.abandoned.increment(1);
+            } else if queued.deadline <= now {
+                self.dropped.expired.increment(1);
+                let _ = queued.reply.send(Err(ServeError::TimedOut {
+                    role: self.role.clone(),
+                    timeout: queued.timeout,
+                }));
+            } else {
+                requests.push(queued.request);
+                replies.push(queued.reply);
+            }
         }
-        let response = self.coordinator.handle(serving, request).await;
-        if !term.is_open() {
-            return Err(self.not_active(leader));
+        if replies.is_empty() {
+            return;
         }
-        Ok(response)
+        if !term.is_open() {
+            return self.answer_all(replies, || self.not_active(leader.clone()));
+        }
+        let asked = replies.len();
+        let responses = self.coordinator.handle_batch(serving, requests).await;
+        if !term.is_open() {
+            return self.answer_all(replies, || self.not_active(leader.clone()));
+        }
+        if responses.len() != asked {
+            tracing::error!(
+                role = self.role,
+                asked,
+                answered = responses.len(),
+                "the coordinator's handle_batch answered {} of {asked} requests; the rest are \
+                 answered unavailable",
+                responses.len()
+            );
+        }
+        let mut replies = replies.into_iter();
+        for (reply, response) in replies.by_ref().zip(responses) {
+            let _ = reply.send(Ok(response));
+        }
+        self.answer_all(replies.collect(), || ServeError::Unavailable {
+            role: self.role.clone(),
+        });
     }
 
-    /// Answers requests held for an activation that will not complete.
-    fn turn_away(&self, waiting: VecDeque<Waiting<C>>) {
-        for waiter in waiting {
-            let _ = waiter.reply.send(Err(ServeError::ActivationAborted {
-                role: self.role.clone(),
-            }));
+    fn answer_all(&self, replies: Vec<ServeReply<C>>, error: impl Fn() -> ServeError) {
+        for reply in replies {
+            let _ = reply.send(Err(error()));
         }
-        metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone()).set(0.0);
+    }
+
+    /// Answers every request waiting with `error`: none will be served by this term.
+    fn turn_away(&self, error: impl Fn() -> ServeError) {
+        let waiting = self.queue.take_all();
+        self.answer_all(
+            waiting.into_iter().map(|queued| queued.reply).collect(),
+            error,
+        );
+    }
+
+    fn aborted(&self) -> ServeError {
+        ServeError::ActivationAborted {
+            role: self.role.clone(),
+        }
+    }
+
+    /// Serves the next batch while the term serves, and tells itself to
+    /// come back while more wait, so that messages from the election (a
+    /// deactivation) get in between batches; answers why not otherwise.
+    async fn drain(&self, myself: &ActorRef<CoordinatorMsg<C>>, state: &mut CoordinatorState<C>) {
+        match &mut state.phase {
+            // Served once the activation completes.
+            Phase::Activating { term, .. } if !term.is_closed() => {}
+            Phase::Serving { term, serving } => {
+                let (batch, more) = self.queue.take(self.max_batch);
+                self.serve_batch(term, serving, batch, state.leader.clone())
+                    .await;
+                if more {
+                    let _ = myself.send_message(CoordinatorMsg::Drain);
+                }
+            }
+            // Standby, or a term that closed before it served.
+            _ => self.turn_away(|| self.not_active(state.leader.clone())),
+        }
     }
 
     /// Runs the user's deactivation hook, bounded by `coordinator.deactivateTimeout`.
@@ -190,8 +286,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
     async fn end_term(&self, state: &mut CoordinatorState<C>) {
         match std::mem::replace(&mut state.phase, Phase::Standby) {
             Phase::Standby => {}
-            Phase::Activating { waiting, .. } => self.turn_away(waiting),
+            Phase::Activating { .. } => self.turn_away(|| self.aborted()),
             Phase::Serving { term, serving } => {
+                self.turn_away(|| self.not_active(state.leader.clone()));
                 self.deactivate(&term, serving).await;
                 tracing::info!(
                     role = self.role,
@@ -266,6 +363,7 @@ impl<C: Coordinator> CoordinatorActor<C> {
     /// and undoes the activation.
     async fn activated(
         &self,
+        myself: &ActorRef<CoordinatorMsg<C>>,
         state: &mut CoordinatorState<C>,
         term: Term,
         result: Result<C::Serving, String>,
@@ -275,17 +373,16 @@ impl<C: Coordinator> CoordinatorActor<C> {
             return Ok(());
         }
         let Phase::Activating {
-            waiting,
             running: Some(running),
             ..
         } = std::mem::replace(&mut state.phase, Phase::Standby)
         else {
             unreachable!("checked just above");
         };
-        let mut serving = match result {
+        let serving = match result {
             Ok(serving) => serving,
             Err(reason) => {
-                self.turn_away(waiting);
+                self.turn_away(|| self.aborted());
                 // A failed activation is a crash: the election resigns and restarts us.
                 return Err(format!("{} activation failed: {reason}", self.role).into());
             }
@@ -293,19 +390,14 @@ impl<C: Coordinator> CoordinatorActor<C> {
         if term.is_closed() {
             // The election stepped down while the activation ran; its
             // Deactivate is on the way, but nothing may be served meanwhile.
-            self.turn_away(waiting);
+            self.turn_away(|| self.aborted());
             self.deactivate(&term, serving).await;
             return Ok(());
         }
         term.start_serving();
-        for waiter in waiting {
-            let answer = self
-                .serve(&term, &mut serving, waiter.request, state.leader.clone())
-                .await;
-            let _ = waiter.reply.send(answer);
-        }
-        metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone()).set(0.0);
         state.phase = Phase::Serving { term, serving };
+        // The requests that waited for the activation go first, in order.
+        let _ = myself.send_message(CoordinatorMsg::Drain);
         let _ = running.ready.send(());
         Ok(())
     }
@@ -335,57 +427,34 @@ impl<C: Coordinator> Actor for CoordinatorActor<C> {
     ) -> Result<(), ActorProcessingErr> {
         // Boxed: see "Memory" in runtime.rs.
         Box::pin(async move {
-        match message {
-            CoordinatorMsg::Request { request, reply } => match &mut state.phase {
-                Phase::Activating { term, waiting, .. } if !term.is_closed() => {
-                    if waiting.len() >= self.buffer_capacity {
-                        let _ = reply.send(Err(ServeError::BufferFull {
-                            role: self.role.clone(),
-                            capacity: self.buffer_capacity,
-                        }));
-                    } else {
-                        waiting.push_back(Waiting { request, reply });
-                        metrics::gauge!(crate::telemetry::BUFFERED_MESSAGES, "role" => self.role.clone())
-                            .set(waiting.len() as f64);
+            match message {
+                CoordinatorMsg::Drain => self.drain(&myself, state).await,
+                CoordinatorMsg::Elected { term } => {
+                    self.end_term(state).await;
+                    if !term.is_closed() {
+                        state.phase = Phase::Activating {
+                            term,
+                            running: None,
+                        };
                     }
                 }
-                Phase::Serving { term, serving } => {
-                    let answer = self
-                        .serve(term, serving, request, state.leader.clone())
-                        .await;
-                    let _ = reply.send(answer);
+                CoordinatorMsg::Activate(activation) => self.activate(myself, state, *activation),
+                CoordinatorMsg::ActivationDone { term, result } => {
+                    self.activated(&myself, state, term, result).await?;
                 }
-                // Standby, or a term that closed before it served.
-                _ => {
-                    let _ = reply.send(Err(self.not_active(state.leader.clone())));
+                CoordinatorMsg::Deactivate { reply } => {
+                    self.end_term(state).await;
+                    let _ = reply.send(());
                 }
-            },
-            CoordinatorMsg::Elected { term } => {
-                self.end_term(state).await;
-                if !term.is_closed() {
-                    state.phase = Phase::Activating {
-                        term,
-                        waiting: VecDeque::new(),
-                        running: None,
-                    };
+                CoordinatorMsg::LeaderChanged(leader) => state.leader = leader,
+                #[cfg(feature = "fault-injection")]
+                CoordinatorMsg::InjectPanic => {
+                    panic!("fault injected into the {} coordinator", self.role)
                 }
             }
-            CoordinatorMsg::Activate(activation) => self.activate(myself, state, *activation),
-            CoordinatorMsg::ActivationDone { term, result } => {
-                self.activated(state, term, result).await?;
-            }
-            CoordinatorMsg::Deactivate { reply } => {
-                self.end_term(state).await;
-                let _ = reply.send(());
-            }
-            CoordinatorMsg::LeaderChanged(leader) => state.leader = leader,
-            #[cfg(feature = "fault-injection")]
-            CoordinatorMsg::InjectPanic => {
-                panic!("fault injected into the {} coordinator", self.role)
-            }
-        }
-        Ok(())
-    }).await
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -433,35 +502,30 @@ mod tests {
         Term::open(epoch, 1, crate::runtime::session::SessionView::trusting(1))
     }
 
-    async fn started() -> (
-        ActorRef<CoordinatorMsg<Counting>>,
-        Arc<AtomicUsize>,
-        Arc<Semaphore>,
-    ) {
+    async fn started() -> (CoordinatorRef<Counting>, Arc<AtomicUsize>, Arc<Semaphore>) {
         let activations = Arc::new(AtomicUsize::new(0));
         let permits = Arc::new(Semaphore::new(0));
         let coordinator = Counting {
             activations: activations.clone(),
             permits: permits.clone(),
         };
+        let queue = Arc::new(RequestQueue::new("r", 10));
         let actor = CoordinatorActor::new(
             Arc::new(coordinator),
             "r".into(),
-            10,
+            queue.clone(),
+            4,
             Duration::from_secs(1),
             Arc::default(),
         );
         let (actor, _) = Actor::spawn(None, actor, ())
             .await
             .expect("the actor starts");
-        (actor, activations, permits)
+        (CoordinatorRef { actor, queue }, activations, permits)
     }
 
     /// Sends an activation for `term` and returns what its reply port gets.
-    async fn activate(
-        actor: &ActorRef<CoordinatorMsg<Counting>>,
-        term: &Term,
-    ) -> oneshot::Receiver<()> {
+    async fn activate(actor: &CoordinatorRef<Counting>, term: &Term) -> oneshot::Receiver<()> {
         // Lazy: no connection is made until a write, and none is made here.
         let client = etcd_client::Client::connect(["127.0.0.1:9"], None)
             .await
@@ -474,25 +538,48 @@ mod tests {
             reply: reply.into(),
         };
         actor
+            .actor
             .send_message(CoordinatorMsg::Activate(Box::new(activation)))
             .expect("the actor runs");
         served
     }
 
-    async fn request(actor: &ActorRef<CoordinatorMsg<Counting>>) -> Result<(), ServeError> {
+    /// Queues a request as a caller does, waking the actor when it must.
+    fn submit(
+        actor: &CoordinatorRef<Counting>,
+        deadline: std::time::Instant,
+    ) -> oneshot::Receiver<Result<(), ServeError>> {
         let (reply, answer) = oneshot::channel();
-        actor
-            .send_message(CoordinatorMsg::Request {
-                request: (),
-                reply: reply.into(),
-            })
-            .expect("the actor runs");
-        answer.await.expect("every request is answered")
+        let queued = Queued {
+            request: (),
+            reply: reply.into(),
+            deadline,
+            timeout: Duration::from_secs(1),
+        };
+        match actor.queue.push(queued) {
+            crate::runtime::queue::Pushed::Queued { wake: true } => {
+                actor
+                    .actor
+                    .send_message(CoordinatorMsg::Drain)
+                    .expect("the actor runs");
+            }
+            crate::runtime::queue::Pushed::Queued { wake: false } => {}
+            crate::runtime::queue::Pushed::Full(_) => panic!("the queue is full"),
+        }
+        answer
     }
 
-    async fn deactivate(actor: &ActorRef<CoordinatorMsg<Counting>>) {
+    async fn request(actor: &CoordinatorRef<Counting>) -> Result<(), ServeError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        submit(actor, deadline)
+            .await
+            .expect("every request is answered")
+    }
+
+    async fn deactivate(actor: &CoordinatorRef<Counting>) {
         let (reply, done) = oneshot::channel();
         actor
+            .actor
             .send_message(CoordinatorMsg::Deactivate {
                 reply: reply.into(),
             })
@@ -505,6 +592,7 @@ mod tests {
         let (actor, activations, _permits) = started().await;
         let won = term(7);
         actor
+            .actor
             .send_message(CoordinatorMsg::Elected { term: won.clone() })
             .unwrap();
         won.close();
@@ -519,7 +607,7 @@ mod tests {
             request(&actor).await,
             Err(ServeError::NotActive { .. })
         ));
-        actor.stop(None);
+        actor.actor.stop(None);
     }
 
     #[tokio::test]
@@ -527,6 +615,7 @@ mod tests {
         let (actor, activations, permits) = started().await;
         let won = term(8);
         actor
+            .actor
             .send_message(CoordinatorMsg::Elected { term: won.clone() })
             .unwrap();
         let served = activate(&actor, &won).await;
@@ -557,13 +646,14 @@ mod tests {
             request(&actor).await,
             Err(ServeError::NotActive { .. })
         ));
-        actor.stop(None);
+        actor.actor.stop(None);
     }
 
     #[tokio::test]
     async fn an_activation_for_another_term_than_the_elected_one_is_refused() {
         let (actor, activations, _permits) = started().await;
         actor
+            .actor
             .send_message(CoordinatorMsg::Elected { term: term(9) })
             .unwrap();
         let served = activate(&actor, &term(9)).await;
@@ -572,6 +662,34 @@ mod tests {
             "an activation for a term never elected was accepted"
         );
         assert_eq!(activations.load(Ordering::SeqCst), 0);
-        actor.stop(None);
+        actor.actor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_are_served_in_batches_and_expired_or_abandoned_ones_are_dropped() {
+        let (actor, _activations, permits) = started().await;
+        let won = term(10);
+        actor
+            .actor
+            .send_message(CoordinatorMsg::Elected { term: won.clone() })
+            .unwrap();
+        let served = activate(&actor, &won).await;
+        let now = std::time::Instant::now();
+        let later = now + Duration::from_secs(10);
+        // Queued while activating: one already expired, one abandoned, six live.
+        let expired = submit(&actor, now);
+        drop(submit(&actor, later));
+        let live: Vec<_> = (0..6).map(|_| submit(&actor, later)).collect();
+        permits.add_permits(1);
+        served.await.expect("the activation completes");
+        for answer in live {
+            assert_eq!(answer.await.expect("answered"), Ok(()));
+        }
+        assert!(matches!(
+            expired.await.expect("answered"),
+            Err(ServeError::TimedOut { .. })
+        ));
+        assert_eq!(actor.queue.take_all().len(), 0);
+        actor.actor.stop(None);
     }
 }

@@ -30,7 +30,8 @@ use crate::etcd::recipe::{self, Candidacy, Leader};
 use crate::etcd::session::RoleState;
 use crate::fence::{Epoch, FencedStore};
 use crate::runtime::context::{NodeContext, RoleShared};
-use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg};
+use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg, CoordinatorRef};
+use crate::runtime::queue::RequestQueue;
 use crate::runtime::reload::{CatchUp, ReloadActor, ReloadHandle, ReloadMsg};
 use crate::runtime::session::SessionMsg;
 use crate::runtime::term::Term;
@@ -303,16 +304,21 @@ impl<C: Coordinator> Election<C> {
         leader: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         let config = &self.context.config.coordinator;
+        let queue = Arc::new(RequestQueue::new(&self.role, config.queue_depth));
         let actor = CoordinatorActor::new(
             self.coordinator.clone(),
             self.role.clone(),
-            config.activation_buffer,
+            queue.clone(),
+            config.max_batch,
             config.deactivate_timeout,
             self.shared.faults.clone(),
         );
         let (coordinator, _) = Actor::spawn_linked(None, actor, (), myself.get_cell()).await?;
         let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(leader));
-        self.shared.coordinator.set(Some(coordinator.clone()));
+        self.shared.coordinator.set(Some(CoordinatorRef {
+            actor: coordinator.clone(),
+            queue,
+        }));
         *state_coordinator = Some(coordinator);
         Ok(())
     }

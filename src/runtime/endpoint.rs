@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::coordinator::{Coordinator, RoleMsg};
-use crate::runtime::context::RoleShared;
+use crate::runtime::context::{NO_DEADLINE, RoleShared};
 
 /// A role's stable address for actor embedders: the coordinator actor
 /// behind it is replaced on every restart, this one lives as long as the
@@ -43,7 +43,10 @@ impl<C: Coordinator> Actor for RoleEndpoint<C> {
         _state: &mut (),
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RoleMsg::Call(request, reply) => self.shared.forward(request, reply),
+            RoleMsg::Call(request, reply) => {
+                let timeout = reply.get_timeout().unwrap_or(NO_DEADLINE);
+                self.shared.forward(request, reply, timeout);
+            }
         }
         Ok(())
     }

@@ -16,11 +16,12 @@ use crate::etcd::session::Layout;
 use crate::service::connect::{ConnectError, NodeChannel, NodeConnector};
 use crate::service::grpc::EPOCH_HEADER;
 use crate::service::grpc::proto::kv_client::KvClient as KvStub;
-use crate::service::grpc::proto::tso_client::TsoClient as TsoStub;
-use crate::service::grpc::proto::{
-    AllocateRequest, AllocateResponse, GetRequest, GetResponse, PutRequest, PutResponse,
-};
+use crate::service::grpc::proto::{GetRequest, GetResponse, PutRequest, PutResponse};
 use crate::task::OwnedTask;
+
+pub mod tso;
+
+pub use tso::{TsoClient, TsoClientOptions, TsoClientStats};
 
 /// Failures of calls through a [`RoleClient`].
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +175,7 @@ impl RoleClient {
             if let Some(leader) = leader {
                 let outcome = match self.channel(&leader.session.address) {
                     Ok(channel) => {
+                        let channel = channel.until(started + deadline);
                         // A frozen or partitioned leader may never answer:
                         // give up on it as soon as etcd reports another one.
                         tokio::select! {
@@ -240,42 +242,6 @@ pub fn with_epoch<T>(message: T, epoch: i64) -> Request<T> {
         .metadata_mut()
         .insert(EPOCH_HEADER, tonic::metadata::MetadataValue::from(epoch));
     request
-}
-
-/// A client of the built-in timestamp oracle (`tso` role).
-pub struct TsoClient {
-    role: RoleClient,
-}
-
-impl TsoClient {
-    /// Connects to etcd and follows the `tso` role.
-    pub async fn connect(config: &Config) -> Result<Self, ClientError> {
-        Ok(Self {
-            role: RoleClient::connect(config, "tso").await?,
-        })
-    }
-
-    /// Allocates `count` timestamps from the active oracle, riding through
-    /// failovers until `deadline`.
-    pub async fn allocate(
-        &self,
-        count: u32,
-        deadline: Duration,
-    ) -> Result<AllocateResponse, ClientError> {
-        self.role
-            .call(deadline, |channel, epoch| async move {
-                let response = TsoStub::new(channel)
-                    .allocate(with_epoch(AllocateRequest { count }, epoch))
-                    .await?;
-                Ok(response.into_inner())
-            })
-            .await
-    }
-
-    /// The leader as last seen in etcd.
-    pub fn leader(&self) -> Option<Leader> {
-        self.role.leader()
-    }
 }
 
 /// A client of the built-in register (`kv` role).

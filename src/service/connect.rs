@@ -131,6 +131,7 @@ impl NodeConnector {
         NodeChannel {
             channel,
             authorization: self.authorization.clone(),
+            deadline: None,
         }
     }
 }
@@ -141,6 +142,17 @@ impl NodeConnector {
 pub struct NodeChannel {
     channel: Channel,
     authorization: Option<HeaderValue>,
+    deadline: Option<std::time::Instant>,
+}
+
+impl NodeChannel {
+    /// This channel, telling the server (`grpc-timeout`) that each call's
+    /// caller waits until `deadline`: a call still queued there when it
+    /// passes is dropped rather than served for nobody.
+    pub fn until(mut self, deadline: std::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
 }
 
 impl Service<http::Request<Body>> for NodeChannel {
@@ -157,6 +169,9 @@ impl Service<http::Request<Body>> for NodeChannel {
             request
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, authorization.clone());
+        }
+        if let Some(deadline) = self.deadline {
+            crate::service::grpc::set_caller_wait(request.headers_mut(), deadline);
         }
         self.channel.call(request)
     }

@@ -7,10 +7,11 @@
 //! register for tests and demos.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::KvConfig;
 use crate::coordinator::{BoxError, Coordinator, MetaChange, Snapshot};
-use crate::fence::{Epoch, FenceError, FencedStore};
+use crate::fence::{Epoch, FenceError, FencedStore, WriteOp};
 
 /// The longest key a `Put` or `Get` may name, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -59,8 +60,8 @@ pub enum KvError {
     Persist {
         /// The key.
         key: String,
-        /// Why.
-        source: FenceError,
+        /// Why: shared by the puts of one transaction.
+        source: Arc<FenceError>,
     },
 }
 
@@ -108,8 +109,8 @@ impl Kv {
 #[derive(Debug)]
 pub struct KvServing {
     entries: BTreeMap<String, Vec<u8>>,
-    /// Bytes of every key and value in `entries`, for `kv.maxBytes`.
-    bytes: u64,
+    /// Keys and bytes of every key and value in `entries`, for the quotas.
+    tally: Tally,
     store: FencedStore,
     epoch: i64,
 }
@@ -119,29 +120,69 @@ fn entry_bytes(key: &str, value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64
 }
 
-/// The register's bytes once `key` holds `value`, or the quota it would
-/// pass. A put that does not grow the register always fits, so a register
-/// already over its quotas (they were lowered) can still be rewritten.
+/// What the register holds, counted against its quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    keys: usize,
+    bytes: u64,
+}
+
+/// The register's tally once `key` holds `value` (`old` is what it holds
+/// now), or the quota it would pass. A put that does not grow the register
+/// always fits, so a register already over its quotas (they were lowered)
+/// can still be rewritten.
 fn after_put(
     config: &KvConfig,
-    entries: &BTreeMap<String, Vec<u8>>,
-    bytes: u64,
+    tally: Tally,
+    old: Option<&[u8]>,
     key: &str,
     value: &[u8],
-) -> Result<u64, (&'static str, u64)> {
-    let old = entries.get(key);
-    if old.is_none() && entries.len() >= config.max_keys {
+) -> Result<Tally, (&'static str, u64)> {
+    if old.is_none() && tally.keys >= config.max_keys {
         return Err(("kv.maxKeys", config.max_keys as u64));
     }
     let freed = old.map_or(0, |old| entry_bytes(key, old));
     let added = entry_bytes(key, value);
-    let after = bytes - freed + added;
-    if added > freed && after > config.max_bytes {
+    let bytes = tally.bytes - freed + added;
+    if added > freed && bytes > config.max_bytes {
         return Err(("kv.maxBytes", config.max_bytes));
     }
-    Ok(after)
+    Ok(Tally {
+        keys: tally.keys + usize::from(old.is_none()),
+        bytes,
+    })
 }
 
+/// The most puts one etcd transaction carries: etcd refuses more
+/// operations in one (`--max-txn-ops`, 128 by default).
+const PUTS_PER_TXN: usize = 128;
+
+/// The most value and key bytes one etcd transaction carries, well under
+/// etcd's request limit (`--max-request-bytes`, 1.5 MiB by default).
+const BYTES_PER_TXN: usize = 1 << 20;
+
+/// Puts of one batch waiting to be written together: distinct keys, each
+/// checked against the quotas as if the ones before it had landed.
+#[derive(Default)]
+struct PendingPuts {
+    /// Each put's place in the batch, key and value.
+    puts: Vec<(usize, String, Vec<u8>)>,
+    keys: std::collections::HashSet<String>,
+    bytes: usize,
+    /// The register's tally once every pending put has landed.
+    tally: Option<Tally>,
+}
+
+impl PendingPuts {
+    /// Whether a put of `key` with `size` bytes must wait for the pending
+    /// ones to be written: etcd refuses a key twice in one transaction, and
+    /// a transaction past its limits.
+    fn must_flush_before(&self, key: &str, size: usize) -> bool {
+        self.keys.contains(key)
+            || self.puts.len() >= PUTS_PER_TXN
+            || (!self.puts.is_empty() && self.bytes + size > BYTES_PER_TXN)
+    }
+}
 /// `key` as a register key, or why not. The fenced store refuses keys that
 /// leave the prefix too; checking here gives a reader the same answer for
 /// a `Get`, which never reaches the store.
@@ -161,35 +202,70 @@ fn check_key(key: &str) -> Result<(), KvError> {
 }
 
 impl Kv {
-    async fn put(
+    /// Checks a put against the key rules and the quotas, given the
+    /// register's tally before it; its tally after.
+    fn check_put(
         &self,
-        serving: &mut KvServing,
-        key: String,
-        value: Vec<u8>,
-    ) -> Result<KvAnswer, KvError> {
-        check_key(&key)?;
+        tally: Tally,
+        old: Option<&[u8]>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<Tally, KvError> {
+        check_key(key)?;
         if value.len() > MAX_VALUE_BYTES {
             return Err(KvError::ValueTooLarge {
-                key,
+                key: crate::service::shown::shown(key),
                 size: value.len(),
             });
         }
-        let bytes = after_put(&self.config, &serving.entries, serving.bytes, &key, &value)
-            .map_err(|(quota, limit)| KvError::QuotaExceeded {
-                key: crate::service::shown::shown(&key),
+        after_put(&self.config, tally, old, key, value).map_err(|(quota, limit)| {
+            KvError::QuotaExceeded {
+                key: crate::service::shown::shown(key),
                 quota,
                 limit,
-            })?;
-        // etcd first: memory changes only for a write this term made durable.
-        if let Err(source) = serving.store.put(&key, value.clone()).await {
-            return Err(KvError::Persist { key, source });
-        }
-        serving.entries.insert(key, value);
-        serving.bytes = bytes;
-        Ok(KvAnswer {
-            value: None,
-            epoch: serving.epoch,
+            }
         })
+    }
+
+    /// Writes the pending puts in one fenced transaction, etcd first:
+    /// memory changes only for writes this term made durable. Each put's
+    /// answer goes to its place in `answers`.
+    async fn flush(
+        &self,
+        serving: &mut KvServing,
+        pending: &mut PendingPuts,
+        answers: &mut [Option<Result<KvAnswer, KvError>>],
+    ) {
+        let PendingPuts { puts, tally, .. } = std::mem::take(pending);
+        let Some(tally) = tally else { return };
+        let ops = puts
+            .iter()
+            .map(|(_, key, value)| WriteOp::Put {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        match serving.store.txn(Vec::new(), ops).await {
+            Ok(_) => {
+                for (place, key, value) in puts {
+                    serving.entries.insert(key, value);
+                    answers[place] = Some(Ok(KvAnswer {
+                        value: None,
+                        epoch: serving.epoch,
+                    }));
+                }
+                serving.tally = tally;
+            }
+            Err(source) => {
+                let source = Arc::new(source);
+                for (place, key, _) in puts {
+                    answers[place] = Some(Err(KvError::Persist {
+                        key,
+                        source: source.clone(),
+                    }));
+                }
+            }
+        }
     }
 
     fn get(&self, serving: &KvServing, key: &str) -> Result<KvAnswer, KvError> {
@@ -238,18 +314,62 @@ impl Coordinator for Kv {
             .map(|(key, value)| entry_bytes(key, value))
             .sum();
         Ok(KvServing {
+            tally: Tally {
+                keys: entries.len(),
+                bytes,
+            },
             entries,
-            bytes,
             store,
             epoch: epoch.revision,
         })
     }
 
     async fn handle(&self, serving: &mut KvServing, request: KvRequest) -> Self::Response {
-        match request {
-            KvRequest::Put { key, value } => self.put(serving, key, value).await,
-            KvRequest::Get { key } => self.get(serving, &key),
+        let mut answers = self.handle_batch(serving, vec![request]).await;
+        answers
+            .pop()
+            .unwrap_or_else(|| unreachable!("a batch of one has one answer"))
+    }
+
+    /// Puts in a row share one fenced transaction (up to etcd's limits, a
+    /// key once per transaction); a `Get` waits for the puts before it to
+    /// land, so it never reads a value that is not durable.
+    async fn handle_batch(
+        &self,
+        serving: &mut KvServing,
+        requests: Vec<KvRequest>,
+    ) -> Vec<Self::Response> {
+        let mut answers: Vec<Option<Self::Response>> = (0..requests.len()).map(|_| None).collect();
+        let mut pending = PendingPuts::default();
+        for (place, request) in requests.into_iter().enumerate() {
+            match request {
+                KvRequest::Get { key } => {
+                    self.flush(serving, &mut pending, &mut answers).await;
+                    answers[place] = Some(self.get(serving, &key));
+                }
+                KvRequest::Put { key, value } => {
+                    if pending.must_flush_before(&key, key.len() + value.len()) {
+                        self.flush(serving, &mut pending, &mut answers).await;
+                    }
+                    let before = pending.tally.unwrap_or(serving.tally);
+                    let old = serving.entries.get(&key).map(Vec::as_slice);
+                    match self.check_put(before, old, &key, &value) {
+                        Ok(after) => {
+                            pending.tally = Some(after);
+                            pending.bytes += key.len() + value.len();
+                            pending.keys.insert(key.clone());
+                            pending.puts.push((place, key, value));
+                        }
+                        Err(error) => answers[place] = Some(Err(error)),
+                    }
+                }
+            }
         }
+        self.flush(serving, &mut pending, &mut answers).await;
+        answers
+            .into_iter()
+            .map(|answer| answer.unwrap_or_else(|| unreachable!("every request is answered")))
+            .collect()
     }
 
     async fn deactivate(&self, serving: KvServing) {
@@ -308,28 +428,56 @@ mod tests {
             max_bytes: 10,
         };
         let mut entries = BTreeMap::new();
-        let mut bytes = 0;
+        let mut tally = Tally { keys: 0, bytes: 0 };
         for (key, value) in [("a", "1234"), ("b", "1234")] {
-            bytes = after_put(&config, &entries, bytes, key, value.as_bytes()).unwrap();
+            tally = after_put(&config, tally, None, key, value.as_bytes()).unwrap();
             entries.insert(key.to_owned(), value.as_bytes().to_vec());
         }
-        assert_eq!(bytes, 10);
+        assert_eq!(tally, Tally { keys: 2, bytes: 10 });
+        let old = |key: &str| entries.get(key).map(Vec::as_slice);
         assert_eq!(
-            after_put(&config, &entries, bytes, "c", b""),
+            after_put(&config, tally, old("c"), "c", b""),
             Err(("kv.maxKeys", 2))
         );
         assert_eq!(
-            after_put(&config, &entries, bytes, "a", b"12345"),
+            after_put(&config, tally, old("a"), "a", b"12345"),
             Err(("kv.maxBytes", 10))
         );
-        assert_eq!(after_put(&config, &entries, bytes, "a", b"12"), Ok(8));
+        assert_eq!(
+            after_put(&config, tally, old("a"), "a", b"12"),
+            Ok(Tally { keys: 2, bytes: 8 })
+        );
         // Over a lowered quota, a rewrite of the same size still fits.
         let lowered = KvConfig {
             max_keys: 1,
             max_bytes: 4,
         };
-        assert_eq!(after_put(&lowered, &entries, bytes, "b", b"4321"), Ok(10));
-        assert!(after_put(&lowered, &entries, bytes, "b", b"43210").is_err());
+        assert_eq!(
+            after_put(&lowered, tally, old("b"), "b", b"4321"),
+            Ok(tally)
+        );
+        assert!(after_put(&lowered, tally, old("b"), "b", b"43210").is_err());
+    }
+
+    #[test]
+    fn a_batch_flushes_before_a_repeated_key_and_at_etcds_limits() {
+        let mut pending = PendingPuts::default();
+        assert!(!pending.must_flush_before("a", 10));
+        pending.keys.insert("a".to_owned());
+        pending.puts.push((0, "a".to_owned(), vec![0; 9]));
+        pending.bytes = 10;
+        assert!(pending.must_flush_before("a", 10), "a key twice");
+        assert!(!pending.must_flush_before("b", 10));
+        assert!(
+            pending.must_flush_before("b", BYTES_PER_TXN),
+            "past the bytes"
+        );
+        for n in 1..PUTS_PER_TXN {
+            pending.puts.push((n, format!("k{n}"), Vec::new()));
+        }
+        assert!(pending.must_flush_before("b", 1), "past the operations");
+        // A single put larger than the byte limit still goes, alone.
+        assert!(!PendingPuts::default().must_flush_before("big", 2 * BYTES_PER_TXN));
     }
 
     #[test]

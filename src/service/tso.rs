@@ -1,12 +1,11 @@
 //! The built-in timestamp oracle coordinator (`tso` role): strictly increasing hybrid timestamps that survive failover.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::TsoConfig;
 use crate::config::tso::MAX_COUNT;
-use crate::coordinator::Snapshot;
-use crate::coordinator::{BoxError, Coordinator};
+use crate::coordinator::{BoxError, Coordinator, MetaChange, Snapshot};
 use crate::fence::{Epoch, FenceError, FencedStore, Guard, WriteOp};
 
 /// Bits of a timestamp that hold the logical counter.
@@ -72,6 +71,16 @@ pub enum TsoError {
         /// `tso.maxAhead`, in milliseconds.
         max_ms: u64,
     },
+    /// The oracle reached the largest physical millisecond a timestamp can
+    /// hold (46 bits): handing out more would wrap. Nothing was handed out.
+    #[error(
+        "the oracle reached physical {physical} ms, the end of what a timestamp holds \
+         ({MAX_PHYSICAL} ms, 46 bits): nothing more can be handed out"
+    )]
+    Exhausted {
+        /// The physical millisecond the batch would have started at.
+        physical: u64,
+    },
     /// The saved bound kept changing under this term's compare-and-swap:
     /// only late saves of this very term can write it, so this should not
     /// last; nothing was handed out.
@@ -82,17 +91,12 @@ pub enum TsoError {
 /// The largest physical part, in milliseconds: what fits in the 46 bits above the logical ones.
 pub const MAX_PHYSICAL: u64 = (1 << (64 - LOGICAL_BITS)) - 1;
 
-/// A hybrid timestamp from its parts: `(physical_ms << 18) | logical`.
-pub fn compose(physical_ms: u64, logical: u64) -> u64 {
-    debug_assert!(
-        logical <= MAX_LOGICAL,
-        "logical {logical} overflows 18 bits"
-    );
-    debug_assert!(
-        physical_ms < 1 << (64 - LOGICAL_BITS),
-        "physical {physical_ms} overflows 46 bits"
-    );
-    (physical_ms << LOGICAL_BITS) | logical
+/// A hybrid timestamp from its parts, `(physical_ms << 18) | logical`;
+/// `None` when a part does not fit its bits (46 and 18), where the
+/// shifted value would wrap.
+pub fn compose(physical_ms: u64, logical: u64) -> Option<u64> {
+    (physical_ms <= MAX_PHYSICAL && logical <= MAX_LOGICAL)
+        .then_some((physical_ms << LOGICAL_BITS) | logical)
 }
 
 /// A hybrid timestamp's `(physical_ms, logical)` parts.
@@ -118,6 +122,59 @@ fn millis(duration: std::time::Duration) -> u64 {
 fn bound_for(physical: u64, now: u64, config: &TsoConfig) -> u64 {
     now.saturating_add(window_ms(config))
         .max(physical.saturating_add(1))
+        .min(MAX_PHYSICAL)
+}
+
+/// Where a term starts, given the bound `found` saved by its predecessors
+/// and the (guarded) clock `now`: above every physical they handed out.
+fn base_above(found: u64, now: u64) -> u64 {
+    now.max(found.saturating_add(1))
+}
+
+/// Where real time is believed to be: a wall-clock reading, in
+/// milliseconds, trusted at a monotonic instant. The oracle follows its
+/// wall clock only up to `tso.maxClockStep` ahead of what the anchor says,
+/// so a clock stepped forward (a bad RTC at boot, an NTP step) cannot push
+/// the saved bound, and every successor, far into the future.
+#[derive(Debug, Clone, Copy)]
+struct ClockAnchor {
+    ms: u64,
+    at: Instant,
+}
+
+impl ClockAnchor {
+    /// The anchor a term starts from: its predecessor's clock as it saved
+    /// the bound this node watched arrive (a predecessor saves at most a
+    /// window ahead of its clock), or, without one seen, this node's clock
+    /// now.
+    fn at_activation(saved: &SavedBound, wall: u64, config: &TsoConfig) -> Self {
+        match saved.seen {
+            Some(at) => Self {
+                ms: saved.bound.saturating_sub(window_ms(config)),
+                at,
+            },
+            None => Self {
+                ms: wall,
+                at: Instant::now(),
+            },
+        }
+    }
+
+    /// `wall`, or the furthest the clock may be ahead of the anchor at
+    /// `at` when `wall` runs further: the clock the oracle uses, and by
+    /// how much `wall` was held back.
+    fn guard(&self, wall: u64, at: Instant, config: &TsoConfig) -> (u64, Option<u64>) {
+        let elapsed = millis(at.saturating_duration_since(self.at));
+        let furthest = self
+            .ms
+            .saturating_add(elapsed)
+            .saturating_add(millis(config.max_clock_step));
+        if wall > furthest {
+            (furthest, Some(wall - furthest))
+        } else {
+            (wall, None)
+        }
+    }
 }
 
 /// How far ahead of `now` a batch moved from `physical` to `start` would
@@ -189,6 +246,18 @@ impl TsoBatch {
     }
 }
 
+/// The `tso` role's metadata: the saved upper bound, and when this node
+/// saw it saved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SavedBound {
+    /// The saved upper bound in physical milliseconds; 0 when none is saved.
+    pub bound: u64,
+    /// When this node's warm copy saw the bound change, if it did since
+    /// the copy was read: the clock of the term that saved it was then at
+    /// most `bound - tso.window`, which anchors the successor's clock.
+    pub seen: Option<Instant>,
+}
+
 /// The timestamp oracle coordinator.
 pub struct Tso {
     config: TsoConfig,
@@ -235,9 +304,43 @@ pub struct TsoServing {
     upper_bound: u64,
     store: FencedStore,
     epoch: Epoch,
+    /// Where real time is believed to be, for `tso.maxClockStep`.
+    anchor: ClockAnchor,
+    /// By how much the wall clock was last held back, while it is.
+    held_back: Option<u64>,
 }
 
 impl Tso {
+    /// The clock for the term of `serving`: the wall clock, held back to
+    /// `tso.maxClockStep` past its anchor. Logs when it starts and stops
+    /// being held back.
+    fn now(&self, serving: &mut TsoServing) -> u64 {
+        let (now, held_back) = serving
+            .anchor
+            .guard((self.clock)(), Instant::now(), &self.config);
+        match (serving.held_back, held_back) {
+            (None, Some(ahead)) => {
+                tracing::warn!(
+                    role = serving.epoch.role,
+                    revision = serving.epoch.revision,
+                    ahead_ms = ahead,
+                    "the clock jumped {ahead} ms further ahead than time passed since the term's \
+                     anchor; the oracle keeps to tso.maxClockStep ({:?}) ahead of it",
+                    self.config.max_clock_step
+                );
+                metrics::counter!(crate::telemetry::TSO_CLOCK_STEPS, "role" => serving.epoch.role.clone()).increment(1);
+            }
+            (Some(_), None) => tracing::info!(
+                role = serving.epoch.role,
+                revision = serving.epoch.revision,
+                "the clock is back within tso.maxClockStep of the term's anchor"
+            ),
+            _ => {}
+        }
+        serving.held_back = held_back;
+        now
+    }
+
     async fn allocate(&self, serving: &mut TsoServing, count: u32) -> Result<TsoBatch, TsoError> {
         if count == 0 || count > self.config.max_count {
             return Err(TsoError::BadCount {
@@ -245,8 +348,15 @@ impl Tso {
                 max: self.config.max_count,
             });
         }
-        let now = (self.clock)();
+        let now = self.now(serving);
         let start = next_batch(serving.physical, serving.logical, now, u64::from(count));
+        // The saved bound is at most MAX_PHYSICAL and every physical handed
+        // out lies below it.
+        if start.physical >= MAX_PHYSICAL {
+            return Err(TsoError::Exhausted {
+                physical: start.physical,
+            });
+        }
         if let Some(ahead_ms) = pushed_too_far(serving.physical, start.physical, now, &self.config)
         {
             return Err(TsoError::AheadOfClock {
@@ -261,14 +371,20 @@ impl Tso {
             // of the clock (tso.maxAhead caps them) do not pay a save per
             // millisecond.
             let window = window_ms(&self.config);
-            let bound = now.max(start.physical).saturating_add(window);
-            serving.upper_bound =
-                save_upper_bound(&serving.store, serving.upper_bound, bound).await?;
+            let bound = now
+                .max(start.physical)
+                .saturating_add(window)
+                .min(MAX_PHYSICAL);
+            let saved = save_upper_bound(&serving.store, serving.upper_bound, |_| bound).await?;
+            serving.upper_bound = saved.bound;
         }
+        let first = compose(start.physical, start.logical).ok_or(TsoError::Exhausted {
+            physical: start.physical,
+        })?;
         serving.physical = start.physical;
         serving.logical = start.logical + u64::from(count);
         Ok(TsoBatch {
-            first: compose(start.physical, start.logical),
+            first,
             count,
             epoch: serving.epoch.revision,
         })
@@ -278,28 +394,39 @@ impl Tso {
 /// How many compare-and-swap rounds a save tries before it gives up.
 const SAVE_ROUNDS: usize = 3;
 
-/// Saves `bound` by compare-and-swap over `confirmed`, the bound this term
-/// last knew saved (0: none). A save whose client gave up (a timeout) may
-/// still land later; guarded by the value it expected, it can then never
-/// overwrite a later, larger bound. When the guard fails, the value etcd
-/// holds (written by a late save of this term: the fence keeps every other
-/// writer out) is read back: kept if it already covers `bound`, swapped
-/// otherwise. Returns the bound saved.
+/// What a save found and wrote.
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    /// The bound etcd held when the save landed (or `confirmed`).
+    found: u64,
+    /// The bound etcd holds now.
+    bound: u64,
+}
+
+/// Saves the bound `wanted(found)` by compare-and-swap over `confirmed`,
+/// the bound this term last knew saved (0: none). A save whose client
+/// gave up (a timeout) may still land later; guarded by the value it
+/// expected, it can then never overwrite a later, larger bound. When the
+/// guard fails, the value etcd holds (written by a late save of this
+/// term: the fence keeps every other writer out) is read back: kept if it
+/// already covers what it asks for, swapped otherwise, with the bound
+/// asked for again from what was found.
 async fn save_upper_bound(
     store: &FencedStore,
     confirmed: u64,
-    bound: u64,
-) -> Result<u64, TsoError> {
-    let mut expected = confirmed;
+    wanted: impl Fn(u64) -> u64,
+) -> Result<Saved, TsoError> {
+    let mut found = confirmed;
     for _ in 0..SAVE_ROUNDS {
-        let guard = if expected == 0 {
+        let bound = wanted(found);
+        let guard = if found == 0 {
             Guard::Absent {
                 key: UPPER_BOUND_KEY.to_owned(),
             }
         } else {
             Guard::ValueIs {
                 key: UPPER_BOUND_KEY.to_owned(),
-                value: expected.to_string().into_bytes(),
+                value: found.to_string().into_bytes(),
             }
         };
         let put = WriteOp::Put {
@@ -307,16 +434,19 @@ async fn save_upper_bound(
             value: bound.to_string().into_bytes(),
         };
         if store.txn(vec![guard], vec![put]).await? {
-            return Ok(bound);
+            return Ok(Saved { found, bound });
         }
         let current = match store.get(UPPER_BOUND_KEY).await? {
             Some(raw) => parse_bound(&raw)?,
             None => 0,
         };
-        if current >= bound {
-            return Ok(current);
+        if current >= wanted(current) {
+            return Ok(Saved {
+                found: current,
+                bound: current,
+            });
         }
-        expected = current;
+        found = current;
     }
     Err(TsoError::BoundContended)
 }
@@ -340,44 +470,86 @@ fn parse_bound(raw: &[u8]) -> Result<u64, TsoError> {
 }
 
 impl Coordinator for Tso {
-    /// The saved upper bound in physical milliseconds; 0 when none is saved.
-    type Meta = u64;
+    type Meta = SavedBound;
     type Serving = TsoServing;
     type Request = TsoRequest;
     type Response = Result<TsoBatch, TsoError>;
 
-    fn decode(&self, snapshot: Snapshot) -> Result<u64, BoxError> {
-        let Some(raw) = snapshot.entries.get(UPPER_BOUND_KEY) else {
-            return Ok(0);
+    /// A standby follows each save as it arrives, to know when it was made.
+    const INCREMENTAL: bool = true;
+
+    fn decode(&self, snapshot: Snapshot) -> Result<SavedBound, BoxError> {
+        let bound = match snapshot.entries.get(UPPER_BOUND_KEY) {
+            Some(raw) => parse_bound(raw)?,
+            None => 0,
         };
-        Ok(parse_bound(raw)?)
+        // Read whole, the copy cannot tell when the bound was saved.
+        Ok(SavedBound { bound, seen: None })
+    }
+
+    fn apply_change(&self, meta: &mut SavedBound, change: &MetaChange) -> Result<(), BoxError> {
+        match change {
+            MetaChange::Put { key, value } if key == UPPER_BOUND_KEY => {
+                *meta = SavedBound {
+                    bound: parse_bound(value)?,
+                    seen: Some(Instant::now()),
+                };
+            }
+            MetaChange::Delete { key } if key == UPPER_BOUND_KEY => *meta = SavedBound::default(),
+            _ => {}
+        }
+        Ok(())
     }
 
     async fn activate(
         &self,
         epoch: Epoch,
-        saved: u64,
+        saved: SavedBound,
         store: FencedStore,
     ) -> Result<TsoServing, BoxError> {
-        // Above the saved bound: a predecessor handed out only physicals below it.
-        let now = (self.clock)();
-        let base = now.max(saved.saturating_add(1));
-        let upper_bound =
-            save_upper_bound(&store, saved, bound_for(base, now, &self.config)).await?;
+        let wall = (self.clock)();
+        let anchor = ClockAnchor::at_activation(&saved, wall, &self.config);
+        let (now, held_back) = anchor.guard(wall, Instant::now(), &self.config);
+        if let Some(ahead) = held_back {
+            tracing::warn!(
+                role = epoch.role,
+                revision = epoch.revision,
+                ahead_ms = ahead,
+                "this node's clock is {ahead} ms further ahead than the bound its predecessor \
+                 saved allows; the oracle keeps to tso.maxClockStep ({:?}) ahead of it",
+                self.config.max_clock_step
+            );
+            metrics::counter!(crate::telemetry::TSO_CLOCK_STEPS, "role" => epoch.role.clone())
+                .increment(1);
+        }
+        // Above the bound etcd holds, which the compare-and-swap reads back
+        // when it is not the one decoded: a predecessor handed out only
+        // physicals below it.
+        let config = &self.config;
+        let saved_now = save_upper_bound(&store, saved.bound, |found| {
+            bound_for(base_above(found, now), now, config)
+        })
+        .await?;
+        let base = base_above(saved_now.found, now);
+        if base >= MAX_PHYSICAL {
+            return Err(TsoError::Exhausted { physical: base }.into());
+        }
         tracing::info!(
             role = epoch.role,
             revision = epoch.revision,
-            saved,
+            saved = saved_now.found,
             base,
-            upper_bound,
+            upper_bound = saved_now.bound,
             "timestamp oracle serves from physical {base}ms"
         );
         Ok(TsoServing {
             physical: base,
             logical: 0,
-            upper_bound,
+            upper_bound: saved_now.bound,
             store,
             epoch,
+            anchor,
+            held_back,
         })
     }
 
@@ -390,6 +562,8 @@ impl Coordinator for Tso {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn snapshot(value: Option<&[u8]>) -> Snapshot {
@@ -404,14 +578,36 @@ mod tests {
 
     #[test]
     fn compose_and_split_are_inverse() {
-        assert_eq!(compose(0, 0), 0);
-        assert_eq!(compose(1, 0), 1 << 18);
-        assert_eq!(compose(1, 5), (1 << 18) | 5);
-        for (physical, logical) in [(0, MAX_LOGICAL), (1_700_000_000_000, 12345), (42, 0)] {
-            assert_eq!(split(compose(physical, logical)), (physical, logical));
+        assert_eq!(compose(0, 0), Some(0));
+        assert_eq!(compose(1, 0), Some(1 << 18));
+        assert_eq!(compose(1, 5), Some((1 << 18) | 5));
+        for (physical, logical) in [
+            (0, MAX_LOGICAL),
+            (1_700_000_000_000, 12345),
+            (42, 0),
+            (MAX_PHYSICAL, MAX_LOGICAL),
+        ] {
+            assert_eq!(
+                compose(physical, logical).map(split),
+                Some((physical, logical))
+            );
         }
         // Later physical always wins over a larger logical.
         assert!(compose(2, 0) > compose(1, MAX_LOGICAL));
+    }
+
+    #[test]
+    fn a_part_beyond_its_bits_composes_to_nothing_instead_of_wrapping() {
+        assert_eq!(compose(MAX_PHYSICAL + 1, 0), None);
+        assert_eq!(compose(u64::MAX, 0), None);
+        assert_eq!(compose(1, MAX_LOGICAL + 1), None);
+        // The bound a term saves never passes what a timestamp holds.
+        let config = TsoConfig::default();
+        assert_eq!(
+            bound_for(MAX_PHYSICAL - 1, MAX_PHYSICAL - 1, &config),
+            MAX_PHYSICAL
+        );
+        assert_eq!(bound_for(0, u64::MAX, &config), MAX_PHYSICAL);
     }
 
     #[test]
@@ -490,13 +686,13 @@ mod tests {
         for (step, now) in clock.into_iter().enumerate() {
             let count = if step % 2 == 0 { MAX_LOGICAL } else { 1 };
             let start = next_batch(physical, logical, now, count);
-            let first = compose(start.physical, start.logical);
+            let first = compose(start.physical, start.logical).unwrap();
             let end = start.logical + count - 1;
             assert!(end <= MAX_LOGICAL, "a batch left its millisecond");
             if let Some(last) = last {
                 assert!(first > last, "step {step}: {first} after {last}");
             }
-            last = Some(compose(start.physical, end));
+            last = Some(compose(start.physical, end).unwrap());
             (physical, logical) = (start.physical, start.logical + count);
         }
     }
@@ -569,10 +765,82 @@ mod tests {
     #[test]
     fn decode_reads_the_saved_bound_and_zero_when_absent() {
         let tso = Tso::new(TsoConfig::default());
-        assert_eq!(tso.decode(snapshot(None)).unwrap(), 0);
+        assert_eq!(tso.decode(snapshot(None)).unwrap(), SavedBound::default());
         assert_eq!(
             tso.decode(snapshot(Some(b"1700000000123"))).unwrap(),
-            1_700_000_000_123
+            SavedBound {
+                bound: 1_700_000_000_123,
+                seen: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_save_followed_as_it_arrives_is_seen_and_other_keys_leave_it_alone() {
+        let tso = Tso::new(TsoConfig::default());
+        let mut saved = SavedBound::default();
+        let before = Instant::now();
+        let put = |key: &str, value: &[u8]| MetaChange::Put {
+            key: key.to_owned(),
+            value: value.to_vec(),
+        };
+        tso.apply_change(&mut saved, &put(UPPER_BOUND_KEY, b"42"))
+            .unwrap();
+        assert_eq!(saved.bound, 42);
+        assert!(saved.seen.is_some_and(|seen| seen >= before));
+        tso.apply_change(&mut saved, &put("other", b"x")).unwrap();
+        assert_eq!(saved.bound, 42);
+        assert!(
+            tso.apply_change(&mut saved, &put(UPPER_BOUND_KEY, b"x"))
+                .is_err()
+        );
+        let delete = MetaChange::Delete {
+            key: UPPER_BOUND_KEY.to_owned(),
+        };
+        tso.apply_change(&mut saved, &delete).unwrap();
+        assert_eq!(saved, SavedBound::default());
+    }
+
+    #[test]
+    fn the_clock_is_followed_up_to_max_clock_step_past_its_anchor() {
+        let config = TsoConfig::default(); // window 3s, maxClockStep 10s
+        let start = Instant::now();
+        let anchor = ClockAnchor {
+            ms: 1_000_000,
+            at: start,
+        };
+        let later = start + Duration::from_secs(5);
+        // A clock that kept time, or went back, is followed.
+        assert_eq!(anchor.guard(1_005_000, later, &config), (1_005_000, None));
+        assert_eq!(anchor.guard(900_000, later, &config), (900_000, None));
+        // Up to the step, and no further: a day's jump is held at it.
+        assert_eq!(anchor.guard(1_015_000, later, &config), (1_015_000, None));
+        assert_eq!(
+            anchor.guard(1_005_000 + 86_400_000, later, &config),
+            (1_015_000, Some(86_390_000))
+        );
+
+        // Anchored on a predecessor's save this node saw: its clock then
+        // was at most a window behind the bound.
+        let seen = SavedBound {
+            bound: 2_000_000,
+            seen: Some(start),
+        };
+        let anchor = ClockAnchor::at_activation(&seen, 99_999_999_999, &config);
+        assert_eq!(anchor.ms, 1_997_000);
+        assert_eq!(
+            anchor.guard(99_999_999_999, start, &config),
+            (2_007_000, Some(99_999_999_999 - 2_007_000))
+        );
+        // Without a save seen, this node's clock at activation.
+        let unseen = SavedBound {
+            bound: 2_000_000,
+            seen: None,
+        };
+        let anchor = ClockAnchor::at_activation(&unseen, 5_000_000, &config);
+        assert_eq!(
+            anchor.guard(5_000_000, anchor.at, &config),
+            (5_000_000, None)
         );
     }
 
@@ -581,10 +849,12 @@ mod tests {
         let tso = Tso::new(TsoConfig::default());
         let largest = MAX_PHYSICAL.to_string();
         assert_eq!(
-            tso.decode(snapshot(Some(largest.as_bytes()))).unwrap(),
+            tso.decode(snapshot(Some(largest.as_bytes())))
+                .unwrap()
+                .bound,
             MAX_PHYSICAL
         );
-        assert_eq!(compose(MAX_PHYSICAL, 0) >> LOGICAL_BITS, MAX_PHYSICAL);
+        assert_eq!(compose(MAX_PHYSICAL, 0).map(split), Some((MAX_PHYSICAL, 0)));
         for beyond in [MAX_PHYSICAL + 1, u64::MAX] {
             let text = beyond.to_string();
             let error = tso.decode(snapshot(Some(text.as_bytes()))).unwrap_err();
@@ -615,7 +885,7 @@ mod tests {
         fn any_saved_bound_decodes_or_is_reported(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let tso = Tso::new(TsoConfig::default());
             match tso.decode(snapshot(Some(&raw))) {
-                Ok(bound) => {
+                Ok(SavedBound { bound, .. }) => {
                     proptest::prop_assert!(bound <= MAX_PHYSICAL);
                     proptest::prop_assert_eq!(Some(bound), std::str::from_utf8(&raw).ok().and_then(|t| t.parse().ok()));
                 }
@@ -631,7 +901,7 @@ mod tests {
         #[test]
         fn a_decimal_bound_in_range_reads_back(bound in 0..=MAX_PHYSICAL) {
             let tso = Tso::new(TsoConfig::default());
-            proptest::prop_assert_eq!(tso.decode(snapshot(Some(bound.to_string().as_bytes()))).unwrap(), bound);
+            proptest::prop_assert_eq!(tso.decode(snapshot(Some(bound.to_string().as_bytes()))).unwrap().bound, bound);
         }
     }
 }

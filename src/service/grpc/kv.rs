@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::proto::kv_server;
 use super::proto::{GetRequest, GetResponse, PutRequest, PutResponse};
-use super::serve_error_status;
+use super::{caller_wait, serve_error_status};
 use crate::role::RoleHandle;
 use crate::service::kv::{Kv, KvAnswer, KvError, KvRequest};
 
@@ -17,13 +17,14 @@ pub struct KvService {
 }
 
 impl KvService {
-    /// A service over `role`, answering within `timeout`.
+    /// A service over `role`, answering within `timeout` (or the caller's
+    /// `grpc-timeout`, when shorter).
     pub fn new(role: RoleHandle<Kv>, timeout: Duration) -> Self {
         Self { role, timeout }
     }
 
-    async fn call(&self, request: KvRequest) -> Result<KvAnswer, Status> {
-        match self.role.call(request, self.timeout).await {
+    async fn call(&self, request: KvRequest, wait: Duration) -> Result<KvAnswer, Status> {
+        match self.role.call(request, wait).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error @ (KvError::BadKey { .. } | KvError::ValueTooLarge { .. }))) => {
                 Err(Status::invalid_argument(error.to_string()))
@@ -48,16 +49,18 @@ impl KvService {
 #[tonic::async_trait]
 impl kv_server::Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let wait = caller_wait(&request, self.timeout);
         let PutRequest { key, value } = request.into_inner();
-        let answer = self.call(KvRequest::Put { key, value }).await?;
+        let answer = self.call(KvRequest::Put { key, value }, wait).await?;
         Ok(Response::new(PutResponse {
             epoch: answer.epoch,
         }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let wait = caller_wait(&request, self.timeout);
         let GetRequest { key } = request.into_inner();
-        let answer = self.call(KvRequest::Get { key }).await?;
+        let answer = self.call(KvRequest::Get { key }, wait).await?;
         Ok(Response::new(GetResponse {
             value: answer.value,
             epoch: answer.epoch,
