@@ -1,0 +1,310 @@
+//! The request path against a real etcd: a bounded queue that refuses when full, requests whose caller gave up dropped before the coordinator sees them (the gRPC caller's deadline too), batches with one term check, and the batching TSO client riding through failovers.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use standin::service::grpc::proto::ResignRequest;
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::{KvClient, TsoClient, TsoClientOptions};
+use standin::testing::{EtcdServer, StandinProcess, free_loopback_port};
+use standin::{BoxError, Snapshot};
+use standin::{Config, Coordinator, Epoch, FencedStore, Node, ServeError};
+use support::*;
+use tokio::sync::Semaphore;
+use tracing::info;
+
+const BIN: &str = env!("CARGO_BIN_EXE_standin");
+
+/// The request that holds its batch until the test lets it go.
+const HOLDS: u32 = 0;
+
+/// A coordinator that records the batches it is handed; the request
+/// [`HOLDS`] waits for a permit.
+struct Recording {
+    gate: Arc<Semaphore>,
+    handled: Arc<Mutex<Vec<u32>>>,
+    batches: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Coordinator for Recording {
+    type Meta = ();
+    type Serving = ();
+    type Request = u32;
+    type Response = u32;
+
+    fn decode(&self, _: Snapshot) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn activate(&self, _: Epoch, _: (), _: FencedStore) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    async fn handle(&self, _: &mut (), request: u32) -> u32 {
+        request
+    }
+
+    async fn handle_batch(&self, _: &mut (), requests: Vec<u32>) -> Vec<u32> {
+        self.batches.lock().unwrap().push(requests.len());
+        for &request in &requests {
+            if request == HOLDS {
+                self.gate
+                    .acquire()
+                    .await
+                    .expect("the gate stays open")
+                    .forget();
+            }
+            self.handled.lock().unwrap().push(request);
+        }
+        requests
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_at_once_and_requests_whose_caller_gave_up_never_reach_the_coordinator()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut config = config(&etcd, 0, 10);
+    config.coordinator.queue_depth = 4;
+    config.coordinator.max_batch = 8;
+    let (gate, handled, batches) = (Arc::new(Semaphore::new(0)), Arc::default(), Arc::default());
+    let mut node = Node::new(config);
+    let role = node.add_role(
+        "recorded",
+        Recording {
+            gate: gate.clone(),
+            handled: Arc::clone(&handled),
+            batches: Arc::clone(&batches),
+        },
+    )?;
+    node.start().await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&role), CALL).await?;
+
+    info!("--- a request holds the coordinator; four more fill the queue behind it");
+    let held = tokio::spawn(role.call(HOLDS, CALL));
+    wait_for("the coordinator to hold", Duration::from_secs(5), || {
+        (batches.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    let short = Duration::from_millis(50);
+    let gave_up: Vec<_> = [1, 2].map(|n| tokio::spawn(role.call(n, short))).into();
+    let waiting: Vec<_> = [3, 4].map(|n| tokio::spawn(role.call(n, CALL))).into();
+
+    info!("--- one more is refused at once, without waiting for the coordinator");
+    let refused = role.call(5, CALL).await;
+    assert!(
+        matches!(refused, Err(ServeError::Overloaded { capacity: 4, .. })),
+        "{refused:?}"
+    );
+
+    info!("--- two callers give up; then the coordinator is let go");
+    for call in gave_up {
+        let answer = call.await?;
+        assert!(
+            matches!(answer, Err(ServeError::TimedOut { .. })),
+            "{answer:?}"
+        );
+    }
+    gate.add_permits(1);
+    assert_eq!(held.await?, Ok(HOLDS));
+    for (call, request) in waiting.into_iter().zip([3, 4]) {
+        assert_eq!(call.await?, Ok(request));
+    }
+    // The two that gave up were dropped before the coordinator saw them;
+    // the two still waited for were handed over together.
+    assert_eq!(*handled.lock().unwrap(), [HOLDS, 3, 4]);
+    assert_eq!(*batches.lock().unwrap(), [1, 2]);
+    node.shutdown().await;
+    Ok(())
+}
+
+/// A config for a client of the nodes under `root`.
+fn client_config(etcd: &EtcdServer, root: &str) -> Config {
+    let mut config = Config::default();
+    config.etcd.endpoints = vec![etcd.endpoint()];
+    config.etcd.root_path = root.to_owned();
+    config
+}
+
+/// `standin run` nodes of `role` under `root`, and the address each serves on.
+fn spawn_nodes(
+    etcd: &EtcdServer,
+    root: &str,
+    role: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(StandinProcess, String)>> {
+    (0..count)
+        .map(|_| {
+            let address = format!("127.0.0.1:{}", free_loopback_port()?);
+            let yaml = format!(
+                "etcd:\n  endpoints: [{}]\n  rootPath: {root}\nnode:\n  address: {address}\n",
+                etcd.endpoint()
+            );
+            let node = StandinProcess::spawn(BIN.as_ref(), &yaml, &["--role", role])?;
+            Ok((node, address))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_whose_grpc_caller_gave_up_while_it_waited_is_never_written() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let root = "standin-deadline";
+    let _nodes = spawn_nodes(&etcd, root, "kv", 1)?;
+    let client = Arc::new(KvClient::connect(&client_config(&etcd, root)).await?);
+    eventually("the register to serve", Duration::from_secs(20), || async {
+        client.put("warm", b"up".to_vec(), CALL).await.ok()
+    })
+    .await;
+
+    info!("--- etcd stops answering: a put waits on its write, a second one behind it");
+    etcd.pause()?;
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .put("first", b"1".to_vec(), Duration::from_secs(20))
+                .await
+        }
+    });
+    // The second's caller waits 300 ms, and says so in grpc-timeout.
+    let second = client
+        .put("second", b"2".to_vec(), Duration::from_millis(300))
+        .await;
+    assert!(second.is_err(), "answered with etcd paused: {second:?}");
+
+    info!("--- etcd answers again: the first lands, the second was dropped unwritten");
+    etcd.resume()?;
+    first.await??;
+    let etcd_client = etcd.client().await?;
+    let written = |key: &str| {
+        let mut etcd_client = etcd_client.clone();
+        let key = format!("{root}/meta/kv/{key}");
+        async move {
+            let found = etcd_client.get(key, None).await.expect("etcd answers");
+            !found.kvs().is_empty()
+        }
+    };
+    assert!(written("first").await);
+    // Whatever came after the second was handled after it: once a later put
+    // is acknowledged, the second had its turn.
+    client.put("after", b"3".to_vec(), CALL).await?;
+    assert!(
+        !written("second").await,
+        "a put whose caller had gone was written"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_callers_keep_their_order_and_never_share_a_timestamp_across_a_kill_and_a_resign()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let root = "standin-batched";
+    let mut nodes = spawn_nodes(&etcd, root, "tso", 3)?;
+    let options = TsoClientOptions {
+        streams: 2,
+        ..TsoClientOptions::from_config(&Config::default())
+    };
+    let client = Arc::new(TsoClient::connect_with(&client_config(&etcd, root), options).await?);
+    eventually("the oracle to serve", Duration::from_secs(20), || async {
+        client.allocate(1, CALL).await.ok()
+    })
+    .await;
+
+    info!("--- 200 callers allocate in a loop");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..200u32)
+        .map(|caller| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let count = caller % 3 + 1;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let answer = client.allocate(count, Duration::from_secs(20)).await;
+                    let answer = answer.expect("every call is answered within its deadline");
+                    assert_eq!(answer.count, count);
+                    got.push((answer.first, answer.count, answer.epoch));
+                }
+                got
+            })
+        })
+        .collect();
+    let calls_now = || client.stats().calls;
+    let progress = |after: u64| {
+        eventually(
+            "more calls answered",
+            Duration::from_secs(20),
+            move || async move { (calls_now() >= after).then_some(()) },
+        )
+    };
+    progress(calls_now() + 2_000).await;
+
+    let leader = |client: &TsoClient| client.leader().expect("a leader is known");
+    info!("--- kill -9 of the leader");
+    let address = leader(&client).session.address;
+    let killed = nodes
+        .iter()
+        .position(|(_, at)| *at == address)
+        .expect("the leader is one of the nodes");
+    nodes[killed].0.kill()?;
+    progress(calls_now() + 2_000).await;
+    nodes[killed].0.restart()?;
+
+    info!("--- the new leader resigns");
+    let address = leader(&client).session.address;
+    let mut coordination = CoordinationClient::connect(format!("http://{address}")).await?;
+    coordination
+        .resign(ResignRequest {
+            role: "tso".into(),
+            to: String::new(),
+        })
+        .await?;
+    progress(calls_now() + 2_000).await;
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut every = Vec::new();
+    let mut epochs = HashMap::new();
+    for caller in callers {
+        let got = caller.await?;
+        for pair in got.windows(2) {
+            assert!(
+                pair[1].0 >= pair[0].0 + u64::from(pair[0].1),
+                "a caller's timestamps went back: {:?} after {:?}",
+                pair[1],
+                pair[0]
+            );
+        }
+        for &(first, count, epoch) in &got {
+            *epochs.entry(epoch).or_insert(0u64) += 1;
+            every.push((first, count));
+        }
+    }
+    every.sort_unstable();
+    for pair in every.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].0 + u64::from(pair[0].1),
+            "two callers got the same timestamp: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let stats = client.stats();
+    info!(?stats, ?epochs, "answered");
+    assert!(
+        epochs.len() >= 3,
+        "served by {} terms: {epochs:?}",
+        epochs.len()
+    );
+    assert!(
+        stats.batches * 2 < stats.calls,
+        "callers were not batched: {stats:?}"
+    );
+    Ok(())
+}
