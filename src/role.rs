@@ -107,6 +107,16 @@ impl<C: Coordinator> RoleHandle<C> {
         *self.shared.copy.borrow()
     }
 
+    /// Requests waiting now for the role's coordinator on this node (at
+    /// most `coordinator.queueDepth`): queued while it activates or serves
+    /// slower than they arrive; 0 when no coordinator runs here.
+    pub fn queued(&self) -> usize {
+        self.shared
+            .coordinator
+            .get()
+            .map_or(0, |coordinator| coordinator.queue.len())
+    }
+
     /// Whether the role serves on this node now.
     pub fn is_serving(&self) -> bool {
         self.serving().epoch().is_some()

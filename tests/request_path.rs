@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use standin::service::grpc::proto::ResignRequest;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::kv::{Kv, KvRequest};
+use standin::service::server::NodeServer;
 use standin::service::{KvClient, TsoClient, TsoClientOptions};
 use standin::testing::{EtcdServer, StandinProcess, free_loopback_port};
 use standin::{BoxError, Snapshot};
@@ -154,25 +156,37 @@ fn spawn_nodes(
 async fn a_put_whose_grpc_caller_gave_up_while_it_waited_is_never_written() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    let root = "standin-deadline";
-    let _nodes = spawn_nodes(&etcd, root, "kv", 1)?;
-    let client = Arc::new(KvClient::connect(&client_config(&etcd, root)).await?);
-    eventually("the register to serve", Duration::from_secs(20), || async {
-        client.put("warm", b"up".to_vec(), CALL).await.ok()
-    })
+    let address = format!("127.0.0.1:{}", free_loopback_port()?);
+    let mut config = config(&etcd, 0, 10);
+    config.node.address = Some(address.clone());
+    let mut node = Node::new(config.clone());
+    let kv = node.add_role("kv", Kv::new(config.kv.clone()))?;
+    let mut server = NodeServer::bind(&config, address.parse()?, false).await?;
+    server.add_kv(&config, kv.clone());
+    node.start().await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(node, async {
+        let _ = stopped.await;
+    }));
+    standin::testing::the_single_serving(std::slice::from_ref(&kv), CALL).await?;
+    let client = KvClient::connect(&client_config(&etcd, &config.etcd.root_path)).await?;
+    client.put("warm", b"up".to_vec(), CALL).await?;
+
+    info!("--- etcd stops answering: a put waits on its write");
+    etcd.pause()?;
+    let put = |key: &str| KvRequest::Put {
+        key: key.to_owned(),
+        value: b"1".to_vec(),
+    };
+    let first = tokio::spawn(kv.call(put("first"), Duration::from_secs(20)));
+    wait_for(
+        "the coordinator to take the first put",
+        Duration::from_secs(5),
+        || (kv.queued() == 0).then_some(()),
+    )
     .await;
 
-    info!("--- etcd stops answering: a put waits on its write, a second one behind it");
-    etcd.pause()?;
-    let first = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .put("first", b"1".to_vec(), Duration::from_secs(20))
-                .await
-        }
-    });
-    // The second's caller waits 300 ms, and says so in grpc-timeout.
+    info!("--- a put over gRPC waits behind it; its caller waits 300 ms, and says so");
     let second = client
         .put("second", b"2".to_vec(), Duration::from_millis(300))
         .await;
@@ -180,24 +194,26 @@ async fn a_put_whose_grpc_caller_gave_up_while_it_waited_is_never_written() -> a
 
     info!("--- etcd answers again: the first lands, the second was dropped unwritten");
     etcd.resume()?;
-    first.await??;
-    let etcd_client = etcd.client().await?;
+    assert!(matches!(first.await?, Ok(Ok(_))));
+    // Requests are handled in order: once a later put is acknowledged, the
+    // second has had its turn.
+    client.put("after", b"3".to_vec(), CALL).await?;
+    let reader = etcd.client().await?;
     let written = |key: &str| {
-        let mut etcd_client = etcd_client.clone();
-        let key = format!("{root}/meta/kv/{key}");
+        let mut reader = reader.clone();
+        let key = format!("{}/meta/kv/{key}", config.etcd.root_path);
         async move {
-            let found = etcd_client.get(key, None).await.expect("etcd answers");
+            let found = reader.get(key, None).await.expect("etcd answers");
             !found.kvs().is_empty()
         }
     };
     assert!(written("first").await);
-    // Whatever came after the second was handled after it: once a later put
-    // is acknowledged, the second had its turn.
-    client.put("after", b"3".to_vec(), CALL).await?;
     assert!(
         !written("second").await,
         "a put whose caller had gone was written"
     );
+    let _ = stop.send(());
+    serving.await??;
     Ok(())
 }
 

@@ -69,6 +69,11 @@ impl<C: Coordinator> RequestQueue<C> {
         self.capacity
     }
 
+    /// Requests waiting now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
     /// Queues `queued` behind every request already waiting, unless the queue is full.
     pub(crate) fn push(&self, queued: Queued<C>) -> Pushed<C> {
         let mut inner = self.lock();

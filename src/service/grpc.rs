@@ -66,6 +66,44 @@ pub fn serve_error_status(error: ServeError, leader: Option<&Leader>) -> Status 
     }
 }
 
+/// The stream a server answers a bidirectional call with.
+pub type AnswerStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Answers `requests` one at a time, in order, with `answer`, until the
+/// client ends its side, stops listening, or an answer is an error (sent,
+/// and the stream ends with it). A few answers are held ready ahead of a
+/// client that reads slowly; one that stops reading stops the answering.
+pub fn answer_in_order<Req, Resp, F, Fut>(
+    mut requests: tonic::Streaming<Req>,
+    mut answer: F,
+) -> AnswerStream<Resp>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    F: FnMut(Req) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Resp, Status>> + Send,
+{
+    /// Answers held ready before the client reads them.
+    const AHEAD: usize = 16;
+    let (answers, stream) = tokio::sync::mpsc::channel(AHEAD);
+    tokio::spawn(async move {
+        loop {
+            let request = tokio::select! {
+                request = requests.message() => request,
+                () = answers.closed() => return,
+            };
+            // The client closed its side, or its stream broke.
+            let Ok(Some(request)) = request else { return };
+            let answered = answer(request).await;
+            let ended = answered.is_err();
+            if answers.send(answered).await.is_err() || ended {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(stream))
+}
+
 /// The header in which a gRPC caller says how long it waits.
 const TIMEOUT_HEADER: &str = "grpc-timeout";
 

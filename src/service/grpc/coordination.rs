@@ -11,9 +11,10 @@ use tonic::{Request, Response, Status};
 use super::auth::Caller;
 use super::proto::coordination_server::Coordination;
 use super::proto::{
-    LeaderEvent, MetadataCopy, ResignRequest, ResignResponse, RoleStatus, StatusRequest,
-    StatusResponse, WatchLeaderRequest,
+    EchoMessage, LeaderEvent, MetadataCopy, ResignRequest, ResignResponse, RoleStatus,
+    StatusRequest, StatusResponse, WatchLeaderRequest,
 };
+use super::{AnswerStream, answer_in_order};
 use crate::role::RoleControl;
 use crate::status::RoleState;
 use crate::status::{ResignError, TransferTarget};
@@ -130,6 +131,20 @@ impl Coordination for CoordinationService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn echo(&self, request: Request<EchoMessage>) -> Result<Response<EchoMessage>, Status> {
+        Ok(Response::new(request.into_inner()))
+    }
+
+    type EchoStreamStream = AnswerStream<EchoMessage>;
+
+    async fn echo_stream(
+        &self,
+        request: Request<tonic::Streaming<EchoMessage>>,
+    ) -> Result<Response<Self::EchoStreamStream>, Status> {
+        let answers = answer_in_order(request.into_inner(), |message| async move { Ok(message) });
+        Ok(Response::new(answers))
     }
 
     async fn resign(

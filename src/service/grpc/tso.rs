@@ -1,21 +1,16 @@
 //! The `Tso` gRPC service: timestamps from the node that leads the `tso` role, one call at a time or streamed in batches.
 
-use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use futures::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::tso_server;
 use super::proto::{AllocateRequest, AllocateResponse};
-use super::{caller_wait, serve_error_status};
+use super::{AnswerStream, answer_in_order, caller_wait, serve_error_status};
 use crate::role::RoleHandle;
 use crate::service::tso::{Tso, TsoError, TsoRequest};
-
-/// Answers a stream holds ready before its client reads them: a client
-/// that stops reading stops the stream's allocations.
-const STREAM_AHEAD: usize = 16;
 
 /// Serves `Tso` from this node's `tso` role.
 #[derive(Clone)]
@@ -72,51 +67,29 @@ impl TsoService {
         }
     }
 
-    /// Answers the requests of one stream in order, all from one epoch,
-    /// until the client ends it, stops listening, or a request fails (the
-    /// stream then ends with that failure).
-    async fn serve_stream(
-        self,
-        mut requests: Streaming<AllocateRequest>,
-        answers: tokio::sync::mpsc::Sender<Result<AllocateResponse, Status>>,
-    ) {
-        let mut epoch = None;
-        loop {
-            let request = tokio::select! {
-                request = requests.message() => request,
-                () = answers.closed() => return,
-            };
-            let count = match request {
-                Ok(Some(request)) => request.count,
-                // The client closed its side, or its stream broke.
-                Ok(None) | Err(_) => return,
-            };
-            let answer = match self.allocate(count, self.timeout).await {
-                Ok(answer) if epoch.is_some_and(|epoch| epoch != answer.epoch) => {
-                    // Never answer one stream from two terms: the client
-                    // must learn of the failover by opening another.
-                    Err(super::unavailable(
-                        format!(
-                            "the term this stream was served by (epoch {}) ended; open another",
-                            epoch.unwrap_or_default()
-                        ),
-                        self.role.status().leader.as_ref(),
-                    ))
-                }
-                answer => answer,
-            };
-            let ended = answer.is_err();
-            if let Ok(answer) = &answer {
-                epoch = Some(answer.epoch);
+    /// The answer to one request of a stream that `epoch` has served so
+    /// far: never one of another epoch, so a client learns of a failover
+    /// by opening another stream.
+    /// (`epoch` is 0 until the stream's first answer.)
+    async fn allocate_on_stream(
+        &self,
+        count: u32,
+        epoch: &AtomicI64,
+    ) -> Result<AllocateResponse, Status> {
+        let answer = self.allocate(count, self.timeout).await?;
+        match epoch.load(Ordering::Relaxed) {
+            0 => {
+                epoch.store(answer.epoch, Ordering::Relaxed);
+                Ok(answer)
             }
-            if answers.send(answer).await.is_err() || ended {
-                return;
-            }
+            served if served == answer.epoch => Ok(answer),
+            served => Err(super::unavailable(
+                format!("the term this stream was served by (epoch {served}) ended; open another"),
+                self.role.status().leader.as_ref(),
+            )),
         }
     }
 }
-
-type AllocateStream = Pin<Box<dyn Stream<Item = Result<AllocateResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl tso_server::Tso for TsoService {
@@ -131,14 +104,19 @@ impl tso_server::Tso for TsoService {
             .map(Response::new)
     }
 
-    type AllocateStreamStream = AllocateStream;
+    type AllocateStreamStream = AnswerStream<AllocateResponse>;
 
     async fn allocate_stream(
         &self,
         request: Request<Streaming<AllocateRequest>>,
     ) -> Result<Response<Self::AllocateStreamStream>, Status> {
-        let (answers, stream) = tokio::sync::mpsc::channel(STREAM_AHEAD);
-        tokio::spawn(self.clone().serve_stream(request.into_inner(), answers));
-        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+        let service = self.clone();
+        // Requests are answered one at a time: the epoch is read and set in turn.
+        let epoch = Arc::new(AtomicI64::new(0));
+        let answers = answer_in_order(request.into_inner(), move |request: AllocateRequest| {
+            let (service, epoch) = (service.clone(), epoch.clone());
+            async move { service.allocate_on_stream(request.count, &epoch).await }
+        });
+        Ok(Response::new(answers))
     }
 }
