@@ -15,6 +15,7 @@ mod driver;
 mod many_roles;
 #[path = "../common/metadata.rs"]
 mod metadata;
+mod request_path;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -90,6 +91,25 @@ struct Args {
     /// Rounds of each of the `many-roles` kill -9 and SIGTERM.
     #[arg(long, default_value_t = 10)]
     many_rounds: usize,
+    /// Seconds each load of `tso-throughput` runs.
+    #[arg(long, default_value_t = 3.0)]
+    throughput_seconds: f64,
+    /// Rounds of each act of `tso-failover-gap`.
+    #[arg(long, default_value_t = 10)]
+    gap_rounds: usize,
+    /// Run as a client process of `tso-throughput` (what the bench starts).
+    #[arg(long, hide = true)]
+    load: Option<request_path::Load>,
+    #[arg(long, hide = true, default_value_t = 1)]
+    load_callers: usize,
+    #[arg(long, hide = true, default_value_t = 1.0)]
+    load_seconds: f64,
+    #[arg(long, hide = true, default_value = "")]
+    load_etcd: String,
+    #[arg(long, hide = true, default_value = "")]
+    load_root: String,
+    #[arg(long, hide = true, default_value = "")]
+    load_address: String,
 }
 
 /// A scenario run on its own (`make bench scenario=S`).
@@ -97,6 +117,8 @@ struct Args {
 enum Scenario {
     ManyRoles,
     Herd,
+    TsoThroughput,
+    TsoFailoverGap,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -121,6 +143,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     driver::init_logging();
+    if let Some(load) = args.load {
+        return request_path::run_load(request_path::LoadArgs {
+            load,
+            callers: args.load_callers,
+            seconds: args.load_seconds,
+            etcd: args.load_etcd,
+            root: args.load_root,
+            address: args.load_address,
+        })
+        .await;
+    }
     let binary = driver::standin_binary(args.binary)?;
     if !binary.exists() {
         bail!(
@@ -151,6 +184,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.scenario {
         Some(Scenario::ManyRoles) => return many_roles().await,
         Some(Scenario::Herd) => return herd(&etcd, &binary, args.rounds).await,
+        Some(Scenario::TsoThroughput) => {
+            return request_path::tso_throughput(&etcd, &binary, args.throughput_seconds).await;
+        }
+        Some(Scenario::TsoFailoverGap) => {
+            return request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await;
+        }
         None => {}
     }
     let mut samples: BTreeMap<&str, Vec<Duration>> = BTreeMap::new();
@@ -227,6 +266,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     herd(&etcd, &binary, args.rounds).await?;
+    request_path::tso_throughput(&etcd, &binary, args.throughput_seconds).await?;
+    request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await?;
     many_roles().await
 }
 

@@ -1,0 +1,512 @@
+//! The request path's scenarios: TSO throughput and per-call latency from client processes against bare gRPC echoes on the same server, and the longest gap a busy TSO client sees across a failover.
+//!
+//! Each load runs in a client process of its own (this bench, started
+//! again with `--load`), so that one, or three at once, load the nodes as
+//! separate clients would; each prints one `load:` line that the bench
+//! merges.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use standin::Config;
+use standin::service::grpc::proto::coordination_client::CoordinationClient;
+use standin::service::grpc::proto::tso_client::TsoClient as TsoStub;
+use standin::service::grpc::proto::{AllocateRequest, EchoMessage};
+use standin::service::{TsoClient, TsoClientOptions};
+use standin::testing::EtcdServer;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Act, Cluster, Shape, Summary, Witness};
+
+/// What a client process calls, once per caller per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Load {
+    /// `TsoClient::allocate(1)`: batched on a stream to the leader.
+    Tso,
+    /// A unary `Tso.Allocate(1)` per call, to the leader.
+    TsoUnary,
+    /// A unary `Coordination.Echo` per call, to the leader: the transport's
+    /// round trip, what a call costs without an oracle.
+    EchoUnary,
+    /// `Coordination.EchoStream`, callers batched on one stream as the TSO
+    /// client batches them: the transport's limit for batched calls.
+    EchoBatched,
+}
+
+/// What a client process is told to do (the bench's `--load-*` flags).
+pub struct LoadArgs {
+    pub load: Load,
+    pub callers: usize,
+    pub seconds: f64,
+    pub etcd: String,
+    pub root: String,
+    pub address: String,
+}
+
+/// Calls finished before this are not counted: connections and streams open.
+const WARM_UP: Duration = Duration::from_millis(500);
+
+/// Per-call latency in buckets of 1 us up to 10 ms, then of 100 us up to 1 s.
+#[derive(Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+}
+
+const FINE_US: u64 = 10_000;
+const COARSE_US: u64 = 100;
+const BUCKETS: usize = 20_000;
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            counts: vec![0; BUCKETS],
+        }
+    }
+
+    fn record(&mut self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let index = if us < FINE_US {
+            us
+        } else {
+            FINE_US + (us - FINE_US) / COARSE_US
+        };
+        self.counts[usize::try_from(index).unwrap_or(BUCKETS).min(BUCKETS - 1)] += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The upper edge of the bucket holding the fraction `p` of the calls, in ms.
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let total = self.total();
+        let rank = ((p * total as f64).ceil() as u64).clamp(1, total.max(1));
+        let mut seen = 0;
+        for (index, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                let index = index as u64;
+                let upper_us = if index < FINE_US {
+                    index + 1
+                } else {
+                    FINE_US + (index - FINE_US + 1) * COARSE_US
+                };
+                return upper_us as f64 / 1000.0;
+            }
+        }
+        f64::NAN
+    }
+
+    /// `index:count` of the buckets that counted, for the `load:` line.
+    fn encode(&self) -> String {
+        let used: Vec<String> = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count > 0)
+            .map(|(index, count)| format!("{index}:{count}"))
+            .collect();
+        used.join(",")
+    }
+
+    fn decode(text: &str) -> anyhow::Result<Self> {
+        let mut histogram = Self::new();
+        for pair in text.split(',').filter(|pair| !pair.is_empty()) {
+            let (index, count) = pair.split_once(':').context("a bucket is index:count")?;
+            let index: usize = index.parse()?;
+            *histogram
+                .counts
+                .get_mut(index)
+                .context("a bucket out of range")? += count.parse::<u64>()?;
+        }
+        Ok(histogram)
+    }
+}
+
+/// One caller's loop: `call` until `stop`, timing the calls that end
+/// after the warm-up.
+async fn caller<F, Fut>(started: Instant, stop: Arc<AtomicBool>, mut call: F) -> Histogram
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut histogram = Histogram::new();
+    while !stop.load(Ordering::Relaxed) {
+        let at = Instant::now();
+        if let Err(error) = call().await {
+            eprintln!("load: a call failed: {error:#}");
+            continue;
+        }
+        if at.duration_since(started) >= WARM_UP {
+            histogram.record(at.elapsed());
+        }
+    }
+    histogram
+}
+
+/// A channel to one node.
+fn channel_to(address: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .connect_lazy())
+}
+
+/// Callers of [`Load::EchoBatched`]: each waits on a oneshot; one task
+/// sends every caller waiting as one message and answers them all.
+fn echo_batcher(channel: Channel) -> mpsc::UnboundedSender<oneshot::Sender<()>> {
+    let (callers, mut waiting) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
+    tokio::spawn(async move {
+        let (requests, outgoing) = mpsc::channel(1);
+        let Ok(answers) = CoordinationClient::new(channel)
+            .echo_stream(ReceiverStream::new(outgoing))
+            .await
+        else {
+            return;
+        };
+        let mut answers = answers.into_inner();
+        while let Some(first) = waiting.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 10_000 {
+                let Ok(next) = waiting.try_recv() else { break };
+                batch.push(next);
+            }
+            let value = batch.len() as u64;
+            if requests.send(EchoMessage { value }).await.is_err() {
+                return;
+            }
+            match answers.message().await {
+                Ok(Some(echo)) if echo.value == value => {}
+                _ => return,
+            }
+            for caller in batch {
+                let _ = caller.send(());
+            }
+        }
+    });
+    callers
+}
+
+/// A client process: `callers` tasks call for `seconds` after the warm-up,
+/// then one line `load: calls=N histogram=...` on stdout.
+pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = Duration::from_secs(10);
+    let mut tasks = tokio::task::JoinSet::new();
+    match args.load {
+        Load::Tso => {
+            let mut config = Config::default();
+            config.etcd.endpoints = vec![args.etcd.clone()];
+            config.etcd.root_path = args.root.clone();
+            let options = TsoClientOptions::from_config(&config);
+            let client = Arc::new(TsoClient::connect_with(&config, options).await?);
+            for _ in 0..args.callers {
+                let client = client.clone();
+                tasks.spawn(caller(started, stop.clone(), move || {
+                    let client = client.clone();
+                    async move {
+                        client.allocate(1, deadline).await?;
+                        Ok(())
+                    }
+                }));
+            }
+        }
+        Load::TsoUnary => {
+            let stub = TsoStub::new(channel_to(&args.address)?);
+            for _ in 0..args.callers {
+                let stub = stub.clone();
+                tasks.spawn(caller(started, stop.clone(), move || {
+                    let mut stub = stub.clone();
+                    async move {
+                        stub.allocate(AllocateRequest { count: 1 }).await?;
+                        Ok(())
+                    }
+                }));
+            }
+        }
+        Load::EchoUnary => {
+            let stub = CoordinationClient::new(channel_to(&args.address)?);
+            for _ in 0..args.callers {
+                let stub = stub.clone();
+                tasks.spawn(caller(started, stop.clone(), move || {
+                    let mut stub = stub.clone();
+                    async move {
+                        stub.echo(EchoMessage { value: 1 }).await?;
+                        Ok(())
+                    }
+                }));
+            }
+        }
+        Load::EchoBatched => {
+            let batcher = echo_batcher(channel_to(&args.address)?);
+            for _ in 0..args.callers {
+                let batcher = batcher.clone();
+                tasks.spawn(caller(started, stop.clone(), move || {
+                    let batcher = batcher.clone();
+                    async move {
+                        let (answered, answer) = oneshot::channel();
+                        batcher.send(answered).context("the batcher stopped")?;
+                        answer.await.context("the echo stream ended")?;
+                        Ok(())
+                    }
+                }));
+            }
+        }
+    }
+    tokio::time::sleep_until((started + WARM_UP + Duration::from_secs_f64(args.seconds)).into())
+        .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut histogram = Histogram::new();
+    while let Some(done) = tasks.join_next().await {
+        histogram.merge(&done?);
+    }
+    println!(
+        "load: calls={} histogram={}",
+        histogram.total(),
+        histogram.encode()
+    );
+    Ok(())
+}
+
+/// What `processes` client processes of `load` measured together.
+struct Measured {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Runs `load` from `processes` client processes at once, `callers` split
+/// among them, against `cluster`'s leader at `address`.
+async fn measure(
+    etcd: &EtcdServer,
+    cluster: &Cluster,
+    address: &str,
+    load: Load,
+    callers: usize,
+    processes: usize,
+    seconds: f64,
+) -> anyhow::Result<Measured> {
+    let exe = std::env::current_exe()?;
+    let load_name = match load {
+        Load::Tso => "tso",
+        Load::TsoUnary => "tso-unary",
+        Load::EchoUnary => "echo-unary",
+        Load::EchoBatched => "echo-batched",
+    };
+    let children: Vec<_> = (0..processes)
+        .map(|index| {
+            // The callers split as evenly as they go.
+            let share = callers / processes + usize::from(index < callers % processes);
+            tokio::process::Command::new(&exe)
+                .args(["--load", load_name])
+                .args(["--load-callers", &share.to_string()])
+                .args(["--load-seconds", &seconds.to_string()])
+                .args(["--load-etcd", &etcd.endpoint()])
+                .args(["--load-root", &cluster.root])
+                .args(["--load-address", address])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut histogram = Histogram::new();
+    for child in children {
+        let output = child.wait_with_output().await?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!("a {load_name} client process failed: {}", output.status);
+        }
+        let line = stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("load: "))
+            .context("a client process printed no load line")?;
+        let encoded = line
+            .split_once("histogram=")
+            .map(|(_, encoded)| encoded)
+            .context("a load line without its histogram")?;
+        histogram.merge(&Histogram::decode(encoded)?);
+    }
+    Ok(Measured {
+        per_s: histogram.total() as f64 / seconds,
+        p50_ms: histogram.percentile_ms(0.50),
+        p99_ms: histogram.percentile_ms(0.99),
+    })
+}
+
+/// Callers and client processes of `tso-throughput`.
+const SHAPES: [(usize, usize); 8] = [
+    (1, 1),
+    (10, 1),
+    (100, 1),
+    (1000, 1),
+    (1, 3),
+    (10, 3),
+    (100, 3),
+    (1000, 3),
+];
+
+/// `tso-throughput`: timestamps a second and per-call latency of the
+/// batching client, of one unary call per timestamp, and of the bare
+/// echoes, side by side at each number of callers.
+pub async fn tso_throughput(
+    etcd: &EtcdServer,
+    binary: &std::path::Path,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    println!("bench: tso-throughput, {seconds} s per load, each shape's loads in turn");
+    let mut cluster =
+        Cluster::start(etcd, binary, "bench-throughput", Shape::tso(Witness::On)).await?;
+    let (leader, _) = cluster.settle().await?;
+    let address = cluster.nodes[leader].address.clone();
+    for (callers, processes) in SHAPES {
+        let mut measured = Vec::new();
+        for load in [
+            Load::Tso,
+            Load::EchoBatched,
+            Load::EchoUnary,
+            Load::TsoUnary,
+        ] {
+            let it = measure(etcd, &cluster, &address, load, callers, processes, seconds).await?;
+            println!(
+                "bench: scenario=tso-throughput load={load:?} callers={callers} processes={processes} per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
+                it.per_s, it.p50_ms, it.p99_ms
+            );
+            measured.push(it);
+        }
+        let [tso, batched, unary, _] = &measured[..] else {
+            unreachable!("four loads")
+        };
+        println!(
+            "bench: scenario=tso-throughput callers={callers} processes={processes} tso_per_s={:.0} ratio_to_echo_batched={:.2} tso_p50_ms={:.3} echo_unary_p50_ms={:.3} ratio_p50_to_echo_unary={:.2} tso_p99_ms={:.3}",
+            tso.per_s,
+            tso.per_s / batched.per_s,
+            tso.p50_ms,
+            unary.p50_ms,
+            tso.p50_ms / unary.p50_ms,
+            tso.p99_ms
+        );
+    }
+    println!(
+        "bench: anchor=pd-tso-bench per_s=870000-910000 (PD's published tools/pd-tso-bench, 1,000 callers in 3 clients, not run here)"
+    );
+    cluster.shut_down().await
+}
+
+/// Callers of the busy client in `tso-failover-gap`.
+const GAP_CALLERS: usize = 100;
+
+/// The longest stretch without an answer, since it was last reset.
+#[derive(Default)]
+struct Gaps {
+    last: Option<Instant>,
+    longest: Duration,
+    answers: u64,
+}
+
+/// `tso-failover-gap`: a client of `GAP_CALLERS` batched callers keeps
+/// allocating while the leader is stopped gracefully, its coordinator
+/// crashes, and it is killed; each round's longest interval without a
+/// timestamp, beside the round's takeover time, with every caller's
+/// timestamps checked to increase strictly.
+pub async fn tso_failover_gap(
+    etcd: &EtcdServer,
+    binary: &std::path::Path,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    println!(
+        "bench: tso-failover-gap, {rounds} rounds of each act, a client of {GAP_CALLERS} callers"
+    );
+    let mut cluster = Cluster::start(etcd, binary, "bench-gap", Shape::tso(Witness::On)).await?;
+    let mut config = Config::default();
+    config.etcd.endpoints = vec![etcd.endpoint()];
+    config.etcd.root_path = cluster.root.clone();
+    let client = Arc::new(TsoClient::connect(&config).await?);
+    let gaps = Arc::new(Mutex::new(Gaps::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..GAP_CALLERS)
+        .map(|_| {
+            let (client, gaps, stop, violations) = (
+                client.clone(),
+                gaps.clone(),
+                stop.clone(),
+                violations.clone(),
+            );
+            tokio::spawn(async move {
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(answer) = client.allocate(1, Duration::from_secs(30)).await else {
+                        continue;
+                    };
+                    if answer.first <= last {
+                        violations.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last = answer.first;
+                    let now = Instant::now();
+                    let mut gaps = gaps.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(previous) = gaps.last {
+                        gaps.longest = gaps.longest.max(now - previous);
+                    }
+                    gaps.last = Some(now);
+                    gaps.answers += 1;
+                }
+            })
+        })
+        .collect();
+    let answers = || gaps.lock().unwrap_or_else(|p| p.into_inner()).answers;
+    let answered_more = |since: u64| async move {
+        let within = Instant::now();
+        while answers() < since + 1000 {
+            if within.elapsed() > Duration::from_secs(30) {
+                bail!("the client got no timestamps for 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    };
+    answered_more(0).await?;
+    let acts = [
+        ("graceful", Act::Sigterm),
+        ("crash", Act::CrashCoordinator),
+        ("kill9", Act::Kill),
+    ];
+    let mut measured: Vec<(Vec<Duration>, Vec<Duration>)> = vec![Default::default(); acts.len()];
+    for _ in 0..rounds {
+        for (index, (_, act)) in acts.iter().enumerate() {
+            cluster.settle().await?;
+            answered_more(answers()).await?;
+            gaps.lock().unwrap_or_else(|p| p.into_inner()).longest = Duration::ZERO;
+            let takeover = cluster.round(*act).await?;
+            answered_more(answers()).await?;
+            let longest = gaps.lock().unwrap_or_else(|p| p.into_inner()).longest;
+            measured[index].0.push(longest);
+            measured[index].1.push(takeover);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.await?;
+    }
+    let violations = violations.load(Ordering::Relaxed);
+    for ((name, _), (longest, takeovers)) in acts.iter().zip(&measured) {
+        let gap = Summary::of(longest);
+        let takeover = Summary::of(takeovers);
+        println!(
+            "bench: scenario=tso-failover-gap act={name} {gap} takeover_p50_ms={:.1} takeover_p99_ms={:.1} ratio_p50_to_takeover={:.2} violations={violations}",
+            takeover.p50_ms,
+            takeover.p99_ms,
+            gap.p50_ms / takeover.p50_ms
+        );
+    }
+    cluster.shut_down().await
+}
