@@ -20,7 +20,6 @@ use crate::runtime::slot::Slot;
 use crate::runtime::supervisor::ElectionSlot;
 use crate::runtime::term::Term;
 use crate::status::{MetadataCopy, ResignError, RoleState, RoleStatus, Successor, TransferTarget};
-use crate::telemetry;
 
 /// Whether a role serves on this node, asked at the instant it matters:
 /// its term is open (not closed by a step-down, its lease trusted at this
@@ -177,15 +176,7 @@ impl<C: Coordinator> RoleHandle<C> {
                     timeout,
                 }),
             };
-            let outcome = match &answer {
-                Ok(_) => "ok",
-                Err(ServeError::NotActive { .. }) => "not_active",
-                Err(ServeError::TimedOut { .. }) => "timed_out",
-                Err(ServeError::Overloaded { .. }) => "refused",
-                Err(_) => "unavailable",
-            };
-            metrics::counter!(telemetry::REQUESTS, "role" => shared.role.clone(), "outcome" => outcome)
-                .increment(1);
+            shared.count_request(&answer);
             answer
         }
     }

@@ -94,6 +94,13 @@ struct Args {
     /// Seconds each load of `tso-throughput` runs.
     #[arg(long, default_value_t = 3.0)]
     throughput_seconds: f64,
+    /// Shapes of `tso-throughput`: callers x client processes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1x1,10x1,100x1,1000x1,1x3,10x3,100x3,1000x3"
+    )]
+    throughput_shapes: Vec<request_path::ClientShape>,
     /// Rounds of each act of `tso-failover-gap`.
     #[arg(long, default_value_t = 10)]
     gap_rounds: usize,
@@ -185,7 +192,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(Scenario::ManyRoles) => return many_roles().await,
         Some(Scenario::Herd) => return herd(&etcd, &binary, args.rounds).await,
         Some(Scenario::TsoThroughput) => {
-            return request_path::tso_throughput(&etcd, &binary, args.throughput_seconds).await;
+            return request_path::tso_throughput(
+                &etcd,
+                &binary,
+                &args.throughput_shapes,
+                args.throughput_seconds,
+            )
+            .await;
         }
         Some(Scenario::TsoFailoverGap) => {
             return request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await;
@@ -266,7 +279,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     herd(&etcd, &binary, args.rounds).await?;
-    request_path::tso_throughput(&etcd, &binary, args.throughput_seconds).await?;
+    request_path::tso_throughput(
+        &etcd,
+        &binary,
+        &args.throughput_shapes,
+        args.throughput_seconds,
+    )
+    .await?;
     request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await?;
     many_roles().await
 }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{Act, Cluster, Shape, Summary, Witness};
+use super::{Act, Cluster, Summary, Witness};
 
 /// What a client process calls, once per caller per call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -343,17 +343,26 @@ async fn measure(
     })
 }
 
-/// Callers and client processes of `tso-throughput`.
-const SHAPES: [(usize, usize); 8] = [
-    (1, 1),
-    (10, 1),
-    (100, 1),
-    (1000, 1),
-    (1, 3),
-    (10, 3),
-    (100, 3),
-    (1000, 3),
-];
+/// Callers and the client processes they are split among, `CxP`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientShape {
+    callers: usize,
+    processes: usize,
+}
+
+impl std::str::FromStr for ClientShape {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parsed = text.split_once('x').and_then(|(callers, processes)| {
+            Some(Self {
+                callers: callers.parse().ok()?,
+                processes: processes.parse().ok().filter(|p| *p > 0)?,
+            })
+        });
+        parsed.ok_or_else(|| format!("{text:?} is not CALLERSxPROCESSES, e.g. 1000x3"))
+    }
+}
 
 /// `tso-throughput`: timestamps a second and per-call latency of the
 /// batching client, of one unary call per timestamp, and of the bare
@@ -361,14 +370,20 @@ const SHAPES: [(usize, usize); 8] = [
 pub async fn tso_throughput(
     etcd: &EtcdServer,
     binary: &std::path::Path,
+    shapes: &[ClientShape],
     seconds: f64,
 ) -> anyhow::Result<()> {
     println!("bench: tso-throughput, {seconds} s per load, each shape's loads in turn");
-    let mut cluster =
-        Cluster::start(etcd, binary, "bench-throughput", Shape::tso(Witness::On)).await?;
+    let mut cluster = Cluster::start(
+        etcd,
+        binary,
+        "bench-throughput",
+        super::Shape::tso(Witness::On),
+    )
+    .await?;
     let (leader, _) = cluster.settle().await?;
     let address = cluster.nodes[leader].address.clone();
-    for (callers, processes) in SHAPES {
+    for &ClientShape { callers, processes } in shapes {
         let mut measured = Vec::new();
         for load in [
             Load::Tso,
@@ -426,7 +441,8 @@ pub async fn tso_failover_gap(
     println!(
         "bench: tso-failover-gap, {rounds} rounds of each act, a client of {GAP_CALLERS} callers"
     );
-    let mut cluster = Cluster::start(etcd, binary, "bench-gap", Shape::tso(Witness::On)).await?;
+    let mut cluster =
+        Cluster::start(etcd, binary, "bench-gap", super::Shape::tso(Witness::On)).await?;
     let mut config = Config::default();
     config.etcd.endpoints = vec![etcd.endpoint()];
     config.etcd.root_path = cluster.root.clone();

@@ -19,6 +19,7 @@ use crate::runtime::session::{SessionMsg, SessionView};
 use crate::runtime::slot::Slot;
 use crate::runtime::term::Term;
 use crate::status::{MetadataCopy, RoleStatus};
+use crate::telemetry::REQUEST_OUTCOMES;
 
 /// What every actor of a node shares: immutable once the node has started.
 pub(crate) struct NodeContext {
@@ -109,6 +110,10 @@ pub(crate) struct RoleShared<C: Coordinator> {
     pub lease: Slot<i64>,
     /// Set once the node has stopped (shut down or dropped): for good.
     pub stopped: AtomicBool,
+    /// The role's request counters by outcome, made at the first request
+    /// (after the embedder has installed its metrics recorder): a lookup
+    /// by labels on every call costs a busy role more than its answer.
+    requests: std::sync::OnceLock<[metrics::Counter; REQUEST_OUTCOMES.len()]>,
     /// The store of the term being served, for tests that keep it past the term.
     #[cfg(feature = "testing")]
     pub store: Slot<crate::fence::FencedStore>,
@@ -138,6 +143,7 @@ impl<C: Coordinator> RoleShared<C> {
             term: Arc::default(),
             lease: Slot::default(),
             stopped: AtomicBool::new(false),
+            requests: std::sync::OnceLock::new(),
             #[cfg(feature = "testing")]
             store: Slot::default(),
         }
@@ -184,6 +190,25 @@ impl<C: Coordinator> RoleShared<C> {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts a call's answer in [`REQUESTS`](crate::telemetry::REQUESTS) by its outcome.
+    pub(crate) fn count_request<T>(&self, answer: &Result<T, ServeError>) {
+        let outcome = match answer {
+            Ok(_) => "ok",
+            Err(ServeError::NotActive { .. }) => "not_active",
+            Err(ServeError::TimedOut { .. }) => "timed_out",
+            Err(ServeError::Overloaded { .. }) => "refused",
+            Err(_) => "unavailable",
+        };
+        let counters = self.requests.get_or_init(|| {
+            REQUEST_OUTCOMES.map(|outcome| {
+                metrics::counter!(crate::telemetry::REQUESTS, "role" => self.role.clone(), "outcome" => outcome)
+            })
+        });
+        if let Some(index) = REQUEST_OUTCOMES.iter().position(|known| *known == outcome) {
+            counters[index].increment(1);
         }
     }
 

@@ -76,6 +76,8 @@ struct Waiting {
     count: u32,
     reply: oneshot::Sender<Result<AllocateResponse, ClientError>>,
     deadline: Instant,
+    /// What the caller gave as its deadline, for the error past it.
+    timeout: Duration,
 }
 
 /// Where callers wait for a stream to take them.
@@ -208,8 +210,33 @@ fn each_callers(error: &ClientError) -> ClientError {
     }
 }
 
-/// One stream's loop: takes a batch, asks the leader until it answers or
-/// the last caller's deadline passes, hands the answer out.
+/// Answers the callers of `batch` whose deadline has passed (with `last`,
+/// why they were not answered), drops those who stopped waiting, and
+/// keeps the rest.
+fn still_waiting(batch: Vec<Waiting>, now: Instant, last: &str) -> Vec<Waiting> {
+    let mut kept = Vec::with_capacity(batch.len());
+    for waiting in batch {
+        if waiting.reply.is_closed() {
+            continue;
+        }
+        if waiting.deadline <= now {
+            let _ = waiting.reply.send(Err(ClientError::DeadlineExceeded {
+                role: "tso".to_owned(),
+                deadline: waiting.timeout,
+                last: last.to_owned(),
+            }));
+            continue;
+        }
+        kept.push(waiting);
+    }
+    kept
+}
+
+/// One stream's loop: takes a batch and asks the leader until it answers,
+/// each try bounded by the earliest deadline of the callers still
+/// waiting (those past theirs are answered, the rest asked again), then
+/// hands the answer out. Callers' deadlines are kept here, not with a
+/// timer per call.
 async fn dispatch(
     role: Arc<RoleClient>,
     inbox: Arc<Mutex<Inbox>>,
@@ -218,36 +245,39 @@ async fn dispatch(
 ) {
     let kept = Arc::new(Mutex::new(None));
     loop {
-        let Some(batch) = inbox.lock().await.next_batch(max_batch).await else {
+        let Some(mut batch) = inbox.lock().await.next_batch(max_batch).await else {
             return;
         };
-        // Callers that stopped waiting get nothing, and cost nothing.
-        let batch: Vec<Waiting> = batch
-            .into_iter()
-            .filter(|waiting| !waiting.reply.is_closed())
-            .collect();
-        let Some(until) = batch.iter().map(|waiting| waiting.deadline).max() else {
-            continue;
-        };
-        let count = batch.iter().map(|waiting| waiting.count).sum();
-        let wait = until.saturating_duration_since(Instant::now());
-        let answer = role
-            .call(wait, |channel, epoch| {
-                let kept = kept.clone();
-                async move { ask_leader(&kept, channel, epoch, count).await }
-            })
-            .await;
-        match answer {
-            Ok(answer) => {
-                counts.batches.fetch_add(1, Ordering::Relaxed);
-                counts
-                    .calls
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                hand_out(batch, &answer);
-            }
-            Err(error) => {
-                for waiting in batch {
-                    let _ = waiting.reply.send(Err(each_callers(&error)));
+        let mut last = "the leader did not answer in time".to_owned();
+        loop {
+            let now = Instant::now();
+            batch = still_waiting(batch, now, &last);
+            let Some(until) = batch.iter().map(|waiting| waiting.deadline).min() else {
+                break;
+            };
+            let count = batch.iter().map(|waiting| waiting.count).sum();
+            let answer = role
+                .call(until - now, |channel, epoch| {
+                    let kept = kept.clone();
+                    async move { ask_leader(&kept, channel, epoch, count).await }
+                })
+                .await;
+            match answer {
+                Ok(answer) => {
+                    counts.batches.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .calls
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    hand_out(batch, &answer);
+                    break;
+                }
+                // The earliest caller's deadline passed: answer it, ask again for the rest.
+                Err(ClientError::DeadlineExceeded { last: why, .. }) => last = why,
+                Err(error) => {
+                    for waiting in batch {
+                        let _ = waiting.reply.send(Err(each_callers(&error)));
+                    }
+                    break;
                 }
             }
         }
@@ -320,15 +350,15 @@ impl TsoClient {
             count,
             reply,
             deadline: Instant::now() + deadline,
+            timeout: deadline,
         };
         self.inbox
             .send(waiting)
             .map_err(|_| gone("the client's streams stopped"))?;
-        match tokio::time::timeout(deadline, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(gone("the client's streams stopped")),
-            Err(_) => Err(gone("no batch was answered in time")),
-        }
+        // The streams answer every caller by its deadline.
+        answer
+            .await
+            .unwrap_or_else(|_| Err(gone("the client's streams stopped")))
     }
 
     /// What this client has sent and been answered so far.
@@ -360,6 +390,7 @@ mod tests {
             count,
             reply,
             deadline: Instant::now(),
+            timeout: Duration::ZERO,
         };
         (waiting, answer)
     }
