@@ -207,14 +207,16 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         cluster.etcd.endpoint()
     );
     let client_config = Config::from_yaml_str(&client_yaml).context("the client config")?;
+    // One batching client for every allocating task, as a service shares
+    // one: calls made at once go to the leader in one request.
+    let tso = std::sync::Arc::new(
+        standin::service::TsoClient::connect(&client_config)
+            .await
+            .context("connecting the TSO client")?,
+    );
     for client in 0..CLIENTS {
         let seed = options.seed.wrapping_add(client as u64 + 1);
-        tasks.spawn(allocate(
-            client,
-            client_config.clone(),
-            recorder.clone(),
-            seed,
-        ));
+        tasks.spawn(allocate(client, tso.clone(), recorder.clone(), seed));
         tasks.spawn(read_and_write(
             client,
             client_config.clone(),

@@ -230,12 +230,14 @@ pub(super) async fn sample(node: usize, channel: Channel, recorder: Recorder) {
     }
 }
 
-/// Allocates timestamps until aborted, recording every batch and every failure.
-pub(super) async fn allocate(client: usize, config: Config, recorder: Recorder, seed: u64) {
-    let tso = match TsoClient::connect(&config).await {
-        Ok(tso) => tso,
-        Err(error) => return recorder.client_error(client, format!("connecting: {error}")),
-    };
+/// Allocates timestamps through the shared batching client until aborted,
+/// recording every batch and every failure.
+pub(super) async fn allocate(
+    client: usize,
+    tso: std::sync::Arc<TsoClient>,
+    recorder: Recorder,
+    seed: u64,
+) {
     let (mut rng, mut tick) = paced(seed);
     loop {
         tick.tick().await;
