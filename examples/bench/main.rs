@@ -104,6 +104,9 @@ struct Args {
     /// Rounds of each act of `tso-failover-gap`.
     #[arg(long, default_value_t = 10)]
     gap_rounds: usize,
+    /// Seconds of each overloaded phase of `kv-overload`.
+    #[arg(long, default_value_t = 30.0)]
+    overload_seconds: f64,
     /// Run as a client process of `tso-throughput` (what the bench starts).
     #[arg(long, hide = true)]
     load: Option<request_path::Load>,
@@ -126,6 +129,7 @@ enum Scenario {
     Herd,
     TsoThroughput,
     TsoFailoverGap,
+    KvOverload,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -202,6 +206,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Scenario::TsoFailoverGap) => {
             return request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await;
+        }
+        Some(Scenario::KvOverload) => {
+            return request_path::kv_overload(&etcd, &binary, args.overload_seconds).await;
         }
         None => {}
     }
@@ -287,6 +294,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await?;
+    request_path::kv_overload(&etcd, &binary, args.overload_seconds).await?;
     many_roles().await
 }
 
@@ -662,6 +670,8 @@ struct Shape {
     metadata_keys: usize,
     /// Nodes in the cluster.
     nodes: usize,
+    /// More top-level sections of the nodes' config, YAML.
+    extra: &'static str,
 }
 
 impl Shape {
@@ -673,6 +683,7 @@ impl Shape {
             warm: true,
             metadata_keys: 0,
             nodes: NODES,
+            extra: "",
         }
     }
 }
@@ -690,6 +701,7 @@ impl Cluster {
             warm,
             metadata_keys,
             nodes: count,
+            extra,
         } = shape;
         let mut nodes = Vec::new();
         for _ in 0..count {
@@ -710,7 +722,7 @@ impl Cluster {
             }
             let yaml = format!(
                 "etcd:\n  endpoints: [{endpoint}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\n\
-                 node:\n{node_keys}session:\n  ttl: {}s\n  deathWitness: {}\nreload:\n  warm: {warm}\n",
+                 node:\n{node_keys}session:\n  ttl: {}s\n  deathWitness: {}\nreload:\n  warm: {warm}\n{extra}",
                 TTL.as_secs(),
                 witness != Witness::Off
             );

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use standin::Config;
+use standin::service::client::ClientError;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::tso_client::TsoClient as TsoStub;
 use standin::service::grpc::proto::{AllocateRequest, EchoMessage};
-use standin::service::{TsoClient, TsoClientOptions};
+use standin::service::{KvClient, TsoClient, TsoClientOptions};
 use standin::testing::EtcdServer;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
@@ -524,5 +525,207 @@ pub async fn tso_failover_gap(
             gap.p50_ms / takeover.p50_ms
         );
     }
+    cluster.shut_down().await
+}
+
+/// Bytes of each value `kv-overload` puts.
+const OVERLOAD_VALUE: usize = 1024;
+/// Callers of the closed loop that finds what the leader sustains.
+const SUSTAIN_CALLERS: usize = 64;
+/// How long the closed loop runs.
+const SUSTAIN_FOR: Duration = Duration::from_secs(5);
+/// How long each put's caller waits.
+const PUT_WITHIN: Duration = Duration::from_secs(2);
+/// The nodes of `kv-overload`: one etcd transaction per put, so that the
+/// clients this machine can run offer the leader ten times what it does
+/// (batched, it does more than they can send), and quotas that hold every
+/// put of the run.
+const OVERLOAD_CONFIG: &str =
+    "coordinator:\n  maxBatch: 1\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n";
+
+/// What became of the puts of a phase, by the number in their key.
+#[derive(Default)]
+struct Outcomes {
+    /// Acknowledged, and when.
+    acked: Vec<(u64, Instant)>,
+    /// Refused `RESOURCE_EXHAUSTED`: must not be written.
+    refused: Vec<u64>,
+    /// Failed otherwise (deadline, a failover): may or may not be written.
+    unknown: Vec<u64>,
+}
+
+fn overload_key(n: u64) -> String {
+    format!("ov/{n:012}")
+}
+
+/// Puts key `n`, recording what became of it.
+async fn put_recorded(client: Arc<KvClient>, outcomes: Arc<Mutex<Outcomes>>, n: u64) {
+    let mut value = n.to_string().into_bytes();
+    value.resize(OVERLOAD_VALUE, b'.');
+    let answer = client.put(&overload_key(n), value, PUT_WITHIN).await;
+    let mut outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+    match answer {
+        Ok(_) => outcomes.acked.push((n, Instant::now())),
+        Err(ClientError::Refused { status, .. })
+            if status.code() == tonic::Code::ResourceExhausted =>
+        {
+            outcomes.refused.push(n);
+        }
+        Err(_) => outcomes.unknown.push(n),
+    }
+}
+
+/// Every key under `prefix` in etcd, read in pages, keys only.
+async fn keys_under(
+    etcd: &EtcdServer,
+    prefix: &str,
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut client = etcd.client().await?;
+    let end = {
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().context("a prefix")? += 1;
+        end
+    };
+    let mut keys = std::collections::HashSet::new();
+    let mut from = prefix.as_bytes().to_vec();
+    loop {
+        let options = etcd_client::GetOptions::new()
+            .with_range(end.clone())
+            .with_keys_only()
+            .with_limit(10_000);
+        let page = client.get(from.clone(), Some(options)).await?;
+        for kv in page.kvs() {
+            keys.insert(kv.key_str()?.to_owned());
+        }
+        match page.kvs().last() {
+            Some(last) if page.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(keys),
+        }
+    }
+}
+
+/// `kv-overload`: what the leader sustains with many callers waiting on
+/// each other (a closed loop), then puts offered at 2x and 10x that rate
+/// whatever the answers (an open loop) for `seconds` each: the goodput,
+/// the refusals, the leader's resident memory; then every acknowledged
+/// put is in etcd and no refused one is.
+pub async fn kv_overload(
+    etcd: &EtcdServer,
+    binary: &std::path::Path,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    println!(
+        "bench: kv-overload, puts of {OVERLOAD_VALUE} bytes, one etcd transaction each, {seconds} s at 2x and 10x what the leader sustains"
+    );
+    let shape = super::Shape {
+        role: "kv",
+        extra: OVERLOAD_CONFIG,
+        ..super::Shape::tso(Witness::On)
+    };
+    let mut cluster = Cluster::start(etcd, binary, "bench-overload", shape).await?;
+    let (leader, _) = cluster.settle().await?;
+    let pid = cluster.nodes[leader].process.pid();
+    let rss_mb = || pid.and_then(super::resident_bytes).unwrap_or(0) as f64 / (1 << 20) as f64;
+    let mut config = Config::default();
+    config.etcd.endpoints = vec![etcd.endpoint()];
+    config.etcd.root_path = cluster.root.clone();
+    let client = Arc::new(KvClient::connect(&config).await?);
+    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let next = Arc::new(AtomicU64::new(0));
+    let acked_since = |since: Instant, until: Instant| {
+        let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        outcomes
+            .acked
+            .iter()
+            .filter(|(_, at)| *at >= since && *at <= until)
+            .count() as f64
+    };
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let closed: Vec<_> = (0..SUSTAIN_CALLERS)
+        .map(|_| {
+            let (client, outcomes, next, stop) =
+                (client.clone(), outcomes.clone(), next.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    put_recorded(client.clone(), outcomes.clone(), n).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(SUSTAIN_FOR).await;
+    stop.store(true, Ordering::Relaxed);
+    for caller in closed {
+        caller.await?;
+    }
+    let sustained = acked_since(started, started + SUSTAIN_FOR) / SUSTAIN_FOR.as_secs_f64();
+    let rss_before = rss_mb();
+    println!(
+        "bench: scenario=kv-overload phase=sustained callers={SUSTAIN_CALLERS} goodput_per_s={sustained:.0} rss_mb={rss_before:.1}"
+    );
+
+    for factor in [2.0, 10.0] {
+        let rate = sustained * factor;
+        let phase = Instant::now();
+        let until = phase + Duration::from_secs_f64(seconds);
+        let (mut offered, mut rss_max) = (0u64, rss_mb());
+        let (refused_before, unknown_before) = {
+            let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            (outcomes.refused.len(), outcomes.unknown.len())
+        };
+        let mut puts = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut sampled = Instant::now();
+        while Instant::now() < until {
+            tick.tick().await;
+            let due = (rate * phase.elapsed().as_secs_f64()) as u64;
+            while offered < due {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                puts.spawn(put_recorded(client.clone(), outcomes.clone(), n));
+                offered += 1;
+            }
+            while puts.try_join_next().is_some() {}
+            if sampled.elapsed() >= Duration::from_millis(100) {
+                rss_max = rss_max.max(rss_mb());
+                sampled = Instant::now();
+            }
+        }
+        while puts.join_next().await.is_some() {}
+        let goodput = acked_since(phase, until) / seconds;
+        let (refused, unknown) = {
+            let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                outcomes.refused.len() - refused_before,
+                outcomes.unknown.len() - unknown_before,
+            )
+        };
+        println!(
+            "bench: scenario=kv-overload offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={refused} unknown={unknown} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1}",
+            offered as f64 / seconds,
+            goodput / sustained
+        );
+    }
+
+    let written = keys_under(etcd, &format!("{}/meta/kv/ov/", cluster.root)).await?;
+    let line = {
+        let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        let in_etcd =
+            |n: &u64| written.contains(&format!("{}/meta/kv/{}", cluster.root, overload_key(*n)));
+        let missing = outcomes.acked.iter().filter(|(n, _)| !in_etcd(n)).count();
+        let refused_written = outcomes.refused.iter().filter(|n| in_etcd(n)).count();
+        let unknown_written = outcomes.unknown.iter().filter(|n| in_etcd(n)).count();
+        format!(
+            "bench: scenario=kv-overload check acked={} acked_missing={missing} refused={} refused_written={refused_written} unknown={} unknown_written={unknown_written}",
+            outcomes.acked.len(),
+            outcomes.refused.len(),
+            outcomes.unknown.len()
+        )
+    };
+    println!("{line}");
     cluster.shut_down().await
 }

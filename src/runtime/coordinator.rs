@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::coordinator::{Coordinator, ServeError};
 use crate::fence::FencedStore;
 use crate::runtime::faults::Faults;
-use crate::runtime::queue::{Queued, RequestQueue};
+use crate::runtime::queue::{Queued, RequestQueue, ServeReply};
 use crate::runtime::term::Term;
 use crate::task::{OwnedTask, panic_message};
 
@@ -79,9 +79,6 @@ impl<C: Coordinator> Clone for CoordinatorRef<C> {
         }
     }
 }
-
-/// A request's reply port.
-pub(crate) type ServeReply<C> = RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
 
 /// Messages to a coordinator actor. The election actor sends `Elected`,
 /// `Activate` and `Deactivate` itself, so they arrive in the order it

@@ -4,9 +4,13 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::coordinator::Coordinator;
-use crate::runtime::coordinator::ServeReply;
+use ractor::RpcReplyPort;
+
+use crate::coordinator::{Coordinator, ServeError};
 use crate::telemetry;
+
+/// A request's reply port.
+pub(crate) type ServeReply<C> = RpcReplyPort<Result<<C as Coordinator>::Response, ServeError>>;
 
 /// A request waiting for the coordinator.
 pub(crate) struct Queued<C: Coordinator> {
