@@ -43,12 +43,16 @@ pub enum ClientError {
         last: String,
     },
     /// The active instance refused the request for a reason retrying cannot fix.
-    #[error("{role}: refused ({:?}): {}", status.code(), status.message())]
+    #[error("{role}: refused ({:?}): {}{}", status.code(), status.message(), if *in_doubt { " (an earlier try got no answer and may have been applied)" } else { "" })]
     Refused {
         /// The role called.
         role: String,
         /// The refusal.
         status: Status,
+        /// Whether an earlier try of this call got no definite answer (it
+        /// timed out, broke, or was `UNAVAILABLE`), so it may have been
+        /// applied although this one was refused.
+        in_doubt: bool,
     },
 }
 
@@ -162,6 +166,7 @@ impl RoleClient {
         let mut backoff = Backoff::new(self.retry.clone());
         let mut changes = self.leader.subscribe();
         let mut last = "no leader known yet".to_owned();
+        let mut in_doubt = false;
         loop {
             let remaining = deadline.saturating_sub(started.elapsed());
             if remaining.is_zero() {
@@ -182,6 +187,7 @@ impl RoleClient {
                             outcome = tokio::time::timeout(remaining, attempt(channel, leader.revision)) => outcome,
                             _ = changes.changed() => {
                                 last = format!("{} was replaced as leader", leader.session.address);
+                                in_doubt = true;
                                 continue;
                             }
                         }
@@ -191,6 +197,7 @@ impl RoleClient {
                 match outcome {
                     Ok(Ok(answer)) => return Ok(answer),
                     Ok(Err(status)) if retryable(&status) => {
+                        in_doubt = true;
                         last = format!(
                             "{} at {}: {}",
                             status.code(),
@@ -202,9 +209,13 @@ impl RoleClient {
                         return Err(ClientError::Refused {
                             role: self.role.clone(),
                             status,
+                            in_doubt,
                         });
                     }
-                    Err(_) => last = format!("{} did not answer in time", leader.session.address),
+                    Err(_) => {
+                        in_doubt = true;
+                        last = format!("{} did not answer in time", leader.session.address);
+                    }
                 }
             }
             // Retry after the backoff, or as soon as etcd reports another leader.

@@ -198,9 +198,14 @@ fn each_callers(error: &ClientError) -> ClientError {
             deadline: *deadline,
             last: last.clone(),
         },
-        ClientError::Refused { role, status } => ClientError::Refused {
+        ClientError::Refused {
+            role,
+            status,
+            in_doubt,
+        } => ClientError::Refused {
             role: role.clone(),
             status: status.clone(),
+            in_doubt: *in_doubt,
         },
         other => ClientError::DeadlineExceeded {
             role: "tso".to_owned(),
@@ -338,6 +343,7 @@ impl TsoClient {
                     "count must be 1 to {} (the client's batch limit, tso.maxCount), got {count}",
                     self.max_batch
                 )),
+                in_doubt: false,
             });
         }
         let gone = |last: &str| ClientError::DeadlineExceeded {
