@@ -1,4 +1,4 @@
-//! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd; then the herd and many roles per node.
+//! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd; then the herd, the request path (TSO throughput, a busy client across failovers, kv overload) and many roles per node.
 //!
 //! `cargo build --release --features cli --bin standin && cargo run --release --example bench
 //! -- [--rounds N] [--slow-rounds M]`. Every scenario prints one line:
@@ -98,7 +98,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "1x1,10x1,100x1,1000x1,1x3,10x3,100x3,1000x3"
+        default_value = "1x1,10x1,100x1,1000x1,3x3,10x3,100x3,1000x3"
     )]
     throughput_shapes: Vec<request_path::ClientShape>,
     /// Rounds of each act of `tso-failover-gap`.

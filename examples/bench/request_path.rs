@@ -155,6 +155,33 @@ where
     histogram
 }
 
+/// Starts `count` callers, each calling `call` with its own clone of `shared`.
+fn spawn_callers<S, F, Fut>(
+    tasks: &mut tokio::task::JoinSet<Histogram>,
+    count: usize,
+    started: Instant,
+    stop: &Arc<AtomicBool>,
+    shared: S,
+    call: F,
+) where
+    S: Clone + Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    for _ in 0..count {
+        let (shared, call) = (shared.clone(), call.clone());
+        tasks.spawn(caller(started, stop.clone(), move || call(shared.clone())));
+    }
+}
+
+/// The config of a client of the nodes under `root` on `etcd`.
+fn client_config(etcd: &str, root: &str) -> Config {
+    let mut config = Config::default();
+    config.etcd.endpoints = vec![etcd.to_owned()];
+    config.etcd.root_path = root.to_owned();
+    config
+}
+
 /// A channel to one node.
 fn channel_to(address: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{address}"))?
@@ -206,62 +233,64 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     match args.load {
         Load::Tso => {
-            let mut config = Config::default();
-            config.etcd.endpoints = vec![args.etcd.clone()];
-            config.etcd.root_path = args.root.clone();
+            let config = client_config(&args.etcd, &args.root);
             let options = TsoClientOptions::from_config(&config);
             let client = Arc::new(TsoClient::connect_with(&config, options).await?);
-            for _ in 0..args.callers {
-                let client = client.clone();
-                tasks.spawn(caller(started, stop.clone(), move || {
-                    let client = client.clone();
-                    async move {
-                        client.allocate(1, deadline).await?;
-                        Ok(())
-                    }
-                }));
-            }
+            spawn_callers(
+                &mut tasks,
+                args.callers,
+                started,
+                &stop,
+                client,
+                move |client| async move {
+                    client.allocate(1, deadline).await?;
+                    Ok(())
+                },
+            );
         }
         Load::TsoUnary => {
             let stub = TsoStub::new(channel_to(&args.address)?);
-            for _ in 0..args.callers {
-                let stub = stub.clone();
-                tasks.spawn(caller(started, stop.clone(), move || {
-                    let mut stub = stub.clone();
-                    async move {
-                        stub.allocate(AllocateRequest { count: 1 }).await?;
-                        Ok(())
-                    }
-                }));
-            }
+            spawn_callers(
+                &mut tasks,
+                args.callers,
+                started,
+                &stop,
+                stub,
+                |mut stub| async move {
+                    stub.allocate(AllocateRequest { count: 1 }).await?;
+                    Ok(())
+                },
+            );
         }
         Load::EchoUnary => {
             let stub = CoordinationClient::new(channel_to(&args.address)?);
-            for _ in 0..args.callers {
-                let stub = stub.clone();
-                tasks.spawn(caller(started, stop.clone(), move || {
-                    let mut stub = stub.clone();
-                    async move {
-                        stub.echo(EchoMessage { value: 1 }).await?;
-                        Ok(())
-                    }
-                }));
-            }
+            spawn_callers(
+                &mut tasks,
+                args.callers,
+                started,
+                &stop,
+                stub,
+                |mut stub| async move {
+                    stub.echo(EchoMessage { value: 1 }).await?;
+                    Ok(())
+                },
+            );
         }
         Load::EchoBatched => {
             let batcher = echo_batcher(channel_to(&args.address)?);
-            for _ in 0..args.callers {
-                let batcher = batcher.clone();
-                tasks.spawn(caller(started, stop.clone(), move || {
-                    let batcher = batcher.clone();
-                    async move {
-                        let (answered, answer) = oneshot::channel();
-                        batcher.send(answered).context("the batcher stopped")?;
-                        answer.await.context("the echo stream ended")?;
-                        Ok(())
-                    }
-                }));
-            }
+            spawn_callers(
+                &mut tasks,
+                args.callers,
+                started,
+                &stop,
+                batcher,
+                |batcher| async move {
+                    let (answered, answer) = oneshot::channel();
+                    batcher.send(answered).context("the batcher stopped")?;
+                    answer.await.context("the echo stream ended")?;
+                    Ok(())
+                },
+            );
         }
     }
     tokio::time::sleep_until((started + WARM_UP + Duration::from_secs_f64(args.seconds)).into())
@@ -444,9 +473,7 @@ pub async fn tso_failover_gap(
     );
     let mut cluster =
         Cluster::start(etcd, binary, "bench-gap", super::Shape::tso(Witness::On)).await?;
-    let mut config = Config::default();
-    config.etcd.endpoints = vec![etcd.endpoint()];
-    config.etcd.root_path = cluster.root.clone();
+    let config = client_config(&etcd.endpoint(), &cluster.root);
     let client = Arc::new(TsoClient::connect(&config).await?);
     let gaps = Arc::new(Mutex::new(Gaps::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -662,9 +689,7 @@ async fn overload(
     let (serving, _) = cluster.settle().await?;
     let pid = cluster.nodes[serving].process.pid();
     let rss_mb = || pid.and_then(super::resident_bytes).unwrap_or(0) as f64 / (1 << 20) as f64;
-    let mut config = Config::default();
-    config.etcd.endpoints = vec![etcd.endpoint()];
-    config.etcd.root_path = cluster.root.clone();
+    let config = client_config(&etcd.endpoint(), &cluster.root);
     // A fleet of clients, a connection each: one connection holds at most
     // server.limits.maxStreamsPerConnection calls at the server, and the
     // rest wait in the client, where the leader cannot refuse them.
