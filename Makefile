@@ -64,6 +64,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --lib --no-default-features -- -D warnings
+	$(CARGO) clippy --lib --features grpc -- -D warnings
 
 doc: deps
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --all-features

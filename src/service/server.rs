@@ -58,6 +58,11 @@ pub enum ServerError {
         /// Where the server would listen.
         listen: std::net::SocketAddr,
     },
+    /// Fault injection was asked for, but this build has no `fault-injection` feature.
+    #[error(
+        "fault injection was asked for, but standin was built without its fault-injection feature"
+    )]
+    FaultInjectionNotBuilt,
     /// The address could not be bound.
     #[error("listening for gRPC on {listen}")]
     BindFailed {

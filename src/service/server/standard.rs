@@ -15,10 +15,12 @@ use crate::node::Node;
 use crate::role::RoleHandle;
 use crate::service::grpc::auth::{AuthLayer, Policy};
 use crate::service::grpc::coordination::CoordinationService;
+#[cfg(feature = "fault-injection")]
 use crate::service::grpc::faults::FaultService;
 use crate::service::grpc::health::HealthService;
 use crate::service::grpc::kv::KvService;
 use crate::service::grpc::proto::coordination_server::CoordinationServer;
+#[cfg(feature = "fault-injection")]
 use crate::service::grpc::proto::faults_server::FaultsServer;
 use crate::service::grpc::proto::kv_server::KvServer;
 use crate::service::grpc::proto::tso_server::TsoServer;
@@ -54,6 +56,7 @@ pub struct NodeServer {
     listen: SocketAddr,
     config: Config,
     policy: Policy,
+    #[cfg(feature = "fault-injection")]
     fault_injection: bool,
     routes: RoutesBuilder,
 }
@@ -71,6 +74,9 @@ impl NodeServer {
     ) -> Result<Self, ServerError> {
         let policy = Policy::from_config(&config.server.auth)?.listening_on(listen);
         let credentials = config.server.auth.has_credentials();
+        if fault_injection && !cfg!(feature = "fault-injection") {
+            return Err(ServerError::FaultInjectionNotBuilt);
+        }
         if fault_injection && !listen.ip().is_loopback() && !credentials {
             return Err(ServerError::FaultInjectionExposed { listen });
         }
@@ -100,6 +106,7 @@ impl NodeServer {
             listen,
             config: config.clone(),
             policy,
+            #[cfg(feature = "fault-injection")]
             fault_injection,
             routes: RoutesBuilder::default(),
         })
@@ -171,27 +178,29 @@ impl NodeServer {
             node.roles(),
             self.config.handover_bound(),
         );
-        let faults = self.fault_injection.then(|| {
-            tracing::warn!("fault injection is on: any client can crash this node's actors");
-            FaultsServer::new(FaultService::new(node.roles()))
-                .max_decoding_message_size(max_request)
-        });
         let (stop_server, server_stops) = tokio::sync::oneshot::channel::<()>();
         let limits = self.config.server.limits.clone();
         let listen = self.listen;
-        let mut server = tokio::spawn(
-            self.server
-                .layer(AuthLayer::new(self.policy))
-                .add_routes(self.routes.routes())
-                .add_service(health)
-                .add_service(
-                    CoordinationServer::new(coordination).max_decoding_message_size(max_request),
-                )
-                .add_optional_service(faults)
-                .serve_with_incoming_shutdown(incoming(self.listener, &limits), async {
-                    let _ = server_stops.await;
-                }),
-        );
+        let router = self
+            .server
+            .layer(AuthLayer::new(self.policy))
+            .add_routes(self.routes.routes())
+            .add_service(health)
+            .add_service(
+                CoordinationServer::new(coordination).max_decoding_message_size(max_request),
+            );
+        #[cfg(feature = "fault-injection")]
+        let router = router.add_optional_service(self.fault_injection.then(|| {
+            tracing::warn!("fault injection is on: any client can crash this node's actors");
+            FaultsServer::new(FaultService::new(node.roles()))
+                .max_decoding_message_size(max_request)
+        }));
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
+            incoming(self.listener, &limits),
+            async {
+                let _ = server_stops.await;
+            },
+        ));
         tracing::info!(server_id, %listen, "serving gRPC");
         let failed_early = tokio::select! {
             _ = shutdown => None,
