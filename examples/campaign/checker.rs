@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::history::{
-    Batch, FaultRecord, History, ImpairmentKind, KV, KvOp, ROLES, Sample, State, TSO,
+    Batch, FaultRecord, History, ImpairmentKind, KV, KvOp, PutAsked, ROLES, Sample, State, TSO,
 };
 
 /// How long after an operator deleted its key or revoked its lease a
@@ -369,7 +369,11 @@ fn check_register(history: &History, forced: &Forced, report: &mut Report) {
     for op in history.kv_ops.iter().filter(|o| o.put) {
         puts.entry(op.key).or_default().push(op);
     }
-    let none = Vec::new();
+    let mut asked: HashMap<usize, Vec<&PutAsked>> = HashMap::new();
+    for put in &history.puts_asked {
+        asked.entry(put.key).or_default().push(put);
+    }
+    let (none, no_asks) = (Vec::new(), Vec::new());
     for read in history.kv_ops.iter().filter(|o| !o.put) {
         let puts = puts.get(&read.key).unwrap_or(&none);
         // The newest put acknowledged before the read was asked for. A
@@ -393,10 +397,17 @@ fn check_register(history: &History, forced: &Forced, report: &mut Report) {
             let about = (KV, read.epoch, read.received);
             forced.judge(history, about, what, &mut stale, &mut report.notes);
         }
-        // Puts asked for before the read's answer arrived; a failed put is
-        // a client error, reported on its own.
-        let asked = puts.partition_point(|p| p.sent < read.received);
-        let highest = asked.checked_sub(1).map_or(0, |i| puts[i].value);
+        // Puts asked for before the read's answer arrived, whatever became
+        // of them: one that failed, or was in flight when the clients
+        // stopped, may have landed (a failed put is also a client error,
+        // reported on its own).
+        let asked = asked.get(&read.key).unwrap_or(&no_asks);
+        let highest = asked
+            .iter()
+            .filter(|p| p.sent < read.received)
+            .map(|p| p.value)
+            .max()
+            .unwrap_or(0);
         if read.value > highest {
             invented.push(format!(
                 "key {} read {} (epoch {}, answered at {} ms) but the highest put asked for by then was {highest}",
@@ -909,7 +920,21 @@ mod tests {
                 sent: self.at(at),
                 received: self.at(at + 2),
             };
-            self.recorder.lock().kv_ops.push(op);
+            let mut history = self.recorder.lock();
+            if put {
+                let sent = op.sent;
+                history.puts_asked.push(PutAsked { key, value, sent });
+            }
+            history.kv_ops.push(op);
+        }
+
+        /// A put of `value` to `key` asked for at `at`, never answered.
+        fn unanswered_put(&self, key: usize, value: u64, at: u64) {
+            let sent = self.at(at);
+            self.recorder
+                .lock()
+                .puts_asked
+                .push(PutAsked { key, value, sent });
         }
 
         /// An operator deleted the key of `epoch` (of `role`) at `at`.
@@ -1099,6 +1124,20 @@ mod tests {
         let h = Builder::new();
         h.kv(0, 0, true, 1, 5, 10);
         h.kv(1, 0, false, 3, 5, 20);
+        assert_eq!(kinds(&h.check()), ["read a value never written"]);
+    }
+
+    #[test]
+    fn a_read_of_a_put_asked_for_but_never_answered_is_no_invention() {
+        let h = Builder::new();
+        h.kv(0, 0, true, 1, 5, 10);
+        // In flight when the clients stopped, or failed: it may have landed.
+        h.unanswered_put(0, 2, 15);
+        h.kv(1, 0, false, 2, 5, 20);
+        assert_eq!(h.check().violations, 0);
+        // Asked for only after the read's answer arrived: an invention.
+        h.unanswered_put(0, 3, 30);
+        h.kv(2, 0, false, 3, 5, 25);
         assert_eq!(kinds(&h.check()), ["read a value never written"]);
     }
 

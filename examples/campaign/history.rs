@@ -60,6 +60,19 @@ pub struct KvOp {
     pub received: Instant,
 }
 
+/// A put as its writer asked for it, recorded before it left: whatever
+/// became of it (acknowledged, failed, or in flight when the clients
+/// stopped), it may be in the register, and a read may return it.
+#[derive(Debug, Clone, Copy)]
+pub struct PutAsked {
+    /// Which key.
+    pub key: usize,
+    /// The number written.
+    pub value: u64,
+    /// Just before the request left.
+    pub sent: Instant,
+}
+
 /// A node's state for a role, as its `Coordination.Status` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -211,6 +224,8 @@ pub struct History {
     pub batches: Vec<Batch>,
     /// Answered register requests; one client's in its own order.
     pub kv_ops: Vec<KvOp>,
+    /// Every put asked for, answered or not; one writer's in its own order.
+    pub puts_asked: Vec<PutAsked>,
     /// Terms known to be closed by an instant: (role, epoch, by), from a
     /// probe its node refused.
     pub closed: Vec<(usize, i64, Instant)>,
@@ -311,6 +326,7 @@ impl Recorder {
             start: Instant::now(),
             batches: Vec::new(),
             kv_ops: Vec::new(),
+            puts_asked: Vec::new(),
             closed: Vec::new(),
             samples: Vec::new(),
             impairments: Vec::new(),

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use super::*;
 use crate::history::{
-    Batch, ClientError, KEYS_PER_CLIENT, KvOp, ROLES, Recorder, Sample, State, TSO,
+    Batch, ClientError, KEYS_PER_CLIENT, KvOp, PutAsked, ROLES, Recorder, Sample, State, TSO,
 };
 
 /// Requests to a leader that a fault deposed, sent with the epoch it led,
@@ -287,6 +287,10 @@ pub(super) async fn read_and_write(client: usize, config: Config, recorder: Reco
             (rng.random_range(0..CLIENTS * KEYS_PER_CLIENT), 0)
         };
         let sent = Instant::now();
+        if put {
+            let asked = PutAsked { key, value, sent };
+            recorder.lock().puts_asked.push(asked);
+        }
         let answer = if put {
             let bytes = value.to_string().into_bytes();
             kv.put(&key_name(key), bytes, ALLOCATE_WITHIN)
