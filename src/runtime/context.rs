@@ -161,13 +161,12 @@ impl<C: Coordinator> RoleShared<C> {
             let _ = reply.send(Err(self.not_active()));
             return;
         };
+        let now = Instant::now();
         let queued = Queued {
             request,
             reply,
             // A deadline too far to represent is no deadline.
-            deadline: Instant::now()
-                .checked_add(timeout)
-                .unwrap_or_else(|| Instant::now() + NO_DEADLINE),
+            deadline: now.checked_add(timeout).unwrap_or(now + NO_DEADLINE),
             timeout,
         };
         match coordinator.queue.push(queued) {

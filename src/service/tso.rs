@@ -315,30 +315,44 @@ impl Tso {
     /// `tso.maxClockStep` past its anchor. Logs when it starts and stops
     /// being held back.
     fn now(&self, serving: &mut TsoServing) -> u64 {
-        let (now, held_back) = serving
-            .anchor
-            .guard((self.clock)(), Instant::now(), &self.config);
-        match (serving.held_back, held_back) {
+        let (now, held_back) =
+            self.guarded_clock(&serving.anchor, &serving.epoch, serving.held_back);
+        serving.held_back = held_back;
+        now
+    }
+
+    /// The wall clock, held back to `tso.maxClockStep` past `anchor`, and
+    /// by how much it was held back. Logs and counts when it starts being
+    /// held back (`before`: whether it already was), logs when it stops.
+    fn guarded_clock(
+        &self,
+        anchor: &ClockAnchor,
+        epoch: &Epoch,
+        before: Option<u64>,
+    ) -> (u64, Option<u64>) {
+        let (now, held_back) = anchor.guard((self.clock)(), Instant::now(), &self.config);
+        match (before, held_back) {
             (None, Some(ahead)) => {
                 tracing::warn!(
-                    role = serving.epoch.role,
-                    revision = serving.epoch.revision,
+                    role = epoch.role,
+                    revision = epoch.revision,
                     ahead_ms = ahead,
-                    "the clock jumped {ahead} ms further ahead than time passed since the term's \
-                     anchor; the oracle keeps to tso.maxClockStep ({:?}) ahead of it",
+                    "the clock runs {ahead} ms further ahead than the term's anchor (its \
+                     predecessor's save, or its start) and the time since allow; the oracle \
+                     keeps to tso.maxClockStep ({:?}) ahead of it",
                     self.config.max_clock_step
                 );
-                metrics::counter!(crate::telemetry::TSO_CLOCK_STEPS, "role" => serving.epoch.role.clone()).increment(1);
+                metrics::counter!(crate::telemetry::TSO_CLOCK_STEPS, "role" => epoch.role.clone())
+                    .increment(1);
             }
             (Some(_), None) => tracing::info!(
-                role = serving.epoch.role,
-                revision = serving.epoch.revision,
+                role = epoch.role,
+                revision = epoch.revision,
                 "the clock is back within tso.maxClockStep of the term's anchor"
             ),
             _ => {}
         }
-        serving.held_back = held_back;
-        now
+        (now, held_back)
     }
 
     async fn allocate(&self, serving: &mut TsoServing, count: u32) -> Result<TsoBatch, TsoError> {
@@ -507,21 +521,8 @@ impl Coordinator for Tso {
         saved: SavedBound,
         store: FencedStore,
     ) -> Result<TsoServing, BoxError> {
-        let wall = (self.clock)();
-        let anchor = ClockAnchor::at_activation(&saved, wall, &self.config);
-        let (now, held_back) = anchor.guard(wall, Instant::now(), &self.config);
-        if let Some(ahead) = held_back {
-            tracing::warn!(
-                role = epoch.role,
-                revision = epoch.revision,
-                ahead_ms = ahead,
-                "this node's clock is {ahead} ms further ahead than the bound its predecessor \
-                 saved allows; the oracle keeps to tso.maxClockStep ({:?}) ahead of it",
-                self.config.max_clock_step
-            );
-            metrics::counter!(crate::telemetry::TSO_CLOCK_STEPS, "role" => epoch.role.clone())
-                .increment(1);
-        }
+        let anchor = ClockAnchor::at_activation(&saved, (self.clock)(), &self.config);
+        let (now, held_back) = self.guarded_clock(&anchor, &epoch, None);
         // Above the bound etcd holds, which the compare-and-swap reads back
         // when it is not the one decoded: a predecessor handed out only
         // physicals below it.
