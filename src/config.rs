@@ -477,7 +477,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
-            max_streams_per_connection: 128,
+            max_streams_per_connection: DEFAULT_STREAMS_PER_CONNECTION,
             handshake_timeout: Duration::from_secs(10),
             max_request_bytes: 4 << 20,
         }
@@ -552,7 +552,7 @@ impl ServerAuthConfig {
 
 /// How clients reach standin's gRPC servers: the same `TlsConfig` shape as
 /// `etcd.tls`, and a token file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct ClientConfig {
     /// TLS to the nodes; `None` talks plaintext. `certFile`/`keyFile` is the
@@ -561,6 +561,33 @@ pub struct ClientConfig {
     /// A file holding the bearer token to present (one trailing newline is
     /// ignored): a token of a server's `server.auth.tokensFile`.
     pub token_file: Option<PathBuf>,
+    /// Calls one role's client has out at once; more wait for a slot until
+    /// their deadline, in the client, where waiting costs the leader
+    /// nothing. The default is the server's default
+    /// `server.limits.maxStreamsPerConnection`, what one connection carries.
+    pub max_in_flight: usize,
+    /// Once the leader refuses calls as overloaded (`RESOURCE_EXHAUSTED`),
+    /// the client sends at most this percentage of the calls the leader
+    /// accepted in the last 10 s and refuses the rest itself (adaptive
+    /// throttling, K = percent / 100). 0 turns it off; otherwise at least 100.
+    pub throttle_percent: u32,
+}
+
+/// `server.limits.maxStreamsPerConnection` unless set, and so
+/// `client.maxInFlight`: what one connection carries.
+pub const DEFAULT_STREAMS_PER_CONNECTION: u32 = 128;
+/// `client.throttlePercent` unless set: K = 2, as Google's SRE book advises.
+pub const DEFAULT_THROTTLE_PERCENT: u32 = 200;
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            token_file: None,
+            max_in_flight: DEFAULT_STREAMS_PER_CONNECTION as usize,
+            throttle_percent: DEFAULT_THROTTLE_PERCENT,
+        }
+    }
 }
 
 /// This node's identity as clients see it.

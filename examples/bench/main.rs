@@ -475,6 +475,16 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU seconds (user and system) a process has used.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command, which may hold spaces, in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // /proc counts in USER_HZ, which Linux fixes at 100 whatever the kernel's tick.
+    Some(ticks as f64 / 100.0)
+}
+
 /// One line per anchor, then one per scenario with its ratio to its
 /// anchor; scenarios not run are left out.
 fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {

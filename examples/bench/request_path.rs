@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use standin::Config;
+use standin::config::DEFAULT_THROTTLE_PERCENT;
 use standin::service::client::ClientError;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::tso_client::TsoClient as TsoStub;
@@ -565,20 +566,39 @@ const SUSTAIN_CALLERS: usize = 64;
 const SUSTAIN_FOR: Duration = Duration::from_secs(5);
 /// How long each put's caller waits.
 const PUT_WITHIN: Duration = Duration::from_secs(2);
-/// The leaders of `kv-overload`: batched as by default, and one etcd
-/// transaction per put, which the clients this machine can run overload
-/// ten times without being the bottleneck themselves. Quotas that hold
-/// every put of the run.
-const OVERLOAD_CONFIGS: [(&str, &str); 2] = [
-    (
-        "batched",
-        "coordinator:\n  maxBatch: 256\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n",
-    ),
-    (
-        "unbatched",
-        "coordinator:\n  maxBatch: 1\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n",
-    ),
+/// The runs of `kv-overload`: a leader batched as by default, called by
+/// clients that throttle themselves as by default; the same leader called
+/// by clients that do not (`client.throttlePercent: 0`), whose every
+/// refusal costs a round trip; and a leader writing one etcd transaction
+/// per put, slow enough for unthrottled clients on this machine to offer it
+/// ten times what it sustains without being the bottleneck themselves.
+/// Quotas that hold every put of the run.
+const OVERLOAD_RUNS: [OverloadRun; 3] = [
+    OverloadRun {
+        name: "batched",
+        leader: "coordinator:\n  maxBatch: 256\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n",
+        throttle_percent: DEFAULT_THROTTLE_PERCENT,
+    },
+    OverloadRun {
+        name: "batched-unthrottled",
+        leader: "coordinator:\n  maxBatch: 256\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n",
+        throttle_percent: 0,
+    },
+    OverloadRun {
+        name: "unbatched-unthrottled",
+        leader: "coordinator:\n  maxBatch: 1\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n",
+        throttle_percent: 0,
+    },
 ];
+
+/// One run of `kv-overload`.
+struct OverloadRun {
+    name: &'static str,
+    /// YAML the nodes add to their config.
+    leader: &'static str,
+    /// The clients' `client.throttlePercent`.
+    throttle_percent: u32,
+}
 
 /// What became of the puts of a phase, by the number in their key.
 #[derive(Default)]
@@ -587,6 +607,8 @@ struct Outcomes {
     acked: Vec<(u64, Instant)>,
     /// Refused `RESOURCE_EXHAUSTED`: must not be written.
     refused: Vec<u64>,
+    /// Kept by the client, never sent: must not be written.
+    kept: Vec<u64>,
     /// Failed otherwise (deadline, a failover): may or may not be written.
     unknown: Vec<u64>,
 }
@@ -610,6 +632,7 @@ async fn put_recorded(client: Arc<KvClient>, outcomes: Arc<Mutex<Outcomes>>, n: 
         }) if status.code() == tonic::Code::ResourceExhausted => {
             outcomes.refused.push(n);
         }
+        Err(ClientError::Overloaded { .. }) => outcomes.kept.push(n),
         Err(error) => {
             if std::env::var_os("BENCH_VERBOSE").is_some() {
                 let text = error.to_string();
@@ -662,26 +685,27 @@ pub async fn kv_overload(
     binary: &std::path::Path,
     seconds: f64,
 ) -> anyhow::Result<()> {
-    for (leader, extra) in OVERLOAD_CONFIGS {
-        overload(etcd, binary, seconds, leader, extra).await?;
+    for run in &OVERLOAD_RUNS {
+        overload(etcd, binary, seconds, run).await?;
     }
     Ok(())
 }
 
-/// One `kv-overload` run, on a cluster whose nodes add `extra` to their config.
+/// One `kv-overload` run.
 async fn overload(
     etcd: &EtcdServer,
     binary: &std::path::Path,
     seconds: f64,
-    leader: &str,
-    extra: &'static str,
+    run: &OverloadRun,
 ) -> anyhow::Result<()> {
+    let leader = run.name;
     println!(
-        "bench: kv-overload leader={leader}, puts of {OVERLOAD_VALUE} bytes from {OVERLOAD_CLIENTS} clients, {seconds} s at 2x and 10x what the leader sustains"
+        "bench: kv-overload run={leader}, puts of {OVERLOAD_VALUE} bytes from {OVERLOAD_CLIENTS} clients (client.throttlePercent {}), {seconds} s at 2x and 10x what the leader sustains",
+        run.throttle_percent
     );
     let shape = super::Shape {
         role: "kv",
-        extra,
+        extra: run.leader,
         ..super::Shape::tso(Witness::On)
     };
     let root = format!("bench-overload-{leader}");
@@ -689,7 +713,8 @@ async fn overload(
     let (serving, _) = cluster.settle().await?;
     let pid = cluster.nodes[serving].process.pid();
     let rss_mb = || pid.and_then(super::resident_bytes).unwrap_or(0) as f64 / (1 << 20) as f64;
-    let config = client_config(&etcd.endpoint(), &cluster.root);
+    let mut config = client_config(&etcd.endpoint(), &cluster.root);
+    config.client.throttle_percent = run.throttle_percent;
     // A fleet of clients, a connection each: one connection holds at most
     // server.limits.maxStreamsPerConnection calls at the server, and the
     // rest wait in the client, where the leader cannot refuse them.
@@ -709,6 +734,18 @@ async fn overload(
             .count() as f64
     };
 
+    // CPU seconds used by the leader, etcd and this process (the clients).
+    let cpu = || {
+        [pid, etcd.pid(), Some(std::process::id())]
+            .map(|pid| pid.and_then(super::cpu_seconds).unwrap_or(0.0))
+    };
+    let cores_since = |before: [f64; 3], since: Instant| {
+        let after = cpu();
+        let elapsed = since.elapsed().as_secs_f64();
+        let [leader, etcd, clients] = [0, 1, 2].map(|i| (after[i] - before[i]) / elapsed);
+        format!("cpu_cores_leader={leader:.2} cpu_cores_etcd={etcd:.2} cpu_cores_clients={clients:.2}")
+    };
+    let cpu_before = cpu();
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let closed: Vec<_> = (0..SUSTAIN_CALLERS)
@@ -729,6 +766,7 @@ async fn overload(
         })
         .collect();
     tokio::time::sleep(SUSTAIN_FOR).await;
+    let cores = cores_since(cpu_before, started);
     stop.store(true, Ordering::Relaxed);
     for caller in closed {
         caller.await?;
@@ -736,7 +774,7 @@ async fn overload(
     let sustained = acked_since(started, started + SUSTAIN_FOR) / SUSTAIN_FOR.as_secs_f64();
     let rss_before = rss_mb();
     println!(
-        "bench: scenario=kv-overload leader={leader} phase=sustained callers={SUSTAIN_CALLERS} goodput_per_s={sustained:.0} rss_mb={rss_before:.1}"
+        "bench: scenario=kv-overload run={leader} phase=sustained callers={SUSTAIN_CALLERS} goodput_per_s={sustained:.0} rss_mb={rss_before:.1} {cores}"
     );
 
     for factor in [2.0, 10.0] {
@@ -744,10 +782,11 @@ async fn overload(
         let phase = Instant::now();
         let until = phase + Duration::from_secs_f64(seconds);
         let (mut offered, mut rss_max) = (0u64, rss_mb());
-        let (refused_before, unknown_before) = {
+        let before = {
             let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            (outcomes.refused.len(), outcomes.unknown.len())
+            [outcomes.refused.len(), outcomes.kept.len(), outcomes.unknown.len()]
         };
+        let cpu_before = cpu();
         let mut puts = tokio::task::JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         let mut sampled = Instant::now();
@@ -765,17 +804,19 @@ async fn overload(
                 sampled = Instant::now();
             }
         }
+        let cores = cores_since(cpu_before, phase);
         while puts.join_next().await.is_some() {}
         let goodput = acked_since(phase, until) / seconds;
-        let (refused, unknown) = {
+        let [refused, kept, unknown] = {
             let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                outcomes.refused.len() - refused_before,
-                outcomes.unknown.len() - unknown_before,
-            )
+            [
+                outcomes.refused.len() - before[0],
+                outcomes.kept.len() - before[1],
+                outcomes.unknown.len() - before[2],
+            ]
         };
         println!(
-            "bench: scenario=kv-overload leader={leader} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={refused} unknown={unknown} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1}",
+            "bench: scenario=kv-overload run={leader} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={refused} kept_by_client={kept} unknown={unknown} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1} {cores}",
             offered as f64 / seconds,
             goodput / sustained
         );
@@ -787,12 +828,17 @@ async fn overload(
         let in_etcd =
             |n: &u64| written.contains(&format!("{}/meta/kv/{}", cluster.root, overload_key(*n)));
         let missing = outcomes.acked.iter().filter(|(n, _)| !in_etcd(n)).count();
-        let refused_written = outcomes.refused.iter().filter(|n| in_etcd(n)).count();
+        let refused_written = outcomes
+            .refused
+            .iter()
+            .chain(&outcomes.kept)
+            .filter(|n| in_etcd(n))
+            .count();
         let unknown_written = outcomes.unknown.iter().filter(|n| in_etcd(n)).count();
         format!(
-            "bench: scenario=kv-overload leader={leader} check acked={} acked_missing={missing} refused={} refused_written={refused_written} unknown={} unknown_written={unknown_written}",
+            "bench: scenario=kv-overload run={leader} check acked={} acked_missing={missing} refused={} refused_written={refused_written} unknown={} unknown_written={unknown_written}",
             outcomes.acked.len(),
-            outcomes.refused.len(),
+            outcomes.refused.len() + outcomes.kept.len(),
             outcomes.unknown.len()
         )
     };

@@ -202,6 +202,22 @@ impl Config {
         if let Some(token) = &self.client.token_file {
             readable_file("client.tokenFile", token)?;
         }
+        if self.client.max_in_flight == 0 {
+            return Err(invalid(
+                "client.maxInFlight",
+                "0",
+                "must be at least 1: no call could ever leave the client",
+            ));
+        }
+        let percent = self.client.throttle_percent;
+        if percent != 0 && percent < 100 {
+            return Err(invalid(
+                "client.throttlePercent",
+                percent.to_string(),
+                "must be 0 (off) or at least 100: below 100 the client would send less than \
+                 the leader accepts and starve it of the calls that show it recovered",
+            ));
+        }
         Ok(())
     }
 
@@ -743,6 +759,21 @@ mod tests {
         config.validate().unwrap();
         config.node.witness_max_connections = 0;
         rejected(&config, "node.witnessMaxConnections");
+    }
+
+    #[test]
+    fn client_admission_settings_that_cannot_work_are_refused() {
+        let mut config = Config::default();
+        config.client.max_in_flight = 0;
+        rejected(&config, "client.maxInFlight");
+        config.client.max_in_flight = 1;
+        config.client.throttle_percent = 99;
+        let text = rejected(&config, "client.throttlePercent");
+        assert!(text.contains("at least 100"), "{text}");
+        for percent in [0, 100, 150] {
+            config.client.throttle_percent = percent;
+            config.validate().unwrap();
+        }
     }
 
     #[test]

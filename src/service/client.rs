@@ -14,13 +14,16 @@ use crate::etcd::WatchHub;
 use crate::etcd::recipe::{self, Leader};
 use crate::etcd::session::Layout;
 use crate::service::connect::{ConnectError, NodeChannel, NodeConnector};
-use crate::service::grpc::EPOCH_HEADER;
+use crate::service::grpc::{EPOCH_HEADER, OVERLOADED_HEADER};
 use crate::service::grpc::proto::kv_client::KvClient as KvStub;
 use crate::service::grpc::proto::{GetRequest, GetResponse, PutRequest, PutResponse};
 use crate::task::OwnedTask;
 
+pub mod admission;
 pub mod tso;
 
+pub use admission::AdmissionError;
+use admission::Outcome;
 pub use tso::{TsoClient, TsoClientOptions, TsoClientStats};
 
 /// Failures of calls through a [`RoleClient`].
@@ -41,6 +44,15 @@ pub enum ClientError {
         deadline: Duration,
         /// The last error seen, or that no leader was known.
         last: String,
+    },
+    /// The call never left this client: it throttles itself while the
+    /// leader refuses calls as overloaded, or every call slot stayed taken.
+    #[error("{role}: not sent, this client is overloaded: {reason}")]
+    Overloaded {
+        /// The role called.
+        role: String,
+        /// Why the client kept it.
+        reason: AdmissionError,
     },
     /// The active instance refused the request for a reason retrying cannot fix.
     #[error("{role}: refused ({:?}): {}{}", status.code(), status.message(), if *in_doubt { " (an earlier try got no answer and may have been applied)" } else { "" })]
@@ -110,6 +122,7 @@ pub struct RoleClient {
     channels: Mutex<HashMap<String, NodeChannel>>,
     connector: NodeConnector,
     retry: crate::config::BackoffConfig,
+    admission: admission::Admission,
     /// Keeps the etcd client's calls off members that stop answering.
     _steering: Option<crate::etcd::Steering>,
 }
@@ -128,6 +141,10 @@ impl RoleClient {
             channels: Mutex::new(HashMap::new()),
             connector,
             retry: config.etcd.retry.clone(),
+            admission: admission::Admission::new(
+                config.client.max_in_flight,
+                config.client.throttle_percent,
+            ),
         })
     }
 
@@ -153,8 +170,42 @@ impl RoleClient {
     /// with an error retrying cannot fix, or `deadline` passes. `attempt` gets
     /// a channel to the leader (with the client's TLS and token) and the leader's epoch, to send as
     /// `standin-epoch` (see [`with_epoch`]).
-    pub async fn call<T, F, Fut>(
+    ///
+    /// At most `client.maxInFlight` calls are out at once, and while the
+    /// leader refuses calls as overloaded the client refuses some itself
+    /// (`client.throttlePercent`): both fail with
+    /// [`ClientError::Overloaded`], the call never sent.
+    pub async fn call<T, F, Fut>(&self, deadline: Duration, attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(NodeChannel, i64) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let _slot = self
+            .admission
+            .enter(started + deadline)
+            .await
+            .map_err(|reason| ClientError::Overloaded {
+                role: self.role.clone(),
+                reason,
+            })?;
+        let answer = self.call_leader(started, deadline, attempt).await;
+        self.admission.record(match &answer {
+            Ok(_) => Outcome::Accepted,
+            Err(ClientError::Refused { status, .. })
+                if status.metadata().contains_key(OVERLOADED_HEADER) =>
+            {
+                Outcome::Overloaded
+            }
+            Err(ClientError::Refused { .. }) => Outcome::Accepted,
+            Err(_) => Outcome::NoAnswer,
+        });
+        answer
+    }
+
+    async fn call_leader<T, F, Fut>(
         &self,
+        started: Instant,
         deadline: Duration,
         mut attempt: F,
     ) -> Result<T, ClientError>
@@ -162,7 +213,6 @@ impl RoleClient {
         F: FnMut(NodeChannel, i64) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let started = Instant::now();
         let mut backoff = Backoff::new(self.retry.clone());
         let mut changes = self.leader.subscribe();
         let mut last = "no leader known yet".to_owned();

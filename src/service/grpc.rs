@@ -29,6 +29,10 @@ pub const LEADER_HEADER: &str = "standin-leader";
 /// The metadata key carrying an epoch: on a refusal, the leader's; on a
 /// request, the epoch the client believes leads (refused when stale).
 pub const EPOCH_HEADER: &str = "standin-epoch";
+/// The metadata key set on a `RESOURCE_EXHAUSTED` that says the role's
+/// queue was full (`coordinator.queueDepth`): the refusal a client throttles
+/// itself on, unlike a quota that retrying sooner or later cannot change.
+pub const OVERLOADED_HEADER: &str = "standin-overloaded";
 
 impl From<&Leader> for proto::Leader {
     fn from(leader: &Leader) -> Self {
@@ -58,7 +62,13 @@ pub fn unavailable(message: String, leader: Option<&Leader>) -> Status {
 pub fn serve_error_status(error: ServeError, leader: Option<&Leader>) -> Status {
     match error {
         ServeError::TimedOut { .. } => Status::deadline_exceeded(error.to_string()),
-        ServeError::Overloaded { .. } => Status::resource_exhausted(error.to_string()),
+        ServeError::Overloaded { .. } => {
+            let mut status = Status::resource_exhausted(error.to_string());
+            status
+                .metadata_mut()
+                .insert(OVERLOADED_HEADER, MetadataValue::from_static("queue"));
+            status
+        }
         ServeError::NotActive { .. }
         | ServeError::ActivationAborted { .. }
         | ServeError::Unavailable { .. }

@@ -351,6 +351,11 @@ impl EtcdServer {
         }
     }
 
+    /// Its process ID while it runs (not after [`kill`](Self::kill)).
+    pub fn pid(&self) -> Option<u32> {
+        (!self.killed).then(|| self.child.id())
+    }
+
     /// `127.0.0.1:PORT`, the form `etcd_client::Client::connect` and the config take.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.launch.client_port)
