@@ -475,6 +475,21 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Sets the nice value of every thread of this process (Linux sets it per
+/// thread; threads started later inherit their starter's).
+fn renice_self(value: i32) -> anyhow::Result<()> {
+    let tasks: Vec<String> = std::fs::read_dir("/proc/self/task")?
+        .filter_map(|task| Some(task.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let status = std::process::Command::new("renice")
+        .args(["-n", &value.to_string(), "-p"])
+        .args(&tasks)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "renice -n {value} failed: {status}");
+    Ok(())
+}
+
 /// CPU seconds (user and system) a process has used.
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

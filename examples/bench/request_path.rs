@@ -561,18 +561,18 @@ const OVERLOAD_VALUE: usize = 1024;
 /// Clients (connections) the puts are spread over.
 const OVERLOAD_CLIENTS: usize = 16;
 /// Callers of the closed loop that finds what the leader sustains.
-const SUSTAIN_CALLERS: usize = 64;
+const SUSTAIN_CALLERS: usize = 512;
 /// How long the closed loop runs.
 const SUSTAIN_FOR: Duration = Duration::from_secs(5);
 /// How long each put's caller waits.
 const PUT_WITHIN: Duration = Duration::from_secs(2);
-/// The runs of `kv-overload`: a leader batched as by default, called by
-/// clients that throttle themselves as by default; the same leader called
-/// by clients that do not (`client.throttlePercent: 0`), whose every
-/// refusal costs a round trip; and a leader writing one etcd transaction
-/// per put, slow enough for unthrottled clients on this machine to offer it
-/// ten times what it sustains without being the bottleneck themselves.
-/// Quotas that hold every put of the run.
+/// The runs of `kv-overload`: a leader batched as by default, and one
+/// writing one etcd transaction per put (slow enough for the clients this
+/// machine runs to offer it ten times what it sustains without being the
+/// bottleneck themselves), both called by clients that throttle themselves
+/// as by default; and the slow leader called by clients that do not
+/// (`client.throttlePercent: 0`), whose every refusal costs a round trip:
+/// the leader's own admission alone. Quotas that hold every put of the run.
 const OVERLOAD_RUNS: [OverloadRun; 3] = [
     OverloadRun {
         name: "batched",
@@ -580,9 +580,9 @@ const OVERLOAD_RUNS: [OverloadRun; 3] = [
         throttle_percent: DEFAULT_THROTTLE_PERCENT,
     },
     OverloadRun {
-        name: "batched-unthrottled",
-        leader: "coordinator:\n  maxBatch: 256\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n",
-        throttle_percent: 0,
+        name: "unbatched",
+        leader: "coordinator:\n  maxBatch: 1\nkv:\n  maxKeys: 10000000\n  maxBytes: 8589934592\n",
+        throttle_percent: DEFAULT_THROTTLE_PERCENT,
     },
     OverloadRun {
         name: "unbatched-unthrottled",
@@ -611,6 +611,16 @@ struct Outcomes {
     kept: Vec<u64>,
     /// Failed otherwise (deadline, a failover): may or may not be written.
     unknown: Vec<u64>,
+}
+
+impl Outcomes {
+    /// Puts acknowledged between `since` and `until`.
+    fn acked_between(&self, since: Instant, until: Instant) -> f64 {
+        self.acked
+            .iter()
+            .filter(|(_, at)| *at >= since && *at <= until)
+            .count() as f64
+    }
 }
 
 fn overload_key(n: u64) -> String {
@@ -645,10 +655,9 @@ async fn put_recorded(client: Arc<KvClient>, outcomes: Arc<Mutex<Outcomes>>, n: 
 
 /// Every key under `prefix` in etcd, read in pages, keys only.
 async fn keys_under(
-    etcd: &EtcdServer,
+    client: &mut etcd_client::Client,
     prefix: &str,
 ) -> anyhow::Result<std::collections::HashSet<String>> {
-    let mut client = etcd.client().await?;
     let end = {
         let mut end = prefix.as_bytes().to_vec();
         *end.last_mut().context("a prefix")? += 1;
@@ -678,8 +687,10 @@ async fn keys_under(
 /// `kv-overload`: what the leader sustains with many callers waiting on
 /// each other (a closed loop), then puts offered at 2x and 10x that rate
 /// whatever the answers (an open loop) for `seconds` each: the goodput,
-/// the refusals, the leader's resident memory; then every acknowledged
-/// put is in etcd and no refused one is.
+/// the refusals, the leader's resident memory and each process's CPU; then
+/// every acknowledged put of the phase is in etcd and no refused one is.
+/// Each phase's keys are deleted and compacted away before the next, so
+/// every phase writes into an etcd of the same size.
 pub async fn kv_overload(
     etcd: &EtcdServer,
     binary: &std::path::Path,
@@ -698,135 +709,201 @@ async fn overload(
     seconds: f64,
     run: &OverloadRun,
 ) -> anyhow::Result<()> {
-    let leader = run.name;
     println!(
-        "bench: kv-overload run={leader}, puts of {OVERLOAD_VALUE} bytes from {OVERLOAD_CLIENTS} clients (client.throttlePercent {}), {seconds} s at 2x and 10x what the leader sustains",
-        run.throttle_percent
+        "bench: kv-overload run={}, puts of {OVERLOAD_VALUE} bytes from {OVERLOAD_CLIENTS} clients (client.throttlePercent {}), {seconds} s at 2x and 10x what the leader sustains",
+        run.name, run.throttle_percent
     );
     let shape = super::Shape {
         role: "kv",
         extra: run.leader,
         ..super::Shape::tso(Witness::On)
     };
-    let root = format!("bench-overload-{leader}");
-    let mut cluster = Cluster::start(etcd, binary, &root, shape).await?;
+    let mut cluster =
+        Cluster::start(etcd, binary, &format!("bench-overload-{}", run.name), shape).await?;
     let (serving, _) = cluster.settle().await?;
-    let pid = cluster.nodes[serving].process.pid();
-    let rss_mb = || pid.and_then(super::resident_bytes).unwrap_or(0) as f64 / (1 << 20) as f64;
     let mut config = client_config(&etcd.endpoint(), &cluster.root);
     config.client.throttle_percent = run.throttle_percent;
     // A fleet of clients, a connection each: one connection holds at most
     // server.limits.maxStreamsPerConnection calls at the server, and the
-    // rest wait in the client, where the leader cannot refuse them.
-    let mut clients = Vec::new();
-    for _ in 0..OVERLOAD_CLIENTS {
-        clients.push(Arc::new(KvClient::connect(&config).await?));
-    }
-    let client = |n: u64| clients[n as usize % clients.len()].clone();
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-    let next = Arc::new(AtomicU64::new(0));
-    let acked_since = |since: Instant, until: Instant| {
-        let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        outcomes
-            .acked
-            .iter()
-            .filter(|(_, at)| *at >= since && *at <= until)
-            .count() as f64
+    // rest wait in the client, where the leader cannot refuse them. Their
+    // connections run on threads of their own, as on the callers' own
+    // machines: on the runtime that spawns a task per offered put, ten
+    // times the offered puts would starve the connections' tasks, and the
+    // leader would wait for requests rather than refuse them.
+    let connections = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("overload-clients")
+        .enable_all()
+        .build()?;
+    let clients = connections
+        .spawn(async move {
+            let mut clients = Vec::new();
+            for _ in 0..OVERLOAD_CLIENTS {
+                let client = KvClient::connect(&config).await?;
+                // The first call opens the connection, here.
+                client.get("ov/opening", PUT_WITHIN).await?;
+                clients.push(Arc::new(client));
+            }
+            anyhow::Ok(clients)
+        })
+        .await??;
+    let load = OverloadLoad {
+        etcd: etcd.client().await?,
+        etcd_pid: etcd.pid(),
+        prefix: format!("{}/meta/kv/", cluster.root),
+        leader_pid: cluster.nodes[serving].process.pid(),
+        clients,
+        next: Arc::new(AtomicU64::new(0)),
+        name: run.name,
     };
+    // The callers, on threads of their own too: many, so that a caller
+    // answered gets to run (and free its call slot) soon, among the
+    // thousands of puts offered each millisecond.
+    let callers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(8)
+        .thread_name("overload-callers")
+        .enable_all()
+        .build()?;
+    // The clients run beside the leader and etcd on this machine, where
+    // they stand for callers on other machines: at nice 19 they take the
+    // CPU the leader and etcd leave, not the CPU the leader needs to answer
+    // them. The lines say what they offered and what each process used.
+    super::renice_self(19)?;
+    let measured = callers.spawn(load.phases(seconds)).await;
+    super::renice_self(0)?;
+    measured??;
+    callers.shutdown_background();
+    connections.shutdown_background();
+    cluster.shut_down().await
+}
 
-    // CPU seconds used by the leader, etcd and this process (the clients).
-    let cpu = || {
-        [pid, etcd.pid(), Some(std::process::id())]
+/// The clients of one `kv-overload` run and what they measure.
+struct OverloadLoad {
+    etcd: etcd_client::Client,
+    etcd_pid: Option<u32>,
+    /// Where the role keeps its keys in etcd.
+    prefix: String,
+    leader_pid: Option<u32>,
+    clients: Vec<Arc<KvClient>>,
+    /// The number of the next key put.
+    next: Arc<AtomicU64>,
+    name: &'static str,
+}
+
+impl OverloadLoad {
+    fn rss_mb(&self) -> f64 {
+        self.leader_pid.and_then(super::resident_bytes).unwrap_or(0) as f64 / (1 << 20) as f64
+    }
+
+    /// CPU seconds used so far by the leader, etcd and this process (the clients).
+    fn cpu(&self) -> [f64; 3] {
+        [self.leader_pid, self.etcd_pid, Some(std::process::id())]
             .map(|pid| pid.and_then(super::cpu_seconds).unwrap_or(0.0))
-    };
-    let cores_since = |before: [f64; 3], since: Instant| {
-        let after = cpu();
+    }
+
+    /// The cores each process used since `before` was read at `since`.
+    fn cores_since(&self, before: [f64; 3], since: Instant) -> String {
+        let after = self.cpu();
         let elapsed = since.elapsed().as_secs_f64();
         let [leader, etcd, clients] = [0, 1, 2].map(|i| (after[i] - before[i]) / elapsed);
-        format!("cpu_cores_leader={leader:.2} cpu_cores_etcd={etcd:.2} cpu_cores_clients={clients:.2}")
-    };
-    let cpu_before = cpu();
-    let started = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let closed: Vec<_> = (0..SUSTAIN_CALLERS)
-        .map(|_| {
-            let (clients, outcomes, next, stop) = (
-                clients.clone(),
-                outcomes.clone(),
-                next.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    let client = clients[n as usize % clients.len()].clone();
-                    put_recorded(client, outcomes.clone(), n).await;
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(SUSTAIN_FOR).await;
-    let cores = cores_since(cpu_before, started);
-    stop.store(true, Ordering::Relaxed);
-    for caller in closed {
-        caller.await?;
+        format!(
+            "cpu_cores_leader={leader:.2} cpu_cores_etcd={etcd:.2} cpu_cores_clients={clients:.2}"
+        )
     }
-    let sustained = acked_since(started, started + SUSTAIN_FOR) / SUSTAIN_FOR.as_secs_f64();
-    let rss_before = rss_mb();
-    println!(
-        "bench: scenario=kv-overload run={leader} phase=sustained callers={SUSTAIN_CALLERS} goodput_per_s={sustained:.0} rss_mb={rss_before:.1} {cores}"
-    );
 
-    for factor in [2.0, 10.0] {
-        let rate = sustained * factor;
-        let phase = Instant::now();
-        let until = phase + Duration::from_secs_f64(seconds);
-        let (mut offered, mut rss_max) = (0u64, rss_mb());
-        let before = {
-            let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            [outcomes.refused.len(), outcomes.kept.len(), outcomes.unknown.len()]
-        };
-        let cpu_before = cpu();
-        let mut puts = tokio::task::JoinSet::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        let mut sampled = Instant::now();
-        while Instant::now() < until {
-            tick.tick().await;
-            let due = (rate * phase.elapsed().as_secs_f64()) as u64;
-            while offered < due {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                puts.spawn(put_recorded(client(n), outcomes.clone(), n));
-                offered += 1;
-            }
-            while puts.try_join_next().is_some() {}
-            if sampled.elapsed() >= Duration::from_millis(100) {
-                rss_max = rss_max.max(rss_mb());
-                sampled = Instant::now();
-            }
-        }
-        let cores = cores_since(cpu_before, phase);
-        while puts.join_next().await.is_some() {}
-        let goodput = acked_since(phase, until) / seconds;
-        let [refused, kept, unknown] = {
-            let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
-            [
-                outcomes.refused.len() - before[0],
-                outcomes.kept.len() - before[1],
-                outcomes.unknown.len() - before[2],
-            ]
-        };
+    async fn phases(mut self, seconds: f64) -> anyhow::Result<()> {
+        let name = self.name;
+        let (sustained, cores, check) = self.sustain().await?;
+        let rss_before = self.rss_mb();
         println!(
-            "bench: scenario=kv-overload run={leader} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={refused} kept_by_client={kept} unknown={unknown} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1} {cores}",
-            offered as f64 / seconds,
-            goodput / sustained
+            "bench: scenario=kv-overload run={name} phase=sustained callers={SUSTAIN_CALLERS} goodput_per_s={sustained:.0} rss_mb={rss_before:.1} {cores} {check}"
         );
+        for factor in [2.0, 10.0] {
+            let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+            let phase = Instant::now();
+            let until = phase + Duration::from_secs_f64(seconds);
+            let rate = sustained * factor;
+            let (mut offered, mut rss_max) = (0u64, self.rss_mb());
+            let cpu_before = self.cpu();
+            let mut puts = tokio::task::JoinSet::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut sampled = Instant::now();
+            while Instant::now() < until {
+                tick.tick().await;
+                let due = (rate * phase.elapsed().as_secs_f64()) as u64;
+                while offered < due {
+                    let n = self.next.fetch_add(1, Ordering::Relaxed);
+                    let client = self.clients[n as usize % self.clients.len()].clone();
+                    puts.spawn(put_recorded(client, outcomes.clone(), n));
+                    offered += 1;
+                }
+                while puts.try_join_next().is_some() {}
+                if sampled.elapsed() >= Duration::from_millis(100) {
+                    rss_max = rss_max.max(self.rss_mb());
+                    sampled = Instant::now();
+                }
+            }
+            let cores = self.cores_since(cpu_before, phase);
+            while puts.join_next().await.is_some() {}
+            let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+            let goodput = outcomes.acked_between(phase, until) / seconds;
+            let check = self.check_and_clear(&outcomes).await?;
+            println!(
+                "bench: scenario=kv-overload run={name} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={} kept_by_client={} unknown={} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1} {cores} {check}",
+                offered as f64 / seconds,
+                goodput / sustained,
+                outcomes.refused.len(),
+                outcomes.kept.len(),
+                outcomes.unknown.len(),
+            );
+        }
+        Ok(())
     }
 
-    let written = keys_under(etcd, &format!("{}/meta/kv/ov/", cluster.root)).await?;
-    let line = {
-        let outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
-        let in_etcd =
-            |n: &u64| written.contains(&format!("{}/meta/kv/{}", cluster.root, overload_key(*n)));
+    /// What the leader sustains: `SUSTAIN_CALLERS` callers, each putting
+    /// again as soon as answered, for `SUSTAIN_FOR`. Returns puts per
+    /// second, the cores used, and the phase's check.
+    async fn sustain(&mut self) -> anyhow::Result<(f64, String, String)> {
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+        let cpu_before = self.cpu();
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let callers: Vec<_> = (0..SUSTAIN_CALLERS)
+            .map(|_| {
+                let (clients, outcomes, next, stop) = (
+                    self.clients.clone(),
+                    outcomes.clone(),
+                    self.next.clone(),
+                    stop.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let client = clients[n as usize % clients.len()].clone();
+                        put_recorded(client, outcomes.clone(), n).await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(SUSTAIN_FOR).await;
+        let cores = self.cores_since(cpu_before, started);
+        stop.store(true, Ordering::Relaxed);
+        for caller in callers {
+            caller.await?;
+        }
+        let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        let sustained =
+            outcomes.acked_between(started, started + SUSTAIN_FOR) / SUSTAIN_FOR.as_secs_f64();
+        let check = self.check_and_clear(&outcomes).await?;
+        Ok((sustained, cores, check))
+    }
+
+    /// Every acknowledged put of a phase is in etcd and no refused one is;
+    /// then the phase's keys are deleted and compacted away.
+    async fn check_and_clear(&mut self, outcomes: &Outcomes) -> anyhow::Result<String> {
+        let prefix = format!("{}ov/", self.prefix);
+        let written = keys_under(&mut self.etcd, &prefix).await?;
+        let in_etcd = |n: &u64| written.contains(&format!("{}{}", self.prefix, overload_key(*n)));
         let missing = outcomes.acked.iter().filter(|(n, _)| !in_etcd(n)).count();
         let refused_written = outcomes
             .refused
@@ -835,13 +912,23 @@ async fn overload(
             .filter(|n| in_etcd(n))
             .count();
         let unknown_written = outcomes.unknown.iter().filter(|n| in_etcd(n)).count();
-        format!(
-            "bench: scenario=kv-overload run={leader} check acked={} acked_missing={missing} refused={} refused_written={refused_written} unknown={} unknown_written={unknown_written}",
-            outcomes.acked.len(),
-            outcomes.refused.len() + outcomes.kept.len(),
-            outcomes.unknown.len()
-        )
-    };
-    println!("{line}");
-    cluster.shut_down().await
+        let deleted = self
+            .etcd
+            .delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+        let revision = deleted.header().context("a header")?.revision();
+        self.etcd
+            .compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await?;
+        Ok(format!(
+            "acked={} acked_missing={missing} refused_written={refused_written} unknown_written={unknown_written}",
+            outcomes.acked.len()
+        ))
+    }
 }

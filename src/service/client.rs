@@ -14,9 +14,9 @@ use crate::etcd::WatchHub;
 use crate::etcd::recipe::{self, Leader};
 use crate::etcd::session::Layout;
 use crate::service::connect::{ConnectError, NodeChannel, NodeConnector};
-use crate::service::grpc::{EPOCH_HEADER, OVERLOADED_HEADER};
 use crate::service::grpc::proto::kv_client::KvClient as KvStub;
 use crate::service::grpc::proto::{GetRequest, GetResponse, PutRequest, PutResponse};
+use crate::service::grpc::{EPOCH_HEADER, OVERLOADED_HEADER};
 use crate::task::OwnedTask;
 
 pub mod admission;

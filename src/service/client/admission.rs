@@ -1,5 +1,11 @@
 //! What a client lets out: at most `client.maxInFlight` calls at once, and fewer once the leader refuses calls as overloaded.
 //!
+//! As many callers again may wait for a slot, until their deadline; one
+//! more is refused at once. An unbounded line would make every caller of
+//! an overloaded client wait out most of its deadline and reach the leader
+//! with too little left to be answered in: all of them failing instead of
+//! some.
+//!
 //! The throttle is the adaptive throttling of Google's SRE book ("Handling
 //! Overload"): over the last [`WINDOW`], a call is refused by the client
 //! itself with probability `max(0, (requests - K * accepts) / (requests + 1))`,
@@ -10,6 +16,7 @@
 //! instead of a round trip that takes the leader's CPU.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -33,8 +40,9 @@ pub enum AdmissionError {
         /// `client.throttlePercent`.
         percent: u32,
     },
-    /// Every call slot stayed taken until the caller's deadline.
-    #[error("{max} calls were in flight until the deadline (client.maxInFlight)")]
+    /// Every call slot was taken and as many callers already waited, or
+    /// the slots stayed taken until the caller's deadline.
+    #[error("{max} calls were in flight and no slot freed in time (client.maxInFlight)")]
     InFlight {
         /// `client.maxInFlight`.
         max: usize,
@@ -165,6 +173,8 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Admission {
     slots: Semaphore,
+    /// Callers waiting for a slot, at most `max_in_flight`.
+    waiting: AtomicUsize,
     max_in_flight: usize,
     throttle: Mutex<Throttle>,
 }
@@ -174,6 +184,7 @@ impl Admission {
     pub fn new(max_in_flight: usize, throttle_percent: u32) -> Self {
         Self {
             slots: Semaphore::new(max_in_flight),
+            waiting: AtomicUsize::new(0),
             max_in_flight,
             throttle: Mutex::new(Throttle::new(throttle_percent, Instant::now())),
         }
@@ -184,7 +195,8 @@ impl Admission {
     }
 
     /// Lets a call out: the throttle decides at once, then the call waits
-    /// for a slot until `deadline`. The slot is held until the permit drops.
+    /// for a slot until `deadline`, if the line of waiting callers is not
+    /// full. The slot is held until the permit drops.
     pub async fn enter(&self, deadline: Instant) -> Result<SemaphorePermit<'_>, AdmissionError> {
         self.throttle().admit(Instant::now())?;
         let full = AdmissionError::InFlight {
@@ -192,11 +204,18 @@ impl Admission {
         };
         let permit = match self.slots.try_acquire() {
             Ok(permit) => permit,
-            Err(_) => match tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                // The semaphore is never closed; a closed one is as good as full.
-                Ok(Err(_)) | Err(_) => return Err(full),
-            },
+            Err(_) => {
+                // Counted out on every way out, a caller that gives up included.
+                let _in_line = InLine::join(&self.waiting);
+                if _in_line.ahead >= self.max_in_flight {
+                    return Err(full);
+                }
+                match tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await {
+                    Ok(Ok(permit)) => permit,
+                    // The semaphore is never closed; a closed one is as good as full.
+                    Ok(Err(_)) | Err(_) => return Err(full),
+                }
+            }
         };
         // A slot freed at the deadline is no time left to call in.
         if Instant::now() >= deadline {
@@ -208,6 +227,26 @@ impl Admission {
     /// Counts how a call that went out ended (see [`Throttle::record`]).
     pub fn record(&self, outcome: Outcome) {
         self.throttle().record(Instant::now(), outcome);
+    }
+}
+
+/// A caller's place in the line for a slot, left when dropped.
+struct InLine<'a> {
+    waiting: &'a AtomicUsize,
+    /// Callers waiting when this one joined.
+    ahead: usize,
+}
+
+impl<'a> InLine<'a> {
+    fn join(waiting: &'a AtomicUsize) -> Self {
+        let ahead = waiting.fetch_add(1, Ordering::Relaxed);
+        Self { waiting, ahead }
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -328,6 +367,28 @@ mod tests {
             .enter(Instant::now() + Duration::from_millis(20))
             .await;
         assert_eq!(waited.err(), Some(AdmissionError::InFlight { max: 1 }));
+        // One caller waits; a second finds the line full and is refused at once.
+        let waiter = admission.enter(Instant::now() + Duration::from_secs(5));
+        let refused = async {
+            tokio::task::yield_now().await;
+            let at = Instant::now();
+            let refused = admission
+                .enter(Instant::now() + Duration::from_secs(5))
+                .await;
+            (refused.err(), at.elapsed())
+        };
+        let (waited, (refused, took)) = tokio::join!(
+            tokio::time::timeout(Duration::from_millis(50), waiter),
+            refused
+        );
+        assert!(waited.is_err(), "the waiter waits while the slot is held");
+        assert_eq!(refused, Some(AdmissionError::InFlight { max: 1 }));
+        assert!(took < Duration::from_secs(1), "refused at once: {took:?}");
+        assert_eq!(
+            admission.waiting.load(Ordering::Relaxed),
+            0,
+            "a caller that gave up left the line"
+        );
         drop(held);
         assert!(
             admission
