@@ -823,6 +823,11 @@ fn check_faults(history: &History, report: &mut Report) {
         ));
     }
     errors.into(report);
+    let mut overload = Kind::new("overloading client");
+    for violation in &history.overload.violations {
+        overload.push(violation.clone());
+    }
+    overload.into(report);
     let mut stalls = Kind::new("stall");
     for stall in &history.stalls {
         stalls.push(stall.clone());

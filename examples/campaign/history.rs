@@ -240,6 +240,30 @@ pub struct History {
     /// Liveness problems the runner saw itself (a cluster that never
     /// settled, a client that stopped making progress).
     pub stalls: Vec<String>,
+    /// What the overloading client saw, and what its oracle found.
+    pub overload: Overload,
+    /// Calls of the paced clients refused as overloaded: not errors, never applied.
+    pub refused_overloaded: u64,
+}
+
+/// The overloading client's outcomes, and the violations its own oracle
+/// found: each of its keys has one writer putting 1, 2, 3..., so a read
+/// must return at least what was acknowledged or read before, at most
+/// what was asked, and never a value whose put was refused.
+#[derive(Debug, Default)]
+pub struct Overload {
+    /// Puts acknowledged.
+    pub acked: u64,
+    /// Calls the leader refused as overloaded.
+    pub refused: u64,
+    /// Calls the client kept, never sent (throttled, or no call slot).
+    pub kept: u64,
+    /// Calls that failed otherwise (a failover, the deadline): in doubt.
+    pub unknown: u64,
+    /// Reads answered.
+    pub reads: u64,
+    /// What the oracle found wrong.
+    pub violations: Vec<String>,
 }
 
 impl History {
@@ -333,6 +357,8 @@ impl Recorder {
             faults: Vec::new(),
             client_errors: Vec::new(),
             stalls: Vec::new(),
+            overload: Overload::default(),
+            refused_overloaded: 0,
         })))
     }
 

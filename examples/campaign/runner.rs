@@ -26,7 +26,7 @@ use crate::history::ROLES;
 use crate::history::Recorder;
 use cluster::{Leaders, kept_term};
 use faults::Fault;
-use probes::{Probe, allocate, read_and_write, sample};
+use probes::{Probe, allocate, overload, read_and_write, sample};
 
 /// Nodes in the cluster: one leader, two standbys.
 const NODES: usize = 3;
@@ -65,6 +65,16 @@ const ACTIVATE_TIMEOUT: Duration = Duration::from_secs(1);
 const EXIT_WITHIN: Duration = Duration::from_secs(10);
 /// Added delay on a delayed link, each way.
 const LINK_DELAY: Duration = Duration::from_millis(100);
+/// `coordinator.queueDepth` of every node: small, so that the overloading
+/// client's bursts overflow the register's queue and are refused.
+const QUEUE_DEPTH: usize = 8;
+/// Callers of the overloading client, each writing and reading a key of its own.
+const OVERLOAD_WORKERS: usize = 32;
+/// The overloading client's callers all call at once, this often: a burst
+/// of four times the queue.
+const OVERLOAD_BURST_EVERY: Duration = Duration::from_millis(20);
+/// How long an overloading call waits: short, so failovers leave calls in doubt.
+const OVERLOAD_WITHIN: Duration = Duration::from_millis(500);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -156,7 +166,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             .context("starting a fault proxy")?;
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
         let yaml = format!(
-            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\n  witnessSecretFile: {}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n",
+            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\n  witnessSecretFile: {}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n  queueDepth: {QUEUE_DEPTH}\n",
             proxy.endpoint(),
             witness_secret.display(),
             TTL.as_secs(),
@@ -214,6 +224,13 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             .await
             .context("connecting the TSO client")?,
     );
+    // Throughout, a client that overflows the register's queue in bursts,
+    // with an oracle of its own: refused and kept calls are never applied.
+    tasks.spawn(overload(
+        client_config.clone(),
+        recorder.clone(),
+        options.seed.wrapping_sub(1),
+    ));
     for client in 0..CLIENTS {
         let seed = options.seed.wrapping_add(client as u64 + 1);
         tasks.spawn(allocate(client, tso.clone(), recorder.clone(), seed));
@@ -330,6 +347,17 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             .iter()
             .filter(|f| f.bound == faults::COLD_KILL_BOUND)
             .count()
+    );
+    let overloaded = &history.overload;
+    println!(
+        "campaign: overloading client workers={OVERLOAD_WORKERS} queue_depth={QUEUE_DEPTH} acked={} refused={} kept_by_client={} in_doubt={} reads={} violations={}; paced clients refused as overloaded: {}",
+        overloaded.acked,
+        overloaded.refused,
+        overloaded.kept,
+        overloaded.unknown,
+        overloaded.reads,
+        overloaded.violations.len(),
+        history.refused_overloaded
     );
     let spared: Vec<_> = history.faults.iter().flat_map(|f| &f.bystanders).collect();
     println!(

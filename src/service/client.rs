@@ -68,6 +68,22 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// Whether the call failed because the leader or this client was
+    /// overloaded: it may succeed later, when fewer calls are made. It was
+    /// not applied, unless a [`Refused`](Self::Refused) says an earlier try
+    /// is `in_doubt`.
+    pub fn is_overload(&self) -> bool {
+        match self {
+            ClientError::Overloaded { .. } => true,
+            ClientError::Refused { status, .. } => {
+                status.metadata().contains_key(OVERLOADED_HEADER)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The largest response a leader watch accepts: etcd-client's default.
 const LEADER_WATCH_LIMIT: usize = 4 << 20;
 
@@ -192,12 +208,13 @@ impl RoleClient {
         let answer = self.call_leader(started, deadline, attempt).await;
         self.admission.record(match &answer {
             Ok(_) => Outcome::Accepted,
-            Err(ClientError::Refused { status, .. })
-                if status.metadata().contains_key(OVERLOADED_HEADER) =>
-            {
-                Outcome::Overloaded
+            Err(ClientError::Refused { status, .. }) => {
+                if status.metadata().contains_key(OVERLOADED_HEADER) {
+                    Outcome::Overloaded
+                } else {
+                    Outcome::Accepted
+                }
             }
-            Err(ClientError::Refused { .. }) => Outcome::Accepted,
             Err(_) => Outcome::NoAnswer,
         });
         answer

@@ -3,9 +3,10 @@
 use std::time::Instant;
 
 use rand::Rng;
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use standin::Config;
-use standin::service::client::{KvClient, TsoClient, with_epoch};
+use standin::service::client::{ClientError as CallError, KvClient, TsoClient, with_epoch};
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::kv_client::KvClient as KvStub;
 use standin::service::grpc::proto::tso_client::TsoClient as TsoStub;
@@ -71,6 +72,8 @@ impl Probe {
                     answered += 1;
                     last = Some(Instant::now());
                 }
+                // Too busy to answer says nothing about its term.
+                Err(Refusal::Refused(tonic::Code::ResourceExhausted)) => {}
                 Err(refusal) => {
                     let now = Instant::now();
                     // Silence proves nothing; a refusal proves the term is over.
@@ -314,8 +317,177 @@ pub(super) async fn read_and_write(client: usize, config: Config, recorder: Reco
                 received,
             }),
             Ok(Err(message)) => recorder.client_error(client, message),
+            // The overloading client's bursts fill the queue now and then.
+            Err(error) if error.is_overload() => recorder.lock().refused_overloaded += 1,
             Err(error) => recorder.client_error(client, error.to_string()),
         }
+    }
+}
+
+/// Overflows the register's queue until aborted: [`OVERLOAD_WORKERS`]
+/// callers call at once every [`OVERLOAD_BURST_EVERY`], each putting 1, 2,
+/// 3... to a key of its own or reading it back, through one client that
+/// throttles itself as the leader refuses. Each caller checks its key's
+/// reads: at least the last value acknowledged or read (nothing acknowledged
+/// is lost, no read goes back), at most the last asked (nothing invented),
+/// and never a value whose put was refused or kept (refusals are never
+/// applied).
+pub(super) async fn overload(config: Config, recorder: Recorder, seed: u64) {
+    let kv = match KvClient::connect(&config).await {
+        Ok(kv) => std::sync::Arc::new(kv),
+        Err(error) => {
+            return recorder
+                .lock()
+                .overload
+                .violations
+                .push(format!("connecting: {error}"));
+        }
+    };
+    let start = tokio::time::Instant::now() + OVERLOAD_BURST_EVERY;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..OVERLOAD_WORKERS {
+        let (kv, recorder) = (kv.clone(), recorder.clone());
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(worker as u64));
+        workers.spawn(async move {
+            let mut tick = tokio::time::interval_at(start, OVERLOAD_BURST_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut key = OverloadedKey::new(format!("overload-{worker}"));
+            loop {
+                tick.tick().await;
+                key.call(&kv, rng.random_bool(0.25), &recorder).await;
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// One overloading caller's key, and what its reads may return.
+struct OverloadedKey {
+    name: String,
+    /// The last value asked to be put.
+    asked: u64,
+    /// No read may return less: the last value acknowledged or read.
+    floor: u64,
+    /// Values whose put was refused or kept, above `floor`.
+    refused: std::collections::BTreeSet<u64>,
+}
+
+impl OverloadedKey {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            asked: 0,
+            floor: 0,
+            refused: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Puts the next value, or reads the key, and checks what came back.
+    async fn call(&mut self, kv: &KvClient, put: bool, recorder: &Recorder) {
+        let answer = if put {
+            self.asked += 1;
+            let value = self.asked.to_string().into_bytes();
+            kv.put(&self.name, value, OVERLOAD_WITHIN)
+                .await
+                .map(|_| None)
+        } else {
+            kv.get(&self.name, OVERLOAD_WITHIN)
+                .await
+                .map(|got| got.value.map(|raw| parse_value(&raw)))
+        };
+        let error_is_overload = answer.as_ref().is_err_and(CallError::is_overload);
+        let mut history = recorder.lock();
+        let tally = &mut history.overload;
+        match answer {
+            Ok(_) if put => {
+                tally.acked += 1;
+                self.acked();
+            }
+            Ok(Some(Err(message))) => tally.violations.push(format!("{}: {message}", self.name)),
+            Ok(read) => {
+                tally.reads += 1;
+                if let Some(wrong) = self.read(read.map_or(0, |value| value.unwrap_or(0))) {
+                    tally.violations.push(format!("{}: {wrong}", self.name));
+                }
+            }
+            Err(CallError::Overloaded { .. }) => {
+                tally.kept += 1;
+                if put {
+                    self.refused();
+                }
+            }
+            Err(CallError::Refused { in_doubt, .. }) if error_is_overload => {
+                tally.refused += 1;
+                if put && !in_doubt {
+                    self.refused();
+                }
+            }
+            Err(_) => tally.unknown += 1,
+        }
+    }
+
+    /// The last put was acknowledged.
+    fn acked(&mut self) {
+        self.raise_floor(self.asked);
+    }
+
+    /// The last put is known never applied.
+    fn refused(&mut self) {
+        self.refused.insert(self.asked);
+    }
+
+    /// What is wrong with reading `read` now, if anything.
+    fn read(&mut self, read: u64) -> Option<String> {
+        let wrong = if read < self.floor {
+            Some(format!(
+                "went back: read {read} after {} was acknowledged or read",
+                self.floor
+            ))
+        } else if read > self.asked {
+            Some(format!("read {read}, above the last asked {}", self.asked))
+        } else if self.refused.contains(&read) {
+            Some(format!("read {read}, whose put was refused or kept"))
+        } else {
+            None
+        };
+        self.raise_floor(read);
+        wrong
+    }
+
+    fn raise_floor(&mut self, to: u64) {
+        self.floor = self.floor.max(to);
+        // A value at or below the floor can no longer be read without
+        // going back, which is found as such.
+        self.refused = self.refused.split_off(&(self.floor + 1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OverloadedKey;
+
+    #[test]
+    fn an_overloaded_key_finds_lost_invented_and_refused_values() {
+        let mut key = OverloadedKey::new("k".into());
+        key.asked = 1;
+        key.acked();
+        key.asked = 2;
+        key.refused();
+        key.asked = 3;
+        // 3 is in doubt: it may or may not be read.
+        assert_eq!(key.read(1), None);
+        assert!(key.read(2).expect("refused").contains("refused"));
+        assert_eq!(key.read(3), None);
+        assert!(key.read(1).expect("back").contains("went back"));
+        assert!(
+            key.read(4)
+                .expect("invented")
+                .contains("above the last asked")
+        );
+        assert!(
+            key.refused.is_empty(),
+            "refusals below the floor are dropped"
+        );
     }
 }
 
