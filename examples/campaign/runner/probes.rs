@@ -462,34 +462,6 @@ impl OverloadedKey {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::OverloadedKey;
-
-    #[test]
-    fn an_overloaded_key_finds_lost_invented_and_refused_values() {
-        let mut key = OverloadedKey::new("k".into());
-        key.asked = 1;
-        key.acked();
-        key.asked = 2;
-        key.refused();
-        key.asked = 3;
-        // 3 is in doubt: it may or may not be read.
-        assert_eq!(key.read(1), None);
-        assert!(key.read(2).expect("refused").contains("refused"));
-        assert_eq!(key.read(3), None);
-        assert!(key.read(1).expect("back").contains("went back"));
-        assert!(
-            key.read(4)
-                .expect("invented")
-                .contains("above the last asked")
-        );
-        assert!(
-            key.refused.is_empty(),
-            "refusals below the floor are dropped"
-        );
-    }
-}
 
 /// A client's random numbers from `seed`, and its [`CLIENT_PACE`] ticks:
 /// a slow answer delays the next request rather than bunching them up.
@@ -545,5 +517,34 @@ impl Cluster {
             }
             tokio::time::sleep(SAMPLE_EVERY).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OverloadedKey;
+
+    #[test]
+    fn an_overloaded_key_finds_lost_invented_and_refused_values() {
+        let mut key = OverloadedKey::new("k".into());
+        key.asked = 1;
+        key.acked();
+        key.asked = 2;
+        key.refused();
+        key.asked = 3;
+        // 3 is in doubt: it may or may not be read.
+        assert_eq!(key.read(1), None);
+        assert!(key.read(2).expect("refused").contains("refused"));
+        assert_eq!(key.read(3), None);
+        assert!(key.read(1).expect("back").contains("went back"));
+        assert!(
+            key.read(4)
+                .expect("invented")
+                .contains("above the last asked")
+        );
+        assert!(
+            key.refused.is_empty(),
+            "refusals below the floor are dropped"
+        );
     }
 }
