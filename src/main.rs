@@ -111,6 +111,14 @@ enum Command {
         /// Give up on one allocation after this long.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         deadline: Duration,
+        /// With --loop: tasks allocating at once through the one batching
+        /// client, each checking its own order (as pd-tso-bench's -c); the
+        /// summary gives timestamps per second and p50/p99 per call.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        callers: u32,
+        /// Streams the client keeps to the leader, each batching what waits.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        streams: u32,
     },
     /// Put or get a key of the kv role (the built-in register) through the failover-following client.
     Kv {
@@ -223,12 +231,16 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             repeat,
             duration,
             deadline,
+            callers,
+            streams,
         } => {
             let args = TsoArgs {
                 count,
                 repeat,
                 duration,
                 deadline,
+                callers: callers as usize,
+                streams: streams as usize,
             };
             cli::client::tso(&config, args, output, timeout).await
         }

@@ -417,6 +417,8 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
         .arg("--config")
         .arg(config.path())
         .args(["tso", "--loop", "--count", "7", "--duration", "8s"])
+        // Callers batched over two streams, each checking its own order.
+        .args(["--callers", "20", "--streams", "2"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -478,6 +480,7 @@ async fn tso_loop_rides_through_kill_9_and_sigterm_hands_over() -> anyhow::Resul
     );
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(summary.contains("violations=0"), "{summary}");
+    assert!(summary.contains("callers=20 streams=2"), "{summary}");
     assert!(
         !summary.contains("failovers=0"),
         "the client saw no failover: {summary}"

@@ -653,26 +653,26 @@ async fn put_recorded(client: Arc<KvClient>, outcomes: Arc<Mutex<Outcomes>>, n: 
     }
 }
 
-/// Every key under `prefix` in etcd, read in pages, keys only.
-async fn keys_under(
-    client: &mut etcd_client::Client,
-    prefix: &str,
-) -> anyhow::Result<std::collections::HashSet<String>> {
+/// Keys read or deleted in one etcd request.
+const KEYS_PER_REQUEST: i64 = 10_000;
+
+/// Every key under `prefix` in etcd, in order, read in pages, keys only.
+async fn keys_under(client: &mut etcd_client::Client, prefix: &str) -> anyhow::Result<Vec<String>> {
     let end = {
         let mut end = prefix.as_bytes().to_vec();
         *end.last_mut().context("a prefix")? += 1;
         end
     };
-    let mut keys = std::collections::HashSet::new();
+    let mut keys = Vec::new();
     let mut from = prefix.as_bytes().to_vec();
     loop {
         let options = etcd_client::GetOptions::new()
             .with_range(end.clone())
             .with_keys_only()
-            .with_limit(10_000);
+            .with_limit(KEYS_PER_REQUEST);
         let page = client.get(from.clone(), Some(options)).await?;
         for kv in page.kvs() {
-            keys.insert(kv.key_str()?.to_owned());
+            keys.push(kv.key_str()?.to_owned());
         }
         match page.kvs().last() {
             Some(last) if page.more() => {
@@ -730,11 +730,13 @@ async fn overload(
     // machines: on the runtime that spawns a task per offered put, ten
     // times the offered puts would starve the connections' tasks, and the
     // leader would wait for requests rather than refuse them.
-    let connections = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("overload-clients")
-        .enable_all()
-        .build()?;
+    let connections = Background(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("overload-clients")
+            .enable_all()
+            .build()?,
+    ));
     let clients = connections
         .spawn(async move {
             let mut clients = Vec::new();
@@ -748,7 +750,9 @@ async fn overload(
         })
         .await??;
     let load = OverloadLoad {
-        etcd: etcd.client().await?,
+        // No request timeout: a phase's check reads and deletes a few
+        // hundred thousand keys.
+        etcd: etcd_client::Client::connect([etcd.endpoint()], None).await?,
         etcd_pid: etcd.pid(),
         prefix: format!("{}/meta/kv/", cluster.root),
         leader_pid: cluster.nodes[serving].process.pid(),
@@ -759,11 +763,13 @@ async fn overload(
     // The callers, on threads of their own too: many, so that a caller
     // answered gets to run (and free its call slot) soon, among the
     // thousands of puts offered each millisecond.
-    let callers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(8)
-        .thread_name("overload-callers")
-        .enable_all()
-        .build()?;
+    let callers = Background(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(8)
+            .thread_name("overload-callers")
+            .enable_all()
+            .build()?,
+    ));
     // The clients run beside the leader and etcd on this machine, where
     // they stand for callers on other machines: at nice 19 they take the
     // CPU the leader and etcd leave, not the CPU the leader needs to answer
@@ -772,9 +778,28 @@ async fn overload(
     let measured = callers.spawn(load.phases(seconds)).await;
     super::renice_self(0)?;
     measured??;
-    callers.shutdown_background();
-    connections.shutdown_background();
+    drop((callers, connections));
     cluster.shut_down().await
+}
+
+/// A runtime of the bench's own, shut down without waiting when dropped (as
+/// it is inside the bench's runtime, where waiting is not allowed).
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Background {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a runtime until dropped")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The clients of one `kv-overload` run and what they measure.
@@ -902,7 +927,8 @@ impl OverloadLoad {
     /// then the phase's keys are deleted and compacted away.
     async fn check_and_clear(&mut self, outcomes: &Outcomes) -> anyhow::Result<String> {
         let prefix = format!("{}ov/", self.prefix);
-        let written = keys_under(&mut self.etcd, &prefix).await?;
+        let keys = keys_under(&mut self.etcd, &prefix).await?;
+        let written: std::collections::HashSet<&String> = keys.iter().collect();
         let in_etcd = |n: &u64| written.contains(&format!("{}{}", self.prefix, overload_key(*n)));
         let missing = outcomes.acked.iter().filter(|(n, _)| !in_etcd(n)).count();
         let refused_written = outcomes
@@ -912,20 +938,23 @@ impl OverloadLoad {
             .filter(|n| in_etcd(n))
             .count();
         let unknown_written = outcomes.unknown.iter().filter(|n| in_etcd(n)).count();
-        let deleted = self
-            .etcd
-            .delete(
-                prefix,
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            )
-            .await?;
-        let revision = deleted.header().context("a header")?.revision();
-        self.etcd
-            .compact(
-                revision,
-                Some(etcd_client::CompactionOptions::new().with_physical()),
-            )
-            .await?;
+        // A range at a time: one delete of every key would be one huge
+        // transaction, and one huge event for every watcher.
+        let mut revision = 0;
+        for chunk in keys.chunks(KEYS_PER_REQUEST as usize) {
+            let (first, last) = (&chunk[0], &chunk[chunk.len() - 1]);
+            let options = etcd_client::DeleteOptions::new().with_range(format!("{last}\0"));
+            let deleted = self.etcd.delete(first.as_str(), Some(options)).await?;
+            revision = deleted.header().context("a header")?.revision();
+        }
+        if revision > 0 {
+            self.etcd
+                .compact(
+                    revision,
+                    Some(etcd_client::CompactionOptions::new().with_physical()),
+                )
+                .await?;
+        }
         Ok(format!(
             "acked={} acked_missing={missing} refused_written={refused_written} unknown_written={unknown_written}",
             outcomes.acked.len()
