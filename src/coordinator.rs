@@ -84,9 +84,11 @@ pub trait Coordinator: Send + Sync + 'static {
     }
 
     /// Runs when the term ends in an orderly way (step-down or shutdown),
-    /// bounded by `coordinator.deactivateTimeout`.
+    /// bounded by `coordinator.deactivateTimeout`. The default drops the
+    /// serving state off the runtime ([`drop_elsewhere`](crate::drop_elsewhere)),
+    /// so freeing a large one does not delay the handover.
     fn deactivate(&self, serving: Self::Serving) -> impl Future<Output = ()> + Send {
-        drop(serving);
+        crate::drop_elsewhere(serving);
         async {}
     }
 }

@@ -131,6 +131,7 @@ pub use status::{
     Leader, MetadataCopy, ResignError, RoleState, RoleStatus, StepDownReason, Successor,
     TransferTarget,
 };
+pub use task::drop_elsewhere;
 #[cfg(feature = "testing")]
 pub use testing::TestingError;
 

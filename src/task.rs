@@ -63,3 +63,54 @@ impl Drop for OwnedTask {
         }
     }
 }
+
+/// Drops `value` on a blocking thread of the current runtime (inline
+/// without one): a coordinator's serving state may hold millions of
+/// entries, and freeing them where a term ends would delay its successor.
+pub fn drop_elsewhere<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(value));
+        }
+        Err(_) => drop(value),
+    }
+}
+
+/// A value dropped with [`drop_elsewhere`], unless taken out first: a
+/// coordinator's serving state, which a crash drops while its actor
+/// unwinds, before its supervisor hears of the crash.
+#[derive(Debug)]
+pub(crate) struct DroppedElsewhere<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> DroppedElsewhere<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(Some(value))
+    }
+
+    /// The value, to be dropped by its new owner.
+    pub(crate) fn into_inner(mut self) -> T {
+        self.0.take().expect("held until taken")
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for DroppedElsewhere<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("held until taken")
+    }
+}
+
+impl<T: Send + 'static> std::ops::DerefMut for DroppedElsewhere<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("held until taken")
+    }
+}
+
+impl<T: Send + 'static> Drop for DroppedElsewhere<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            drop_elsewhere(value);
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::fence::FencedStore;
 use crate::runtime::faults::Faults;
 use crate::runtime::queue::{Queued, RequestQueue, ServeReply};
 use crate::runtime::term::Term;
-use crate::task::{OwnedTask, panic_message};
+use crate::task::{DroppedElsewhere, OwnedTask, panic_message};
 
 /// The coordinator actor of one role: wraps the user's [`Coordinator`].
 pub(crate) struct CoordinatorActor<C: Coordinator> {
@@ -137,7 +137,8 @@ enum Phase<C: Coordinator> {
     },
     Serving {
         term: Term,
-        serving: C::Serving,
+        /// Dropped off the runtime if the actor crashes with it.
+        serving: DroppedElsewhere<C::Serving>,
     },
 }
 
@@ -286,7 +287,7 @@ impl<C: Coordinator> CoordinatorActor<C> {
             Phase::Activating { .. } => self.turn_away(|| self.aborted()),
             Phase::Serving { term, serving } => {
                 self.turn_away(|| self.not_active(state.leader.clone()));
-                self.deactivate(&term, serving).await;
+                self.deactivate(&term, serving.into_inner()).await;
                 tracing::info!(
                     role = self.role,
                     "{} switch from active to standby",
@@ -392,7 +393,10 @@ impl<C: Coordinator> CoordinatorActor<C> {
             return Ok(());
         }
         term.start_serving();
-        state.phase = Phase::Serving { term, serving };
+        state.phase = Phase::Serving {
+            term,
+            serving: DroppedElsewhere::new(serving),
+        };
         // The requests that waited for the activation go first, in order.
         let _ = myself.send_message(CoordinatorMsg::Drain);
         let _ = running.ready.send(());

@@ -1381,6 +1381,16 @@ impl<C: Coordinator> Actor for Election<C> {
                         let address = leader.as_ref().map(|l| l.session.address.clone());
                         let _ = coordinator.send_message(CoordinatorMsg::LeaderChanged(address));
                     }
+                    let another_serves = leader.as_ref().is_some_and(|leader| {
+                        leader.session.state == RoleState::Serving
+                            && state
+                                .candidacy
+                                .as_ref()
+                                .is_none_or(|ours| ours.key != leader.key)
+                    });
+                    if let (true, Some(reload)) = (another_serves, &state.reload) {
+                        reload.send_message(ReloadMsg::Standby);
+                    }
                     let makes_way = self.makes_way(state, leader.as_ref());
                     state.leader = leader;
                     self.report_status(state);

@@ -129,6 +129,9 @@ pub(crate) enum ReloadMsg<C: Coordinator> {
     CatchUp(Box<CatchUp<C>>),
     /// The term the catch-up in progress was for is over: drop it.
     Cancel,
+    /// Another node serves the role: decode the copy for this node's next
+    /// win, if its decoded metadata went to a term that is over.
+    Standby,
     /// The full read of the copy of `generation` finished.
     Loaded {
         /// The copy's generation.
@@ -705,13 +708,13 @@ impl<C: Coordinator> ReloadActor<C> {
     ) -> Result<(), String> {
         match message {
             ReloadMsg::CatchUp(job) => self.start_catch_up(myself, state, *job),
-            ReloadMsg::Cancel => {
-                state.catch_up = None;
-                // Back in standby: decoded metadata for the next win (the
-                // last went to the activation). Not at the handover, where
-                // it would take a core from the activation.
-                self.start_background_decode(myself, state);
-            }
+            ReloadMsg::Cancel => state.catch_up = None,
+            // Decoded metadata for the next win (the last went to the
+            // activation of a term now over), once the successor serves:
+            // not while it activates, where decoding a large copy would
+            // take a core from it on a shared host, nor while this node
+            // might win again.
+            ReloadMsg::Standby => self.start_background_decode(myself, state),
             ReloadMsg::Loaded {
                 generation,
                 snapshot,

@@ -121,10 +121,58 @@ fn entry_bytes(key: &str, value: &[u8]) -> u64 {
 }
 
 /// What the register holds, counted against its quotas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Tally {
     keys: usize,
     bytes: u64,
+}
+
+impl Tally {
+    fn of(entries: &BTreeMap<String, Vec<u8>>) -> Self {
+        Self {
+            keys: entries.len(),
+            bytes: entries
+                .iter()
+                .map(|(key, value)| entry_bytes(key, value))
+                .sum(),
+        }
+    }
+}
+
+/// The register's metadata, as a standby keeps it: every key's value, and
+/// their tally kept with each change, so that a takeover does not count a
+/// million entries before it serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Register {
+    entries: BTreeMap<String, Vec<u8>>,
+    tally: Tally,
+}
+
+impl Register {
+    fn new(entries: BTreeMap<String, Vec<u8>>) -> Self {
+        Self {
+            tally: Tally::of(&entries),
+            entries,
+        }
+    }
+
+    /// Every key and its value.
+    pub fn entries(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.entries
+    }
+
+    fn apply(&mut self, change: &MetaChange) {
+        let key = change.key();
+        let size = |entries: &BTreeMap<String, Vec<u8>>| {
+            entries.get(key).map_or(0, |value| entry_bytes(key, value))
+        };
+        let before = size(&self.entries);
+        change.apply_to(&mut self.entries);
+        self.tally = Tally {
+            keys: self.entries.len(),
+            bytes: self.tally.bytes - before + size(&self.entries),
+        };
+    }
 }
 
 /// The register's tally once `key` holds `value` (`old` is what it holds
@@ -279,45 +327,39 @@ impl Kv {
 
 impl Coordinator for Kv {
     /// Every key under the role's prefix and its value.
-    type Meta = BTreeMap<String, Vec<u8>>;
+    type Meta = Register;
     type Serving = KvServing;
     type Request = KvRequest;
     type Response = Result<KvAnswer, KvError>;
 
     fn decode(&self, snapshot: Snapshot) -> Result<Self::Meta, BoxError> {
-        Ok(snapshot.entries)
+        Ok(Register::new(snapshot.entries))
     }
 
     // The register's memory is the whole metadata: a warm standby keeps it
     // current, so a takeover hands it over instead of copying every key.
     const INCREMENTAL: bool = true;
 
-    fn apply_change(&self, entries: &mut Self::Meta, change: &MetaChange) -> Result<(), BoxError> {
-        change.apply_to(entries);
+    fn apply_change(&self, register: &mut Register, change: &MetaChange) -> Result<(), BoxError> {
+        register.apply(change);
         Ok(())
     }
 
     async fn activate(
         &self,
         epoch: Epoch,
-        entries: Self::Meta,
+        register: Register,
         store: FencedStore,
     ) -> Result<KvServing, BoxError> {
         tracing::info!(
             role = epoch.role,
             revision = epoch.revision,
-            keys = entries.len(),
+            keys = register.entries.len(),
             "register serves"
         );
-        let bytes = entries
-            .iter()
-            .map(|(key, value)| entry_bytes(key, value))
-            .sum();
+        let Register { entries, tally } = register;
         Ok(KvServing {
-            tally: Tally {
-                keys: entries.len(),
-                bytes,
-            },
+            tally,
             entries,
             store,
             epoch: epoch.revision,
@@ -406,19 +448,30 @@ mod tests {
     fn changes_apply_as_they_do_to_a_snapshot() {
         let mut snapshot = Snapshot::default();
         snapshot.entries.insert("a".to_owned(), b"1".to_vec());
-        let mut entries = Kv::default().decode(snapshot.clone()).unwrap();
+        let mut register = Kv::default().decode(snapshot.clone()).unwrap();
         let changes = [
             MetaChange::Put {
                 key: "b".into(),
-                value: b"2".to_vec(),
+                value: b"22".to_vec(),
+            },
+            MetaChange::Put {
+                key: "c".into(),
+                value: b"3".to_vec(),
+            },
+            MetaChange::Put {
+                key: "c".into(),
+                value: b"333".to_vec(),
             },
             MetaChange::Delete { key: "a".into() },
+            MetaChange::Delete { key: "z".into() },
         ];
         for change in &changes {
-            Kv::default().apply_change(&mut entries, change).unwrap();
+            Kv::default().apply_change(&mut register, change).unwrap();
             snapshot.apply(change);
         }
-        assert_eq!(entries, snapshot.entries);
+        assert_eq!(register.entries(), &snapshot.entries);
+        assert_eq!(register.tally, Tally::of(&snapshot.entries));
+        assert_eq!(register.tally, Tally { keys: 2, bytes: 7 });
     }
 
     #[test]
@@ -485,8 +538,9 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.entries.insert("a".to_owned(), b"1".to_vec());
         snapshot.entries.insert("b/c".to_owned(), Vec::new());
-        let entries = Kv::default().decode(snapshot.clone()).unwrap();
-        assert_eq!(entries, snapshot.entries);
+        let register = Kv::default().decode(snapshot.clone()).unwrap();
+        assert_eq!(register.entries(), &snapshot.entries);
+        assert_eq!(register.tally, Tally { keys: 2, bytes: 5 });
     }
 
     proptest::proptest! {

@@ -462,7 +462,6 @@ impl OverloadedKey {
     }
 }
 
-
 /// A client's random numbers from `seed`, and its [`CLIENT_PACE`] ticks:
 /// a slow answer delays the next request rather than bunching them up.
 fn paced(seed: u64) -> (StdRng, tokio::time::Interval) {
