@@ -698,6 +698,7 @@ impl crate::telemetry::HealthReport for NodeHealth {
                     "metadata_copy": role.metadata_copy().map(|copy| serde_json::json!({
                         "revision": copy.revision,
                         "keys": copy.keys,
+                        "decoding": copy.decoding,
                     })),
                 })
             })

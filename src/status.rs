@@ -15,6 +15,10 @@ pub struct MetadataCopy {
     pub revision: i64,
     /// Keys in the copy.
     pub keys: usize,
+    /// Whether the coordinator's decoded metadata is being rebuilt from the
+    /// copy for the next win (a coordinator that keeps it current itself):
+    /// the node joins the election once it is done.
+    pub decoding: bool,
 }
 
 /// A role's state on this node, as its election actor last reported it.

@@ -730,13 +730,7 @@ async fn overload(
     // machines: on the runtime that spawns a task per offered put, ten
     // times the offered puts would starve the connections' tasks, and the
     // leader would wait for requests rather than refuse them.
-    let connections = Background(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("overload-clients")
-            .enable_all()
-            .build()?,
-    ));
+    let connections = Background::start("overload-clients", 2)?;
     let clients = connections
         .spawn(async move {
             let mut clients = Vec::new();
@@ -763,13 +757,7 @@ async fn overload(
     // The callers, on threads of their own too: many, so that a caller
     // answered gets to run (and free its call slot) soon, among the
     // thousands of puts offered each millisecond.
-    let callers = Background(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(8)
-            .thread_name("overload-callers")
-            .enable_all()
-            .build()?,
-    ));
+    let callers = Background::start("overload-callers", 8)?;
     // The clients run beside the leader and etcd on this machine, where
     // they stand for callers on other machines: at nice 19 they take the
     // CPU the leader and etcd leave, not the CPU the leader needs to answer
@@ -785,6 +773,18 @@ async fn overload(
 /// A runtime of the bench's own, shut down without waiting when dropped (as
 /// it is inside the bench's runtime, where waiting is not allowed).
 struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    /// A runtime of `threads` worker threads called `name`.
+    fn start(name: &str, threads: usize) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+}
 
 impl std::ops::Deref for Background {
     type Target = tokio::runtime::Runtime;

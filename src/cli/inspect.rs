@@ -48,6 +48,7 @@ pub struct SeenLeader {
 pub struct Copy {
     pub revision: i64,
     pub keys: u64,
+    pub decoding: bool,
 }
 
 /// What one node reports, or why it did not.
@@ -106,6 +107,7 @@ pub async fn ask_node(config: &Config, address: &str, timeout: Duration) -> Node
             metadata_copy: role.metadata_copy.map(|copy| Copy {
                 revision: copy.revision,
                 keys: copy.keys,
+                decoding: copy.decoding,
             }),
         })
         .collect();

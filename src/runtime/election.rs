@@ -35,7 +35,7 @@ use crate::runtime::queue::RequestQueue;
 use crate::runtime::reload::{CatchUp, ReloadActor, ReloadHandle, ReloadMsg};
 use crate::runtime::session::SessionMsg;
 use crate::runtime::term::Term;
-use crate::status::{ResignError, StepDownReason, Successor, TransferTarget};
+use crate::status::{MetadataCopy, ResignError, StepDownReason, Successor, TransferTarget};
 use crate::task::OwnedTask;
 use crate::telemetry;
 use machine::{Command, ElectionMachine, Event, Phase, Timings};
@@ -551,10 +551,10 @@ impl<C: Coordinator> Election<C> {
             .session(&self.role, RoleState::Standby, lease)
             .encode();
         let reply = myself.clone();
-        // A node whose warm copy is still being read joins the election
-        // only once it is loaded: behind the warm peers, which take over
-        // in milliseconds, instead of ahead of them, where its win would
-        // wait for the read.
+        // A node whose warm copy is still being read (or decoded) joins
+        // the election only once it is ready: behind the warm peers, which
+        // take over in milliseconds, instead of ahead of them, where its win
+        // would wait for the read.
         let mut copy = self
             .context
             .config
@@ -574,14 +574,15 @@ impl<C: Coordinator> Election<C> {
                 () = restore => {}
             }
             let attempt = Instant::now();
-            if let Some(copy) = &mut copy
-                && copy.borrow().is_none()
-            {
-                tracing::info!(
-                    role,
-                    "waiting for the metadata copy to load before campaigning"
-                );
-                let _ = copy.wait_for(Option::is_some).await;
+            if let Some(copy) = &mut copy {
+                let ready = |copy: &Option<MetadataCopy>| copy.is_some_and(|copy| !copy.decoding);
+                if !ready(&copy.borrow()) {
+                    tracing::info!(
+                        role,
+                        "waiting for the metadata copy to load before campaigning"
+                    );
+                    let _ = copy.wait_for(ready).await;
+                }
             }
             let won = async {
                 let candidacy =

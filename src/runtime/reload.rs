@@ -218,6 +218,9 @@ pub(crate) struct ReloadState<C: Coordinator> {
     catch_ups: u64,
     /// Cuts short the loader's backoff, for a win.
     wake: Arc<Notify>,
+    /// After a term here ended: decodes the copy should no successor be
+    /// seen serving first.
+    standby_timer: Option<OwnedTask>,
 }
 
 impl<C: Coordinator> Drop for ReloadState<C> {
@@ -255,8 +258,8 @@ impl<C: Coordinator> ReloadActor<C> {
             // Freeing a large copy takes milliseconds: not on a runtime worker.
             tokio::task::spawn_blocking(move || drop(old));
         }
-        self.publish(None);
         state.decoder = None;
+        self.publish(state);
         metrics::counter!(telemetry::METADATA_FULL_READS, "role" => self.role.clone(), "reason" => why)
             .increment(1);
         let generation = state.generation;
@@ -325,10 +328,13 @@ impl<C: Coordinator> ReloadActor<C> {
             "metadata copy loaded; following its changes"
         );
         state.copy = Some(WarmCopy::new(snapshot));
+        // The decode first, then what changed since the read: the copy is
+        // never published loaded but not decoding, which would let the
+        // election campaign ahead of the decode.
+        self.start_background_decode(myself, state);
         let early = std::mem::take(&mut state.early);
         self.apply(myself, state, early);
-        self.publish(state.copy.as_ref());
-        self.start_background_decode(myself, state);
+        self.publish(state);
     }
 
     fn followed(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, followed: Followed) {
@@ -367,7 +373,6 @@ impl<C: Coordinator> ReloadActor<C> {
         let applied = copy.apply(revision, fresh, |meta, change| {
             coordinator.apply_change(meta, change)
         });
-        self.publish(Some(copy));
         if let ApplyOutcome::DecodedDropped(error) = applied {
             tracing::warn!(
                 role = self.role,
@@ -375,6 +380,7 @@ impl<C: Coordinator> ReloadActor<C> {
             );
             self.start_background_decode(myself, state);
         }
+        self.publish(state);
     }
 
     /// Decodes the copy off the runtime, for a coordinator that keeps its
@@ -401,6 +407,7 @@ impl<C: Coordinator> ReloadActor<C> {
             });
         };
         state.decoder = Some(Self::spawn(myself, "decoding the metadata", decode));
+        self.publish(state);
     }
 
     fn decoded(
@@ -421,6 +428,7 @@ impl<C: Coordinator> ReloadActor<C> {
                 "the metadata copy does not decode ({error}); a takeover decodes it again"
             );
         }
+        self.publish(state);
     }
 
     fn start_catch_up(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, job: CatchUp<C>) {
@@ -573,10 +581,11 @@ impl<C: Coordinator> ReloadActor<C> {
     }
 
     /// Says where the copy stands, to the role's handle and in a gauge.
-    fn publish(&self, copy: Option<&WarmCopy<C::Meta>>) {
-        let published = copy.map(|copy| MetadataCopy {
+    fn publish(&self, state: &ReloadState<C>) {
+        let published = state.copy.as_ref().map(|copy| MetadataCopy {
             revision: copy.revision(),
             keys: copy.keys(),
+            decoding: copy.is_decoding(),
         });
         let keys = published.map_or(0, |p| p.keys);
         self.published.send_if_modified(|current| {
@@ -590,6 +599,11 @@ impl<C: Coordinator> ReloadActor<C> {
         metrics::gauge!(telemetry::METADATA_COPY_LOADED, "role" => self.role.clone()).set(loaded);
     }
 }
+
+/// How long after its term ended a node decodes its copy for its next
+/// win without having seen a successor serve (a lone node, a successor
+/// still reading): long past a warm successor's activation.
+const DECODE_WITHOUT_SUCCESSOR: Duration = Duration::from_millis(200);
 
 /// Sleeps for `delay`, or until `wake` is notified.
 async fn sleep_unless_woken(delay: Duration, wake: &Notify) {
@@ -681,6 +695,7 @@ impl<C: Coordinator> ReloadActor<C> {
                 catch_up: None,
                 catch_ups: 0,
                 wake: Arc::new(Notify::new()),
+                standby_timer: None,
             };
             if self.config().warm {
                 self.start_load(&myself, &mut state, "start");
@@ -708,13 +723,26 @@ impl<C: Coordinator> ReloadActor<C> {
     ) -> Result<(), String> {
         match message {
             ReloadMsg::CatchUp(job) => self.start_catch_up(myself, state, *job),
-            ReloadMsg::Cancel => state.catch_up = None,
+            ReloadMsg::Cancel => {
+                state.catch_up = None;
+                if C::INCREMENTAL && state.copy.is_some() {
+                    // Should no successor be seen serving (none runs),
+                    // decode anyway, for a lone node's next win.
+                    let reply = myself.clone();
+                    state.standby_timer = Some(OwnedTask::spawn(async move {
+                        tokio::time::sleep(DECODE_WITHOUT_SUCCESSOR).await;
+                        reply.send_message(ReloadMsg::Standby);
+                    }));
+                }
+            }
             // Decoded metadata for the next win (the last went to the
             // activation of a term now over), once the successor serves:
             // not while it activates, where decoding a large copy would
-            // take a core from it on a shared host, nor while this node
-            // might win again.
-            ReloadMsg::Standby => self.start_background_decode(myself, state),
+            // take a core from it on a shared host.
+            ReloadMsg::Standby => {
+                state.standby_timer = None;
+                self.start_background_decode(myself, state);
+            }
             ReloadMsg::Loaded {
                 generation,
                 snapshot,
@@ -741,7 +769,7 @@ impl<C: Coordinator> ReloadActor<C> {
                     .filter(|_| generation == state.generation)
                 {
                     copy.give_back(snapshot);
-                    self.publish(Some(copy));
+                    self.publish(state);
                 }
             }
             ReloadMsg::Decoded {

@@ -74,6 +74,7 @@ fn role_status(role: &dyn RoleControl) -> RoleStatus {
         metadata_copy: role.metadata_copy().map(|copy| MetadataCopy {
             revision: copy.revision,
             keys: copy.keys as u64,
+            decoding: copy.decoding,
         }),
         lease_id: status.lease.unwrap_or(0),
     }
