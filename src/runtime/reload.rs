@@ -31,7 +31,7 @@ use crate::etcd::Subscription;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
 use crate::status::MetadataCopy;
-use crate::task::OwnedTask;
+use crate::task::{OwnedTask, drop_elsewhere};
 use crate::telemetry;
 use copy::{ApplyOutcome, WarmCopy};
 use follow::Followed;
@@ -256,7 +256,7 @@ impl<C: Coordinator> ReloadActor<C> {
         state.generation += 1;
         if let Some(old) = state.copy.take() {
             // Freeing a large copy takes milliseconds: not on a runtime worker.
-            tokio::task::spawn_blocking(move || drop(old));
+            drop_elsewhere(old);
         }
         state.decoder = None;
         self.publish(state);

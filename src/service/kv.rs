@@ -413,12 +413,6 @@ impl Coordinator for Kv {
             .map(|answer| answer.unwrap_or_else(|| unreachable!("every request is answered")))
             .collect()
     }
-
-    async fn deactivate(&self, serving: KvServing) {
-        // Freeing every entry holds a worker thread for milliseconds per
-        // 100k keys, and the step-down's resign waits for this hook.
-        tokio::task::spawn_blocking(move || drop(serving));
-    }
 }
 
 #[cfg(test)]
