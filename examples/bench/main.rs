@@ -416,8 +416,20 @@ async fn by_size(
                 }
             }
             let (leader, _) = cluster.settle().await?;
-            let standby = &cluster.nodes[(leader + 1) % cluster.nodes.len()];
-            let rss = standby.process.pid().and_then(resident_bytes).unwrap_or(0);
+            // Every standby's: what each holds depends on its history (a
+            // node that led has freed a serving state, one just restarted
+            // has not), so the least and the most of them.
+            let standbys: Vec<u64> = (0..cluster.nodes.len())
+                .filter(|&index| index != leader)
+                .map(|index| {
+                    let process = &cluster.nodes[index].process;
+                    process.pid().and_then(resident_bytes).unwrap_or(0)
+                })
+                .collect();
+            let rss = [
+                standbys.iter().copied().min().unwrap_or(0),
+                standbys.iter().copied().max().unwrap_or(0),
+            ];
             keep_logs(logs, &[&cluster])?;
             cluster.shut_down().await?;
             for ((scenario, _), times) in acts.iter().zip(&times) {
@@ -436,16 +448,17 @@ async fn by_size(
             .iter()
             .find(|other| other.scenario == row.scenario && other.warm == row.warm)
             .expect("the row itself at least");
-        let per_key = if row.keys > base.keys {
-            format!(
-                "{:.0}",
-                row.rss.saturating_sub(base.rss) as f64 / (row.keys - base.keys) as f64
-            )
-        } else {
-            "-".to_owned()
+        let per_key = |bound: usize| {
+            if row.keys > base.keys {
+                let grown = row.rss[bound].saturating_sub(base.rss[bound]);
+                format!("{:.0}", grown as f64 / (row.keys - base.keys) as f64)
+            } else {
+                "-".to_owned()
+            }
         };
+        let (per_key_min, per_key_max) = (per_key(0), per_key(1));
         println!(
-            "bench: scenario={} keys={} warm={} {} ratio_p50_to_{}={:.2} ratio_p99_to_{}={:.2} standby_rss_mb={:.1} rss_bytes_per_key={per_key}",
+            "bench: scenario={} keys={} warm={} {} ratio_p50_to_{}={:.2} ratio_p99_to_{}={:.2} standby_rss_mb={:.1} rss_bytes_per_key={per_key_min} standby_rss_mb_max={:.1} rss_bytes_per_key_max={per_key_max}",
             row.scenario,
             row.keys,
             row.warm,
@@ -454,7 +467,8 @@ async fn by_size(
             row.summary.p50_ms / base.summary.p50_ms,
             base.keys,
             row.summary.p99_ms / base.summary.p99_ms,
-            row.rss as f64 / 1e6
+            row.rss[0] as f64 / 1e6,
+            row.rss[1] as f64 / 1e6,
         );
     }
     Ok(())
@@ -466,8 +480,8 @@ struct SizeRow {
     warm: bool,
     keys: usize,
     summary: Summary,
-    /// A standby's resident memory at the end.
-    rss: u64,
+    /// The least and the most resident memory of a standby at the end.
+    rss: [u64; 2],
 }
 
 /// A process's resident memory, from `/proc/PID/status`.
