@@ -652,8 +652,6 @@ struct Node {
     proxies: Vec<FaultProxy>,
     /// Log lines at the last act: what came after is about the new leader.
     log_mark: usize,
-    /// Runs of the process so far (its log holds them all).
-    starts: usize,
 }
 
 impl Node {
@@ -672,7 +670,6 @@ impl Node {
             address: address.to_owned(),
             proxies,
             log_mark: 0,
-            starts: 1,
         })
     }
 }
@@ -899,7 +896,6 @@ impl Cluster {
                 proxy.heal();
             }
             old.process.restart()?;
-            old.starts += 1;
         }
         self.settle().await?;
         Ok(took)
@@ -977,7 +973,7 @@ impl Cluster {
 
     /// Waits until every node answers, one serves and all see it lead,
     /// (witness on) every other node has logged watching its witness since
-    /// the last act, and (warm) every node has loaded its copy; returns the
+    /// the last act, and (warm) every node has loaded and decoded its copy; returns the
     /// leader and its epoch.
     async fn settle(&mut self) -> anyhow::Result<(usize, i64)> {
         let since = Instant::now();
@@ -1041,19 +1037,16 @@ impl Cluster {
                         .skip(since(node))
                         .any(|line| line.contains(&watching))
             });
-        // Every run of a warm node loads its copy once (again after a
-        // compaction), and a node joins the election once its copy is
-        // decoded too: a round starts with every standby a candidate.
+        // A warm node joins the election once its copy is loaded (by the
+        // process that answers: a restarted one has none until its read
+        // ends) and decoded: a round starts with every standby a candidate.
         let loaded = !self.warm
-            || (self.nodes.iter().all(|node| {
-                let log = node.process.log();
-                log.matches("metadata copy loaded").count() >= node.starts
-            }) && statuses.iter().all(|status| {
+            || statuses.iter().all(|status| {
                 status
                     .metadata_copy
                     .as_ref()
                     .is_some_and(|copy| !copy.decoding)
-            }));
+            });
         let server_ids = statuses.iter().map(|status| status.server_id).collect();
         (all_see_it && armed && loaded).then_some((leader, statuses[leader].epoch, server_ids))
     }

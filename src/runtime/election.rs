@@ -579,7 +579,7 @@ impl<C: Coordinator> Election<C> {
                 if !ready(&copy.borrow()) {
                     tracing::info!(
                         role,
-                        "waiting for the metadata copy to load before campaigning"
+                        "waiting for the metadata copy to load and decode before campaigning"
                     );
                     let _ = copy.wait_for(ready).await;
                 }
