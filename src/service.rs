@@ -13,5 +13,5 @@ pub use client::{KvClient, LeaderWatch, RoleClient, TsoClient, TsoClientOptions,
 pub use connect::{NodeChannel, NodeConnector};
 pub use grpc::auth::{AuthLayer, Caller, Policy};
 pub use grpc::routing::ActiveOnlyLayer;
-pub use kv::{Kv, KvAnswer, KvError, KvRequest, Register};
+pub use kv::{Entries, Kv, KvAnswer, KvError, KvRequest, Register};
 pub use tso::{SavedBound, Tso, TsoBatch, TsoError, TsoRequest};

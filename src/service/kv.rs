@@ -6,12 +6,15 @@
 //! it next to `tso` for that reason; it is also a small, real replicated
 //! register for tests and demos.
 
-use std::collections::BTreeMap;
+mod entries;
+
 use std::sync::Arc;
 
 use crate::config::KvConfig;
 use crate::coordinator::{BoxError, Coordinator, MetaChange, Snapshot};
 use crate::fence::{Epoch, FenceError, FencedStore, WriteOp};
+
+pub use entries::Entries;
 
 /// The longest key a `Put` or `Get` may name, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
@@ -108,7 +111,7 @@ impl Kv {
 /// What a serving register holds: every key's value, and the store its puts go through.
 #[derive(Debug)]
 pub struct KvServing {
-    entries: BTreeMap<String, Vec<u8>>,
+    entries: Entries,
     /// Keys and bytes of every key and value in `entries`, for the quotas.
     tally: Tally,
     store: FencedStore,
@@ -128,50 +131,33 @@ struct Tally {
 }
 
 impl Tally {
-    fn of(entries: &BTreeMap<String, Vec<u8>>) -> Self {
+    fn of(entries: &Entries) -> Self {
         Self {
             keys: entries.len(),
-            bytes: entries
-                .iter()
-                .map(|(key, value)| entry_bytes(key, value))
-                .sum(),
+            bytes: entries.bytes(),
         }
     }
 }
 
-/// The register's metadata, as a standby keeps it: every key's value, and
-/// their tally kept with each change, so that a takeover does not count a
-/// million entries before it serves.
+/// The register's metadata, as a standby keeps it: every key's value,
+/// kept current with each change (the entries count their bytes, so a
+/// takeover does not walk a million of them before it serves).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Register {
-    entries: BTreeMap<String, Vec<u8>>,
-    tally: Tally,
+    entries: Entries,
 }
 
 impl Register {
-    fn new(entries: BTreeMap<String, Vec<u8>>) -> Self {
-        Self {
-            tally: Tally::of(&entries),
-            entries,
-        }
-    }
-
     /// Every key and its value.
-    pub fn entries(&self) -> &BTreeMap<String, Vec<u8>> {
+    pub fn entries(&self) -> &Entries {
         &self.entries
     }
 
     fn apply(&mut self, change: &MetaChange) {
-        let key = change.key();
-        let size = |entries: &BTreeMap<String, Vec<u8>>| {
-            entries.get(key).map_or(0, |value| entry_bytes(key, value))
-        };
-        let before = size(&self.entries);
-        change.apply_to(&mut self.entries);
-        self.tally = Tally {
-            keys: self.entries.len(),
-            bytes: self.tally.bytes - before + size(&self.entries),
-        };
+        match change {
+            MetaChange::Put { key, value } => self.entries.insert(key, value),
+            MetaChange::Delete { key } => self.entries.remove(key),
+        }
     }
 }
 
@@ -296,7 +282,7 @@ impl Kv {
         match serving.store.txn(Vec::new(), ops).await {
             Ok(_) => {
                 for (place, key, value) in puts {
-                    serving.entries.insert(key, value);
+                    serving.entries.insert(&key, &value);
                     answers[place] = Some(Ok(KvAnswer {
                         value: None,
                         epoch: serving.epoch,
@@ -319,7 +305,7 @@ impl Kv {
     fn get(&self, serving: &KvServing, key: &str) -> Result<KvAnswer, KvError> {
         check_key(key)?;
         Ok(KvAnswer {
-            value: serving.entries.get(key).cloned(),
+            value: serving.entries.get(key).map(<[u8]>::to_vec),
             epoch: serving.epoch,
         })
     }
@@ -332,8 +318,12 @@ impl Coordinator for Kv {
     type Request = KvRequest;
     type Response = Result<KvAnswer, KvError>;
 
+    /// Consumes the snapshot as it goes: the register is built in one
+    /// pass while the snapshot's entries are freed.
     fn decode(&self, snapshot: Snapshot) -> Result<Self::Meta, BoxError> {
-        Ok(Register::new(snapshot.entries))
+        Ok(Register {
+            entries: snapshot.entries.into_iter().collect(),
+        })
     }
 
     // The register's memory is the whole metadata: a warm standby keeps it
@@ -357,9 +347,9 @@ impl Coordinator for Kv {
             keys = register.entries.len(),
             "register serves"
         );
-        let Register { entries, tally } = register;
+        let Register { entries } = register;
         Ok(KvServing {
-            tally,
+            tally: Tally::of(&entries),
             entries,
             store,
             epoch: epoch.revision,
@@ -394,7 +384,7 @@ impl Coordinator for Kv {
                         self.flush(serving, &mut pending, &mut answers).await;
                     }
                     let before = pending.tally.unwrap_or(serving.tally);
-                    let old = serving.entries.get(&key).map(Vec::as_slice);
+                    let old = serving.entries.get(&key);
                     match self.check_put(before, old, &key, &value) {
                         Ok(after) => {
                             pending.tally = Some(after);
@@ -417,6 +407,8 @@ impl Coordinator for Kv {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -463,9 +455,8 @@ mod tests {
             Kv::default().apply_change(&mut register, change).unwrap();
             snapshot.apply(change);
         }
-        assert_eq!(register.entries(), &snapshot.entries);
-        assert_eq!(register.tally, Tally::of(&snapshot.entries));
-        assert_eq!(register.tally, Tally { keys: 2, bytes: 7 });
+        assert_eq!(register.entries(), &snapshot.entries.iter().collect());
+        assert_eq!(Tally::of(register.entries()), Tally { keys: 2, bytes: 7 });
     }
 
     #[test]
@@ -533,8 +524,8 @@ mod tests {
         snapshot.entries.insert("a".to_owned(), b"1".to_vec());
         snapshot.entries.insert("b/c".to_owned(), Vec::new());
         let register = Kv::default().decode(snapshot.clone()).unwrap();
-        assert_eq!(register.entries(), &snapshot.entries);
-        assert_eq!(register.tally, Tally { keys: 2, bytes: 5 });
+        assert_eq!(register.entries(), &snapshot.entries.iter().collect());
+        assert_eq!(Tally::of(register.entries()), Tally { keys: 2, bytes: 5 });
     }
 
     proptest::proptest! {
