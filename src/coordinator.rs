@@ -29,12 +29,14 @@ pub trait Coordinator: Send + Sync + 'static {
     fn decode(&self, snapshot: Snapshot) -> Result<Self::Meta, BoxError>;
 
     /// Whether [`apply_change`](Self::apply_change) keeps decoded metadata
-    /// current. With `false` (the default) a takeover decodes the standby's
-    /// copy, which is already current, with [`decode`](Self::decode): cheap
-    /// when `Meta` is small. With `true` a warm standby decodes its copy
-    /// once and applies every change to that `Meta` as it arrives, so a
-    /// takeover hands it over without walking the metadata; the price is
-    /// the decoded `Meta` held beside the raw copy.
+    /// current. With `false` (the default) a warm standby keeps the raw
+    /// entries, and a takeover decodes a clone of them, already current,
+    /// with [`decode`](Self::decode): cheap when `Meta` is small. With
+    /// `true` a warm standby hands its raw entries to `decode` once and
+    /// then keeps only the decoded `Meta`, applying every change to it as
+    /// it arrives, so a takeover hands it over without walking the
+    /// metadata. That `Meta` is the node's only copy: after its term the
+    /// node reads the metadata again, once a successor serves.
     const INCREMENTAL: bool = false;
 
     /// Applies one change of the role's metadata to decoded metadata, in

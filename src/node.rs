@@ -699,6 +699,7 @@ impl crate::telemetry::HealthReport for NodeHealth {
                         "revision": copy.revision,
                         "keys": copy.keys,
                         "decoding": copy.decoding,
+                        "released": copy.released,
                     })),
                 })
             })

@@ -19,6 +19,12 @@ pub struct MetadataCopy {
     /// copy for the next win (a coordinator that keeps it current itself):
     /// the node joins the election once it is done.
     pub decoding: bool,
+    /// Whether the copy holds no metadata: a coordinator that keeps its
+    /// decoded metadata current hands that, its only copy, to this node's
+    /// activations. It is read again once a successor serves (or 200 ms
+    /// after the term, when none is seen); a win meanwhile reads it first.
+    /// Also after the decode or a change failed.
+    pub released: bool,
 }
 
 /// A role's state on this node, as its election actor last reported it.

@@ -26,10 +26,13 @@ pub const RELOAD_SECONDS: &str = "standin_reload_seconds";
 pub const RELOADED_KEYS: &str = "standin_reloaded_keys_total";
 /// Gauge, label `role`: keys in this node's warm copy of the role's metadata.
 pub const METADATA_COPY_KEYS: &str = "standin_metadata_copy_keys";
-/// Gauge, label `role`: 1 once this node's warm copy is loaded, 0 while it is read.
+/// Gauge, label `role`: 1 while this node's warm copy holds the metadata,
+/// 0 while it is read or released (its decoded metadata went to this node's term).
 pub const METADATA_COPY_LOADED: &str = "standin_metadata_copy_loaded";
 /// Counter, labels `role` and `reason`: full reads of the role's metadata
-/// (`start`, `compacted`: a warm copy; `cold`: a win with `reload.warm: false`).
+/// (`start`, `compacted`, `released`: after this node's term took the copy,
+/// `unapplied`: a change the coordinator could not apply; `cold`: a win
+/// with `reload.warm: false`).
 pub const METADATA_FULL_READS: &str = "standin_metadata_full_reads_total";
 /// Histogram: seconds from sending a keepalive of the node's session lease to its answer.
 pub const KEEPALIVE_RTT_SECONDS: &str = "standin_keepalive_rtt_seconds";
@@ -198,14 +201,14 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Gauge,
             Unit::Count,
             &["role"],
-            "1 once this node's warm copy of the role's metadata is loaded, 0 while it is read (the node campaigns only once it is loaded).",
+            "1 while this node's warm copy holds the role's metadata, 0 while it is read (the node campaigns only once it is loaded) or released (it went to this node's term, and is read again once a successor serves).",
         ),
         metric(
             METADATA_FULL_READS,
             Counter,
             Unit::Count,
             &["role", "reason"],
-            "Full reads of the role's metadata, by reason (start, compacted: the warm copy; cold: a win with reload.warm false).",
+            "Full reads of the role's metadata, by reason (start, compacted, released: after this node's term, unapplied: a change the coordinator could not apply; cold: a win with reload.warm false).",
         ),
         metric(
             KEEPALIVE_RTT_SECONDS,

@@ -488,3 +488,145 @@ async fn a_process_status_says_whether_its_standby_copy_is_loaded() -> anyhow::R
     );
     Ok(())
 }
+
+const RELEASED_ROOT: &str = "warm-released";
+
+async fn put(
+    role: &standin::RoleHandle<standin::service::kv::Kv>,
+    key: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    let request = standin::service::kv::KvRequest::Put {
+        key: key.to_owned(),
+        value: value.as_bytes().to_vec(),
+    };
+    role.try_call(request, Duration::from_secs(5))
+        .await
+        .map_err(|error| anyhow::anyhow!("put {key}: {error}"))?;
+    Ok(())
+}
+
+async fn get(
+    role: &standin::RoleHandle<standin::service::kv::Kv>,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
+    let request = standin::service::kv::KvRequest::Get {
+        key: key.to_owned(),
+    };
+    let answer = role
+        .try_call(request, Duration::from_secs(5))
+        .await
+        .map_err(|error| anyhow::anyhow!("get {key}: {error}"))?;
+    Ok(answer
+        .value
+        .map(|value| String::from_utf8_lossy(&value).into_owned()))
+}
+
+/// The copy of a node that is warm again: loaded, decoded, holding the metadata.
+fn warm(copy: Option<MetadataCopy>) -> Option<MetadataCopy> {
+    copy.filter(|copy| !copy.decoding && !copy.released)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_hands_its_only_copy_to_its_term_and_reads_it_again_once_a_successor_serves()
+-> anyhow::Result<()> {
+    use standin::service::kv::Kv;
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    support::seed_metadata_under(&etcd, RELEASED_ROOT, "kv", 300, b"seeded").await?;
+    let mut nodes = Vec::new();
+    let mut roles = Vec::new();
+    for index in 0..2 {
+        let mut config = config(&etcd, index, 10);
+        config.etcd.root_path = RELEASED_ROOT.to_owned();
+        let mut node = standin::Node::new(config);
+        roles.push(node.add_role("kv", Kv::default())?);
+        node.start().await?;
+        nodes.push(node);
+    }
+    let call = Duration::from_secs(5);
+    let first = standin::testing::the_single_serving(&roles, call).await?;
+    let second = 1 - first;
+    let standby = wait_for("the standby's copy to be decoded", call, || {
+        warm(roles[second].metadata_copy())
+    })
+    .await;
+    assert_eq!(standby.keys, 300);
+
+    info!("--- the leader's term took its only copy: released while it serves");
+    let leading = roles[first]
+        .metadata_copy()
+        .expect("a copy is kept when warm");
+    assert!(leading.released, "{leading:?}");
+    put(&roles[first], "during/first", "1").await?;
+    wait_for(
+        "the leader's released copy to count its own put",
+        call,
+        || {
+            roles[first]
+                .metadata_copy()
+                .filter(|copy| copy.keys == 301 && copy.released)
+        },
+    )
+    .await;
+
+    info!("--- handed over: the old leader reads its copy again once the successor serves");
+    roles[first].resign(RESIGN).await?;
+    wait_for("the second node to serve", call, || {
+        roles[second].is_serving().then_some(())
+    })
+    .await;
+    let copy = wait_for("the old leader's copy to be warm again", call, || {
+        warm(roles[first].metadata_copy())
+    })
+    .await;
+    assert_eq!(copy.keys, 301, "{copy:?}");
+
+    info!("--- the read copy follows the successor: created, rewritten, deleted keys");
+    put(&roles[second], "during/second", "2").await?;
+    put(&roles[second], "during/first", "rewritten").await?;
+    let client = etcd.client().await?;
+    client
+        .kv_client()
+        .delete(format!("{RELEASED_ROOT}/meta/kv/seed/000000"), None)
+        .await?;
+    let revision = client
+        .kv_client()
+        .get("unrelated", None)
+        .await?
+        .header()
+        .map_or(0, |h| h.revision());
+    let copy = wait_for("the old leader's copy to follow", call, || {
+        warm(roles[first].metadata_copy()).filter(|copy| copy.revision >= revision)
+    })
+    .await;
+    assert_eq!(
+        copy.keys, 301,
+        "one created, one rewritten, one deleted: {copy:?}"
+    );
+
+    info!("--- handed back: the old leader serves what its read copy holds");
+    roles[second].resign(RESIGN).await?;
+    wait_for("the first node to serve again", call, || {
+        roles[first].is_serving().then_some(())
+    })
+    .await;
+    let first_role = &roles[first];
+    assert_eq!(
+        get(first_role, "during/second").await?.as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        get(first_role, "during/first").await?.as_deref(),
+        Some("rewritten")
+    );
+    assert_eq!(get(first_role, "seed/000000").await?, None);
+    assert_eq!(
+        get(first_role, "seed/000299").await?.as_deref(),
+        Some("seeded")
+    );
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}

@@ -1039,13 +1039,14 @@ impl Cluster {
             });
         // A warm node joins the election once its copy is loaded (by the
         // process that answers: a restarted one has none until its read
-        // ends) and decoded: a round starts with every standby a candidate.
+        // ends) and decoded; a node that led reads its copy again after its
+        // term: a round starts with every standby warm.
         let loaded = !self.warm
-            || statuses.iter().all(|status| {
+            || statuses.iter().enumerate().all(|(index, status)| {
                 status
                     .metadata_copy
                     .as_ref()
-                    .is_some_and(|copy| !copy.decoding)
+                    .is_some_and(|copy| !copy.decoding && (index == leader || !copy.released))
             });
         let server_ids = statuses.iter().map(|status| status.server_id).collect();
         (all_see_it && armed && loaded).then_some((leader, statuses[leader].epoch, server_ids))

@@ -49,6 +49,7 @@ pub struct Copy {
     pub revision: i64,
     pub keys: u64,
     pub decoding: bool,
+    pub released: bool,
 }
 
 /// What one node reports, or why it did not.
@@ -108,6 +109,7 @@ pub async fn ask_node(config: &Config, address: &str, timeout: Duration) -> Node
                 revision: copy.revision,
                 keys: copy.keys,
                 decoding: copy.decoding,
+                released: copy.released,
             }),
         })
         .collect();

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::config::ReloadConfig;
-use crate::coordinator::{BoxError, Coordinator, MetaChange, Snapshot};
+use crate::coordinator::{BoxError, Coordinator, Snapshot};
 use crate::etcd::Subscription;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
@@ -34,7 +34,7 @@ use crate::status::MetadataCopy;
 use crate::task::{OwnedTask, drop_elsewhere};
 use crate::telemetry;
 use copy::{ApplyOutcome, WarmCopy};
-use follow::Followed;
+use follow::{Change, Followed};
 use read::read_snapshot;
 
 /// Failures of a catch-up; each makes the node resign.
@@ -211,7 +211,7 @@ pub(crate) struct ReloadState<C: Coordinator> {
     /// The copy's subscription to the node's watch, from before its read.
     follower: Option<Subscription>,
     /// What the watch handed on while the copy is read, for after the read.
-    early: Vec<(i64, MetaChange)>,
+    early: Vec<Change>,
     /// The background decode of the copy (incremental coordinators).
     decoder: Option<OwnedTask>,
     catch_up: Option<Pending<C>>,
@@ -353,51 +353,38 @@ impl<C: Coordinator> ReloadActor<C> {
     }
 
     /// Applies the changes after the copy's revision, in order.
-    fn apply(
-        &self,
-        myself: &Mailbox<C>,
-        state: &mut ReloadState<C>,
-        changes: Vec<(i64, MetaChange)>,
-    ) {
+    fn apply(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, changes: Vec<Change>) {
         let Some(copy) = &mut state.copy else { return };
-        let after = copy.revision();
-        let Some(revision) = changes.last().map(|(revision, _)| *revision) else {
-            return;
-        };
-        let fresh = changes
-            .into_iter()
-            .filter(|(revision, _)| *revision > after)
-            .map(|(_, change)| change)
-            .collect();
         let coordinator = &self.coordinator;
-        let applied = copy.apply(revision, fresh, |meta, change| {
+        let applied = copy.apply(changes, |meta, change| {
             coordinator.apply_change(meta, change)
         });
         if let ApplyOutcome::DecodedDropped(error) = applied {
             tracing::warn!(
                 role = self.role,
-                "the coordinator could not apply a metadata change to its decoded metadata ({error}); decoding the copy again"
+                "the coordinator could not apply a metadata change to its decoded metadata ({error}); reading the metadata again"
             );
-            self.start_background_decode(myself, state);
+            self.start_load(myself, state, "unapplied");
+            return;
         }
         self.publish(state);
     }
 
     /// Decodes the copy off the runtime, for a coordinator that keeps its
-    /// decoded metadata current by itself.
+    /// decoded metadata current by itself: the raw entries go to the
+    /// decode, and the decoded metadata is all the copy keeps.
     fn start_background_decode(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>) {
         if !C::INCREMENTAL {
             return;
         }
         let Some(copy) = &mut state.copy else { return };
         let revision = copy.revision();
-        let Some(lent) = copy.start_decode() else {
+        let Some(entries) = copy.start_decode() else {
             return;
         };
         let generation = state.generation;
         let (coordinator, reply) = (self.coordinator.clone(), myself.clone());
-        let decoding =
-            decode_off_runtime(coordinator, lent, Some(self.give_back(myself, generation)));
+        let decoding = decode_off_runtime(coordinator, entries, None);
         let decode = async move {
             let result = decoding.await;
             reply.send_message(ReloadMsg::Decoded {
@@ -425,8 +412,11 @@ impl<C: Coordinator> ReloadActor<C> {
             tracing::warn!(
                 role = self.role,
                 prefix = self.prefix,
-                "the metadata copy does not decode ({error}); a takeover decodes it again"
+                "the metadata copy does not decode ({error}); a win reads it again"
             );
+            // A win waiting for this decode gets its error, as a cold
+            // read's would: the node resigns rather than read in a loop.
+            self.finish(state, 0, Err(decode_failed(&self.prefix, error)));
         }
         self.publish(state);
     }
@@ -500,11 +490,15 @@ impl<C: Coordinator> ReloadActor<C> {
         if C::INCREMENTAL {
             if let Some(meta) = copy.take_decoded() {
                 self.finish(state, keys, Ok(meta));
-                return;
+                self.publish(state);
+            } else if copy.is_released() {
+                // The copy went to this node's last term (or failed): the
+                // win reads the metadata as a warm copy, then takes its decode.
+                self.start_load(myself, state, "released");
+            } else {
+                self.start_background_decode(myself, state);
             }
-            if copy.is_decoding() {
-                return;
-            }
+            return;
         }
         let Some(lent) = copy.lend() else {
             return;
@@ -586,6 +580,7 @@ impl<C: Coordinator> ReloadActor<C> {
             revision: copy.revision(),
             keys: copy.keys(),
             decoding: copy.is_decoding(),
+            released: copy.is_released(),
         });
         let keys = published.map_or(0, |p| p.keys);
         self.published.send_if_modified(|current| {
@@ -595,7 +590,11 @@ impl<C: Coordinator> ReloadActor<C> {
         });
         metrics::gauge!(telemetry::METADATA_COPY_KEYS, "role" => self.role.clone())
             .set(keys as f64);
-        let loaded = if published.is_some() { 1.0 } else { 0.0 };
+        let loaded = if published.is_some_and(|p| !p.released) {
+            1.0
+        } else {
+            0.0
+        };
         metrics::gauge!(telemetry::METADATA_COPY_LOADED, "role" => self.role.clone()).set(loaded);
     }
 }
@@ -727,7 +726,7 @@ impl<C: Coordinator> ReloadActor<C> {
                 state.catch_up = None;
                 if C::INCREMENTAL && state.copy.is_some() {
                     // Should no successor be seen serving (none runs),
-                    // decode anyway, for a lone node's next win.
+                    // make the copy whole anyway, for a lone node's next win.
                     let reply = myself.clone();
                     state.standby_timer = Some(OwnedTask::spawn(async move {
                         tokio::time::sleep(DECODE_WITHOUT_SUCCESSOR).await;
@@ -735,13 +734,17 @@ impl<C: Coordinator> ReloadActor<C> {
                     }));
                 }
             }
-            // Decoded metadata for the next win (the last went to the
-            // activation of a term now over), once the successor serves:
-            // not while it activates, where decoding a large copy would
-            // take a core from it on a shared host.
+            // The metadata for the next win (the last went to the
+            // activation of a term now over) is read and decoded again once
+            // the successor serves: not while it activates, where a large
+            // copy would take a core from it on a shared host.
             ReloadMsg::Standby => {
                 state.standby_timer = None;
-                self.start_background_decode(myself, state);
+                if state.copy.as_ref().is_some_and(WarmCopy::is_released) {
+                    self.start_load(myself, state, "released");
+                } else {
+                    self.start_background_decode(myself, state);
+                }
             }
             ReloadMsg::Loaded {
                 generation,

@@ -14,11 +14,23 @@ use crate::runtime::reload::read::relative_key;
 /// the node's watch of its elections and metadata.
 pub(crate) const WATCH_MESSAGE_LIMIT: usize = 1 << 30;
 
+/// One change of the role's metadata, as the watch delivered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    /// The revision it was made at.
+    pub revision: i64,
+    /// The change, key relative to the role's prefix.
+    pub change: MetaChange,
+    /// A put that created its key (etcd's version 1), which a copy holding
+    /// only decoded metadata needs to count its keys.
+    pub created: bool,
+}
+
 /// What the node's watch handed on.
 #[derive(Debug)]
 pub(crate) enum Followed {
-    /// Changes of one response, in order, each with its revision.
-    Changed(Vec<(i64, MetaChange)>),
+    /// Changes of one response, in order.
+    Changed(Vec<Change>),
     /// The node's watch missed changes (etcd compacted the revision it had
     /// to resume from): the copy can no longer be caught up, only read again.
     Lost,
@@ -50,9 +62,9 @@ pub(crate) fn follow(
     )
 }
 
-/// A change of the role's metadata and its revision; `None` for the
-/// prefix's own key (the catch-up marker of earlier versions).
-fn meta_change(prefix: &str, change: &PrefixChange<'_>) -> Option<(i64, MetaChange)> {
+/// A change of the role's metadata; `None` for the prefix's own key (the
+/// catch-up marker of earlier versions).
+fn meta_change(prefix: &str, change: &PrefixChange<'_>) -> Option<Change> {
     let (kv, put): (&KeyValue, bool) = match *change {
         PrefixChange::Put(kv) => (kv, true),
         PrefixChange::Delete(kv) => (kv, false),
@@ -67,5 +79,9 @@ fn meta_change(prefix: &str, change: &PrefixChange<'_>) -> Option<(i64, MetaChan
     } else {
         MetaChange::Delete { key }
     };
-    Some((kv.mod_revision(), change))
+    Some(Change {
+        revision: kv.mod_revision(),
+        change,
+        created: put && kv.version() == 1,
+    })
 }

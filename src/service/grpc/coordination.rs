@@ -75,6 +75,7 @@ fn role_status(role: &dyn RoleControl) -> RoleStatus {
             revision: copy.revision,
             keys: copy.keys as u64,
             decoding: copy.decoding,
+            released: copy.released,
         }),
         lease_id: status.lease.unwrap_or(0),
     }
