@@ -114,3 +114,32 @@ impl<T: Send + 'static> Drop for DroppedElsewhere<T> {
         }
     }
 }
+
+/// Hands the memory freed since back to the OS, from this (blocking)
+/// thread, unless a trim already runs. glibc keeps freed small chunks for
+/// reuse: a node that freed a million-key copy (the raw entries a decode
+/// consumed, a deposed term's serving state) would otherwise stay at its
+/// high-water mark, about twice what it holds. The trim locks each malloc
+/// arena while it walks it (about 90 ms over a million freed entries, a
+/// stall for the threads allocating in that arena), so it is only worth it
+/// after a free that large.
+pub(crate) fn return_freed_memory() {
+    static TRIMMING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TRIMMING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` takes no pointer and only releases pages the
+    // allocator holds free; glibc makes it safe to call from any thread.
+    unsafe {
+        malloc_trim(0);
+    }
+    TRIMMING.store(false, std::sync::atomic::Ordering::Release);
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe extern "C" {
+    /// glibc's: releases free memory at the top of the heap and the free
+    /// pages inside every arena; returns 1 when it released any.
+    fn malloc_trim(pad: usize) -> std::ffi::c_int;
+}

@@ -31,7 +31,7 @@ use crate::etcd::Subscription;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
 use crate::status::MetadataCopy;
-use crate::task::{OwnedTask, drop_elsewhere};
+use crate::task::{OwnedTask, drop_elsewhere, return_freed_memory};
 use crate::telemetry;
 use copy::{ApplyOutcome, WarmCopy};
 use follow::{Change, Followed};
@@ -617,6 +617,11 @@ async fn sleep_unless_woken(delay: Duration, wake: &Notify) {
 /// wave of hundreds of small roles would start hundreds of threads at once.
 const DECODE_ON_RUNTIME_ENTRIES: usize = 64;
 
+/// After decoding a snapshot of at least this many entries, which frees
+/// them (or the clone), the node hands the freed memory back to the OS
+/// ([`return_freed_memory`]): below it the trim costs more than it returns.
+const TRIM_AFTER_DECODE_ENTRIES: usize = 1 << 16;
+
 /// Runs the coordinator's `decode` on a blocking thread: a large snapshot
 /// must not hold up the runtime's workers (a small one is decoded at once,
 /// here). With `give_back`, decodes a clone and hands the original to it.
@@ -628,14 +633,21 @@ fn decode_off_runtime<C: Coordinator>(
     snapshot: Snapshot,
     give_back: Option<Box<dyn FnOnce(Snapshot) + Send>>,
 ) -> impl Future<Output = Result<C::Meta, BoxError>> + Send {
-    let small = snapshot.entries.len() <= DECODE_ON_RUNTIME_ENTRIES;
-    let decode = move || match give_back {
-        Some(give_back) => {
-            let clone = snapshot.clone();
-            give_back(snapshot);
-            coordinator.decode(clone)
+    let entries = snapshot.entries.len();
+    let small = entries <= DECODE_ON_RUNTIME_ENTRIES;
+    let decode = move || {
+        let decoded = match give_back {
+            Some(give_back) => {
+                let clone = snapshot.clone();
+                give_back(snapshot);
+                coordinator.decode(clone)
+            }
+            None => coordinator.decode(snapshot),
+        };
+        if entries >= TRIM_AFTER_DECODE_ENTRIES {
+            return_freed_memory();
         }
-        None => coordinator.decode(snapshot),
+        decoded
     };
     let decoding = if small {
         Decoding::Done(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
