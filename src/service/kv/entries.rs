@@ -3,45 +3,69 @@
 //! A warm standby holds the whole register. As a `BTreeMap<String,
 //! Vec<u8>>` a 10-byte key with a 100-byte value costs about 240 bytes of
 //! resident memory (two allocations, two 24-byte headers, half-full
-//! leaves); one allocation and a 24-byte entry, in leaves built full from
-//! a sorted read, cost about 155.
+//! leaves); one allocation and a 16-byte entry, in leaves built full from
+//! a sorted read, cost about 150.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
-/// One key and its value, the key's bytes first. Compared by key only,
-/// as a set of entries looks them up.
+/// One key and its value in one allocation: the key's length (LEB128),
+/// the key, the value. Compared by key only, as a set of entries looks
+/// them up.
 #[derive(Debug, Clone)]
 struct Entry {
     bytes: Box<[u8]>,
-    key_len: u32,
 }
 
 impl Entry {
     fn new(key: &str, value: &[u8]) -> Self {
-        let mut bytes = Vec::with_capacity(key.len() + value.len());
+        // Exactly: a boxed slice made of a larger vector is reallocated.
+        let length_bytes = (usize::BITS - key.len().leading_zeros()).div_ceil(7).max(1) as usize;
+        let mut bytes = Vec::with_capacity(length_bytes + key.len() + value.len());
+        let mut length = key.len();
+        loop {
+            let low = (length & 0x7f) as u8;
+            length >>= 7;
+            if length == 0 {
+                bytes.push(low);
+                break;
+            }
+            bytes.push(low | 0x80);
+        }
         bytes.extend_from_slice(key.as_bytes());
         bytes.extend_from_slice(value);
         Self {
             bytes: bytes.into_boxed_slice(),
-            // Register keys are at most `MAX_KEY_BYTES`, and etcd's are far
-            // below 4 GiB.
-            key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Where the key starts, and where it ends.
+    fn key_range(&self) -> (usize, usize) {
+        let (mut length, mut shift, mut at) = (0usize, 0, 0);
+        loop {
+            let byte = self.bytes[at];
+            length |= usize::from(byte & 0x7f) << shift;
+            at += 1;
+            if byte & 0x80 == 0 {
+                return (at, at + length);
+            }
+            shift += 7;
         }
     }
 
     fn key(&self) -> &[u8] {
-        &self.bytes[..self.key_len as usize]
+        let (start, end) = self.key_range();
+        &self.bytes[start..end]
     }
 
     fn value(&self) -> &[u8] {
-        &self.bytes[self.key_len as usize..]
+        &self.bytes[self.key_range().1..]
     }
 
-    /// The bytes it counts for against `kv.maxBytes`.
+    /// The bytes it counts for against `kv.maxBytes`: key and value.
     fn size(&self) -> u64 {
-        self.bytes.len() as u64
+        (self.bytes.len() - self.key_range().0) as u64
     }
 }
 
@@ -204,6 +228,28 @@ mod tests {
         assert_eq!(entries.get("k1"), Some(&b""[..]));
         assert_eq!(entries.get("k11"), None);
         assert_eq!(entries.bytes(), 4);
+    }
+
+    #[test]
+    fn keys_of_every_length_class_keep_their_bytes_apart_from_the_value() {
+        for length in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let key = "k".repeat(length);
+            let entry = Entry::new(&key, b"value");
+            assert_eq!(entry.key(), key.as_bytes(), "{length}");
+            assert_eq!(entry.value(), b"value", "{length}");
+            assert_eq!(entry.size(), length as u64 + 5, "{length}");
+            let length_bytes = entry.bytes.len() - length - 5;
+            assert_eq!(
+                length_bytes,
+                if length < 128 {
+                    1
+                } else if length < 16_384 {
+                    2
+                } else {
+                    3
+                }
+            );
+        }
     }
 
     #[test]
