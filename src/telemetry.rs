@@ -26,8 +26,8 @@ pub const RELOAD_SECONDS: &str = "standin_reload_seconds";
 pub const RELOADED_KEYS: &str = "standin_reloaded_keys_total";
 /// Gauge, label `role`: keys in this node's warm copy of the role's metadata.
 pub const METADATA_COPY_KEYS: &str = "standin_metadata_copy_keys";
-/// Gauge, label `role`: 1 while this node's warm copy holds the metadata,
-/// 0 while it is read or released (its decoded metadata went to this node's term).
+/// Gauge, label `role`: 1 once this node's warm copy is loaded (also when
+/// its metadata went to this node's term: it is not stuck reading), 0 while it is read.
 pub const METADATA_COPY_LOADED: &str = "standin_metadata_copy_loaded";
 /// Counter, labels `role` and `reason`: full reads of the role's metadata
 /// (`start`, `compacted`, `released`: after this node's term took the copy,
@@ -201,7 +201,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Gauge,
             Unit::Count,
             &["role"],
-            "1 while this node's warm copy holds the role's metadata, 0 while it is read (the node campaigns only once it is loaded) or released (it went to this node's term, and is read again once a successor serves).",
+            "1 once this node's warm copy of the role's metadata is loaded, 0 while it is read (the node campaigns only once it is loaded).",
         ),
         metric(
             METADATA_FULL_READS,

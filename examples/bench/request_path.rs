@@ -886,8 +886,8 @@ impl OverloadLoad {
     /// What the leader sustains: `SUSTAIN_CALLERS` callers, each putting
     /// again as soon as answered, for as long as an overloaded phase runs:
     /// the register and etcd's database grow through a phase (30 s of puts
-    /// hold 400k keys of 1 KiB, twice on the leader: its register and its
-    /// warm copy), and a leader measured over a shorter time would be
+    /// hold 400k keys of 1 KiB in the leader's register), and a leader
+    /// measured over a shorter time would be
     /// measured at a smaller size. Returns puts per second, the cores used,
     /// and the phase's check.
     async fn sustain(&mut self, phase: Duration) -> anyhow::Result<(f64, String, String)> {

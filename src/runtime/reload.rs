@@ -590,11 +590,7 @@ impl<C: Coordinator> ReloadActor<C> {
         });
         metrics::gauge!(telemetry::METADATA_COPY_KEYS, "role" => self.role.clone())
             .set(keys as f64);
-        let loaded = if published.is_some_and(|p| !p.released) {
-            1.0
-        } else {
-            0.0
-        };
+        let loaded = if published.is_some() { 1.0 } else { 0.0 };
         metrics::gauge!(telemetry::METADATA_COPY_LOADED, "role" => self.role.clone()).set(loaded);
     }
 }
