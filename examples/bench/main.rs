@@ -492,25 +492,12 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Sets the nice value of every thread of this process, or only of those
-/// whose name starts with `named` (Linux sets it per thread; threads
-/// started later inherit their starter's).
-fn renice_self(value: i32, named: Option<&str>) -> anyhow::Result<()> {
+/// Sets the nice value of every thread of this process (Linux sets it per
+/// thread; threads started later inherit their starter's).
+fn renice_self(value: i32) -> anyhow::Result<()> {
     let tasks: Vec<String> = std::fs::read_dir("/proc/self/task")?
-        .filter_map(|task| {
-            let task = task.ok()?;
-            if let Some(named) = named {
-                let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
-                if !name.starts_with(named) {
-                    return None;
-                }
-            }
-            Some(task.file_name().to_string_lossy().into_owned())
-        })
+        .filter_map(|task| Some(task.ok()?.file_name().to_string_lossy().into_owned()))
         .collect();
-    if tasks.is_empty() {
-        return Ok(());
-    }
     let status = std::process::Command::new("renice")
         .args(["-n", &value.to_string(), "-p"])
         .args(&tasks)

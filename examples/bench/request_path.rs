@@ -562,9 +562,6 @@ const OVERLOAD_VALUE: usize = 1024;
 const OVERLOAD_CLIENTS: usize = 16;
 /// Callers of the closed loop that finds what the leader sustains.
 const SUSTAIN_CALLERS: usize = 512;
-/// The name of the clients' connection threads (at most 15 bytes: Linux
-/// keeps no more of a thread's name).
-const CONNECTION_THREADS: &str = "ov-connections";
 /// How long each put's caller waits.
 const PUT_WITHIN: Duration = Duration::from_secs(2);
 /// The runs of `kv-overload`: a leader batched as by default, and one
@@ -731,7 +728,7 @@ async fn overload(
     // machines: on the runtime that spawns a task per offered put, ten
     // times the offered puts would starve the connections' tasks, and the
     // leader would wait for requests rather than refuse them.
-    let connections = Background::start(CONNECTION_THREADS, 2)?;
+    let connections = Background::start("overload-clients", 2)?;
     let clients = connections
         .spawn(async move {
             let mut clients = Vec::new();
@@ -762,15 +759,10 @@ async fn overload(
     // The clients run beside the leader and etcd on this machine, where
     // they stand for callers on other machines: at nice 19 they take the
     // CPU the leader and etcd leave, not the CPU the leader needs to answer
-    // them. Their connections, at nice 10, come before the callers: eight
-    // caller threads offering ten times the leader's rate would otherwise
-    // leave the two connection threads a fifth of the clients' share, and
-    // answers read late hold call slots, so the leader would be fed less
-    // than offered. The lines say what they offered and what each process used.
-    super::renice_self(19, None)?;
-    super::renice_self(10, Some(CONNECTION_THREADS))?;
+    // them. The lines say what they offered and what each process used.
+    super::renice_self(19)?;
     let measured = callers.spawn(load.phases(seconds)).await;
-    super::renice_self(0, None)?;
+    super::renice_self(0)?;
     measured??;
     drop((callers, connections));
     cluster.shut_down().await
