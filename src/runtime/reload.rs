@@ -129,8 +129,9 @@ pub(crate) enum ReloadMsg<C: Coordinator> {
     CatchUp(Box<CatchUp<C>>),
     /// The term the catch-up in progress was for is over: drop it.
     Cancel,
-    /// Another node serves the role: decode the copy for this node's next
-    /// win, if its decoded metadata went to a term that is over.
+    /// Another node serves the role: make the copy whole for this node's
+    /// next win (read it again, or decode it), if its decoded metadata went
+    /// to a term that is over.
     Standby,
     /// The full read of the copy of `generation` finished.
     Loaded {
@@ -218,8 +219,8 @@ pub(crate) struct ReloadState<C: Coordinator> {
     catch_ups: u64,
     /// Cuts short the loader's backoff, for a win.
     wake: Arc<Notify>,
-    /// After a term here ended: decodes the copy should no successor be
-    /// seen serving first.
+    /// After a term here ended: makes the copy whole should no successor
+    /// be seen serving first.
     standby_timer: Option<OwnedTask>,
 }
 
@@ -595,10 +596,10 @@ impl<C: Coordinator> ReloadActor<C> {
     }
 }
 
-/// How long after its term ended a node decodes its copy for its next
+/// How long after its term ended a node makes its copy whole for its next
 /// win without having seen a successor serve (a lone node, a successor
 /// still reading): long past a warm successor's activation.
-const DECODE_WITHOUT_SUCCESSOR: Duration = Duration::from_millis(200);
+const REWARM_WITHOUT_SUCCESSOR: Duration = Duration::from_millis(200);
 
 /// Sleeps for `delay`, or until `wake` is notified.
 async fn sleep_unless_woken(delay: Duration, wake: &Notify) {
@@ -737,7 +738,7 @@ impl<C: Coordinator> ReloadActor<C> {
                     // make the copy whole anyway, for a lone node's next win.
                     let reply = myself.clone();
                     state.standby_timer = Some(OwnedTask::spawn(async move {
-                        tokio::time::sleep(DECODE_WITHOUT_SUCCESSOR).await;
+                        tokio::time::sleep(REWARM_WITHOUT_SUCCESSOR).await;
                         reply.send_message(ReloadMsg::Standby);
                     }));
                 }
