@@ -398,6 +398,17 @@ impl<C: Coordinator> ReloadActor<C> {
         self.publish(state);
     }
 
+    /// Makes an incremental coordinator's copy whole again: reads the
+    /// metadata when the copy went to a term (or failed), else decodes the
+    /// raw entries if no decode has started.
+    fn make_whole(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>) {
+        if state.copy.as_ref().is_some_and(WarmCopy::is_released) {
+            self.start_load(myself, state, "released");
+        } else {
+            self.start_background_decode(myself, state);
+        }
+    }
+
     fn decoded(
         &self,
         state: &mut ReloadState<C>,
@@ -489,15 +500,13 @@ impl<C: Coordinator> ReloadActor<C> {
         }
         let keys = copy.keys();
         if C::INCREMENTAL {
-            if let Some(meta) = copy.take_decoded() {
-                self.finish(state, keys, Ok(meta));
-                self.publish(state);
-            } else if copy.is_released() {
-                // The copy went to this node's last term (or failed): the
-                // win reads the metadata as a warm copy, then takes its decode.
-                self.start_load(myself, state, "released");
-            } else {
-                self.start_background_decode(myself, state);
+            match copy.take_decoded() {
+                Some(meta) => {
+                    self.finish(state, keys, Ok(meta));
+                    self.publish(state);
+                }
+                // The win takes the decode of a copy made whole first.
+                None => self.make_whole(myself, state),
             }
             return;
         }
@@ -749,11 +758,7 @@ impl<C: Coordinator> ReloadActor<C> {
             // copy would take a core from it on a shared host.
             ReloadMsg::Standby => {
                 state.standby_timer = None;
-                if state.copy.as_ref().is_some_and(WarmCopy::is_released) {
-                    self.start_load(myself, state, "released");
-                } else {
-                    self.start_background_decode(myself, state);
-                }
+                self.make_whole(myself, state);
             }
             ReloadMsg::Loaded {
                 generation,

@@ -108,12 +108,11 @@ impl Kv {
     }
 }
 
-/// What a serving register holds: every key's value, and the store its puts go through.
+/// What a serving register holds: every key's value (which counts its keys
+/// and bytes, for the quotas), and the store its puts go through.
 #[derive(Debug)]
 pub struct KvServing {
     entries: Entries,
-    /// Keys and bytes of every key and value in `entries`, for the quotas.
-    tally: Tally,
     store: FencedStore,
     epoch: i64,
 }
@@ -271,7 +270,9 @@ impl Kv {
         answers: &mut [Option<Result<KvAnswer, KvError>>],
     ) {
         let PendingPuts { puts, tally, .. } = std::mem::take(pending);
-        let Some(tally) = tally else { return };
+        if tally.is_none() {
+            return;
+        }
         let ops = puts
             .iter()
             .map(|(_, key, value)| WriteOp::Put {
@@ -288,7 +289,6 @@ impl Kv {
                         epoch: serving.epoch,
                     }));
                 }
-                serving.tally = tally;
             }
             Err(source) => {
                 let source = Arc::new(source);
@@ -349,7 +349,6 @@ impl Coordinator for Kv {
         );
         let Register { entries } = register;
         Ok(KvServing {
-            tally: Tally::of(&entries),
             entries,
             store,
             epoch: epoch.revision,
@@ -383,7 +382,7 @@ impl Coordinator for Kv {
                     if pending.must_flush_before(&key, key.len() + value.len()) {
                         self.flush(serving, &mut pending, &mut answers).await;
                     }
-                    let before = pending.tally.unwrap_or(serving.tally);
+                    let before = pending.tally.unwrap_or_else(|| Tally::of(&serving.entries));
                     let old = serving.entries.get(&key);
                     match self.check_put(before, old, &key, &value) {
                         Ok(after) => {
