@@ -116,6 +116,22 @@ pub enum ServeError {
         /// `coordinator.queueDepth`.
         capacity: usize,
     },
+    /// The role serves slower than requests arrive: at the rate it has been
+    /// serving, this one would be answered about `wait` from now, after
+    /// its caller stopped waiting (`left`). Refused before it runs, rather
+    /// than run for nobody, or answered too late for its caller to know
+    /// whether it was applied.
+    #[error(
+        "{role} is overloaded: it would answer in about {wait:?}, and the caller waits {left:?}"
+    )]
+    WouldBeLate {
+        /// The role asked for.
+        role: String,
+        /// How long the request would wait and be served, at the rate the role serves.
+        wait: Duration,
+        /// How long its caller still waits.
+        left: Duration,
+    },
     /// The activation this request waited for did not complete.
     #[error("{role} activation did not complete; retry against the current leader")]
     ActivationAborted {

@@ -47,9 +47,9 @@ pub const FENCED_WRITES_REFUSED: &str = "standin_fenced_writes_refused_total";
 /// Gauge, label `role`: requests waiting for the coordinator (while it
 /// activates, or serves slower than they arrive), at most `coordinator.queueDepth`.
 pub const QUEUED_REQUESTS: &str = "standin_queued_requests";
-/// Counter, labels `role` and `reason` (`abandoned`, `expired`): requests
-/// dropped before the coordinator handled them, their caller gone or their
-/// deadline passed.
+/// Counter, labels `role` and `reason` (`abandoned`, `expired`, `late`):
+/// requests dropped before the coordinator handled them, their caller gone,
+/// their deadline passed, or passing before their batch would be served.
 pub const REQUESTS_DROPPED: &str = "standin_requests_dropped_total";
 /// Counter, labels `role` and `outcome`: calls to the coordinator through its `RoleHandle`.
 pub const REQUESTS: &str = "standin_requests_total";
@@ -257,7 +257,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             Unit::Count,
             &["role", "reason"],
-            "Requests dropped before the coordinator handled them: their caller had gone (abandoned) or their deadline had passed (expired).",
+            "Requests dropped before the coordinator handled them: their caller had gone (abandoned), their deadline had passed (expired), or would pass before their batch was served (late).",
         ),
         metric(
             REQUESTS,

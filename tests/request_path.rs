@@ -23,8 +23,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_standin");
 /// The request that holds its batch until the test lets it go.
 const HOLDS: u32 = 0;
 
+/// Requests from this one up take as many milliseconds over it to handle.
+const SLOW: u32 = 1_000_000;
+
 /// A coordinator that records the batches it is handed; the request
-/// [`HOLDS`] waits for a permit.
+/// [`HOLDS`] waits for a permit, and one above [`SLOW`] takes its time.
 struct Recording {
     gate: Arc<Semaphore>,
     handled: Arc<Mutex<Vec<u32>>>,
@@ -58,6 +61,10 @@ impl Coordinator for Recording {
                     .await
                     .expect("the gate stays open")
                     .forget();
+            }
+            if request > SLOW {
+                // The coordinator's own work, as slow as the request says.
+                tokio::time::sleep(Duration::from_millis(u64::from(request - SLOW))).await;
             }
             self.handled.lock().unwrap().push(request);
         }
@@ -120,6 +127,65 @@ async fn a_full_queue_refuses_at_once_and_requests_whose_caller_gave_up_never_re
     // the two still waited for were handed over together.
     assert_eq!(*handled.lock().unwrap(), [HOLDS, 3, 4]);
     assert_eq!(*batches.lock().unwrap(), [1, 2]);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_role_would_answer_after_its_deadline_is_refused_and_never_handled()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let mut config = config(&etcd, 0, 10);
+    config.coordinator.max_batch = 1;
+    let (handled, batches) = (Arc::new(Mutex::new(Vec::new())), Arc::default());
+    let mut node = Node::new(config);
+    let role = node.add_role(
+        "recorded",
+        Recording {
+            gate: Arc::new(Semaphore::new(0)),
+            handled: Arc::clone(&handled),
+            batches: Arc::clone(&batches),
+        },
+    )?;
+    node.start().await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&role), CALL).await?;
+    let slow = SLOW + 400;
+
+    info!("--- a batch of 400 ms teaches the queue its rate; another starts");
+    assert_eq!(role.call(slow, CALL).await, Ok(slow));
+    let started = batches.lock().unwrap().len();
+    let busy = tokio::spawn(role.call(slow, CALL));
+    wait_for(
+        "the second slow batch to start",
+        Duration::from_secs(5),
+        || (batches.lock().unwrap().len() > started).then_some(()),
+    )
+    .await;
+
+    info!("--- a caller waiting 500 ms is queued behind it (about 400 ms ahead, then its own)");
+    let within = Duration::from_millis(500);
+    let queued = tokio::spawn(role.call(7, within));
+    wait_for("the request to be queued", Duration::from_secs(5), || {
+        (role.queued() == 1).then_some(())
+    })
+    .await;
+    info!("--- one more would wait for two batches: refused at once");
+    let refused = role.call(8, within).await;
+    assert!(
+        matches!(refused, Err(ServeError::WouldBeLate { left, .. }) if left == within),
+        "{refused:?}"
+    );
+    assert_eq!(busy.await?, Ok(slow));
+    info!("--- the queued one, taken when its batch would end after its deadline: refused then");
+    let answer = queued.await?;
+    assert!(
+        matches!(answer, Err(ServeError::WouldBeLate { .. })),
+        "{answer:?}"
+    );
+    info!("--- neither was handled; a caller with time is served");
+    assert_eq!(role.call(9, CALL).await, Ok(9));
+    assert_eq!(*handled.lock().unwrap(), [slow, slow, 9]);
     node.shutdown().await;
     Ok(())
 }

@@ -107,6 +107,13 @@ struct Args {
     /// Seconds of each overloaded phase of `kv-overload`.
     #[arg(long, default_value_t = 30.0)]
     overload_seconds: f64,
+    /// Runs of `kv-overload`: `batched`, `unbatched`, `unbatched-unthrottled`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "batched,unbatched,unbatched-unthrottled"
+    )]
+    overload_runs: Vec<String>,
     /// Run as a client process of `tso-throughput` (what the bench starts).
     #[arg(long, hide = true)]
     load: Option<request_path::Load>,
@@ -208,7 +215,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             return request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await;
         }
         Some(Scenario::KvOverload) => {
-            return request_path::kv_overload(&etcd, &binary, args.overload_seconds).await;
+            return request_path::kv_overload(
+                &etcd,
+                &binary,
+                args.overload_seconds,
+                &args.overload_runs,
+            )
+            .await;
         }
         None => {}
     }
@@ -294,7 +307,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await?;
-    request_path::kv_overload(&etcd, &binary, args.overload_seconds).await?;
+    request_path::kv_overload(&etcd, &binary, args.overload_seconds, &args.overload_runs).await?;
     many_roles().await
 }
 
@@ -492,18 +505,24 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Sets the nice value of every thread of this process (Linux sets it per
-/// thread; threads started later inherit their starter's).
-fn renice_self(value: i32) -> anyhow::Result<()> {
-    let tasks: Vec<String> = std::fs::read_dir("/proc/self/task")?
-        .filter_map(|task| Some(task.ok()?.file_name().to_string_lossy().into_owned()))
-        .collect();
-    let status = std::process::Command::new("renice")
-        .args(["-n", &value.to_string(), "-p"])
-        .args(&tasks)
+/// Puts every thread of this process in Linux's `SCHED_IDLE` class, or
+/// back in the normal one: an idle thread runs only on a core nothing else
+/// wants, and gives it up as soon as a normal thread wakes there (a nice
+/// value of 19 only weighs less, and still takes slices from the threads it
+/// shares a core with). Threads started later inherit their starter's class.
+fn schedule_self_idle(idle: bool) -> anyhow::Result<()> {
+    let class = if idle { "--idle" } else { "--other" };
+    let status = std::process::Command::new("chrt")
+        .args([
+            class,
+            "--all-tasks",
+            "--pid",
+            "0",
+            &std::process::id().to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .status()?;
-    anyhow::ensure!(status.success(), "renice -n {value} failed: {status}");
+    anyhow::ensure!(status.success(), "chrt {class} failed: {status}");
     Ok(())
 }
 

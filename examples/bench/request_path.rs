@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use standin::Config;
 use standin::config::DEFAULT_THROTTLE_PERCENT;
+use standin::service::client::AdmissionError;
 use standin::service::client::ClientError;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::tso_client::TsoClient as TsoStub;
@@ -607,6 +608,9 @@ struct Outcomes {
     refused: Vec<u64>,
     /// Kept by the client, never sent: must not be written.
     kept: Vec<u64>,
+    /// Of those, kept because every call slot stayed taken (the rest the
+    /// throttle kept).
+    kept_in_flight: usize,
     /// Failed otherwise (deadline, a failover): may or may not be written.
     unknown: Vec<u64>,
 }
@@ -640,7 +644,12 @@ async fn put_recorded(client: Arc<KvClient>, outcomes: Arc<Mutex<Outcomes>>, n: 
         }) if status.code() == tonic::Code::ResourceExhausted => {
             outcomes.refused.push(n);
         }
-        Err(ClientError::Overloaded { .. }) => outcomes.kept.push(n),
+        Err(ClientError::Overloaded { reason, .. }) => {
+            outcomes.kept.push(n);
+            if matches!(reason, AdmissionError::InFlight { .. }) {
+                outcomes.kept_in_flight += 1;
+            }
+        }
         Err(error) => {
             if std::env::var_os("BENCH_VERBOSE").is_some() {
                 let text = error.to_string();
@@ -693,14 +702,22 @@ pub async fn kv_overload(
     etcd: &EtcdServer,
     binary: &std::path::Path,
     seconds: f64,
+    runs: &[String],
 ) -> anyhow::Result<()> {
-    for run in &OVERLOAD_RUNS {
+    for name in runs {
+        let run = OVERLOAD_RUNS
+            .iter()
+            .find(|run| run.name == name)
+            .with_context(|| format!("no kv-overload run is called {name:?}"))?;
         overload(etcd, binary, seconds, run).await?;
     }
     Ok(())
 }
 
-/// One `kv-overload` run.
+/// One `kv-overload` run: each phase on a cluster of its own, started for
+/// it, so that every phase begins with an empty register in a leader that
+/// has never served, standbys that follow no deletes of the phase before,
+/// and an etcd compacted to the same size.
 async fn overload(
     etcd: &EtcdServer,
     binary: &std::path::Path,
@@ -708,64 +725,54 @@ async fn overload(
     run: &OverloadRun,
 ) -> anyhow::Result<()> {
     println!(
-        "bench: kv-overload run={}, puts of {OVERLOAD_VALUE} bytes from {OVERLOAD_CLIENTS} clients (client.throttlePercent {}), {seconds} s at 2x and 10x what the leader sustains",
+        "bench: kv-overload run={}, puts of {OVERLOAD_VALUE} bytes from {OVERLOAD_CLIENTS} clients (client.throttlePercent {}), {seconds} s at 2x and 10x what the leader sustains, each phase on a cluster started for it",
         run.name, run.throttle_percent
     );
-    let shape = super::Shape {
-        role: "kv",
-        extra: run.leader,
-        ..super::Shape::tso(Witness::On)
-    };
-    let mut cluster =
-        Cluster::start(etcd, binary, &format!("bench-overload-{}", run.name), shape).await?;
-    let (serving, _) = cluster.settle().await?;
-    let mut config = client_config(&etcd.endpoint(), &cluster.root);
-    config.client.throttle_percent = run.throttle_percent;
-    // A fleet of clients, a connection each: one connection holds at most
-    // server.limits.maxStreamsPerConnection calls at the server, and the
-    // rest wait in the client, where the leader cannot refuse them. Their
-    // connections run on threads of their own, as on the callers' own
-    // machines: on the runtime that spawns a task per offered put, ten
-    // times the offered puts would starve the connections' tasks, and the
-    // leader would wait for requests rather than refuse them.
+    let phase = Duration::from_secs_f64(seconds);
+    // The clients' connections run on threads of their own, as on the
+    // callers' own machines: on the runtime that spawns a task per offered
+    // put, ten times the offered puts would starve the connections' tasks,
+    // and the leader would wait for requests rather than refuse them.
     let connections = Background::start("overload-clients", 2)?;
-    let clients = connections
-        .spawn(async move {
-            let mut clients = Vec::new();
-            for _ in 0..OVERLOAD_CLIENTS {
-                let client = KvClient::connect(&config).await?;
-                // The first call opens the connection, here.
-                client.get("ov/opening", PUT_WITHIN).await?;
-                clients.push(Arc::new(client));
-            }
-            anyhow::Ok(clients)
-        })
-        .await??;
-    let load = OverloadLoad {
-        // No request timeout: a phase's check reads and deletes a few
-        // hundred thousand keys.
-        etcd: etcd_client::Client::connect([etcd.endpoint()], None).await?,
-        etcd_pid: etcd.pid(),
-        prefix: format!("{}/meta/kv/", cluster.root),
-        leader_pid: cluster.nodes[serving].process.pid(),
-        clients,
-        next: Arc::new(AtomicU64::new(0)),
-        name: run.name,
-    };
     // The callers, on threads of their own too: many, so that a caller
     // answered gets to run (and free its call slot) soon, among the
     // thousands of puts offered each millisecond.
     let callers = Background::start("overload-callers", 8)?;
-    // The clients run beside the leader and etcd on this machine, where
-    // they stand for callers on other machines: at nice 19 they take the
-    // CPU the leader and etcd leave, not the CPU the leader needs to answer
-    // them. The lines say what they offered and what each process used.
-    super::renice_self(19)?;
-    let measured = callers.spawn(load.phases(seconds)).await;
-    super::renice_self(0)?;
-    measured??;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut sustained = 0.0;
+    for factor in [None, Some(2.0), Some(10.0)] {
+        let name = match factor {
+            None => format!("bench-overload-{}-sustained", run.name),
+            Some(factor) => format!("bench-overload-{}-{factor}x", run.name),
+        };
+        let (cluster, mut load) =
+            OverloadLoad::start(etcd, binary, run, &name, &connections, next.clone()).await?;
+        // The clients run beside the leader and etcd on this machine, where
+        // they stand for callers on other machines: they take the CPU the
+        // leader and etcd leave, not the CPU the leader needs to answer
+        // them. The lines say what they offered and what each process used.
+        super::schedule_self_idle(true)?;
+        let measured = callers
+            .spawn(async move {
+                let line = match factor {
+                    None => {
+                        let line;
+                        (sustained, line) = load.sustain(phase).await?;
+                        line
+                    }
+                    Some(factor) => load.offer(phase, factor, sustained).await?,
+                };
+                anyhow::Ok((sustained, line))
+            })
+            .await;
+        super::schedule_self_idle(false)?;
+        let line;
+        (sustained, line) = measured??;
+        println!("{line}");
+        cluster.shut_down().await?;
+    }
     drop((callers, connections));
-    cluster.shut_down().await
+    Ok(())
 }
 
 /// A runtime of the bench's own, shut down without waiting when dropped (as
@@ -807,6 +814,8 @@ struct OverloadLoad {
     /// Where the role keeps its keys in etcd.
     prefix: String,
     leader_pid: Option<u32>,
+    /// The nodes that follow the leader's writes into their warm copies.
+    standby_pids: Vec<u32>,
     clients: Vec<Arc<KvClient>>,
     /// The number of the next key put.
     next: Arc<AtomicU64>,
@@ -818,79 +827,142 @@ impl OverloadLoad {
         self.leader_pid.and_then(super::resident_bytes).unwrap_or(0) as f64 / (1 << 20) as f64
     }
 
-    /// CPU seconds used so far by the leader, etcd and this process (the clients).
-    fn cpu(&self) -> [f64; 3] {
-        [self.leader_pid, self.etcd_pid, Some(std::process::id())]
-            .map(|pid| pid.and_then(super::cpu_seconds).unwrap_or(0.0))
+    /// CPU seconds used so far by the leader, etcd, this process (the
+    /// clients) and the standbys together.
+    fn cpu(&self) -> [f64; 4] {
+        let seconds = |pid: Option<u32>| pid.and_then(super::cpu_seconds).unwrap_or(0.0);
+        let [leader, etcd, clients] =
+            [self.leader_pid, self.etcd_pid, Some(std::process::id())].map(seconds);
+        let standbys = self
+            .standby_pids
+            .iter()
+            .map(|pid| seconds(Some(*pid)))
+            .sum();
+        [leader, etcd, clients, standbys]
     }
 
     /// The cores each process used since `before` was read at `since`.
-    fn cores_since(&self, before: [f64; 3], since: Instant) -> String {
+    fn cores_since(&self, before: [f64; 4], since: Instant) -> String {
         let after = self.cpu();
         let elapsed = since.elapsed().as_secs_f64();
-        let [leader, etcd, clients] = [0, 1, 2].map(|i| (after[i] - before[i]) / elapsed);
+        let [leader, etcd, clients, standbys] =
+            [0, 1, 2, 3].map(|i| (after[i] - before[i]) / elapsed);
         format!(
-            "cpu_cores_leader={leader:.2} cpu_cores_etcd={etcd:.2} cpu_cores_clients={clients:.2}"
+            "cpu_cores_leader={leader:.2} cpu_cores_etcd={etcd:.2} cpu_cores_clients={clients:.2} cpu_cores_standbys={standbys:.2}"
         )
     }
 
-    async fn phases(mut self, seconds: f64) -> anyhow::Result<()> {
+    /// Starts a cluster of `run`'s shape under `root`, and its clients on
+    /// `connections`; the keys put are numbered from `next`.
+    async fn start(
+        etcd: &EtcdServer,
+        binary: &std::path::Path,
+        run: &OverloadRun,
+        root: &str,
+        connections: &Background,
+        next: Arc<AtomicU64>,
+    ) -> anyhow::Result<(Cluster, Self)> {
+        let shape = super::Shape {
+            role: "kv",
+            extra: run.leader,
+            ..super::Shape::tso(Witness::On)
+        };
+        let mut cluster = Cluster::start(etcd, binary, root, shape).await?;
+        let (serving, _) = cluster.settle().await?;
+        let mut config = client_config(&etcd.endpoint(), &cluster.root);
+        config.client.throttle_percent = run.throttle_percent;
+        // A fleet of clients, a connection each: one connection holds at
+        // most server.limits.maxStreamsPerConnection calls at the server,
+        // and the rest wait in the client, where the leader cannot refuse
+        // them.
+        let clients = connections
+            .spawn(async move {
+                let mut clients = Vec::new();
+                for _ in 0..OVERLOAD_CLIENTS {
+                    let client = KvClient::connect(&config).await?;
+                    // The first call opens the connection, here.
+                    client.get("ov/opening", PUT_WITHIN).await?;
+                    clients.push(Arc::new(client));
+                }
+                anyhow::Ok(clients)
+            })
+            .await??;
+        let load = OverloadLoad {
+            // No request timeout: a phase's check reads and deletes a few
+            // hundred thousand keys.
+            etcd: etcd_client::Client::connect([etcd.endpoint()], None).await?,
+            etcd_pid: etcd.pid(),
+            prefix: format!("{}/meta/kv/", cluster.root),
+            leader_pid: cluster.nodes[serving].process.pid(),
+            standby_pids: (cluster.nodes.iter().enumerate())
+                .filter(|(node, _)| *node != serving)
+                .filter_map(|(_, node)| node.process.pid())
+                .collect(),
+            clients,
+            next,
+            name: run.name,
+        };
+        Ok((cluster, load))
+    }
+
+    /// Puts offered at `factor` times `sustained` a second, whatever the
+    /// answers, for `phase`: the line saying what became of them.
+    async fn offer(
+        &mut self,
+        phase: Duration,
+        factor: f64,
+        sustained: f64,
+    ) -> anyhow::Result<String> {
         let name = self.name;
-        let (sustained, cores, check) = self.sustain(Duration::from_secs_f64(seconds)).await?;
+        let seconds = phase.as_secs_f64();
+        let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let rss_before = self.rss_mb();
-        println!(
-            "bench: scenario=kv-overload run={name} phase=sustained callers={SUSTAIN_CALLERS} goodput_per_s={sustained:.0} rss_mb={rss_before:.1} {cores} {check}"
-        );
-        for factor in [2.0, 10.0] {
-            let outcomes = Arc::new(Mutex::new(Outcomes::default()));
-            let phase = Instant::now();
-            let until = phase + Duration::from_secs_f64(seconds);
-            let rate = sustained * factor;
-            let (mut offered, mut rss_max) = (0u64, self.rss_mb());
-            let cpu_before = self.cpu();
-            let mut puts = tokio::task::JoinSet::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(1));
-            let mut sampled = Instant::now();
-            while Instant::now() < until {
-                tick.tick().await;
-                let due = (rate * phase.elapsed().as_secs_f64()) as u64;
-                while offered < due {
-                    let n = self.next.fetch_add(1, Ordering::Relaxed);
-                    let client = self.clients[n as usize % self.clients.len()].clone();
-                    puts.spawn(put_recorded(client, outcomes.clone(), n));
-                    offered += 1;
-                }
-                while puts.try_join_next().is_some() {}
-                if sampled.elapsed() >= Duration::from_millis(100) {
-                    rss_max = rss_max.max(self.rss_mb());
-                    sampled = Instant::now();
-                }
+        let started = Instant::now();
+        let until = started + phase;
+        let rate = sustained * factor;
+        let (mut offered, mut rss_max) = (0u64, rss_before);
+        let cpu_before = self.cpu();
+        let mut puts = tokio::task::JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        let mut sampled = Instant::now();
+        while Instant::now() < until {
+            tick.tick().await;
+            let due = (rate * started.elapsed().as_secs_f64()) as u64;
+            while offered < due {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                let client = self.clients[n as usize % self.clients.len()].clone();
+                puts.spawn(put_recorded(client, outcomes.clone(), n));
+                offered += 1;
             }
-            let cores = self.cores_since(cpu_before, phase);
-            while puts.join_next().await.is_some() {}
-            let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
-            let goodput = outcomes.acked_between(phase, until) / seconds;
-            let check = self.check_and_clear(&outcomes).await?;
-            println!(
-                "bench: scenario=kv-overload run={name} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={} kept_by_client={} unknown={} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1} {cores} {check}",
-                offered as f64 / seconds,
-                goodput / sustained,
-                outcomes.refused.len(),
-                outcomes.kept.len(),
-                outcomes.unknown.len(),
-            );
+            while puts.try_join_next().is_some() {}
+            if sampled.elapsed() >= Duration::from_millis(100) {
+                rss_max = rss_max.max(self.rss_mb());
+                sampled = Instant::now();
+            }
         }
-        Ok(())
+        let cores = self.cores_since(cpu_before, started);
+        while puts.join_next().await.is_some() {}
+        let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        let goodput = outcomes.acked_between(started, until) / seconds;
+        let check = self.check_and_clear(&outcomes).await?;
+        Ok(format!(
+            "bench: scenario=kv-overload run={name} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={} kept_by_client={} kept_in_flight={} unknown={} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1} {cores} {check}",
+            offered as f64 / seconds,
+            goodput / sustained,
+            outcomes.refused.len(),
+            outcomes.kept.len(),
+            outcomes.kept_in_flight,
+            outcomes.unknown.len(),
+        ))
     }
 
     /// What the leader sustains: `SUSTAIN_CALLERS` callers, each putting
     /// again as soon as answered, for as long as an overloaded phase runs:
     /// the register and etcd's database grow through a phase (30 s of puts
     /// hold 400k keys of 1 KiB in the leader's register), and a leader
-    /// measured over a shorter time would be
-    /// measured at a smaller size. Returns puts per second, the cores used,
-    /// and the phase's check.
-    async fn sustain(&mut self, phase: Duration) -> anyhow::Result<(f64, String, String)> {
+    /// measured over a shorter time would be measured at a smaller size.
+    /// Returns puts per second and the phase's line.
+    async fn sustain(&mut self, phase: Duration) -> anyhow::Result<(f64, String)> {
         let outcomes = Arc::new(Mutex::new(Outcomes::default()));
         let cpu_before = self.cpu();
         let started = Instant::now();
@@ -920,8 +992,13 @@ impl OverloadLoad {
         }
         let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
         let sustained = outcomes.acked_between(started, started + phase) / phase.as_secs_f64();
+        let rss = self.rss_mb();
         let check = self.check_and_clear(&outcomes).await?;
-        Ok((sustained, cores, check))
+        let name = self.name;
+        let line = format!(
+            "bench: scenario=kv-overload run={name} phase=sustained callers={SUSTAIN_CALLERS} goodput_per_s={sustained:.0} rss_mb={rss:.1} {cores} {check}"
+        );
+        Ok((sustained, line))
     }
 
     /// Every acknowledged put of a phase is in etcd and no refused one is;

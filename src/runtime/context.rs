@@ -169,11 +169,18 @@ impl<C: Coordinator> RoleShared<C> {
             deadline: now.checked_add(timeout).unwrap_or(now + NO_DEADLINE),
             timeout,
         };
-        match coordinator.queue.push(queued) {
+        match coordinator.queue.push(queued, now) {
             Pushed::Full(refused) => {
                 let _ = refused.reply.send(Err(ServeError::Overloaded {
                     role: self.role.clone(),
                     capacity: coordinator.queue.capacity(),
+                }));
+            }
+            Pushed::Late { queued, wait } => {
+                let _ = queued.reply.send(Err(ServeError::WouldBeLate {
+                    role: self.role.clone(),
+                    wait,
+                    left: timeout,
                 }));
             }
             Pushed::Queued { wake: false } => {}
@@ -198,7 +205,7 @@ impl<C: Coordinator> RoleShared<C> {
             Ok(_) => "ok",
             Err(ServeError::NotActive { .. }) => "not_active",
             Err(ServeError::TimedOut { .. }) => "timed_out",
-            Err(ServeError::Overloaded { .. }) => "refused",
+            Err(ServeError::Overloaded { .. } | ServeError::WouldBeLate { .. }) => "refused",
             Err(_) => "unavailable",
         };
         let counters = self.requests.get_or_init(|| {

@@ -19,7 +19,6 @@ pub(crate) struct CoordinatorActor<C: Coordinator> {
     coordinator: Arc<C>,
     role: String,
     queue: Arc<RequestQueue<C>>,
-    max_batch: usize,
     deactivate_timeout: Duration,
     faults: Arc<Faults>,
     dropped: DroppedCounters,
@@ -31,17 +30,18 @@ struct DroppedCounters {
     abandoned: metrics::Counter,
     /// Their deadline had passed.
     expired: metrics::Counter,
+    /// Their deadline would pass before the batch was served.
+    late: metrics::Counter,
 }
 
 impl<C: Coordinator> CoordinatorActor<C> {
-    /// An actor for `role` taking its requests from `queue` at most
-    /// `max_batch` at a time, with the deactivation bound from config and
-    /// the role's fault switches.
+    /// An actor for `role` taking its requests from `queue` a batch at a
+    /// time, with the deactivation bound from config and the role's fault
+    /// switches.
     pub(crate) fn new(
         coordinator: Arc<C>,
         role: String,
         queue: Arc<RequestQueue<C>>,
-        max_batch: usize,
         deactivate_timeout: Duration,
         faults: Arc<Faults>,
     ) -> Self {
@@ -49,12 +49,12 @@ impl<C: Coordinator> CoordinatorActor<C> {
         let dropped = DroppedCounters {
             abandoned: dropped("abandoned"),
             expired: dropped("expired"),
+            late: dropped("late"),
         };
         Self {
             coordinator,
             role,
             queue,
-            max_batch,
             deactivate_timeout,
             faults,
             dropped,
@@ -167,7 +167,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
     /// checked before (requests that waited must not be answered for a
     /// term that ended meanwhile) and again after (answers computed while
     /// the term ended, or across a freeze, must not leave). Requests whose
-    /// caller has gone or whose deadline has passed are dropped first.
+    /// caller has gone, whose deadline has passed, or whose deadline would
+    /// pass before the batch is served are dropped first: refused, not
+    /// run for nobody.
     async fn serve_batch(
         &self,
         term: &Term,
@@ -176,6 +178,7 @@ impl<C: Coordinator> CoordinatorActor<C> {
         leader: Option<String>,
     ) {
         let now = std::time::Instant::now();
+        let served_by = now + self.queue.time_to_serve(batch.len());
         let mut requests = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for queued in batch {
@@ -186,6 +189,13 @@ impl<C: Coordinator> CoordinatorActor<C> {
                 let _ = queued.reply.send(Err(ServeError::TimedOut {
                     role: self.role.clone(),
                     timeout: queued.timeout,
+                }));
+            } else if queued.deadline < served_by {
+                self.dropped.late.increment(1);
+                let _ = queued.reply.send(Err(ServeError::WouldBeLate {
+                    role: self.role.clone(),
+                    wait: served_by - now,
+                    left: queued.deadline - now,
                 }));
             } else {
                 requests.push(queued.request);
@@ -199,7 +209,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
             return self.answer_all(replies, || self.not_active(leader.clone()));
         }
         let asked = replies.len();
+        let started = std::time::Instant::now();
         let responses = self.coordinator.handle_batch(serving, requests).await;
+        self.queue.served(started.elapsed());
         if !term.is_open() {
             return self.answer_all(replies, || self.not_active(leader.clone()));
         }
@@ -251,7 +263,7 @@ impl<C: Coordinator> CoordinatorActor<C> {
             // Served once the activation completes.
             Phase::Activating { term, .. } if !term.is_closed() => {}
             Phase::Serving { term, serving } => {
-                let (batch, more) = self.queue.take(self.max_batch);
+                let (batch, more) = self.queue.take_batch();
                 self.serve_batch(term, serving, batch, state.leader.clone())
                     .await;
                 if more {
@@ -510,12 +522,11 @@ mod tests {
             activations: activations.clone(),
             permits: permits.clone(),
         };
-        let queue = Arc::new(RequestQueue::new("r", 10));
+        let queue = Arc::new(RequestQueue::new("r", 10, 4));
         let actor = CoordinatorActor::new(
             Arc::new(coordinator),
             "r".into(),
             queue.clone(),
-            4,
             Duration::from_secs(1),
             Arc::default(),
         );
@@ -557,7 +568,10 @@ mod tests {
             deadline,
             timeout: Duration::from_secs(1),
         };
-        match actor.queue.push(queued) {
+        // Pushed by its deadline at the latest: one that expires waiting
+        // is queued as a caller in time would have queued it.
+        let pushed = std::time::Instant::now().min(deadline);
+        match actor.queue.push(queued, pushed) {
             crate::runtime::queue::Pushed::Queued { wake: true } => {
                 actor
                     .actor
@@ -566,6 +580,7 @@ mod tests {
             }
             crate::runtime::queue::Pushed::Queued { wake: false } => {}
             crate::runtime::queue::Pushed::Full(_) => panic!("the queue is full"),
+            crate::runtime::queue::Pushed::Late { .. } => panic!("refused as late"),
         }
         answer
     }

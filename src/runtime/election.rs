@@ -304,12 +304,15 @@ impl<C: Coordinator> Election<C> {
         leader: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         let config = &self.context.config.coordinator;
-        let queue = Arc::new(RequestQueue::new(&self.role, config.queue_depth));
+        let queue = Arc::new(RequestQueue::new(
+            &self.role,
+            config.queue_depth,
+            config.max_batch,
+        ));
         let actor = CoordinatorActor::new(
             self.coordinator.clone(),
             self.role.clone(),
             queue.clone(),
-            config.max_batch,
             config.deactivate_timeout,
             self.shared.faults.clone(),
         );

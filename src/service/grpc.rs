@@ -62,11 +62,15 @@ pub fn unavailable(message: String, leader: Option<&Leader>) -> Status {
 pub fn serve_error_status(error: ServeError, leader: Option<&Leader>) -> Status {
     match error {
         ServeError::TimedOut { .. } => Status::deadline_exceeded(error.to_string()),
-        ServeError::Overloaded { .. } => {
+        ServeError::Overloaded { .. } | ServeError::WouldBeLate { .. } => {
+            let why = match error {
+                ServeError::Overloaded { .. } => "queue",
+                _ => "deadline",
+            };
             let mut status = Status::resource_exhausted(error.to_string());
             status
                 .metadata_mut()
-                .insert(OVERLOADED_HEADER, MetadataValue::from_static("queue"));
+                .insert(OVERLOADED_HEADER, MetadataValue::from_static(why));
             status
         }
         ServeError::NotActive { .. }
