@@ -1394,6 +1394,18 @@ mod tests {
             Self(dir)
         }
 
+        /// A file of `text` only its owner may read, as a secret must be.
+        pub(super) fn secret(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            path
+        }
+
         pub(super) fn file(&self, name: &str) -> PathBuf {
             let path = self.0.join(name);
             std::fs::write(&path, "-----BEGIN CERTIFICATE-----\n").unwrap();
@@ -1548,9 +1560,8 @@ mod tests {
 
     #[test]
     fn the_etcd_password_can_come_from_a_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("password");
-        std::fs::write(&file, "s3cret\n").unwrap();
+        let scratch = Scratch::new("password-file");
+        let file = scratch.secret("password", "s3cret\n");
         let text = format!(
             "etcd:\n  auth:\n    user: root\n    passwordFile: {}\n",
             file.display()

@@ -1,6 +1,7 @@
 //! Real-etcd test kit (cargo feature `testing`): throwaway etcd servers and clusters on loopback ports, a fault-injecting TCP proxy, `standin run` child processes and compose clusters, and the waits every test writes.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -146,6 +147,27 @@ fn last_lines(text: &str, count: usize) -> String {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestingError {
     let what = what.into();
     move |source| TestingError::Io { what, source }
+}
+
+/// Writes `text` to a new file at `path` that only its owner may read, as
+/// the config requires of a file holding a secret (a token, a password, the
+/// witness secret): created so, never readable by others in between.
+pub fn write_secret(path: &Path, text: &str) -> Result<(), TestingError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let what = || format!("writing the secret {}", path.display());
+    let mut file = options.open(path).map_err(io(what()))?;
+    // A file that was there keeps its mode through the open.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        file.set_permissions(private).map_err(io(what()))?;
+    }
+    file.write_all(text.as_bytes()).map_err(io(what()))
 }
 
 /// A TCP port on 127.0.0.1 that was free when asked. Nothing reserves it, so

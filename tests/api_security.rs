@@ -36,9 +36,11 @@ impl Files {
         Ok(Self { dir, ca, server })
     }
 
+    /// Writes a file only its owner reads: some hold secrets, which the
+    /// config refuses to read from a file others may read.
     fn write(&self, name: &str, text: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(name);
-        std::fs::write(&path, text)?;
+        standin::testing::write_secret(&path, text)?;
         Ok(path)
     }
 }

@@ -26,9 +26,11 @@ impl Scratch {
         Ok(Self(tempfile::tempdir()?))
     }
 
+    /// Writes a file only its owner reads: some hold secrets, which the
+    /// config refuses to read from a file others may read.
     fn write(&self, name: &str, text: &str) -> anyhow::Result<String> {
         let path = self.0.path().join(name);
-        std::fs::write(&path, text)?;
+        standin::testing::write_secret(&path, text)?;
         Ok(path.display().to_string())
     }
 

@@ -112,9 +112,9 @@ async fn with_auth_a_node_with_the_password_serves_and_a_wrong_one_is_refused() 
     let mut from_file = authenticated.clone();
     from_file.node.address = Some("127.0.0.1:20002".into());
     if let Some(auth) = from_file.etcd.auth.as_mut() {
-        std::fs::write(
+        standin::testing::write_secret(
             &password_file,
-            format!("{}\n", auth.password.take().unwrap()),
+            &format!("{}\n", auth.password.take().unwrap()),
         )?;
         auth.password_file = Some(password_file);
     }

@@ -150,9 +150,9 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     // The witnesses prove a cluster secret, as deployments' do.
     let secrets = tempfile::tempdir().context("a directory for the witness secret")?;
     let witness_secret = secrets.path().join("witness-secret");
-    std::fs::write(
+    standin::testing::write_secret(
         &witness_secret,
-        format!("campaign witness secret {}\n", options.seed),
+        &format!("campaign witness secret {}\n", options.seed),
     )
     .context("writing the witness secret")?;
     let mut proxies = Vec::new();

@@ -97,7 +97,7 @@ impl Config {
                         "must be set, or etcd.auth.passwordFile (or STANDIN_ETCD_AUTH_PASSWORD)",
                     ));
                 }
-                (None, Some(file)) => readable_file("etcd.auth.passwordFile", file)?,
+                (None, Some(file)) => secret_file("etcd.auth.passwordFile", file)?,
                 (Some(_), None) => {}
             }
         }
@@ -171,7 +171,7 @@ impl Config {
         )?;
         let auth = &self.server.auth;
         if let Some(tokens) = &auth.tokens_file {
-            readable_file("server.auth.tokensFile", tokens)?;
+            secret_file("server.auth.tokensFile", tokens)?;
         }
         if let Some(blank) = auth.allowed_subjects.iter().find(|s| s.trim().is_empty()) {
             return Err(invalid(
@@ -200,7 +200,7 @@ impl Config {
             validate_tls(tls, &CLIENT_TLS)?;
         }
         if let Some(token) = &self.client.token_file {
-            readable_file("client.tokenFile", token)?;
+            secret_file("client.tokenFile", token)?;
         }
         if self.client.max_in_flight == 0 {
             return Err(invalid(
@@ -259,6 +259,7 @@ impl Config {
             ));
         }
         if let Some(file) = &self.node.witness_secret_file {
+            secret_file("node.witnessSecretFile", file)?;
             let secret = crate::config::read_secret("node.witnessSecretFile", file)?;
             if secret.len() < MIN_WITNESS_SECRET {
                 return Err(invalid(
@@ -377,14 +378,20 @@ impl Config {
                 "must be above zero: the coordinator would step down as soon as it activates",
             ));
         }
-        if deadline >= ttl {
+        let margin = renew_margin(ttl);
+        if deadline.saturating_add(margin) > ttl {
             return Err(invalid(
                 "session.renewDeadline",
                 deadline_shown,
                 format!(
-                    "must be below session.ttl ({}) so the coordinator steps down before etcd \
-                     expires the lease",
-                    show(ttl)
+                    "must end at least {} (the larger of session.ttl / 5 and {}) before \
+                     session.ttl ({}) expires the lease, so the coordinator has stepped down \
+                     with time to spare for a slow clock or an answer already on its way; set \
+                     session.renewDeadline to at most {} or raise session.ttl",
+                    show(margin),
+                    show(MIN_RENEW_MARGIN),
+                    show(ttl),
+                    show(ttl.saturating_sub(margin)),
                 ),
             ));
         }
@@ -663,6 +670,97 @@ fn readable_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
     })
 }
 
+/// A readable file holding a secret, which no other user of the host may
+/// read. As PostgreSQL asks of its key file: its owner's alone (`0600`),
+/// or, owned by root, its group's too (`0640`, how root hands a secret to a
+/// service's group). A file others may read is refused, unless it sits in a
+/// secret mounted by Kubernetes or Docker, where the mode is the
+/// orchestrator's (`defaultMode`) and not the operator's `chmod`: there it
+/// is logged as a warning, and a group's read is the usual way a non-root
+/// container reads its secret (`fsGroup`).
+fn secret_file(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    readable_file(key, path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let metadata = std::fs::metadata(path).map_err(|source| ConfigError::FileUnreadable {
+            key,
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = metadata.permissions().mode() & 0o777;
+        let holder = match (in_mounted_secret(path), metadata.uid()) {
+            (true, _) => SecretHolder::Orchestrator,
+            (false, 0) => SecretHolder::Root,
+            (false, _) => SecretHolder::User,
+        };
+        match secret_mode(mode, holder) {
+            SecretMode::Private => {}
+            SecretMode::Warn => tracing::warn!(
+                key,
+                path = %path.display(),
+                "{key}: {} is readable by any user of this host (mode {mode:o}, a mounted \
+                 secret's default); set the volume's defaultMode to 0400, or 0440 with fsGroup",
+                path.display()
+            ),
+            SecretMode::Refuse => {
+                return Err(invalid(
+                    key,
+                    format!("{} (mode {mode:o})", path.display()),
+                    format!(
+                        "holds a secret, and other users of this host may read it: \
+                         `chmod 600 {}` (or 640 with root as its owner and the group \
+                         standin runs in)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Who set a secret file's mode.
+#[derive(Debug, Clone, Copy)]
+enum SecretHolder {
+    /// Kubernetes or Docker, mounting it.
+    Orchestrator,
+    /// Root, owning it.
+    Root,
+    /// Another user, owning it.
+    User,
+}
+
+/// What a secret file's permission bits call for.
+#[derive(Debug, PartialEq, Eq)]
+enum SecretMode {
+    Private,
+    /// A mounted secret others may read: the orchestrator's default mode.
+    Warn,
+    Refuse,
+}
+
+fn secret_mode(mode: u32, holder: SecretHolder) -> SecretMode {
+    let (group_reads, others_read) = (mode & 0o040 != 0, mode & 0o004 != 0);
+    match (holder, group_reads, others_read) {
+        (_, false, false) => SecretMode::Private,
+        (SecretHolder::Orchestrator, _, true) => SecretMode::Warn,
+        (SecretHolder::Orchestrator | SecretHolder::Root, true, false) => SecretMode::Private,
+        _ => SecretMode::Refuse,
+    }
+}
+
+/// Whether `path` is in a volume Kubernetes mounts (a secret or config
+/// map: its files are links through a `..data` directory beside them) or
+/// in Docker's and Compose's secrets directory.
+fn in_mounted_secret(path: &Path) -> bool {
+    let beside_data = path
+        .parent()
+        .is_some_and(|dir| dir.join("..data").is_dir());
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    beside_data || real.starts_with("/run/secrets") || real.starts_with("/var/run/secrets")
+}
+
 /// Rejects a count of shared watch streams outside [`WATCH_STREAMS`].
 fn watch_streams(key: &'static str, streams: usize) -> Result<(), ConfigError> {
     if WATCH_STREAMS.contains(&streams) {
@@ -686,6 +784,21 @@ fn nonzero(key: &'static str, value: Duration, why: &str) -> Result<(), ConfigEr
         return Err(invalid(key, "0s", format!("must be above zero: {why}")));
     }
     Ok(())
+}
+
+/// The least time between the renew deadline and the lease's TTL.
+const MIN_RENEW_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long before etcd could expire the lease the coordinator must have
+/// stepped down: the larger of a fifth of the TTL and [`MIN_RENEW_MARGIN`].
+/// The term is trusted until the last keepalive sent plus the renew
+/// deadline, and etcd expires the lease the TTL after it renewed it, later;
+/// the margin is the room left for this host's clock running slow against
+/// etcd's, and for an answer checked against the term just before its end
+/// to leave. A fifth keeps the default (two thirds) and every TTL of 2 s or
+/// more with the default keepalives valid.
+fn renew_margin(ttl: Duration) -> Duration {
+    (ttl / 5).max(MIN_RENEW_MARGIN)
 }
 
 fn invalid(key: &'static str, value: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -744,8 +857,7 @@ mod tests {
             ),
             "a missing file is named by its key"
         );
-        let short = scratch.0.join("short");
-        std::fs::write(&short, "0123456789abcde\n").unwrap();
+        let short = scratch.secret("short", "0123456789abcde\n");
         config.node.witness_secret_file = Some(short);
         let text = rejected(&config, "node.witnessSecretFile");
         assert!(text.contains("holds 15 bytes"), "{text}");
@@ -753,8 +865,7 @@ mod tests {
             !text.contains("0123456789"),
             "never shows the secret: {text}"
         );
-        let good = scratch.0.join("good");
-        std::fs::write(&good, "0123456789abcdef\n").unwrap();
+        let good = scratch.secret("good", "0123456789abcdef\n");
         config.node.witness_secret_file = Some(good);
         config.validate().unwrap();
         config.node.witness_max_connections = 0;
@@ -859,15 +970,73 @@ mod tests {
     }
 
     #[test]
-    fn renew_deadline_must_be_strictly_below_ttl() {
+    fn a_secret_only_its_owner_reads_unless_an_orchestrator_mounted_it() {
+        use SecretHolder::*;
+        use SecretMode::*;
+        for (mode, holder, expected) in [
+            (0o600, User, Private),
+            (0o400, User, Private),
+            (0o640, User, Refuse),
+            (0o604, User, Refuse),
+            (0o644, User, Refuse),
+            (0o640, Root, Private),
+            (0o644, Root, Refuse),
+            (0o440, Orchestrator, Private),
+            (0o644, Orchestrator, Warn),
+            (0o444, Orchestrator, Warn),
+        ] {
+            assert_eq!(secret_mode(mode, holder), expected, "{mode:o} {holder:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_others_may_read_is_refused_with_the_chmod_that_fixes_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = Scratch::new("secret-mode");
+        let token = scratch.secret("token", "a-token");
+        let chmod = |mode| std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        let mut config = Config::default();
+        config.client.token_file = Some(token.clone());
+        chmod(0o644);
+        let text = rejected(&config, "client.tokenFile");
+        assert!(text.contains("mode 644") && text.contains(&format!("chmod 600 {}", token.display())), "{text}");
+        chmod(0o600);
+        config.validate().unwrap();
+        // Beside a `..data` directory, as in a Kubernetes secret volume:
+        // the mode is the volume's, and only warned about.
+        std::fs::create_dir(scratch.0.join("..data")).unwrap();
+        chmod(0o644);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn renew_deadline_must_leave_a_fifth_of_the_ttl_and_at_least_half_a_second() {
         let mut config = Config::default();
         config.session.renew_deadline = Some(Duration::from_secs(10));
+        rejected(&config, "session.renewDeadline");
+        config.session.renew_deadline = Some(Duration::from_millis(9990));
         let text = rejected(&config, "session.renewDeadline");
-        assert!(text.contains("must be below session.ttl (10s)"), "{text}");
+        assert!(
+            text.contains("at least 2s") && text.contains("session.ttl (10s)"),
+            "{text}"
+        );
+        assert!(text.contains("at most 8s or raise session.ttl"), "{text}");
         config.session.renew_deadline = Some(Duration::ZERO);
         rejected(&config, "session.renewDeadline");
-        config.session.renew_deadline = Some(Duration::from_millis(9999));
+        config.session.renew_deadline = Some(Duration::from_secs(8));
         config.validate().unwrap();
+        // A short TTL keeps half a second: a fifth of 2 s would be less.
+        config.session.ttl = Duration::from_secs(2);
+        config.session.renew_deadline = Some(Duration::from_millis(1600));
+        let text = rejected(&config, "session.renewDeadline");
+        assert!(text.contains("at least 500ms"), "{text}");
+        // The defaults fit every TTL.
+        config.session.renew_deadline = None;
+        for ttl in [2, 3, 5, 10, 60, 3600] {
+            config.session.ttl = Duration::from_secs(ttl);
+            config.validate().unwrap();
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub enum AuthError {
 /// The bearer tokens of `server.auth.tokensFile`, by the name logs show.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    entries: Vec<(String, Vec<u8>)>,
+    entries: Vec<(String, TokenDigest)>,
 }
 
 // By hand: the names may show, the tokens never.
@@ -100,7 +100,7 @@ impl Tokens {
 
     /// Parses a tokens file's text; an error is the line number and what is wrong.
     pub fn parse(text: &str) -> Result<Self, (usize, &'static str)> {
-        let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut entries: Vec<(String, TokenDigest)> = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -120,10 +120,11 @@ impl Tokens {
             if entries.iter().any(|(known, _)| known == name) {
                 return Err((at, "the name is listed twice"));
             }
-            if entries.iter().any(|(_, known)| known == token.as_bytes()) {
+            let token = digest(token.as_bytes());
+            if entries.iter().any(|(_, known)| *known == token) {
                 return Err((at, "the token is listed twice"));
             }
-            entries.push((name.to_owned(), token.as_bytes().to_vec()));
+            entries.push((name.to_owned(), token));
         }
         Ok(Self { entries })
     }
@@ -133,12 +134,14 @@ impl Tokens {
         self.entries.is_empty()
     }
 
-    /// The name of `token`, compared in constant time with every entry so
-    /// that timing does not tell how much of a guess was right.
+    /// The name of `token`, its digest compared in constant time with every
+    /// entry's, so that timing tells neither how much of a guess was right
+    /// nor how long a token is.
     fn name_of(&self, token: &[u8]) -> Option<&str> {
+        let token = digest(token);
         let mut found = None;
         for (name, known) in &self.entries {
-            if constant_time_eq(known, token) {
+            if constant_time_eq(known, &token) {
                 found = Some(name.as_str());
             }
         }
@@ -146,10 +149,19 @@ impl Tokens {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
+/// A token as the tokens file keeps it: its SHA-256, so that every
+/// comparison is of 32 bytes whatever the lengths of the token guessed and
+/// of the tokens known.
+type TokenDigest = [u8; 32];
+
+fn digest(token: &[u8]) -> TokenDigest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut bytes = [0; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    bytes
+}
+
+fn constant_time_eq(a: &TokenDigest, b: &TokenDigest) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -756,6 +768,17 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_kept_and_compared_as_digests_of_one_length() {
+        let tokens = Tokens::parse("ops:s3cret\n").unwrap();
+        // The token itself is not kept, only its SHA-256.
+        assert_eq!(tokens.entries, [("ops".to_owned(), digest(b"s3cret"))]);
+        assert_eq!(tokens.name_of(b"s3cret"), Some("ops"));
+        for guess in [&b"s3cre"[..], b"s3crett", b"", b"S3CRET"] {
+            assert_eq!(tokens.name_of(guess), None, "{guess:?}");
+        }
+    }
+
+    #[test]
     fn authenticated_reads_need_a_caller_everywhere() {
         let strict = Policy::new(tokens(), vec![], true);
         assert!(strict.judge(STATUS, &Presented::default()).is_err());
@@ -784,9 +807,10 @@ mod tests {
         fn any_tokens_file_parses_or_names_a_line(text in "([a-z]{0,4}(:[!-~]{0,6})?[ #]?\n){0,8}") {
             match Tokens::parse(&text) {
                 Ok(tokens) => {
-                    for (name, token) in &tokens.entries {
-                        proptest::prop_assert!(!name.is_empty() && !token.is_empty());
-                        proptest::prop_assert_eq!(tokens.name_of(token), Some(name.as_str()));
+                    let listed = text.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'));
+                    for line in listed {
+                        let (name, token) = line.split_once(':').expect("a parsed line has a name");
+                        proptest::prop_assert_eq!(tokens.name_of(token.trim().as_bytes()), Some(name.trim()));
                     }
                 }
                 Err((line, _)) => proptest::prop_assert!(line >= 1 && line <= text.lines().count()),
