@@ -505,24 +505,18 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Puts every thread of this process in Linux's `SCHED_IDLE` class, or
-/// back in the normal one: an idle thread runs only on a core nothing else
-/// wants, and gives it up as soon as a normal thread wakes there (a nice
-/// value of 19 only weighs less, and still takes slices from the threads it
-/// shares a core with). Threads started later inherit their starter's class.
-fn schedule_self_idle(idle: bool) -> anyhow::Result<()> {
-    let class = if idle { "--idle" } else { "--other" };
+/// Puts the calling thread in Linux's `SCHED_IDLE` class: it runs only on
+/// a core nothing else wants, and gives it up as soon as a normal thread
+/// wakes there (a nice value of 19 only weighs less, and still takes
+/// slices from the threads it shares a core with).
+fn schedule_this_thread_idle() -> anyhow::Result<()> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
+    let tid = stat.split_whitespace().next().context("a thread id")?;
     let status = std::process::Command::new("chrt")
-        .args([
-            class,
-            "--all-tasks",
-            "--pid",
-            "0",
-            &std::process::id().to_string(),
-        ])
+        .args(["--idle", "--pid", "0", tid])
         .stdout(std::process::Stdio::null())
         .status()?;
-    anyhow::ensure!(status.success(), "chrt {class} failed: {status}");
+    anyhow::ensure!(status.success(), "chrt --idle failed: {status}");
     Ok(())
 }
 

@@ -560,7 +560,7 @@ pub async fn tso_failover_gap(
 /// Bytes of each value `kv-overload` puts.
 const OVERLOAD_VALUE: usize = 1024;
 /// Clients (connections) the puts are spread over.
-const OVERLOAD_CLIENTS: usize = 16;
+const OVERLOAD_CLIENTS: usize = 32;
 /// Callers of the closed loop that finds what the leader sustains.
 const SUSTAIN_CALLERS: usize = 512;
 /// How long each put's caller waits.
@@ -604,6 +604,8 @@ struct OverloadRun {
 struct Outcomes {
     /// Acknowledged, and when.
     acked: Vec<(u64, Instant)>,
+    /// How long each acknowledged put took.
+    latencies: Vec<Duration>,
     /// Refused `RESOURCE_EXHAUSTED`: must not be written.
     refused: Vec<u64>,
     /// Kept by the client, never sent: must not be written.
@@ -633,10 +635,14 @@ fn overload_key(n: u64) -> String {
 async fn put_recorded(client: Arc<KvClient>, outcomes: Arc<Mutex<Outcomes>>, n: u64) {
     let mut value = n.to_string().into_bytes();
     value.resize(OVERLOAD_VALUE, b'.');
+    let asked = Instant::now();
     let answer = client.put(&overload_key(n), value, PUT_WITHIN).await;
     let mut outcomes = outcomes.lock().unwrap_or_else(|p| p.into_inner());
     match answer {
-        Ok(_) => outcomes.acked.push((n, Instant::now())),
+        Ok(_) => {
+            outcomes.acked.push((n, Instant::now()));
+            outcomes.latencies.push(asked.elapsed());
+        }
         Err(ClientError::Refused {
             status,
             in_doubt: false,
@@ -729,15 +735,18 @@ async fn overload(
         run.name, run.throttle_percent
     );
     let phase = Duration::from_secs_f64(seconds);
-    // The clients' connections run on threads of their own, as on the
-    // callers' own machines: on the runtime that spawns a task per offered
-    // put, ten times the offered puts would starve the connections' tasks,
-    // and the leader would wait for requests rather than refuse them.
-    let connections = Background::start("overload-clients", 2)?;
-    // The callers, on threads of their own too: many, so that a caller
-    // answered gets to run (and free its call slot) soon, among the
-    // thousands of puts offered each millisecond.
-    let callers = Background::start("overload-callers", 8)?;
+    // The clients run beside the leader and etcd on this machine, where
+    // they stand for callers on other machines. Their connections run on
+    // threads of their own, in the normal class: they read the answers and
+    // free the call slots, as a caller's own machine would at once. The
+    // callers, offering puts, run on many threads in the SCHED_IDLE class:
+    // they get the cores the leader, etcd and the connections leave, not
+    // the CPU the leader needs to answer them, and many, so that a caller
+    // answered gets to run soon among the thousands of puts offered each
+    // millisecond. The lines say what they offered and what each process
+    // used.
+    let connections = Background::start("overload-clients", 2, false)?;
+    let callers = Background::start("overload-callers", 8, true)?;
     let next = Arc::new(AtomicU64::new(0));
     let mut sustained = 0.0;
     for factor in [None, Some(2.0), Some(10.0)] {
@@ -747,11 +756,6 @@ async fn overload(
         };
         let (cluster, mut load) =
             OverloadLoad::start(etcd, binary, run, &name, &connections, next.clone()).await?;
-        // The clients run beside the leader and etcd on this machine, where
-        // they stand for callers on other machines: they take the CPU the
-        // leader and etcd leave, not the CPU the leader needs to answer
-        // them. The lines say what they offered and what each process used.
-        super::schedule_self_idle(true)?;
         let measured = callers
             .spawn(async move {
                 let line = match factor {
@@ -765,7 +769,6 @@ async fn overload(
                 anyhow::Ok((sustained, line))
             })
             .await;
-        super::schedule_self_idle(false)?;
         let line;
         (sustained, line) = measured??;
         println!("{line}");
@@ -780,13 +783,19 @@ async fn overload(
 struct Background(Option<tokio::runtime::Runtime>);
 
 impl Background {
-    /// A runtime of `threads` worker threads called `name`.
-    fn start(name: &str, threads: usize) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name(name)
-            .enable_all()
-            .build()?;
+    /// A runtime of `threads` worker threads called `name`, in the
+    /// `SCHED_IDLE` class if `idle`.
+    fn start(name: &str, threads: usize, idle: bool) -> anyhow::Result<Self> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads).thread_name(name).enable_all();
+        if idle {
+            builder.on_thread_start(|| {
+                if let Err(error) = super::schedule_this_thread_idle() {
+                    eprintln!("bench: a caller thread stays in the normal class: {error}");
+                }
+            });
+        }
+        let runtime = builder.build()?;
         Ok(Self(Some(runtime)))
     }
 }
@@ -944,9 +953,17 @@ impl OverloadLoad {
         while puts.join_next().await.is_some() {}
         let outcomes = std::mem::take(&mut *outcomes.lock().unwrap_or_else(|p| p.into_inner()));
         let goodput = outcomes.acked_between(started, until) / seconds;
+        // From the call to its answer, waiting for a call slot included.
+        let latency = match outcomes.latencies.is_empty() {
+            true => "acked_p50_ms=- acked_p99_ms=-".to_owned(),
+            false => {
+                let latency = Summary::of(&outcomes.latencies);
+                format!("acked_p50_ms={:.0} acked_p99_ms={:.0}", latency.p50_ms, latency.p99_ms)
+            }
+        };
         let check = self.check_and_clear(&outcomes).await?;
         Ok(format!(
-            "bench: scenario=kv-overload run={name} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={} kept_by_client={} kept_in_flight={} unknown={} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1} {cores} {check}",
+            "bench: scenario=kv-overload run={name} offered_x={factor} offered_per_s={:.0} goodput_per_s={goodput:.0} ratio_to_sustained={:.2} refused={} kept_by_client={} kept_in_flight={} unknown={} {latency} rss_mb_max={rss_max:.1} rss_mb_before={rss_before:.1} {cores} {check}",
             offered as f64 / seconds,
             goodput / sustained,
             outcomes.refused.len(),
