@@ -701,6 +701,7 @@ impl crate::telemetry::HealthReport for NodeHealth {
                         "decoding": copy.decoding,
                         "released": copy.released,
                     })),
+                    "metadata_copy_missing": role.metadata_copy_missing(),
                 })
             })
             .collect();

@@ -42,7 +42,9 @@ impl ServingCheck {
     /// the instant [`epoch`](Self::epoch) turns `None` unless a keepalive
     /// moves it on.
     pub fn trusted_until(&self) -> Option<std::time::Instant> {
-        self.served().and_then(|term| term.trusted_until())
+        self.served()
+            .and_then(|term| term.trusted_until())
+            .map(|until| until.to_instant())
     }
 
     /// The current term, if it serves now.
@@ -104,6 +106,16 @@ impl<C: Coordinator> RoleHandle<C> {
     /// while it is read, and always with `reload.warm: false`.
     pub fn metadata_copy(&self) -> Option<MetadataCopy> {
         *self.shared.copy.borrow()
+    }
+
+    /// Why this node's warm copy of the metadata is not loaded: the error
+    /// of its last failed read (etcd refusing the prefix, compactions
+    /// outrunning the read, an unreachable etcd), while the read is retried
+    /// with backoff. `None` once it loads, and before any read has failed.
+    /// Meanwhile the node still campaigns, after `reload.timeout`: a win
+    /// reads the metadata first.
+    pub fn metadata_copy_missing(&self) -> Option<String> {
+        self.shared.copy_missing.get()
     }
 
     /// Requests waiting now for the role's coordinator on this node (at
@@ -311,6 +323,11 @@ pub trait RoleControl: Send + Sync {
     /// Where this node's warm copy of the role's metadata stands (see
     /// [`RoleHandle::metadata_copy`]).
     fn metadata_copy(&self) -> Option<MetadataCopy>;
+    /// Why that copy is not loaded, while its read is retried (see
+    /// [`RoleHandle::metadata_copy_missing`]).
+    fn metadata_copy_missing(&self) -> Option<String> {
+        None
+    }
     /// Injects `fault` into the role's actors; false when the actor is not
     /// running (for [`Fault::Disarm`], when nothing was armed).
     #[cfg(feature = "fault-injection")]
@@ -347,6 +364,10 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
 
     fn metadata_copy(&self) -> Option<MetadataCopy> {
         RoleHandle::metadata_copy(self)
+    }
+
+    fn metadata_copy_missing(&self) -> Option<String> {
+        RoleHandle::metadata_copy_missing(self)
     }
 
     #[cfg(feature = "fault-injection")]

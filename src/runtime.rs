@@ -37,6 +37,7 @@
 //! its warm copies a few at a time (`reload.concurrentLoads`), so a start
 //! of a thousand roles does not hold a thousand reads' buffers at once.
 
+pub(crate) mod clock;
 pub(crate) mod context;
 pub(crate) mod coordinator;
 pub(crate) mod election;

@@ -47,6 +47,12 @@ pub const FENCED_WRITES_REFUSED: &str = "standin_fenced_writes_refused_total";
 /// Gauge, label `role`: requests waiting for the coordinator (while it
 /// activates, or serves slower than they arrive), at most `coordinator.queueDepth`.
 pub const QUEUED_REQUESTS: &str = "standin_queued_requests";
+/// Counter, label `role`: campaigns joined without a loaded metadata copy,
+/// after waiting `reload.timeout` for it.
+pub const CAMPAIGNS_WITHOUT_COPY: &str = "standin_campaigns_without_copy_total";
+/// Counter, labels `role` and `reason`: failed reads of the warm metadata
+/// copy (`denied`, `compacted`, `unavailable`, `timed_out`, `other`).
+pub const METADATA_COPY_READ_FAILURES: &str = "standin_metadata_copy_read_failures_total";
 /// Counter, labels `role` and `reason` (`abandoned`, `expired`, `late`):
 /// requests dropped before the coordinator handled them, their caller gone,
 /// their deadline passed, or passing before their batch would be served.
@@ -201,7 +207,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Gauge,
             Unit::Count,
             &["role"],
-            "1 once this node's warm copy of the role's metadata is loaded, 0 while it is read (the node campaigns only once it is loaded).",
+            "1 once this node's warm copy of the role's metadata is loaded, 0 while it is read (the node campaigns once it is loaded, or after reload.timeout without it).",
         ),
         metric(
             METADATA_FULL_READS,
@@ -251,6 +257,20 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Unit::Count,
             &["role"],
             "Requests waiting for the coordinator (while it activates, or serves slower than they arrive), at most coordinator.queueDepth.",
+        ),
+        metric(
+            CAMPAIGNS_WITHOUT_COPY,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Campaigns joined without a loaded metadata copy, after waiting reload.timeout for it: a win reads the metadata first.",
+        ),
+        metric(
+            METADATA_COPY_READ_FAILURES,
+            Counter,
+            Unit::Count,
+            &["role", "reason"],
+            "Failed reads of the warm metadata copy, retried with backoff: denied (etcd refuses the prefix), compacted (etcd compacted every read's revision before it finished), unavailable, timed_out, other.",
         ),
         metric(
             REQUESTS_DROPPED,

@@ -630,3 +630,49 @@ async fn a_register_hands_its_only_copy_to_its_term_and_reads_it_again_once_a_su
     }
     Ok(())
 }
+
+const UNREADABLE_ROOT: &str = "warm-unreadable";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_whose_copy_cannot_be_read_says_why_and_still_campaigns_after_the_reload_timeout()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    // One value larger than a response of the second node may hold
+    // (4 x reload.pageBytes): its every read of the prefix fails.
+    support::seed_metadata_under(&etcd, UNREADABLE_ROOT, ROLE, 1, &vec![b'x'; 300 << 10]).await?;
+    let with_root = |node: usize| {
+        let mut config = config(&etcd, node, 10);
+        config.etcd.root_path = UNREADABLE_ROOT.into();
+        config.reload.timeout = Duration::from_secs(2);
+        config
+    };
+    let leader = TestNode::start(with_root(0), &[ROLE], false).await?;
+    wait_for("the first node to serve", Duration::from_secs(10), || {
+        leader.role(ROLE).is_serving().then_some(())
+    })
+    .await;
+
+    info!("--- a second node cannot read the metadata: every page is too large for it");
+    let mut small_pages = with_root(1);
+    small_pages.reload.page_bytes = 64 << 10;
+    let standby = TestNode::start(small_pages, &[ROLE], false).await?;
+    let why = wait_for(
+        "the copy to be reported missing",
+        Duration::from_secs(10),
+        || standby.role(ROLE).metadata_copy_missing(),
+    )
+    .await;
+    assert!(
+        why.contains("too large") || why.contains("message length"),
+        "{why}"
+    );
+    assert!(standby.role(ROLE).metadata_copy().is_none());
+
+    info!("--- after reload.timeout it stands in line all the same");
+    support::wait_for_candidates(&etcd, UNREADABLE_ROOT, ROLE, 2).await;
+    assert!(standby.role(ROLE).metadata_copy_missing().is_some());
+    let mut nodes = vec![leader, standby];
+    shutdown_all(&mut nodes).await;
+    Ok(())
+}

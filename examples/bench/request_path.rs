@@ -787,7 +787,10 @@ impl Background {
     /// `SCHED_IDLE` class if `idle`.
     fn start(name: &str, threads: usize, idle: bool) -> anyhow::Result<Self> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(threads).thread_name(name).enable_all();
+        builder
+            .worker_threads(threads)
+            .thread_name(name)
+            .enable_all();
         if idle {
             builder.on_thread_start(|| {
                 if let Err(error) = super::schedule_this_thread_idle() {
@@ -958,7 +961,10 @@ impl OverloadLoad {
             true => "acked_p50_ms=- acked_p99_ms=-".to_owned(),
             false => {
                 let latency = Summary::of(&outcomes.latencies);
-                format!("acked_p50_ms={:.0} acked_p99_ms={:.0}", latency.p50_ms, latency.p99_ms)
+                format!(
+                    "acked_p50_ms={:.0} acked_p99_ms={:.0}",
+                    latency.p50_ms, latency.p99_ms
+                )
             }
         };
         let check = self.check_and_clear(&outcomes).await?;

@@ -34,6 +34,9 @@ pub struct NodeRole {
     /// Its warm copy of the role's metadata, absent while it is read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_copy: Option<Copy>,
+    /// Why that copy is not loaded, while its read is retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_copy_missing: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +114,8 @@ pub async fn ask_node(config: &Config, address: &str, timeout: Duration) -> Node
                 decoding: copy.decoding,
                 released: copy.released,
             }),
+            metadata_copy_missing: (!role.metadata_copy_missing.is_empty())
+                .then_some(role.metadata_copy_missing),
         })
         .collect();
     NodeReport {
@@ -246,9 +251,11 @@ fn print_node_reports(reports: &[NodeReport]) {
                 role.state.clone(),
                 role.epoch.map_or_else(dash, |e| e.to_string()),
                 role.lease_id.map_or_else(dash, |l| format!("{l:x}")),
-                role.metadata_copy
-                    .as_ref()
-                    .map_or_else(dash, |c| c.keys.to_string()),
+                match (&role.metadata_copy, &role.metadata_copy_missing) {
+                    (Some(copy), _) => copy.keys.to_string(),
+                    (None, Some(_)) => "missing".to_owned(),
+                    (None, None) => dash(),
+                },
                 role.metadata_copy
                     .as_ref()
                     .map_or_else(dash, |c| c.revision.to_string()),

@@ -754,9 +754,7 @@ fn secret_mode(mode: u32, holder: SecretHolder) -> SecretMode {
 /// map: its files are links through a `..data` directory beside them) or
 /// in Docker's and Compose's secrets directory.
 fn in_mounted_secret(path: &Path) -> bool {
-    let beside_data = path
-        .parent()
-        .is_some_and(|dir| dir.join("..data").is_dir());
+    let beside_data = path.parent().is_some_and(|dir| dir.join("..data").is_dir());
     let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     beside_data || real.starts_with("/run/secrets") || real.starts_with("/var/run/secrets")
 }
@@ -995,12 +993,16 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let scratch = Scratch::new("secret-mode");
         let token = scratch.secret("token", "a-token");
-        let chmod = |mode| std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        let chmod =
+            |mode| std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
         let mut config = Config::default();
         config.client.token_file = Some(token.clone());
         chmod(0o644);
         let text = rejected(&config, "client.tokenFile");
-        assert!(text.contains("mode 644") && text.contains(&format!("chmod 600 {}", token.display())), "{text}");
+        assert!(
+            text.contains("mode 644") && text.contains(&format!("chmod 600 {}", token.display())),
+            "{text}"
+        );
         chmod(0o600);
         config.validate().unwrap();
         // Beside a `..data` directory, as in a Kubernetes secret volume:

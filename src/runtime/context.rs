@@ -99,6 +99,9 @@ pub(crate) struct RoleShared<C: Coordinator> {
     pub faults: Arc<Faults>,
     /// Where the reload actor's warm copy stands; empty while it is read.
     pub copy: Arc<watch::Sender<Option<MetadataCopy>>>,
+    /// Why the warm copy is not loaded: the last failed read's error, while
+    /// the read is retried; empty once it loads.
+    pub copy_missing: Arc<Slot<String>>,
     /// The term this node leads the role in, from the win until the
     /// election decides to step down; what every answer path checks.
     /// Shared with the role's [`ServingCheck`](crate::role::ServingCheck)s.
@@ -140,6 +143,7 @@ impl<C: Coordinator> RoleShared<C> {
             supervisor: Slot::default(),
             faults: Arc::default(),
             copy: Arc::new(watch::channel(None).0),
+            copy_missing: Arc::default(),
             term: Arc::default(),
             lease: Slot::default(),
             stopped: AtomicBool::new(false),

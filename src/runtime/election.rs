@@ -29,6 +29,7 @@ use crate::etcd::Subscription;
 use crate::etcd::recipe::{self, Candidacy, Leader};
 use crate::etcd::session::RoleState;
 use crate::fence::{Epoch, FencedStore};
+use crate::runtime::clock::LeaseInstant;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg, CoordinatorRef};
 use crate::runtime::queue::RequestQueue;
@@ -387,7 +388,7 @@ impl<C: Coordinator> Election<C> {
             }
             (Some(lease), _) => Some(Event::LeaseLost {
                 lease,
-                now: Instant::now(),
+                now: LeaseInstant::now(),
             }),
             (None, Some(held))
                 if state.machine.phase() == Phase::Unleased && session.trusts(held.id) =>
@@ -411,7 +412,7 @@ impl<C: Coordinator> Election<C> {
         if let Some(news) = self.session_news(state) {
             self.apply(myself, state, news).await?;
         }
-        let now = Instant::now();
+        let now = LeaseInstant::now();
         self.apply(myself, state, Event::Tick { now }).await
     }
 
@@ -564,6 +565,7 @@ impl<C: Coordinator> Election<C> {
             .reload
             .warm
             .then(|| self.shared.copy.subscribe());
+        let copy_wait = self.context.config.reload.timeout;
         let role = self.role.clone();
         let session = self.context.session_actor.clone();
         let view = self.context.session.clone();
@@ -576,7 +578,7 @@ impl<C: Coordinator> Election<C> {
                 () = tokio::time::sleep(after) => {}
                 () = restore => {}
             }
-            let attempt = Instant::now();
+            let attempt = LeaseInstant::now();
             if let Some(copy) = &mut copy {
                 let ready = |copy: &Option<MetadataCopy>| copy.is_some_and(|copy| !copy.decoding);
                 if !ready(&copy.borrow()) {
@@ -584,7 +586,20 @@ impl<C: Coordinator> Election<C> {
                         role,
                         "waiting for the metadata copy to load and decode before campaigning"
                     );
-                    let _ = copy.wait_for(ready).await;
+                    // Bounded: a copy that cannot be read (etcd refuses the
+                    // prefix, compactions outrun the read) must not keep a
+                    // node out of the election for good. A win then reads
+                    // the metadata itself, as a cold standby's does.
+                    let waited = tokio::time::timeout(copy_wait, copy.wait_for(ready)).await;
+                    if waited.is_err() {
+                        tracing::warn!(
+                            role,
+                            "the metadata copy is not loaded after reload.timeout ({copy_wait:?}): \
+                             campaigning without it; a win reads the metadata first"
+                        );
+                        metrics::counter!(telemetry::CAMPAIGNS_WITHOUT_COPY, "role" => role.clone())
+                            .increment(1);
+                    }
                 }
             }
             let won = async {

@@ -30,6 +30,7 @@ use crate::coordinator::{BoxError, Coordinator, Snapshot};
 use crate::etcd::Subscription;
 use crate::runtime::context::{NodeContext, RoleShared};
 use crate::runtime::faults::Faults;
+use crate::runtime::slot::Slot;
 use crate::status::MetadataCopy;
 use crate::task::{OwnedTask, drop_elsewhere, return_freed_memory};
 use crate::telemetry;
@@ -48,6 +49,20 @@ pub(crate) enum ReloadError {
         /// The etcd error.
         #[source]
         source: etcd_client::Error,
+    },
+    /// etcd compacted the revision of every one of `reads` reads in a row
+    /// before its last page: reading the prefix takes longer than etcd
+    /// keeps a revision.
+    #[error(
+        "etcd compacted the revision of {reads} reads in a row of the metadata under {prefix} \
+         before each finished: reading it takes longer than etcd keeps revisions (raise etcd's \
+         --auto-compaction-retention, or reload.pageBytes for fewer pages)"
+    )]
+    Compacted {
+        /// The metadata prefix.
+        prefix: String,
+        /// Reads started.
+        reads: u32,
     },
     /// The catch-up did not finish within `reload.timeout`.
     #[error("bringing the metadata under {prefix} up to date took longer than {timeout:?}")]
@@ -75,6 +90,26 @@ pub(crate) enum ReloadError {
     },
 }
 
+impl ReloadError {
+    /// The failure's class, as metrics label it.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            ReloadError::ReadFailed {
+                source: etcd_client::Error::GRpcStatus(status),
+                ..
+            } => match status.code() {
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "denied",
+                tonic::Code::Unavailable => "unavailable",
+                tonic::Code::DeadlineExceeded => "timed_out",
+                _ => "other",
+            },
+            ReloadError::Compacted { .. } => "compacted",
+            ReloadError::TimedOut { .. } => "timed_out",
+            _ => "other",
+        }
+    }
+}
+
 /// The reload actor of one role on one node. It runs on a plain task with
 /// its own mailbox, not as a ractor actor: ractor's ports cost about 6 KB
 /// an actor, and every standby role keeps its reload actor. It is handled
@@ -92,6 +127,8 @@ pub(crate) struct ReloadActor<C: Coordinator> {
     faults: Arc<Faults>,
     /// Where the copy stands, for the role's handle.
     published: Arc<watch::Sender<Option<MetadataCopy>>>,
+    /// Why the copy is not loaded, for the role's handle.
+    missing: Arc<Slot<String>>,
 }
 
 impl<C: Coordinator> ReloadActor<C> {
@@ -109,6 +146,7 @@ impl<C: Coordinator> ReloadActor<C> {
             context: context.clone(),
             faults: shared.faults.clone(),
             published: shared.copy.clone(),
+            missing: shared.copy_missing.clone(),
         }
     }
 }
@@ -281,7 +319,7 @@ impl<C: Coordinator> ReloadActor<C> {
         ));
         let (context, prefix) = (self.context.clone(), self.prefix.clone());
         let (faults, reply) = (self.faults.clone(), myself.clone());
-        let wake = state.wake.clone();
+        let (wake, role, missing) = (state.wake.clone(), self.role.clone(), self.missing.clone());
         let load = async move {
             // Until the node's watch has read its elections, it has not
             // started: what changed before it starts would be missed.
@@ -310,6 +348,9 @@ impl<C: Coordinator> ReloadActor<C> {
                             prefix,
                             "reading the metadata for a warm copy failed, retrying in {delay:?}: {error}"
                         );
+                        metrics::counter!(telemetry::METADATA_COPY_READ_FAILURES, "role" => role.clone(), "reason" => error.reason())
+                            .increment(1);
+                        missing.set(Some(error.to_string()));
                         sleep_unless_woken(delay, &wake).await;
                     }
                 }
@@ -320,6 +361,7 @@ impl<C: Coordinator> ReloadActor<C> {
 
     fn loaded(&self, myself: &Mailbox<C>, state: &mut ReloadState<C>, snapshot: Snapshot) {
         state.loader = None;
+        self.missing.set(None);
         let revision = snapshot.revision;
         tracing::info!(
             role = self.role,

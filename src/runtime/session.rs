@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::backoff::{self, Backoff};
 use crate::config::Config;
 use crate::etcd;
+use crate::runtime::clock::LeaseInstant;
 use crate::task::OwnedTask;
 use crate::telemetry;
 use keepalive::{Beat, Renewal};
@@ -29,7 +30,7 @@ pub(crate) struct HeldLease {
     /// The lease.
     pub id: i64,
     /// When the last answered keepalive was sent.
-    pub renewed_at: Instant,
+    pub renewed_at: LeaseInstant,
 }
 
 /// What the roles see of the session: the lease held now, and until when
@@ -37,7 +38,7 @@ pub(crate) struct HeldLease {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionView {
     held: watch::Receiver<Option<HeldLease>>,
-    restored: watch::Receiver<Option<Instant>>,
+    restored: watch::Receiver<Option<LeaseInstant>>,
     renew_deadline: Duration,
 }
 
@@ -47,7 +48,7 @@ pub(crate) struct SessionFeed {
     /// The lease held, and its last renewal.
     pub held: watch::Sender<Option<HeldLease>>,
     /// When etcd last answered the keepalive again after it had failed.
-    pub restored: watch::Sender<Option<Instant>>,
+    pub restored: watch::Sender<Option<LeaseInstant>>,
 }
 
 impl SessionView {
@@ -69,7 +70,7 @@ impl SessionView {
         let (feed, view) = Self::channel(Duration::from_secs(60));
         feed.held.send_replace(Some(HeldLease {
             id: lease,
-            renewed_at: Instant::now(),
+            renewed_at: LeaseInstant::now(),
         }));
         view
     }
@@ -81,7 +82,7 @@ impl SessionView {
 
     /// Until when `lease` is trusted: its last renewal's send time plus the
     /// renew deadline; `None` once the session holds another lease or none.
-    pub(crate) fn trusted_until(&self, lease: i64) -> Option<Instant> {
+    pub(crate) fn trusted_until(&self, lease: i64) -> Option<LeaseInstant> {
         self.current()
             .filter(|held| held.id == lease)
             .map(|held| held.renewed_at + self.renew_deadline)
@@ -90,13 +91,13 @@ impl SessionView {
     /// Whether `lease` is the session's lease and trusted now.
     pub(crate) fn trusts(&self, lease: i64) -> bool {
         self.trusted_until(lease)
-            .is_some_and(|until| Instant::now() < until)
+            .is_some_and(|until| LeaseInstant::now() < until)
     }
 
     /// Whether etcd answered the keepalive again, after it had failed, in a
     /// keepalive sent at or after `since`: a failure of a call begun before
     /// then may be the broken connection's, not etcd's state now.
-    pub(crate) fn restored_since(&self, since: Instant) -> bool {
+    pub(crate) fn restored_since(&self, since: LeaseInstant) -> bool {
         self.restored.borrow().is_some_and(|at| at >= since)
     }
 
@@ -128,7 +129,7 @@ pub(crate) struct Session {
     client: Client,
     config: Config,
     held: watch::Sender<Option<HeldLease>>,
-    restored: watch::Sender<Option<Instant>>,
+    restored: watch::Sender<Option<LeaseInstant>>,
 }
 
 impl Session {
@@ -157,7 +158,7 @@ pub(crate) enum SessionMsg {
         /// The lease.
         lease: i64,
         /// When the grant left.
-        sent_at: Instant,
+        sent_at: LeaseInstant,
     },
     /// The grant failed.
     GrantFailed,
@@ -203,7 +204,7 @@ impl Session {
         let reply = myself.clone();
         let grant = async move {
             tokio::time::sleep(after).await;
-            let sent_at = Instant::now();
+            let sent_at = LeaseInstant::now();
             match keepalive::grant(&client, ttl, bound).await {
                 Ok(lease) => {
                     if reply
@@ -352,7 +353,7 @@ impl Actor for Session {
                 // Copied out: the view's lock must not be held while abandoning moves it.
                 let held = *self.held.borrow();
                 if let Some(held) = held
-                    && Instant::now() >= held.renewed_at + self.config.session.renew_deadline()
+                    && LeaseInstant::now() >= held.renewed_at + self.config.session.renew_deadline()
                 {
                     let why = format!(
                         "no keepalive answered within session.renewDeadline ({:?})",

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use etcd_client::Client;
 
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
+use crate::runtime::clock::LeaseInstant;
 use crate::runtime::session::SessionView;
 
 /// One won term of one role on this node. Clones share the same term.
@@ -70,7 +70,7 @@ impl Term {
     }
 
     /// The instant the lease stops being trusted, if it is trusted.
-    pub(crate) fn trusted_until(&self) -> Option<Instant> {
+    pub(crate) fn trusted_until(&self) -> Option<LeaseInstant> {
         self.0.session.trusted_until(self.0.lease)
     }
 
@@ -124,13 +124,13 @@ mod tests {
     fn a_term_is_open_only_while_unclosed_and_its_lease_trusted() {
         let (feed, session) = SessionView::channel(DEADLINE);
         let held = feed.held;
-        let renewed = |at: Instant| {
+        let renewed = |at: LeaseInstant| {
             Some(HeldLease {
                 id: 7,
                 renewed_at: at,
             })
         };
-        held.send_replace(renewed(Instant::now()));
+        held.send_replace(renewed(LeaseInstant::now()));
         let term = Term::open(epoch(), 7, session.clone());
         assert!(term.is_open());
         assert!(
@@ -140,23 +140,23 @@ mod tests {
         term.start_serving();
         assert!(term.serves());
 
-        held.send_replace(renewed(Instant::now() - DEADLINE));
+        held.send_replace(renewed(LeaseInstant::now() - DEADLINE));
         assert!(
             !term.is_open(),
             "a lease renewed a whole deadline ago is not trusted any more"
         );
         assert!(!term.serves());
-        held.send_replace(renewed(Instant::now()));
+        held.send_replace(renewed(LeaseInstant::now()));
         assert!(term.serves());
         held.send_replace(Some(HeldLease {
             id: 8,
-            renewed_at: Instant::now(),
+            renewed_at: LeaseInstant::now(),
         }));
         assert!(
             !term.is_open(),
             "a session that moved to another lease ends the terms on the old one"
         );
-        held.send_replace(renewed(Instant::now()));
+        held.send_replace(renewed(LeaseInstant::now()));
 
         let clone = term.clone();
         clone.close();

@@ -4,10 +4,11 @@
 //! [`Event`]s and carries out the [`Command`]s; everything that decides *what*
 //! happens lives here, where unit tests drive it without etcd.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backoff;
 use crate::config::BackoffConfig;
+use crate::runtime::clock::LeaseInstant;
 use crate::status::{RoleState, StepDownReason};
 
 /// What happens once leadership or candidacy has been released.
@@ -114,14 +115,14 @@ pub(crate) enum Event {
         lease: i64,
         /// When its last answered keepalive (or its grant) left, the start
         /// of the renew deadline.
-        sent_at: Instant,
+        sent_at: LeaseInstant,
     },
     /// A keepalive sent at `sent_at` succeeded.
     KeepaliveAcked {
         /// The lease kept alive.
         lease: i64,
         /// When the keepalive request left.
-        sent_at: Instant,
+        sent_at: LeaseInstant,
     },
     /// The node's session no longer holds the lease.
     LeaseLost {
@@ -129,12 +130,12 @@ pub(crate) enum Event {
         lease: i64,
         /// Now: a lease whose renew deadline has passed was given up for
         /// that, not lost to etcd.
-        now: Instant,
+        now: LeaseInstant,
     },
     /// The clock, to check the renew deadline.
     Tick {
         /// Now.
-        now: Instant,
+        now: LeaseInstant,
     },
     /// Every candidate ahead is gone: this node leads at `revision`.
     Elected {
@@ -272,7 +273,7 @@ pub(crate) struct ElectionMachine {
     timings: Timings,
     phase: Phase,
     lease: Option<i64>,
-    last_renewal_sent: Option<Instant>,
+    last_renewal_sent: Option<LeaseInstant>,
     coordinator_up: bool,
     coordinator_crashes: u32,
     etcd_failures: u32,
@@ -305,7 +306,7 @@ impl ElectionMachine {
     }
 
     /// When the last renewal the machine heard of was sent.
-    pub(crate) fn last_renewal_sent(&self) -> Option<Instant> {
+    pub(crate) fn last_renewal_sent(&self) -> Option<LeaseInstant> {
         self.last_renewal_sent
     }
 
@@ -464,7 +465,7 @@ impl ElectionMachine {
         }
     }
 
-    fn on_lease_granted(&mut self, lease: i64, sent_at: Instant) -> Vec<Command> {
+    fn on_lease_granted(&mut self, lease: i64, sent_at: LeaseInstant) -> Vec<Command> {
         if self.phase != Phase::Unleased {
             return Vec::new();
         }
@@ -604,7 +605,7 @@ impl ElectionMachine {
     }
 
     /// Whether no renewal was sent within the renew deadline before `now`.
-    fn deadline_passed(&self, now: Instant) -> bool {
+    fn deadline_passed(&self, now: LeaseInstant) -> bool {
         self.last_renewal_sent
             .is_some_and(|sent| now >= sent + self.timings.renew_deadline)
     }
@@ -642,7 +643,7 @@ mod tests {
     }
 
     /// A machine that campaigns on the session's `LEASE`, renewed at `start`.
-    fn campaigning(start: Instant) -> ElectionMachine {
+    fn campaigning(start: LeaseInstant) -> ElectionMachine {
         let mut machine = ElectionMachine::new(timings());
         assert_eq!(
             machine.on(Event::Started),
@@ -668,7 +669,7 @@ mod tests {
         machine
     }
 
-    fn serving(start: Instant) -> ElectionMachine {
+    fn serving(start: LeaseInstant) -> ElectionMachine {
         let mut machine = campaigning(start);
         assert_eq!(
             machine.on(Event::Elected {
@@ -711,7 +712,7 @@ mod tests {
         assert!(
             machine
                 .on(Event::Tick {
-                    now: Instant::now() + Duration::from_secs(60)
+                    now: LeaseInstant::now() + Duration::from_secs(60)
                 })
                 .is_empty(),
             "no deadline without a lease"
@@ -720,7 +721,7 @@ mod tests {
         assert_eq!(
             machine.on(Event::LeaseGranted {
                 lease: next,
-                sent_at: Instant::now()
+                sent_at: LeaseInstant::now()
             }),
             vec![
                 Command::Register { lease: next },
@@ -755,13 +756,13 @@ mod tests {
 
     #[test]
     fn wins_then_serves_only_after_reload_and_activation() {
-        let machine = serving(Instant::now());
+        let machine = serving(LeaseInstant::now());
         assert!(machine.phase().leads());
     }
 
     #[test]
     fn stale_replies_from_an_earlier_term_are_ignored() {
-        let mut machine = campaigning(Instant::now());
+        let mut machine = campaigning(LeaseInstant::now());
         assert!(
             machine
                 .on(Event::Elected {
@@ -781,7 +782,7 @@ mod tests {
 
     #[test]
     fn missed_renew_deadline_demotes_before_the_ttl_and_starts_over() {
-        let start = Instant::now();
+        let start = LeaseInstant::now();
         let mut machine = serving(start);
         let renewed = start + Duration::from_secs(3);
         machine.on(Event::KeepaliveAcked {
@@ -817,19 +818,19 @@ mod tests {
 
     #[test]
     fn lost_lease_while_campaigning_starts_over_without_deactivating() {
-        let mut machine = campaigning(Instant::now());
+        let mut machine = campaigning(LeaseInstant::now());
         assert!(
             machine
                 .on(Event::LeaseLost {
                     lease: LEASE + 1,
-                    now: Instant::now()
+                    now: LeaseInstant::now()
                 })
                 .is_empty()
         );
         assert_eq!(
             machine.on(Event::LeaseLost {
                 lease: LEASE,
-                now: Instant::now()
+                now: LeaseInstant::now()
             }),
             vec![Command::CancelCampaign],
             "the key went with the lease: nothing to delete"
@@ -840,7 +841,7 @@ mod tests {
             machine
                 .on(Event::LeaseLost {
                     lease: LEASE,
-                    now: Instant::now()
+                    now: LeaseInstant::now()
                 })
                 .is_empty(),
             "heard once"
@@ -849,7 +850,7 @@ mod tests {
 
     #[test]
     fn coordinator_crash_resigns_at_once_and_recampaigns_after_restart() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         let commands = machine.on(Event::CoordinatorCrashed);
         assert_eq!(
             commands,
@@ -880,7 +881,7 @@ mod tests {
 
     #[test]
     fn repeated_crashes_back_off_exponentially_until_it_serves_again() {
-        let mut machine = campaigning(Instant::now());
+        let mut machine = campaigning(LeaseInstant::now());
         let mut delays = Vec::new();
         for _ in 0..5 {
             for command in machine.on(Event::CoordinatorCrashed) {
@@ -929,7 +930,7 @@ mod tests {
 
     #[test]
     fn reload_failure_resigns_and_campaigns_again_after_a_delay() {
-        let mut machine = campaigning(Instant::now());
+        let mut machine = campaigning(LeaseInstant::now());
         machine.on(Event::Elected {
             lease: LEASE,
             revision: REVISION,
@@ -944,7 +945,7 @@ mod tests {
 
     #[test]
     fn shutdown_deactivates_then_stops_leaving_the_key_to_the_nodes_revoke() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         assert_eq!(
             machine.on(Event::Shutdown),
             vec![
@@ -963,7 +964,7 @@ mod tests {
 
     #[test]
     fn a_standby_that_shuts_down_stops_without_deleting_its_key() {
-        let mut machine = campaigning(Instant::now());
+        let mut machine = campaigning(LeaseInstant::now());
         assert_eq!(
             machine.on(Event::Shutdown),
             vec![Command::CancelCampaign, Command::Stop]
@@ -973,7 +974,7 @@ mod tests {
 
     #[test]
     fn shutdown_during_a_resign_stops_once_the_key_is_gone() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         machine.on(Event::CoordinatorCrashed);
         assert!(machine.on(Event::Shutdown).is_empty());
         assert_eq!(machine.on(Event::Released), vec![Command::Stop]);
@@ -981,7 +982,7 @@ mod tests {
 
     #[test]
     fn crash_while_deactivating_releases_without_waiting() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         machine.on(Event::Resign);
         let commands = machine.on(Event::CoordinatorCrashed);
         assert!(commands.contains(&Command::Resign { lease: LEASE }));
@@ -992,7 +993,7 @@ mod tests {
 
     #[test]
     fn crash_while_deactivating_for_a_shutdown_stops_without_waiting() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         machine.on(Event::Shutdown);
         let commands = machine.on(Event::CoordinatorCrashed);
         assert!(commands.contains(&Command::Stop), "{commands:?}");
@@ -1002,7 +1003,7 @@ mod tests {
 
     #[test]
     fn campaign_retries_back_off_and_start_over_once_a_campaign_joins() {
-        let mut machine = campaigning(Instant::now());
+        let mut machine = campaigning(LeaseInstant::now());
         let retry = |machine: &mut ElectionMachine| match machine
             .on(Event::CampaignFailed {
                 lease: LEASE,
@@ -1035,7 +1036,7 @@ mod tests {
 
     #[test]
     fn a_campaign_that_failed_as_etcd_came_back_retries_without_the_outages_backoff() {
-        let mut machine = campaigning(Instant::now());
+        let mut machine = campaigning(LeaseInstant::now());
         let fail = |machine: &mut ElectionMachine, etcd_restored| match machine
             .on(Event::CampaignFailed {
                 lease: LEASE,
@@ -1063,7 +1064,7 @@ mod tests {
 
     #[test]
     fn a_deleted_leader_key_demotes_and_campaigns_again_on_the_same_lease() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         assert!(
             machine
                 .on(Event::LeaderKeyDeleted { revision: 1 })
@@ -1079,7 +1080,7 @@ mod tests {
 
     #[test]
     fn resigning_hands_over_and_campaigns_again_at_once() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         steps_down_and_recampaigns(
             &mut machine,
             Event::Resign,
@@ -1094,14 +1095,14 @@ mod tests {
 
     #[test]
     fn a_lease_lost_during_a_resign_waits_for_the_next_lease_instead_of_recampaigning() {
-        let mut machine = serving(Instant::now());
+        let mut machine = serving(LeaseInstant::now());
         machine.on(Event::CoordinatorCrashed);
         machine.on(Event::CoordinatorStarted);
         assert!(
             machine
                 .on(Event::LeaseLost {
                     lease: LEASE,
-                    now: Instant::now()
+                    now: LeaseInstant::now()
                 })
                 .is_empty()
         );
@@ -1111,7 +1112,7 @@ mod tests {
 
     #[test]
     fn a_ready_transfer_hands_over_only_from_the_term_it_was_planned_in() {
-        let start = Instant::now();
+        let start = LeaseInstant::now();
         let mut machine = serving(start);
         assert_eq!(
             machine.on(Event::TransferReady {
@@ -1141,7 +1142,7 @@ mod tests {
 
     #[test]
     fn a_candidate_makes_way_by_joining_again_and_a_leader_never_yields() {
-        let start = Instant::now();
+        let start = LeaseInstant::now();
         let mut machine = campaigning(start);
         assert_eq!(
             machine.on(Event::Yield),

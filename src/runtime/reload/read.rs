@@ -1,8 +1,11 @@
 //! Full reads of a role's metadata: every key under its prefix at one revision, in pages.
 
+use std::time::Duration;
+
 use etcd_client::{Client, GetOptions};
 
-use crate::config::ReloadConfig;
+use crate::backoff;
+use crate::config::{BackoffConfig, ReloadConfig};
 use crate::coordinator::Snapshot;
 use crate::etcd::prefix_end;
 use crate::runtime::faults::Faults;
@@ -79,9 +82,21 @@ impl PageSizer {
     }
 }
 
+/// Reads in a row whose revision etcd may compact before the read gives up.
+const COMPACTED_READS: u32 = 5;
+
+/// The backoff between reads whose revision was compacted: a little room
+/// for a compaction in progress to finish, and for a node among many not
+/// to restart in step with the others.
+const COMPACTED_BACKOFF: BackoffConfig = BackoffConfig {
+    initial: Duration::from_millis(100),
+    max: Duration::from_secs(2),
+};
+
 /// Reads every key under `prefix` at one revision, in pages sized by
 /// [`PageSizer`]. When etcd compacts that revision before the last page is
-/// read, the read starts over at a fresh one (the caller bounds the whole read).
+/// read, the read starts over at a fresh one after a backoff, at most
+/// [`COMPACTED_READS`] times in all (the caller bounds the whole read too).
 pub(crate) async fn read_snapshot(
     client: &Client,
     prefix: &str,
@@ -89,17 +104,27 @@ pub(crate) async fn read_snapshot(
     min_revision: i64,
     faults: &Faults,
 ) -> Result<Snapshot, ReloadError> {
-    loop {
+    for read in 1..=COMPACTED_READS {
         match read_pages(client, prefix, config, min_revision, faults).await {
             Err(ReloadError::ReadFailed { source, .. }) if is_compacted(&source) => {
+                if read == COMPACTED_READS {
+                    break;
+                }
+                let after = backoff::jittered(backoff::delay(&COMPACTED_BACKOFF, read));
                 tracing::warn!(
                     prefix,
-                    "etcd compacted the revision a reload was reading ({source}); reading again at a fresh revision"
+                    "etcd compacted the revision a reload was reading ({source}); reading again \
+                     at a fresh revision in {after:?} ({read} of {COMPACTED_READS} reads)"
                 );
+                tokio::time::sleep(after).await;
             }
             done => return done,
         }
     }
+    Err(ReloadError::Compacted {
+        prefix: prefix.to_owned(),
+        reads: COMPACTED_READS,
+    })
 }
 
 /// Whether etcd refused a read because its revision has been compacted.

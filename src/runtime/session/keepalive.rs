@@ -1,10 +1,11 @@
 //! The session's lease in etcd: granted, then kept alive on a fixed beat (revoked through [`crate::etcd::revoke`]).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::Client;
 
+use crate::runtime::clock::LeaseInstant;
 use crate::telemetry;
 
 /// What the keepalive loop reports.
@@ -14,13 +15,13 @@ pub(crate) enum Renewal {
     /// earlier than that instant.
     Renewed {
         /// When the answered keepalive was sent.
-        sent_at: Instant,
+        sent_at: LeaseInstant,
     },
     /// The keepalive stream opened again after failing, its opening sent
     /// at `sent_at`: etcd answers again (and renewed the lease once).
     Restored {
         /// When the opening was sent.
-        sent_at: Instant,
+        sent_at: LeaseInstant,
     },
     /// etcd says the lease no longer exists.
     Lost,
@@ -63,7 +64,7 @@ pub(crate) async fn keep_alive(
     let mut lease_client = client.lease_client();
     let mut failed = false;
     loop {
-        let sent_at = Instant::now();
+        let sent_at = LeaseInstant::now();
         let opened = tokio::time::timeout(beat.timeout, lease_client.keep_alive(lease)).await;
         let (mut keeper, mut answers) = match opened {
             Ok(Ok(stream)) => stream,
@@ -93,16 +94,16 @@ pub(crate) async fn keep_alive(
         if !report(opened) {
             return;
         }
-        let mut unanswered: VecDeque<Instant> = VecDeque::new();
+        let mut unanswered: VecDeque<LeaseInstant> = VecDeque::new();
         let mut next_send = tokio::time::Instant::now() + beat.interval;
         let broken = loop {
             let give_up = unanswered
                 .front()
-                .map(|sent| tokio::time::Instant::from_std(*sent + beat.timeout));
+                .map(|sent| tokio::time::Instant::from_std((*sent + beat.timeout).to_instant()));
             tokio::select! {
                 _ = tokio::time::sleep_until(next_send) => {
                     next_send += beat.interval;
-                    unanswered.push_back(Instant::now());
+                    unanswered.push_back(LeaseInstant::now());
                     if let Err(error) = keeper.keep_alive().await {
                         break error.to_string();
                     }

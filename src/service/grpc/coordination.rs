@@ -78,6 +78,7 @@ fn role_status(role: &dyn RoleControl) -> RoleStatus {
             released: copy.released,
         }),
         lease_id: status.lease.unwrap_or(0),
+        metadata_copy_missing: role.metadata_copy_missing().unwrap_or_default(),
     }
 }
 

@@ -1,0 +1,123 @@
+//! The clock the lease is trusted by: it keeps counting while the host is suspended, which `Instant` does not.
+//!
+//! `std::time::Instant` reads `CLOCK_MONOTONIC` on Linux, which stops while
+//! the host is suspended: a leader suspended for 15 s would resume trusting
+//! its lease for seconds after etcd expired it and a successor served.
+//! `CLOCK_BOOTTIME` is the same clock plus the time spent suspended, so the
+//! renew deadline is measured as etcd measures the TTL. Elsewhere than Linux
+//! this is `Instant`. Timers still run on tokio's clock: a timer may fire
+//! late after a suspend, but every check of the term reads this clock.
+
+use std::ops::{Add, Sub};
+use std::time::{Duration, Instant};
+
+/// An instant of the lease clock: time since boot, suspended time included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct LeaseInstant(Duration);
+
+impl LeaseInstant {
+    /// Now.
+    pub(crate) fn now() -> Self {
+        Self(since_boot())
+    }
+
+    /// How long after `earlier` this is; zero if it is not after it.
+    pub(crate) fn saturating_duration_since(self, earlier: Self) -> Duration {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// How long ago this was; zero if it is still to come.
+    pub(crate) fn elapsed(self) -> Duration {
+        Self::now().saturating_duration_since(self)
+    }
+
+    /// The `Instant` this process's monotonic clock will read when this
+    /// clock reads `self`, as far as can be told now (the two drift apart
+    /// only while the host is suspended): for timers and for callers that
+    /// take an `Instant`.
+    pub(crate) fn to_instant(self) -> Instant {
+        let (now, instant_now) = (Self::now(), Instant::now());
+        if self >= now {
+            instant_now + self.saturating_duration_since(now)
+        } else {
+            let ago = now.saturating_duration_since(self);
+            instant_now.checked_sub(ago).unwrap_or(instant_now)
+        }
+    }
+}
+
+impl Add<Duration> for LeaseInstant {
+    type Output = Self;
+
+    fn add(self, later: Duration) -> Self {
+        Self(self.0.saturating_add(later))
+    }
+}
+
+impl Sub<Duration> for LeaseInstant {
+    type Output = Self;
+
+    fn sub(self, earlier: Duration) -> Self {
+        Self(self.0.saturating_sub(earlier))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn since_boot() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec for the call's duration.
+    let read = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    // CLOCK_BOOTTIME exists since Linux 2.6.39; without it no lease could
+    // be trusted safely.
+    assert_eq!(read, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn since_boot() -> Duration {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_moves_forward_and_adds_as_durations_do() {
+        let start = LeaseInstant::now();
+        let later = start + Duration::from_millis(5);
+        assert!(later > start);
+        assert_eq!(
+            later.saturating_duration_since(start),
+            Duration::from_millis(5)
+        );
+        assert_eq!(start.saturating_duration_since(later), Duration::ZERO);
+        assert_eq!(later - Duration::from_millis(5), start);
+        assert!(LeaseInstant::now() >= start);
+        let instant = later.to_instant();
+        let gap = instant.saturating_duration_since(Instant::now());
+        assert!(gap <= Duration::from_millis(5), "{gap:?}");
+    }
+
+    /// Linux's `/proc/uptime` counts from boot with suspended time, as
+    /// CLOCK_BOOTTIME does; CLOCK_MONOTONIC falls behind it by every
+    /// suspend.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn on_linux_it_reads_the_time_since_boot_suspends_included() {
+        let uptime = std::fs::read_to_string("/proc/uptime").unwrap();
+        let seconds: f64 = uptime.split_whitespace().next().unwrap().parse().unwrap();
+        let clock = LeaseInstant::now().0.as_secs_f64();
+        assert!(
+            (clock - seconds).abs() < 1.0,
+            "boot clock {clock} s, uptime {seconds} s"
+        );
+    }
+}
