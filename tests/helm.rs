@@ -280,7 +280,9 @@ async fn a_pod_of_the_chart_serves_with_the_environment_a_kubelet_gives_it() -> 
             "api"
         };
         let dir = files.path().join(volume);
-        std::fs::create_dir_all(&dir)?;
+        // As a kubelet lays a Secret volume out: a `..data` directory
+        // beside the files, which carry the chart's defaultMode (0440).
+        std::fs::create_dir_all(dir.join("..data"))?;
         for (key, value) in secret["data"].as_mapping().unwrap() {
             let decoded = Command::new("base64")
                 .arg("-d")
@@ -296,7 +298,9 @@ async fn a_pod_of_the_chart_serves_with_the_environment_a_kubelet_gives_it() -> 
                         .write_all(text(value).as_bytes())?;
                     child.wait_with_output()
                 })?;
-            std::fs::write(dir.join(text(key)), decoded.stdout)?;
+            let file = dir.join(text(key));
+            std::fs::write(&file, decoded.stdout)?;
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o440))?;
         }
     }
 
