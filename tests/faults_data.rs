@@ -324,3 +324,53 @@ async fn a_reload_whose_revision_is_compacted_reads_again_at_a_fresh_one() -> an
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_compacted_five_times_in_a_row_gives_up_and_says_why() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    support::seed_metadata(&etcd, ROLE, 50, b"v").await?;
+    let mut config = config(&etcd, 0, 10);
+    config.reload.page_size = 10;
+    let reached = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut node = Node::new(config);
+    let role = node.add_role(ROLE, support::Ledger { strict: false })?;
+    role.hold_reload(reached.clone(), gate.clone());
+    node.start().await?;
+
+    info!("--- every read of the warm copy is compacted past after its first page, five times");
+    let client = etcd.client().await?;
+    let mut kv = client.kv_client();
+    for read in 1..=5 {
+        reached.acquire().await?.forget();
+        let revision = kv
+            .put(
+                format!("{ROOT}/meta/{ROLE}/written-in-read-{read}"),
+                "w",
+                None,
+            )
+            .await?
+            .header()
+            .expect("a header")
+            .revision();
+        kv.compact(revision, None).await?;
+        if read < 5 {
+            role.hold_reload(reached.clone(), gate.clone());
+        }
+        gate.add_permits(1);
+    }
+
+    info!("--- the fifth gives up, named as such; the next read, unhindered, loads the copy");
+    wait_for("the read to give up", Duration::from_secs(20), || {
+        (!logged(&["etcd compacted the revision of 5 reads in a row"]).is_empty()).then_some(())
+    })
+    .await;
+    wait_for("the node to serve", Duration::from_secs(20), || {
+        role.is_serving().then_some(())
+    })
+    .await;
+    assert_eq!(role.metadata_copy_missing(), None);
+    node.shutdown().await;
+    Ok(())
+}
