@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use standin::BoxError;
 use standin::StepDownReason;
@@ -277,24 +277,16 @@ pub async fn seed_metadata_under(
     Ok(())
 }
 
-/// Polls `probe` every 10 ms until it returns `Some`, failing the test with
-/// `what` after `deadline`.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+/// [`standin::testing::wait_until`], failing the test with `what` after
+/// `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let started = Instant::now();
-    let mut poll = tokio::time::interval(Duration::from_millis(10));
-    loop {
-        poll.tick().await;
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+    match standin::testing::wait_until(what, deadline, probe).await {
+        Ok(value) => value,
+        Err(error) => panic!("{error}"),
     }
 }
 
