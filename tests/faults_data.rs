@@ -10,11 +10,13 @@ use etcd_client::PutOptions;
 use kit::*;
 use standin::StepDownReason;
 use standin::testing::EtcdServer;
-use standin::{Node, RoleState, ServeError};
+use standin::{Node, RoleHandle, RoleState, ServeError};
+use std::sync::Arc;
 use support::{
     CALL, LedgerRequest, acknowledges_write, config, eventually, serving, shutdown_all,
     start_nodes, wait_for, wait_for_single_leader,
 };
+use tokio::sync::Semaphore;
 use tracing::info;
 
 // ---------------------------------------------------------------------------
@@ -274,31 +276,49 @@ async fn an_undecodable_tso_bound_makes_nodes_resign_until_it_is_fixed() -> anyh
 // ---------------------------------------------------------------------------
 // etcd compacts the revision a reload is reading.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_whose_revision_is_compacted_reads_again_at_a_fresh_one() -> anyhow::Result<()> {
-    init_logging();
-    let etcd = EtcdServer::start().await?;
-    support::seed_metadata(&etcd, ROLE, 50, b"v").await?;
-    let mut config = config(&etcd, 0, 10);
+/// A node of `ROLE` over 50 seeded keys read in pages of 10, its first
+/// read held after its first page: the test lets it go through the gate
+/// once `reached`.
+async fn start_with_held_reload(
+    etcd: &EtcdServer,
+) -> anyhow::Result<(
+    Node,
+    RoleHandle<support::Ledger>,
+    Arc<Semaphore>,
+    Arc<Semaphore>,
+)> {
+    support::seed_metadata(etcd, ROLE, 50, b"v").await?;
+    let mut config = config(etcd, 0, 10);
     config.reload.page_size = 10;
-    let reached = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let reached = Arc::new(Semaphore::new(0));
+    let gate = Arc::new(Semaphore::new(0));
     let mut node = Node::new(config);
     let role = node.add_role(ROLE, support::Ledger { strict: false })?;
     role.hold_reload(reached.clone(), gate.clone());
     node.start().await?;
+    Ok((node, role, reached, gate))
+}
+
+/// Puts `key` under the role's metadata and compacts etcd at that put.
+async fn put_and_compact(etcd: &EtcdServer, key: &str) -> anyhow::Result<()> {
+    let mut kv = etcd.client().await?.kv_client();
+    let put = kv
+        .put(format!("{ROOT}/meta/{ROLE}/{key}"), "w", None)
+        .await?;
+    let revision = put.header().expect("a header").revision();
+    kv.compact(revision, None).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_revision_is_compacted_reads_again_at_a_fresh_one() -> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let (node, role, reached, gate) = start_with_held_reload(&etcd).await?;
 
     info!("--- the reload has read its first page: compact etcd past its revision");
     reached.acquire().await?.forget();
-    let client = etcd.client().await?;
-    let mut kv = client.kv_client();
-    let revision = kv
-        .put(format!("{ROOT}/meta/{ROLE}/written-mid-reload"), "w", None)
-        .await?
-        .header()
-        .expect("a header")
-        .revision();
-    kv.compact(revision, None).await?;
+    put_and_compact(&etcd, "written-mid-reload").await?;
     gate.add_permits(1);
 
     wait_for("the node to serve", Duration::from_secs(10), || {
@@ -329,32 +349,12 @@ async fn a_reload_whose_revision_is_compacted_reads_again_at_a_fresh_one() -> an
 async fn a_read_compacted_five_times_in_a_row_gives_up_and_says_why() -> anyhow::Result<()> {
     init_logging();
     let etcd = EtcdServer::start().await?;
-    support::seed_metadata(&etcd, ROLE, 50, b"v").await?;
-    let mut config = config(&etcd, 0, 10);
-    config.reload.page_size = 10;
-    let reached = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let mut node = Node::new(config);
-    let role = node.add_role(ROLE, support::Ledger { strict: false })?;
-    role.hold_reload(reached.clone(), gate.clone());
-    node.start().await?;
+    let (node, role, reached, gate) = start_with_held_reload(&etcd).await?;
 
     info!("--- every read of the warm copy is compacted past after its first page, five times");
-    let client = etcd.client().await?;
-    let mut kv = client.kv_client();
     for read in 1..=5 {
         reached.acquire().await?.forget();
-        let revision = kv
-            .put(
-                format!("{ROOT}/meta/{ROLE}/written-in-read-{read}"),
-                "w",
-                None,
-            )
-            .await?
-            .header()
-            .expect("a header")
-            .revision();
-        kv.compact(revision, None).await?;
+        put_and_compact(&etcd, &format!("written-in-read-{read}")).await?;
         if read < 5 {
             role.hold_reload(reached.clone(), gate.clone());
         }

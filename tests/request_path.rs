@@ -23,11 +23,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_standin");
 /// The request that holds its batch until the test lets it go.
 const HOLDS: u32 = 0;
 
-/// Requests from this one up take as many milliseconds over it to handle.
-const SLOW: u32 = 1_000_000;
-
 /// A coordinator that records the batches it is handed; the request
-/// [`HOLDS`] waits for a permit, and one above [`SLOW`] takes its time.
+/// [`HOLDS`] waits for a permit.
 struct Recording {
     gate: Arc<Semaphore>,
     handled: Arc<Mutex<Vec<u32>>>,
@@ -62,14 +59,33 @@ impl Coordinator for Recording {
                     .expect("the gate stays open")
                     .forget();
             }
-            if request > SLOW {
-                // The coordinator's own work, as slow as the request says.
-                tokio::time::sleep(Duration::from_millis(u64::from(request - SLOW))).await;
-            }
             self.handled.lock().unwrap().push(request);
         }
         requests
     }
+}
+
+/// A node serving a [`Recording`] role with `config`, and what it records.
+async fn start_recording(
+    config: Config,
+) -> anyhow::Result<(Node, standin::RoleHandle<Recording>, Recording)> {
+    let recording = Recording {
+        gate: Arc::new(Semaphore::new(0)),
+        handled: Arc::default(),
+        batches: Arc::default(),
+    };
+    let mut node = Node::new(config);
+    let role = node.add_role(
+        "recorded",
+        Recording {
+            gate: recording.gate.clone(),
+            handled: Arc::clone(&recording.handled),
+            batches: Arc::clone(&recording.batches),
+        },
+    )?;
+    node.start().await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&role), CALL).await?;
+    Ok((node, role, recording))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,18 +96,12 @@ async fn a_full_queue_refuses_at_once_and_requests_whose_caller_gave_up_never_re
     let mut config = config(&etcd, 0, 10);
     config.coordinator.queue_depth = 4;
     config.coordinator.max_batch = 8;
-    let (gate, handled, batches) = (Arc::new(Semaphore::new(0)), Arc::default(), Arc::default());
-    let mut node = Node::new(config);
-    let role = node.add_role(
-        "recorded",
-        Recording {
-            gate: gate.clone(),
-            handled: Arc::clone(&handled),
-            batches: Arc::clone(&batches),
-        },
-    )?;
-    node.start().await?;
-    standin::testing::the_single_serving(std::slice::from_ref(&role), CALL).await?;
+    let (node, role, recording) = start_recording(config).await?;
+    let Recording {
+        gate,
+        handled,
+        batches,
+    } = recording;
 
     info!("--- a request holds the coordinator; four more fill the queue behind it");
     let held = tokio::spawn(role.call(HOLDS, CALL));
@@ -138,30 +148,40 @@ async fn a_request_the_role_would_answer_after_its_deadline_is_refused_and_never
     let etcd = EtcdServer::start().await?;
     let mut config = config(&etcd, 0, 10);
     config.coordinator.max_batch = 1;
-    let (handled, batches) = (Arc::new(Mutex::new(Vec::new())), Arc::default());
-    let mut node = Node::new(config);
-    let role = node.add_role(
-        "recorded",
-        Recording {
-            gate: Arc::new(Semaphore::new(0)),
-            handled: Arc::clone(&handled),
-            batches: Arc::clone(&batches),
-        },
-    )?;
-    node.start().await?;
-    standin::testing::the_single_serving(std::slice::from_ref(&role), CALL).await?;
-    let slow = SLOW + 400;
+    let (node, role, recording) = start_recording(config).await?;
+    let Recording {
+        gate,
+        handled,
+        batches,
+    } = recording;
+    let held = Duration::from_millis(400);
+    // Starts a held batch and lets it go once it has been held `held`.
+    let hold_batch = |released: Arc<Semaphore>| {
+        let (role, batches) = (role.clone(), Arc::clone(&batches));
+        async move {
+            let started = batches.lock().unwrap().len();
+            let call = tokio::spawn(role.call(HOLDS, CALL));
+            wait_for("the held batch to start", Duration::from_secs(5), || {
+                (batches.lock().unwrap().len() > started).then_some(())
+            })
+            .await;
+            let since = std::time::Instant::now();
+            let release = tokio::spawn(async move {
+                wait_for("the batch to be held long enough", held * 4, || {
+                    (since.elapsed() >= held).then_some(())
+                })
+                .await;
+                released.add_permits(1);
+            });
+            (call, release)
+        }
+    };
 
-    info!("--- a batch of 400 ms teaches the queue its rate; another starts");
-    assert_eq!(role.call(slow, CALL).await, Ok(slow));
-    let started = batches.lock().unwrap().len();
-    let busy = tokio::spawn(role.call(slow, CALL));
-    wait_for(
-        "the second slow batch to start",
-        Duration::from_secs(5),
-        || (batches.lock().unwrap().len() > started).then_some(()),
-    )
-    .await;
+    info!("--- a batch held 400 ms teaches the queue its rate; another starts");
+    let (call, release) = hold_batch(gate.clone()).await;
+    release.await?;
+    assert_eq!(call.await?, Ok(HOLDS));
+    let (busy, release) = hold_batch(gate.clone()).await;
 
     info!("--- a caller waiting 500 ms is queued behind it (about 400 ms ahead, then its own)");
     let within = Duration::from_millis(500);
@@ -176,7 +196,8 @@ async fn a_request_the_role_would_answer_after_its_deadline_is_refused_and_never
         matches!(refused, Err(ServeError::WouldBeLate { left, .. }) if left == within),
         "{refused:?}"
     );
-    assert_eq!(busy.await?, Ok(slow));
+    release.await?;
+    assert_eq!(busy.await?, Ok(HOLDS));
     info!("--- the queued one, taken when its batch would end after its deadline: refused then");
     let answer = queued.await?;
     assert!(
@@ -185,7 +206,7 @@ async fn a_request_the_role_would_answer_after_its_deadline_is_refused_and_never
     );
     info!("--- neither was handled; a caller with time is served");
     assert_eq!(role.call(9, CALL).await, Ok(9));
-    assert_eq!(*handled.lock().unwrap(), [slow, slow, 9]);
+    assert_eq!(*handled.lock().unwrap(), [HOLDS, HOLDS, 9]);
     node.shutdown().await;
     Ok(())
 }
