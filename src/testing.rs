@@ -102,6 +102,14 @@ pub enum TestingError {
         /// Members not killed.
         running: usize,
     },
+    /// Raft leadership could not be handed to a member.
+    #[error("moving etcd's raft leadership to member {member} failed: {message}")]
+    MoveLeaderFailed {
+        /// The member that was to lead.
+        member: usize,
+        /// Why not.
+        message: String,
+    },
     /// A signal for a process that was killed or has exited and been reaped:
     /// its pid may belong to another process by now, so nothing was sent.
     #[error("{what}: the process is not running")]

@@ -12,9 +12,11 @@ use crate::history::{
 /// etcd, which takes milliseconds; an answer later than this is a violation.
 const FORCED_OVERLAP_LIMIT: Duration = Duration::from_secs(1);
 
-/// Faults after which the node they hit is still alive: its witness must
-/// not be taken for dead.
-const LIVE_FAULTS: [&str; 4] = ["sigstop", "cut", "blackhole", "delay"];
+/// Whether the node a fault of `kind` hit (for a fault of etcd, the role's
+/// leader) is still alive after it: its witness must not be taken for dead.
+fn leaves_alive(kind: &str) -> bool {
+    matches!(kind, "sigstop" | "cut" | "blackhole" | "delay") || kind.starts_with("etcd-")
+}
 
 /// At most this many messages per kind of violation are kept; the rest are counted.
 const SHOWN_PER_KIND: usize = 10;
@@ -158,6 +160,7 @@ pub fn check(history: &History) -> Report {
         check_leadership(history, role, &all, &forced, &mut report);
     }
     measure_forced(history, &all, &mut report);
+    check_quorum_loss(history, &all, &mut report);
     check_faults(history, &mut report);
     report
 }
@@ -755,6 +758,44 @@ fn check_leadership(
     check_frozen(history, role, all, &intervals, report);
 }
 
+/// While etcd has no quorum nothing can renew a lease, so every term
+/// lapses: past the impairment's allowance no node says it serves, and no
+/// request asked for then is answered before the quorum is back.
+fn check_quorum_loss(history: &History, all: &[Answer], report: &mut Report) {
+    let mut served = Kind::new("served without etcd quorum");
+    for loss in &history.impairments {
+        let (ImpairmentKind::EtcdNoQuorum { serves_at_most }, Some(until)) =
+            (loss.kind, loss.until)
+        else {
+            continue;
+        };
+        let lapsed = loss.in_force + serves_at_most;
+        let window = format!(
+            "etcd had no quorum from {} to {} ms, every term lapsed by {} ms",
+            history.ms(loss.in_force),
+            history.ms(until),
+            history.ms(lapsed)
+        );
+        for sample in &history.samples {
+            if sample.state == State::Serving && sample.sent >= lapsed && sample.received <= until {
+                served.push(format!(
+                    "{} on node {} (epoch {}) said serving in a status asked at {} ms: {window}",
+                    ROLES[sample.role],
+                    sample.node,
+                    sample.epoch,
+                    history.ms(sample.sent)
+                ));
+            }
+        }
+        for answer in all {
+            if answer.sent >= lapsed && answer.received <= until {
+                served.push(format!("{}: {window}", describe_answer(history, answer)));
+            }
+        }
+    }
+    served.into(report);
+}
+
 /// Every fault recovered within its bound; every allocation succeeded; the
 /// runner saw no stall.
 fn check_faults(history: &History, report: &mut Report) {
@@ -782,7 +823,7 @@ fn check_faults(history: &History, report: &mut Report) {
     // socket, so its witness cannot refuse.
     let mut revoked = Kind::new("witness revoked a live leader");
     for fault in &history.faults {
-        if LIVE_FAULTS.contains(&fault.kind) && fault.witness_revoked == Some(true) {
+        if leaves_alive(fault.kind) && fault.witness_revoked == Some(true) {
             revoked.push(format!(
                 "fault {} ({} on node {:?}, {}, at {} ms): a peer's death witness revoked its leases",
                 fault.index,

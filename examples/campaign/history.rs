@@ -140,6 +140,19 @@ pub enum ImpairmentKind {
     Blackholed,
     /// etcd itself was down (killed, then restarted).
     EtcdDown,
+    /// One member of an etcd cluster was killed, then restarted.
+    EtcdMemberDown,
+    /// One member of an etcd cluster was frozen with SIGSTOP.
+    EtcdMemberFrozen,
+    /// The node's link to one etcd member was cut at its proxy.
+    EtcdMemberCut,
+    /// A majority of an etcd cluster's members were frozen: no quorum. No
+    /// node may say it serves, nor answer a request asked for, later than
+    /// `serves_at_most` into it.
+    EtcdNoQuorum {
+        /// How long into it a node may still serve.
+        serves_at_most: Duration,
+    },
 }
 
 /// An impairment and how long it lasted.
@@ -196,7 +209,8 @@ pub struct FaultRecord {
     /// cluster settled again; `None` when some client got none after it.
     pub clients_paused: Option<Duration>,
     /// Whether a peer's death witness revoked the leases of the node the
-    /// fault hit, from the fault until it recovered; `None` for etcd.
+    /// fault hit (for a fault of etcd, of the role's leader), from the
+    /// fault until it recovered; `None` when there was no such node.
     pub witness_revoked: Option<bool>,
     /// The other roles the hit node led, on the same lease, when a fault
     /// that ends one role's term hit: (role, epoch, whether that term still

@@ -1,7 +1,8 @@
 //! A fault campaign against three `standin run --role tso --role kv` processes: seeded random faults on a role's leader, then a check of every timestamp, register read and leadership interval.
 //!
 //! `cargo build --release --features cli --bin standin && cargo run --release --example
-//! campaign -- --faults 500 [--seed S]` (or `make campaign`). The last line
+//! campaign -- --faults 500 [--seed S] [--etcd-members 3]` (or `make campaign`,
+//! `make campaign CAMPAIGN_ARGS="--etcd-members 3"`). The last line
 //! is `campaign: seed=S faults=N violations=V max_unavailable_ms=M`; the exit
 //! code is non-zero when V > 0. The line before it measures the overlap of
 //! operator-forced takeovers: `campaign: forced-overlap n=.. p50_ms=..
@@ -37,6 +38,14 @@ struct Args {
     /// Keys of 100 bytes put under the kv role's metadata halfway through (0: none).
     #[arg(long, default_value_t = 100_000)]
     preload_keys: usize,
+    /// Members of the etcd cluster: 1, or 3 (or 5...) for the faults of
+    /// etcd itself (`etcd-member-kill`, `etcd-leader-kill`, `etcd-node-cut`,
+    /// `etcd-member-freeze`, `etcd-quorum-loss`, `etcd-move-leader`).
+    #[arg(long, default_value_t = 1)]
+    etcd_members: usize,
+    /// Inject only faults of etcd itself.
+    #[arg(long)]
+    etcd_faults_only: bool,
 }
 
 #[tokio::main]
@@ -51,6 +60,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         seed: args.seed.unwrap_or_else(rand::random),
         binary,
         preload: args.preload_keys,
+        etcd_members: args.etcd_members,
+        etcd_faults_only: args.etcd_faults_only,
     })
     .await?;
     println!("{}", summary.line());

@@ -1,4 +1,4 @@
-//! Runs one fault campaign: etcd, a fault proxy and a `standin run --role tso --role kv` process per node, clients of both roles, a status sampler, and a seeded sequence of faults on a role's leader.
+//! Runs one fault campaign: etcd (one member or a cluster), a fault proxy per node and member, a `standin run --role tso --role kv` process per node, clients of both roles, a status sampler, and a seeded sequence of faults on a role's leader and on etcd.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use standin::Config;
-use standin::testing::{EtcdServer, FaultProxy, StandinProcess, free_loopback_port};
+use standin::testing::{EtcdCluster, FaultProxy, StandinProcess, free_loopback_port};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
@@ -16,6 +16,8 @@ use tonic::transport::{Channel, Endpoint};
 mod cluster;
 #[path = "runner/faults.rs"]
 mod faults;
+#[path = "runner/members.rs"]
+mod members;
 #[path = "../common/metadata.rs"]
 mod metadata;
 #[path = "runner/probes.rs"]
@@ -89,6 +91,12 @@ pub struct Options {
     /// through, so that the second half of the faults meets standbys that
     /// follow (and takeovers that catch up) that much metadata; 0: none.
     pub preload: usize,
+    /// Members of the etcd cluster: 1, or an odd number from 3, which
+    /// brings the faults of etcd itself (members killed, frozen and cut off,
+    /// its leader killed and moved, its quorum lost).
+    pub etcd_members: usize,
+    /// Inject only faults of etcd itself.
+    pub etcd_faults_only: bool,
 }
 
 /// How a campaign went.
@@ -119,8 +127,9 @@ impl Summary {
 struct Cluster {
     /// Holds the witness secret the nodes read at start and restart.
     _secrets: tempfile::TempDir,
-    etcd: EtcdServer,
-    proxies: Vec<FaultProxy>,
+    etcd: EtcdCluster,
+    /// Each node's links, one per etcd member: `proxies[node][member]`.
+    proxies: Vec<Vec<FaultProxy>>,
     nodes: Vec<StandinProcess>,
     /// Channels for faults and resigns: no per-call timeout on the channel,
     /// each call bounds itself.
@@ -144,8 +153,18 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             options.binary.display()
         );
     }
+    if options.etcd_members == 0
+        || (options.etcd_members > 1 && options.etcd_members.is_multiple_of(2))
+    {
+        bail!(
+            "--etcd-members {}: run 1 member, or an odd number from 3 (an even one adds a member without adding a fault it survives)",
+            options.etcd_members
+        );
+    }
     let recorder = Recorder::new();
-    let etcd = EtcdServer::start().await.context("starting etcd")?;
+    let etcd = EtcdCluster::start(options.etcd_members)
+        .await
+        .context("starting etcd")?;
     let root = format!("campaign-{}", options.seed);
     // The witnesses prove a cluster secret, as deployments' do.
     let secrets = tempfile::tempdir().context("a directory for the witness secret")?;
@@ -161,13 +180,19 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     let mut addresses = Vec::new();
     let mut tasks = JoinSet::new();
     for node in 0..NODES {
-        let proxy = FaultProxy::start(&etcd.endpoint())
-            .await
-            .context("starting a fault proxy")?;
+        let mut links = Vec::new();
+        for member in etcd.endpoints() {
+            links.push(
+                FaultProxy::start(&member)
+                    .await
+                    .context("starting a fault proxy")?,
+            );
+        }
+        let endpoints: Vec<String> = links.iter().map(FaultProxy::endpoint).collect();
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
         let yaml = format!(
             "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\n  witnessSecretFile: {}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n  queueDepth: {QUEUE_DEPTH}\n",
-            proxy.endpoint(),
+            endpoints.join(", "),
             witness_secret.display(),
             TTL.as_secs(),
             ACTIVATE_TIMEOUT.as_millis()
@@ -190,7 +215,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             .timeout(STATUS_WITHIN)
             .connect_lazy();
         tasks.spawn(sample(node, sampling, recorder.clone()));
-        proxies.push(proxy);
+        proxies.push(links);
         nodes.push(process);
         addresses.push(address);
     }
@@ -214,7 +239,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     // here, and must see every leader the nodes elect.
     let client_yaml = format!(
         "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\n  retry: {{initial: 50ms, max: 1s}}\n",
-        cluster.etcd.endpoint()
+        cluster.etcd.endpoints().join(", ")
     );
     let client_config = Config::from_yaml_str(&client_yaml).context("the client config")?;
     // One batching client for every allocating task, as a service shares
@@ -269,7 +294,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             println!("campaign: the cluster did not settle, so no more faults are injected");
             break;
         };
-        let fault = Fault::pick(&mut rng);
+        let fault = Fault::pick(&mut rng, options.etcd_members, options.etcd_faults_only);
         let role = rng.random_range(0..ROLES.len());
         let mut record = cluster
             .inject(index, fault, role, &leaders, &mut rng)
@@ -359,6 +384,9 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         overloaded.violations.len(),
         history.refused_overloaded
     );
+    for line in recovery_lines(&history.faults) {
+        println!("{line}");
+    }
     let spared: Vec<_> = history.faults.iter().flat_map(|f| &f.bystanders).collect();
     println!(
         "campaign: shared-lease bystanders n={} served-on={}",
@@ -390,4 +418,41 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         violations: report.violations,
         max_unavailable_ms,
     })
+}
+
+/// One line per fault kind, in the order kinds first occurred: how many,
+/// how long until a node served (p50 and max; a fault nothing recovered
+/// from counts as its bound), and the longest a client waited for an
+/// answer from the fault until the cluster settled (p50 and max).
+fn recovery_lines(faults: &[crate::history::FaultRecord]) -> Vec<String> {
+    let mut kinds: Vec<&str> = Vec::new();
+    for fault in faults {
+        if !kinds.contains(&fault.kind) {
+            kinds.push(fault.kind);
+        }
+    }
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let of_kind: Vec<_> = faults.iter().filter(|f| f.kind == kind).collect();
+            let recovered = of_kind.iter().map(|f| f.recovered.unwrap_or(f.bound));
+            let waits = of_kind.iter().filter_map(|f| f.clients_paused);
+            let (recovered_p50, recovered_max) = p50_and_max(recovered);
+            let (wait_p50, wait_max) = p50_and_max(waits);
+            format!(
+                "campaign: recovery kind={kind} n={} recovered_p50_ms={recovered_p50} recovered_max_ms={recovered_max} client_wait_p50_ms={wait_p50} client_wait_max_ms={wait_max}",
+                of_kind.len()
+            )
+        })
+        .collect()
+}
+
+/// The median and the largest of `times`, in milliseconds (0 for none).
+fn p50_and_max(times: impl Iterator<Item = Duration>) -> (u128, u128) {
+    let mut times: Vec<u128> = times.map(|t| t.as_millis()).collect();
+    times.sort_unstable();
+    match times.len() {
+        0 => (0, 0),
+        n => (times[(n - 1) / 2], times[n - 1]),
+    }
 }

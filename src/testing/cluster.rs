@@ -178,33 +178,126 @@ impl EtcdCluster {
     /// [`TestingError::NoLeader`] during an election or without quorum, so a
     /// test polls it until it names the member it expects.
     pub async fn leader(&self) -> Result<usize, TestingError> {
-        let running: Vec<_> = self
-            .members
+        let statuses = self.statuses().await;
+        let answered: Vec<&MemberStatus> = statuses.iter().flatten().collect();
+        answered
             .iter()
-            .enumerate()
-            .filter(|(_, member)| !member.killed)
-            .collect();
-        let answers = join_all(running.iter().map(|&(index, member)| async move {
-            let status = tokio::time::timeout(Self::STATUS_WITHIN, async {
-                member.client().await.ok()?.status().await.ok()
-            })
-            .await
-            .ok()
-            .flatten()?;
-            let id = status.header()?.member_id();
-            Some((index, status.leader() == id, status.raft_term()))
-        }))
-        .await;
-        let answers: Vec<_> = answers.into_iter().flatten().collect();
-        answers
-            .iter()
-            .filter(|(_, leads, _)| *leads)
-            .max_by_key(|(_, _, term)| *term)
-            .map(|(index, _, _)| *index)
+            .filter(|status| status.leads())
+            .max_by_key(|status| status.raft_term)
+            .map(|status| status.member)
             .ok_or(TestingError::NoLeader {
-                answered: answers.len(),
-                running: running.len(),
+                answered: answered.len(),
+                running: self.running(),
             })
+    }
+
+    /// Waits until the cluster is whole again after a fault: every member
+    /// runs, answers, and follows one raft leader (so a restarted or thawed
+    /// member has rejoined); returns that leader's index. Fails with
+    /// [`TestingError::TimedOut`], showing what each member last said.
+    pub async fn wait_until_whole(&self, deadline: Duration) -> Result<usize, TestingError> {
+        let last = std::sync::Mutex::new(String::new());
+        let whole = super::wait_until(
+            "every etcd member following one leader",
+            deadline,
+            || async {
+                let statuses = self.statuses().await;
+                *last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    format!("{statuses:?}");
+                let answered: Option<Vec<&MemberStatus>> =
+                    statuses.iter().map(Option::as_ref).collect();
+                let answered = answered?;
+                let leader_id = answered.first()?.leader_id;
+                if leader_id == 0 || answered.iter().any(|status| status.leader_id != leader_id) {
+                    return None;
+                }
+                answered
+                    .iter()
+                    .find(|status| status.member_id == leader_id)
+                    .map(|status| status.member)
+            },
+        )
+        .await;
+        whole.map_err(|error| match error {
+            TestingError::TimedOut { what, deadline, .. } => TestingError::TimedOut {
+                what,
+                deadline,
+                last: Some(
+                    last.into_inner()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                ),
+            },
+            other => other,
+        })
+    }
+
+    /// Hands raft leadership to `member`, as `etcdctl move-leader` does: the
+    /// request goes to the current leader, which makes `member` campaign at
+    /// once and steps down. Fails when `member` leads already, or when no
+    /// member leads or the leader refuses (an election under way).
+    pub async fn move_leader(&self, member: usize) -> Result<(), TestingError> {
+        let statuses = self.statuses().await;
+        let target = statuses
+            .get(member)
+            .ok_or(TestingError::NoSuchMember {
+                member,
+                members: self.members.len(),
+            })?
+            .as_ref()
+            .ok_or_else(|| TestingError::MoveLeaderFailed {
+                member,
+                message: "it does not answer".to_owned(),
+            })?;
+        let leader = self.leader().await?;
+        if leader == member {
+            return Err(TestingError::MoveLeaderFailed {
+                member,
+                message: "it leads already".to_owned(),
+            });
+        }
+        let mut client = self.members[leader].client().await?;
+        client
+            .move_leader(target.member_id)
+            .await
+            .map_err(|error| TestingError::MoveLeaderFailed {
+                member,
+                message: error.to_string(),
+            })?;
+        Ok(())
+    }
+
+    /// Each member's status, by index: `None` for a killed member and for
+    /// one that does not answer within [`Self::STATUS_WITHIN`] (a paused
+    /// member never answers, and must not hold the caller up).
+    async fn statuses(&self) -> Vec<Option<MemberStatus>> {
+        join_all(
+            self.members
+                .iter()
+                .enumerate()
+                .map(|(index, member)| async move {
+                    if member.killed {
+                        return None;
+                    }
+                    let status = tokio::time::timeout(Self::STATUS_WITHIN, async {
+                        member.client().await.ok()?.status().await.ok()
+                    })
+                    .await
+                    .ok()
+                    .flatten()?;
+                    Some(MemberStatus {
+                        member: index,
+                        member_id: status.header()?.member_id(),
+                        leader_id: status.leader(),
+                        raft_term: status.raft_term(),
+                    })
+                }),
+        )
+        .await
+    }
+
+    /// Members not killed.
+    fn running(&self) -> usize {
+        self.members.iter().filter(|member| !member.killed).count()
     }
 
     /// Kills `member` with SIGKILL, keeping its data directory and ports for
@@ -229,5 +322,23 @@ impl EtcdCluster {
     /// Thaws a paused `member` (SIGCONT).
     pub fn resume(&self, member: usize) -> Result<(), TestingError> {
         self.member(member)?.resume()
+    }
+}
+
+/// What one member's status call said.
+#[derive(Debug)]
+struct MemberStatus {
+    /// Its index in the cluster.
+    member: usize,
+    /// Its raft ID.
+    member_id: u64,
+    /// The raft ID of the leader it follows; 0 for none.
+    leader_id: u64,
+    raft_term: u64,
+}
+
+impl MemberStatus {
+    fn leads(&self) -> bool {
+        self.leader_id == self.member_id
     }
 }

@@ -59,12 +59,27 @@ pub(super) enum Fault {
     /// coordinator crashes: each successor gives its term up after
     /// `coordinator.activateTimeout` until one activates.
     HangActivation,
+    /// kill -9 of an etcd member that does not lead, restarted after a while.
+    EtcdMemberKill,
+    /// kill -9 of etcd's raft leader, restarted after a while: the others
+    /// elect a new one.
+    EtcdLeaderKill,
+    /// The role leader's link to one etcd member cut for a while, then
+    /// healed: its client must steer its calls to the other members.
+    EtcdNodeCut,
+    /// An etcd member (the leader or not) frozen with SIGSTOP for a while.
+    EtcdMemberFreeze,
+    /// A majority of etcd's members frozen for a few seconds: no quorum,
+    /// so every term must lapse, and serve again once the quorum is back.
+    EtcdQuorumLoss,
+    /// etcd's raft leadership handed to another member (`etcdctl move-leader`).
+    EtcdMoveLeader,
 }
 
 impl Fault {
-    /// Every fault and how often it is picked, relative to the others:
-    /// etcd restarts are rare, as asked, since they cost the most time.
-    const WEIGHTS: [(Fault, u32); 15] = [
+    /// The faults of the standin nodes and how often each is picked,
+    /// relative to the others.
+    const NODE_WEIGHTS: [(Fault, u32); 14] = [
         (Fault::CrashCoordinator, 12),
         (Fault::CrashElection, 12),
         (Fault::CrashReload, 6),
@@ -75,17 +90,39 @@ impl Fault {
         (Fault::Delay, 8),
         (Fault::Resign, 12),
         (Fault::Transfer, 10),
-        (Fault::EtcdRestart, 3),
         (Fault::DeleteKey, 10),
         (Fault::RevokeLease, 10),
         (Fault::SigtermWatched, 6),
         (Fault::HangActivation, 4),
     ];
 
-    pub(super) fn pick(rng: &mut StdRng) -> Self {
-        let total: u32 = Self::WEIGHTS.iter().map(|(_, weight)| weight).sum();
+    /// Faults of a single etcd server: restarts are rare, since they cost
+    /// the most time.
+    const ONE_SERVER_WEIGHTS: [(Fault, u32); 1] = [(Fault::EtcdRestart, 3)];
+
+    /// Faults of an etcd cluster: about a fifth of all faults.
+    const CLUSTER_WEIGHTS: [(Fault, u32); 6] = [
+        (Fault::EtcdMemberKill, 6),
+        (Fault::EtcdLeaderKill, 7),
+        (Fault::EtcdNodeCut, 6),
+        (Fault::EtcdMemberFreeze, 5),
+        (Fault::EtcdQuorumLoss, 3),
+        (Fault::EtcdMoveLeader, 5),
+    ];
+
+    /// A fault picked at random for a campaign against `etcd_members`
+    /// members, each kind as often as its weight says; only etcd's own
+    /// with `etcd_only`.
+    pub(super) fn pick(rng: &mut StdRng, etcd_members: usize, etcd_only: bool) -> Self {
+        let etcd: &[(Fault, u32)] = match etcd_members {
+            1 => &Self::ONE_SERVER_WEIGHTS,
+            _ => &Self::CLUSTER_WEIGHTS,
+        };
+        let nodes: &[(Fault, u32)] = if etcd_only { &[] } else { &Self::NODE_WEIGHTS };
+        let weights = || nodes.iter().chain(etcd);
+        let total: u32 = weights().map(|(_, weight)| weight).sum();
         let mut roll = rng.random_range(0..total);
-        for (fault, weight) in Self::WEIGHTS {
+        for &(fault, weight) in weights() {
             if roll < weight {
                 return fault;
             }
@@ -111,7 +148,28 @@ impl Fault {
             Fault::RevokeLease => "revoke-lease",
             Fault::SigtermWatched => "sigterm-watched",
             Fault::HangActivation => "hang-activation",
+            Fault::EtcdMemberKill => "etcd-member-kill",
+            Fault::EtcdLeaderKill => "etcd-leader-kill",
+            Fault::EtcdNodeCut => "etcd-node-cut",
+            Fault::EtcdMemberFreeze => "etcd-member-freeze",
+            Fault::EtcdQuorumLoss => "etcd-quorum-loss",
+            Fault::EtcdMoveLeader => "etcd-move-leader",
         }
+    }
+
+    /// Whether the fault is etcd's own: the nodes only see what it does to
+    /// their calls, and recovery counts from its repair.
+    pub(super) fn of_etcd(self) -> bool {
+        matches!(
+            self,
+            Fault::EtcdRestart
+                | Fault::EtcdMemberKill
+                | Fault::EtcdLeaderKill
+                | Fault::EtcdNodeCut
+                | Fault::EtcdMemberFreeze
+                | Fault::EtcdQuorumLoss
+                | Fault::EtcdMoveLeader
+        )
     }
 
     /// Whether the fault ends the term of the role it hits only: the other
@@ -155,6 +213,16 @@ impl Fault {
             Fault::Kill => COLD_KILL_BOUND,
             // The leader's lease must expire first: nothing tells it is gone.
             Fault::Stop | Fault::Cut | Fault::Blackhole => TTL + Duration::from_secs(3),
+            // From etcd's repair: a term that lapsed while etcd could not
+            // renew it serves again once a keepalive gets through (etcd
+            // extends every lease by an election timeout when its leader
+            // changes), else its lease expires and a standby wins.
+            Fault::EtcdMemberKill
+            | Fault::EtcdLeaderKill
+            | Fault::EtcdNodeCut
+            | Fault::EtcdMemberFreeze
+            | Fault::EtcdQuorumLoss
+            | Fault::EtcdMoveLeader => TTL + Duration::from_secs(6),
             Fault::EtcdRestart => Duration::from_secs(15),
         }
     }
@@ -191,7 +259,8 @@ pub(super) enum Repair {
 pub(super) struct Recovery {
     /// The role that must recover.
     pub(super) role: usize,
-    /// Only samples sent from here on count.
+    /// Only samples sent from here on count, and the recovery time and
+    /// the bound count from here: the fault, or the repair of an etcd fault.
     pub(super) from: Instant,
     /// When set, only a term newer than this epoch counts: the fault ended
     /// the leader's term, so its old term serving on is no recovery.
@@ -348,9 +417,11 @@ impl Cluster {
                     _ => (ImpairmentKind::Blackholed, "blackholed"),
                 };
                 let impairment = self.recorder.begin(Some(node), kind);
-                match fault {
-                    Fault::Cut => self.proxies[node].cut(),
-                    _ => self.proxies[node].blackhole(),
+                for link in &self.proxies[node] {
+                    match fault {
+                        Fault::Cut => link.cut(),
+                        _ => link.blackhole(),
+                    }
                 }
                 self.recorder.in_force(impairment);
                 let lasts = Duration::from_millis(rng.random_range(500..=4000));
@@ -361,7 +432,9 @@ impl Cluster {
             }
             Fault::Delay => {
                 let impairment = self.recorder.begin(Some(node), ImpairmentKind::Delayed);
-                self.proxies[node].delay(LINK_DELAY);
+                for link in &self.proxies[node] {
+                    link.delay(LINK_DELAY);
+                }
                 self.recorder.in_force(impairment);
                 let lasts = Duration::from_millis(rng.random_range(500..=3000));
                 repair = Some((at + lasts, Repair::Heal(node, impairment)));
@@ -392,17 +465,21 @@ impl Cluster {
                     }
                 }
             }
-            Fault::EtcdRestart => {
-                target = None;
-                let impairment = self.recorder.begin(None, ImpairmentKind::EtcdDown);
-                self.etcd.kill()?;
-                self.etcd.restart().await.context("restarting etcd")?;
-                self.recorder.end(impairment);
-                // Nothing served while etcd was down can be told apart from a
-                // leader that had not noticed yet: count from etcd's return.
+            Fault::EtcdRestart
+            | Fault::EtcdMemberKill
+            | Fault::EtcdLeaderKill
+            | Fault::EtcdNodeCut
+            | Fault::EtcdMemberFreeze
+            | Fault::EtcdQuorumLoss
+            | Fault::EtcdMoveLeader => {
+                target = (fault == Fault::EtcdNodeCut).then_some(node);
+                let detail = self.inject_etcd_fault(fault, node, rng).await?;
+                // Nothing served while etcd was impaired can be told apart
+                // from a leader that had not noticed yet: count from the
+                // repair, and any term counts, the old one riding it out too.
                 recovery.from = Instant::now();
                 recovery.newer_than = None;
-                format!("down for {} ms", at.elapsed().as_millis())
+                detail
             }
         };
         let probe = probe.map(|node| Probe {
@@ -469,7 +546,10 @@ impl Cluster {
             detail = format!("{detail}; {} on the same node {outcome}", ROLES[other]);
             spared.push((other, held, kept));
         }
-        let witness_revoked = target.map(|node| {
+        // etcd's faults leave the role's leader alive, and its witness must
+        // say so as much as after a fault aimed at it.
+        let alive = if fault.of_etcd() { Some(node) } else { target };
+        let witness_revoked = alive.map(|node| {
             target_server.is_some_and(|server| self.witness_revoked(node, server, &marks))
         });
         Ok(FaultRecord {
@@ -540,9 +620,10 @@ impl Cluster {
     }
 
     /// Waits until a healthy node serves (as `recovery` says) or `bound`
-    /// passes, carrying out `repair` when it is due; returns when both are
-    /// done. The time from `at` to the answer of the first sample that
-    /// shows the recovery, if any.
+    /// passes from `recovery.from`, carrying out `repair` when it is due;
+    /// returns when both are done. The time from `recovery.from` to the
+    /// answer of the first sample that shows the recovery, if any (a kept
+    /// term's counts from `at`, the fault, which it is for those faults).
     pub(super) async fn wait_recovery(
         &mut self,
         at: Instant,
@@ -576,7 +657,9 @@ impl Cluster {
                         self.recorder.end(impairment);
                     }
                     Repair::Heal(node, impairment) => {
-                        self.proxies[node].heal();
+                        for link in &self.proxies[node] {
+                            link.heal();
+                        }
                         self.recorder.end(impairment);
                     }
                 }
@@ -592,7 +675,7 @@ impl Cluster {
                         && recovery.newer_than.is_none_or(|old| sample.epoch > old)
                         && !history.unfit(sample.node, sample.sent)
                     {
-                        recovered = Some(sample.received.saturating_duration_since(at));
+                        recovered = Some(sample.received.saturating_duration_since(recovery.from));
                         successor = Some((sample.node, sample.epoch));
                         break;
                     }
@@ -618,7 +701,7 @@ impl Cluster {
                     self.recorder.clone(),
                 )));
             }
-            let gave_up = recovered.is_none() && at.elapsed() > bound;
+            let gave_up = recovered.is_none() && recovery.from.elapsed() > bound;
             if (recovered.is_some() || gave_up) && repair.is_none() {
                 let probed = match probing {
                     Some(probing) => Some(probing.await?),

@@ -1,0 +1,205 @@
+//! Faults of etcd itself: the single server restarted, or a cluster's members killed, frozen and cut off from a node, its leadership moved, its quorum lost.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use rand::rngs::StdRng;
+
+use super::*;
+use crate::history::{ImpairmentKind, State};
+
+/// How long etcd may take to be whole again after a repair: every member
+/// running, answering and following one leader.
+const ETCD_WHOLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// etcd's election timeout, its default, which the members run with.
+const ETCD_ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long after etcd lost its quorum a node may still say it serves, or
+/// answer a request asked for then. etcd's leader keeps renewing leases
+/// until raft's quorum check steps it down, which runs once per election
+/// timeout over the timeout before it (so up to two of them); a term is
+/// then trusted for the renew deadline (a third of the TTL by default)
+/// after its last renewal was sent; and a status or request is answered a
+/// little after it was asked.
+pub(super) const SERVES_WITHOUT_QUORUM_AT_MOST: Duration = Duration::from_millis(
+    2 * ETCD_ELECTION_TIMEOUT.as_millis() as u64 + TTL.as_millis() as u64 / 3 + 300,
+);
+
+impl Cluster {
+    /// Injects `fault`, one of etcd's, while `node` leads the role under
+    /// test; waits out its duration, repairs it, and waits until etcd is
+    /// whole again (a stall when it is not). Says what it did.
+    pub(super) async fn inject_etcd_fault(
+        &mut self,
+        fault: Fault,
+        node: usize,
+        rng: &mut StdRng,
+    ) -> anyhow::Result<String> {
+        let members = self.etcd.len();
+        let leader = self
+            .etcd
+            .wait_until_whole(ETCD_WHOLE_WITHIN)
+            .await
+            .context("etcd was not whole before the fault")?;
+        let detail = match fault {
+            Fault::EtcdRestart => {
+                let impairment = self.recorder.begin(None, ImpairmentKind::EtcdDown);
+                let at = Instant::now();
+                self.etcd.kill(0)?;
+                self.etcd.restart(0).await.context("restarting etcd")?;
+                self.recorder.end(impairment);
+                format!("down for {} ms", at.elapsed().as_millis())
+            }
+            Fault::EtcdMemberKill | Fault::EtcdLeaderKill => {
+                let member = match fault {
+                    Fault::EtcdLeaderKill => leader,
+                    _ => another_member(rng, members, leader),
+                };
+                let down = Duration::from_millis(rng.random_range(500..=3000));
+                let impairment = self.recorder.begin(None, ImpairmentKind::EtcdMemberDown);
+                self.etcd.kill(member)?;
+                self.recorder.in_force(impairment);
+                tokio::time::sleep(down).await;
+                let restarting = Instant::now();
+                self.etcd
+                    .restart(member)
+                    .await
+                    .with_context(|| format!("restarting etcd member {member}"))?;
+                self.recorder.end(impairment);
+                format!(
+                    "member {member}{} killed, restarted after {} ms, answering {} ms later",
+                    leading(member, leader),
+                    down.as_millis(),
+                    restarting.elapsed().as_millis()
+                )
+            }
+            Fault::EtcdMemberFreeze => {
+                let member = rng.random_range(0..members);
+                let frozen = Duration::from_millis(rng.random_range(500..=3000));
+                let impairment = self.recorder.begin(None, ImpairmentKind::EtcdMemberFrozen);
+                self.etcd.pause(member)?;
+                self.recorder.in_force(impairment);
+                tokio::time::sleep(frozen).await;
+                self.etcd.resume(member)?;
+                self.recorder.end(impairment);
+                format!(
+                    "member {member}{} frozen for {} ms",
+                    leading(member, leader),
+                    frozen.as_millis()
+                )
+            }
+            Fault::EtcdNodeCut => {
+                let member = rng.random_range(0..members);
+                let cut = Duration::from_millis(rng.random_range(1000..=4000));
+                let impairment = self
+                    .recorder
+                    .begin(Some(node), ImpairmentKind::EtcdMemberCut);
+                self.proxies[node][member].cut();
+                self.recorder.in_force(impairment);
+                tokio::time::sleep(cut).await;
+                self.proxies[node][member].heal();
+                self.recorder.end(impairment);
+                format!(
+                    "link to member {member}{} cut for {} ms",
+                    leading(member, leader),
+                    cut.as_millis()
+                )
+            }
+            Fault::EtcdQuorumLoss => {
+                // A majority frozen: the rest cannot make a quorum.
+                let mut frozen = rand::seq::index::sample(rng, members, members / 2 + 1).into_vec();
+                frozen.sort_unstable();
+                let lasts = Duration::from_millis(rng.random_range(4000..=6000));
+                let impairment = self.recorder.begin(
+                    None,
+                    ImpairmentKind::EtcdNoQuorum {
+                        serves_at_most: SERVES_WITHOUT_QUORUM_AT_MOST,
+                    },
+                );
+                for &member in &frozen {
+                    self.etcd.pause(member)?;
+                }
+                self.recorder.in_force(impairment);
+                tokio::time::sleep(lasts).await;
+                for &member in &frozen {
+                    self.etcd.resume(member)?;
+                }
+                self.recorder.end(impairment);
+                let served = self.last_served_into(impairment);
+                format!(
+                    "members {frozen:?} frozen (member {leader} led) for {} ms; {served}",
+                    lasts.as_millis()
+                )
+            }
+            Fault::EtcdMoveLeader => {
+                let to = another_member(rng, members, leader);
+                match self.etcd.move_leader(to).await {
+                    Ok(()) => format!("leadership moved from member {leader} to member {to}"),
+                    Err(error) => format!("not injected: {error}"),
+                }
+            }
+            other => anyhow::bail!("{} is not a fault of etcd", other.name()),
+        };
+        if let Err(error) = self.etcd.wait_until_whole(ETCD_WHOLE_WITHIN).await {
+            let stall = format!("after {}: etcd was not whole again: {error}", fault.name());
+            println!("campaign: {stall}");
+            self.recorder.lock().stalls.push(stall);
+        }
+        Ok(detail)
+    }
+
+    /// How far into impairment `index` (ended) a node last said it served,
+    /// and a client last got an answer to a request it asked for then.
+    fn last_served_into(&self, index: usize) -> String {
+        let history = self.recorder.lock();
+        let impairment = history.impairments[index];
+        let Some(until) = impairment.until else {
+            return "still in force".to_owned();
+        };
+        let within = |at: Instant| impairment.in_force <= at && at <= until;
+        let into = |at: Instant| {
+            at.saturating_duration_since(impairment.in_force)
+                .as_millis()
+        };
+        let said = history
+            .samples
+            .iter()
+            .filter(|s| s.state == State::Serving && within(s.sent))
+            .map(|s| s.sent)
+            .max();
+        let asked = history
+            .batches
+            .iter()
+            .map(|b| b.sent)
+            .chain(history.kv_ops.iter().map(|o| o.sent))
+            .filter(|&sent| within(sent))
+            .max();
+        let shown = |at: Option<Instant>| {
+            at.map_or_else(
+                || "never".to_owned(),
+                |at| format!("{} ms into it", into(at)),
+            )
+        };
+        format!(
+            "last said serving {}, last answered a request asked {}",
+            shown(said),
+            shown(asked)
+        )
+    }
+}
+
+/// A member other than `leader`, at random.
+fn another_member(rng: &mut StdRng, members: usize, leader: usize) -> usize {
+    (leader + rng.random_range(1..members)) % members
+}
+
+/// " (the leader)" when `member` is `leader`.
+fn leading(member: usize, leader: usize) -> &'static str {
+    if member == leader {
+        " (the leader)"
+    } else {
+        ""
+    }
+}
