@@ -62,6 +62,10 @@ pub const REQUESTS: &str = "standin_requests_total";
 /// Counter, label `role`: times the timestamp oracle found the clock
 /// further ahead than `tso.maxClockStep` allows and held it back.
 pub const TSO_CLOCK_STEPS: &str = "standin_tso_clock_steps_total";
+/// Counter, label `role`: allocations that waited for the timestamp upper
+/// bound to be saved, because the batch reached the bound before a save
+/// ahead of it had landed.
+pub const TSO_SAVES_WAITED: &str = "standin_tso_saves_waited_total";
 /// Counter, label `role`: restarts of the role's election actor after a crash.
 pub const ELECTION_RESTARTS: &str = "standin_election_restarts_total";
 /// Counter: leader processes this node found dead through their death
@@ -351,6 +355,13 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Unit::Count,
             &["role"],
             "Times the timestamp oracle found the clock further ahead than tso.maxClockStep allows, and held it back.",
+        ),
+        metric(
+            TSO_SAVES_WAITED,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Timestamp allocations that waited for the upper bound to be saved: the batch reached the bound before the save started a third of tso.window ahead had landed (etcd slow or unreachable that long, or callers pushing the oracle ahead of the clock).",
         ),
         metric(
             BUILD_INFO,

@@ -1,4 +1,4 @@
-//! Behaviour of the timestamp oracle against a real etcd: timestamps keep increasing across crashes, handovers, full restarts, a clock far behind the saved bound, a clock stepped far ahead, and the end of what a timestamp holds.
+//! Behaviour of the timestamp oracle against a real etcd: timestamps keep increasing across crashes, handovers, full restarts, a clock far behind the saved bound, a clock stepped far ahead, and the end of what a timestamp holds; the bound is saved ahead, so a frozen etcd does not stop it at once.
 
 mod support;
 
@@ -337,6 +337,56 @@ async fn a_save_that_lands_late_is_never_overwritten_by_a_smaller_bound() -> any
     assert!(
         split(batch.first).0 < after,
         "handed out at or past the saved bound"
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_the_bound_is_served_from_the_save_made_ahead_while_etcd_is_frozen()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let (now, clock) = settable_clock();
+    let config = TsoConfig {
+        window: Duration::from_secs(3),
+        ..TsoConfig::default()
+    };
+    let mut node = TsoNode::start(&etcd, 0, Tso::with_clock(config, clock)).await?;
+    standin::testing::the_single_serving(std::slice::from_ref(&node.handle), CALL).await?;
+    allocate(&node.handle, 1).await.expect("the oracle serves");
+    let first_bound = saved_upper_bound(&etcd).await?;
+
+    info!("--- two thirds of the window used: the next bound is saved ahead, in the background");
+    now.store(first_bound - 900, Ordering::SeqCst);
+    allocate(&node.handle, 1).await.expect("the oracle serves");
+    let ahead = first_bound - 900 + 3000;
+    eventually("the bound saved ahead", CALL, || async {
+        saved_upper_bound(&etcd)
+            .await
+            .ok()
+            .filter(|&bound| bound >= ahead)
+    })
+    .await;
+
+    info!("--- etcd frozen, the clock past the first bound: served below the bound saved ahead");
+    etcd.pause()?;
+    now.store(first_bound + 100, Ordering::SeqCst);
+    let served = tokio::time::timeout(
+        Duration::from_secs(1),
+        node.handle
+            .call(TsoRequest::Allocate { count: 1 }, Duration::from_secs(1)),
+    )
+    .await;
+    etcd.resume()?;
+    let batch = served
+        .map_err(|_| anyhow::anyhow!("the allocation waited for a frozen etcd"))?
+        .map_err(|error| anyhow::anyhow!("the call failed: {error}"))?
+        .map_err(|error| anyhow::anyhow!("the oracle refused: {error}"))?;
+    let (physical, _) = split(batch.first);
+    assert!(
+        physical >= first_bound && physical < ahead,
+        "physical {physical} ms outside [{first_bound}, {ahead})"
     );
     node.shutdown().await;
     Ok(())

@@ -1,4 +1,4 @@
-//! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd; then the herd, the request path (TSO throughput, a busy client across failovers, kv overload) and many roles per node.
+//! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd; then the herd, the request path (TSO throughput, a busy client across failovers, kv overload), a client through the death of etcd's leader, and many roles per node.
 //!
 //! `cargo build --release --features cli --bin standin && cargo run --release --example bench
 //! -- [--rounds N] [--slow-rounds M]`. Every scenario prints one line:
@@ -12,6 +12,7 @@
 
 #[path = "../common/driver.rs"]
 mod driver;
+mod etcd_leader;
 mod many_roles;
 #[path = "../common/metadata.rs"]
 mod metadata;
@@ -107,6 +108,9 @@ struct Args {
     /// Seconds of each overloaded phase of `kv-overload`.
     #[arg(long, default_value_t = 30.0)]
     overload_seconds: f64,
+    /// Rounds of `etcd-leader-kill`.
+    #[arg(long, default_value_t = 10)]
+    etcd_rounds: usize,
     /// Runs of `kv-overload`: `batched`, `unbatched`, `unbatched-unthrottled`.
     #[arg(
         long,
@@ -137,6 +141,7 @@ enum Scenario {
     TsoThroughput,
     TsoFailoverGap,
     KvOverload,
+    EtcdLeaderKill,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -213,6 +218,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Scenario::TsoFailoverGap) => {
             return request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await;
+        }
+        Some(Scenario::EtcdLeaderKill) => {
+            return etcd_leader::etcd_leader_kill(&binary, args.etcd_rounds).await;
         }
         Some(Scenario::KvOverload) => {
             return request_path::kv_overload(
@@ -308,6 +316,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await?;
     request_path::kv_overload(&etcd, &binary, args.overload_seconds, &args.overload_runs).await?;
+    etcd_leader::etcd_leader_kill(&binary, args.etcd_rounds).await?;
     many_roles().await
 }
 

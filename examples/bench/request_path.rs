@@ -177,9 +177,9 @@ fn spawn_callers<S, F, Fut>(
 }
 
 /// The config of a client of the nodes under `root` on `etcd`.
-fn client_config(etcd: &str, root: &str) -> Config {
+pub fn client_config(etcd: &[String], root: &str) -> Config {
     let mut config = Config::default();
-    config.etcd.endpoints = vec![etcd.to_owned()];
+    config.etcd.endpoints = etcd.to_vec();
     config.etcd.root_path = root.to_owned();
     config
 }
@@ -235,7 +235,7 @@ pub async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     match args.load {
         Load::Tso => {
-            let config = client_config(&args.etcd, &args.root);
+            let config = client_config(std::slice::from_ref(&args.etcd), &args.root);
             let options = TsoClientOptions::from_config(&config);
             let client = Arc::new(TsoClient::connect_with(&config, options).await?);
             spawn_callers(
@@ -458,6 +458,105 @@ struct Gaps {
     last: Option<Instant>,
     longest: Duration,
     answers: u64,
+    /// The epoch of the last answer.
+    epoch: i64,
+}
+
+/// Callers allocating one timestamp at a time from one client, in a loop,
+/// noting the longest stretch without an answer and counting every
+/// timestamp not above its caller's last (a violation).
+pub struct GapWatch {
+    gaps: Arc<Mutex<Gaps>>,
+    stop: Arc<AtomicBool>,
+    violations: Arc<AtomicU64>,
+    callers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl GapWatch {
+    /// Starts `callers` callers of `client`.
+    pub fn start(client: Arc<TsoClient>, callers: usize) -> Self {
+        let gaps = Arc::new(Mutex::new(Gaps::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let violations = Arc::new(AtomicU64::new(0));
+        let callers = (0..callers)
+            .map(|_| {
+                let (client, gaps, stop, violations) = (
+                    client.clone(),
+                    gaps.clone(),
+                    stop.clone(),
+                    violations.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut last = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(answer) = client.allocate(1, Duration::from_secs(30)).await else {
+                            continue;
+                        };
+                        if answer.first <= last {
+                            violations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        last = answer.first;
+                        let now = Instant::now();
+                        let mut gaps = gaps.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(previous) = gaps.last {
+                            gaps.longest = gaps.longest.max(now - previous);
+                        }
+                        gaps.last = Some(now);
+                        gaps.answers += 1;
+                        gaps.epoch = answer.epoch;
+                    }
+                })
+            })
+            .collect();
+        Self {
+            gaps,
+            stop,
+            violations,
+            callers,
+        }
+    }
+
+    fn gaps(&self) -> std::sync::MutexGuard<'_, Gaps> {
+        self.gaps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers so far.
+    pub fn answers(&self) -> u64 {
+        self.gaps().answers
+    }
+
+    /// The epoch of the last answer.
+    pub fn epoch(&self) -> i64 {
+        self.gaps().epoch
+    }
+
+    /// Waits until the callers got 1,000 answers more than `since`; fails
+    /// after 30 s without them.
+    pub async fn answered_more(&self, since: u64) -> anyhow::Result<()> {
+        let within = Instant::now();
+        while self.answers() < since + 1000 {
+            if within.elapsed() > Duration::from_secs(30) {
+                bail!("the client got no timestamps for 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// The longest stretch without an answer since the last call, which
+    /// starts the next stretch afresh.
+    pub fn take_longest(&self) -> Duration {
+        std::mem::take(&mut self.gaps().longest)
+    }
+
+    /// Stops the callers; the number of violations they saw.
+    pub async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        for caller in self.callers {
+            caller.await?;
+        }
+        Ok(self.violations.load(Ordering::Relaxed))
+    }
 }
 
 /// `tso-failover-gap`: a client of `GAP_CALLERS` batched callers keeps
@@ -475,52 +574,9 @@ pub async fn tso_failover_gap(
     );
     let mut cluster =
         Cluster::start(etcd, binary, "bench-gap", super::Shape::tso(Witness::On)).await?;
-    let config = client_config(&etcd.endpoint(), &cluster.root);
-    let client = Arc::new(TsoClient::connect(&config).await?);
-    let gaps = Arc::new(Mutex::new(Gaps::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let violations = Arc::new(AtomicU64::new(0));
-    let callers: Vec<_> = (0..GAP_CALLERS)
-        .map(|_| {
-            let (client, gaps, stop, violations) = (
-                client.clone(),
-                gaps.clone(),
-                stop.clone(),
-                violations.clone(),
-            );
-            tokio::spawn(async move {
-                let mut last = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(answer) = client.allocate(1, Duration::from_secs(30)).await else {
-                        continue;
-                    };
-                    if answer.first <= last {
-                        violations.fetch_add(1, Ordering::Relaxed);
-                    }
-                    last = answer.first;
-                    let now = Instant::now();
-                    let mut gaps = gaps.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(previous) = gaps.last {
-                        gaps.longest = gaps.longest.max(now - previous);
-                    }
-                    gaps.last = Some(now);
-                    gaps.answers += 1;
-                }
-            })
-        })
-        .collect();
-    let answers = || gaps.lock().unwrap_or_else(|p| p.into_inner()).answers;
-    let answered_more = |since: u64| async move {
-        let within = Instant::now();
-        while answers() < since + 1000 {
-            if within.elapsed() > Duration::from_secs(30) {
-                bail!("the client got no timestamps for 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        Ok(())
-    };
-    answered_more(0).await?;
+    let config = client_config(&[etcd.endpoint()], &cluster.root);
+    let watch = GapWatch::start(Arc::new(TsoClient::connect(&config).await?), GAP_CALLERS);
+    watch.answered_more(0).await?;
     let acts = [
         ("graceful", Act::Sigterm),
         ("crash", Act::CrashCoordinator),
@@ -530,20 +586,15 @@ pub async fn tso_failover_gap(
     for _ in 0..rounds {
         for (index, (_, act)) in acts.iter().enumerate() {
             cluster.settle().await?;
-            answered_more(answers()).await?;
-            gaps.lock().unwrap_or_else(|p| p.into_inner()).longest = Duration::ZERO;
+            watch.answered_more(watch.answers()).await?;
+            watch.take_longest();
             let takeover = cluster.round(*act).await?;
-            answered_more(answers()).await?;
-            let longest = gaps.lock().unwrap_or_else(|p| p.into_inner()).longest;
-            measured[index].0.push(longest);
+            watch.answered_more(watch.answers()).await?;
+            measured[index].0.push(watch.take_longest());
             measured[index].1.push(takeover);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for caller in callers {
-        caller.await?;
-    }
-    let violations = violations.load(Ordering::Relaxed);
+    let violations = watch.stop().await?;
     for ((name, _), (longest, takeovers)) in acts.iter().zip(&measured) {
         let gap = Summary::of(longest);
         let takeover = Summary::of(takeovers);
@@ -881,7 +932,7 @@ impl OverloadLoad {
         };
         let mut cluster = Cluster::start(etcd, binary, root, shape).await?;
         let (serving, _) = cluster.settle().await?;
-        let mut config = client_config(&etcd.endpoint(), &cluster.root);
+        let mut config = client_config(&[etcd.endpoint()], &cluster.root);
         config.client.throttle_percent = run.throttle_percent;
         // A fleet of clients, a connection each: one connection holds at
         // most server.limits.maxStreamsPerConnection calls at the server,

@@ -1,7 +1,7 @@
 //! The built-in timestamp oracle coordinator (`tso` role): strictly increasing hybrid timestamps that survive failover.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::TsoConfig;
 use crate::config::tso::MAX_COUNT;
@@ -308,6 +308,9 @@ pub struct TsoServing {
     anchor: ClockAnchor,
     /// By how much the wall clock was last held back, while it is.
     held_back: Option<u64>,
+    /// The save of the next bound, started while a third of the window was
+    /// still left, until its outcome is taken.
+    saving_ahead: Option<SaveAhead>,
 }
 
 impl Tso {
@@ -378,31 +381,155 @@ impl Tso {
                 max_ms: millis(self.config.max_ahead),
             });
         }
+        if serving
+            .saving_ahead
+            .as_ref()
+            .is_some_and(SaveAhead::is_finished)
+            && let Some(saving) = serving.saving_ahead.take()
+            && let Some(outcome) = saving.finish().await
+        {
+            serving.saved_ahead(outcome);
+        }
         if start.physical >= serving.upper_bound {
-            // Save first: if the write fails nothing past the old bound was
-            // handed out, so a successor starting above it stays ahead.
-            // A window past the batch: callers who push the oracle ahead
-            // of the clock (tso.maxAhead caps them) do not pay a save per
-            // millisecond.
-            let window = window_ms(&self.config);
-            let bound = now
-                .max(start.physical)
-                .saturating_add(window)
-                .min(MAX_PHYSICAL);
-            let saved = save_upper_bound(&serving.store, serving.upper_bound, |_| bound).await?;
-            serving.upper_bound = saved.bound;
+            // The save ahead has not landed yet (etcd slow or unreachable
+            // for a third of the window): wait for it, then save here if it
+            // failed or falls short. Save first: if the write fails nothing
+            // past the old bound was handed out, so a successor starting
+            // above it stays ahead.
+            metrics::counter!(crate::telemetry::TSO_SAVES_WAITED, "role" => serving.epoch.role.clone())
+                .increment(1);
+            if let Some(saving) = serving.saving_ahead.take()
+                && let Some(outcome) = saving.finish().await
+            {
+                serving.saved_ahead(outcome);
+            }
+            if start.physical >= serving.upper_bound {
+                let bound = next_bound(now, start.physical, &self.config);
+                let saved =
+                    save_upper_bound_retried(&serving.store, serving.upper_bound, move |_| bound)
+                        .await?;
+                serving.upper_bound = saved.bound;
+            }
         }
         let first = compose(start.physical, start.logical).ok_or(TsoError::Exhausted {
             physical: start.physical,
         })?;
         serving.physical = start.physical;
         serving.logical = start.logical + u64::from(count);
+        // Two thirds of the window used: save the next bound while this one
+        // still covers a third of it, so a pause of etcd that short (a
+        // leader election, a member's death) never reaches a caller.
+        let left = serving
+            .upper_bound
+            .saturating_sub(now.max(serving.physical));
+        if serving.saving_ahead.is_none() && left < window_ms(&self.config) / 3 * 2 {
+            let bound = next_bound(now, serving.physical, &self.config);
+            serving.saving_ahead = Some(SaveAhead::start(
+                serving.store.clone(),
+                serving.upper_bound,
+                bound,
+            ));
+        }
         Ok(TsoBatch {
             first,
             count,
             epoch: serving.epoch.revision,
         })
     }
+}
+
+/// The bound a save made at clock `now`, for a batch at `physical`, asks
+/// for: a window past the batch, so callers who push the oracle ahead of
+/// the clock (tso.maxAhead caps them) do not pay a save per millisecond.
+fn next_bound(now: u64, physical: u64, config: &TsoConfig) -> u64 {
+    now.max(physical)
+        .saturating_add(window_ms(config))
+        .min(MAX_PHYSICAL)
+}
+
+impl TsoServing {
+    /// Takes the outcome of a save ahead: a landed bound extends the one
+    /// this term serves below; a failure is logged, and the next
+    /// allocation starts another.
+    fn saved_ahead(&mut self, outcome: Result<Saved, TsoError>) {
+        match outcome {
+            Ok(saved) => self.upper_bound = self.upper_bound.max(saved.bound),
+            Err(error) => tracing::warn!(
+                role = self.epoch.role,
+                revision = self.epoch.revision,
+                upper_bound = self.upper_bound,
+                "saving the timestamp upper bound ahead failed, the next allocation tries \
+                 again: {error}"
+            ),
+        }
+    }
+}
+
+/// A save of the next upper bound, running on its own while the term
+/// serves below the current one; aborted if the term ends first (a fenced
+/// write would fail anyway).
+#[derive(Debug)]
+struct SaveAhead(tokio::task::JoinHandle<Result<Saved, TsoError>>);
+
+impl SaveAhead {
+    /// Starts saving `bound` over `confirmed`, the bound the term serves below.
+    fn start(store: FencedStore, confirmed: u64, bound: u64) -> Self {
+        Self(tokio::spawn(async move {
+            save_upper_bound_retried(&store, confirmed, move |_| bound).await
+        }))
+    }
+
+    /// Whether the save has ended, so [`finish`](Self::finish) does not wait.
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits for the save to end; `None` if its task did not end normally
+    /// (it cannot panic short of a bug), which the caller treats as a save
+    /// that did not land.
+    async fn finish(mut self) -> Option<Result<Saved, TsoError>> {
+        (&mut self.0).await.ok()
+    }
+}
+
+impl Drop for SaveAhead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long one attempt to save the bound may take before it is given up
+/// and sent again: far above an etcd write's usual milliseconds, and short
+/// against an etcd leader election, whose followers drop the proposals
+/// they forwarded to the dead leader without answering, so one attempt
+/// would wait out `etcd.requestTimeout`.
+const SAVE_ATTEMPT_WITHIN: Duration = Duration::from_millis(500);
+
+/// Attempts a save makes: each but the last within [`SAVE_ATTEMPT_WITHIN`],
+/// the last within `etcd.requestTimeout`, so that a save etcd cannot take
+/// fails with etcd's own error.
+const SAVE_ATTEMPTS: u32 = 6;
+
+/// [`save_upper_bound`], attempted again when an attempt has not answered
+/// within [`SAVE_ATTEMPT_WITHIN`]. An attempt given up on may still land:
+/// the compare-and-swap makes that harmless, the next attempt finds the
+/// bound it wrote and keeps or extends it.
+async fn save_upper_bound_retried(
+    store: &FencedStore,
+    confirmed: u64,
+    wanted: impl Fn(u64) -> u64,
+) -> Result<Saved, TsoError> {
+    for _ in 1..SAVE_ATTEMPTS {
+        if let Ok(outcome) = tokio::time::timeout(
+            SAVE_ATTEMPT_WITHIN,
+            save_upper_bound(store, confirmed, &wanted),
+        )
+        .await
+        {
+            return outcome;
+        }
+    }
+    save_upper_bound(store, confirmed, &wanted).await
 }
 
 /// How many compare-and-swap rounds a save tries before it gives up.
@@ -527,7 +654,7 @@ impl Coordinator for Tso {
         // when it is not the one decoded: a predecessor handed out only
         // physicals below it.
         let config = &self.config;
-        let saved_now = save_upper_bound(&store, saved.bound, |found| {
+        let saved_now = save_upper_bound_retried(&store, saved.bound, |found| {
             bound_for(base_above(found, now), now, config)
         })
         .await?;
@@ -551,6 +678,7 @@ impl Coordinator for Tso {
             epoch,
             anchor,
             held_back,
+            saving_ahead: None,
         })
     }
 

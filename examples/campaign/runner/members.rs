@@ -13,19 +13,16 @@ use crate::history::{ImpairmentKind, State};
 /// running, answering and following one leader.
 const ETCD_WHOLE_WITHIN: Duration = Duration::from_secs(30);
 
-/// etcd's election timeout, its default, which the members run with.
-const ETCD_ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long after etcd stopped renewing leases a node may still say it
+/// serves, or answer a request asked for then: a term is trusted for the
+/// renew deadline (a third of the TTL by default) after its last renewal
+/// was sent, and a status or a request is answered a little after it was
+/// asked, later on two busy cores.
+const SERVES_AFTER_RENEWALS_STOP_AT_MOST: Duration =
+    Duration::from_millis(TTL.as_millis() as u64 / 3 + 500);
 
-/// How long after etcd lost its quorum a node may still say it serves, or
-/// answer a request asked for then. etcd's leader keeps renewing leases
-/// until raft's quorum check steps it down, which runs once per election
-/// timeout over the timeout before it (so up to two of them); a term is
-/// then trusted for the renew deadline (a third of the TTL by default)
-/// after its last renewal was sent; and a status or request is answered a
-/// little after it was asked.
-pub(super) const SERVES_WITHOUT_QUORUM_AT_MOST: Duration = Duration::from_millis(
-    2 * ETCD_ELECTION_TIMEOUT.as_millis() as u64 + TTL.as_millis() as u64 / 3 + 300,
-);
+/// How often the member left leading is asked whether it still leads.
+const STEP_DOWN_POLL: Duration = Duration::from_millis(20);
 
 impl Cluster {
     /// Injects `fault`, one of etcd's, while `node` leads the role under
@@ -112,24 +109,53 @@ impl Cluster {
                 let mut frozen = rand::seq::index::sample(rng, members, members / 2 + 1).into_vec();
                 frozen.sort_unstable();
                 let lasts = Duration::from_millis(rng.random_range(4000..=6000));
+                // Asked, while the rest are frozen, whether it still leads:
+                // its own client, connected before.
+                let kept_leader = match frozen.contains(&leader) {
+                    true => None,
+                    false => Some(self.etcd.member(leader)?.client().await?),
+                };
                 let impairment = self.recorder.begin(
                     None,
                     ImpairmentKind::EtcdNoQuorum {
-                        serves_at_most: SERVES_WITHOUT_QUORUM_AT_MOST,
+                        serves_at_most: lasts,
                     },
                 );
                 for &member in &frozen {
                     self.etcd.pause(member)?;
                 }
+                let frozen_at = Instant::now();
                 self.recorder.in_force(impairment);
-                tokio::time::sleep(lasts).await;
+                let until = frozen_at + lasts;
+                // etcd renews leases until its leader steps down: at once
+                // when the leader is frozen, else once raft's quorum check
+                // finds it alone (after one to two election timeouts).
+                let renewals_stopped = match kept_leader {
+                    None => Some(frozen_at),
+                    Some(mut client) => stepped_down(&mut client, until).await,
+                };
+                tokio::time::sleep_until(until.into()).await;
                 for &member in &frozen {
                     self.etcd.resume(member)?;
                 }
                 self.recorder.end(impairment);
+                // Unmeasured (the leader still led at the end): nothing is checked.
+                let serves_at_most = renewals_stopped.map_or(lasts, |at| {
+                    at.duration_since(frozen_at) + SERVES_AFTER_RENEWALS_STOP_AT_MOST
+                });
+                self.recorder.lock().impairments[impairment].kind =
+                    ImpairmentKind::EtcdNoQuorum { serves_at_most };
                 let served = self.last_served_into(impairment);
+                let stopped = match (frozen.contains(&leader), renewals_stopped) {
+                    (true, _) => format!("member {leader}, frozen, led"),
+                    (false, Some(at)) => format!(
+                        "member {leader} led and stepped down {} ms into it",
+                        at.duration_since(frozen_at).as_millis()
+                    ),
+                    (false, None) => format!("member {leader} led and never stepped down"),
+                };
                 format!(
-                    "members {frozen:?} frozen (member {leader} led) for {} ms; {served}",
+                    "members {frozen:?} frozen for {} ms ({stopped}); {served}",
                     lasts.as_millis()
                 )
             }
@@ -188,6 +214,24 @@ impl Cluster {
             shown(asked)
         )
     }
+}
+
+/// When the member `client` talks to, which led as the rest froze, no
+/// longer leads (raft's quorum check stepped it down), polled until `until`;
+/// `None` if it still led then.
+async fn stepped_down(client: &mut etcd_client::Client, until: Instant) -> Option<Instant> {
+    while Instant::now() < until {
+        let asked = tokio::time::timeout(STEP_DOWN_POLL * 10, client.status()).await;
+        if let Ok(Ok(status)) = asked
+            && status
+                .header()
+                .is_some_and(|header| header.member_id() != status.leader())
+        {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(STEP_DOWN_POLL).await;
+    }
+    None
 }
 
 /// A member other than `leader`, at random.
