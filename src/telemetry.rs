@@ -361,7 +361,7 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Counter,
             Unit::Count,
             &["role"],
-            "Timestamp allocations that waited for the upper bound to be saved: the batch reached the bound before the save started a third of tso.window ahead had landed (etcd slow or unreachable that long, or callers pushing the oracle ahead of the clock).",
+            "Timestamp allocations that waited for the upper bound to be saved: the batch reached the bound before the save started once a sixth of tso.window was used had landed (etcd slow or unreachable that long, or callers pushing the oracle ahead of the clock).",
         ),
         metric(
             BUILD_INFO,

@@ -308,8 +308,8 @@ pub struct TsoServing {
     anchor: ClockAnchor,
     /// By how much the wall clock was last held back, while it is.
     held_back: Option<u64>,
-    /// The save of the next bound, started while a third of the window was
-    /// still left, until its outcome is taken.
+    /// The save of the next bound, started once a sixth of the window was
+    /// used, until its outcome is taken.
     saving_ahead: Option<SaveAhead>,
 }
 
@@ -392,7 +392,7 @@ impl Tso {
         }
         if start.physical >= serving.upper_bound {
             // The save ahead has not landed yet (etcd slow or unreachable
-            // for a third of the window): wait for it, then save here if it
+            // for most of the window): wait for it, then save here if it
             // failed or falls short. Save first: if the write fails nothing
             // past the old bound was handed out, so a successor starting
             // above it stays ahead.
@@ -416,13 +416,16 @@ impl Tso {
         })?;
         serving.physical = start.physical;
         serving.logical = start.logical + u64::from(count);
-        // Two thirds of the window used: save the next bound while this one
-        // still covers a third of it, so a pause of etcd that short (a
-        // leader election, a member's death) never reaches a caller.
+        // A sixth of the window used: save the next bound while this one
+        // still covers five sixths of it (2.5 s by default), so a pause of
+        // etcd that short (a leader election, at most two election
+        // timeouts; a member's death) never reaches a caller. Two small
+        // writes a second by default.
         let left = serving
             .upper_bound
             .saturating_sub(now.max(serving.physical));
-        if serving.saving_ahead.is_none() && left < window_ms(&self.config) / 3 * 2 {
+        let window = window_ms(&self.config);
+        if serving.saving_ahead.is_none() && left < window - window / SAVE_AHEAD_AFTER {
             let bound = next_bound(now, serving.physical, &self.config);
             serving.saving_ahead = Some(SaveAhead::start(
                 serving.store.clone(),
@@ -437,6 +440,10 @@ impl Tso {
         })
     }
 }
+
+/// A save ahead starts once this fraction (its inverse) of the saved
+/// window is used: a sixth.
+const SAVE_AHEAD_AFTER: u64 = 6;
 
 /// The bound a save made at clock `now`, for a batch at `physical`, asks
 /// for: a window past the batch, so callers who push the oracle ahead of
