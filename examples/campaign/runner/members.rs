@@ -15,11 +15,11 @@ const ETCD_WHOLE_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long after etcd stopped renewing leases a node may still say it
 /// serves, or answer a request asked for then: a term is trusted for the
-/// renew deadline (a third of the TTL by default) after its last renewal
+/// renew deadline (two thirds of the TTL by default) after its last renewal
 /// was sent, and a status or a request is answered a little after it was
 /// asked, later on two busy cores.
 const SERVES_AFTER_RENEWALS_STOP_AT_MOST: Duration =
-    Duration::from_millis(TTL.as_millis() as u64 / 3 + 500);
+    Duration::from_millis(2 * TTL.as_millis() as u64 / 3 + 500);
 
 /// How often the member left leading is asked whether it still leads.
 const STEP_DOWN_POLL: Duration = Duration::from_millis(20);
