@@ -1,4 +1,4 @@
-//! Real-etcd test kit (cargo feature `testing`): throwaway etcd servers and clusters on loopback ports, a fault-injecting TCP proxy, `standin run` child processes and compose clusters, and the waits every test writes.
+//! Real-etcd test kit (cargo feature `testing`): throwaway etcd servers and clusters on loopback ports, a fault-injecting TCP proxy, `standin run` child processes and compose clusters, the waits every test writes, and test logging that keeps warnings and errors.
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
@@ -12,6 +12,7 @@ use crate::fence::{Epoch, FencedStore};
 // a test they are one kit, and each failure reads the same way.
 mod cluster;
 mod compose;
+mod logs;
 mod process;
 mod proxy;
 mod server;
@@ -20,6 +21,7 @@ mod waits;
 
 pub use cluster::EtcdCluster;
 pub use compose::{ComposeCluster, Container, NodeProcess};
+pub use logs::{init_logging, logged};
 pub use process::StandinProcess;
 pub use proxy::{FaultProxy, ProxyMode};
 pub use server::{EtcdOptions, EtcdServer};

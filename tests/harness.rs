@@ -4,18 +4,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use standin::testing::EtcdServer;
+use standin::testing::{EtcdServer, init_logging};
 use tracing::info;
-
-/// Logs to the test's output, filtered by `RUST_LOG`.
-fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// The client port of `etcd`, parsed back from its endpoint.
 fn port_of(etcd: &EtcdServer) -> anyhow::Result<u16> {

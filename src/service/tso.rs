@@ -416,17 +416,10 @@ impl Tso {
         })?;
         serving.physical = start.physical;
         serving.logical = start.logical + u64::from(count);
-        // A sixth of the window used: save the next bound while this one
-        // still covers five sixths of it (2.5 s by default), so a pause of
-        // etcd that short (a leader election, at most two election
-        // timeouts; a member's death) never reaches a caller. Two small
-        // writes a second by default.
-        let left = serving
-            .upper_bound
-            .saturating_sub(now.max(serving.physical));
-        let window = window_ms(&self.config);
-        if serving.saving_ahead.is_none() && left < window - window / SAVE_AHEAD_AFTER {
-            let bound = next_bound(now, serving.physical, &self.config);
+        if serving.saving_ahead.is_none()
+            && let Some(bound) =
+                save_ahead_to(serving.upper_bound, serving.physical, now, &self.config)
+        {
             serving.saving_ahead = Some(SaveAhead::start(
                 serving.store.clone(),
                 serving.upper_bound,
@@ -444,6 +437,24 @@ impl Tso {
 /// A save ahead starts once this fraction (its inverse) of the saved
 /// window is used: a sixth.
 const SAVE_AHEAD_AFTER: u64 = 6;
+
+/// The bound to save ahead of `upper_bound`, the one a term serves below,
+/// when its clock reads `now` and its last batch was at `physical`; `None`
+/// while the clock has used less than a sixth of the window. Then it saves
+/// while the current bound still covers five sixths of the window (2.5 s
+/// by default), so a pause of etcd that short (a leader election, at most
+/// two election timeouts; a member's death) never reaches a caller: two
+/// small writes a second by default. Measured from the clock, and asking
+/// for a window past the clock ([`bound_for`]), not past the batches: a
+/// term that starts above its predecessor's bound, ahead of the clock,
+/// would otherwise save another window on top of it at once, and quick
+/// takeovers would carry the oracle ever further ahead.
+fn save_ahead_to(upper_bound: u64, physical: u64, now: u64, config: &TsoConfig) -> Option<u64> {
+    let window = window_ms(config);
+    let left = upper_bound.saturating_sub(now);
+    let bound = bound_for(physical, now, config);
+    (left < window - window / SAVE_AHEAD_AFTER && bound > upper_bound).then_some(bound)
+}
 
 /// The bound a save made at clock `now`, for a batch at `physical`, asks
 /// for: a window past the batch, so callers who push the oracle ahead of
@@ -857,6 +868,27 @@ mod tests {
         // A base ahead of the clock moves the bound just past it.
         assert_eq!(bound_for(now + 20_000, now, &config), now + 20_001);
         assert_eq!(bound_for(now, now, &config), now + window);
+    }
+
+    #[test]
+    fn the_bound_is_saved_ahead_from_the_clock_never_from_a_lead_over_it() {
+        let config = TsoConfig::default(); // window 3 s
+        let now = 1_700_000_000_000;
+        // Fresh from a save: nothing to do.
+        assert_eq!(save_ahead_to(now + 3000, now, now, &config), None);
+        // A sixth of the window used by the clock: a window past the clock.
+        assert_eq!(
+            save_ahead_to(now + 2499, now, now, &config),
+            Some(now + 3000)
+        );
+        // A term that took over above its predecessor's bound, a window
+        // ahead of the clock, saved just above its base: nothing more until
+        // the clock gets near, however quickly terms follow each other.
+        let base = now + 3000;
+        assert_eq!(save_ahead_to(base + 1, base, now, &config), None);
+        // Callers who pushed the oracle up to its bound wait for a save
+        // when they cross it; the clock alone decides the saves ahead.
+        assert_eq!(save_ahead_to(now + 2800, now + 2799, now, &config), None);
     }
 
     #[test]

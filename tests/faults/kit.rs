@@ -26,63 +26,10 @@ pub use crate::support::ROOT;
 /// The etcd root of the `standin run` processes.
 pub const PROCESS_ROOT: &str = "standin-faults";
 
-// ---------------------------------------------------------------------------
-// Log capture: the fault tests assert that a failure was reported, not only
-// that nothing broke.
-
-static CAPTURED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Keeps the text of every WARN and ERROR event, for [`logged`].
-struct Capture;
-
-struct EventText(String);
-
-impl tracing::field::Visit for EventText {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        use std::fmt::Write;
-        if field.name() == "message" {
-            let _ = write!(self.0, "{value:?} ");
-        } else {
-            let _ = write!(self.0, "{}={value:?} ", field.name());
-        }
-    }
-}
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        let level = *event.metadata().level();
-        if level == tracing::Level::ERROR || level == tracing::Level::WARN {
-            let mut text = EventText(format!("{level} {}: ", event.metadata().target()));
-            event.record(&mut text);
-            CAPTURED.lock().unwrap().push(text.0);
-        }
-    }
-}
-
-/// Logs to the test's output (filtered by `RUST_LOG`) and captures warnings
-/// and errors; once per test binary.
-pub fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,standin=info".into());
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_test_writer())
-        .with(Capture)
-        .try_init();
-}
-
-/// The captured warnings and errors that contain every one of `needles`.
-pub fn logged(needles: &[&str]) -> Vec<String> {
-    CAPTURED
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|line| needles.iter().all(|needle| line.contains(needle)))
-        .cloned()
-        .collect()
-}
+/// Test logging that keeps warnings and errors: the fault tests assert that
+/// a failure was reported, not only that nothing broke.
+#[allow(unused_imports)] // each test binary uses a part, as with dead_code above
+pub use standin::testing::{init_logging, logged};
 
 // ---------------------------------------------------------------------------
 // Safety monitors.

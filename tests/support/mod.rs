@@ -93,16 +93,9 @@ impl Coordinator for Ledger {
     }
 }
 
-/// Logs to the test's output once per test binary, filtered by `RUST_LOG`.
-pub fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,standin=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+/// Logs to the test's output, filtered by `RUST_LOG`, once per test binary.
+#[allow(unused_imports)] // a few test binaries log nothing
+pub use standin::testing::init_logging;
 
 /// A node config against `etcd` with a session TTL of `ttl` seconds.
 pub fn config(etcd: &EtcdServer, node: usize, ttl: u64) -> Config {
