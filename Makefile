@@ -25,7 +25,8 @@ test: deps
 # The long fault campaign (examples/campaign/): 1000 seeded random faults on
 # the leaders of three `standin run --role tso --role kv` processes, then a
 # check of the history (about 25 minutes).
-# CAMPAIGN_ARGS="--seed S" replays a run's faults; a later --faults wins.
+# CAMPAIGN_ARGS="--seed S" replays a run's faults; a later --faults wins;
+# "--etcd-members 3" runs it against a 3-member etcd with etcd's own faults.
 campaign: deps
 	$(CARGO) build --release --features cli --bin standin
 	$(CARGO) run --release --example campaign -- --faults 1000 $(CAMPAIGN_ARGS)
