@@ -197,38 +197,31 @@ impl EtcdCluster {
     /// [`TestingError::TimedOut`], showing what each member last said.
     pub async fn wait_until_whole(&self, deadline: Duration) -> Result<usize, TestingError> {
         let last = std::sync::Mutex::new(String::new());
-        let whole = super::wait_until(
+        let whole = || async {
+            let statuses = self.statuses().await;
+            *last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = format!("{statuses:?}");
+            let answered: Vec<&MemberStatus> =
+                statuses.iter().map(Option::as_ref).collect::<Option<_>>()?;
+            let leader_id = answered.first()?.leader_id;
+            if leader_id == 0 || answered.iter().any(|status| status.leader_id != leader_id) {
+                return None;
+            }
+            answered
+                .iter()
+                .find(|status| status.member_id == leader_id)
+                .map(|status| status.member)
+        };
+        super::waits::wait_until_showing(
             "every etcd member following one leader",
             deadline,
-            || async {
-                let statuses = self.statuses().await;
-                *last.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                    format!("{statuses:?}");
-                let answered: Option<Vec<&MemberStatus>> =
-                    statuses.iter().map(Option::as_ref).collect();
-                let answered = answered?;
-                let leader_id = answered.first()?.leader_id;
-                if leader_id == 0 || answered.iter().any(|status| status.leader_id != leader_id) {
-                    return None;
-                }
-                answered
-                    .iter()
-                    .find(|status| status.member_id == leader_id)
-                    .map(|status| status.member)
+            whole,
+            || {
+                last.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .clone()
             },
         )
-        .await;
-        whole.map_err(|error| match error {
-            TestingError::TimedOut { what, deadline, .. } => TestingError::TimedOut {
-                what,
-                deadline,
-                last: Some(
-                    last.into_inner()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                ),
-            },
-            other => other,
-        })
+        .await
     }
 
     /// Hands raft leadership to `member`, as `etcdctl move-leader` does: the

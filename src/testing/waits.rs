@@ -53,6 +53,30 @@ where
     }
 }
 
+/// [`wait_until`], whose timeout carries what `seen` says at the deadline,
+/// so the error tells what the condition last saw.
+pub(super) async fn wait_until_showing<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    probe: F,
+    seen: impl FnOnce() -> String,
+) -> Result<T, TestingError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_until(what, deadline, probe)
+        .await
+        .map_err(|error| match error {
+            TestingError::TimedOut { what, deadline, .. } => TestingError::TimedOut {
+                what,
+                deadline,
+                last: Some(seen()),
+            },
+            other => other,
+        })
+}
+
 /// Waits until exactly one of `roles` serves and returns its index: the
 /// first step of most failover tests. At the deadline the error shows the
 /// states last seen, which tells "nobody serves" from "two serve".
@@ -63,7 +87,7 @@ pub async fn the_single_serving<C: Coordinator>(
     let states = || -> Vec<RoleState> { roles.iter().map(|role| role.status().state).collect() };
     let role = roles.first().map_or("the role", |role| role.role());
     let what = format!("exactly one node serving {role}");
-    let found = wait_until(&what, deadline, || async {
+    let single = || async {
         let states = states();
         let mut serving = states
             .iter()
@@ -73,14 +97,6 @@ pub async fn the_single_serving<C: Coordinator>(
             (Some((index, _)), None) => Some(index),
             _ => None,
         }
-    })
-    .await;
-    found.map_err(|error| match error {
-        TestingError::TimedOut { what, deadline, .. } => TestingError::TimedOut {
-            what,
-            deadline,
-            last: Some(format!("{:?}", states())),
-        },
-        other => other,
-    })
+    };
+    wait_until_showing(&what, deadline, single, || format!("{:?}", states())).await
 }
