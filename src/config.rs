@@ -740,6 +740,20 @@ pub struct SessionConfig {
     /// kernel cannot tell (a dead host, a partition, a frozen process)
     /// still waits for the lease.
     pub death_witness: bool,
+    /// How long a refusal at a leader's witness must persist before it
+    /// proves a death: the port is tried again a third of the way in and
+    /// at the end, and a greeting of the same process at either attempt
+    /// means it lives (a reset on the path, a firewall reloading its rules).
+    /// Zero: the first refusal proves it.
+    #[serde(with = "humantime_serde")]
+    pub witness_confirm: Duration,
+    /// How long a candidate that wins from a lease a witness revoked waits
+    /// before it serves: a leader that was taken for dead but lives (its
+    /// witness only looked refused) sees its key go through its own watch
+    /// of etcd, and must have stepped down before its successor answers.
+    /// Zero: serve at once.
+    #[serde(with = "humantime_serde")]
+    pub witness_grace: Duration,
     /// How long a standby of higher `leaderPriority` must stand ready, and
     /// the leader must have served, before the leader hands the role to it;
     /// also the least time between two such moves of a role. Keeps
@@ -769,6 +783,8 @@ impl Default for SessionConfig {
             renew_deadline: None,
             standby_log_interval: Duration::from_secs(10),
             death_witness: true,
+            witness_confirm: Duration::from_millis(3),
+            witness_grace: Duration::from_millis(5),
             transfer_holdoff: Duration::from_secs(10),
             spread_leaders: true,
             spread_in_flight: 4,

@@ -14,6 +14,6 @@ pub(crate) use batch::TxnBatcher;
 pub use connect::{EtcdError, connect, connect_checked};
 pub(crate) use connect::{GaveUp, best_effort, endpoint_url, retry_bounded};
 pub(crate) use fanout::{PrefixFanout, Routed, Subscription, group_of};
-pub(crate) use lease::{delete_key, revoke};
+pub(crate) use lease::{delete_key, put_on_lease, revoke};
 pub use steering::{EndpointsError, Steering, steer};
 pub(crate) use watch::{Watch, WatchHub, prefix_end};

@@ -441,7 +441,13 @@ impl Node {
                 .iter()
                 .map(|entry| entry.control.subscribe())
                 .collect();
-            witness.watch_leaders(context.client.clone(), &self.config, server_id, statuses);
+            witness.watch_leaders(
+                context.client.clone(),
+                &self.config,
+                context.session.clone(),
+                server_id,
+                statuses,
+            );
         }
         self.witness = witness;
         Ok(())

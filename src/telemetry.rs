@@ -80,6 +80,12 @@ pub const DEATH_WITNESS_WATCHED: &str = "standin_death_witness_watched";
 /// Counter, label `reason` (`over_cap`, `no_hello`, `bad_hello`):
 /// connections to this node's death witness it closed unheld.
 pub const DEATH_WITNESS_REFUSED: &str = "standin_death_witness_connections_refused_total";
+/// Counter: leaders' witnesses that refused a reconnect, then greeted
+/// again within `session.witnessConfirm` (alive: nothing revoked).
+pub const DEATH_WITNESS_UNCONFIRMED: &str = "standin_death_witness_unconfirmed_total";
+/// Counter, label `role`: wins from a lease a death witness revoked, each
+/// held for `session.witnessGrace` before serving.
+pub const WITNESS_GRACE_WAITS: &str = "standin_witness_grace_waits_total";
 /// Counter, labels `role` and `outcome`: `Resign` calls this node
 /// answered. Who asked is in the log line, not a label: callers are unbounded.
 pub const RESIGN_REQUESTS: &str = "standin_resign_requests_total";
@@ -327,6 +333,20 @@ pub fn catalogue() -> Vec<MetricInfo> {
             Unit::Count,
             &["reason"],
             "Connections to this node's death witness closed without being held: over node.witnessMaxConnections (over_cap), no hello in time (no_hello), or a hello without the cluster's secret (bad_hello).",
+        ),
+        metric(
+            DEATH_WITNESS_UNCONFIRMED,
+            Counter,
+            Unit::Count,
+            &[],
+            "Leaders' death witnesses that refused a reconnect and greeted again within session.witnessConfirm: alive (a reset or a rejection on the path), so nothing was revoked.",
+        ),
+        metric(
+            WITNESS_GRACE_WAITS,
+            Counter,
+            Unit::Count,
+            &["role"],
+            "Wins from a lease a death witness revoked, each held for session.witnessGrace before serving so that a leader taken for dead that lives has stepped down first.",
         ),
         metric(
             RESIGN_REQUESTS,

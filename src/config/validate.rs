@@ -442,6 +442,23 @@ impl Config {
             ));
         }
 
+        for (key, wait) in [
+            ("session.witnessConfirm", session.witness_confirm),
+            ("session.witnessGrace", session.witness_grace),
+        ] {
+            if wait > MAX_WITNESS_WAIT {
+                return Err(invalid(
+                    key,
+                    show(wait),
+                    format!(
+                        "must be at most {}: it delays every takeover after a kill, and what \
+                         the witness cannot settle within it is the lease's to settle",
+                        show(MAX_WITNESS_WAIT)
+                    ),
+                ));
+            }
+        }
+
         if session.spread_in_flight == 0 {
             return Err(invalid(
                 "session.spreadInFlight",
@@ -784,6 +801,9 @@ fn nonzero(key: &'static str, value: Duration, why: &str) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// The longest `session.witnessConfirm` and `session.witnessGrace`.
+const MAX_WITNESS_WAIT: Duration = Duration::from_secs(1);
+
 /// The least time between the renew deadline and the lease's TTL.
 const MIN_RENEW_MARGIN: Duration = Duration::from_millis(500);
 
@@ -1039,6 +1059,19 @@ mod tests {
             config.session.ttl = Duration::from_secs(ttl);
             config.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn the_witness_waits_are_bounded_by_a_second() {
+        let mut config = Config::default();
+        config.session.witness_confirm = Duration::from_millis(1500);
+        let text = rejected(&config, "session.witnessConfirm");
+        assert!(text.contains("at most 1s"), "{text}");
+        config.session.witness_confirm = Duration::ZERO;
+        config.session.witness_grace = Duration::from_secs(2);
+        rejected(&config, "session.witnessGrace");
+        config.session.witness_grace = Duration::ZERO;
+        config.validate().unwrap();
     }
 
     #[test]

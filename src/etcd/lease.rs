@@ -1,8 +1,8 @@
-//! Giving back what a lease holds: the lease itself (revoked), or one key on it (deleted), each retried until it lands or is moot.
+//! Keys on a lease and the lease itself: the lease given back (revoked), one key on it deleted, marks put on it; each retried until it lands or is moot.
 
 use std::time::{Duration, Instant};
 
-use etcd_client::Client;
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
 
 use crate::backoff::Backoff;
 use crate::config::BackoffConfig;
@@ -19,13 +19,52 @@ pub(crate) async fn revoke(
 ) -> bool {
     let what = format!("revoking lease {lease:#x}");
     let worth_trying = |delay: Duration| Instant::now() + delay < until;
-    retried(&what, request_timeout, retry, worth_trying, || {
+    retried(&what, request_timeout, retry, worth_trying, Moot::IfNotFound, || {
         let mut leases = client.lease_client();
         // The bound shrinks as `until` nears, so the last try ends by it.
         let left = until.saturating_duration_since(Instant::now());
         async move { tokio::time::timeout(left, leases.revoke(lease)).await }
     })
     .await
+}
+
+/// Puts every `(key, value)` of `marks` on `lease` in one transaction,
+/// retrying with `retry` until it lands or `until` passes. Returns whether
+/// it landed: a lease etcd no longer knows fails it at once.
+pub(crate) async fn put_on_lease(
+    client: &Client,
+    marks: &[(String, Vec<u8>)],
+    lease: i64,
+    request_timeout: Duration,
+    retry: &BackoffConfig,
+    until: Instant,
+) -> bool {
+    let keys: Vec<&str> = marks.iter().map(|(key, _)| key.as_str()).collect();
+    let what = format!("putting {} on lease {lease:#x}", keys.join(", "));
+    let worth_trying = |delay: Duration| Instant::now() + delay < until;
+    retried(&what, request_timeout, retry, worth_trying, Moot::Never, || {
+        let mut kv = client.kv_client();
+        let puts = marks
+            .iter()
+            .map(|(key, value)| {
+                let options = PutOptions::new().with_lease(lease);
+                TxnOp::put(key.as_str(), value.as_slice(), Some(options))
+            })
+            .collect::<Vec<_>>();
+        let left = until.saturating_duration_since(Instant::now());
+        async move { tokio::time::timeout(left, kv.txn(Txn::new().and_then(puts))).await }
+    })
+    .await
+}
+
+/// When an etcd call that failed needs no retry.
+#[derive(Debug, Clone, Copy)]
+enum Moot {
+    /// When etcd no longer knows what it names (a lease expired or revoked
+    /// is as good as given back).
+    IfNotFound,
+    /// Never: a put on a lease etcd no longer knows did not land.
+    Never,
 }
 
 /// Deletes `key`, one role's key on a lease other roles share, retrying
@@ -44,6 +83,7 @@ pub(crate) async fn delete_key(
         request_timeout,
         retry,
         |_| still_held(),
+        Moot::IfNotFound,
         || {
             let mut kv = client.kv_client();
             async move { Ok(kv.delete(key, None).await) }
@@ -60,6 +100,7 @@ async fn retried<T, F, Fut>(
     request_timeout: Duration,
     retry: &BackoffConfig,
     worth_trying: impl Fn(Duration) -> bool,
+    moot: Moot,
     mut call: F,
 ) -> bool
 where
@@ -74,7 +115,13 @@ where
             Ok(Ok(Err(etcd_client::Error::GRpcStatus(status))))
                 if status.code() == tonic::Code::NotFound =>
             {
-                return true;
+                match moot {
+                    Moot::IfNotFound => return true,
+                    Moot::Never => {
+                        tracing::warn!("{what} failed: {}", status.message());
+                        return false;
+                    }
+                }
             }
             Ok(Ok(Err(error))) => error.to_string(),
             Ok(Err(_)) | Err(_) => format!("no answer within {request_timeout:?}"),

@@ -175,6 +175,13 @@ impl Layout {
         format!("{}/session/id", self.root)
     }
 
+    /// `{root}/revoked/{lease hex}`: the mark a death witness puts before it
+    /// revokes `lease`, so the candidate that wins from it waits
+    /// `session.witnessGrace` before serving.
+    pub fn revoked(&self, lease: i64) -> String {
+        format!("{}/revoked/{lease:x}", self.root)
+    }
+
     /// `{root}/meta/{role}/`: the role's metadata, written only through a fenced store.
     pub fn meta(&self, role: &str) -> String {
         format!("{}/meta/{role}/", self.root)
@@ -278,6 +285,7 @@ mod tests {
         );
         assert_eq!(layout.server_id(), "standin/session/id");
         assert_eq!(layout.meta("rootcoord"), "standin/meta/rootcoord/");
+        assert_eq!(layout.revoked(0x694d), "standin/revoked/694d");
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::runtime::queue::RequestQueue;
 use crate::runtime::reload::{CatchUp, ReloadActor, ReloadHandle, ReloadMsg};
 use crate::runtime::session::SessionMsg;
 use crate::runtime::term::Term;
+use crate::runtime::witness;
 use crate::status::{MetadataCopy, ResignError, StepDownReason, Successor, TransferTarget};
 use crate::task::OwnedTask;
 use crate::telemetry;
@@ -122,6 +123,14 @@ pub(crate) enum ElectionMsg<C: Coordinator> {
         generation: u64,
         /// The leading candidacy.
         candidacy: Candidacy,
+    },
+    /// The campaign of `generation`, leading at `revision`, has waited
+    /// whatever its predecessor's end asks for (see [`grace_after`]).
+    Settled {
+        /// The campaign generation.
+        generation: u64,
+        /// The leader key's create revision.
+        revision: i64,
     },
     /// The leader key of the campaign of `generation` was deleted.
     LeaderKeyDeleted {
@@ -613,14 +622,14 @@ impl<C: Coordinator> Election<C> {
                 // Decided from the node's one watch of every election,
                 // which stays subscribed while this candidacy leads.
                 let (following, mut line) = line::follow_line(&context.elections, &role);
-                if !line::until_leading(&mut line, &candidacy).await {
+                let Some(succession) = line::until_leading(&mut line, &candidacy).await else {
                     return Err(recipe::CampaignError::CandidacyLost {
                         key: candidacy.key.clone(),
                     });
-                }
-                Ok::<_, recipe::CampaignError>((candidacy, following, line))
+                };
+                Ok::<_, recipe::CampaignError>((candidacy, following, line, succession))
             };
-            let (candidacy, _following, mut line) = match won.await {
+            let (candidacy, _following, mut line, succession) = match won.await {
                 Ok(won) => won,
                 Err(error) => {
                     tracing::warn!(election, "campaign failed: {error}");
@@ -636,18 +645,32 @@ impl<C: Coordinator> Election<C> {
                     return;
                 }
             };
+            let led_at = tokio::time::Instant::now();
             let revision = candidacy.revision;
             let _ = reply.send_message(ElectionMsg::Elected {
                 generation,
                 candidacy: candidacy.clone(),
             });
+            // Beside the reload: the term serves once both are done.
+            let settled = async {
+                if let Some(grace) = grace_after(&context, &role, &succession).await {
+                    tokio::time::sleep_until(led_at + grace).await;
+                }
+                let _ = reply.send_message(ElectionMsg::Settled {
+                    generation,
+                    revision,
+                });
+            };
             // While leading, follow our own key: if anyone deletes it,
             // the next candidate leads and we must not keep serving.
-            line::until_gone(&mut line, &candidacy).await;
-            let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
-                generation,
-                revision,
-            });
+            let deleted = async {
+                line::until_gone(&mut line, &candidacy).await;
+                let _ = reply.send_message(ElectionMsg::LeaderKeyDeleted {
+                    generation,
+                    revision,
+                });
+            };
+            tokio::join!(settled, deleted);
         };
         state.campaign = Some(Self::spawn(myself, "campaigning", campaign));
     }
@@ -1068,6 +1091,41 @@ impl<C: Coordinator> Election<C> {
     }
 }
 
+/// How long a candidate that won by `succession` waits before it serves:
+/// `session.witnessGrace` when a death witness revoked its predecessor's
+/// lease (marked so in etcd), since a leader taken for dead may live and
+/// must see its key go first; nothing otherwise (a predecessor that
+/// resigned closed its term first, and one whose lease expired stepped
+/// down at its renew deadline, before etcd could expire it).
+async fn grace_after(
+    context: &NodeContext,
+    role: &str,
+    succession: &line::Succession,
+) -> Option<Duration> {
+    let grace = context.config.session.witness_grace;
+    let predecessor = succession.predecessor.as_ref()?;
+    if grace.is_zero() {
+        return None;
+    }
+    let timeout = context.config.etcd.request_timeout;
+    let marked =
+        witness::marked_revoked(&context.client, &context.layout, predecessor.lease, timeout)
+            .await;
+    if !marked {
+        return None;
+    }
+    tracing::info!(
+        role,
+        predecessor = predecessor.shown(),
+        "won from {} whose lease {:#x} a death witness revoked: serving after {grace:?}, once \
+         it has seen its key go if it lives",
+        predecessor.shown(),
+        predecessor.lease
+    );
+    metrics::counter!(telemetry::WITNESS_GRACE_WAITS, "role" => role.to_owned()).increment(1);
+    Some(grace)
+}
+
 impl<C: Coordinator> Actor for Election<C> {
     type Msg = ElectionMsg<C>;
     type State = ElectionState<C>;
@@ -1185,6 +1243,15 @@ impl<C: Coordinator> Actor for Election<C> {
                     };
                     state.candidacy = Some(candidacy);
                     event
+                }
+                ElectionMsg::Settled {
+                    generation,
+                    revision,
+                } => {
+                    if !state.is_current(Tag::Campaign(generation)) {
+                        return Ok(());
+                    }
+                    Event::Settled { revision }
                 }
                 ElectionMsg::LeaderKeyDeleted {
                     generation,

@@ -3,10 +3,18 @@
 //! A process's sockets close when it dies, however it dies: its witness
 //! port then refuses connections. A standby that was connected to a
 //! leader's witness and sees that connection end connects again: refused,
-//! or greeted by another incarnation (a new process on the port), proves
-//! the leader's process is gone, so its leases are revoked and the election
+//! or greeted by another incarnation (a new process on the port), and
+//! still so when tried again over `session.witnessConfirm`, proves the
+//! leader's process is gone, so its leases are revoked and the election
 //! moves on at once. Anything else (a timeout, no route, a connection that
 //! closes without a greeting) proves nothing, and the lease decides.
+//!
+//! A network can still fake a death (a firewall that rejects, an address
+//! moved to another host). So before revoking, the watcher marks the lease
+//! revoked in etcd (`{root}/revoked/{lease hex}`), and the candidate that
+//! wins from a marked lease waits `session.witnessGrace` before serving:
+//! a leader that lives and reaches etcd sees its key go in that time, and
+//! has stepped down before its successor answers.
 //!
 //! With a cluster secret (`node.witnessSecretFile`) both sides prove it
 //! before a connection is held or a greeting believed (see `handshake`);
@@ -22,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, GetResponse};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,6 +41,7 @@ use crate::backoff::Backoff;
 use crate::config::{BackoffConfig, Config, ConfigError, NodeConfig, join_host_port};
 use crate::etcd;
 use crate::etcd::session::{Layout, SessionInfo, WitnessInfo};
+use crate::runtime::session::SessionView;
 use crate::status::RoleStatus;
 use crate::task::OwnedTask;
 use crate::telemetry;
@@ -176,6 +186,7 @@ impl Witness {
         &mut self,
         client: Client,
         config: &Config,
+        session: SessionView,
         server_id: i64,
         statuses: Vec<watch::Receiver<RoleStatus>>,
     ) {
@@ -186,6 +197,9 @@ impl Witness {
             retry: config.etcd.retry.clone(),
             ttl: config.session.ttl,
             secret: self.secret.clone(),
+            confirm: config.session.witness_confirm,
+            session,
+            server_id,
         });
         self.watcher = Some(OwnedTask::spawn(watch_leaders(
             context, server_id, statuses,
@@ -417,6 +431,55 @@ async fn reach(address: &str, secret: Option<&Secret>) -> (Reached, Option<TcpSt
     }
 }
 
+/// When a first attempt found a witness gone, the further attempts that
+/// must find it gone too, as offsets from the first: a third of the way
+/// into `span`, and at its end. None when `span` is zero.
+fn confirmations(span: Duration) -> Vec<Duration> {
+    if span.is_zero() {
+        Vec::new()
+    } else {
+        vec![span / 3, span]
+    }
+}
+
+/// Tries a witness found gone (for `first`) again over
+/// `session.witnessConfirm`: only if every attempt finds it gone is the
+/// death proven. One greeting of the same process means it lives (the
+/// refusal was a reset on the path, a firewall reloading); an attempt that
+/// proves nothing leaves it to the next round, as any other would.
+async fn confirm(
+    mourner: &Mourner,
+    witness: &WitnessInfo,
+    first: String,
+) -> (Verdict, Option<TcpStream>) {
+    let start = tokio::time::Instant::now();
+    let offsets = confirmations(mourner.confirm);
+    for &offset in &offsets {
+        tokio::time::sleep_until(start + offset).await;
+        let (reached, stream) = reach(&witness.address, mourner.secret.as_deref()).await;
+        match judge(true, &witness.incarnation, &reached) {
+            Verdict::Gone(_) => {}
+            Verdict::Alive => {
+                tracing::info!(
+                    witness = witness.address,
+                    "the leader's death witness at {} refused ({first}), then greeted again \
+                     within {:?}: alive, not revoked",
+                    witness.address,
+                    start.elapsed()
+                );
+                metrics::counter!(telemetry::DEATH_WITNESS_UNCONFIRMED).increment(1);
+                return (Verdict::Alive, stream);
+            }
+            unproven => return (unproven, None),
+        }
+    }
+    let proof = match offsets.last() {
+        Some(span) => format!("{first}, {} times over {span:?}", offsets.len() + 1),
+        None => first,
+    };
+    (Verdict::Gone(proof), None)
+}
+
 /// A leader process to watch: who it is and where its witness is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Watched {
@@ -581,8 +644,13 @@ async fn watch_one(
     let mut warned = false;
     let mut counted = Counted::default();
     loop {
-        let (reached, stream) = reach(&watched.witness.address, mourner.secret.as_deref()).await;
-        match judge(armed, &watched.witness.incarnation, &reached) {
+        let (reached, mut stream) =
+            reach(&watched.witness.address, mourner.secret.as_deref()).await;
+        let mut verdict = judge(armed, &watched.witness.incarnation, &reached);
+        if let Verdict::Gone(reason) = verdict {
+            (verdict, stream) = confirm(&mourner, &watched.witness, reason).await;
+        }
+        match verdict {
             Verdict::Alive => {
                 let Some(mut stream) = stream else { continue };
                 if !armed {
@@ -680,6 +748,57 @@ struct Mourner {
     ttl: Duration,
     /// The cluster's witness secret, proven to every witness reached.
     secret: Option<Arc<Secret>>,
+    /// `session.witnessConfirm`.
+    confirm: Duration,
+    /// This node's session, whose lease the marks of revoked leases are put on.
+    session: SessionView,
+    /// This node's server ID, named in the marks.
+    server_id: i64,
+}
+
+/// What the mark a witness puts on a lease before revoking it says
+/// (`{root}/revoked/{lease hex}`): read by operators; a candidate only
+/// asks whether it exists.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokedMark {
+    /// The server found dead.
+    server_id: i64,
+    /// Its incarnation.
+    incarnation: String,
+    /// The server whose witness found it.
+    by: i64,
+    /// What proved the death.
+    reason: String,
+}
+
+/// Whether a death witness marked `lease` revoked (see
+/// [`Layout::revoked`]): the candidate that won from it waits
+/// `session.witnessGrace` before serving. No answer within
+/// `request_timeout` counts as marked: waiting costs milliseconds, serving
+/// beside a leader that lives costs a stale answer.
+pub(crate) async fn marked_revoked(
+    client: &Client,
+    layout: &Layout,
+    lease: i64,
+    request_timeout: Duration,
+) -> bool {
+    let key = layout.revoked(lease);
+    let mut kv = client.kv_client();
+    let read = kv.get(key.as_str(), Some(GetOptions::new().with_count_only()));
+    match tokio::time::timeout(request_timeout, read).await {
+        Ok(Ok(response)) => response.count() > 0,
+        Ok(Err(error)) => {
+            tracing::warn!("reading {key} failed ({error}); waiting as if a witness revoked it");
+            true
+        }
+        Err(_) => {
+            tracing::warn!(
+                "reading {key} took over {request_timeout:?}; waiting as if a witness revoked it"
+            );
+            true
+        }
+    }
 }
 
 impl Mourner {
@@ -697,7 +816,9 @@ impl Mourner {
         let until = Instant::now() + self.ttl;
         // The leases of the leader keys first: the elections that wait on
         // them move on before the read of every session below.
-        let mut revoked = self.revoke(&known_leases, until).await;
+        let mut revoked = self
+            .mark_and_revoke(&watched, &reason, &known_leases, until)
+            .await;
         let took = lost_at.map(|at| at.elapsed());
         let mut roles = BTreeSet::new();
         match self
@@ -716,7 +837,10 @@ impl Mourner {
                     }
                     roles.insert(session.role);
                 }
-                revoked.extend(self.revoke(&others, until).await);
+                revoked.extend(
+                    self.mark_and_revoke(&watched, &reason, &others, until)
+                        .await,
+                );
             }
             Err(error) => tracing::warn!(
                 server_id = watched.server_id,
@@ -748,8 +872,46 @@ impl Mourner {
         );
     }
 
-    /// Revokes each of `leases`, retried until `until`; those revoked.
-    async fn revoke(&self, leases: &BTreeSet<i64>, until: Instant) -> Vec<String> {
+    /// Marks each of `leases` revoked (see [`marked_revoked`]), then
+    /// revokes it, retried until `until`; those revoked. Unmarked, none is
+    /// revoked: a successor that would not wait could answer beside a
+    /// leader taken for dead that lives, so the lease decides instead.
+    async fn mark_and_revoke(
+        &self,
+        watched: &Watched,
+        reason: &str,
+        leases: &BTreeSet<i64>,
+        until: Instant,
+    ) -> Vec<String> {
+        if leases.is_empty() {
+            return Vec::new();
+        }
+        let mark = RevokedMark {
+            server_id: watched.server_id,
+            incarnation: watched.witness.incarnation.clone(),
+            by: self.server_id,
+            reason: reason.to_owned(),
+        };
+        let value = serde_json::to_vec(&mark).unwrap_or_default();
+        let marks: Vec<(String, Vec<u8>)> = leases
+            .iter()
+            .map(|&lease| (self.layout.revoked(lease), value.clone()))
+            .collect();
+        let marked = match self.mark_lease(until).await {
+            Some(on) => {
+                let timeout = self.request_timeout;
+                etcd::put_on_lease(&self.client, &marks, on, timeout, &self.retry, until).await
+            }
+            None => false,
+        };
+        if !marked {
+            tracing::warn!(
+                server_id = watched.server_id,
+                "could not mark the lease(s) of dead server {} revoked; leaving them to expire",
+                watched.server_id
+            );
+            return Vec::new();
+        }
         let mut revoked = Vec::new();
         for &lease in leases {
             if etcd::revoke(
@@ -765,6 +927,29 @@ impl Mourner {
             }
         }
         revoked
+    }
+
+    /// The lease the marks go on: this node's session's, which outlives any
+    /// takeover they are for; or, while the session holds none, a lease
+    /// of the TTL granted for them.
+    async fn mark_lease(&self, until: Instant) -> Option<i64> {
+        if let Some(held) = self.session.current() {
+            return Some(held.id);
+        }
+        let mut leases = self.client.lease_client();
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left.min(self.request_timeout), leases.grant(ttl, None)).await {
+            Ok(Ok(granted)) => Some(granted.id()),
+            Ok(Err(error)) => {
+                tracing::warn!("granting a lease for a revoked mark failed: {error}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("granting a lease for a revoked mark took too long");
+                None
+            }
+        }
     }
 
     /// The sessions of the dead incarnation of `server_id` on leases other

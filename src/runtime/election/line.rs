@@ -26,6 +26,8 @@ pub(crate) struct Candidate {
     pub key: String,
     /// Its create revision (its place in line).
     pub revision: i64,
+    /// The lease it is on.
+    pub lease: i64,
     /// Its session JSON; none for a peer that is not a standin node.
     pub session: Option<SessionInfo>,
 }
@@ -35,6 +37,7 @@ impl Candidate {
         Self {
             key: String::from_utf8_lossy(kv.key()).into_owned(),
             revision: kv.create_revision(),
+            lease: kv.lease(),
             session: SessionInfo::decode(kv.key(), kv.value()).ok(),
         }
     }
@@ -126,12 +129,34 @@ pub(crate) fn follow_line(
     (elections.subscribe(Some(role), Box::new(follow)), line_rx)
 }
 
-/// Waits until `me` leads in `line` (true) or its key is gone (false). A
-/// follower that ended (the node is going away) counts as gone.
-pub(crate) async fn until_leading(line: &mut watch::Receiver<Line>, me: &Candidacy) -> bool {
-    line.wait_for(|line| matches!(line.standing(me), Standing::Leading | Standing::Gone))
-        .await
-        .is_ok_and(|line| line.standing(me) == Standing::Leading)
+/// How a candidacy came to lead.
+#[derive(Debug, Clone)]
+pub(crate) struct Succession {
+    /// The candidate that led the last line in which ours waited: the one
+    /// it takes over from. None when it led from the first line it saw.
+    pub predecessor: Option<Arc<Candidate>>,
+}
+
+/// Waits until `me` leads in `line` (`Some`, with who led before it) or its
+/// key is gone (`None`). A follower that ended (the node is going away)
+/// counts as gone.
+pub(crate) async fn until_leading(
+    line: &mut watch::Receiver<Line>,
+    me: &Candidacy,
+) -> Option<Succession> {
+    let mut predecessor = None;
+    loop {
+        {
+            let line = line.borrow_and_update();
+            match line.standing(me) {
+                Standing::Leading => return Some(Succession { predecessor }),
+                Standing::Gone => return None,
+                Standing::Waiting => predecessor = line.candidates.first().cloned(),
+                Standing::Unseen => {}
+            }
+        }
+        line.changed().await.ok()?;
+    }
 }
 
 /// Returns once `me`'s key is gone from `line`, or its follower ended: a
@@ -163,6 +188,7 @@ mod tests {
                     Arc::new(Candidate {
                         key: key.into(),
                         revision,
+                        lease: revision,
                         session: None,
                     })
                 })
@@ -187,5 +213,31 @@ mod tests {
         assert_eq!(line(13, &[("e/c", 11)]).standing(&me), Standing::Gone);
         // The same key created again is another term's.
         assert_eq!(line(20, &[("e/b", 19)]).standing(&me), Standing::Gone);
+    }
+
+    #[tokio::test]
+    async fn a_candidacy_that_leads_names_the_leader_it_last_waited_behind() {
+        let me = candidacy("e/c", 10);
+        let (lines, mut line_rx) = watch::channel(line(9, &[("e/a", 5)]));
+        let waiting = tokio::spawn(async move { until_leading(&mut line_rx, &me).await });
+        lines.send_replace(line(10, &[("e/a", 5), ("e/b", 7), ("e/c", 10)]));
+        tokio::task::yield_now().await;
+        lines.send_replace(line(11, &[("e/b", 7), ("e/c", 10)]));
+        tokio::task::yield_now().await;
+        lines.send_replace(line(12, &[("e/c", 10)]));
+        let succession = waiting.await.unwrap().expect("leads");
+        let predecessor = succession.predecessor.expect("waited behind one");
+        assert!(
+            ["e/a", "e/b"].contains(&predecessor.key.as_str()),
+            "{predecessor:?}"
+        );
+        // Leading from the first line seen: no one to take over from.
+        let first = candidacy("e/a", 5);
+        let (_lines, mut line_rx) = watch::channel(line(6, &[("e/a", 5)]));
+        let led = until_leading(&mut line_rx, &first).await.expect("leads");
+        assert!(led.predecessor.is_none());
+        // Gone: no succession.
+        let (_lines, mut line_rx) = watch::channel(line(12, &[("e/b", 7)]));
+        assert!(until_leading(&mut line_rx, &first).await.is_none());
     }
 }

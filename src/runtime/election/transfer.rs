@@ -279,6 +279,7 @@ mod tests {
         Candidate {
             key: format!("e/{id:x}"),
             revision,
+            lease: id,
             session: Some(SessionInfo {
                 server_id: id,
                 role: "tso".into(),
@@ -363,6 +364,7 @@ mod tests {
         let foreign = Candidate {
             key: "e/go".into(),
             revision: 9,
+            lease: 9,
             session: None,
         };
         assert!(preferred(-1, &[foreign]).is_none());
