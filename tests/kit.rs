@@ -228,6 +228,55 @@ async fn the_fault_proxy_forwards_cuts_blackholes_and_delays() -> anyhow::Result
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_proxy_rejects_with_a_reset_and_a_refusal_then_opens_again() -> anyhow::Result<()> {
+    use std::io::ErrorKind;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let proxy = FaultProxy::start(&etcd.endpoint()).await?;
+    let mut held = TcpStream::connect(proxy.endpoint()).await?;
+    // Relayed: etcd waits for the client's preface, so nothing comes back.
+    let mut byte = [0u8; 1];
+    let quiet = tokio::time::timeout(Duration::from_millis(100), held.read(&mut byte)).await;
+    assert!(quiet.is_err(), "the held connection ended: {quiet:?}");
+
+    info!("--- reject: the held connection is reset, a new one is refused");
+    proxy.reject();
+    assert_eq!(proxy.mode(), ProxyMode::Reject);
+    let read = tokio::time::timeout(CALL, held.read(&mut byte)).await?;
+    assert!(
+        matches!(&read, Err(error) if error.kind() == ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    let refusal = || async {
+        let refused = TcpStream::connect(proxy.endpoint()).await.err()?;
+        (refused.kind() == ErrorKind::ConnectionRefused).then_some(())
+    };
+    eventually("the proxy's port to refuse", CALL, refusal).await;
+
+    info!("--- heal: the same port forwards again");
+    proxy.heal();
+    let mut proxied = client_with_timeout(&proxy.endpoint(), Duration::from_secs(5)).await?;
+    eventually("a request through the reopened port", CALL, || {
+        let mut proxied = proxied.clone();
+        async move { proxied.put("kit/reopened", "1", None).await.ok() }
+    })
+    .await;
+
+    info!("--- reject for a moment: refused, then open again by itself");
+    proxy.reject_for(Duration::from_millis(300));
+    eventually("the proxy's port to refuse for a moment", CALL, refusal).await;
+    eventually("the port to open again", CALL, || async {
+        TcpStream::connect(proxy.endpoint()).await.ok()
+    })
+    .await;
+    assert_eq!(proxy.mode(), ProxyMode::Forward);
+    proxied.put("kit/reopened", "2", None).await?;
+    Ok(())
+}
+
 /// The tso state that the node at `address` reports for itself, if it answers within `within`.
 async fn tso_state(address: &str, within: Duration) -> Option<String> {
     let asked = async {

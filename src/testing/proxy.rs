@@ -1,10 +1,9 @@
-//! A loopback TCP proxy between a node and etcd that cuts, blackholes or delays the traffic on demand.
+//! A loopback TCP proxy between a node and etcd (or a witness) that cuts, blackholes, delays or rejects the traffic on demand.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -26,6 +25,11 @@ pub enum ProxyMode {
     /// Forwarding, each chunk held back by this long, in both directions (a
     /// request/response exchange takes at least twice the delay).
     Delay(Duration),
+    /// Every connection is reset and the port is closed, so new ones are
+    /// refused: a firewall's `REJECT --reject-with tcp-reset`, or an
+    /// address moved to a host where nothing listens, while what is behind
+    /// the proxy lives. The port opens again on the next mode.
+    Reject,
 }
 
 /// A TCP proxy on a free 127.0.0.1 port in front of one etcd member, to put
@@ -99,6 +103,30 @@ impl FaultProxy {
         self.mode.send_replace(ProxyMode::Delay(delay));
     }
 
+    /// Resets every connection now and closes the port, so connections are
+    /// refused until the next mode (see [`ProxyMode::Reject`]).
+    pub fn reject(&self) {
+        self.mode.send_replace(ProxyMode::Reject);
+    }
+
+    /// [`reject`](Self::reject) for `window`, then forwards again: a reset
+    /// on the path, a firewall reloading its rules. Returns at once.
+    pub fn reject_for(&self, window: Duration) {
+        self.reject();
+        let mode = self.mode.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            // Only if nothing else was asked for meanwhile.
+            mode.send_if_modified(|mode| {
+                let rejecting = *mode == ProxyMode::Reject;
+                if rejecting {
+                    *mode = ProxyMode::Forward;
+                }
+                rejecting
+            });
+        });
+    }
+
     /// Back to plain forwarding: new connections are forwarded, and
     /// blackholed ones resume (connections a cut dropped stay dropped).
     pub fn heal(&self) {
@@ -119,19 +147,47 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Accepts connections until aborted; each one is relayed by a task of its own.
+/// Accepts connections until aborted; each one is relayed by a task of its
+/// own. While rejecting, the port is closed, and bound again after.
 async fn accept(listener: TcpListener, target: String, mode: watch::Receiver<ProxyMode>) {
     let mut connections = JoinSet::new();
+    let mut rejecting = mode.clone();
+    let mut listener = Some(listener);
+    let address = listener.as_ref().and_then(|l| l.local_addr().ok());
     loop {
         // Reap finished connections, so a long test does not pile them up.
         while connections.try_join_next().is_some() {}
-        let inbound = match listener.accept().await {
-            Ok((inbound, _)) => inbound,
-            Err(error) => {
-                // Such as too many open files: wait for connections to close
-                // rather than spin on the error.
-                tracing::warn!(%error, "the fault proxy could not accept a connection");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+        let Some(open) = &listener else {
+            if rejecting
+                .wait_for(|mode| *mode != ProxyMode::Reject)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            listener = match address {
+                Some(address) => bind_again(address).await,
+                None => return,
+            };
+            continue;
+        };
+        let inbound = tokio::select! {
+            accepted = open.accept() => match accepted {
+                Ok((inbound, _)) => inbound,
+                Err(error) => {
+                    // Such as too many open files: wait for connections to
+                    // close rather than spin on the error.
+                    tracing::warn!(%error, "the fault proxy could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            rejects = async { rejecting.wait_for(|mode| *mode == ProxyMode::Reject).await.is_ok() } => {
+                if !rejects {
+                    return;
+                }
+                // Closed: the kernel refuses connections to the port.
+                listener = None;
                 continue;
             }
         };
@@ -145,17 +201,41 @@ async fn accept(listener: TcpListener, target: String, mode: watch::Receiver<Pro
     }
 }
 
+/// The proxy's port, bound again after a rejection; retried while another
+/// socket holds it for a moment.
+async fn bind_again(address: SocketAddr) -> Option<TcpListener> {
+    for _ in 0..500 {
+        match TcpListener::bind(address).await {
+            Ok(listener) => return Some(listener),
+            Err(error) => {
+                tracing::debug!(%error, "the fault proxy could not bind {address} again yet");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tracing::warn!("the fault proxy could not bind {address} again; it stays closed");
+    None
+}
+
 /// Relays one connection to `target` until both directions end, either side
-/// fails, or the proxy is cut or dropped.
+/// fails, or the proxy is cut, rejects or is dropped.
 async fn relay(inbound: TcpStream, target: String, mode: watch::Receiver<ProxyMode>) {
-    let mut cut = mode.clone();
+    // A second handle on the client's socket, which the relay's halves do
+    // not own: it keeps the socket open until a rejection has set it to
+    // close with a reset.
+    let Ok((inbound, keeper)) = second_handle(inbound) else {
+        return;
+    };
+    let mut ended = mode.clone();
     let relaying = async move {
         let outbound = TcpStream::connect(target.as_str()).await?;
         // Small writes are the norm for gRPC; Nagle would add latency the
         // test did not ask for.
         inbound.set_nodelay(true)?;
         outbound.set_nodelay(true)?;
-        let (from_client, to_client) = inbound.into_split();
+        // Split so that dropping a half does not shut the socket down: a
+        // rejected connection must end with a reset, not a close first.
+        let (from_client, to_client) = tokio::io::split(inbound);
         let (from_server, to_server) = outbound.into_split();
         tokio::try_join!(
             pump(from_client, to_server, mode.clone()),
@@ -166,16 +246,30 @@ async fn relay(inbound: TcpStream, target: String, mode: watch::Receiver<ProxyMo
         _ = relaying => {}
         // Also when the proxy is dropped (the sender is gone). Returning
         // drops both streams, which closes them.
-        _ = cut.wait_for(|mode| *mode == ProxyMode::Cut) => {}
+        ending = async {
+            ended.wait_for(|mode| matches!(mode, ProxyMode::Cut | ProxyMode::Reject)).await.map(|mode| *mode)
+        } => {
+            if matches!(ending, Ok(ProxyMode::Reject)) {
+                // Closed with no lingering: the client reads a reset.
+                let _ = socket2::SockRef::from(&keeper).set_linger(Some(Duration::ZERO));
+            }
+        }
     }
+}
+
+/// `stream`, and a second handle on its socket.
+fn second_handle(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let stream = stream.into_std()?;
+    let keeper = stream.try_clone()?;
+    Ok((TcpStream::from_std(stream)?, keeper))
 }
 
 /// Copies one direction: a reader that stamps each chunk with when it may
 /// be written, and a writer that holds it until then. Separate, so a delay
 /// adds latency without dividing throughput by it.
 async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
     mode: watch::Receiver<ProxyMode>,
 ) -> std::io::Result<()> {
     let (chunks, mut queued) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT_CHUNKS);
