@@ -312,3 +312,141 @@ async fn a_leader_that_shuts_down_says_farewell_and_is_not_taken_for_dead() -> a
     }
     Ok(())
 }
+
+/// Two in-process tso nodes on `etcd`: node 0 leads, its witness on a free
+/// port published as `witness_proxy`'s address (which forwards to it), its
+/// etcd link through `etcd_link`; node 1 stands by with `standby`'s session
+/// settings and watches node 0 through the proxy.
+async fn leader_behind_a_witness_proxy(
+    etcd: &EtcdServer,
+    etcd_link: &FaultProxy,
+    standby: impl FnOnce(&mut standin::config::SessionConfig),
+) -> anyhow::Result<(Vec<TsoNode>, FaultProxy)> {
+    let listen = format!("127.0.0.1:{}", free_loopback_port()?);
+    let witness_proxy = FaultProxy::start(&listen).await?;
+    let mut leader = node_config(vec![etcd_link.endpoint()], 0, 10);
+    leader.node.witness_address = Some(listen);
+    leader.node.witness_advertised_address = Some(witness_proxy.endpoint());
+    let mut nodes = vec![TsoNode::start(leader).await?];
+    wait_for_tso_leader(&nodes, "node 0 to lead", Duration::from_secs(10)).await;
+    let mut config = node_config(vec![etcd.endpoint()], 1, 10);
+    standby(&mut config.session);
+    nodes.push(TsoNode::start(config).await?);
+    wait_for(
+        "the standby to hold a connection to the leader's witness",
+        Duration::from_secs(10),
+        || (witness_proxy.answered_connections() > 0).then_some(()),
+    )
+    .await;
+    Ok((nodes, witness_proxy))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moments_rejection_on_the_path_to_a_living_leaders_witness_revokes_nothing()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let etcd_link = FaultProxy::start(&etcd.endpoint()).await?;
+    // A span long enough for this test's timing on a busy host; the
+    // default (3 ms) answers a reset or a reload of a firewall's rules.
+    let confirm = Duration::from_millis(300);
+    let (nodes, witness) = leader_behind_a_witness_proxy(&etcd, &etcd_link, |session| {
+        session.witness_confirm = confirm;
+    })
+    .await?;
+    let epoch = nodes[0].tso.status().epoch.map(|e| e.revision);
+    assert!(epoch.is_some(), "node 0 leads");
+    let monitor = Monitor::tso_nodes(&nodes);
+
+    info!("--- the path to the leader's witness resets and refuses for 50 ms");
+    witness.reject_for(Duration::from_millis(50));
+    wait_for(
+        "the standby to find the witness alive again",
+        Duration::from_secs(5),
+        || {
+            let seen = logged(&["greeted again", &witness.endpoint()]);
+            (!seen.is_empty()).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the standby to hold a connection to the witness again",
+        Duration::from_secs(5),
+        || (witness.answered_connections() > 0).then_some(()),
+    )
+    .await;
+    let revoked = logged(&[REVOKED, &witness.endpoint()]);
+    assert!(
+        revoked.is_empty(),
+        "a living leader was revoked: {revoked:?}"
+    );
+    assert_eq!(tso_serving(&nodes), vec![0], "the leader changed");
+    assert_eq!(nodes[0].tso.status().epoch.map(|e| e.revision), epoch);
+    monitor.assert_safe();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_living_leader_a_firewall_makes_look_dead_steps_down_before_its_successor_serves()
+-> anyhow::Result<()> {
+    init_logging();
+    let etcd = EtcdServer::start().await?;
+    let etcd_link = FaultProxy::start(&etcd.endpoint()).await?;
+    // The leader's link to etcd works, but slowly: it hears of its key's
+    // deletion 2 x 40 ms after its successor. The grace covers that here;
+    // the default (5 ms) covers a link as fast as the successor's.
+    let grace = Duration::from_millis(300);
+    let (nodes, witness) = leader_behind_a_witness_proxy(&etcd, &etcd_link, |session| {
+        session.witness_grace = grace;
+    })
+    .await?;
+    let old_epoch = nodes[0]
+        .tso
+        .status()
+        .epoch
+        .map(|e| e.revision)
+        .expect("node 0 leads");
+    etcd_link.delay(Duration::from_millis(40));
+    let monitor = Monitor::tso_nodes(&nodes);
+
+    info!("--- a firewall rejects every connection to the leader's witness, which lives");
+    witness.reject();
+    wait_for(
+        "node 1 to serve at a newer epoch",
+        Duration::from_secs(10),
+        || {
+            let epoch = nodes[1].tso.status().epoch?.revision;
+            (nodes[1].is_serving() && epoch > old_epoch).then_some(())
+        },
+    )
+    .await;
+    // Taken for dead: a refusal that persists is all the network shows.
+    assert!(
+        !logged(&[REVOKED, &witness.endpoint()]).is_empty(),
+        "the standby did not revoke the leader behind the rejecting witness"
+    );
+    wait_for("node 0 to stand by", Duration::from_secs(5), || {
+        (!nodes[0].is_serving()).then_some(())
+    })
+    .await;
+    // Never both: node 0 saw its key go before node 1 answered.
+    monitor.assert_safe();
+    let history = monitor.history();
+    let last_old = history
+        .iter()
+        .filter(|seen| seen.node == 0 && seen.state == standin::RoleState::Serving)
+        .map(|seen| seen.at)
+        .max()
+        .expect("node 0 was seen serving");
+    let first_new = history
+        .iter()
+        .filter(|seen| seen.node == 1 && seen.state == standin::RoleState::Serving)
+        .map(|seen| seen.at)
+        .min()
+        .expect("node 1 was seen serving");
+    info!(
+        margin = ?first_new.checked_duration_since(last_old),
+        "--- from the old term's last sight to the new one's first"
+    );
+    Ok(())
+}

@@ -229,7 +229,8 @@ async fn the_fault_proxy_forwards_cuts_blackholes_and_delays() -> anyhow::Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fault_proxy_rejects_with_a_reset_and_a_refusal_then_opens_again() -> anyhow::Result<()> {
+async fn the_fault_proxy_rejects_with_a_reset_and_a_refusal_then_opens_again() -> anyhow::Result<()>
+{
     use std::io::ErrorKind;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpStream;

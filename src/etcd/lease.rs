@@ -19,12 +19,19 @@ pub(crate) async fn revoke(
 ) -> bool {
     let what = format!("revoking lease {lease:#x}");
     let worth_trying = |delay: Duration| Instant::now() + delay < until;
-    retried(&what, request_timeout, retry, worth_trying, Moot::IfNotFound, || {
-        let mut leases = client.lease_client();
-        // The bound shrinks as `until` nears, so the last try ends by it.
-        let left = until.saturating_duration_since(Instant::now());
-        async move { tokio::time::timeout(left, leases.revoke(lease)).await }
-    })
+    retried(
+        &what,
+        request_timeout,
+        retry,
+        worth_trying,
+        Moot::IfNotFound,
+        || {
+            let mut leases = client.lease_client();
+            // The bound shrinks as `until` nears, so the last try ends by it.
+            let left = until.saturating_duration_since(Instant::now());
+            async move { tokio::time::timeout(left, leases.revoke(lease)).await }
+        },
+    )
     .await
 }
 
@@ -42,18 +49,25 @@ pub(crate) async fn put_on_lease(
     let keys: Vec<&str> = marks.iter().map(|(key, _)| key.as_str()).collect();
     let what = format!("putting {} on lease {lease:#x}", keys.join(", "));
     let worth_trying = |delay: Duration| Instant::now() + delay < until;
-    retried(&what, request_timeout, retry, worth_trying, Moot::Never, || {
-        let mut kv = client.kv_client();
-        let puts = marks
-            .iter()
-            .map(|(key, value)| {
-                let options = PutOptions::new().with_lease(lease);
-                TxnOp::put(key.as_str(), value.as_slice(), Some(options))
-            })
-            .collect::<Vec<_>>();
-        let left = until.saturating_duration_since(Instant::now());
-        async move { tokio::time::timeout(left, kv.txn(Txn::new().and_then(puts))).await }
-    })
+    retried(
+        &what,
+        request_timeout,
+        retry,
+        worth_trying,
+        Moot::Never,
+        || {
+            let mut kv = client.kv_client();
+            let puts = marks
+                .iter()
+                .map(|(key, value)| {
+                    let options = PutOptions::new().with_lease(lease);
+                    TxnOp::put(key.as_str(), value.as_slice(), Some(options))
+                })
+                .collect::<Vec<_>>();
+            let left = until.saturating_duration_since(Instant::now());
+            async move { tokio::time::timeout(left, kv.txn(Txn::new().and_then(puts))).await }
+        },
+    )
     .await
 }
 

@@ -1109,8 +1109,7 @@ async fn grace_after(
     }
     let timeout = context.config.etcd.request_timeout;
     let marked =
-        witness::marked_revoked(&context.client, &context.layout, predecessor.lease, timeout)
-            .await;
+        witness::marked_revoked(&context.client, &context.layout, predecessor.lease, timeout).await;
     if !marked {
         return None;
     }

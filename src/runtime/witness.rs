@@ -460,10 +460,10 @@ async fn confirm(
         match judge(true, &witness.incarnation, &reached) {
             Verdict::Gone(_) => {}
             Verdict::Alive => {
-                tracing::info!(
+                tracing::warn!(
                     witness = witness.address,
                     "the leader's death witness at {} refused ({first}), then greeted again \
-                     within {:?}: alive, not revoked",
+                     within {:?}: alive, not revoked (something on the path resets or rejects)",
                     witness.address,
                     start.elapsed()
                 );

@@ -1,6 +1,8 @@
 //! A loopback TCP proxy between a node and etcd (or a witness) that cuts, blackholes, delays or rejects the traffic on demand.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -55,6 +57,8 @@ pub struct FaultProxy {
     mode: watch::Sender<ProxyMode>,
     /// Accepts connections and owns their tasks; aborted on drop.
     acceptor: JoinHandle<()>,
+    /// Connections relayed now through which the target has answered.
+    answered: Arc<AtomicUsize>,
 }
 
 /// Chunks one direction of a connection may have read but not written yet:
@@ -75,11 +79,18 @@ impl FaultProxy {
             .local_addr()
             .map_err(io("reading the fault proxy's port"))?;
         let (mode, watching) = watch::channel(ProxyMode::Forward);
-        let acceptor = tokio::spawn(accept(listener, target.to_owned(), watching));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let acceptor = tokio::spawn(accept(
+            listener,
+            target.to_owned(),
+            watching,
+            answered.clone(),
+        ));
         Ok(Self {
             address,
             mode,
             acceptor,
+            answered,
         })
     }
 
@@ -137,6 +148,14 @@ impl FaultProxy {
     pub fn mode(&self) -> ProxyMode {
         *self.mode.borrow()
     }
+
+    /// How many connections the proxy relays now through which the target
+    /// has answered (sent a byte): whether a peer holds a connection that
+    /// what is behind the proxy accepted and spoke on, such as a death
+    /// witness's greeting.
+    pub fn answered_connections(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -149,7 +168,12 @@ impl Drop for FaultProxy {
 
 /// Accepts connections until aborted; each one is relayed by a task of its
 /// own. While rejecting, the port is closed, and bound again after.
-async fn accept(listener: TcpListener, target: String, mode: watch::Receiver<ProxyMode>) {
+async fn accept(
+    listener: TcpListener,
+    target: String,
+    mode: watch::Receiver<ProxyMode>,
+    answered: Arc<AtomicUsize>,
+) {
     let mut connections = JoinSet::new();
     let mut rejecting = mode.clone();
     let mut listener = Some(listener);
@@ -197,7 +221,28 @@ async fn accept(listener: TcpListener, target: String, mode: watch::Receiver<Pro
             drop(inbound);
             continue;
         }
-        connections.spawn(relay(inbound, target.clone(), mode.clone()));
+        connections.spawn(relay(
+            inbound,
+            target.clone(),
+            mode.clone(),
+            answered.clone(),
+        ));
+    }
+}
+
+/// One answered connection in the proxy's count, until dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -219,7 +264,12 @@ async fn bind_again(address: SocketAddr) -> Option<TcpListener> {
 
 /// Relays one connection to `target` until both directions end, either side
 /// fails, or the proxy is cut, rejects or is dropped.
-async fn relay(inbound: TcpStream, target: String, mode: watch::Receiver<ProxyMode>) {
+async fn relay(
+    inbound: TcpStream,
+    target: String,
+    mode: watch::Receiver<ProxyMode>,
+    answered: Arc<AtomicUsize>,
+) {
     // A second handle on the client's socket, which the relay's halves do
     // not own: it keeps the socket open until a rejection has set it to
     // close with a reset.
@@ -238,8 +288,8 @@ async fn relay(inbound: TcpStream, target: String, mode: watch::Receiver<ProxyMo
         let (from_client, to_client) = tokio::io::split(inbound);
         let (from_server, to_server) = outbound.into_split();
         tokio::try_join!(
-            pump(from_client, to_server, mode.clone()),
-            pump(from_server, to_client, mode),
+            pump(from_client, to_server, mode.clone(), None),
+            pump(from_server, to_client, mode, Some(answered)),
         )
     };
     tokio::select! {
@@ -266,11 +316,13 @@ fn second_handle(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::Tcp
 
 /// Copies one direction: a reader that stamps each chunk with when it may
 /// be written, and a writer that holds it until then. Separate, so a delay
-/// adds latency without dividing throughput by it.
+/// adds latency without dividing throughput by it. The connection counts
+/// in `answered`, when given, from its first chunk written on.
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mode: watch::Receiver<ProxyMode>,
+    answered: Option<Arc<AtomicUsize>>,
 ) -> std::io::Result<()> {
     let (chunks, mut queued) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT_CHUNKS);
     let mut reader_mode = mode.clone();
@@ -307,6 +359,7 @@ async fn pump(
     };
     let mut writer_mode = mode;
     let writer = async move {
+        let mut counted = None;
         while let Some((due, chunk)) = queued.recv().await {
             tokio::time::sleep_until(due).await;
             // A chunk read before a blackhole began waits for the heal too.
@@ -318,6 +371,9 @@ async fn pump(
                 return Ok(());
             }
             to.write_all(&chunk).await?;
+            if counted.is_none() {
+                counted = answered.clone().map(Counted::new);
+            }
         }
         to.shutdown().await
     };
