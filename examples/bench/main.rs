@@ -142,6 +142,7 @@ enum Scenario {
     TsoFailoverGap,
     KvOverload,
     EtcdLeaderKill,
+    Kill9Witness,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -222,6 +223,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(Scenario::EtcdLeaderKill) => {
             return etcd_leader::etcd_leader_kill(&binary, args.etcd_rounds).await;
         }
+        Some(Scenario::Kill9Witness) => {
+            let live =
+                Cluster::start(&etcd, &binary, "bench-live", Shape::tso(Witness::On)).await?;
+            let mut samples = BTreeMap::new();
+            kill9_rounds(&etcd, &binary, live, args.rounds, 0, &mut samples, None).await?;
+            print_summaries(&samples);
+            return Ok(());
+        }
         Some(Scenario::KvOverload) => {
             return request_path::kv_overload(
                 &etcd,
@@ -267,32 +276,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    println!(
-        "bench: kill -9 with the witness on ({} rounds), off and unreachable ({} rounds each), interleaved",
-        args.rounds, args.slow_rounds
-    );
-    let mut off = Cluster::start(&etcd, &binary, "bench-off", Shape::tso(Witness::Off)).await?;
-    let mut unreachable = Cluster::start(
+    kill9_rounds(
         &etcd,
         &binary,
-        "bench-unreachable",
-        Shape::tso(Witness::BehindProxy),
+        live,
+        args.rounds,
+        args.slow_rounds,
+        &mut samples,
+        logs,
     )
     .await?;
-    let per_slow = args.rounds.div_ceil(args.slow_rounds.max(1));
-    for round in 0..args.rounds {
-        let took = live.round(Act::Kill).await?;
-        samples.entry("kill9-witness").or_default().push(took);
-        if round % per_slow == 0 {
-            let took = off.round(Act::Kill).await?;
-            samples.entry("kill9-no-witness").or_default().push(took);
-            let took = unreachable.round(Act::BlackholeAndKill).await?;
-            samples.entry("kill9-unreachable").or_default().push(took);
-        }
-    }
-
-    keep_logs(logs, &[&live, &off, &unreachable])?;
-    drop((live, off, unreachable));
     if !args.no_containers {
         let times = containers(&binary, args.slow_rounds, logs).await?;
         samples.insert("kill9-container", times);
@@ -318,6 +311,107 @@ async fn run(args: Args) -> anyhow::Result<()> {
     request_path::kv_overload(&etcd, &binary, args.overload_seconds, &args.overload_runs).await?;
     etcd_leader::etcd_leader_kill(&binary, args.etcd_rounds).await?;
     many_roles().await
+}
+
+/// The kill -9 rounds, `rounds` of each kind, interleaved: with the witness
+/// on (`live`), beside the same without `session.witnessConfirm` and
+/// `session.witnessGrace` (the first refusal revokes, the successor serves
+/// at once), and a living leader's witness rejected by a firewall
+/// (`witness-reject`, which also times how long after its successor's win
+/// the old leader stepped down). With `slow_rounds`, as many rounds again
+/// with the witness off and unreachable, bound by the TTL.
+async fn kill9_rounds(
+    etcd: &EtcdServer,
+    binary: &std::path::Path,
+    mut live: Cluster,
+    rounds: usize,
+    slow_rounds: usize,
+    samples: &mut BTreeMap<&str, Vec<Duration>>,
+    logs: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    println!(
+        "bench: kill -9 with the witness on, the same unguarded, and a living leader's witness \
+         rejected ({rounds} rounds each); off and unreachable ({slow_rounds} rounds each); interleaved"
+    );
+    let mut unguarded = Cluster::start(
+        etcd,
+        binary,
+        "bench-unguarded",
+        Shape::tso(Witness::Unguarded),
+    )
+    .await?;
+    let mut proxied = Cluster::start(
+        etcd,
+        binary,
+        "bench-unreachable",
+        Shape::tso(Witness::BehindProxy),
+    )
+    .await?;
+    let mut off = match slow_rounds {
+        0 => None,
+        _ => Some(Cluster::start(etcd, binary, "bench-off", Shape::tso(Witness::Off)).await?),
+    };
+    let per_slow = rounds.div_ceil(slow_rounds.max(1));
+    let mut stepped_down_after = Vec::new();
+    let mut overlaps = 0;
+    for round in 0..rounds {
+        let took = live.round(Act::Kill).await?;
+        samples.entry("kill9-witness").or_default().push(took);
+        let took = unguarded.round(Act::Kill).await?;
+        samples
+            .entry("kill9-witness-unguarded")
+            .or_default()
+            .push(took);
+        let took = proxied.round(Act::RejectWitness).await?;
+        samples.entry("witness-reject").or_default().push(took);
+        match proxied.old_leader_stepped_down()? {
+            Some(timing) => {
+                stepped_down_after.push(timing.after_win);
+                if timing.before_answer.is_none() {
+                    overlaps += 1;
+                }
+            }
+            None => bail!("witness-reject: the log does not show the old leader stepping down"),
+        }
+        if let Some(off) = &mut off
+            && round % per_slow == 0
+        {
+            let took = off.round(Act::Kill).await?;
+            samples.entry("kill9-no-witness").or_default().push(took);
+            let took = proxied.round(Act::BlackholeAndKill).await?;
+            samples.entry("kill9-unreachable").or_default().push(took);
+        }
+    }
+    let lag = Summary::of(&stepped_down_after);
+    println!(
+        "bench: scenario=witness-reject-stepped-down-after-win n={} p50_ms={:.1} p99_ms={:.1} \
+         max_ms={:.1} grace_ms={} served_beside_it={overlaps}",
+        lag.n,
+        lag.p50_ms,
+        lag.p99_ms,
+        lag.max_ms,
+        standin::config::SessionConfig::default()
+            .witness_grace
+            .as_millis()
+    );
+    let mut clusters = vec![&live, &unguarded, &proxied];
+    clusters.extend(off.as_ref());
+    keep_logs(logs, &clusters)
+}
+
+/// When a leader taken for dead stepped down, as the nodes' logs show it.
+struct SteppedDown {
+    /// After its successor saw itself lead.
+    after_win: Duration,
+    /// Before its successor served; `None` if after (both answered).
+    before_answer: Option<Duration>,
+}
+
+/// The leading timestamp of the first line of `log` past `from` lines that
+/// contains `needle`.
+fn logged_at(log: &str, from: usize, needle: &str) -> Option<std::time::SystemTime> {
+    let line = log.lines().skip(from).find(|line| line.contains(needle))?;
+    humantime::parse_rfc3339_weak(line.split_whitespace().next()?.trim_end_matches('Z')).ok()
 }
 
 /// Standbys of the `herd` scenario's crowded cluster (plus its leader).
@@ -543,16 +637,23 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// anchor; scenarios not run are left out.
 fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {
     let summary = |name: &str| samples.get(name).map(|times| Summary::of(times));
-    for anchor in ["etcdctl-elect", "kill9-no-witness"] {
+    for anchor in [
+        "etcdctl-elect",
+        "kill9-no-witness",
+        "kill9-witness-unguarded",
+    ] {
         if let Some(theirs) = summary(anchor) {
             println!("bench: anchor={anchor} {theirs}");
         }
     }
+    let mut printed = std::collections::BTreeSet::new();
     for (scenario, anchor) in [
         ("graceful", "etcdctl-elect"),
         ("transfer", "etcdctl-elect"),
         ("crash", "etcdctl-elect"),
+        ("kill9-witness", "kill9-witness-unguarded"),
         ("kill9-witness", "kill9-no-witness"),
+        ("witness-reject", "kill9-witness-unguarded"),
         ("kill9-unreachable", "kill9-no-witness"),
         ("kill9-container", "kill9-no-witness"),
     ] {
@@ -560,12 +661,18 @@ fn print_summaries(samples: &BTreeMap<&str, Vec<Duration>>) {
             continue;
         };
         let Some(theirs) = summary(anchor) else {
-            println!("bench: scenario={scenario} {ours} (anchor {anchor} not run)");
+            if !printed.contains(scenario) {
+                println!("bench: scenario={scenario} {ours} (anchor {anchor} not run)");
+            }
             continue;
         };
+        printed.insert(scenario);
         println!(
-            "bench: scenario={scenario} {ours} anchor={anchor} anchor_p99_ms={:.1} ratio_p99={:.3}",
+            "bench: scenario={scenario} {ours} anchor={anchor} anchor_p50_ms={:.1} \
+             anchor_p99_ms={:.1} ratio_p50={:.3} ratio_p99={:.3}",
+            theirs.p50_ms,
             theirs.p99_ms,
+            ours.p50_ms / theirs.p50_ms,
             ours.p99_ms / theirs.p99_ms
         );
     }
@@ -644,8 +751,11 @@ enum Witness {
     /// Off (`session.deathWitness: false`): what every lease election does.
     Off,
     /// On, but each node's witness and etcd link go through a proxy, so its
-    /// host can be made unreachable.
+    /// host can be made unreachable, or its witness rejected.
     BehindProxy,
+    /// On, without `session.witnessConfirm` and `session.witnessGrace`: the
+    /// first refusal revokes, and the successor serves at once.
+    Unguarded,
 }
 
 /// What a round does to the leader.
@@ -662,6 +772,9 @@ enum Act {
     Kill,
     /// Its witness and etcd link blackholed, then SIGKILL: a host gone dark.
     BlackholeAndKill,
+    /// Its witness rejected (held connections reset, the port refusing)
+    /// while it lives and reaches etcd: a firewall makes it look dead.
+    RejectWitness,
 }
 
 /// One `standin run --role tso` node of a cluster: a process, or a container.
@@ -703,6 +816,8 @@ struct Cluster {
     role: &'static str,
     /// Each node's server ID, as of the last settle.
     server_ids: Vec<i64>,
+    /// The leader the last round acted on.
+    last_leader: Option<usize>,
     /// Print every round's act time and duration.
     verbose: bool,
     nodes: Vec<Node>,
@@ -781,9 +896,13 @@ impl Cluster {
                 ));
                 proxies = vec![etcd_proxy, witness_proxy];
             }
+            let unguarded = match witness {
+                Witness::Unguarded => "  witnessConfirm: 0s\n  witnessGrace: 0s\n",
+                _ => "",
+            };
             let yaml = format!(
                 "etcd:\n  endpoints: [{endpoint}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\n\
-                 node:\n{node_keys}session:\n  ttl: {}s\n  deathWitness: {}\nreload:\n  warm: {warm}\n{extra}",
+                 node:\n{node_keys}session:\n  ttl: {}s\n  deathWitness: {}\n{unguarded}reload:\n  warm: {warm}\n{extra}",
                 TTL.as_secs(),
                 witness != Witness::Off
             );
@@ -795,6 +914,7 @@ impl Cluster {
             root: root.to_owned(),
             role,
             server_ids: Vec::new(),
+            last_leader: None,
             verbose: std::env::var_os("BENCH_VERBOSE").is_some(),
             nodes,
             witness,
@@ -821,6 +941,7 @@ impl Cluster {
             root: "standin".to_owned(),
             role: "tso",
             server_ids: Vec::new(),
+            last_leader: None,
             verbose: std::env::var_os("BENCH_VERBOSE").is_some(),
             nodes,
             witness: Witness::On,
@@ -888,6 +1009,10 @@ impl Cluster {
                     }
                 }
                 Act::Kill => old.process.kill()?,
+                Act::RejectWitness => match old.proxies.get(1) {
+                    Some(witness) => witness.reject(),
+                    None => bail!("a witness can only be rejected behind a proxy"),
+                },
                 Act::BlackholeAndKill => {
                     for proxy in &old.proxies {
                         proxy.blackhole();
@@ -910,7 +1035,12 @@ impl Cluster {
                 took.as_secs_f64() * 1000.0
             );
         }
-        if act != Act::CrashCoordinator && act != Act::Transfer {
+        self.last_leader = Some(leader);
+        if act == Act::RejectWitness {
+            for proxy in &old.proxies {
+                proxy.heal();
+            }
+        } else if act != Act::CrashCoordinator && act != Act::Transfer {
             if act == Act::Sigterm {
                 wait_for_exit(old.process.as_mut()).await?;
             }
@@ -921,6 +1051,33 @@ impl Cluster {
         }
         self.settle().await?;
         Ok(took)
+    }
+
+    /// When the leader of the last round, which lived through it, stepped
+    /// down, against its successor's win and first answer, from the nodes'
+    /// logs since that round's act; `None` if a log does not show it.
+    fn old_leader_stepped_down(&self) -> anyhow::Result<Option<SteppedDown>> {
+        let old = self.last_leader.context("no round yet")?;
+        let at = |index: usize, needle: &str| {
+            let node = &self.nodes[index];
+            logged_at(&node.process.log(), node.log_mark, needle)
+        };
+        let Some(stepped_down) = at(old, "stepping down") else {
+            return Ok(None);
+        };
+        for index in (0..self.nodes.len()).filter(|&index| index != old) {
+            let (Some(won), Some(served)) = (
+                at(index, "a death witness revoked: serving after"),
+                at(index, "is ACTIVE and serving"),
+            ) else {
+                continue;
+            };
+            return Ok(Some(SteppedDown {
+                after_win: stepped_down.duration_since(won).unwrap_or_default(),
+                before_answer: served.duration_since(stepped_down).ok(),
+            }));
+        }
+        Ok(None)
     }
 
     /// Follows every node's `WatchLeader` stream (each has given its first

@@ -568,6 +568,31 @@ impl StoodBy {
     }
 }
 
+/// The leases of leader processes proven dead or gone with a farewell, by
+/// incarnation: their leader keys may still be seen for a moment, and are
+/// not watched again. The same process on another lease is: a leader
+/// taken for dead that lived (a refusal the network made) campaigns again
+/// on a new lease, and may lead again.
+#[derive(Debug, Default)]
+struct Over(BTreeSet<(String, i64)>);
+
+impl Over {
+    /// `watched`'s watch ended for good while it held `leases`.
+    fn add(&mut self, watched: &Watched, leases: BTreeSet<i64>) {
+        let incarnation = &watched.witness.incarnation;
+        self.0
+            .extend(leases.into_iter().map(|lease| (incarnation.clone(), lease)));
+    }
+
+    /// Whether every one of `leases` of `watched` is over.
+    fn covers(&self, watched: &Watched, leases: &BTreeSet<i64>) -> bool {
+        let incarnation = &watched.witness.incarnation;
+        leases
+            .iter()
+            .all(|&lease| self.0.contains(&(incarnation.clone(), lease)))
+    }
+}
+
 /// Each change of one role's status, tagged with the role's index; the
 /// first is its status now.
 fn role_changes(
@@ -591,11 +616,9 @@ async fn watch_leaders(
     statuses: Vec<watch::Receiver<RoleStatus>>,
 ) {
     use futures::{FutureExt, StreamExt};
-    let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
+    let (done_tx, mut done) = mpsc::unbounded_channel::<(Watched, BTreeSet<i64>)>();
     let mut watches: BTreeMap<Watched, OwnedTask> = BTreeMap::new();
-    // Incarnations proven dead or gone with a farewell: their leader keys
-    // may still be seen for a moment, and must not be watched again.
-    let mut over: BTreeSet<String> = BTreeSet::new();
+    let mut over = Over::default();
     let mut stood_by = StoodBy::default();
     let mut changes = futures::stream::select_all(
         statuses
@@ -610,10 +633,10 @@ async fn watch_leaders(
         }
         watches.retain(|watched, _| stood_by.contains(watched));
         for watched in stood_by.leaders() {
-            if watches.contains_key(watched) || over.contains(&watched.witness.incarnation) {
+            let leases = stood_by.leases(watched);
+            if watches.contains_key(watched) || over.covers(watched, &leases) {
                 continue;
             }
-            let leases = stood_by.leases(watched);
             let task = watch_one(mourner.clone(), watched.clone(), leases, done_tx.clone());
             watches.insert(watched.clone(), OwnedTask::spawn(task));
         }
@@ -622,8 +645,9 @@ async fn watch_leaders(
                 Some((index, leader)) => stood_by.set(index, leader),
                 None => return,
             },
-            Some(incarnation) = done.recv() => {
-                over.insert(incarnation);
+            Some((watched, leases)) = done.recv() => {
+                watches.remove(&watched);
+                over.add(&watched, leases);
             }
         }
     }
@@ -636,7 +660,7 @@ async fn watch_one(
     mourner: Arc<Mourner>,
     watched: Watched,
     known_leases: BTreeSet<i64>,
-    done: mpsc::UnboundedSender<String>,
+    done: mpsc::UnboundedSender<(Watched, BTreeSet<i64>)>,
 ) {
     let mut armed = false;
     let mut retry = Backoff::new(RETRY);
@@ -672,7 +696,7 @@ async fn watch_one(
                             "leader server {} handed its roles over and leaves",
                             watched.server_id
                         );
-                        let _ = done.send(watched.witness.incarnation.clone());
+                        let _ = done.send((watched, known_leases));
                         return;
                     }
                     Ended::Lost(reason) => {
@@ -685,7 +709,7 @@ async fn watch_one(
                 }
             }
             Verdict::Gone(reason) => {
-                let _ = done.send(watched.witness.incarnation.clone());
+                let _ = done.send((watched.clone(), known_leases.clone()));
                 // Detached: the revoke deletes the leader keys, which ends
                 // this watch, and must finish all the same.
                 let mourner = mourner.clone();
@@ -1083,6 +1107,19 @@ mod tests {
         assert_eq!(leader.server_id, 2);
         assert_eq!(leader.witness.incarnation, "x");
         assert_eq!(leases, BTreeSet::from([20, 21]));
+    }
+
+    #[test]
+    fn a_leader_proven_dead_is_watched_again_only_on_a_new_lease() {
+        let (leader, _) = watched_leader(1, &status(1, Some((2, 20, Some("x"))))).unwrap();
+        let mut over = Over::default();
+        over.add(&leader, BTreeSet::from([20]));
+        assert!(over.covers(&leader, &BTreeSet::from([20])));
+        // Taken for dead but alive: it campaigned again on lease 21.
+        assert!(!over.covers(&leader, &BTreeSet::from([21])));
+        assert!(!over.covers(&leader, &BTreeSet::from([20, 21])));
+        let (other, _) = watched_leader(1, &status(1, Some((2, 20, Some("y"))))).unwrap();
+        assert!(!over.covers(&other, &BTreeSet::from([20])));
     }
 
     #[test]
