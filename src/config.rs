@@ -741,10 +741,10 @@ pub struct SessionConfig {
     /// still waits for the lease.
     pub death_witness: bool,
     /// How long a refusal at a leader's witness must persist before it
-    /// proves a death: the port is tried again a third of the way in and
-    /// at the end, and a greeting of the same process at either attempt
-    /// means it lives (a reset on the path, a firewall reloading its rules).
-    /// Zero: the first refusal proves it.
+    /// proves a death: the port is tried again at once and at the end of
+    /// it, and a greeting of the same process at either attempt means it
+    /// lives (a reset on the path, a firewall reloading its rules). Zero:
+    /// the first refusal proves it.
     #[serde(with = "humantime_serde")]
     pub witness_confirm: Duration,
     /// How long a candidate that wins from a lease a witness revoked waits
@@ -783,8 +783,8 @@ impl Default for SessionConfig {
             renew_deadline: None,
             standby_log_interval: Duration::from_secs(10),
             death_witness: true,
-            witness_confirm: Duration::from_millis(3),
-            witness_grace: Duration::from_millis(5),
+            witness_confirm: Duration::from_millis(1),
+            witness_grace: Duration::from_millis(1),
             transfer_holdoff: Duration::from_secs(10),
             spread_leaders: true,
             spread_in_flight: 4,

@@ -227,7 +227,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let live =
                 Cluster::start(&etcd, &binary, "bench-live", Shape::tso(Witness::On)).await?;
             let mut samples = BTreeMap::new();
-            kill9_rounds(&etcd, &binary, live, args.rounds, 0, &mut samples, None).await?;
+            let logs = args.keep_logs.as_deref();
+            kill9_rounds(&etcd, &binary, live, args.rounds, 0, &mut samples, logs).await?;
             print_summaries(&samples);
             return Ok(());
         }
@@ -353,6 +354,7 @@ async fn kill9_rounds(
     };
     let per_slow = rounds.div_ceil(slow_rounds.max(1));
     let mut stepped_down_after = Vec::new();
+    let mut margins = Vec::new();
     let mut overlaps = 0;
     for round in 0..rounds {
         let took = live.round(Act::Kill).await?;
@@ -366,10 +368,11 @@ async fn kill9_rounds(
         samples.entry("witness-reject").or_default().push(took);
         match proxied.old_leader_stepped_down()? {
             Some(timing) => {
-                stepped_down_after.push(timing.after_win);
-                if timing.before_answer.is_none() {
+                stepped_down_after.push(timing.after_win_ms);
+                if timing.before_answer_ms < 0.0 {
                     overlaps += 1;
                 }
+                margins.push(timing.before_answer_ms);
             }
             None => bail!("witness-reject: the log does not show the old leader stepping down"),
         }
@@ -382,29 +385,52 @@ async fn kill9_rounds(
             samples.entry("kill9-unreachable").or_default().push(took);
         }
     }
-    let lag = Summary::of(&stepped_down_after);
-    println!(
-        "bench: scenario=witness-reject-stepped-down-after-win n={} p50_ms={:.1} p99_ms={:.1} \
-         max_ms={:.1} grace_ms={} served_beside_it={overlaps}",
-        lag.n,
-        lag.p50_ms,
-        lag.p99_ms,
-        lag.max_ms,
-        standin::config::SessionConfig::default()
-            .witness_grace
-            .as_millis()
-    );
+    if !stepped_down_after.is_empty() {
+        let lag = SignedSummary::of(stepped_down_after);
+        let margin = SignedSummary::of(margins);
+        println!(
+            "bench: scenario=witness-reject old_stepped_down_after_win_p50_ms={:.1} \
+             old_stepped_down_after_win_max_ms={:.1} successor_answered_after_p50_ms={:.1} \
+             successor_answered_after_min_ms={:.1} grace_ms={} served_beside_it={overlaps}",
+            lag.p50,
+            lag.max,
+            margin.p50,
+            margin.min,
+            standin::config::SessionConfig::default()
+                .witness_grace
+                .as_millis()
+        );
+    }
     let mut clusters = vec![&live, &unguarded, &proxied];
     clusters.extend(off.as_ref());
     keep_logs(logs, &clusters)
 }
 
-/// When a leader taken for dead stepped down, as the nodes' logs show it.
+/// When a leader taken for dead stepped down, as the nodes' logs show it,
+/// in milliseconds (negative: before).
 struct SteppedDown {
-    /// After its successor saw itself lead.
-    after_win: Duration,
-    /// Before its successor served; `None` if after (both answered).
-    before_answer: Option<Duration>,
+    /// After its successor logged its win from the revoked lease.
+    after_win_ms: f64,
+    /// Before its successor logged serving.
+    before_answer_ms: f64,
+}
+
+/// The median, least and greatest of values that may be negative.
+struct SignedSummary {
+    p50: f64,
+    min: f64,
+    max: f64,
+}
+
+impl SignedSummary {
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        Self {
+            p50: values[(values.len() - 1) / 2],
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
 }
 
 /// The leading timestamp of the first line of `log` past `from` lines that
@@ -1072,9 +1098,15 @@ impl Cluster {
             ) else {
                 continue;
             };
+            let signed_ms = |from: std::time::SystemTime, to: std::time::SystemTime| match to
+                .duration_since(from)
+            {
+                Ok(after) => after.as_secs_f64() * 1000.0,
+                Err(before) => -before.duration().as_secs_f64() * 1000.0,
+            };
             return Ok(Some(SteppedDown {
-                after_win: stepped_down.duration_since(won).unwrap_or_default(),
-                before_answer: served.duration_since(stepped_down).ok(),
+                after_win_ms: signed_ms(won, stepped_down),
+                before_answer_ms: signed_ms(stepped_down, served),
             }));
         }
         Ok(None)

@@ -360,6 +360,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
                 Ok(Err(error)) => Err(error.to_string()),
                 Err(panic) => Err(panic_message(panic.as_ref())),
             };
+            // Activated, but serving waits until the term settles (the
+            // grace after a death witness's revoke), run beside it.
+            term.until_settled().await;
             let _ = myself.send_message(CoordinatorMsg::ActivationDone { term, result });
         });
         *running = Some(RunningActivation {

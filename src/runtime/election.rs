@@ -237,6 +237,9 @@ pub(crate) struct ElectionState<C: Coordinator> {
     term: Option<Term>,
     meta: Option<C::Meta>,
     won_at: Option<Instant>,
+    /// The win (its leader key's revision) that has waited whatever its
+    /// predecessor's end asked for; its term may serve.
+    settled: Option<i64>,
     leader: Option<Leader>,
     last_step_down: Option<StepDownReason>,
     shutdown_replies: Vec<RpcReplyPort<()>>,
@@ -651,7 +654,8 @@ impl<C: Coordinator> Election<C> {
                 generation,
                 candidacy: candidacy.clone(),
             });
-            // Beside the reload: the term serves once both are done.
+            // Beside the reload and the activation: the term serves only
+            // once settled.
             let settled = async {
                 if let Some(grace) = grace_after(&context, &role, &succession).await {
                     tokio::time::sleep_until(led_at + grace).await;
@@ -736,7 +740,10 @@ impl<C: Coordinator> Election<C> {
             revision,
         };
         let lease = state.machine.lease().ok_or("a win without a lease")?;
-        let term = Term::open(epoch, lease, self.context.session.clone());
+        let term = Term::open_unsettled(epoch, lease, self.context.session.clone());
+        if state.settled == Some(revision) {
+            term.settle();
+        }
         self.shared.term.set(Some(term.clone()));
         state.term = Some(term);
         state.reload_generation += 1;
@@ -1169,6 +1176,7 @@ impl<C: Coordinator> Actor for Election<C> {
             term: None,
             meta: None,
             won_at: None,
+            settled: None,
             leader: None,
             last_step_down: None,
             shutdown_replies: Vec::new(),
@@ -1250,7 +1258,13 @@ impl<C: Coordinator> Actor for Election<C> {
                     if !state.is_current(Tag::Campaign(generation)) {
                         return Ok(());
                     }
-                    Event::Settled { revision }
+                    state.settled = Some(revision);
+                    if let Some(term) = &state.term
+                        && term.revision() == revision
+                    {
+                        term.settle();
+                    }
+                    return Ok(());
                 }
                 ElectionMsg::LeaderKeyDeleted {
                     generation,

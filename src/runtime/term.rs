@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use etcd_client::Client;
+use tokio::sync::watch;
 
 use crate::fence::{DeposeSwitch, Epoch, FencedStore};
 use crate::runtime::clock::LeaseInstant;
@@ -33,6 +34,11 @@ struct TermInner {
     session: SessionView,
     /// Set by the coordinator once the user's activation has finished.
     serving: AtomicBool,
+    /// Whether the term may start serving as far as its predecessor's end
+    /// goes: false from [`Term::open_unsettled`] until [`Term::settle`]
+    /// (a win from a lease a death witness revoked waits
+    /// `session.witnessGrace`), or until the term closes.
+    settled: watch::Sender<bool>,
 }
 
 impl Term {
@@ -45,7 +51,28 @@ impl Term {
             lease,
             session,
             serving: AtomicBool::new(false),
+            settled: watch::Sender::new(true),
         }))
+    }
+
+    /// [`open`](Self::open), but the coordinator starts serving it only once
+    /// [`settle`](Self::settle) is called: its activation runs meanwhile.
+    pub(crate) fn open_unsettled(epoch: Epoch, lease: i64, session: SessionView) -> Self {
+        let term = Self::open(epoch, lease, session);
+        term.0.settled.send_replace(false);
+        term
+    }
+
+    /// Lets the coordinator start serving: whatever the predecessor's end
+    /// asked the term to wait for is over.
+    pub(crate) fn settle(&self) {
+        self.0.settled.send_replace(true);
+    }
+
+    /// Returns once the term is settled or closed.
+    pub(crate) async fn until_settled(&self) {
+        let mut settled = self.0.settled.subscribe();
+        let _ = settled.wait_for(|settled| *settled).await;
     }
 
     /// The epoch this term was won at.
@@ -62,6 +89,8 @@ impl Term {
     /// refuse every write. Idempotent.
     pub(crate) fn close(&self) {
         self.0.closed.depose();
+        // Nothing waits to serve a closed term.
+        self.0.settled.send_replace(true);
     }
 
     /// Whether the term has been closed.
@@ -162,6 +191,29 @@ mod tests {
         clone.close();
         assert!(term.is_closed() && !term.is_open() && !term.serves());
         assert!(!term.is_open(), "a closed term never opens again");
+    }
+
+    #[tokio::test]
+    async fn an_unsettled_term_is_waited_for_until_settled_or_closed() {
+        let (_held, session) = SessionView::channel(DEADLINE);
+        let settled = Term::open(epoch(), 7, session.clone());
+        tokio::time::timeout(Duration::from_secs(1), settled.until_settled())
+            .await
+            .expect("a term opened plainly is settled");
+        for end in [Term::settle, Term::close] {
+            let term = Term::open_unsettled(epoch(), 7, session.clone());
+            let waiting = tokio::spawn({
+                let term = term.clone();
+                async move { term.until_settled().await }
+            });
+            tokio::task::yield_now().await;
+            assert!(!waiting.is_finished(), "it waits while unsettled");
+            end(&term);
+            tokio::time::timeout(Duration::from_secs(1), waiting)
+                .await
+                .expect("settling or closing ends the wait")
+                .unwrap();
+        }
     }
 
     #[test]

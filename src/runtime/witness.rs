@@ -432,13 +432,14 @@ async fn reach(address: &str, secret: Option<&Secret>) -> (Reached, Option<TcpSt
 }
 
 /// When a first attempt found a witness gone, the further attempts that
-/// must find it gone too, as offsets from the first: a third of the way
-/// into `span`, and at its end. None when `span` is zero.
+/// must find it gone too, as offsets from the first: one at once (a
+/// connection that raced a reset), one at the end of `span` (a rejection
+/// that lasted less). None when `span` is zero.
 fn confirmations(span: Duration) -> Vec<Duration> {
     if span.is_zero() {
         Vec::new()
     } else {
-        vec![span / 3, span]
+        vec![Duration::ZERO, span]
     }
 }
 
@@ -671,8 +672,16 @@ async fn watch_one(
         let (reached, mut stream) =
             reach(&watched.witness.address, mourner.secret.as_deref()).await;
         let mut verdict = judge(armed, &watched.witness.incarnation, &reached);
+        let mut marked = false;
+        // Past the TTL etcd has expired the leases by itself.
+        let until = Instant::now() + mourner.ttl;
         if let Verdict::Gone(reason) = verdict {
-            (verdict, stream) = confirm(&mourner, &watched.witness, reason).await;
+            let marking = mourner.mark(&watched, &reason, &known_leases, until);
+            ((verdict, stream), marked) =
+                tokio::join!(confirm(&mourner, &watched.witness, reason.clone()), marking);
+            if marked && !matches!(verdict, Verdict::Gone(_)) {
+                mourner.unmark(&known_leases);
+            }
         }
         match verdict {
             Verdict::Alive => {
@@ -714,7 +723,13 @@ async fn watch_one(
                 // this watch, and must finish all the same.
                 let mourner = mourner.clone();
                 tokio::spawn(async move {
-                    mourner.bury(watched, known_leases, reason, lost_at).await;
+                    let death = Death {
+                        reason,
+                        lost_at,
+                        marked,
+                        until,
+                    };
+                    mourner.bury(watched, known_leases, death).await;
                 });
                 return;
             }
@@ -761,6 +776,18 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.set(None);
     }
+}
+
+/// What proved a leader process dead, and what was done about it already.
+struct Death {
+    /// The proof.
+    reason: String,
+    /// When the connection to its witness was lost.
+    lost_at: Option<Instant>,
+    /// Whether its leader keys' leases are marked revoked.
+    marked: bool,
+    /// Past this, etcd has expired its leases by itself.
+    until: Instant,
 }
 
 /// Revokes what a dead process held.
@@ -829,19 +856,17 @@ impl Mourner {
     /// Revokes every lease a session of the dead incarnation names (and the
     /// leases its leader keys were seen on), so each election it led moves
     /// on at once.
-    async fn bury(
-        &self,
-        watched: Watched,
-        known_leases: BTreeSet<i64>,
-        reason: String,
-        lost_at: Option<Instant>,
-    ) {
-        // Past the TTL etcd has expired them by itself.
-        let until = Instant::now() + self.ttl;
+    async fn bury(&self, watched: Watched, known_leases: BTreeSet<i64>, death: Death) {
+        let Death {
+            reason,
+            lost_at,
+            marked,
+            until,
+        } = death;
         // The leases of the leader keys first: the elections that wait on
         // them move on before the read of every session below.
         let mut revoked = self
-            .mark_and_revoke(&watched, &reason, &known_leases, until)
+            .revoke_marked(&watched, marked, &known_leases, until)
             .await;
         let took = lost_at.map(|at| at.elapsed());
         let mut roles = BTreeSet::new();
@@ -861,10 +886,8 @@ impl Mourner {
                     }
                     roles.insert(session.role);
                 }
-                revoked.extend(
-                    self.mark_and_revoke(&watched, &reason, &others, until)
-                        .await,
-                );
+                let marked = self.mark(&watched, &reason, &others, until).await;
+                revoked.extend(self.revoke_marked(&watched, marked, &others, until).await);
             }
             Err(error) => tracing::warn!(
                 server_id = watched.server_id,
@@ -896,19 +919,19 @@ impl Mourner {
         );
     }
 
-    /// Marks each of `leases` revoked (see [`marked_revoked`]), then
-    /// revokes it, retried until `until`; those revoked. Unmarked, none is
-    /// revoked: a successor that would not wait could answer beside a
-    /// leader taken for dead that lives, so the lease decides instead.
-    async fn mark_and_revoke(
+    /// Marks each of `leases` revoked (see [`marked_revoked`]), retried
+    /// until `until`; whether the marks landed. Put as soon as a refusal is
+    /// seen, beside its confirmation: a mark alone only makes a successor
+    /// wait.
+    async fn mark(
         &self,
         watched: &Watched,
         reason: &str,
         leases: &BTreeSet<i64>,
         until: Instant,
-    ) -> Vec<String> {
+    ) -> bool {
         if leases.is_empty() {
-            return Vec::new();
+            return true;
         }
         let mark = RevokedMark {
             server_id: watched.server_id,
@@ -921,13 +944,44 @@ impl Mourner {
             .iter()
             .map(|&lease| (self.layout.revoked(lease), value.clone()))
             .collect();
-        let marked = match self.mark_lease(until).await {
-            Some(on) => {
-                let timeout = self.request_timeout;
-                etcd::put_on_lease(&self.client, &marks, on, timeout, &self.retry, until).await
-            }
-            None => false,
+        let Some(on) = self.mark_lease(until).await else {
+            return false;
         };
+        let timeout = self.request_timeout;
+        etcd::put_on_lease(&self.client, &marks, on, timeout, &self.retry, until).await
+    }
+
+    /// Takes back the marks of `leases` in the background: the refusal
+    /// they were put for was not confirmed. Best effort: a mark left
+    /// behind costs a later successor `session.witnessGrace`, no more.
+    fn unmark(self: &Arc<Self>, leases: &BTreeSet<i64>) {
+        let mourner = self.clone();
+        let keys: Vec<String> = leases.iter().map(|&l| self.layout.revoked(l)).collect();
+        tokio::spawn(async move {
+            for key in keys {
+                let mut kv = mourner.client.kv_client();
+                let what = format!("deleting {key}");
+                etcd::best_effort(
+                    &what,
+                    mourner.request_timeout,
+                    kv.delete(key.as_str(), None),
+                )
+                .await;
+            }
+        });
+    }
+
+    /// Revokes each of `leases` once it is marked (see [`Mourner::mark`]),
+    /// each retried until `until`; those revoked. Unmarked, none is
+    /// revoked: a successor that would not wait could answer beside a
+    /// leader taken for dead that lives, so the lease decides instead.
+    async fn revoke_marked(
+        &self,
+        watched: &Watched,
+        marked: bool,
+        leases: &BTreeSet<i64>,
+        until: Instant,
+    ) -> Vec<String> {
         if !marked {
             tracing::warn!(
                 server_id = watched.server_id,

@@ -34,8 +34,7 @@ pub(crate) enum Phase {
     Recovering,
     /// Lease held, candidate key in the election, waiting for the ones ahead to go.
     Campaigning,
-    /// Won at `revision`; the reload actor is loading the metadata, and
-    /// the win waits out any grace its predecessor's end asks for.
+    /// Won at `revision`; the reload actor is loading the metadata.
     Reloading {
         /// The leader key's create revision.
         revision: i64,
@@ -166,13 +165,6 @@ pub(crate) enum Event {
         /// starts over.
         etcd_restored: bool,
     },
-    /// The win at `revision` has waited what its predecessor's end asks
-    /// for (`session.witnessGrace` after a death witness's revoke; nothing
-    /// otherwise).
-    Settled {
-        /// The leader key's create revision.
-        revision: i64,
-    },
     /// The metadata is loaded at or above `revision`.
     Reloaded {
         /// The epoch revision the reload was for.
@@ -283,10 +275,6 @@ pub(crate) struct ElectionMachine {
     lease: Option<i64>,
     last_renewal_sent: Option<LeaseInstant>,
     coordinator_up: bool,
-    /// Of the win being prepared (`Phase::Reloading`): whether the
-    /// metadata is loaded, and whether the win has settled.
-    reloaded: bool,
-    settled: bool,
     coordinator_crashes: u32,
     etcd_failures: u32,
     campaign_delay: Duration,
@@ -301,8 +289,6 @@ impl ElectionMachine {
             lease: None,
             last_renewal_sent: None,
             coordinator_up: true,
-            reloaded: false,
-            settled: false,
             coordinator_crashes: 0,
             etcd_failures: 0,
             campaign_delay: Duration::ZERO,
@@ -365,8 +351,6 @@ impl ElectionMachine {
                     return Vec::new();
                 }
                 self.phase = Phase::Reloading { revision };
-                self.reloaded = false;
-                self.settled = false;
                 vec![
                     Command::Publish(RoleState::Activating),
                     Command::StartReload { revision },
@@ -407,15 +391,8 @@ impl ElectionMachine {
                 if self.phase != (Phase::Reloading { revision }) {
                     return Vec::new();
                 }
-                self.reloaded = true;
-                self.activate_when_ready(revision)
-            }
-            Event::Settled { revision } => {
-                if self.phase != (Phase::Reloading { revision }) {
-                    return Vec::new();
-                }
-                self.settled = true;
-                self.activate_when_ready(revision)
+                self.phase = Phase::Activating { revision };
+                vec![Command::Activate { revision }]
             }
             Event::ReloadFailed => {
                 if !matches!(self.phase, Phase::Reloading { .. }) {
@@ -486,16 +463,6 @@ impl ElectionMachine {
                 }
             }
         }
-    }
-
-    /// Activates the win at `revision` once its metadata is loaded and it
-    /// has settled, whichever comes last.
-    fn activate_when_ready(&mut self, revision: i64) -> Vec<Command> {
-        if !(self.reloaded && self.settled) {
-            return Vec::new();
-        }
-        self.phase = Phase::Activating { revision };
-        vec![Command::Activate { revision }]
     }
 
     fn on_lease_granted(&mut self, lease: i64, sent_at: LeaseInstant) -> Vec<Command> {
@@ -715,7 +682,6 @@ mod tests {
             ]
         );
         assert_eq!(machine.phase().published_state(), RoleState::Activating);
-        assert_eq!(machine.on(Event::Settled { revision: REVISION }), vec![]);
         assert_eq!(
             machine.on(Event::Reloaded { revision: REVISION }),
             vec![Command::Activate { revision: REVISION }]
@@ -792,34 +758,6 @@ mod tests {
     fn wins_then_serves_only_after_reload_and_activation() {
         let machine = serving(LeaseInstant::now());
         assert!(machine.phase().leads());
-    }
-
-    #[test]
-    fn a_win_activates_only_once_loaded_and_settled_whichever_comes_last() {
-        let mut machine = campaigning(LeaseInstant::now());
-        let elected = Event::Elected {
-            lease: LEASE,
-            revision: REVISION,
-        };
-        machine.on(elected.clone());
-        // Loaded first: the grace after a witness's revoke still runs.
-        assert_eq!(machine.on(Event::Reloaded { revision: REVISION }), vec![]);
-        assert_eq!(machine.phase(), Phase::Reloading { revision: REVISION });
-        // A settle of another term changes nothing.
-        assert_eq!(machine.on(Event::Settled { revision: 99 }), vec![]);
-        assert_eq!(
-            machine.on(Event::Settled { revision: REVISION }),
-            vec![Command::Activate { revision: REVISION }]
-        );
-        // A later win starts both over.
-        let mut machine = campaigning(LeaseInstant::now());
-        machine.on(Event::Settled { revision: REVISION });
-        machine.on(elected);
-        assert_eq!(machine.on(Event::Reloaded { revision: REVISION }), vec![]);
-        assert_eq!(
-            machine.on(Event::Settled { revision: REVISION }),
-            vec![Command::Activate { revision: REVISION }]
-        );
     }
 
     #[test]
