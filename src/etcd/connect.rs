@@ -288,23 +288,23 @@ where
     }
 }
 
-/// Runs a call whose failure is survivable (the lease would expire the keys
-/// anyway), bounded by `timeout`; logs a failure naming `what`. Returns
-/// whether it succeeded.
+/// Runs a call whose failure is survivable, bounded by `timeout`; logs a
+/// failure naming `what` (which says why it is survivable). Returns its
+/// answer, if it succeeded.
 pub(crate) async fn best_effort<T>(
     what: &str,
     timeout: Duration,
     call: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> bool {
+) -> Option<T> {
     match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(_)) => true,
+        Ok(Ok(answer)) => Some(answer),
         Ok(Err(error)) => {
-            tracing::warn!("{what} failed (the lease TTL will clean up): {error}");
-            false
+            tracing::warn!("{what} failed: {error}");
+            None
         }
         Err(_) => {
-            tracing::warn!("{what} timed out after {timeout:?} (the lease TTL will clean up)");
-            false
+            tracing::warn!("{what} timed out after {timeout:?}");
+            None
         }
     }
 }

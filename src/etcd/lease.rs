@@ -18,21 +18,13 @@ pub(crate) async fn revoke(
     until: Instant,
 ) -> bool {
     let what = format!("revoking lease {lease:#x}");
-    let worth_trying = |delay: Duration| Instant::now() + delay < until;
-    retried(
-        &what,
-        request_timeout,
-        retry,
-        worth_trying,
-        Moot::IfNotFound,
-        || {
+    let retry = Until { retry, until };
+    retry
+        .retried(&what, request_timeout, Moot::IfNotFound, |left| {
             let mut leases = client.lease_client();
-            // The bound shrinks as `until` nears, so the last try ends by it.
-            let left = until.saturating_duration_since(Instant::now());
             async move { tokio::time::timeout(left, leases.revoke(lease)).await }
-        },
-    )
-    .await
+        })
+        .await
 }
 
 /// Puts every `(key, value)` of `marks` on `lease` in one transaction,
@@ -48,14 +40,9 @@ pub(crate) async fn put_on_lease(
 ) -> bool {
     let keys: Vec<&str> = marks.iter().map(|(key, _)| key.as_str()).collect();
     let what = format!("putting {} on lease {lease:#x}", keys.join(", "));
-    let worth_trying = |delay: Duration| Instant::now() + delay < until;
-    retried(
-        &what,
-        request_timeout,
-        retry,
-        worth_trying,
-        Moot::Never,
-        || {
+    let retry = Until { retry, until };
+    retry
+        .retried(&what, request_timeout, Moot::Never, |left| {
             let mut kv = client.kv_client();
             let puts = marks
                 .iter()
@@ -64,11 +51,42 @@ pub(crate) async fn put_on_lease(
                     TxnOp::put(key.as_str(), value.as_slice(), Some(options))
                 })
                 .collect::<Vec<_>>();
-            let left = until.saturating_duration_since(Instant::now());
             async move { tokio::time::timeout(left, kv.txn(Txn::new().and_then(puts))).await }
-        },
-    )
-    .await
+        })
+        .await
+}
+
+/// Retries bounded by an instant: each attempt is bounded by what is left
+/// of it, so the last one ends by it.
+struct Until<'a> {
+    retry: &'a BackoffConfig,
+    until: Instant,
+}
+
+impl Until<'_> {
+    async fn retried<T, F, Fut>(
+        &self,
+        what: &str,
+        request_timeout: Duration,
+        moot: Moot,
+        mut call: F,
+    ) -> bool
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>>,
+    {
+        let until = self.until;
+        let worth_trying = |delay: Duration| Instant::now() + delay < until;
+        retried(
+            what,
+            request_timeout,
+            self.retry,
+            worth_trying,
+            moot,
+            || call(until.saturating_duration_since(Instant::now())),
+        )
+        .await
+    }
 }
 
 /// When an etcd call that failed needs no retry.

@@ -1084,9 +1084,10 @@ impl<C: Coordinator> Election<C> {
         let reply = myself.clone();
         let resign = async move {
             let mut kv = context.client.kv_client();
-            let what = format!("resigning {key}");
+            let what = format!("resigning {key} (the lease TTL will clean up)");
             let timeout = context.config.etcd.request_timeout;
-            if !etcd::best_effort(&what, timeout, kv.delete(key.as_str(), None)).await {
+            let deleted = etcd::best_effort(&what, timeout, kv.delete(key.as_str(), None)).await;
+            if deleted.is_none() {
                 // The key may still lead: whoever waits for the handover
                 // hears so now, while the delete is retried.
                 let _ = reply.send_message(ElectionMsg::ResignFailed);

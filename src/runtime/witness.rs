@@ -960,7 +960,7 @@ impl Mourner {
         tokio::spawn(async move {
             for key in keys {
                 let mut kv = mourner.client.kv_client();
-                let what = format!("deleting {key}");
+                let what = format!("deleting {key}, the mark of an unconfirmed death");
                 etcd::best_effort(
                     &what,
                     mourner.request_timeout,
@@ -1017,17 +1017,10 @@ impl Mourner {
         let mut leases = self.client.lease_client();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         let left = until.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left.min(self.request_timeout), leases.grant(ttl, None)).await {
-            Ok(Ok(granted)) => Some(granted.id()),
-            Ok(Err(error)) => {
-                tracing::warn!("granting a lease for a revoked mark failed: {error}");
-                None
-            }
-            Err(_) => {
-                tracing::warn!("granting a lease for a revoked mark took too long");
-                None
-            }
-        }
+        let what = "granting a lease to put the marks of revoked leases on";
+        let timeout = left.min(self.request_timeout);
+        let granted = etcd::best_effort(what, timeout, leases.grant(ttl, None)).await;
+        granted.map(|granted| granted.id())
     }
 
     /// The sessions of the dead incarnation of `server_id` on leases other
