@@ -851,6 +851,15 @@ pub struct CoordinatorConfig {
     /// after one crash, capped so a crash loop does not spin.
     #[serde(deserialize_with = "coordinator_restart_backoff")]
     pub restart_backoff: BackoffConfig,
+    /// Whether every batch of answers is confirmed by etcd before it
+    /// leaves: one linearizable read of the role's leader key after the
+    /// batch is computed (the requests that arrive meanwhile wait for the
+    /// next read, as etcd's ReadIndex batches reads), and the answers go
+    /// only if the key is still this term's. A leader paused where its
+    /// clock cannot tell (a VM its hypervisor stopped) or cut off from etcd
+    /// then answers nothing once its key is gone, whatever its clock says;
+    /// it costs an etcd round trip per batch.
+    pub confirm_answers: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -861,6 +870,7 @@ impl Default for CoordinatorConfig {
             deactivate_timeout: Duration::from_secs(2),
             activate_timeout: Duration::from_secs(30),
             restart_backoff: BackoffConfig::default(),
+            confirm_answers: false,
         }
     }
 }

@@ -383,6 +383,7 @@ impl<C: Coordinator> RoleControl for RoleHandle<C> {
                 self.hang_activation();
                 true
             }
+            Fault::StallClock => crate::runtime::clock::stall(Fault::CLOCK_STALL),
             Fault::Disarm => self.disarm_faults(),
         }
     }

@@ -143,6 +143,7 @@ enum Scenario {
     KvOverload,
     EtcdLeaderKill,
     Kill9Witness,
+    ConfirmAnswers,
 }
 
 /// Nodes per cluster, candidates per `etcdctl elect` group.
@@ -222,6 +223,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(Scenario::EtcdLeaderKill) => {
             return etcd_leader::etcd_leader_kill(&binary, args.etcd_rounds).await;
+        }
+        Some(Scenario::ConfirmAnswers) => {
+            return request_path::confirm_answers(&etcd, &binary, args.throughput_seconds).await;
         }
         Some(Scenario::Kill9Witness) => {
             let live =
@@ -308,6 +312,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.throughput_seconds,
     )
     .await?;
+    request_path::confirm_answers(&etcd, &binary, args.throughput_seconds).await?;
     request_path::tso_failover_gap(&etcd, &binary, args.gap_rounds).await?;
     request_path::kv_overload(&etcd, &binary, args.overload_seconds, &args.overload_runs).await?;
     etcd_leader::etcd_leader_kill(&binary, args.etcd_rounds).await?;

@@ -449,6 +449,62 @@ pub async fn tso_throughput(
     cluster.shut_down().await
 }
 
+/// `confirm-answers`: what `coordinator.confirmAnswers` costs an answer.
+/// The same loads (`TsoClient::allocate(1)` batched on a stream, and one
+/// unary `Tso.Allocate(1)` per call, from one client process) against a
+/// cluster with the mode and one without, each load in turn, `seconds`
+/// each.
+pub async fn confirm_answers(
+    etcd: &EtcdServer,
+    binary: &std::path::Path,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    println!("bench: confirm-answers, {seconds} s per load, with and without the mode in turn");
+    let plain = super::Shape::tso(Witness::On);
+    let confirming = super::Shape {
+        extra: "coordinator:\n  confirmAnswers: true\n",
+        ..plain
+    };
+    let mut clusters = Vec::new();
+    for (root, shape) in [
+        ("bench-unconfirmed", plain),
+        ("bench-confirmed", confirming),
+    ] {
+        let mut cluster = Cluster::start(etcd, binary, root, shape).await?;
+        let (leader, _) = cluster.settle().await?;
+        let address = cluster.nodes[leader].address.clone();
+        clusters.push((cluster, address));
+    }
+    for callers in [1, 100] {
+        for load in [Load::Tso, Load::TsoUnary] {
+            let mut measured = Vec::new();
+            for (cluster, address) in &clusters {
+                measured.push(measure(etcd, cluster, address, load, callers, 1, seconds).await?);
+            }
+            let [without, with] = &measured[..] else {
+                unreachable!("two clusters")
+            };
+            println!(
+                "bench: scenario=confirm-answers load={load:?} callers={callers} per_s={:.0} \
+                 p50_ms={:.3} p99_ms={:.3} anchor=unconfirmed anchor_per_s={:.0} \
+                 anchor_p50_ms={:.3} anchor_p99_ms={:.3} ratio_per_s={:.2} extra_p50_ms={:.3}",
+                with.per_s,
+                with.p50_ms,
+                with.p99_ms,
+                without.per_s,
+                without.p50_ms,
+                without.p99_ms,
+                with.per_s / without.per_s,
+                with.p50_ms - without.p50_ms
+            );
+        }
+    }
+    for (cluster, _) in clusters {
+        cluster.shut_down().await?;
+    }
+    Ok(())
+}
+
 /// Callers of the busy client in `tso-failover-gap`.
 const GAP_CALLERS: usize = 100;
 

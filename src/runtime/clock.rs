@@ -18,7 +18,7 @@ pub(crate) struct LeaseInstant(Duration);
 impl LeaseInstant {
     /// Now.
     pub(crate) fn now() -> Self {
-        Self(since_boot())
+        Self(stalls::seen(since_boot()))
     }
 
     /// How long after `earlier` this is; zero if it is not after it.
@@ -61,6 +61,106 @@ impl Sub<Duration> for LeaseInstant {
         Self(self.0.saturating_sub(earlier))
     }
 }
+
+/// Stalls of the lease clock a test injects (cargo feature
+/// `fault-injection`): what a VM paused by its hypervisor does to every
+/// clock of the guest, `CLOCK_BOOTTIME` included.
+#[cfg(feature = "fault-injection")]
+mod stalls {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// The stall injected last.
+    #[derive(Debug, Clone, Copy)]
+    struct Stall {
+        /// Time hidden by the stalls before it.
+        hidden_before: Duration,
+        /// When it began, on the real clock.
+        from: Duration,
+        /// How long it lasts.
+        length: Duration,
+    }
+
+    static LAST: Mutex<Option<Stall>> = Mutex::new(None);
+
+    /// What the lease clock reads when the real one reads `real`.
+    pub(super) fn seen(real: Duration) -> Duration {
+        seen_after(*LAST.lock().unwrap_or_else(|p| p.into_inner()), real)
+    }
+
+    /// What the lease clock reads at `real` after the stalls up to `last`.
+    fn seen_after(last: Option<Stall>, real: Duration) -> Duration {
+        match last {
+            None => real,
+            Some(stall) if real < stall.from + stall.length => {
+                stall.from.saturating_sub(stall.hidden_before)
+            }
+            Some(stall) => real.saturating_sub(stall.hidden_before + stall.length),
+        }
+    }
+
+    /// The stall of `length` that begins at `real` after `last`; none
+    /// while `last` still runs.
+    fn next(last: Option<Stall>, real: Duration, length: Duration) -> Option<Stall> {
+        let hidden_before = match last {
+            Some(stall) if real < stall.from + stall.length => return None,
+            Some(stall) => stall.hidden_before + stall.length,
+            None => Duration::ZERO,
+        };
+        Some(Stall {
+            hidden_before,
+            from: real,
+            length,
+        })
+    }
+
+    /// Stops the lease clock of this process for `length` from now; it
+    /// then runs on, `length` behind. One stall at a time: another while
+    /// one runs is ignored. Returns whether it began.
+    pub(crate) fn stall(length: Duration) -> bool {
+        let real = super::since_boot();
+        let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(stall) = next(*last, real, length) else {
+            return false;
+        };
+        *last = Some(stall);
+        true
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_stalled_clock_stands_still_then_runs_on_behind_by_every_stall() {
+            let s = Duration::from_secs;
+            assert_eq!(seen_after(None, s(100)), s(100));
+            let first = next(None, s(100), s(10));
+            assert_eq!(seen_after(first, s(100)), s(100));
+            assert_eq!(seen_after(first, s(109)), s(100), "it stands still");
+            assert_eq!(seen_after(first, s(110)), s(100));
+            assert_eq!(seen_after(first, s(115)), s(105), "then runs on, behind");
+            assert!(next(first, s(105), s(1)).is_none(), "one at a time");
+            let second = next(first, s(120), s(5));
+            assert_eq!(seen_after(second, s(120)), s(110));
+            assert_eq!(seen_after(second, s(123)), s(110));
+            assert_eq!(seen_after(second, s(130)), s(115), "behind by both");
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+mod stalls {
+    use std::time::Duration;
+
+    /// The real clock: stalls are injected only with `fault-injection`.
+    pub(super) fn seen(real: Duration) -> Duration {
+        real
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+pub(crate) use stalls::stall;
 
 #[cfg(target_os = "linux")]
 fn since_boot() -> Duration {

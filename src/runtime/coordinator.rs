@@ -166,7 +166,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
     /// Serves a batch of waiting requests, only while `term` is open:
     /// checked before (requests that waited must not be answered for a
     /// term that ended meanwhile) and again after (answers computed while
-    /// the term ended, or across a freeze, must not leave). Requests whose
+    /// the term ended, or across a freeze, must not leave), and with
+    /// `coordinator.confirmAnswers` confirmed by etcd before they leave
+    /// (see [`Term::confirm`]). Requests whose
     /// caller has gone, whose deadline has passed, or whose deadline would
     /// pass before the batch is served are dropped first: refused, not
     /// run for nobody.
@@ -212,7 +214,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
         let started = std::time::Instant::now();
         let responses = self.coordinator.handle_batch(serving, requests).await;
         self.queue.served(started.elapsed());
-        if !term.is_open() {
+        // Confirmed after they were computed: the requests that arrive
+        // meanwhile wait in the queue for the next batch, and its read.
+        if !term.is_open() || !term.confirm().await || !term.is_open() {
             return self.answer_all(replies, || self.not_active(leader.clone()));
         }
         if responses.len() != asked {

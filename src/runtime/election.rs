@@ -35,7 +35,7 @@ use crate::runtime::coordinator::{Activation, CoordinatorActor, CoordinatorMsg, 
 use crate::runtime::queue::RequestQueue;
 use crate::runtime::reload::{CatchUp, ReloadActor, ReloadHandle, ReloadMsg};
 use crate::runtime::session::SessionMsg;
-use crate::runtime::term::Term;
+use crate::runtime::term::{AnswerCheck, Term};
 use crate::runtime::witness;
 use crate::status::{MetadataCopy, ResignError, StepDownReason, Successor, TransferTarget};
 use crate::task::OwnedTask;
@@ -740,7 +740,16 @@ impl<C: Coordinator> Election<C> {
             revision,
         };
         let lease = state.machine.lease().ok_or("a win without a lease")?;
-        let term = Term::open_unsettled(epoch, lease, self.context.session.clone());
+        let confirm = self
+            .context
+            .config
+            .coordinator
+            .confirm_answers
+            .then(|| AnswerCheck {
+                client: self.context.client.clone(),
+                timeout: self.context.config.etcd.request_timeout,
+            });
+        let term = Term::open_won(epoch, lease, self.context.session.clone(), confirm);
         if state.settled == Some(revision) {
             term.settle();
         }

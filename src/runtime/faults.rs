@@ -118,6 +118,11 @@ pub enum Fault {
     CrashReload,
     /// The next activation hangs until the activation timeout ends it.
     HangActivation,
+    /// The process's lease clock stands still for [`Fault::CLOCK_STALL`],
+    /// then runs on that far behind, as every clock of a VM its hypervisor
+    /// paused does: the term trusts its lease that much longer than etcd
+    /// keeps it (the whole process, whichever role it is injected into).
+    StallClock,
     /// Not a fault: turns off the switches above that are armed and have
     /// not fired yet (a reload panic or an activation hang waiting for a
     /// win that never came), so a test's next fault meets a clean role.
@@ -127,13 +132,17 @@ pub enum Fault {
 #[cfg(feature = "fault-injection")]
 impl Fault {
     /// Every fault, by its name on the command line and in gRPC.
-    pub const ALL: [(Fault, &'static str); 5] = [
+    pub const ALL: [(Fault, &'static str); 6] = [
         (Fault::CrashCoordinator, "crash-coordinator"),
         (Fault::CrashElection, "crash-election"),
         (Fault::CrashReload, "crash-reload"),
         (Fault::HangActivation, "hang-activation"),
+        (Fault::StallClock, "stall-clock"),
         (Fault::Disarm, "disarm"),
     ];
+
+    /// How long [`Fault::StallClock`] stops the lease clock.
+    pub const CLOCK_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// The fault called `name`.
     pub fn from_name(name: &str) -> Option<Fault> {

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use etcd_client::Client;
 use tokio::sync::watch;
@@ -39,28 +40,90 @@ struct TermInner {
     /// (a win from a lease a death witness revoked waits
     /// `session.witnessGrace`), or until the term closes.
     settled: watch::Sender<bool>,
+    /// How answers are confirmed with etcd before they leave, if they are.
+    confirm: Option<AnswerCheck>,
+}
+
+/// How a term confirms its answers with etcd (`coordinator.confirmAnswers`):
+/// one linearizable read of its leader key.
+#[derive(Clone)]
+pub(crate) struct AnswerCheck {
+    /// The node's etcd client.
+    pub client: Client,
+    /// Bound on the read: past it the answers are refused.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for AnswerCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerCheck")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Term {
     /// A term for `epoch`, won with a key on `lease`, trusted for as long
-    /// as `session` trusts that lease.
+    /// as `session` trusts that lease, settled and confirming nothing: the
+    /// tests' term.
+    #[cfg(test)]
     pub(crate) fn open(epoch: Epoch, lease: i64, session: SessionView) -> Self {
+        let term = Self::open_won(epoch, lease, session, None);
+        term.settle();
+        term
+    }
+
+    /// A term for `epoch`, just won with a key on `lease`, trusted for as
+    /// long as `session` trusts that lease. The coordinator starts serving
+    /// it only once [`settle`](Self::settle) is called (its activation runs
+    /// meanwhile), and its answers are confirmed with `confirm`, if given,
+    /// before they leave.
+    pub(crate) fn open_won(
+        epoch: Epoch,
+        lease: i64,
+        session: SessionView,
+        confirm: Option<AnswerCheck>,
+    ) -> Self {
         Self(Arc::new(TermInner {
             epoch,
             closed: DeposeSwitch::default(),
             lease,
             session,
             serving: AtomicBool::new(false),
-            settled: watch::Sender::new(true),
+            settled: watch::Sender::new(false),
+            confirm,
         }))
     }
 
-    /// [`open`](Self::open), but the coordinator starts serving it only once
-    /// [`settle`](Self::settle) is called: its activation runs meanwhile.
-    pub(crate) fn open_unsettled(epoch: Epoch, lease: i64, session: SessionView) -> Self {
-        let term = Self::open(epoch, lease, session);
-        term.0.settled.send_replace(false);
-        term
+    /// Whether answers computed for this term may leave: true at once
+    /// without `coordinator.confirmAnswers`; with it, once a linearizable
+    /// read of etcd, begun now, finds the leader key still this term's.
+    /// Called after the answers are computed, so the read confirms the
+    /// key was held after the state they were computed from.
+    pub(crate) async fn confirm(&self) -> bool {
+        let Some(check) = &self.0.confirm else {
+            return true;
+        };
+        let mut kv = check.client.kv_client();
+        let key = self.0.epoch.leader_key.as_str();
+        match tokio::time::timeout(check.timeout, kv.get(key, None)).await {
+            Ok(Ok(read)) => read
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.create_revision() == self.0.epoch.revision),
+            Ok(Err(error)) => {
+                tracing::warn!(key, "confirming answers with etcd failed: {error}");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    key,
+                    "confirming answers with etcd took over {:?}",
+                    check.timeout
+                );
+                false
+            }
+        }
     }
 
     /// Lets the coordinator start serving: whatever the predecessor's end
@@ -134,8 +197,6 @@ impl Term {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::runtime::session::{HeldLease, SessionView};
 
@@ -201,7 +262,7 @@ mod tests {
             .await
             .expect("a term opened plainly is settled");
         for end in [Term::settle, Term::close] {
-            let term = Term::open_unsettled(epoch(), 7, session.clone());
+            let term = Term::open_won(epoch(), 7, session.clone(), None);
             let waiting = tokio::spawn({
                 let term = term.clone();
                 async move { term.until_settled().await }
