@@ -18,13 +18,18 @@ pub(crate) async fn revoke(
     until: Instant,
 ) -> bool {
     let what = format!("revoking lease {lease:#x}");
-    let retry = Until { retry, until };
-    retry
-        .retried(&what, request_timeout, Moot::IfNotFound, |left| {
+    retried_until(
+        &what,
+        request_timeout,
+        retry,
+        until,
+        Moot::IfNotFound,
+        |left| {
             let mut leases = client.lease_client();
             async move { tokio::time::timeout(left, leases.revoke(lease)).await }
-        })
-        .await
+        },
+    )
+    .await
 }
 
 /// Puts every `(key, value)` of `marks` on `lease` in one transaction,
@@ -40,53 +45,39 @@ pub(crate) async fn put_on_lease(
 ) -> bool {
     let keys: Vec<&str> = marks.iter().map(|(key, _)| key.as_str()).collect();
     let what = format!("putting {} on lease {lease:#x}", keys.join(", "));
-    let retry = Until { retry, until };
-    retry
-        .retried(&what, request_timeout, Moot::Never, |left| {
-            let mut kv = client.kv_client();
-            let puts = marks
-                .iter()
-                .map(|(key, value)| {
-                    let options = PutOptions::new().with_lease(lease);
-                    TxnOp::put(key.as_str(), value.as_slice(), Some(options))
-                })
-                .collect::<Vec<_>>();
-            async move { tokio::time::timeout(left, kv.txn(Txn::new().and_then(puts))).await }
-        })
-        .await
+    retried_until(&what, request_timeout, retry, until, Moot::Never, |left| {
+        let mut kv = client.kv_client();
+        let puts = marks
+            .iter()
+            .map(|(key, value)| {
+                let options = PutOptions::new().with_lease(lease);
+                TxnOp::put(key.as_str(), value.as_slice(), Some(options))
+            })
+            .collect::<Vec<_>>();
+        async move { tokio::time::timeout(left, kv.txn(Txn::new().and_then(puts))).await }
+    })
+    .await
 }
 
-/// Retries bounded by an instant: each attempt is bounded by what is left
-/// of it, so the last one ends by it.
-struct Until<'a> {
-    retry: &'a BackoffConfig,
+/// [`retried`] until `until`: each attempt is bounded by what is left of
+/// it (handed to `call`), so the last one ends by it.
+async fn retried_until<T, F, Fut>(
+    what: &str,
+    request_timeout: Duration,
+    retry: &BackoffConfig,
     until: Instant,
-}
-
-impl Until<'_> {
-    async fn retried<T, F, Fut>(
-        &self,
-        what: &str,
-        request_timeout: Duration,
-        moot: Moot,
-        mut call: F,
-    ) -> bool
-    where
-        F: FnMut(Duration) -> Fut,
-        Fut: Future<Output = Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>>,
-    {
-        let until = self.until;
-        let worth_trying = |delay: Duration| Instant::now() + delay < until;
-        retried(
-            what,
-            request_timeout,
-            self.retry,
-            worth_trying,
-            moot,
-            || call(until.saturating_duration_since(Instant::now())),
-        )
-        .await
-    }
+    moot: Moot,
+    mut call: F,
+) -> bool
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<Result<T, etcd_client::Error>, tokio::time::error::Elapsed>>,
+{
+    let worth_trying = |delay: Duration| Instant::now() + delay < until;
+    retried(what, request_timeout, retry, worth_trying, moot, || {
+        call(until.saturating_duration_since(Instant::now()))
+    })
+    .await
 }
 
 /// When an etcd call that failed needs no retry.

@@ -68,6 +68,7 @@ impl Sub<Duration> for LeaseInstant {
 #[cfg(feature = "fault-injection")]
 mod stalls {
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     /// The stall injected last.
@@ -82,9 +83,15 @@ mod stalls {
     }
 
     static LAST: Mutex<Option<Stall>> = Mutex::new(None);
+    /// Whether any stall was ever injected: until then every read of the
+    /// clock (each check of a term) skips the lock.
+    static EVER: AtomicBool = AtomicBool::new(false);
 
     /// What the lease clock reads when the real one reads `real`.
     pub(super) fn seen(real: Duration) -> Duration {
+        if !EVER.load(Ordering::Acquire) {
+            return real;
+        }
         seen_after(*LAST.lock().unwrap_or_else(|p| p.into_inner()), real)
     }
 
@@ -124,6 +131,7 @@ mod stalls {
             return false;
         };
         *last = Some(stall);
+        EVER.store(true, Ordering::Release);
         true
     }
 

@@ -237,9 +237,6 @@ pub(crate) struct ElectionState<C: Coordinator> {
     term: Option<Term>,
     meta: Option<C::Meta>,
     won_at: Option<Instant>,
-    /// The win (its leader key's revision) that has waited whatever its
-    /// predecessor's end asked for; its term may serve.
-    settled: Option<i64>,
     leader: Option<Leader>,
     last_step_down: Option<StepDownReason>,
     shutdown_replies: Vec<RpcReplyPort<()>>,
@@ -750,9 +747,6 @@ impl<C: Coordinator> Election<C> {
                 timeout: self.context.config.etcd.request_timeout,
             });
         let term = Term::open_won(epoch, lease, self.context.session.clone(), confirm);
-        if state.settled == Some(revision) {
-            term.settle();
-        }
         self.shared.term.set(Some(term.clone()));
         state.term = Some(term);
         state.reload_generation += 1;
@@ -1186,7 +1180,6 @@ impl<C: Coordinator> Actor for Election<C> {
             term: None,
             meta: None,
             won_at: None,
-            settled: None,
             leader: None,
             last_step_down: None,
             shutdown_replies: Vec::new(),
@@ -1268,7 +1261,7 @@ impl<C: Coordinator> Actor for Election<C> {
                     if !state.is_current(Tag::Campaign(generation)) {
                         return Ok(());
                     }
-                    state.settled = Some(revision);
+                    // The term opened with the win this follows.
                     if let Some(term) = &state.term
                         && term.revision() == revision
                     {

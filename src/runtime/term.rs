@@ -36,7 +36,7 @@ struct TermInner {
     /// Set by the coordinator once the user's activation has finished.
     serving: AtomicBool,
     /// Whether the term may start serving as far as its predecessor's end
-    /// goes: false from [`Term::open_unsettled`] until [`Term::settle`]
+    /// goes: false from [`Term::open_won`] until [`Term::settle`]
     /// (a win from a lease a death witness revoked waits
     /// `session.witnessGrace`), or until the term closes.
     settled: watch::Sender<bool>,
@@ -106,24 +106,13 @@ impl Term {
         };
         let mut kv = check.client.kv_client();
         let key = self.0.epoch.leader_key.as_str();
-        match tokio::time::timeout(check.timeout, kv.get(key, None)).await {
-            Ok(Ok(read)) => read
-                .kvs()
+        let what = format!("confirming answers with a read of {key} (they are refused)");
+        let read = crate::etcd::best_effort(&what, check.timeout, kv.get(key, None)).await;
+        read.is_some_and(|read| {
+            read.kvs()
                 .first()
-                .is_some_and(|kv| kv.create_revision() == self.0.epoch.revision),
-            Ok(Err(error)) => {
-                tracing::warn!(key, "confirming answers with etcd failed: {error}");
-                false
-            }
-            Err(_) => {
-                tracing::warn!(
-                    key,
-                    "confirming answers with etcd took over {:?}",
-                    check.timeout
-                );
-                false
-            }
-        }
+                .is_some_and(|kv| kv.create_revision() == self.0.epoch.revision)
+        })
     }
 
     /// Lets the coordinator start serving: whatever the predecessor's end

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions, GetResponse};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -810,7 +810,7 @@ struct Mourner {
 /// What the mark a witness puts on a lease before revoking it says
 /// (`{root}/revoked/{lease hex}`): read by operators; a candidate only
 /// asks whether it exists.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RevokedMark {
     /// The server found dead.
@@ -837,19 +837,10 @@ pub(crate) async fn marked_revoked(
     let key = layout.revoked(lease);
     let mut kv = client.kv_client();
     let read = kv.get(key.as_str(), Some(GetOptions::new().with_count_only()));
-    match tokio::time::timeout(request_timeout, read).await {
-        Ok(Ok(response)) => response.count() > 0,
-        Ok(Err(error)) => {
-            tracing::warn!("reading {key} failed ({error}); waiting as if a witness revoked it");
-            true
-        }
-        Err(_) => {
-            tracing::warn!(
-                "reading {key} took over {request_timeout:?}; waiting as if a witness revoked it"
-            );
-            true
-        }
-    }
+    let what = format!("reading {key} (waiting as if a witness revoked it)");
+    etcd::best_effort(&what, request_timeout, read)
+        .await
+        .is_none_or(|response| response.count() > 0)
 }
 
 impl Mourner {
