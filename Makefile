@@ -19,20 +19,20 @@ demo: deps
 	$(CARGO) run --release --example cluster -- $(DEMO_ARGS)
 
 test: deps
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
-# The long fault campaign (examples/campaign/): 1000 seeded random faults on
+# The long fault campaign (tools/src/campaign/): 1000 seeded random faults on
 # the leaders of three `standin run --role tso --role kv` processes, then a
 # check of the history (about 25 minutes).
 # CAMPAIGN_ARGS="--seed S" replays a run's faults; a later --faults wins;
 # "--etcd-members 3" runs it against a 3-member etcd with etcd's own faults.
 campaign: deps
 	$(CARGO) build --release --features cli --bin standin
-	$(CARGO) run --release --example campaign -- --faults 1000 $(CAMPAIGN_ARGS)
+	$(CARGO) run --release -p standin-tools --bin campaign -- --faults 1000 $(CAMPAIGN_ARGS)
 
 # Takeover times side by side with their anchors, in one run on one etcd
-# (examples/bench/): graceful handover and coordinator crash against
+# (tools/src/bin/bench/): graceful handover and coordinator crash against
 # `etcdctl elect`, kill -9 with the death witness against it off, and kill -9
 # of a host gone dark, takeovers by metadata size up to 1M keys, the herd
 # (2 vs 50 standbys) and many roles per node (about 20 minutes).
@@ -40,7 +40,7 @@ campaign: deps
 # scenario=herd runs only that one.
 bench: deps
 	$(CARGO) build --release --features cli --bin standin
-	$(CARGO) run --release --example bench -- $(BENCH_ARGS) $(if $(scenario),--scenario $(scenario))
+	$(CARGO) run --release -p standin-tools --bin bench -- $(BENCH_ARGS) $(if $(scenario),--scenario $(scenario))
 
 # The container images, FROM scratch: localhost/standin (the release
 # binary) and localhost/standin-etcd (Debian's etcd), for deploy/compose.
@@ -63,7 +63,7 @@ verify: lint test doc
 # embedder builds it (default features), which must stand on its own.
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --lib --no-default-features -- -D warnings
 	$(CARGO) clippy --lib --features grpc -- -D warnings
 

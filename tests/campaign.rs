@@ -1,16 +1,12 @@
 //! Short fault campaigns against three `standin run --role tso --role kv` processes (30 faults of every kind on one etcd server; 15 of etcd's own on a 3-member cluster; 10k metadata keys preloaded halfway): no timestamp, register or leadership violation, every fault recovered within its bound.
 //!
-//! The campaign itself lives with the `campaign` example, which runs the
-//! long one; `CAMPAIGN_SEED=S` replays a seed printed by a failed run.
-
-#[path = "../examples/campaign/checker.rs"]
-mod checker;
-#[path = "../examples/campaign/history.rs"]
-mod history;
-#[path = "../examples/campaign/runner.rs"]
-mod runner;
+//! The campaign itself lives in the `standin-tools` workspace member
+//! (`tools/`), whose `campaign` binary runs the long one; `CAMPAIGN_SEED=S`
+//! replays a seed printed by a failed run.
 
 use std::path::PathBuf;
+
+use standin_tools::campaign::runner;
 
 /// Campaigns run one at a time: each starts etcd, three nodes and their
 /// clients, which two cores cannot run twice over without slowing every

@@ -2,15 +2,13 @@
 //!
 //! The clock stall is process-wide, so this binary holds one test.
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::time::Duration;
 
-use kit::*;
 use standin::testing::{EtcdServer, FaultProxy};
 use standin::{Fault, RoleControl, ServeError};
+use support::faults::*;
 use support::{LedgerRequest, LedgerResponse, TestNode, wait_for};
 use tracing::info;
 

@@ -1,17 +1,15 @@
 //! Failure modes of a role's actors against a real etcd: a reload crashing mid-way, a coordinator crashing with requests buffered, an activation that hangs; each checked for safety (one server at a time, no write of a deposed epoch) and liveness (a server again within a stated bound).
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kit::*;
 use standin::BoxError;
 use standin::StepDownReason;
 use standin::testing::EtcdServer;
 use standin::{Coordinator, Epoch, FencedStore, Node, RoleState, ServeError, Snapshot};
+use support::faults::*;
 use support::{
     CALL, config, eventually, seed_metadata, serving, shutdown_all, single, start_nodes, wait_for,
     wait_for_single_leader,

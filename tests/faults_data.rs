@@ -1,17 +1,15 @@
 //! Bad data in etcd: garbage in the election and in sessions, a metadata key the tso role cannot decode; reported, never a panic, never two servers.
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::time::{Duration, Instant};
 
 use etcd_client::PutOptions;
-use kit::*;
 use standin::StepDownReason;
 use standin::testing::EtcdServer;
 use standin::{Node, RoleHandle, RoleState, ServeError};
 use std::sync::Arc;
+use support::faults::*;
 use support::{
     CALL, LedgerRequest, acknowledges_write, config, eventually, serving, shutdown_all,
     start_nodes, wait_for, wait_for_single_leader,

@@ -1,14 +1,12 @@
 //! Failure modes of etcd itself: restarted, losing its raft leader in a three-member cluster, a member killed; each checked for safety and liveness.
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
-use kit::*;
 use standin::testing::{EtcdCluster, EtcdServer};
+use support::faults::*;
 use support::{CALL, Stoppable, eventually, shutdown_all};
 use tracing::info;
 

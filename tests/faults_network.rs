@@ -1,16 +1,14 @@
 //! Failure modes of the link to etcd: the active cut off, a slow link, and two regressions the fault campaign found (a resign cut off, a broken own-key watch); each checked for safety and liveness.
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use kit::*;
 use standin::ResignError;
 use standin::StepDownReason;
 use standin::testing::EtcdServer;
 use standin::{FenceError, RoleState};
+use support::faults::*;
 use support::{
     acknowledges_write, config, eventually, redirects_to, serving, shutdown_all, start_nodes,
     wait_for, wait_for_single_leader,

@@ -1,16 +1,14 @@
 //! Failure modes of the active process against a real etcd: frozen past its TTL (SIGSTOP) then resumed, killed with SIGKILL; each checked for safety and liveness.
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use kit::*;
 use standin::service::grpc::proto::coordination_client::CoordinationClient;
 use standin::service::grpc::proto::{StatusRequest, WatchLeaderRequest};
 use standin::testing::EtcdServer;
 use standin::{Epoch, FenceError, RoleState};
+use support::faults::*;
 use support::{eventually, wait_for};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

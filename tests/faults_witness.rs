@@ -1,13 +1,11 @@
 //! The death witness against real processes: a killed leader is revoked at once, a frozen or unreachable one never, a port taken over by a new process proves the old one gone.
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use kit::*;
 use standin::testing::{EtcdServer, FaultProxy, free_loopback_port};
+use support::faults::*;
 use support::{eventually, scrape_metrics, wait_for};
 use tracing::info;
 

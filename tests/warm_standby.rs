@@ -1,14 +1,12 @@
 //! The warm standby: a standby's copy of the metadata follows etcd (through a cut link, a compaction, a prefix deletion too large for a default gRPC message), a node campaigns only once its copy is loaded, and a takeover only catches up, yet serves every write acknowledged before it.
 
-#[path = "faults/kit.rs"]
-mod kit;
 mod support;
 
 use std::time::Duration;
 
-use kit::*;
 use standin::testing::EtcdServer;
 use standin::{MetadataCopy, RoleHandle};
+use support::faults::*;
 use support::{
     Ledger, Stoppable, TestNode, acknowledges_write, config, serving_other_than, shutdown_all,
     start_nodes, wait_for, wait_for_single_leader,

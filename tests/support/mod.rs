@@ -1,6 +1,8 @@
-//! Shared pieces of the behaviour tests: a test coordinator, node set-up and polling waits.
+//! Shared pieces of the behaviour tests: a test coordinator, node set-up and polling waits; `faults`, what the fault tests add.
 // (A directory module, so cargo does not build it as a test of its own.)
 #![allow(dead_code)]
+
+pub mod faults;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use standin::service::grpc::proto::{AllocateRequest, GetRequest, StatusRequest};
 use tonic::transport::Channel;
 
 use super::*;
-use crate::history::{
+use crate::campaign::history::{
     Batch, ClientError, KEYS_PER_CLIENT, KvOp, PutAsked, ROLES, Recorder, Sample, State, TSO,
 };
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::history::{
+use crate::campaign::history::{
     Batch, FaultRecord, History, ImpairmentKind, KV, KvOp, PutAsked, ROLES, Sample, State, TSO,
 };
 
@@ -881,7 +881,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::history::{Impairment, Recorder};
+    use crate::campaign::history::{Impairment, Recorder};
 
     /// A history starting at `start`, with instants given in ms after it.
     struct Builder {

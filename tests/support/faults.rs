@@ -1,8 +1,5 @@
 //! What the fault tests share: safety monitors over every node's status, timestamp-order and fencing checks, in-process tso nodes, `standin run` processes, and log capture.
 
-// Shared by several test binaries, each of which uses a part.
-#![allow(dead_code)]
-
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,10 +16,10 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::support::{CALL, Stoppable, TestNode, eventually, single, wait_for};
+use super::{CALL, Stoppable, TestNode, eventually, single, wait_for};
 
 /// The etcd root of the in-process nodes.
-pub use crate::support::ROOT;
+pub use super::ROOT;
 /// The etcd root of the `standin run` processes.
 pub const PROCESS_ROOT: &str = "standin-faults";
 

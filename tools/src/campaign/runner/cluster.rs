@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::checker;
-use crate::history::{ROLES, Recorder, Sample, State};
+use crate::campaign::checker;
+use crate::campaign::history::{ROLES, Recorder, Sample, State};
 
 /// Each role's leader (node, epoch), by [`ROLES`]' index.
 pub(super) type Leaders = Vec<(usize, i64)>;

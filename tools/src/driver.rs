@@ -1,11 +1,11 @@
-//! What the examples that drive `standin` processes share: their logging and the binary they run.
+//! What the tools that drive `standin` processes share: their logging and the binary they run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 
 /// Logs errors only, on stderr, unless `RUST_LOG` says otherwise: the
-/// examples print their own lines on stdout.
+/// tools print their own lines on stdout.
 pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -16,8 +16,8 @@ pub fn init_logging() {
         .init();
 }
 
-/// `chosen`, or `standin` in the profile directory: an example runs from
-/// `target/<profile>/examples/`, the binary lives in `target/<profile>/`.
+/// `chosen`, or `standin` beside the running tool: both are binaries of one
+/// workspace, built into `target/<profile>/`.
 pub fn standin_binary(chosen: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(chosen) = chosen {
         return Ok(chosen);
@@ -25,7 +25,6 @@ pub fn standin_binary(chosen: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("finding the running executable")?;
     let profile_dir = exe
         .parent()
-        .and_then(Path::parent)
-        .context("the running executable has no grandparent directory")?;
+        .context("the running executable has no parent directory")?;
     Ok(profile_dir.join("standin"))
 }

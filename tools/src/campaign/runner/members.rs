@@ -7,7 +7,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::*;
-use crate::history::{ImpairmentKind, State};
+use crate::campaign::history::{ImpairmentKind, State};
 
 /// How long etcd may take to be whole again after a repair: every member
 /// running, answering and following one leader.

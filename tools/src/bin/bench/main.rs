@@ -1,7 +1,7 @@
 //! `make bench`: standin's takeover times side by side with their anchors (etcd's own `etcdctl elect`, and a kill -9 without the death witness), rounds interleaved, in one run on one etcd; then the herd, the request path (TSO throughput, a busy client across failovers, kv overload), a client through the death of etcd's leader, and many roles per node.
 //!
-//! `cargo build --release --features cli --bin standin && cargo run --release --example bench
-//! -- [--rounds N] [--slow-rounds M]`. Every scenario prints one line:
+//! `cargo build --release --features cli --bin standin && cargo run --release -p standin-tools
+//! --bin bench -- [--rounds N] [--slow-rounds M]`. Every scenario prints one line:
 //! `bench: scenario=S n= p50_ms= p99_ms= max_ms= anchor=A anchor_p99_ms= ratio_p99=`,
 //! and each anchor its own `bench: anchor=A n= p50_ms= p99_ms= max_ms=`.
 //!
@@ -10,12 +10,8 @@
 //! successor answers: for standin a `Tso.Allocate` answered by another node
 //! at a newer epoch, for `etcdctl elect` the successor printing that it leads.
 
-#[path = "../common/driver.rs"]
-mod driver;
 mod etcd_leader;
 mod many_roles;
-#[path = "../common/metadata.rs"]
-mod metadata;
 mod request_path;
 
 use std::collections::BTreeMap;
@@ -36,6 +32,7 @@ use standin::service::grpc::proto::{
 use standin::testing::{
     ComposeCluster, EtcdServer, FaultProxy, NodeProcess, StandinProcess, free_loopback_port,
 };
+use standin_tools::{driver, metadata};
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
@@ -48,7 +45,7 @@ struct Args {
     /// Rounds of each scenario bound by the lease TTL (10 s each).
     #[arg(long, default_value_t = 5)]
     slow_rounds: usize,
-    /// The standin binary; by default `standin` in this example's target directory.
+    /// The standin binary; by default `standin` beside this one in the target directory.
     #[arg(long)]
     binary: Option<std::path::PathBuf>,
     /// Copy every node's log into this directory at the end, to read a round's timeline.

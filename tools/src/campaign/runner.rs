@@ -11,21 +11,15 @@ use standin::testing::{EtcdCluster, FaultProxy, StandinProcess, free_loopback_po
 use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
-// Paths spelt out: tests/campaign.rs includes this file by #[path] too.
-#[path = "runner/cluster.rs"]
 mod cluster;
-#[path = "runner/faults.rs"]
 mod faults;
-#[path = "runner/members.rs"]
 mod members;
-#[path = "../common/metadata.rs"]
-mod metadata;
-#[path = "runner/probes.rs"]
 mod probes;
 
-use crate::checker;
-use crate::history::ROLES;
-use crate::history::Recorder;
+use crate::campaign::checker;
+use crate::campaign::history::ROLES;
+use crate::campaign::history::Recorder;
+use crate::metadata;
 use cluster::{Leaders, kept_term};
 use faults::Fault;
 use probes::{Probe, allocate, overload, read_and_write, sample};
@@ -424,7 +418,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
 /// how long until a node served (p50 and max; a fault nothing recovered
 /// from counts as its bound), and the longest a client waited for an
 /// answer from the fault until the cluster settled (p50 and max).
-fn recovery_lines(faults: &[crate::history::FaultRecord]) -> Vec<String> {
+fn recovery_lines(faults: &[crate::campaign::history::FaultRecord]) -> Vec<String> {
     let mut kinds: Vec<&str> = Vec::new();
     for fault in faults {
         if !kinds.contains(&fault.kind) {

@@ -1,4 +1,4 @@
-//! Metadata of any size for the examples that measure or break standin with it: keys of 100 bytes put straight into etcd.
+//! Metadata of any size for the tools that measure or break standin with it: keys of 100 bytes put straight into etcd.
 
 use anyhow::Context;
 use futures::StreamExt;

@@ -15,7 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::*;
-use crate::history::{FaultRecord, ImpairmentKind, ROLES, State};
+use crate::campaign::history::{FaultRecord, ImpairmentKind, ROLES, State};
 
 /// A fault the campaign can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

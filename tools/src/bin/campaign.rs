@@ -1,23 +1,19 @@
 //! A fault campaign against three `standin run --role tso --role kv` processes: seeded random faults on a role's leader, then a check of every timestamp, register read and leadership interval.
 //!
-//! `cargo build --release --features cli --bin standin && cargo run --release --example
-//! campaign -- --faults 500 [--seed S] [--etcd-members 3]` (or `make campaign`,
+//! `cargo build --release --features cli --bin standin && cargo run --release -p
+//! standin-tools --bin campaign -- --faults 500 [--seed S] [--etcd-members 3]` (or `make campaign`,
 //! `make campaign CAMPAIGN_ARGS="--etcd-members 3"`). The last line
 //! is `campaign: seed=S faults=N violations=V max_unavailable_ms=M`; the exit
 //! code is non-zero when V > 0. The line before it measures the overlap of
 //! operator-forced takeovers: `campaign: forced-overlap n=.. p50_ms=..
 //! p99_ms=.. max_ms=.. surely_max_ms=..`.
 
-mod checker;
-#[path = "../common/driver.rs"]
-mod driver;
-mod history;
-mod runner;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use standin_tools::campaign::runner;
+use standin_tools::driver;
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +28,7 @@ struct Args {
     /// Seed of the fault sequence; random (and printed) when absent.
     #[arg(long)]
     seed: Option<u64>,
-    /// The standin binary; by default `standin` in the target directory of this example.
+    /// The standin binary; by default `standin` beside this one in the target directory.
     #[arg(long)]
     binary: Option<PathBuf>,
     /// Keys of 100 bytes put under the kv role's metadata halfway through (0: none).
