@@ -47,6 +47,8 @@ async fn a_short_campaign_finds_no_violation() -> anyhow::Result<()> {
         preload: 10_000,
         etcd_members: 1,
         etcd_faults_only: false,
+        confirm_answers: false,
+        stall_clock: false,
     })
     .await
 }
@@ -61,6 +63,8 @@ async fn a_short_campaign_of_etcd_faults_against_three_members_finds_no_violatio
         preload: 10_000,
         etcd_members: 3,
         etcd_faults_only: true,
+        confirm_answers: false,
+        stall_clock: false,
     })
     .await
 }

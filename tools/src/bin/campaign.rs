@@ -42,6 +42,15 @@ struct Args {
     /// Inject only faults of etcd itself.
     #[arg(long)]
     etcd_faults_only: bool,
+    /// Run the nodes with `coordinator.confirmAnswers: true`.
+    #[arg(long)]
+    confirm_answers: bool,
+    /// Add `stall-clock` to the faults: the leader's lease clock stands
+    /// still while its link is blackholed, as in a VM paused and resumed.
+    /// Without --confirm-answers the overlap it causes is reported as
+    /// violations: what the mode is for.
+    #[arg(long)]
+    stall_clock: bool,
 }
 
 #[tokio::main]
@@ -58,6 +67,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         preload: args.preload_keys,
         etcd_members: args.etcd_members,
         etcd_faults_only: args.etcd_faults_only,
+        confirm_answers: args.confirm_answers,
+        stall_clock: args.stall_clock,
     })
     .await?;
     println!("{}", summary.line());

@@ -15,7 +15,10 @@ const FORCED_OVERLAP_LIMIT: Duration = Duration::from_secs(1);
 /// Whether the node a fault of `kind` hit (for a fault of etcd, the role's
 /// leader) is still alive after it: its witness must not be taken for dead.
 fn leaves_alive(kind: &str) -> bool {
-    matches!(kind, "sigstop" | "cut" | "blackhole" | "delay") || kind.starts_with("etcd-")
+    matches!(
+        kind,
+        "sigstop" | "stall-clock" | "cut" | "blackhole" | "delay"
+    ) || kind.starts_with("etcd-")
 }
 
 /// At most this many messages per kind of violation are kept; the rest are counted.
@@ -594,25 +597,39 @@ fn span(history: &History, interval: &Interval) -> String {
 }
 
 /// When `stale` (the lower epoch) seemed to serve alongside `other` only
-/// because it was frozen during its term (it could not step down while
-/// frozen, and says serving until it notices), a note saying so; whether
-/// it served anything after resuming is [`check_frozen`]'s to judge.
-fn frozen_excuse(history: &History, stale: &Interval, other: &Interval) -> Option<String> {
-    let freeze = history.impairments.iter().find(|i| {
-        i.kind == ImpairmentKind::Stopped
-            && i.node == Some(stale.node)
-            && stale.loose.0 <= i.from
-            && i.from <= stale.loose.1
+/// because it could not tell its term was over, a note saying so: it was
+/// frozen during its term (it could not step down while frozen, and says
+/// serving until it notices), or its clock stood still while its link was
+/// blackholed and every answer it gave was confirmed by etcd (its status
+/// takes the term for open; its answers are refused). Whether it answered
+/// what it should not have is [`check_frozen`]'s and [`check_answers`]'s
+/// to judge.
+fn impaired_excuse(history: &History, stale: &Interval, other: &Interval) -> Option<String> {
+    let impairment = history.impairments.iter().find(|i| {
+        let excusing = match i.kind {
+            ImpairmentKind::Stopped => true,
+            ImpairmentKind::ClockStalled => history.answers_confirmed,
+            _ => false,
+        };
+        excusing && i.node == Some(stale.node) && stale.loose.0 <= i.from && i.from <= stale.loose.1
     })?;
-    let resumed = freeze.until?;
+    let ended = impairment.until?;
+    let (cause, what, after) = match impairment.kind {
+        ImpairmentKind::Stopped => ("a freeze", "was frozen", "resuming"),
+        _ => (
+            "a stalled clock, answers confirmed",
+            "had its clock stalled and its link blackholed",
+            "its link healed",
+        ),
+    };
     Some(format!(
-        "overlap excused by a freeze: {} and {}: node {} was frozen from {} to {} ms and said serving until {} ms after resuming",
+        "overlap excused by {cause}: {} and {}: node {} {what} from {} to {} ms and said serving until {} ms after {after}",
         span(history, stale),
         span(history, other),
         stale.node,
-        history.ms(freeze.from),
-        history.ms(resumed),
-        stale.loose.1.saturating_duration_since(resumed).as_millis()
+        history.ms(impairment.from),
+        history.ms(ended),
+        stale.loose.1.saturating_duration_since(ended).as_millis()
     ))
 }
 
@@ -700,7 +717,8 @@ fn check_frozen(
 }
 
 /// `role`'s serving intervals of different nodes never overlap (unless a
-/// freeze explains it and the frozen node served nothing after, or an
+/// freeze explains it and the frozen node served nothing after, or a clock
+/// stall with every answer confirmed, or an
 /// operator ended the older term just before), and leaders serve in
 /// increasing epochs.
 fn check_leadership(
@@ -729,7 +747,7 @@ fn check_leadership(
                     history.ms(from),
                     history.ms(to)
                 );
-                match frozen_excuse(history, stale, other) {
+                match impaired_excuse(history, stale, other) {
                     Some(note) => report.notes.push(note),
                     None => {
                         let about = (role, stale.epoch, stale.loose.1);
@@ -742,7 +760,7 @@ fn check_leadership(
             // before `b` began, `b` is the later term.
             let before = a.loose.1 < b.loose.0;
             if before && a.epoch >= b.epoch {
-                match frozen_excuse(history, b, a) {
+                match impaired_excuse(history, b, a) {
                     Some(note) => report.notes.push(note),
                     None => order.push(format!(
                         "{} came before {}",
@@ -946,14 +964,18 @@ mod tests {
         }
 
         fn frozen(&self, node: usize, from: u64, until: u64) {
-            let freeze = Impairment {
+            self.impaired(node, ImpairmentKind::Stopped, from, until);
+        }
+
+        fn impaired(&self, node: usize, kind: ImpairmentKind, from: u64, until: u64) {
+            let impairment = Impairment {
                 node: Some(node),
-                kind: ImpairmentKind::Stopped,
+                kind,
                 from: self.at(from),
                 in_force: self.at(from + 1),
                 until: Some(self.at(until)),
             };
-            self.recorder.lock().impairments.push(freeze);
+            self.recorder.lock().impairments.push(impairment);
         }
 
         fn kv(&self, client: usize, key: usize, put: bool, value: u64, epoch: i64, at: u64) {
@@ -1137,6 +1159,35 @@ mod tests {
         h.serving(1, 9, 2200, 5000);
         h.batch(0, 100, 1, 5, 2000, 4105);
         assert_eq!(kinds(&h.check()), ["frozen leader served after resuming"]);
+    }
+
+    #[test]
+    fn a_stalled_clock_overlap_is_reported_unless_every_answer_was_confirmed() {
+        let h = Builder::new();
+        h.serving(0, 5, 0, 100);
+        h.impaired(0, ImpairmentKind::ClockStalled, 110, 10_110);
+        // Its status takes the term for open until its link heals.
+        h.serving(0, 5, 120, 10_120);
+        h.standby(0, 10_140);
+        h.serving(1, 9, 2200, 12_000);
+        assert_eq!(kinds(&h.check()), ["two leaders"]);
+
+        h.recorder.lock().answers_confirmed = true;
+        let report = h.check();
+        assert_eq!(report.violations, 0, "{:?}", report.messages);
+        assert!(
+            report.notes[0].starts_with("overlap excused by a stalled clock"),
+            "{:?}",
+            report.notes
+        );
+        // Confirmed or not, an answer of the old term after the new one's is found.
+        h.batch(0, 100, 1, 9, 2300, 2302);
+        h.batch(0, 50, 1, 5, 2400, 2402);
+        assert!(
+            kinds(&h.check()).contains(&"epoch went back"),
+            "{:?}",
+            h.check().messages
+        );
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub struct Sample {
 pub enum ImpairmentKind {
     /// The node's process was frozen with SIGSTOP.
     Stopped,
+    /// The node's lease clock stood still while its link to etcd was
+    /// blackholed: a VM paused and resumed, as the node's term sees it.
+    ClockStalled,
     /// The node's link to etcd was cut at its proxy.
     Cut,
     /// The node's link to etcd was delayed at its proxy.
@@ -258,6 +261,9 @@ pub struct History {
     pub overload: Overload,
     /// Calls of the paced clients refused as overloaded: not errors, never applied.
     pub refused_overloaded: u64,
+    /// Whether the nodes ran with `coordinator.confirmAnswers`: every
+    /// answer confirmed by etcd, whatever the node's clock says.
+    pub answers_confirmed: bool,
 }
 
 /// The overloading client's outcomes, and the violations its own oracle
@@ -373,6 +379,7 @@ impl Recorder {
             stalls: Vec::new(),
             overload: Overload::default(),
             refused_overloaded: 0,
+            answers_confirmed: false,
         })))
     }
 

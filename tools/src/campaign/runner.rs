@@ -91,6 +91,12 @@ pub struct Options {
     pub etcd_members: usize,
     /// Inject only faults of etcd itself.
     pub etcd_faults_only: bool,
+    /// Run the nodes with `coordinator.confirmAnswers`: an answer leaves
+    /// only once a linearizable read finds the term's leader key.
+    pub confirm_answers: bool,
+    /// Add `stall-clock` to the node faults: a pause the lease clock cannot
+    /// see, which overlaps with the successor unless answers are confirmed.
+    pub stall_clock: bool,
 }
 
 /// How a campaign went.
@@ -156,6 +162,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         );
     }
     let recorder = Recorder::new();
+    recorder.lock().answers_confirmed = options.confirm_answers;
     let etcd = EtcdCluster::start(options.etcd_members)
         .await
         .context("starting etcd")?;
@@ -185,11 +192,12 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
         let endpoints: Vec<String> = links.iter().map(FaultProxy::endpoint).collect();
         let address = format!("127.0.0.1:{}", free_loopback_port()?);
         let yaml = format!(
-            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\n  witnessSecretFile: {}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n  queueDepth: {QUEUE_DEPTH}\n",
+            "etcd:\n  endpoints: [{}]\n  rootPath: {root}\n  requestTimeout: 1s\n  connectAttempts: 0\nnode:\n  address: {address}\n  witnessSecretFile: {}\nsession:\n  ttl: {}s\ncoordinator:\n  activateTimeout: {}ms\n  queueDepth: {QUEUE_DEPTH}\n  confirmAnswers: {}\n",
             endpoints.join(", "),
             witness_secret.display(),
             TTL.as_secs(),
-            ACTIVATE_TIMEOUT.as_millis()
+            ACTIVATE_TIMEOUT.as_millis(),
+            options.confirm_answers
         );
         let idle = IDLE_ROLES.to_string();
         let mut args: Vec<&str> = ROLES.iter().flat_map(|role| ["--role", role]).collect();
@@ -288,7 +296,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             println!("campaign: the cluster did not settle, so no more faults are injected");
             break;
         };
-        let fault = Fault::pick(&mut rng, options.etcd_members, options.etcd_faults_only);
+        let fault = Fault::pick(&mut rng, &options);
         let role = rng.random_range(0..ROLES.len());
         let mut record = cluster
             .inject(index, fault, role, &leaders, &mut rng)

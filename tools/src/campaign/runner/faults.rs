@@ -39,6 +39,14 @@ pub(super) enum Fault {
     Blackhole,
     /// The leader's link to etcd delayed for a while, then healed.
     Delay,
+    /// The leader's lease clock stands still for [`standin::Fault::CLOCK_STALL`]
+    /// (`stall-clock`) while its link to etcd is blackholed, then healed:
+    /// a paused VM resumed, which takes its term for open long after its
+    /// lease expired. Once a successor serves, a [`Probe`] asks it with
+    /// its old epoch. Only with `--stall-clock`: without
+    /// `coordinator.confirmAnswers` it answers beside its successor (the
+    /// overlap the campaign then reports), with it nothing leaves.
+    StallClock,
     /// A graceful `Coordination.Resign` of the leader.
     Resign,
     /// `Coordination.Resign` with `to`: the leader hands the role to a
@@ -96,6 +104,9 @@ impl Fault {
         (Fault::HangActivation, 4),
     ];
 
+    /// The pause the lease clock cannot see, as often as a SIGSTOP.
+    const STALL_WEIGHTS: [(Fault, u32); 1] = [(Fault::StallClock, 8)];
+
     /// Faults of a single etcd server: restarts are rare, since they cost
     /// the most time.
     const ONE_SERVER_WEIGHTS: [(Fault, u32); 1] = [(Fault::EtcdRestart, 3)];
@@ -110,16 +121,22 @@ impl Fault {
         (Fault::EtcdMoveLeader, 5),
     ];
 
-    /// A fault picked at random for a campaign against `etcd_members`
-    /// members, each kind as often as its weight says; only etcd's own
-    /// with `etcd_only`.
-    pub(super) fn pick(rng: &mut StdRng, etcd_members: usize, etcd_only: bool) -> Self {
-        let etcd: &[(Fault, u32)] = match etcd_members {
+    /// A fault picked at random for the campaign `options` describe
+    /// (etcd's members, only etcd's own faults, the clock stall), each kind
+    /// as often as its weight says.
+    pub(super) fn pick(rng: &mut StdRng, options: &Options) -> Self {
+        let etcd: &[(Fault, u32)] = match options.etcd_members {
             1 => &Self::ONE_SERVER_WEIGHTS,
             _ => &Self::CLUSTER_WEIGHTS,
         };
-        let nodes: &[(Fault, u32)] = if etcd_only { &[] } else { &Self::NODE_WEIGHTS };
-        let weights = || nodes.iter().chain(etcd);
+        let of_nodes = !options.etcd_faults_only;
+        let nodes: &[(Fault, u32)] = if of_nodes { &Self::NODE_WEIGHTS } else { &[] };
+        let stall: &[(Fault, u32)] = if of_nodes && options.stall_clock {
+            &Self::STALL_WEIGHTS
+        } else {
+            &[]
+        };
+        let weights = || nodes.iter().chain(stall).chain(etcd);
         let total: u32 = weights().map(|(_, weight)| weight).sum();
         let mut roll = rng.random_range(0..total);
         for &(fault, weight) in weights() {
@@ -141,6 +158,7 @@ impl Fault {
             Fault::Cut => "cut",
             Fault::Blackhole => "blackhole",
             Fault::Delay => "delay",
+            Fault::StallClock => "stall-clock",
             Fault::Resign => "resign",
             Fault::Transfer => "transfer",
             Fault::EtcdRestart => "etcd-restart",
@@ -212,7 +230,9 @@ impl Fault {
             // reading its copy: the successor serves once that read ends.
             Fault::Kill => COLD_KILL_BOUND,
             // The leader's lease must expire first: nothing tells it is gone.
-            Fault::Stop | Fault::Cut | Fault::Blackhole => TTL + Duration::from_secs(3),
+            Fault::Stop | Fault::Cut | Fault::Blackhole | Fault::StallClock => {
+                TTL + Duration::from_secs(3)
+            }
             // From etcd's repair: a term that lapsed while etcd could not
             // renew it serves again once a keepalive gets through (etcd
             // extends every lease by an election timeout when its leader
@@ -410,6 +430,31 @@ impl Cluster {
                 repair = Some((at + 2 * TTL, Repair::Cont(node, impairment)));
                 probe = Some(node);
                 format!("frozen for {} ms", (2 * TTL).as_millis())
+            }
+            Fault::StallClock => {
+                let impairment = self
+                    .recorder
+                    .begin(Some(node), ImpairmentKind::ClockStalled);
+                // The clock first, as a VM pause stops it before the world
+                // stops hearing from the node.
+                let stalled = self.inject_actor_fault(node, name, fault.name()).await;
+                for link in &self.proxies[node] {
+                    link.blackhole();
+                }
+                self.recorder.in_force(impairment);
+                let lasts = standin::Fault::CLOCK_STALL;
+                repair = Some((at + lasts, Repair::Heal(node, impairment)));
+                probe = Some(node);
+                match stalled {
+                    Ok(true) => format!(
+                        "clock stalled and link blackholed for {} ms",
+                        lasts.as_millis()
+                    ),
+                    outcome => format!(
+                        "link blackholed for {} ms, clock stall not injected ({outcome:?})",
+                        lasts.as_millis()
+                    ),
+                }
             }
             Fault::Cut | Fault::Blackhole => {
                 let (kind, what) = match fault {
@@ -689,7 +734,7 @@ impl Cluster {
                 recovered = kept_term(&self.recorder, recovery.role, node, old, at, repaired);
             }
             // Once a successor serves, and while the old leader is still
-            // frozen: see that a client that has not heard of the successor
+            // frozen or stalled: see that a client that has not heard of the successor
             // yet cannot get timestamps from the old leader.
             if let Some((next, next_epoch)) = successor
                 && repair.is_some()

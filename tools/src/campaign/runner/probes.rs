@@ -35,26 +35,27 @@ pub(super) struct Probe {
 }
 
 impl Probe {
-    /// For a frozen leader, once a successor serves: one request to the
-    /// successor, then one to the frozen leader (answered once it resumes),
-    /// and what happened. If the frozen leader answers, its answer comes
-    /// after the successor's in real time.
+    /// For a leader that cannot tell its term is over (frozen, or its
+    /// clock stalled while cut off), once a successor serves: one request
+    /// to the successor, then one to the old leader (a frozen one answers
+    /// once it resumes), and what happened. If the old leader answers, its
+    /// answer comes after the successor's in real time.
     pub(super) async fn send(
         self,
         (successor, successor_epoch): (Channel, i64),
-        frozen: Channel,
+        old: Channel,
         recorder: Recorder,
     ) -> String {
         let first = match self.ask(successor, successor_epoch, &recorder).await {
             Ok(epoch) => format!("epoch {epoch}"),
             Err(refusal) => refusal.to_string(),
         };
-        let second = match self.ask(frozen, self.epoch, &recorder).await {
-            Ok(epoch) => format!("ANSWERED after resuming (epoch {epoch})"),
+        let second = match self.ask(old, self.epoch, &recorder).await {
+            Ok(epoch) => format!("ANSWERED (epoch {epoch})"),
             Err(refusal) => refusal.to_string(),
         };
         format!(
-            "probe: the successor answered ({first}), then the frozen leader asked with epoch {} {second}",
+            "probe: the successor answered ({first}), then the old leader asked with epoch {} {second}",
             self.epoch
         )
     }
