@@ -38,7 +38,6 @@
 //! of a thousand roles does not hold a thousand reads' buffers at once.
 
 pub(crate) mod clock;
-pub(crate) mod confirm;
 pub(crate) mod context;
 pub(crate) mod coordinator;
 pub(crate) mod election;

@@ -9,7 +9,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::coordinator::{Coordinator, ServeError};
 use crate::fence::FencedStore;
-use crate::runtime::confirm::Confirmations;
 use crate::runtime::faults::Faults;
 use crate::runtime::queue::{Queued, RequestQueue, ServeReply};
 use crate::runtime::term::Term;
@@ -140,8 +139,6 @@ enum Phase<C: Coordinator> {
         term: Term,
         /// Dropped off the runtime if the actor crashes with it.
         serving: DroppedElsewhere<C::Serving>,
-        /// With `coordinator.confirmAnswers`: the reads its answers wait for.
-        confirmations: Option<Confirmations>,
     },
 }
 
@@ -158,56 +155,6 @@ pub(crate) struct CoordinatorState<C: Coordinator> {
     leader: Option<String>,
 }
 
-/// A batch's replies and, once computed, its responses.
-struct Answers<C: Coordinator> {
-    role: String,
-    leader: Option<String>,
-    replies: Vec<ServeReply<C>>,
-    responses: Vec<C::Response>,
-}
-
-impl<C: Coordinator> Answers<C> {
-    /// Sends each reply its response when the term still `serves` them,
-    /// else refuses them all as not active.
-    fn deliver(self, serves: bool) {
-        let Self {
-            role,
-            leader,
-            replies,
-            responses,
-        } = self;
-        if !serves {
-            return refuse(replies, || ServeError::NotActive {
-                role: role.clone(),
-                leader: leader.clone(),
-            });
-        }
-        let asked = replies.len();
-        if responses.len() != asked {
-            tracing::error!(
-                role,
-                asked,
-                answered = responses.len(),
-                "the coordinator's handle_batch answered {} of {asked} requests; the rest are \
-                 answered unavailable",
-                responses.len()
-            );
-        }
-        let mut replies = replies.into_iter();
-        for (reply, response) in replies.by_ref().zip(responses) {
-            let _ = reply.send(Ok(response));
-        }
-        refuse(replies.collect(), || ServeError::Unavailable { role: role.clone() });
-    }
-}
-
-/// Answers every one of `replies` with `error`.
-fn refuse<R>(replies: Vec<RpcReplyPort<Result<R, ServeError>>>, error: impl Fn() -> ServeError) {
-    for reply in replies {
-        let _ = reply.send(Err(error()));
-    }
-}
-
 impl<C: Coordinator> CoordinatorActor<C> {
     fn not_active(&self, leader: Option<String>) -> ServeError {
         ServeError::NotActive {
@@ -220,8 +167,8 @@ impl<C: Coordinator> CoordinatorActor<C> {
     /// checked before (requests that waited must not be answered for a
     /// term that ended meanwhile) and again after (answers computed while
     /// the term ended, or across a freeze, must not leave), and with
-    /// `coordinator.confirmAnswers` (`confirmations`) confirmed by etcd
-    /// before they leave, while the next batch is computed. Requests whose
+    /// `coordinator.confirmAnswers` confirmed by etcd before they leave
+    /// (see [`Term::confirm`]). Requests whose
     /// caller has gone, whose deadline has passed, or whose deadline would
     /// pass before the batch is served are dropped first: refused, not
     /// run for nobody.
@@ -229,7 +176,6 @@ impl<C: Coordinator> CoordinatorActor<C> {
         &self,
         term: &Term,
         serving: &mut C::Serving,
-        confirmations: Option<&Confirmations>,
         batch: Vec<Queued<C>>,
         leader: Option<String>,
     ) {
@@ -261,33 +207,47 @@ impl<C: Coordinator> CoordinatorActor<C> {
         if replies.is_empty() {
             return;
         }
-        let mut answers = Answers::<C> {
-            role: self.role.clone(),
-            leader,
-            replies,
-            responses: Vec::new(),
-        };
         if !term.is_open() {
-            return answers.deliver(false);
+            return self.answer_all(replies, || self.not_active(leader.clone()));
         }
+        let asked = replies.len();
         let started = std::time::Instant::now();
-        answers.responses = self.coordinator.handle_batch(serving, requests).await;
+        let responses = self.coordinator.handle_batch(serving, requests).await;
         self.queue.served(started.elapsed());
-        match confirmations {
-            // Confirmed by a read begun after they were computed.
-            Some(confirmations) => {
-                let count = answers.replies.len();
-                let release = Box::new(move |confirmed| answers.deliver(confirmed));
-                confirmations.release_when_confirmed(count, release).await;
-            }
-            None => answers.deliver(term.is_open()),
+        // Confirmed after they were computed: the requests that arrive
+        // meanwhile wait in the queue for the next batch, and its read.
+        if !term.is_open() || !term.confirm().await || !term.is_open() {
+            return self.answer_all(replies, || self.not_active(leader.clone()));
+        }
+        if responses.len() != asked {
+            tracing::error!(
+                role = self.role,
+                asked,
+                answered = responses.len(),
+                "the coordinator's handle_batch answered {} of {asked} requests; the rest are \
+                 answered unavailable",
+                responses.len()
+            );
+        }
+        let mut replies = replies.into_iter();
+        for (reply, response) in replies.by_ref().zip(responses) {
+            let _ = reply.send(Ok(response));
+        }
+        self.answer_all(replies.collect(), || ServeError::Unavailable {
+            role: self.role.clone(),
+        });
+    }
+
+    fn answer_all(&self, replies: Vec<ServeReply<C>>, error: impl Fn() -> ServeError) {
+        for reply in replies {
+            let _ = reply.send(Err(error()));
         }
     }
 
     /// Answers every request waiting with `error`: none will be served by this term.
     fn turn_away(&self, error: impl Fn() -> ServeError) {
         let waiting = self.queue.take_all();
-        refuse(
+        self.answer_all(
             waiting.into_iter().map(|queued| queued.reply).collect(),
             error,
         );
@@ -306,14 +266,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
         match &mut state.phase {
             // Served once the activation completes.
             Phase::Activating { term, .. } if !term.is_closed() => {}
-            Phase::Serving {
-                term,
-                serving,
-                confirmations,
-            } => {
+            Phase::Serving { term, serving } => {
                 let (batch, more) = self.queue.take_batch();
-                let leader = state.leader.clone();
-                self.serve_batch(term, serving, confirmations.as_ref(), batch, leader)
+                self.serve_batch(term, serving, batch, state.leader.clone())
                     .await;
                 if more {
                     let _ = myself.send_message(CoordinatorMsg::Drain);
@@ -346,7 +301,7 @@ impl<C: Coordinator> CoordinatorActor<C> {
         match std::mem::replace(&mut state.phase, Phase::Standby) {
             Phase::Standby => {}
             Phase::Activating { .. } => self.turn_away(|| self.aborted()),
-            Phase::Serving { term, serving, .. } => {
+            Phase::Serving { term, serving } => {
                 self.turn_away(|| self.not_active(state.leader.clone()));
                 self.deactivate(&term, serving.into_inner()).await;
                 tracing::info!(
@@ -457,13 +412,9 @@ impl<C: Coordinator> CoordinatorActor<C> {
             return Ok(());
         }
         term.start_serving();
-        let confirmations = term
-            .confirms()
-            .then(|| Confirmations::start(term.clone(), self.queue.capacity()));
         state.phase = Phase::Serving {
             term,
             serving: DroppedElsewhere::new(serving),
-            confirmations,
         };
         // The requests that waited for the activation go first, in order.
         let _ = myself.send_message(CoordinatorMsg::Drain);

@@ -115,11 +115,6 @@ impl Term {
         })
     }
 
-    /// Whether this term's answers wait for [`confirm`](Self::confirm).
-    pub(crate) fn confirms(&self) -> bool {
-        self.0.confirm.is_some()
-    }
-
     /// Lets the coordinator start serving: whatever the predecessor's end
     /// asked the term to wait for is over.
     pub(crate) fn settle(&self) {
