@@ -26,7 +26,9 @@ test: deps
 # the leaders of three `standin run --role tso --role kv` processes, then a
 # check of the history (about 25 minutes).
 # CAMPAIGN_ARGS="--seed S" replays a run's faults; a later --faults wins;
-# "--etcd-members 3" runs it against a 3-member etcd with etcd's own faults.
+# "--etcd-members 3" runs it against a 3-member etcd with etcd's own faults;
+# "--stall-clock" adds a pause the lease clock cannot see (violations unless
+# "--confirm-answers" runs the nodes with coordinator.confirmAnswers).
 campaign: deps
 	$(CARGO) build --release --features cli --bin standin
 	$(CARGO) run --release -p standin-tools --bin campaign -- --faults 1000 $(CAMPAIGN_ARGS)
