@@ -45,10 +45,7 @@ async fn a_short_campaign_finds_no_violation() -> anyhow::Result<()> {
         // Enough keys for every standby to follow and every takeover to
         // catch up; the long campaign (`make campaign`) preloads 100k.
         preload: 10_000,
-        etcd_members: 1,
-        etcd_faults_only: false,
-        confirm_answers: false,
-        stall_clock: false,
+        setup: runner::Setup::default(),
     })
     .await
 }
@@ -61,10 +58,11 @@ async fn a_short_campaign_of_etcd_faults_against_three_members_finds_no_violatio
         seed: seed()?,
         binary: PathBuf::from(env!("CARGO_BIN_EXE_standin")),
         preload: 10_000,
-        etcd_members: 3,
-        etcd_faults_only: true,
-        confirm_answers: false,
-        stall_clock: false,
+        setup: runner::Setup {
+            etcd_members: 3,
+            etcd_faults_only: true,
+            ..runner::Setup::default()
+        },
     })
     .await
 }

@@ -34,23 +34,8 @@ struct Args {
     /// Keys of 100 bytes put under the kv role's metadata halfway through (0: none).
     #[arg(long, default_value_t = 100_000)]
     preload_keys: usize,
-    /// Members of the etcd cluster: 1, or 3 (or 5...) for the faults of
-    /// etcd itself (`etcd-member-kill`, `etcd-leader-kill`, `etcd-node-cut`,
-    /// `etcd-member-freeze`, `etcd-quorum-loss`, `etcd-move-leader`).
-    #[arg(long, default_value_t = 1)]
-    etcd_members: usize,
-    /// Inject only faults of etcd itself.
-    #[arg(long)]
-    etcd_faults_only: bool,
-    /// Run the nodes with `coordinator.confirmAnswers: true`.
-    #[arg(long)]
-    confirm_answers: bool,
-    /// Add `stall-clock` to the faults: the leader's lease clock stands
-    /// still while its link is blackholed, as in a VM paused and resumed.
-    /// Without --confirm-answers the overlap it causes is reported as
-    /// violations: what the mode is for.
-    #[arg(long)]
-    stall_clock: bool,
+    #[command(flatten)]
+    setup: runner::Setup,
 }
 
 #[tokio::main]
@@ -65,10 +50,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         seed: args.seed.unwrap_or_else(rand::random),
         binary,
         preload: args.preload_keys,
-        etcd_members: args.etcd_members,
-        etcd_faults_only: args.etcd_faults_only,
-        confirm_answers: args.confirm_answers,
-        stall_clock: args.stall_clock,
+        setup: args.setup,
     })
     .await?;
     println!("{}", summary.line());

@@ -85,18 +85,45 @@ pub struct Options {
     /// through, so that the second half of the faults meets standbys that
     /// follow (and takeovers that catch up) that much metadata; 0: none.
     pub preload: usize,
+    /// The cluster it runs against and the faults it may inject.
+    pub setup: Setup,
+}
+
+/// The cluster a campaign runs against and the faults it may inject: the
+/// `campaign` binary's flags, and what a test sets.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Setup {
     /// Members of the etcd cluster: 1, or an odd number from 3, which
-    /// brings the faults of etcd itself (members killed, frozen and cut off,
-    /// its leader killed and moved, its quorum lost).
+    /// brings the faults of etcd itself (`etcd-member-kill`,
+    /// `etcd-leader-kill`, `etcd-node-cut`, `etcd-member-freeze`,
+    /// `etcd-quorum-loss`, `etcd-move-leader`).
+    #[arg(long, default_value_t = 1)]
     pub etcd_members: usize,
     /// Inject only faults of etcd itself.
+    #[arg(long)]
     pub etcd_faults_only: bool,
-    /// Run the nodes with `coordinator.confirmAnswers`: an answer leaves
-    /// only once a linearizable read finds the term's leader key.
+    /// Run the nodes with `coordinator.confirmAnswers: true`: an answer
+    /// leaves only once a linearizable read finds the term's leader key.
+    #[arg(long)]
     pub confirm_answers: bool,
-    /// Add `stall-clock` to the node faults: a pause the lease clock cannot
-    /// see, which overlaps with the successor unless answers are confirmed.
+    /// Add `stall-clock` to the node faults: the leader's lease clock
+    /// stands still while its link is blackholed, as in a VM paused and
+    /// resumed. Without --confirm-answers the overlap it causes is
+    /// reported as violations: what the mode is for.
+    #[arg(long)]
     pub stall_clock: bool,
+}
+
+impl Default for Setup {
+    /// One etcd server, every node fault but the clock stall, answers unconfirmed.
+    fn default() -> Self {
+        Self {
+            etcd_members: 1,
+            etcd_faults_only: false,
+            confirm_answers: false,
+            stall_clock: false,
+        }
+    }
 }
 
 /// How a campaign went.
@@ -153,17 +180,17 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             options.binary.display()
         );
     }
-    if options.etcd_members == 0
-        || (options.etcd_members > 1 && options.etcd_members.is_multiple_of(2))
+    if options.setup.etcd_members == 0
+        || (options.setup.etcd_members > 1 && options.setup.etcd_members.is_multiple_of(2))
     {
         bail!(
             "--etcd-members {}: run 1 member, or an odd number from 3 (an even one adds a member without adding a fault it survives)",
-            options.etcd_members
+            options.setup.etcd_members
         );
     }
     let recorder = Recorder::new();
-    recorder.lock().answers_confirmed = options.confirm_answers;
-    let etcd = EtcdCluster::start(options.etcd_members)
+    recorder.lock().answers_confirmed = options.setup.confirm_answers;
+    let etcd = EtcdCluster::start(options.setup.etcd_members)
         .await
         .context("starting etcd")?;
     let root = format!("campaign-{}", options.seed);
@@ -197,7 +224,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             witness_secret.display(),
             TTL.as_secs(),
             ACTIVATE_TIMEOUT.as_millis(),
-            options.confirm_answers
+            options.setup.confirm_answers
         );
         let idle = IDLE_ROLES.to_string();
         let mut args: Vec<&str> = ROLES.iter().flat_map(|role| ["--role", role]).collect();
@@ -296,7 +323,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
             println!("campaign: the cluster did not settle, so no more faults are injected");
             break;
         };
-        let fault = Fault::pick(&mut rng, &options);
+        let fault = Fault::pick(&mut rng, &options.setup);
         let role = rng.random_range(0..ROLES.len());
         let mut record = cluster
             .inject(index, fault, role, &leaders, &mut rng)

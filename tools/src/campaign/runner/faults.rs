@@ -121,17 +121,17 @@ impl Fault {
         (Fault::EtcdMoveLeader, 5),
     ];
 
-    /// A fault picked at random for the campaign `options` describe
-    /// (etcd's members, only etcd's own faults, the clock stall), each kind
-    /// as often as its weight says.
-    pub(super) fn pick(rng: &mut StdRng, options: &Options) -> Self {
-        let etcd: &[(Fault, u32)] = match options.etcd_members {
+    /// A fault picked at random for a campaign of `setup` (etcd's members,
+    /// only etcd's own faults, the clock stall), each kind as often as its
+    /// weight says.
+    pub(super) fn pick(rng: &mut StdRng, setup: &Setup) -> Self {
+        let etcd: &[(Fault, u32)] = match setup.etcd_members {
             1 => &Self::ONE_SERVER_WEIGHTS,
             _ => &Self::CLUSTER_WEIGHTS,
         };
-        let of_nodes = !options.etcd_faults_only;
+        let of_nodes = !setup.etcd_faults_only;
         let nodes: &[(Fault, u32)] = if of_nodes { &Self::NODE_WEIGHTS } else { &[] };
-        let stall: &[(Fault, u32)] = if of_nodes && options.stall_clock {
+        let stall: &[(Fault, u32)] = if of_nodes && setup.stall_clock {
             &Self::STALL_WEIGHTS
         } else {
             &[]
